@@ -1,0 +1,159 @@
+"""Command-line arguments and result files for ``fedhub call``.
+
+``fedhub call SUBJECT key=value key=@PATH`` passes keyword arguments to a remote function:
+
+* ``key=value``: ``value`` is parsed as JSON when it is valid JSON (``n=3``, ``xs=[1,2]``,
+  ``flag=true``, ``name='"quoted"'``), otherwise it is the plain string (``name=klaus``);
+* ``key=@PATH``: the argument is read from a file, by its suffix: ``.nc``/``.nc4``/
+  ``.netcdf`` with xarray (loaded into memory and closed; a DataArray when the file holds
+  exactly one data variable, else a Dataset), ``.npy`` with numpy (no pickles), ``.json`` as
+  JSON, anything else as raw bytes;
+* ``key=@@text``: the plain string ``@text`` (an escape for values starting with ``@``).
+
+:func:`write_result` writes a call's result to a file, again chosen by suffix. Every problem
+raises :class:`hub.errors.ConfigError` naming the argument and the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hub.errors import ConfigError
+
+__all__ = ["NETCDF_SUFFIXES", "parse_cli_argument", "read_argument_file", "write_result"]
+
+#: File suffixes (lower-case) read and written with xarray as NetCDF.
+NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf"})
+# Engines tried in order when writing NetCDF, with the module each one needs.
+_NETCDF_ENGINES = (("netcdf4", "netCDF4"), ("h5netcdf", "h5netcdf"), ("scipy", "scipy"))
+
+
+def parse_cli_argument(text: str) -> tuple[str, object]:
+    """Parse one ``key=value`` or ``key=@PATH`` argument into ``(key, value)``."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(
+            f"argument {text!r} is not of the form key=value or key=@PATH",
+            hint="write e.g. n=3, name=klaus or data=@input.nc",
+        )
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"argument {text!r} has an empty key", hint="write key=value")
+    if not key.isidentifier():
+        raise ConfigError(
+            f"argument {text!r}: key {key!r} is not a valid Python identifier",
+            hint="keys are the remote function's parameter names",
+        )
+    if raw.startswith("@@"):
+        return key, raw[1:]
+    if raw.startswith("@"):
+        if not raw[1:]:
+            raise ConfigError(f"argument {key!r} names no file after '@'")
+        return key, read_argument_file(Path(raw[1:]).expanduser(), key=key)
+    try:
+        return key, json.loads(raw)
+    except ValueError:  # not JSON (json.JSONDecodeError is a ValueError): a plain string
+        return key, raw
+
+
+def read_argument_file(path: Path, *, key: str = "?") -> object:
+    """Read a file into a value by its suffix (see the module docstring)."""
+    where = f"argument {key!r}: file '{path}'"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist or is not a regular file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in NETCDF_SUFFIXES:
+            return _read_netcdf(path)
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
+    except ConfigError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text: {exc}") from exc
+    except Exception as exc:  # xarray and numpy raise many kinds for unreadable files
+        raise ConfigError(f"{where} cannot be read: {exc}") from exc
+
+
+def _read_netcdf(path: Path) -> object:
+    import xarray as xr
+
+    with xr.open_dataset(path) as dataset:
+        dataset.load()
+    if len(dataset.data_vars) == 1:
+        (name,) = dataset.data_vars
+        return dataset[name]
+    return dataset
+
+
+def write_result(value: object, path: Path) -> None:
+    """Write a call's result to ``path``, chosen by suffix.
+
+    ``.nc``/``.nc4``/``.netcdf``: a DataArray or Dataset via ``to_netcdf`` with the first
+    available engine (netCDF4, h5netcdf, scipy); ``.npy``: anything numpy can hold without
+    pickles; ``.json``: JSON (numpy values, dates and bytes-free trees); any other suffix:
+    ``bytes`` as they are, ``str`` as UTF-8.
+    """
+    where = f"result file '{path}'"
+    suffix = path.suffix.lower()
+    try:
+        if suffix in NETCDF_SUFFIXES:
+            _write_netcdf(value, path, where)
+        elif suffix == ".npy":
+            array = np.asarray(value)
+            if array.dtype.hasobject:
+                raise ConfigError(f"{where}: a {type(value).__name__} cannot be saved as .npy")
+            np.save(path, array, allow_pickle=False)
+        elif suffix == ".json":
+            text = json.dumps(value, default=_json_default, indent=2, ensure_ascii=False)
+            path.write_text(text + "\n", encoding="utf-8")
+        elif isinstance(value, bytes | bytearray | memoryview):
+            path.write_bytes(value)
+        elif isinstance(value, str):
+            path.write_text(value, encoding="utf-8")
+        else:
+            raise ConfigError(
+                f"{where}: a {type(value).__name__} cannot be written as raw bytes",
+                hint="use a .json, .npy or .nc file name",
+            )
+    except ConfigError:
+        raise
+    except Exception as exc:  # OSError, or xarray/numpy/json refusing the value
+        raise ConfigError(f"{where} cannot be written: {exc}") from exc
+
+
+def _write_netcdf(value: object, path: Path, where: str) -> None:
+    xr = sys.modules.get("xarray")
+    if xr is None or not isinstance(value, xr.DataArray | xr.Dataset):
+        raise ConfigError(f"{where}: a {type(value).__name__} cannot be saved as NetCDF")
+    for engine, module in _NETCDF_ENGINES:
+        if importlib.util.find_spec(module) is not None:
+            value.to_netcdf(path, engine=engine)
+            return
+    raise ConfigError(
+        f"{where}: no NetCDF engine is installed", hint="install fedhub[netcdf] (scipy)"
+    )
+
+
+def _json_default(value: Any) -> object:
+    """Make the values the codec can return JSON-able, where that is unambiguous."""
+    if isinstance(value, np.ndarray | np.generic) and not value.dtype.hasobject:
+        if value.dtype.kind in "mM":
+            return value.astype(str).tolist()
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "total_seconds"):
+        return value.total_seconds()
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON")

@@ -1,0 +1,265 @@
+"""``fedhub``: the federation's command line (keys, audit, and calls)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hub import __version__
+from hub.audit import AuditReport, audit_events
+from hub.canonical import b64d
+from hub.cliutil import configure_logging, read_passphrase, run_main
+from hub.errors import CanonicalError, ConfigError
+from hub.keys import KeyStore, PublicKeys, load_public_file
+from hub.logfile import LogUnreadableError, iter_log
+from hub.records import SignedRecord
+
+__all__ = ["main"]
+
+
+def _store(args: argparse.Namespace) -> KeyStore:
+    return KeyStore(args.home)
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    store = _store(args)
+    passphrase = None
+    if args.passphrase or args.passphrase_file:
+        passphrase = read_passphrase(
+            args.passphrase_file, prompt=f"passphrase for {args.name}: ", confirm=True
+        )
+    pair = store.create(args.name, passphrase)
+    print(f"created {pair.identity}  kid {pair.kid}  in {store.dir}")
+    return 0
+
+
+def _print_public(keys: PublicKeys, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(keys.to_json(), indent=2))
+    else:
+        print(f"identity  {keys.identity}")
+        print(f"kid       {keys.kid}")
+        print(f"sign key  {keys.to_json()['sign_key']}  (Ed25519)")
+        print(f"box key   {keys.to_json()['box_key']}  (X25519)")
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    _print_public(_store(args).public(args.name), args.json)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    keys = store.list()
+    if args.json:
+        print(json.dumps([k.to_json() for k in keys], indent=2))
+        return 0
+    if not keys:
+        print(f"no keys in {store.dir}")
+        return 0
+    for k in keys:
+        locked = (
+            " (passphrase)" if store.exists(k.identity) and store.has_passphrase(k.identity) else ""
+        )
+        private = "private" if store.exists(k.identity) else "public only"
+        print(f"{k.identity:<32} {k.kid}  {private}{locked}")
+    return 0
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+def _site_keys(specs: list[str], store: KeyStore) -> dict[str, bytes]:
+    """Pinned site keys from --site-key specs (file, key store name, or site=BASE64)."""
+    pinned: dict[str, bytes] = {}
+    for spec in specs:
+        if "=" in spec and not Path(spec).exists():
+            site, _, b64 = spec.partition("=")
+            try:
+                key = b64d(b64)
+            except CanonicalError as exc:
+                raise ConfigError(f"--site-key {spec}: not base64") from exc
+            pinned[site.removeprefix("site:")] = key
+            continue
+        path = Path(spec)
+        keys = load_public_file(path) if path.exists() else store.public(spec)
+        if not keys.identity.startswith("site:"):
+            raise ConfigError(f"--site-key {spec} is {keys.identity}, not a site key")
+        pinned[keys.identity.removeprefix("site:")] = keys.sign_key
+    if not specs:
+        for keys in store.list():
+            if keys.identity.startswith("site:"):
+                pinned[keys.identity.removeprefix("site:")] = keys.sign_key
+    return pinned
+
+
+def _load_receipt(path: Path) -> SignedRecord:
+    try:
+        data = json.loads(path.read_text())
+        return SignedRecord.model_validate(data.get("signed", data))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LogUnreadableError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def _summary(report: AuditReport, path: Path, seconds: float) -> str:
+    lines = []
+    if report.ok:
+        lines.append(f"audit OK  {report.log}  ({path})")
+    else:
+        first = report.first
+        assert first is not None
+        lines.append(f"audit FAILED  {report.log}  ({path})")
+        lines.append(f"  first bad   {first.line()}")
+        if len(report.findings) > 1:
+            lines.append(
+                f"  and         {len(report.findings) - 1} more findings (--json lists all)"
+            )
+    lines.append(f"  events      {report.events:,}  {report.first_time} .. {report.last_time}")
+    lines.append(f"  trust       {report.trust or 'none established'}")
+    lines.append(f"  signatures  {report.signatures_checked:,} checked")
+    cps = f"{report.checkpoints} verified"
+    if report.receipt:
+        cps += f"; receipt at size {report.receipt['size']} is contained and extended"
+    lines.append(f"  checkpoints {cps}")
+    reqs = ", ".join(f"{k} {v}" for k, v in sorted(report.requests.items())) or "none"
+    lines.append(f"  requests    {reqs}")
+    if report.unclean_restarts:
+        lines.append(f"  restarts    {report.unclean_restarts} without a clean stop before")
+    for kid, info in report.keys.items():
+        lines.append(f"  key         {kid} {info['identity']} ({info['role']}, {info['status']})")
+    lines.append(f"  root        {report.root} at size {report.events}")
+    rate = report.events / seconds if seconds > 0 else 0.0
+    lines.append(f"  time        {seconds:.2f} s ({rate:,.0f} events/s)")
+    return "\n".join(lines)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    store = _store(args)
+    trusted = None if args.trust_log_keys else _site_keys(args.site_key, store)
+    if trusted is not None and not trusted:
+        raise ConfigError(
+            "no site key is pinned, so nothing can be trusted",
+            hint="pass --site-key site:NAME or a .pub file; --trust-log-keys trusts the log's own",
+        )
+    receipt = _load_receipt(args.checkpoint) if args.checkpoint else None
+    events = iter_log(args.path)
+    started = time.perf_counter()
+    report = audit_events(
+        events,
+        trusted_sites=trusted,
+        receipt=receipt,
+        verify_signatures=not args.chain_only,
+        threads=args.threads,
+    )
+    seconds = time.perf_counter() - started
+    if args.json:
+        out: dict[str, Any] = report.to_json()
+        out["seconds"] = round(seconds, 3)
+        print(json.dumps(out, indent=2))
+    else:
+        print(_summary(report, args.path, seconds))
+    return 0 if report.ok else 1
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedhub", description="fedhub: federated, end-to-end encrypted remote procedures."
+    )
+    parser.add_argument("--version", action="version", version=f"fedhub {__version__}")
+    parser.add_argument(
+        "--home", type=Path, help="key store home (default $FEDHUB_HOME or ~/.config/fedhub)"
+    )
+    parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
+    parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="create and show identities' keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    new = ksub.add_parser("new", help="create keys for NAME (name@site, site:NAME, node:SITE/NAME)")
+    new.add_argument("name")
+    new.add_argument(
+        "--passphrase", action="store_true", help="protect the key file with a passphrase (asks)"
+    )
+    new.add_argument("--passphrase-file", type=Path, help="read the passphrase from this file")
+    new.set_defaults(func=cmd_keys_new)
+    show = ksub.add_parser("show", help="show the public keys and key id of NAME")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_keys_show)
+    lst = ksub.add_parser("list", help="list the identities in the key store")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_keys_list)
+
+    audit = sub.add_parser(
+        "audit",
+        help="replay a node's log (SQLite or exported JSONL) and verify it",
+        description="Exit 0 when the log is complete and untampered, 1 naming the first bad "
+        "event otherwise, 2 when the input cannot be read.",
+    )
+    audit.add_argument("path", type=Path, help="the node's SQLite log or an exported .jsonl")
+    audit.add_argument(
+        "--site-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="pinned site key: site:NAME from the key store, a .pub file, or NAME=BASE64 "
+        "(default: every site key in the key store)",
+    )
+    audit.add_argument(
+        "--trust-log-keys",
+        action="store_true",
+        help="UNSAFE: trust the site key the log names itself (proves consistency, not origin)",
+    )
+    audit.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint obtained earlier that the log must extend"
+    )
+    audit.add_argument(
+        "--chain-only",
+        action="store_true",
+        help="skip per-event signatures (hashes, chain, checkpoints, lifecycle)",
+    )
+    audit.add_argument(
+        "--threads", type=int, default=None, help="signature threads (default: cores)"
+    )
+    audit.add_argument("--json", action="store_true", help="print the full report as JSON")
+    audit.set_defaults(func=cmd_audit)
+    _add_call_commands(sub)
+    return parser
+
+
+def _add_call_commands(sub: Any) -> None:
+    """Hook for the call-side commands (call, ls, stub, status)."""
+    try:
+        from hub import cli_calls
+    except ImportError:  # pragma: no cover - only while the module is absent
+        return
+    cli_calls.add_commands(sub)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(json_logs=args.log_json, level=args.log_level)
+    try:
+        return int(args.func(args))
+    except LogUnreadableError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fedhub``."""
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Shared plumbing of the ``fedhub`` and ``fedhub-node`` command lines.
+
+One readable error line and a nonzero exit for every failure a person can cause; logging
+configured once (console on a terminal, JSON otherwise or with ``--log-json``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from hub.errors import ConfigError, FederationError, KeyStoreError
+
+__all__ = ["configure_logging", "read_passphrase", "run_main"]
+
+
+def configure_logging(*, json_logs: bool = False, level: str = "warning") -> None:
+    """Configure structlog once for a CLI process (logs go to stderr)."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.WARNING)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def read_passphrase(
+    passphrase_file: Path | None, *, prompt: str | None = None, confirm: bool = False
+) -> str | None:
+    """A passphrase from a file, ``$FEDHUB_PASSPHRASE``, or (on a terminal) a prompt."""
+    if passphrase_file is not None:
+        try:
+            return passphrase_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise KeyStoreError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from exc
+    env = os.environ.get("FEDHUB_PASSPHRASE")
+    if env:
+        return env
+    if prompt is None:
+        return None
+    if not sys.stdin.isatty():
+        raise KeyStoreError(
+            "a passphrase is needed but there is no terminal to ask on",
+            hint="pass --passphrase-file or set FEDHUB_PASSPHRASE",
+        )
+    first = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != first:
+        raise KeyStoreError("the two passphrases differ")
+    return first
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a CLI main: FederationError → one line on stderr and exit 1 (or its own code)."""
+    try:
+        return main(argv)
+    except FederationError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``condition``."""
+    if not condition:
+        raise ConfigError(message)

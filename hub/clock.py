@@ -1,0 +1,26 @@
+"""Timestamps in fedhub's one text form: UTC, microseconds, fixed width, sortable as text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+__all__ = ["format_time", "now", "parse_time"]
+
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def format_time(moment: datetime) -> str:
+    """``2026-11-22T02:22:10.123456Z`` for an aware datetime (naive means UTC)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime(_FORMAT)
+
+
+def now() -> str:
+    """The current time in fedhub's text form."""
+    return datetime.now(UTC).strftime(_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    """Parse fedhub's text form into an aware datetime (ValueError if malformed)."""
+    return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)

@@ -1,0 +1,178 @@
+"""Signatures, end-to-end encryption and content keys (PyNaCl / libsodium).
+
+* **Signatures** are Ed25519 over ``domain || message``: the domain string names what is
+  signed (``fedhub/event/v1``, ``fedhub/request/v1`` ...), so a signature made for one kind
+  of object can never be replayed as another. See docs/crypto.md.
+* **Payloads** are encrypted once with a fresh 32-byte content key (XSalsa20-Poly1305,
+  ``SecretBox``); the content key is then *wrapped* for each recipient with a ``Box``
+  between the sender's and the recipient's X25519 keys. Whoever holds a wrapped key can
+  open the payload, and the owner can later wrap the same content key for a colleague
+  without re-encrypting the data.
+* ``Box`` shared keys are cached per (my key, peer key) pair: X25519 costs ~10x an
+  encryption with a precomputed key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.public
+import nacl.secret
+import nacl.signing
+
+from hub.errors import DecryptionError, SignatureError
+
+__all__ = [
+    "CONTENT_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "WrappedPayload",
+    "blake2b_256",
+    "key_id",
+    "new_content_key",
+    "open_payload",
+    "open_secret",
+    "rewrap",
+    "seal_payload",
+    "seal_secret",
+    "sign",
+    "unwrap_key",
+    "verify",
+    "wrap_key",
+]
+
+SIGNATURE_BYTES = 64
+CONTENT_KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE
+
+
+def blake2b_256(data: bytes) -> bytes:
+    """BLAKE2b with a 32-byte digest."""
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def key_id(public_key: bytes) -> str:
+    """Short stable id of a public key: 20 hex chars of BLAKE2b-256 of the key bytes."""
+    return hashlib.blake2b(public_key, digest_size=32).hexdigest()[:20]
+
+
+def sign(signing_key: nacl.signing.SigningKey, domain: bytes, message: bytes) -> bytes:
+    """Detached Ed25519 signature over ``domain || message``."""
+    return signing_key.sign(domain + message).signature
+
+
+def verify(verify_key: bytes, domain: bytes, message: bytes, signature: bytes) -> None:
+    """Check an Ed25519 signature over ``domain || message``; raise SignatureError if bad."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
+    try:
+        _verifier(verify_key).verify(domain + message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError) as exc:
+        raise SignatureError("signature does not verify") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _verifier(verify_key: bytes) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(verify_key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _box(my_secret: bytes, peer_public: bytes) -> nacl.public.Box:
+    return nacl.public.Box(nacl.public.PrivateKey(my_secret), nacl.public.PublicKey(peer_public))
+
+
+def new_content_key() -> bytes:
+    """A fresh random content key."""
+    return secrets.token_bytes(CONTENT_KEY_BYTES)
+
+
+def seal_secret(key: bytes, plaintext: bytes) -> bytes:
+    """Encrypt with a content key (nonce prepended)."""
+    return bytes(nacl.secret.SecretBox(key).encrypt(plaintext))
+
+
+def open_secret(key: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt with a content key; raise DecryptionError if it does not authenticate."""
+    try:
+        return nacl.secret.SecretBox(key).decrypt(ciphertext)
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError) as exc:
+        raise DecryptionError("payload does not decrypt with this key") from exc
+
+
+def wrap_key(
+    my_box_secret: bytes, my_box_public: bytes, peer_box_public: bytes, content_key: bytes
+) -> bytes:
+    """Encrypt a content key from me to a peer: ``my_box_public || Box ciphertext``.
+
+    The sender's public key travels with the wrap, so wraps made by different people
+    (the node for the caller, the caller later for a colleague) sit side by side.
+    """
+    return my_box_public + bytes(_box(my_box_secret, peer_box_public).encrypt(content_key))
+
+
+def unwrap_key(my_box_secret: bytes, wrapped: bytes) -> bytes:
+    """Open a content key wrapped for me; DecryptionError if it does not open."""
+    if len(wrapped) < 32 + 40:
+        raise DecryptionError("wrapped key is too short")
+    sender, box_ct = wrapped[:32], wrapped[32:]
+    try:
+        key = _box(my_box_secret, sender).decrypt(box_ct)
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError) as exc:
+        raise DecryptionError("wrapped key does not open with this key pair") from exc
+    if len(key) != CONTENT_KEY_BYTES:
+        raise DecryptionError("wrapped key has the wrong length")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedPayload:
+    """Ciphertext plus its content key wrapped for each recipient key id."""
+
+    ciphertext: bytes
+    wraps: dict[str, bytes]
+
+
+def seal_payload(
+    plaintext: bytes,
+    sender_box_secret: bytes,
+    sender_box_public: bytes,
+    recipients: dict[str, bytes],
+) -> WrappedPayload:
+    """Encrypt ``plaintext`` once and wrap its content key for every recipient.
+
+    ``recipients`` maps a recipient key id to its X25519 public key.
+    """
+    key = new_content_key()
+    wraps = {
+        kid: wrap_key(sender_box_secret, sender_box_public, pub, key)
+        for kid, pub in recipients.items()
+    }
+    return WrappedPayload(seal_secret(key, plaintext), wraps)
+
+
+def open_payload(payload: WrappedPayload, my_kid: str, my_box_secret: bytes) -> bytes:
+    """Open a payload with my wrapped key; DecryptionError if none is for me or it fails."""
+    wrapped = payload.wraps.get(my_kid)
+    if wrapped is None:
+        raise DecryptionError(f"payload has no key wrapped for key {my_kid}")
+    return open_secret(unwrap_key(my_box_secret, wrapped), payload.ciphertext)
+
+
+def rewrap(
+    payload: WrappedPayload,
+    my_kid: str,
+    my_box_secret: bytes,
+    my_box_public: bytes,
+    recipients: dict[str, bytes],
+) -> dict[str, bytes]:
+    """Wrap the content key of a payload I can open for more recipients (sharing)."""
+    wrapped = payload.wraps.get(my_kid)
+    if wrapped is None:
+        raise DecryptionError(f"payload has no key wrapped for key {my_kid}")
+    key = unwrap_key(my_box_secret, wrapped)
+    return {
+        kid: wrap_key(my_box_secret, my_box_public, pub, key) for kid, pub in recipients.items()
+    }

@@ -1,0 +1,206 @@
+"""Wire messages of a call: the signed request envelope and the node's replies.
+
+**Request** (published to ``fh.call.<site>.<module>.<function>``, ``Nats-Msg-Id`` = id)::
+
+    b"FHR1" | u32 big-endian header length | header | 64-byte signature | ciphertext
+
+``header`` is canonical JSON (:class:`RequestHeader`); the caller's Ed25519 key signs
+``DOMAIN_REQUEST || header``. The header carries the BLAKE2b-256 hash and size of the
+ciphertext, so the signature covers the encrypted arguments too. The ciphertext is the
+codec-encoded arguments sealed with a fresh content key, wrapped for the node key(s) of
+the target site (``wraps``). The node verifies the signature before parsing anything else.
+
+**Reply** (published by the node to the caller's ``reply`` inbox)::
+
+    b"FHP1" | u32 big-endian header length | header (canonical JSON) | body
+
+``kind`` is ``progress`` (body: progress message sealed with the request's content key),
+``result`` (body: result ciphertext, content key wrapped for the caller in the header),
+``error`` (body: the error's description sealed with the request's content key when the
+node could open the request; empty otherwise, and then the header's ``code`` is all).
+Replies are authenticated by the crypto: only the node holding the key the arguments were
+wrapped for knows the request's content key, and result wraps are X25519 boxes from the
+node's key. The node's log records the result's hash in its signed event.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hub.canonical import b64d, b64e, canonical_bytes, parse_canonical
+from hub.chain import hash_hex
+from hub.crypto import blake2b_256, sign, verify
+from hub.errors import CanonicalError, OversizeError, SignatureError
+from hub.records import B64, Hex32, Kid, Time, one_line
+
+__all__ = [
+    "DOMAIN_REQUEST",
+    "REPLY_MAGIC",
+    "REQUEST_MAGIC",
+    "Reply",
+    "ReplyHeader",
+    "Request",
+    "RequestHeader",
+    "check_payload",
+    "pack_reply",
+    "pack_request",
+    "parse_request_header",
+    "split_request",
+    "unpack_reply",
+    "unpack_request",
+    "wraps_to_bytes",
+    "wraps_to_text",
+]
+
+REQUEST_MAGIC = b"FHR1"
+REPLY_MAGIC = b"FHP1"
+DOMAIN_REQUEST = b"fedhub/request/v1\n"
+_LEN = struct.Struct(">I")
+_MAX_HEADER = 64 * 1024
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RequestHeader(_Wire):
+    """The signed header of a call."""
+
+    v: Literal[1] = 1
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+    caller: Annotated[str, Field(min_length=3, max_length=140)]
+    kid: Kid
+    site: str
+    module: str
+    function: str
+    time: Time
+    nonce: B64
+    timeout_ms: int = Field(ge=1, le=7 * 24 * 3600 * 1000)
+    reply: Annotated[str, Field(min_length=1, max_length=255)]
+    schema_hash: Hex32 | None = None
+    payload_hash: Hex32
+    payload_size: int = Field(ge=0)
+    wraps: dict[Kid, B64]
+
+    @property
+    def address(self) -> str:
+        """``site.module.function``."""
+        return f"{self.site}.{self.module}.{self.function}"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as received: exact header bytes, parsed header, signature, ciphertext."""
+
+    header_bytes: bytes
+    header: RequestHeader
+    sig: bytes
+    ciphertext: bytes
+
+    @property
+    def envelope_hash(self) -> str:
+        """Hash of the signed header (identifies this exact request)."""
+        return hash_hex(blake2b_256(self.header_bytes))
+
+
+def pack_request(header: RequestHeader, ciphertext: bytes, signing_key: Any) -> bytes:
+    """Sign ``header`` and frame it with its ciphertext."""
+    body = canonical_bytes(header.model_dump(mode="json"))
+    sig = sign(signing_key, DOMAIN_REQUEST, body)
+    return b"".join((REQUEST_MAGIC, _LEN.pack(len(body)), body, sig, ciphertext))
+
+
+def split_request(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a request frame into header bytes, signature and ciphertext (no checks yet)."""
+    if len(data) < 8 + 64 or data[:4] != REQUEST_MAGIC:
+        raise CanonicalError("not a fedhub request (bad magic or too short)")
+    (n,) = _LEN.unpack_from(data, 4)
+    if n > _MAX_HEADER or 8 + n + 64 > len(data):
+        raise CanonicalError("request header length is out of range")
+    return data[8 : 8 + n], data[8 + n : 8 + n + 64], data[8 + n + 64 :]
+
+
+def parse_request_header(header_bytes: bytes) -> RequestHeader:
+    """Parse header bytes (call after the signature was verified)."""
+    try:
+        return RequestHeader.model_validate(parse_canonical(header_bytes))
+    except ValidationError as exc:
+        raise CanonicalError(f"request header does not match its schema: {one_line(exc)}") from exc
+
+
+def unpack_request(data: bytes, caller_sign_key: bytes, *, max_size: int | None = None) -> Request:
+    """Verify and parse a request whose caller key is already known (tests, tools)."""
+    if max_size is not None and len(data) > max_size:
+        raise OversizeError(f"request is {len(data)} bytes, the limit is {max_size}")
+    header_bytes, sig, ciphertext = split_request(data)
+    verify(caller_sign_key, DOMAIN_REQUEST, header_bytes, sig)
+    header = parse_request_header(header_bytes)
+    check_payload(header, ciphertext)
+    return Request(header_bytes, header, sig, ciphertext)
+
+
+def check_payload(header: RequestHeader, ciphertext: bytes) -> None:
+    """The ciphertext must be the one the signed header names."""
+    if (
+        len(ciphertext) != header.payload_size
+        or hash_hex(blake2b_256(ciphertext)) != header.payload_hash
+    ):
+        raise SignatureError("ciphertext does not match the signed header (altered in transit)")
+
+
+class ReplyHeader(_Wire):
+    """Header of a node's reply to a caller."""
+
+    v: Literal[1] = 1
+    kind: Literal["progress", "result", "error"]
+    id: str
+    node: str
+    time: Time
+    fraction_ppm: int | None = Field(None, ge=0, le=1_000_000)
+    code: str | None = None
+    result_hash: Hex32 | None = None
+    wraps: dict[Kid, B64] = Field(default_factory=dict)
+    object: str | None = None
+    log_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A parsed reply."""
+
+    header: ReplyHeader
+    body: bytes
+
+
+def pack_reply(header: ReplyHeader, body: bytes = b"") -> bytes:
+    """Frame a reply."""
+    raw = canonical_bytes(header.model_dump(mode="json", exclude_none=True))
+    return b"".join((REPLY_MAGIC, _LEN.pack(len(raw)), raw, body))
+
+
+def unpack_reply(data: bytes) -> Reply:
+    """Parse a reply frame; CanonicalError when malformed."""
+    if len(data) < 8 or data[:4] != REPLY_MAGIC:
+        raise CanonicalError("not a fedhub reply (bad magic or too short)")
+    (n,) = _LEN.unpack_from(data, 4)
+    if n > _MAX_HEADER or 8 + n > len(data):
+        raise CanonicalError("reply header length is out of range")
+    try:
+        header = ReplyHeader.model_validate(parse_canonical(data[8 : 8 + n]))
+    except ValidationError as exc:
+        raise CanonicalError(f"reply header does not match its schema: {one_line(exc)}") from exc
+    return Reply(header, data[8 + n :])
+
+
+def wraps_to_bytes(wraps: dict[str, str]) -> dict[str, bytes]:
+    """Decode a header's base64 wraps."""
+    return {kid: b64d(w) for kid, w in wraps.items()}
+
+
+def wraps_to_text(wraps: dict[str, bytes]) -> dict[str, str]:
+    """Encode wraps for a header."""
+    return {kid: b64e(w) for kid, w in wraps.items()}

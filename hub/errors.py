@@ -1,0 +1,207 @@
+"""The fedhub exception tree.
+
+Every error fedhub raises on purpose derives from :class:`FederationError`; other
+libraries' errors are converted where they enter (``raise X(...) from exc``)::
+
+    FederationError
+    ├── ConfigError              bad config file, option, key store or key file
+    │   └── KeyStoreError        missing key, wrong passphrase, corrupt key file
+    ├── TransportError           NATS unreachable, connection lost
+    │   └── CallTimeoutError     (also a TimeoutError) no answer before the deadline
+    ├── RemoteError              the remote side refused or failed; carries code + description
+    │   ├── NotFoundError        unknown site, module or function
+    │   ├── UnauthorizedError    caller unknown, revoked, or not granted
+    │   ├── ValidationError      arguments or result do not match the function's schema
+    │   ├── FunctionFailedError  the function raised (or its worker crashed)
+    │   ├── CallCancelledError   cancelled by the caller or interrupted by shutdown
+    │   ├── OversizeError        message above the configured limit
+    │   └── ReplayError          request id or nonce seen before, or time outside the window
+    ├── IntegrityError           a verification step failed; never a warning
+    │   ├── SignatureError       a signature does not verify
+    │   ├── ChainError           hash chain broken (gap, reorder, insertion, edit)
+    │   ├── CheckpointError      a checkpoint's root or size does not match the events
+    │   ├── DecryptionError      ciphertext cannot be opened with the given key
+    │   └── CanonicalError       bytes are not in canonical form / cannot be encoded
+    └── NodeError                the site node cannot do what was asked
+        ├── UnknownFunctionError a module or function is not served by this node
+        └── LogConflictError     the event log refuses a write (sequence or chain conflict)
+
+Each error has :meth:`FederationError.diagnostics`, one line a person can read, which the
+CLIs print before exiting nonzero.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallCancelledError",
+    "CallTimeoutError",
+    "CanonicalError",
+    "ChainError",
+    "CheckpointError",
+    "ConfigError",
+    "DecryptionError",
+    "FederationError",
+    "FunctionFailedError",
+    "IntegrityError",
+    "KeyStoreError",
+    "LogConflictError",
+    "NodeError",
+    "NotFoundError",
+    "OversizeError",
+    "RemoteError",
+    "ReplayError",
+    "SignatureError",
+    "TransportError",
+    "UnauthorizedError",
+    "UnknownFunctionError",
+    "ValidationError",
+    "remote_error_from_code",
+]
+
+
+class FederationError(Exception):
+    """Root of every error fedhub raises on purpose."""
+
+    #: What the user can do about it; appended to :meth:`diagnostics` when set.
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def diagnostics(self) -> str:
+        """One readable line: what happened and, when known, what to do."""
+        line = f"{type(self).__name__}: {self.message}"
+        if self.hint:
+            line += f" ({self.hint})"
+        return line
+
+
+class ConfigError(FederationError):
+    """A config file, option or key store is invalid."""
+
+
+class KeyStoreError(ConfigError):
+    """A key is missing, its file is corrupt, or its passphrase is wrong."""
+
+
+class TransportError(FederationError):
+    """NATS could not be reached or the connection failed."""
+
+
+class CallTimeoutError(TransportError, TimeoutError):
+    """No answer arrived before the call's deadline."""
+
+
+class RemoteError(FederationError):
+    """The remote side refused or failed the call.
+
+    ``code`` is the machine-readable reason carried in the reply (see docs/protocol.md).
+    """
+
+    code: str = "remote_error"
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        if code is not None:
+            self.code = code
+
+
+class NotFoundError(RemoteError):
+    """No such site, module or function."""
+
+    code = "not_found"
+
+
+class UnauthorizedError(RemoteError):
+    """The caller is unknown, revoked, or not granted this function."""
+
+    code = "unauthorized"
+
+
+class ValidationError(RemoteError):
+    """Arguments or result do not match the function's schema."""
+
+    code = "invalid_arguments"
+
+
+class FunctionFailedError(RemoteError):
+    """The remote function raised, or the worker running it died."""
+
+    code = "function_failed"
+
+
+class CallCancelledError(RemoteError):
+    """The call was cancelled by its caller or interrupted by a shutdown."""
+
+    code = "cancelled"
+
+
+class OversizeError(RemoteError):
+    """A message is larger than the configured limit."""
+
+    code = "oversize"
+
+
+class ReplayError(RemoteError):
+    """A request id or nonce was seen before, or its time is outside the window."""
+
+    code = "replay"
+
+
+class IntegrityError(FederationError):
+    """A verification step failed."""
+
+
+class SignatureError(IntegrityError):
+    """A signature does not verify against the expected key."""
+
+
+class ChainError(IntegrityError):
+    """The hash chain is broken."""
+
+
+class CheckpointError(IntegrityError):
+    """A checkpoint does not match the events it claims to cover."""
+
+
+class DecryptionError(IntegrityError):
+    """Ciphertext cannot be opened with the given key."""
+
+
+class CanonicalError(IntegrityError):
+    """A value cannot be canonically encoded, or bytes are not canonical."""
+
+
+class NodeError(FederationError):
+    """The site node cannot do what was asked."""
+
+
+class UnknownFunctionError(NodeError):
+    """A module or function is not served by this node."""
+
+
+class LogConflictError(NodeError):
+    """The event log refused a write."""
+
+
+_REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
+    cls.code: cls
+    for cls in (
+        NotFoundError,
+        UnauthorizedError,
+        ValidationError,
+        FunctionFailedError,
+        CallCancelledError,
+        OversizeError,
+        ReplayError,
+    )
+}
+
+
+def remote_error_from_code(code: str, message: str, hint: str | None = None) -> RemoteError:
+    """Build the typed :class:`RemoteError` for a reply's error ``code``."""
+    cls = _REMOTE_BY_CODE.get(code, RemoteError)
+    return cls(message, code=code, hint=hint)

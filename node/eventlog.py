@@ -1,0 +1,365 @@
+"""The node's append-only, signed, hash-chained event log in SQLite.
+
+* One log per node, id = the node identity (``node:hereon/n1``).
+* Each event's body is canonical JSON (:mod:`hub.events`) carrying ``seq`` and ``prev`` (the
+  hash of the previous body); the hash is ``leaf_hash(body)``; the node key signs
+  ``DOMAIN_EVENT || hash``. Bodies are built one after another (the chain is sequential);
+  signatures are made in parallel on a small thread pool (libsodium releases the GIL).
+* SQLite in WAL mode with ``synchronous=FULL``: a committed event survives a crash of the
+  process *and* of the machine. Appends are grouped into one transaction (group commit).
+* The database itself refuses ``UPDATE`` and ``DELETE`` on events (triggers), and an insert
+  whose ``seq`` is not the next one.
+* Every ``checkpoint_every`` events (or on :meth:`EventLog.checkpoint`), a ``checkpoint``
+  event carries a signed Merkle root over all events before it.
+* Projections (request status) are updated in the same transaction and can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+import structlog
+from pydantic import BaseModel
+
+from hub.canonical import b64e, canonical_bytes, parse_canonical
+from hub.chain import GENESIS_PREV, MerkleAccumulator, leaf_hash
+from hub.clock import now
+from hub.crypto import sign
+from hub.errors import ConfigError, LogConflictError
+from hub.events import DOMAIN_EVENT, CheckpointData, LogCreated
+from hub.keys import KeyPair
+from hub.logfile import export_line
+from hub.records import Checkpoint, SignedRecord, sign_record
+from node import projections
+
+__all__ = ["EventLog", "StoredEvent"]
+
+log = structlog.get_logger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    body BLOB NOT NULL,
+    type TEXT NOT NULL,
+    time TEXT NOT NULL,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS events_request ON events(request_id) WHERE request_id IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'fedhub event log is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'fedhub event log is append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_next_seq BEFORE INSERT ON events
+WHEN NEW.seq != (SELECT IFNULL(MAX(seq), 0) + 1 FROM events)
+BEGIN SELECT RAISE(ABORT, 'fedhub event log: seq must be the next one'); END;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY, root TEXT NOT NULL, signed TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: its body bytes, hash and signature."""
+
+    seq: int
+    hash: bytes
+    sig: bytes
+    body: bytes
+    type: str
+
+    def parsed(self) -> dict[str, Any]:
+        """The body as a dict."""
+        value: dict[str, Any] = parse_canonical(self.body)
+        return value
+
+
+class EventLog:
+    """A node's event log. Thread-safe: appends are serialized by a lock.
+
+    Open with :meth:`open`; close with :meth:`close` (twice is harmless) or use as a
+    context manager.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        key: KeyPair | None,
+        *,
+        checkpoint_every: int = 1000,
+        sign_threads: int = 2,
+    ) -> None:
+        self.path = path
+        self._key = key
+        self.readonly = key is None
+        self.log_id = key.identity if key is not None else ""
+        self.checkpoint_every = checkpoint_every
+        self._lock = threading.RLock()
+        self._closed = False
+        try:
+            if self.readonly:
+                conn = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    check_same_thread=False,
+                    isolation_level=None,
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            if not self.readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                conn.executescript(_SCHEMA)
+                projections.create(conn)
+            else:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'log'").fetchone()
+                self.log_id = row[0] if row else ""
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot open event log {path}: {exc}") from exc
+        self._sign_threads = max(1, sign_threads)
+        self._pool = ThreadPoolExecutor(self._sign_threads, thread_name_prefix="eventlog-sign")
+        self._acc = MerkleAccumulator()
+        self._seq = 0
+        self._prev = GENESIS_PREV
+        self._since_checkpoint = 0
+        self._load_state()
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> EventLog:
+        """Open an existing log for reading only (export, head, status); no key needed."""
+        return cls(path, None)
+
+    @property
+    def key(self) -> KeyPair:
+        """The node key that signs appends."""
+        if self._key is None:
+            raise LogConflictError(f"event log {self.path} is open read-only")
+        return self._key
+
+    # --- opening -------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if meta and not self.readonly and meta.get("log") != self.log_id:
+            raise ConfigError(
+                f"event log {self.path} belongs to {meta.get('log')}, not {self.log_id}"
+            )
+        last_cp = 0
+        for (hash_,) in self.db.execute("SELECT hash FROM events ORDER BY seq"):
+            self._acc.append(bytes(hash_))
+        self._seq = self._acc.size
+        if self._seq:
+            row = self.db.execute("SELECT hash FROM events WHERE seq = ?", [self._seq]).fetchone()
+            self._prev = bytes(row[0])
+            cp = self.db.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
+            last_cp = int(cp or 0)
+        self._since_checkpoint = self._seq - last_cp
+
+    def initialize(self, site: str, site_key: bytes, node_record: SignedRecord) -> StoredEvent:
+        """Write the genesis event of a new log (no-op error if it already has events)."""
+        with self._lock:
+            if self._seq:
+                raise LogConflictError(f"event log {self.path} is already initialized")
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES ('log', ?), ('site', ?)", [self.log_id, site]
+            )
+            return self.append(
+                LogCreated(
+                    node=self.log_id, site=site, site_key=b64e(site_key), node_key=node_record
+                )
+            )
+
+    @property
+    def initialized(self) -> bool:
+        """Whether the genesis event exists."""
+        return self._seq > 0
+
+    @property
+    def size(self) -> int:
+        """Number of events (= the last sequence number)."""
+        return self._seq
+
+    # --- appending ----------------------------------------------------------------------
+
+    def append(self, data: BaseModel) -> StoredEvent:
+        """Append one event."""
+        return self.append_many([data])[0]
+
+    def append_many(self, datas: Sequence[BaseModel]) -> list[StoredEvent]:
+        """Append events in one transaction (group commit), adding due checkpoints."""
+        if not datas:
+            return []
+        with self._lock:
+            if self._closed:
+                raise LogConflictError("event log is closed")
+            items = [d.model_dump(mode="json") for d in datas]
+            stored = self._build_and_store(items)
+            if self._since_checkpoint >= self.checkpoint_every:
+                stored.extend(self._build_and_store([self._checkpoint_item()]))
+            return stored
+
+    def checkpoint(self) -> StoredEvent:
+        """Append a checkpoint event now (over every event so far)."""
+        with self._lock:
+            return self._build_and_store([self._checkpoint_item()])[0]
+
+    def _checkpoint_item(self) -> dict[str, Any]:
+        cp = Checkpoint(
+            log=self.log_id,
+            size=self._seq,
+            root=self._acc.root().hex(),
+            time=now(),
+            kid=self.key.kid,
+        )
+        signed = sign_record(cp, self.key.signing_key)
+        self._pending_checkpoint = (cp, signed)
+        return CheckpointData(checkpoint=signed).model_dump(mode="json")
+
+    def _build_and_store(self, items: list[dict[str, Any]]) -> list[StoredEvent]:
+        seq, prev, kid, log_id = self._seq, self._prev, self.key.kid, self.log_id
+        time = now()
+        rows: list[tuple[int, bytes, bytes, str, str, str | None]] = []
+        for data in items:
+            seq += 1
+            body = canonical_bytes(
+                {
+                    "v": 1,
+                    "log": log_id,
+                    "seq": seq,
+                    "prev": prev.hex(),
+                    "time": time,
+                    "type": data["type"],
+                    "kid": kid,
+                    "data": data,
+                }
+            )
+            prev = leaf_hash(body)
+            rows.append((seq, prev, body, data["type"], time, data.get("request_id")))
+        sigs = self._sign_all([r[1] for r in rows])
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r[0], r[1], s, r[2], r[3], r[4], r[5]) for r, s in zip(rows, sigs, strict=True)],
+            )
+            projections.apply_many(
+                conn, [(r[0], r[4], data) for r, data in zip(rows, items, strict=True)]
+            )
+            for data in items:
+                if data["type"] == "checkpoint":
+                    cp, signed = self._pending_checkpoint
+                    conn.execute(
+                        "INSERT INTO checkpoints(size, root, signed) VALUES (?, ?, ?)",
+                        [cp.size, cp.root, signed.model_dump_json()],
+                    )
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            conn.execute("ROLLBACK")
+            raise LogConflictError(f"event log refused the append: {exc}") from exc
+        for r in rows:
+            self._acc.append(r[1])
+        self._seq, self._prev = seq, prev
+        self._since_checkpoint += len(rows)
+        if items[-1]["type"] == "checkpoint":
+            self._since_checkpoint = 0
+        return [StoredEvent(r[0], r[1], s, r[2], r[3]) for r, s in zip(rows, sigs, strict=True)]
+
+    def _sign_all(self, hashes: list[bytes]) -> list[bytes]:
+        sk = self.key.signing_key
+        if len(hashes) < 64 or self._sign_threads == 1:
+            return [sign(sk, DOMAIN_EVENT, h) for h in hashes]
+        n = self._sign_threads
+        step = -(-len(hashes) // n)
+        chunks = [hashes[i : i + step] for i in range(0, len(hashes), step)]
+        out: list[bytes] = []
+        for part in self._pool.map(lambda c: [sign(sk, DOMAIN_EVENT, h) for h in c], chunks):
+            out.extend(part)
+        return out
+
+    # --- reading ------------------------------------------------------------------------
+
+    def events(self, after: int = 0, limit: int | None = None) -> Iterator[StoredEvent]:
+        """Stored events with ``seq > after``, in order."""
+        sql = "SELECT seq, hash, sig, body, type FROM events WHERE seq > ? ORDER BY seq"
+        params: list[Any] = [after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        for seq, h, s, b, t in self.db.execute(sql, params).fetchall():
+            yield StoredEvent(seq, bytes(h), bytes(s), bytes(b), t)
+
+    def events_for_request(self, request_id: str) -> list[StoredEvent]:
+        """Every event of one request, in order."""
+        rows = self.db.execute(
+            "SELECT seq, hash, sig, body, type FROM events WHERE request_id = ? ORDER BY seq",
+            [request_id],
+        ).fetchall()
+        return [StoredEvent(seq, bytes(h), bytes(s), bytes(b), t) for seq, h, s, b, t in rows]
+
+    def head(self) -> SignedRecord | None:
+        """The latest signed checkpoint, if any."""
+        row = self.db.execute(
+            "SELECT signed FROM checkpoints ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        return SignedRecord.model_validate_json(row[0]) if row else None
+
+    def export(self, out: Path) -> int:
+        """Write every event as JSON Lines to ``out`` (atomically); return the count."""
+        count = 0
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("wb") as fh:
+            for h, s, b in self.db.execute("SELECT hash, sig, body FROM events ORDER BY seq"):
+                fh.write(export_line(bytes(h), bytes(s), bytes(b)))
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(out)
+        return count
+
+    def rebuild_projections(self) -> int:
+        """Drop and rebuild every projection from the events; return events replayed."""
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            projections.drop(conn)
+            projections.create(conn)
+            count = 0
+            for seq, time, body in conn.execute(
+                "SELECT seq, time, body FROM events ORDER BY seq"
+            ).fetchall():
+                projections.apply(conn, seq, time, parse_canonical(body)["data"])
+                count += 1
+            conn.execute("COMMIT")
+            return count
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database and the signing pool; harmless twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pool.shutdown(wait=True)
+            self.db.conn.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,133 @@
+"""Projections: state derived from the event log, updated with it, rebuildable from it.
+
+``requests`` holds one row per request id with its current state. It is a cache of the
+log, never the truth: ``fedhub-node log rebuild`` drops and replays it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+__all__ = ["apply", "apply_many", "create", "drop", "request_status"]
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    caller TEXT,
+    address TEXT,
+    state TEXT NOT NULL,
+    code TEXT,
+    reason TEXT,
+    received_seq INTEGER,
+    updated_seq INTEGER NOT NULL,
+    received_time TEXT,
+    updated_time TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress_ppm INTEGER,
+    result_hash TEXT,
+    result_object TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
+"""
+
+_STATE_BY_TYPE = {
+    "request.accepted": "accepted",
+    "request.started": "running",
+    "request.completed": "completed",
+    "request.failed": "failed",
+}
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create the projection tables if missing."""
+    conn.executescript(_DDL)
+
+
+def drop(conn: sqlite3.Connection) -> None:
+    """Drop the projection tables."""
+    conn.execute("DROP TABLE IF EXISTS requests")
+
+
+def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
+    """Fold one event (its ``data``) into the projections."""
+    apply_many(conn, [(seq, time, data)])
+
+
+def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """Fold events in order, running runs of the same statement with one executemany."""
+    run_sql: str | None = None
+    run: list[list[Any]] = []
+    for seq, time, data in events:
+        stmt = _statement(seq, time, data)
+        if stmt is None:
+            continue
+        sql, params = stmt
+        if sql != run_sql:
+            if run_sql is not None:
+                conn.executemany(run_sql, run)
+            run_sql, run = sql, []
+        run.append(params)
+    if run_sql is not None:
+        conn.executemany(run_sql, run)
+
+
+def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any]] | None:
+    kind = data["type"]
+    if kind == "request.received":
+        return (
+            "INSERT INTO requests(request_id, caller, address, state, received_seq,"
+            " updated_seq, received_time, updated_time) VALUES (?, ?, ?, 'received', ?, ?, ?, ?)"
+            " ON CONFLICT(request_id) DO UPDATE SET updated_seq = excluded.updated_seq,"
+            " updated_time = excluded.updated_time",
+            [data["request_id"], data["caller"], data["address"], seq, seq, time, time],
+        )
+    if kind == "request.rejected":
+        if data.get("request_id"):
+            return (
+                "INSERT INTO requests(request_id, caller, state, code, reason, updated_seq,"
+                " updated_time) VALUES (?, ?, 'rejected', ?, ?, ?, ?)"
+                " ON CONFLICT(request_id) DO UPDATE SET"
+                " state = CASE WHEN state IN ('received') THEN 'rejected' ELSE state END,"
+                " code = excluded.code, reason = excluded.reason,"
+                " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
+                [data["request_id"], data.get("caller"), data["code"], data["reason"], seq, time],
+            )
+        return None
+    if kind in _STATE_BY_TYPE:
+        extra = ""
+        params: list[Any] = [_STATE_BY_TYPE[kind], seq, time]
+        if kind == "request.started":
+            extra = ", attempts = attempts + 1"
+        elif kind == "request.completed":
+            extra = ", result_hash = ?, progress_ppm = 1000000"
+            params.append(data["result_hash"])
+        elif kind == "request.failed":
+            extra = ", code = ?, reason = ?"
+            params += [data["code"], data["reason"]]
+        return (
+            f"UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?{extra}"  # noqa: S608
+            " WHERE request_id = ?",
+            [*params, data["request_id"]],
+        )
+    if kind == "request.progress":
+        return (
+            "UPDATE requests SET progress_ppm = ?, updated_seq = ?, updated_time = ?"
+            " WHERE request_id = ?",
+            [data.get("fraction_ppm"), seq, time, data["request_id"]],
+        )
+    if kind == "result.stored":
+        return (
+            "UPDATE requests SET result_object = ? WHERE request_id = ?",
+            [data["object"], data["request_id"]],
+        )
+    return None
+
+
+def request_status(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    """The projected row of one request, or None."""
+    cur = conn.execute("SELECT * FROM requests WHERE request_id = ?", [request_id])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([c[0] for c in cur.description], row, strict=True))

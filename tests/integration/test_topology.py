@@ -1,0 +1,375 @@
+"""Real nats-server processes: launcher, site streams, and a hub with two site leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import api
+
+from hub import subjects
+from hub.errors import ConfigError, TransportError
+from hub.topology import (
+    HUB_DOMAIN,
+    LeafUser,
+    NatsServer,
+    connect,
+    ensure_calls_consumer,
+    ensure_site_streams,
+    find_nats_server,
+    hub_config,
+    leaf_config,
+    source_site_events,
+    wait_jetstream_ready,
+    wait_message_route,
+)
+
+if TYPE_CHECKING:
+    from conftest import Federation
+
+FederationFactory = Callable[..., Coroutine[Any, Any, "Federation"]]
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    """A client of the shared server."""
+    client = await connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def clients(federation: Federation) -> AsyncIterator[dict[str, NatsClient]]:
+    """One client per site leaf, plus ``"hub"``."""
+    conns = {site: await connect(federation.site_url(site)) for site in federation.sites}
+    conns["hub"] = await connect(federation.hub_url)
+    for site in federation.sites:
+        await ensure_site_streams(conns[site].jetstream(), site)
+    yield conns
+    for client in conns.values():
+        await client.close()
+
+
+async def stream_count(js: nats.js.JetStreamContext, stream: str, subject: str) -> int:
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+# ------------------------------------------------------------------ launcher
+
+
+def test_the_nats_server_binary_is_found_next_to_python() -> None:
+    exe = find_nats_server()
+    assert exe.is_file()
+    assert os.access(exe, os.X_OK)
+
+
+async def test_a_single_server_answers_jetstream_on_a_random_local_port(
+    nats_server: NatsServer, nc: NatsClient
+) -> None:
+    assert nats_server.url.startswith("nats://127.0.0.1:")
+    assert nats_server.pid is not None
+    assert nats_server.leafnode_url is None
+    await wait_jetstream_ready(nc, timeout=5)
+
+
+async def test_stopping_a_server_twice_is_harmless(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path, jetstream=False)
+    async with server:
+        assert server.running
+    await server.stop()
+    assert not server.running
+
+
+async def test_a_server_that_exits_while_starting_reports_its_log(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    port = int(nats_server.url.rpartition(":")[2])
+    clash = NatsServer(tmp_path, port=port, jetstream=False, start_timeout=5)
+    with pytest.raises(TransportError, match="address already in use"):
+        await clash.start()
+    assert not clash.running
+
+
+async def test_a_restarted_server_keeps_its_port_and_its_streams(
+    fresh_nats_server: NatsServer,
+) -> None:
+    url = fresh_nats_server.url
+    client = await connect(url)
+    await ensure_site_streams(client.jetstream(), "hereon")
+    await client.jetstream().publish(subjects.call_subject("hereon", "m", "f"), b"call")
+    await client.close()
+
+    await fresh_nats_server.kill()
+    assert not fresh_nats_server.running
+    await fresh_nats_server.restart()
+
+    assert fresh_nats_server.url == url
+    client = await connect(url)
+    try:
+        info = await client.jetstream().stream_info(subjects.CALLS_STREAM)
+        assert info.state.messages == 1
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------------ site streams
+
+
+async def test_site_streams_are_created_idempotently(nc: NatsClient, shared_site: str) -> None:
+    js = nc.jetstream()
+    await ensure_site_streams(js, shared_site)
+    await ensure_site_streams(js, shared_site)
+
+    calls = (await js.stream_info(subjects.CALLS_STREAM)).config
+    assert calls.subjects == [subjects.calls_filter(shared_site)]
+    assert calls.retention == api.RetentionPolicy.WORK_QUEUE
+    assert calls.storage == api.StorageType.FILE
+    assert calls.duplicate_window == 120
+    events = (await js.stream_info(subjects.EVENTS_STREAM)).config
+    assert events.subjects == [subjects.events_filter(shared_site)]
+    assert events.retention == api.RetentionPolicy.LIMITS
+    assert events.deny_delete
+    assert events.deny_purge
+    await js.object_store(subjects.RESULTS_BUCKET)
+
+
+async def test_the_calls_consumer_is_a_durable_explicit_ack_pull_consumer(
+    nc: NatsClient, shared_site: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_site_streams(js, shared_site)
+    await ensure_calls_consumer(js, shared_site)
+    info = await ensure_calls_consumer(js, shared_site)
+    assert info.name == subjects.CALLS_CONSUMER
+    assert info.config.durable_name == subjects.CALLS_CONSUMER
+    assert info.config.ack_policy == api.AckPolicy.EXPLICIT
+    assert info.config.ack_wait == 30
+    assert info.config.max_deliver == 5
+    assert info.config.deliver_subject is None
+
+
+async def test_events_cannot_be_deleted_from_the_events_stream(
+    nc: NatsClient, shared_site: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_site_streams(js, shared_site)
+    ack = await js.publish(subjects.events_subject(shared_site, "node1"), b"event")
+    with pytest.raises(nats.js.errors.APIError):
+        await js.delete_msg(subjects.EVENTS_STREAM, ack.seq)
+    with pytest.raises(nats.js.errors.APIError):
+        await js.purge_stream(subjects.EVENTS_STREAM)
+
+
+async def test_a_stream_of_another_site_is_refused_not_taken_over(
+    nc: NatsClient, shared_site: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_site_streams(js, shared_site)
+    with pytest.raises(ConfigError, match="holds subjects"):
+        await ensure_site_streams(js, "othersite")
+    calls = (await js.stream_info(subjects.CALLS_STREAM)).config
+    assert calls.subjects == [subjects.calls_filter(shared_site)]
+
+
+async def test_an_updatable_difference_updates_the_stream(
+    fresh_nats_server: NatsServer,
+) -> None:
+    client = await connect(fresh_nats_server.url)
+    try:
+        js = client.jetstream()
+        await ensure_site_streams(js, "hereon")
+        await ensure_site_streams(js, "hereon", duplicate_window=30)
+        info = await js.stream_info(subjects.CALLS_STREAM)
+        assert info.config.duplicate_window == 30
+    finally:
+        await client.close()
+
+
+async def test_the_same_msg_id_published_twice_is_stored_once(
+    nc: NatsClient, unique: Callable[[str], str], shared_site: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_site_streams(js, shared_site)
+    subject = subjects.call_subject(shared_site, unique("m"), "f")
+    msg_id = unique("request")
+
+    first = await js.publish(subject, b"call", headers={"Nats-Msg-Id": msg_id})
+    second = await js.publish(subject, b"call", headers={"Nats-Msg-Id": msg_id})
+
+    assert not first.duplicate
+    assert second.duplicate
+    assert second.seq == first.seq
+    assert await stream_count(js, subjects.CALLS_STREAM, subject) == 1
+
+
+# ------------------------------------------------------------------ federation
+
+
+async def test_a_core_message_published_at_hereon_reaches_geomar(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    subject = subjects.status_subject("hereon") + "." + unique("probe")
+    sub = await clients["geomar"].subscribe(subject)
+    await clients["geomar"].flush()
+    async with asyncio.timeout(5):
+        while True:  # interest needs a moment to travel geomar -> hub -> hereon
+            await clients["hereon"].publish(subject, b"hello")
+            try:
+                msg = await sub.next_msg(timeout=0.1)
+            except nats.errors.TimeoutError:
+                continue
+            break
+    assert msg.data == b"hello"
+
+
+async def test_a_call_published_at_geomar_lands_in_hereons_calls_stream(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    subject = subjects.call_subject("hereon", unique("m"), "f")
+    ack = (
+        await clients["geomar"]
+        .jetstream()
+        .publish(subject, b"call", headers={"Nats-Msg-Id": unique("request")})
+    )
+    assert ack.stream == subjects.CALLS_STREAM
+    assert ack.domain == "hereon"
+    assert await stream_count(clients["hereon"].jetstream(), subjects.CALLS_STREAM, subject) == 1
+
+
+async def test_the_hub_sources_hereons_events(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    hub_js = clients["hub"].jetstream(domain=HUB_DOMAIN)
+    await source_site_events(hub_js, "hereon")
+    await source_site_events(hub_js, "hereon")
+    node = unique("node")
+    subject = subjects.events_subject("hereon", node)
+    await clients["hereon"].jetstream().publish(subject, b"event")
+
+    copy = subjects.hub_events_stream("hereon")
+    async with asyncio.timeout(10):
+        while await stream_count(hub_js, copy, subject) == 0:  # noqa: ASYNC110 - polls the hub
+            await asyncio.sleep(0.05)
+    info = await hub_js.stream_info(copy)
+    assert info.config.deny_delete
+
+
+async def test_geomar_cannot_publish_events_in_hereons_name(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    subject = subjects.events_subject("hereon", unique("node"))
+    with pytest.raises((nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError)):
+        await clients["geomar"].jetstream().publish(subject, b"forged", timeout=0.5)
+    assert await stream_count(clients["hereon"].jetstream(), subjects.EVENTS_STREAM, subject) == 0
+
+
+async def test_a_leaf_without_credentials_is_refused_by_the_hub(
+    federation: Federation, clients: dict[str, NatsClient], tmp_path: Path
+) -> None:
+    assert federation.hub.leafnode_url is not None
+    async with NatsServer(
+        tmp_path, jetstream=False, leafnode_remotes=[federation.hub.leafnode_url]
+    ) as rogue:
+        rogue_client = await connect(rogue.url)
+        try:
+            with pytest.raises(TransportError):
+                await wait_message_route(rogue_client, clients["hereon"], timeout=1)
+        finally:
+            await rogue_client.close()
+
+
+async def test_a_result_stored_at_geomar_stays_in_geomars_bucket(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    name = unique("result")
+    geomar_bucket = await clients["geomar"].jetstream().object_store(subjects.RESULTS_BUCKET)
+    await geomar_bucket.put(name, b"ciphertext")
+
+    hereon_bucket = await clients["hereon"].jetstream().object_store(subjects.RESULTS_BUCKET)
+    with pytest.raises(nats.js.errors.ObjectNotFoundError):
+        await hereon_bucket.get_info(name)
+    # ... while hereon can still read it through geomar's domain.
+    remote = (
+        await clients["hereon"].jetstream(domain="geomar").object_store(subjects.RESULTS_BUCKET)
+    )
+    assert (await remote.get(name)).data == b"ciphertext"
+
+
+async def test_a_killed_and_restarted_leaf_keeps_its_streams(
+    federation_factory: FederationFactory,
+) -> None:
+    fed = await federation_factory()
+    hereon = await connect(fed.site_url("hereon"))
+    await ensure_site_streams(hereon.jetstream(), "hereon")
+    await hereon.jetstream().publish(subjects.call_subject("hereon", "m", "f"), b"call")
+    await hereon.close()
+
+    await fed.leaves["hereon"].kill()
+    await fed.leaves["hereon"].restart()
+    await fed.wait_connected()
+
+    geomar = await connect(fed.site_url("geomar"))
+    try:
+        js = geomar.jetstream(domain="hereon")
+        assert (await js.stream_info(subjects.CALLS_STREAM)).state.messages == 1
+        ack = await geomar.jetstream().publish(subjects.call_subject("hereon", "m", "g"), b"call")
+        assert ack.domain == "hereon"
+    finally:
+        await geomar.close()
+
+
+# ------------------------------------------------------------------ config builders
+
+
+def test_hub_and_leaf_configs_are_accepted_by_nats_server(tmp_path: Path) -> None:
+    import subprocess
+
+    exe = find_nats_server()
+    hub = hub_config("hub", 4222, 7422, tmp_path / "hub")
+    leaf = leaf_config("hereon-1", "hereon", 4223, tmp_path / "leaf", ["nats-leaf://h:7422"])
+    for name, text in (("hub.conf", hub), ("leaf.conf", leaf)):
+        path = tmp_path / name
+        path.write_text(text)
+        result = subprocess.run(
+            [str(exe), "-t", "-c", str(path)], capture_output=True, text=True, timeout=10
+        )
+        assert result.returncode == 0, result.stderr + result.stdout
+    assert 'domain: "hub"' in hub
+    assert 'domain: "hereon"' in leaf
+
+
+def test_a_leaf_without_hub_urls_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        leaf_config("hereon-1", "hereon", 4223, tmp_path, [])
+
+
+def test_the_example_configs_are_what_the_builders_produce() -> None:
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    hub = hub_config(
+        "hub-1",
+        4222,
+        7422,
+        "/var/lib/fedhub/nats-hub",
+        leaf_users=[
+            LeafUser("hereon", "leaf-hereon", "change-me-hereon"),
+            LeafUser("geomar", "leaf-geomar", "change-me-geomar"),
+        ],
+        client_users=[("operator", "change-me-operator")],
+    )
+    leaf = leaf_config(
+        "hereon-1",
+        "hereon",
+        4222,
+        "/var/lib/fedhub/nats-hereon",
+        ["nats-leaf://leaf-hereon:change-me-hereon@hub.example.org:7422"],
+    )
+    assert (configs / "nats-hub.conf").read_text().endswith(hub)
+    assert (configs / "nats-leaf-hereon.conf").read_text().endswith(leaf)
