@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -141,6 +142,7 @@ class _Key:
     until_seq: int | None = None
     revoked_at: str | None = None
     status: str = "active"
+    last_time: str | None = None
 
 
 class _Auditor:
@@ -163,7 +165,9 @@ class _Auditor:
         self.requests: dict[str, str] = {}
         self.running = False
         self.receipt_root: bytes | None = None
-        self.receipt_cp: Checkpoint | None = None
+        self.receipt_size = _receipt_size(receipt)
+        self.prev_hex = GENESIS_PREV.hex()
+        self.types: dict[str, int] = {}
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="audit-verify")
         self.futures: list[Future[list[tuple[int, int]]]] = []
         self.batch: list[tuple[int, int, bytes, bytes, bytes]] = []
@@ -216,6 +220,8 @@ class _Auditor:
     # -- the pass --------------------------------------------------------------------------
 
     def run(self, events: Iterable[RawEvent]) -> AuditReport:
+        if self.receipt_size == 0:
+            self.receipt_root = self.acc.root()
         try:
             for raw in events:
                 self.event(raw)
@@ -229,56 +235,74 @@ class _Auditor:
     def event(self, raw: RawEvent) -> None:
         rep = self.report
         rep.events += 1
-        h = leaf_hash(raw.body)
+        body = raw.body
+        h = leaf_hash(body)
         if h != raw.hash:
             self.fail(
                 raw, None, "hash", "body does not hash to the stored hash", raw.hash.hex(), h.hex()
             )
-        try:
-            ev = json.loads(raw.body)
-            seq = ev["seq"]
-            prev = ev["prev"]
-            kind = ev["type"]
-            kid = ev["kid"]
-            log_id = ev["log"]
-            time = ev["time"]
-            data = ev["data"]
-            if not isinstance(data, dict) or data.get("type") != kind or ev.get("v") != 1:
-                raise ValueError("data type does not match the event type")
-        except (ValueError, KeyError, TypeError) as exc:
-            self.fail(raw, None, "format", f"event body is not a fedhub event: {exc}")
-            self.prev = h
-            self.acc.append(h)
-            return
+        data: dict[str, Any] | None = None
+        rid: str | None = None
+        head = _parse_head(body)
+        if head is not None:
+            seq, prev, kind, kid, log_id, time, data_raw = head
+            if kind in _NEEDS_DATA:
+                data = self.parse_data(raw, seq, kind, data_raw)
+            elif not data_raw.endswith(b',"type":"' + kind.encode() + b'"}'):
+                data = self.parse_data(raw, seq, kind, data_raw)  # "type" not last: node.started
+            elif kind.startswith(("request.", "result.")):
+                found = _request_id(data_raw)
+                if found is _UNKNOWN:
+                    data = self.parse_data(raw, seq, kind, data_raw)
+                else:
+                    rid = found  # type: ignore[assignment]
+            if data is not None:
+                rid = data.get("request_id")
+        else:
+            try:
+                ev = json.loads(body)
+                seq, prev, kind = ev["seq"], ev["prev"], ev["type"]
+                kid, log_id, time, data = ev["kid"], ev["log"], ev["time"], ev["data"]
+                if not all(isinstance(x, str) for x in (prev, kind, kid, log_id, time)):
+                    raise TypeError("header fields must be strings")
+                if type(seq) is not int:
+                    raise TypeError("seq must be an integer")
+                if not isinstance(data, dict) or data.get("type") != kind or ev.get("v") != 1:
+                    raise ValueError("data type does not match the event type")
+            except (ValueError, KeyError, TypeError) as exc:
+                self.fail(raw, None, "format", f"event body is not a fedhub event: {exc}")
+                self.prev = h
+                self.prev_hex = h.hex()
+                self.append_leaf(h)
+                return
+            rid = data.get("request_id")
         # chain
         if seq != raw.position:
             self.fail(raw, seq, "sequence", "sequence number out of place", raw.position, seq)
-        if prev != self.prev.hex():
+        if prev != self.prev_hex:
             self.fail(
-                raw,
-                seq,
-                "chain",
-                "prev is not the hash of the previous event",
-                self.prev.hex(),
-                prev,
+                raw, seq, "chain", "prev is not the hash of the previous event", self.prev_hex, prev
             )
-        if rep.log is None:
-            rep.log = log_id
-        elif log_id != rep.log:
-            self.fail(raw, seq, "log", "event belongs to another log", rep.log, log_id)
-        if rep.first_time is None:
+        if log_id != rep.log:
+            if rep.log is None:
+                rep.log = log_id
+            else:
+                self.fail(raw, seq, "log", "event belongs to another log", rep.log, log_id)
+        last = rep.last_time
+        if last is None:
             rep.first_time = time
-        elif rep.last_time is not None and time < rep.last_time:
-            self.fail(raw, seq, "time", "time goes backwards", f">= {rep.last_time}", time)
+        elif time < last:
+            self.fail(raw, seq, "time", "time goes backwards", f">= {last}", time)
         rep.last_time = time
-        rep.types[kind] += 1
+        types = self.types
+        types[kind] = types.get(kind, 0) + 1
         # checkpoints cover the events before them
-        if kind == "checkpoint":
+        if kind == "checkpoint" and data is not None:
             self.checkpoint_event(raw, seq, data)
-        self.check_receipt_at(self.acc.size)
         # signature with the key valid now
         key = self.node_key
-        if key is None and kind == "log.created":
+        signer: _Key | None = None
+        if key is None and kind == "log.created" and data is not None:
             key = self.genesis(raw, seq, data)
         if key is None:
             if kind != "log.created":
@@ -297,12 +321,51 @@ class _Auditor:
                 key.kid,
                 kid,
             )
-        elif self.verify_signatures:
-            self.queue_signature(raw, seq, key.sign_key, h)
-            rep.signatures_checked += 1
-        self.lifecycle(raw, seq, kind, data)
-        self.acc.append(h)
+        elif key.revoked_at is not None:
+            self.fail(
+                raw,
+                seq,
+                "key",
+                f"event signed by node key {kid}, revoked (at {key.revoked_at}) before it",
+            )
+        else:
+            signer = key
+            if self.verify_signatures:
+                self.queue_signature(raw, seq, key.sign_key, h)
+                rep.signatures_checked += 1
+        if kind in _LIFECYCLE_FREE:
+            pass
+        elif kind.startswith("key."):
+            if data is not None:
+                self.key_event(raw, seq, kind, data)
+        else:
+            self.lifecycle(raw, seq, kind, rid)
+        if signer is not None:  # after key events: a key may sign its own revocation
+            signer.last_time = time
+        self.append_leaf(h)
         self.prev = h
+        self.prev_hex = h.hex()
+
+    def append_leaf(self, h: bytes) -> None:
+        """Add the event to the Merkle tree; keep the root at the size of a held receipt."""
+        acc = self.acc
+        acc.append(h)
+        if acc.size == self.receipt_size:
+            self.receipt_root = acc.root()
+
+    def parse_data(
+        self, raw: RawEvent, seq: int, kind: str, data_raw: bytes
+    ) -> dict[str, Any] | None:
+        """Fully parse an event's ``data`` (its type must be the event's)."""
+        try:
+            data = json.loads(data_raw)
+        except ValueError as exc:
+            self.fail(raw, seq, "format", f"event data is not JSON: {exc}")
+            return None
+        if not isinstance(data, dict) or data.get("type") != kind:
+            self.fail(raw, seq, "format", "data type does not match the event type")
+            return None
+        return data
 
     # -- trust -----------------------------------------------------------------------------
 
@@ -363,6 +426,22 @@ class _Auditor:
         try:
             if kind in ("key.registered", "key.rotated"):
                 signer = data["record"].get("signer")
+                node = self.node_key
+                if (
+                    kind == "key.rotated"
+                    and signer != key_id(site_key)
+                    and node is not None
+                    and data["old_kid"] == node.kid
+                ):
+                    self.fail(
+                        raw,
+                        seq,
+                        "trust",
+                        "the node key's rotation is not vouched for by its site",
+                        key_id(site_key),
+                        signer,
+                    )
+                    return
                 if signer != key_id(site_key):
                     # vouched for by another site; recorded, checked where that site is pinned
                     rec = KeyRecord.model_validate_json(b64d(data["record"]["record"]))
@@ -388,10 +467,18 @@ class _Auditor:
                 rev = open_record(data["revocation"], Revocation, site_key)
                 target = self.keys.get(rev.kid)
                 if target is not None:
+                    if target.last_time is not None and target.last_time > rev.time:
+                        self.fail(
+                            raw,
+                            seq,
+                            "key",
+                            f"key {rev.kid} signed events after the time it was revoked",
+                            f"<= {rev.time}",
+                            target.last_time,
+                        )
+                    # nothing signed by it after this event is valid (see event())
                     target.status, target.revoked_at = "revoked", rev.time
                     target.until_seq = target.until_seq or seq
-                if self.node_key is not None and rev.kid == self.node_key.kid:
-                    self.node_key = None  # nothing after this may be signed by it
         except (FederationError, KeyError, TypeError, AttributeError, ValidationError) as exc:
             self.fail(raw, seq, "trust", f"{kind} record does not verify: {exc}")
 
@@ -427,27 +514,13 @@ class _Auditor:
         else:
             self.report.checkpoints += 1
 
-    def check_receipt_at(self, size: int) -> None:
-        if self.receipt is not None and self.receipt_root is None and size == self._receipt_size():
-            self.receipt_root = self.acc.root()
-
-    def _receipt_size(self) -> int:
-        if self.receipt_cp is None and self.receipt is not None:
-            self.receipt_cp = Checkpoint.model_validate_json(b64d(self.receipt.record))
-        return self.receipt_cp.size if self.receipt_cp is not None else -1
-
     # -- lifecycle -------------------------------------------------------------------------
 
-    def lifecycle(self, raw: RawEvent, seq: int, kind: str, data: dict[str, Any]) -> None:
-        if kind.startswith("key."):
-            self.key_event(raw, seq, kind, data)
-            return
+    def lifecycle(self, raw: RawEvent, seq: int, kind: str, rid: str | None) -> None:
         if kind == "node.started":
             if self.running:
                 self.report.unclean_restarts += 1
             self.running = True
-            return
-        if kind in ("log.created", "checkpoint", "grant.added", "grant.removed"):
             return
         if kind == "node.stopped":
             if not self.running:
@@ -458,7 +531,6 @@ class _Auditor:
             self.fail(
                 raw, seq, "lifecycle", f"{kind} while the node is stopped (no node.started since)"
             )
-        rid = data.get("request_id")
         if not isinstance(rid, str):
             if kind != "request.rejected":
                 self.fail(raw, seq, "format", f"{kind} without a request id")
@@ -502,6 +574,7 @@ class _Auditor:
 
     def finish(self) -> None:
         rep = self.report
+        rep.types = Counter(self.types)
         rep.requests = Counter(self.requests.values())
         rep.root = self.acc.root().hex()
         rep.keys = {
@@ -567,6 +640,74 @@ class _Auditor:
                     found,
                 )
             )
+
+
+# An event body is canonical JSON with sorted keys, so ``data`` comes first and the header
+# fields follow it in a fixed order. Strings in canonical JSON escape every ``"``, so the
+# bytes ``,"kid":"`` can occur inside ``data`` only as a key of a nested object -- always
+# before the top-level one: the LAST occurrence starts the header. A body whose header does
+# not match this exact form (never one a node writes) is parsed in full instead.
+_TAIL = re.compile(
+    rb',"kid":"([0-9a-f]{20})","log":"([^"\\\x00-\x1f]{1,140})","prev":"([0-9a-f]{64})",'
+    rb'"seq":([1-9][0-9]{0,18}),"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}'
+    rb'\.[0-9]{6}Z)","type":"([a-z][a-z._]{0,63})","v":1}'
+)
+_NEEDS_DATA = frozenset(
+    {"log.created", "checkpoint", "key.registered", "key.rotated", "key.revoked"}
+)
+_LIFECYCLE_FREE = frozenset({"log.created", "checkpoint", "grant.added", "grant.removed"})
+_RID = re.compile(rb'"request_id":(?:"([A-Za-z0-9_-]{1,64})"|null)[,}]')
+_UNKNOWN = object()
+
+
+def _parse_head(body: bytes) -> tuple[int, str, str, str, str, str, bytes] | None:
+    """(seq, prev, type, kid, log, time, data bytes) of a canonical body, else None."""
+    if not body.startswith(b'{"data":{'):
+        return None
+    at = body.rfind(b',"kid":"')
+    m = _TAIL.fullmatch(body, at) if at > 0 else None
+    if m is None:
+        return None
+    kid, log_id, prev, seq, time, kind = m.groups()
+    try:
+        log_text = log_id.decode()
+    except UnicodeDecodeError:
+        return None
+    return (
+        int(seq),
+        prev.decode(),
+        kind.decode(),
+        kid.decode(),
+        log_text,
+        time.decode(),
+        body[8:at],
+    )
+
+
+def _request_id(data: bytes) -> object:
+    """The request id in a flat canonical ``data`` object (None if null), else _UNKNOWN.
+
+    Only a flat object (no nested ``{``; strings may not hold one either, to keep this
+    simple) with exactly one ``"request_id":`` key is read this way; anything else is
+    parsed in full.
+    """
+    if data.find(b"{", 1) >= 0 or data.count(b'"request_id":') != 1:
+        return _UNKNOWN
+    m = _RID.search(data)
+    if m is None:
+        return _UNKNOWN
+    rid = m.group(1)
+    return None if rid is None else rid.decode()
+
+
+def _receipt_size(receipt: SignedRecord | None) -> int:
+    """The size a receipt claims (checked with its signature at the end), or -1."""
+    if receipt is None:
+        return -1
+    try:
+        return Checkpoint.model_validate_json(b64d(receipt.record)).size
+    except (FederationError, ValidationError):
+        return -1
 
 
 def _verify_chunk(items: list[tuple[int, int, bytes, bytes, bytes]]) -> list[tuple[int, int]]:

@@ -17,6 +17,7 @@ from hub.errors import CanonicalError, ConfigError
 from hub.keys import KeyStore, PublicKeys, load_public_file
 from hub.logfile import LogUnreadableError, iter_log
 from hub.records import SignedRecord
+from hub.subjects import validate_identity
 
 __all__ = ["main"]
 
@@ -70,6 +71,72 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         )
         private = "private" if store.exists(k.identity) else "public only"
         print(f"{k.identity:<32} {k.kid}  {private}{locked}")
+    return 0
+
+
+def cmd_keys_vouch(args: argparse.Namespace) -> int:
+    from hub.canonical import b64e
+    from hub.clock import now
+    from hub.records import KeyRecord, sign_record
+
+    store = _store(args)
+    subject = load_public_file(args.pub) if args.pub else store.public(args.name)
+    if args.pub and subject.identity != args.name:
+        raise ConfigError(f"{args.pub} holds keys of {subject.identity}, not {args.name}")
+    site_id = args.site if args.site.startswith("site:") else f"site:{args.site}"
+    passphrase = read_passphrase(args.passphrase_file)
+    site = store.load(site_id, passphrase)
+    site_name = site_id.removeprefix("site:")
+    kind = validate_identity(subject.identity).kind
+    if kind == "user" and not subject.identity.endswith(f"@{site_name}"):
+        raise ConfigError(f"{site_id} can vouch only for its own people (name@{site_name})")
+    record = KeyRecord(
+        identity=subject.identity,
+        role=kind,
+        site=site_name,
+        kid=subject.kid,
+        sign_key=b64e(subject.sign_key),
+        box_key=b64e(subject.box_key),
+        valid_from=now(),
+        groups=tuple(g for g in (args.groups or "").split(",") if g),
+    )
+    signed = sign_record(record, site.signing_key)
+    text = json.dumps(signed.model_dump(), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text)
+        print(f"{site_id} vouched for {subject.identity} (kid {subject.kid}): {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from hub.clock import now
+    from hub.records import Revocation, sign_record
+
+    store = _store(args)
+    site_id = args.site if args.site.startswith("site:") else f"site:{args.site}"
+    site = store.load(site_id, read_passphrase(args.passphrase_file))
+    rev = Revocation(identity=args.identity, kid=args.kid, time=now(), reason=args.reason)
+    signed = sign_record(rev, site.signing_key)
+    text = json.dumps(signed.model_dump(), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text)
+        print(f"{site_id} revoked key {args.kid} of {args.identity}: {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    store = _store(args)
+    keys = load_public_file(args.file)
+    if store.exists(keys.identity):
+        raise ConfigError(f"{keys.identity} has a private key in this store; not replacing it")
+    store.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = store._path(keys.identity, ".pub")
+    target.write_text(json.dumps(keys.to_json(), indent=2) + "\n")
+    print(f"imported {keys.identity} (kid {keys.kid})")
     return 0
 
 
@@ -199,6 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     lst = ksub.add_parser("list", help="list the identities in the key store")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_keys_list)
+
+    vouch = ksub.add_parser("vouch", help="as a site, sign the key record of NAME (writes JSON)")
+    vouch.add_argument("name", help="the identity vouched for (name@site or node:site/name)")
+    vouch.add_argument("--site", required=True, help="the vouching site (site:NAME), key in store")
+    vouch.add_argument("--pub", type=Path, help="NAME's .pub file (default: from the key store)")
+    vouch.add_argument("--groups", help="comma-separated group names for grants")
+    vouch.add_argument("--passphrase-file", type=Path)
+    vouch.add_argument("-o", "--output", type=Path)
+    vouch.set_defaults(func=cmd_keys_vouch)
+    revoke = ksub.add_parser("revoke", help="as a site, sign a revocation of key KID")
+    revoke.add_argument("kid")
+    revoke.add_argument("--identity", required=True, help="whose key it is")
+    revoke.add_argument("--site", required=True, help="the revoking site (site:NAME)")
+    revoke.add_argument("--reason", default="revoked")
+    revoke.add_argument("--passphrase-file", type=Path)
+    revoke.add_argument("-o", "--output", type=Path)
+    revoke.set_defaults(func=cmd_keys_revoke)
+    imp = ksub.add_parser("import", help="add a public key file (pin a site, know a colleague)")
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(func=cmd_keys_import)
 
     audit = sub.add_parser(
         "audit",

@@ -38,17 +38,23 @@ from hub.errors import CanonicalError, OversizeError, SignatureError
 from hub.records import B64, Hex32, Kid, Time, one_line
 
 __all__ = [
+    "CONTROL_MAGIC",
+    "DOMAIN_CONTROL",
     "DOMAIN_REQUEST",
     "REPLY_MAGIC",
     "REQUEST_MAGIC",
+    "ControlHeader",
     "Reply",
     "ReplyHeader",
     "Request",
     "RequestHeader",
     "check_payload",
+    "pack_control",
     "pack_reply",
     "pack_request",
+    "parse_control",
     "parse_request_header",
+    "split_control",
     "split_request",
     "unpack_reply",
     "unpack_request",
@@ -162,6 +168,7 @@ class ReplyHeader(_Wire):
     time: Time
     fraction_ppm: int | None = Field(None, ge=0, le=1_000_000)
     code: str | None = None
+    message: str | None = Field(None, max_length=2000, description="public error text")
     result_hash: Hex32 | None = None
     wraps: dict[Kid, B64] = Field(default_factory=dict)
     object: str | None = None
@@ -204,3 +211,44 @@ def wraps_to_bytes(wraps: dict[str, str]) -> dict[str, bytes]:
 def wraps_to_text(wraps: dict[str, bytes]) -> dict[str, str]:
     """Encode wraps for a header."""
     return {kid: b64e(w) for kid, w in wraps.items()}
+
+
+CONTROL_MAGIC = b"FHK1"
+DOMAIN_CONTROL = b"fedhub/control/v1\n"
+
+
+class ControlHeader(_Wire):
+    """A caller's signed control message about one of its requests (cancel, status)."""
+
+    v: Literal[1] = 1
+    op: Literal["cancel", "status"]
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+    caller: Annotated[str, Field(min_length=3, max_length=140)]
+    kid: Kid
+    time: Time
+    nonce: B64
+
+
+def pack_control(header: ControlHeader, signing_key: Any) -> bytes:
+    """Sign and frame a control message."""
+    body = canonical_bytes(header.model_dump(mode="json"))
+    sig = sign(signing_key, DOMAIN_CONTROL, body)
+    return b"".join((CONTROL_MAGIC, _LEN.pack(len(body)), body, sig))
+
+
+def split_control(data: bytes) -> tuple[bytes, bytes]:
+    """Header bytes and signature of a control frame (verify before parsing)."""
+    if len(data) < 8 + 64 or data[:4] != CONTROL_MAGIC:
+        raise CanonicalError("not a fedhub control message")
+    (n,) = _LEN.unpack_from(data, 4)
+    if n > _MAX_HEADER or 8 + n + 64 != len(data):
+        raise CanonicalError("control message length is out of range")
+    return data[8 : 8 + n], data[8 + n :]
+
+
+def parse_control(header_bytes: bytes) -> ControlHeader:
+    """Parse a verified control header."""
+    try:
+        return ControlHeader.model_validate(parse_canonical(header_bytes))
+    except ValidationError as exc:
+        raise CanonicalError(f"control message does not match its schema: {one_line(exc)}") from exc

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -121,16 +122,16 @@ class KeyPair:
             identity, nacl.signing.SigningKey.generate(), secrets.token_bytes(32), created=now()
         )
 
-    @property
+    @cached_property
     def public(self) -> PublicKeys:
-        """The public half."""
+        """The public half (computed once: X25519 base multiplication is not free)."""
         return PublicKeys(
             self.identity,
             bytes(self.signing_key.verify_key),
             bytes(nacl.public.PrivateKey(self.box_secret).public_key),
         )
 
-    @property
+    @cached_property
     def kid(self) -> str:
         """Key id of the signing key."""
         return self.public.kid
@@ -138,12 +139,12 @@ class KeyPair:
     @property
     def sign_public(self) -> bytes:
         """Ed25519 public key bytes."""
-        return bytes(self.signing_key.verify_key)
+        return self.public.sign_key
 
     @property
     def box_public(self) -> bytes:
         """X25519 public key bytes."""
-        return bytes(nacl.public.PrivateKey(self.box_secret).public_key)
+        return self.public.box_key
 
     def _secret_bytes(self) -> bytes:
         return bytes(self.signing_key) + self.box_secret

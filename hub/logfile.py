@@ -11,7 +11,9 @@ are sliced out of the line, never re-serialized)::
     {"hash":"<64 hex>","sig":"<86 chars unpadded URL-safe base64>","event":<body bytes>}
 
 The line is valid JSON (``jq`` reads it); a verifier takes bytes 178 to the last ``}`` as
-the body. A reformatted file is unreadable input, not a different log.
+the body. Hash and signature must be in their one canonical spelling (lower-case hex,
+unpadded URL-safe base64 with zero unused bits). A reformatted file is unreadable input,
+not a different log. See docs/log-format.md.
 """
 
 from __future__ import annotations
@@ -72,11 +74,17 @@ def parse_export_line(line: bytes, position: int) -> RawEvent:
         or not line.endswith(b"}")
     ):
         raise LogUnreadableError(f"line {position}: not in fedhub's export layout")
+    hash_text = line[_HASH_AT : _HASH_AT + 64]
+    sig_text = line[_SIG_AT : _SIG_AT + 86]
     try:
-        hash_ = bytes.fromhex(line[_HASH_AT : _HASH_AT + 64].decode("ascii"))
-        sig = b64d(line[_SIG_AT : _SIG_AT + 86].decode("ascii"))
+        hash_ = bytes.fromhex(hash_text.decode("ascii"))
+        sig = b64d(sig_text.decode("ascii"))
     except (ValueError, CanonicalError) as exc:
         raise LogUnreadableError(f"line {position}: malformed hash or signature") from exc
+    # Only the one canonical spelling is accepted: upper-case hex, or base64 whose unused
+    # trailing bits are set, would decode to the same bytes and hide a changed byte.
+    if hash_.hex().encode() != hash_text or b64e(sig).encode() != sig_text:
+        raise LogUnreadableError(f"line {position}: hash or signature not in canonical form")
     return RawEvent(position, hash_, sig, line[_BODY_AT:-1])
 
 

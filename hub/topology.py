@@ -59,9 +59,11 @@ __all__ = [
     "HUB_DOMAIN",
     "LeafUser",
     "NatsServer",
+    "calls_stream_config",
     "connect",
     "ensure_calls_consumer",
     "ensure_site_streams",
+    "events_stream_config",
     "find_nats_server",
     "hub_config",
     "js_api_prefix",
@@ -636,7 +638,7 @@ def js_api_prefix(domain: str | None = None) -> str:
 async def wait_jetstream_ready(
     nc: NatsClient,
     domain: str | None = None,
-    timeout: float = 10,  # noqa: ASYNC109 - a readiness probe owns its deadline
+    timeout: float = 10,
 ) -> None:
     """Wait until JetStream (of ``domain``, seen from ``nc``) answers ``$JS.API.INFO``.
 
@@ -671,7 +673,7 @@ async def wait_message_route(
     subscriber: NatsClient,
     *,
     subject: str | None = None,
-    timeout: float = 10,  # noqa: ASYNC109 - a readiness probe owns its deadline
+    timeout: float = 10,
 ) -> None:
     """Wait until a core message published on ``publisher`` reaches ``subscriber``.
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 from hub import __version__
+from hub.canonical import b64d
 from hub.cliutil import configure_logging, run_main
 from hub.errors import ConfigError
+from hub.records import SignedRecord
 from node import projections
 from node.bootstrap import open_log
-from node.config import load_config
+from node.config import NodeConfig, load_config
 from node.eventlog import EventLog
 
 __all__ = ["main"]
@@ -23,6 +28,70 @@ def _open_db(path: Path) -> EventLog:
     if not path.is_file():
         raise ConfigError(f"no event log at {path}")
     return EventLog.open_readonly(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    configure_logging(json_logs=cfg.log.format == "json" or args.log_json, level=cfg.log.level)
+    return asyncio.run(_run(cfg, args.grace))
+
+
+async def _run(cfg: NodeConfig, grace: float) -> int:
+    from node.daemon import NodeDaemon
+
+    daemon = NodeDaemon(cfg, grace=grace)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    async with daemon:
+        print(
+            f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
+            f"{', '.join(m.name for m in cfg.modules) or 'no modules'} on {daemon.url}",
+            flush=True,
+        )
+        await daemon.serve()
+        await daemon.stop("signal")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.daemon import read_status_file
+
+    cfg = load_config(args.config)
+    status = read_status_file(cfg.node.data_dir)
+    alive = False
+    if status is not None:
+        try:
+            os.kill(int(status["pid"]), 0)
+            alive = True
+        except (OSError, KeyError, ValueError):
+            alive = False
+    log_info: dict[str, object] = {}
+    if cfg.log_path.exists():
+        with EventLog.open_readonly(cfg.log_path) as log:
+            head = log.head()
+            log_info = {"events": log.size, "checkpoint_size": head and _cp_size(head)}
+    out = {"node": cfg.identity, "running": alive, "log": log_info}
+    if alive and status is not None:
+        out.update({k: status[k] for k in ("url", "modules", "in_flight") if k in status})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0 if alive else 3
+    state = f"running (pid {status['pid']})" if alive and status else "not running"
+    print(f"node      {cfg.identity}  {state}")
+    if alive and status is not None:
+        print(f"nats      {status.get('url')}")
+        print(f"in flight {status.get('in_flight')}")
+        for name, st in (status.get("modules") or {}).items():
+            figures = ", ".join(f"{k} {v}" for k, v in st.items())
+            print(f"module    {name}: {figures}")
+    events, cp = log_info.get("events", 0), log_info.get("checkpoint_size")
+    print(f"log       {events} events, last checkpoint at {cp}")
+    return 0 if alive else 3
+
+
+def _cp_size(head: SignedRecord) -> int:
+    return int(json.loads(b64d(head.record))["size"])
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -80,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
     parser.add_argument("--log-level", default="warning")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the site node until SIGINT/SIGTERM")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument(
+        "--grace", type=float, default=30.0, help="seconds in-flight calls get to finish on stop"
+    )
+    run.set_defaults(func=cmd_run)
+    st = sub.add_parser("status", help="modules, in-flight calls and log head of a node")
+    st.add_argument("--config", type=Path, required=True)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
 
     init = sub.add_parser(
         "init", help="create the node key and its event log (needs the site key once)"

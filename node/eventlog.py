@@ -5,13 +5,19 @@
   hash of the previous body); the hash is ``leaf_hash(body)``; the node key signs
   ``DOMAIN_EVENT || hash``. Bodies are built one after another (the chain is sequential);
   signatures are made in parallel on a small thread pool (libsodium releases the GIL).
-* SQLite in WAL mode with ``synchronous=FULL``: a committed event survives a crash of the
-  process *and* of the machine. Appends are grouped into one transaction (group commit).
+* SQLite in WAL mode. ``synchronous="normal"`` (the default): a committed event survives a
+  crash of the process; a power loss may lose the last transactions (never corrupts the
+  log) -- the trade JetStream makes by default. ``synchronous="full"``: a committed event
+  also survives a power loss (one fsync per commit). Appends are grouped into one
+  transaction (group commit).
 * The database itself refuses ``UPDATE`` and ``DELETE`` on events (triggers), and an insert
   whose ``seq`` is not the next one.
 * Every ``checkpoint_every`` events (or on :meth:`EventLog.checkpoint`), a ``checkpoint``
   event carries a signed Merkle root over all events before it.
 * Projections (request status) are updated in the same transaction and can be rebuilt.
+* The node key can be rotated (:meth:`EventLog.rotate_key`): a ``key.rotated`` event, signed
+  by the old key, carries the new key's record signed by the site; later events are signed
+  by the new key.
 """
 
 from __future__ import annotations
@@ -23,21 +29,21 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlite_utils
 import structlog
 from pydantic import BaseModel
 
-from hub.canonical import b64e, canonical_bytes, parse_canonical
+from hub.canonical import b64d, b64e, canonical_bytes, parse_canonical
 from hub.chain import GENESIS_PREV, MerkleAccumulator, leaf_hash
 from hub.clock import now
 from hub.crypto import sign
 from hub.errors import ConfigError, LogConflictError
-from hub.events import DOMAIN_EVENT, CheckpointData, LogCreated
+from hub.events import DOMAIN_EVENT, CheckpointData, KeyRotated, LogCreated
 from hub.keys import KeyPair
 from hub.logfile import export_line
-from hub.records import Checkpoint, SignedRecord, sign_record
+from hub.records import Checkpoint, KeyRecord, SignedRecord, sign_record
 from node import projections
 
 __all__ = ["EventLog", "StoredEvent"]
@@ -99,6 +105,7 @@ class EventLog:
         *,
         checkpoint_every: int = 1000,
         sign_threads: int = 2,
+        synchronous: Literal["normal", "full"] = "normal",
     ) -> None:
         self.path = path
         self._key = key
@@ -121,7 +128,9 @@ class EventLog:
             self.db = sqlite_utils.Database(conn)
             if not self.readonly:
                 self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=FULL")
+                if synchronous not in ("normal", "full"):
+                    raise ConfigError(f"synchronous must be normal or full, not {synchronous!r}")
+                self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 conn.executescript(_SCHEMA)
                 projections.create(conn)
             else:
@@ -157,6 +166,11 @@ class EventLog:
             raise ConfigError(
                 f"event log {self.path} belongs to {meta.get('log')}, not {self.log_id}"
             )
+        if self._key is not None and meta.get("kid") not in (None, self._key.kid):
+            raise ConfigError(
+                f"event log {self.path} is signed by key {meta['kid']}, not {self._key.kid}",
+                hint="the node key was rotated: load the current key",
+            )
         last_cp = 0
         for (hash_,) in self.db.execute("SELECT hash FROM events ORDER BY seq"):
             self._acc.append(bytes(hash_))
@@ -174,7 +188,8 @@ class EventLog:
             if self._seq:
                 raise LogConflictError(f"event log {self.path} is already initialized")
             self.db.execute(
-                "INSERT INTO meta(key, value) VALUES ('log', ?), ('site', ?)", [self.log_id, site]
+                "INSERT INTO meta(key, value) VALUES ('log', ?), ('site', ?), ('kid', ?)",
+                [self.log_id, site, self.key.kid],
             )
             return self.append(
                 LogCreated(
@@ -211,6 +226,29 @@ class EventLog:
                 stored.extend(self._build_and_store([self._checkpoint_item()]))
             return stored
 
+    def rotate_key(self, new_key: KeyPair, record: SignedRecord) -> StoredEvent:
+        """Replace the node key: log ``key.rotated`` (signed by the old key), then sign with
+        ``new_key``. ``record`` is the new key's record, signed by the site."""
+        with self._lock:
+            if self._closed:
+                raise LogConflictError("event log is closed")
+            old = self.key
+            if new_key.identity != old.identity:
+                raise ConfigError(f"cannot rotate {old.identity}'s key to {new_key.identity}'s")
+            rec = KeyRecord.model_validate_json(b64d(record.record))
+            if rec.kid != new_key.kid or rec.identity != old.identity or rec.role != "node":
+                raise ConfigError("the key record does not vouch for the new node key")
+            ev = self._build_and_store(
+                [
+                    KeyRotated(identity=old.identity, old_kid=old.kid, record=record).model_dump(
+                        mode="json"
+                    )
+                ],
+                meta_kid=new_key.kid,
+            )[0]
+            self._key = new_key
+            return ev
+
     def checkpoint(self) -> StoredEvent:
         """Append a checkpoint event now (over every event so far)."""
         with self._lock:
@@ -228,7 +266,9 @@ class EventLog:
         self._pending_checkpoint = (cp, signed)
         return CheckpointData(checkpoint=signed).model_dump(mode="json")
 
-    def _build_and_store(self, items: list[dict[str, Any]]) -> list[StoredEvent]:
+    def _build_and_store(
+        self, items: list[dict[str, Any]], *, meta_kid: str | None = None
+    ) -> list[StoredEvent]:
         seq, prev, kid, log_id = self._seq, self._prev, self.key.kid, self.log_id
         time = now()
         rows: list[tuple[int, bytes, bytes, str, str, str | None]] = []
@@ -267,6 +307,12 @@ class EventLog:
                         "INSERT INTO checkpoints(size, root, signed) VALUES (?, ?, ?)",
                         [cp.size, cp.root, signed.model_dump_json()],
                     )
+            if meta_kid is not None:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('kid', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [meta_kid],
+                )
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             conn.execute("ROLLBACK")

@@ -855,7 +855,7 @@ class Runner:
         function: str,
         kwargs: Mapping[str, object],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline, part of the contract
+        timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
     ) -> object:
@@ -1003,6 +1003,7 @@ class Runner:
             raise
         if outcome != "done":
             # The thread cannot be stopped: ask it to stop and keep its slot until it does.
+            progress.cancel()
             lease.deferred = True
             future.add_done_callback(lambda _: lease.release())
             raise _interrupted(spec, outcome, limits.timeout)
@@ -1038,6 +1039,8 @@ class Runner:
                 raise
             if outcome != "done":
                 log.warning("runner.worker_killed", function=spec.qualified_name, reason=outcome)
+                self._replace(state, slot, kill=True)
+                slot = None
                 raise _interrupted(spec, outcome, limits.timeout)
             try:
                 reply = future.result()

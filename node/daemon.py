@@ -1,0 +1,535 @@
+"""The site node daemon: NATS, the event log, the directory, the runner and the pipeline.
+
+Start-up (each step undone in reverse on stop, by an ``AsyncExitStack``):
+
+1. connect to the site's NATS (``[nats] url``), or start an embedded ``nats-server`` with
+   JetStream in the node's data dir (its own JetStream domain = the site name);
+2. open the event log (the genesis must exist: ``fedhub-node init``), start the group-commit
+   writer and the publisher that copies every event to the site's ``FH_EVENTS`` stream;
+3. rebuild the directory (keys, revocations, grants) from the log, then bring it in line
+   with the config, logging each change as an event;
+4. load the modules, announce each as a NATS micro service (``$SRV.PING/INFO/STATS``) with
+   fedhub's info endpoint (schemas + the node key record signed by the site);
+5. ensure the call stream and its durable consumer; log ``node.started``; pull calls.
+
+Stopping (SIGINT/SIGTERM in the CLI): stop pulling, let in-flight calls finish for
+``grace`` seconds, hand back what is left (the server redelivers it), log
+``node.stopped``, flush the log, drain NATS, stop the embedded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import Request as MicroRequest
+
+from hub import __version__
+from hub.canonical import b64d
+from hub.directory import Directory, Grant
+from hub.errors import ConfigError, FederationError, TransportError
+from hub.events import GrantAdded, GrantRemoved, KeyRegistered, NodeStarted, NodeStopped
+from hub.keys import load_public_file
+from hub.logfile import export_line
+from hub.records import SignedRecord
+from hub.subjects import (
+    CALLS_CONSUMER,
+    CALLS_STREAM,
+    RESULTS_BUCKET,
+    events_subject,
+    info_subject,
+    service_name,
+    status_subject,
+)
+from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
+from node.bootstrap import open_log
+from node.config import NodeConfig
+from node.eventlog import EventLog, StoredEvent
+from node.logwriter import LogWriter
+from node.pipeline import Pipeline
+from node.runner import ModuleConfig as RunnerModuleConfig
+from node.runner import Runner, load_module
+
+__all__ = ["NodeDaemon"]
+
+log = structlog.get_logger(__name__)
+
+
+class NodeDaemon:
+    """One running node process. ``async with NodeDaemon(cfg) as node: await node.serve()``."""
+
+    def __init__(self, cfg: NodeConfig, *, grace: float = 30.0) -> None:
+        self.cfg = cfg
+        self.grace = grace
+        self.site = cfg.node.site
+        self.stack = contextlib.AsyncExitStack()
+        self.nc: NatsClient | None = None
+        self.server: NatsServer | None = None
+        self.eventlog: EventLog | None = None
+        self.writer: LogWriter | None = None
+        self.runner: Runner | None = None
+        self.pipeline: Pipeline | None = None
+        self.directory: Directory | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._node_key_record: SignedRecord | None = None
+        self._stopped = False
+        self.url: str = ""
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> NodeDaemon:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop("exit")
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_instance()
+        await self._connect()
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        await ensure_site_streams(js, self.site, max_msg_size=cfg.calls.max_payload + 64 * 1024)
+        await ensure_calls_consumer(
+            js, self.site, ack_wait=cfg.calls.ack_wait, max_deliver=cfg.calls.max_deliver
+        )
+        self.results = await js.object_store(RESULTS_BUCKET)
+
+        self.eventlog = await asyncio.to_thread(open_log, cfg)
+        self.stack.callback(self.eventlog.close)
+        self.writer = LogWriter(self.eventlog)
+        await self.writer.start(self._publish_events)
+        self.stack.push_async_callback(self.writer.aclose)
+        await self._republish_backlog()
+
+        self.directory = await self._build_directory()
+        self.runner = Runner()
+        await self.stack.enter_async_context(self.runner)
+        timeouts: dict[str, float | None] = {}
+        for mod in cfg.modules:
+            backend = await asyncio.to_thread(
+                load_module, str(cfg.resolve(mod.path)), name=mod.name
+            )
+            self.runner.add_module(
+                backend,
+                RunnerModuleConfig(
+                    executor=mod.executor,
+                    max_workers=mod.max_workers,
+                    max_concurrent=mod.max_concurrency,
+                    max_queue=mod.max_queue,
+                ),
+            )
+            timeouts[mod.name] = mod.timeout
+        self.pipeline = Pipeline(
+            site=self.site,
+            node_id=self.eventlog.log_id,
+            key=self.eventlog.key,
+            directory=self.directory,
+            runner=self.runner,
+            writer=self.writer,
+            calls=cfg.calls,
+            send=self._send,
+            store_result=self._store_result,
+            module_timeouts=timeouts,
+        )
+        await self.pipeline.load_recent_nonces()
+        await self._start_services()
+        recovered = await self.writer.call(self._count_unfinished)
+        await self.writer.append(
+            NodeStarted(
+                version=__version__,
+                pid=os.getpid(),
+                modules=tuple(m.name for m in cfg.modules),
+                config_hash=cfg.digest,
+                recovered=int(recovered) if isinstance(recovered, int) else 0,
+            )
+        )
+        self._spawn(self._pull_loop(), "pull-loop")
+        self._spawn(self._write_status(), "status-file")
+        log.info("node.started", node=self.eventlog.log_id, url=self.url, modules=len(cfg.modules))
+
+    async def serve(self) -> None:
+        """Run until :meth:`request_stop` (or a signal in the CLI)."""
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        """Ask the node to stop (safe from a signal handler)."""
+        self._stop.set()
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Stop cleanly; harmless twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        pull = [t for t in self._tasks if t.get_name() in ("pull-loop", "status-file")]
+        for t in pull:
+            t.cancel()
+        await asyncio.gather(*pull, return_exceptions=True)
+        calls = [t for t in self._tasks if t.get_name() == "call"]
+        if calls:
+            log.info("node.finishing_calls", count=len(calls), grace=self.grace)
+            _, pending = await asyncio.wait(calls, timeout=self.grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
+            with contextlib.suppress(FederationError):
+                await self.writer.append(NodeStopped(reason=reason))
+        await self.stack.aclose()
+        log.info("node.stopped", reason=reason)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _lock_instance(self) -> None:
+        path = self.cfg.node.data_dir / "node.lock"
+        fh = path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.close()
+            raise ConfigError(
+                f"another node process already uses {self.cfg.node.data_dir}",
+                hint="give each node process its own [node] name and data_dir",
+            ) from exc
+        self.stack.callback(fh.close)
+
+    # --- NATS -----------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        cfg = self.cfg
+        url = cfg.nats.url
+        if not url:
+            self.server = NatsServer(
+                cfg.node.data_dir / "nats",
+                port=cfg.nats.embedded_port,
+                jetstream_domain=self.site,
+                server_name=f"{self.site}-{cfg.node.name}",
+                leafnode_remotes=cfg.nats.leafnode_remotes,
+                max_payload=cfg.calls.max_payload + 64 * 1024,
+            )
+            await self.server.start()
+            self.stack.push_async_callback(self.server.stop)
+            url = self.server.client_url
+            (cfg.node.data_dir / "nats.url").write_text(url + "\n")
+        self.url = url
+        try:
+            self.nc = await nats.connect(
+                url,
+                user_credentials=str(cfg.resolve(cfg.nats.credentials))
+                if cfg.nats.credentials
+                else None,
+                connect_timeout=cfg.nats.connect_timeout,
+                name=f"fedhub-node {self.cfg.identity}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
+        self.stack.push_async_callback(self._drain)
+
+    async def _drain(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def _send(self, subject: str, data: bytes) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subject, data)
+
+    async def _store_result(self, request_id: str, data: bytes) -> str:
+        await self.results.put(request_id, data)
+        return request_id
+
+    async def _publish_events(self, events: list[StoredEvent]) -> None:
+        assert self.nc is not None and self.eventlog is not None
+        js = self.nc.jetstream()
+        subject = events_subject(self.site, self.cfg.node.name)
+        log_id = self.eventlog.log_id
+        for ev in events:
+            await js.publish_async(
+                subject,
+                export_line(ev.hash, ev.sig, ev.body),
+                headers={"Nats-Msg-Id": f"{log_id}:{ev.seq}"},
+            )
+        await js.publish_async_completed()
+        last = events[-1].seq
+        await self._save_cursor(last)
+
+    async def _save_cursor(self, seq: int) -> None:
+        assert self.writer is not None and self.eventlog is not None
+        db = self.eventlog.db
+
+        def save() -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('published_seq', ?)", [str(seq)]
+            )
+
+        await self.writer.call(save)
+
+    async def _republish_backlog(self) -> None:
+        assert self.writer is not None and self.eventlog is not None
+        eventlog = self.eventlog
+
+        def backlog() -> list[StoredEvent]:
+            row = eventlog.db.execute(
+                "SELECT value FROM meta WHERE key = 'published_seq'"
+            ).fetchone()
+            after = int(row[0]) if row else 0
+            return list(eventlog.events(after=after))
+
+        pending = await self.writer.call(backlog)
+        assert isinstance(pending, list)
+        for i in range(0, len(pending), 1000):
+            await self._publish_events(pending[i : i + 1000])
+
+    # --- directory ------------------------------------------------------------------------
+
+    async def _build_directory(self) -> Directory:
+        assert self.eventlog is not None and self.writer is not None
+        cfg = self.cfg
+        eventlog = self.eventlog
+
+        def genesis_and_directory_events() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            first = next(eventlog.events(after=0, limit=1)).parsed()
+            rows = eventlog.db.execute(
+                "SELECT body FROM events"
+                " WHERE type LIKE 'key.%' OR type LIKE 'grant.%' ORDER BY seq"
+            ).fetchall()
+            return first, [json.loads(bytes(r[0]))["data"] for r in rows]
+
+        result = await self.writer.call(genesis_and_directory_events)
+        assert isinstance(result, tuple)
+        genesis, changes = result
+        trusted = {self.site: b64d(genesis["data"]["site_key"])}
+        self._node_key_record = SignedRecord.model_validate(genesis["data"]["node_key"])
+        for t in cfg.trust:
+            path = cfg.resolve(t.key)
+            trusted[t.site] = load_public_file(path).sign_key if path.exists() else b64d(t.key)
+        directory = Directory(self.site, trusted)
+        config_grants: set[Grant] = set()
+        for data in changes:
+            try:
+                directory.apply_event(data)
+            except FederationError as exc:  # a site no longer trusted: its records lapse
+                log.warning("directory.event_skipped", type=data.get("type"), reason=str(exc))
+            if data.get("by") == "config":
+                g = Grant(data["principal"], data["module"], data["function"])
+                (config_grants.add if data["type"] == "grant.added" else config_grants.discard)(g)
+        new_events: list[Any] = []
+        for path_text in cfg.users:
+            path = cfg.resolve(path_text)
+            try:
+                signed = SignedRecord.model_validate_json(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"users: cannot read key record {path}: {exc}") from exc
+            kid = json.loads(b64d(signed.record)).get("kid")
+            if kid in directory.keys:
+                continue
+            try:
+                directory.register(signed)
+            except FederationError as exc:
+                raise ConfigError(f"users: key record {path} is not valid here: {exc}") from exc
+            new_events.append(KeyRegistered(record=signed))
+        wanted = {Grant(g.principal, g.module, f) for g in cfg.grants for f in g.functions}
+        for g in sorted(wanted - config_grants, key=str):
+            directory.add_grant(g)
+            new_events.append(
+                GrantAdded(principal=g.principal, module=g.module, function=g.function, by="config")
+            )
+        for g in sorted(config_grants - wanted, key=str):
+            directory.remove_grant(g)
+            new_events.append(
+                GrantRemoved(
+                    principal=g.principal, module=g.module, function=g.function, by="config"
+                )
+            )
+        if new_events:
+            await self.writer.append(*new_events)
+        return directory
+
+    def _count_unfinished(self) -> int:
+        assert self.eventlog is not None
+        row = self.eventlog.db.execute(
+            "SELECT COUNT(*) FROM requests WHERE state IN ('received', 'accepted', 'running')"
+        ).fetchone()
+        return int(row[0])
+
+    # --- services -------------------------------------------------------------------------
+
+    async def _start_services(self) -> None:
+        assert self.nc is not None and self.runner is not None and self.eventlog is not None
+        node_key = self._node_key_record.model_dump() if self._node_key_record else None
+        for name, module in self.runner.modules.items():
+            info = module.info()
+            payload = json.dumps(
+                {
+                    "site": self.site,
+                    "module": name,
+                    "node": self.eventlog.log_id,
+                    "node_key": node_key,
+                    **info,
+                }
+            ).encode()
+            svc = await add_service(
+                self.nc,
+                name=service_name(self.site, name),
+                version=__version__,
+                description=(module.doc or f"{name} at {self.site}").strip().splitlines()[0][:200],
+                metadata={
+                    "fedhub.site": self.site,
+                    "fedhub.module": name,
+                    "fedhub.node": self.eventlog.log_id,
+                    "fedhub.functions": ",".join(sorted(module.functions)),
+                },
+            )
+            self.stack.push_async_callback(svc.stop)
+
+            async def answer(req: MicroRequest, payload: bytes = payload) -> None:
+                await req.respond(payload)
+
+            await svc.add_endpoint(
+                name="info", subject=info_subject(self.site, name), handler=answer
+            )
+        sub = await self.nc.subscribe(
+            status_subject(self.site), queue="fh-node", cb=self._on_control
+        )
+        self.stack.push_async_callback(sub.unsubscribe)
+
+    async def _on_control(self, msg: Msg) -> None:
+        assert self.pipeline is not None
+        try:
+            answer = await self.pipeline.control(msg.data)
+        except Exception as exc:  # never let a control message take a handler down
+            log.exception("control.failed")
+            answer = {
+                "error": {
+                    "code": "remote_error",
+                    "message": f"control failed: {type(exc).__name__}",
+                }
+            }
+        if msg.reply:
+            await msg.respond(json.dumps(answer).encode())
+
+    # --- pulling calls --------------------------------------------------------------------
+
+    async def _pull_loop(self) -> None:
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        psub = await js.pull_subscribe_bind(durable=CALLS_CONSUMER, stream=CALLS_STREAM)
+        slots = asyncio.Semaphore(self.cfg.calls.max_in_flight)
+        batch = self.cfg.calls.fetch_batch
+        while not self._stop.is_set():
+            await slots.acquire()
+            want = 1
+            while want < batch and not slots.locked():
+                await slots.acquire()
+                want += 1
+            try:
+                msgs = await psub.fetch(want, timeout=1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                msgs = []
+            except nats.errors.Error as exc:
+                log.warning("pull.failed", error=str(exc))
+                msgs = []
+                await asyncio.sleep(0.2)
+            for _ in range(want - len(msgs)):
+                slots.release()
+            for m in msgs:
+                self._spawn(self._one_call(m, slots), "call")
+
+    async def _one_call(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+        assert self.pipeline is not None
+        acked = False
+        try:
+            delivery = msg.metadata.num_delivered if msg.metadata else 1
+            outcome = await self.pipeline.handle(
+                msg.data, msg.subject, delivery=delivery, keepalive=msg.in_progress
+            )
+            if outcome.ack:
+                await msg.ack()
+                acked = True
+        except asyncio.CancelledError:
+            # stopping with the call unfinished: hand it back for redelivery
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
+        except Exception:  # a bug must not take the node down; the message comes back
+            log.exception("call.crashed")
+            if not acked:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+        finally:
+            slots.release()
+
+    # --- status ---------------------------------------------------------------------------
+
+    async def _write_status(self) -> None:
+        path = self.cfg.node.data_dir / "status.json"
+        tmp = path.with_suffix(".json.tmp")
+        try:
+            while True:
+                data = self.status()
+                data["pid"] = os.getpid()
+                data["time"] = time.time()
+                tmp.write_text(json.dumps(data, indent=2, default=str))
+                tmp.replace(path)
+                await asyncio.sleep(1.0)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def status(self) -> dict[str, Any]:
+        """Modules, queue and in-flight figures, log head (for `fedhub-node status`)."""
+        assert self.runner is not None and self.eventlog is not None and self.pipeline is not None
+        head = self.eventlog.head()
+        return {
+            "node": self.eventlog.log_id,
+            "url": self.url,
+            "modules": self.runner.stats(),
+            "in_flight": self.pipeline.in_flight,
+            "log": {
+                "events": self.eventlog.size,
+                "checkpoint": head.model_dump() if head else None,
+            },
+        }
+
+
+def read_status_file(data_dir: Path) -> dict[str, Any] | None:
+    """The status a running node last wrote into its data dir, if any."""
+    path = data_dir / "status.json"
+    try:
+        value: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value
+
+
+def read_embedded_url(data_dir: Path) -> str | None:
+    """The URL of the embedded server a running node wrote into its data dir, if any."""
+    path = data_dir / "nats.url"
+    return path.read_text().strip() if path.exists() else None

@@ -1,0 +1,128 @@
+"""Async front of the event log: group commit from many coroutines, then publication.
+
+Coroutines call ``await writer.append(event, ...)``; a single writer task takes everything
+queued, appends it in one transaction on the log's own thread (so concurrent requests share
+one commit and one signing batch), resolves each caller with its stored events, and hands
+the new events to the publisher, which sends them to the site's JetStream event stream
+(``Nats-Msg-Id`` = ``<log>:<seq>`` so a re-send is dropped by the server). The publisher
+keeps a cursor: after a restart it first sends whatever the log has beyond it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+from pydantic import BaseModel
+
+from hub.errors import LogConflictError
+from node.eventlog import EventLog, StoredEvent
+
+__all__ = ["LogWriter"]
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[list[StoredEvent]], Awaitable[None]]
+
+
+class LogWriter:
+    """Group-committing async writer over an :class:`EventLog`."""
+
+    def __init__(self, eventlog: EventLog, *, max_batch: int = 512) -> None:
+        self.eventlog = eventlog
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[
+            tuple[Sequence[BaseModel], asyncio.Future[list[StoredEvent]]]
+        ] = asyncio.Queue()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog")
+        self._task: asyncio.Task[None] | None = None
+        self._publish: Publish | None = None
+        self._published: asyncio.Queue[list[StoredEvent]] = asyncio.Queue()
+        self._pub_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self, publish: Publish | None = None) -> None:
+        """Start the writer (and the publisher, when ``publish`` is given)."""
+        self._task = asyncio.create_task(self._run(), name="eventlog-writer")
+        if publish is not None:
+            self._publish = publish
+            self._pub_task = asyncio.create_task(self._run_publisher(), name="eventlog-publisher")
+
+    async def append(self, *events: BaseModel) -> list[StoredEvent]:
+        """Append events (in order, in one transaction with others queued now)."""
+        if self._closed or self._task is None:
+            raise LogConflictError("the event log writer is not running")
+        fut: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((events, fut))
+        return await fut
+
+    async def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the log's thread (reads that must not race the writer)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            count = len(first[0])
+            while not self._queue.empty() and count < self.max_batch:
+                item = self._queue.get_nowait()
+                batch.append(item)
+                count += len(item[0])
+            flat = [ev for evs, _ in batch for ev in evs]
+            try:
+                stored = await loop.run_in_executor(self._thread, self.eventlog.append_many, flat)
+            except Exception as exc:  # the log refused: every waiter learns why
+                log.error("eventlog.append_failed", error=str(exc), events=len(flat))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            at = 0
+            for evs, fut in batch:
+                if not fut.done():
+                    fut.set_result(stored[at : at + len(evs)])
+                at += len(evs)
+            if self._publish is not None and stored:
+                self._published.put_nowait(stored)
+
+    async def _run_publisher(self) -> None:
+        assert self._publish is not None
+        while True:
+            events = await self._published.get()
+            while not self._published.empty():
+                events = events + self._published.get_nowait()
+            try:
+                await self._publish(events)
+            except Exception as exc:  # events stay in the log; sent again at next start
+                log.warning("eventlog.publish_failed", error=str(exc), first=events[0].seq)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed and handed to the publisher."""
+        if self._task is None:
+            return
+        fut: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(((), fut))
+        await fut
+        for _ in range(100):
+            if self._published.empty():
+                break
+            await asyncio.sleep(0.01)
+
+    async def aclose(self) -> None:
+        """Flush, stop the tasks and the thread; harmless twice. Does not close the log."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.flush()
+        self._closed = True
+        for task in (self._task, self._pub_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._thread.shutdown(wait=True)

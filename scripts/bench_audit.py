@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Benchmark the event log and the auditor against raw baselines measured in the same run.
+
+    python scripts/bench_audit.py --events 100000 [--keep PATH] [--json] [--batch 256]
+
+Builds a log of N events through the real append path (node.eventlog.EventLog: canonical
+bodies, hash chain, parallel signing, group commit, projections, a checkpoint every 1000
+events) with a realistic mix (received / accepted / started / completed per request), then
+reports:
+
+* append events/s               vs raw sqlite3 inserts/s (WAL, same batches, same synchronous)
+* full audit events/s           vs raw PyNaCl verify/s x cores (all signatures, every core)
+* chain-and-checkpoints audit   vs raw BLAKE2b chain hashes/s (one core)
+* raw PyNaCl verify/s on one core and on every core, raw BLAKE2b hashes/s
+
+Issue targets (2-core machine): full audit >= 0.8 x (raw verify/s x 2); chain-and-checkpoints
+audit of 1,000,000 events in <= 10 s; append >= 20,000 events/s durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nacl.bindings
+import nacl.signing
+
+from hub.audit import audit_events
+from hub.chain import leaf_hash
+from hub.events import (
+    DOMAIN_EVENT,
+    NodeStarted,
+    RequestAccepted,
+    RequestCompleted,
+    RequestReceived,
+    RequestStarted,
+)
+from hub.keys import KeyPair
+from hub.logfile import iter_sqlite
+from hub.records import sign_record
+from node.bootstrap import key_record
+from node.eventlog import EventLog
+
+SITE = "hereon"
+
+
+def _request(i: int) -> list[Any]:
+    rid = f"req{i:010d}"
+    return [
+        RequestReceived(
+            request_id=rid,
+            caller="klaus@geomar",
+            address="hereon.climate.compute_sum",
+            header="eyJhIjoxfQ",
+            sig="c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ",
+            nonce="bm9uY2Utbm9uY2Utbm9uY2U",
+            payload_hash="ab" * 32,
+            payload_size=1234,
+        ),
+        RequestAccepted(request_id=rid),
+        RequestStarted(request_id=rid),
+        RequestCompleted(request_id=rid, result_hash="cd" * 32, result_size=99, duration_us=1500),
+    ]
+
+
+def build(path: Path, n: int, batch: int, synchronous: str) -> tuple[float, KeyPair]:
+    """Append about ``n`` events; return (seconds spent appending, site key)."""
+    site = KeyPair.generate(f"site:{SITE}")
+    node = KeyPair.generate(f"node:{SITE}/n1")
+    log = EventLog(path, node, checkpoint_every=1000, synchronous=synchronous)  # type: ignore[arg-type]
+    record = sign_record(key_record(node, SITE, "node"), site.signing_key)
+    log.initialize(SITE, site.sign_public, record)
+    log.append(NodeStarted(version="bench", pid=os.getpid()))
+    # Event models are built beforehand: the benchmark measures the log, not pydantic.
+    per_batch = max(1, batch // 4)
+    batches: list[list[Any]] = []
+    i = 0
+    total = 2
+    while total < n:
+        evs: list[Any] = []
+        for _ in range(per_batch):
+            evs.extend(_request(i))
+            i += 1
+        evs = evs[: n - total]
+        batches.append(evs)
+        total += len(evs) + (total + len(evs)) // 1000 - total // 1000
+    started = time.perf_counter()
+    for evs in batches:
+        log.append_many(evs)
+    seconds = time.perf_counter() - started
+    log.close()
+    return seconds, site
+
+
+def raw_sqlite(folder: Path, n: int, batch: int, synchronous: str) -> float:
+    """Rows/s of plain sqlite3 inserts of event-sized rows (WAL, batches per transaction)."""
+    conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    conn.execute(
+        "CREATE TABLE t (seq INTEGER PRIMARY KEY, hash BLOB, sig BLOB, body BLOB, type TEXT,"
+        " time TEXT, request_id TEXT)"
+    )
+    body = b"x" * 420
+    rows = [
+        (i, os.urandom(32), os.urandom(64), body, "request.started", "2026-01-01", f"r{i}")
+        for i in range(1, n + 1)
+    ]
+    started = time.perf_counter()
+    for i in range(0, n, batch):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?)", rows[i : i + batch])
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    conn.close()
+    return n / seconds
+
+
+def raw_verify(n: int, threads: int) -> float:
+    """Ed25519 verifications/s of event signatures (domain || 32-byte hash)."""
+    sk = nacl.signing.SigningKey.generate()
+    pk = bytes(sk.verify_key)
+    msgs = [DOMAIN_EVENT + os.urandom(32) for _ in range(256)]
+    signed = [sk.sign(m).signature + m for m in msgs]
+    items = (signed * (n // len(signed) + 1))[:n]
+    open_ = nacl.bindings.crypto_sign_open
+
+    def run(chunk: list[bytes]) -> None:
+        for sm in chunk:
+            open_(sm, pk)
+
+    started = time.perf_counter()
+    if threads == 1:
+        run(items)
+    else:
+        step = -(-n // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, [items[i : i + step] for i in range(0, n, step)]))
+    return n / (time.perf_counter() - started)
+
+
+def raw_blake2b(n: int) -> float:
+    """Chain hashes/s: BLAKE2b-256 leaf hashes of 420-byte bodies on one core."""
+    bodies = [os.urandom(420) for _ in range(1024)]
+    started = time.perf_counter()
+    for i in range(n):
+        leaf_hash(bodies[i & 1023])
+    return n / (time.perf_counter() - started)
+
+
+def audit_rate(path: Path, site: KeyPair, signatures: bool, threads: int) -> tuple[float, float]:
+    """(events/s, seconds) of auditing the SQLite log."""
+    started = time.perf_counter()
+    report = audit_events(
+        iter_sqlite(path),
+        trusted_sites={SITE: site.sign_public},
+        verify_signatures=signatures,
+        threads=threads,
+    )
+    seconds = time.perf_counter() - started
+    if not report.ok:
+        first = report.first
+        raise SystemExit(f"benchmark log does not audit clean: {first.line() if first else ''}")
+    return report.events / seconds, seconds
+
+
+def main() -> int:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--keep", type=Path, help="leave the SQLite log at this path")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--batch", type=int, default=256, help="events per append (group commit)")
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 2
+    with tempfile.TemporaryDirectory(prefix="fedhub-bench-") as tmp:
+        folder = Path(tmp)
+        db = folder / "events.db"
+        append_s, site = build(db, args.events, args.batch, args.synchronous)
+        with EventLog.open_readonly(db) as ro:
+            events = ro.size
+        full_rate, full_s = audit_rate(db, site, True, cores)
+        chain_rate, chain_s = audit_rate(db, site, False, cores)
+        sample = min(events, 50_000)
+        verify1 = raw_verify(sample, 1)
+        verify_n = raw_verify(sample, cores)
+        blake = raw_blake2b(min(events, 500_000))
+        sqlite_rate = raw_sqlite(folder, min(events, 200_000), args.batch, args.synchronous)
+        if args.keep:
+            shutil.copyfile(db, args.keep)
+    append_rate = events / append_s
+    figures: dict[str, Any] = {
+        "events": events,
+        "cores": cores,
+        "synchronous": args.synchronous,
+        "batch": args.batch,
+        "append": {
+            "events_per_s": round(append_rate),
+            "baseline": "raw sqlite3 inserts/s, WAL, same batches",
+            "baseline_per_s": round(sqlite_rate),
+            "ratio": round(append_rate / sqlite_rate, 3),
+        },
+        "audit_full": {
+            "events_per_s": round(full_rate),
+            "seconds": round(full_s, 3),
+            "baseline": f"raw PyNaCl verify/s on one core x {cores}",
+            "baseline_per_s": round(verify1 * cores),
+            "ratio": round(full_rate / (verify1 * cores), 3),
+        },
+        "audit_chain_only": {
+            "events_per_s": round(chain_rate),
+            "seconds": round(chain_s, 3),
+            "seconds_per_million": round(1e6 / chain_rate, 2),
+            "baseline": "raw BLAKE2b-256 chain hashes/s, one core",
+            "baseline_per_s": round(blake),
+            "ratio": round(chain_rate / blake, 3),
+        },
+        "raw_verify_1_core_per_s": round(verify1),
+        "raw_verify_all_cores_per_s": round(verify_n),
+        "raw_blake2b_per_s": round(blake),
+        "raw_sqlite_insert_per_s": round(sqlite_rate),
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    a, f, c = figures["append"], figures["audit_full"], figures["audit_chain_only"]
+    print(f"events                 {events:,} ({cores} cores, synchronous={args.synchronous})")
+    print(
+        f"append                 {a['events_per_s']:>10,} events/s   "
+        f"x{a['ratio']:.2f} of raw sqlite3 {a['baseline_per_s']:,} rows/s"
+    )
+    print(
+        f"audit, all signatures  {f['events_per_s']:>10,} events/s   "
+        f"x{f['ratio']:.2f} of raw verify x{cores} {f['baseline_per_s']:,}/s  ({full_s:.2f} s)"
+    )
+    print(
+        f"audit, chain only      {c['events_per_s']:>10,} events/s   "
+        f"x{c['ratio']:.2f} of raw BLAKE2b {c['baseline_per_s']:,}/s  "
+        f"({c['seconds_per_million']:.2f} s per million)"
+    )
+    print(
+        f"raw verify             {round(verify1):>10,} /s one core, {round(verify_n):,} /s {cores} threads"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The auditor's findings, one kind at a time, on logs written through the real append path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from helpers.logs import (
+    SITE,
+    Keys,
+    audit_file,
+    audit_lines,
+    build_log,
+    open_new_log,
+    request_events,
+)
+from pydantic import BaseModel
+
+from hub.audit import AuditReport
+from hub.events import (
+    KeyRevoked,
+    NodeStarted,
+    NodeStopped,
+    RequestAccepted,
+    RequestCompleted,
+)
+from hub.keys import KeyPair
+from hub.records import SignedRecord
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys.generate()
+
+
+def _lines(folder: Path, keys: Keys, *batches: Sequence[BaseModel]) -> list[bytes]:
+    db = folder / "events.db"
+    with open_new_log(db, keys) as log:
+        for batch in batches:
+            log.append_many(batch)
+        log.export(folder / "events.jsonl")
+    return (folder / "events.jsonl").read_bytes().splitlines(keepends=True)
+
+
+def _audit(tmp_path: Path, keys: Keys, *batches: Sequence[BaseModel]) -> AuditReport:
+    return audit_lines(_lines(tmp_path, keys, *batches), keys.trusted)
+
+
+def _checks(report: AuditReport) -> list[tuple[int | None, str]]:
+    return [(f.seq, f.check) for f in sorted(report.findings, key=lambda f: f.position)]
+
+
+STARTED = NodeStarted(version="0.1.0", pid=1)
+
+
+def test_a_clean_log_passes_with_a_summary(tmp_path: Path, keys: Keys) -> None:
+    report = _audit(tmp_path, keys, [STARTED], request_events("req00001"), [NodeStopped()])
+    assert report.ok
+    assert report.events == 2 + 7 + 1
+    assert report.requests == {"completed": 1}
+    assert report.trust.endswith("(pinned)")
+    assert report.signatures_checked == report.events
+
+
+def test_a_log_audits_the_same_from_sqlite_and_from_its_export(tmp_path: Path) -> None:
+    built = build_log(tmp_path, requests=6)
+    from_db = audit_file(built.db, built.keys.trusted)
+    from_jsonl = audit_file(tmp_path / "events.jsonl", built.keys.trusted)
+    assert from_db.ok and from_jsonl.ok
+    assert from_db.to_json() == from_jsonl.to_json()
+
+
+def test_a_site_that_is_not_pinned_is_not_trusted(tmp_path: Path, keys: Keys) -> None:
+    lines = _lines(tmp_path, keys, [STARTED])
+    report = audit_lines(lines, {"geomar": keys.site.sign_public})
+    assert _checks(report)[0] == (1, "trust")
+    assert "no pinned key for site:hereon" in report.findings[0].message
+
+
+def test_a_log_naming_another_site_key_is_not_trusted(tmp_path: Path, keys: Keys) -> None:
+    lines = _lines(tmp_path, keys, [STARTED])
+    report = audit_lines(lines, {SITE: KeyPair.generate("site:hereon").sign_public})
+    assert _checks(report)[0] == (1, "trust")
+    assert report.findings[0].expected != report.findings[0].found
+
+
+def test_trusting_the_log_itself_passes_but_says_so(tmp_path: Path, keys: Keys) -> None:
+    report = audit_lines(_lines(tmp_path, keys, [STARTED]), None)
+    assert report.ok
+    assert "not pinned" in report.trust
+
+
+def test_a_completion_without_acceptance_is_a_lifecycle_violation(
+    tmp_path: Path, keys: Keys
+) -> None:
+    received = request_events("req00002")[0]
+    done = RequestCompleted(
+        request_id="req00002", result_hash="00" * 32, result_size=1, duration_us=1
+    )
+    report = _audit(tmp_path, keys, [STARTED, received, done])
+    assert _checks(report) == [(4, "lifecycle")]
+    assert "ended while received" in report.findings[0].message
+
+
+def test_a_request_completed_twice_is_a_lifecycle_violation(tmp_path: Path, keys: Keys) -> None:
+    events = request_events("req00003", "completed")
+    done = next(e for e in events if isinstance(e, RequestCompleted))
+    report = _audit(tmp_path, keys, [STARTED, *events, done])
+    assert _checks(report) == [(len(events) + 3, "lifecycle")]
+    assert "completed twice" in report.findings[0].message
+
+
+def test_an_acceptance_of_a_request_never_received_is_a_lifecycle_violation(
+    tmp_path: Path, keys: Keys
+) -> None:
+    report = _audit(tmp_path, keys, [STARTED, RequestAccepted(request_id="req00004")])
+    assert _checks(report) == [(3, "lifecycle")]
+
+
+def test_an_event_after_a_stop_without_a_start_is_a_lifecycle_violation(
+    tmp_path: Path, keys: Keys
+) -> None:
+    received = request_events("req00005")[0]
+    report = _audit(tmp_path, keys, [STARTED, NodeStopped(), received])
+    assert _checks(report) == [(4, "lifecycle")]
+    assert "while the node is stopped" in report.findings[0].message
+
+
+def test_a_restart_after_a_stop_is_fine_and_a_restart_without_one_is_counted(
+    tmp_path: Path, keys: Keys
+) -> None:
+    report = _audit(tmp_path, keys, [STARTED, NodeStopped(), STARTED, STARTED])
+    assert report.ok
+    assert report.unclean_restarts == 1
+
+
+def test_a_stop_without_a_start_is_a_lifecycle_violation(tmp_path: Path, keys: Keys) -> None:
+    report = _audit(tmp_path, keys, [NodeStopped()])
+    assert _checks(report) == [(2, "lifecycle")]
+
+
+def test_events_signed_after_the_node_key_was_revoked_are_flagged(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        log.append(KeyRevoked(revocation=keys.revoke(keys.node)))
+        log.append(request_events("req00006")[0])
+    report = audit_file(db, keys.trusted)
+    assert _checks(report) == [(4, "key")]
+    assert "revoked" in report.findings[0].message
+    assert report.keys[keys.node.kid]["status"] == "revoked"
+
+
+def test_a_revocation_dated_before_events_the_key_signed_is_flagged(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    early = keys.revoke(keys.node)  # dated now, before the events appended below
+    report = _audit(tmp_path, keys, [STARTED], [KeyRevoked(revocation=early)])
+    assert _checks(report) == [(3, "key")]
+    assert "after the time it was revoked" in report.findings[0].message
+
+
+def test_a_rotated_node_key_signs_from_the_rotation_on(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        rotated = log.rotate_key(keys.spare, keys.vouch(keys.spare))
+        after = log.append(NodeStopped())
+    assert rotated.parsed()["kid"] == keys.node.kid
+    assert after.parsed()["kid"] == keys.spare.kid
+    report = audit_file(db, keys.trusted)
+    assert report.ok, [f.line() for f in report.findings]
+    assert report.keys[keys.node.kid]["status"] == "rotated"
+    assert report.keys[keys.spare.kid]["status"] == "active"
+
+
+def test_a_rotation_record_not_signed_by_the_site_is_flagged(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    rogue = Keys(KeyPair.generate("site:hereon"), keys.node, keys.spare, keys.other_node)
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        log.rotate_key(keys.spare, rogue.vouch(keys.spare))
+        log.append(NodeStopped())
+    checks = _checks(audit_file(db, keys.trusted))
+    assert checks[0] == (3, "trust")
+
+
+def test_a_receipt_from_another_log_is_flagged(tmp_path: Path) -> None:
+    one = build_log(tmp_path / "one", requests=4)
+    two = build_log(tmp_path / "two", requests=4, keys=one.keys)
+    receipt: SignedRecord = two.receipts[0]
+    assert audit_lines(one.lines, one.keys.trusted, receipt).ok is False

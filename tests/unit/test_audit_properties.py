@@ -1,0 +1,188 @@
+"""Property tests: a clean exported log always passes; any single mutation is detected.
+
+Base logs are built once per module through the real append path (requests of every fate,
+a rotation of the node key, a revocation, a checkpoint every 16 events); hypothesis picks
+which line, which byte, which event to move.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers.logs import BuiltLog, Keys, audit_lines, build_log, detected, resign
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hub.logfile import LogUnreadableError
+
+SETTINGS = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> BuiltLog:
+    return build_log(tmp_path_factory.mktemp("base"), requests=14)
+
+
+@pytest.fixture(scope="module")
+def rewritten(tmp_path_factory: pytest.TempPathFactory, base: BuiltLog) -> BuiltLog:
+    """Another history signed with the very same keys."""
+    return build_log(tmp_path_factory.mktemp("rewritten"), requests=14, tag="x", keys=base.keys)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mutated") / "events.jsonl"
+
+
+def _detected(scratch: Path, lines: list[bytes], keys: Keys, receipt: object = None) -> bool:
+    scratch.write_bytes(b"".join(lines))
+    return detected(scratch, keys.trusted, receipt)  # type: ignore[arg-type]
+
+
+def test_base_log_is_clean_and_has_what_the_properties_need(base: BuiltLog) -> None:
+    report = audit_lines(base.lines, base.keys.trusted)
+    assert report.ok, [f.line() for f in report.findings]
+    assert report.types["key.rotated"] == 1
+    assert report.types["key.revoked"] == 1
+    assert report.checkpoints == len(base.receipts) >= 4
+
+
+@SETTINGS
+@given(data=st.data())
+def test_every_prefix_with_every_receipt_it_contains_passes(
+    base: BuiltLog, data: st.DataObject
+) -> None:
+    receipt = data.draw(st.sampled_from(base.receipts))
+    size = data.draw(st.integers(min_value=_size(receipt), max_value=len(base.lines)))
+    report = audit_lines(base.lines[:size], base.keys.trusted, receipt)
+    assert report.ok, [f.line() for f in report.findings]
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_flipped_byte_anywhere_is_detected(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    i = data.draw(st.integers(0, len(base.lines) - 1), label="line")
+    line = base.lines[i]
+    at = data.draw(st.integers(0, len(line) - 1), label="offset")
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != line[at]), label="byte")
+    lines = list(base.lines)
+    lines[i] = line[:at] + bytes([new]) + line[at + 1 :]
+    assert _detected(scratch, lines, base.keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_flipped_byte_in_the_signature_or_hash_is_detected(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    """The hash and signature fields get their own draws (offsets 9..73 and 82..167)."""
+    i = data.draw(st.integers(0, len(base.lines) - 1), label="line")
+    at = data.draw(st.integers(9, 72) | st.integers(82, 167), label="offset")
+    line = base.lines[i]
+    alphabet = b"0123456789abcdefABCDEFGHIJKLMNOPQRSTUVWXYZghijklmnopqrstuvwxyz-_+/="
+    new = data.draw(st.sampled_from(alphabet).filter(lambda b: b != line[at]), label="byte")
+    lines = list(base.lines)
+    lines[i] = line[:at] + bytes([new]) + line[at + 1 :]
+    assert _detected(scratch, lines, base.keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_deleted_event_is_detected(base: BuiltLog, scratch: Path, data: st.DataObject) -> None:
+    """Any event but the last (deleting the last one is a truncation: see the receipts)."""
+    i = data.draw(st.integers(0, len(base.lines) - 2))
+    assert _detected(scratch, base.lines[:i] + base.lines[i + 1 :], base.keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_duplicated_event_is_detected(base: BuiltLog, scratch: Path, data: st.DataObject) -> None:
+    i = data.draw(st.integers(0, len(base.lines) - 1))
+    assert _detected(scratch, base.lines[: i + 1] + base.lines[i:], base.keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_two_swapped_events_are_detected(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    n = len(base.lines)
+    i = data.draw(st.integers(0, n - 2))
+    j = data.draw(st.integers(i + 1, n - 1) | st.just(i + 1))
+    lines = list(base.lines)
+    lines[i], lines[j] = lines[j], lines[i]
+    assert _detected(scratch, lines, base.keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_an_event_copied_to_another_place_is_detected(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    n = len(base.lines)
+    i = data.draw(st.integers(0, n - 1), label="copied")
+    at = data.draw(st.integers(0, n), label="inserted before")
+    lines = list(base.lines)
+    lines.insert(at, base.lines[i])
+    assert _detected(scratch, lines, base.keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_an_event_resigned_with_another_valid_key_is_detected(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    """Keys the site vouches for: its own, a second node's, and the node's other key (the
+    one before or after the rotation); the body is kept, or names the new key, or is
+    edited too (its hash recomputed)."""
+    keys = base.keys
+    i = data.draw(st.integers(0, len(base.lines) - 1), label="line")
+    signer = data.draw(st.sampled_from(["site", "other_node", "other_epoch"]), label="key")
+    mode = data.draw(st.sampled_from(["same body", "claims key", "edited"]), label="body")
+    rotated_at = next(n for n, line in enumerate(base.lines) if b'"type":"key.rotated"' in line)
+    epoch_key = keys.spare if i <= rotated_at else keys.node
+    pair = {"site": keys.site, "other_node": keys.other_node, "other_epoch": epoch_key}[signer]
+    lines = list(base.lines)
+    lines[i] = resign(lines[i], pair, claim_kid=mode != "same body", edit_time=mode == "edited")
+    assert _detected(scratch, lines, keys)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_tail_truncated_below_a_receipt_is_detected(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    receipt = data.draw(st.sampled_from(base.receipts))
+    size = data.draw(st.integers(0, _size(receipt) - 1))
+    assert _detected(scratch, base.lines[:size], base.keys, receipt)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_rewritten_history_is_detected_against_a_receipt(
+    base: BuiltLog, rewritten: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    receipt = data.draw(st.sampled_from(base.receipts))
+    size = data.draw(st.integers(_size(receipt), len(rewritten.lines)))
+    assert audit_lines(rewritten.lines[:size], rewritten.keys.trusted).ok
+    assert _detected(scratch, rewritten.lines[:size], base.keys, receipt)
+
+
+def test_a_reformatted_line_is_unreadable_input(base: BuiltLog) -> None:
+    lines = list(base.lines)
+    lines[3] = lines[3].replace(b'"sig":', b'"sig": ', 1)
+    with pytest.raises(LogUnreadableError):
+        audit_lines(lines, base.keys.trusted)
+
+
+def _size(receipt: object) -> int:
+    from hub.canonical import b64d
+    from hub.records import Checkpoint, SignedRecord
+
+    assert isinstance(receipt, SignedRecord)
+    return Checkpoint.model_validate_json(b64d(receipt.record)).size
