@@ -384,7 +384,6 @@ class Client:
         except nats.js.errors.APIError as exc:
             self._pending.pop(rid, None)
             raise TransportError(f"the call stream refused {rid}: {exc.description}") from exc
-        log.debug("call.submitted", request_id=rid, address=target.address, size=len(data))
         return handle
 
     async def call(

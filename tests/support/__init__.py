@@ -1,0 +1,1 @@
+"""Test support: building a federation's keys, configs and running nodes."""

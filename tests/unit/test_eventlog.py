@@ -1,0 +1,170 @@
+"""The node's SQLite event log: append-only in the database itself, a chain across reopens,
+projections that can be rebuilt, and a rotatable signing key."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers.logs import Keys, audit_file, build_log, open_new_log, request_events
+
+from hub.chain import leaf_hash
+from hub.errors import ConfigError, LogConflictError
+from hub.events import NodeStarted, NodeStopped
+from node.eventlog import EventLog
+
+STARTED = NodeStarted(version="0.1.0", pid=1)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "events.db"
+    with open_new_log(path, Keys.generate()) as log:
+        log.append_many([STARTED, *request_events("req00001")])
+    return path
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE events SET body = x'00' WHERE seq = 2",
+        "UPDATE events SET type = 'node.stopped'",
+        "DELETE FROM events WHERE seq = 3",
+        "DELETE FROM events",
+        "INSERT INTO events(seq, hash, sig, body, type, time) VALUES (100, x'', x'', x'', 't', 't')",
+        "INSERT INTO events(seq, hash, sig, body, type, time) VALUES (3, x'', x'', x'', 't', 't')",
+    ],
+)
+def test_the_database_refuses_to_change_or_skip_events(db: Path, sql: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="fedhub event log|UNIQUE"):
+            conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_the_database_accepts_only_the_next_sequence_number(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        (size,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        conn.execute(
+            "INSERT INTO events(seq, hash, sig, body, type, time) VALUES (?, x'', x'', x'', 't', 't')",
+            [size + 1],
+        )
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_a_reopened_log_continues_the_chain(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with open_new_log(path, keys) as log:
+        first = log.append(STARTED)
+    with EventLog(path, keys.node) as log:
+        assert log.size == 2
+        second = log.append(NodeStopped())
+    assert second.seq == first.seq + 1
+    assert second.parsed()["prev"] == leaf_hash(first.body).hex()
+    assert audit_file(path, keys.trusted).ok
+
+
+def test_a_log_is_written_only_with_its_own_current_key(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with open_new_log(path, keys) as log:
+        log.rotate_key(keys.spare, keys.vouch(keys.spare))
+    with pytest.raises(ConfigError, match="signed by key"):
+        EventLog(path, keys.node)
+    with EventLog(path, keys.spare) as log:
+        log.append(STARTED)
+    with pytest.raises(ConfigError, match="belongs to"):
+        EventLog(path, keys.other_node)
+    assert audit_file(path, keys.trusted).ok
+
+
+def test_a_rotation_needs_a_record_for_the_new_key(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    with open_new_log(tmp_path / "events.db", keys) as log:
+        with pytest.raises(ConfigError, match="does not vouch"):
+            log.rotate_key(keys.spare, keys.vouch(keys.node))
+        with pytest.raises(ConfigError, match="cannot rotate"):
+            log.rotate_key(keys.other_node, keys.vouch(keys.other_node))
+
+
+def test_a_genesis_is_written_once(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    with (
+        open_new_log(tmp_path / "events.db", keys) as log,
+        pytest.raises(LogConflictError, match="already initialized"),
+    ):
+        log.initialize("hereon", keys.site.sign_public, keys.vouch(keys.node))
+
+
+def test_checkpoints_are_appended_every_n_events_and_cover_the_events_before(
+    tmp_path: Path,
+) -> None:
+    built = build_log(tmp_path, requests=8)
+    with EventLog.open_readonly(built.db) as log:
+        events = list(log.events())
+        head = log.head()
+    checkpoints = [e for e in events if e.type == "checkpoint"]
+    assert len(checkpoints) == len(built.receipts) >= 2
+    assert head == built.receipts[-1]
+    for ev in checkpoints:
+        assert ev.parsed()["seq"] > 1
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_both_durability_levels_write_the_same_kind_of_log(
+    tmp_path: Path, synchronous: str
+) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with EventLog(path, keys.node, synchronous=synchronous) as log:  # type: ignore[arg-type]
+        log.initialize("hereon", keys.site.sign_public, keys.vouch(keys.node))
+        log.append(STARTED)
+        (mode,) = log.db.execute("PRAGMA synchronous").fetchone()
+        (journal,) = log.db.execute("PRAGMA journal_mode").fetchone()
+    assert mode == {"normal": 1, "full": 2}[synchronous]
+    assert journal == "wal"
+    assert audit_file(path, keys.trusted).ok
+
+
+def test_rebuilt_projections_equal_the_incremental_ones(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    fates = ["completed", "failed", "rejected", "open", "completed"]
+    with open_new_log(path, keys) as log:
+        log.append(STARTED)
+        for i, fate in enumerate(fates):
+            log.append_many(request_events(f"req{i:05d}", fate))
+        query = "SELECT * FROM requests ORDER BY request_id"
+        incremental = log.db.execute(query).fetchall()
+        assert log.rebuild_projections() == log.size
+        rebuilt = log.db.execute(query).fetchall()
+    assert len(incremental) == len(fates)
+    assert rebuilt == incremental
+    states = {row[0]: row[3] for row in rebuilt}
+    assert states == {
+        "req00000": "completed",
+        "req00001": "failed",
+        "req00002": "rejected",
+        "req00003": "running",
+        "req00004": "completed",
+    }
+
+
+def test_a_closed_log_refuses_appends_and_closing_twice_is_harmless(tmp_path: Path) -> None:
+    log = open_new_log(tmp_path / "events.db", Keys.generate())
+    log.close()
+    log.close()
+    with pytest.raises(LogConflictError, match="closed"):
+        log.append(STARTED)
+
+
+def test_a_read_only_log_cannot_append(db: Path) -> None:
+    with EventLog.open_readonly(db) as log, pytest.raises(LogConflictError, match="read-only"):
+        log.append(STARTED)
