@@ -52,8 +52,21 @@ def node_key(cfg: NodeConfig, *, create: bool = False) -> KeyPair:
     return store.load(cfg.identity, _passphrase(cfg))
 
 
+def _site_key(cfg: NodeConfig) -> KeyPair:
+    """The site's key, needed once to vouch for the node key (same passphrase source)."""
+    try:
+        return KeyStore(cfg.node.key_home).load(cfg.site_identity, _passphrase(cfg))
+    except KeyStoreError as exc:
+        raise KeyStoreError(
+            f"the site key {cfg.site_identity} is needed once to vouch for the node key: "
+            f"{exc.message}",
+            hint=exc.hint,
+        ) from exc
+
+
 def open_log(cfg: NodeConfig, *, create: bool = False) -> EventLog:
     """Open the node's event log; with ``create``, write its genesis (needs the site key)."""
+    site = _site_key(cfg) if create and not cfg.log_path.exists() else None
     key = node_key(cfg, create=create)
     if not cfg.log_path.exists() and not create:
         raise KeyStoreError(
@@ -64,15 +77,11 @@ def open_log(cfg: NodeConfig, *, create: bool = False) -> EventLog:
         if not create:
             log.close()
             raise KeyStoreError(f"event log {cfg.log_path} has no genesis event")
-        store = KeyStore(cfg.node.key_home)
         try:
-            site = store.load(cfg.site_identity)
-        except KeyStoreError as exc:
+            site = site or _site_key(cfg)
+        except KeyStoreError:
             log.close()
-            raise KeyStoreError(
-                f"the site key {cfg.site_identity} is needed once to vouch for the node key: "
-                f"{exc.message}"
-            ) from exc
+            raise
         record: SignedRecord = sign_record(key_record(key, cfg.node.site, "node"), site.signing_key)
         log.initialize(cfg.node.site, site.sign_public, record)
     return log

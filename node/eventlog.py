@@ -382,14 +382,20 @@ class EventLog:
         with self._lock:
             conn = self.db.conn
             conn.execute("BEGIN IMMEDIATE")
-            projections.drop(conn)
-            projections.create(conn)
-            count = 0
-            for seq, time, body in conn.execute(
-                "SELECT seq, time, body FROM events ORDER BY seq"
-            ).fetchall():
-                projections.apply(conn, seq, time, parse_canonical(body)["data"])
-                count += 1
+            try:
+                projections.drop(conn)
+                projections.create(conn)
+                count = 0
+                cur = conn.execute("SELECT seq, time, body FROM events ORDER BY seq")
+                while rows := cur.fetchmany(10_000):
+                    projections.apply_many(
+                        conn,
+                        [(seq, time, parse_canonical(body)["data"]) for seq, time, body in rows],
+                    )
+                    count += len(rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             conn.execute("COMMIT")
             return count
 

@@ -40,8 +40,11 @@ _STATE_BY_TYPE = {
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """Create the projection tables if missing."""
-    conn.executescript(_DDL)
+    """Create the projection tables if missing (inside the caller's transaction, if any:
+    ``executescript`` would commit it first)."""
+    for statement in _DDL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def drop(conn: sqlite3.Connection) -> None:

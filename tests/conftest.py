@@ -18,23 +18,14 @@ whatever its event loop scope, can use them.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hub.topology import (
-    HUB_DOMAIN,
-    LeafUser,
-    NatsServer,
-    connect,
-    wait_jetstream_ready,
-    wait_message_route,
-)
+from hub.topology import LocalFederation, NatsServer, start_local_federation
 
 #: The site name to use with ``ensure_site_streams`` on the shared ``nats_server``.
 SHARED_SITE = "testsite"
@@ -42,85 +33,12 @@ SHARED_SITE = "testsite"
 FEDERATION_SITES = ("hereon", "geomar")
 
 
-@dataclass
-class Federation:
-    """A hub and one leaf server per site, all on 127.0.0.1 with random ports."""
-
-    root: Path
-    sites: tuple[str, ...]
-    hub: NatsServer = field(init=False)
-    leaves: dict[str, NatsServer] = field(init=False, default_factory=dict)
-    leaf_users: dict[str, LeafUser] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.leaf_users = {
-            site: LeafUser(site=site, user=f"leaf-{site}", password=uuid.uuid4().hex)
-            for site in self.sites
-        }
-        self.hub = NatsServer(
-            self.root / "hub",
-            server_name="hub",
-            jetstream_domain=HUB_DOMAIN,
-            leafnode_port=-1,
-            leaf_users=list(self.leaf_users.values()),
-        )
-
-    @property
-    def hub_url(self) -> str:
-        """Client URL of the hub."""
-        return self.hub.client_url
-
-    def site_url(self, site: str) -> str:
-        """Client URL of ``site``'s leaf server."""
-        return self.leaves[site].client_url
-
-    async def start(self) -> None:
-        """Start the hub, then the leaves; return once messages and JetStream flow."""
-        await self.hub.start()
-        hub_leaf_url = self.hub.leafnode_url
-        assert hub_leaf_url is not None
-        for site in self.sites:
-            leaf = NatsServer(
-                self.root / site,
-                server_name=site,
-                jetstream_domain=site,
-                leafnode_remotes=[self.leaf_users[site].remote_url(hub_leaf_url)],
-            )
-            self.leaves[site] = leaf
-            await leaf.start()
-        await self.wait_connected()
-
-    async def wait_connected(self, limit: float = 10) -> None:
-        """Wait until every leaf reaches every other and the hub sees every site domain."""
-        clients = {site: await connect(self.site_url(site)) for site in self.sites}
-        hub_client = await connect(self.hub_url)
-        try:
-            for a, b in itertools.permutations(self.sites, 2):
-                await wait_message_route(clients[a], clients[b], timeout=limit)
-            for site in self.sites:
-                await wait_jetstream_ready(hub_client, site, timeout=limit)
-            for client in clients.values():
-                await wait_jetstream_ready(client, HUB_DOMAIN, timeout=limit)
-        finally:
-            for client in [*clients.values(), hub_client]:
-                await client.close()
-
-    async def stop(self) -> None:
-        """Stop the leaves, then the hub (safe to call twice)."""
-        for leaf in self.leaves.values():
-            await leaf.stop()
-        await self.hub.stop()
+Federation = LocalFederation
 
 
 async def start_federation(root: Path, sites: Sequence[str] = FEDERATION_SITES) -> Federation:
     """Start a federation of your own (stop it with ``await fed.stop()``)."""
-    fed = Federation(root, tuple(sites))
-    try:
-        await fed.start()
-    except BaseException:
-        await fed.stop()
-        raise
-    return fed
+    return await start_local_federation(root, sites)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from hub.events import NodeStarted, NodeStopped
 from node.eventlog import EventLog
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
+INSERT = "INSERT INTO events(seq, hash, sig, body, type, time)"
 
 
 @pytest.fixture
@@ -32,14 +33,14 @@ def db(tmp_path: Path) -> Path:
         "UPDATE events SET type = 'node.stopped'",
         "DELETE FROM events WHERE seq = 3",
         "DELETE FROM events",
-        "INSERT INTO events(seq, hash, sig, body, type, time) VALUES (100, x'', x'', x'', 't', 't')",
-        "INSERT INTO events(seq, hash, sig, body, type, time) VALUES (3, x'', x'', x'', 't', 't')",
+        f"{INSERT} VALUES (100, x'', x'', x'', 't', 't')",
+        f"{INSERT} VALUES (3, x'', x'', x'', 't', 't')",
     ],
 )
 def test_the_database_refuses_to_change_or_skip_events(db: Path, sql: str) -> None:
     conn = sqlite3.connect(db)
     try:
-        with pytest.raises(sqlite3.DatabaseError, match="fedhub event log|UNIQUE"):
+        with pytest.raises(sqlite3.DatabaseError, match=r"fedhub event log|UNIQUE"):
             conn.execute(sql)
     finally:
         conn.close()
@@ -50,7 +51,7 @@ def test_the_database_accepts_only_the_next_sequence_number(db: Path) -> None:
     try:
         (size,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
         conn.execute(
-            "INSERT INTO events(seq, hash, sig, body, type, time) VALUES (?, x'', x'', x'', 't', 't')",
+            f"{INSERT} VALUES (?, x'', x'', x'', 't', 't')",
             [size + 1],
         )
     finally:

@@ -1,0 +1,162 @@
+"""The two command lines end to end, as an operator and an auditor run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.logs import request_events
+
+from hub.events import NodeStarted, NodeStopped
+from node.bootstrap import open_log
+from node.config import load_config
+
+
+@dataclass
+class Site:
+    root: Path
+    env: dict[str, str]
+
+    def run(self, tool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        module = {"fedhub": "hub.cli", "fedhub-node": "node.cli"}[tool]
+        return subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env["FEDHUB_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """A site with its key, an initialized node, some requests, an export and a receipt."""
+    root = tmp_path_factory.mktemp("site")
+    site = Site(root, _env(root / "home"))
+    assert site.run("fedhub", "keys", "new", "site:hereon").returncode == 0
+    (root / "site.toml").write_text(
+        '[node]\nsite = "hereon"\nname = "n1"\ndata_dir = "data"\nkey_home = "home"\n'
+        "[log]\ncheckpoint_every = 8\n"
+    )
+    init = site.run("fedhub-node", "init", "--config", "site.toml")
+    assert init.returncode == 0, init.stderr
+    assert "node:hereon/n1" in init.stdout
+    with open_log(load_config(root / "site.toml")) as log:
+        log.append(NodeStarted(version="0.1.0", pid=1))
+        for i in range(4):
+            log.append_many(request_events(f"req{i:05d}"))
+        log.append(NodeStopped())
+    exported = site.run("fedhub-node", "log", "export", "--db", "data/events.db", "-o", "log.jsonl")
+    assert exported.returncode == 0, exported.stderr
+    head = site.run("fedhub-node", "log", "head", "--db", "data/events.db")
+    assert head.returncode == 0, head.stderr
+    (root / "receipt.json").write_text(head.stdout)
+    return site
+
+
+def test_keys_new_show_and_list(tmp_path: Path) -> None:
+    s = Site(tmp_path, _env(tmp_path / "home"))
+    new = s.run("fedhub", "keys", "new", "anna@hereon")
+    assert new.returncode == 0, new.stderr
+    shown = s.run("fedhub", "keys", "show", "anna@hereon", "--json")
+    assert shown.returncode == 0
+    public = json.loads(shown.stdout)
+    assert public["identity"] == "anna@hereon"
+    assert public["kid"] in new.stdout
+    listed = s.run("fedhub", "keys", "list")
+    assert listed.returncode == 0
+    assert "anna@hereon" in listed.stdout and "private" in listed.stdout
+
+
+def test_a_wrong_passphrase_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    s = Site(tmp_path, _env(tmp_path / "home"))
+    (tmp_path / "right").write_text("correct horse\n")
+    (tmp_path / "wrong").write_text("battery staple\n")
+    made = s.run("fedhub", "keys", "new", "site:hereon", "--passphrase-file", "right")
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "site.toml").write_text(
+        '[node]\nsite = "hereon"\ndata_dir = "data"\nkey_home = "home"\npassphrase_file = "wrong"\n'
+    )
+    failed = s.run("fedhub-node", "init", "--config", "site.toml")
+    assert failed.returncode == 1
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1, failed.stderr
+    assert lines[0].startswith("error:")
+    assert "wrong passphrase" in lines[0]
+    assert "Traceback" not in failed.stderr
+
+
+def test_a_missing_key_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    s = Site(tmp_path, _env(tmp_path / "home"))
+    failed = s.run("fedhub", "keys", "show", "nobody@hereon")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error:")
+    assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_the_database_and_its_export_audit_clean(site: Site) -> None:
+    for path in ("data/events.db", "log.jsonl"):
+        audit = site.run("fedhub", "audit", path, "--checkpoint", "receipt.json")
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        assert audit.stdout.startswith("audit OK")
+        assert "(pinned)" in audit.stdout
+
+
+def test_the_json_report_parses(site: Site) -> None:
+    audit = site.run("fedhub", "audit", "log.jsonl", "--json")
+    assert audit.returncode == 0
+    report = json.loads(audit.stdout)
+    assert report["ok"] is True
+    assert report["requests"] == {"completed": 4}
+    assert report["signatures_checked"] == report["events"]
+
+
+def test_a_chain_only_audit_checks_no_signatures(site: Site) -> None:
+    audit = site.run("fedhub", "audit", "log.jsonl", "--chain-only", "--json")
+    assert audit.returncode == 0
+    assert json.loads(audit.stdout)["signatures_checked"] == 0
+
+
+def test_a_tampered_export_fails_naming_the_event(site: Site) -> None:
+    lines = (site.root / "log.jsonl").read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5].replace(b'"payload_size":123', b'"payload_size":124')
+    (site.root / "tampered.jsonl").write_bytes(b"".join(lines))
+    audit = site.run("fedhub", "audit", "tampered.jsonl")
+    assert audit.returncode == 1
+    assert "audit FAILED" in audit.stdout
+    assert "first bad   entry 6: hash" in audit.stdout
+
+
+def test_a_truncated_export_fails_against_a_receipt(site: Site) -> None:
+    lines = (site.root / "log.jsonl").read_bytes().splitlines(keepends=True)
+    (site.root / "short.jsonl").write_bytes(b"".join(lines[:5]))
+    assert site.run("fedhub", "audit", "short.jsonl").returncode == 0
+    audit = site.run("fedhub", "audit", "short.jsonl", "--checkpoint", "receipt.json")
+    assert audit.returncode == 1
+    assert "truncated" in audit.stdout
+
+
+@pytest.mark.parametrize("content", [b"not a log\n", b'{"hash": "00"}\n'], ids=["text", "json"])
+def test_unreadable_input_exits_2(site: Site, content: bytes) -> None:
+    (site.root / "junk").write_bytes(content)
+    audit = site.run("fedhub", "audit", "junk")
+    assert audit.returncode == 2
+    assert audit.stderr.startswith("error:")
+    assert "Traceback" not in audit.stderr
+
+
+def test_a_missing_file_exits_2(site: Site) -> None:
+    assert site.run("fedhub", "audit", "missing.jsonl").returncode == 2
