@@ -1,7 +1,7 @@
 """Canonical bytes for hashing and signing.
 
 fedhub signs and hashes exact byte strings, never objects. The canonical form of a value is
-JSON with these rules (see docs/protocol.md, "Canonical encoding"):
+JSON with these rules (see docs/log-format.md, "Canonical encoding"):
 
 * UTF-8, no byte-order mark, no insignificant whitespace (separators ``,`` and ``:``);
 * object keys are strings, sorted by Unicode code point, unique;
