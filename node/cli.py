@@ -143,6 +143,24 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    from hub.schemas import write_schemas
+    from node.runner import load_module
+
+    extra: dict[str, dict[str, object]] = {}
+    if args.config:
+        cfg = load_config(args.config)
+        for mod in cfg.modules:
+            backend = load_module(str(cfg.resolve(mod.path)), name=mod.name)
+            for fname, spec in backend.functions.items():
+                base = f"modules/{cfg.node.site}.{mod.name}/{fname}"
+                extra[f"{base}.arguments"] = spec.arguments_schema()
+                extra[f"{base}.returns"] = spec.return_schema()
+    written = write_schemas(args.output, extra)
+    print(f"wrote {len(written)} schemas below {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhub-node", description="fedhub site node.")
     parser.add_argument("--version", action="version", version=f"fedhub-node {__version__}")
@@ -186,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--db", type=Path, required=True)
     req.add_argument("request_id")
     req.set_defaults(func=cmd_request)
+    schemas = sub.add_parser("schemas", help="JSON Schemas of the protocol and modules")
+    ssub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    sexp = ssub.add_parser("export", help="write the JSON Schemas (wire, records, events, modules)")
+    sexp.add_argument("-o", "--output", type=Path, default=Path("schemas"))
+    sexp.add_argument("--config", type=Path, help="also the argument/return schemas of its modules")
+    sexp.set_defaults(func=cmd_schemas_export)
     return parser
 
 

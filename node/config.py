@@ -58,7 +58,6 @@ class CallsSection(_Section):
     """``[calls]``: limits and policies of the request pipeline."""
 
     max_payload: int = Field(8 * 1024 * 1024, ge=1024)
-    default_timeout: float = Field(300.0, gt=0)
     replay_window: float = Field(300.0, gt=0)
     ack_wait: float = Field(30.0, gt=0)
     max_deliver: int = Field(5, ge=1)

@@ -166,6 +166,7 @@ class NodeDaemon:
         )
         self._spawn(self._pull_loop(), "pull-loop")
         self._spawn(self._write_status(), "status-file")
+        self._spawn(self._checkpoints(), "checkpoints")
         log.info("node.started", node=self.eventlog.log_id, url=self.url, modules=len(cfg.modules))
 
     async def serve(self) -> None:
@@ -182,7 +183,9 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
-        pull = [t for t in self._tasks if t.get_name() in ("pull-loop", "status-file")]
+        pull = [
+            t for t in self._tasks if t.get_name() in ("pull-loop", "status-file", "checkpoints")
+        ]
         for t in pull:
             t.cancel()
         await asyncio.gather(*pull, return_exceptions=True)
@@ -487,6 +490,16 @@ class NodeDaemon:
             slots.release()
 
     # --- status ---------------------------------------------------------------------------
+
+    async def _checkpoints(self) -> None:
+        """Sign a checkpoint every ``checkpoint_seconds`` when events were added since."""
+        assert self.writer is not None and self.eventlog is not None
+        eventlog, last = self.eventlog, -1
+        while True:
+            await asyncio.sleep(self.cfg.log.checkpoint_seconds)
+            if eventlog.size != last:
+                with contextlib.suppress(FederationError):
+                    last = (await self.writer.checkpoint()).seq
 
     async def _write_status(self) -> None:
         path = self.cfg.node.data_dir / "status.json"

@@ -26,11 +26,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import nacl.signing
 import sqlite_utils
 import structlog
 from pydantic import BaseModel
@@ -73,6 +74,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY, root TEXT NOT NULL, signed TEXT NOT NULL
 );
 """
+
+
+def _sign_hashes(sk: nacl.signing.SigningKey, hashes: list[bytes]) -> list[bytes]:
+    """Event signatures over ``DOMAIN_EVENT || hash`` (libsodium releases the GIL)."""
+    return [sign(sk, DOMAIN_EVENT, h) for h in hashes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +278,13 @@ class EventLog:
         seq, prev, kid, log_id = self._seq, self._prev, self.key.kid, self.log_id
         time = now()
         rows: list[tuple[int, bytes, bytes, str, str, str | None]] = []
+        # Signing overlaps building: each chunk of hashes goes to the signing pool while
+        # the next bodies are built (the chain itself is sequential).
+        sk = self.key.signing_key
+        pooled = len(items) >= 64 and self._sign_threads > 1
+        step = max(32, -(-len(items) // (2 * self._sign_threads)))
+        futures: list[Future[list[bytes]]] = []
+        pending: list[bytes] = []
         for data in items:
             seq += 1
             body = canonical_bytes(
@@ -288,7 +301,17 @@ class EventLog:
             )
             prev = leaf_hash(body)
             rows.append((seq, prev, body, data["type"], time, data.get("request_id")))
-        sigs = self._sign_all([r[1] for r in rows])
+            if pooled:
+                pending.append(prev)
+                if len(pending) >= step:
+                    futures.append(self._pool.submit(_sign_hashes, sk, pending))
+                    pending = []
+        if pooled:
+            if pending:
+                futures.append(self._pool.submit(_sign_hashes, sk, pending))
+            sigs = [sig for fut in futures for sig in fut.result()]
+        else:
+            sigs = _sign_hashes(sk, [r[1] for r in rows])
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -324,18 +347,6 @@ class EventLog:
         if items[-1]["type"] == "checkpoint":
             self._since_checkpoint = 0
         return [StoredEvent(r[0], r[1], s, r[2], r[3]) for r, s in zip(rows, sigs, strict=True)]
-
-    def _sign_all(self, hashes: list[bytes]) -> list[bytes]:
-        sk = self.key.signing_key
-        if len(hashes) < 64 or self._sign_threads == 1:
-            return [sign(sk, DOMAIN_EVENT, h) for h in hashes]
-        n = self._sign_threads
-        step = -(-len(hashes) // n)
-        chunks = [hashes[i : i + step] for i in range(0, len(hashes), step)]
-        out: list[bytes] = []
-        for part in self._pool.map(lambda c: [sign(sk, DOMAIN_EVENT, h) for h in c], chunks):
-            out.extend(part)
-        return out
 
     # --- reading ------------------------------------------------------------------------
 

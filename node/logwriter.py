@@ -101,6 +101,15 @@ class LogWriter:
             except Exception as exc:  # events stay in the log; sent again at next start
                 log.warning("eventlog.publish_failed", error=str(exc), first=events[0].seq)
 
+    async def checkpoint(self) -> StoredEvent:
+        """Append a signed checkpoint now (on the log's thread) and publish it."""
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        stored = await loop.run_in_executor(self._thread, self.eventlog.checkpoint)
+        if self._publish is not None:
+            self._published.put_nowait([stored])
+        return stored
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed and handed to the publisher."""
         if self._task is None:
