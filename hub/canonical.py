@@ -38,33 +38,53 @@ _encoder = json.JSONEncoder(
 
 
 def _check(value: Any) -> None:
-    """Refuse what has no canonical form (iterative: this is on the event log's hot path)."""
+    """Refuse what has no canonical form (iterative: this is on the event log's hot path).
+
+    Scalars inside containers are checked in place; only containers go on the stack.
+    """
+    _check_scalar(value)
     stack = [(value, 0)]
     pop, push = stack.pop, stack.append
     while stack:
         item, depth = pop()
         kind = type(item)
-        if kind is str or item is None or kind is bool:
-            continue
-        if kind is int:
-            if not _INT_MIN <= item <= _INT_MAX:
-                raise CanonicalError(f"integer {item} is outside the signed 64-bit range")
+        if kind is dict:
+            subs = item.values()
+            for key in item:
+                if type(key) is not str:
+                    raise CanonicalError(f"object key {key!r} is not a string")
+        elif kind is list or kind is tuple:
+            subs = item
+        else:
             continue
         if depth >= 64:
             raise CanonicalError("value nests deeper than 64 levels")
-        if kind is dict:
-            for key, sub in item.items():
-                if type(key) is not str:
-                    raise CanonicalError(f"object key {key!r} is not a string")
+        for sub in subs:
+            t = type(sub)
+            if t is str or t is bool or sub is None:
+                continue
+            if t is int:
+                if not _INT_MIN <= sub <= _INT_MAX:
+                    raise CanonicalError(f"integer {sub} is outside the signed 64-bit range")
+                continue
+            if t is dict or t is list or t is tuple:
                 push((sub, depth + 1))
-            continue
-        if kind is list or kind is tuple:
-            for sub in item:
-                push((sub, depth + 1))
-            continue
-        if isinstance(item, float):
-            raise CanonicalError("floats have no canonical form; use an integer or a string")
-        raise CanonicalError(f"{kind.__name__} has no canonical form")
+                continue
+            _check_scalar(sub)
+
+
+def _check_scalar(item: Any) -> None:
+    """Refuse a non-container value that has no canonical form."""
+    kind = type(item)
+    if kind is str or kind is bool or item is None or kind in (dict, list, tuple):
+        return
+    if kind is int:
+        if not _INT_MIN <= item <= _INT_MAX:
+            raise CanonicalError(f"integer {item} is outside the signed 64-bit range")
+        return
+    if isinstance(item, float):
+        raise CanonicalError("floats have no canonical form; use an integer or a string")
+    raise CanonicalError(f"{kind.__name__} has no canonical form")
 
 
 def canonical_bytes(value: Any) -> bytes:

@@ -48,9 +48,13 @@ class LogUnreadableError(FederationError):
     """The input is not a fedhub log in either form (missing, not SQLite, malformed line)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawEvent:
-    """One stored event as found: position, claimed hash, signature and exact body bytes."""
+    """One stored event as found: position, claimed hash, signature and exact body bytes.
+
+    Treat it as immutable; it is not frozen only because a frozen dataclass costs three
+    times as much to build, and an audit builds one per event.
+    """
 
     position: int
     hash: bytes
@@ -118,9 +122,11 @@ def iter_sqlite(path: Path, batch: int = 10_000) -> Iterator[RawEvent]:
             raise LogUnreadableError(f"{path} is not a fedhub log database: {exc}") from exc
         position = 0
         while rows := cur.fetchmany(batch):
-            for _seq, hash_, sig, body in rows:
+            for _seq, hash_, sig, body in rows:  # BLOBs come back as bytes
                 position += 1
-                yield RawEvent(position, bytes(hash_), bytes(sig), bytes(body))
+                if type(hash_) is not bytes or type(sig) is not bytes or type(body) is not bytes:
+                    raise LogUnreadableError(f"{path}: event {position} is not stored as BLOBs")
+                yield RawEvent(position, hash_, sig, body)
     finally:
         conn.close()
 

@@ -129,9 +129,7 @@ def open_record(signed: SignedRecord | dict[str, Any], cls: type[R], verify_key:
         except ValidationError as exc:
             raise CanonicalError(f"malformed signed record: {one_line(exc)}") from exc
     if signed.signer != key_id(verify_key):
-        raise SignatureError(
-            f"record signed by key {signed.signer}, expected {key_id(verify_key)}"
-        )
+        raise SignatureError(f"record signed by key {signed.signer}, expected {key_id(verify_key)}")
     body = b64d(signed.record)
     verify(verify_key, _DOMAINS[cls], body, b64d(signed.sig))
     try:

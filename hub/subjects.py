@@ -36,6 +36,7 @@ __all__ = [
     "CallAddress",
     "Identity",
     "IdentityKind",
+    "admin_subject",
     "call_subject",
     "calls_filter",
     "events_filter",
@@ -247,6 +248,11 @@ def events_filter(site: str) -> str:
 def info_subject(site: str, module: str) -> str:
     """Return ``fh.info.<site>.<module>``, the module's schema endpoint."""
     return f"{SUBJECT_ROOT}.info.{validate_site(site)}.{validate_module(module)}"
+
+
+def admin_subject(site: str) -> str:
+    """Return ``fh.admin.<site>``: signed directory records (keys, revocations) for its nodes."""
+    return f"{SUBJECT_ROOT}.admin.{validate_site(site)}"
 
 
 def status_subject(site: str) -> str:

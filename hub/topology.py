@@ -491,8 +491,14 @@ class NatsServer:
         try:
             # Popen returns at once; the process must outlive any one event loop (test
             # fixtures start it in one loop and stop it in another), unlike asyncio's.
+            # Its own session: a Ctrl-C on the terminal reaches the node, which then stops
+            # the server itself after its last events are out, not the server first.
             self._proc = subprocess.Popen(  # noqa: ASYNC220
-                args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as exc:
             self._close_log()

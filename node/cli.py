@@ -9,6 +9,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from hub import __version__
 from hub.canonical import b64d
@@ -18,7 +21,7 @@ from hub.records import SignedRecord
 from node import projections
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
-from node.eventlog import EventLog
+from node.eventlog import EventLog, StoredEvent
 
 __all__ = ["main"]
 
@@ -143,6 +146,83 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_apply(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    try:
+        signed = SignedRecord.model_validate_json(args.record.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read signed record {args.record}: {exc}") from exc
+    kind = json.loads(b64d(signed.record)).get("kind")
+    op = {"key": "register", "revocation": "revoke"}.get(kind)
+    if op is None:
+        raise ConfigError(f"{args.record} is a {kind!r} record; only key records and revocations")
+    return _admin(cfg, op, signed)
+
+
+def cmd_admin_revoke(args: argparse.Namespace) -> int:
+    from hub.clock import now
+    from hub.keys import KeyStore
+    from hub.records import Revocation, sign_record
+
+    cfg = load_config(args.config)
+    site = KeyStore(cfg.node.key_home).load(cfg.site_identity, os.environ.get("FEDHUB_PASSPHRASE"))
+    rev = Revocation(identity=args.identity, kid=args.kid, time=now(), reason=args.reason)
+    return _admin(cfg, "revoke", sign_record(rev, site.signing_key))
+
+
+def _admin(cfg: NodeConfig, op: str, signed: SignedRecord) -> int:
+    """Send a signed record to the running node, or append it to the log when it is down."""
+    from node.admin import admin_message, apply_admin, load_directory
+    from node.daemon import read_status_file
+
+    message = admin_message(op, signed)
+    status = read_status_file(cfg.node.data_dir)
+    if status is not None and _alive(status):
+        answer = asyncio.run(_send_admin(str(status["url"]), cfg.node.site, message))
+        if "error" in answer:
+            raise ConfigError(f"the node refused it: {answer['error']['message']}")
+        print(f"{op}: applied by the running node (event {answer['seq']})")
+        return 0
+    with open_log(cfg) as log:
+        state = load_directory(cfg, log)
+
+        async def append(*events: BaseModel) -> list[StoredEvent]:
+            return log.append_many(list(events))
+
+        if state.pending:
+            log.append_many(state.pending)
+        answer = asyncio.run(apply_admin(state.directory, append, message))
+    print(f"{op}: appended to the log (event {answer['seq']}); takes effect at the next start")
+    return 0
+
+
+def _alive(status: dict[str, object]) -> bool:
+    try:
+        os.kill(int(str(status["pid"])), 0)
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+async def _send_admin(url: str, site: str, message: bytes) -> dict[str, Any]:
+    import nats
+
+    from hub.subjects import admin_subject
+
+    try:
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot reach the node's NATS at {url}: {exc}") from exc
+    try:
+        reply = await nc.request(admin_subject(site), message, timeout=5)
+    except Exception as exc:
+        raise ConfigError(f"the node did not answer: {exc}") from exc
+    finally:
+        await nc.close()
+    value: dict[str, Any] = json.loads(reply.data)
+    return value
+
+
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     from hub.schemas import write_schemas
     from node.runner import load_module
@@ -204,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--db", type=Path, required=True)
     req.add_argument("request_id")
     req.set_defaults(func=cmd_request)
+    admin = sub.add_parser("admin", help="register or revoke keys (live when the node runs)")
+    asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    app = asub.add_parser("apply", help="apply a signed key record or revocation (JSON file)")
+    app.add_argument("--config", type=Path, required=True)
+    app.add_argument("record", type=Path)
+    app.set_defaults(func=cmd_admin_apply)
+    rv = asub.add_parser("revoke", help="revoke a key, signed with this site's key")
+    rv.add_argument("--config", type=Path, required=True)
+    rv.add_argument("kid")
+    rv.add_argument("--identity", required=True, help="whose key it is (name@site)")
+    rv.add_argument("--reason", default="revoked by the site operator")
+    rv.set_defaults(func=cmd_admin_revoke)
+
     schemas = sub.add_parser("schemas", help="JSON Schemas of the protocol and modules")
     ssub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     sexp = ssub.add_parser("export", help="write the JSON Schemas (wire, records, events, modules)")

@@ -38,23 +38,26 @@ from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 
 from hub import __version__
-from hub.canonical import b64d
-from hub.directory import Directory, Grant
+from hub.directory import Directory
 from hub.errors import ConfigError, FederationError, TransportError
-from hub.events import GrantAdded, GrantRemoved, KeyRegistered, NodeStarted, NodeStopped
-from hub.keys import load_public_file
+from hub.events import (
+    NodeStarted,
+    NodeStopped,
+)
 from hub.logfile import export_line
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
     CALLS_STREAM,
     RESULTS_BUCKET,
+    admin_subject,
     events_subject,
     info_subject,
     service_name,
     status_subject,
 )
 from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
+from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_log
 from node.config import NodeConfig
 from node.eventlog import EventLog, StoredEvent
@@ -250,6 +253,7 @@ class NodeDaemon:
                 name=f"fedhub-node {self.cfg.identity}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                drain_timeout=5,
             )
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
@@ -314,66 +318,13 @@ class NodeDaemon:
 
     async def _build_directory(self) -> Directory:
         assert self.eventlog is not None and self.writer is not None
-        cfg = self.cfg
         eventlog = self.eventlog
-
-        def genesis_and_directory_events() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            first = next(eventlog.events(after=0, limit=1)).parsed()
-            rows = eventlog.db.execute(
-                "SELECT body FROM events"
-                " WHERE type LIKE 'key.%' OR type LIKE 'grant.%' ORDER BY seq"
-            ).fetchall()
-            return first, [json.loads(bytes(r[0]))["data"] for r in rows]
-
-        result = await self.writer.call(genesis_and_directory_events)
-        assert isinstance(result, tuple)
-        genesis, changes = result
-        trusted = {self.site: b64d(genesis["data"]["site_key"])}
-        self._node_key_record = SignedRecord.model_validate(genesis["data"]["node_key"])
-        for t in cfg.trust:
-            path = cfg.resolve(t.key)
-            trusted[t.site] = load_public_file(path).sign_key if path.exists() else b64d(t.key)
-        directory = Directory(self.site, trusted)
-        config_grants: set[Grant] = set()
-        for data in changes:
-            try:
-                directory.apply_event(data)
-            except FederationError as exc:  # a site no longer trusted: its records lapse
-                log.warning("directory.event_skipped", type=data.get("type"), reason=str(exc))
-            if data.get("by") == "config":
-                g = Grant(data["principal"], data["module"], data["function"])
-                (config_grants.add if data["type"] == "grant.added" else config_grants.discard)(g)
-        new_events: list[Any] = []
-        for path_text in cfg.users:
-            path = cfg.resolve(path_text)
-            try:
-                signed = SignedRecord.model_validate_json(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"users: cannot read key record {path}: {exc}") from exc
-            kid = json.loads(b64d(signed.record)).get("kid")
-            if kid in directory.keys:
-                continue
-            try:
-                directory.register(signed)
-            except FederationError as exc:
-                raise ConfigError(f"users: key record {path} is not valid here: {exc}") from exc
-            new_events.append(KeyRegistered(record=signed))
-        wanted = {Grant(g.principal, g.module, f) for g in cfg.grants for f in g.functions}
-        for g in sorted(wanted - config_grants, key=str):
-            directory.add_grant(g)
-            new_events.append(
-                GrantAdded(principal=g.principal, module=g.module, function=g.function, by="config")
-            )
-        for g in sorted(config_grants - wanted, key=str):
-            directory.remove_grant(g)
-            new_events.append(
-                GrantRemoved(
-                    principal=g.principal, module=g.module, function=g.function, by="config"
-                )
-            )
-        if new_events:
-            await self.writer.append(*new_events)
-        return directory
+        state = await self.writer.call(lambda: load_directory(self.cfg, eventlog))
+        assert isinstance(state, DirectoryState)
+        self._node_key_record = state.node_key
+        if state.pending:
+            await self.writer.append(*state.pending)
+        return state.directory
 
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None
@@ -422,6 +373,23 @@ class NodeDaemon:
             status_subject(self.site), queue="fh-node", cb=self._on_control
         )
         self.stack.push_async_callback(sub.unsubscribe)
+        admin = await self.nc.subscribe(admin_subject(self.site), cb=self._on_admin)
+        self.stack.push_async_callback(admin.unsubscribe)
+
+    async def _on_admin(self, msg: Msg) -> None:
+        """Apply a signed directory record sent to ``fh.admin.<site>`` (every node applies it).
+
+        Records authenticate themselves (a key record signed by a trusted site, a revocation
+        signed by the key's own site or ours), so the sender needs no other authority.
+        """
+        assert self.directory is not None and self.writer is not None
+        try:
+            answer = await apply_admin(self.directory, self.writer.append, msg.data)
+        except FederationError as exc:
+            log.warning("admin.refused", reason=exc.message)
+            answer = {"error": {"code": "unauthorized", "message": exc.message}}
+        if msg.reply:
+            await msg.respond(json.dumps(answer).encode())
 
     async def _on_control(self, msg: Msg) -> None:
         assert self.pipeline is not None
@@ -444,6 +412,13 @@ class NodeDaemon:
         assert self.nc is not None
         js = self.nc.jetstream()
         psub = await js.pull_subscribe_bind(durable=CALLS_CONSUMER, stream=CALLS_STREAM)
+        try:
+            await self._pull(psub)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(psub.unsubscribe())
+
+    async def _pull(self, psub: Any) -> None:
         slots = asyncio.Semaphore(self.cfg.calls.max_in_flight)
         batch = self.cfg.calls.fetch_batch
         while not self._stop.is_set():

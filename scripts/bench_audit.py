@@ -249,8 +249,10 @@ def main() -> int:
         f"({c['seconds_per_million']:.2f} s per million)"
     )
     print(
-        f"raw verify             {round(verify1):>10,} /s one core, {round(verify_n):,} /s {cores} threads"
+        f"raw verify             {round(verify1):>10,} /s one core, "
+        f"{round(verify_n):,} /s on {cores} threads"
     )
+    print(f"raw BLAKE2b            {round(blake):>10,} /s one core")
     return 0
 
 

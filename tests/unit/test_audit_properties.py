@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hub.logfile import LogUnreadableError
 
 SETTINGS = settings(
-    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

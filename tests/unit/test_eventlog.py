@@ -169,3 +169,16 @@ def test_a_closed_log_refuses_appends_and_closing_twice_is_harmless(tmp_path: Pa
 def test_a_read_only_log_cannot_append(db: Path) -> None:
     with EventLog.open_readonly(db) as log, pytest.raises(LogConflictError, match="read-only"):
         log.append(STARTED)
+
+
+def test_a_database_with_text_where_blobs_belong_is_unreadable(tmp_path: Path) -> None:
+    from hub.logfile import LogUnreadableError, iter_sqlite
+
+    path = tmp_path / "forged.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, hash, sig, body)")
+    conn.execute("INSERT INTO events VALUES (1, '00', 'sig', '{}')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LogUnreadableError, match="BLOBs"):
+        list(iter_sqlite(path))

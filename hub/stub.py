@@ -1,0 +1,785 @@
+"""Typed Python client modules generated from a module's info (``fedhub stub``).
+
+:func:`generate_stub` turns the description a node serves for one module (see
+``node.runner.FunctionSpec.info``) into the source of a plain Python module: one function
+per remote function, one class per remote class, with the real parameter names, types,
+defaults and docstrings. Each function calls ``client.call("<site>.<module>.<function>",
+...)`` on the client passed as ``client=`` or on the module's default client
+(``connect()``, made on first use from ``$FEDHUB_URL`` and ``$FEDHUB_IDENTITY``).
+
+Types come from the signature text when every name in it is understood (builtins,
+``typing`` forms, ``numpy.ndarray``, ``xarray.DataArray``/``Dataset``, ``datetime``), else
+from the parameter's JSON Schema (an Enum becomes a ``Literal``, a pydantic model a
+``dict[str, Any]``). Defaults come from the JSON Schema; a default that cannot be written
+as a literal of the parameter's type becomes ``_DEFAULT``, which is not sent, so the node
+fills in its own default.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hub.errors import ConfigError
+
+__all__ = ["generate_stub"]
+
+#: Longest line the generator aims for (ruff's default line length).
+_WIDTH = 88
+
+_BUILTINS = frozenset(
+    {"int", "float", "str", "bool", "bytes", "bytearray", "complex", "object", "None"}
+)
+_GENERICS = {
+    "list": "list",
+    "dict": "dict",
+    "tuple": "tuple",
+    "set": "set",
+    "frozenset": "frozenset",
+    "List": "list",
+    "Dict": "dict",
+    "Tuple": "tuple",
+    "Set": "set",
+    "FrozenSet": "frozenset",
+    "typing.List": "list",
+    "typing.Dict": "dict",
+    "typing.Tuple": "tuple",
+    "typing.Set": "set",
+    "typing.FrozenSet": "frozenset",
+}
+_ABC = ("Sequence", "Mapping", "Iterable", "Collection")
+_NDARRAY = (
+    "numpy.ndarray",
+    "np.ndarray",
+    "ndarray",
+    "NDArray",
+    "npt.NDArray",
+    "numpy.typing.NDArray",
+)
+_DATAARRAY = ("xarray.DataArray", "xr.DataArray", "DataArray")
+_DATASET = ("xarray.Dataset", "xr.Dataset", "Dataset")
+_DATETIME = ("datetime", "date", "time", "timedelta")
+
+#: Dotted name in a signature → (text in the stub, what it needs imported).
+_KNOWN: dict[str, tuple[str, str]] = {}
+for _name in _NDARRAY:
+    _KNOWN[_name] = ("numpy.ndarray", "numpy")
+for _name in _DATAARRAY:
+    _KNOWN[_name] = ("xarray.DataArray", "xarray")
+for _name in _DATASET:
+    _KNOWN[_name] = ("xarray.Dataset", "xarray")
+for _name in _DATETIME:
+    for _prefix in ("", "dt.", "datetime."):
+        _KNOWN[_prefix + _name] = (f"datetime.{_name}", "datetime")
+for _name in _ABC:
+    for _prefix in ("", "typing.", "collections.abc.", "abc."):
+        _KNOWN[_prefix + _name] = (_name, f"collections.abc.{_name}")
+for _prefix in ("", "typing.", "t."):
+    _KNOWN[_prefix + "Any"] = ("Any", "typing.Any")
+
+_FEDHUB_TYPES = {
+    "numpy.ndarray": ("numpy.ndarray", "numpy"),
+    "xarray.DataArray": ("xarray.DataArray", "xarray"),
+    "xarray.Dataset": ("xarray.Dataset", "xarray"),
+    "bytes": ("bytes", ""),
+}
+_STRING_FORMATS = {
+    "date-time": ("datetime.datetime", "datetime"),
+    "date": ("datetime.date", "datetime"),
+    "time": ("datetime.time", "datetime"),
+    "duration": ("datetime.timedelta", "datetime"),
+    "binary": ("bytes", ""),
+}
+
+#: Names the generated module defines itself; remote names that collide get a ``_`` suffix.
+_RESERVED = frozenset(
+    {
+        "MODULE",
+        "SCHEMA_HASHES",
+        "SITE",
+        "Any",
+        "Literal",
+        "Path",
+        "SyncClient",
+        "annotations",
+        "atexit",
+        "collections",
+        "connect",
+        "datetime",
+        "numpy",
+        "use",
+        "xarray",
+        *_ABC,
+    }
+)
+
+
+class _UnknownError(Exception):
+    """A name or form in an annotation the stub cannot reproduce."""
+
+
+@dataclass
+class _Param:
+    name: str
+    annotation: str
+    default: str | None
+    """Python source of the default, or ``None`` for a required parameter."""
+    doc: str
+
+
+@dataclass
+class _Function:
+    remote: str
+    """The remote name: ``compute_sum`` or ``Station.describe``."""
+    ctor: list[_Param] | None
+    """The constructor's parameters for ``Class.method``; ``None`` for a plain function."""
+    params: list[_Param]
+    returns: str
+    returns_doc: str
+    info: dict[str, Any]
+
+
+def generate_stub(info: dict[str, Any], *, site: str | None = None, node: str = "") -> str:
+    """Return the source of a typed client module for one remote module.
+
+    ``info`` is the module's info as its node serves it (``site``, ``module``,
+    ``functions``, ``doc``, ``skipped``); ``site`` overrides ``info["site"]`` (a
+    ``BackendModule.info()`` has none). ``node`` names the node the info came from.
+    """
+    site = site or info.get("site")
+    module = info.get("module")
+    if not isinstance(site, str) or not isinstance(module, str):
+        raise ConfigError("module info names no site or module; cannot generate a stub")
+    functions = info.get("functions")
+    if not isinstance(functions, dict):
+        raise ConfigError(f"module info of {site}.{module} lists no functions")
+    imports: set[str] = {"typing.Any"}
+    plain: list[_Function] = []
+    classes: dict[str, list[_Function]] = {}
+    for remote, finfo in sorted(functions.items()):
+        fn = _describe(remote, finfo, imports)
+        if fn.ctor is not None:
+            classes.setdefault(remote.partition(".")[0], []).append(fn)
+        else:
+            plain.append(fn)
+
+    taken = set(_RESERVED)
+    body: list[str] = []
+    exported: list[str] = []
+    hashes: dict[str, str] = {}
+    for fn in plain:
+        name = _free_name(fn.remote.replace(".", "_").lower(), taken)
+        exported.append(name)
+        hashes[fn.remote] = str(fn.info.get("schema_hash", ""))
+        body += ["", "", *_function_source(name, fn, site, module)]
+    for class_name, methods in sorted(classes.items()):
+        name = _free_name(class_name, taken)
+        exported.append(name)
+        for fn in methods:
+            hashes[fn.remote] = str(fn.info.get("schema_hash", ""))
+        body += ["", "", *_class_source(name, methods, site, module)]
+
+    lines = _header(site, module, info, node, imports)
+    lines += ["", f"__all__ = {_list_text([*sorted(exported), 'connect', 'use'])}", ""]
+    lines += [f"SITE = {site!r}", f"MODULE = {module!r}"]
+    lines += ["#: Schema hash of each function when this file was generated."]
+    lines += _assign_dict("SCHEMA_HASHES", hashes)
+    lines += _RUNTIME.splitlines()
+    lines += body
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- describing functions -------------------------------------------------------------
+
+
+def _describe(remote: str, finfo: dict[str, Any], imports: set[str]) -> _Function:
+    schema = finfo.get("arguments") or {}
+    props: dict[str, Any] = schema.get("properties") or {}
+    required = set(schema.get("required") or ())
+    defs = schema.get("$defs") or {}
+    ctor_texts: _Texts | None = None
+    own_texts: _Texts = [(n, None) for n in props]
+    return_text: str | None = None
+    parsed = _parse_signature(str(finfo.get("signature", "")), remote)
+    if parsed is not None:
+        names = [n for n, _ in (parsed[0] or [])] + [n for n, _ in parsed[1]]
+        if sorted(names) != sorted(props) or len(set(names)) != len(names):
+            parsed = None  # unreadable: everything from the schema, keyword-only
+    if parsed is not None:
+        ctor_texts, own_texts, return_text = parsed
+
+    def param(name: str, text: str | None) -> _Param:
+        prop = props.get(name, {})
+        annotation = _annotation(text, prop, defs, imports)
+        default: str | None = None
+        if name not in required:
+            default = _default_text(prop.get("default", _MISSING), annotation)
+        return _Param(name, annotation, default, str(prop.get("description") or ""))
+
+    returns_schema = finfo.get("returns") or {}
+    returns = _annotation(return_text, returns_schema, returns_schema.get("$defs") or {}, imports)
+    ctor = None if ctor_texts is None else [param(n, t) for n, t in ctor_texts]
+    if parsed is None and "." in remote:
+        ctor = None  # a method without a readable signature becomes a flat function
+    return _Function(
+        remote=remote,
+        ctor=ctor,
+        params=[param(n, t) for n, t in own_texts],
+        returns=returns,
+        returns_doc=str(returns_schema.get("description") or ""),
+        info=finfo,
+    )
+
+
+_MISSING = object()
+
+
+def _default_text(value: Any, annotation: str) -> str:
+    """Python source of a JSON default when it fits the annotation, else ``_DEFAULT``."""
+    if value is _MISSING:
+        return "_DEFAULT"
+    fits = {
+        type(None): ("None", "Any"),
+        bool: ("bool", "Any"),
+        int: ("int", "float", "Any"),
+        float: ("float", "Any"),
+        str: ("str", "Any"),
+    }.get(type(value))
+    if fits is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "_DEFAULT"
+    text = repr(value)
+    words = set(annotation.replace("[", " ").replace("]", " ").replace("|", " ").split())
+    if words & set(fits) or (annotation.startswith("Literal[") and text in annotation):
+        return text
+    return "_DEFAULT"
+
+
+# --- signatures -----------------------------------------------------------------------
+
+_Texts = list[tuple[str, str | None]]
+
+
+def _parse_signature(text: str, remote: str) -> tuple[_Texts | None, _Texts, str] | None:
+    """Split ``name(params) -> ret`` or ``Class(ctor).method(params) -> ret``; None if odd."""
+    text = text.strip().removeprefix("async ").strip()
+    try:
+        open1 = text.index("(")
+        close1 = _closing(text, open1)
+        ctor: _Texts | None = None
+        params = _param_texts(text[open1 + 1 : close1])
+        rest = text[close1 + 1 :]
+        if rest.startswith("."):
+            open2 = rest.index("(")
+            close2 = _closing(rest, open2)
+            ctor, params = params, _param_texts(rest[open2 + 1 : close2])
+            rest = rest[close2 + 1 :]
+    except ValueError:
+        return None
+    if ("." in remote) != (ctor is not None):
+        return None
+    rest = rest.strip()
+    if not rest.startswith("->"):
+        return None
+    return ctor, params, rest[2:].strip()
+
+
+def _closing(text: str, start: int) -> int:
+    """Index of the bracket closing the one at ``start`` (quotes respected)."""
+    depth = 0
+    quote = ""
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ValueError("unbalanced brackets")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split at ``sep`` characters outside brackets and quotes."""
+    parts, depth, quote, start, i = [], 0, "", 0, 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quote or depth:
+        raise ValueError("unbalanced brackets or quotes")
+    parts.append(text[start:])
+    return parts
+
+
+def _param_texts(text: str) -> _Texts:
+    """``[(name, annotation text or None)]`` of a parameter list."""
+    out: _Texts = []
+    for piece in _split_top(text, ","):
+        piece = piece.strip()
+        if not piece or piece in ("*", "/"):
+            continue
+        head = _split_top(piece, "=")[0]
+        name, colon, annotation = head.partition(":")
+        name = name.strip()
+        if not name.isidentifier():
+            raise ValueError(f"not a parameter: {piece!r}")
+        out.append((name, annotation.strip() if colon else None))
+    return out
+
+
+# --- annotations ----------------------------------------------------------------------
+
+
+def _annotation(
+    text: str | None, schema: dict[str, Any], defs: dict[str, Any], imports: set[str]
+) -> str:
+    """The stub's annotation: from ``text`` when understood, else from the JSON Schema."""
+    if text:
+        wanted: set[str] = set()
+        try:
+            result = _from_text(ast.parse(text, mode="eval").body, wanted)
+        except (SyntaxError, ValueError, RecursionError, _UnknownError):
+            pass
+        else:
+            imports |= wanted
+            return result
+    wanted = set()
+    result = _from_schema(schema, defs, wanted, depth=0)
+    imports |= wanted
+    return result
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    raise _UnknownError(ast.dump(node))
+
+
+def _base(name: str) -> str:
+    """``Literal`` for ``typing.Literal``/``t.Literal``, else the name unchanged."""
+    head, _, last = name.rpartition(".")
+    return last if head in ("typing", "t", "typing_extensions") else name
+
+
+def _from_text(node: ast.expr, imports: set[str]) -> str:
+    if isinstance(node, ast.Constant):
+        if node.value is None:
+            return "None"
+        if isinstance(node.value, str):  # a forward reference
+            return _from_text(ast.parse(node.value, mode="eval").body, imports)
+        raise _UnknownError(repr(node.value))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _union([_from_text(part, imports) for part in _union_parts(node)])
+    if isinstance(node, ast.Subscript):
+        return _subscript(node, imports)
+    name = _dotted(node)
+    if name in _BUILTINS:
+        return name
+    if name in _GENERICS:
+        return _GENERICS[name]
+    if name in _KNOWN:
+        text, module = _KNOWN[name]
+        imports.add(module)
+        return text
+    raise _UnknownError(name)
+
+
+def _union_parts(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _union_parts(node.left) + _union_parts(node.right)
+    return [node]
+
+
+def _union(parts: list[str]) -> str:
+    unique = list(dict.fromkeys(parts))
+    if "Any" in unique:
+        return "Any"
+    if "None" in unique:  # None last reads best: ``X | None``
+        unique = [p for p in unique if p != "None"] + ["None"]
+    return " | ".join(unique)
+
+
+def _subscript(node: ast.Subscript, imports: set[str]) -> str:
+    name = _dotted(node.value)
+    args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+    base = _base(name)
+    if name in _KNOWN and _KNOWN[name][0] == "numpy.ndarray":
+        imports.add("numpy")
+        return "numpy.ndarray"
+    if base == "Literal":
+        values = []
+        for arg in args:
+            if not isinstance(arg, ast.Constant) or not isinstance(
+                arg.value, str | int | bool | type(None)
+            ):
+                raise _UnknownError("Literal of a non-constant")
+            values.append(repr(arg.value))
+        imports.add("typing.Literal")
+        return f"Literal[{', '.join(values)}]"
+    if base == "Optional" and len(args) == 1:
+        return _union([_from_text(args[0], imports), "None"])
+    if base == "Union":
+        return _union([_from_text(arg, imports) for arg in args])
+    if base == "Annotated" and args:
+        return _from_text(args[0], imports)
+    if name in _GENERICS or (name in _KNOWN and _KNOWN[name][1].startswith("collections.")):
+        outer = _from_text(node.value, imports)
+        inner = [
+            "..." if isinstance(a, ast.Constant) and a.value is Ellipsis else _from_text(a, imports)
+            for a in args
+        ]
+        return f"{outer}[{', '.join(inner)}]"
+    raise _UnknownError(name)
+
+
+def _from_schema(schema: Any, defs: dict[str, Any], imports: set[str], *, depth: int) -> str:
+    """An annotation for what a JSON Schema (pydantic's dialect) describes."""
+    if not isinstance(schema, dict) or depth > 20:
+        imports.add("typing.Any")
+        return "Any"
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _from_schema(defs.get(ref.removeprefix("#/$defs/")), defs, imports, depth=depth + 1)
+    fedhub_type = _FEDHUB_TYPES.get(str(schema.get("x-fedhub-type")))
+    if fedhub_type is not None:
+        if fedhub_type[1]:
+            imports.add(fedhub_type[1])
+        return fedhub_type[0]
+    if "const" in schema:
+        schema = {**schema, "enum": [schema["const"]]}
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum and all(_is_scalar(v) for v in enum):
+        imports.add("typing.Literal")
+        return f"Literal[{', '.join(repr(v) for v in enum)}]"
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return _union([_from_schema(o, defs, imports, depth=depth + 1) for o in options])
+    all_of = schema.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1:
+        return _from_schema(all_of[0], defs, imports, depth=depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return _union(
+            [_from_schema({**schema, "type": k}, defs, imports, depth=depth + 1) for k in kind]
+        )
+    if kind == "string":
+        text, module = _STRING_FORMATS.get(str(schema.get("format")), ("str", ""))
+        if module:
+            imports.add(module)
+        return text
+    simple = {"integer": "int", "number": "float", "boolean": "bool", "null": "None"}
+    if kind in simple:
+        return simple[kind]
+    if kind == "array":
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list) and prefix and schema.get("items") is None:
+            items = [_from_schema(p, defs, imports, depth=depth + 1) for p in prefix]
+            return f"tuple[{', '.join(items)}]"
+        return f"list[{_from_schema(schema.get('items', {}), defs, imports, depth=depth + 1)}]"
+    if kind == "object":
+        extra = schema.get("additionalProperties")
+        value = "Any"
+        if isinstance(extra, dict) and not schema.get("properties"):
+            value = _from_schema(extra, defs, imports, depth=depth + 1)
+        imports.add("typing.Any")
+        return f"dict[str, {value}]"
+    imports.add("typing.Any")
+    return "Any"
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | bool)
+
+
+# --- writing source -------------------------------------------------------------------
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _extra_name(base: str, params: list[_Param]) -> str:
+    """``client``/``timeout``, with ``_`` appended while a remote parameter has the name."""
+    names = {p.name for p in params}
+    while base in names:
+        base += "_"
+    return base
+
+
+def _param_source(p: _Param) -> str:
+    text = f"{p.name}: {p.annotation}"
+    return text if p.default is None else f"{text} = {p.default}"
+
+
+def _def_lines(
+    indent: str, name: str, params: list[str], returns: str, *, keyword_from: int | None
+) -> list[str]:
+    """A ``def`` line, wrapped one parameter per line when it is too long."""
+    items = list(params)
+    if keyword_from is not None:
+        items.insert(keyword_from, "*")
+    one = f"{indent}def {name}({', '.join(items)}) -> {returns}:"
+    if len(one) <= _WIDTH:
+        return [one]
+    return [
+        f"{indent}def {name}(",
+        *(f"{indent}    {item}," for item in items),
+        f"{indent}) -> {returns}:",
+    ]
+
+
+def _call_lines(indent: str, lead: str, args: list[str], entries: list[str]) -> list[str]:
+    """``lead(args..., {entries})``, wrapped when it is too long."""
+    dict_text = "{" + ", ".join(entries) + "}"
+    one = f"{indent}{lead}({', '.join([*args, dict_text])})"
+    if len(one) <= _WIDTH:
+        return [one]
+    inner = indent + "    "
+    middle = f"{inner}{', '.join([*args, dict_text])}"
+    if len(middle) <= _WIDTH:
+        return [f"{indent}{lead}(", middle, f"{indent})"]
+    lines = [f"{indent}{lead}(", *(f"{inner}{a}," for a in args), f"{inner}{{"]
+    lines += [f"{inner}    {e}," for e in entries]
+    return [*lines, f"{inner}}},", f"{indent})"]
+
+
+def _docstring(indent: str, paragraphs: list[str]) -> list[str]:
+    text = "\n\n".join(p.strip("\n") for p in paragraphs if p.strip())
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    lines = text.splitlines() or [""]
+    out = [f'{indent}"""{lines[0]}']
+    out += [f"{indent}{line}" if line.strip() else "" for line in lines[1:]]
+    out.append(f'{indent}"""')
+    return out
+
+
+def _doc_paragraphs(fn: _Function, address: str, params: list[_Param]) -> list[str]:
+    info = fn.info
+    summary = str(info.get("summary") or "").strip() or f"Call ``{address}``."
+    parts = [summary, str(info.get("description") or "")]
+    if params:
+        rows = ["Parameters", "----------"]
+        for p in params:
+            optional = ", optional" if p.default is not None else ""
+            rows.append(f"{p.name} : {p.annotation}{optional}")
+            if p.doc:
+                rows += [f"    {line}" for line in p.doc.splitlines()]
+        parts.append("\n".join(rows))
+    if fn.returns != "None":
+        rows = ["Returns", "-------", fn.returns]
+        if fn.returns_doc:
+            rows += [f"    {line}" for line in fn.returns_doc.splitlines()]
+        parts.append("\n".join(rows))
+    raises = info.get("raises") or {}
+    if isinstance(raises, dict) and raises:
+        rows = ["Raises", "------"]
+        for exc, why in raises.items():
+            rows += [str(exc), *(f"    {line}" for line in str(why).splitlines())]
+        parts.append("\n".join(rows))
+    parts.append(f"Runs remotely as ``{address}``.")
+    return parts
+
+
+def _function_source(name: str, fn: _Function, site: str, module: str) -> list[str]:
+    params = fn.params
+    client = _extra_name("client", params)
+    timeout = _extra_name("timeout", params)
+    sources = [_param_source(p) for p in params]
+    extras = [f"{client}: SyncClient | None = None", f"{timeout}: float | None = None"]
+    # a method whose signature could not be read has constructor and method arguments
+    # mixed (in schema order): keyword-only, so their order cannot matter
+    keyword_from = 0 if "." in fn.remote else len(sources)
+    lines = _def_lines("", name, [*sources, *extras], fn.returns, keyword_from=keyword_from)
+    address = f"{site}.{module}.{fn.remote}"
+    lines += _docstring("    ", _doc_paragraphs(fn, address, params))
+    lead = "_call" if fn.returns == "None" else "return _call"
+    entries = [f"{p.name!r}: {p.name}" for p in params]
+    return lines + _call_lines("    ", lead, [repr(fn.remote), client, timeout], entries)
+
+
+def _class_source(name: str, methods: list[_Function], site: str, module: str) -> list[str]:
+    ctor = methods[0].ctor or []
+    class_name = methods[0].remote.partition(".")[0]
+    lines = [f"class {name}:"]
+    lines += _docstring(
+        "    ",
+        [
+            f"Remote class ``{class_name}`` of ``{site}.{module}``.",
+            "Every method call sends the constructor's arguments along and builds a fresh\n"
+            "instance on the node; nothing is kept between calls.",
+        ],
+    )
+    client = _extra_name("client", ctor)
+    init = [_param_source(p) for p in ctor] + [f"{client}: SyncClient | None = None"]
+    lines += ["", *_def_lines("    ", "__init__", ["self", *init], "None", keyword_from=len(init))]
+    mapping = ", ".join(f"{p.name!r}: {p.name}" for p in ctor)
+    lines.append(f"        self._arguments: dict[str, Any] = {{{mapping}}}")
+    lines.append(f"        self._client = {client}")
+    taken = {"_arguments", "_client"}
+    for fn in methods:
+        method = _free_name(fn.remote.partition(".")[2], taken)
+        timeout = _extra_name("timeout", fn.params)
+        sources = ["self", *(_param_source(p) for p in fn.params)]
+        sources.append(f"{timeout}: float | None = None")
+        keyword_from = len(sources) - 1
+        lines += ["", *_def_lines("    ", method, sources, fn.returns, keyword_from=keyword_from)]
+        address = f"{site}.{module}.{fn.remote}"
+        lines += _docstring("        ", _doc_paragraphs(fn, address, fn.params))
+        lead = "_call" if fn.returns == "None" else "return _call"
+        entries = ["**self._arguments", *(f"{p.name!r}: {p.name}" for p in fn.params)]
+        args = [repr(fn.remote), "self._client", timeout]
+        lines += _call_lines("        ", lead, args, entries)
+    return lines
+
+
+def _list_text(names: list[str]) -> str:
+    one = "[" + ", ".join(repr(n) for n in names) + "]"
+    if len(one) + 10 <= _WIDTH:
+        return one
+    return "[\n" + "".join(f"    {n!r},\n" for n in names) + "]"
+
+
+def _assign_dict(name: str, values: dict[str, str]) -> list[str]:
+    if not values:
+        return [f"{name}: dict[str, str] = {{}}"]
+    return [
+        f"{name}: dict[str, str] = {{",
+        *(f"    {k!r}: {v!r}," for k, v in sorted(values.items())),
+        "}",
+    ]
+
+
+def _header(
+    site: str, module: str, info: dict[str, Any], node: str, imports: set[str]
+) -> list[str]:
+    doc = str(info.get("doc") or "").strip()
+    first = doc.splitlines()[0] if doc else f"functions of {site}.{module}"
+    served = f" (served by {node})" if node else ""
+    paragraphs = [
+        f"Typed client of ``{site}.{module}``: {first}",
+        f"Generated by ``fedhub stub {site}.{module}`` from the module's info{served};\n"
+        "regenerate it when the module changes. Each function calls the remote function of\n"
+        "the same name and returns its result::\n\n"
+        f"    import {module}_client as {module}\n\n"
+        f"    {module}.connect()  # $FEDHUB_URL and $FEDHUB_IDENTITY, or pass them\n"
+        f"    result = {module}.<function>(...)\n\n"
+        "Without ``connect()`` the first call connects with those defaults. Pass\n"
+        "``client=`` (a ``hub.client.connect(...)`` client) to use another connection and\n"
+        "``timeout=`` (seconds) to bound one call.",
+    ]
+    skipped = info.get("skipped") or {}
+    if isinstance(skipped, dict) and skipped:
+        rows = [f"- ``{k}``: {v}" for k, v in sorted(skipped.items())]
+        paragraphs.append("Not served by the node (so not here):\n\n" + "\n".join(rows))
+    lines = _docstring("", paragraphs)
+    lines += ["", "from __future__ import annotations", ""]
+    stdlib = ["atexit"]
+    if "datetime" in imports:
+        stdlib.append("datetime")
+    lines += [f"import {m}" for m in stdlib]
+    abc = sorted(i.rpartition(".")[2] for i in imports if i.startswith("collections.abc."))
+    if abc:
+        lines.append(f"from collections.abc import {', '.join(abc)}")
+    lines.append("from pathlib import Path")
+    typing_names = sorted(i.rpartition(".")[2] for i in imports if i.startswith("typing."))
+    lines.append(f"from typing import {', '.join(typing_names)}")
+    lines.append("")
+    third = [m for m in ("numpy", "xarray") if m in imports]
+    lines += [f"import {m}" for m in third]
+    lines.append("from hub.client import SyncClient")
+    return lines
+
+
+_RUNTIME = '''
+
+class _Default:
+    """Marks an argument left out: the node uses the function's own default."""
+
+    def __repr__(self) -> str:
+        return "<node default>"
+
+
+_DEFAULT: Any = _Default()
+_client: SyncClient | None = None
+
+
+def connect(
+    url: str | None = None,
+    identity: str | None = None,
+    *,
+    home: str | Path | None = None,
+    passphrase: str | None = None,
+    timeout: float = 300.0,
+) -> SyncClient:
+    """Connect this module's functions to the federation; returns the client.
+
+    ``url`` defaults to ``$FEDHUB_URL`` (else ``nats://127.0.0.1:4222``), ``identity`` to
+    ``$FEDHUB_IDENTITY`` (else the only person key in the key store), ``home`` (the key
+    store) to ``$FEDHUB_HOME``; ``timeout`` is the default deadline of a call in seconds.
+    """
+    global _client
+    from hub.cli_calls import default_identity, default_url
+    from hub.client import connect as connect_client
+    from hub.cliutil import read_passphrase
+    from hub.keys import KeyStore
+
+    store = KeyStore(Path(home) if home is not None else None)
+    client = connect_client(
+        default_url(url),
+        default_identity(identity, store),
+        home=store.home,
+        passphrase=passphrase if passphrase is not None else read_passphrase(None),
+        default_timeout=timeout,
+    )
+    atexit.register(client.close)
+    if _client is not None:
+        _client.close()
+    _client = client
+    return client
+
+
+def use(client: SyncClient | None) -> None:
+    """Make ``client`` the default of this module's functions (``None`` forgets it)."""
+    global _client
+    _client = client
+
+
+def _call(
+    function: str,
+    client: SyncClient | None,
+    timeout: float | None,
+    arguments: dict[str, Any],
+) -> Any:
+    fed = client or _client or connect()
+    sent = {k: v for k, v in arguments.items() if v is not _DEFAULT}
+    return fed.call(f"{SITE}.{MODULE}.{function}", timeout=timeout, **sent)'''

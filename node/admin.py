@@ -1,0 +1,128 @@
+"""A node's directory from its log and config, and signed directory changes (admin).
+
+Used by the daemon at start and for live changes (``fh.admin.<site>``), and by
+``fedhub-node admin`` when no node is running (the change is then appended to the log
+directly and takes effect at the next start).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from hub.canonical import b64d
+from hub.directory import Directory, Grant
+from hub.errors import CanonicalError, ConfigError, FederationError
+from hub.events import GrantAdded, GrantRemoved, KeyRegistered, KeyRevoked
+from hub.keys import load_public_file
+from hub.records import SignedRecord
+from node.config import NodeConfig
+from node.eventlog import EventLog, StoredEvent
+
+__all__ = ["DirectoryState", "apply_admin", "load_directory"]
+
+log = structlog.get_logger(__name__)
+
+Append = Callable[..., Awaitable[list[StoredEvent]]]
+
+
+class DirectoryState:
+    """The directory rebuilt from a log, plus the events that bring it in line with config."""
+
+    def __init__(self, directory: Directory, node_key: SignedRecord, pending: list[BaseModel]):
+        self.directory = directory
+        self.node_key = node_key
+        self.pending = pending
+
+
+def load_directory(cfg: NodeConfig, eventlog: EventLog) -> DirectoryState:
+    """Replay genesis and ``key.*``/``grant.*`` events; diff against the config.
+
+    Returns the directory (already including the config's changes) and the events that
+    record those changes, for the caller to append.
+    """
+    first = next(eventlog.events(after=0, limit=1)).parsed()
+    rows = eventlog.db.execute(
+        "SELECT body FROM events WHERE type LIKE 'key.%' OR type LIKE 'grant.%' ORDER BY seq"
+    ).fetchall()
+    changes = [json.loads(bytes(r[0]))["data"] for r in rows]
+    site = cfg.node.site
+    trusted = {site: b64d(first["data"]["site_key"])}
+    for t in cfg.trust:
+        path = cfg.resolve(t.key)
+        trusted[t.site] = load_public_file(path).sign_key if path.exists() else b64d(t.key)
+    directory = Directory(site, trusted)
+    config_grants: set[Grant] = set()
+    for data in changes:
+        try:
+            directory.apply_event(data)
+        except FederationError as exc:  # a site no longer trusted: its records lapse
+            log.warning("directory.event_skipped", type=data.get("type"), reason=str(exc))
+        if data.get("by") == "config":
+            g = Grant(data["principal"], data["module"], data["function"])
+            if data["type"] == "grant.added":
+                config_grants.add(g)
+            else:
+                config_grants.discard(g)
+    pending: list[BaseModel] = []
+    for path_text in cfg.users:
+        path = cfg.resolve(path_text)
+        try:
+            signed = SignedRecord.model_validate_json(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"users: cannot read key record {path}: {exc}") from exc
+        kid = json.loads(b64d(signed.record)).get("kid")
+        if kid in directory.keys:
+            continue
+        try:
+            directory.register(signed)
+        except FederationError as exc:
+            raise ConfigError(f"users: key record {path} is not valid here: {exc}") from exc
+        pending.append(KeyRegistered(record=signed))
+    wanted = {Grant(g.principal, g.module, f) for g in cfg.grants for f in g.functions}
+    for g in sorted(wanted - config_grants, key=str):
+        directory.add_grant(g)
+        pending.append(
+            GrantAdded(principal=g.principal, module=g.module, function=g.function, by="config")
+        )
+    for g in sorted(config_grants - wanted, key=str):
+        directory.remove_grant(g)
+        pending.append(
+            GrantRemoved(principal=g.principal, module=g.module, function=g.function, by="config")
+        )
+    node_key = SignedRecord.model_validate(first["data"]["node_key"])
+    return DirectoryState(directory, node_key, pending)
+
+
+def admin_message(op: str, record: SignedRecord) -> bytes:
+    """The admin message for ``op`` (register | revoke) carrying a signed record."""
+    return json.dumps({"op": op, "record": record.model_dump()}).encode()
+
+
+async def apply_admin(directory: Directory, append: Append, data: bytes) -> dict[str, Any]:
+    """Verify and apply ``{"op": "register"|"revoke", "record": SignedRecord}``; log it.
+
+    Records authenticate themselves (a key record signed by a trusted site, a revocation
+    signed by the key's own site or this node's site): the sender needs no other authority.
+    """
+    try:
+        message = json.loads(data)
+        op = message["op"]
+        signed = SignedRecord.model_validate(message["record"])
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise CanonicalError(f"malformed admin message: {exc}") from exc
+    if op == "register":
+        record = directory.register(signed)
+        stored = await append(KeyRegistered(record=signed))
+        log.info("directory.key_registered", identity=record.identity, kid=record.kid)
+        return {"ok": True, "op": op, "kid": record.kid, "seq": stored[-1].seq}
+    if op == "revoke":
+        rev = directory.revoke(signed)
+        stored = await append(KeyRevoked(revocation=signed))
+        log.info("directory.key_revoked", identity=rev.identity, kid=rev.kid)
+        return {"ok": True, "op": op, "kid": rev.kid, "seq": stored[-1].seq}
+    raise CanonicalError(f"unknown admin op {op!r} (register or revoke)")
