@@ -18,6 +18,7 @@ fills in its own default.
 from __future__ import annotations
 
 import ast
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,6 @@ _STRING_FORMATS = {
 _RESERVED = frozenset(
     {
         "MODULE",
-        "SCHEMA_HASHES",
         "SITE",
         "Any",
         "Literal",
@@ -168,24 +168,18 @@ def generate_stub(info: dict[str, Any], *, site: str | None = None, node: str = 
     taken = set(_RESERVED)
     body: list[str] = []
     exported: list[str] = []
-    hashes: dict[str, str] = {}
     for fn in plain:
         name = _free_name(fn.remote.replace(".", "_").lower(), taken)
         exported.append(name)
-        hashes[fn.remote] = str(fn.info.get("schema_hash", ""))
         body += ["", "", *_function_source(name, fn, site, module)]
     for class_name, methods in sorted(classes.items()):
         name = _free_name(class_name, taken)
         exported.append(name)
-        for fn in methods:
-            hashes[fn.remote] = str(fn.info.get("schema_hash", ""))
         body += ["", "", *_class_source(name, methods, site, module)]
 
     lines = _header(site, module, info, node, imports)
-    lines += ["", f"__all__ = {_list_text([*sorted(exported), 'connect', 'use'])}", ""]
-    lines += [f"SITE = {site!r}", f"MODULE = {module!r}"]
-    lines += ["#: Schema hash of each function when this file was generated."]
-    lines += _assign_dict("SCHEMA_HASHES", hashes)
+    lines += ["", f"__all__ = {_list_text(sorted([*exported, 'connect', 'use']))}", ""]
+    lines += [f"SITE = {_lit(site)}", f"MODULE = {_lit(module)}"]
     lines += _RUNTIME.splitlines()
     lines += body
     return "\n".join(lines).rstrip() + "\n"
@@ -249,7 +243,7 @@ def _default_text(value: Any, annotation: str) -> str:
     }.get(type(value))
     if fits is None or (isinstance(value, float) and not math.isfinite(value)):
         return "_DEFAULT"
-    text = repr(value)
+    text = _lit(value)
     words = set(annotation.replace("[", " ").replace("]", " ").replace("|", " ").split())
     if words & set(fits) or (annotation.startswith("Literal[") and text in annotation):
         return text
@@ -439,7 +433,7 @@ def _subscript(node: ast.Subscript, imports: set[str]) -> str:
                 arg.value, str | int | bool | type(None)
             ):
                 raise _UnknownError("Literal of a non-constant")
-            values.append(repr(arg.value))
+            values.append(_lit(arg.value))
         imports.add("typing.Literal")
         return f"Literal[{', '.join(values)}]"
     if base == "Optional" and len(args) == 1:
@@ -476,7 +470,7 @@ def _from_schema(schema: Any, defs: dict[str, Any], imports: set[str], *, depth:
     enum = schema.get("enum")
     if isinstance(enum, list) and enum and all(_is_scalar(v) for v in enum):
         imports.add("typing.Literal")
-        return f"Literal[{', '.join(repr(v) for v in enum)}]"
+        return f"Literal[{', '.join(_lit(v) for v in enum)}]"
     for key in ("anyOf", "oneOf"):
         options = schema.get(key)
         if isinstance(options, list) and options:
@@ -519,6 +513,11 @@ def _is_scalar(value: Any) -> bool:
 
 
 # --- writing source -------------------------------------------------------------------
+
+
+def _lit(value: Any) -> str:
+    """Python source of a JSON scalar (strings in double quotes, as ruff format writes)."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def _free_name(name: str, taken: set[str]) -> str:
@@ -573,6 +572,14 @@ def _call_lines(indent: str, lead: str, args: list[str], entries: list[str]) -> 
     return [*lines, f"{inner}}},", f"{indent})"]
 
 
+def _call_and_return(indent: str, returns: str, args: list[str], entries: list[str]) -> list[str]:
+    """The call, its result typed by a local annotation (no runtime cost), and the return."""
+    if returns == "None":
+        return _call_lines(indent, "_call", args, entries)
+    lines = _call_lines(indent, f"result: {returns} = _call", args, entries)
+    return [*lines, f"{indent}return result"]
+
+
 def _docstring(indent: str, paragraphs: list[str]) -> list[str]:
     text = "\n\n".join(p.strip("\n") for p in paragraphs if p.strip())
     text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
@@ -622,9 +629,9 @@ def _function_source(name: str, fn: _Function, site: str, module: str) -> list[s
     lines = _def_lines("", name, [*sources, *extras], fn.returns, keyword_from=keyword_from)
     address = f"{site}.{module}.{fn.remote}"
     lines += _docstring("    ", _doc_paragraphs(fn, address, params))
-    lead = "_call" if fn.returns == "None" else "return _call"
-    entries = [f"{p.name!r}: {p.name}" for p in params]
-    return lines + _call_lines("    ", lead, [repr(fn.remote), client, timeout], entries)
+    entries = [f"{_lit(p.name)}: {p.name}" for p in params]
+    args = [_lit(fn.remote), client, timeout]
+    return lines + _call_and_return("    ", fn.returns, args, entries)
 
 
 def _class_source(name: str, methods: list[_Function], site: str, module: str) -> list[str]:
@@ -642,7 +649,7 @@ def _class_source(name: str, methods: list[_Function], site: str, module: str) -
     client = _extra_name("client", ctor)
     init = [_param_source(p) for p in ctor] + [f"{client}: SyncClient | None = None"]
     lines += ["", *_def_lines("    ", "__init__", ["self", *init], "None", keyword_from=len(init))]
-    mapping = ", ".join(f"{p.name!r}: {p.name}" for p in ctor)
+    mapping = ", ".join(f"{_lit(p.name)}: {p.name}" for p in ctor)
     lines.append(f"        self._arguments: dict[str, Any] = {{{mapping}}}")
     lines.append(f"        self._client = {client}")
     taken = {"_arguments", "_client"}
@@ -655,39 +662,28 @@ def _class_source(name: str, methods: list[_Function], site: str, module: str) -
         lines += ["", *_def_lines("    ", method, sources, fn.returns, keyword_from=keyword_from)]
         address = f"{site}.{module}.{fn.remote}"
         lines += _docstring("        ", _doc_paragraphs(fn, address, fn.params))
-        lead = "_call" if fn.returns == "None" else "return _call"
-        entries = ["**self._arguments", *(f"{p.name!r}: {p.name}" for p in fn.params)]
-        args = [repr(fn.remote), "self._client", timeout]
-        lines += _call_lines("        ", lead, args, entries)
+        entries = ["**self._arguments", *(f"{_lit(p.name)}: {p.name}" for p in fn.params)]
+        args = [_lit(fn.remote), "self._client", timeout]
+        lines += _call_and_return("        ", fn.returns, args, entries)
     return lines
 
 
 def _list_text(names: list[str]) -> str:
-    one = "[" + ", ".join(repr(n) for n in names) + "]"
+    one = "[" + ", ".join(_lit(n) for n in names) + "]"
     if len(one) + 10 <= _WIDTH:
         return one
-    return "[\n" + "".join(f"    {n!r},\n" for n in names) + "]"
-
-
-def _assign_dict(name: str, values: dict[str, str]) -> list[str]:
-    if not values:
-        return [f"{name}: dict[str, str] = {{}}"]
-    return [
-        f"{name}: dict[str, str] = {{",
-        *(f"    {k!r}: {v!r}," for k, v in sorted(values.items())),
-        "}",
-    ]
+    return "[\n" + "".join(f"    {_lit(n)},\n" for n in names) + "]"
 
 
 def _header(
     site: str, module: str, info: dict[str, Any], node: str, imports: set[str]
 ) -> list[str]:
     doc = str(info.get("doc") or "").strip()
-    first = doc.splitlines()[0] if doc else f"functions of {site}.{module}"
-    served = f" (served by {node})" if node else ""
+    source = f"the info of {node}" if node else "the module's info"
     paragraphs = [
-        f"Typed client of ``{site}.{module}``: {first}",
-        f"Generated by ``fedhub stub {site}.{module}`` from the module's info{served};\n"
+        f"Typed client of ``{site}.{module}``.",
+        doc.splitlines()[0] if doc else "",
+        f"Generated by ``fedhub stub {site}.{module}`` from {source};\n"
         "regenerate it when the module changes. Each function calls the remote function of\n"
         "the same name and returns its result::\n\n"
         f"    import {module}_client as {module}\n\n"
@@ -743,9 +739,10 @@ def connect(
 ) -> SyncClient:
     """Connect this module's functions to the federation; returns the client.
 
-    ``url`` defaults to ``$FEDHUB_URL`` (else ``nats://127.0.0.1:4222``), ``identity`` to
-    ``$FEDHUB_IDENTITY`` (else the only person key in the key store), ``home`` (the key
-    store) to ``$FEDHUB_HOME``; ``timeout`` is the default deadline of a call in seconds.
+    ``url`` defaults to ``$FEDHUB_URL`` (else ``nats://127.0.0.1:4222``),
+    ``identity`` to ``$FEDHUB_IDENTITY`` (else the only person key in the key
+    store), ``home`` (the key store) to ``$FEDHUB_HOME``; ``timeout`` is the
+    default deadline of a call in seconds.
     """
     global _client
     from hub.cli_calls import default_identity, default_url

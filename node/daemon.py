@@ -45,6 +45,7 @@ from hub.events import (
     NodeStopped,
 )
 from hub.logfile import export_line
+from hub.objects import put_object
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -91,6 +92,8 @@ class NodeDaemon:
         self._node_key_record: SignedRecord | None = None
         self._stopped = False
         self.url: str = ""
+        self._published_seq = 0
+        self._cursor_saved = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -116,12 +119,12 @@ class NodeDaemon:
         await ensure_calls_consumer(
             js, self.site, ack_wait=cfg.calls.ack_wait, max_deliver=cfg.calls.max_deliver
         )
-        self.results = await js.object_store(RESULTS_BUCKET)
 
         self.eventlog = await asyncio.to_thread(open_log, cfg)
         self.stack.callback(self.eventlog.close)
         self.writer = LogWriter(self.eventlog)
         await self.writer.start(self._publish_events)
+        self.stack.callback(self._save_cursor_final)
         self.stack.push_async_callback(self.writer.aclose)
         await self._republish_backlog()
 
@@ -155,6 +158,7 @@ class NodeDaemon:
             store_result=self._store_result,
             module_timeouts=timeouts,
         )
+        self.stack.callback(self.pipeline.close)
         await self.pipeline.load_recent_nonces()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
@@ -269,7 +273,8 @@ class NodeDaemon:
         await self.nc.publish(subject, data)
 
     async def _store_result(self, request_id: str, data: bytes) -> str:
-        await self.results.put(request_id, data)
+        assert self.nc is not None
+        await put_object(self.nc.jetstream(), RESULTS_BUCKET, request_id, data)
         return request_id
 
     async def _publish_events(self, events: list[StoredEvent]) -> None:
@@ -284,12 +289,25 @@ class NodeDaemon:
                 headers={"Nats-Msg-Id": f"{log_id}:{ev.seq}"},
             )
         await js.publish_async_completed()
-        last = events[-1].seq
-        await self._save_cursor(last)
+        self._published_seq = events[-1].seq
+        if time.monotonic() - self._cursor_saved >= 1.0:
+            await self._save_cursor()
 
-    async def _save_cursor(self, seq: int) -> None:
+    def _save_cursor_final(self) -> None:
+        """At stop, after the writer flushed and before the log closes."""
+        if self.eventlog is not None and self._published_seq > 0:
+            self.eventlog.db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('published_seq', ?)",
+                [str(self._published_seq)],
+            )
+
+    async def _save_cursor(self) -> None:
+        """Remember how far events were published (at most once a second while running)."""
         assert self.writer is not None and self.eventlog is not None
-        db = self.eventlog.db
+        db, seq = self.eventlog.db, self._published_seq
+        self._cursor_saved = time.monotonic()
+        if seq <= 0:
+            return
 
         def save() -> None:
             db.execute(

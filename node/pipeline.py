@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class Pipeline:
         self._running: dict[str, asyncio.Event] = {}
         self._owners: dict[str, str] = {}
         self.in_flight = 0
+        self._reader: sqlite3.Connection | None = None
 
     # --- replay memory --------------------------------------------------------------------
 
@@ -176,9 +178,18 @@ class Pipeline:
         self._nonces = {n: t for n, t in self._nonces.items() if t >= horizon}
 
     async def _request_state(self, rid: str) -> dict[str, Any] | None:
-        conn = self.writer.eventlog.db.conn
-        row = await self.writer.call(lambda: projections.request_status(conn, rid))
-        return row if isinstance(row, dict) else None
+        """The projected state of ``rid``, read on a connection of its own (WAL readers do
+        not wait for the writer, and a point lookup is cheap enough for the loop thread)."""
+        if self._reader is None:
+            path = self.writer.eventlog.path.resolve()
+            self._reader = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        return projections.request_status(self._reader, rid)
+
+    def close(self) -> None:
+        """Close the read connection; harmless twice."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # --- the pipeline ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from hub.audit import AuditReport, audit_events
 from hub.canonical import b64e, parse_canonical
 from hub.clock import format_time, now
 from hub.crypto import blake2b_256, new_content_key, seal_secret, wrap_key
-from hub.envelopes import RequestHeader, pack_request
+from hub.envelopes import Reply, RequestHeader, pack_request, unpack_reply
 from hub.errors import NotFoundError
 from hub.keys import KeyPair
 from hub.logfile import iter_log
@@ -301,3 +301,29 @@ def flip_bit(data: bytes, bit: int) -> bytes:
     out = bytearray(data)
     out[bit // 8] ^= 1 << (bit % 8)
     return bytes(out)
+
+
+# --- answers to hand-made requests ------------------------------------------------------------
+
+
+async def publish_and_wait(
+    nc: NatsClient, crafted: Crafted, *, msg_id: str | None = None, limit: float = 10.0
+) -> Reply:
+    """Publish ``crafted`` to the call stream and return the node's first non-progress reply.
+
+    Listens on the inbox the request names (a node answers only there).
+    """
+    sub = await nc.subscribe(crafted.reply)
+    try:
+        await nc.flush()
+        await nc.jetstream().publish(
+            crafted.subject, crafted.data, headers={"Nats-Msg-Id": msg_id or crafted.request_id}
+        )
+        async with asyncio.timeout(limit):
+            while True:
+                msg = await sub.next_msg(timeout=limit)
+                reply = unpack_reply(msg.data)
+                if reply.header.kind != "progress":
+                    return reply
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,650 @@
+"""The caller's commands of ``fedhub``: ``call``, ``ls``, ``stub`` and ``status``.
+
+Every command takes ``--url`` (default ``$FEDHUB_URL``, else ``nats://127.0.0.1:4222``),
+``--as IDENTITY`` (default ``$FEDHUB_IDENTITY``, else the only person key in the key
+store), ``--passphrase-file``, ``--creds`` (a NATS credentials file, default
+``$FEDHUB_CREDS``) and ``--timeout``. Errors print one line and exit 1 (see
+:func:`hub.cliutil.run_main`); Ctrl-C during ``fedhub call`` asks the node to cancel the
+call and exits 130. See docs/calling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import itertools
+import json
+import os
+import pprint
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import nats
+import nats.errors
+import numpy as np
+import structlog
+
+from hub.argfiles import parse_cli_argument, write_result
+from hub.canonical import b64e
+from hub.client import CallHandle, Client
+from hub.cliutil import read_passphrase
+from hub.errors import (
+    CallTimeoutError,
+    ConfigError,
+    FederationError,
+    NotFoundError,
+    TransportError,
+)
+from hub.keys import KeyStore
+from hub.stub import generate_stub
+from hub.subjects import parse_address, validate_identity, validate_module, validate_site
+
+__all__ = ["DEFAULT_URL", "add_commands", "default_identity", "default_url"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Where ``--url`` points when neither it nor ``$FEDHUB_URL`` is given.
+DEFAULT_URL = "nats://127.0.0.1:4222"
+#: How long ``fedhub ls`` collects micro service answers by default (seconds).
+DISCOVERY_WINDOW = 0.5
+#: Default deadline of ``ls SITE.MODULE``, ``stub`` and ``status`` (seconds).
+COMMAND_TIMEOUT = 30.0
+#: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def default_url(explicit: str | None = None) -> str:
+    """``explicit``, else ``$FEDHUB_URL``, else :data:`DEFAULT_URL`."""
+    return explicit or os.environ.get("FEDHUB_URL") or DEFAULT_URL
+
+
+def default_identity(explicit: str | None, store: KeyStore) -> str:
+    """``explicit``, else ``$FEDHUB_IDENTITY``, else the only person key in ``store``."""
+    chosen = explicit or os.environ.get("FEDHUB_IDENTITY")
+    if chosen:
+        return chosen
+    people = []
+    for keys in store.list():
+        try:
+            kind = validate_identity(keys.identity).kind
+        except ConfigError:
+            continue
+        if kind == "user" and store.exists(keys.identity):
+            people.append(keys.identity)
+    if len(people) == 1:
+        return people[0]
+    if not people:
+        raise ConfigError(
+            f"no person key (name@site) in {store.dir} to call with",
+            hint="create one with `fedhub keys new NAME@SITE`, or pass --as",
+        )
+    shown = ", ".join(people[:4]) + (", ..." if len(people) > 4 else "")
+    raise ConfigError(
+        f"{len(people)} person keys in {store.dir} ({shown}); which one calls?",
+        hint="pass --as NAME@SITE or set FEDHUB_IDENTITY",
+    )
+
+
+# --- connecting -------------------------------------------------------------------------
+
+
+async def _client(args: argparse.Namespace) -> Client:
+    store = KeyStore(args.home)
+    identity = default_identity(args.identity, store)
+    prompt = None
+    if store.exists(identity) and store.has_passphrase(identity):
+        prompt = f"passphrase for {identity}: "
+    passphrase = read_passphrase(args.passphrase_file, prompt=prompt)
+    return await Client.connect(
+        default_url(args.url),
+        identity,
+        home=store.home,
+        passphrase=passphrase,
+        credentials=str(args.creds) if args.creds else None,
+        default_timeout=args.timeout if args.timeout is not None else 300.0,
+    )
+
+
+def _run(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
+    """Run a command's coroutine; errors of other libraries become one-line errors."""
+
+    async def wrapped() -> T:
+        try:
+            async with asyncio.timeout(deadline):
+                return await coro
+        except FederationError:
+            raise
+        except TimeoutError as exc:
+            within = f" within {deadline:g} s" if deadline is not None else ""
+            raise CallTimeoutError(f"no answer{within}", hint="raise --timeout") from exc
+        except (nats.errors.Error, OSError) as exc:
+            raise TransportError(f"NATS failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            log.debug("cli.unexpected_error", exc_info=True)
+            raise FederationError(
+                f"unexpected {type(exc).__name__}: {exc}",
+                hint="run with --log-level debug to see where",
+            ) from exc
+
+    return asyncio.run(wrapped())
+
+
+def _deadline(args: argparse.Namespace) -> float:
+    """Overall deadline of a command that makes requests (not calls)."""
+    return float(args.timeout) if args.timeout is not None else COMMAND_TIMEOUT
+
+
+# --- fedhub call ------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A one-line progress bar redrawn in place (``\\r``) on a terminal stream."""
+
+    _SPIN = "|/-\\"
+
+    def __init__(self, stream: TextIO, label: str, *, width: int | None = None) -> None:
+        self.stream = stream
+        self.label = label
+        self.width = width
+        self.fraction: float | None = None
+        self.message = "waiting"
+        self.started = time.monotonic()
+        self._spin = itertools.cycle(self._SPIN)
+        self._drawn = False
+
+    def update(self, fraction: float | None, message: str) -> None:
+        """Take a progress report (the client's ``on_progress``) and redraw."""
+        self.fraction = fraction
+        self.message = message or ("running" if fraction is None else "")
+        self.draw()
+
+    def line(self) -> str:
+        """The text of the bar as it would be drawn now."""
+        columns = self.width or shutil.get_terminal_size((80, 24)).columns
+        elapsed = f"{time.monotonic() - self.started:5.1f}s"
+        if self.fraction is None:
+            gauge = f"[{next(self._spin)}]"
+        else:
+            cells = 20
+            filled = round(self.fraction * cells)
+            gauge = f"[{'#' * filled}{'.' * (cells - filled)}] {self.fraction:4.0%}"
+        text = " ".join(part for part in (self.label, gauge, elapsed, self.message) if part)
+        text = " ".join(text.split())  # a message must not break the line
+        return text[: max(10, columns - 1)]
+
+    def draw(self) -> None:
+        """Redraw the bar in place."""
+        self.stream.write("\r\x1b[K" + self.line())
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """Erase the bar (harmless twice)."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
+
+
+async def _tick(bar: ProgressBar, every: float = 0.2) -> None:
+    while True:
+        bar.draw()
+        await asyncio.sleep(every)
+
+
+def _call_arguments(texts: list[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_cli_argument(text)
+        if key in kwargs:
+            raise ConfigError(f"argument {key!r} is given twice")
+        kwargs[key] = value
+    return kwargs
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """``fedhub call SUBJECT key=value ...``."""
+    target = parse_address(args.subject)
+    kwargs = _call_arguments(args.arguments)
+    return _run(_call(args, target.address, target.site, kwargs))
+
+
+async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[str, Any]) -> int:
+    show = not args.no_progress and sys.stderr.isatty()
+    bar = ProgressBar(sys.stderr, address) if show else None
+    async with await _client(args) as fed:
+        handle = await fed.submit(
+            address,
+            timeout=args.timeout,
+            on_progress=bar.update if bar is not None else None,
+            **kwargs,
+        )
+        print(f"request {handle.request_id}", file=sys.stderr, flush=True)
+        ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
+        try:
+            outcome = await _wait_or_interrupt(handle)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+            if bar is not None:
+                bar.close()
+        if outcome is _INTERRUPTED:
+            return await _cancel(handle, site)
+        _output(outcome, args)
+    return 0
+
+
+_INTERRUPTED = object()
+
+
+async def _wait_or_interrupt(handle: CallHandle) -> Any:
+    """The call's result, or :data:`_INTERRUPTED` after Ctrl-C (SIGINT)."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        return await handle.result()
+    result = asyncio.ensure_future(handle.result())
+    stop = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        stop.cancel()
+        if not result.done():
+            result.cancel()
+    if result.done() and not result.cancelled():
+        return result.result()
+    return _INTERRUPTED
+
+
+async def _cancel(handle: CallHandle, site: str) -> int:
+    try:
+        await handle.cancel()
+    except FederationError as exc:
+        print(
+            f"interrupted; could not ask {site} to cancel request {handle.request_id}: "
+            f"{exc.diagnostics()}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"interrupted; asked {site} to cancel request {handle.request_id}",
+            file=sys.stderr,
+        )
+    return EXIT_INTERRUPTED
+
+
+def _output(value: Any, args: argparse.Namespace) -> None:
+    if args.out is not None:
+        write_result(value, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    elif args.json:
+        print(json.dumps(value, default=jsonable, indent=2, ensure_ascii=False))
+    elif isinstance(value, str):
+        print(value)
+    elif _is_xarray(value):
+        print(repr(value))
+    else:
+        print(pprint.pformat(value, width=100, sort_dicts=False))
+
+
+def _is_xarray(value: Any) -> bool:
+    xr = sys.modules.get("xarray")
+    return xr is not None and isinstance(value, xr.DataArray | xr.Dataset)
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` default for call results: numpy → lists, xarray → ``to_dict()``.
+
+    Dates and times become ISO 8601 text, durations seconds, bytes base64 text, enums their
+    value, sets lists.
+    """
+    if _is_xarray(value):
+        return value.to_dict(data="list")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "mM":
+            return value.astype(str).tolist()
+        if value.dtype.hasobject:
+            return [jsonable(v) if not _json_native(v) else v for v in value.tolist()]
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.astype(str).item() if value.dtype.kind in "mM" else value.item()
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return b64e(bytes(value))
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON")
+
+
+def _json_native(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool | list | dict)
+
+
+# --- fedhub ls --------------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """``fedhub ls [SITE[.MODULE]]``."""
+    site, _, module = (args.target or "").partition(".")
+    if site:
+        validate_site(site)
+    if module:
+        validate_module(module)
+        return _run(_ls_module(args, site, module), _deadline(args))
+    return _run(_ls(args, site or None))
+
+
+async def discover(nc: Any, window: float) -> list[dict[str, Any]]:
+    """Collect ``$SRV.INFO`` answers of fedhub services for ``window`` seconds."""
+    answers: list[dict[str, Any]] = []
+
+    async def collect(msg: Any) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            return
+        meta = data.get("metadata") or {} if isinstance(data, dict) else {}
+        if isinstance(meta, dict) and meta.get("fedhub.site") and meta.get("fedhub.module"):
+            answers.append(data)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish("$SRV.INFO", b"", reply=inbox)
+        await nc.flush(timeout=max(1.0, window))
+        await asyncio.sleep(window)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return answers
+
+
+def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, Any]]:
+    """One entry per site and module: nodes, functions, description."""
+    modules: dict[tuple[str, str], dict[str, Any]] = {}
+    for answer in answers:
+        meta = answer["metadata"]
+        key = (str(meta["fedhub.site"]), str(meta["fedhub.module"]))
+        if site is not None and key[0] != site:
+            continue
+        entry = modules.setdefault(
+            key,
+            {
+                "site": key[0],
+                "module": key[1],
+                "description": str(answer.get("description") or ""),
+                "version": str(answer.get("version") or ""),
+                "nodes": [],
+                "functions": [],
+            },
+        )
+        node = str(meta.get("fedhub.node") or "")
+        if node and node not in entry["nodes"]:
+            entry["nodes"].append(node)
+        names = [f for f in str(meta.get("fedhub.functions") or "").split(",") if f]
+        entry["functions"] = sorted(set(entry["functions"]) | set(names))
+    for entry in modules.values():
+        entry["nodes"].sort()
+    return [modules[key] for key in sorted(modules)]
+
+
+async def _ls(args: argparse.Namespace, site: str | None) -> int:
+    url = default_url(args.url)
+    window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
+    try:
+        nc = await nats.connect(
+            url,
+            user_credentials=str(args.creds) if args.creds else None,
+            connect_timeout=5.0,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            name="fedhub ls",
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
+    try:
+        modules = _group(await discover(nc, window), site)
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await nc.drain()
+    if site is not None and not modules:
+        raise NotFoundError(
+            f"no module of site {site} answered at {url} within {window:g} s",
+            hint="check the site name, that its node runs, and its leaf connection",
+        )
+    if args.json:
+        print(json.dumps(modules, indent=2))
+        return 0
+    if not modules:
+        print(f"no fedhub module answered at {url} within {window:g} s", file=sys.stderr)
+        return 0
+    for entry in modules:
+        nodes = len(entry["nodes"])
+        head = f"{entry['site']}.{entry['module']}  ({nodes} node{'s' if nodes != 1 else ''})"
+        if entry["description"]:
+            head += f"  {entry['description']}"
+        print(head)
+        for name in entry["functions"]:
+            print(f"    {entry['site']}.{entry['module']}.{name}")
+    return 0
+
+
+async def _ls_module(args: argparse.Namespace, site: str, module: str) -> int:
+    async with await _client(args) as fed:
+        mi = await fed.module_info(site, module)
+    info = mi.info
+    functions: dict[str, Any] = mi.functions
+    skipped = info.get("skipped") or {}
+    if args.json:
+        out = {
+            "site": site,
+            "module": module,
+            "node": mi.node,
+            "node_kid": mi.node_kid,
+            "doc": info.get("doc") or "",
+            "functions": functions,
+            "skipped": skipped,
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{site}.{module}  served by {mi.node} (key vouched for by site:{site})")
+    doc = str(info.get("doc") or "").strip()
+    if doc:
+        print(doc.splitlines()[0])
+    print()
+    for name, fn in sorted(functions.items()):
+        print(f"  {fn.get('signature') or name}")
+        summary = str(fn.get("summary") or "").strip()
+        if summary:
+            print(f"      {summary.splitlines()[0]}")
+    if skipped:
+        print()
+        for name, reason in sorted(skipped.items()):
+            print(f"  not served: {name} ({reason})")
+    return 0
+
+
+# --- fedhub stub ------------------------------------------------------------------------
+
+
+def cmd_stub(args: argparse.Namespace) -> int:
+    """``fedhub stub SITE.MODULE -o client.py``."""
+    site, dot, module = args.target.partition(".")
+    if not dot or "." in module:
+        raise ConfigError(f"{args.target!r} is not SITE.MODULE", hint="e.g. hereon.climate")
+    validate_site(site)
+    validate_module(module)
+    return _run(_stub(args, site, module), _deadline(args))
+
+
+async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
+    async with await _client(args) as fed:
+        mi = await fed.module_info(site, module)
+    source = generate_stub(mi.info, site=site, node=mi.node)
+    if args.output is None:
+        sys.stdout.write(source)
+        return 0
+    try:
+        args.output.write_text(source, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from exc
+    print(
+        f"wrote {args.output}: client of {site}.{module} ({len(mi.functions)} functions)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# --- fedhub status ----------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``fedhub status REQUEST_ID --site SITE``."""
+    validate_site(args.site)
+    return _run(_status(args), _deadline(args))
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with await _client(args) as fed:
+        state = await fed.status(args.site, args.request_id)
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    for label, value in _status_rows(state):
+        print(f"{label:<10}{value}")
+    return 0
+
+
+def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [
+        ("request", state.get("request_id")),
+        ("address", state.get("address")),
+        ("caller", state.get("caller")),
+        ("state", state.get("state")),
+    ]
+    ppm = state.get("progress_ppm")
+    if isinstance(ppm, int):
+        rows.append(("progress", f"{ppm / 10_000:.0f}%"))
+    rows += [
+        ("code", state.get("code")),
+        ("reason", state.get("reason")),
+        ("received", state.get("received_time")),
+        ("updated", state.get("updated_time")),
+        ("attempts", state.get("attempts")),
+    ]
+    if state.get("result_hash"):
+        rows.append(("result", f"stored, hash {state['result_hash']}"))
+    return [(label, str(value)) for label, value in rows if value not in (None, "")]
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+def _connection_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--url", help=f"NATS URL (default $FEDHUB_URL, else {DEFAULT_URL})", default=None
+    )
+    group.add_argument(
+        "--as",
+        dest="identity",
+        metavar="IDENTITY",
+        help="who calls, name@site (default $FEDHUB_IDENTITY, else the only person key)",
+    )
+    group.add_argument(
+        "--passphrase-file", type=Path, help="read the key's passphrase from this file"
+    )
+    group.add_argument(
+        "--creds",
+        type=Path,
+        default=Path(os.environ["FEDHUB_CREDS"]) if os.environ.get("FEDHUB_CREDS") else None,
+        help="NATS credentials file (default $FEDHUB_CREDS)",
+    )
+    group.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``call``, ``ls``, ``stub`` and ``status`` to the ``fedhub`` subcommands."""
+    call = sub.add_parser(
+        "call",
+        help="call a remote function: fedhub call site.module.function key=value ...",
+        description="Call SUBJECT (site.module.function or site.module.Class.method) with "
+        "keyword arguments. key=value is JSON when it parses as JSON, else a string; "
+        "key=@PATH reads a file (.nc → xarray, .npy → numpy, .json → JSON, else bytes); "
+        "key=@@text is the string '@text'. The request id goes to stderr; Ctrl-C asks the "
+        "node to cancel the call (exit 130).",
+    )
+    call.add_argument("subject", metavar="SUBJECT", help="site.module.function")
+    call.add_argument("arguments", nargs="*", metavar="key=value", help="the function's arguments")
+    shape = call.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print the result as JSON")
+    shape.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the result to PATH (.nc, .npy, .json)"
+    )
+    call.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    _connection_options(call, "deadline of the call in seconds (default 300)")
+    call.set_defaults(func=cmd_call)
+
+    ls = sub.add_parser(
+        "ls",
+        help="list reachable modules and functions (SITE.MODULE: with signatures)",
+        description="Without SITE.MODULE, list the modules that answer the NATS micro "
+        "service discovery ($SRV.INFO) and their functions; with SITE.MODULE, fetch the "
+        "module's info (node key verified against the pinned site key) and show every "
+        "function's signature and summary.",
+    )
+    ls.add_argument("target", nargs="?", metavar="SITE[.MODULE]")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(
+        ls,
+        f"without MODULE: how long to collect discovery answers (default "
+        f"{DISCOVERY_WINDOW:g}); with it: deadline (default {COMMAND_TIMEOUT:g})",
+    )
+    ls.set_defaults(func=cmd_ls)
+
+    stub = sub.add_parser(
+        "stub",
+        help="generate a typed Python client module for SITE.MODULE",
+        description="Write a Python module with one typed function per remote function "
+        "(real parameter names, types, defaults and docstrings) that calls it.",
+    )
+    stub.add_argument("target", metavar="SITE.MODULE")
+    stub.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    _connection_options(stub, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    stub.set_defaults(func=cmd_stub)
+
+    status = sub.add_parser(
+        "status",
+        help="show the node's record of one of your requests",
+        description="Ask SITE's node about REQUEST_ID (printed by `fedhub call`): state, "
+        "progress, times, and the error code and reason of a failed call.",
+    )
+    status.add_argument("request_id", metavar="REQUEST_ID")
+    status.add_argument("--site", required=True, help="the site the request went to")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(status, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    status.set_defaults(func=cmd_status)
