@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import itertools
 import json
+import logging
 import os
 import pprint
 import shutil
@@ -98,7 +99,19 @@ def default_identity(explicit: str | None, store: KeyStore) -> str:
 # --- connecting -------------------------------------------------------------------------
 
 
+def _quiet_nats(args: argparse.Namespace) -> None:
+    """Keep nats-py's own error log (a traceback per failed connect) off the terminal.
+
+    Failures reach the user as one error line; ``--log-level debug`` shows them all.
+    """
+    if str(getattr(args, "log_level", "warning")).lower() != "debug":
+        nats_log = logging.getLogger("nats")
+        nats_log.addHandler(logging.NullHandler())
+        nats_log.propagate = False
+
+
 async def _client(args: argparse.Namespace) -> Client:
+    _quiet_nats(args)
     store = KeyStore(args.home)
     identity = default_identity(args.identity, store)
     prompt = None
@@ -413,6 +426,7 @@ def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, An
 async def _ls(args: argparse.Namespace, site: str | None) -> int:
     url = default_url(args.url)
     window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
+    _quiet_nats(args)
     try:
         nc = await nats.connect(
             url,

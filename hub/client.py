@@ -472,7 +472,7 @@ class Client:
 
 
 def _error(code: str, message: str, handle: CallHandle) -> RemoteError:
-    if code == "cancelled":
+    if code in ("cancelled", "interrupted"):
         return CallCancelledError(message or f"{handle.address} was cancelled", code=code)
     return remote_error_from_code(code, message or f"{handle.address} failed ({code})")
 

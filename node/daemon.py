@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -234,18 +235,7 @@ class NodeDaemon:
         cfg = self.cfg
         url = cfg.nats.url
         if not url:
-            self.server = NatsServer(
-                cfg.node.data_dir / "nats",
-                port=cfg.nats.embedded_port,
-                jetstream_domain=self.site,
-                server_name=f"{self.site}-{cfg.node.name}",
-                leafnode_remotes=cfg.nats.leafnode_remotes,
-                max_payload=cfg.calls.max_payload + 64 * 1024,
-            )
-            await self.server.start()
-            self.stack.push_async_callback(self.server.stop)
-            url = self.server.client_url
-            (cfg.node.data_dir / "nats.url").write_text(url + "\n")
+            url = await self._embedded_server()
         self.url = url
         try:
             self.nc = await nats.connect(
@@ -262,6 +252,37 @@ class NodeDaemon:
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
         self.stack.push_async_callback(self._drain)
+
+    async def _embedded_server(self) -> str:
+        """Start the embedded nats-server, or adopt the one a killed node left running.
+
+        The server runs in its own session (a Ctrl-C reaches the node, which stops it last),
+        so when a node dies hard its server lives on with the queued calls; the next node
+        on the same data dir takes it over instead of starting a second one on the same
+        store.
+        """
+        cfg = self.cfg
+        url_file, pid_file = cfg.node.data_dir / "nats.url", cfg.node.data_dir / "nats.pid"
+        left = _running_pid(pid_file)
+        if left is not None and url_file.exists():
+            log.info("nats_server.adopted", pid=left)
+            self.stack.callback(_terminate, left, pid_file)
+            return url_file.read_text().strip()
+        self.server = NatsServer(
+            cfg.node.data_dir / "nats",
+            port=cfg.nats.embedded_port,
+            jetstream_domain=self.site,
+            server_name=f"{self.site}-{cfg.node.name}",
+            leafnode_remotes=cfg.nats.leafnode_remotes,
+            max_payload=cfg.calls.max_payload + 64 * 1024,
+        )
+        await self.server.start()
+        self.stack.callback(pid_file.unlink, missing_ok=True)
+        self.stack.push_async_callback(self.server.stop)
+        url = self.server.client_url
+        url_file.write_text(url + "\n")
+        pid_file.write_text(f"{self.server.pid}\n")
+        return url
 
     async def _drain(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
@@ -523,6 +544,28 @@ class NodeDaemon:
                 "checkpoint": head.model_dump() if head else None,
             },
         }
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process still runs nats-server, else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"nats-server" in cmdline else None
+
+
+def _terminate(pid: int, pid_file: Path) -> None:
+    """Stop an adopted nats-server (SIGTERM, wait briefly, then SIGKILL)."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            time.sleep(0.05)
+            os.kill(pid, 0)
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        pid_file.unlink()
 
 
 def read_status_file(data_dir: Path) -> dict[str, Any] | None:
