@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from hub.canonical import b64e
+from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.errors import KeyStoreError
 from hub.keys import KeyPair, KeyStore
@@ -84,4 +85,35 @@ def open_log(cfg: NodeConfig, *, create: bool = False) -> EventLog:
             raise
         record: SignedRecord = sign_record(key_record(key, cfg.node.site, "node"), site.signing_key)
         log.initialize(cfg.node.site, site.sign_public, record)
+    return log
+
+
+def instance_log_path(cfg: NodeConfig, instance: int) -> Path:
+    """Log file of the ``instance``-th process of this node (1: ``events.db``)."""
+    return cfg.log_path if instance == 1 else cfg.node.data_dir / f"events.{instance}.db"
+
+
+def open_instance_log(cfg: NodeConfig, instance: int) -> EventLog:
+    """The log of an extra process of this node (``<identity>#<n>``), created on first use.
+
+    Its genesis repeats the site key and the site-signed node key record of the node's first
+    log, so no site key is needed to add a process.
+    """
+    if instance == 1:
+        return open_log(cfg)
+    key = node_key(cfg)
+    with EventLog.open_readonly(cfg.log_path) as first:
+        genesis = next(first.events(after=0, limit=1)).parsed()["data"]
+    log = EventLog(
+        instance_log_path(cfg, instance),
+        key,
+        checkpoint_every=cfg.log.checkpoint_every,
+        log_id=f"{cfg.identity}#{instance}",
+    )
+    if not log.initialized:
+        log.initialize(
+            cfg.node.site,
+            b64d(genesis["site_key"]),
+            SignedRecord.model_validate(genesis["node_key"]),
+        )
     return log

@@ -60,7 +60,7 @@ from hub.subjects import (
 )
 from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
 from node.admin import DirectoryState, apply_admin, load_directory
-from node.bootstrap import open_log
+from node.bootstrap import open_instance_log
 from node.config import NodeConfig
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
@@ -68,7 +68,10 @@ from node.pipeline import Pipeline
 from node.runner import ModuleConfig as RunnerModuleConfig
 from node.runner import Runner, load_module
 
-__all__ = ["NodeDaemon"]
+__all__ = ["MAX_INSTANCES", "NodeDaemon"]
+
+#: Node processes one config (one data dir) can run at once.
+MAX_INSTANCES = 16
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +97,7 @@ class NodeDaemon:
         self._stopped = False
         self.url: str = ""
         self._published_seq = 0
+        self.instance = 1
         self._cursor_saved = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -121,7 +125,7 @@ class NodeDaemon:
             js, self.site, ack_wait=cfg.calls.ack_wait, max_deliver=cfg.calls.max_deliver
         )
 
-        self.eventlog = await asyncio.to_thread(open_log, cfg)
+        self.eventlog = await asyncio.to_thread(open_instance_log, cfg, self.instance)
         self.stack.callback(self.eventlog.close)
         self.writer = LogWriter(self.eventlog)
         await self.writer.start(self._publish_events)
@@ -217,24 +221,42 @@ class NodeDaemon:
         return task
 
     def _lock_instance(self) -> None:
-        path = self.cfg.node.data_dir / "node.lock"
-        fh = path.open("a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            fh.close()
-            raise ConfigError(
-                f"another node process already uses {self.cfg.node.data_dir}",
-                hint="give each node process its own [node] name and data_dir",
-            ) from exc
-        self.stack.callback(fh.close)
+        """Take the first free instance slot of this node: 1, 2, ... (one lock file each).
+
+        Instance 1 owns ``events.db`` and, without a NATS URL, the embedded server; every
+        further process of the same config pulls from the same durable consumer and keeps
+        its own log ``events.<n>.db`` (log id ``<identity>#<n>``).
+        """
+        for instance in range(1, MAX_INSTANCES + 1):
+            name = "node.lock" if instance == 1 else f"node.{instance}.lock"
+            fh = (self.cfg.node.data_dir / name).open("a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            self.instance = instance
+            self.stack.callback(fh.close)
+            return
+        raise ConfigError(
+            f"{MAX_INSTANCES} node processes already use {self.cfg.node.data_dir}",
+            hint="stop one, or give the new one its own [node] name and data_dir",
+        )
 
     # --- NATS -----------------------------------------------------------------------------
 
     async def _connect(self) -> None:
         cfg = self.cfg
         url = cfg.nats.url
-        if not url:
+        if not url and self.instance > 1:
+            url_file = cfg.node.data_dir / "nats.url"
+            if _running_pid(cfg.node.data_dir / "nats.pid") is None or not url_file.exists():
+                raise ConfigError(
+                    f"node process {self.instance} found no embedded nats-server to join",
+                    hint="start the first process of this node first, or set [nats] url",
+                )
+            url = url_file.read_text().strip()
+        elif not url:
             url = await self._embedded_server()
         self.url = url
         try:
@@ -299,16 +321,32 @@ class NodeDaemon:
         return request_id
 
     async def _publish_events(self, events: list[StoredEvent]) -> None:
+        """Copy events to the site's ``FH_EVENTS`` stream.
+
+        One message carries a run of consecutive events as export lines (JSON Lines, the
+        format of ``fedhub-node log export``), up to ~256 KiB, with ``Nats-Msg-Id`` =
+        ``<log>:<first seq>-<last seq>``. After a crash the node re-sends from its saved
+        cursor, so a reader may see an event twice and keeps the first of each ``seq``.
+        """
         assert self.nc is not None and self.eventlog is not None
         js = self.nc.jetstream()
         subject = events_subject(self.site, self.cfg.node.name)
+        if self.instance > 1:
+            subject += f".{self.instance}"
         log_id = self.eventlog.log_id
-        for ev in events:
-            await js.publish_async(
-                subject,
-                export_line(ev.hash, ev.sig, ev.body),
-                headers={"Nats-Msg-Id": f"{log_id}:{ev.seq}"},
-            )
+        batch: list[bytes] = []
+        size, first = 0, events[0].seq
+        for i, ev in enumerate(events):
+            line = export_line(ev.hash, ev.sig, ev.body)
+            batch.append(line)
+            size += len(line)
+            if size >= 256 * 1024 or i == len(events) - 1:
+                await js.publish_async(
+                    subject,
+                    b"".join(batch),
+                    headers={"Nats-Msg-Id": f"{log_id}:{first}-{ev.seq}"},
+                )
+                batch, size, first = [], 0, ev.seq + 1
         await js.publish_async_completed()
         self._published_seq = events[-1].seq
         if time.monotonic() - self._cursor_saved >= 1.0:
@@ -516,7 +554,9 @@ class NodeDaemon:
                     last = (await self.writer.checkpoint()).seq
 
     async def _write_status(self) -> None:
-        path = self.cfg.node.data_dir / "status.json"
+        path = self.cfg.node.data_dir / (
+            "status.json" if self.instance == 1 else f"status.{self.instance}.json"
+        )
         tmp = path.with_suffix(".json.tmp")
         try:
             while True:

@@ -112,11 +112,14 @@ class EventLog:
         checkpoint_every: int = 1000,
         sign_threads: int = 2,
         synchronous: Literal["normal", "full"] = "normal",
+        log_id: str | None = None,
     ) -> None:
         self.path = path
         self._key = key
         self.readonly = key is None
-        self.log_id = key.identity if key is not None else ""
+        # One log per node process: the node identity, or ``<identity>#<n>`` for the n-th
+        # process of the same node (horizontal scale on one durable consumer).
+        self.log_id = log_id or (key.identity if key is not None else "")
         self.checkpoint_every = checkpoint_every
         self._lock = threading.RLock()
         self._closed = False
@@ -199,7 +202,10 @@ class EventLog:
             )
             return self.append(
                 LogCreated(
-                    node=self.log_id, site=site, site_key=b64e(site_key), node_key=node_record
+                    node=self.key.identity,
+                    site=site,
+                    site_key=b64e(site_key),
+                    node_key=node_record,
                 )
             )
 

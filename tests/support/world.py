@@ -119,9 +119,8 @@ class World:
             "[nats]",
             f"url = {_toml_value(nats_url)}",
             "[log]",
-            'level = "warning"',
         ]
-        for k, v in (log or {}).items():
+        for k, v in {"level": "warning", **(log or {})}.items():
             lines.append(f"{k} = {_toml_value(v)}")
         lines.append("[calls]")
         for k, v in (calls or {}).items():

@@ -1,0 +1,443 @@
+"""Hostile parties against a node at hereon, with callers at geomar and the hub in between.
+
+- a spy on the hub (subscribed to ``>``) sees calls pass but no plaintext, and what the
+  servers store on disk is ciphertext too;
+- callers without a grant, with a key the site does not know, or with a revoked key are
+  refused, and each refusal is logged;
+- a captured request published again is not run again; a tampered one is never run;
+- a request the node cannot decrypt fails cleanly and the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from nats.aio.client import Client as NatsClient
+
+from hub import codec
+from hub.canonical import b64e
+from hub.client import Client
+from hub.clock import now
+from hub.envelopes import split_request
+from hub.errors import ConfigError, UnauthorizedError
+from hub.events import KeyRevoked
+from hub.keys import KeyPair
+from hub.records import Revocation, sign_record
+from hub.subjects import CALLS_STREAM
+from hub.topology import connect as nats_connect
+from node.bootstrap import open_log
+from node.config import NodeConfig, load_config
+from node.daemon import NodeDaemon
+from support.hostile import (
+    Captured,
+    LogView,
+    Spy,
+    audit_node,
+    craft_request,
+    find_in_tree,
+    flip_bit,
+    publish_and_wait,
+    wait_reachable,
+    wait_until,
+)
+from support.world import World
+
+if TYPE_CHECKING:
+    from conftest import Federation
+
+KLAUS = "klaus@geomar"  # granted
+EVE = "eve@geomar"  # registered at hereon, no grant
+MALLORY = "mallory@geomar"  # keys of her own, never registered at hereon
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    """Keys of everyone; klaus and eve vouched by geomar, mallory's keys unregistered."""
+    w = World(tmp_path / "world")
+    w.person(KLAUS)
+    w.person(EVE)
+    w.person(MALLORY, vouch=False)
+    return w
+
+
+@pytest.fixture
+def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
+    """A hereon node on hereon's leaf: klaus and eve registered, only klaus granted."""
+    return world.node_config(
+        "hereon",
+        name=unique("n").replace("_", "-"),
+        nats_url=federation.site_url("hereon"),
+        trust=["geomar"],
+        users=[KLAUS, EVE],
+        grants=[(KLAUS, "climate", "*")],
+    )
+
+
+@pytest.fixture
+async def spy(federation: Federation) -> AsyncIterator[Spy]:
+    """Someone on the hub who subscribes to everything."""
+    nc = await nats_connect(federation.hub_url)
+    yield await Spy(nc).start()
+    await nc.close()
+
+
+@pytest.fixture
+async def geomar(federation: Federation) -> AsyncIterator[NatsClient]:
+    """A plain connection to geomar's leaf (where a hostile caller would sit)."""
+    nc = await nats_connect(federation.site_url("geomar"))
+    yield nc
+    await nc.close()
+
+
+def client(world: World, federation: Federation, who: str) -> Any:
+    """A connecting client of ``who`` at geomar (use with ``async with await ...``)."""
+    return Client.connect(federation.site_url("geomar"), who, home=world.store.home)
+
+
+async def still_serves(fed: Client) -> None:
+    """Klaus's normal call succeeds."""
+    assert await fed.call("hereon.climate.scale", values=[2.0], factor=4.0, timeout=15) == [8.0]
+
+
+def started(cfg: NodeConfig) -> int:
+    """How many times the node started running a function."""
+    return LogView(cfg.log_path).counts()["request.started"]
+
+
+def assert_audits_clean(cfg: NodeConfig, world: World) -> None:
+    """The node's log verifies against the pinned hereon site key."""
+    report = audit_node(cfg, world.site("hereon").sign_public)
+    assert report.ok, [f.line() for f in report.findings]
+
+
+# --- confidentiality ------------------------------------------------------------------------
+
+
+async def test_a_spy_on_the_hub_and_the_servers_disks_see_no_plaintext_arguments_or_results(
+    world: World, cfg: NodeConfig, federation: Federation, spy: Spy
+) -> None:
+    tag = secrets.token_hex(6)
+    da = xr.DataArray(
+        3.25 + np.arange(24.0).reshape(4, 6) * 1.0000123e-3,
+        dims=("time", "x"),
+        name=f"tas_secret_{tag}",
+        attrs={"note": f"argument-attribute-{tag}"},
+    )
+    expected = da.sum(dim="time")
+    raw = f"raw-bytes-argument-{tag}".encode() * 4
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("hereon.climate.compute_sum", {"da": da}),
+        ("hereon.climate.checksum", {"data": raw}),
+    ]
+    arg_needles = [
+        da.name.encode(),
+        da.attrs["note"].encode(),
+        da.values.tobytes()[:32],
+        raw[:24],
+    ]
+    result_needles = [expected.values.tobytes()[:24]]
+    needles = arg_needles + result_needles
+    # The needles are really in the plaintext, so finding none of them means something.
+    plain_args = b"".join(codec.encode_many(kw) for _, kw in calls)
+    assert all(n in plain_args for n in arg_needles)
+    assert all(n in codec.encode(expected) for n in result_needles)
+
+    leaf_js = (nc := await nats_connect(federation.site_url("hereon"))).jetstream()
+    try:
+        async with await client(world, federation, KLAUS) as fed:
+            async with NodeDaemon(cfg):
+                await wait_reachable(fed, "hereon", "climate")  # the client keeps the info
+            # Node stopped: the calls wait in hereon's FH_CALLS; read them as stored.
+            first = (await leaf_js.stream_info(CALLS_STREAM)).state.last_seq + 1
+            handles = [await fed.submit(addr, timeout=60, **kw) for addr, kw in calls]
+            stored = [
+                (await leaf_js.get_msg(CALLS_STREAM, seq)).data or b""
+                for seq in range(first, first + len(calls))
+            ]
+            async with NodeDaemon(cfg):
+                results = [await h.result(timeout=30) for h in handles]
+    finally:
+        await nc.close()
+
+    xr.testing.assert_identical(results[0], expected)
+    assert results[1] == sum(raw) % 65536
+    assert all(m.startswith(b"FHR1") for m in stored)
+    assert [n for m in stored for n in needles if n in m] == [], "stored call in plaintext"
+    # The spy saw the calls and the answers pass, and nothing readable in them.
+    assert len(spy.on("fh.call.hereon.")) >= len(calls)
+    assert len(spy.on("fh.inbox.geomar.klaus.")) >= len(calls)
+    assert spy.leaks(needles) == []
+    # Nor is there plaintext in any server's store (streams, results bucket) or the log.
+    for server in (federation.hub, *federation.leaves.values()):
+        assert find_in_tree(server.store_dir, needles) == [], server.store_dir
+    log_bytes = LogView(cfg.log_path).raw_bytes()
+    assert [n for n in needles if n in log_bytes] == []
+    assert_audits_clean(cfg, world)
+
+
+# --- who may call ----------------------------------------------------------------------------
+
+
+async def test_a_caller_without_a_grant_is_refused_and_the_refusal_is_logged(
+    world: World, cfg: NodeConfig, federation: Federation
+) -> None:
+    async with NodeDaemon(cfg), await client(world, federation, EVE) as eve:
+        await wait_reachable(eve, "hereon", "climate")
+        with pytest.raises(UnauthorizedError) as err:
+            await eve.call("hereon.climate.scale", values=[1.0], timeout=15)
+        assert "may not call climate.scale" in err.value.message
+        async with await client(world, federation, KLAUS) as klaus:
+            await still_serves(klaus)
+    rejections = LogView(cfg.log_path).rejections()
+    assert [(r["caller"], r["code"]) for r in rejections] == [(EVE, "unauthorized")]
+    assert started(cfg) == 1  # klaus's call only
+    assert_audits_clean(cfg, world)
+
+
+async def test_a_key_the_site_never_registered_is_refused(
+    world: World, cfg: NodeConfig, federation: Federation
+) -> None:
+    async with NodeDaemon(cfg), await client(world, federation, MALLORY) as mallory:
+        await wait_reachable(mallory, "hereon", "climate")
+        with pytest.raises(UnauthorizedError) as err:
+            await mallory.call("hereon.climate.scale", values=[1.0], timeout=15)
+        assert "not known" in err.value.message
+        async with await client(world, federation, KLAUS) as klaus:
+            await still_serves(klaus)
+    rejections = LogView(cfg.log_path).rejections()
+    assert [(r["caller"], r["code"]) for r in rejections] == [(MALLORY, "unauthorized")]
+    assert started(cfg) == 1
+
+
+@pytest.mark.parametrize("signer", ["evil", "hereon"], ids=["untrusted-site", "wrong-site"])
+def test_a_key_record_not_vouched_by_the_users_own_trusted_site_stops_the_node_from_starting(
+    world: World, cfg: NodeConfig, signer: str
+) -> None:
+    # evil: a site no one pinned; hereon: a trusted site, but not mallory's own.
+    mallory = world.store.load(MALLORY)
+    record = world.record(mallory, signer=world.site(signer))
+    path = world.root / f"mallory-by-{signer}.json"
+    path.write_text(json.dumps(record.model_dump()))
+    assert cfg.source is not None
+    text = cfg.source.read_text()
+    users = json.dumps([*cfg.users, str(path)])
+    cfg.source.write_text(text.replace(f"users = {json.dumps(list(cfg.users))}", f"users = {users}"))
+    bad = load_config(cfg.source)
+    assert str(path) in bad.users
+
+    async def start() -> None:
+        async with NodeDaemon(bad):
+            pass
+
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(start())
+    assert str(path) in err.value.message
+
+
+def revoke_while_stopped(cfg: NodeConfig, pair: KeyPair, signer: KeyPair) -> None:
+    """Append a signed revocation of ``pair`` to the stopped node's log (no admin path yet)."""
+    revocation = Revocation(identity=pair.identity, kid=pair.kid, time=now(), reason="key lost")
+    with open_log(cfg) as log:
+        log.append(KeyRevoked(revocation=sign_record(revocation, signer.signing_key)))
+
+
+@pytest.mark.parametrize("by", ["geomar", "hereon"], ids=["by-own-site", "local-ban"])
+async def test_a_revoked_key_is_refused_once_the_node_has_learned_the_revocation(
+    world: World, cfg: NodeConfig, federation: Federation, by: str
+) -> None:
+    async with await client(world, federation, KLAUS) as klaus:
+        async with NodeDaemon(cfg):
+            await wait_reachable(klaus, "hereon", "climate")
+            await still_serves(klaus)
+        revoke_while_stopped(cfg, world.store.load(KLAUS), world.site(by))
+        async with NodeDaemon(cfg):
+            await wait_reachable(klaus, "hereon", "climate")
+            with pytest.raises(UnauthorizedError) as err:
+                await klaus.call("hereon.climate.scale", values=[1.0], timeout=15)
+    assert "revoked" in err.value.message
+    assert [(r["caller"], r["code"]) for r in LogView(cfg.log_path).rejections()] == [
+        (KLAUS, "unauthorized")
+    ]
+    assert started(cfg) == 1
+    assert_audits_clean(cfg, world)
+
+
+async def test_a_revocation_signed_by_a_site_with_no_say_over_the_key_is_ignored(
+    world: World, cfg: NodeConfig, federation: Federation
+) -> None:
+    evil = world.site("evil")  # not trusted by hereon at all
+    revoke_while_stopped(cfg, world.store.load(KLAUS), evil)
+    async with NodeDaemon(cfg), await client(world, federation, KLAUS) as klaus:
+        await wait_reachable(klaus, "hereon", "climate")
+        await still_serves(klaus)
+
+
+# --- replays and tampering --------------------------------------------------------------
+
+
+@pytest.fixture
+async def served(
+    world: World, cfg: NodeConfig, federation: Federation, spy: Spy
+) -> AsyncIterator[tuple[Client, Captured]]:
+    """A running node, klaus's client, and a request of klaus's captured by the spy."""
+    async with NodeDaemon(cfg), await client(world, federation, KLAUS) as klaus:
+        await wait_reachable(klaus, "hereon", "climate")
+        await still_serves(klaus)
+        (captured,) = spy.on("fh.call.hereon.climate.scale")
+        yield klaus, captured
+
+
+def rid_of(envelope: bytes) -> str:
+    """The request id a captured envelope carries."""
+    header, _, _ = split_request(envelope)
+    return str(json.loads(header)["id"])
+
+
+async def test_a_captured_request_published_again_is_not_run_again(
+    served: tuple[Client, Captured], cfg: NodeConfig, geomar: NatsClient
+) -> None:
+    klaus, captured = served
+    rid = rid_of(captured.data)
+    js = geomar.jetstream()
+    ack = await js.publish(captured.subject, captured.data, headers=captured.headers)
+    assert ack.duplicate, "same Nats-Msg-Id within the window: JetStream drops it"
+    await js.publish(captured.subject, captured.data, headers={"Nats-Msg-Id": "replay-" + rid})
+    view = LogView(cfg.log_path)
+    await wait_until(lambda: any(r["code"] == "replay" for r in view.rejections()))
+    kinds = [e["type"] for e in view.for_request(rid)]
+    assert kinds.count("request.started") == 1
+    assert kinds.count("request.completed") == 1
+    assert [(r["request_id"], r["code"]) for r in view.rejections()] == [(rid, "replay")]
+    await still_serves(klaus)
+
+
+async def test_a_replay_leaves_the_status_of_the_original_call_alone(
+    served: tuple[Client, Captured], cfg: NodeConfig, geomar: NatsClient
+) -> None:
+    klaus, captured = served
+    rid = rid_of(captured.data)
+    await geomar.jetstream().publish(
+        captured.subject, captured.data, headers={"Nats-Msg-Id": "replay-" + rid}
+    )
+    view = LogView(cfg.log_path)
+    await wait_until(lambda: len(view.rejections()) == 1)
+    status = await klaus.status("hereon", rid)
+    assert (status["state"], status["code"], status["reason"]) == ("completed", None, None)
+
+
+def _tamper_ciphertext(data: bytes) -> bytes:
+    return flip_bit(data, len(data) * 8 - 1)
+
+
+def _tamper_header(data: bytes) -> bytes:
+    at = data.index(b'"function":"scale"') + len(b'"function":"')
+    return data[:at] + b"S" + data[at + 1 :]
+
+
+def _tamper_signature(data: bytes) -> bytes:
+    header, _, _ = split_request(data)
+    return flip_bit(data, (8 + len(header) + 10) * 8)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "codes"),
+    [
+        (_tamper_ciphertext, {"malformed"}),
+        (_tamper_header, {"bad_signature"}),
+        (_tamper_signature, {"bad_signature"}),
+    ],
+    ids=["ciphertext", "header", "signature"],
+)
+async def test_a_tampered_request_is_rejected_and_never_run(
+    served: tuple[Client, Captured],
+    cfg: NodeConfig,
+    geomar: NatsClient,
+    tamper: Any,
+    codes: set[str],
+) -> None:
+    klaus, captured = served
+    before = started(cfg)
+    forged = tamper(captured.data)
+    assert forged != captured.data
+    await geomar.jetstream().publish(
+        captured.subject, forged, headers={"Nats-Msg-Id": secrets.token_hex(8)}
+    )
+    view = LogView(cfg.log_path)
+    await wait_until(lambda: len(view.rejections()) == 1)
+    assert {r["code"] for r in view.rejections()} <= codes, view.rejections()
+    assert started(cfg) == before
+    await still_serves(klaus)
+
+
+async def test_a_request_signed_by_someone_else_in_klaus_name_is_rejected(
+    served: tuple[Client, Captured], cfg: NodeConfig, geomar: NatsClient, world: World
+) -> None:
+    klaus, _ = served
+    node_key = klaus._modules[("hereon", "climate")]
+    forged = craft_request(
+        world.store.load(MALLORY),
+        claim=KLAUS,
+        claim_kid=world.store.load(KLAUS).kid,
+        node_kid=node_key.node_kid,
+        node_box_key=node_key.node_box_key,
+        address="hereon.climate.scale",
+        kwargs={"values": [1.0]},
+    )
+    before = started(cfg)
+    reply = await publish_and_wait(geomar, forged)
+    assert reply.header.kind == "error" and reply.header.code == "unauthorized"
+    assert [r["code"] for r in LogView(cfg.log_path).rejections()] == ["bad_signature"]
+    assert started(cfg) == before
+    await still_serves(klaus)
+
+
+# --- requests the node cannot open ----------------------------------------------------------
+
+
+@pytest.fixture(params=["other-node-key", "garbage-wrap", "garbage-ciphertext"])
+def undecryptable(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Ways a correctly signed request can be impossible for the node to open."""
+    yield str(request.param)
+
+
+async def test_a_signed_request_the_node_cannot_decrypt_fails_cleanly(
+    served: tuple[Client, Captured],
+    cfg: NodeConfig,
+    geomar: NatsClient,
+    world: World,
+    undecryptable: str,
+) -> None:
+    klaus, _ = served
+    info = klaus._modules[("hereon", "climate")]
+    me = world.store.load(KLAUS)
+    extra: dict[str, Any] = {}
+    if undecryptable == "other-node-key":
+        other = KeyPair.generate("node:hereon/elsewhere")
+        extra = {"node_kid": other.kid, "node_box_key": other.box_public}
+    elif undecryptable == "garbage-wrap":
+        extra = {"wraps": {info.node_kid: b64e(me.box_public + secrets.token_bytes(56))}}
+    else:
+        extra = {"ciphertext": secrets.token_bytes(200)}
+    crafted = craft_request(
+        me,
+        **{"node_kid": info.node_kid, "node_box_key": info.node_box_key, **extra},
+        address="hereon.climate.scale",
+        kwargs={"values": [1.0]},
+    )
+    reply = await publish_and_wait(geomar, crafted)
+    assert reply.header.kind == "error"
+    assert reply.header.code == "undecryptable"
+    finals = LogView(cfg.log_path).finals()
+    assert [(f["type"], f["code"]) for f in finals[crafted.request_id]] == [
+        ("request.failed", "undecryptable")
+    ]
+    await still_serves(klaus)
+    assert_audits_clean(cfg, world)
