@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,8 @@ import nats.errors
 
 from hub.canonical import b64e
 from hub.client import Client
-from hub.clock import now
 from hub.cliutil import configure_logging
+from hub.clock import now
 from hub.errors import CallTimeoutError, NotFoundError
 from hub.keys import KeyPair, KeyStore
 from hub.records import KeyRecord, sign_record
@@ -80,6 +80,8 @@ PAYLOAD = 100
 RAW_SUBJECT = "bench.raw.echo"
 CALL_TIMEOUT = 30.0
 TARGET_LATENCY_RATIO = 3.0
+RAW_PROCESS = "raw nats-py request/reply, responder in its own process"
+RAW_INPROC = "raw nats-py request/reply, responder in the benchmark's process"
 TARGET_CALLS_PER_S = 2000.0
 
 MODULE_SOURCE = '''"""A trivial module for the call benchmark."""
@@ -328,7 +330,7 @@ async def bench_raw(
         if line.strip() != b"ready":
             raise RuntimeError("raw responder did not start")
         cpu.add("responder", responder.pid)
-    for name, server in [("nats", fed.hub), *((("nats", s) for s in fed.leaves.values()))]:
+    for name, server in [("nats", fed.hub), *(("nats", s) for s in fed.leaves.values())]:
         cpu.add(name, server.pid)
     nc = await nats.connect(fed.site_url(CALLER_SITE))
     payload = os.urandom(PAYLOAD)
@@ -345,7 +347,9 @@ async def bench_raw(
             return await nc.request(subject, payload, timeout=CALL_TIMEOUT)
 
         await warm_up(call, opts.warmup)
-        seq = await measure(call, count=opts.calls, concurrency=1, max_seconds=opts.max_seconds)
+        seq = await measure(
+            call, count=opts.calls, concurrency=1, max_seconds=opts.max_seconds, cpu=cpu
+        )
         conc = await measure(
             call,
             count=max(opts.calls, opts.concurrency * 200),
@@ -428,7 +432,6 @@ async def spawn_node(
     cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
     prefix = [sys.executable]
     if profile is not None:
-        profile.mkdir(parents=True, exist_ok=True)
         prefix += ["-m", "cProfile", "-o", str(profile / "node.prof")]
     with (cfg.node.data_dir / "node.out").open("ab") as out:
         proc = procs.start(
@@ -486,7 +489,9 @@ async def bench_fedhub(
                     raise RuntimeError(f"echo returned {answer!r}")
                 break
         await warm_up(call, opts.warmup)
-        seq = await measure(call, count=opts.calls, concurrency=1, max_seconds=opts.max_seconds)
+        seq = await measure(
+            call, count=opts.calls, concurrency=1, max_seconds=opts.max_seconds, cpu=cpu
+        )
         conc = await measure(
             call,
             count=max(opts.calls, opts.concurrency * 20),
@@ -587,6 +592,7 @@ def bench_celery(root: Path, procs: Processes, opts: argparse.Namespace) -> dict
             for child in children:
                 cpu.add("worker", int(child))
         seq = Run(1)
+        before = cpu.sample()
         started = time.perf_counter()
         stop_at = started + opts.max_seconds
         for _ in range(opts.calls):
@@ -596,6 +602,8 @@ def bench_celery(root: Path, procs: Processes, opts: argparse.Namespace) -> dict
             echo.delay(text).get(timeout=CALL_TIMEOUT)
             seq.latencies.append(time.perf_counter() - t0)
         seq.seconds = time.perf_counter() - started
+        after = cpu.sample()
+        seq.cpu = {k: after[k] - before[k] for k in after if k in before}
         # Concurrency: a window of `concurrency` tasks in flight, oldest collected first
         # (Celery's result consumer is not meant to be shared by threads).
         conc = Run(opts.concurrency)
@@ -643,22 +651,23 @@ def figure(value: float, baseline: float, baseline_name: str, unit: str) -> dict
     }
 
 
-def compare(ours: dict[str, Run], raw: dict[str, Run], what: str, c: int) -> dict[str, Any]:
-    """Each figure of ``ours`` against the raw figure measured the same way."""
-    base = f"raw nats-py request/reply ({what})"
+def _cpu_total(run: Run) -> float:
+    return sum(run.cpu.values()) / max(1, run.count) * 1e6
+
+
+def compare(ours: dict[str, Run], base: dict[str, Run], what: str, c: int) -> dict[str, Any]:
+    """Each figure of ``ours`` against the figure of ``base`` measured the same way."""
+    s, k, bs, bk = ours["seq"], ours["conc"], base["seq"], base["conc"]
     return {
-        "latency_median_ms": figure(
-            ours["seq"].quantile(0.5) * 1e3, raw["seq"].quantile(0.5) * 1e3, base, "ms"
-        ),
-        "latency_p99_ms": figure(
-            ours["seq"].quantile(0.99) * 1e3, raw["seq"].quantile(0.99) * 1e3, base, "ms"
-        ),
-        "calls_per_s": figure(ours["conc"].per_second, raw["conc"].per_second, base, "1/s"),
+        "latency_median_ms": figure(s.quantile(0.5) * 1e3, bs.quantile(0.5) * 1e3, what, "ms"),
+        "latency_p99_ms": figure(s.quantile(0.99) * 1e3, bs.quantile(0.99) * 1e3, what, "ms"),
+        "calls_per_s": figure(k.per_second, bk.per_second, what, "1/s"),
         f"latency_median_ms_at_{c}": figure(
-            ours["conc"].quantile(0.5) * 1e3, raw["conc"].quantile(0.5) * 1e3, base, "ms"
+            k.quantile(0.5) * 1e3, bk.quantile(0.5) * 1e3, what, "ms"
         ),
-        "runs": {"seq": ours["seq"].summary(), "conc": ours["conc"].summary()},
-        "baseline_runs": {"seq": raw["seq"].summary(), "conc": raw["conc"].summary()},
+        f"cpu_us_per_call_at_{c}": figure(_cpu_total(k), _cpu_total(bk), what, "us"),
+        "runs": {"seq": s.summary(), "conc": k.summary()},
+        "baseline_runs": {"seq": bs.summary(), "conc": bk.summary()},
     }
 
 
@@ -668,7 +677,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "median_latency_le_3x_raw": {
             "target": f"<= {TARGET_LATENCY_RATIO:g} x raw",
-            "measured_ratio": ratio,
+            "measured": ratio,
             "met": ratio is not None and ratio <= TARGET_LATENCY_RATIO,
         },
         "calls_per_s_ge_2000": {
@@ -679,70 +688,60 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _print_block(title: str, res: dict[str, Any], c: int, base: str) -> None:
+    print(title)
+    for key, label in (
+        ("latency_median_ms", "median latency, 1 in flight"),
+        ("latency_p99_ms", "p99 latency, 1 in flight"),
+        (f"latency_median_ms_at_{c}", f"median latency, {c} in flight"),
+        ("calls_per_s", f"calls/s, {c} in flight"),
+        (f"cpu_us_per_call_at_{c}", f"CPU per call, {c} in flight"),
+    ):
+        f = res[key]
+        unit = {"ms": "ms", "1/s": "/s", "us": "µs"}[f["unit"]]
+        value = f"{f['value']:,.3f}" if unit == "ms" else f"{f['value']:,.0f}"
+        baseline = f"{f['baseline_value']:,.3f}" if unit == "ms" else f"{f['baseline_value']:,.0f}"
+        print(
+            f"  {label:30} {value:>10} {unit:2}   x{f['ratio']:<7.3f} of {base} {baseline} {unit}"
+        )
+    for phase, label in (("seq", "1 in flight"), ("conc", f"{c} in flight")):
+        cpu = res["runs"][phase].get("cpu_us_per_call")
+        if cpu:
+            parts = ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
+            print(f"  {'CPU µs per call, ' + label:30} {parts}")
+
+
 def print_report(report: dict[str, Any]) -> None:
     c = report["concurrency"]
     m = report["machine"]
     print(
-        f"machine                {m['cores']} cores, load average {m['load_average_before']} "
-        f"before the run; {report['calls']} calls per run, concurrency {c}"
+        f"machine: {m['cores']} cores, load average {m['load_average_before']} before, "
+        f"{m['load_average_after']} after; {report['calls']} calls per run, {c} in flight, "
+        f"{report['payload_bytes']} B payload"
     )
     for mode, raw in report["raw"].items():
         s, k = raw["seq"], raw["conc"]
+        where = "responder in its own process" if mode == "process" else "responder in-process"
         print(
-            f"raw NATS ({mode:7})     median {s['median_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms  "
-            f"{k['per_s']:>9,.0f} req/s at {c}"
+            f"raw NATS request/reply, {where}: median {s['median_ms']:.3f} ms, "
+            f"p99 {s['p99_ms']:.3f} ms, {k['per_s']:,.0f} req/s at {c}"
         )
     for mode, res in report["fedhub"].items():
-        print(f"fedhub, node {'in its own process' if mode == 'process' else 'in-process'}:")
-        for key, label in (
-            ("latency_median_ms", "median latency, 1 in flight"),
-            ("latency_p99_ms", "p99 latency, 1 in flight"),
-            (f"latency_median_ms_at_{c}", f"median latency, {c} in flight"),
-        ):
-            f = res[key]
-            print(
-                f"  {label:30} {f['value']:>9.3f} ms   x{f['ratio']:.2f} of raw "
-                f"{f['baseline_value']:.3f} ms"
-            )
-        f = res["calls_per_s"]
-        print(
-            f"  {'calls/s, ' + str(c) + ' in flight':30} {f['value']:>9,.0f}      "
-            f"x{f['ratio']:.3f} of raw {f['baseline_value']:,.0f} req/s"
-        )
-        cpu = res["runs"]["conc"].get("cpu_us_per_call")
-        if cpu:
-            parts = ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
-            print(f"  {'CPU per call (µs)':30} {parts}")
+        where = "node in its own process" if mode == "process" else "node in-process"
+        _print_block(f"fedhub call, {where}:", res, c, "raw")
         for name, t in res["targets"].items():
-            shown = t.get("measured_ratio", t.get("measured"))
-            verdict = "MET" if t["met"] else "not met"
-            print(f"  target {name:23} {t['target']:>18}: measured {shown:,} -> {verdict}")
+            verdict = "met" if t["met"] else "NOT met"
+            print(f"  target {name:26} {t['target']:>18}: {t['measured']:,} -> {verdict}")
     for name, peer in report.get("peers", {}).items():
         if "skipped" in peer:
             print(f"peer {name}: skipped ({peer['skipped']})")
             continue
-        s, k = peer["runs"]["seq"], peer["runs"]["conc"]
-        print(f"peer {name}:")
-        for key, label in (
-            ("latency_median_ms", "median latency, 1 in flight"),
-            ("latency_p99_ms", "p99 latency, 1 in flight"),
-        ):
-            f = peer[key]
-            print(
-                f"  {label:30} {f['value']:>9.3f} ms   x{f['ratio']:.2f} of raw "
-                f"{f['baseline_value']:.3f} ms   (fedhub x{peer['fedhub_vs_peer'][key]:.2f})"
-            )
-        f = peer["calls_per_s"]
+        _print_block(f"peer {name} (worker in its own process):", peer, c, "raw")
+        ours = peer["fedhub_vs_peer"]
         print(
-            f"  {'calls/s, ' + str(c) + ' in flight':30} {f['value']:>9,.0f}      "
-            f"x{f['ratio']:.3f} of raw {f['baseline_value']:,.0f} req/s   "
-            f"(fedhub x{peer['fedhub_vs_peer']['calls_per_s']:.2f})"
+            "  fedhub / peer: "
+            + ", ".join(f"{k} x{v:.3f}" for k, v in ours.items() if v is not None)
         )
-        cpu = k.get("cpu_us_per_call")
-        if cpu:
-            parts = ", ".join(f"{k2} {v:,.0f}" for k2, v in cpu.items())
-            print(f"  {'CPU per call (µs)':30} {parts}")
-        del s
 
 
 # --- main -------------------------------------------------------------------------------
@@ -786,7 +785,7 @@ async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> d
         "fedhub": {},
     }
     for mode in modes:
-        what = "responder in its own process" if mode == "process" else "responder in-process"
+        what = RAW_PROCESS if mode == "process" else RAW_INPROC
         res = compare(ours[mode], raw[mode], what, c)
         res["targets"] = targets(res)
         report["fedhub"][mode] = res
@@ -824,6 +823,8 @@ def main() -> int:
     configure_logging(level="warning")
     load_before = round(os.getloadavg()[0], 2)
     procs = Processes()
+    if opts.profile:
+        opts.profile.mkdir(parents=True, exist_ok=True)
     if opts.keep:
         opts.keep.mkdir(parents=True, exist_ok=True)
         root = opts.keep.resolve()
@@ -840,10 +841,7 @@ def main() -> int:
                 report["peers"] = {"celery_redis": {"skipped": why}}
             else:
                 runs = bench_celery(root, procs, opts)
-                peer = compare(
-                    runs, raw_runs[headline], "responder in its own process", opts.concurrency
-                )
-                peer.pop("targets", None)
+                peer = compare(runs, raw_runs[headline], RAW_PROCESS, opts.concurrency)
                 mine = compare(ours[headline], runs, "celery", opts.concurrency)
                 peer["fedhub_vs_peer"] = {
                     k: mine[k]["ratio"]

@@ -1,0 +1,22 @@
+"""The public surface is what `hub.__all__` names, and every name there exists."""
+
+from __future__ import annotations
+
+import hub
+
+
+def test_every_public_name_is_importable() -> None:
+    missing = [name for name in hub.__all__ if not hasattr(hub, name)]
+    assert not missing
+
+
+def test_public_names_are_the_documented_ones() -> None:
+    assert {"connect", "Client", "Progress", "FederationError"} <= set(hub.__all__)
+    assert all(not name.startswith("_") or name == "__version__" for name in hub.__all__)
+
+
+def test_every_public_error_derives_from_the_root() -> None:
+    errors = [getattr(hub, n) for n in hub.__all__ if n.endswith("Error")]
+    assert errors
+    assert all(issubclass(e, hub.FederationError) for e in errors)
+    assert issubclass(hub.CallTimeoutError, TimeoutError)
