@@ -160,18 +160,24 @@ def _qlist(values: Sequence[str]) -> str:
 
 
 def _leaf_publish_deny(site: str, sites: Sequence[str]) -> list[str]:
-    """Subjects the leaf of ``site`` may not send into the hub: other sites' voices.
+    """Subjects the leaf of ``site`` may not send into the hub.
 
-    A leaf may not publish another site's events, status or module info, so no site can
-    inject events into another site's FH_EVENTS or pose as its modules. (Calls cannot be
-    fenced the same way: a leaf denied *subscribe* on ``fh.call.X.>`` is also never told
-    of the interest in it, so its clients could not call X at all.)
+    * another site's events (``fh.events.X.>``): no site injects events into X's log stream;
+    * another site's JetStream API (``$JS.X.API.>``): no site can pull from, delete or
+      reconfigure X's streams and consumers (calls are *published* to ``fh.call.X.…`` and
+      stored by X's stream; that needs no API access);
+    * another site's admin subject (``fh.admin.X``): directory changes for X come from X.
+
+    Requests a caller must be able to send to X stay open: ``fh.call.X.>``, module info
+    ``fh.info.X.>`` and status/cancel ``fh.status.X``. (Calls cannot be fenced on the
+    subscribe side: a leaf denied *subscribe* on ``fh.call.X.>`` is also never told of the
+    interest in it, so its clients could not call X at all.)
     """
     others = [validate_site(other) for other in sites if other != site]
     return [
         subject
         for other in others
-        for subject in (f"fh.events.{other}.>", f"fh.status.{other}", f"fh.info.{other}.>")
+        for subject in (f"fh.events.{other}.>", f"$JS.{other}.API.>", f"fh.admin.{other}")
     ]
 
 
