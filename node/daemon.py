@@ -211,6 +211,7 @@ class NodeDaemon:
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
                 await self.writer.append(NodeStopped(reason=reason))
+                await self.writer.checkpoint()  # a fresh receipt covers the whole run
         await self.stack.aclose()
         log.info("node.stopped", reason=reason)
 

@@ -40,12 +40,15 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str], check: bool = True, quiet: bool = False
+) -> subprocess.CompletedProcess[str]:
     shown = " ".join(a if " " not in a else repr(a) for a in args)
-    print(f"$ {shown}", flush=True)
+    if not quiet:
+        print(f"$ {shown}", flush=True)
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, text=True, capture_output=True)
     out = (proc.stdout + proc.stderr).rstrip()
-    if out:
+    if out and not quiet:
         print("  " + out.replace("\n", "\n  "), flush=True)
     if check and proc.returncode != 0:
         raise SystemExit(f"demo step failed (exit {proc.returncode}): {shown}")
@@ -207,7 +210,7 @@ functions = ["*"]
         )
         if proc.returncode != 1:
             raise SystemExit("the tampered log was not caught")
-        summary = json.loads(run("fedhub", "audit", str(db), "--json", env=env).stdout)
+        summary = json.loads(run("fedhub", "audit", str(db), "--json", env=env, quiet=True).stdout)
         say(f"done: {summary['events']} events audited clean; all files in {work}")
         return 0
     finally:

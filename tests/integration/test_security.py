@@ -291,7 +291,8 @@ async def served(
     async with NodeDaemon(cfg), await client(world, federation, KLAUS) as klaus:
         await wait_reachable(klaus, "hereon", "climate")
         await still_serves(klaus)
-        (captured,) = spy.on("fh.call.hereon.climate.scale")
+        copies = {c.data: c for c in spy.on("fh.call.hereon.climate.scale")}
+        (captured,) = copies.values()  # the spy may see a message once per route
         yield klaus, captured
 
 
