@@ -65,6 +65,7 @@ from hub.errors import (
     CanonicalError,
     DecryptionError,
     FederationError,
+    FunctionFailedError,
     IntegrityError,
     NodeError,
     NotFoundError,
@@ -505,7 +506,16 @@ class Pipeline:
             )
             log.info("call.completed", address=header.address, duration_us=duration)
             return Outcome(rid, "completed")
-        except (RemoteError, NodeError, CallTimeoutError, DecryptionError) as exc:
+        except asyncio.CancelledError:
+            raise  # the node is stopping: the message goes back to the stream
+        except Exception as exc:  # every other failure ends the request, exactly once
+            if not isinstance(exc, FederationError):
+                log.exception("call.internal_error", address=header.address)
+                exc = FunctionFailedError(
+                    f"{header.address} failed inside the node ({type(exc).__name__})",
+                    code="internal_error",
+                    hint="the site's operator can find it in the node's log",
+                )
             code = _code_of(exc)
             duration = int((time.perf_counter() - started) * 1e6)
             await self.writer.append(
@@ -683,6 +693,8 @@ def _code_of(exc: FederationError) -> str:
         return "undecryptable"
     if isinstance(exc, NodeError):
         return "busy"
+    if isinstance(exc, CanonicalError):
+        return "invalid_result"
     return "failed"
 
 
