@@ -99,6 +99,7 @@ def cmd_keys_vouch(args: argparse.Namespace) -> int:
         box_key=b64e(subject.box_key),
         valid_from=now(),
         groups=tuple(g for g in (args.groups or "").split(",") if g),
+        replaces=args.replaces,
     )
     signed = sign_record(record, site.signing_key)
     text = json.dumps(signed.model_dump(), indent=2) + "\n"
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     vouch.add_argument("--site", required=True, help="the vouching site (site:NAME), key in store")
     vouch.add_argument("--pub", type=Path, help="NAME's .pub file (default: from the key store)")
     vouch.add_argument("--groups", help="comma-separated group names for grants")
+    vouch.add_argument(
+        "--replaces", metavar="KID", help="this key rotates KID out (it stops working once seen)"
+    )
     vouch.add_argument("--passphrase-file", type=Path)
     vouch.add_argument("-o", "--output", type=Path)
     vouch.set_defaults(func=cmd_keys_vouch)

@@ -68,6 +68,15 @@ class Directory:
         if record.role == "user" and not record.identity.endswith(f"@{site}"):
             raise SignatureError(f"site {site} cannot vouch for {record.identity}")
         self.keys[record.kid] = record
+        if record.replaces and record.replaces not in self.revoked:
+            old = self.keys.get(record.replaces)
+            if old is not None and old.identity == record.identity:
+                self.revoked[record.replaces] = Revocation(
+                    identity=record.identity,
+                    kid=record.replaces,
+                    time=record.valid_from,
+                    reason=f"replaced by key {record.kid}",
+                )
         return record
 
     def revoke(self, signed: SignedRecord | dict[str, Any]) -> Revocation:

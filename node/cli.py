@@ -76,7 +76,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             log_info = {"events": log.size, "checkpoint_size": head and _cp_size(head)}
     out = {"node": cfg.identity, "running": alive, "log": log_info}
     if alive and status is not None:
-        out.update({k: status[k] for k in ("url", "modules", "in_flight") if k in status})
+        out.update({k: status[k] for k in ("url", "modules", "in_flight", "queue") if k in status})
     if args.json:
         print(json.dumps(out, indent=2))
         return 0 if alive else 3
@@ -85,6 +85,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if alive and status is not None:
         print(f"nats      {status.get('url')}")
         print(f"in flight {status.get('in_flight')}")
+        queue = status.get("queue") or {}
+        print(f"queue     {queue.get('waiting', '?')} waiting, {queue.get('unacked', '?')} unacked")
         for name, st in (status.get("modules") or {}).items():
             figures = ", ".join(f"{k} {v}" for k, v in st.items())
             print(f"module    {name}: {figures}")

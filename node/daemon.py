@@ -562,6 +562,7 @@ class NodeDaemon:
         try:
             while True:
                 data = self.status()
+                data["queue"] = await self._queue_depth()
                 data["pid"] = os.getpid()
                 data["time"] = time.time()
                 tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -570,6 +571,17 @@ class NodeDaemon:
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+    async def _queue_depth(self) -> dict[str, int] | None:
+        """Calls waiting in the stream for any worker, and handed out but not yet acked."""
+        assert self.nc is not None
+        try:
+            info = await self.nc.jetstream().consumer_info(
+                CALLS_STREAM, CALLS_CONSUMER, timeout=1.0
+            )
+        except (nats.errors.Error, TimeoutError):
+            return None
+        return {"waiting": int(info.num_pending or 0), "unacked": int(info.num_ack_pending or 0)}
 
     def status(self) -> dict[str, Any]:
         """Modules, queue and in-flight figures, log head (for `fedhub-node status`)."""

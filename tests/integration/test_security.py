@@ -23,6 +23,7 @@ import xarray as xr
 from nats.aio.client import Client as NatsClient
 
 from hub import codec
+from hub.audit import audit_events
 from hub.canonical import b64e
 from hub.client import Client
 from hub.clock import now
@@ -30,6 +31,7 @@ from hub.envelopes import split_request
 from hub.errors import ConfigError, UnauthorizedError
 from hub.events import KeyRevoked
 from hub.keys import KeyPair
+from hub.logfile import iter_log
 from hub.records import Revocation, sign_record
 from hub.subjects import CALLS_STREAM
 from hub.topology import connect as nats_connect
@@ -40,7 +42,6 @@ from support.hostile import (
     Captured,
     LogView,
     Spy,
-    audit_node,
     craft_request,
     find_in_tree,
     flip_bit,
@@ -78,6 +79,7 @@ def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
         trust=["geomar"],
         users=[KLAUS, EVE],
         grants=[(KLAUS, "climate", "*")],
+        calls={"ack_wait": 2},
     )
 
 
@@ -113,8 +115,12 @@ def started(cfg: NodeConfig) -> int:
 
 
 def assert_audits_clean(cfg: NodeConfig, world: World) -> None:
-    """The node's log verifies against the pinned hereon site key."""
-    report = audit_node(cfg, world.site("hereon").sign_public)
+    """The node's log verifies against the pinned site keys of hereon and geomar."""
+    report = audit_events(
+        iter_log(cfg.log_path),
+        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
+        threads=2,
+    )
     assert report.ok, [f.line() for f in report.findings]
 
 
