@@ -7,13 +7,20 @@ What is checked, in one pass (docs/audit.md has the full list):
 * **hashes and chain**: each body hashes to its stored hash; ``seq`` counts up from 1 with
   no gap; ``prev`` is the previous event's hash; one log id throughout;
 * **signatures**: each event verifies against the node key valid at that point (rotations
-  and revocations are events too); checked on a thread pool so every core helps;
+  and revocations are events too); checked off the main thread, so every core helps:
+  by worker processes for a large log, by a thread pool for a small one;
 * **checkpoints**: each checkpoint event's signed root and size match the events before it;
   a checkpoint held by the auditor (a receipt) must be contained in and extended by the log;
 * **lifecycle**: a request is accepted only after it was received, completes or fails once
   and only after acceptance; nothing but a start follows a node's stop.
 
 The result is an :class:`AuditReport`; :attr:`AuditReport.first` is the first bad event.
+
+Speed: most events of a healthy log are request events in the exact form a node writes.
+For those, one fast check (:meth:`_Auditor.scan`) compares the body's header with the one
+expected at that point, byte for byte, and applies the request's state change; anything
+else -- another kind of event, or anything unexpected -- goes through the general path
+(:meth:`_Auditor.event`), which decides exactly as if the fast check did not exist.
 """
 
 from __future__ import annotations
@@ -21,10 +28,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Iterable
+import selectors
+import struct
+import subprocess
+import sys
+from binascii import hexlify
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, count
 from typing import Any
 
 import nacl.bindings
@@ -36,13 +49,22 @@ from hub.chain import GENESIS_PREV, MerkleAccumulator, leaf_hash
 from hub.crypto import key_id
 from hub.errors import FederationError
 from hub.events import DOMAIN_EVENT, FINAL_REQUEST_TYPES
-from hub.logfile import RawEvent
+from hub.logfile import RawEvent, SqliteEvents
 from hub.records import Checkpoint, KeyRecord, Revocation, SignedRecord, open_record
 
 __all__ = ["AuditReport", "Finding", "audit_events"]
 
-_SIG_CHUNK = 2048
 _MAX_FINDINGS = 1000
+# Signatures travel in chunks of (hash, signature) pairs; one chunk with its header fits a
+# 64 KiB pipe buffer, so handing it to a worker process never waits for long.
+_CHUNK = 640
+# With ``processes=None``, worker processes start once this many signatures were queued
+# (starting one costs about as much as 500 verifications); smaller logs use threads.
+_PROCESS_AFTER = 4 * _CHUNK
+# Chunks handed to one worker process and not yet answered: one checked, one waiting.
+_IN_FLIGHT = 2
+# Event hashes are added to the Merkle tree in groups of this many (or when a root is due).
+_LEAF_GROUP = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +167,10 @@ class _Key:
     last_time: str | None = None
 
 
+# Rows as the auditor reads them: (position, (claimed hash, signature, body)).
+_Row = tuple[int, tuple[Any, Any, Any]]
+
+
 class _Auditor:
     def __init__(
         self,
@@ -152,10 +178,14 @@ class _Auditor:
         receipt: SignedRecord | None,
         verify_signatures: bool,
         threads: int,
+        processes: bool | None = None,
+        *,
+        fast: bool = True,
     ) -> None:
         self.trusted = trusted_sites
         self.receipt = receipt
         self.verify_signatures = verify_signatures
+        self.fast = fast
         self.report = AuditReport()
         self.acc = MerkleAccumulator()
         self.prev = GENESIS_PREV
@@ -168,9 +198,7 @@ class _Auditor:
         self.receipt_size = _receipt_size(receipt)
         self.prev_hex = GENESIS_PREV.hex()
         self.types: dict[str, int] = {}
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="audit-verify")
-        self.futures: list[Future[list[tuple[int, int]]]] = []
-        self.batch: list[tuple[int, int, bytes, bytes, bytes]] = []
+        self.verifier = _Verifier(max(1, threads), processes)
 
     # -- findings --------------------------------------------------------------------------
 
@@ -196,41 +224,191 @@ class _Auditor:
         if len(self.report.findings) >= _MAX_FINDINGS:
             raise _StopAuditError
 
-    # -- signatures on the pool ------------------------------------------------------------
+    # -- signatures ------------------------------------------------------------------------
 
     def queue_signature(self, raw: RawEvent, seq: int, key: bytes, h: bytes) -> None:
-        self.batch.append((raw.position, seq, key, h, raw.sig))
-        if len(self.batch) >= _SIG_CHUNK:
-            self.flush_signatures()
-
-    def flush_signatures(self) -> None:
-        if self.batch:
-            self.futures.append(self.pool.submit(_verify_chunk, self.batch))
-            self.batch = []
+        self.verifier.add(raw.position, seq, key, h, raw.sig)
 
     def collect_signatures(self) -> None:
-        self.flush_signatures()
-        for fut in self.futures:
-            for position, seq in fut.result():
-                self.report.findings.append(
-                    Finding(position, seq, "signature", "event signature does not verify")
-                )
-        self.pool.shutdown()
+        for position, seq in self.verifier.finish():
+            self.report.findings.append(
+                Finding(position, seq, "signature", "event signature does not verify")
+            )
 
     # -- the pass --------------------------------------------------------------------------
 
-    def run(self, events: Iterable[RawEvent]) -> AuditReport:
+    def run(self, rows: Iterable[_Row], unreadable: Callable[[int], Exception] | None) -> None:
+        """Audit every row. ``unreadable(position)`` is the error for a row whose values are
+        not all bytes (when the source promises bytes), else such a row is audited as is."""
         if self.receipt_size == 0:
             self.receipt_root = self.acc.root()
         try:
-            for raw in events:
-                self.event(raw)
+            self.scan(rows, unreadable)
         except _StopAuditError:
             pass
-        finally:
-            self.collect_signatures()
+        except BaseException:
+            self.verifier.close()
+            raise
+        self.collect_signatures()
         self.finish()
-        return self.report
+
+    def scan(self, rows: Iterable[_Row], unreadable: Callable[[int], Exception] | None) -> None:
+        """The pass over the log: the fast check where it applies, :meth:`event` elsewhere.
+
+        The fast check accepts an event only if :meth:`event` would find nothing wrong with
+        it, and then changes the state exactly as :meth:`event` would: the header must be
+        byte for byte the one expected here (node key id, log id, ``prev`` = the previous
+        hash, ``seq`` = the position), followed by a well-formed time no earlier than the
+        last and a request or result event type whose ``data`` is flat and ends with its
+        ``type``; the request's state must allow the event. Its state lives in local
+        variables, written back (:func:`sync`) before :meth:`event` runs and read again
+        (:func:`load`) after.
+        """
+        rep = self.report
+        requests = self.requests
+        types = self.types
+        verify = self.verify_signatures
+        verifier = self.verifier
+        positions = verifier.positions
+        add_blob = verifier.blob.extend
+        pending: list[bytes] = []  # event hashes not yet in the Merkle tree
+        leaf = leaf_hash
+        tail = _FAST_TAIL.fullmatch
+        rid_at = _RID.search
+        fast_kinds = _FAST_KINDS
+        slow = _SLOW
+        chunk = _CHUNK
+        group = _LEAF_GROUP
+        # Fast-path state: ``head`` is the expected header up to ``prev``'s value (empty:
+        # the fast path is off); ``done`` counts events accepted since the last sync.
+        head = b""
+        signer: _Key | None = None
+        prev = self.prev
+        prevhex = b""
+        last = b""
+        done = 0
+
+        def fast(pos: int, hash_: Any, sig: Any, body: Any) -> bool:
+            nonlocal prev, prevhex, last, done
+            if type(body) is not bytes or type(sig) is not bytes:
+                return False
+            h = leaf(body)
+            if h != hash_:
+                return False
+            at = body.rfind(b',"kid":"')
+            expected = head + prevhex + b'","seq":' + str(pos).encode() + b',"time":"'
+            if not body.startswith(expected, at) or not body.startswith(b'{"data":{'):
+                return False
+            m = tail(body, at + len(expected))
+            if m is None:
+                return False
+            time, kind_bytes = m.groups()
+            spec = fast_kinds.get(kind_bytes)
+            if spec is None or time < last:
+                return False
+            kind, type_last, steps = spec
+            if (
+                not body.endswith(type_last, 9, at)
+                or body.find(b"{", 9, at) >= 0
+                or body.count(b'"request_id":', 9, at) != 1
+            ):
+                return False
+            r = rid_at(body, 9, at)
+            if r is None or (rid_bytes := r.group(1)) is None:
+                return False
+            rid = rid_bytes.decode()
+            new = steps.get(requests.get(rid), slow)
+            if new is slow:
+                return False
+            if verify:
+                if len(sig) != 64:
+                    return False
+                positions.append(pos)
+                add_blob(h)
+                add_blob(sig)
+                if len(positions) >= chunk:
+                    verifier.flush()
+            if new is not None:
+                requests[rid] = new
+            types[kind] = types.get(kind, 0) + 1
+            pending.append(h)
+            if len(pending) >= group:
+                self.add_leaves(pending)
+            prev = h
+            prevhex = hexlify(h)
+            last = time
+            done += 1
+            return True
+
+        def sync() -> None:
+            nonlocal done
+            if done:
+                rep.events += done
+                if verify:
+                    rep.signatures_checked += done
+                text = last.decode()
+                rep.last_time = text
+                if signer is not None:
+                    signer.last_time = text
+                self.prev = prev
+                self.prev_hex = prevhex.decode()
+                done = 0
+            self.add_leaves(pending)
+
+        def load() -> None:
+            nonlocal head, signer, prev, prevhex, last
+            head = b""
+            key = self.node_key
+            log, last_time = rep.log, rep.last_time
+            if (
+                not self.fast
+                or key is None
+                or key.revoked_at is not None
+                or not self.running
+                or log is None
+                or last_time is None
+            ):
+                return
+            try:
+                kid_bytes, log_bytes, last = key.kid.encode(), log.encode(), last_time.encode()
+            except UnicodeEncodeError:
+                return
+            if _FAST_KID.fullmatch(kid_bytes) is None or _FAST_LOG.fullmatch(log_bytes) is None:
+                return
+            if verify:
+                verifier.use_key(key.sign_key)
+            signer = key
+            prev = self.prev
+            prevhex = self.prev_hex.encode()
+            head = b',"kid":"' + kid_bytes + b'","log":"' + log_bytes + b'","prev":"'
+
+        load()
+        for pos, (hash_, sig, body) in rows:
+            if head and fast(pos, hash_, sig, body):
+                continue
+            sync()
+            if unreadable is not None and not (
+                type(hash_) is bytes and type(sig) is bytes and type(body) is bytes
+            ):
+                raise unreadable(pos)
+            self.event(RawEvent(pos, hash_, sig, body))
+            load()
+        sync()
+
+    def add_leaves(self, leaves: list[bytes]) -> None:
+        """Add event hashes to the Merkle tree (emptying ``leaves``), keeping the root at
+        the size of a held receipt."""
+        if not leaves:
+            return
+        acc = self.acc
+        cut = self.receipt_size - acc.size
+        if 0 < cut <= len(leaves):
+            acc.extend(leaves[:cut])
+            self.receipt_root = acc.root()
+            acc.extend(leaves[cut:])
+        else:
+            acc.extend(leaves)
+        leaves.clear()
 
     def event(self, raw: RawEvent) -> None:
         rep = self.report
@@ -535,40 +713,11 @@ class _Auditor:
             if kind != "request.rejected":
                 self.fail(raw, seq, "format", f"{kind} without a request id")
             return
-        state = self.requests.get(rid)
-        if kind == "request.received":
-            if state is None:
-                self.requests[rid] = "received"
-        elif kind == "request.rejected":
-            if state in (None, "received"):
-                self.requests[rid] = "rejected"
-        elif kind == "request.accepted":
-            if state != "received":
-                self.fail(
-                    raw,
-                    seq,
-                    "lifecycle",
-                    f"request {rid} accepted while {state or 'never received'}",
-                )
-            self.requests[rid] = "accepted"
-        elif kind in ("request.started", "request.progress", "result.stored"):
-            if state not in ("accepted", "running"):
-                self.fail(
-                    raw, seq, "lifecycle", f"{kind} for request {rid} while {state or 'unknown'}"
-                )
-            if kind == "request.started":
-                self.requests[rid] = "running"
-        elif kind in FINAL_REQUEST_TYPES:
-            if state not in ("accepted", "running"):
-                what = (
-                    "completed twice"
-                    if state in ("completed", "failed")
-                    else f"ended while {state or 'unknown'}"
-                )
-                self.fail(raw, seq, "lifecycle", f"request {rid} {what}")
-            self.requests[rid] = "completed" if kind == "request.completed" else "failed"
-        elif kind in ("result.fetched", "result.shared") and state != "completed":
-            self.fail(raw, seq, "lifecycle", f"{kind} for request {rid} that has no result")
+        new, problem = _request_step(kind, rid, self.requests.get(rid))
+        if problem is not None:
+            self.fail(raw, seq, "lifecycle", problem)
+        if new is not None:
+            self.requests[rid] = new
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -652,12 +801,87 @@ _TAIL = re.compile(
     rb'"seq":([1-9][0-9]{0,18}),"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}'
     rb'\.[0-9]{6}Z)","type":"([a-z][a-z._]{0,63})","v":1}'
 )
+# The fast check's pieces of the same form: the header up to ``"time":"`` is compared
+# whole with the expected one (whose key id and log id must match these), then this tail.
+_FAST_KID = re.compile(rb"[0-9a-f]{20}")
+_FAST_LOG = re.compile(rb'[^"\\\x00-\x1f]{1,140}')
+_FAST_TAIL = re.compile(
+    rb"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)"
+    rb'","type":"([a-z][a-z._]{0,63})","v":1}'
+)
 _NEEDS_DATA = frozenset(
     {"log.created", "checkpoint", "key.registered", "key.rotated", "key.revoked"}
 )
 _LIFECYCLE_FREE = frozenset({"log.created", "checkpoint", "grant.added", "grant.removed"})
 _RID = re.compile(rb'"request_id":(?:"([A-Za-z0-9_-]{1,64})"|null)[,}]')
 _UNKNOWN = object()
+
+_ACTIVE = ("accepted", "running")
+
+
+def _request_step(kind: str, rid: str, state: str | None) -> tuple[str | None, str | None]:
+    """(new state or None for no change, problem or None) of a request event in ``state``."""
+    if kind == "request.received":
+        return ("received" if state is None else None), None
+    if kind == "request.rejected":
+        return ("rejected" if state in (None, "received") else None), None
+    if kind == "request.accepted":
+        ok = state == "received"
+        return (
+            "accepted",
+            None if ok else f"request {rid} accepted while {state or 'never received'}",
+        )
+    if kind in ("request.started", "request.progress", "result.stored"):
+        problem = (
+            None if state in _ACTIVE else f"{kind} for request {rid} while {state or 'unknown'}"
+        )
+        return ("running" if kind == "request.started" else None), problem
+    if kind in FINAL_REQUEST_TYPES:
+        new = "completed" if kind == "request.completed" else "failed"
+        if state in _ACTIVE:
+            return new, None
+        what = (
+            "completed twice"
+            if state in ("completed", "failed")
+            else f"ended while {state or 'unknown'}"
+        )
+        return new, f"request {rid} {what}"
+    if kind in ("result.fetched", "result.shared") and state != "completed":
+        return None, f"{kind} for request {rid} that has no result"
+    return None, None
+
+
+_SLOW = "\x00slow"  # not a state: the fast check leaves the event to the general path
+_STATES = (None, "received", "rejected", "accepted", "running", "completed", "failed")
+
+
+def _fast_kinds() -> dict[bytes, tuple[str, bytes, dict[str | None, str | None]]]:
+    """Per request event type: its name, how ``data`` ends, and the request states in which
+    it is fine (mapped to the new state, None for no change) -- from :func:`_request_step`."""
+    kinds = (
+        "request.received",
+        "request.rejected",
+        "request.accepted",
+        "request.started",
+        "request.progress",
+        "request.completed",
+        "request.failed",
+        "result.stored",
+        "result.fetched",
+        "result.shared",
+    )
+    table = {}
+    for kind in kinds:
+        steps: dict[str | None, str | None] = {}
+        for state in _STATES:
+            new, problem = _request_step(kind, "-", state)
+            if problem is None:
+                steps[state] = new
+        table[kind.encode()] = (kind, b',"type":"' + kind.encode() + b'"}', steps)
+    return table
+
+
+_FAST_KINDS = _fast_kinds()
 
 
 def _parse_head(body: bytes) -> tuple[int, str, str, str, str, str, bytes] | None:
@@ -710,22 +934,311 @@ def _receipt_size(receipt: SignedRecord | None) -> int:
         return -1
 
 
-def _verify_chunk(items: list[tuple[int, int, bytes, bytes, bytes]]) -> list[tuple[int, int]]:
-    bad: list[tuple[int, int]] = []
+# --- signatures ---------------------------------------------------------------------------
+#
+# A chunk is one signing key and a blob of (32-byte hash, 64-byte signature) pairs; the
+# answer is the indices of the pairs whose signature over DOMAIN_EVENT || hash does not
+# verify. Worker processes run _WORKER (PyNaCl only: no fedhub import, quick to start) and
+# speak over their stdin/stdout: request = u32 length || key || pairs, answer = u32 count ||
+# count x u32 index (little-endian). _verify_pairs is the same check in this process.
+
+_PAIR = 96
+_BAD_SIGNATURE = (
+    nacl.exceptions.BadSignatureError,
+    nacl.exceptions.ValueError,
+    nacl.exceptions.TypeError,
+)
+
+_WORKER = f"""
+import struct, sys
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError, TypeError as BadType, ValueError as BadValue
+DOMAIN = {DOMAIN_EVENT!r}
+read, out = sys.stdin.buffer.read, sys.stdout.buffer
+while len(head := read(4)) == 4:
+    blob = read(int.from_bytes(head, "little"))
+    key = blob[:32]
+    bad = []
+    for i, at in enumerate(range(32, len(blob), {_PAIR})):
+        try:
+            crypto_sign_open(blob[at + 32:at + {_PAIR}] + DOMAIN + blob[at:at + 32], key)
+        except (BadSignatureError, BadValue, BadType):
+            bad.append(i)
+    out.write(struct.pack(f"<{{len(bad) + 1}}I", len(bad), *bad))
+    out.flush()
+"""
+
+
+def _verify_pairs(key: bytes, pairs: bytes) -> list[int]:
+    """Indices of the (hash, signature) pairs whose signature does not verify."""
+    bad: list[int] = []
     open_ = nacl.bindings.crypto_sign_open
     domain = DOMAIN_EVENT
-    for position, seq, key, h, sig in items:
+    for i, at in enumerate(range(0, len(pairs), _PAIR)):
         try:
-            if len(sig) != 64:
-                raise nacl.exceptions.BadSignatureError
-            open_(sig + domain + h, key)
-        except (
-            nacl.exceptions.BadSignatureError,
-            nacl.exceptions.ValueError,
-            nacl.exceptions.TypeError,
-        ):
-            bad.append((position, seq))
+            open_(pairs[at + 32 : at + _PAIR] + domain + pairs[at : at + 32], key)
+        except _BAD_SIGNATURE:
+            bad.append(i)
     return bad
+
+
+@dataclass(slots=True)
+class _Chunk:
+    key: bytes
+    pairs: bytes
+    positions: list[int]
+    seqs: dict[int, int]  # index -> seq, where the event's seq is not its position
+
+
+class _Verifier:
+    """Event signatures, queued in chunks and checked off the main thread.
+
+    Chunks go to a thread pool (libsodium releases the GIL) until enough have been queued
+    to be worth worker processes (or at once with ``processes=True``); from then on to the
+    processes, which check signatures while this process reads, hashes and replays, with no
+    lock between them. A worker that dies has its chunks checked by the thread pool.
+    """
+
+    def __init__(self, threads: int, processes: bool | None) -> None:
+        self.threads = threads
+        self.processes = processes
+        self.key = b""
+        self.blob = bytearray()  # pairs of the chunk being filled
+        self.positions: list[int] = []  # their events' positions
+        self.seqs: dict[int, int] = {}
+        self.queued = 0
+        self.bad: list[tuple[int, int]] = []
+        self.pool: ThreadPoolExecutor | None = None
+        self.futures: list[tuple[_Chunk, Future[list[int]]]] = []
+        self.workers: _Workers | None = None
+        self.tried_workers = False
+
+    def use_key(self, key: bytes) -> None:
+        """Start a new chunk if ``key`` is not the current chunk's key."""
+        if key != self.key:
+            self.flush()
+            self.key = key
+
+    def add(self, position: int, seq: int, key: bytes, h: bytes, sig: bytes) -> None:
+        """Queue one event's signature check."""
+        if type(sig) is not bytes or len(sig) != 64 or len(key) != 32 or len(h) != 32:
+            self.bad.append((position, seq))
+            return
+        self.use_key(key)
+        if seq != position:
+            self.seqs[len(self.positions)] = seq
+        self.positions.append(position)
+        self.blob += h
+        self.blob += sig
+        if len(self.positions) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the chunk being filled to a worker process or the thread pool."""
+        if not self.positions:
+            return
+        chunk = _Chunk(self.key, bytes(self.blob), self.positions.copy(), self.seqs.copy())
+        self.blob.clear()
+        self.positions.clear()
+        self.seqs.clear()
+        self.queued += len(chunk.positions)
+        if self.workers is None and not self.tried_workers and self.want_workers():
+            self.tried_workers = True
+            self.workers = _Workers.start(self.threads, self.answered, self.orphaned)
+        if self.workers is None or not self.workers.submit(chunk):
+            self.orphaned(chunk)
+
+    def want_workers(self) -> bool:
+        if self.processes is False or self.threads < 2 or os.name != "posix":
+            return False
+        return self.processes is True or self.queued >= _PROCESS_AFTER
+
+    def orphaned(self, chunk: _Chunk) -> None:
+        """Check a chunk on the thread pool."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="audit-verify")
+        self.futures.append((chunk, self.pool.submit(_verify_pairs, chunk.key, chunk.pairs)))
+
+    def answered(self, chunk: _Chunk, bad: list[int]) -> None:
+        for i in bad:
+            position = chunk.positions[i]
+            self.bad.append((position, chunk.seqs.get(i, position)))
+
+    def finish(self) -> list[tuple[int, int]]:
+        """Wait for every check; the (position, seq) of each bad signature, in order."""
+        self.flush()
+        if self.workers is not None:
+            self.workers.drain()
+        for chunk, fut in self.futures:
+            self.answered(chunk, fut.result())
+        self.close()
+        return sorted(self.bad)
+
+    def close(self) -> None:
+        """Stop the workers and the pool (harmless twice)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+class _Workers:
+    """Worker processes checking chunks (see _WORKER), fed without blocking for long."""
+
+    def __init__(
+        self,
+        procs: list[subprocess.Popen[bytes]],
+        answered: Callable[[_Chunk, list[int]], None],
+        orphaned: Callable[[_Chunk], None],
+    ) -> None:
+        self.procs = procs
+        self.answered = answered
+        self.orphaned = orphaned
+        self.pending: list[deque[_Chunk]] = [deque() for _ in procs]
+        self.inbox = [bytearray() for _ in procs]
+        self.alive = [True] * len(procs)
+
+    @classmethod
+    def start(
+        cls,
+        count: int,
+        answered: Callable[[_Chunk, list[int]], None],
+        orphaned: Callable[[_Chunk], None],
+    ) -> _Workers | None:
+        """Start ``count`` workers; None if this Python cannot (the thread pool is used)."""
+        if not sys.executable:
+            return None
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(count):
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", _WORKER],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        bufsize=0,
+                    )
+                )
+        except OSError:
+            cls(procs, answered, orphaned).close()
+            return None
+        return cls(procs, answered, orphaned)
+
+    def submit(self, chunk: _Chunk) -> bool:
+        """Hand a chunk to the least busy live worker; False if none is left."""
+        payload = chunk.key + chunk.pairs
+        message = len(payload).to_bytes(4, "little") + payload
+        while True:
+            live = [i for i, up in enumerate(self.alive) if up]
+            if not live:
+                return False
+            i = min(live, key=lambda i: len(self.pending[i]))
+            if len(self.pending[i]) >= _IN_FLIGHT:
+                self.wait()
+                continue
+            stdin = self.procs[i].stdin
+            assert stdin is not None
+            try:
+                _write_all(stdin.fileno(), message)
+            except OSError:
+                self.lost(i)
+                continue
+            self.pending[i].append(chunk)
+            return True
+
+    def wait(self) -> None:
+        """Block until some worker answers (or dies); take in every answer available."""
+        busy = {self._fd(i): i for i, q in enumerate(self.pending) if q and self.alive[i]}
+        if not busy:
+            return
+        with selectors.DefaultSelector() as sel:
+            for fd in busy:
+                sel.register(fd, selectors.EVENT_READ)
+            ready = [key.fd for key, _ in sel.select()]
+        for fd in ready:
+            i = busy[fd]
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self.lost(i)
+                continue
+            inbox = self.inbox[i]
+            inbox += data
+            while len(inbox) >= 4:
+                n = int.from_bytes(inbox[:4], "little")
+                end = 4 + 4 * n
+                if len(inbox) < end or not self.pending[i]:
+                    break
+                bad = list(struct.unpack(f"<{n}I", inbox[4:end]))
+                del inbox[:end]
+                self.answered(self.pending[i].popleft(), bad)
+
+    def drain(self) -> None:
+        """Wait for every chunk handed out."""
+        while any(q and self.alive[i] for i, q in enumerate(self.pending)):
+            self.wait()
+
+    def lost(self, i: int) -> None:
+        """Worker ``i`` died or hung up: its chunks go to the thread pool."""
+        self.alive[i] = False
+        pending = self.pending[i]
+        while pending:
+            self.orphaned(pending.popleft())
+        self._stop(self.procs[i], kill=True)
+
+    def close(self) -> None:
+        """Let the workers finish (end of input), or kill them if they do not."""
+        for i, proc in enumerate(self.procs):
+            self._stop(proc, kill=bool(self.pending[i]) and self.alive[i])
+            self.alive[i] = False
+
+    def _fd(self, i: int) -> int:
+        stdout = self.procs[i].stdout
+        assert stdout is not None
+        return stdout.fileno()
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
+        if kill and proc.poll() is None:
+            proc.kill()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# --- sources ------------------------------------------------------------------------------
+
+
+def _rows(
+    events: Iterable[RawEvent], progress: Callable[[int], None] | None
+) -> tuple[Iterable[_Row], Callable[[int], Exception] | None]:
+    """The rows to audit, and the error for a row that is not all bytes (if the source
+    guarantees bytes). A SQLite log is read in bulk, without an object per event."""
+    if isinstance(events, SqliteEvents):
+        batches = events.rows()
+        if progress is not None:
+            batches = _counting_batches(batches, progress)
+        rows = chain.from_iterable(zip(count(start), batch) for start, batch in batches)
+        return rows, events.not_blobs
+    if progress is not None:
+        events = _counting(events, progress)
+    return ((raw.position, (raw.hash, raw.sig, raw.body)) for raw in events), None
 
 
 def audit_events(
@@ -735,6 +1248,7 @@ def audit_events(
     receipt: SignedRecord | None = None,
     verify_signatures: bool = True,
     threads: int | None = None,
+    processes: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> AuditReport:
     """Audit a log given as raw events.
@@ -742,12 +1256,20 @@ def audit_events(
     ``trusted_sites`` maps site names to their pinned Ed25519 keys; ``None`` trusts the
     site key the log itself names (reported as such). ``receipt`` is a checkpoint obtained
     earlier that the log must contain. ``verify_signatures=False`` checks hashes, chain,
-    checkpoints and lifecycle only.
+    checkpoints and lifecycle only. Signatures are checked by ``threads`` workers (default:
+    one per core): worker processes once the log is large enough to be worth them (or
+    always with ``processes=True``, never with ``processes=False``), threads otherwise.
     """
-    auditor = _Auditor(trusted_sites, receipt, verify_signatures, threads or os.cpu_count() or 2)
-    if progress is not None:
-        events = _counting(events, progress)
-    return auditor.run(events)
+    auditor = _Auditor(
+        trusted_sites,
+        receipt,
+        verify_signatures,
+        threads or os.cpu_count() or 2,
+        processes,
+    )
+    rows, unreadable = _rows(events, progress)
+    auditor.run(rows, unreadable)
+    return auditor.report
 
 
 def _counting(events: Iterable[RawEvent], progress: Callable[[int], None]) -> Iterable[RawEvent]:
@@ -755,3 +1277,12 @@ def _counting(events: Iterable[RawEvent], progress: Callable[[int], None]) -> It
         if raw.position % 10_000 == 0:
             progress(raw.position)
         yield raw
+
+
+def _counting_batches(
+    batches: Iterator[tuple[int, list[tuple[Any, Any, Any]]]], progress: Callable[[int], None]
+) -> Iterator[tuple[int, list[tuple[Any, Any, Any]]]]:
+    for start, batch in batches:
+        for position in range(-(-start // 10_000) * 10_000, start + len(batch), 10_000):
+            progress(position)
+        yield start, batch

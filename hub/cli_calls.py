@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import enum
@@ -20,11 +21,12 @@ import json
 import logging
 import os
 import pprint
+import re
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -34,7 +36,6 @@ import numpy as np
 import structlog
 
 from hub.argfiles import parse_cli_argument, write_result
-from hub.canonical import b64e
 from hub.client import CallHandle, Client
 from hub.cliutil import read_passphrase
 from hub.errors import (
@@ -60,6 +61,13 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 DISCOVERY_WINDOW = 0.5
 #: Default deadline of ``ls SITE.MODULE``, ``stub`` and ``status`` (seconds).
 COMMAND_TIMEOUT = 30.0
+#: How long Ctrl-C keeps asking the node to cancel a call it has not started yet (s).
+CANCEL_WINDOW = 5.0
+#: Keyword names ``Client.submit`` keeps for itself (they cannot be remote arguments yet).
+_CLIENT_OPTIONS = frozenset({"timeout", "on_progress"})
+_FINAL_STATES = frozenset({"completed", "failed", "rejected"})
+#: What request ids look like (``hub.envelopes``' rule).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -144,8 +152,9 @@ def _run(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
             raise TransportError(f"NATS failed: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             log.debug("cli.unexpected_error", exc_info=True)
+            text = " ".join(str(exc).split())[:300]
             raise FederationError(
-                f"unexpected {type(exc).__name__}: {exc}",
+                f"unexpected {type(exc).__name__}: {text}",
                 hint="run with --log-level debug to see where",
             ) from exc
 
@@ -222,6 +231,13 @@ def _call_arguments(texts: list[str]) -> dict[str, Any]:
         if key in kwargs:
             raise ConfigError(f"argument {key!r} is given twice")
         kwargs[key] = value
+    clash = sorted(kwargs.keys() & _CLIENT_OPTIONS)
+    if clash:
+        raise ConfigError(
+            f"an argument named {clash[0]!r} cannot be passed yet: hub.client's call() "
+            "takes that name as its own option",
+            hint="use --timeout for the call's deadline",
+        )
     return kwargs
 
 
@@ -235,7 +251,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[str, Any]) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
-    async with await _client(args) as fed:
+    async with await _client(args) as fed, _sigint() as interrupted:
         handle = await fed.submit(
             address,
             timeout=args.timeout,
@@ -245,7 +261,7 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
         print(f"request {handle.request_id}", file=sys.stderr, flush=True)
         ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
         try:
-            outcome = await _wait_or_interrupt(handle)
+            outcome = await _result_or_interrupt(handle, interrupted)
         finally:
             if ticker is not None:
                 ticker.cancel()
@@ -262,20 +278,33 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
 _INTERRUPTED = object()
 
 
-async def _wait_or_interrupt(handle: CallHandle) -> Any:
-    """The call's result, or :data:`_INTERRUPTED` after Ctrl-C (SIGINT)."""
+@contextlib.asynccontextmanager
+async def _sigint() -> AsyncIterator[asyncio.Event]:
+    """An event set by Ctrl-C (SIGINT) while the block runs, instead of KeyboardInterrupt.
+
+    Installed before the call is sent, so an interrupt at any moment after it left finds
+    the request id and cancels it at the node.
+    """
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     try:
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
-    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-        return await handle.result()
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (not main)
+        yield interrupted
+        return
+    try:
+        yield interrupted
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _result_or_interrupt(handle: CallHandle, interrupted: asyncio.Event) -> Any:
+    """The call's result, or :data:`_INTERRUPTED` once ``interrupted`` is set."""
     result = asyncio.ensure_future(handle.result())
     stop = asyncio.ensure_future(interrupted.wait())
     try:
         await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
         stop.cancel()
         if not result.done():
             result.cancel()
@@ -285,20 +314,44 @@ async def _wait_or_interrupt(handle: CallHandle) -> Any:
 
 
 async def _cancel(handle: CallHandle, site: str) -> int:
+    rid = handle.request_id
     try:
-        await handle.cancel()
+        state = await _ask_to_cancel(handle, site)
     except FederationError as exc:
-        print(
-            f"interrupted; could not ask {site} to cancel request {handle.request_id}: "
-            f"{exc.diagnostics()}",
-            file=sys.stderr,
-        )
+        line = f"could not ask {site} to cancel request {rid}: {exc.diagnostics()}"
     else:
-        print(
-            f"interrupted; asked {site} to cancel request {handle.request_id}",
-            file=sys.stderr,
-        )
+        if state == "cancelling":
+            line = f"asked {site} to cancel request {rid}"
+        elif state is None:
+            line = f"{site} did not confirm cancelling request {rid} (see `fedhub status`)"
+        else:
+            line = f"request {rid} had already {state} at {site}"
+    print(f"interrupted; {line}", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
+    """Ask until the node confirms (``"cancelling"``), the call is over (its final state),
+    or :data:`CANCEL_WINDOW` passes (``None``).
+
+    The node cancels only a call it is running; one sent a moment ago may still be on its
+    way or being decrypted, so the request is repeated for a short while.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CANCEL_WINDOW
+    while True:
+        try:
+            # the node's answer says whether it took the cancel; CallHandle.cancel drops it
+            answer = await handle._client._control("cancel", site, handle.request_id)
+        except NotFoundError:  # not received by the node yet
+            answer = {}
+        if answer.get("cancelling"):
+            return "cancelling"
+        if answer.get("state") in _FINAL_STATES:
+            return str(answer["state"])
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(0.05)
 
 
 def _output(value: Any, args: argparse.Namespace) -> None:
@@ -341,7 +394,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, bytes | bytearray | memoryview):
-        return b64e(bytes(value))
+        return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, set | frozenset | tuple):
@@ -432,8 +485,8 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
             url,
             user_credentials=str(args.creds) if args.creds else None,
             connect_timeout=5.0,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
+            max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
+            reconnect_time_wait=0.2,
             name="fedhub ls",
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
@@ -537,6 +590,11 @@ async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """``fedhub status REQUEST_ID --site SITE``."""
     validate_site(args.site)
+    if not _REQUEST_ID.fullmatch(args.request_id):
+        raise ConfigError(
+            f"{args.request_id!r} is not a request id",
+            hint="use the id `fedhub call` printed (request <id>)",
+        )
     return _run(_status(args), _deadline(args))
 
 

@@ -3,7 +3,7 @@
 Both forms hold, per event, the exact signed body bytes, the claimed hash and the signature.
 
 **SQLite**: table ``events(seq INTEGER PRIMARY KEY, hash BLOB, sig BLOB, body BLOB, ...)``,
-read with ``SELECT seq, hash, sig, body FROM events ORDER BY seq`` (opened read-only).
+read with ``SELECT hash, sig, body FROM events ORDER BY seq`` (opened read-only).
 
 **JSON Lines export**: one event per line, in this exact layout (so the signed body bytes
 are sliced out of the line, never re-serialized)::
@@ -19,9 +19,10 @@ not a different log. See docs/log-format.md.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hub.canonical import b64d, b64e
 from hub.errors import CanonicalError, FederationError
@@ -29,6 +30,7 @@ from hub.errors import CanonicalError, FederationError
 __all__ = [
     "LogUnreadableError",
     "RawEvent",
+    "SqliteEvents",
     "export_line",
     "iter_jsonl",
     "iter_log",
@@ -107,31 +109,61 @@ def iter_jsonl(path: Path) -> Iterator[RawEvent]:
             yield parse_export_line(line, position)
 
 
-def iter_sqlite(path: Path, batch: int = 10_000) -> Iterator[RawEvent]:
-    """Events of a node's SQLite log, by sequence number (opened read-only)."""
-    if not path.is_file():
-        raise LogUnreadableError(f"no log file at {path}")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise LogUnreadableError(f"cannot open {path}: {exc}") from exc
-    try:
-        try:
-            cur = conn.execute("SELECT seq, hash, sig, body FROM events ORDER BY seq")
-        except sqlite3.DatabaseError as exc:
-            raise LogUnreadableError(f"{path} is not a fedhub log database: {exc}") from exc
-        position = 0
-        while rows := cur.fetchmany(batch):
-            for _seq, hash_, sig, body in rows:  # BLOBs come back as bytes
-                position += 1
+class SqliteEvents:
+    """The events of a node's SQLite log, by sequence number (opened read-only on iteration).
+
+    Iterating gives :class:`RawEvent` objects; :meth:`rows` gives the same events in bulk
+    (what the auditor reads). Nothing is opened until then, and every iteration reads the
+    file afresh.
+    """
+
+    def __init__(self, path: Path, batch: int = 10_000) -> None:
+        self.path = path
+        self.batch = batch
+
+    def __iter__(self) -> Iterator[RawEvent]:
+        for start, rows in self.rows():
+            for position, (hash_, sig, body) in enumerate(rows, start):
                 if type(hash_) is not bytes or type(sig) is not bytes or type(body) is not bytes:
-                    raise LogUnreadableError(f"{path}: event {position} is not stored as BLOBs")
+                    raise self.not_blobs(position)
                 yield RawEvent(position, hash_, sig, body)
-    finally:
-        conn.close()
+
+    def rows(self) -> Iterator[tuple[int, list[tuple[Any, Any, Any]]]]:
+        """Batches of ``(position of the first, [(hash, sig, body), ...])``, in order.
+
+        Values are as SQLite returns them: BLOBs are ``bytes``, but a forged file may hold
+        other types; a reader must check (and report :meth:`not_blobs`).
+        """
+        path = self.path
+        if not path.is_file():
+            raise LogUnreadableError(f"no log file at {path}")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise LogUnreadableError(f"cannot open {path}: {exc}") from exc
+        try:
+            try:
+                cur = conn.execute("SELECT hash, sig, body FROM events ORDER BY seq")
+            except sqlite3.DatabaseError as exc:
+                raise LogUnreadableError(f"{path} is not a fedhub log database: {exc}") from exc
+            position = 1
+            while rows := cur.fetchmany(self.batch):
+                yield position, rows
+                position += len(rows)
+        finally:
+            conn.close()
+
+    def not_blobs(self, position: int) -> LogUnreadableError:
+        """The error for an event whose hash, signature or body is not a BLOB."""
+        return LogUnreadableError(f"{self.path}: event {position} is not stored as BLOBs")
 
 
-def iter_log(path: Path) -> Iterator[RawEvent]:
+def iter_sqlite(path: Path, batch: int = 10_000) -> SqliteEvents:
+    """Events of a node's SQLite log, by sequence number (opened read-only)."""
+    return SqliteEvents(path, batch)
+
+
+def iter_log(path: Path) -> Iterable[RawEvent]:
     """Events from either form, told apart by the file's first bytes."""
     try:
         with path.open("rb") as fh:

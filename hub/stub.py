@@ -777,6 +777,12 @@ def _call(
     timeout: float | None,
     arguments: dict[str, Any],
 ) -> Any:
-    fed = client or _client or connect()
     sent = {k: v for k, v in arguments.items() if v is not _DEFAULT}
+    clash = sorted(sent.keys() & {"timeout", "on_progress"})
+    if clash:
+        raise TypeError(
+            f"{function}: hub.client cannot pass an argument named {clash[0]!r} yet "
+            "(the name of one of its own call options)"
+        )
+    fed = client or _client or connect()
     return fed.call(f"{SITE}.{MODULE}.{function}", timeout=timeout, **sent)'''

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark fedhub calls against raw NATS request/reply over the same federation path.
 
-    python scripts/bench_calls.py [--calls 3000] [--concurrency 64] [--node both]
+    python scripts/bench_calls.py [--calls 2000] [--concurrency 64] [--node both]
                                   [--peers] [--json] [--keep DIR] [--profile DIR]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
@@ -17,10 +17,11 @@ leaf -> hub -> leaf and back.
   leaf.
 
 Each is measured as median and p99 latency at concurrency 1 (sequential calls after a
-warm-up) and calls/s at ``--concurrency`` (default 64) in flight. The responder or node
-runs in its own process (the headline) and, with ``--node inproc`` or ``both``, also in
-the benchmark's own process and event loop. Every fedhub figure is printed with the raw
-figure measured in the same run, the same way (process vs process), and their ratio.
+warm-up) and calls/s at ``--concurrency`` (default 64) in flight. ``--node`` says where
+the responder and the node run: ``process`` (their own process: the headline),
+``inproc`` (the benchmark's own process and event loop) or ``both`` (the default). Every
+fedhub figure is printed with the raw figure measured in the same run, the same way
+(process vs process), and their ratio; ``--json`` prints all of them as one object.
 
 Issue targets: median latency <= 3 x raw NATS request/reply over the same path; >= 2,000
 calls/s on one node. They are reported as measured, never asserted.
@@ -29,10 +30,10 @@ calls/s on one node. They are reported as measured, never asserted.
 ``celery`` and ``redis`` are importable and ``redis-server`` is on PATH (none of them is a
 dependency of fedhub; nothing is installed by this script).
 
-CPU time of every process (node, responder, client, nats-servers) is sampled around the
-concurrent runs and reported per call. ``--profile DIR`` runs the node process under
-cProfile and writes ``DIR/node.prof`` (main thread only: the event log's thread and the
-module's worker threads are not in it).
+CPU time of every process (node, responder, client, nats-servers, Celery worker, Redis)
+is sampled around each measured run and reported per call. ``--profile DIR`` runs the
+node process under cProfile and writes ``DIR/node.prof`` (main thread only: the event
+log's thread and the module's worker threads are not in it).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -114,6 +116,53 @@ def echo(x):
 '''
 
 
+# --- stopping on Ctrl-C ------------------------------------------------------------------
+
+
+class Interrupted(Exception):  # noqa: N818 - the user asked to stop; not an error of ours
+    """SIGINT or SIGTERM: stop measuring, clean up, exit 130."""
+
+
+class _Stop:
+    """Signal handling that survives libraries which swallow a cancellation.
+
+    A signal sets a flag that every measuring loop checks, and cancels the running
+    benchmark task (async phases) or raises KeyboardInterrupt (the synchronous Celery
+    phase). Python 3.11's ``asyncio.wait_for`` can lose a cancellation that races with a
+    reply, so the flag, not the cancellation, is what ends a run for sure.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        first = not self.event.is_set()
+        self.event.set()
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        elif first:
+            raise KeyboardInterrupt
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise Interrupted
+
+
+STOP = _Stop()
+_STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stderr (stdout carries the report)."""
+    print(f"[{time.monotonic() - _STARTED:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 # --- measuring --------------------------------------------------------------------------
 
 
@@ -175,7 +224,7 @@ async def measure(
 
     async def worker() -> None:
         nonlocal left
-        while left > 0 and loop.time() < deadline:
+        while left > 0 and loop.time() < deadline and not STOP.requested:
             left -= 1
             t0 = time.perf_counter()
             try:
@@ -189,6 +238,7 @@ async def measure(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     run.seconds = time.perf_counter() - started
+    STOP.check()
     if cpu:
         after = cpu.sample()
         run.cpu = {k: after[k] - before[k] for k in after if k in before}
@@ -198,8 +248,10 @@ async def measure(
 async def warm_up(call: Callable[[], Awaitable[object]], count: int) -> None:
     """A few sequential and concurrent calls: connections, caches, JIT-free Python paths."""
     for _ in range(count):
+        STOP.check()
         await call()
     await asyncio.gather(*(call() for _ in range(min(64, count))))
+    STOP.check()
 
 
 class CpuMeter:
@@ -337,6 +389,7 @@ async def bench_raw(
     try:
         async with asyncio.timeout(20):  # interest has to cross leaf -> hub -> leaf
             while True:
+                STOP.check()
                 try:
                     await nc.request(subject, payload, timeout=0.5)
                     break
@@ -480,6 +533,7 @@ async def bench_fedhub(
 
         async with asyncio.timeout(30):  # the info request crosses the hub too
             while True:
+                STOP.check()
                 try:
                     answer = await call()
                 except (NotFoundError, CallTimeoutError):
@@ -583,6 +637,7 @@ def bench_celery(root: Path, procs: Processes, opts: argparse.Namespace) -> dict
         if echo.delay(text).get(timeout=60) != text:
             raise RuntimeError("celery echo returned something else")
         for _ in range(opts.warmup):
+            STOP.check()
             echo.delay(text).get(timeout=CALL_TIMEOUT)
         cpu = CpuMeter()
         cpu.add("redis", redis.pid)
@@ -596,6 +651,7 @@ def bench_celery(root: Path, procs: Processes, opts: argparse.Namespace) -> dict
         started = time.perf_counter()
         stop_at = started + opts.max_seconds
         for _ in range(opts.calls):
+            STOP.check()
             if time.perf_counter() > stop_at:
                 break
             t0 = time.perf_counter()
@@ -614,6 +670,7 @@ def bench_celery(root: Path, procs: Processes, opts: argparse.Namespace) -> dict
         stop_at = started + opts.max_seconds
         sent = 0
         while sent < total or window:
+            STOP.check()
             while sent < total and len(window) < opts.concurrency and time.perf_counter() < stop_at:
                 window.append((time.perf_counter(), echo.delay(text)))
                 sent += 1
@@ -767,6 +824,18 @@ def _allow_cross_site_info() -> None:
 
 
 async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> dict[str, Any]:
+    STOP.loop, STOP.task = asyncio.get_running_loop(), asyncio.current_task()
+    try:
+        return await _bench_all(root, procs, opts)
+    except asyncio.CancelledError:
+        if STOP.requested:
+            raise Interrupted from None
+        raise
+    finally:
+        STOP.loop = STOP.task = None
+
+
+async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> dict[str, Any]:
     modes = ["process", "inproc"] if opts.node == "both" else [opts.node]
     _allow_cross_site_info()
     fed = await start_local_federation(root / "nats", (SITE, CALLER_SITE))
@@ -775,7 +844,9 @@ async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> d
         ours: dict[str, dict[str, Run]] = {}
         cfg = write_node_config(root, fed)
         for mode in modes:
+            say(f"raw NATS request/reply, responder {mode} ...")
             raw[mode] = await bench_raw(fed, procs, opts, in_process=mode == "inproc")
+            say(f"fedhub calls, node {mode} ...")
             ours[mode] = await bench_fedhub(fed, cfg, procs, opts, in_process=mode == "inproc")
     finally:
         await fed.stop()
@@ -797,11 +868,11 @@ async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> d
 def main() -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=3000, help="calls per measured run")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per measured run")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up calls per run")
     parser.add_argument(
-        "--max-seconds", type=float, default=20.0, help="stop a measured run after this long"
+        "--max-seconds", type=float, default=15.0, help="stop a measured run after this long"
     )
     parser.add_argument(
         "--node",
@@ -831,6 +902,8 @@ def main() -> int:
     else:
         root = Path(tempfile.mkdtemp(prefix="fedhub-bench-calls-"))
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, STOP.handler)
         report = asyncio.run(bench_all(root, procs, opts))
         raw_runs: dict[str, dict[str, Run]] = report.pop("_raw_runs")
         ours: dict[str, dict[str, Run]] = report.pop("_ours")
@@ -840,6 +913,7 @@ def main() -> int:
             if why is not None:
                 report["peers"] = {"celery_redis": {"skipped": why}}
             else:
+                say("Celery + Redis ...")
                 runs = bench_celery(root, procs, opts)
                 peer = compare(runs, raw_runs[headline], RAW_PROCESS, opts.concurrency)
                 mine = compare(ours[headline], runs, "celery", opts.concurrency)
@@ -863,6 +937,7 @@ def main() -> int:
         "concurrency": opts.concurrency,
         "payload_bytes": PAYLOAD,
         "headline": headline,
+        "targets": report["fedhub"][headline]["targets"],
         **report,
     }
     if opts.json:
@@ -873,6 +948,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         sys.exit(main())
-    sys.exit(130)
+    except (Interrupted, KeyboardInterrupt):
+        print("interrupted; every server and process this run started is stopped", file=sys.stderr)
+        sys.exit(130)

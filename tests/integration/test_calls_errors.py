@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.hostile import LogView, audit_node, craft_request, publish_and_wait, wait_until
+from support.world import World
 
 from hub.client import Client
 from hub.errors import (
@@ -27,8 +29,6 @@ from hub.errors import (
 from hub.topology import connect as nats_connect
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
-from support.hostile import LogView, audit_node, craft_request, publish_and_wait, wait_until
-from support.world import World
 
 CALLER = "klaus@geomar"
 
@@ -84,7 +84,11 @@ async def still_serves(fed: Client) -> None:
 def outcome(cfg: NodeConfig, rid: str) -> list[tuple[str, str | None]]:
     """(type, code) of a request's final or rejection events."""
     kinds = ("request.completed", "request.failed", "request.rejected")
-    return [(e["type"], e.get("code")) for e in LogView(cfg.log_path).for_request(rid) if e["type"] in kinds]
+    return [
+        (e["type"], e.get("code"))
+        for e in LogView(cfg.log_path).for_request(rid)
+        if e["type"] in kinds
+    ]
 
 
 # --- unknown names ----------------------------------------------------------------------

@@ -20,14 +20,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.hostile import LogView, audit_node, wait_until
+from support.world import World
 
 from hub.canonical import b64e
 from hub.client import CallHandle, Client
-from hub.errors import RemoteError
+from hub.errors import CallCancelledError
 from hub.topology import NatsServer
 from node.config import NodeConfig
-from support.hostile import LogView, audit_node, wait_until
-from support.world import World
 
 CALLER = "klaus@geomar"
 RUNNING = 6  # = max_in_flight: the node takes this many calls at once (4 threads run)
@@ -103,8 +103,15 @@ def check_log(cfg: NodeConfig, world: World, handles: list[CallHandle]) -> LogVi
     assert report.ok, [f.line() for f in report.findings]
     assert report.unclean_restarts == 1, "the killed node left no node.stopped"
     cli = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "audit", str(cfg.log_path),
-         "--site-key", f"hereon={b64e(site_key)}"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "audit",
+            str(cfg.log_path),
+            "--site-key",
+            f"hereon={b64e(site_key)}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -123,7 +130,7 @@ async def test_calls_running_when_the_node_is_killed_fail_as_interrupted_and_non
         slow, quick = await submit_and_kill(world, cfg, fed, seconds=2.0)
         # The caller stayed connected: the restarted node answers every pending call.
         for handle in slow:
-            with pytest.raises(RemoteError) as err:
+            with pytest.raises(CallCancelledError) as err:
                 await handle.result(timeout=10)
             assert err.value.code == "interrupted", err.value
             assert "restart" in err.value.message
@@ -146,15 +153,19 @@ async def test_with_the_retry_policy_an_interrupted_call_runs_again_and_complete
 ) -> None:
     cfg = crash_config(world, fresh_nats_server, "retry")
     async with await Client.connect(fresh_nats_server.url, CALLER, home=world.store.home) as fed:
-        slow, quick = await submit_and_kill(world, cfg, fed, seconds=1.0)
+        # 6 retried calls on 4 threads: the last two finish after 2 x 1.5 s, past ack_wait
+        # (2 s), so the node must keep telling the server it is still working on them.
+        slow, quick = await submit_and_kill(world, cfg, fed, seconds=1.5)
         results = await asyncio.gather(*(h.result(timeout=20) for h in slow + quick))
-    assert results == [1.0] * RUNNING + [[10.0 * i] for i in range(WAITING)]
+    assert results == [1.5] * RUNNING + [[10.0 * i] for i in range(WAITING)]
 
     view = check_log(cfg, world, slow + quick)
     finals = view.finals()
     for h in slow:
         assert [f["type"] for f in finals[h.request_id]] == ["request.completed"]
         attempts = [
-            e.get("attempt") for e in view.for_request(h.request_id) if e["type"] == "request.started"
+            e.get("attempt")
+            for e in view.for_request(h.request_id)
+            if e["type"] == "request.started"
         ]
         assert attempts == [1, 2], attempts

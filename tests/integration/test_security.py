@@ -13,14 +13,28 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+import pytest_asyncio
 import xarray as xr
 from nats.aio.client import Client as NatsClient
+from support.hostile import (
+    Captured,
+    LogView,
+    Spy,
+    craft_request,
+    find_in_tree,
+    flip_bit,
+    publish_and_wait,
+    wait_reachable,
+    wait_until,
+)
+from support.world import World
 
 from hub import codec
 from hub.audit import audit_events
@@ -38,18 +52,6 @@ from hub.topology import connect as nats_connect
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
 from node.daemon import NodeDaemon
-from support.hostile import (
-    Captured,
-    LogView,
-    Spy,
-    craft_request,
-    find_in_tree,
-    flip_bit,
-    publish_and_wait,
-    wait_reachable,
-    wait_until,
-)
-from support.world import World
 
 if TYPE_CHECKING:
     from conftest import Federation
@@ -79,6 +81,8 @@ def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
         trust=["geomar"],
         users=[KLAUS, EVE],
         grants=[(KLAUS, "climate", "*")],
+        # A node stopped while the spy listens on ">" leaves pull requests the server
+        # still believes in; a message they take comes back after ack_wait (default 30 s).
         calls={"ack_wait": 2},
     )
 
@@ -88,14 +92,6 @@ async def spy(federation: Federation) -> AsyncIterator[Spy]:
     """Someone on the hub who subscribes to everything."""
     nc = await nats_connect(federation.hub_url)
     yield await Spy(nc).start()
-    await nc.close()
-
-
-@pytest.fixture
-async def geomar(federation: Federation) -> AsyncIterator[NatsClient]:
-    """A plain connection to geomar's leaf (where a hostile caller would sit)."""
-    nc = await nats_connect(federation.site_url("geomar"))
-    yield nc
     await nc.close()
 
 
@@ -131,10 +127,11 @@ async def test_a_spy_on_the_hub_and_the_servers_disks_see_no_plaintext_arguments
     world: World, cfg: NodeConfig, federation: Federation, spy: Spy
 ) -> None:
     tag = secrets.token_hex(6)
+    name = f"tas_secret_{tag}"
     da = xr.DataArray(
         3.25 + np.arange(24.0).reshape(4, 6) * 1.0000123e-3,
         dims=("time", "x"),
-        name=f"tas_secret_{tag}",
+        name=name,
         attrs={"note": f"argument-attribute-{tag}"},
     )
     expected = da.sum(dim="time")
@@ -144,7 +141,7 @@ async def test_a_spy_on_the_hub_and_the_servers_disks_see_no_plaintext_arguments
         ("hereon.climate.checksum", {"data": raw}),
     ]
     arg_needles = [
-        da.name.encode(),
+        name.encode(),
         da.attrs["note"].encode(),
         da.values.tobytes()[:32],
         raw[:24],
@@ -235,7 +232,8 @@ def test_a_key_record_not_vouched_by_the_users_own_trusted_site_stops_the_node_f
     assert cfg.source is not None
     text = cfg.source.read_text()
     users = json.dumps([*cfg.users, str(path)])
-    cfg.source.write_text(text.replace(f"users = {json.dumps(list(cfg.users))}", f"users = {users}"))
+    old = f"users = {json.dumps(list(cfg.users))}"
+    cfg.source.write_text(text.replace(old, f"users = {users}"))
     bad = load_config(cfg.source)
     assert str(path) in bad.users
 
@@ -286,20 +284,75 @@ async def test_a_revocation_signed_by_a_site_with_no_say_over_the_key_is_ignored
         await still_serves(klaus)
 
 
-# --- replays and tampering --------------------------------------------------------------
+# --- replays, tampering, undecryptable requests: one node, one spy for all ------------------
+#
+# These share a node (module scope): a node stopped while a ``>`` subscriber sits on the hub
+# leaves pull requests the server still believes in, so the next node's first call waits
+# for a redelivery (``ack_wait``). Sharing the node keeps the module fast.
+
+shared = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
+@dataclass
+class Served:
+    """A running node, klaus's client, a hostile connection at geomar, and a request of
+    klaus's captured by the spy on the hub."""
+
+    world: World
+    cfg: NodeConfig
+    klaus: Client
+    geomar: NatsClient
+    captured: Captured
+
+    @property
+    def view(self) -> LogView:
+        """The node's log."""
+        return LogView(self.cfg.log_path)
+
+    async def publish(self, data: bytes, msg_id: str | None = None) -> None:
+        """Publish raw bytes to the captured call's subject, as a hostile party would."""
+        await self.geomar.jetstream().publish(
+            self.captured.subject, data, headers={"Nats-Msg-Id": msg_id or secrets.token_hex(8)}
+        )
+
+    async def rejected(self, before: int) -> list[dict[str, Any]]:
+        """The rejections logged after the first ``before``, once there is at least one."""
+        view = self.view
+        await wait_until(lambda: len(view.rejections()) > before)
+        return view.rejections()[before:]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(
-    world: World, cfg: NodeConfig, federation: Federation, spy: Spy
-) -> AsyncIterator[tuple[Client, Captured]]:
-    """A running node, klaus's client, and a request of klaus's captured by the spy."""
-    async with NodeDaemon(cfg), await client(world, federation, KLAUS) as klaus:
-        await wait_reachable(klaus, "hereon", "climate")
-        await still_serves(klaus)
-        copies = {c.data: c for c in spy.on("fh.call.hereon.climate.scale")}
-        (captured,) = copies.values()  # the spy may see a message once per route
-        yield klaus, captured
+    tmp_path_factory: pytest.TempPathFactory, federation: Federation
+) -> AsyncIterator[Served]:
+    """The shared node; klaus has made one call, captured by a spy on the hub."""
+    world = World(tmp_path_factory.mktemp("served"))
+    world.person(KLAUS)
+    world.person(MALLORY, vouch=False)
+    cfg = world.node_config(
+        "hereon",
+        name=f"served-{secrets.token_hex(4)}",
+        nats_url=federation.site_url("hereon"),
+        trust=["geomar"],
+        users=[KLAUS],
+        grants=[(KLAUS, "climate", "*")],
+        calls={"ack_wait": 2},
+    )
+    hub_nc = await nats_connect(federation.hub_url)
+    geomar = await nats_connect(federation.site_url("geomar"))
+    try:
+        spy = await Spy(hub_nc).start()
+        async with NodeDaemon(cfg), await client(world, federation, KLAUS) as klaus:
+            await wait_reachable(klaus, "hereon", "climate")
+            await still_serves(klaus)
+            copies = {c.data: c for c in spy.on("fh.call.hereon.climate.scale")}
+            (captured,) = copies.values()  # the spy may see a message once per route
+            yield Served(world, cfg, klaus, geomar, captured)
+        assert_audits_clean(cfg, world)
+    finally:
+        await geomar.close()
+        await hub_nc.close()
 
 
 def rid_of(envelope: bytes) -> str:
@@ -308,35 +361,31 @@ def rid_of(envelope: bytes) -> str:
     return str(json.loads(header)["id"])
 
 
-async def test_a_captured_request_published_again_is_not_run_again(
-    served: tuple[Client, Captured], cfg: NodeConfig, geomar: NatsClient
-) -> None:
-    klaus, captured = served
-    rid = rid_of(captured.data)
-    js = geomar.jetstream()
-    ack = await js.publish(captured.subject, captured.data, headers=captured.headers)
+@shared
+async def test_a_captured_request_published_again_is_not_run_again(served: Served) -> None:
+    rid = rid_of(served.captured.data)
+    before = len(served.view.rejections())
+    js = served.geomar.jetstream()
+    ack = await js.publish(
+        served.captured.subject, served.captured.data, headers=served.captured.headers
+    )
     assert ack.duplicate, "same Nats-Msg-Id within the window: JetStream drops it"
-    await js.publish(captured.subject, captured.data, headers={"Nats-Msg-Id": "replay-" + rid})
-    view = LogView(cfg.log_path)
-    await wait_until(lambda: any(r["code"] == "replay" for r in view.rejections()))
-    kinds = [e["type"] for e in view.for_request(rid)]
+    await served.publish(served.captured.data, msg_id="replay-" + rid)
+    new = await served.rejected(before)
+    assert [(r["request_id"], r["code"]) for r in new] == [(rid, "replay")]
+    kinds = [e["type"] for e in served.view.for_request(rid)]
     assert kinds.count("request.started") == 1
     assert kinds.count("request.completed") == 1
-    assert [(r["request_id"], r["code"]) for r in view.rejections()] == [(rid, "replay")]
-    await still_serves(klaus)
+    await still_serves(served.klaus)
 
 
-async def test_a_replay_leaves_the_status_of_the_original_call_alone(
-    served: tuple[Client, Captured], cfg: NodeConfig, geomar: NatsClient
-) -> None:
-    klaus, captured = served
-    rid = rid_of(captured.data)
-    await geomar.jetstream().publish(
-        captured.subject, captured.data, headers={"Nats-Msg-Id": "replay-" + rid}
-    )
-    view = LogView(cfg.log_path)
-    await wait_until(lambda: len(view.rejections()) == 1)
-    status = await klaus.status("hereon", rid)
+@shared
+async def test_a_replay_leaves_the_status_of_the_original_call_alone(served: Served) -> None:
+    rid = rid_of(served.captured.data)
+    before = len(served.view.rejections())
+    await served.publish(served.captured.data)
+    await served.rejected(before)
+    status = await served.klaus.status("hereon", rid)
     assert (status["state"], status["code"], status["reason"]) == ("completed", None, None)
 
 
@@ -354,97 +403,73 @@ def _tamper_signature(data: bytes) -> bytes:
     return flip_bit(data, (8 + len(header) + 10) * 8)
 
 
+@shared
 @pytest.mark.parametrize(
-    ("tamper", "codes"),
+    ("tamper", "code"),
     [
-        (_tamper_ciphertext, {"malformed"}),
-        (_tamper_header, {"bad_signature"}),
-        (_tamper_signature, {"bad_signature"}),
+        (_tamper_ciphertext, "malformed"),
+        (_tamper_header, "bad_signature"),
+        (_tamper_signature, "bad_signature"),
     ],
     ids=["ciphertext", "header", "signature"],
 )
 async def test_a_tampered_request_is_rejected_and_never_run(
-    served: tuple[Client, Captured],
-    cfg: NodeConfig,
-    geomar: NatsClient,
-    tamper: Any,
-    codes: set[str],
+    served: Served, tamper: Any, code: str
 ) -> None:
-    klaus, captured = served
-    before = started(cfg)
-    forged = tamper(captured.data)
-    assert forged != captured.data
-    await geomar.jetstream().publish(
-        captured.subject, forged, headers={"Nats-Msg-Id": secrets.token_hex(8)}
-    )
-    view = LogView(cfg.log_path)
-    await wait_until(lambda: len(view.rejections()) == 1)
-    assert {r["code"] for r in view.rejections()} <= codes, view.rejections()
-    assert started(cfg) == before
-    await still_serves(klaus)
+    before, runs = len(served.view.rejections()), started(served.cfg)
+    forged = tamper(served.captured.data)
+    assert forged != served.captured.data
+    await served.publish(forged)
+    assert [r["code"] for r in await served.rejected(before)] == [code]
+    assert started(served.cfg) == runs
+    await still_serves(served.klaus)
 
 
+@shared
 async def test_a_request_signed_by_someone_else_in_klaus_name_is_rejected(
-    served: tuple[Client, Captured], cfg: NodeConfig, geomar: NatsClient, world: World
+    served: Served,
 ) -> None:
-    klaus, _ = served
-    node_key = klaus._modules[("hereon", "climate")]
+    info = await served.klaus.module_info("hereon", "climate")
     forged = craft_request(
-        world.store.load(MALLORY),
+        served.world.store.load(MALLORY),
         claim=KLAUS,
-        claim_kid=world.store.load(KLAUS).kid,
-        node_kid=node_key.node_kid,
-        node_box_key=node_key.node_box_key,
+        claim_kid=served.world.store.load(KLAUS).kid,
+        node_kid=info.node_kid,
+        node_box_key=info.node_box_key,
         address="hereon.climate.scale",
         kwargs={"values": [1.0]},
     )
-    before = started(cfg)
-    reply = await publish_and_wait(geomar, forged)
-    assert reply.header.kind == "error" and reply.header.code == "unauthorized"
-    assert [r["code"] for r in LogView(cfg.log_path).rejections()] == ["bad_signature"]
-    assert started(cfg) == before
-    await still_serves(klaus)
+    before, runs = len(served.view.rejections()), started(served.cfg)
+    reply = await publish_and_wait(served.geomar, forged)
+    assert (reply.header.kind, reply.header.code) == ("error", "unauthorized")
+    assert [r["code"] for r in served.view.rejections()[before:]] == ["bad_signature"]
+    assert started(served.cfg) == runs
+    await still_serves(served.klaus)
 
 
-# --- requests the node cannot open ----------------------------------------------------------
-
-
-@pytest.fixture(params=["other-node-key", "garbage-wrap", "garbage-ciphertext"])
-def undecryptable(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Ways a correctly signed request can be impossible for the node to open."""
-    yield str(request.param)
-
-
+@shared
+@pytest.mark.parametrize("how", ["other-node-key", "garbage-wrap", "garbage-ciphertext"])
 async def test_a_signed_request_the_node_cannot_decrypt_fails_cleanly(
-    served: tuple[Client, Captured],
-    cfg: NodeConfig,
-    geomar: NatsClient,
-    world: World,
-    undecryptable: str,
+    served: Served, how: str
 ) -> None:
-    klaus, _ = served
-    info = klaus._modules[("hereon", "climate")]
-    me = world.store.load(KLAUS)
+    info = await served.klaus.module_info("hereon", "climate")
+    me = served.world.store.load(KLAUS)
+    target: dict[str, Any] = {"node_kid": info.node_kid, "node_box_key": info.node_box_key}
     extra: dict[str, Any] = {}
-    if undecryptable == "other-node-key":
+    if how == "other-node-key":
         other = KeyPair.generate("node:hereon/elsewhere")
-        extra = {"node_kid": other.kid, "node_box_key": other.box_public}
-    elif undecryptable == "garbage-wrap":
+        target = {"node_kid": other.kid, "node_box_key": other.box_public}
+    elif how == "garbage-wrap":
         extra = {"wraps": {info.node_kid: b64e(me.box_public + secrets.token_bytes(56))}}
     else:
         extra = {"ciphertext": secrets.token_bytes(200)}
     crafted = craft_request(
-        me,
-        **{"node_kid": info.node_kid, "node_box_key": info.node_box_key, **extra},
-        address="hereon.climate.scale",
-        kwargs={"values": [1.0]},
+        me, **target, **extra, address="hereon.climate.scale", kwargs={"values": [1.0]}
     )
-    reply = await publish_and_wait(geomar, crafted)
-    assert reply.header.kind == "error"
-    assert reply.header.code == "undecryptable"
-    finals = LogView(cfg.log_path).finals()
+    reply = await publish_and_wait(served.geomar, crafted)
+    assert (reply.header.kind, reply.header.code) == ("error", "undecryptable")
+    finals = served.view.finals()
     assert [(f["type"], f["code"]) for f in finals[crafted.request_id]] == [
         ("request.failed", "undecryptable")
     ]
-    await still_serves(klaus)
-    assert_audits_clean(cfg, world)
+    await still_serves(served.klaus)

@@ -8,6 +8,7 @@ real keys and published to real servers; the log is read from the node's SQLite 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -27,10 +29,9 @@ from hub.canonical import b64e, parse_canonical
 from hub.clock import format_time, now
 from hub.crypto import blake2b_256, new_content_key, seal_secret, wrap_key
 from hub.envelopes import Reply, RequestHeader, pack_request, unpack_reply
-from hub.errors import NotFoundError
 from hub.keys import KeyPair
 from hub.logfile import iter_log
-from hub.subjects import call_subject, inbox_subject, validate_identity
+from hub.subjects import call_subject, inbox_subject, info_subject, validate_identity
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -45,22 +46,34 @@ FINAL = ("request.completed", "request.failed")
 async def wait_reachable(client: Any, site: str, module: str, limit: float = 10.0) -> None:
     """Wait until ``site.module`` answers its info request from ``client``'s server.
 
-    Subscription interest crosses leaf connections a moment after a node starts.
+    Subscription interest crosses leaf connections a moment after a node starts. Probes
+    with short raw requests first: where someone listens on ``>`` (the spy) a request
+    nobody serves times out instead of failing with "no responders".
     """
+    nc: NatsClient = client.nc
     async with asyncio.timeout(limit):
         while True:
             try:
-                await client.module_info(site, module, refresh=True)
-            except NotFoundError:
+                await nc.request(info_subject(site, module), b"", timeout=0.3)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 await asyncio.sleep(0.05)
             else:
-                return
+                break
+        await client.module_info(site, module, refresh=True)
 
 
 async def wait_until(check: Any, limit: float = 10.0, every: float = 0.05) -> None:
-    """Poll ``check()`` (sync) until it is true; TimeoutError after ``limit`` seconds."""
+    """Poll ``check()`` (sync, or async) until it is true; TimeoutError after ``limit`` s.
+
+    Polling, not an event: the state lives in another process or on a server.
+    """
     async with asyncio.timeout(limit):
-        while not check():
+        while True:
+            ok = check()
+            if inspect.isawaitable(ok):
+                ok = await ok
+            if ok:
+                return
             await asyncio.sleep(every)
 
 
@@ -99,9 +112,18 @@ class LogView:
         rows = self._rows("SELECT body FROM events WHERE request_id = ? ORDER BY seq", [rid])
         return [parse_canonical(bytes(r[0]))["data"] for r in rows]
 
-    def rejections(self) -> list[dict[str, Any]]:
-        """``request.rejected`` data, in order."""
-        return [e["data"] for e in self.events("request.rejected")]
+    def count(self, kind: str) -> int:
+        """How many events of one type."""
+        return int(self._rows("SELECT COUNT(*) FROM events WHERE type = ?", [kind])[0][0])
+
+    def rejections(self, skip: int = 0) -> list[dict[str, Any]]:
+        """``request.rejected`` data in order, leaving out the first ``skip``."""
+        rows = self._rows(
+            "SELECT body FROM events WHERE type = 'request.rejected' ORDER BY seq"
+            " LIMIT -1 OFFSET ?",
+            [skip],
+        )
+        return [parse_canonical(bytes(r[0]))["data"] for r in rows]
 
     def finals(self) -> dict[str, list[dict[str, Any]]]:
         """Request id → its final events (completed/failed), in order."""
@@ -122,9 +144,7 @@ class LogView:
 
 def audit_node(cfg: NodeConfig, site_key: bytes) -> AuditReport:
     """Audit a node's log trusting only the pinned key of its site."""
-    return audit_events(
-        iter_log(cfg.log_path), trusted_sites={cfg.node.site: site_key}, threads=2
-    )
+    return audit_events(iter_log(cfg.log_path), trusted_sites={cfg.node.site: site_key}, threads=2)
 
 
 # --- a node on a loop of its own ----------------------------------------------------------
@@ -267,7 +287,9 @@ def craft_request(
     identity = claim or caller.identity
     ident = validate_identity(identity)
     key = new_content_key()
-    body = ciphertext if ciphertext is not None else seal_secret(key, codec.encode_many(kwargs))
+    body = (
+        ciphertext if ciphertext is not None else seal_secret(key, codec.encode_many(dict(kwargs)))
+    )
     rid = request_id or secrets.token_urlsafe(16)
     inbox = reply or inbox_subject(ident.site, ident.name, secrets.token_urlsafe(8))
     header = RequestHeader(
