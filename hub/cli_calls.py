@@ -657,6 +657,27 @@ def _connection_options(parser: argparse.ArgumentParser, timeout_help: str) -> N
     group.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that lets options and ``key=value`` arguments mix.
+
+    Plain argparse stops filling ``key=value ...`` at the first option, so
+    ``fedhub call S --json a=1`` would fail; this parses such a line intermixed.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def add_commands(sub: Any) -> None:
     """Add ``call``, ``ls``, ``stub`` and ``status`` to the ``fedhub`` subcommands."""
     call = sub.add_parser(
@@ -680,6 +701,7 @@ def add_commands(sub: Any) -> None:
     )
     _connection_options(call, "deadline of the call in seconds (default 300)")
     call.set_defaults(func=cmd_call)
+    call.__class__ = _IntermixedParser
 
     ls = sub.add_parser(
         "ls",

@@ -94,7 +94,7 @@ _STRING_FORMATS = {
     "binary": ("bytes", ""),
 }
 
-#: Names the generated module defines itself; remote names that collide get a ``_`` suffix.
+#: Names the generated module defines or uses; remote names that collide get a ``_`` suffix.
 _RESERVED = frozenset(
     {
         "MODULE",
@@ -112,6 +112,11 @@ _RESERVED = frozenset(
         "use",
         "xarray",
         *_ABC,
+        # builtins the generated code itself uses
+        *_BUILTINS,
+        *_GENERICS.values(),
+        "TypeError",
+        "sorted",
     }
 )
 
@@ -169,7 +174,9 @@ def generate_stub(info: dict[str, Any], *, site: str | None = None, node: str = 
     body: list[str] = []
     exported: list[str] = []
     for fn in plain:
-        name = _free_name(fn.remote.replace(".", "_").lower(), taken)
+        # a method whose signature could not be read becomes ``class_method``
+        owner, dot, method = fn.remote.rpartition(".")
+        name = _free_name(f"{owner.lower()}_{method}" if dot else fn.remote, taken)
         exported.append(name)
         body += ["", "", *_function_source(name, fn, site, module)]
     for class_name, methods in sorted(classes.items()):

@@ -4,7 +4,9 @@
 * Each event's body is canonical JSON (:mod:`hub.events`) carrying ``seq`` and ``prev`` (the
   hash of the previous body); the hash is ``leaf_hash(body)``; the node key signs
   ``DOMAIN_EVENT || hash``. Bodies are built one after another (the chain is sequential);
-  signatures are made in parallel on a small thread pool (libsodium releases the GIL).
+  signatures are made in parallel: for a large batch by worker processes (see
+  :class:`_SignWorkers`; they run while this process builds, projects and inserts, with no
+  lock between them), for a small one on a thread pool (libsodium releases the GIL).
 * SQLite in WAL mode. ``synchronous="normal"`` (the default): a committed event survives a
   crash of the process; a power loss may lose the last transactions (never corrupts the
   log) -- the trade JetStream makes by default. ``synchronous="full"``: a committed event
@@ -24,7 +26,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
+from binascii import hexlify
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +87,178 @@ def _sign_hashes(sk: nacl.signing.SigningKey, hashes: list[bytes]) -> list[bytes
     return [sign(sk, DOMAIN_EVENT, h) for h in hashes]
 
 
+# A batch of at least this many events is signed by worker processes (when allowed).
+_PROCESS_MIN = 128
+# Hashes per request to a signing worker, and requests a worker may hold unanswered: the
+# requests and answers in flight always fit a 64 KiB pipe buffer, so neither side blocks
+# the other for long.
+_SIGN_CHUNK = 256
+_SIGN_IN_FLIGHT = 3
+
+# A signing worker: reads the 32-byte seed, then requests (u32 count || count x 32-byte
+# hash) and answers each with count x 64-byte signatures over DOMAIN_EVENT || hash.
+_SIGN_WORKER = f"""
+import sys
+from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
+read, out = sys.stdin.buffer.read, sys.stdout.buffer
+_, sk = crypto_sign_seed_keypair(read(32))
+DOMAIN = {DOMAIN_EVENT!r}
+while len(head := read(4)) == 4:
+    blob = read(32 * int.from_bytes(head, "little"))
+    sigs = [crypto_sign(DOMAIN + blob[i:i + 32], sk)[:64] for i in range(0, len(blob), 32)]
+    out.write(b"".join(sigs))
+    out.flush()
+"""
+
+
+class _SignWorkers:
+    """Worker processes that sign event hashes with the node key, off this process's GIL.
+
+    The key's seed goes to each worker over its stdin pipe (never a file or an argument);
+    a worker exits when its stdin closes, so it does not outlive the log (nor a killed
+    node). Requests are answered in order; a ticket names one request.
+    """
+
+    def __init__(self, sk: nacl.signing.SigningKey, count: int) -> None:
+        self.sk = sk
+        self.seed = bytes(sk)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(count):
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", _SIGN_WORKER],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    bufsize=0,
+                )
+                self.procs.append(proc)
+                assert proc.stdin is not None
+                _write_all(proc.stdin.fileno(), self.seed)
+        except (OSError, AssertionError):
+            self.close()
+            raise
+        self.queues: list[deque[tuple[int, int]]] = [deque() for _ in self.procs]
+        self.alive = [True] * len(self.procs)
+        self.inbox = [bytearray() for _ in self.procs]
+        self.results: dict[int, list[bytes]] = {}
+        self.hashes: dict[int, list[bytes]] = {}
+        self.next_ticket = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether any worker is still alive."""
+        return any(self.alive)
+
+    def submit(self, hashes: list[bytes]) -> int:
+        """Hand hashes to the least busy worker; the ticket for :meth:`result`."""
+        ticket = self.next_ticket
+        self.next_ticket += 1
+        self.hashes[ticket] = hashes
+        message = len(hashes).to_bytes(4, "little") + b"".join(hashes)
+        while True:
+            live = [i for i, up in enumerate(self.alive) if up]
+            if not live:
+                self.results[ticket] = _sign_hashes(self.sk, self.hashes.pop(ticket))
+                return ticket
+            i = min(live, key=lambda i: len(self.queues[i]))
+            if len(self.queues[i]) >= _SIGN_IN_FLIGHT:
+                self._take(i)
+                continue
+            stdin = self.procs[i].stdin
+            assert stdin is not None
+            try:
+                _write_all(stdin.fileno(), message)
+            except OSError:
+                self._lost(i)
+                continue
+            self.queues[i].append((ticket, len(hashes)))
+            return ticket
+
+    def result(self, ticket: int) -> list[bytes]:
+        """The signatures of one request, waiting for them if need be."""
+        while ticket not in self.results:
+            i = next(i for i, q in enumerate(self.queues) if any(t == ticket for t, _ in q))
+            self._take(i)
+        return self.results.pop(ticket)
+
+    def _take(self, i: int) -> None:
+        """Read worker ``i``'s oldest answer (blocking)."""
+        ticket, n = self.queues[i][0]
+        stdout = self.procs[i].stdout
+        assert stdout is not None
+        inbox = self.inbox[i]
+        while len(inbox) < 64 * n:
+            try:
+                data = os.read(stdout.fileno(), 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self._lost(i)
+                return
+            inbox += data
+        sigs = bytes(inbox[: 64 * n])
+        del inbox[: 64 * n]
+        self.queues[i].popleft()
+        self.hashes.pop(ticket)
+        self.results[ticket] = [sigs[k : k + 64] for k in range(0, len(sigs), 64)]
+
+    def _lost(self, i: int) -> None:
+        """Worker ``i`` died: sign what it held here, and stop using it."""
+        self.alive[i] = False
+        log.warning("eventlog.sign_worker_lost", pid=self.procs[i].pid)
+        while self.queues[i]:
+            ticket, _ = self.queues[i].popleft()
+            self.results[ticket] = _sign_hashes(self.sk, self.hashes.pop(ticket))
+        _stop(self.procs[i], kill=True)
+
+    def close(self) -> None:
+        """Stop the workers (they exit at the end of their input); harmless twice."""
+        for i, proc in enumerate(self.procs):
+            _stop(proc, kill=i < len(getattr(self, "queues", [])) and bool(self.queues[i]))
+        self.procs = []
+
+
+def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
+    if kill and proc.poll() is None:
+        proc.kill()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None and not pipe.closed:
+            pipe.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _body_frame(kid: str, log_id: str, time: str) -> tuple[bytes, bytes]:
+    """The constant parts of a batch's event bodies, around ``prev``'s value and ``seq``.
+
+    A body is canonical JSON of ``{"v", "log", "seq", "prev", "time", "type", "kid",
+    "data"}``; with its keys in order it reads ``{"data":D,"kid":K,"log":L,"prev":"P",
+    "seq":S,"time":T,"type":Y,"v":1}``, so it is assembled from canonical pieces
+    (:func:`_event_body`; the same bytes as :func:`canonical_bytes` of the whole).
+    """
+    head = b',"kid":' + canonical_bytes(kid) + b',"log":' + canonical_bytes(log_id) + b',"prev":"'
+    return head, b',"time":' + canonical_bytes(time) + b',"type":'
+
+
+def _event_body(
+    data: bytes, head: bytes, prevhex: bytes, seq: int, time_type: bytes, kind: bytes
+) -> bytes:
+    """One event body from its canonical pieces (see :func:`_body_frame`)."""
+    return b"".join(
+        (b'{"data":', data, head, prevhex, b'","seq":', b"%d" % seq, time_type, kind, b',"v":1}')
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as stored: its body bytes, hash and signature."""
@@ -111,6 +289,7 @@ class EventLog:
         *,
         checkpoint_every: int = 1000,
         sign_threads: int = 2,
+        sign_processes: bool | None = None,
         synchronous: Literal["normal", "full"] = "normal",
         log_id: str | None = None,
     ) -> None:
@@ -149,6 +328,11 @@ class EventLog:
             raise ConfigError(f"cannot open event log {path}: {exc}") from exc
         self._sign_threads = max(1, sign_threads)
         self._pool = ThreadPoolExecutor(self._sign_threads, thread_name_prefix="eventlog-sign")
+        # Worker processes sign large batches (None: from _PROCESS_MIN events on).
+        self._sign_processes = sign_processes
+        self._workers: _SignWorkers | None = None
+        self._workers_failed = False
+        self._kinds: dict[str, bytes] = {}
         self._acc = MerkleAccumulator()
         self._seq = 0
         self._prev = GENESIS_PREV
@@ -281,53 +465,68 @@ class EventLog:
     def _build_and_store(
         self, items: list[dict[str, Any]], *, meta_kid: str | None = None
     ) -> list[StoredEvent]:
-        seq, prev, kid, log_id = self._seq, self._prev, self.key.kid, self.log_id
+        seq, prev = self._seq, self._prev
         time = now()
-        rows: list[tuple[int, bytes, bytes, str, str, str | None]] = []
-        # Signing overlaps building: each chunk of hashes goes to the signing pool while
-        # the next bodies are built (the chain itself is sequential).
+        head, time_type = _body_frame(self.key.kid, self.log_id, time)
+        kinds = self._kinds
         sk = self.key.signing_key
-        pooled = len(items) >= 64 and self._sign_threads > 1
-        step = max(32, -(-len(items) // (2 * self._sign_threads)))
+        n = len(items)
+        workers = self._sign_workers(n)
+        pooled = workers is None and n >= 64 and self._sign_threads > 1
+        step = min(_SIGN_CHUNK, max(32, -(-n // (4 * self._sign_threads))))
+        # Signing overlaps building, projecting and inserting: each chunk of hashes goes to
+        # the signing workers (or pool) as soon as it is built (the chain is sequential).
+        tickets: list[int] = []
         futures: list[Future[list[bytes]]] = []
+        hashes: list[bytes] = []
         pending: list[bytes] = []
+        bodies: list[bytes] = []
         for data in items:
             seq += 1
-            body = canonical_bytes(
-                {
-                    "v": 1,
-                    "log": log_id,
-                    "seq": seq,
-                    "prev": prev.hex(),
-                    "time": time,
-                    "type": data["type"],
-                    "kid": kid,
-                    "data": data,
-                }
+            kind = data["type"]
+            kind_json = kinds.get(kind)
+            if kind_json is None:
+                kind_json = kinds[kind] = canonical_bytes(kind)
+            body = _event_body(
+                canonical_bytes(data), head, hexlify(prev), seq, time_type, kind_json
             )
             prev = leaf_hash(body)
-            rows.append((seq, prev, body, data["type"], time, data.get("request_id")))
-            if pooled:
+            bodies.append(body)
+            hashes.append(prev)
+            if workers is not None or pooled:
                 pending.append(prev)
                 if len(pending) >= step:
-                    futures.append(self._pool.submit(_sign_hashes, sk, pending))
+                    if workers is not None:
+                        tickets.append(workers.submit(pending))
+                    else:
+                        futures.append(self._pool.submit(_sign_hashes, sk, pending))
                     pending = []
-        if pooled:
-            if pending:
+        if pending:
+            if workers is not None:
+                tickets.append(workers.submit(pending))
+            else:
                 futures.append(self._pool.submit(_sign_hashes, sk, pending))
-            sigs = [sig for fut in futures for sig in fut.result()]
-        else:
-            sigs = _sign_hashes(sk, [r[1] for r in rows])
+        first = self._seq + 1
         conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            # Projections first: they need no signature, so this overlaps the signing.
+            projections.apply_many(conn, [(first + i, time, d) for i, d in enumerate(items)])
+            if workers is not None:
+                sigs = [sig for t in tickets for sig in workers.result(t)]
+            elif pooled:
+                sigs = [sig for fut in futures for sig in fut.result()]
+            else:
+                sigs = _sign_hashes(sk, hashes)
             conn.executemany(
                 "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r[0], r[1], s, r[2], r[3], r[4], r[5]) for r, s in zip(rows, sigs, strict=True)],
-            )
-            projections.apply_many(
-                conn, [(r[0], r[4], data) for r, data in zip(rows, items, strict=True)]
+                [
+                    (first + i, h, sig, body, d["type"], time, d.get("request_id"))
+                    for i, (h, sig, body, d) in enumerate(
+                        zip(hashes, sigs, bodies, items, strict=True)
+                    )
+                ],
             )
             for data in items:
                 if data["type"] == "checkpoint":
@@ -346,13 +545,43 @@ class EventLog:
         except sqlite3.DatabaseError as exc:
             conn.execute("ROLLBACK")
             raise LogConflictError(f"event log refused the append: {exc}") from exc
-        for r in rows:
-            self._acc.append(r[1])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._acc.extend(hashes)
         self._seq, self._prev = seq, prev
-        self._since_checkpoint += len(rows)
+        self._since_checkpoint += n
         if items[-1]["type"] == "checkpoint":
             self._since_checkpoint = 0
-        return [StoredEvent(r[0], r[1], s, r[2], r[3]) for r, s in zip(rows, sigs, strict=True)]
+        return [
+            StoredEvent(first + i, h, sig, body, d["type"])
+            for i, (h, sig, body, d) in enumerate(zip(hashes, sigs, bodies, items, strict=True))
+        ]
+
+    def _sign_workers(self, n: int) -> _SignWorkers | None:
+        """The signing workers for a batch of ``n`` events, started if need be; None when
+        this batch is signed by threads."""
+        want = self._sign_processes
+        if want is False or self._workers_failed or self._sign_threads < 2:
+            return None
+        if want is None and n < _PROCESS_MIN:
+            return None
+        sk = self.key.signing_key
+        workers = self._workers
+        if workers is not None and (workers.sk is not sk or not workers.usable):
+            workers.close()
+            workers = self._workers = None
+        if workers is None:
+            if not sys.executable or os.name != "posix":
+                self._workers_failed = True
+                return None
+            try:
+                workers = self._workers = _SignWorkers(sk, self._sign_threads)
+            except OSError as exc:
+                log.warning("eventlog.sign_workers_failed", error=str(exc))
+                self._workers_failed = True
+                return None
+        return workers
 
     # --- reading ------------------------------------------------------------------------
 
@@ -425,6 +654,9 @@ class EventLog:
                 return
             self._closed = True
             self._pool.shutdown(wait=True)
+            if self._workers is not None:
+                self._workers.close()
+                self._workers = None
             self.db.conn.close()
 
     def __enter__(self) -> EventLog:

@@ -66,28 +66,27 @@ def ruff() -> str:
     return path
 
 
+def assert_ruff_clean(path: Path, *rules: str) -> None:
+    """``ruff check`` (default rules, or ``rules``) and ``ruff format --check`` pass."""
+    select = ["--select", ",".join(rules)] if rules else []
+    for command in (["check", *select], ["format", "--check"]):
+        result = subprocess.run(  # from the file's folder, where `hub` is an installed package
+            [ruff(), *command, "--isolated", "--no-cache", path.name],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=path.parent,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_generated_client_passes_ruff_with_default_and_project_rules(
     climate_info: dict[str, Any], tmp_path: Path
 ) -> None:
     path = tmp_path / "climate_client.py"
     path.write_text(generate_stub(climate_info, site="hereon"))
-    for extra in ([], ["--select", PROJECT_RULES]):
-        result = subprocess.run(  # from the file's folder, where `hub` is an installed package
-            [ruff(), "check", "--isolated", "--no-cache", *extra, path.name],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=tmp_path,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-    result = subprocess.run(
-        [ruff(), "format", "--isolated", "--check", "--no-cache", path.name],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_ruff_clean(path)
+    assert_ruff_clean(path, PROJECT_RULES)
 
 
 def test_every_served_function_becomes_a_typed_function(stub: ModuleType) -> None:
@@ -200,6 +199,16 @@ def connect(timeout: float, client: str = "c", when: dt.datetime = dt.datetime(2
     return client
 
 
+def sorted(values: list[float]) -> float:
+    """Shadow a builtin the stub uses."""
+    return values[0]
+
+
+def meanOf(values: list[float]) -> float:
+    """Keep a camelCase name as it is."""
+    return sum(values) / len(values)
+
+
 def defaults(when: dt.datetime = dt.datetime(2020, 1, 1), xs: list[int] = [1, 2],
              ratio: float = float("inf"), n: int = 3) -> str:
     """Defaults that JSON cannot carry as Python literals of their type."""
@@ -215,8 +224,9 @@ def test_names_the_stub_uses_itself_and_unwritable_defaults_are_handled(
     info = load_module(str(path), name="odd_names").info()
     source = generate_stub(info, site="lab")
     stub = write_and_import(source, tmp_path / "odd_client.py")
+    assert_ruff_clean(tmp_path / "odd_client.py")
     # the remote function named `connect` does not hide the stub's own connect()
-    assert "connect_" in stub.__all__
+    assert {"connect_", "sorted_", "meanOf", "defaults"} <= set(stub.__all__)
     sig = inspect.signature(stub.connect_)
     assert list(sig.parameters) == [
         "timeout",
