@@ -251,25 +251,26 @@ def cmd_call(args: argparse.Namespace) -> int:
 async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[str, Any]) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
-    async with await _client(args) as fed, _sigint() as interrupted:
-        handle = await fed.submit(
-            address,
-            timeout=args.timeout,
-            on_progress=bar.update if bar is not None else None,
-            **kwargs,
-        )
-        print(f"request {handle.request_id}", file=sys.stderr, flush=True)
-        ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
-        try:
-            outcome = await _result_or_interrupt(handle, interrupted)
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
-            if bar is not None:
-                bar.close()
-        if outcome is _INTERRUPTED:
+    async with await _client(args) as fed:
+        async with _sigint() as interrupted:
+            handle = await fed.submit(
+                address,
+                timeout=args.timeout,
+                on_progress=bar.update if bar is not None else None,
+                **kwargs,
+            )
+            print(f"request {handle.request_id}", file=sys.stderr, flush=True)
+            ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
+            try:
+                outcome = await _result_or_interrupt(handle, interrupted)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                if bar is not None:
+                    bar.close()
+        if outcome is _INTERRUPTED:  # a second Ctrl-C from here on stops at once
             return await _cancel(handle, site)
         _output(outcome, args)
     return 0

@@ -56,7 +56,6 @@ from hub.errors import (
     FederationError,
     NotFoundError,
     OversizeError,
-    RemoteError,
     TransportError,
     remote_error_from_code,
 )
@@ -348,11 +347,13 @@ class Client:
             },
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
-        limit = self.nc.max_payload
+        node_limit = int(info.info.get("max_payload") or 0)
+        limits = [x for x in (self.nc.max_payload, node_limit) if x]
+        limit = min(limits) if limits else 0
         if limit and len(data) > limit:
             raise OversizeError(
-                f"arguments of {address} encrypt to {len(data):,} bytes; this connection "
-                f"allows {limit:,}",
+                f"arguments of {address} encrypt to {len(data):,} bytes; the limit on the "
+                f"way to {target.site} is {limit:,}",
                 hint="pass less data per call, or ask the operator to raise max_payload",
             )
         loop = asyncio.get_running_loop()
@@ -471,7 +472,9 @@ class Client:
                 )
 
 
-def _error(code: str, message: str, handle: CallHandle) -> RemoteError:
+def _error(code: str, message: str, handle: CallHandle) -> FederationError:
+    if code == "timeout":
+        return CallTimeoutError(message or f"{handle.address} ran out of time at the node")
     if code in ("cancelled", "interrupted"):
         return CallCancelledError(message or f"{handle.address} was cancelled", code=code)
     return remote_error_from_code(code, message or f"{handle.address} failed ({code})")

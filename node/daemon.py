@@ -98,6 +98,7 @@ class NodeDaemon:
         self.url: str = ""
         self._published_seq = 0
         self.instance = 1
+        self._genesis = ""
         self._cursor_saved = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -127,6 +128,7 @@ class NodeDaemon:
 
         self.eventlog = await asyncio.to_thread(open_instance_log, cfg, self.instance)
         self.stack.callback(self.eventlog.close)
+        self._genesis = next(self.eventlog.events(after=0, limit=1)).hash.hex()[:16]
         self.writer = LogWriter(self.eventlog)
         await self.writer.start(self._publish_events)
         self.stack.callback(self._save_cursor_final)
@@ -195,12 +197,18 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
-        pull = [
-            t for t in self._tasks if t.get_name() in ("pull-loop", "status-file", "checkpoints")
-        ]
-        for t in pull:
+        background = [t for t in self._tasks if t.get_name() in ("status-file", "checkpoints")]
+        for t in background:
             t.cancel()
-        await asyncio.gather(*pull, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
+        # let the pull loop finish its fetch (at most a second) rather than cancel it: a
+        # cancelled fetch leaves a pull request the server would still deliver to
+        pull = [t for t in self._tasks if t.get_name() == "pull-loop"]
+        if pull:
+            _, late = await asyncio.wait(pull, timeout=5.0)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*pull, return_exceptions=True)
         calls = [t for t in self._tasks if t.get_name() == "call"]
         if calls:
             log.info("node.finishing_calls", count=len(calls), grace=self.grace)
@@ -326,7 +334,8 @@ class NodeDaemon:
 
         One message carries a run of consecutive events as export lines (JSON Lines, the
         format of ``fedhub-node log export``), up to ~256 KiB, with ``Nats-Msg-Id`` =
-        ``<log>:<first seq>-<last seq>``. After a crash the node re-sends from its saved
+        ``<log>@<genesis hash prefix>:<first seq>-<last seq>`` (a log re-created under the same
+        name is a different log). After a crash the node re-sends from its saved
         cursor, so a reader may see an event twice and keeps the first of each ``seq``.
         """
         assert self.nc is not None and self.eventlog is not None
@@ -345,7 +354,7 @@ class NodeDaemon:
                 await js.publish_async(
                     subject,
                     b"".join(batch),
-                    headers={"Nats-Msg-Id": f"{log_id}:{first}-{ev.seq}"},
+                    headers={"Nats-Msg-Id": f"{log_id}@{self._genesis}:{first}-{ev.seq}"},
                 )
                 batch, size, first = [], 0, ev.seq + 1
         await js.publish_async_completed()
@@ -424,6 +433,7 @@ class NodeDaemon:
                     "module": name,
                     "node": self.eventlog.log_id,
                     "node_key": node_key,
+                    "max_payload": self.cfg.calls.max_payload,
                     **info,
                 }
             ).encode()

@@ -114,9 +114,19 @@ class Outcome:
 
 
 class _Rejected(Exception):  # noqa: N818 - internal control flow, carries the rejection
-    def __init__(self, error: FederationError, code: str, reply_to: str | None) -> None:
+    def __init__(
+        self,
+        error: FederationError,
+        code: str,
+        reply_to: str | None,
+        *,
+        verified: bool = True,
+    ) -> None:
         super().__init__(error.message)
         self.error, self.code, self.reply_to = error, code, reply_to
+        # False until the signature checked out: then the id and caller are only claims,
+        # and must not be recorded as this request's (a forger could block the real one).
+        self.verified = verified
 
 
 class Pipeline:
@@ -224,27 +234,39 @@ class Pipeline:
         try:
             state = await self._request_state(rid)
             if state is not None:
-                return await self._seen_before(header, state, delivery, ciphertext, record)
+                return await self._seen_before(
+                    header, state, delivery, ciphertext, record, keepalive
+                )
             self._check_fresh(header)
             self._authorize(header, record)
+            received = RequestReceived(
+                request_id=rid,
+                caller=header.caller,
+                address=header.address,
+                header=b64e(header_bytes),
+                sig=b64e(sig),
+                nonce=header.nonce,
+                payload_hash=header.payload_hash,
+                payload_size=header.payload_size,
+                delivery=delivery,
+            )
+            try:
+                content_key, kwargs = self._open(header, record, ciphertext)
+            except FederationError as exc:
+                await self.writer.append(received, RequestAccepted(request_id=rid))
+                return await self._fail(header, None, exc, time.perf_counter())
             await self.writer.append(
-                RequestReceived(
-                    request_id=rid,
-                    caller=header.caller,
-                    address=header.address,
-                    header=b64e(header_bytes),
-                    sig=b64e(sig),
-                    nonce=header.nonce,
-                    payload_hash=header.payload_hash,
-                    payload_size=header.payload_size,
-                    delivery=delivery,
-                ),
-                RequestAccepted(request_id=rid),
-                RequestStarted(request_id=rid, attempt=1),
+                received, RequestAccepted(request_id=rid), RequestStarted(request_id=rid, attempt=1)
             )
             log.info("call.accepted", caller=header.caller, address=header.address)
             return await self._execute(
-                header, record, ciphertext, attempt=1, keepalive=keepalive, logged_start=True
+                header,
+                record,
+                content_key,
+                kwargs,
+                attempt=1,
+                keepalive=keepalive,
+                logged_start=True,
             )
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
@@ -256,22 +278,30 @@ class Pipeline:
         if len(data) > self.calls.max_payload:
             raise _Rejected(
                 OversizeError(
-                    f"request is {len(data):,} bytes; this site takes {self.calls.max_payload:,}"
+                    f"request is {len(data):,} bytes; this site takes {self.calls.max_payload:,}",
+                    hint="pass less data per call",
                 ),
                 "oversize",
-                None,
+                self._claimed_reply(data),
+                verified=False,
             )
         try:
             header_bytes, sig, ciphertext = split_request(data)
             claimed = parse_canonical(header_bytes)
             caller, kid, reply = str(claimed["caller"]), str(claimed["kid"]), claimed.get("reply")
         except (CanonicalError, KeyError, TypeError) as exc:
-            raise _Rejected(CanonicalError(f"malformed request: {exc}"), "malformed", None) from exc
+            raise _Rejected(
+                CanonicalError(f"malformed request: {exc}"), "malformed", None, verified=False
+            ) from exc
         reply_to = self._safe_reply(caller, reply)
         try:
             record = self.directory.caller(caller, kid)
         except UnauthorizedError as exc:
-            raise _Rejected(exc, "unauthorized", reply_to) from exc
+            # a revoked (but once registered) key can still prove it signed this request,
+            # which makes the refusal attributable; an unknown key proves nothing
+            known = self.directory.keys.get(kid)
+            signed = known is not None and known.identity == caller and _signed(known, data)
+            raise _Rejected(exc, "unauthorized", reply_to, verified=signed) from exc
         try:
             verify(record.sign_key_bytes(), DOMAIN_REQUEST, header_bytes, sig)
         except SignatureError as exc:
@@ -279,6 +309,7 @@ class Pipeline:
                 SignatureError(f"request signature of {caller} does not verify"),
                 "bad_signature",
                 reply_to,
+                verified=False,
             ) from exc
         try:
             header = parse_request_header(header_bytes)
@@ -302,6 +333,14 @@ class Pipeline:
                 reply_to,
             )
         return header, record, header_bytes, sig, ciphertext
+
+    def _claimed_reply(self, data: bytes) -> str | None:
+        """The inbox an unverified request claims, if it is one of its claimed caller's."""
+        try:
+            claimed = parse_canonical(split_request(data)[0])
+            return self._safe_reply(str(claimed["caller"]), claimed.get("reply"))
+        except (CanonicalError, KeyError, TypeError):
+            return None
 
     def _safe_reply(self, caller: str, reply: object) -> str | None:
         """The reply subject, only if it is an inbox of the identity the request names."""
@@ -357,9 +396,15 @@ class Pipeline:
         delivery: int,
         ciphertext: bytes,
         record: KeyRecord,
+        keepalive: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         rid = header.id
         current = state["state"]
+        if rid in self._running:
+            # a redelivery of a call this process is still running (the server gave up
+            # waiting for its ack): the running one will ack it; neither ack nor run again
+            log.info("call.redelivered_while_running")
+            return Outcome(rid, "duplicate", "running", ack=False)
         if delivery <= 1:
             raise _Rejected(
                 ReplayError(f"request {rid} was received before"), "replay", header.reply
@@ -386,15 +431,47 @@ class Pipeline:
             )
             await self._send_error(header, None, "interrupted", err.message)
             return Outcome(rid, "failed", "interrupted")
+        attempt = int(state.get("attempts") or 0) + 1
+        try:
+            content_key, kwargs = self._open(header, record, ciphertext)
+        except FederationError as exc:
+            return await self._fail(header, None, exc, time.perf_counter())
         return await self._execute(
-            header, record, ciphertext, attempt=int(state.get("attempts") or 0) + 1
+            header, record, content_key, kwargs, attempt=attempt, keepalive=keepalive
         )
+
+    def _open(
+        self, header: RequestHeader, record: KeyRecord, ciphertext: bytes
+    ) -> tuple[bytes, dict[str, object]]:
+        """Unwrap the content key, decrypt and decode the arguments, check the interface."""
+        wrapped = header.wraps.get(self.key.kid)
+        if wrapped is None:
+            raise DecryptionError(
+                f"request {header.id} has no key wrapped for this node ({self.key.kid})"
+            )
+        raw = b64d(wrapped)
+        if raw[:32] != record.box_key_bytes():
+            raise DecryptionError("arguments were not encrypted by the caller's registered key")
+        content_key = unwrap_key(self.key.box_secret, raw)
+        plaintext = open_secret(content_key, ciphertext)
+        try:
+            kwargs = codec.decode_many(plaintext, max_size=self.calls.max_payload * 4)
+        except CanonicalError as exc:
+            raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
+        spec = self.runner.function(header.module, header.function)
+        if header.schema_hash and header.schema_hash != spec.schema_hash:
+            raise ValidationError(
+                f"{header.address} changed its interface since the caller read it",
+                hint="refresh the module info (`fedhub ls`) and call again",
+            )
+        return content_key, kwargs
 
     async def _execute(
         self,
         header: RequestHeader,
         record: KeyRecord,
-        ciphertext: bytes,
+        content_key: bytes,
+        kwargs: dict[str, object],
         *,
         attempt: int,
         keepalive: Callable[[], Awaitable[None]] | None = None,
@@ -402,28 +479,7 @@ class Pipeline:
     ) -> Outcome:
         rid = header.id
         started = time.perf_counter()
-        content_key: bytes | None = None
         try:
-            wrapped = header.wraps.get(self.key.kid)
-            if wrapped is None:
-                raise DecryptionError(
-                    f"request {rid} has no key wrapped for this node ({self.key.kid})"
-                )
-            raw = b64d(wrapped)
-            if raw[:32] != record.box_key_bytes():
-                raise DecryptionError("arguments were not encrypted by the caller's registered key")
-            content_key = unwrap_key(self.key.box_secret, raw)
-            plaintext = open_secret(content_key, ciphertext)
-            try:
-                kwargs = codec.decode_many(plaintext, max_size=self.calls.max_payload * 4)
-            except CanonicalError as exc:
-                raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
-            spec = self.runner.function(header.module, header.function)
-            if header.schema_hash and header.schema_hash != spec.schema_hash:
-                raise ValidationError(
-                    f"{header.address} changed its interface since the caller read it",
-                    hint="refresh the module info (`fedhub ls`) and call again",
-                )
             if not logged_start:
                 await self.writer.append(RequestStarted(request_id=rid, attempt=attempt))
             cancel = asyncio.Event()
@@ -509,26 +565,32 @@ class Pipeline:
         except asyncio.CancelledError:
             raise  # the node is stopping: the message goes back to the stream
         except Exception as exc:  # every other failure ends the request, exactly once
-            if not isinstance(exc, FederationError):
-                log.exception("call.internal_error", address=header.address)
-                exc = FunctionFailedError(
-                    f"{header.address} failed inside the node ({type(exc).__name__})",
-                    code="internal_error",
-                    hint="the site's operator can find it in the node's log",
-                )
-            code = _code_of(exc)
-            duration = int((time.perf_counter() - started) * 1e6)
-            await self.writer.append(
-                RequestFailed(
-                    request_id=rid,
-                    code=code,
-                    reason=_public_reason(exc, code),
-                    duration_us=duration,
-                )
+            return await self._fail(header, content_key, exc, started)
+
+    async def _fail(
+        self, header: RequestHeader, content_key: bytes | None, exc: Exception, started: float
+    ) -> Outcome:
+        """Log ``request.failed`` with its code and tell the caller."""
+        if not isinstance(exc, FederationError):
+            log.error("call.internal_error", address=header.address, exc_info=exc)
+            exc = FunctionFailedError(
+                f"{header.address} failed inside the node ({type(exc).__name__})",
+                code="internal_error",
+                hint="the site's operator can find it in the node's log",
             )
-            await self._send_error(header, content_key, code, _message_with_hint(exc))
-            log.info("call.failed", address=header.address, code=code)
-            return Outcome(rid, "failed", code)
+        code = _code_of(exc)
+        duration = int((time.perf_counter() - started) * 1e6)
+        await self.writer.append(
+            RequestFailed(
+                request_id=header.id,
+                code=code,
+                reason=_public_reason(exc, code),
+                duration_us=duration,
+            )
+        )
+        await self._send_error(header, content_key, code, _message_with_hint(exc))
+        log.info("call.failed", address=header.address, code=code)
+        return Outcome(header.id, "failed", code)
 
     # --- answers --------------------------------------------------------------------------
 
@@ -573,14 +635,19 @@ class Pipeline:
             header_bytes = data[:4096]
         if rid is not None and not _looks_like_id(rid):
             rid = None
+        reason = rej.error.message[:400]
+        if not rej.verified and (rid or caller):
+            # unproven claims stay out of the request's identity (a forger must not be able
+            # to block or blame the real one) but are kept in the reason, for the record
+            reason += f" (unverified claims: request {rid}, caller {(caller or '')[:60]})"
         try:
             await self.writer.append(
                 RequestRejected(
-                    request_id=rid,
-                    caller=caller[:140] if caller else None,
+                    request_id=rid if rej.verified else None,
+                    caller=(caller[:140] if caller else None) if rej.verified else None,
                     envelope_hash=blake2b_256(header_bytes).hex(),
                     code=rej.code,
-                    reason=rej.error.message[:500],
+                    reason=reason[:500],
                 )
             )
         except FederationError as exc:
@@ -722,6 +789,16 @@ def _message_with_hint(exc: FederationError) -> str:
 def _error_answer(exc: FederationError) -> dict[str, Any]:
     code = exc.code if isinstance(exc, RemoteError) else "remote_error"
     return {"error": {"code": code, "message": _message_with_hint(exc)}}
+
+
+def _signed(record: KeyRecord, data: bytes) -> bool:
+    """Whether ``data`` is a request frame signed by ``record``'s key."""
+    try:
+        header_bytes, sig, _ = split_request(data)
+        verify(record.sign_key_bytes(), DOMAIN_REQUEST, header_bytes, sig)
+    except (CanonicalError, SignatureError):
+        return False
+    return True
 
 
 def _looks_like_id(rid: str) -> bool:

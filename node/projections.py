@@ -91,8 +91,9 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
                 "INSERT INTO requests(request_id, caller, state, code, reason, updated_seq,"
                 " updated_time) VALUES (?, ?, 'rejected', ?, ?, ?, ?)"
                 " ON CONFLICT(request_id) DO UPDATE SET"
-                " state = CASE WHEN state IN ('received') THEN 'rejected' ELSE state END,"
-                " code = excluded.code, reason = excluded.reason,"
+                " state = CASE WHEN state = 'received' THEN 'rejected' ELSE state END,"
+                " code = CASE WHEN state = 'received' THEN excluded.code ELSE code END,"
+                " reason = CASE WHEN state = 'received' THEN excluded.reason ELSE reason END,"
                 " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
                 [data["request_id"], data.get("caller"), data["code"], data["reason"], seq, time],
             )

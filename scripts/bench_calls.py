@@ -804,25 +804,6 @@ def print_report(report: dict[str, Any]) -> None:
 # --- main -------------------------------------------------------------------------------
 
 
-def _allow_cross_site_info() -> None:
-    """WORKAROUND (remove once hub.topology is fixed): let callers reach other sites' info.
-
-    ``hub.topology._leaf_publish_deny`` denies every leaf publishing ``fh.info.<other>.>``
-    into the hub, which also stops a caller at geomar from *requesting* hereon's module
-    info, so no cross-site call can start. Only the events deny is kept here.
-    """
-    import hub.topology as topology
-
-    original = topology._leaf_publish_deny
-    if not any(".info." in s for s in original("a", ["a", "b"])):
-        return
-
-    def events_only(site: str, sites: Any) -> list[str]:
-        return [s for s in original(site, sites) if s.startswith("fh.events.")]
-
-    topology._leaf_publish_deny = events_only
-
-
 async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> dict[str, Any]:
     STOP.loop, STOP.task = asyncio.get_running_loop(), asyncio.current_task()
     try:
@@ -837,7 +818,6 @@ async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> d
 
 async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> dict[str, Any]:
     modes = ["process", "inproc"] if opts.node == "both" else [opts.node]
-    _allow_cross_site_info()
     fed = await start_local_federation(root / "nats", (SITE, CALLER_SITE))
     try:
         raw: dict[str, dict[str, Run]] = {}
@@ -882,7 +862,7 @@ def main() -> int:
     )
     parser.add_argument("--peers", action="store_true", help="also measure Celery + Redis")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
     parser.add_argument("--profile", type=Path, help="write node.prof (cProfile) here")
     parser.add_argument("--serve-raw", nargs=2, metavar=("URL", "SUBJECT"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -891,6 +871,8 @@ def main() -> int:
         return 0
     if opts.calls < 1 or opts.concurrency < 1:
         parser.error("--calls and --concurrency must be at least 1")
+    if opts.keep and opts.keep.exists() and any(opts.keep.iterdir()):
+        parser.error(f"--keep {opts.keep}: give a new or empty folder")
     configure_logging(level="warning")
     load_before = round(os.getloadavg()[0], 2)
     procs = Processes()
@@ -915,7 +897,8 @@ def main() -> int:
             else:
                 say("Celery + Redis ...")
                 runs = bench_celery(root, procs, opts)
-                peer = compare(runs, raw_runs[headline], RAW_PROCESS, opts.concurrency)
+                base = RAW_PROCESS if headline == "process" else RAW_INPROC
+                peer = compare(runs, raw_runs[headline], base, opts.concurrency)
                 mine = compare(ours[headline], runs, "celery", opts.concurrency)
                 peer["fedhub_vs_peer"] = {
                     k: mine[k]["ratio"]

@@ -152,8 +152,9 @@ def test_call_with_json_flag_prints_numpy_and_xarray_results_as_json(
     site: Site, field: xr.DataArray, tmp_path: Path
 ) -> None:
     np.save(tmp_path / "values.npy", np.array([2.0, 4.0, 6.0]))
+    # options may come before, between or after the key=value arguments
     run = fedhub(
-        site, "call", "hereon.climate.normalize", "values=@values.npy", "--json", cwd=tmp_path
+        site, "call", "hereon.climate.normalize", "--json", "values=@values.npy", cwd=tmp_path
     )
     assert run.code == 0, run.err
     assert json.loads(run.out) == [0.0, 0.5, 1.0]

@@ -216,7 +216,11 @@ async def test_a_key_the_site_never_registered_is_refused(
         async with await client(world, federation, KLAUS) as klaus:
             await still_serves(klaus)
     rejections = LogView(cfg.log_path).rejections()
-    assert [(r["caller"], r["code"]) for r in rejections] == [(MALLORY, "unauthorized")]
+    # An unknown key proves nothing: the claimed caller is kept in the reason only, never
+    # recorded as the request's caller (a forger must not be able to blame anyone).
+    assert [(r["caller"], r["code"]) for r in rejections] == [(None, "unauthorized")]
+    assert f"caller {MALLORY}" in rejections[0]["reason"]
+    assert rejections[0]["request_id"] is None
     assert started(cfg) == 1
 
 
