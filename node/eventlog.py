@@ -562,9 +562,9 @@ class EventLog:
         """The signing workers for a batch of ``n`` events, started if need be; None when
         this batch is signed by threads."""
         want = self._sign_processes
-        if want is False or self._workers_failed or self._sign_threads < 2:
+        if want is False or self._workers_failed:
             return None
-        if want is None and n < _PROCESS_MIN:
+        if want is None and (n < _PROCESS_MIN or self._sign_threads < 2):
             return None
         sk = self.key.signing_key
         workers = self._workers

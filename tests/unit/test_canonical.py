@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.canonical import b64d, b64e, canonical_bytes, check_canonical, parse_canonical
+from hub.canonical import (
+    _orjson_dumps,
+    _stdlib_canonical_bytes,
+    b64d,
+    b64e,
+    canonical_bytes,
+    check_canonical,
+    parse_canonical,
+)
 from hub.errors import CanonicalError
 
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -101,3 +109,25 @@ def test_base64_round_trips_without_padding(data: bytes) -> None:
 def test_text_that_is_not_url_safe_base64_is_refused(text: str) -> None:
     with pytest.raises(CanonicalError):
         b64d(text)
+
+
+any_texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=30) | st.text(
+    st.characters(max_codepoint=0x7F), max_size=30
+)
+any_values = st.recursive(
+    st.none() | st.booleans() | ints | any_texts,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(any_texts, inner, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+@pytest.mark.skipif(_orjson_dumps is None, reason="orjson is not installed")
+@settings(max_examples=300, deadline=None)
+@given(any_values)
+def test_the_fast_encoder_writes_the_same_bytes_as_the_standard_library(value: Any) -> None:
+    """With orjson installed, canonical_bytes uses it: byte for byte the documented form."""
+    assert canonical_bytes(value) == _stdlib_canonical_bytes(value)

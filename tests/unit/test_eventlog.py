@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers.logs import Keys, audit_file, build_log, open_new_log, request_events
+from helpers.logs import SITE, Keys, audit_file, build_log, open_new_log, request_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hub.canonical import canonical_bytes
 from hub.chain import leaf_hash
 from hub.errors import ConfigError, LogConflictError
 from hub.events import NodeStarted, NodeStopped
-from node.eventlog import EventLog
+from node.eventlog import EventLog, _body_frame, _event_body
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
 INSERT = "INSERT INTO events(seq, hash, sig, body, type, time)"
@@ -182,3 +186,73 @@ def test_a_database_with_text_where_blobs_belong_is_unreadable(tmp_path: Path) -
     conn.close()
     with pytest.raises(LogUnreadableError, match="BLOBs"):
         list(iter_sqlite(path))
+
+
+_texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
+_flat = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _texts
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.dictionaries(_texts, _flat | st.lists(_flat, max_size=3), max_size=6),
+    kind=_texts,
+    kid=_texts,
+    log_id=_texts,
+    time=_texts,
+    seq=st.integers(1, 2**63 - 1),
+    prev=st.binary(min_size=32, max_size=32),
+)
+def test_event_bodies_are_assembled_as_the_canonical_bytes_of_the_whole_event(
+    data: dict[str, Any], kind: str, kid: str, log_id: str, time: str, seq: int, prev: bytes
+) -> None:
+    data = {**data, "type": kind}
+    whole = {
+        "v": 1,
+        "log": log_id,
+        "seq": seq,
+        "prev": prev.hex(),
+        "time": time,
+        "type": kind,
+        "kid": kid,
+        "data": data,
+    }
+    head, time_type = _body_frame(kid, log_id, time)
+    body = _event_body(
+        canonical_bytes(data), head, prev.hex().encode(), seq, time_type, canonical_bytes(kind)
+    )
+    assert body == canonical_bytes(whole)
+
+
+def _log_signed_by_processes(path: Path, keys: Keys) -> EventLog:
+    log = EventLog(path, keys.node, checkpoint_every=16, sign_processes=True)
+    log.initialize(SITE, keys.site.sign_public, keys.vouch(keys.node))
+    return log
+
+
+def test_large_batches_signed_by_worker_processes_audit_clean(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with _log_signed_by_processes(path, keys) as log:
+        log.append(STARTED)
+        events = [e for i in range(60) for e in request_events(f"req{i:05d}")]
+        stored = log.append_many(events)
+        assert len(stored) >= len(events)
+        workers = log._workers
+        assert workers is not None and workers.usable
+    assert audit_file(path, keys.trusted).ok
+
+
+def test_a_signing_worker_that_dies_is_replaced_by_local_signing(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with _log_signed_by_processes(path, keys) as log:
+        log.append(STARTED)
+        workers = log._workers
+        assert workers is not None
+        for proc in workers.procs:
+            proc.kill()
+            proc.wait()
+        log.append_many([e for i in range(40) for e in request_events(f"req{i:05d}")])
+        assert not workers.usable
+    report = audit_file(path, keys.trusted)
+    assert report.ok, [f.line() for f in report.findings]
