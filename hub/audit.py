@@ -60,7 +60,7 @@ _MAX_FINDINGS = 1000
 _CHUNK = 640
 # With ``processes=None``, worker processes start once this many signatures were queued
 # (starting one costs about as much as 500 verifications); smaller logs use threads.
-_PROCESS_AFTER = 4 * _CHUNK
+_PROCESS_AFTER = _CHUNK
 # Chunks handed to one worker process and not yet answered: one checked, one waiting.
 _IN_FLIGHT = 2
 # Event hashes are added to the Merkle tree in groups of this many (or when a root is due).

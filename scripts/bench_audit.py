@@ -2,11 +2,14 @@
 """Benchmark the event log and the auditor against raw baselines measured in the same run.
 
     python scripts/bench_audit.py --events 100000 [--keep PATH] [--json] [--batch 256]
+                                  [--synchronous normal|full] [--repeat 3]
 
 Builds a log of N events through the real append path (node.eventlog.EventLog: canonical
 bodies, hash chain, parallel signing, group commit, projections, a checkpoint every 1000
 events) with a realistic mix (received / accepted / started / completed per request), then
-reports:
+reports (each figure measured between two runs of its raw baseline, whose mean is used;
+``--repeat R`` runs the audits and baselines R times and reports medians; the load average
+is printed because the machine may be shared):
 
 * append events/s               vs raw sqlite3 inserts/s (WAL, same batches, same synchronous)
 * full audit events/s           vs raw PyNaCl verify/s x cores (all signatures, every core)
@@ -24,6 +27,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -103,6 +107,8 @@ def build(path: Path, n: int, batch: int, synchronous: str) -> tuple[float, KeyP
 
 def raw_sqlite(folder: Path, n: int, batch: int, synchronous: str) -> float:
     """Rows/s of plain sqlite3 inserts of event-sized rows (WAL, batches per transaction)."""
+    for name in ("raw.db", "raw.db-wal", "raw.db-shm"):
+        (folder / name).unlink(missing_ok=True)
     conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -173,6 +179,10 @@ def audit_rate(path: Path, site: KeyPair, signatures: bool, threads: int) -> tup
     return report.events / seconds, seconds
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def main() -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -181,29 +191,64 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--batch", type=int, default=256, help="events per append (group commit)")
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="audit and baseline rounds (medians reported)"
+    )
     args = parser.parse_args()
     cores = os.cpu_count() or 2
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedhub-bench-") as tmp:
         folder = Path(tmp)
         db = folder / "events.db"
+        # Each figure is measured between two runs of its raw baseline (their mean is the
+        # baseline), so a change in the machine's load shows up in both.
+        sample = min(args.events, 50_000)
+        sqlite_n = min(args.events, 200_000)
+        sqlite_before = raw_sqlite(folder, sqlite_n, args.batch, args.synchronous)
         append_s, site = build(db, args.events, args.batch, args.synchronous)
+        sqlite_after = raw_sqlite(folder, sqlite_n, args.batch, args.synchronous)
         with EventLog.open_readonly(db) as ro:
             events = ro.size
-        full_rate, full_s = audit_rate(db, site, True, cores)
-        chain_rate, chain_s = audit_rate(db, site, False, cores)
-        sample = min(events, 50_000)
-        verify1 = raw_verify(sample, 1)
-        verify_n = raw_verify(sample, cores)
-        blake = raw_blake2b(min(events, 500_000))
-        sqlite_rate = raw_sqlite(folder, min(events, 200_000), args.batch, args.synchronous)
+        rounds: dict[str, list[float]] = {
+            k: [] for k in ("full", "full_s", "chain", "chain_s", "v1", "vn", "blake")
+        }
+        for _ in range(max(1, args.repeat)):
+            v1_before, vn_before = raw_verify(sample, 1), raw_verify(sample, cores)
+            full_rate, full_s = audit_rate(db, site, True, cores)
+            v1_after, vn_after = raw_verify(sample, 1), raw_verify(sample, cores)
+            blake_before = raw_blake2b(min(events, 500_000))
+            chain_rate, chain_s = audit_rate(db, site, False, cores)
+            blake_after = raw_blake2b(min(events, 500_000))
+            rounds["full"].append(full_rate)
+            rounds["full_s"].append(full_s)
+            rounds["chain"].append(chain_rate)
+            rounds["chain_s"].append(chain_s)
+            rounds["v1"].append((v1_before + v1_after) / 2)
+            rounds["vn"].append((vn_before + vn_after) / 2)
+            rounds["blake"].append((blake_before + blake_after) / 2)
         if args.keep:
             shutil.copyfile(db, args.keep)
+    load_after = os.getloadavg()
+    sqlite_rate = (sqlite_before + sqlite_after) / 2
     append_rate = events / append_s
+    full_ratios = [f / (v * cores) for f, v in zip(rounds["full"], rounds["v1"], strict=True)]
+    full_ratios_n = [f / v for f, v in zip(rounds["full"], rounds["vn"], strict=True)]
+    chain_ratios = [c / b for c, b in zip(rounds["chain"], rounds["blake"], strict=True)]
+    full_rate, full_s = _median(rounds["full"]), _median(rounds["full_s"])
+    chain_rate, chain_s = _median(rounds["chain"]), _median(rounds["chain_s"])
+    verify1, verify_n, blake = (
+        _median(rounds["v1"]),
+        _median(rounds["vn"]),
+        _median(rounds["blake"]),
+    )
     figures: dict[str, Any] = {
         "events": events,
         "cores": cores,
         "synchronous": args.synchronous,
         "batch": args.batch,
+        "repeat": max(1, args.repeat),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
         "append": {
             "events_per_s": round(append_rate),
             "baseline": "raw sqlite3 inserts/s, WAL, same batches",
@@ -215,7 +260,8 @@ def main() -> int:
             "seconds": round(full_s, 3),
             "baseline": f"raw PyNaCl verify/s on one core x {cores}",
             "baseline_per_s": round(verify1 * cores),
-            "ratio": round(full_rate / (verify1 * cores), 3),
+            "ratio": round(_median(full_ratios), 3),
+            "ratio_to_measured_all_cores": round(_median(full_ratios_n), 3),
         },
         "audit_chain_only": {
             "events_per_s": round(chain_rate),
@@ -223,7 +269,7 @@ def main() -> int:
             "seconds_per_million": round(1e6 / chain_rate, 2),
             "baseline": "raw BLAKE2b-256 chain hashes/s, one core",
             "baseline_per_s": round(blake),
-            "ratio": round(chain_rate / blake, 3),
+            "ratio": round(_median(chain_ratios), 3),
         },
         "raw_verify_1_core_per_s": round(verify1),
         "raw_verify_all_cores_per_s": round(verify_n),
@@ -234,7 +280,12 @@ def main() -> int:
         print(json.dumps(figures))
         return 0
     a, f, c = figures["append"], figures["audit_full"], figures["audit_chain_only"]
-    print(f"events                 {events:,} ({cores} cores, synchronous={args.synchronous})")
+    rounds_note = f", medians of {figures['repeat']} rounds" if figures["repeat"] > 1 else ""
+    print(
+        f"events                 {events:,} ({cores} cores, synchronous={args.synchronous},"
+        f" batch {args.batch}{rounds_note})"
+    )
+    print(f"load average           {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)")
     print(
         f"append                 {a['events_per_s']:>10,} events/s   "
         f"x{a['ratio']:.2f} of raw sqlite3 {a['baseline_per_s']:,} rows/s"
@@ -242,6 +293,7 @@ def main() -> int:
     print(
         f"audit, all signatures  {f['events_per_s']:>10,} events/s   "
         f"x{f['ratio']:.2f} of raw verify x{cores} {f['baseline_per_s']:,}/s  ({full_s:.2f} s)"
+        f"  [x{f['ratio_to_measured_all_cores']:.2f} of raw verify measured on {cores} threads]"
     )
     print(
         f"audit, chain only      {c['events_per_s']:>10,} events/s   "

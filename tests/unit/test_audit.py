@@ -14,10 +14,11 @@ from helpers.logs import (
     build_log,
     open_new_log,
     request_events,
+    resign,
 )
 from pydantic import BaseModel
 
-from hub.audit import AuditReport
+from hub.audit import AuditReport, audit_events
 from hub.events import (
     KeyRevoked,
     NodeStarted,
@@ -193,3 +194,39 @@ def test_a_receipt_from_another_log_is_flagged(tmp_path: Path) -> None:
     two = build_log(tmp_path / "two", requests=4, keys=one.keys)
     receipt: SignedRecord = two.receipts[0]
     assert audit_lines(one.lines, one.keys.trusted, receipt).ok is False
+
+
+def test_worker_processes_and_threads_find_the_same_bad_signatures(tmp_path: Path) -> None:
+    """A log long enough for several chunks; two events re-signed by another valid key."""
+    built = build_log(tmp_path, requests=380)
+    lines = list(built.lines)
+    assert len(lines) > 3 * 640
+    bad = [700, len(lines) - 3]
+    for i in bad:
+        lines[i] = resign(lines[i], built.keys.other_node, claim_kid=False)
+    in_threads = audit_lines_with(lines, built.keys.trusted, processes=False)
+    in_processes = audit_lines_with(lines, built.keys.trusted, processes=True)
+    assert in_processes.to_json() == in_threads.to_json()
+    assert _checks(in_processes) == [(i + 1, "signature") for i in bad]
+    assert in_processes.signatures_checked == len(lines)
+
+
+def test_the_sqlite_log_is_read_in_bulk_with_the_same_verdict(tmp_path: Path) -> None:
+    built = build_log(tmp_path, requests=30)
+    from hub.logfile import iter_sqlite
+
+    bulk = audit_events(iter_sqlite(built.db), trusted_sites=built.keys.trusted, threads=2)
+    one_by_one = audit_events(
+        iter(list(iter_sqlite(built.db))), trusted_sites=built.keys.trusted, threads=2
+    )
+    assert bulk.ok
+    assert bulk.to_json() == one_by_one.to_json()
+
+
+def audit_lines_with(
+    lines: list[bytes], trusted: dict[str, bytes], *, processes: bool
+) -> AuditReport:
+    from hub.logfile import parse_export_line
+
+    raws = [parse_export_line(line, i) for i, line in enumerate(lines, 1)]
+    return audit_events(raws, trusted_sites=trusted, threads=2, processes=processes)
