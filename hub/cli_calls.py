@@ -342,8 +342,7 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
     deadline = loop.time() + CANCEL_WINDOW
     while True:
         try:
-            # the node's answer says whether it took the cancel; CallHandle.cancel drops it
-            answer = await handle._client._control("cancel", site, handle.request_id)
+            answer = await handle.cancel()
         except NotFoundError:  # not received by the node yet
             answer = {}
         if answer.get("cancelling"):

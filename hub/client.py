@@ -24,7 +24,7 @@ import contextlib
 import json
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from pydantic import ValidationError as PydanticValidationError
 
 from hub import codec
 from hub.canonical import b64d, b64e
@@ -139,9 +140,16 @@ class CallHandle:
         """The node's view of this request (state, progress)."""
         return await self._client.status(self.address.split(".", 1)[0], self.request_id)
 
-    async def cancel(self) -> None:
-        """Ask the node to cancel the call; the result then raises CallCancelledError."""
-        await self._client._control("cancel", self.address.split(".", 1)[0], self.request_id)
+    async def cancel(self) -> dict[str, Any]:
+        """Ask the node to cancel the call; the result then raises CallCancelledError.
+
+        Returns the node's answer (``cancelling``: whether it stopped a running call; a call
+        not yet running is cancelled when it would start).
+        """
+        answer: dict[str, Any] = await self._client._control(
+            "cancel", self.address.split(".", 1)[0], self.request_id
+        )
+        return answer
 
     # -- called by the client's inbox -----------------------------------------------------
 
@@ -225,8 +233,10 @@ class Client:
                 user_credentials=credentials,
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=3,
+                reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 name=f"fedhub-client {identity}",
+                error_cb=_log_nats_error,
             )
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
@@ -303,13 +313,20 @@ class Client:
     async def submit(
         self,
         address: str,
+        arguments: Mapping[str, Any] | None = None,
         /,
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         **kwargs: Any,
     ) -> CallHandle:
-        """Send a call and return its handle without waiting for the result."""
+        """Send a call and return its handle without waiting for the result.
+
+        Arguments go as keywords, or as a mapping (for parameters named like this method's
+        own options, e.g. a remote ``timeout``): ``submit(addr, {"timeout": 5})``.
+        """
+        if arguments:
+            kwargs = {**arguments, **kwargs}
         if self._closed:
             raise TransportError("client is closed")
         target = parse_address(address)
@@ -325,7 +342,7 @@ class Client:
         plaintext = codec.encode_many(kwargs)
         key = new_content_key()
         ciphertext = seal_secret(key, plaintext)
-        rid = secrets.token_urlsafe(16)
+        rid = _new_request_id()
         header = RequestHeader(
             id=rid,
             caller=self.identity,
@@ -390,6 +407,7 @@ class Client:
     async def call(
         self,
         address: str,
+        arguments: Mapping[str, Any] | None = None,
         /,
         *,
         timeout: float | None = None,
@@ -397,7 +415,9 @@ class Client:
         **kwargs: Any,
     ) -> Any:
         """Call ``site.module.function`` with keyword arguments and return its result."""
-        handle = await self.submit(address, timeout=timeout, on_progress=on_progress, **kwargs)
+        handle = await self.submit(
+            address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
+        )
         try:
             return await handle.result()
         finally:
@@ -410,14 +430,17 @@ class Client:
         return value
 
     async def _control(self, op: str, site: str, request_id: str) -> Any:
-        header = ControlHeader(
-            op=op,
-            id=request_id,
-            caller=self.identity,
-            kid=self.keys.kid,
-            time=now(),
-            nonce=b64e(secrets.token_bytes(12)),
-        )
+        try:
+            header = ControlHeader(
+                op=op,
+                id=request_id,
+                caller=self.identity,
+                kid=self.keys.kid,
+                time=now(),
+                nonce=b64e(secrets.token_bytes(12)),
+            )
+        except PydanticValidationError as exc:
+            raise ConfigError(f"{request_id!r} is not a request id") from exc
         try:
             msg = await self.nc.request(
                 status_subject(site), pack_control(header, self.keys.signing_key), timeout=5.0
@@ -472,6 +495,19 @@ class Client:
                 )
 
 
+async def _log_nats_error(exc: Exception) -> None:
+    """nats-py's error callback: one log line instead of a traceback per attempt."""
+    log.debug("client.nats_error", error=str(exc) or type(exc).__name__)
+
+
+def _new_request_id() -> str:
+    """128 random bits, URL-safe, never starting with ``-`` (so it is no CLI option)."""
+    while True:
+        rid = secrets.token_urlsafe(16)
+        if not rid.startswith("-"):
+            return rid
+
+
 def _error(code: str, message: str, handle: CallHandle) -> FederationError:
     if code == "timeout":
         return CallTimeoutError(message or f"{handle.address} ran out of time at the node")
@@ -508,6 +544,7 @@ class SyncClient:
     def call(
         self,
         address: str,
+        arguments: Mapping[str, Any] | None = None,
         /,
         *,
         timeout: float | None = None,
@@ -516,12 +553,15 @@ class SyncClient:
     ) -> Any:
         """Call and wait for the result."""
         return self._run(
-            self._client.call(address, timeout=timeout, on_progress=on_progress, **kwargs)
+            self._client.call(
+                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
+            )
         )
 
     def submit(
         self,
         address: str,
+        arguments: Mapping[str, Any] | None = None,
         /,
         *,
         timeout: float | None = None,
@@ -530,7 +570,9 @@ class SyncClient:
     ) -> SyncCallHandle:
         """Send a call; returns a blocking handle."""
         handle = self._run(
-            self._client.submit(address, timeout=timeout, on_progress=on_progress, **kwargs)
+            self._client.submit(
+                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
+            )
         )
         return SyncCallHandle(self, handle)
 
@@ -599,9 +641,9 @@ class SyncCallHandle:
         """The node's record of this request."""
         return self._owner._run(self._handle.status())
 
-    def cancel(self) -> None:
-        """Ask the node to cancel."""
-        self._owner._run(self._handle.cancel())
+    def cancel(self) -> dict[str, Any]:
+        """Ask the node to cancel; returns its answer."""
+        return self._owner._run(self._handle.cancel())
 
 
 def connect(

@@ -161,6 +161,7 @@ class Pipeline:
         self._owners: dict[str, str] = {}
         self.in_flight = 0
         self._reader: sqlite3.Connection | None = None
+        self._cancel_early: dict[str, float] = {}
 
     # --- replay memory --------------------------------------------------------------------
 
@@ -483,6 +484,8 @@ class Pipeline:
             if not logged_start:
                 await self.writer.append(RequestStarted(request_id=rid, attempt=attempt))
             cancel = asyncio.Event()
+            if self._cancel_early.pop(rid, None) is not None:
+                cancel.set()
             self._running[rid] = cancel
             self._owners[rid] = header.caller
             timeout = header.timeout_ms / 1000
@@ -686,6 +689,11 @@ class Pipeline:
             event = self._running.get(ctl.id)
             if event is not None:
                 event.set()
+                return {"id": ctl.id, "cancelling": True, "state": state["state"]}
+            if state["state"] in ("received", "accepted", "running"):
+                # not running in this process yet (queued, or between log and start):
+                # remembered, and the call is cancelled when it would start
+                self._cancel_early[ctl.id] = time.monotonic()
                 return {"id": ctl.id, "cancelling": True, "state": state["state"]}
             return {"id": ctl.id, "cancelling": False, "state": state["state"]}
         keep = (
