@@ -642,7 +642,15 @@ class _Auditor:
                         self.node_key = new
                 self.keys[new.kid] = new
             elif kind == "key.revoked":
-                rev = open_record(data["revocation"], Revocation, site_key)
+                signer_key = self._revocation_signer(data["revocation"].get("signer"), site_key)
+                if signer_key is None:
+                    # signed by another site the auditor has not pinned: recorded, unchecked
+                    rev = Revocation.model_validate_json(b64d(data["revocation"]["record"]))
+                    foreign = self.keys.get(rev.kid)
+                    if foreign is not None and foreign.status == "foreign":
+                        foreign.revoked_at = rev.time
+                    return
+                rev = open_record(data["revocation"], Revocation, signer_key)
                 target = self.keys.get(rev.kid)
                 if target is not None:
                     if target.last_time is not None and target.last_time > rev.time:
@@ -659,6 +667,16 @@ class _Auditor:
                     target.until_seq = target.until_seq or seq
         except (FederationError, KeyError, TypeError, AttributeError, ValidationError) as exc:
             self.fail(raw, seq, "trust", f"{kind} record does not verify: {exc}")
+
+    def _revocation_signer(self, signer: object, site_key: bytes) -> bytes | None:
+        """The key that may have signed a revocation: this log's site key, or a pinned key
+        of another site (a person's home site revokes its own people); None if unpinned."""
+        if signer == key_id(site_key):
+            return site_key
+        for key in (self.trusted or {}).values():
+            if key_id(key) == signer:
+                return key
+        return None
 
     # -- checkpoints -----------------------------------------------------------------------
 
