@@ -329,11 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_call_commands(sub: Any) -> None:
-    """Hook for the call-side commands (call, ls, stub, status)."""
-    try:
-        from hub import cli_calls
-    except ImportError:  # pragma: no cover - only while the module is absent
-        return
+    """The call-side commands (call, ls, stub, status) live in :mod:`hub.cli_calls`."""
+    from hub import cli_calls
+
     cli_calls.add_commands(sub)
 
 

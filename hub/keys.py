@@ -274,6 +274,13 @@ class KeyStore:
         )
         return path
 
+    def import_public(self, keys: PublicKeys) -> Path:
+        """Store someone's public keys (pin a site, know a colleague); returns the file."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(keys.identity, ".pub")
+        path.write_text(json.dumps(keys.to_json(), indent=2) + "\n")
+        return path
+
     def load(self, identity: str, passphrase: str | None = None) -> KeyPair:
         """Load the private keys of ``identity``."""
         check_identity(identity)
