@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from hub.cliutil import configure_logging
 from hub.client import Client
+from hub.cliutil import configure_logging
 from hub.topology import start_local_federation
 
 ROOT = Path(__file__).resolve().parents[1]
