@@ -26,19 +26,23 @@ else -- another kind of event, or anything unexpected -- goes through the genera
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import re
 import selectors
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from binascii import hexlify
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, count
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import nacl.bindings
 import nacl.exceptions
@@ -58,8 +62,8 @@ _MAX_FINDINGS = 1000
 # Signatures travel in chunks of (hash, signature) pairs; one chunk with its header fits a
 # 64 KiB pipe buffer, so handing it to a worker process never waits for long.
 _CHUNK = 640
-# With ``processes=None``, worker processes start once this many signatures were queued
-# (starting one costs about as much as 500 verifications); smaller logs use threads.
+# With ``processes=None``, worker processes start with the second chunk (starting one
+# costs about as much as 500 verifications); a log of one chunk or less uses threads.
 _PROCESS_AFTER = _CHUNK
 # Chunks handed to one worker process and not yet answered: one checked, one waiting.
 _IN_FLIGHT = 2
@@ -240,10 +244,19 @@ class _Auditor:
     def run(self, rows: Iterable[_Row], unreadable: Callable[[int], Exception] | None) -> None:
         """Audit every row. ``unreadable(position)`` is the error for a row whose values are
         not all bytes (when the source promises bytes), else such a row is audited as is."""
+        self._run(lambda: self.scan(rows, unreadable))
+
+    def run_split(
+        self, source: SqliteEvents, after_seq: int, helper: _Helper | None = None
+    ) -> None:
+        """Audit a SQLite log with a helper process reading ahead (see :meth:`split_pass`)."""
+        self._run(lambda: self.split_pass(source, after_seq, helper))
+
+    def _run(self, work: Callable[[], None]) -> None:
         if self.receipt_size == 0:
             self.receipt_root = self.acc.root()
         try:
-            self.scan(rows, unreadable)
+            work()
         except _StopAuditError:
             pass
         except BaseException:
@@ -251,6 +264,88 @@ class _Auditor:
             raise
         self.collect_signatures()
         self.finish()
+
+    def split_pass(
+        self, source: SqliteEvents, after_seq: int, helper: _Helper | None = None
+    ) -> None:
+        """The pass in two halves at once: this process audits the events up to
+        ``after_seq`` while a helper process reads the rest and does, for each run of
+        plain request events, every check that needs no state (see :func:`_speculate`).
+        Then each run is applied here if what it took for granted holds (the key, log id,
+        previous hash and time it started from; every request's state allows its events),
+        and every other event goes through :meth:`event`. From the first run that does
+        not fit, or if the helper fails, this process reads and audits the rest itself:
+        the report is the same as without the helper, in every case."""
+        if helper is None:
+            helper = _Helper.start(source.path, after_seq)
+        try:
+            self.scan(_positioned(source.rows(until_seq=after_seq), 1), source.not_blobs)
+            done = self.report.events
+            if helper is None or done != after_seq:
+                self.scan(_positioned(source.rows(after_seq=after_seq), done + 1), source.not_blobs)
+                return
+            for record in helper.records():
+                if record[0] == _SLOW_EVENT:
+                    _, pos, hash_, sig, body = record
+                    if not (type(hash_) is bytes and type(sig) is bytes and type(body) is bytes):
+                        raise source.not_blobs(pos)
+                    self.event(RawEvent(pos, hash_, sig, body))
+                elif record[0] != _FAST_RUN or not self.apply_run(record):
+                    pos = self.report.events + 1  # positions are contiguous so far
+                    rest = _positioned(
+                        source.rows(after_seq=after_seq, skip=pos - after_seq - 1), pos
+                    )
+                    self.scan(rest, source.not_blobs)
+                    return
+        finally:
+            if helper is not None:
+                helper.close()
+
+    def apply_run(self, record: tuple[Any, ...]) -> bool:
+        """Apply a helper's run of request events, if it fits the state here (else False,
+        with nothing changed)."""
+        _, _, kid, log_id, prev, first_time, last_time, kinds, rids, hashes = record
+        rep = self.report
+        key = self.node_key
+        if (
+            not self.fast
+            or key is None
+            or key.revoked_at is not None
+            or not self.running
+            or rep.log is None
+            or rep.last_time is None
+            or self.prev != prev
+        ):
+            return False
+        try:
+            if key.kid.encode() != kid or rep.log.encode() != log_id:
+                return False
+        except UnicodeEncodeError:
+            return False
+        if first_time.decode() < rep.last_time:
+            return False
+        requests = self.requests
+        changed: dict[str, str] = {}
+        for k, rid in zip(kinds, rids, strict=True):
+            state = changed[rid] if rid in changed else requests.get(rid)
+            new = _FAST_STEPS[k].get(state, _SLOW)
+            if new is _SLOW:
+                return False
+            if new is not None:
+                changed[rid] = new
+        requests.update(changed)
+        types = self.types
+        for k, n in Counter(kinds).items():
+            kind = _FAST_NAMES[k]
+            types[kind] = types.get(kind, 0) + n
+        leaves = [hashes[i : i + 32] for i in range(0, len(hashes), 32)]
+        rep.events += len(leaves)
+        text = last_time.decode()
+        rep.last_time = key.last_time = text
+        self.prev = leaves[-1]
+        self.prev_hex = self.prev.hex()
+        self.add_leaves(leaves)
+        return True
 
     def scan(self, rows: Iterable[_Row], unreadable: Callable[[int], Exception] | None) -> None:
         """The pass over the log: the fast check where it applies, :meth:`event` elsewhere.
@@ -274,7 +369,7 @@ class _Auditor:
         pending: list[bytes] = []  # event hashes not yet in the Merkle tree
         leaf = leaf_hash
         tail = _FAST_TAIL.fullmatch
-        rid_at = _RID.search
+        rid_at = _RID.match
         fast_kinds = _FAST_KINDS
         slow = _SLOW
         chunk = _CHUNK
@@ -307,13 +402,13 @@ class _Auditor:
             if spec is None or time < last:
                 return False
             kind, type_last, steps = spec
-            if (
-                not body.endswith(type_last, 9, at)
-                or body.find(b"{", 9, at) >= 0
-                or body.count(b'"request_id":', 9, at) != 1
-            ):
+            if not body.endswith(type_last, 9, at) or body.find(b"{", 9, at) >= 0:
                 return False
-            r = rid_at(body, 9, at)
+            # exactly one "request_id": key (the first found, and none after it)
+            i = body.find(b'"request_id":', 9, at)
+            if i < 0 or body.find(b'"request_id":', i + 13, at) >= 0:
+                return False
+            r = rid_at(body, i, at)
             if r is None or (rid_bytes := r.group(1)) is None:
                 return False
             rid = rid_bytes.decode()
@@ -900,6 +995,11 @@ def _fast_kinds() -> dict[bytes, tuple[str, bytes, dict[str | None, str | None]]
 
 
 _FAST_KINDS = _fast_kinds()
+# The same by index (a helper's runs name kinds by index).
+_FAST_LIST = list(_FAST_KINDS.values())
+_FAST_NAMES = [kind for kind, _, _ in _FAST_LIST]
+_FAST_STEPS = [steps for _, _, steps in _FAST_LIST]
+_FAST_INDEX = {kind_bytes: i for i, kind_bytes in enumerate(_FAST_KINDS)}
 
 
 def _parse_head(body: bytes) -> tuple[int, str, str, str, str, str, bytes] | None:
@@ -956,9 +1056,10 @@ def _receipt_size(receipt: SignedRecord | None) -> int:
 #
 # A chunk is one signing key and a blob of (32-byte hash, 64-byte signature) pairs; the
 # answer is the indices of the pairs whose signature over DOMAIN_EVENT || hash does not
-# verify. Worker processes run _WORKER (PyNaCl only: no fedhub import, quick to start) and
-# speak over their stdin/stdout: request = u32 length || key || pairs, answer = u32 count ||
-# count x u32 index (little-endian). _verify_pairs is the same check in this process.
+# verify. Worker processes run _WORKER (PyNaCl only: no fedhub import, quick to start);
+# requests go to their stdin, answers come back on a pipe of their own (so nothing else a
+# worker might print can mix in): request = u32 length || key || pairs, answer = u32 count
+# || count x u32 index (little-endian). _verify_pairs is the same check in this process.
 
 _PAIR = 96
 _BAD_SIGNATURE = (
@@ -968,11 +1069,11 @@ _BAD_SIGNATURE = (
 )
 
 _WORKER = f"""
-import struct, sys
+import os, struct, sys
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError, TypeError as BadType, ValueError as BadValue
 DOMAIN = {DOMAIN_EVENT!r}
-read, out = sys.stdin.buffer.read, sys.stdout.buffer
+read, out = sys.stdin.buffer.read, os.fdopen(int(sys.argv[1]), "wb")
 while len(head := read(4)) == 4:
     blob = read(int.from_bytes(head, "little"))
     key = blob[:32]
@@ -1009,12 +1110,14 @@ class _Chunk:
 
 
 class _Verifier:
-    """Event signatures, queued in chunks and checked off the main thread.
+    """Event signatures, queued in chunks and checked while the pass goes on.
 
-    Chunks go to a thread pool (libsodium releases the GIL) until enough have been queued
-    to be worth worker processes (or at once with ``processes=True``); from then on to the
-    processes, which check signatures while this process reads, hashes and replays, with no
-    lock between them. A worker that dies has its chunks checked by the thread pool.
+    A small log's chunks go to a thread pool (libsodium releases the GIL). Once enough
+    have been queued to be worth it (or at once with ``processes=True``), worker processes
+    take over -- one fewer than ``threads``, since this process verifies too: a chunk that
+    finds every worker busy (two chunks each) is verified here, in between reading. The
+    work balances itself and every core stays busy, with no lock shared and no core
+    oversubscribed. A worker that dies has its chunks checked by the thread pool.
     """
 
     def __init__(self, threads: int, processes: bool | None) -> None:
@@ -1052,7 +1155,7 @@ class _Verifier:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the chunk being filled to a worker process or the thread pool."""
+        """Hand the chunk being filled to a worker process, this process or the pool."""
         if not self.positions:
             return
         chunk = _Chunk(self.key, bytes(self.blob), self.positions.copy(), self.seqs.copy())
@@ -1062,9 +1165,13 @@ class _Verifier:
         self.queued += len(chunk.positions)
         if self.workers is None and not self.tried_workers and self.want_workers():
             self.tried_workers = True
-            self.workers = _Workers.start(self.threads, self.answered, self.orphaned)
-        if self.workers is None or not self.workers.submit(chunk):
+            count = max(1, self.threads - 1)
+            self.workers = _Workers.start(count, self.answered, self.orphaned)
+        workers = self.workers
+        if workers is None or not workers.usable:
             self.orphaned(chunk)
+        elif not workers.submit(chunk):
+            self.answered(chunk, _verify_pairs(chunk.key, chunk.pairs))
 
     def want_workers(self) -> bool:
         if self.processes is False or self.threads < 2 or os.name != "posix":
@@ -1107,16 +1214,20 @@ class _Workers:
 
     def __init__(
         self,
-        procs: list[subprocess.Popen[bytes]],
+        procs: list[tuple[subprocess.Popen[bytes], int]],
         answered: Callable[[_Chunk, list[int]], None],
         orphaned: Callable[[_Chunk], None],
     ) -> None:
-        self.procs = procs
+        self.procs = [proc for proc, _ in procs]
+        self.answers = [fd for _, fd in procs]
         self.answered = answered
         self.orphaned = orphaned
         self.pending: list[deque[_Chunk]] = [deque() for _ in procs]
         self.inbox = [bytearray() for _ in procs]
         self.alive = [True] * len(procs)
+        self.selector = selectors.DefaultSelector()
+        for i, fd in enumerate(self.answers):
+            self.selector.register(fd, selectors.EVENT_READ, i)
 
     @classmethod
     def start(
@@ -1128,35 +1239,33 @@ class _Workers:
         """Start ``count`` workers; None if this Python cannot (the thread pool is used)."""
         if not sys.executable:
             return None
-        procs: list[subprocess.Popen[bytes]] = []
+        procs: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
             for _ in range(count):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", _WORKER],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL,
-                        bufsize=0,
-                    )
-                )
+                procs.append(_spawn(_WORKER))
         except OSError:
-            cls(procs, answered, orphaned).close()
+            for proc, fd in procs:
+                _stop(proc, fd, kill=True)
             return None
         return cls(procs, answered, orphaned)
 
+    @property
+    def usable(self) -> bool:
+        """Whether any worker is still alive."""
+        return any(self.alive)
+
     def submit(self, chunk: _Chunk) -> bool:
-        """Hand a chunk to the least busy live worker; False if none is left."""
+        """Hand a chunk to a live worker with room for it; False if none has room."""
+        self.collect(timeout=0)
         payload = chunk.key + chunk.pairs
         message = len(payload).to_bytes(4, "little") + payload
         while True:
-            live = [i for i, up in enumerate(self.alive) if up]
-            if not live:
+            room = [
+                i for i, up in enumerate(self.alive) if up and len(self.pending[i]) < _IN_FLIGHT
+            ]
+            if not room:
                 return False
-            i = min(live, key=lambda i: len(self.pending[i]))
-            if len(self.pending[i]) >= _IN_FLIGHT:
-                self.wait()
-                continue
+            i = min(room, key=lambda i: len(self.pending[i]))
             stdin = self.procs[i].stdin
             assert stdin is not None
             try:
@@ -1167,19 +1276,15 @@ class _Workers:
             self.pending[i].append(chunk)
             return True
 
-    def wait(self) -> None:
-        """Block until some worker answers (or dies); take in every answer available."""
-        busy = {self._fd(i): i for i, q in enumerate(self.pending) if q and self.alive[i]}
-        if not busy:
+    def collect(self, timeout: float | None) -> None:
+        """Take in the answers available (waiting up to ``timeout`` for one; None: until
+        some worker answers or dies)."""
+        if not any(q and self.alive[i] for i, q in enumerate(self.pending)):
             return
-        with selectors.DefaultSelector() as sel:
-            for fd in busy:
-                sel.register(fd, selectors.EVENT_READ)
-            ready = [key.fd for key, _ in sel.select()]
-        for fd in ready:
-            i = busy[fd]
+        for key, _ in self.selector.select(timeout):
+            i = key.data
             try:
-                data = os.read(fd, 1 << 16)
+                data = os.read(key.fd, 1 << 16)
             except OSError:
                 data = b""
             if not data:
@@ -1187,57 +1292,294 @@ class _Workers:
                 continue
             inbox = self.inbox[i]
             inbox += data
-            while len(inbox) >= 4:
+            while len(inbox) >= 4 and self.pending[i]:
+                size = len(self.pending[i][0].positions)
                 n = int.from_bytes(inbox[:4], "little")
                 end = 4 + 4 * n
-                if len(inbox) < end or not self.pending[i]:
+                if n > size:  # not an answer to this chunk: not to be trusted
+                    self.lost(i)
+                    break
+                if len(inbox) < end:
                     break
                 bad = list(struct.unpack(f"<{n}I", inbox[4:end]))
                 del inbox[:end]
+                if any(k >= size for k in bad):
+                    self.lost(i)
+                    break
                 self.answered(self.pending[i].popleft(), bad)
 
     def drain(self) -> None:
         """Wait for every chunk handed out."""
         while any(q and self.alive[i] for i, q in enumerate(self.pending)):
-            self.wait()
+            self.collect(timeout=None)
 
     def lost(self, i: int) -> None:
         """Worker ``i`` died or hung up: its chunks go to the thread pool."""
         self.alive[i] = False
+        self.selector.unregister(self.answers[i])
         pending = self.pending[i]
         while pending:
             self.orphaned(pending.popleft())
-        self._stop(self.procs[i], kill=True)
+        _stop(self.procs[i], self.answers[i], kill=True)
 
     def close(self) -> None:
         """Let the workers finish (end of input), or kill them if they do not."""
+        self.selector.close()
         for i, proc in enumerate(self.procs):
-            self._stop(proc, kill=bool(self.pending[i]) and self.alive[i])
+            if self.alive[i]:
+                _stop(proc, self.answers[i], kill=bool(self.pending[i]))
             self.alive[i] = False
 
-    def _fd(self, i: int) -> int:
-        stdout = self.procs[i].stdout
-        assert stdout is not None
-        return stdout.fileno()
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
-        if kill and proc.poll() is None:
-            proc.kill()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _spawn(source: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Run ``source`` in a new Python with a pipe on stdin; the process and the read end
+    of its answer pipe (the write end's fd number is its first argument)."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", source, str(write_end)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_end,),
+            bufsize=0,
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return proc, read_end
+
+
+def _stop(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> None:
+    """End a worker: kill it (or let it end with its input), close its pipes, reap it."""
+    if kill and proc.poll() is None:
+        proc.kill()
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    os.close(answers)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+# --- a helper process for chain-only audits of large SQLite logs -------------------------
+#
+# The helper imports this module without the ``hub`` package's __init__ (which loads the
+# client and its dependencies), writes its records with marshal to a file in a private
+# temporary folder, and exits; this process reads them once its own half is done.
+
+_SPLIT_MIN = 200_000  # events (by the last seq) from which a chain-only audit splits
+_SPLIT_SHARE = 0.5  # of the events audited by this process; the helper reads the rest
+_RUN_MAX = 4096  # events per run record
+_SLOW_EVENT, _FAST_RUN, _HELPER_FAILED = 0, 1, 2
+
+_HELPER = """
+import sys, types
+pkg = types.ModuleType("hub")
+pkg.__path__ = [sys.argv[1]]
+sys.modules["hub"] = pkg
+from hub.audit import _speculate_to
+_speculate_to(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+"""
+
+
+class _Helper:
+    """A helper process speculating over the events after ``after_seq``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], folder: tempfile.TemporaryDirectory[str]):
+        self.proc = proc
+        self.folder = folder
+        self.file: BinaryIO | None = None
+
+    @classmethod
+    def start(cls, db: Path, after_seq: int) -> _Helper | None:
+        """Start the helper; None if this Python cannot."""
+        here = Path(__file__).resolve().parent
+        if not sys.executable or not (here / "audit.py").is_file():
+            return None
+        folder = tempfile.TemporaryDirectory(prefix="fedhub-audit-")
+        out = Path(folder.name) / "runs"
+        argv = [sys.executable, "-c", _HELPER, str(here), str(db.resolve()), str(after_seq)]
+        try:
+            proc = subprocess.Popen(
+                [*argv, str(out)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            folder.cleanup()
+            return None
+        return cls(proc, folder)
+
+    def records(self) -> Iterator[tuple[Any, ...]]:
+        """The helper's records in order, as it writes them (each framed by its length);
+        ends with ``(_HELPER_FAILED,)`` if the helper does not finish cleanly."""
+        try:
+            self.file = (Path(self.folder.name) / "runs").open("rb")
+        except OSError:
+            self.proc.wait()
+            try:
+                self.file = (Path(self.folder.name) / "runs").open("rb")
+            except OSError:
+                yield (_HELPER_FAILED,)
+                return
+        while True:
+            head = self._read(4)
+            if head is None:
+                return
+            body = self._read(int.from_bytes(head, "little")) if len(head) == 4 else b""
+            if len(head) < 4 or body is None:
+                yield (_HELPER_FAILED,)
+                return
+            # our own helper's output, in a folder only this user can read
+            yield marshal.loads(body)  # noqa: S302
+
+    def _read(self, n: int) -> bytes | None:
+        """``n`` bytes from the file, waiting while the helper runs; None at a clean end,
+        fewer than ``n`` bytes at an unclean one."""
+        fh = self.file
+        assert fh is not None
+        got = b""
+        while len(got) < n:
+            data = fh.read(n - len(got))
+            if data:
+                got += data
+                continue
+            code = self.proc.poll()
+            if code is None:
+                time.sleep(0.002)
+                continue
+            data = fh.read(n - len(got))  # written just before it exited
+            got += data
+            if not data:
+                return None if code == 0 and not got else got
+        return got
+
+    def close(self) -> None:
+        """Stop the helper if it still runs; remove its file (harmless twice)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.file is not None:
+            self.file.close()
+        self.folder.cleanup()
+
+
+def _speculate_to(db: str, after_seq: int, out: str) -> None:
+    """The helper's work: speculate over the events after ``after_seq``, records to ``out``."""
+    source = SqliteEvents(Path(db))
+    prev = source.stored_hash(after_seq)
+    rows = _positioned(source.rows(after_seq=after_seq), after_seq + 1)
+    with Path(out).open("wb") as fh:
+        for record in _speculate(rows, prev if type(prev) is bytes else b""):
+            data = marshal.dumps(record)
+            fh.write(len(data).to_bytes(4, "little") + data)
+            fh.flush()
+
+
+def _speculate(rows: Iterable[_Row], prev: bytes) -> Iterator[tuple[Any, ...]]:
+    """Records for a stretch of the log, taking for granted the state it starts from.
+
+    A run record gathers consecutive request events that pass every check of the fast
+    check (:meth:`_Auditor.scan`) that does not need the auditor's state, with the key id
+    and log id of the run's first event, ``prev`` chained from the event before, ``seq``
+    counted from the first position and time never going back within the run:
+    ``(_FAST_RUN, first position, kid, log id, prev taken for granted, first time,
+    last time, kind indices, request ids, hashes)``. Every other event is a slow record
+    ``(_SLOW_EVENT, position, hash, sig, body)``, and a new run starts after it.
+    """
+    leaf = leaf_hash
+    tail = _FAST_TAIL.fullmatch
+    rid_at = _RID.match
+    fast_kinds = _FAST_KINDS
+    kind_index = _FAST_INDEX
+    head = b""  # the run's header up to prev's value; empty: no run open
+    run: list[Any] = []
+    kinds = bytearray()
+    rids: list[str] = []
+    hashes = bytearray()
+    last = b""
+    prevhex = hexlify(prev)
+    for pos, (hash_, sig, body) in rows:
+        h = None
+        ok = False
+        if type(body) is bytes and type(sig) is bytes:
+            h = leaf(body)
+            at = body.rfind(b',"kid":"')
+            if h == hash_ and at > 8 and body.startswith(b'{"data":{'):
+                if not head:
+                    m = _TAIL.fullmatch(body, at)
+                    if m is not None:
+                        try:
+                            m.group(2).decode()
+                        except UnicodeDecodeError:
+                            m = None
+                    if m is not None:
+                        kid, log_id = m.group(1), m.group(2)
+                        head = b',"kid":"' + kid + b'","log":"' + log_id + b'","prev":"'
+                        run = [_FAST_RUN, pos, kid, log_id, prev, b"", b""]
+                        last = b""
+                expected = head + prevhex + b'","seq":' + str(pos).encode() + b',"time":"'
+                m = (
+                    tail(body, at + len(expected))
+                    if head and body.startswith(expected, at)
+                    else None
+                )
+                if m is not None:
+                    time, kind_bytes = m.groups()
+                    spec = fast_kinds.get(kind_bytes)
+                    if spec is not None and time >= last:
+                        i = -1
+                        if body.endswith(spec[1], 9, at) and body.find(b"{", 9, at) < 0:
+                            i = body.find(b'"request_id":', 9, at)
+                        if i >= 0 and body.find(b'"request_id":', i + 13, at) < 0:
+                            r = rid_at(body, i, at)
+                            if r is not None and (rid := r.group(1)) is not None:
+                                if not kinds:
+                                    run[5] = time
+                                kinds.append(kind_index[kind_bytes])
+                                rids.append(rid.decode())
+                                hashes += h
+                                last = time
+                                ok = True
+        if ok:
+            if len(kinds) >= _RUN_MAX:
+                yield (*run[:6], last, bytes(kinds), rids, bytes(hashes))
+                run = [_FAST_RUN, pos + 1, run[2], run[3], h, b"", b""]
+                kinds.clear()
+                rids = []
+                hashes.clear()
+        else:
+            if kinds:
+                yield (*run[:6], last, bytes(kinds), rids, bytes(hashes))
+                kinds.clear()
+                rids = []
+                hashes.clear()
+            head = b""
+            yield (_SLOW_EVENT, pos, hash_, sig, body)
+        if h is not None:
+            prev = h
+            prevhex = hexlify(h)
+    if kinds:
+        yield (*run[:6], last, bytes(kinds), rids, bytes(hashes))
+
+
+def _positioned(
+    batches: Iterable[tuple[int, list[tuple[Any, Any, Any]]]], first: int
+) -> Iterable[_Row]:
+    """Rows of batches whose positions count from 1, renumbered from ``first``."""
+    return chain.from_iterable(zip(count(first - 1 + start), batch) for start, batch in batches)
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -1285,6 +1627,11 @@ def audit_events(
         threads or os.cpu_count() or 2,
         processes,
     )
+    if not verify_signatures and progress is None and isinstance(events, SqliteEvents):
+        last = events.last_seq()
+        if last >= _SPLIT_MIN:
+            auditor.run_split(events, int(last * _SPLIT_SHARE))
+            return auditor.report
     rows, unreadable = _rows(events, progress)
     auditor.run(rows, unreadable)
     return auditor.report

@@ -128,11 +128,15 @@ class SqliteEvents:
                     raise self.not_blobs(position)
                 yield RawEvent(position, hash_, sig, body)
 
-    def rows(self) -> Iterator[tuple[int, list[tuple[Any, Any, Any]]]]:
+    def rows(
+        self, *, after_seq: int | None = None, until_seq: int | None = None, skip: int = 0
+    ) -> Iterator[tuple[int, list[tuple[Any, Any, Any]]]]:
         """Batches of ``(position of the first, [(hash, sig, body), ...])``, in order.
 
         Values are as SQLite returns them: BLOBs are ``bytes``, but a forged file may hold
-        other types; a reader must check (and report :meth:`not_blobs`).
+        other types; a reader must check (and report :meth:`not_blobs`). With bounds, only
+        the events with ``after_seq < seq <= until_seq`` (less the first ``skip``) are read,
+        and positions count from the first of them as 1 (the caller knows the offset).
         """
         path = self.path
         if not path.is_file():
@@ -141,9 +145,19 @@ class SqliteEvents:
             conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         except sqlite3.Error as exc:
             raise LogUnreadableError(f"cannot open {path}: {exc}") from exc
+        bounds = [("seq > ?", after_seq), ("seq <= ?", until_seq)]
+        where = [(test, value) for test, value in bounds if value is not None]
+        sql = "SELECT hash, sig, body FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(test for test, _ in where)
+        sql += " ORDER BY seq"
+        params = [value for _, value in where]
+        if skip:
+            sql += " LIMIT -1 OFFSET ?"
+            params.append(skip)
         try:
             try:
-                cur = conn.execute("SELECT hash, sig, body FROM events ORDER BY seq")
+                cur = conn.execute(sql, params)
             except sqlite3.DatabaseError as exc:
                 raise LogUnreadableError(f"{path} is not a fedhub log database: {exc}") from exc
             position = 1
@@ -152,6 +166,36 @@ class SqliteEvents:
                 position += len(rows)
         finally:
             conn.close()
+
+    def stored_hash(self, until_seq: int) -> object:
+        """The stored hash of the last event with ``seq <= until_seq`` (None if none)."""
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT hash FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [until_seq]
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+        finally:
+            conn.close()
+        return None if row is None else row[0]
+
+    def last_seq(self) -> int:
+        """The highest sequence number (0 if none or unreadable: a reader finds out why)."""
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0
+        try:
+            (value,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        except sqlite3.Error:
+            return 0
+        finally:
+            conn.close()
+        return value if type(value) is int else 0
 
     def not_blobs(self, position: int) -> LogUnreadableError:
         """The error for an event whose hash, signature or body is not a BLOB."""

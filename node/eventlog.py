@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import nacl.bindings
+import nacl.exceptions
 import nacl.signing
 import sqlite_utils
 import structlog
@@ -88,7 +90,7 @@ def _sign_hashes(sk: nacl.signing.SigningKey, hashes: list[bytes]) -> list[bytes
 
 
 # A batch of at least this many events is signed by worker processes (when allowed).
-_PROCESS_MIN = 128
+_PROCESS_MIN = 64
 # Hashes per request to a signing worker, and requests a worker may hold unanswered: the
 # requests and answers in flight always fit a 64 KiB pipe buffer, so neither side blocks
 # the other for long.
@@ -96,11 +98,12 @@ _SIGN_CHUNK = 256
 _SIGN_IN_FLIGHT = 3
 
 # A signing worker: reads the 32-byte seed, then requests (u32 count || count x 32-byte
-# hash) and answers each with count x 64-byte signatures over DOMAIN_EVENT || hash.
+# hash) from stdin and answers each with count x 64-byte signatures over DOMAIN_EVENT ||
+# hash, on a pipe of its own (so nothing else it might print can mix in).
 _SIGN_WORKER = f"""
-import sys
+import os, sys
 from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
-read, out = sys.stdin.buffer.read, sys.stdout.buffer
+read, out = sys.stdin.buffer.read, os.fdopen(int(sys.argv[1]), "wb")
 _, sk = crypto_sign_seed_keypair(read(32))
 DOMAIN = {DOMAIN_EVENT!r}
 while len(head := read(4)) == 4:
@@ -121,29 +124,44 @@ class _SignWorkers:
 
     def __init__(self, sk: nacl.signing.SigningKey, count: int) -> None:
         self.sk = sk
-        self.seed = bytes(sk)
         self.procs: list[subprocess.Popen[bytes]] = []
-        try:
-            for _ in range(count):
-                proc = subprocess.Popen(
-                    [sys.executable, "-c", _SIGN_WORKER],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    bufsize=0,
-                )
-                self.procs.append(proc)
-                assert proc.stdin is not None
-                _write_all(proc.stdin.fileno(), self.seed)
-        except (OSError, AssertionError):
-            self.close()
-            raise
-        self.queues: list[deque[tuple[int, int]]] = [deque() for _ in self.procs]
-        self.alive = [True] * len(self.procs)
-        self.inbox = [bytearray() for _ in self.procs]
+        self.queues: list[deque[tuple[int, int]]] = []
+        self.alive: list[bool] = []
+        self.inbox: list[bytearray] = []
         self.results: dict[int, list[bytes]] = {}
         self.hashes: dict[int, list[bytes]] = {}
         self.next_ticket = 0
+        self.answers: list[int] = []
+        self.check_key = bytes(sk.verify_key)
+        seed = bytes(sk)
+        try:
+            for _ in range(count):
+                read_end, write_end = os.pipe()
+                try:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-c", _SIGN_WORKER, str(write_end)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        pass_fds=(write_end,),
+                        bufsize=0,
+                    )
+                except BaseException:
+                    os.close(read_end)
+                    raise
+                finally:
+                    os.close(write_end)
+                self.procs.append(proc)
+                self.answers.append(read_end)
+                self.queues.append(deque())
+                self.alive.append(True)
+                self.inbox.append(bytearray())
+                if proc.stdin is None:
+                    raise OSError("no pipe to the signing worker")
+                _write_all(proc.stdin.fileno(), seed)
+        except OSError:
+            self.close()
+            raise
 
     @property
     def usable(self) -> bool:
@@ -178,19 +196,23 @@ class _SignWorkers:
     def result(self, ticket: int) -> list[bytes]:
         """The signatures of one request, waiting for them if need be."""
         while ticket not in self.results:
-            i = next(i for i, q in enumerate(self.queues) if any(t == ticket for t, _ in q))
-            self._take(i)
+            holder = next(
+                (i for i, q in enumerate(self.queues) if any(t == ticket for t, _ in q)), None
+            )
+            if holder is None:
+                raise LogConflictError(f"signing request {ticket} was lost")
+            self._take(holder)
         return self.results.pop(ticket)
 
     def _take(self, i: int) -> None:
-        """Read worker ``i``'s oldest answer (blocking)."""
+        """Read worker ``i``'s oldest answer (blocking). Its first signature is checked
+        here (a quarter of a percent of the work): a worker that answers with anything but
+        the node key's signatures is dropped, never trusted into the log."""
         ticket, n = self.queues[i][0]
-        stdout = self.procs[i].stdout
-        assert stdout is not None
         inbox = self.inbox[i]
         while len(inbox) < 64 * n:
             try:
-                data = os.read(stdout.fileno(), 1 << 16)
+                data = os.read(self.answers[i], 1 << 16)
             except OSError:
                 data = b""
             if not data:
@@ -199,32 +221,41 @@ class _SignWorkers:
             inbox += data
         sigs = bytes(inbox[: 64 * n])
         del inbox[: 64 * n]
+        try:
+            nacl.bindings.crypto_sign_open(
+                sigs[:64] + DOMAIN_EVENT + self.hashes[ticket][0], self.check_key
+            )
+        except nacl.exceptions.CryptoError:
+            self._lost(i)
+            return
         self.queues[i].popleft()
         self.hashes.pop(ticket)
         self.results[ticket] = [sigs[k : k + 64] for k in range(0, len(sigs), 64)]
 
     def _lost(self, i: int) -> None:
-        """Worker ``i`` died: sign what it held here, and stop using it."""
+        """Worker ``i`` died or misbehaved: sign what it held here, and stop using it."""
         self.alive[i] = False
         log.warning("eventlog.sign_worker_lost", pid=self.procs[i].pid)
         while self.queues[i]:
             ticket, _ = self.queues[i].popleft()
             self.results[ticket] = _sign_hashes(self.sk, self.hashes.pop(ticket))
-        _stop(self.procs[i], kill=True)
+        _stop(self.procs[i], self.answers[i], kill=True)
 
     def close(self) -> None:
         """Stop the workers (they exit at the end of their input); harmless twice."""
         for i, proc in enumerate(self.procs):
-            _stop(proc, kill=i < len(getattr(self, "queues", [])) and bool(self.queues[i]))
-        self.procs = []
+            if self.alive[i]:
+                _stop(proc, self.answers[i], kill=bool(self.queues[i]))
+        self.procs, self.answers, self.queues, self.alive, self.inbox = [], [], [], [], []
 
 
-def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
+def _stop(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> None:
+    """End a worker: kill it (or let it end with its input), close its pipes, reap it."""
     if kill and proc.poll() is None:
         proc.kill()
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None and not pipe.closed:
-            pipe.close()
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    os.close(answers)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -236,6 +267,64 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+# WAL checkpoints: one after about this many appended events (~700 pages) by the
+# checkpointer thread; the appending connection itself only past this many pages.
+_WAL_EVERY_EVENTS = 4000
+_WAL_SAFETY_PAGES = 8000
+
+
+class _WalCheckpointer:
+    """Copies the WAL back into the database on a thread of its own.
+
+    SQLite's automatic checkpoint runs inside a commit, so every few thousand events one
+    append would wait for a few thousand pages to be copied and synced. Here a thread with
+    its own connection runs ``PRAGMA wal_checkpoint(PASSIVE)`` (which never blocks the
+    writer or readers) after every ``_WAL_EVERY_EVENTS`` appended events; SQLite releases
+    the GIL meanwhile, so appends go on. Nothing here decides durability: a commit is
+    durable once it is in the WAL.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pending = 0
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="eventlog-wal", daemon=True)
+        self.thread.start()
+
+    def appended(self, n: int) -> None:
+        """Count appended events; wake the thread when a checkpoint is due."""
+        self.pending += n
+        if self.pending >= _WAL_EVERY_EVENTS:
+            self.pending = 0
+            self.wake.set()
+
+    def close(self) -> None:
+        """Stop the thread (harmless twice)."""
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.warning("eventlog.wal_checkpointer_failed", error=str(exc))
+            return
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self.stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("eventlog.wal_checkpoint_failed", error=str(exc))
+        finally:
+            conn.close()
 
 
 def _body_frame(kid: str, log_id: str, time: str) -> tuple[bytes, bytes]:
@@ -279,7 +368,9 @@ class EventLog:
     """A node's event log. Thread-safe: appends are serialized by a lock.
 
     Open with :meth:`open`; close with :meth:`close` (twice is harmless) or use as a
-    context manager.
+    context manager. Signatures are made by ``sign_threads`` threads, or -- for a batch of
+    at least 64 events, or always with ``sign_processes=True``; never with ``False`` --
+    by as many worker processes, started on first need and stopped by :meth:`close`.
     """
 
     def __init__(
@@ -319,6 +410,9 @@ class EventLog:
                 if synchronous not in ("normal", "full"):
                     raise ConfigError(f"synchronous must be normal or full, not {synchronous!r}")
                 self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                # WAL checkpoints run on a thread of their own (see _WalCheckpointer); the
+                # appending connection checkpoints only if that one falls far behind.
+                self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_SAFETY_PAGES}")
                 conn.executescript(_SCHEMA)
                 projections.create(conn)
             else:
@@ -333,6 +427,7 @@ class EventLog:
         self._workers: _SignWorkers | None = None
         self._workers_failed = False
         self._kinds: dict[str, bytes] = {}
+        self._wal: _WalCheckpointer | None = None  # started by the first append
         self._acc = MerkleAccumulator()
         self._seq = 0
         self._prev = GENESIS_PREV
@@ -416,8 +511,7 @@ class EventLog:
         with self._lock:
             if self._closed:
                 raise LogConflictError("event log is closed")
-            items = [d.model_dump(mode="json") for d in datas]
-            stored = self._build_and_store(items)
+            stored = self._build_and_store(datas)
             if self._since_checkpoint >= self.checkpoint_every:
                 stored.extend(self._build_and_store([self._checkpoint_item()]))
             return stored
@@ -435,11 +529,7 @@ class EventLog:
             if rec.kid != new_key.kid or rec.identity != old.identity or rec.role != "node":
                 raise ConfigError("the key record does not vouch for the new node key")
             ev = self._build_and_store(
-                [
-                    KeyRotated(identity=old.identity, old_kid=old.kid, record=record).model_dump(
-                        mode="json"
-                    )
-                ],
+                [KeyRotated(identity=old.identity, old_kid=old.kid, record=record)],
                 meta_kid=new_key.kid,
             )[0]
             self._key = new_key
@@ -463,25 +553,34 @@ class EventLog:
         return CheckpointData(checkpoint=signed).model_dump(mode="json")
 
     def _build_and_store(
-        self, items: list[dict[str, Any]], *, meta_kid: str | None = None
+        self, datas: Sequence[BaseModel | dict[str, Any]], *, meta_kid: str | None = None
     ) -> list[StoredEvent]:
+        """Build, sign and store events (models, or dicts already dumped) in one commit.
+
+        The work overlaps: each chunk of hashes goes to the signing workers (or pool) as
+        soon as its bodies are built (the chain itself is sequential); the projections,
+        which need no signature, are updated while they sign; each chunk's rows are
+        inserted as its signatures arrive; then one commit.
+        """
         seq, prev = self._seq, self._prev
         time = now()
         head, time_type = _body_frame(self.key.kid, self.log_id, time)
         kinds = self._kinds
         sk = self.key.signing_key
-        n = len(items)
+        n = len(datas)
         workers = self._sign_workers(n)
         pooled = workers is None and n >= 64 and self._sign_threads > 1
-        step = min(_SIGN_CHUNK, max(32, -(-n // (4 * self._sign_threads))))
-        # Signing overlaps building, projecting and inserting: each chunk of hashes goes to
-        # the signing workers (or pool) as soon as it is built (the chain is sequential).
+        step = min(_SIGN_CHUNK, max(32, -(-n // (4 * self._sign_threads)))) if n >= 64 else n
+        # One entry per chunk of events: the ticket or future of its signatures.
         tickets: list[int] = []
         futures: list[Future[list[bytes]]] = []
+        items: list[dict[str, Any]] = []
         hashes: list[bytes] = []
-        pending: list[bytes] = []
         bodies: list[bytes] = []
-        for data in items:
+        mark = 0
+        for d in datas:
+            data = d if isinstance(d, dict) else d.model_dump(mode="json")
+            items.append(data)
             seq += 1
             kind = data["type"]
             kind_json = kinds.get(kind)
@@ -493,41 +592,52 @@ class EventLog:
             prev = leaf_hash(body)
             bodies.append(body)
             hashes.append(prev)
-            if workers is not None or pooled:
-                pending.append(prev)
-                if len(pending) >= step:
-                    if workers is not None:
-                        tickets.append(workers.submit(pending))
-                    else:
-                        futures.append(self._pool.submit(_sign_hashes, sk, pending))
-                    pending = []
-        if pending:
+            if len(hashes) - mark >= step:
+                if workers is not None:
+                    tickets.append(workers.submit(hashes[mark:]))
+                elif pooled:
+                    futures.append(self._pool.submit(_sign_hashes, sk, hashes[mark:]))
+                mark = len(hashes)
+        if mark < len(hashes):
             if workers is not None:
-                tickets.append(workers.submit(pending))
-            else:
-                futures.append(self._pool.submit(_sign_hashes, sk, pending))
+                tickets.append(workers.submit(hashes[mark:]))
+            elif pooled:
+                futures.append(self._pool.submit(_sign_hashes, sk, hashes[mark:]))
         first = self._seq + 1
+        sigs: list[bytes] = []
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Projections first: they need no signature, so this overlaps the signing.
             projections.apply_many(conn, [(first + i, time, d) for i, d in enumerate(items)])
+            chunks: Iterator[list[bytes]]
             if workers is not None:
-                sigs = [sig for t in tickets for sig in workers.result(t)]
+                chunks = (workers.result(t) for t in tickets)
             elif pooled:
-                sigs = [sig for fut in futures for sig in fut.result()]
+                chunks = (fut.result() for fut in futures)
             else:
-                sigs = _sign_hashes(sk, hashes)
-            conn.executemany(
-                "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (first + i, h, sig, body, d["type"], time, d.get("request_id"))
-                    for i, (h, sig, body, d) in enumerate(
-                        zip(hashes, sigs, bodies, items, strict=True)
-                    )
-                ],
-            )
+                chunks = iter([_sign_hashes(sk, hashes)])
+            for chunk in chunks:
+                at = len(sigs)
+                sigs += chunk
+                conn.executemany(
+                    "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            first + i,
+                            hashes[i],
+                            sigs[i],
+                            bodies[i],
+                            d["type"],
+                            time,
+                            d.get("request_id"),
+                        )
+                        for i, d in enumerate(items[at : len(sigs)], at)
+                    ],
+                )
+            if len(sigs) != n:
+                raise LogConflictError(f"signed {len(sigs)} of {n} events")
             for data in items:
                 if data["type"] == "checkpoint":
                     cp, signed = self._pending_checkpoint
@@ -551,6 +661,9 @@ class EventLog:
         self._acc.extend(hashes)
         self._seq, self._prev = seq, prev
         self._since_checkpoint += n
+        if self._wal is None:
+            self._wal = _WalCheckpointer(self.path.resolve())
+        self._wal.appended(n)
         if items[-1]["type"] == "checkpoint":
             self._since_checkpoint = 0
         return [
@@ -657,6 +770,8 @@ class EventLog:
             if self._workers is not None:
                 self._workers.close()
                 self._workers = None
+            if self._wal is not None:
+                self._wal.close()
             self.db.conn.close()
 
     def __enter__(self) -> EventLog:

@@ -230,3 +230,29 @@ def audit_lines_with(
 
     raws = [parse_export_line(line, i) for i, line in enumerate(lines, 1)]
     return audit_events(raws, trusted_sites=trusted, threads=2, processes=processes)
+
+
+@pytest.mark.parametrize(
+    "worker",
+    [
+        "import sys; sys.exit(1)",
+        "import os, sys\n"
+        "read, out = sys.stdin.buffer.read, os.fdopen(int(sys.argv[1]), 'wb')\n"
+        "while len(head := read(4)) == 4:\n"
+        "    read(int.from_bytes(head, 'little'))\n"
+        "    out.write((1).to_bytes(4, 'little') + (99999).to_bytes(4, 'little'))\n"
+        "    out.flush()\n",
+    ],
+    ids=["dies", "answers nonsense"],
+)
+def test_signature_workers_that_fail_are_replaced_by_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: str
+) -> None:
+    import hub.audit
+
+    built = build_log(tmp_path, requests=150)
+    lines = list(built.lines)
+    lines[500] = resign(lines[500], built.keys.other_node, claim_kid=False)
+    monkeypatch.setattr(hub.audit, "_WORKER", worker)
+    report = audit_lines_with(lines, built.keys.trusted, processes=True)
+    assert _checks(report) == [(501, "signature")]

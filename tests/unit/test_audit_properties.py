@@ -7,7 +7,10 @@ which line, which byte, which event to move.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.logs import BuiltLog, Keys, audit_lines, build_log, detected, resign
@@ -235,3 +238,142 @@ def test_the_fast_check_decides_exactly_as_the_general_path(
     receipt = data.draw(st.none() | st.sampled_from(base.receipts))
     fast = _report_json(lines, base.keys, receipt, fast=True)
     assert fast == _report_json(lines, base.keys, receipt, fast=False)
+
+
+class _InlineHelper:
+    """The helper's records computed in this process (what the helper process writes)."""
+
+    def __init__(self, db: Path, after_seq: int) -> None:
+        from hub.audit import _positioned, _speculate
+        from hub.logfile import iter_sqlite
+
+        source = iter_sqlite(db)
+        prev = source.stored_hash(after_seq)
+        rows = _positioned(source.rows(after_seq=after_seq), after_seq + 1)
+        self._records = list(_speculate(rows, prev if type(prev) is bytes else b""))
+
+    def records(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._records)
+
+    def close(self) -> None:
+        pass
+
+
+def _write_db(path: Path, lines: list[bytes]) -> bool:
+    """The events of export lines as a SQLite log (False if a line is unreadable)."""
+    from hub.logfile import parse_export_line
+
+    try:
+        raws = [parse_export_line(line, i) for i, line in enumerate(lines, 1)]
+    except LogUnreadableError:
+        return False
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, hash BLOB, sig BLOB, body BLOB)")
+    conn.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?)",
+        [(r.position, r.hash, r.sig, r.body) for r in raws],
+    )
+    conn.commit()
+    conn.close()
+    return True
+
+
+def _split_and_plain(
+    db: Path, keys: Keys, receipt: object, after_seq: int, helper: object = None
+) -> tuple[object, object]:
+    from hub.audit import _Auditor, _rows
+    from hub.logfile import iter_sqlite
+
+    split = _Auditor(keys.trusted, receipt, False, 2)  # type: ignore[arg-type]
+    split.run_split(iter_sqlite(db), after_seq, helper)  # type: ignore[arg-type]
+    plain = _Auditor(keys.trusted, receipt, False, 2, fast=False)  # type: ignore[arg-type]
+    rows, unreadable = _rows(iter_sqlite(db), None)
+    plain.run(rows, unreadable)
+    return split.report.to_json(), plain.report.to_json()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_an_audit_split_with_a_helper_decides_exactly_as_the_general_path(
+    base: BuiltLog, scratch: Path, data: st.DataObject
+) -> None:
+    """Chain-only audits of large SQLite logs read the second part in a helper: same
+    report, finding for finding, wherever the split falls and whatever was changed."""
+    lines = list(base.lines)
+    n = len(lines)
+    kind = data.draw(st.sampled_from(["clean", "byte", "delete", "duplicate", "swap"]))
+    if kind == "byte":
+        i = data.draw(st.integers(0, n - 1))
+        at = data.draw(st.integers(0, len(lines[i]) - 2))
+        new = data.draw(st.integers(0, 255).filter(lambda b: b != lines[i][at]))
+        lines[i] = lines[i][:at] + bytes([new]) + lines[i][at + 1 :]
+    elif kind == "delete":
+        del lines[data.draw(st.integers(0, n - 1))]
+    elif kind == "duplicate":
+        i = data.draw(st.integers(0, n - 1))
+        lines.insert(i, lines[i])
+    elif kind == "swap":
+        i = data.draw(st.integers(0, n - 2))
+        lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    db = scratch.with_name("split.db")
+    if not _write_db(db, lines):
+        return
+    after_seq = data.draw(st.integers(1, len(lines)), label="split after")
+    receipt = data.draw(st.none() | st.sampled_from(base.receipts))
+    split, plain = _split_and_plain(db, base.keys, receipt, after_seq, _InlineHelper(db, after_seq))
+    assert split == plain
+
+
+@pytest.mark.parametrize("after_seq", [1, 40, 150])
+def test_a_helper_process_reads_the_second_part_with_the_same_verdict(
+    base: BuiltLog, scratch: Path, after_seq: int
+) -> None:
+    db = scratch.with_name("helper.db")
+    lines = list(base.lines)
+    lines[60], lines[61] = lines[61], lines[60]  # a finding in the helper's part
+    assert _write_db(db, lines)
+    split, plain = _split_and_plain(db, base.keys, base.receipts[-1], after_seq)
+    assert split == plain
+    assert isinstance(split, dict) and split["findings"]
+
+
+def test_a_helper_that_fails_leaves_the_work_to_the_auditor(
+    base: BuiltLog, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hub.audit
+
+    monkeypatch.setattr(hub.audit, "_HELPER", "import sys; sys.exit(3)")
+    db = scratch.with_name("failing.db")
+    assert _write_db(db, list(base.lines))
+    split, plain = _split_and_plain(db, base.keys, None, 50)
+    assert split == plain
+    assert isinstance(split, dict) and split["ok"]
+
+
+def test_runs_that_do_not_fit_the_state_are_left_to_the_auditor(tmp_path: Path) -> None:
+    """Requests that straddle the split, one completed twice and an event while the node
+    is stopped after it: whichever side of the split they fall on, the same findings."""
+    from helpers.logs import open_new_log, request_events
+
+    from hub.events import NodeStarted, NodeStopped, RequestCompleted
+
+    keys = Keys.generate()
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(NodeStarted(version="0.1.0", pid=1))
+        events = [e for i in range(30) for e in request_events(f"req{i:05d}")]
+        log.append_many(events[:77])
+        log.append_many(events[77:])
+        log.append_many([next(e for e in events if isinstance(e, RequestCompleted))])
+        log.append_many(request_events("late00001"))
+        log.append(NodeStopped())
+        log.append(request_events("stopped01")[0])
+        size = log.size
+    for after_seq in (5, 40, 90, 160, 200, size - 2, size):
+        split, plain = _split_and_plain(db, keys, None, after_seq, _InlineHelper(db, after_seq))
+        assert split == plain
+        assert isinstance(split, dict)
+        assert [f["check"] for f in split["findings"]] == ["lifecycle", "lifecycle"]

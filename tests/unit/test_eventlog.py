@@ -256,3 +256,47 @@ def test_a_signing_worker_that_dies_is_replaced_by_local_signing(tmp_path: Path)
         assert not workers.usable
     report = audit_file(path, keys.trusted)
     assert report.ok, [f.line() for f in report.findings]
+
+
+_FORGETFUL_WORKER = """
+import os, sys
+read, out = sys.stdin.buffer.read, os.fdopen(int(sys.argv[1]), "wb")
+read(32)
+while len(head := read(4)) == 4:
+    n = int.from_bytes(head, "little")
+    read(32 * n)
+    out.write(bytes(64 * n))
+    out.flush()
+"""
+
+
+def test_a_signing_worker_that_answers_nonsense_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.eventlog
+
+    monkeypatch.setattr(node.eventlog, "_SIGN_WORKER", _FORGETFUL_WORKER)
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with _log_signed_by_processes(path, keys) as log:
+        log.append(STARTED)
+        log.append_many([e for i in range(20) for e in request_events(f"req{i:05d}")])
+    report = audit_file(path, keys.trusted)
+    assert report.ok, [f.line() for f in report.findings]
+
+
+def test_the_wal_is_checkpointed_off_the_appending_thread_and_stops_with_the_log(
+    tmp_path: Path,
+) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    log = open_new_log(path, keys, checkpoint_every=100_000)
+    log.append(STARTED)
+    log.append_many([e for i in range(700) for e in request_events(f"req{i:05d}")])
+    checkpointer = log._wal
+    assert checkpointer is not None and checkpointer.thread.is_alive()
+    log.close()
+    assert not checkpointer.thread.is_alive()
+    with EventLog(path, keys.node) as reopened:
+        assert reopened.size == log.size
+    assert audit_file(path, keys.trusted).ok
