@@ -1378,7 +1378,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # client and its dependencies), writes its records with marshal to a file in a private
 # temporary folder, and exits; this process reads them once its own half is done.
 
-_SPLIT_MIN = 200_000  # events (by the last seq) from which a chain-only audit splits
+_SPLIT_MIN = 100_000  # events (by the last seq) from which a chain-only audit splits
 _SPLIT_SHARE = 0.5  # of the events audited by this process; the helper reads the rest
 _RUN_MAX = 4096  # events per run record
 _SLOW_EVENT, _FAST_RUN, _HELPER_FAILED = 0, 1, 2
