@@ -320,7 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip per-event signatures (hashes, chain, checkpoints, lifecycle)",
     )
     audit.add_argument(
-        "--threads", type=int, default=None, help="signature workers, this process included (default: cores)"
+        "--threads",
+        type=int,
+        default=None,
+        help="signature workers, this process included (default: cores)",
     )
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
     audit.set_defaults(func=cmd_audit)
