@@ -55,6 +55,7 @@ from hub.errors import FederationError
 from hub.events import DOMAIN_EVENT, FINAL_REQUEST_TYPES
 from hub.logfile import RawEvent, SqliteEvents
 from hub.records import Checkpoint, KeyRecord, Revocation, SignedRecord, open_record
+from hub.workers import spawn_worker, stop_worker, write_all
 
 __all__ = ["AuditReport", "Finding", "audit_events"]
 
@@ -1242,10 +1243,10 @@ class _Workers:
         procs: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
             for _ in range(count):
-                procs.append(_spawn(_WORKER))
+                procs.append(spawn_worker(_WORKER))
         except OSError:
             for proc, fd in procs:
-                _stop(proc, fd, kill=True)
+                stop_worker(proc, fd, kill=True)
             return None
         return cls(procs, answered, orphaned)
 
@@ -1269,7 +1270,7 @@ class _Workers:
             stdin = self.procs[i].stdin
             assert stdin is not None
             try:
-                _write_all(stdin.fileno(), message)
+                write_all(stdin.fileno(), message)
             except OSError:
                 self.lost(i)
                 continue
@@ -1320,56 +1321,15 @@ class _Workers:
         pending = self.pending[i]
         while pending:
             self.orphaned(pending.popleft())
-        _stop(self.procs[i], self.answers[i], kill=True)
+        stop_worker(self.procs[i], self.answers[i], kill=True)
 
     def close(self) -> None:
         """Let the workers finish (end of input), or kill them if they do not."""
         self.selector.close()
         for i, proc in enumerate(self.procs):
             if self.alive[i]:
-                _stop(proc, self.answers[i], kill=bool(self.pending[i]))
+                stop_worker(proc, self.answers[i], kill=bool(self.pending[i]))
             self.alive[i] = False
-
-
-def _spawn(source: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Run ``source`` in a new Python with a pipe on stdin; the process and the read end
-    of its answer pipe (the write end's fd number is its first argument)."""
-    read_end, write_end = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", source, str(write_end)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(write_end,),
-            bufsize=0,
-        )
-    except BaseException:
-        os.close(read_end)
-        raise
-    finally:
-        os.close(write_end)
-    return proc, read_end
-
-
-def _stop(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> None:
-    """End a worker: kill it (or let it end with its input), close its pipes, reap it."""
-    if kill and proc.poll() is None:
-        proc.kill()
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
-    os.close(answers)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # --- a helper process for chain-only audits of large SQLite logs -------------------------

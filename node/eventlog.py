@@ -53,6 +53,7 @@ from hub.events import DOMAIN_EVENT, CheckpointData, KeyRotated, LogCreated
 from hub.keys import KeyPair
 from hub.logfile import export_line
 from hub.records import Checkpoint, KeyRecord, SignedRecord, sign_record
+from hub.workers import spawn_worker, stop_worker, write_all
 from node import projections
 
 __all__ = ["EventLog", "StoredEvent"]
@@ -140,21 +141,7 @@ class _SignWorkers:
         seed = bytes(sk)
         try:
             for _ in range(count):
-                read_end, write_end = os.pipe()
-                try:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-c", _SIGN_WORKER, str(write_end)],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                        pass_fds=(write_end,),
-                        bufsize=0,
-                    )
-                except BaseException:
-                    os.close(read_end)
-                    raise
-                finally:
-                    os.close(write_end)
+                proc, read_end = spawn_worker(_SIGN_WORKER)
                 self.procs.append(proc)
                 self.answers.append(read_end)
                 self.queues.append(deque())
@@ -163,7 +150,7 @@ class _SignWorkers:
                 self.answered.append(0)
                 if proc.stdin is None:
                     raise OSError("no pipe to the signing worker")
-                _write_all(proc.stdin.fileno(), seed)
+                write_all(proc.stdin.fileno(), seed)
         except OSError:
             self.close()
             raise
@@ -191,7 +178,7 @@ class _SignWorkers:
             stdin = self.procs[i].stdin
             assert stdin is not None
             try:
-                _write_all(stdin.fileno(), message)
+                write_all(stdin.fileno(), message)
             except OSError:
                 self._lost(i)
                 continue
@@ -246,34 +233,14 @@ class _SignWorkers:
         while self.queues[i]:
             ticket, _ = self.queues[i].popleft()
             self.results[ticket] = _sign_hashes(self.sk, self.hashes.pop(ticket))
-        _stop(self.procs[i], self.answers[i], kill=True)
+        stop_worker(self.procs[i], self.answers[i], kill=True)
 
     def close(self) -> None:
         """Stop the workers (they exit at the end of their input); harmless twice."""
         for i, proc in enumerate(self.procs):
             if self.alive[i]:
-                _stop(proc, self.answers[i], kill=bool(self.queues[i]))
+                stop_worker(proc, self.answers[i], kill=bool(self.queues[i]))
         self.procs, self.answers, self.queues, self.alive, self.inbox = [], [], [], [], []
-
-
-def _stop(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> None:
-    """End a worker: kill it (or let it end with its input), close its pipes, reap it."""
-    if kill and proc.poll() is None:
-        proc.kill()
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
-    os.close(answers)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # WAL checkpoints: one after about this many appended events (~700 pages) by the
