@@ -945,11 +945,16 @@ def _request_step(kind: str, rid: str, state: str | None) -> tuple[str | None, s
             "accepted",
             None if ok else f"request {rid} accepted while {state or 'never received'}",
         )
-    if kind in ("request.started", "request.progress", "result.stored"):
+    if kind in ("request.started", "request.progress"):
         problem = (
             None if state in _ACTIVE else f"{kind} for request {rid} while {state or 'unknown'}"
         )
         return ("running" if kind == "request.started" else None), problem
+    if kind == "result.stored":
+        # stored while running (log version 1 nodes) or right after completing (the node
+        # replies first, then stores the sealed result)
+        ok = state in _ACTIVE or state == "completed"
+        return None, None if ok else f"result.stored for request {rid} while {state or 'unknown'}"
     if kind in FINAL_REQUEST_TYPES:
         new = "completed" if kind == "request.completed" else "failed"
         if state in _ACTIVE:

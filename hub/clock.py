@@ -23,4 +23,7 @@ def now() -> str:
 
 def parse_time(text: str) -> datetime:
     """Parse fedhub's text form into an aware datetime (ValueError if malformed)."""
-    return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)
+    # the fixed width pins the one form; fromisoformat is ~20x faster than strptime
+    if len(text) != 27 or text[10] != "T" or text[19] != "." or text[26] != "Z":
+        raise ValueError(f"time {text!r} is not in the form 2026-11-22T02:22:10.123456Z")
+    return datetime.fromisoformat(text)

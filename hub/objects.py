@@ -25,9 +25,19 @@ CHUNK_SIZE = 128 * 1024
 
 
 async def put_object(
-    js: JetStreamContext, bucket: str, name: str, data: bytes, *, chunk_size: int = CHUNK_SIZE
+    js: JetStreamContext,
+    bucket: str,
+    name: str,
+    data: bytes,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    timeout: float = 10.0,
 ) -> api.ObjectInfo:
-    """Store ``data`` as object ``name`` of ``bucket``; return its info once all are acked."""
+    """Store ``data`` as object ``name`` of ``bucket``; return its info once all are acked.
+
+    Use one long-lived ``js`` context: its reply subscription for acks is made once.
+    Raises TimeoutError when the server has not acked everything within ``timeout``.
+    """
     nuid = js._nc._nuid.next().decode()
     chunk_subject = f"$O.{bucket}.C.{nuid}"
     view = memoryview(data)
@@ -44,13 +54,20 @@ async def put_object(
         options=api.ObjectMetaOptions(max_chunk_size=chunk_size),
     )
     meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-    sends = [js.publish(chunk_subject, chunk) for chunk in chunks]
-    sends.append(
-        js.publish(
+    # publish_async: each ack resolves a future (no task and no timer per message)
+    acks = [await js.publish_async(chunk_subject, chunk) for chunk in chunks]
+    acks.append(
+        await js.publish_async(
             meta_subject,
             json.dumps(info.as_dict()).encode(),
             headers={api.Header.ROLLUP: "sub"},
         )
     )
-    await asyncio.gather(*sends)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*acks)
+    except TimeoutError:
+        for ack in acks:
+            ack.cancel()
+        raise
     return info

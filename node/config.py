@@ -71,7 +71,7 @@ class ModuleConfig(_Section):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
     path: str
-    executor: Literal["thread", "process"] = "thread"
+    executor: Literal["thread", "process", "inline"] = "thread"
     max_workers: int = Field(4, ge=1, le=256)
     max_concurrency: int = Field(8, ge=1)
     max_queue: int = Field(1000, ge=0)

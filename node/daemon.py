@@ -10,7 +10,8 @@ Start-up (each step undone in reverse on stop, by an ``AsyncExitStack``):
    with the config, logging each change as an event;
 4. load the modules, announce each as a NATS micro service (``$SRV.PING/INFO/STATS``) with
    fedhub's info endpoint (schemas + the node key record signed by the site);
-5. ensure the call stream and its durable consumer; log ``node.started``; pull calls.
+5. ensure the call stream and its durable consumer; log ``node.started``; take calls
+   (a continuous pull, :mod:`node.consumer`).
 
 Stopping (SIGINT/SIGTERM in the CLI): stop pulling, let in-flight calls finish for
 ``grace`` seconds, hand back what is left (the server redelivers it), log
@@ -35,6 +36,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 
@@ -62,6 +64,7 @@ from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
+from node.consumer import CallConsumer
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
 from node.pipeline import Pipeline
@@ -91,6 +94,8 @@ class NodeDaemon:
         self.runner: Runner | None = None
         self.pipeline: Pipeline | None = None
         self.directory: Directory | None = None
+        self.consumer: CallConsumer | None = None
+        self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._node_key_record: SignedRecord | None = None
@@ -178,7 +183,7 @@ class NodeDaemon:
                 recovered=int(recovered) if isinstance(recovered, int) else 0,
             )
         )
-        self._spawn(self._pull_loop(), "pull-loop")
+        await self._start_consumer()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
         log.info("node.started", node=self.eventlog.log_id, url=self.url, modules=len(cfg.modules))
@@ -201,14 +206,9 @@ class NodeDaemon:
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        # let the pull loop finish its fetch (at most a second) rather than cancel it: a
-        # cancelled fetch leaves a pull request the server would still deliver to
-        pull = [t for t in self._tasks if t.get_name() == "pull-loop"]
-        if pull:
-            _, late = await asyncio.wait(pull, timeout=5.0)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*pull, return_exceptions=True)
+        # stop requesting calls; a call the server still delivers is handed back at once
+        if self.consumer is not None:
+            await self.consumer.close()
         calls = [t for t in self._tasks if t.get_name() == "call"]
         if calls:
             log.info("node.finishing_calls", count=len(calls), grace=self.grace)
@@ -279,10 +279,16 @@ class NodeDaemon:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 drain_timeout=5,
+                reconnected_cb=self._on_reconnected,
             )
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
         self.stack.push_async_callback(self._drain)
+
+    async def _on_reconnected(self) -> None:
+        # pull requests may not have survived the link: ask again
+        if self.consumer is not None:
+            self.consumer.reset()
 
     async def _embedded_server(self) -> str:
         """Start the embedded nats-server, or adopt the one a killed node left running.
@@ -324,9 +330,16 @@ class NodeDaemon:
         assert self.nc is not None
         await self.nc.publish(subject, data)
 
+    def _jetstream(self) -> JetStreamContext:
+        """One JetStream context for publishing: its ack subscription is made once."""
+        assert self.nc is not None
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
     async def _store_result(self, request_id: str, data: bytes) -> str:
         assert self.nc is not None
-        await put_object(self.nc.jetstream(), RESULTS_BUCKET, request_id, data)
+        await put_object(self._jetstream(), RESULTS_BUCKET, request_id, data)
         return request_id
 
     async def _publish_events(self, events: list[StoredEvent]) -> None:
@@ -339,25 +352,34 @@ class NodeDaemon:
         cursor, so a reader may see an event twice and keeps the first of each ``seq``.
         """
         assert self.nc is not None and self.eventlog is not None
-        js = self.nc.jetstream()
+        js = self._jetstream()
         subject = events_subject(self.site, self.cfg.node.name)
         if self.instance > 1:
             subject += f".{self.instance}"
         log_id = self.eventlog.log_id
         batch: list[bytes] = []
+        acks = []
         size, first = 0, events[0].seq
         for i, ev in enumerate(events):
             line = export_line(ev.hash, ev.sig, ev.body)
             batch.append(line)
             size += len(line)
             if size >= 256 * 1024 or i == len(events) - 1:
-                await js.publish_async(
-                    subject,
-                    b"".join(batch),
-                    headers={"Nats-Msg-Id": f"{log_id}@{self._genesis}:{first}-{ev.seq}"},
+                acks.append(
+                    await js.publish_async(
+                        subject,
+                        b"".join(batch),
+                        headers={"Nats-Msg-Id": f"{log_id}@{self._genesis}:{first}-{ev.seq}"},
+                    )
                 )
                 batch, size, first = [], 0, ev.seq + 1
-        await js.publish_async_completed()
+        try:
+            async with asyncio.timeout(10.0):
+                await asyncio.gather(*acks)
+        except TimeoutError:
+            for ack in acks:
+                ack.cancel()
+            raise TransportError("the event stream did not confirm the events in 10 s") from None
         self._published_seq = events[-1].seq
         if time.monotonic() - self._cursor_saved >= 1.0:
             await self._save_cursor()
@@ -496,40 +518,24 @@ class NodeDaemon:
 
     # --- pulling calls --------------------------------------------------------------------
 
-    async def _pull_loop(self) -> None:
+    async def _start_consumer(self) -> None:
         assert self.nc is not None
-        js = self.nc.jetstream()
-        psub = await js.pull_subscribe_bind(durable=CALLS_CONSUMER, stream=CALLS_STREAM)
-        try:
-            await self._pull(psub)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(psub.unsubscribe())
+        calls = self.cfg.calls
+        self.consumer = CallConsumer(
+            self.nc,
+            CALLS_STREAM,
+            CALLS_CONSUMER,
+            self._on_call,
+            window=calls.max_in_flight,
+            refill=calls.fetch_batch,
+        )
+        await self.consumer.start()
 
-    async def _pull(self, psub: Any) -> None:
-        slots = asyncio.Semaphore(self.cfg.calls.max_in_flight)
-        batch = self.cfg.calls.fetch_batch
-        while not self._stop.is_set():
-            await slots.acquire()
-            want = 1
-            while want < batch and not slots.locked():
-                await slots.acquire()
-                want += 1
-            try:
-                msgs = await psub.fetch(want, timeout=1.0)
-            except (nats.errors.TimeoutError, TimeoutError):
-                msgs = []
-            except nats.errors.Error as exc:
-                log.warning("pull.failed", error=str(exc))
-                msgs = []
-                await asyncio.sleep(0.2)
-            for _ in range(want - len(msgs)):
-                slots.release()
-            for m in msgs:
-                self._spawn(self._one_call(m, slots), "call")
+    def _on_call(self, msg: Msg) -> None:
+        self._spawn(self._one_call(msg), "call")
 
-    async def _one_call(self, msg: Msg, slots: asyncio.Semaphore) -> None:
-        assert self.pipeline is not None
+    async def _one_call(self, msg: Msg) -> None:
+        assert self.pipeline is not None and self.consumer is not None
         acked = False
         try:
             delivery = msg.metadata.num_delivered if msg.metadata else 1
@@ -550,7 +556,7 @@ class NodeDaemon:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
         finally:
-            slots.release()
+            self.consumer.release()
 
     # --- status ---------------------------------------------------------------------------
 

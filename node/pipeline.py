@@ -6,7 +6,8 @@ Steps, each logged (docs/protocol.md has the full table)::
     → ciphertext matches the signed hash → not a replay → granted → function exists
     → log request.received + request.accepted
     → decrypt → decode → validate → run (progress → caller) → encrypt result to the caller
-    → store → log result.stored + request.completed (or request.failed) → reply → ack
+    → log request.completed (or request.failed) → reply → store the sealed result
+    → log result.stored → ack
 
 The JetStream message is acked only once the outcome is logged; while a function runs the
 node tells the server it is still working (``+WPI``). If the node dies mid-run the message
@@ -93,7 +94,7 @@ from hub.subjects import inbox_prefix, parse_call_subject, validate_identity
 from node import projections
 from node.config import CallsSection
 from node.logwriter import LogWriter
-from node.runner import Runner
+from node.runner import CancelSignal, Runner
 
 __all__ = ["Outcome", "Pipeline"]
 
@@ -157,11 +158,12 @@ class Pipeline:
         self.store_result = store_result
         self.module_timeouts = module_timeouts or {}
         self._nonces: dict[str, float] = {}
-        self._running: dict[str, asyncio.Event] = {}
+        self._running: dict[str, CancelSignal] = {}
         self._owners: dict[str, str] = {}
         self.in_flight = 0
         self._reader: sqlite3.Connection | None = None
         self._cancel_early: dict[str, float] = {}
+        self._storing: dict[str, asyncio.Future[None]] = {}
 
     # --- replay memory --------------------------------------------------------------------
 
@@ -257,7 +259,10 @@ class Pipeline:
                 await self.writer.append(received, RequestAccepted(request_id=rid))
                 return await self._fail(header, None, exc, time.perf_counter())
             await self.writer.append(
-                received, RequestAccepted(request_id=rid), RequestStarted(request_id=rid, attempt=1)
+                received,
+                RequestAccepted(request_id=rid),
+                RequestStarted(request_id=rid, attempt=1),
+                alone=self.in_flight <= 1,
             )
             log.info("call.accepted", caller=header.caller, address=header.address)
             return await self._execute(
@@ -483,7 +488,7 @@ class Pipeline:
         try:
             if not logged_start:
                 await self.writer.append(RequestStarted(request_id=rid, attempt=attempt))
-            cancel = asyncio.Event()
+            cancel = CancelSignal()
             if self._cancel_early.pop(rid, None) is not None:
                 cancel.set()
             self._running[rid] = cancel
@@ -493,11 +498,7 @@ class Pipeline:
             if module_timeout is not None:
                 timeout = min(timeout, module_timeout)
             reporter = _ProgressForwarder(self, header, content_key)
-            ka = (
-                asyncio.create_task(_keepalive(keepalive, self.calls.ack_wait / 3))
-                if keepalive
-                else None
-            )
+            ka = _KeepAlive(keepalive, self.calls.ack_wait / 3) if keepalive else None
             try:
                 value = await self.runner.run(
                     header.module,
@@ -509,7 +510,7 @@ class Pipeline:
                 )
             finally:
                 if ka is not None:
-                    ka.cancel()
+                    ka.stop()
                 self._running.pop(rid, None)
                 self._owners.pop(rid, None)
                 await reporter.close()
@@ -524,29 +525,16 @@ class Pipeline:
                     )
                 )
             }
-            events: list[Any] = []
-            obj = None
-            if self.store_result is not None:
-                obj = await self.store_result(rid, _stored_form(wraps, result_ct))
-                events.append(
-                    ResultStored(
-                        request_id=rid,
-                        object=obj,
-                        size=len(result_ct),
-                        ciphertext_hash=result_hash,
-                        recipients=(record.kid,),
-                    )
-                )
             duration = int((time.perf_counter() - started) * 1e6)
-            events.append(
+            stored = await self.writer.append(
                 RequestCompleted(
                     request_id=rid,
                     result_hash=result_hash,
                     result_size=len(result_ct),
                     duration_us=duration,
-                )
+                ),
+                alone=self.in_flight <= 1,
             )
-            stored = await self.writer.append(*events)
             await self._send(
                 header.reply,
                 pack_reply(
@@ -557,18 +545,52 @@ class Pipeline:
                         time=now(),
                         result_hash=result_hash,
                         wraps=wraps,
-                        object=obj,
+                        object=rid if self.store_result is not None else None,
                         log_seq=stored[-1].seq,
                     ),
                     result_ct,
                 ),
             )
+            if self.store_result is not None:
+                await self._store(rid, wraps, result_ct, result_hash, record.kid)
             log.info("call.completed", address=header.address, duration_us=duration)
             return Outcome(rid, "completed")
         except asyncio.CancelledError:
             raise  # the node is stopping: the message goes back to the stream
         except Exception as exc:  # every other failure ends the request, exactly once
             return await self._fail(header, content_key, exc, started)
+
+    async def _store(
+        self, rid: str, wraps: dict[str, str], ciphertext: bytes, digest: str, kid: str
+    ) -> None:
+        """Keep the sealed result for a later fetch, then log ``result.stored``.
+
+        This runs after the reply (the caller does not wait for it) and before the call's
+        message is acked. If it fails, or the node dies first, the log simply has no
+        ``result.stored`` for the request: the caller has its result, a later fetch finds
+        none, and ``fedhub status`` says so.
+        """
+        assert self.store_result is not None
+        done = asyncio.get_running_loop().create_future()
+        self._storing[rid] = done
+        try:
+            obj = await self.store_result(rid, _stored_form(wraps, ciphertext))
+            await self.writer.append(
+                ResultStored(
+                    request_id=rid,
+                    object=obj,
+                    size=len(ciphertext),
+                    ciphertext_hash=digest,
+                    recipients=(kid,),
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the call itself has completed; only the copy is missing
+            log.warning("result.not_stored", request_id=rid, error=str(exc))
+        finally:
+            self._storing.pop(rid, None)
+            done.set_result(None)
 
     async def _fail(
         self, header: RequestHeader, content_key: bytes | None, exc: Exception, started: float
@@ -682,6 +704,11 @@ class Pipeline:
             return _error_answer(exc)
         except (FederationError, KeyError, TypeError) as exc:
             return _error_answer(UnauthorizedError(f"control message refused: {exc}"))
+        storing = self._storing.get(ctl.id)
+        if storing is not None and ctl.op == "status":
+            # the result is being stored right now: answer once that is logged
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(storing), 5.0)
         state = await self._request_state(ctl.id)
         if state is None or state.get("caller") != ctl.caller:
             return _error_answer(NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node"))
@@ -745,13 +772,29 @@ class _ProgressForwarder:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def _keepalive(tick: Callable[[], Awaitable[None]] | None, every: float) -> None:
-    if tick is None:
-        return
-    while True:
-        await asyncio.sleep(every)
+class _KeepAlive:
+    """Tells the server every ``every`` seconds that a call is still running (``+WPI``),
+    so its message is not redelivered; a timer, not a task, so a short call costs nothing.
+    """
+
+    def __init__(self, tick: Callable[[], Awaitable[None]], every: float) -> None:
+        self.tick, self.every = tick, every
+        self.loop = asyncio.get_running_loop()
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(every, self._fire)
+        self.task: asyncio.Task[None] | None = None
+
+    def _fire(self) -> None:
+        self.task = self.loop.create_task(self._send())
+        self.timer = self.loop.call_later(self.every, self._fire)
+
+    async def _send(self) -> None:
         with contextlib.suppress(Exception):
-            await tick()
+            await self.tick()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 def _stored_form(wraps: dict[str, str], ciphertext: bytes) -> bytes:

@@ -84,6 +84,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "BackendModule",
+    "CancelSignal",
     "FunctionSpec",
     "ModuleConfig",
     "ProgressCallback",
@@ -625,9 +626,12 @@ def _copy_json(value: dict[str, Any]) -> dict[str, Any]:
 class ModuleConfig:
     """How the runner executes one module's functions."""
 
-    executor: Literal["thread", "process"] = "thread"
-    """``thread`` (default) or ``process`` (isolated, killable, a crash cannot take the
-    node down; arguments and results are pickled)."""
+    executor: Literal["thread", "process", "inline"] = "thread"
+    """``thread`` (default), ``process`` (isolated, killable, a crash cannot take the
+    node down; arguments and results are pickled) or ``inline``: sync functions run on the
+    node's event loop itself, for functions that take well under a millisecond (no thread
+    hop; but while one runs the node does nothing else, and a timeout or cancel can only
+    be noticed after it returns)."""
     max_workers: int = 4
     """Threads, or worker processes, for sync functions."""
     max_concurrent: int | None = None
@@ -638,8 +642,10 @@ class ModuleConfig:
     """Shortest time between two progress reports delivered (20 per second)."""
 
     def __post_init__(self) -> None:
-        if self.executor not in ("thread", "process"):
-            raise ConfigError(f"executor must be 'thread' or 'process', not {self.executor!r}")
+        if self.executor not in ("thread", "process", "inline"):
+            raise ConfigError(
+                f"executor must be 'thread', 'process' or 'inline', not {self.executor!r}"
+            )
         if self.max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, not {self.max_workers}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -768,7 +774,7 @@ class _ModuleState:
             self.threads = ThreadPoolExecutor(
                 max_workers=config.max_workers, thread_name_prefix=f"fedhub-{module.name}"
             )
-        else:
+        elif config.executor == "process":
             self.slots = asyncio.Queue()
             for _ in range(config.max_workers):
                 self.slots.put_nowait(None)
@@ -881,6 +887,8 @@ class Runner:
         try:
             if spec.is_async:
                 value = await self._run_async(state, spec, arguments, relay, limits)
+            elif state.config.executor == "inline":
+                value = self._run_inline(state, spec, arguments, relay, limits)
             elif state.threads is not None:
                 value = await self._run_thread(state, spec, arguments, relay, lease, limits)
             else:
@@ -974,6 +982,26 @@ class Runner:
         except Exception as exc:
             raise _failed(spec, exc) from exc
         progress.flush()
+        return value
+
+    def _run_inline(
+        self,
+        state: _ModuleState,
+        spec: FunctionSpec,
+        arguments: dict[str, object],
+        relay: _Relay,
+        limits: _Limits,
+    ) -> object:
+        """Call a sync function right here, on the loop (``executor = "inline"``)."""
+        progress = Progress(relay.from_any_thread, min_interval=state.config.progress_interval)
+        try:
+            value = _call_sync(spec, arguments, progress)
+        except Exception as exc:
+            raise _failed(spec, exc) from exc
+        if limits.cancel is not None and limits.cancel.is_set():
+            raise _interrupted(spec, "cancelled", limits.timeout)
+        if limits.deadline is not None and asyncio.get_running_loop().time() > limits.deadline:
+            raise _interrupted(spec, "timeout", limits.timeout)
         return value
 
     async def _run_thread(
@@ -1124,23 +1152,67 @@ class _Limits:
     cancel: asyncio.Event | None
 
 
+class CancelSignal(asyncio.Event):
+    """An :class:`asyncio.Event` that also calls back when set (no waiting task needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the signal is set."""
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        """Forget a callback (harmless when it already ran)."""
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
 async def _wait(future: asyncio.Future[Any], limits: _Limits) -> _Outcome:
-    """Wait for ``future`` until the deadline or cancellation; never cancels ``future``."""
+    """Wait for ``future`` until the deadline or cancellation; never cancels ``future``.
+
+    One waker future, woken by the future itself, a timer at the deadline, or the cancel
+    signal: no helper task per call (with a plain ``asyncio.Event`` one task waits on it).
+    """
     deadline, cancel = limits.deadline, limits.cancel
-    waiters: set[asyncio.Future[Any]] = {future}
-    cancel_waiter: asyncio.Future[Any] | None = None
-    if cancel is not None:
-        cancel_waiter = asyncio.ensure_future(cancel.wait())
-        waiters.add(cancel_waiter)
-    timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if cancel_waiter is not None:
-            cancel_waiter.cancel()
+    if not future.done():
+        loop = asyncio.get_running_loop()
+        waker: asyncio.Future[None] = loop.create_future()
+
+        def wake(*_: object) -> None:
+            if not waker.done():
+                waker.set_result(None)
+
+        future.add_done_callback(wake)
+        timer = loop.call_at(deadline, wake) if deadline is not None else None
+        cancel_waiter: asyncio.Future[Any] | None = None
+        if isinstance(cancel, CancelSignal):
+            cancel.add_callback(wake)
+        elif cancel is not None:
+            cancel_waiter = asyncio.ensure_future(cancel.wait())
+            cancel_waiter.add_done_callback(wake)
+        if cancel is not None and cancel.is_set():
+            wake()
+        try:
+            await waker
+        finally:
+            future.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+            if isinstance(cancel, CancelSignal):
+                cancel.remove_callback(wake)
+            if cancel_waiter is not None:
+                cancel_waiter.cancel()
     if future.done():
         return "done"
-    if cancel_waiter is not None and cancel is not None and cancel.is_set():
+    if cancel is not None and cancel.is_set():
         return "cancelled"
     return "timeout"
 

@@ -33,7 +33,7 @@ from node.docstrings import parse_docstring
 from node.runner import BackendModule, ModuleConfig, Runner, load_module
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "modules"
-MODES = ["thread", "process"]
+MODES = ["thread", "process", "inline"]
 
 
 @pytest.fixture(scope="module")
