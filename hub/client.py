@@ -387,10 +387,14 @@ class Client:
         self._pending[rid] = handle
         subject = call_subject(target.site, target.module, target.function)
         try:
-            await self.js.publish(
-                subject, data, timeout=min(10.0, timeout + _GRACE), headers={"Nats-Msg-Id": rid}
-            )
-        except nats.errors.NoRespondersError as exc:
+            # publish_async: the stream's ack resolves a future (no task per call)
+            ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
+            try:
+                async with asyncio.timeout(min(10.0, timeout + _GRACE)):
+                    await ack
+            finally:
+                ack.cancel()
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             self._pending.pop(rid, None)
             raise NotFoundError(
                 f"site {target.site} takes no calls right now (no call stream is reachable)",

@@ -425,7 +425,7 @@ async def bench_raw(
 # --- fedhub -----------------------------------------------------------------------------
 
 
-def write_node_config(root: Path, fed: LocalFederation) -> NodeConfig:
+def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread") -> NodeConfig:
     """Keys, the caller's vouched record, the module file, the node config; ``init``."""
     store = KeyStore(root / "keys")
     pairs: dict[str, KeyPair] = {}
@@ -459,6 +459,7 @@ def write_node_config(root: Path, fed: LocalFederation) -> NodeConfig:
         "[[modules]]",
         f'name = "{MODULE}"',
         f"path = {json.dumps(str(root / 'bench_module.py'))}",
+        f"executor = {json.dumps(executor)}",
         "[[grants]]",
         f'principal = "{CALLER}"',
         f'module = "{MODULE}"',
@@ -774,7 +775,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"machine: {m['cores']} cores, load average {m['load_average_before']} before, "
         f"{m['load_average_after']} after; {report['calls']} calls per run, {c} in flight, "
-        f"{report['payload_bytes']} B payload"
+        f"{report['payload_bytes']} B payload; module executor {report['executor']}"
     )
     for mode, raw in report["raw"].items():
         s, k = raw["seq"], raw["conc"]
@@ -822,7 +823,7 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
     try:
         raw: dict[str, dict[str, Run]] = {}
         ours: dict[str, dict[str, Run]] = {}
-        cfg = write_node_config(root, fed)
+        cfg = write_node_config(root, fed, opts.executor)
         for mode in modes:
             say(f"raw NATS request/reply, responder {mode} ...")
             raw[mode] = await bench_raw(fed, procs, opts, in_process=mode == "inproc")
@@ -864,6 +865,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
     parser.add_argument("--profile", type=Path, help="write node.prof (cProfile) here")
+    parser.add_argument(
+        "--executor",
+        choices=["thread", "inline", "process"],
+        default="thread",
+        help="how the node runs the echo function (the module's executor; default thread)",
+    )
     parser.add_argument("--serve-raw", nargs=2, metavar=("URL", "SUBJECT"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.serve_raw:
@@ -919,6 +926,7 @@ def main() -> int:
         "calls": opts.calls,
         "concurrency": opts.concurrency,
         "payload_bytes": PAYLOAD,
+        "executor": opts.executor,
         "headline": headline,
         "targets": report["fedhub"][headline]["targets"],
         **report,
