@@ -94,7 +94,12 @@ def load_directory(cfg: NodeConfig, eventlog: EventLog) -> DirectoryState:
         pending.append(
             GrantRemoved(principal=g.principal, module=g.module, function=g.function, by="config")
         )
+    # the record callers check the node key against: the genesis one, or the newest
+    # rotation's (a rotated-out key must not be served as this node's)
     node_key = SignedRecord.model_validate(first["data"]["node_key"])
+    for data in changes:
+        if data["type"] == "key.rotated":
+            node_key = SignedRecord.model_validate(data["record"])
     return DirectoryState(directory, node_key, pending)
 
 
