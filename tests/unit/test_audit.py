@@ -25,6 +25,8 @@ from hub.events import (
     NodeStopped,
     RequestAccepted,
     RequestCompleted,
+    RequestFailed,
+    ResultStored,
 )
 from hub.keys import KeyPair
 from hub.records import SignedRecord
@@ -110,6 +112,30 @@ def test_a_request_completed_twice_is_a_lifecycle_violation(tmp_path: Path, keys
     report = _audit(tmp_path, keys, [STARTED, *events, done])
     assert _checks(report) == [(len(events) + 3, "lifecycle")]
     assert "completed twice" in report.findings[0].message
+
+
+def _stored(rid: str) -> ResultStored:
+    return ResultStored(
+        request_id=rid, object=rid, size=9, ciphertext_hash="ef" * 32, recipients=("0123456789abcdef0123",)
+    )
+
+
+def test_a_result_stored_after_the_completion_is_fine(tmp_path: Path, keys: Keys) -> None:
+    # the node replies first and stores the sealed result after
+    events = [e for e in request_events("req00005", "completed") if not isinstance(e, ResultStored)]
+    at = next(i for i, e in enumerate(events) if isinstance(e, RequestCompleted)) + 1
+    events.insert(at, _stored("req00005"))
+    assert _audit(tmp_path, keys, [STARTED, *events]).ok
+
+
+def test_a_result_stored_for_a_failed_request_is_a_lifecycle_violation(
+    tmp_path: Path, keys: Keys
+) -> None:
+    events = request_events("req00006", "failed")
+    assert isinstance(events[-1], RequestFailed)
+    report = _audit(tmp_path, keys, [STARTED, *events, _stored("req00006")])
+    assert _checks(report) == [(len(events) + 3, "lifecycle")]
+    assert "result.stored for request req00006 while failed" in report.findings[0].message
 
 
 def test_an_acceptance_of_a_request_never_received_is_a_lifecycle_violation(
