@@ -3,6 +3,7 @@
 
     python scripts/bench_calls.py [--calls 2000] [--concurrency 64] [--node both]
                                   [--peers] [--json] [--keep DIR] [--profile DIR]
+                                  [--executor thread|inline|process] [--processes N]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
 ``geomar``) started with :func:`hub.topology.start_local_federation`. The caller connects
@@ -29,6 +30,10 @@ calls/s on one node. They are reported as measured, never asserted.
 ``--peers``: the same workload through Celery with a Redis broker and result backend, when
 ``celery`` and ``redis`` are importable and ``redis-server`` is on PATH (none of them is a
 dependency of fedhub; nothing is installed by this script).
+
+``--executor`` sets how the node runs the echo (the module's executor: ``thread``, the
+default, ``inline`` on the node's event loop, or ``process``); ``--processes N`` starts N
+node processes on the same config, sharing the durable call consumer.
 
 CPU time of every process (node, responder, client, nats-servers, Celery worker, Redis)
 is sampled around each measured run and reported per call. ``--profile DIR`` runs the
@@ -476,16 +481,20 @@ def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread"
 
 
 async def spawn_node(
-    cfg: NodeConfig, procs: Processes, profile: Path | None
+    cfg: NodeConfig, procs: Processes, profile: Path | None, instance: int = 1
 ) -> subprocess.Popen[bytes]:
-    """``fedhub-node run`` in its own process; return once its status file appears."""
+    """``fedhub-node run`` in its own process; return once its status file appears.
+
+    ``instance`` n > 1: a further process of the same node (same config, same durable
+    consumer, its own log ``#n``), started after the first.
+    """
     assert cfg.source is not None and cfg.node.key_home is not None
-    status = cfg.node.data_dir / "status.json"
+    status = cfg.node.data_dir / ("status.json" if instance == 1 else f"status.{instance}.json")
     with contextlib.suppress(FileNotFoundError):
         status.unlink()
     cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
     prefix = [sys.executable]
-    if profile is not None:
+    if profile is not None and instance == 1:
         prefix += ["-m", "cProfile", "-o", str(profile / "node.prof")]
     with (cfg.node.data_dir / "node.out").open("ab") as out:
         proc = procs.start(
@@ -520,9 +529,10 @@ async def bench_fedhub(
         if in_process:
             await stack.enter_async_context(NodeDaemon(cfg, grace=5))
         else:
-            proc = await spawn_node(cfg, procs, opts.profile)
-            cpu.add("node", proc.pid)
-            stack.callback(Processes.stop, proc)
+            for instance in range(1, opts.processes + 1):
+                proc = await spawn_node(cfg, procs, opts.profile, instance)
+                cpu.add("node", proc.pid)
+                stack.callback(Processes.stop, proc)
         client = await Client.connect(
             fed.site_url(CALLER_SITE), CALLER, home=cfg.node.key_home, default_timeout=60
         )
@@ -775,7 +785,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"machine: {m['cores']} cores, load average {m['load_average_before']} before, "
         f"{m['load_average_after']} after; {report['calls']} calls per run, {c} in flight, "
-        f"{report['payload_bytes']} B payload; module executor {report['executor']}"
+        f"{report['payload_bytes']} B payload; module executor {report['executor']}, "
+        f"{report['node_processes']} node process(es)"
     )
     for mode, raw in report["raw"].items():
         s, k = raw["seq"], raw["conc"]
@@ -866,6 +877,12 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
     parser.add_argument("--profile", type=Path, help="write node.prof (cProfile) here")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="node processes sharing the call consumer (with --node process; default 1)",
+    )
+    parser.add_argument(
         "--executor",
         choices=["thread", "inline", "process"],
         default="thread",
@@ -927,6 +944,7 @@ def main() -> int:
         "concurrency": opts.concurrency,
         "payload_bytes": PAYLOAD,
         "executor": opts.executor,
+        "node_processes": opts.processes,
         "headline": headline,
         "targets": report["fedhub"][headline]["targets"],
         **report,
