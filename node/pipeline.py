@@ -582,7 +582,8 @@ class Pipeline:
                     size=len(ciphertext),
                     ciphertext_hash=digest,
                     recipients=(kid,),
-                )
+                ),
+                alone=self.in_flight <= 1,
             )
         except asyncio.CancelledError:
             raise

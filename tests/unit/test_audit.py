@@ -116,7 +116,11 @@ def test_a_request_completed_twice_is_a_lifecycle_violation(tmp_path: Path, keys
 
 def _stored(rid: str) -> ResultStored:
     return ResultStored(
-        request_id=rid, object=rid, size=9, ciphertext_hash="ef" * 32, recipients=("0123456789abcdef0123",)
+        request_id=rid,
+        object=rid,
+        size=9,
+        ciphertext_hash="ef" * 32,
+        recipients=("0123456789abcdef0123",),
     )
 
 
