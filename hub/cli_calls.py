@@ -627,7 +627,8 @@ def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
         ("attempts", state.get("attempts")),
     ]
     if state.get("result_hash"):
-        rows.append(("result", f"stored, hash {state['result_hash']}"))
+        kept = "stored" if state.get("result_object") else "delivered, no stored copy"
+        rows.append(("result", f"{kept}, hash {state['result_hash']}"))
     return [(label, str(value)) for label, value in rows if value not in (None, "")]
 
 
