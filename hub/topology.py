@@ -46,6 +46,7 @@ from hub.errors import ConfigError, TransportError
 from hub.subjects import (
     CALLS_CONSUMER,
     CALLS_STREAM,
+    DISCOVERY_SUBJECT,
     EVENTS_STREAM,
     RESULTS_BUCKET,
     calls_filter,
@@ -198,6 +199,8 @@ def _site_exports(site: str, others: Sequence[str]) -> list[str]:
         f"      {{ service: {_q(calls_filter(site))} }}",
         f"      {{ service: {_q(f'fh.info.{site}.>')} }}",
         f"      {{ service: {_q(status_subject(site))} }}",
+        "      # Micro service discovery: every answer of this site's modules goes back.",
+        '      { service: "$SRV.INFO", response_type: "stream" }',
     ]
     for other in others:
         lines += [
@@ -228,6 +231,10 @@ def _site_imports(site: str, others: Sequence[str]) -> list[str]:
             f"      {{ service: {{ account: {acc}, subject: {_q(f'fh.info.{other}.>')} }} }}",
             f"      {{ service: {{ account: {acc}, subject: {_q(status_subject(other))} }} }}",
             f"      {{ stream: {{ account: {acc}, subject: {_q(f'fh.inbox.{site}.>')} }} }}",
+            f"      # Its $SRV.INFO, asked as {DISCOVERY_SUBJECT} (the same name would",
+            "      # form an import cycle); every other site's answers it too.",
+            f'      {{ service: {{ account: {acc}, subject: "$SRV.INFO" }}, '
+            f"to: {_q(DISCOVERY_SUBJECT)} }}",
         ]
     return lines
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -16,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from hub import subjects
+from hub.cli_calls import discover
 from hub.errors import ConfigError, TransportError
 from hub.topology import (
     HUB_DOMAIN,
@@ -385,6 +387,31 @@ async def test_info_and_status_requests_reach_hereon_but_its_admin_and_api_do_no
 
     assert subjects.admin_subject("hereon") not in got
     assert [s for s, _ in at_awi if s.startswith(("fh.info.hereon", "fh.status.hereon"))] == []
+
+
+async def test_module_discovery_at_geomar_hears_every_sites_modules_through_the_hub(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    module = unique("m")
+
+    def answerer(site: str) -> Callable[[Msg], Coroutine[Any, Any, None]]:
+        async def answer(msg: Msg) -> None:
+            meta = {"fedhub.site": site, "fedhub.module": module}
+            await msg.respond(json.dumps({"name": site, "metadata": meta}).encode())
+
+        return answer
+
+    for site in ("hereon", "geomar", "awi"):
+        await clients[site].subscribe("$SRV.INFO", cb=answerer(site))
+        await clients[site].flush()
+    await wait_listening(clients, unique)
+
+    found: set[str] = set()
+    async with asyncio.timeout(10):
+        while found != {"hereon", "geomar", "awi"}:  # interest takes a moment to travel
+            answers = await discover(clients["geomar"], 0.3)
+            found = {a["metadata"]["fedhub.site"] for a in answers if a["name"] in clients}
+    assert found == {"hereon", "geomar", "awi"}
 
 
 async def test_the_hub_copies_every_sites_events_also_past_flow_control(
