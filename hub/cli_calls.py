@@ -47,7 +47,13 @@ from hub.errors import (
 )
 from hub.keys import KeyStore
 from hub.stub import generate_stub
-from hub.subjects import parse_address, validate_identity, validate_module, validate_site
+from hub.subjects import (
+    DISCOVERY_SUBJECT,
+    parse_address,
+    validate_identity,
+    validate_module,
+    validate_site,
+)
 
 __all__ = ["DEFAULT_URL", "add_commands", "default_identity", "default_url"]
 
@@ -423,7 +429,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 async def discover(nc: Any, window: float) -> list[dict[str, Any]]:
-    """Collect ``$SRV.INFO`` answers of fedhub services for ``window`` seconds."""
+    """Collect ``$SRV.INFO`` answers of fedhub services (at every site) for ``window`` s."""
     answers: list[dict[str, Any]] = []
 
     async def collect(msg: Any) -> None:
@@ -438,7 +444,10 @@ async def discover(nc: Any, window: float) -> list[dict[str, Any]]:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=collect)
     try:
+        # Own site's services answer $SRV.INFO; on a hub with an account per site, the
+        # other sites' services answer it through the hub as DISCOVERY_SUBJECT.
         await nc.publish("$SRV.INFO", b"", reply=inbox)
+        await nc.publish(DISCOVERY_SUBJECT, b"", reply=inbox)
         await nc.flush(timeout=max(1.0, window))
         await asyncio.sleep(window)
     finally:

@@ -7,7 +7,8 @@ glues strings together by hand::
     fh.inbox.<site>.<user>.<token>            replies, progress and results for a caller
     fh.events.<site>.<node>                   a node's signed event log
     fh.info.<site>.<module>                   a module's schemas (fedhub's info endpoint)
-    fh.status.<site>                          a site's liveness / status announcements
+    fh.status.<site>                          status and cancel requests to a site
+    fh.discover.info                          ``$SRV.INFO`` of every other site (via the hub)
 
 Name syntax (checked everywhere a name enters):
 
@@ -30,6 +31,7 @@ from hub.errors import ConfigError
 __all__ = [
     "CALLS_CONSUMER",
     "CALLS_STREAM",
+    "DISCOVERY_SUBJECT",
     "EVENTS_STREAM",
     "RESULTS_BUCKET",
     "SUBJECT_ROOT",
@@ -59,6 +61,8 @@ __all__ = [
 
 #: First token of every fedhub subject.
 SUBJECT_ROOT = "fh"
+#: Where a hub with per-site accounts delivers ``$SRV.INFO`` requests to every other site.
+DISCOVERY_SUBJECT = f"{SUBJECT_ROOT}.discover.info"
 #: Work-queue stream of a site's incoming calls (one per site JetStream domain).
 CALLS_STREAM = "FH_CALLS"
 #: Stream of a site's event logs (one per site JetStream domain; the hub sources it).

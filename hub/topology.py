@@ -46,11 +46,13 @@ from hub.errors import ConfigError, TransportError
 from hub.subjects import (
     CALLS_CONSUMER,
     CALLS_STREAM,
+    DISCOVERY_SUBJECT,
     EVENTS_STREAM,
     RESULTS_BUCKET,
     calls_filter,
     events_filter,
     hub_events_stream,
+    status_subject,
     validate_site,
 )
 
@@ -65,12 +67,14 @@ __all__ = [
     "connect",
     "ensure_calls_consumer",
     "ensure_site_streams",
+    "events_deliver_prefix",
     "events_stream_config",
     "find_nats_server",
     "hub_config",
     "js_api_prefix",
     "leaf_config",
     "server_config",
+    "site_account",
     "source_site_events",
     "start_local_federation",
     "wait_jetstream_ready",
@@ -88,7 +92,7 @@ DEFAULT_MAX_MSG_SIZE = DEFAULT_MAX_PAYLOAD
 
 #: Subjects a site leaf never sends to or accepts from the hub (Object Store and KV data).
 LEAF_LOCAL_SUBJECTS = ("$O.>", "$KV.>")
-#: Account holding every site's leaf user on a hub that checks leaf credentials.
+#: The hub's own account (its clients and JetStream); each site has its own account.
 FEDERATION_ACCOUNT = "FEDHUB"
 #: User that :class:`NatsServer` creates for its own clients on a hub with leaf users.
 HUB_LOCAL_USER = "hub-local"
@@ -124,11 +128,12 @@ def find_nats_server() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class LeafUser:
-    """Credentials (and the subject permissions they carry) of one site's leaf connection.
+    """Credentials of one site's leaf connection to the hub.
 
-    The hub puts every leaf user into one federation account and denies it publishing
-    other sites' events (``fh.events.<other>.>``), status and module info. The site's leaf
-    connects with :meth:`remote_url`: ``nats-leaf://<user>:<password>@hub:port``.
+    The hub binds the leaf logging in with them to the site's own account
+    (:func:`site_account`), which receives nothing but what is meant for the site (see
+    :func:`hub_config`). The site's leaf connects with :meth:`remote_url`:
+    ``nats-leaf://<user>:<password>@hub:port``.
     """
 
     site: str
@@ -159,65 +164,158 @@ def _qlist(values: Sequence[str]) -> str:
     return "[" + ", ".join(_q(v) for v in values) + "]"
 
 
-def _leaf_publish_deny(site: str, sites: Sequence[str]) -> list[str]:
-    """Subjects the leaf of ``site`` may not send into the hub.
+def site_account(site: str) -> str:
+    """Return ``SITE_<site>``: the hub account that ``site``'s leaf connection binds to."""
+    return f"SITE_{validate_site(site)}"
 
-    * another site's events (``fh.events.X.>``): no site injects events into X's log stream;
-    * another site's JetStream API (``$JS.X.API.>``): no site can pull from, delete or
-      reconfigure X's streams and consumers (calls are *published* to ``fh.call.X.…`` and
-      stored by X's stream; that needs no API access);
-    * another site's admin subject (``fh.admin.X``): directory changes for X come from X.
 
-    Requests a caller must be able to send to X stay open: ``fh.call.X.>``, module info
-    ``fh.info.X.>`` and status/cancel ``fh.status.X``. (Calls cannot be fenced on the
-    subscribe side: a leaf denied *subscribe* on ``fh.call.X.>`` is also never told of the
-    interest in it, so its clients could not call X at all.)
+def events_deliver_prefix(site: str) -> str:
+    """Return ``fh.hubcopy.<site>``: where ``site``'s event source delivers to the hub."""
+    return f"fh.hubcopy.{validate_site(site)}"
+
+
+def _events_copy_services(site: str) -> list[str]:
+    """Service subjects of ``site`` the hub's account needs to copy its ``FH_EVENTS``.
+
+    Creating the source consumer (with and without a filter subject), answering its flow
+    control, and JetStream account info (the hub's readiness probe); nothing else of the
+    site's JetStream API.
     """
-    others = [validate_site(other) for other in sites if other != site]
+    api = js_api_prefix(site)
     return [
-        subject
-        for other in others
-        for subject in (f"fh.events.{other}.>", f"$JS.{other}.API.>", f"fh.admin.{other}")
+        f"{api}.CONSUMER.CREATE.{EVENTS_STREAM}",
+        f"{api}.CONSUMER.CREATE.{EVENTS_STREAM}.>",
+        f"$JS.FC.{EVENTS_STREAM}.>",
+        f"{api}.INFO",
     ]
+
+
+def _site_exports(site: str, others: Sequence[str]) -> list[str]:
+    """What the account of ``site`` offers: its services to every site, inboxes to each."""
+    lines = [
+        "      # Calls, module info and status/cancel requests to this site: any other",
+        "      # site may send them (service imports); only this account receives them,",
+        "      # and the answers (JetStream acks, replies) go back to the requester only.",
+        f"      {{ service: {_q(calls_filter(site))} }}",
+        f"      {{ service: {_q(f'fh.info.{site}.>')} }}",
+        f"      {{ service: {_q(status_subject(site))} }}",
+        "      # Micro service discovery: every answer of this site's modules goes back.",
+        '      { service: "$SRV.INFO", response_type: "stream" }',
+    ]
+    for other in others:
+        lines += [
+            f"      # Replies, progress and results this site sends to callers at {other}:",
+            "      # only that site's account may import them.",
+            f"      {{ stream: {_q(f'fh.inbox.{other}.>')}, "
+            f"accounts: [{_q(site_account(other))}] }}",
+        ]
+    hub = f"accounts: [{_q(FEDERATION_ACCOUNT)}]"
+    lines += [
+        "      # For the hub's copy of this site's event log (FH_EVENTS only): creating",
+        "      # the source consumer, its flow control, JetStream account info (the hub's",
+        "      # readiness probe), and the deliveries.",
+        *(f"      {{ service: {_q(subject)}, {hub} }}" for subject in _events_copy_services(site)),
+        f"      {{ stream: {_q(events_deliver_prefix(site) + '.>')}, {hub} }}",
+    ]
+    return lines
+
+
+def _site_imports(site: str, others: Sequence[str]) -> list[str]:
+    """What the account of ``site`` takes from every other site's account."""
+    lines: list[str] = []
+    for other in others:
+        acc = _q(site_account(other))
+        lines += [
+            f"      # Calls, info and status requests to {other}; its replies to us.",
+            f"      {{ service: {{ account: {acc}, subject: {_q(calls_filter(other))} }} }}",
+            f"      {{ service: {{ account: {acc}, subject: {_q(f'fh.info.{other}.>')} }} }}",
+            f"      {{ service: {{ account: {acc}, subject: {_q(status_subject(other))} }} }}",
+            f"      {{ stream: {{ account: {acc}, subject: {_q(f'fh.inbox.{site}.>')} }} }}",
+            f"      # Its $SRV.INFO, asked as {DISCOVERY_SUBJECT} (the same name would",
+            "      # form an import cycle); every other site's answers it too.",
+            f'      {{ service: {{ account: {acc}, subject: "$SRV.INFO" }}, '
+            f"to: {_q(DISCOVERY_SUBJECT)} }}",
+        ]
+    return lines
+
+
+def _hub_imports(sites: Sequence[str]) -> list[str]:
+    """What the hub's own account takes from each site: what copying its events needs."""
+    lines: list[str] = []
+    for site in sites:
+        acc = _q(site_account(site))
+        lines += [
+            f"      # Source {site}'s FH_EVENTS (external api {js_api_prefix(site)},",
+            f"      # deliver prefix {events_deliver_prefix(site)}).",
+            *(
+                f"      {{ service: {{ account: {acc}, subject: {_q(subject)} }} }}"
+                for subject in _events_copy_services(site)
+            ),
+            f"      {{ stream: {{ account: {acc}, "
+            f"subject: {_q(events_deliver_prefix(site) + '.>')} }} }}",
+        ]
+    return lines
+
+
+def _leaf_authorization(leaf_users: Sequence[LeafUser]) -> list[str]:
+    """The hub's leaf logins: each site's leaf connection binds to the site's account."""
+    lines = [
+        "  # Each site's leaf logs in as its own user and lands in its site's account;",
+        "  # a leaf without valid credentials is refused.",
+        "  authorization {",
+        "    users: [",
+    ]
+    for user in leaf_users:
+        lines += [
+            f"      {{ user: {_q(user.user)}, password: {_q(user.password)}, "
+            f"account: {_q(site_account(user.site))} }}",
+        ]
+    return [*lines, "    ]", "  }"]
 
 
 def _accounts_block(
     leaf_users: Sequence[LeafUser], client_users: Sequence[tuple[str, str]]
 ) -> list[str]:
-    """The hub's account: one user (and its permissions) per site leaf, plus clients."""
+    """The hub's accounts: one per site (its leaf user), one for the hub's own clients.
+
+    Nothing flows between accounts but what they export and import: calls, module info
+    and status requests to a site (service exports of that site, imported by every other
+    site), replies to a site's callers (a stream export of ``fh.inbox.<caller-site>.>``
+    to that one site), and what the hub needs to copy each site's event log.
+    """
+    sites = [user.site for user in leaf_users]
+    if len(set(sites)) != len(sites):
+        raise ConfigError(f"each site needs exactly one leaf user, got sites {sites}")
     lines = [
-        "# One account for the whole federation, so subjects flow between all sites;",
-        "# with JetStream enabled in it so every site's domain is reachable.",
+        "# One account per site, so a site receives nothing but what is meant for it, and",
+        "# one for the hub's own clients and its JetStream (copies of the event logs).",
         "accounts {",
+    ]
+    for user in leaf_users:
+        others = [site for site in sites if site != user.site]
+        lines += [
+            f"  # Site {user.site}: its leaf connection binds to this account (leafnodes below).",
+            f"  {_q(site_account(user.site))} {{",
+            "    exports: [",
+            *_site_exports(user.site, others),
+            "    ]",
+        ]
+        if others:
+            lines += ["    imports: [", *_site_imports(user.site, others), "    ]"]
+        lines += ["  }"]
+    lines += [
+        "  # The hub's own clients (operator, auditor) and its JetStream (domain hub).",
         f"  {FEDERATION_ACCOUNT} {{",
         "    jetstream: enabled",
         "    users: [",
     ]
-    sites = [user.site for user in leaf_users]
-    for user in leaf_users:
-        pub_deny = _leaf_publish_deny(user.site, sites)
-        lines += [
-            f"      # Leaf connection of site {user.site}; permissions are seen from the",
-            "      # leaf: publish = what it may send into the hub.",
-            "      {",
-            f"        user: {_q(user.user)}",
-            f"        password: {_q(user.password)}",
-        ]
-        if pub_deny:
-            lines += [
-                "        permissions: {",
-                "          # It may not speak for other sites (their events, status, info).",
-                f"          publish: {{ deny: {_qlist(pub_deny)} }}",
-                "        }",
-            ]
-        lines += ["      }"]
     for name, password in client_users:
-        lines += [
-            "      # A client of the hub itself (operator, auditor); no restrictions.",
-            f"      {{ user: {_q(name)}, password: {_q(password)} }}",
-        ]
+        lines += [f"      {{ user: {_q(name)}, password: {_q(password)} }}"]
     # No no_auth_user: it would also admit leaf nodes that present no credentials.
-    lines += ["    ]", "  }", "}"]
+    lines += ["    ]"]
+    if sites:
+        lines += ["    imports: [", *_hub_imports(sites), "    ]"]
+    lines += ["  }", "}"]
     return lines
 
 
@@ -240,9 +338,10 @@ def server_config(
     disables the leafnode listener; ``store_dir=None`` disables JetStream.
     ``leafnode_remotes`` are hub URLs (``nats-leaf://user:password@host:port``) this
     server connects to as a leaf. ``leaf_users`` (hub side) make every leaf log in as its
-    site's user, which may not publish other sites' events, status or info (see
-    :class:`LeafUser`); ``client_users`` are ``(user, password)`` pairs for the hub's own
-    clients. Once either is given, every connection must authenticate.
+    site's user and bind it to the site's own account (see :class:`LeafUser`);
+    ``client_users`` are ``(user, password)`` pairs for the hub's own clients, in the hub's
+    account :data:`FEDERATION_ACCOUNT`. Once either is given, every connection must
+    authenticate.
     """
     lines: list[str] = []
     if name is not None:
@@ -282,6 +381,8 @@ def server_config(
                 f"  host: {_q(host)}",
                 f"  port: {int(leafnode_port)}",
             ]
+            if leaf_users:
+                lines += _leaf_authorization(leaf_users)
         if leafnode_remotes:
             lines += [
                 "  # Site side: the hub's leafnode URLs (credentials in the URL, TLS in",
@@ -318,8 +419,11 @@ def hub_config(
 ) -> str:
     """Return the config of a hub server: JetStream domain ``hub`` and a leafnode listener.
 
-    With ``leaf_users``, each site's leaf must log in as its own user (see
-    :func:`server_config`); ``client_users`` log in the hub's own clients.
+    With ``leaf_users``, each site's leaf must log in as its own user and lands in its
+    site's account; the accounts share only calls, module info and status requests to a
+    site (it exports them as services; every other site imports them), replies to a site's
+    callers (``fh.inbox.<site>.>``, exported to that site only) and what the hub's account
+    needs to copy each site's event log. ``client_users`` log in the hub's own clients.
     """
     return server_config(
         name=name,
@@ -880,9 +984,11 @@ async def source_site_events(
 ) -> api.StreamInfo:
     """Create on the hub stream ``FH_EVENTS_<SITE>`` sourcing the site's ``FH_EVENTS``.
 
-    ``hub_js`` must talk to the hub's JetStream (domain ``hub``). The source reaches the
-    site's stream through its domain's API prefix ``$JS.<site>.API`` over the leaf node
-    connection, so the hub keeps a federation-wide copy of every site's event logs.
+    ``hub_js`` must talk to the hub's JetStream (domain ``hub``, the hub's own account).
+    The source reaches the site's stream through its domain's API prefix ``$JS.<site>.API``
+    and takes deliveries on ``fh.hubcopy.<site>.>``; on a hub with site accounts those
+    subjects (and the source's flow control) are what the site's account exports to the
+    hub's. So the hub keeps a federation-wide copy of every site's event logs.
     """
     site = validate_site(site)
     config = api.StreamConfig(
@@ -898,7 +1004,9 @@ async def source_site_events(
         sources=[
             api.StreamSource(
                 name=EVENTS_STREAM,
-                external=api.ExternalStream(api=js_api_prefix(site)),
+                external=api.ExternalStream(
+                    api=js_api_prefix(site), deliver=events_deliver_prefix(site)
+                ),
             )
         ],
     )
@@ -913,7 +1021,7 @@ class LocalFederation:
     """A hub and one leaf server per site on 127.0.0.1 (random ports): demos and tests.
 
     Each leaf has its own JetStream domain (the site name) and logs in to the hub as its
-    own leaf user, so the hub's per-site permissions apply.
+    own leaf user, landing in its site's own account on the hub.
     """
 
     root: Path
@@ -961,16 +1069,21 @@ class LocalFederation:
         await self.wait_connected()
 
     async def wait_connected(self, limit: float = 10) -> None:
-        """Wait until every leaf reaches every other and the hub sees every site domain."""
+        """Wait until every site reaches every other and the hub reaches every site domain.
+
+        Between sites, a core message must travel both ways a site account lets it: as a
+        request to the other site (module info subjects cross like calls; a call subject
+        would be stored by the site's FH_CALLS) and to an inbox of its callers.
+        """
         clients = {site: await connect(self.site_url(site)) for site in self.sites}
         hub_client = await connect(self.hub_url)
         try:
             for a, b in itertools.permutations(self.sites, 2):
-                await wait_message_route(clients[a], clients[b], timeout=limit)
+                probe = uuid.uuid4().hex
+                for subject in (f"fh.info.{b}.probe.{probe}", f"fh.inbox.{b}.probe.{probe}"):
+                    await wait_message_route(clients[a], clients[b], subject=subject, timeout=limit)
             for site in self.sites:
                 await wait_jetstream_ready(hub_client, site, timeout=limit)
-            for client in clients.values():
-                await wait_jetstream_ready(client, HUB_DOMAIN, timeout=limit)
         finally:
             for client in [*clients.values(), hub_client]:
                 await client.close()

@@ -8,8 +8,9 @@ whatever its event loop scope, can use them.
   every test of the session: ``FH_CALLS``/``FH_EVENTS`` exist once per server, so tests that
   call ``ensure_site_streams`` on it must use the site of the ``shared_site`` fixture;
   otherwise use ``fresh_nats_server`` or unique stream names (``unique``).
-- ``federation`` (session): hub (domain ``hub``) + leaves ``hereon`` and ``geomar`` (each
-  its own JetStream domain), leaf connections up and JetStream reachable in every domain.
+- ``federation`` (session): hub (domain ``hub``) + leaves ``hereon``, ``geomar`` and ``awi``
+  (each its own JetStream domain and its own account on the hub), leaf connections up and
+  every site's JetStream reachable from the hub. ``awi`` is the bystander of hostile tests.
 - ``fresh_nats_server`` (function): a server of your own, to kill and restart.
 - ``federation_factory`` (function): ``await federation_factory()`` starts a federation of
   the test's own (stopped afterwards), to kill and restart leaves.
@@ -29,8 +30,8 @@ from hub.topology import LocalFederation, NatsServer, start_local_federation
 
 #: The site name to use with ``ensure_site_streams`` on the shared ``nats_server``.
 SHARED_SITE = "testsite"
-#: Sites of the shared ``federation``.
-FEDERATION_SITES = ("hereon", "geomar")
+#: Sites of the shared ``federation`` (``awi``: a third site, for hostile tests).
+FEDERATION_SITES = ("hereon", "geomar", "awi")
 
 
 Federation = LocalFederation
@@ -54,7 +55,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    """Hub + leaves ``hereon`` and ``geomar``: ``.hub_url``, ``.site_url(site)``, ``.sites``."""
+    """Hub + leaves ``hereon``, ``geomar``, ``awi``: ``.hub_url``, ``.site_url(site)``."""
     fed = asyncio.run(start_federation(tmp_path_factory.mktemp("federation")))
     try:
         yield fed
@@ -83,13 +84,14 @@ def shared_site() -> str:
 def federation_factory(
     tmp_path: Path,
 ) -> Iterator[Callable[..., Coroutine[Any, Any, Federation]]]:
-    """Return ``await federation_factory(sites=...)``: a federation of this test's own.
+    """Return ``await federation_factory(sites=...)``: a federation of this test's own
+    (``hereon`` and ``geomar`` unless told).
 
     Use it to kill and restart servers; it is stopped after the test.
     """
     started: list[Federation] = []
 
-    async def make(sites: Sequence[str] = FEDERATION_SITES) -> Federation:
+    async def make(sites: Sequence[str] = FEDERATION_SITES[:2]) -> Federation:
         fed = await start_federation(tmp_path / f"federation{len(started)}", sites)
         started.append(fed)
         return fed

@@ -1,7 +1,8 @@
 """Hostile parties against a node at hereon, with callers at geomar and the hub in between.
 
-- a spy on the hub (subscribed to ``>``) sees calls pass but no plaintext, and what the
-  servers store on disk is ciphertext too;
+- spies in every account (the hub's, and each site's through its leaf server), subscribed to
+  ``>``, see calls pass only at the calling and the called site, and never any plaintext;
+  what the servers store on disk is ciphertext too; a third site sees nothing of them;
 - callers without a grant, with a key the site does not know, or with a revoked key are
   refused, and each refusal is logged;
 - a captured request published again is not run again; a tampered one is never run;
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nats.js.errors
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -47,7 +50,7 @@ from hub.events import KeyRevoked
 from hub.keys import KeyPair
 from hub.logfile import iter_log
 from hub.records import Revocation, sign_record
-from hub.subjects import CALLS_STREAM
+from hub.subjects import CALLS_CONSUMER, CALLS_STREAM, inbox_prefix
 from hub.topology import connect as nats_connect
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
 KLAUS = "klaus@geomar"  # granted
 EVE = "eve@geomar"  # registered at hereon, no grant
 MALLORY = "mallory@geomar"  # keys of her own, never registered at hereon
+ANNA = "anna@awi"  # a caller at a third site
 
 
 @pytest.fixture
@@ -88,11 +92,13 @@ def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
 
 
 @pytest.fixture
-async def spy(federation: Federation) -> AsyncIterator[Spy]:
-    """Someone on the hub who subscribes to everything."""
-    nc = await nats_connect(federation.hub_url)
-    yield await Spy(nc).start()
-    await nc.close()
+async def spies(federation: Federation) -> AsyncIterator[dict[str, Spy]]:
+    """Someone subscribed to everything in every account: on the hub and at every site."""
+    urls = {"hub": federation.hub_url} | {s: federation.site_url(s) for s in federation.sites}
+    conns = {name: await nats_connect(url) for name, url in urls.items()}
+    yield {name: await Spy(nc).start() for name, nc in conns.items()}
+    for nc in conns.values():
+        await nc.close()
 
 
 def client(world: World, federation: Federation, who: str) -> Any:
@@ -123,8 +129,8 @@ def assert_audits_clean(cfg: NodeConfig, world: World) -> None:
 # --- confidentiality ------------------------------------------------------------------------
 
 
-async def test_a_spy_on_the_hub_and_the_servers_disks_see_no_plaintext_arguments_or_results(
-    world: World, cfg: NodeConfig, federation: Federation, spy: Spy
+async def test_spies_in_every_account_and_the_servers_disks_see_no_plaintext_arguments_or_results(
+    world: World, cfg: NodeConfig, federation: Federation, spies: dict[str, Spy]
 ) -> None:
     tag = secrets.token_hex(6)
     name = f"tas_secret_{tag}"
@@ -174,16 +180,74 @@ async def test_a_spy_on_the_hub_and_the_servers_disks_see_no_plaintext_arguments
     assert results[1] == sum(raw) % 65536
     assert all(m.startswith(b"FHR1") for m in stored)
     assert [n for m in stored for n in needles if n in m] == [], "stored call in plaintext"
-    # The spy saw the calls and the answers pass, and nothing readable in them.
-    assert len(spy.on("fh.call.hereon.")) >= len(calls)
-    assert len(spy.on("fh.inbox.geomar.klaus.")) >= len(calls)
-    assert spy.leaks(needles) == []
+    # Spies at the calling and the called site saw the calls and the answers pass, and
+    # nothing readable in them; the hub's account and the third site saw nothing of them.
+    for site in ("geomar", "hereon"):
+        assert len(spies[site].on("fh.call.hereon.")) >= len(calls), site
+        assert len(spies[site].on("fh.inbox.geomar.klaus.")) >= len(calls), site
+    for bystander in ("hub", "awi"):
+        assert spies[bystander].on("fh.call.") == [], bystander
+        assert spies[bystander].on("fh.inbox.") == [], bystander
+    assert [(name, leak) for name, spy in spies.items() for leak in spy.leaks(needles)] == []
     # Nor is there plaintext in any server's store (streams, results bucket) or the log.
     for server in (federation.hub, *federation.leaves.values()):
         assert find_in_tree(server.store_dir, needles) == [], server.store_dir
     log_bytes = LogView(cfg.log_path).raw_bytes()
     assert [n for n in needles if n in log_bytes] == []
     assert_audits_clean(cfg, world)
+
+
+async def test_calls_from_two_sites_succeed_while_neither_site_nor_the_hub_receives_the_others(
+    world: World, federation: Federation, unique: Any
+) -> None:
+    world.person(KLAUS)
+    world.person(ANNA)
+    cfg = world.node_config(
+        "hereon",
+        name=unique("n").replace("_", "-"),
+        nats_url=federation.site_url("hereon"),
+        trust=["geomar", "awi"],
+        users=[KLAUS, ANNA],
+        grants=[(KLAUS, "climate", "*"), (ANNA, "climate", "*")],
+        calls={"ack_wait": 2},
+    )
+    urls = {"hub": federation.hub_url} | {s: federation.site_url(s) for s in ("geomar", "awi")}
+    conns = {name: await nats_connect(url) for name, url in urls.items()}
+    try:
+        # Each listens on ">", on hereon's calls, and on the other site's inboxes.
+        spies = {
+            "geomar": await Spy(conns["geomar"]).start("fh.call.hereon.>", "fh.inbox.awi.>"),
+            "awi": await Spy(conns["awi"]).start("fh.call.hereon.>", "fh.inbox.geomar.>"),
+            "hub": await Spy(conns["hub"]).start("fh.call.hereon.>", "fh.inbox.>"),
+        }
+        async with (
+            NodeDaemon(cfg),
+            await client(world, federation, KLAUS) as klaus,
+            await Client.connect(federation.site_url("awi"), ANNA, home=world.store.home) as anna,
+        ):
+            await wait_reachable(klaus, "hereon", "climate")
+            await wait_reachable(anna, "hereon", "climate")
+            for _ in range(2):
+                assert await klaus.call("hereon.climate.scale", values=[2.0], factor=4.0) == [8.0]
+                assert await anna.call("hereon.climate.scale", values=[1.0], factor=3.0) == [3.0]
+    finally:
+        for nc in conns.values():
+            await nc.close()
+
+    # Each caller's own site carries its calls out and its answers in (the spies are live) ...
+    assert len([m for m in spies["geomar"].on("fh.call.hereon.") if KLAUS.encode() in m.data])
+    assert spies["geomar"].on(f"{inbox_prefix('geomar', 'klaus')}.")
+    assert len([m for m in spies["awi"].on("fh.call.hereon.") if ANNA.encode() in m.data])
+    assert spies["awi"].on(f"{inbox_prefix('awi', 'anna')}.")
+    # ... and nothing of the other's: not its calls, not hereon's answers to it.
+    assert spies["geomar"].holding(ANNA.encode()) == []
+    assert spies["geomar"].on("fh.inbox.awi.") == []
+    assert spies["awi"].holding(KLAUS.encode()) == []
+    assert spies["awi"].on("fh.inbox.geomar.") == []
+    assert spies["hub"].on("fh.call.") == []
+    assert spies["hub"].on("fh.inbox.") == []
+    assert spies["hub"].holding(KLAUS.encode()) == spies["hub"].holding(ANNA.encode()) == []
+    assert started(cfg) == 4
 
 
 # --- who may call ----------------------------------------------------------------------------
@@ -300,7 +364,8 @@ shared = pytest.mark.asyncio(loop_scope="module")
 @dataclass
 class Served:
     """A running node, klaus's client, a hostile connection at geomar, and a request of
-    klaus's captured by the spy on the hub."""
+    klaus's captured by a spy on geomar's server (klaus's own site: the only place besides
+    hereon where his calls pass)."""
 
     world: World
     cfg: NodeConfig
@@ -326,11 +391,31 @@ class Served:
         return view.rejections()[before:]
 
 
+async def no_stale_pull_requests(federation: Federation) -> None:
+    """Wait until hereon's calls consumer holds no pull request of an earlier, stopped node.
+
+    A node stopped just before leaves pull requests the server keeps until they expire
+    (5 s); a call delivered to one comes back only after ``ack_wait``, as a redelivery.
+    """
+    nc = await nats_connect(federation.site_url("hereon"))
+    try:
+        js = nc.jetstream()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await wait_until(lambda: _no_waiting(js), limit=10, every=0.1)
+    finally:
+        await nc.close()
+
+
+async def _no_waiting(js: Any) -> bool:
+    info = await js.consumer_info(CALLS_STREAM, CALLS_CONSUMER)
+    return not info.num_waiting
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(
     tmp_path_factory: pytest.TempPathFactory, federation: Federation
 ) -> AsyncIterator[Served]:
-    """The shared node; klaus has made one call, captured by a spy on the hub."""
+    """The shared node; klaus has made one call, captured by a spy at geomar."""
     world = World(tmp_path_factory.mktemp("served"))
     world.person(KLAUS)
     world.person(MALLORY, vouch=False)
@@ -343,10 +428,11 @@ async def served(
         grants=[(KLAUS, "climate", "*")],
         calls={"ack_wait": 2},
     )
-    hub_nc = await nats_connect(federation.hub_url)
+    spy_nc = await nats_connect(federation.site_url("geomar"))
     geomar = await nats_connect(federation.site_url("geomar"))
+    await no_stale_pull_requests(federation)
     try:
-        spy = await Spy(hub_nc).start()
+        spy = await Spy(spy_nc).start()
         async with NodeDaemon(cfg), await client(world, federation, KLAUS) as klaus:
             await wait_reachable(klaus, "hereon", "climate")
             await still_serves(klaus)
@@ -356,7 +442,7 @@ async def served(
         assert_audits_clean(cfg, world)
     finally:
         await geomar.close()
-        await hub_nc.close()
+        await spy_nc.close()
 
 
 def rid_of(envelope: bytes) -> str:

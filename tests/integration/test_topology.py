@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -12,9 +13,11 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import api
 
 from hub import subjects
+from hub.cli_calls import discover
 from hub.errors import ConfigError, TransportError
 from hub.topology import (
     HUB_DOMAIN,
@@ -213,10 +216,10 @@ async def test_the_same_msg_id_published_twice_is_stored_once(
 # ------------------------------------------------------------------ federation
 
 
-async def test_a_core_message_published_at_hereon_reaches_geomar(
+async def test_a_core_message_published_at_hereon_reaches_geomars_inbox(
     clients: dict[str, NatsClient], unique: Callable[[str], str]
 ) -> None:
-    subject = subjects.status_subject("hereon") + "." + unique("probe")
+    subject = subjects.inbox_subject("geomar", "klaus", unique("probe"))
     sub = await clients["geomar"].subscribe(subject)
     await clients["geomar"].flush()
     async with asyncio.timeout(5):
@@ -271,6 +274,168 @@ async def test_geomar_cannot_publish_events_in_hereons_name(
     assert await stream_count(clients["hereon"].jetstream(), subjects.EVENTS_STREAM, subject) == 0
 
 
+# ------------------------------------------------------------------ one account per site
+#
+# A third site (awi) and the hub's own clients are bystanders: they listen on the subjects
+# meant for another site and on ">", and must receive nothing of it.
+
+
+async def listen(nc: NatsClient, *patterns: str) -> list[tuple[str, bytes]]:
+    """Subscribe ``nc`` to ``patterns``; return the list every message is appended to."""
+    seen: list[tuple[str, bytes]] = []
+
+    async def keep(msg: Msg) -> None:
+        seen.append((msg.subject, bytes(msg.data)))
+
+    for pattern in patterns:
+        await nc.subscribe(pattern, cb=keep)
+    await nc.flush()
+    return seen
+
+
+async def wait_listening(clients: dict[str, NatsClient], unique: Callable[[str], str]) -> None:
+    """Return once hereon reaches every other site: its earlier subscriptions are known."""
+    for site in ("geomar", "awi"):
+        subject = subjects.inbox_subject(site, "probe", unique("p"))
+        await wait_message_route(clients["hereon"], clients[site], subject=subject, timeout=5)
+
+
+async def test_calls_to_hereon_reach_hereons_stream_and_no_other_site_or_the_hub(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    seen = {
+        name: await listen(clients[name], subjects.calls_filter("hereon"), ">")
+        for name in ("geomar", "awi", "hub")
+    }
+    await wait_listening(clients, unique)
+    hereon_js = clients["hereon"].jetstream()
+    sent: dict[str, bytes] = {}
+    for caller in ("geomar", "awi"):
+        subject = subjects.call_subject("hereon", unique("m"), "f")
+        sent[caller] = f"call from {caller} {unique('c')}".encode()
+        ack = (
+            await clients[caller]
+            .jetstream()
+            .publish(subject, sent[caller], headers={"Nats-Msg-Id": unique("request")})
+        )
+        assert (ack.stream, ack.domain) == (subjects.CALLS_STREAM, "hereon")
+        assert await stream_count(hereon_js, subjects.CALLS_STREAM, subject) == 1
+    await asyncio.sleep(0.3)  # room for a stray copy to arrive
+
+    # A caller's own server carries its own call out; nobody else's call reaches it.
+    assert {d for s, d in seen["geomar"] if s.startswith("fh.call.")} == {sent["geomar"]}
+    assert {d for s, d in seen["awi"] if s.startswith("fh.call.")} == {sent["awi"]}
+    assert [s for s, _ in seen["hub"] if s.startswith("fh.call.")] == []
+    for name, caller in (("geomar", "awi"), ("awi", "geomar"), ("hub", "geomar"), ("hub", "awi")):
+        assert [s for s, d in seen[name] if sent[caller] in d] == [], (name, caller)
+
+
+async def test_replies_to_awis_callers_reach_awi_and_not_geomar_or_the_hub(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    at_geomar = await listen(clients["geomar"], "fh.inbox.awi.>", ">")
+    at_hub = await listen(clients["hub"], ">")
+    # hereon answers a caller at awi and one at geomar; both answers arrive.
+    to_awi = subjects.inbox_subject("awi", "anna", unique("t"))
+    to_geomar = subjects.inbox_subject("geomar", "klaus", unique("t"))
+    await wait_message_route(clients["hereon"], clients["awi"], subject=to_awi, timeout=5)
+    await wait_message_route(clients["hereon"], clients["geomar"], subject=to_geomar, timeout=5)
+    await asyncio.sleep(0.3)
+
+    assert [s for s, _ in at_geomar if s == to_geomar], "geomar's listener is live"
+    assert [s for s, _ in at_geomar if s.startswith("fh.inbox.awi.")] == []
+    assert [s for s, _ in at_hub if s.startswith("fh.inbox.")] == []
+
+
+async def test_info_and_status_requests_reach_hereon_but_its_admin_and_api_do_not(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    module = unique("m")
+    got: list[str] = []
+
+    async def answer(msg: Msg) -> None:
+        got.append(msg.subject)
+        await msg.respond(b"ok")
+
+    hereon = clients["hereon"]
+    for subject in (
+        subjects.info_subject("hereon", module),
+        subjects.status_subject("hereon"),
+        subjects.admin_subject("hereon"),
+    ):
+        await hereon.subscribe(subject, cb=answer)
+    await hereon.flush()
+    at_awi = await listen(clients["awi"], "fh.info.hereon.>", "fh.status.hereon", ">")
+    await wait_listening(clients, unique)
+
+    geomar = clients["geomar"]
+    for subject in (subjects.info_subject("hereon", module), subjects.status_subject("hereon")):
+        async with asyncio.timeout(5):
+            while True:  # the answer's route back needs the request's interest first
+                try:
+                    reply = await geomar.request(subject, b"ask", timeout=0.5)
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    await asyncio.sleep(0.05)
+                    continue
+                break
+        assert reply.data == b"ok"
+    with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+        await geomar.request(subjects.admin_subject("hereon"), b"forged", timeout=0.5)
+    with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+        await geomar.request("$JS.hereon.API.INFO", b"", timeout=0.5)
+    await asyncio.sleep(0.2)
+
+    assert subjects.admin_subject("hereon") not in got
+    assert [s for s, _ in at_awi if s.startswith(("fh.info.hereon", "fh.status.hereon"))] == []
+
+
+async def test_module_discovery_at_geomar_hears_every_sites_modules_through_the_hub(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    module = unique("m")
+
+    def answerer(site: str) -> Callable[[Msg], Coroutine[Any, Any, None]]:
+        async def answer(msg: Msg) -> None:
+            meta = {"fedhub.site": site, "fedhub.module": module}
+            await msg.respond(json.dumps({"name": site, "metadata": meta}).encode())
+
+        return answer
+
+    for site in ("hereon", "geomar", "awi"):
+        await clients[site].subscribe("$SRV.INFO", cb=answerer(site))
+        await clients[site].flush()
+    await wait_listening(clients, unique)
+
+    found: set[str] = set()
+    async with asyncio.timeout(10):
+        while found != {"hereon", "geomar", "awi"}:  # interest takes a moment to travel
+            answers = await discover(clients["geomar"], 0.3)
+            found = {a["metadata"]["fedhub.site"] for a in answers if a["name"] in clients}
+    assert found == {"hereon", "geomar", "awi"}
+
+
+async def test_the_hub_copies_every_sites_events_also_past_flow_control(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    hub_js = clients["hub"].jetstream(domain=HUB_DOMAIN)
+    count, data = 300, os.urandom(20_000)  # ~6 MB per site: flow control must answer
+    wanted = {}
+    for site in ("hereon", "geomar"):
+        await source_site_events(hub_js, site)
+        wanted[site] = subjects.events_subject(site, unique("node"))
+        js = clients[site].jetstream()
+        for _ in range(count):
+            await js.publish(wanted[site], data)
+    for site, subject in wanted.items():
+        copy = subjects.hub_events_stream(site)
+        async with asyncio.timeout(30):
+            while await stream_count(hub_js, copy, subject) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        info = await hub_js.stream_info(copy)
+        assert info.sources is not None
+        assert [source.error for source in info.sources] == [None]
+
+
 async def test_a_leaf_without_credentials_is_refused_by_the_hub(
     federation: Federation, clients: dict[str, NatsClient], tmp_path: Path
 ) -> None:
@@ -280,8 +445,11 @@ async def test_a_leaf_without_credentials_is_refused_by_the_hub(
     ) as rogue:
         rogue_client = await connect(rogue.url)
         try:
+            subject = subjects.info_subject("hereon", "rogue_probe")
             with pytest.raises(TransportError):
-                await wait_message_route(rogue_client, clients["hereon"], timeout=1)
+                await wait_message_route(
+                    rogue_client, clients["hereon"], subject=subject, timeout=1
+                )
         finally:
             await rogue_client.close()
 

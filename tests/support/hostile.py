@@ -209,15 +209,21 @@ class Spy:
     seen: list[Captured] = field(default_factory=list)
     _sub: Any = None
 
-    async def start(self) -> Spy:
-        """Subscribe to everything and make sure the server knows."""
+    async def start(self, *also: str) -> Spy:
+        """Subscribe to everything (and to the ``also`` patterns); make sure the server knows."""
 
         async def keep(msg: Msg) -> None:
             self.seen.append(Captured(msg.subject, bytes(msg.data), dict(msg.headers or {})))
 
         self._sub = await self.nc.subscribe(">", cb=keep)
+        for pattern in also:
+            await self.nc.subscribe(pattern, cb=keep)
         await self.nc.flush()
         return self
+
+    def holding(self, needle: bytes) -> list[Captured]:
+        """Messages whose payload contains ``needle``."""
+        return [m for m in self.seen if needle in m.data]
 
     def on(self, prefix: str) -> list[Captured]:
         """Messages whose subject starts with ``prefix``."""
