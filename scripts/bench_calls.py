@@ -10,8 +10,9 @@ One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
 to geomar's leaf; everything it calls lives behind hereon's leaf, so every message crosses
 leaf -> hub -> leaf and back.
 
-* baseline: raw nats-py request/reply, a responder subscribed on hereon's leaf, the
-  requester on geomar's leaf, 100-byte payloads;
+* baseline: raw nats-py request/reply, a responder subscribed on hereon's leaf (on a
+  subject hereon's account exports, so the request crosses the hub's account boundary
+  like a call), the requester on geomar's leaf, 100-byte payloads;
 * fedhub: ``Client.call("hereon.bench.echo", x=<100 characters>)`` -- signed, encrypted,
   durable in hereon's JetStream call stream, logged in the node's signed event log,
   result stored encrypted in the Object Store -- served by one node connected to hereon's
@@ -84,7 +85,9 @@ CALLER = "klaus@geomar"
 MODULE = "bench"
 ADDRESS = f"{SITE}.{MODULE}.echo"
 PAYLOAD = 100
-RAW_SUBJECT = "bench.raw.echo"
+# A subject hereon's account exports as a service (module info requests), so the raw
+# request crosses geomar's leaf, the hub's account boundary and hereon's leaf like a call.
+RAW_SUBJECT = f"fh.info.{SITE}.rawbench"
 CALL_TIMEOUT = 30.0
 TARGET_LATENCY_RATIO = 3.0
 RAW_PROCESS = "raw nats-py request/reply, responder in its own process"
