@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -47,6 +48,7 @@ async def _run(cfg: NodeConfig, grace: float) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.request_stop)
     async with daemon:
+        tune_collector()
         print(
             f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
             f"{', '.join(m.name for m in cfg.modules) or 'no modules'} on {daemon.url}",
@@ -55,6 +57,24 @@ async def _run(cfg: NodeConfig, grace: float) -> int:
         await daemon.serve()
         await daemon.stop("signal")
     return 0
+
+
+#: Allocations between two collections of the youngest generation (Python's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_collector() -> None:
+    """Set up the cyclic garbage collector for a long-running node process.
+
+    Everything loaded at start (modules, numpy, xarray, pydantic models) lives as long as
+    the process: ``gc.freeze()`` keeps it out of every later scan. And a call allocates
+    thousands of short-lived objects, nearly all freed by reference counting, so the young
+    generation is collected less often. Measured: ~10 % of a busy node's CPU went to the
+    collector before. Only for the ``fedhub-node run`` process, never for a library user's.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
