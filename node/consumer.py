@@ -14,7 +14,9 @@ like ``Consume()`` in the NATS Go and Java clients:
   change): its ``Nats-Pending-Messages`` header says how much of that request's credit is
   gone; the consumer re-requests.
 * no message and no heartbeat for two heartbeat intervals (a server restart, a lost leaf
-  link) resets the outstanding count and re-requests; so does a reconnect.
+  link) resets the outstanding count and re-requests; so does a reconnect. Should the old
+  requests have survived after all, the window still holds: a call beyond it is handed
+  back (``-NAK``, 0.2 s) instead of being taken.
 * stopping: :meth:`close` first stops requesting; any call still delivered to the inbox
   is handed back at once (``-NAK``) so another node gets it without waiting for
   ``ack_wait``; then the inbox is unsubscribed (the server drops pull requests whose inbox
@@ -80,6 +82,7 @@ class CallConsumer:
         self._watchdog: asyncio.Task[None] | None = None
         self.delivered = 0
         self.pulls = 0
+        self.refused = 0  # delivered beyond the window, handed back
 
     @property
     def busy(self) -> int:
@@ -162,6 +165,13 @@ class CallConsumer:
                     await msg.nak()
                 return
             self._outstanding = max(0, self._outstanding - 1)
+            if self._busy >= self.window:
+                # more than asked for (a request thought lost after a silence was not):
+                # the window is a hard limit, so hand it back for a moment later
+                self.refused += 1
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=0.2)
+                return
             self._busy += 1
             self.delivered += 1
             self.handler(msg)

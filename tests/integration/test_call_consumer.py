@@ -82,6 +82,30 @@ async def test_the_consumer_never_holds_more_calls_than_its_window(nc: NatsClien
         await consumer.close()
 
 
+async def test_calls_beyond_the_window_are_handed_back_even_if_it_asked_for_too_many(
+    nc: NatsClient,
+) -> None:
+    held: list[Msg] = []
+    consumer = CallConsumer(
+        nc, subjects.CALLS_STREAM, subjects.CALLS_CONSUMER, held.append, window=2, refill=1
+    )
+    await consumer.start()
+    try:
+        consumer.reset()  # as after a silence: its first request is taken for lost, but is not
+        await nc.flush()
+        await publish_calls(nc, 4)
+        await wait_until(lambda: consumer.refused >= 2)
+        assert len(held) == 2 and consumer.busy == 2
+        for msg in held:
+            await msg.ack()
+            consumer.release()
+        # the two handed back come again once there is room for them
+        await wait_until(lambda: len(held) == 4)
+        assert sorted(m.data for m in held) == [b"call %d" % i for i in range(4)]
+    finally:
+        await consumer.close()
+
+
 async def test_calls_after_a_consumer_stopped_go_to_the_next_one_at_once(
     nc: NatsClient,
 ) -> None:
