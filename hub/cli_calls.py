@@ -607,6 +607,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _run(_status(args), _deadline(args))
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """``fedhub fetch REQUEST_ID --site SITE [--out PATH | --json]``."""
+    validate_site(args.site)
+    if not _REQUEST_ID.fullmatch(args.request_id):
+        raise ConfigError(
+            f"{args.request_id!r} is not a request id",
+            hint="use the id `fedhub call` printed (request <id>)",
+        )
+    return _run(_fetch(args), _deadline(args))
+
+
+async def _fetch(args: argparse.Namespace) -> int:
+    async with await _client(args) as fed:
+        value = await fed.fetch(args.site, args.request_id)
+    _output(value, args)
+    return 0
+
+
 async def _status(args: argparse.Namespace) -> int:
     async with await _client(args) as fed:
         state = await fed.status(args.site, args.request_id)
@@ -689,7 +707,7 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``call``, ``ls``, ``stub`` and ``status`` to the ``fedhub`` subcommands."""
+    """Add ``call``, ``ls``, ``stub``, ``status`` and ``fetch`` to the ``fedhub`` subcommands."""
     call = sub.add_parser(
         "call",
         help="call a remote function: fedhub call site.module.function key=value ...",
@@ -752,3 +770,20 @@ def add_commands(sub: Any) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     _connection_options(status, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     status.set_defaults(func=cmd_status)
+
+    fetch = sub.add_parser(
+        "fetch",
+        help="get the stored result of one of your earlier calls again",
+        description="Ask SITE's node for the result of REQUEST_ID it kept (sealed for "
+        "your key; the node logs result.fetched), open it and print or write it like "
+        "`fedhub call` does.",
+    )
+    fetch.add_argument("request_id", metavar="REQUEST_ID")
+    fetch.add_argument("--site", required=True, help="the site the request went to")
+    shape = fetch.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print the result as JSON")
+    shape.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the result to PATH (.nc, .npy, .json)"
+    )
+    _connection_options(fetch, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    fetch.set_defaults(func=cmd_fetch)

@@ -42,6 +42,7 @@ from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.crypto import blake2b_256, new_content_key, open_secret, seal_secret, unwrap_key, wrap_key
 from hub.envelopes import (
+    REPLY_MAGIC,
     ControlHeader,
     RequestHeader,
     pack_control,
@@ -55,6 +56,7 @@ from hub.errors import (
     ConfigError,
     DecryptionError,
     FederationError,
+    IntegrityError,
     NotFoundError,
     OversizeError,
     TransportError,
@@ -433,7 +435,36 @@ class Client:
         value: dict[str, Any] = reply
         return value
 
-    async def _control(self, op: str, site: str, request_id: str) -> Any:
+    async def fetch(self, site: str, request_id: str) -> Any:
+        """The result of one of my earlier calls, as stored by the node, opened again.
+
+        For a caller that lost the original reply (a closed notebook, a dropped link):
+        the node sends the sealed result it kept and logs ``result.fetched``. Raises
+        NotFoundError when the request has no result, or none was kept.
+        """
+        state = await self.status(site, request_id)
+        target = parse_address(str(state.get("address") or ""))
+        info = await self.module_info(target.site, target.module)
+        reply = unpack_reply(await self._control("fetch", site, request_id, frame=True))
+        h = reply.header
+        if h.kind != "result" or h.id != request_id:
+            raise CanonicalError(f"site {site} answered the fetch of {request_id} wrongly")
+        if blake2b_256(reply.body).hex() != h.result_hash or h.result_hash != state.get(
+            "result_hash"
+        ):
+            raise IntegrityError(f"the stored result of {request_id} does not match its hash")
+        wrapped_text = h.wraps.get(self.keys.kid)
+        if wrapped_text is None:
+            raise DecryptionError(f"the stored result of {request_id} is not sealed for my key")
+        wrapped = b64d(wrapped_text)
+        if wrapped[:32] != info.node_box_key:
+            raise DecryptionError(
+                f"the stored result of {request_id} was not sealed by {site}'s current node key"
+            )
+        key = unwrap_key(self.keys.box_secret, wrapped)
+        return codec.decode(open_secret(key, reply.body))
+
+    async def _control(self, op: str, site: str, request_id: str, *, frame: bool = False) -> Any:
         try:
             header = ControlHeader(
                 op=op,
@@ -453,6 +484,8 @@ class Client:
             raise NotFoundError(f"site {site} is not reachable") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"site {site} did not answer the {op} request") from exc
+        if frame and msg.data[:4] == REPLY_MAGIC:
+            return msg.data
         try:
             answer = json.loads(msg.data)
         except ValueError as exc:
@@ -460,6 +493,8 @@ class Client:
         if "error" in answer:
             err = answer["error"]
             raise remote_error_from_code(err.get("code", "remote_error"), err.get("message", ""))
+        if frame:
+            raise CanonicalError(f"site {site} answered the {op} request without a result")
         return answer
 
     # -- the inbox -------------------------------------------------------------------------
@@ -583,6 +618,10 @@ class SyncClient:
     def status(self, site: str, request_id: str) -> dict[str, Any]:
         """The node's record of one of my requests."""
         return self._run(self._client.status(site, request_id))
+
+    def fetch(self, site: str, request_id: str) -> Any:
+        """The stored result of one of my earlier calls (see :meth:`Client.fetch`)."""
+        return self._run(self._client.fetch(site, request_id))
 
     def module_info(self, site: str, module: str) -> ModuleInfo:
         """A module's verified info."""

@@ -218,10 +218,10 @@ DOMAIN_CONTROL = b"fedhub/control/v1\n"
 
 
 class ControlHeader(_Wire):
-    """A caller's signed control message about one of its requests (cancel, status)."""
+    """A caller's signed control message about one of its requests (cancel, status, fetch)."""
 
     v: Literal[1] = 1
-    op: Literal["cancel", "status"]
+    op: Literal["cancel", "status", "fetch"]
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
     caller: Annotated[str, Field(min_length=3, max_length=140)]
     kid: Kid

@@ -17,9 +17,12 @@ import hashlib
 import json
 from datetime import UTC, datetime
 
+import nats.js.errors
 from nats.js import JetStreamContext, api
 
-__all__ = ["CHUNK_SIZE", "put_object"]
+from hub.errors import IntegrityError, NotFoundError
+
+__all__ = ["CHUNK_SIZE", "get_object", "put_object"]
 
 CHUNK_SIZE = 128 * 1024
 
@@ -71,3 +74,34 @@ async def put_object(
             ack.cancel()
         raise
     return info
+
+
+async def get_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
+    """Read object ``name`` of ``bucket`` back: its meta, then its chunks one by one.
+
+    nats-py's ``ObjectStore.get`` grows the result with ``bytes +=`` per chunk (quadratic);
+    results are small, so stepping through the chunk subject with ``next_by_subj`` is
+    enough. Raises NotFoundError when there is no such object, IntegrityError when the
+    bytes do not match the size and SHA-256 digest its meta records.
+    """
+    stream = f"OBJ_{bucket}"
+    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    try:
+        meta = await js.get_last_msg(stream, meta_subject)
+    except nats.js.errors.NotFoundError as exc:
+        raise NotFoundError(f"no object {name!r} in bucket {bucket}") from exc
+    info = json.loads(meta.data or b"{}")
+    if info.get("deleted"):
+        raise NotFoundError(f"object {name!r} in bucket {bucket} was deleted")
+    chunk_subject = f"$O.{bucket}.C.{info['nuid']}"
+    parts: list[bytes] = []
+    seq = 1
+    for _ in range(int(info.get("chunks") or 0)):
+        msg = await js.get_msg(stream, seq=seq, subject=chunk_subject, next=True)
+        parts.append(msg.data or b"")
+        seq = int(msg.seq or 0) + 1
+    data = b"".join(parts)
+    digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    if len(data) != int(info.get("size") or 0) or digest != info.get("digest"):
+        raise IntegrityError(f"object {name!r} in bucket {bucket} does not match its digest")
+    return data

@@ -48,7 +48,7 @@ from hub.events import (
     NodeStopped,
 )
 from hub.logfile import export_line
-from hub.objects import put_object
+from hub.objects import get_object, put_object
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -168,6 +168,7 @@ class NodeDaemon:
             calls=cfg.calls,
             send=self._send,
             store_result=self._store_result,
+            load_result=self._load_result,
             module_timeouts=timeouts,
         )
         self.stack.callback(self.pipeline.close)
@@ -337,6 +338,9 @@ class NodeDaemon:
             self._js = self.nc.jetstream()
         return self._js
 
+    async def _load_result(self, name: str) -> bytes:
+        return await get_object(self._jetstream(), RESULTS_BUCKET, name)
+
     async def _store_result(self, request_id: str, data: bytes) -> str:
         assert self.nc is not None
         await put_object(self._jetstream(), RESULTS_BUCKET, request_id, data)
@@ -499,7 +503,7 @@ class NodeDaemon:
             log.warning("admin.refused", reason=exc.message)
             answer = {"error": {"code": "unauthorized", "message": exc.message}}
         if msg.reply:
-            await msg.respond(json.dumps(answer).encode())
+            await msg.respond(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
 
     async def _on_control(self, msg: Msg) -> None:
         assert self.pipeline is not None
@@ -514,7 +518,7 @@ class NodeDaemon:
                 }
             }
         if msg.reply:
-            await msg.respond(json.dumps(answer).encode())
+            await msg.respond(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
 
     # --- pulling calls --------------------------------------------------------------------
 

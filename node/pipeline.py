@@ -86,6 +86,7 @@ from hub.events import (
     RequestReceived,
     RequestRejected,
     RequestStarted,
+    ResultFetched,
     ResultStored,
 )
 from hub.keys import KeyPair
@@ -102,6 +103,7 @@ log = structlog.get_logger(__name__)
 
 Send = Callable[[str, bytes], Awaitable[None]]
 StoreResult = Callable[[str, bytes], Awaitable[str]]
+LoadResult = Callable[[str], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ class Pipeline:
         calls: CallsSection,
         send: Send,
         store_result: StoreResult | None = None,
+        load_result: LoadResult | None = None,
         module_timeouts: dict[str, float | None] | None = None,
     ) -> None:
         self.site = site
@@ -156,6 +159,7 @@ class Pipeline:
         self.calls = calls
         self.send = send
         self.store_result = store_result
+        self.load_result = load_result
         self.module_timeouts = module_timeouts or {}
         self._nonces: dict[str, float] = {}
         self._running: dict[str, CancelSignal] = {}
@@ -693,8 +697,12 @@ class Pipeline:
 
     # --- control: cancel and status -------------------------------------------------------
 
-    async def control(self, data: bytes) -> dict[str, Any]:
-        """Answer a signed cancel/status message from a caller about its own request."""
+    async def control(self, data: bytes) -> dict[str, Any] | bytes:
+        """Answer a signed cancel/status/fetch message from a caller about its own request.
+
+        Answers are JSON, except a successful fetch: the stored result as a ``result``
+        reply frame, exactly as the call's own reply carried it.
+        """
         try:
             header_bytes, sig = split_control(data)
             claimed = parse_canonical(header_bytes)
@@ -706,13 +714,15 @@ class Pipeline:
         except (FederationError, KeyError, TypeError) as exc:
             return _error_answer(UnauthorizedError(f"control message refused: {exc}"))
         storing = self._storing.get(ctl.id)
-        if storing is not None and ctl.op == "status":
+        if storing is not None and ctl.op in ("status", "fetch"):
             # the result is being stored right now: answer once that is logged
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(storing), 5.0)
         state = await self._request_state(ctl.id)
         if state is None or state.get("caller") != ctl.caller:
             return _error_answer(NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node"))
+        if ctl.op == "fetch":
+            return await self._fetch(ctl.id, ctl.caller, state)
         if ctl.op == "cancel":
             event = self._running.get(ctl.id)
             if event is not None:
@@ -739,6 +749,41 @@ class Pipeline:
             "result_object",
         )
         return {k: state.get(k) for k in keep}
+
+    async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> dict[str, Any] | bytes:
+        """The stored result of ``rid`` as a result frame; logs ``result.fetched``."""
+        if state["state"] != "completed":
+            return _error_answer(
+                NotFoundError(f"request {rid} has no result: it is {state['state']}")
+            )
+        name = state.get("result_object")
+        if not name or self.load_result is None:
+            return _error_answer(
+                NotFoundError(f"no copy of the result of {rid} was kept (it was delivered only)")
+            )
+        try:
+            wraps, ciphertext = _parse_stored_form(await self.load_result(str(name)))
+        except FederationError as exc:
+            log.warning("result.fetch_failed", request_id=rid, error=str(exc))
+            return _error_answer(exc)
+        if blake2b_256(ciphertext).hex() != state.get("result_hash"):
+            return _error_answer(
+                IntegrityError(f"the stored result of {rid} is not the one the log recorded")
+            )
+        stored = await self.writer.append(ResultFetched(request_id=rid, by=caller))
+        return pack_reply(
+            ReplyHeader(
+                kind="result",
+                id=rid,
+                node=self.node_id,
+                time=now(),
+                result_hash=state["result_hash"],
+                wraps=wraps,
+                object=str(name),
+                log_seq=stored[-1].seq,
+            ),
+            ciphertext,
+        )
 
 
 class _ProgressForwarder:
@@ -799,8 +844,22 @@ class _KeepAlive:
 
 
 def _stored_form(wraps: dict[str, str], ciphertext: bytes) -> bytes:
+    """How a result is kept: u32 length, JSON ``{"v": 1, "wraps": ...}``, the ciphertext."""
     head = json.dumps({"v": 1, "wraps": wraps}, sort_keys=True).encode()
     return len(head).to_bytes(4, "big") + head + ciphertext
+
+
+def _parse_stored_form(data: bytes) -> tuple[dict[str, str], bytes]:
+    """The wraps and ciphertext of a kept result (IntegrityError if it is not one)."""
+    try:
+        size = int.from_bytes(data[:4], "big")
+        head = json.loads(data[4 : 4 + size])
+        wraps = head["wraps"]
+        if len(data) < 4 + size or head.get("v") != 1 or not isinstance(wraps, dict):
+            raise ValueError("bad head")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError("the stored result is not in fedhub's stored form") from exc
+    return {str(k): str(v) for k, v in wraps.items()}, data[4 + size :]
 
 
 def _code_of(exc: FederationError) -> str:

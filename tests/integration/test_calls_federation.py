@@ -118,6 +118,30 @@ async def test_a_caller_at_geomar_gets_an_xarray_back_from_a_function_at_hereon_
     assert report.ok, [f.line() for f in report.findings]
 
 
+async def test_the_caller_fetches_its_stored_xarray_result_again_across_the_hub(
+    world: World, hereon_cfg: NodeConfig, federation: Federation
+) -> None:
+    da = _field()
+    async with (
+        NodeDaemon(hereon_cfg),
+        await Client.connect(federation.site_url("geomar"), CALLER, home=world.store.home) as fed,
+    ):
+        await wait_reachable(fed, "hereon", "climate")
+        handle = await fed.submit("hereon.climate.compute_sum", da=da, timeout=30)
+        first = await handle.result()
+        again = await fed.fetch("hereon", handle.request_id)
+        with pytest.raises(NotFoundError, match="no request"):
+            await fed.fetch("hereon", "A" * 22)
+    xr.testing.assert_identical(again, first)
+    view = LogView(hereon_cfg.log_path)
+    fetched = view.events("result.fetched")
+    assert [(e["data"]["request_id"], e["data"]["by"]) for e in fetched] == [
+        (handle.request_id, CALLER)
+    ]
+    report = audit_node(hereon_cfg, world.site("hereon").sign_public)
+    assert report.ok, [f.line() for f in report.findings]
+
+
 async def test_progress_reports_arrive_in_order_and_end_at_one(
     world: World, hereon_cfg: NodeConfig, federation: Federation
 ) -> None:

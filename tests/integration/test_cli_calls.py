@@ -413,6 +413,34 @@ def test_call_of_a_function_that_raises_fails_with_one_line_and_status_tells_why
     assert "RuntimeError" in rows["reason"]  # the message stays encrypted, not logged
 
 
+# --- fedhub fetch -----------------------------------------------------------------------
+
+
+def test_fetch_gets_a_stored_result_again_as_json_or_into_a_file(
+    site: Site, tmp_path: Path
+) -> None:
+    call = fedhub(site, "call", "hereon.climate.scale", "values=[1.5, 2]", "factor=3")
+    assert call.code == 0, call.err
+    rid = call.request_id()
+    run = fedhub(site, "fetch", "--site", "hereon", "--json", "--", rid)
+    assert run.code == 0, run.err
+    assert json.loads(run.out) == [4.5, 6.0]
+    out = tmp_path / "again.json"
+    run = fedhub(site, "fetch", "--site", "hereon", "--out", str(out), "--", rid)
+    assert run.code == 0, run.err
+    assert json.loads(out.read_text()) == [4.5, 6.0]
+
+
+def test_fetch_of_a_failed_call_or_of_someone_elses_fails_with_one_line(site: Site) -> None:
+    failed = fedhub(site, "call", "hereon.climate.fail", "message=boom")
+    run = fedhub(site, "fetch", "--site", "hereon", "--", failed.request_id())
+    assert_one_error_line(run, "NotFoundError", "has no result: it is failed")
+    klaus = fedhub(site, "call", "hereon.climate.scale", "values=[1]")
+    assert klaus.code == 0, klaus.err
+    run = fedhub(site, "fetch", "--site", "hereon", "--", klaus.request_id(), FEDHUB_IDENTITY=EVE)
+    assert_one_error_line(run, "NotFoundError", f"of {EVE}")
+
+
 def test_status_of_an_unknown_or_malformed_id_fails_with_one_line(site: Site) -> None:
     run = fedhub(site, "status", "--site", "hereon", "--", "A" * 22)
     assert_one_error_line(run, "NotFoundError")

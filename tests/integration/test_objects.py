@@ -1,13 +1,17 @@
-"""Results written by fedhub's one-round-trip put read back with NATS's own object store."""
+"""Results written by fedhub's one-round-trip put read back with NATS's own object store,
+and read back by fedhub's own reader."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import nats
 import pytest
 
-from hub.objects import put_object
+from hub.errors import IntegrityError, NotFoundError
+from hub.objects import get_object, put_object
 from hub.topology import NatsServer
 
 
@@ -29,5 +33,35 @@ async def test_object_put_reads_back_with_the_stock_client(
         got = await store.get(f"obj-{size}")
         assert got.data == data
         assert got.info.digest == info.digest
+        assert await get_object(js, bucket, f"obj-{size}") == data
+    finally:
+        await nc.close()
+
+
+async def test_reading_an_object_that_is_not_there_or_does_not_match_fails_clearly(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        bucket = "fh-objects-test-2"
+        try:
+            await js.object_store(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_object_store(bucket)
+        with pytest.raises(NotFoundError, match="no object 'absent'"):
+            await get_object(js, bucket, "absent")
+        info = await put_object(js, bucket, "swapped", b"the real bytes")
+        # the meta made to point at another object's chunks: the digest tells
+        other = await put_object(js, bucket, "other", b"other bytes!!")
+        info.nuid = other.nuid
+        meta = base64.urlsafe_b64encode(b"swapped").decode()
+        await js.publish(
+            f"$O.{bucket}.M.{meta}",
+            json.dumps(info.as_dict()).encode(),
+            headers={"Nats-Rollup": "sub"},
+        )
+        with pytest.raises(IntegrityError, match="does not match its digest"):
+            await get_object(js, bucket, "swapped")
     finally:
         await nc.close()
