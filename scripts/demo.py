@@ -7,7 +7,8 @@ Two research centers, hereon and geomar, joined through a hub — all on this ma
    people, hereon pins geomar's site key and grants klaus@geomar its climate module;
 3. start hereon's node (``fedhub-node run``) serving configs/modules/climate.py;
 4. klaus calls ``hereon.climate.compute_sum`` from geomar with a NetCDF file
-   (``fedhub call``), then ``regional_mean`` from Python with a live progress report;
+   (``fedhub call``) and fetches the kept result again (``fedhub fetch``), then calls
+   ``regional_mean`` from Python with a live progress report;
 5. eve@geomar, who has no grant, is refused;
 6. the node stops; its log is exported and audited (clean), then a tampered copy is
    audited (caught, naming the event).
@@ -164,7 +165,7 @@ functions = ["*"]
             attrs={"units": "K"},
         )
         days.to_netcdf(work / "anomaly.nc")
-        run(
+        called = run(
             "fedhub",
             "call",
             "--as",
@@ -178,6 +179,26 @@ functions = ["*"]
         )
         result = xr.open_dataarray(work / "sum.nc").load()
         print(f"  sum.nc: {result.values.tolist()} {result.attrs.get('units', '')} per station")
+        rid = next(
+            line.split()[1] for line in called.stderr.splitlines() if line.startswith("request ")
+        )
+        print("  (later, the result again: hereon kept it sealed for klaus)")
+        run(
+            "fedhub",
+            "fetch",
+            "--as",
+            "klaus@geomar",
+            "--site",
+            "hereon",
+            "--out",
+            str(work / "sum-again.nc"),
+            "--",
+            rid,
+            env=cenv,
+        )
+        again = xr.open_dataarray(work / "sum-again.nc").load()
+        if not again.identical(result):
+            raise SystemExit("the fetched result differs from the one the call returned")
         await python_call(geomar, home)
 
         say("5. eve@geomar has no grant: refused, and the refusal is logged")
