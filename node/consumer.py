@@ -180,8 +180,9 @@ class CallConsumer:
             if msg.reply:
                 await self.nc.publish(msg.reply, b"")
             return
+        if headers is None:  # nothing the server sends: not ours to act on
+            return
         # 404/408/409: a pull request ended; the credit it still held is gone
-        assert headers is not None
         pending = headers.get("Nats-Pending-Messages")
         if pending is not None and pending.isdigit():
             self._outstanding = max(0, self._outstanding - int(pending))
