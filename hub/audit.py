@@ -307,16 +307,8 @@ class _Auditor:
         with nothing changed)."""
         _, _, kid, log_id, prev, first_time, last_time, kinds, rids, hashes = record
         rep = self.report
-        key = self.node_key
-        if (
-            not self.fast
-            or key is None
-            or key.revoked_at is not None
-            or not self.running
-            or rep.log is None
-            or rep.last_time is None
-            or self.prev != prev
-        ):
+        key = self._fast_key()
+        if key is None or rep.log is None or rep.last_time is None or self.prev != prev:
             return False
         try:
             if key.kid.encode() != kid or rep.log.encode() != log_id:
@@ -347,6 +339,14 @@ class _Auditor:
         self.prev_hex = self.prev.hex()
         self.add_leaves(leaves)
         return True
+
+    def _fast_key(self) -> _Key | None:
+        """The node key events are checked against, if the fast paths may run now: the
+        node is running under a current, unrevoked key (else the general path decides)."""
+        key = self.node_key
+        if not self.fast or key is None or key.revoked_at is not None or not self.running:
+            return None
+        return key
 
     def scan(self, rows: Iterable[_Row], unreadable: Callable[[int], Exception] | None) -> None:
         """The pass over the log: the fast check where it applies, :meth:`event` elsewhere.
@@ -454,16 +454,9 @@ class _Auditor:
         def load() -> None:
             nonlocal head, signer, prev, prevhex, last
             head = b""
-            key = self.node_key
+            key = self._fast_key()
             log, last_time = rep.log, rep.last_time
-            if (
-                not self.fast
-                or key is None
-                or key.revoked_at is not None
-                or not self.running
-                or log is None
-                or last_time is None
-            ):
+            if key is None or log is None or last_time is None:
                 return
             try:
                 kid_bytes, log_bytes, last = key.kid.encode(), log.encode(), last_time.encode()
@@ -1559,8 +1552,7 @@ def _rows(
         batches = events.rows()
         if progress is not None:
             batches = _counting_batches(batches, progress)
-        rows = chain.from_iterable(zip(count(start), batch) for start, batch in batches)
-        return rows, events.not_blobs
+        return _positioned(batches, 1), events.not_blobs
     if progress is not None:
         events = _counting(events, progress)
     return ((raw.position, (raw.hash, raw.sig, raw.body)) for raw in events), None
