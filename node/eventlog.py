@@ -552,6 +552,14 @@ class EventLog:
         hashes: list[bytes] = []
         bodies: list[bytes] = []
         mark = 0
+
+        def sign_from_mark() -> None:
+            # hand the hashes built since the last chunk to the workers or the pool
+            if workers is not None:
+                tickets.append(workers.submit(hashes[mark:]))
+            elif pooled:
+                futures.append(self._pool.submit(_sign_hashes, sk, hashes[mark:]))
+
         for d in datas:
             data = d if isinstance(d, dict) else d.model_dump(mode="json")
             items.append(data)
@@ -567,16 +575,10 @@ class EventLog:
             bodies.append(body)
             hashes.append(prev)
             if len(hashes) - mark >= step:
-                if workers is not None:
-                    tickets.append(workers.submit(hashes[mark:]))
-                elif pooled:
-                    futures.append(self._pool.submit(_sign_hashes, sk, hashes[mark:]))
+                sign_from_mark()
                 mark = len(hashes)
         if mark < len(hashes):
-            if workers is not None:
-                tickets.append(workers.submit(hashes[mark:]))
-            elif pooled:
-                futures.append(self._pool.submit(_sign_hashes, sk, hashes[mark:]))
+            sign_from_mark()
         first = self._seq + 1
         sigs: list[bytes] = []
         conn = self.db.conn
