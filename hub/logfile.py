@@ -142,7 +142,7 @@ class SqliteEvents:
         if not path.is_file():
             raise LogUnreadableError(f"no log file at {path}")
         try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            conn = self._connect()
         except sqlite3.Error as exc:
             raise LogUnreadableError(f"cannot open {path}: {exc}") from exc
         bounds = [("seq > ?", after_seq), ("seq <= ?", until_seq)]
@@ -169,33 +169,31 @@ class SqliteEvents:
 
     def stored_hash(self, until_seq: int) -> object:
         """The stored hash of the last event with ``seq <= until_seq`` (None if none)."""
+        return self._one_value(
+            "SELECT hash FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [until_seq]
+        )
+
+    def last_seq(self) -> int:
+        """The highest sequence number (0 if none or unreadable: a reader finds out why)."""
+        value = self._one_value("SELECT MAX(seq) FROM events", [])
+        return value if type(value) is int else 0
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+
+    def _one_value(self, sql: str, params: list[Any]) -> object:
+        """The first column of the first row of ``sql``; None if none or unreadable."""
         try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            conn = self._connect()
         except sqlite3.Error:
             return None
         try:
-            row = conn.execute(
-                "SELECT hash FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [until_seq]
-            ).fetchone()
+            row = conn.execute(sql, params).fetchone()
         except sqlite3.Error:
             return None
         finally:
             conn.close()
         return None if row is None else row[0]
-
-    def last_seq(self) -> int:
-        """The highest sequence number (0 if none or unreadable: a reader finds out why)."""
-        try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-        except sqlite3.Error:
-            return 0
-        try:
-            (value,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
-        except sqlite3.Error:
-            return 0
-        finally:
-            conn.close()
-        return value if type(value) is int else 0
 
     def not_blobs(self, position: int) -> LogUnreadableError:
         """The error for an event whose hash, signature or body is not a BLOB."""
