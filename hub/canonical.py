@@ -111,15 +111,17 @@ def canonical_bytes(value: Any) -> bytes:
             return _orjson_dumps(value, option=_ORJSON_OPTIONS)
         except TypeError as exc:  # orjson.JSONEncodeError; after _check, only this:
             raise CanonicalError("string holds a lone surrogate") from exc
-    try:
-        return _encoder.encode(value).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CanonicalError("string holds a lone surrogate") from exc
+    return _stdlib_encode(value)
 
 
 def _stdlib_canonical_bytes(value: Any) -> bytes:
     """:func:`canonical_bytes` with the standard library's encoder (for comparisons)."""
     _check(value)
+    return _stdlib_encode(value)
+
+
+def _stdlib_encode(value: Any) -> bytes:
+    """The standard library's canonical encoding of a value that passed :func:`_check`."""
     try:
         return _encoder.encode(value).encode("utf-8")
     except UnicodeEncodeError as exc:
