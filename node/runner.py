@@ -863,7 +863,7 @@ class Runner:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
-        cancel: asyncio.Event | None = None,
+        cancel: CancelSignal | None = None,
     ) -> object:
         """Validate ``kwargs``, run ``module.function`` and return its validated result.
 
@@ -1149,7 +1149,7 @@ class Runner:
 class _Limits:
     deadline: float | None
     timeout: float | None
-    cancel: asyncio.Event | None
+    cancel: CancelSignal | None
 
 
 class CancelSignal(asyncio.Event):
@@ -1179,7 +1179,7 @@ async def _wait(future: asyncio.Future[Any], limits: _Limits) -> _Outcome:
     """Wait for ``future`` until the deadline or cancellation; never cancels ``future``.
 
     One waker future, woken by the future itself, a timer at the deadline, or the cancel
-    signal: no helper task per call (with a plain ``asyncio.Event`` one task waits on it).
+    signal's callback: no helper task per call.
     """
     deadline, cancel = limits.deadline, limits.cancel
     if not future.done():
@@ -1192,24 +1192,18 @@ async def _wait(future: asyncio.Future[Any], limits: _Limits) -> _Outcome:
 
         future.add_done_callback(wake)
         timer = loop.call_at(deadline, wake) if deadline is not None else None
-        cancel_waiter: asyncio.Future[Any] | None = None
-        if isinstance(cancel, CancelSignal):
+        if cancel is not None:
             cancel.add_callback(wake)
-        elif cancel is not None:
-            cancel_waiter = asyncio.ensure_future(cancel.wait())
-            cancel_waiter.add_done_callback(wake)
-        if cancel is not None and cancel.is_set():
-            wake()
+            if cancel.is_set():
+                wake()
         try:
             await waker
         finally:
             future.remove_done_callback(wake)
             if timer is not None:
                 timer.cancel()
-            if isinstance(cancel, CancelSignal):
+            if cancel is not None:
                 cancel.remove_callback(wake)
-            if cancel_waiter is not None:
-                cancel_waiter.cancel()
     if future.done():
         return "done"
     if cancel is not None and cancel.is_set():

@@ -30,7 +30,7 @@ from hub.errors import (
 from hub.progress import Progress
 from hub.types import DataArray, NDArray, fedhub_type
 from node.docstrings import parse_docstring
-from node.runner import BackendModule, ModuleConfig, Runner, load_module
+from node.runner import BackendModule, CancelSignal, ModuleConfig, Runner, load_module
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "modules"
 MODES = ["thread", "process", "inline"]
@@ -542,7 +542,7 @@ async def test_timeout_raises_call_timeout_and_the_runner_recovers(
 
 
 async def test_cancel_event_stops_a_running_call(runner: Runner, data: xr.DataArray) -> None:
-    cancel = asyncio.Event()
+    cancel = CancelSignal()
     with pytest.raises(CallCancelledError, match=r"climate\.slow_mean was cancelled"):
         await runner.run(
             "climate",
@@ -558,7 +558,7 @@ async def test_cancel_event_stops_a_running_call(runner: Runner, data: xr.DataAr
 
 
 async def test_an_already_cancelled_call_never_starts(runner: Runner) -> None:
-    cancel = asyncio.Event()
+    cancel = CancelSignal()
     cancel.set()
     with pytest.raises(CallCancelledError, match="before it started"):
         await runner.run("climate", "scale", {"values": [1]}, cancel=cancel)
@@ -613,7 +613,7 @@ async def test_calls_beyond_the_queue_limit_are_refused_as_busy(
 ) -> None:
     async with Runner() as runner:
         runner.add_module(climate, ModuleConfig(max_workers=1, max_queue=1))
-        stop = asyncio.Event()
+        stop = CancelSignal()
 
         def call() -> asyncio.Task[object]:
             return asyncio.create_task(
@@ -636,7 +636,7 @@ async def test_calls_beyond_the_queue_limit_are_refused_as_busy(
 async def test_queued_call_times_out_while_waiting(climate: BackendModule) -> None:
     async with Runner() as runner:
         runner.add_module(climate, ModuleConfig(max_workers=1))
-        stop = asyncio.Event()
+        stop = CancelSignal()
         running = asyncio.create_task(
             runner.run("climate", "async_sleep", {"seconds": 30}, cancel=stop)
         )
