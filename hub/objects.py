@@ -7,6 +7,9 @@ Unlike nats-py's ``ObjectStore.put`` it does not look the name up first (a node 
 request id once) and publishes every chunk and the meta concurrently, so a small result
 costs one round trip to the server instead of three. If a name is ever stored again (a
 retried call), the meta rollup replaces the old object; its chunks stay until purged.
+
+Also :func:`wait_acks`: waiting for ``publish_async`` acks with a deadline, which every
+JetStream publisher of fedhub (results, event copies, calls) needs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import nats.js.errors
@@ -22,7 +26,7 @@ from nats.js import JetStreamContext, api
 
 from hub.errors import IntegrityError, NotFoundError
 
-__all__ = ["CHUNK_SIZE", "get_object", "put_object"]
+__all__ = ["CHUNK_SIZE", "get_object", "put_object", "wait_acks"]
 
 CHUNK_SIZE = 128 * 1024
 
@@ -66,14 +70,22 @@ async def put_object(
             headers={api.Header.ROLLUP: "sub"},
         )
     )
+    await wait_acks(acks, timeout)
+    return info
+
+
+async def wait_acks(acks: Sequence[asyncio.Future[api.PubAck]], timeout: float) -> list[api.PubAck]:
+    """The acks of ``publish_async`` calls, within ``timeout`` seconds (else TimeoutError).
+
+    Whatever happens, no ack is left waiting: the unanswered ones are cancelled, so
+    nats-py forgets them (and frees their slots of its pending-publish limit).
+    """
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.gather(*acks)
-    except TimeoutError:
+            return list(await asyncio.gather(*acks))
+    finally:
         for ack in acks:
             ack.cancel()
-        raise
-    return info
 
 
 async def get_object(js: JetStreamContext, bucket: str, name: str) -> bytes:

@@ -48,7 +48,7 @@ from hub.events import (
     NodeStopped,
 )
 from hub.logfile import export_line
-from hub.objects import get_object, put_object
+from hub.objects import get_object, put_object, wait_acks
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -378,11 +378,8 @@ class NodeDaemon:
                 )
                 batch, size, first = [], 0, ev.seq + 1
         try:
-            async with asyncio.timeout(10.0):
-                await asyncio.gather(*acks)
+            await wait_acks(acks, 10.0)
         except TimeoutError:
-            for ack in acks:
-                ack.cancel()
             raise TransportError("the event stream did not confirm the events in 10 s") from None
         self._published_seq = events[-1].seq
         if time.monotonic() - self._cursor_saved >= 1.0:
@@ -502,8 +499,7 @@ class NodeDaemon:
         except FederationError as exc:
             log.warning("admin.refused", reason=exc.message)
             answer = {"error": {"code": "unauthorized", "message": exc.message}}
-        if msg.reply:
-            await msg.respond(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
+        await _respond(msg, answer)
 
     async def _on_control(self, msg: Msg) -> None:
         assert self.pipeline is not None
@@ -517,8 +513,7 @@ class NodeDaemon:
                     "message": f"control failed: {type(exc).__name__}",
                 }
             }
-        if msg.reply:
-            await msg.respond(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
+        await _respond(msg, answer)
 
     # --- pulling calls --------------------------------------------------------------------
 
@@ -617,6 +612,12 @@ class NodeDaemon:
                 "checkpoint": head.model_dump() if head else None,
             },
         }
+
+
+async def _respond(msg: Msg, answer: dict[str, Any] | bytes) -> None:
+    """Answer a request: JSON, or a frame already encoded (a fetched result)."""
+    if msg.reply:
+        await msg.respond(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
 
 
 def _running_pid(pid_file: Path) -> int | None:
