@@ -63,6 +63,7 @@ from hub.errors import (
     remote_error_from_code,
 )
 from hub.keys import KeyPair, KeyStore
+from hub.objects import wait_acks
 from hub.records import KeyRecord, SignedRecord, open_record
 from hub.subjects import (
     call_subject,
@@ -391,11 +392,7 @@ class Client:
         try:
             # publish_async: the stream's ack resolves a future (no task per call)
             ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
-            try:
-                async with asyncio.timeout(min(10.0, timeout + _GRACE)):
-                    await ack
-            finally:
-                ack.cancel()
+            await wait_acks([ack], min(10.0, timeout + _GRACE))
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             self._pending.pop(rid, None)
             raise NotFoundError(
@@ -453,16 +450,19 @@ class Client:
             "result_hash"
         ):
             raise IntegrityError(f"the stored result of {request_id} does not match its hash")
-        wrapped_text = h.wraps.get(self.keys.kid)
+        return self._open_result(h.wraps, reply.body, info.node_box_key)
+
+    def _open_result(self, wraps: Mapping[str, str], body: bytes, node_box_key: bytes) -> Any:
+        """Open a result sealed for my key by the node key I checked (DecryptionError if
+        it is not sealed for me, or not by that node)."""
+        wrapped_text = wraps.get(self.keys.kid)
         if wrapped_text is None:
-            raise DecryptionError(f"the stored result of {request_id} is not sealed for my key")
+            raise DecryptionError("the result is not sealed for my key")
         wrapped = b64d(wrapped_text)
-        if wrapped[:32] != info.node_box_key:
-            raise DecryptionError(
-                f"the stored result of {request_id} was not sealed by {site}'s current node key"
-            )
+        if wrapped[:32] != node_box_key:
+            raise DecryptionError("the result was not sealed by the node key I checked")
         key = unwrap_key(self.keys.box_secret, wrapped)
-        return codec.decode(open_secret(key, reply.body))
+        return codec.decode(open_secret(key, body))
 
     async def _control(self, op: str, site: str, request_id: str, *, frame: bool = False) -> Any:
         try:
@@ -515,12 +515,9 @@ class Client:
                 fraction = None if h.fraction_ppm is None else h.fraction_ppm / 1_000_000
                 handle._deliver_progress(fraction, text)
             elif h.kind == "result":
-                wrapped = b64d(h.wraps[self.keys.kid])
-                if wrapped[:32] != handle._node_box_key:
-                    raise DecryptionError("result was not wrapped by the node the call went to")
-                key = unwrap_key(self.keys.box_secret, wrapped)
-                value = codec.decode(open_secret(key, reply.body))
-                handle._future.set_result(value)
+                handle._future.set_result(
+                    self._open_result(h.wraps, reply.body, handle._node_box_key)
+                )
             else:
                 message = h.message or ""
                 if reply.body:
