@@ -598,23 +598,23 @@ async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``fedhub status REQUEST_ID --site SITE``."""
+    _check_request_target(args)
+    return _run(_status(args), _deadline(args))
+
+
+def _check_request_target(args: argparse.Namespace) -> None:
+    """``--site`` is a site name and ``REQUEST_ID`` looks like a request id."""
     validate_site(args.site)
     if not _REQUEST_ID.fullmatch(args.request_id):
         raise ConfigError(
             f"{args.request_id!r} is not a request id",
             hint="use the id `fedhub call` printed (request <id>)",
         )
-    return _run(_status(args), _deadline(args))
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """``fedhub fetch REQUEST_ID --site SITE [--out PATH | --json]``."""
-    validate_site(args.site)
-    if not _REQUEST_ID.fullmatch(args.request_id):
-        raise ConfigError(
-            f"{args.request_id!r} is not a request id",
-            hint="use the id `fedhub call` printed (request <id>)",
-        )
+    _check_request_target(args)
     return _run(_fetch(args), _deadline(args))
 
 
