@@ -4,8 +4,9 @@ Coroutines call ``await writer.append(event, ...)``; a single writer task takes 
 queued, appends it in one transaction (so concurrent requests share one commit and one
 signing batch), resolves each caller with its stored events, and hands
 the new events to the publisher, which sends them to the site's JetStream event stream
-(``Nats-Msg-Id`` = ``<log>:<seq>`` so a re-send is dropped by the server). The publisher
-keeps a cursor: after a restart it first sends whatever the log has beyond it.
+(with a ``Nats-Msg-Id`` per run of events, so a re-send is dropped by the server; see
+``NodeDaemon._publish_events``). The daemon keeps a cursor: after a restart it first sends
+whatever the log has beyond it.
 
 Where the append runs: a small batch (up to ``inline_max`` events: a few calls' worth,
 ~50 µs of signing each, and a commit that does not wait for the disk under
