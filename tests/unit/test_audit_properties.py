@@ -205,19 +205,11 @@ def _report_json(lines: list[bytes], keys: Keys, receipt: object, *, fast: bool)
     return auditor.report.to_json()
 
 
-@settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(data=st.data())
-def test_the_fast_check_decides_exactly_as_the_general_path(
-    base: BuiltLog, data: st.DataObject
-) -> None:
-    """Same report, finding for finding, on the clean log and on every kind of mutation."""
-    lines = list(base.lines)
+def _mutated(base: list[bytes], data: st.DataObject, kinds: list[str]) -> list[bytes]:
+    """The export lines with one drawn mutation of a drawn kind (or none: ``clean``)."""
+    lines = list(base)
     n = len(lines)
-    kind = data.draw(
-        st.sampled_from(["clean", "byte", "delete", "duplicate", "swap", "copy", "truncate"])
-    )
+    kind = data.draw(st.sampled_from(kinds))
     if kind == "byte":
         i = data.draw(st.integers(0, n - 1))
         at = data.draw(st.integers(0, len(lines[i]) - 2))
@@ -235,6 +227,20 @@ def test_the_fast_check_decides_exactly_as_the_general_path(
         lines.insert(data.draw(st.integers(0, n)), lines[data.draw(st.integers(0, n - 1))])
     elif kind == "truncate":
         lines = lines[: data.draw(st.integers(0, n))]
+    return lines
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_the_fast_check_decides_exactly_as_the_general_path(
+    base: BuiltLog, data: st.DataObject
+) -> None:
+    """Same report, finding for finding, on the clean log and on every kind of mutation."""
+    lines = _mutated(
+        base.lines, data, ["clean", "byte", "delete", "duplicate", "swap", "copy", "truncate"]
+    )
     receipt = data.draw(st.none() | st.sampled_from(base.receipts))
     fast = _report_json(lines, base.keys, receipt, fast=True)
     assert fast == _report_json(lines, base.keys, receipt, fast=False)
@@ -302,22 +308,7 @@ def test_an_audit_split_with_a_helper_decides_exactly_as_the_general_path(
 ) -> None:
     """Chain-only audits of large SQLite logs read the second part in a helper: same
     report, finding for finding, wherever the split falls and whatever was changed."""
-    lines = list(base.lines)
-    n = len(lines)
-    kind = data.draw(st.sampled_from(["clean", "byte", "delete", "duplicate", "swap"]))
-    if kind == "byte":
-        i = data.draw(st.integers(0, n - 1))
-        at = data.draw(st.integers(0, len(lines[i]) - 2))
-        new = data.draw(st.integers(0, 255).filter(lambda b: b != lines[i][at]))
-        lines[i] = lines[i][:at] + bytes([new]) + lines[i][at + 1 :]
-    elif kind == "delete":
-        del lines[data.draw(st.integers(0, n - 1))]
-    elif kind == "duplicate":
-        i = data.draw(st.integers(0, n - 1))
-        lines.insert(i, lines[i])
-    elif kind == "swap":
-        i = data.draw(st.integers(0, n - 2))
-        lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    lines = _mutated(base.lines, data, ["clean", "byte", "delete", "duplicate", "swap"])
     db = scratch.with_name("split.db")
     if not _write_db(db, lines):
         return
