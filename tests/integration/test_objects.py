@@ -9,10 +9,20 @@ import os
 
 import nats
 import pytest
+from nats.js import JetStreamContext
+from nats.js.object_store import ObjectStore
 
 from hub.errors import IntegrityError, NotFoundError
 from hub.objects import get_object, put_object
 from hub.topology import NatsServer
+
+
+async def _bucket(js: JetStreamContext, name: str) -> ObjectStore:
+    """The object store ``name`` on the shared server, created on first use."""
+    try:
+        return await js.object_store(name)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_object_store(name)
 
 
 @pytest.mark.parametrize("size", [0, 1, 128 * 1024, 128 * 1024 + 1, 700_000])
@@ -23,10 +33,7 @@ async def test_object_put_reads_back_with_the_stock_client(
     try:
         js = nc.jetstream()
         bucket = "fh-objects-test"
-        try:
-            store = await js.object_store(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            store = await js.create_object_store(bucket)
+        store = await _bucket(js, bucket)
         data = os.urandom(size)
         info = await put_object(js, bucket, f"obj-{size}", data)
         assert info.chunks == -(-size // (128 * 1024))
@@ -45,10 +52,7 @@ async def test_reading_an_object_that_is_not_there_or_does_not_match_fails_clear
     try:
         js = nc.jetstream()
         bucket = "fh-objects-test-2"
-        try:
-            await js.object_store(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            await js.create_object_store(bucket)
+        await _bucket(js, bucket)
         with pytest.raises(NotFoundError, match="no object 'absent'"):
             await get_object(js, bucket, "absent")
         info = await put_object(js, bucket, "swapped", b"the real bytes")
