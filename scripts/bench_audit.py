@@ -179,10 +179,6 @@ def audit_rate(path: Path, site: KeyPair, signatures: bool, threads: int) -> tup
     return report.events / seconds, seconds
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def main() -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -234,12 +230,12 @@ def main() -> int:
     full_ratios = [f / (v * cores) for f, v in zip(rounds["full"], rounds["v1"], strict=True)]
     full_ratios_n = [f / v for f, v in zip(rounds["full"], rounds["vn"], strict=True)]
     chain_ratios = [c / b for c, b in zip(rounds["chain"], rounds["blake"], strict=True)]
-    full_rate, full_s = _median(rounds["full"]), _median(rounds["full_s"])
-    chain_rate, chain_s = _median(rounds["chain"]), _median(rounds["chain_s"])
+    full_rate, full_s = statistics.median(rounds["full"]), statistics.median(rounds["full_s"])
+    chain_rate, chain_s = statistics.median(rounds["chain"]), statistics.median(rounds["chain_s"])
     verify1, verify_n, blake = (
-        _median(rounds["v1"]),
-        _median(rounds["vn"]),
-        _median(rounds["blake"]),
+        statistics.median(rounds["v1"]),
+        statistics.median(rounds["vn"]),
+        statistics.median(rounds["blake"]),
     )
     figures: dict[str, Any] = {
         "events": events,
@@ -260,8 +256,8 @@ def main() -> int:
             "seconds": round(full_s, 3),
             "baseline": f"raw PyNaCl verify/s on one core x {cores}",
             "baseline_per_s": round(verify1 * cores),
-            "ratio": round(_median(full_ratios), 3),
-            "ratio_to_measured_all_cores": round(_median(full_ratios_n), 3),
+            "ratio": round(statistics.median(full_ratios), 3),
+            "ratio_to_measured_all_cores": round(statistics.median(full_ratios_n), 3),
         },
         "audit_chain_only": {
             "events_per_s": round(chain_rate),
@@ -269,7 +265,7 @@ def main() -> int:
             "seconds_per_million": round(1e6 / chain_rate, 2),
             "baseline": "raw BLAKE2b-256 chain hashes/s, one core",
             "baseline_per_s": round(blake),
-            "ratio": round(_median(chain_ratios), 3),
+            "ratio": round(statistics.median(chain_ratios), 3),
         },
         "raw_verify_1_core_per_s": round(verify1),
         "raw_verify_all_cores_per_s": round(verify_n),
