@@ -258,11 +258,13 @@ class Client:
             return
         self._closed = True
         for handle in self._pending.values():
-            if not handle._future.done():
-                handle._future.set_exception(
-                    TransportError("client closed before the answer arrived")
-                )
-                handle._future.exception()
+            fut = handle._future
+            if not fut.done():
+                fut.set_exception(TransportError("client closed before the answer arrived"))
+            if not fut.cancelled():
+                # nobody will ask any more (e.g. the node's "cancelled" answer to a call
+                # the CLI gave up on): mark the outcome seen, so asyncio does not complain
+                fut.exception()
         self._pending.clear()
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
