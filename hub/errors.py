@@ -20,6 +20,7 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     │   ├── SignatureError       a signature does not verify
     │   ├── ChainError           hash chain broken (gap, reorder, insertion, edit)
     │   ├── CheckpointError      a checkpoint's root or size does not match the events
+    │   ├── LifecycleError       a request event that its request's state does not allow
     │   ├── DecryptionError      ciphertext cannot be opened with the given key
     │   └── CanonicalError       bytes are not in canonical form / cannot be encoded
     └── NodeError                the site node cannot do what was asked
@@ -44,6 +45,7 @@ __all__ = [
     "FunctionFailedError",
     "IntegrityError",
     "KeyStoreError",
+    "LifecycleError",
     "LogConflictError",
     "NodeError",
     "NotFoundError",
@@ -165,6 +167,10 @@ class ChainError(IntegrityError):
 
 class CheckpointError(IntegrityError):
     """A checkpoint does not match the events it claims to cover."""
+
+
+class LifecycleError(IntegrityError):
+    """A request event that the request's state does not allow (see :mod:`hub.lifecycle`)."""
 
 
 class DecryptionError(IntegrityError):

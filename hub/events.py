@@ -2,28 +2,38 @@
 
 An event body is canonical JSON (see docs/events.md)::
 
-    {"v": 1, "log": <node id>, "seq": n, "prev": <hex hash of event n-1>,
+    {"v": 2, "log": <node id>, "seq": n, "prev": <hex hash of event n-1>,
      "time": <UTC text>, "type": <event type>, "kid": <signing key id>, "data": {...}}
 
-Its hash is ``leaf_hash(body)`` (:mod:`hub.chain`), its signature Ed25519 over
-``DOMAIN_EVENT || hash``. ``data`` has one schema per type, given by the models below; a
-new event type or field is added with a new version, never by rewriting stored events.
-Plaintext of payloads never enters the log: only hashes, sizes and the caller's signed
-request header (which proves who asked for what without saying what).
+Its hash is ``leaf_hash(body)`` (:mod:`hub.chain`). Version 1 signed every event (Ed25519
+over ``DOMAIN_EVENT || hash``); version 2 signs the last event of every commit (over
+``DOMAIN_COMMIT || hash``), which through the chain covers every event before it.
+``data`` has one schema per type, given by the models below; a new event type or field is
+added with a new version, never by rewriting stored events. The legal order of a
+request's events lives in :mod:`hub.lifecycle`. Plaintext of payloads never enters the
+log: only hashes, sizes and the caller's signed request header (which proves who asked for
+what without saying what).
+
+Version 2 request events (:class:`RequestAccepted` with the signed header,
+:class:`RequestCompleted` with where the result is kept, :class:`ResultLost`) leave out
+their optional fields when they are None, so a version 1 event reads back byte for byte.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, TypeAdapter, model_serializer
 
 from hub.records import B64, Hex32, IdentityId, Kid, SignedRecord, Time
 
 __all__ = [
+    "DOMAIN_COMMIT",
     "DOMAIN_EVENT",
     "EVENT_TYPES",
+    "EVENT_VERSION",
     "FINAL_REQUEST_TYPES",
+    "V1_ONLY_TYPES",
     "CheckpointData",
     "EventBody",
     "EventData",
@@ -43,19 +53,33 @@ __all__ = [
     "RequestRejected",
     "RequestStarted",
     "ResultFetched",
+    "ResultLost",
     "ResultShared",
     "ResultStored",
     "data_adapter",
 ]
 
 DOMAIN_EVENT = b"fedhub/event/v1\n"
-EVENT_VERSION = 1
+"""Version 1: every event is signed over ``DOMAIN_EVENT || hash``."""
+DOMAIN_COMMIT = b"fedhub/commit/v2\n"
+"""Version 2: the last event of a commit is signed over ``DOMAIN_COMMIT || hash``."""
+EVENT_VERSION = 2
+"""The body version a node writes."""
 
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 
 class _Data(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _OmitNone(_Data):
+    """Data whose optional fields are left out of the body when they are None."""
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        return {k: v for k, v in out.items() if v is not None}
 
 
 # --- the log and the node ---------------------------------------------------------------
@@ -93,7 +117,7 @@ class NodeStopped(_Data):
 
 
 class RequestReceived(_Data):
-    """A signed request arrived; ``header`` is the caller's signed header, verbatim."""
+    """Version 1: a signed request arrived; ``header`` is the caller's signed header."""
 
     type: Literal["request.received"] = "request.received"
     request_id: RequestId
@@ -118,15 +142,28 @@ class RequestRejected(_Data):
     reason: str
 
 
-class RequestAccepted(_Data):
-    """Verified, authorized and not a replay: the node takes responsibility for it."""
+class RequestAccepted(_OmitNone):
+    """Verified, authorized and not a replay: the node takes responsibility for it.
+
+    Version 2 carries the caller's signed request header verbatim (``header``, ``sig``)
+    and what the node saw of the payload; version 1 had only ``request_id`` (after a
+    ``request.received`` with the rest).
+    """
 
     type: Literal["request.accepted"] = "request.accepted"
     request_id: RequestId
+    caller: IdentityId | None = None
+    address: str | None = None
+    header: B64 | None = None
+    sig: B64 | None = None
+    payload_hash: Hex32 | None = None
+    payload_size: int | None = None
+    delivery: int | None = Field(None, description="JetStream delivery count")
 
 
 class RequestStarted(_Data):
-    """The function started running (``attempt`` counts restarts after a crash)."""
+    """The function started running again (``attempt`` >= 2, after a node restart); in
+    version 1 also the first start (attempt 1)."""
 
     type: Literal["request.started"] = "request.started"
     request_id: RequestId
@@ -141,14 +178,18 @@ class RequestProgress(_Data):
     fraction_ppm: int | None = Field(None, ge=0, le=1_000_000)
 
 
-class RequestCompleted(_Data):
-    """The function returned; the encrypted result has the given hash and size."""
+class RequestCompleted(_OmitNone):
+    """The function returned; the encrypted result has the given hash and size.
+
+    Version 2: ``object`` names where the sealed result is kept (None: delivered only).
+    """
 
     type: Literal["request.completed"] = "request.completed"
     request_id: RequestId
     result_hash: Hex32
     result_size: int
     duration_us: int
+    object: str | None = None
 
 
 class RequestFailed(_Data):
@@ -165,7 +206,7 @@ class RequestFailed(_Data):
 
 
 class ResultStored(_Data):
-    """The encrypted result was stored; ``recipients`` hold wrapped content keys."""
+    """Version 1: the encrypted result was stored; ``recipients`` hold wrapped keys."""
 
     type: Literal["result.stored"] = "result.stored"
     request_id: RequestId
@@ -173,6 +214,15 @@ class ResultStored(_Data):
     size: int
     ciphertext_hash: Hex32
     recipients: tuple[Kid, ...]
+
+
+class ResultLost(_Data):
+    """Version 2: the result named by ``request.completed`` could not be kept (the reason
+    says why); the caller was answered, but a later fetch finds nothing."""
+
+    type: Literal["result.lost"] = "result.lost"
+    request_id: RequestId
+    reason: str
 
 
 class ResultFetched(_Data):
@@ -257,6 +307,7 @@ EventData = Annotated[
     | RequestCompleted
     | RequestFailed
     | ResultStored
+    | ResultLost
     | ResultFetched
     | ResultShared
     | KeyRegistered
@@ -284,6 +335,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         RequestCompleted,
         RequestFailed,
         ResultStored,
+        ResultLost,
         ResultFetched,
         ResultShared,
         KeyRegistered,
@@ -295,6 +347,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
     )
 )
 FINAL_REQUEST_TYPES = frozenset({"request.completed", "request.failed"})
+#: Types a version 2 body never carries (their work is done by other events).
+V1_ONLY_TYPES = frozenset({"request.received", "result.stored"})
 
 
 class EventBody(BaseModel):
@@ -302,7 +356,7 @@ class EventBody(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = 1
+    v: Literal[1, 2] = EVENT_VERSION
     log: IdentityId
     seq: int = Field(ge=1)
     prev: Hex32

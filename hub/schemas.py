@@ -44,6 +44,7 @@ def protocol_schemas() -> dict[str, dict[str, Any]]:
         events.RequestCompleted,
         events.RequestFailed,
         events.ResultStored,
+        events.ResultLost,
         events.ResultFetched,
         events.ResultShared,
         events.KeyRegistered,

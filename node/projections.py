@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from hub.lifecycle import RequestState, target
+
 __all__ = ["apply", "apply_many", "create", "drop", "request_status"]
 
 _DDL = """
@@ -31,11 +33,12 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
 """
 
+_S = RequestState
+# Types whose every legal step leads to one state (from the lifecycle table).
 _STATE_BY_TYPE = {
-    "request.accepted": "accepted",
-    "request.started": "running",
-    "request.completed": "completed",
-    "request.failed": "failed",
+    kind: state
+    for kind in ("request.started", "request.completed", "request.failed")
+    if (state := target(kind)) is not None
 }
 
 
@@ -77,35 +80,73 @@ def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, 
 
 def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any]] | None:
     kind = data["type"]
-    if kind == "request.received":
+    if kind == "request.received" or (kind == "request.accepted" and "header" in data):
+        # the request's first event: version 1 ``request.received``, version 2
+        # ``request.accepted`` with the signed header (after a version 1 ``received`` of
+        # the same request, only the state moves on)
+        state = _S.RECEIVED if kind == "request.received" else _S.ACCEPTED
         return (
             "INSERT INTO requests(request_id, caller, address, state, received_seq,"
-            " updated_seq, received_time, updated_time) VALUES (?, ?, ?, 'received', ?, ?, ?, ?)"
-            " ON CONFLICT(request_id) DO UPDATE SET updated_seq = excluded.updated_seq,"
-            " updated_time = excluded.updated_time",
-            [data["request_id"], data["caller"], data["address"], seq, seq, time, time],
+            " updated_seq, received_time, updated_time, attempts)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
+            " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
+            [
+                data["request_id"],
+                data["caller"],
+                data["address"],
+                state,
+                seq,
+                seq,
+                time,
+                time,
+                0 if state == _S.RECEIVED else 1,
+            ],
+        )
+    if kind == "request.accepted":  # version 1: after request.received
+        return (
+            "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ? WHERE request_id = ?",
+            [_S.ACCEPTED, seq, time, data["request_id"]],
         )
     if kind == "request.rejected":
         if data.get("request_id"):
+            # a new request refused, or a version 1 request received and then refused;
+            # a refused copy of a known request leaves it as it is
             return (
                 "INSERT INTO requests(request_id, caller, state, code, reason, updated_seq,"
-                " updated_time) VALUES (?, ?, 'rejected', ?, ?, ?, ?)"
+                " updated_time) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(request_id) DO UPDATE SET"
-                " state = CASE WHEN state = 'received' THEN 'rejected' ELSE state END,"
-                " code = CASE WHEN state = 'received' THEN excluded.code ELSE code END,"
-                " reason = CASE WHEN state = 'received' THEN excluded.reason ELSE reason END,"
+                " state = CASE WHEN state = ? THEN excluded.state ELSE state END,"
+                " code = CASE WHEN state = ? THEN excluded.code ELSE code END,"
+                " reason = CASE WHEN state = ? THEN excluded.reason ELSE reason END,"
                 " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
-                [data["request_id"], data.get("caller"), data["code"], data["reason"], seq, time],
+                [
+                    data["request_id"],
+                    data.get("caller"),
+                    _S.REJECTED,
+                    data["code"],
+                    data["reason"],
+                    seq,
+                    time,
+                    _S.RECEIVED,
+                    _S.RECEIVED,
+                    _S.RECEIVED,
+                ],
             )
         return None
     if kind in _STATE_BY_TYPE:
         extra = ""
         params: list[Any] = [_STATE_BY_TYPE[kind], seq, time]
         if kind == "request.started":
-            extra = ", attempts = attempts + 1"
+            # version 1 logs the first start too; version 2 only a retry (attempt >= 2)
+            extra = ", attempts = ?"
+            params.append(data.get("attempt", 1))
         elif kind == "request.completed":
             extra = ", result_hash = ?, progress_ppm = 1000000"
             params.append(data["result_hash"])
+            if data.get("object") is not None:
+                extra += ", result_object = ?"
+                params.append(data["object"])
         elif kind == "request.failed":
             extra = ", code = ?, reason = ?"
             params += [data["code"], data["reason"]]
@@ -120,10 +161,15 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             " WHERE request_id = ?",
             [data.get("fraction_ppm"), seq, time, data["request_id"]],
         )
-    if kind == "result.stored":
+    if kind == "result.stored":  # version 1
         return (
             "UPDATE requests SET result_object = ? WHERE request_id = ?",
             [data["object"], data["request_id"]],
+        )
+    if kind == "result.lost":
+        return (
+            "UPDATE requests SET result_object = NULL, reason = ? WHERE request_id = ?",
+            [f"result not kept: {data['reason']}", data["request_id"]],
         )
     return None
 
