@@ -171,7 +171,7 @@ def test_whatever_the_clock_does_a_request_is_never_accepted_twice(
 
 class GuardVersusModel(RuleBasedStateMachine):
     """On a clock that never goes back, the guard decides exactly as a dict that keeps
-    every nonce with its arrival time forever."""
+    every nonce with its arrival time forever, across restarts too."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -218,6 +218,13 @@ class GuardVersusModel(RuleBasedStateMachine):
     def same_nonce_new_time(self, data: st.DataObject, offset: int) -> None:
         nonce = data.draw(st.sampled_from(sorted(self.sent)))
         self.call(nonce, self.now + offset)
+
+    @rule()
+    def restart(self) -> None:
+        """A new guard loaded with what the log holds of the last two windows."""
+        self.guard = ReplayGuard(self.window)
+        recent = [(n, a) for n, a in self.arrived.items() if a >= self.now - 2 * self.window]
+        self.guard.load(reversed(recent))
 
     @invariant()
     def every_nonce_that_could_still_be_accepted_is_held(self) -> None:
