@@ -48,7 +48,14 @@ from hub.events import (
     NodeStopped,
 )
 from hub.logfile import export_line
-from hub.objects import get_object, put_object, wait_acks
+from hub.nats import (
+    NatsServer,
+    ensure_calls_consumer,
+    ensure_site_streams,
+    get_object,
+    put_object,
+    wait_acks,
+)
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -60,7 +67,6 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
-from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
