@@ -1,7 +1,7 @@
 """Typed Python client modules generated from a module's info (``fedhub stub``).
 
 :func:`generate_stub` turns the description a node serves for one module (see
-``node.runner.FunctionSpec.info``) into the source of a plain Python module: one function
+``node.modules.FunctionSpec.info``) into the source of a plain Python module: one function
 per remote function, one class per remote class, with the real parameter names, types,
 defaults and docstrings. Each function calls ``client.call("<site>.<module>.<function>",
 ...)`` on the client passed as ``client=`` or on the module's default client

@@ -73,9 +73,10 @@ from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
+from node.modules import load_module
 from node.pipeline import Pipeline
 from node.runner import ModuleConfig as RunnerModuleConfig
-from node.runner import Runner, load_module
+from node.runner import Runner
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 

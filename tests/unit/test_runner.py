@@ -30,7 +30,8 @@ from hub.errors import (
 from hub.progress import Progress
 from hub.types import DataArray, NDArray, fedhub_type
 from node.docstrings import parse_docstring
-from node.runner import BackendModule, CancelSignal, ModuleConfig, Runner, load_module
+from node.modules import BackendModule, load_module
+from node.runner import CancelSignal, ModuleConfig, Runner
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "modules"
 MODES = ["thread", "process", "inline"]
