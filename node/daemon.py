@@ -75,7 +75,6 @@ from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.pipeline import Pipeline
-from node.runner import ModuleConfig as RunnerModuleConfig
 from node.runner import Runner
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
@@ -155,15 +154,7 @@ class NodeDaemon:
             backend = await asyncio.to_thread(
                 load_module, str(cfg.resolve(mod.path)), name=mod.name
             )
-            self.runner.add_module(
-                backend,
-                RunnerModuleConfig(
-                    executor=mod.executor,
-                    max_workers=mod.max_workers,
-                    max_concurrent=mod.max_concurrency,
-                    max_queue=mod.max_queue,
-                ),
-            )
+            self.runner.add_module(backend, mod)
             timeouts[mod.name] = mod.timeout
         self.pipeline = Pipeline(
             site=self.site,

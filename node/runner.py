@@ -4,7 +4,7 @@
 functions on the event loop, sync ones in a per-module thread pool (default), in worker
 processes (``executor = "process"``, see :mod:`node.executors`) or inline on the loop, with
 a per-module concurrency limit, a bounded waiting queue, per-call timeouts, cancellation
-and progress, as its :class:`~node.config.ModuleConfig` says. Threads cannot be killed: on
+and progress, as each module's :class:`~node.config.ModuleConfig` says. Threads cannot be killed: on
 timeout or cancellation the function's :class:`~hub.progress.Progress` is marked cancelled
 so cooperative functions stop, and the thread's slot stays taken until it returns. Worker
 processes can: a timed-out or cancelled call's process is killed and replaced. A crashed
@@ -37,10 +37,11 @@ from hub.errors import (
     UnknownFunctionError,
 )
 from hub.progress import Progress
+from node.config import ModuleConfig
 from node.executors import ProgressCallback, Relay, WorkerSlot, child_call, start_worker
 from node.modules import BackendModule, FunctionSpec, one_line
 
-__all__ = ["CancelSignal", "ModuleConfig", "ProgressCallback", "Runner"]
+__all__ = ["CancelSignal", "ProgressCallback", "Runner"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,49 +49,6 @@ log = structlog.get_logger(__name__)
 _PROGRESS_DRAIN_SECONDS = 5.0
 #: How long a cancelled async function gets to finish its cleanup.
 _ASYNC_CANCEL_GRACE_SECONDS = 1.0
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class ModuleConfig:
-    """How the runner executes one module's functions."""
-
-    executor: Literal["thread", "process", "inline"] = "thread"
-    """``thread`` (default), ``process`` (isolated, killable, a crash cannot take the
-    node down; arguments and results are pickled) or ``inline``: sync functions run on the
-    node's event loop itself, for functions that take well under a millisecond (no thread
-    hop; but while one runs the node does nothing else, and a timeout or cancel can only
-    be noticed after it returns)."""
-    max_workers: int = 4
-    """Threads, or worker processes, for sync functions."""
-    max_concurrent: int | None = None
-    """Calls running at once (default ``max_workers``; in process mode at most that)."""
-    max_queue: int = 32
-    """Calls allowed to wait for a free slot; one more is refused as busy."""
-    progress_interval: float = 0.05
-    """Shortest time between two progress reports delivered (20 per second)."""
-
-    def __post_init__(self) -> None:
-        if self.executor not in ("thread", "process", "inline"):
-            raise ConfigError(
-                f"executor must be 'thread', 'process' or 'inline', not {self.executor!r}"
-            )
-        if self.max_workers < 1:
-            raise ConfigError(f"max_workers must be at least 1, not {self.max_workers}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(f"max_concurrent must be at least 1, not {self.max_concurrent}")
-        if self.max_queue < 0:
-            raise ConfigError(f"max_queue must not be negative, not {self.max_queue}")
-
-    @property
-    def concurrency(self) -> int:
-        """The effective number of calls that may run at once."""
-        limit = self.max_concurrent or self.max_workers
-        if self.executor == "process":
-            limit = min(limit, self.max_workers)
-        return limit
 
 
 # --------------------------------------------------------------------------- runner
@@ -156,7 +114,8 @@ class Runner:
     Use as an async context manager; :meth:`aclose` is safe to call twice::
 
         async with Runner() as runner:
-            runner.add_module(load_module("climate.py"), ModuleConfig(executor="process"))
+            config = ModuleConfig(name="climate", path="climate.py", executor="process")
+            runner.add_module(load_module(config.path), config)
             total = await runner.run("climate", "scale", {"values": [1.0]}, timeout=10)
     """
 
@@ -172,10 +131,20 @@ class Runner:
         await self.aclose()
 
     def add_module(self, module: BackendModule, config: ModuleConfig | None = None) -> None:
-        """Serve ``module`` under its name with ``config`` (default: threads)."""
+        """Serve ``module`` under its name as ``config`` says (default: its defaults).
+
+        ``config`` is the module's entry of the node config; its ``name`` must be the
+        module's. Worker processes load the module from ``module.spec``.
+        """
         if module.name in self._states:
             raise ConfigError(f"module {module.name!r} is already served by this runner")
-        self._states[module.name] = _ModuleState(module, config or ModuleConfig())
+        if config is None:
+            config = ModuleConfig(name=module.name, path=module.spec)
+        elif config.name != module.name:
+            raise ConfigError(
+                f"module {module.name!r} cannot run with the config of module {config.name!r}"
+            )
+        self._states[module.name] = _ModuleState(module, config)
 
     @property
     def modules(self) -> dict[str, BackendModule]:
