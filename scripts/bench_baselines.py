@@ -48,9 +48,8 @@ from benchlib import (
 from nats.aio.msg import Msg
 from nats.js import api
 
-from hub.objects import wait_acks
+from hub.nats import LocalFederation, wait_acks
 from hub.subjects import inbox_subject
-from hub.topology import LocalFederation
 from node.config import CallsSection
 from node.consumer import CallConsumer
 

@@ -7,7 +7,7 @@
     python scripts/bench_calls.py --soak 50000 [--in-flight 8] [--json]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
-``geomar``) started with :func:`hub.topology.start_local_federation`. The caller connects
+``geomar``) started with :func:`hub.nats.start_local_federation`. The caller connects
 to geomar's leaf; everything it calls lives behind hereon's leaf, so every message crosses
 leaf -> hub -> leaf and back.
 
@@ -90,8 +90,8 @@ from hub.cliutil import configure_logging
 from hub.clock import now
 from hub.errors import CallTimeoutError, NotFoundError
 from hub.keys import KeyPair, KeyStore
+from hub.nats import LocalFederation, start_local_federation
 from hub.records import KeyRecord, sign_record
-from hub.topology import LocalFederation, start_local_federation
 from node.bootstrap import instance_log_path, open_log
 from node.config import NodeConfig, load_config
 from node.daemon import NodeDaemon
