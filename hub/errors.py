@@ -25,7 +25,8 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     │   └── CanonicalError       bytes are not in canonical form / cannot be encoded
     └── NodeError                the site node cannot do what was asked
         ├── UnknownFunctionError a module or function is not served by this node
-        └── LogConflictError     the event log refuses a write (sequence or chain conflict)
+        ├── LogConflictError     the event log refuses a write (sequence or chain conflict)
+        └── StopRequestedError   asked to stop before it was serving (not a failure)
 
 Each error has :meth:`FederationError.diagnostics`, one line a person can read, which the
 CLIs print before exiting nonzero.
@@ -53,6 +54,7 @@ __all__ = [
     "RemoteError",
     "ReplayError",
     "SignatureError",
+    "StopRequestedError",
     "TransportError",
     "UnauthorizedError",
     "UnknownFunctionError",
@@ -191,6 +193,13 @@ class UnknownFunctionError(NodeError):
 
 class LogConflictError(NodeError):
     """The event log refused a write."""
+
+
+class StopRequestedError(NodeError):
+    """The node was asked to stop while still starting (e.g. waiting for NATS).
+
+    Not a failure: ``fedhub-node run`` exits 0 on it.
+    """
 
 
 _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {

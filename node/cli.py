@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
 from hub import __version__
 from hub.canonical import b64d
 from hub.cliutil import configure_logging, run_main
-from hub.errors import ConfigError
+from hub.errors import ConfigError, StopRequestedError
 from hub.records import SignedRecord
 from node import projections
 from node.bootstrap import open_log
@@ -25,6 +26,8 @@ from node.config import NodeConfig, load_config
 from node.eventlog import EventLog, StoredEvent
 
 __all__ = ["main"]
+
+_log = structlog.get_logger("node.cli")
 
 
 def _open_db(path: Path) -> EventLog:
@@ -41,21 +44,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(cfg: NodeConfig, grace: float) -> int:
+    """Serve until SIGINT/SIGTERM: exit 0, also when the signal comes while waiting for
+    NATS; exit 1 when the node stopped by itself (its NATS connection closed for good)."""
     from node.daemon import NodeDaemon
+    from node.natslink import quiet_library_logging, safe_url
 
+    quiet_library_logging()
     daemon = NodeDaemon(cfg, grace=grace)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.request_stop)
-    async with daemon:
-        tune_collector()
-        print(
-            f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
-            f"{', '.join(m.name for m in cfg.modules) or 'no modules'} on {daemon.url}",
-            flush=True,
-        )
-        await daemon.serve()
-        await daemon.stop("signal")
+    try:
+        async with daemon:
+            tune_collector()
+            modules = ", ".join(m.name for m in cfg.modules) or "no modules"
+            print(
+                f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
+                f"{modules} on {safe_url(daemon.url)}",
+                flush=True,
+            )
+            await daemon.serve()
+            await daemon.stop("signal" if daemon.failure is None else "failed")
+    except StopRequestedError:
+        _log.info("node.stopped", reason="signal", before="connected to NATS")
+        return 0
+    if daemon.failure is not None:
+        _log.error("node.failed", reason=daemon.failure)
+        return 1
     return 0
 
 

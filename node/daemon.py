@@ -74,6 +74,7 @@ from node.consumer import CallConsumer
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
 from node.modules import load_module
+from node.natslink import NatsLink, safe_url
 from node.pipeline import Pipeline
 from node.runner import Runner
 
@@ -111,6 +112,9 @@ class NodeDaemon:
         self.instance = 1
         self._genesis = ""
         self._cursor_saved = 0.0
+        self.link: NatsLink | None = None
+        #: Why the node stopped by itself (None: stopped on request).
+        self.failure: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -185,7 +189,12 @@ class NodeDaemon:
         await self._start_consumer()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
-        log.info("node.started", node=self.eventlog.log_id, url=self.url, modules=len(cfg.modules))
+        log.info(
+            "node.started",
+            node=self.eventlog.log_id,
+            url=safe_url(self.url),
+            modules=len(cfg.modules),
+        )
 
     async def serve(self) -> None:
         """Run until :meth:`request_stop` (or a signal in the CLI)."""
@@ -267,27 +276,27 @@ class NodeDaemon:
         elif not url:
             url = await self._embedded_server()
         self.url = url
-        try:
-            self.nc = await nats.connect(
-                url,
-                user_credentials=str(cfg.resolve(cfg.nats.credentials))
-                if cfg.nats.credentials
-                else None,
-                connect_timeout=cfg.nats.connect_timeout,
-                name=f"fedhub-node {self.cfg.identity}",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                drain_timeout=5,
-                reconnected_cb=self._on_reconnected,
-            )
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
-        self.stack.push_async_callback(self._drain)
+        self.link = NatsLink(
+            url,
+            name=f"fedhub-node {self.cfg.identity}",
+            credentials=cfg.resolve(cfg.nats.credentials) if cfg.nats.credentials else None,
+            connect_timeout=cfg.nats.connect_timeout,
+            on_reconnected=self._on_reconnected,
+            on_closed=self._on_nats_closed,
+        )
+        self.stack.push_async_callback(self.link.close)
+        # retried with backoff until it works; a stop request (SIGTERM) ends the wait
+        self.nc = await self.link.connect(self._stop)
 
     async def _on_reconnected(self) -> None:
         # pull requests may not have survived the link: ask again
         if self.consumer is not None:
             self.consumer.reset()
+
+    async def _on_nats_closed(self) -> None:
+        """nats-py gave up on the connection for good (e.g. credentials refused): stop."""
+        self.failure = "the NATS connection was closed"
+        self.request_stop()
 
     async def _embedded_server(self) -> str:
         """Start the embedded nats-server, or adopt the one a killed node left running.
@@ -319,11 +328,6 @@ class NodeDaemon:
         url_file.write_text(url + "\n")
         pid_file.write_text(f"{self.server.pid}\n")
         return url
-
-    async def _drain(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
 
     async def _send(self, subject: str, data: bytes) -> None:
         assert self.nc is not None
