@@ -13,7 +13,7 @@ from hub.records import KeyRecord, SignedRecord, sign_record
 from node.config import NodeConfig
 from node.eventlog import EventLog
 
-__all__ = ["key_record", "node_key", "open_log"]
+__all__ = ["key_record", "node_key", "node_passphrase", "open_log"]
 
 
 def key_record(pair: KeyPair, site: str, role: str, groups: tuple[str, ...] = ()) -> KeyRecord:
@@ -30,7 +30,8 @@ def key_record(pair: KeyPair, site: str, role: str, groups: tuple[str, ...] = ()
     )
 
 
-def _passphrase(cfg: NodeConfig) -> str | None:
+def node_passphrase(cfg: NodeConfig) -> str | None:
+    """The passphrase of the node's keys: ``passphrase_file``, else ``$FEDHUB_PASSPHRASE``."""
     pf = cfg.node.passphrase_file
     if pf is None:
         return os.environ.get("FEDHUB_PASSPHRASE") or None
@@ -49,14 +50,14 @@ def node_key(cfg: NodeConfig, *, create: bool = False) -> KeyPair:
                 f"no key for {cfg.identity} in {store.dir}",
                 hint=f"run: fedhub-node init --config {cfg.source}",
             )
-        return store.create(cfg.identity, _passphrase(cfg))
-    return store.load(cfg.identity, _passphrase(cfg))
+        return store.create(cfg.identity, node_passphrase(cfg))
+    return store.load(cfg.identity, node_passphrase(cfg))
 
 
 def _site_key(cfg: NodeConfig) -> KeyPair:
     """The site's key, needed once to vouch for the node key (same passphrase source)."""
     try:
-        return KeyStore(cfg.node.key_home).load(cfg.site_identity, _passphrase(cfg))
+        return KeyStore(cfg.node.key_home).load(cfg.site_identity, node_passphrase(cfg))
     except KeyStoreError as exc:
         raise KeyStoreError(
             f"the site key {cfg.site_identity} is needed once to vouch for the node key: "

@@ -135,10 +135,34 @@ def _cp_size(head: SignedRecord) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from node.check import problems, run_checks
+
     cfg = load_config(args.config)
+    found = problems(run_checks(cfg, before_init=True))
+    for f in found:
+        fix = f" ({f.fix})" if f.fix else ""
+        print(f"error: {f.check}: {f.message}{fix}", file=sys.stderr)
+    if found:
+        return 1
     with open_log(cfg, create=True) as log:
         print(f"node {cfg.identity}: key {log.key.kid}, log {cfg.log_path} ({log.size} events)")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from node.check import problems, report_json, run_checks
+
+    cfg = load_config(args.config)
+    findings = run_checks(cfg)
+    bad = problems(findings)
+    if args.json:
+        print(report_json(cfg.source, findings))
+    else:
+        for f in findings:
+            print(f.line())
+        total = len(findings)
+        print(f"{len(bad)} of {total} checks failed" if bad else f"all {total} checks passed")
+    return 1 if bad else 0
 
 
 def cmd_log_export(args: argparse.Namespace) -> int:
@@ -297,10 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     init = sub.add_parser(
-        "init", help="create the node key and its event log (needs the site key once)"
+        "init",
+        help="check the config, then create the node key and its event log (needs the site "
+        "key once)",
     )
     init.add_argument("--config", type=Path, required=True)
     init.set_defaults(func=cmd_init)
+
+    chk = sub.add_parser(
+        "check",
+        help="check a config against what it names: keys, log, trust, users, modules, "
+        "grants, data dir, NATS (exit 1 on any problem)",
+    )
+    chk.add_argument("--config", type=Path, required=True)
+    chk.add_argument("--json", action="store_true", help="the findings as JSON")
+    chk.set_defaults(func=cmd_check)
 
     log = sub.add_parser("log", help="export, inspect and maintain the event log")
     lsub = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
