@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel
@@ -24,6 +25,9 @@ from node import projections
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
 from node.eventlog import EventLog, StoredEvent
+
+if TYPE_CHECKING:
+    from node.daemon import NodeDaemon
 
 __all__ = ["main"]
 
@@ -45,33 +49,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(cfg: NodeConfig, grace: float) -> int:
     """Serve until SIGINT/SIGTERM: exit 0, also when the signal comes while waiting for
-    NATS; exit 1 when the node stopped by itself (its NATS connection closed for good)."""
+    NATS; exit 1 when the node stopped by itself (its NATS connection closed for good).
+
+    The health and metrics endpoint, when configured, starts first: it answers 503 while
+    the node waits for NATS.
+    """
     from node.daemon import NodeDaemon
-    from node.natslink import quiet_library_logging, safe_url
+    from node.natslink import quiet_library_logging
+    from node.observability import ObservabilityServer
 
     quiet_library_logging()
     daemon = NodeDaemon(cfg, grace=grace)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.request_stop)
-    try:
-        async with daemon:
-            tune_collector()
-            modules = ", ".join(m.name for m in cfg.modules) or "no modules"
-            print(
-                f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
-                f"{modules} on {safe_url(daemon.url)}",
-                flush=True,
+    async with contextlib.AsyncExitStack() as endpoint:
+        if cfg.observability.listen:
+            await endpoint.enter_async_context(
+                ObservabilityServer(daemon, cfg.observability.listen)
             )
-            await daemon.serve()
-            await daemon.stop("signal" if daemon.failure is None else "failed")
-    except StopRequestedError:
-        _log.info("node.stopped", reason="signal", before="connected to NATS")
-        return 0
+        try:
+            await _serve(daemon)
+        except StopRequestedError:
+            _log.info("node.stopped", reason="signal", before="connected to NATS")
+            return 0
     if daemon.failure is not None:
         _log.error("node.failed", reason=daemon.failure)
         return 1
     return 0
+
+
+async def _serve(daemon: NodeDaemon) -> None:
+    from node.natslink import safe_url
+
+    cfg = daemon.cfg
+    async with daemon:
+        tune_collector()
+        modules = ", ".join(m.name for m in cfg.modules) or "no modules"
+        print(
+            f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
+            f"{modules} on {safe_url(daemon.url)}",
+            flush=True,
+        )
+        await daemon.serve()
+        await daemon.stop("signal" if daemon.failure is None else "failed")
 
 
 #: Allocations between two collections of the youngest generation (Python's default: 700).

@@ -24,7 +24,14 @@ from pydantic import (
 
 from hub.errors import ConfigError
 
-__all__ = ["GrantConfig", "ModuleConfig", "NodeConfig", "load_config"]
+__all__ = [
+    "LISTEN_PATTERN",
+    "GrantConfig",
+    "ModuleConfig",
+    "NodeConfig",
+    "ObservabilitySection",
+    "load_config",
+]
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 NodeName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -76,6 +83,20 @@ class CallsSection(_Section):
     fetch_batch: int = Field(64, ge=1, le=1024)
     max_in_flight: int = Field(256, ge=1)
     interrupted: Literal["retry", "fail"] = "fail"
+
+
+#: ``host:port`` or ``[v6]:port`` of the health and metrics endpoint (empty: off).
+LISTEN_PATTERN = r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
+
+
+class ObservabilitySection(_Section):
+    """``[observability]``: the health and metrics endpoint, off unless ``listen`` is set."""
+
+    listen: str = Field(
+        "",
+        pattern=LISTEN_PATTERN,
+        description='host:port of /healthz and /metrics, e.g. "127.0.0.1:9464"; empty: off',
+    )
 
 
 class ModuleConfig(_Section):
@@ -152,6 +173,7 @@ class NodeConfig(_Section):
     nats: NatsSection = NatsSection()
     log: LogSection = LogSection()
     calls: CallsSection = CallsSection()
+    observability: ObservabilitySection = ObservabilitySection()
     modules: tuple[ModuleConfig, ...] = ()
     grants: tuple[GrantConfig, ...] = ()
     trust: tuple[SiteTrust, ...] = ()

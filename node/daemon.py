@@ -75,6 +75,7 @@ from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.natslink import NatsLink, safe_url
+from node.observability import NodeMetrics, module_of
 from node.pipeline import Pipeline
 from node.runner import Runner
 
@@ -113,6 +114,10 @@ class NodeDaemon:
         self._genesis = ""
         self._cursor_saved = 0.0
         self.link: NatsLink | None = None
+        #: Figures for /metrics; None unless ``[observability] listen`` is set.
+        self.metrics: NodeMetrics | None = (
+            NodeMetrics(m.name for m in cfg.modules) if cfg.observability.listen else None
+        )
         #: Why the node stopped by itself (None: stopped on request).
         self.failure: str | None = None
 
@@ -199,6 +204,11 @@ class NodeDaemon:
     async def serve(self) -> None:
         """Run until :meth:`request_stop` (or a signal in the CLI)."""
         await self._stop.wait()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
 
     def request_stop(self) -> None:
         """Ask the node to stop (safe from a signal handler)."""
@@ -538,11 +548,16 @@ class NodeDaemon:
     async def _one_call(self, msg: Msg) -> None:
         assert self.pipeline is not None and self.consumer is not None
         acked = False
+        started = time.perf_counter()
         try:
             delivery = msg.metadata.num_delivered if msg.metadata else 1
             outcome = await self.pipeline.handle(
                 msg.data, msg.subject, delivery=delivery, keepalive=msg.in_progress
             )
+            if self.metrics is not None:  # the one place a call's outcome is known
+                self.metrics.call_finished(
+                    module_of(msg.subject), outcome.state, time.perf_counter() - started
+                )
             if outcome.ack:
                 await msg.ack()
                 acked = True
@@ -579,7 +594,7 @@ class NodeDaemon:
         try:
             while True:
                 data = self.status()
-                data["queue"] = await self._queue_depth()
+                data["queue"] = await self.queue_depth()
                 data["pid"] = os.getpid()
                 data["time"] = time.time()
                 tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -589,7 +604,7 @@ class NodeDaemon:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    async def _queue_depth(self) -> dict[str, int] | None:
+    async def queue_depth(self) -> dict[str, int] | None:
         """Calls waiting in the stream for any worker, and handed out but not yet acked."""
         assert self.nc is not None
         try:
