@@ -86,10 +86,13 @@ class _Context:
         return f"run: fedhub-node init --config {self.cfg.source}"
 
 
-def run_checks(cfg: NodeConfig, *, before_init: bool = False) -> list[Finding]:
-    """Every check of ``cfg``: the offline ones, then NATS (a URL is tried for real)."""
+def run_checks(
+    cfg: NodeConfig, *, before_init: bool = False, offline: bool = False
+) -> list[Finding]:
+    """Every check of ``cfg``: the offline ones, then NATS (a URL is tried for real,
+    unless ``offline``: e.g. before a start that waits for NATS by itself)."""
     findings = check_offline(cfg, before_init=before_init)
-    if cfg.nats.url:
+    if cfg.nats.url and not offline:
         findings += asyncio.run(check_nats(cfg))
     return findings
 

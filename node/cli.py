@@ -174,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from node.check import problems, report_json, run_checks
 
     cfg = load_config(args.config)
-    findings = run_checks(cfg)
+    findings = run_checks(cfg, offline=args.offline)
     bad = problems(findings)
     if args.json:
         print(report_json(cfg.source, findings))
@@ -356,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk.add_argument("--config", type=Path, required=True)
     chk.add_argument("--json", action="store_true", help="the findings as JSON")
+    chk.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip connecting to [nats] url (e.g. before a start: the node waits for NATS)",
+    )
     chk.set_defaults(func=cmd_check)
 
     log = sub.add_parser("log", help="export, inspect and maintain the event log")

@@ -133,6 +133,9 @@ def test_unreachable_and_unauthorized_nats_are_told_apart(world: World, tmp_path
     assert code == 1
     assert len(fails) == 1 and "connection refused" in fails[0], fails
     assert "start the site's NATS server" in fails[0]
+    offline = run(world, "check", "--config", str(cfg.source), "--offline")
+    assert offline.returncode == 0, offline.stdout
+    assert not [line for line in offline.stdout.splitlines() if line[6:].startswith("nats ")]
 
 
 def test_a_server_without_jetstream_is_a_problem(world: World, tmp_path: Path) -> None:
