@@ -36,7 +36,7 @@ from node.bootstrap import node_passphrase
 from node.config import NodeConfig
 from node.eventlog import EventLog
 from node.modules import load_module
-from node.natslink import describe_nats_error, is_auth_error, safe_url
+from node.natslink import describe_nats_error, is_auth_error, main_error, safe_url
 
 __all__ = ["Finding", "check_nats", "check_offline", "problems", "report_json", "run_checks"]
 
@@ -430,7 +430,7 @@ async def check_nats(cfg: NodeConfig, timeout: float | None = None) -> list[Find
     try:
         nc = await nats.connect(url, **options)
     except (OSError, nats.errors.Error, TimeoutError, ValueError) as exc:
-        cause = next((e for e in errors if is_auth_error(e)), errors[-1] if errors else exc)
+        cause = main_error([*errors, exc])
         if is_auth_error(cause):
             fix = "check [nats] credentials (and the user on the server)"
         else:

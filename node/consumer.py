@@ -199,6 +199,9 @@ class CallConsumer:
         """Re-request when the server has gone quiet for two heartbeats."""
         while True:
             await asyncio.sleep(self.heartbeat)
+            if not self.nc.is_connected:  # an outage: the reconnect re-requests (reset)
+                self._last_seen = time.monotonic()
+                continue
             if time.monotonic() - self._last_seen > 2 * self.heartbeat:
                 log.info("pull.silent", seconds=round(time.monotonic() - self._last_seen, 1))
                 self._last_seen = time.monotonic()

@@ -11,7 +11,8 @@ while a server is down). :class:`NatsLink` owns the node's connection instead:
   (:class:`~hub.errors.StopRequestedError`);
 - once connected, nats-py reconnects forever; an **outage** is logged as one
   ``nats.disconnected`` warning when it starts and one ``nats.reconnected`` line with its
-  duration when it ends, never a line per retry;
+  duration when it ends, never a line per retry (plus one ``nats.unauthorized`` if the
+  server comes back but refuses the credentials);
 - other asynchronous errors (slow consumer, permission violation) are one line each
   (``nats.error``, the same error at most once per ``ERROR_QUIET`` seconds), and
   :func:`quiet_library_logging` keeps nats-py's own logger from printing tracebacks.
@@ -44,6 +45,7 @@ __all__ = [
     "backoff_delay",
     "describe_nats_error",
     "is_auth_error",
+    "main_error",
     "quiet_library_logging",
     "safe_url",
 ]
@@ -141,9 +143,11 @@ class NatsLink:
         self.outages = 0
         self._down_since: float | None = None
         self._last_error: BaseException | None = None
+        self._attempt_errors: list[BaseException] = []  # of the current first-connect try
         self._retries = 0
         self._logged: dict[str, float] = {}
         self._closing = False
+        self._auth_told = False
 
     @property
     def connected(self) -> bool:
@@ -163,11 +167,11 @@ class NatsLink:
         attempt = 0
         while True:
             attempt += 1
-            self._last_error = None
+            self._attempt_errors = []
             try:
                 nc = await _unless_stopped(self._connect_once(), stop)
             except (OSError, nats.errors.Error, TimeoutError) as exc:
-                reason = self._last_error or exc
+                reason = main_error([*self._attempt_errors, exc])
             else:
                 self.nc = nc
                 if attempt > 1:
@@ -219,6 +223,17 @@ class NatsLink:
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
+        if self.nc is None:
+            self._attempt_errors.append(exc)
+        if self._down_since is not None and is_auth_error(exc) and not self._auth_told:
+            # the server is back but refuses us now: say so once per outage
+            self._auth_told = True
+            log.error(
+                "nats.unauthorized",
+                url=safe_url(self.url),
+                reason=describe_nats_error(exc),
+                hint="check [nats] credentials and the server's users; still retrying",
+            )
         if self.nc is None or self._down_since is not None or _is_link_error(exc):
             # a try of the first connection, or of a reconnect, or the link breaking: told
             # once by connect() or the disconnected/reconnected lines
@@ -235,6 +250,7 @@ class NatsLink:
             return
         self._down_since = time.monotonic()
         self._retries = 0
+        self._auth_told = False
         self.outages += 1
         reason = describe_nats_error(self._last_error) if self._last_error else "link lost"
         log.warning("nats.disconnected", url=safe_url(self.url), reason=reason)
@@ -270,6 +286,12 @@ class NatsLink:
                 await nc.drain()
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+def main_error(errors: list[BaseException]) -> BaseException:
+    """The error that says most: a refusal of the credentials (the server then closes the
+    link, so a reset often comes after it), else the first."""
+    return next((e for e in errors if is_auth_error(e)), errors[0])
 
 
 def _is_link_error(exc: BaseException) -> bool:

@@ -193,3 +193,33 @@ async def test_wrong_credentials_are_named_as_an_authorization_failure(
     assert "wrong-password" not in node.text(), "the password is never logged"
     assert node.named("nats.unreachable") == []
     node.assert_no_traceback()
+
+
+async def test_credentials_refused_after_an_outage_are_one_line_until_they_work_again(
+    world: World, tmp_path: Path
+) -> None:
+    server = NatsServer(tmp_path / "nats", client_user=("hereon-node", "old-password"))
+    await server.start()
+    try:
+        node = Node(world, node_config(world, server.url))
+        try:
+            await wait_until(node.serving, limit=30)
+            server.client_user = ("hereon-node", "new-password")  # changed on the server
+            await server.restart()
+            await wait_until(lambda: node.named("nats.unauthorized"), limit=30)
+            await asyncio.sleep(2.0)  # several refused tries (nats-py: every 0.5 s)
+            server.client_user = ("hereon-node", "old-password")  # the operator's fix
+            await server.restart()
+            await wait_until(lambda: node.named("nats.reconnected"), limit=30)
+            assert node.stop() == 0
+        finally:
+            node.kill()
+    finally:
+        await server.stop()
+    assert len(node.named("nats.disconnected")) == 1, node.text()  # one outage throughout
+    refused = node.named("nats.unauthorized")
+    assert len(refused) == 1 and "authorization" in refused[0]["reason"], node.text()
+    assert len(node.named("nats.reconnected")) == 1
+    assert node.named("nats.closed") == []
+    assert "old-password" not in node.text() and "new-password" not in node.text()
+    node.assert_no_traceback()
