@@ -223,3 +223,19 @@ async def test_credentials_refused_after_an_outage_are_one_line_until_they_work_
     assert node.named("nats.closed") == []
     assert "old-password" not in node.text() and "new-password" not in node.text()
     node.assert_no_traceback()
+
+
+async def test_sigterm_during_an_outage_stops_the_node_cleanly_with_code_0(
+    world: World, fresh_nats_server: NatsServer
+) -> None:
+    cfg = node_config(world, fresh_nats_server.url)
+    node = Node(world, cfg)
+    try:
+        await wait_until(node.serving, limit=30)
+        await fresh_nats_server.stop()
+        await wait_until(lambda: node.named("nats.disconnected"), limit=20)
+        assert node.stop() == 0
+    finally:
+        node.kill()
+    assert [e["reason"] for e in node.named("node.stopped")] == ["signal"]
+    node.assert_no_traceback()
