@@ -124,7 +124,7 @@ class NodeMetrics:
 
     def call_finished(self, module: str | None, outcome: str, seconds: float) -> None:
         """Count one call's outcome and observe how long it took."""
-        label = self.module_label(module)
+        label, outcome = self.module_label(module), str(outcome)
         self.calls.labels(label, outcome if outcome in OUTCOMES else "other").inc()
         self.latency.labels(label).observe(max(0.0, seconds))
 

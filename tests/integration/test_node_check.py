@@ -196,3 +196,19 @@ def test_init_refuses_a_broken_config_and_creates_nothing(world: World, tmp_path
     assert cfg.log_path.exists()
     code, fails = check(world, cfg)
     assert (code, fails) == (0, [])
+
+
+def test_a_server_of_another_domain_or_with_smaller_messages_is_a_problem(
+    world: World, tmp_path: Path
+) -> None:
+    server = NatsServer(tmp_path / "nats", jetstream_domain="geomar", max_payload=1024 * 1024)
+    asyncio.run(server.start())
+    try:
+        code, fails = check(world, good_config(world, server.url))
+    finally:
+        asyncio.run(server.stop())
+    assert code == 1
+    assert len(fails) == 2, fails
+    assert "JetStream domain is 'geomar'" in fails[0]
+    assert "jetstream { domain: hereon }" in fails[0]
+    assert "max_payload (1048576) is below [calls] max_payload (8388608)" in fails[1]
