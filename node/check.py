@@ -36,7 +36,13 @@ from node.bootstrap import node_passphrase
 from node.config import NodeConfig
 from node.eventlog import EventLog
 from node.modules import load_module
-from node.natslink import describe_nats_error, is_auth_error, main_error, safe_url
+from node.natslink import (
+    describe_nats_error,
+    is_auth_error,
+    main_error,
+    nats_auth_options,
+    safe_url,
+)
 
 __all__ = ["Finding", "check_nats", "check_offline", "problems", "report_json", "run_checks"]
 
@@ -409,9 +415,10 @@ def _embedded_server() -> Finding:
 async def check_nats(cfg: NodeConfig, timeout: float | None = None) -> list[Finding]:
     """Connect to ``[nats] url`` with the configured credentials, once, and ask JetStream."""
     url, shown = cfg.nats.url, safe_url(cfg.nats.url)
-    creds = cfg.resolve(cfg.nats.credentials) if cfg.nats.credentials else None
-    if creds is not None and not creds.is_file():
-        return [_bad("nats", f"no credentials file at {creds}", "fix [nats] credentials")]
+    try:
+        auth = nats_auth_options(cfg.resolve(cfg.nats.credentials)) if cfg.nats.credentials else {}
+    except FederationError as exc:
+        return [_bad("nats", exc.message, exc.hint)]
     errors: list[Exception] = []
 
     async def record(exc: Exception) -> None:
@@ -425,10 +432,8 @@ async def check_nats(cfg: NodeConfig, timeout: float | None = None) -> list[Find
         "error_cb": record,
         "name": f"fedhub-node check {cfg.identity}",
     }
-    if creds is not None:
-        options["user_credentials"] = str(creds)
     try:
-        nc = await nats.connect(url, **options)
+        nc = await nats.connect(url, **options, **auth)
     except (OSError, nats.errors.Error, TimeoutError, ValueError) as exc:
         cause = main_error([*errors, exc])
         if is_auth_error(cause):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import random
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "describe_nats_error",
     "is_auth_error",
     "main_error",
+    "nats_auth_options",
     "quiet_library_logging",
     "safe_url",
 ]
@@ -58,6 +60,37 @@ ERROR_QUIET = 10.0
 _AUTH_MARKERS = ("authorization violation", "authentication", "user authentication expired")
 
 Callback = Callable[[], Awaitable[None]]
+
+
+def nats_auth_options(path: Path) -> dict[str, Any]:
+    """nats-py options for ``[nats] credentials``: a ``.creds`` file (JWT and NKey seed)
+    or a bare NKey user seed file; ConfigError says what is wrong with it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"nats.credentials: cannot read {path}: {exc.strerror}",
+            hint="fix the path in [nats] credentials (relative to the config file)",
+        ) from exc
+    if not _nkeys_installed():
+        raise ConfigError(
+            "nats.credentials: NATS credentials need the nkeys package",
+            hint="pip install nkeys (or nats-py[nkeys])",
+        )
+    if "BEGIN NATS USER JWT" in text:
+        return {"user_credentials": str(path)}
+    seed = text.strip()
+    if seed.startswith("SU") and len(seed.split()) == 1:
+        return {"nkeys_seed": str(path)}
+    raise ConfigError(
+        f"nats.credentials: {path} is neither a .creds file nor an NKey user seed (SU...)",
+        hint="use the credentials file made for this node",
+    )
+
+
+def _nkeys_installed() -> bool:
+    """nats-py signs with NKeys through the optional ``nkeys`` package."""
+    return importlib.util.find_spec("nkeys") is not None
 
 
 def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
@@ -148,6 +181,7 @@ class NatsLink:
         self._logged: dict[str, float] = {}
         self._closing = False
         self._auth_told = False
+        self._auth: dict[str, Any] = {}
 
     @property
     def connected(self) -> bool:
@@ -158,11 +192,7 @@ class NatsLink:
 
     async def connect(self, stop: asyncio.Event | None = None) -> NatsClient:
         """Connect, retrying with backoff until it works or ``stop`` is set."""
-        if self.credentials is not None and not self.credentials.is_file():
-            raise ConfigError(
-                f"nats.credentials: no credentials file at {self.credentials}",
-                hint="fix the path in [nats] credentials, or run fedhub-node check",
-            )
+        self._auth = nats_auth_options(self.credentials) if self.credentials else {}
         stop = stop or asyncio.Event()
         attempt = 0
         while True:
@@ -212,9 +242,7 @@ class NatsLink:
             "reconnected_cb": self._on_reconnected,
             "closed_cb": self._on_closed,
         }
-        if self.credentials is not None:
-            options["user_credentials"] = str(self.credentials)
-        nc = await nats.connect(self.url, **options)
+        nc = await nats.connect(self.url, **options, **self._auth)
         # connected: from now on reconnect forever (the options are read on each retry)
         nc.options["max_reconnect_attempts"] = -1
         return nc
