@@ -10,6 +10,7 @@ import hashlib
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -62,6 +63,27 @@ class NatsSection(_Section):
     embedded_port: int = Field(-1, ge=-1, le=65535)
     leafnode_remotes: tuple[str, ...] = ()
     connect_timeout: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        """A URL nats-py can connect to (``nats://``, ``tls://``, ``ws(s)://``, or host:port):
+        a typo is a config error at start, not a connection retried forever."""
+        if not value:
+            return value
+        url = value if "://" in value else f"nats://{value}"
+        try:
+            parsed = urlsplit(url)
+            parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a NATS server URL: {exc}") from None
+        if (
+            parsed.scheme not in ("nats", "tls", "ws", "wss")
+            or not parsed.hostname
+            or any(c.isspace() for c in value)
+        ):
+            raise ValueError("not a NATS server URL (nats://host:port, tls://host:port)")
+        return value
 
 
 class LogSection(_Section):

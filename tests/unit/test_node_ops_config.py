@@ -1,4 +1,5 @@
-"""Metrics and the endpoint's config: off by default, bounded labels, addresses checked."""
+"""Operability settings of a node config and metrics: endpoint off by default, bounded labels,
+addresses and NATS URLs checked at load."""
 
 from __future__ import annotations
 
@@ -50,3 +51,17 @@ def test_the_module_of_a_call_subject_is_its_fourth_token() -> None:
     assert module_of("fh.call.hereon.climate.scale") == "climate"
     assert module_of("fh.call.hereon.climate.Station.describe") == "climate"
     assert module_of("fh.call.hereon") is None
+
+
+@pytest.mark.parametrize(
+    "url", ["nats://127.0.0.1:4222", "tls://u:p@hub.example.org:4443", "localhost:4222", ""]
+)
+def test_nats_urls_nats_py_can_use_are_accepted(url: str) -> None:
+    cfg = NodeConfig.model_validate({"node": {"site": "hereon"}, "nats": {"url": url}})
+    assert cfg.nats.url == url
+
+
+@pytest.mark.parametrize("url", ["http://x:4222", "nats://127.0.0.1:port", "nats://", "a b"])
+def test_a_nats_url_with_a_typo_is_refused_at_load(url: str) -> None:
+    with pytest.raises(ValidationError, match="not a NATS server URL"):
+        NodeConfig.model_validate({"node": {"site": "hereon"}, "nats": {"url": url}})
