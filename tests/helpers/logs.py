@@ -198,7 +198,7 @@ def audit_lines(
     return audit_events(
         raws,
         trusted_sites=trusted,
-        receipt=receipt,
+        receipts=[receipt] if receipt is not None else [],
         verify_signatures=verify_signatures,
         threads=2,
     )
@@ -208,7 +208,8 @@ def audit_file(
     path: Path, trusted: dict[str, bytes] | None, receipt: SignedRecord | None = None
 ) -> AuditReport:
     """Audit a log file with the real reader."""
-    return audit_events(iter_log(path), trusted_sites=trusted, receipt=receipt, threads=2)
+    receipts = [receipt] if receipt is not None else []
+    return audit_events(iter_log(path), trusted_sites=trusted, receipts=receipts, threads=2)
 
 
 def detected(path: Path, trusted: dict[str, bytes], receipt: SignedRecord | None = None) -> bool:

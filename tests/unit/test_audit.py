@@ -278,11 +278,11 @@ def audit_lines_with(
 def test_signature_workers_that_fail_are_replaced_by_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: str
 ) -> None:
-    import hub.audit
+    import hub.audit.signatures
 
     built = build_log(tmp_path, requests=150)
     lines = list(built.lines)
     lines[500] = resign(lines[500], built.keys.other_node, claim_kid=False)
-    monkeypatch.setattr(hub.audit, "_WORKER", worker)
+    monkeypatch.setattr(hub.audit.signatures, "WORKER", worker)
     report = audit_lines_with(lines, built.keys.trusted, processes=True)
     assert _checks(report) == [(501, "signature")]

@@ -193,16 +193,22 @@ def _size(receipt: object) -> int:
 
 def _report_json(lines: list[bytes], keys: Keys, receipt: object, *, fast: bool) -> object:
     """The full report of the general path alone (``fast=False``) or with the fast check."""
-    from hub.audit import _Auditor
+    from hub.audit import new_rules, run
+    from hub.audit.fast import scan
     from hub.logfile import parse_export_line
 
     try:
         raws = [parse_export_line(line, i) for i, line in enumerate(lines, 1)]
     except LogUnreadableError:
         return "unreadable"
-    auditor = _Auditor(keys.trusted, receipt, True, 2, False, fast=fast)  # type: ignore[arg-type]
-    auditor.run(((r.position, (r.hash, r.sig, r.body)) for r in raws), None)
-    return auditor.report.to_json()
+    rules = new_rules(keys.trusted, _receipts(receipt), True, 2, False)
+    rows = ((r.position, (r.hash, r.sig, r.body)) for r in raws)
+    run(rules, lambda: scan(rules, rows, None, fast=fast))
+    return rules.report.to_json()
+
+
+def _receipts(receipt: object) -> list[Any]:
+    return [] if receipt is None else [receipt]
 
 
 def _mutated(base: list[bytes], data: st.DataObject, kinds: list[str]) -> list[bytes]:
@@ -250,13 +256,13 @@ class _InlineHelper:
     """The helper's records computed in this process (what the helper process writes)."""
 
     def __init__(self, db: Path, after_seq: int) -> None:
-        from hub.audit import _positioned, _speculate
+        from hub.audit.helper import positioned, speculate
         from hub.logfile import iter_sqlite
 
         source = iter_sqlite(db)
         prev = source.stored_hash(after_seq)
-        rows = _positioned(source.rows(after_seq=after_seq), after_seq + 1)
-        self._records = list(_speculate(rows, prev if type(prev) is bytes else b""))
+        rows = positioned(source.rows(after_seq=after_seq), after_seq + 1)
+        self._records = list(speculate(rows, prev if type(prev) is bytes else b""))
 
     def records(self) -> Iterator[tuple[Any, ...]]:
         return iter(self._records)
@@ -288,14 +294,17 @@ def _write_db(path: Path, lines: list[bytes]) -> bool:
 def _split_and_plain(
     db: Path, keys: Keys, receipt: object, after_seq: int, helper: object = None
 ) -> tuple[object, object]:
-    from hub.audit import _Auditor, _rows
+    from hub.audit import new_rules, run
+    from hub.audit.fast import scan
+    from hub.audit.helper import positioned, split_pass
     from hub.logfile import iter_sqlite
 
-    split = _Auditor(keys.trusted, receipt, False, 2)  # type: ignore[arg-type]
-    split.run_split(iter_sqlite(db), after_seq, helper)  # type: ignore[arg-type]
-    plain = _Auditor(keys.trusted, receipt, False, 2, fast=False)  # type: ignore[arg-type]
-    rows, unreadable = _rows(iter_sqlite(db), None)
-    plain.run(rows, unreadable)
+    split = new_rules(keys.trusted, _receipts(receipt), False, 2)
+    run(split, lambda: split_pass(split, iter_sqlite(db), after_seq, helper))  # type: ignore[arg-type]
+    plain = new_rules(keys.trusted, _receipts(receipt), False, 2)
+    source = iter_sqlite(db)
+    rows = positioned(source.rows(), 1)
+    run(plain, lambda: scan(plain, rows, source.not_blobs, fast=False))
     return split.report.to_json(), plain.report.to_json()
 
 
@@ -334,9 +343,9 @@ def test_a_helper_process_reads_the_second_part_with_the_same_verdict(
 def test_a_helper_that_fails_leaves_the_work_to_the_auditor(
     base: BuiltLog, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hub.audit
+    import hub.audit.helper
 
-    monkeypatch.setattr(hub.audit, "_HELPER", "import sys; sys.exit(3)")
+    monkeypatch.setattr(hub.audit.helper, "HELPER", "import sys; sys.exit(3)")
     db = scratch.with_name("failing.db")
     assert _write_db(db, list(base.lines))
     split, plain = _split_and_plain(db, base.keys, None, 50)
