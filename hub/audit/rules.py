@@ -29,6 +29,7 @@ from .trust import Key, Trust
 __all__ = ["MAX_FINDINGS", "Rules", "StopAuditError"]
 
 MAX_FINDINGS = 1000
+_OWN_COMMIT = frozenset({"log.created", "checkpoint", "key.rotated"})
 _HEADER = {"data", "kid", "log", "prev", "seq", "time", "type", "v"}
 
 
@@ -169,7 +170,7 @@ class Rules:
         if key is None and kind == "log.created" and data is not None:
             key = self.trust.genesis(pos, seq, log_id, data)
         signer = self.key_check(pos, seq, kind, kid, key)
-        self.signature(raw, seq, version, kid, h, signer)
+        self.signature(raw, seq, version, kind, kid, h, signer)
         # what the type says
         if kind.startswith("key."):
             if data is not None:
@@ -260,12 +261,26 @@ class Rules:
         return key
 
     def signature(
-        self, raw: RawEvent, seq: int, version: int, kid: str, h: bytes, signer: Key | None
+        self,
+        raw: RawEvent,
+        seq: int,
+        version: int,
+        kind: str,
+        kid: str,
+        h: bytes,
+        signer: Key | None,
     ) -> None:
         """Version 1: every event is signed. Version 2: a signed event is checked and
-        covers the unsigned ones before it, which must name its key."""
+        covers the unsigned ones before it, which must name its key; the genesis, a
+        checkpoint and a rotation are commits of their own (signed, after a signed one)."""
         pos = raw.position
         sig = raw.sig
+        if version == 2 and kind in _OWN_COMMIT:
+            if self.uncovered:
+                why = f"{kind} is a commit of its own, but the events before it are unsigned"
+                self.fail(pos, seq, "signature", why)
+            if not sig:
+                self.fail(pos, seq, "signature", f"{kind} is a commit of its own: it is signed")
         if not sig:
             if version == 1:
                 self.fail(pos, seq, "signature", "version 1 event is not signed")

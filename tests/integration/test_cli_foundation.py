@@ -121,13 +121,30 @@ def test_the_json_report_parses(site: Site) -> None:
     report = json.loads(audit.stdout)
     assert report["ok"] is True
     assert report["requests"] == {"completed": 4}
-    assert report["signatures_checked"] == report["events"]
+    lines = (site.root / "log.jsonl").read_bytes().splitlines()
+    signed = [line for line in lines if b'"sig":"",' not in line]
+    assert report["signatures_checked"] == len(signed) < report["events"]
 
 
-def test_a_chain_only_audit_checks_no_signatures(site: Site) -> None:
+def test_a_chain_only_audit_checks_no_signatures_and_says_so_first(site: Site) -> None:
     audit = site.run("fedhub", "audit", "log.jsonl", "--chain-only", "--json")
     assert audit.returncode == 0
     assert json.loads(audit.stdout)["signatures_checked"] == 0
+    text = site.run("fedhub", "audit", "log.jsonl", "--chain-only")
+    assert text.returncode == 0
+    assert "signatures NOT checked" in text.stdout.splitlines()[0]
+
+
+def test_trust_taken_from_the_log_is_named_unsafe_on_the_first_line(site: Site) -> None:
+    audit = site.run("fedhub", "audit", "log.jsonl", "--trust-log-keys")
+    assert audit.returncode == 0
+    assert "UNSAFE" in audit.stdout.splitlines()[0]
+
+
+def test_without_a_receipt_the_summary_says_the_tail_is_not_proven(site: Site) -> None:
+    audit = site.run("fedhub", "audit", "log.jsonl")
+    assert audit.returncode == 0
+    assert "a truncated tail can only be ruled out with a receipt" in audit.stdout
 
 
 def test_a_tampered_export_fails_naming_the_event(site: Site) -> None:
@@ -143,7 +160,7 @@ def test_a_tampered_export_fails_naming_the_event(site: Site) -> None:
 
 def test_a_truncated_export_fails_against_a_receipt(site: Site) -> None:
     lines = (site.root / "log.jsonl").read_bytes().splitlines(keepends=True)
-    (site.root / "short.jsonl").write_bytes(b"".join(lines[:5]))
+    (site.root / "short.jsonl").write_bytes(b"".join(lines[:2]))  # two signed commits
     assert site.run("fedhub", "audit", "short.jsonl").returncode == 0
     audit = site.run("fedhub", "audit", "short.jsonl", "--checkpoint", "receipt.json")
     assert audit.returncode == 1
