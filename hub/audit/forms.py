@@ -4,7 +4,7 @@ An event body is canonical JSON with sorted keys, so ``data`` comes first and th
 fields follow it in a fixed order. Canonical strings escape every ``"``, so the bytes
 ``,"kid":"`` can occur inside ``data`` only as a key of a nested object -- always before
 the top-level one: the LAST occurrence starts the header. A body whose header does not
-match this exact form is parsed in full instead (:func:`parse_body`).
+match this exact form goes to the general path, which parses it in full.
 
 For the fast path, each request event type of each log version has a compiled pattern of
 its ``data`` in canonical form (:data:`FAST_KINDS`), generated from the pydantic model in
@@ -41,9 +41,10 @@ __all__ = [
     "TIME",
     "VERSIONS",
     "FastKind",
+    "check_canonical",
     "check_data",
     "event_types",
-    "parse_head",
+    "parse_body",
 ]
 
 VERSIONS: Final = (1, 2)
@@ -85,39 +86,21 @@ _MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def parse_head(body: bytes) -> tuple[int, str, str, str, str, str, int, int] | None:
-    """(seq, prev, type, kid, log, time, version, header offset) of a body in the form a
-    node writes, else None (the body is then parsed in full)."""
-    if not body.startswith(b'{"data":{'):
-        return None
-    at = body.rfind(b',"kid":"')
-    m = TAIL.fullmatch(body, at) if at > 0 else None
-    if m is None:
-        return None
-    kid, log_id, prev, seq, time, kind, v = m.groups()
-    return (
-        int(seq),
-        prev.decode(),
-        kind.decode(),
-        kid.decode(),
-        log_id.decode(),
-        time.decode(),
-        int(v),
-        at,
-    )
-
-
 def parse_body(body: bytes) -> dict[str, Any]:
-    """The whole body as a value, required canonical (CanonicalError says what is off)."""
+    """The whole body as a value (CanonicalError if it is not a JSON object)."""
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CanonicalError(f"not JSON: {exc}") from exc
     if type(value) is not dict:
         raise CanonicalError("not a JSON object")
+    return value
+
+
+def check_canonical(body: bytes, value: Any) -> None:
+    """CanonicalError unless ``body`` is exactly the canonical encoding of ``value``."""
     if canonical_bytes(value) != body:
         raise CanonicalError("body is not in canonical form (docs/log-format.md)")
-    return value
 
 
 def check_data(kind: str, version: int, data_bytes: bytes) -> tuple[dict[str, Any] | None, str]:

@@ -21,7 +21,7 @@ from hub.lifecycle import REQUEST_EVENT_TYPES, RequestState, step
 from hub.logfile import RawEvent
 from hub.records import Checkpoint, SignedRecord, open_record
 
-from .forms import TIME, check_data, parse_body, parse_head
+from .forms import TIME, check_canonical, check_data, parse_body
 from .report import AuditReport, Finding
 from .signatures import Verifier
 from .trust import Key, Trust
@@ -167,7 +167,9 @@ class Rules:
             self.checkpoint_event(pos, seq, time, data)
         # the key valid now
         key = self.trust.node_key
-        if key is None and kind == "log.created" and data is not None:
+        if kind == "log.created" and pos != 1:
+            self.fail(pos, seq, "lifecycle", "log.created is only valid as the first event")
+        elif key is None and kind == "log.created" and data is not None:
             key = self.trust.genesis(pos, seq, log_id, data)
         signer = self.key_check(pos, seq, kind, kid, key)
         self.signature(raw, seq, version, kind, kid, h, signer)
@@ -191,36 +193,21 @@ class Rules:
         header read in place; the rest are parsed in full and must be canonical."""
         body = raw.body
         pos = raw.position
-        head = parse_head(body)
-        if head is not None:
-            seq, prev, kind, kid, log_id, time, version, at = head
-            data_bytes = body[8:at]
-            try:
-                parse_body(body)
-            except CanonicalError as exc:
-                self.fail(pos, seq, "format", str(exc))
-                return None
-        else:
-            try:
-                ev = parse_body(body)
-                if set(ev) != _HEADER:
-                    raise CanonicalError(f"body fields are {sorted(ev)}, not {sorted(_HEADER)}")
-                seq, prev, kind = ev["seq"], ev["prev"], ev["type"]
-                kid, log_id, time, version = ev["kid"], ev["log"], ev["time"], ev["v"]
-                if not all(isinstance(x, str) for x in (prev, kind, kid, log_id, time)):
-                    raise CanonicalError("header fields must be strings")
-                if type(seq) is not int or type(version) is not int:
-                    raise CanonicalError("seq and v must be integers")
-                if version not in (1, 2):
-                    raise CanonicalError(f"unknown body version {version}")
-                if not isinstance(ev["data"], dict):
-                    raise CanonicalError("data is not an object")
-            except (CanonicalError, KeyError) as exc:
-                self.fail(pos, None, "format", f"event body is not a fedhub event: {exc}")
-                return None
-            data_bytes = _data_bytes(body)
-            if TIME.fullmatch(time) is None:
-                self.fail(pos, seq, "format", "time is not YYYY-MM-DDTHH:MM:SS.ffffffZ", found=time)
+        seq: Any = None
+        try:
+            ev = parse_body(body)
+            seq = ev.get("seq")
+            seq, prev, kind, kid, log_id, time, version = _header(ev)
+            check_canonical(body, ev)
+            # canonical: ``data`` comes first, the header starts at the last ``,"kid":"``
+            data_bytes = body[8 : body.rfind(b',"kid":"')]
+        except CanonicalError as exc:
+            if type(seq) is not int:
+                seq = None
+            self.fail(pos, seq, "format", f"event body is not a fedhub event: {exc}")
+            return None
+        if TIME.fullmatch(time) is None:
+            self.fail(pos, seq, "format", "time is not YYYY-MM-DDTHH:MM:SS.ffffffZ", found=time)
         if version < self.version:
             self.fail(pos, seq, "format", "a version 1 event after a version 2 event")
         self.version = max(self.version, version)
@@ -455,11 +442,23 @@ class Rules:
         rep.receipts.append({"size": cp.size, "root": cp.root, "time": cp.time})
 
 
-def _data_bytes(body: bytes) -> bytes:
-    """The bytes of ``data`` in a canonical body (it is the first key)."""
-    from hub.canonical import canonical_bytes, parse_canonical
-
-    return canonical_bytes(parse_canonical(body)["data"])
+def _header(ev: dict[str, Any]) -> tuple[int, str, str, str, str, str, int]:
+    """(seq, prev, type, kid, log, time, version) of a parsed body; CanonicalError if the
+    body does not have the fields of an event, of the right kinds."""
+    if set(ev) != _HEADER:
+        raise CanonicalError(f"body fields are {sorted(ev)}, not {sorted(_HEADER)}")
+    seq, version = ev["seq"], ev["v"]
+    if type(seq) is not int:
+        raise CanonicalError("seq is not an integer")
+    text = [ev[name] for name in ("prev", "type", "kid", "log", "time")]
+    if not all(type(x) is str for x in text):
+        raise CanonicalError("prev, type, kid, log and time must be strings")
+    if version not in (1, 2) or type(version) is not int:
+        raise CanonicalError(f"unknown body version {version!r}")
+    if type(ev["data"]) is not dict:
+        raise CanonicalError("data is not an object")
+    prev, kind, kid, log_id, time = text
+    return seq, prev, kind, kid, log_id, time, version
 
 
 def _receipt_sizes(receipts: list[SignedRecord]) -> list[int]:

@@ -9,6 +9,7 @@ recorded as foreign otherwise.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from .report import AuditReport
 __all__ = ["Key", "Trust", "site_of"]
 
 Fail = Callable[..., None]
+# The log of the n-th process (n >= 2) of a node is ``<node identity>#<n>``.
+_INSTANCE = re.compile(r"#(?:[2-9]|[1-9][0-9]{1,5})")
 
 
 @dataclass
@@ -102,15 +105,9 @@ class Trust:
                 f"node {node} is not a node of site {site}: only its own site's key vouches for it",
             )
             return None
-        if node != log_id:
-            self.fail(
-                pos,
-                seq,
-                "trust",
-                "the log id differs from the node identity of its genesis record",
-                node,
-                log_id,
-            )
+        if log_id != node and _INSTANCE.fullmatch(log_id.removeprefix(node)) is None:
+            why = "the log id is not the node identity of its genesis record (or that + #N)"
+            self.fail(pos, seq, "trust", why, node, log_id)
             return None
         self.site_key = site_key
         try:
