@@ -178,3 +178,75 @@ def test_unreadable_input_exits_2(site: Site, content: bytes) -> None:
 
 def test_a_missing_file_exits_2(site: Site) -> None:
     assert site.run("fedhub", "audit", "missing.jsonl").returncode == 2
+
+
+def test_an_empty_log_fails_saying_it_proves_nothing(site: Site) -> None:
+    (site.root / "empty.jsonl").write_bytes(b"")
+    audit = site.run("fedhub", "audit", "empty.jsonl")
+    assert audit.returncode == 1
+    assert "an empty log proves nothing" in audit.stdout
+
+
+def test_every_checkpoint_given_is_checked_in_any_order(site: Site) -> None:
+    good = json.loads((site.root / "receipt.json").read_text())
+    signed = good.get("signed", good)
+    bad = dict(
+        signed, sig=signed["sig"][:-4] + ("AAAA" if signed["sig"][-4:] != "AAAA" else "BBBA")
+    )
+    (site.root / "bad-receipt.json").write_text(json.dumps(bad))
+    for first, second in (
+        ("receipt.json", "bad-receipt.json"),
+        ("bad-receipt.json", "receipt.json"),
+    ):
+        audit = site.run(
+            "fedhub", "audit", "log.jsonl", "--checkpoint", first, "--checkpoint", second
+        )
+        assert audit.returncode == 1, audit.stdout
+        assert "receipt: checkpoint signature does not verify" in audit.stdout
+    both = site.run(
+        "fedhub",
+        "audit",
+        "log.jsonl",
+        "--checkpoint",
+        "receipt.json",
+        "--checkpoint",
+        "receipt.json",
+    )
+    assert both.returncode == 0, both.stdout
+    assert both.stdout.count("contained and extended") == 2
+
+
+def test_a_pipe_that_never_ends_is_given_up_within_the_time_limit(site: Site) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "audit", "/dev/stdin", "--max-seconds", "2"],
+        cwd=site.root,
+        env=site.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write((site.root / "log.jsonl").read_bytes()[:1000])
+        proc.stdin.flush()
+        code = proc.wait(timeout=60)  # the pipe stays open: only the limit ends the audit
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert code == 2
+    assert "did not end in time" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_a_fifo_nobody_writes_to_is_given_up_within_the_time_limit(site: Site) -> None:
+    fifo = site.root / "events.fifo"
+    os.mkfifo(fifo)
+    audit = site.run("fedhub", "audit", fifo, "--max-seconds", "1")
+    assert audit.returncode == 2
+    assert "did not end in time" in audit.stderr
