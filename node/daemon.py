@@ -350,7 +350,8 @@ class NodeDaemon:
         """Copy events to the site's ``FH_EVENTS`` stream.
 
         One message carries a run of consecutive events as export lines (JSON Lines, the
-        format of ``fedhub-node log export``), up to ~256 KiB, with ``Nats-Msg-Id`` =
+        format of ``fedhub-node log export``: hash and signature travel in the line, ``"sig":""``
+        for an event that is not the last of its commit), up to ~256 KiB, with ``Nats-Msg-Id`` =
         ``<log>@<genesis hash prefix>:<first seq>-<last seq>`` (a log re-created under the same
         name is a different log). After a crash the node re-sends from its saved
         cursor, so a reader may see an event twice and keeps the first of each ``seq``.

@@ -39,7 +39,7 @@ import sqlite_utils
 import structlog
 from pydantic import BaseModel
 
-from hub.canonical import b64d, b64e, canonical_bytes, parse_canonical
+from hub.canonical import b64d, b64e, canonical_bytes, canonical_flat, parse_canonical
 from hub.chain import GENESIS_PREV, MerkleAccumulator, leaf_hash
 from hub.clock import now
 from hub.crypto import sign
@@ -161,6 +161,46 @@ def _event_body(
     return b"".join(
         (b'{"data":', data, head, prevhex, b'","seq":', b"%d" % seq, time_type, kind, _TAIL)
     )
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+# Per model class: None when model_dump is needed, else whether None values are left out.
+_PLAIN: dict[type[BaseModel], bool | None] = {}
+
+
+def _plain(cls: type[BaseModel]) -> bool | None:
+    """Whether instances of ``cls`` dump to their field values as they are: no field or
+    model serializer (but :mod:`hub.events`' ``_omit_none``), no alias, no computed or
+    excluded field. The answer (True: None values are left out) is cached per class."""
+    if cls not in _PLAIN:
+        decorators = cls.__pydantic_decorators__
+        serializers = set(decorators.model_serializers)
+        plain = (
+            not decorators.field_serializers
+            and serializers <= {"_omit_none"}
+            and not cls.model_computed_fields
+            and all(
+                f.alias is None and f.serialization_alias is None and not f.exclude
+                for f in cls.model_fields.values()
+            )
+        )
+        _PLAIN[cls] = ("_omit_none" in serializers) if plain else None
+    return _PLAIN[cls]
+
+
+def _dump(model: BaseModel) -> tuple[dict[str, Any], bytes]:
+    """``model.model_dump(mode="json")`` and its canonical bytes; without the serializer
+    when every field of a plain class holds a JSON scalar (str, int, bool, None): the same
+    dict at a third of the cost (tests compare the two for every event type), encoded by
+    :func:`canonical_flat`."""
+    omit_none = _plain(type(model))
+    if omit_none is not None:
+        values = model.__dict__
+        if _SCALARS.issuperset(map(type, values.values())):
+            flat = {k: v for k, v in values.items() if v is not None or not omit_none}
+            return flat, canonical_flat(flat)
+    data = model.model_dump(mode="json")
+    return data, canonical_bytes(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,15 +420,16 @@ class EventLog:
         projected: list[tuple[int, str, dict[str, Any]]] = []
         checkpoint = False
         for d in datas:
-            data = d if isinstance(d, dict) else d.model_dump(mode="json")
+            if isinstance(d, dict):
+                data, data_json = d, canonical_bytes(d)
+            else:
+                data, data_json = _dump(d)
             seq += 1
             kind = data["type"]
             kind_json = kinds.get(kind)
             if kind_json is None:
                 kind_json = kinds[kind] = canonical_bytes(kind)
-            body = _event_body(
-                canonical_bytes(data), head, hexlify(prev), seq, time_type, kind_json
-            )
+            body = _event_body(data_json, head, hexlify(prev), seq, time_type, kind_json)
             prev = leaf_hash(body)
             rid = data.get("request_id")
             rows.append((seq, prev, b"", body, kind, time, rid))

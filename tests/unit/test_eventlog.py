@@ -23,15 +23,32 @@ from helpers.logs import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from hub.canonical import b64d, canonical_bytes
 from hub.chain import leaf_hash
 from hub.crypto import verify
-from hub.errors import ConfigError, LogConflictError
-from hub.events import DOMAIN_COMMIT, NodeStarted, NodeStopped
+from hub.errors import CanonicalError, ConfigError, LogConflictError
+from hub.events import (
+    DOMAIN_COMMIT,
+    EVENT_TYPES,
+    GrantAdded,
+    GrantRemoved,
+    KeyRegistered,
+    KeyRevoked,
+    KeyRotated,
+    NodeStarted,
+    NodeStopped,
+    RequestAccepted,
+    RequestCompleted,
+    RequestRejected,
+    RequestStarted,
+    ResultLost,
+    ResultShared,
+)
 from hub.keys import KeyPair, PublicKeys
 from hub.records import KeyRecord
-from node.eventlog import EventLog, _body_frame, _event_body
+from node.eventlog import EventLog, _body_frame, _dump, _event_body
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
 INSERT = "INSERT INTO events(seq, hash, sig, body, type, time)"
@@ -393,3 +410,68 @@ def test_projections_of_interleaved_requests_do_not_depend_on_commit_sizes(
             )
     assert rows[0] == rows[1]
     assert len(rows[0]) == 3
+
+
+def _every_event_type(keys: Keys) -> list[BaseModel]:
+    events: list[BaseModel] = [
+        STARTED,
+        NodeStarted(version="0.2.0", pid=2, modules=("climate",), config_hash="ab" * 32),
+        NodeStopped(reason="done"),
+        *request_events("req00001"),
+        *request_events("req00002", "failed"),
+        *request_events("req00003", "rejected"),
+        RequestRejected(envelope_hash="cd" * 32, code="bad_signature", reason="forged"),
+        RequestAccepted(
+            request_id="req00004",
+            caller="klaus@geomar",
+            address="hereon.climate.compute_sum",
+            header="aGVhZGVy",
+            sig="c2ln",
+            payload_hash="ab" * 32,
+            payload_size=12,
+            delivery=2,
+        ),
+        RequestStarted(request_id="req00004", attempt=2),
+        RequestCompleted(
+            request_id="req00004",
+            result_hash="ef" * 32,
+            result_size=9,
+            duration_us=7,
+            object="results/req00004",
+        ),
+        ResultLost(request_id="req00004", reason="store full"),
+        ResultShared(
+            request_id="req00004", by="klaus@geomar", recipients=("0123456789abcdef0123",)
+        ),
+        GrantAdded(principal="klaus@geomar", module="climate", by="admin@hereon"),
+        GrantRemoved(principal="klaus@geomar", module="climate", by="admin@hereon"),
+        KeyRegistered(record=keys.vouch(keys.other_node)),
+        KeyRotated(
+            identity=keys.node.identity, old_kid=keys.node.kid, record=keys.vouch(keys.spare)
+        ),
+        KeyRevoked(revocation=keys.revoke(keys.node)),
+    ]
+    assert {e.type for e in events} | {"log.created", "checkpoint"} == EVENT_TYPES  # type: ignore[attr-defined]
+    return events
+
+
+def test_event_data_is_dumped_and_encoded_exactly_as_pydantic_and_canonical_bytes_do() -> None:
+    for event in _every_event_type(Keys.generate()):
+        data, encoded = _dump(event)
+        assert data == event.model_dump(mode="json"), event
+        assert encoded == canonical_bytes(event.model_dump(mode="json")), event
+
+
+@pytest.mark.parametrize("size", [2**63, -(2**63) - 1])
+def test_event_data_with_an_integer_beyond_64_bits_is_refused(tmp_path: Path, size: int) -> None:
+    with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
+        with pytest.raises(CanonicalError, match="64-bit"):
+            log.append(NodeStarted(version="0.2.0", pid=size))
+        assert log.size == 1
+
+
+def test_event_data_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
+        with pytest.raises(CanonicalError, match="surrogate"):
+            log.append(NodeStopped(reason="bad \ud800"))
+        assert log.size == 1
