@@ -112,10 +112,10 @@ class Trust:
         self.site_key = site_key
         try:
             record = open_record(data["node_key"], KeyRecord, site_key)
+            problem = _node_record_problem(record, node, site)
         except FederationError as exc:
             self.fail(pos, seq, "trust", f"node key record is not signed by the site: {exc}")
             return None
-        problem = _node_record_problem(record, node, site)
         if problem:
             self.fail(pos, seq, "trust", problem)
             return None
@@ -262,6 +262,9 @@ def _node_record_problem(record: KeyRecord, node: str, site: str) -> str:
         return f"the key record is for {record.identity}, not {node}"
     if record.site != site:
         return f"the key record names site {record.site}, not {site}"
-    if record.kid != key_id(record.sign_key_bytes()):
+    sign_key = record.sign_key_bytes()
+    if len(sign_key) != 32:
+        return "the key record's sign_key is not an Ed25519 public key (32 bytes)"
+    if record.kid != key_id(sign_key):
         return f"key id {record.kid} is not the id of its key"
     return ""
