@@ -16,12 +16,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["WorkerPool", "spawn_worker", "stop_worker", "write_all"]
+__all__ = ["WorkerPool"]
 
 J = TypeVar("J")
 
 
-def spawn_worker(source: str) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn(source: str) -> tuple[subprocess.Popen[bytes], int]:
     """Run ``source`` in a new Python; return the process and the read end of its answers."""
     read_end, write_end = os.pipe()
     try:
@@ -41,7 +41,7 @@ def spawn_worker(source: str) -> tuple[subprocess.Popen[bytes], int]:
     return proc, read_end
 
 
-def stop_worker(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> None:
+def _stop(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> None:
     """End a worker: kill it (or let it end with its input), close its pipes, reap it."""
     if kill and proc.poll() is None:
         proc.kill()
@@ -55,7 +55,7 @@ def stop_worker(proc: subprocess.Popen[bytes], answers: int, *, kill: bool) -> N
         proc.wait()
 
 
-def write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes) -> None:
     """Write every byte of ``data`` to ``fd`` (a pipe may take it in parts)."""
     view = memoryview(data)
     while view:
@@ -107,10 +107,10 @@ class WorkerPool(Generic[J]):
         procs: list[tuple[subprocess.Popen[bytes], int]] = []
         try:
             for _ in range(count):
-                procs.append(spawn_worker(source))
+                procs.append(_spawn(source))
         except OSError:
             for proc, fd in procs:
-                stop_worker(proc, fd, kill=True)
+                _stop(proc, fd, kill=True)
             return None
         return cls(procs, answered, orphaned, in_flight)
 
@@ -133,7 +133,7 @@ class WorkerPool(Generic[J]):
             stdin = self.procs[i].stdin
             assert stdin is not None
             try:
-                write_all(stdin.fileno(), message)
+                _write_all(stdin.fileno(), message)
             except OSError:
                 self.lost(i)
                 continue
@@ -182,12 +182,12 @@ class WorkerPool(Generic[J]):
         pending = self.pending[i]
         while pending:
             self.orphaned(pending.popleft())
-        stop_worker(self.procs[i], self.answers[i], kill=True)
+        _stop(self.procs[i], self.answers[i], kill=True)
 
     def close(self) -> None:
         """Let the workers finish (end of input), or kill them if they do not."""
         self.selector.close()
         for i, proc in enumerate(self.procs):
             if self.alive[i]:
-                stop_worker(proc, self.answers[i], kill=bool(self.pending[i]))
+                _stop(proc, self.answers[i], kill=bool(self.pending[i]))
             self.alive[i] = False

@@ -18,9 +18,9 @@ What is checked, in one pass (docs/audit.md has the full list and the order):
   follows a node's stop.
 
 The modules: :mod:`.report` (findings, report, verdict text), :mod:`.forms` (body
-shapes), :mod:`.rules` (the general path), :mod:`.fast` (the fast path), :mod:`.helper`
-(a helper process for large chain-only audits), :mod:`.signatures` (the verification
-pool).
+shapes), :mod:`.rules` (the general path), :mod:`.trust` (genesis and key events),
+:mod:`.fast` (the fast path), :mod:`.helper` (a helper process for large chain-only
+audits), :mod:`.signatures` (the verification pool).
 """
 
 from __future__ import annotations
