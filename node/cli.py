@@ -292,7 +292,7 @@ async def _send_admin(url: str, site: str, message: bytes) -> dict[str, Any]:
 
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     from hub.schemas import write_schemas
-    from node.runner import load_module
+    from node.modules import load_module
 
     extra: dict[str, dict[str, object]] = {}
     if args.config:

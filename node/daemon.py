@@ -48,7 +48,14 @@ from hub.events import (
     NodeStopped,
 )
 from hub.logfile import export_line
-from hub.objects import get_object, put_object, wait_acks
+from hub.nats import (
+    NatsServer,
+    ensure_calls_consumer,
+    ensure_site_streams,
+    get_object,
+    put_object,
+    wait_acks,
+)
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -60,16 +67,15 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
-from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
+from node.modules import load_module
 from node.pipeline import Pipeline
-from node.runner import ModuleConfig as RunnerModuleConfig
-from node.runner import Runner, load_module
+from node.runner import Runner
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -148,15 +154,7 @@ class NodeDaemon:
             backend = await asyncio.to_thread(
                 load_module, str(cfg.resolve(mod.path)), name=mod.name
             )
-            self.runner.add_module(
-                backend,
-                RunnerModuleConfig(
-                    executor=mod.executor,
-                    max_workers=mod.max_workers,
-                    max_concurrent=mod.max_concurrency,
-                    max_queue=mod.max_queue,
-                ),
-            )
+            self.runner.add_module(backend, mod)
             timeouts[mod.name] = mod.timeout
         self.pipeline = Pipeline(
             site=self.site,

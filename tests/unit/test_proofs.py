@@ -10,7 +10,9 @@ import pytest
 from helpers.logs import SITE, Keys, build_log, open_new_log, request_events
 from pydantic import ValidationError
 
-from hub.canonical import b64d, b64e
+from hub.canonical import b64d, b64e, canonical_bytes
+from hub.chain import leaf_hash, merkle_root
+from hub.clock import now
 from hub.errors import (
     CanonicalError,
     ChainError,
@@ -24,6 +26,7 @@ from hub.keys import KeyPair
 from hub.proofs import (
     ConsistencyProof,
     EventProof,
+    build_event_proof,
     parse_proof,
     verify_consistency_proof,
     verify_event_proof,
@@ -282,3 +285,61 @@ def test_a_site_key_named_in_base64_with_unused_bits_set_is_refused(
     other = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last ^ 1]
     with pytest.raises(CanonicalError, match="canonical"):
         verify_event_proof(proof.model_copy(update={"site_key": text[:-1] + other}), keys.trusted)
+
+
+def _synthetic_proof(keys: Keys, signer: KeyPair, record: SignedRecord, log_id: str) -> EventProof:
+    """A proof built by the pure builder over three made-up bodies of ``log_id``, its
+    checkpoint signed by ``signer`` whose key record is ``record``."""
+    bodies = [canonical_bytes({"log": log_id, "seq": i, "type": "x"}) for i in (1, 2, 3)]
+    leaves = [leaf_hash(b) for b in bodies]
+    cp = Checkpoint(log=log_id, size=3, root=merkle_root(leaves).hex(), time=now(), kid=signer.kid)
+    return build_event_proof(
+        log=log_id,
+        site=SITE,
+        site_key=keys.site.sign_public,
+        node_key=record,
+        checkpoint=sign_record(cp, signer.signing_key),
+        seq=2,
+        body=bodies[1],
+        leaves=leaves,
+    )
+
+
+def test_a_checkpoint_signed_by_another_node_or_a_user_of_the_same_site_is_refused() -> None:
+    keys = Keys.generate()
+    assert (
+        verify_event_proof(
+            _synthetic_proof(keys, keys.node, keys.vouch(keys.node), "node:hereon/n1"), keys.trusted
+        ).seq
+        == 2
+    )
+    other = _synthetic_proof(keys, keys.other_node, keys.vouch(keys.other_node), "node:hereon/n1")
+    with pytest.raises(SignatureError, match="not as a node key of node:hereon/n1"):
+        verify_event_proof(other, keys.trusted)
+    user = KeyPair.generate("anna@hereon")
+    as_user = _synthetic_proof(keys, user, keys.vouch(user, "user"), "node:hereon/n1")
+    with pytest.raises(SignatureError, match="user"):
+        verify_event_proof(as_user, keys.trusted)
+
+
+@pytest.mark.parametrize(
+    ("log_id", "accepted"),
+    [
+        ("node:hereon/n1#2", True),
+        ("node:hereon/n1#17", True),
+        ("node:hereon/n10", False),
+        ("node:hereon/n1#", False),
+        ("node:hereon/n1#x", False),
+        ("node:hereon/n1#02", False),
+    ],
+)
+def test_the_log_of_another_process_of_the_same_node_is_proven_by_its_key_and_nothing_else(
+    log_id: str, accepted: bool
+) -> None:
+    keys = Keys.generate()
+    proof = _synthetic_proof(keys, keys.node, keys.vouch(keys.node), log_id)
+    if accepted:
+        assert verify_event_proof(proof, keys.trusted).log == log_id
+    else:
+        with pytest.raises(SignatureError):
+            verify_event_proof(proof, keys.trusted)
