@@ -26,8 +26,8 @@ from .report import AuditReport
 __all__ = ["Key", "Trust", "site_of"]
 
 Fail = Callable[..., None]
-# The log of the n-th process (n >= 2) of a node is ``<node identity>#<n>``.
-_INSTANCE = re.compile(r"#(?:[2-9]|[1-9][0-9]{1,5})")
+# The log of the n-th process of a node is ``<node identity>#<n>`` (as hub.proofs reads it).
+_INSTANCE = re.compile(r"#[1-9][0-9]{0,5}")
 
 
 @dataclass
