@@ -47,7 +47,6 @@ class Rules:
         verifier: Verifier,
         verify_signatures: bool,
     ) -> None:
-        self.trusted = trusted_sites
         self.receipts = receipts
         self.verifier = verifier
         self.verify_signatures = verify_signatures
@@ -66,6 +65,7 @@ class Rules:
         # as (position, seq, kid) of each run's first event
         self.uncovered: list[tuple[int, int, str]] = []
         self.last_position = 0
+        self.stopped = False  # True once the pass gave up (too many findings)
         # Merkle roots at the sizes receipts claim (filled in as the tree grows)
         self.roots: dict[int, bytes] = dict.fromkeys(_receipt_sizes(receipts), b"")
         self.cuts = sorted(self.roots)
@@ -95,6 +95,7 @@ class Rules:
             )
         )
         if len(self.report.findings) >= MAX_FINDINGS:
+            self.stopped = True
             raise StopAuditError
 
     # -- the tree --------------------------------------------------------------------------
@@ -368,13 +369,13 @@ class Rules:
     # -- the end ---------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """The summary, the unsigned tail and the receipts."""
+        """The summary, then (unless the pass gave up) the unsigned tail and the receipts."""
         rep = self.report
         if rep.events == 0:
             self.report.findings.append(
                 Finding(1, None, "format", "the log has no events: an empty log proves nothing")
             )
-        if self.uncovered:
+        if self.uncovered and not self.stopped:
             first, first_seq, _ = self.uncovered[0]
             self.report.findings.append(
                 Finding(
@@ -399,7 +400,7 @@ class Rules:
             }
             for k in self.trust.keys.values()
         }
-        for receipt in self.receipts:
+        for receipt in self.receipts if not self.stopped else ():
             self.verify_receipt(receipt)
 
     def verify_receipt(self, receipt: SignedRecord) -> None:

@@ -283,3 +283,13 @@ def test_signature_workers_that_fail_are_replaced_by_threads(
     monkeypatch.setattr(hub.audit.signatures, "WORKER", worker)
     report = audit_lines_with(lines, keys.trusted, processes=True)
     assert _checks(report) == [(501, "signature")]
+
+
+def test_an_audit_stops_collecting_at_a_thousand_findings(tmp_path: Path, keys: Keys) -> None:
+    """A log no pinned key vouches for: every event is a finding; the report keeps 1000."""
+    many = [e for i in range(300) for e in request_events(f"req{i:05d}")]
+    lines = _lines(tmp_path, keys, [STARTED, *many])
+    report = audit_lines(lines, {"geomar": keys.site.sign_public})
+    assert len(report.findings) == 1000
+    assert report.first is not None and report.first.check == "trust"
+    assert report.events < len(lines)
