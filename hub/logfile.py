@@ -143,6 +143,8 @@ def _is_regular(path: Path) -> bool:
 
 def _events(lines: Iterator[bytes], path: Path) -> Iterator[RawEvent]:
     for position, line in enumerate(lines, 1):
+        if position == 1 and line.startswith(b"SQLite format 3\x00"):
+            raise LogUnreadableError(f"{path}: a SQLite log must be given as a file, not a pipe")
         if not line.endswith(b"\n"):
             raise LogUnreadableError(f"{path}: line {position} does not end in LF (truncated?)")
         yield parse_export_line(line, position)

@@ -250,3 +250,17 @@ def test_a_fifo_nobody_writes_to_is_given_up_within_the_time_limit(site: Site) -
     audit = site.run("fedhub", "audit", fifo, "--max-seconds", "1")
     assert audit.returncode == 2
     assert "did not end in time" in audit.stderr
+
+
+def test_a_sqlite_log_piped_in_is_refused_in_one_line(site: Site) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "audit", "/dev/stdin"],
+        cwd=site.root,
+        env=site.env,
+        input=(site.root / "data" / "events.db").read_bytes(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert b"a SQLite log must be given as a file" in proc.stderr
