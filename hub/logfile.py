@@ -264,6 +264,10 @@ class SqliteEvents:
             "SELECT hash FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [until_seq]
         )
 
+    def body_at(self, seq: int) -> object:
+        """The stored body of event ``seq`` (None if none or unreadable)."""
+        return self._one_value("SELECT body FROM events WHERE seq = ?", [seq])
+
     def last_seq(self) -> int:
         """The highest sequence number (0 if none or unreadable: a reader finds out why)."""
         value = self._one_value("SELECT MAX(seq) FROM events", [])

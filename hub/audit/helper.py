@@ -1,4 +1,4 @@
-"""A helper process for chain-only audits of large SQLite logs.
+"""A helper process for audits of large SQLite logs (chain-only, or of version 2 events).
 
 While this process audits the first part of the log, a helper process reads the rest and
 does, for each run of plain request events, every check of the fast path that needs no
@@ -36,7 +36,7 @@ from .rules import Rules
 
 __all__ = ["SPLIT_MIN", "SPLIT_SHARE", "Helper", "positioned", "speculate", "split_pass"]
 
-SPLIT_MIN: Final = 100_000  # events (by the last seq) from which a chain-only audit splits
+SPLIT_MIN: Final = 100_000  # events (by the last seq) from which an audit splits
 SPLIT_SHARE: Final = 0.5  # of the events audited by this process; the helper reads the rest
 _RUN_MAX = 4096  # events per run record
 SLOW_EVENT, FAST_RUN, HELPER_FAILED = 0, 1, 2
@@ -91,7 +91,7 @@ def split_pass(
 def apply_run(rules: Rules, record: tuple[Any, ...]) -> bool:
     """Apply a helper's run of request events, if it fits the state here (else False,
     with nothing changed)."""
-    _, first, kid, log_id, prev, first_time, last_time, kinds, rids, hashes, flags = record
+    _, first, kid, log_id, prev, first_time, last_time, kinds, rids, hashes, flags, sigs = record
     rep = rules.report
     key = fast_key(rules)
     if key is None or rep.log is None or rep.last_time is None or rules.prev != prev:
@@ -119,6 +119,16 @@ def apply_run(rules: Rules, record: tuple[Any, ...]) -> bool:
         types[kind] = types.get(kind, 0) + n
     leaves = [hashes[i : i + 32] for i in range(0, len(hashes), 32)]
     n = len(leaves)
+    if rules.verify_signatures:
+        verifier, version = rules.verifier, rules.version
+        at = 0
+        for i, signed in enumerate(flags):
+            if signed:
+                verifier.add(
+                    first + i, first + i, key.sign_key, version, leaves[i], sigs[at : at + 64]
+                )
+                at += 64
+        rep.signatures_checked += at // 64
     signed_at = flags.rfind(b"\x01")
     if signed_at >= 0:
         rules.uncovered.clear()
@@ -238,8 +248,9 @@ def speculate(rows: Iterable[Row], prev: bytes) -> Iterator[tuple[Any, ...]]:
     id of the run's first event, ``prev`` chained from the event before, ``seq`` counted
     from the first position and time never going back within the run: ``(FAST_RUN, first
     position, kid, log id, prev taken for granted, first time, last time, kind indices,
-    request ids, hashes, signed flags)``. Every other event is a slow record
-    ``(SLOW_EVENT, position, hash, sig, body)``, and a new run starts after it.
+    request ids, hashes, signed flags, signatures of the signed ones)``. Every other event
+    is a slow record ``(SLOW_EVENT, position, hash, sig, body)``, and a new run starts
+    after it.
     """
     leaf = leaf_hash
     tail = FAST_TAIL.fullmatch
@@ -252,16 +263,18 @@ def speculate(rows: Iterable[Row], prev: bytes) -> Iterator[tuple[Any, ...]]:
     rids: list[str] = []
     hashes = bytearray()
     flags = bytearray()
+    sigs = bytearray()
     last = b""
     prevhex = hexlify(prev)
 
     def flush() -> tuple[Any, ...]:
         nonlocal rids
-        record = (*run[:6], last, bytes(kinds), rids, bytes(hashes), bytes(flags))
+        record = (*run[:6], last, bytes(kinds), rids, bytes(hashes), bytes(flags), bytes(sigs))
         kinds.clear()
         rids = []
         hashes.clear()
         flags.clear()
+        sigs.clear()
         return record
 
     for pos, (hash_, sig, body) in rows:
@@ -297,6 +310,7 @@ def speculate(rows: Iterable[Row], prev: bytes) -> Iterator[tuple[Any, ...]]:
                             rids.append(d.group(1).decode())
                             hashes += h
                             flags.append(1 if sig else 0)
+                            sigs += sig
                             last = time_
                             ok = True
         if ok:

@@ -332,6 +332,10 @@ def _mutated(base: list[bytes], data: st.DataObject, kinds: list[str]) -> list[b
         lines.insert(data.draw(st.integers(0, n)), lines[data.draw(st.integers(0, n - 1))])
     elif kind == "truncate":
         lines = lines[: data.draw(st.integers(0, n))]
+    elif kind == "signature":  # a signed event takes another signed event's signature
+        signed = [i for i, line in enumerate(lines) if b'"sig":"","event"' not in line]
+        i, j = data.draw(st.lists(st.sampled_from(signed), min_size=2, max_size=2, unique=True))
+        lines[i] = lines[i][:82] + lines[j][82:168] + lines[i][168:]
     return lines
 
 
@@ -343,9 +347,8 @@ def test_the_fast_check_decides_exactly_as_the_general_path(
     base: Base, data: st.DataObject
 ) -> None:
     """Same report, finding for finding, on the clean log and on every kind of mutation."""
-    lines = _mutated(
-        base.lines, data, ["clean", "byte", "delete", "duplicate", "swap", "copy", "truncate"]
-    )
+    kinds = ["clean", "byte", "delete", "duplicate", "swap", "copy", "truncate", "signature"]
+    lines = _mutated(base.lines, data, kinds)
     receipt = data.draw(st.none() | st.sampled_from(base.receipts))
     fast = _report_json(lines, base.trusted, receipt, fast=True)
     assert fast == _report_json(lines, base.trusted, receipt, fast=False)
@@ -391,16 +394,22 @@ def _write_db(path: Path, lines: list[bytes]) -> bool:
 
 
 def _split_and_plain(
-    db: Path, trusted: dict[str, bytes], receipt: object, after_seq: int, helper: object = None
+    db: Path,
+    trusted: dict[str, bytes],
+    receipt: object,
+    after_seq: int,
+    helper: object = None,
+    *,
+    verify: bool = False,
 ) -> tuple[object, object]:
     from hub.audit import new_rules, run
     from hub.audit.fast import scan
     from hub.audit.helper import positioned, split_pass
     from hub.logfile import iter_sqlite
 
-    split = new_rules(trusted, _receipts(receipt), False, 2)
+    split = new_rules(trusted, _receipts(receipt), verify, 2)
     run(split, lambda: split_pass(split, iter_sqlite(db), after_seq, helper))  # type: ignore[arg-type]
-    plain = new_rules(trusted, _receipts(receipt), False, 2)
+    plain = new_rules(trusted, _receipts(receipt), verify, 2)
     source = iter_sqlite(db)
     rows = positioned(source.rows(), 1)
     run(plain, lambda: scan(plain, rows, source.not_blobs, fast=False))
@@ -414,29 +423,33 @@ def _split_and_plain(
 def test_an_audit_split_with_a_helper_decides_exactly_as_the_general_path(
     base: Base, scratch: Path, data: st.DataObject
 ) -> None:
-    """Chain-only audits of large SQLite logs read the second part in a helper: same
-    report, finding for finding, wherever the split falls and whatever was changed."""
-    lines = _mutated(base.lines, data, ["clean", "byte", "delete", "duplicate", "swap"])
+    """Audits of large SQLite logs (chain-only, or version 2 with every signature checked)
+    read the second part in a helper: same report, finding for finding, wherever the split
+    falls and whatever was changed."""
+    kinds = ["clean", "byte", "delete", "duplicate", "swap", "signature"]
+    lines = _mutated(base.lines, data, kinds)
     db = scratch.with_name("split.db")
     if not _write_db(db, lines):
         return
     after_seq = data.draw(st.integers(1, len(lines)), label="split after")
     receipt = data.draw(st.none() | st.sampled_from(base.receipts))
-    split, plain = _split_and_plain(
-        db, base.trusted, receipt, after_seq, _InlineHelper(db, after_seq)
-    )
+    verify = data.draw(st.booleans(), label="verify signatures")
+    helper = _InlineHelper(db, after_seq)
+    split, plain = _split_and_plain(db, base.trusted, receipt, after_seq, helper, verify=verify)
     assert split == plain
 
 
+@pytest.mark.parametrize("verify", [False, True], ids=["chain only", "every signature"])
 @pytest.mark.parametrize("after_seq", [1, 40, 150])
 def test_a_helper_process_reads_the_second_part_with_the_same_verdict(
-    base: Base, scratch: Path, after_seq: int
+    base: Base, scratch: Path, after_seq: int, verify: bool
 ) -> None:
     db = scratch.with_name("helper.db")
     lines = list(base.lines)
     lines[60], lines[61] = lines[61], lines[60]  # a finding in the helper's part
     assert _write_db(db, lines)
-    split, plain = _split_and_plain(db, base.trusted, base.receipts[-1], after_seq)
+    receipt = base.receipts[-1]
+    split, plain = _split_and_plain(db, base.trusted, receipt, after_seq, verify=verify)
     assert split == plain
     assert isinstance(split, dict) and split["findings"]
 
