@@ -1,12 +1,21 @@
 """Bulk transfers: payloads of any size, sealed in chunks and streamed across sites.
 
-- :mod:`hub.transfer.sealing`: the sealed form (header, authenticated chunks, payload hash).
+- :mod:`hub.transfer.sealing`: the sealed form (header, authenticated chunks, payload hash);
+- :mod:`hub.transfer.stream`: moving a sealed payload between two NATS connections with
+  credit-based flow control, retransmission, progress, cancel and deadlines
+  (:class:`Sender`, :class:`Receiver`);
+- :mod:`hub.transfer.routes`: the subjects of an upload (caller to site) and a download
+  (site to caller) that the hub's accounts let through;
+- :mod:`hub.transfer.spool`: spool files of unfinished transfers and their sweep.
 
-See docs/protocol.md, "Bulk transfers".
+Storing a payload in a site's Object Store and reading it back in bounded memory:
+:func:`hub.nats.put_object_stream`, :func:`hub.nats.iter_object`,
+:func:`hub.nats.get_object_to_file`. See docs/protocol.md, "Bulk transfers".
 """
 
 from __future__ import annotations
 
+from hub.transfer.routes import Route, download_route, upload_route
 from hub.transfer.sealing import (
     DEFAULT_CHUNK_SIZE,
     HEADER_BYTES,
@@ -21,18 +30,45 @@ from hub.transfer.sealing import (
     seal_file,
     seal_stream,
 )
+from hub.transfer.spool import PARTIAL_SUFFIX, partial_path, sweep_partials
+from hub.transfer.stream import (
+    DEFAULT_ACK_EVERY,
+    DEFAULT_WINDOW,
+    ProgressCallback,
+    Received,
+    Receiver,
+    Sender,
+    TransferOptions,
+    TransferProgress,
+    TransferStats,
+)
 
 __all__ = [
+    "DEFAULT_ACK_EVERY",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_WINDOW",
     "HEADER_BYTES",
     "MAX_CHUNK_SIZE",
+    "PARTIAL_SUFFIX",
     "Header",
     "Opener",
+    "ProgressCallback",
+    "Received",
+    "Receiver",
+    "Route",
     "SealedInfo",
+    "Sender",
+    "TransferOptions",
+    "TransferProgress",
+    "TransferStats",
+    "download_route",
     "new_transfer_id",
     "open_bytes",
     "open_stream",
+    "partial_path",
     "seal_bytes",
     "seal_file",
     "seal_stream",
+    "sweep_partials",
+    "upload_route",
 ]
