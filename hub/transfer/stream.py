@@ -148,6 +148,8 @@ class TransferStats:
     chunks: int
     resent_chunks: int
     seconds: float
+    #: Most sealed bytes sent and not yet acked at any time (sender only; 0 at a receiver).
+    peak_in_flight: int = 0
 
     @property
     def rate(self) -> float:
@@ -232,8 +234,12 @@ class _Side:
             return
         with contextlib.suppress(Exception):
             for _ in range(2):
-                await self._nc.publish(self._peer, _stop_message(code, reason))
+                await self._publish(self._peer, _stop_message(code, reason))
             await self._nc.flush(timeout=1)
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        """Publish one message of this transfer (core NATS: at most once)."""
+        await self._nc.publish(subject, data)
 
     def _stopped_by_peer(self, data: bytes, who: str) -> TransferError:
         self._peer_stop = _stop_error(data, who)
@@ -355,7 +361,7 @@ class Sender(_Side):
         # Offset and sealed size of every chunk sent and not acked: exactly [acked, high).
         sent: dict[int, tuple[int, int]] = {}
         next_index, high, high_offset = 0, 0, HEADER_BYTES
-        resent, sealed_bytes, retries = 0, 0, 0
+        resent, sealed_bytes, retries, peak = 0, 0, 0, 0
         last_progress = time.monotonic()
         while not self._done:
             for index in [i for i in sent if i < self._acked]:
@@ -374,11 +380,12 @@ class Sender(_Side):
                         f"sealed file ends before chunk {next_index}", index=next_index
                     )
                 sent[next_index] = (offset, len(sealed))
-                await self._nc.publish(self.to, b"D" + _U64.pack(next_index) + sealed)
+                await self._publish(self.to, b"D" + _U64.pack(next_index) + sealed)
                 if next_index == high:
                     high, high_offset = high + 1, source.tell()
                 sealed_bytes += len(sealed)
                 in_flight += len(sealed)
+                peak = max(peak, in_flight)
                 next_index += 1
             before = self._acked
             waited = time.monotonic() - last_progress
@@ -397,7 +404,7 @@ class Sender(_Side):
         seconds = time.monotonic() - progress.started
         progress(header.total_size, final=True)
         return TransferStats(
-            header.transfer, header.total_size, sealed_bytes, count, resent, seconds
+            header.transfer, header.total_size, sealed_bytes, count, resent, seconds, peak
         )
 
     async def _offer(self, header: Header) -> None:
@@ -411,7 +418,7 @@ class Sender(_Side):
                     f"transfer {header.transfer}: no receiver answered on {self.to} "
                     f"within {self.options.open_timeout:.0f} s"
                 )
-            await self._nc.publish(self.to, message)
+            await self._publish(self.to, message)
             await self._wait(min(self.options.retransmit_after, 0.5))
 
 
@@ -423,7 +430,9 @@ class Receiver(_Side):
     failure the spool file is removed. With ``key`` the chunks are opened and ``dest``
     holds the plaintext; with ``key=None`` it holds the sealed form (header and body),
     checked against the header's payload hash. ``expect_hash``/``expect_size`` (from a
-    signed request) and ``expect_control`` (the sender's subject) refuse any other sender.
+    signed request) and ``expect_control`` (the sender's subject) refuse any other sender;
+    give ``expect_control`` whenever it is known: then a cancel or deadline also stops a
+    sender whose open has not arrived yet.
     """
 
     def __init__(
@@ -449,7 +458,8 @@ class Receiver(_Side):
         self.expect_control = expect_control
         self.options = options or TransferOptions()
         self._progress_cb = progress
-        self._sub: Subscription | None = None
+        # Knowing the sender's subject, a stop reaches it even before its open arrives.
+        self._peer = expect_control
 
     async def run(self) -> Received:
         """Receive the whole payload; return where it is (``dest``) once verified."""
@@ -469,7 +479,7 @@ class Receiver(_Side):
 
     async def _ack(self, kind: bytes, next_index: int) -> None:
         assert self._peer is not None
-        await self._nc.publish(self._peer, _ACK.pack(kind, next_index, self.options.window))
+        await self._publish(self._peer, _ACK.pack(kind, next_index, self.options.window))
 
     async def _run(self) -> Received:
         limit = 4 * self.options.window + 4 * MAX_CHUNK_SIZE
@@ -482,7 +492,7 @@ class Receiver(_Side):
                 stats = await self._receive(sub, header, spool)
                 await asyncio.to_thread(os.fsync, spool.fileno())
             partial.replace(self.dest)
-            await self._nc.publish(self._peer or "", b"K")
+            await self._publish(self._peer or "", b"K")
             keep_sub = True
             task = asyncio.get_running_loop().create_task(self._linger(sub))
             _LINGERING.add(task)
@@ -502,12 +512,17 @@ class Receiver(_Side):
                 while True:
                     msg = await sub.next_msg(timeout=None)
                     if msg.data[:1] in (b"D", b"O") and self._peer is not None:
-                        await self._nc.publish(self._peer, b"K")
+                        await self._publish(self._peer, b"K")
         except (TimeoutError, nats.errors.Error, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _write(self, opener: Opener, index: int, sealed: bytes, spool: BinaryIO) -> None:
+        """Open chunk ``index`` and append its plaintext to the spool file."""
+        # libsodium and the file write release the GIL: open off the event loop
+        await asyncio.to_thread(_absorb, opener, index, sealed, spool)
 
     async def _open(self, sub: Subscription) -> Header:
         """Wait for the sender's open message and check it against what is expected."""
@@ -562,8 +577,7 @@ class Receiver(_Side):
                 continue
             sealed = data[9:]
             if opener is not None:
-                # libsodium and the file write release the GIL: open off the event loop
-                await asyncio.to_thread(_absorb, opener, index, sealed, spool)
+                await self._write(opener, index, sealed, spool)
             else:
                 assert checker is not None
                 checker.add(sealed)
