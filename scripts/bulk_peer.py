@@ -10,7 +10,8 @@ Used by the transfer tests (a sender to kill, peak RSS of each side) and by
 ``send`` seals ``--source`` into a spool file next to it first (fresh stream, the given
 key and transfer id), then sends it. At the end each prints one JSON line: bytes, seconds,
 ``rss_start`` (peak RSS in KiB once connected, before the transfer) and ``rss_peak``
-(peak RSS in KiB at the end). A sender prints ``sealed`` on stderr when it starts sending.
+(peak RSS in KiB at the end). Each prints ``ready`` on stderr once connected, a sender
+``sealed`` when it starts sending.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _options(args: argparse.Namespace) -> TransferOptions:
 async def _run(args: argparse.Namespace) -> dict[str, object]:
     nc = await nats.connect(args.url, pending_size=8 * 1024 * 1024)
     rss_start = _peak_rss_kib()
+    print("ready", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
         key = bytes.fromhex(args.key)

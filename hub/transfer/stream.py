@@ -412,6 +412,7 @@ class Sender(_Side):
         control = self.control.encode()
         message = b"O" + _U16.pack(len(control)) + control + header.to_bytes()
         give_up = time.monotonic() + self.options.open_timeout
+        pause = 0.02  # doubling up to half a second: a receiver that is ready answers at once
         while not self._opened:
             if time.monotonic() >= give_up:
                 raise TransferTimeoutError(
@@ -419,7 +420,8 @@ class Sender(_Side):
                     f"within {self.options.open_timeout:.0f} s"
                 )
             await self._publish(self.to, message)
-            await self._wait(min(self.options.retransmit_after, 0.5))
+            await self._wait(min(self.options.retransmit_after, pause))
+            pause = min(2 * pause, 0.5)
 
 
 class Receiver(_Side):
