@@ -361,7 +361,6 @@ async def test_bulk_transfer_messages_to_a_site_reach_that_site_and_no_other_or_
     await wait_message_route(clients["hereon"], clients["geomar"], subject=to_geomar, timeout=5)
     await asyncio.sleep(0.3)
 
-    assert [s for s, _ in at_awi if s == to_hereon or s == to_geomar] == []
     assert [s for s, _ in at_awi if s.startswith("fh.bulk.")] == []
     assert [s for s, _ in at_hub if s.startswith("fh.bulk.")] == []
     # what hereon sends to awi's bulk subjects reaches awi and not geomar
