@@ -212,6 +212,8 @@ class _Side:
         self._peer: str | None = None
         #: The stop the peer sent us (not echoed back to it).
         self._peer_stop: TransferError | None = None
+        #: What this side said last ("done" or a stop), repeated to a peer that missed it.
+        self._last_word: bytes | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Stop this transfer on both sides; :meth:`run` raises TransferCancelledError."""
@@ -230,11 +232,12 @@ class _Side:
 
     async def _stop_peer(self, code: str, reason: str) -> None:
         """Tell the peer to stop (twice: it may be lost); never raises."""
+        self._last_word = _stop_message(code, reason)
         if self._peer is None:
             return
         with contextlib.suppress(Exception):
             for _ in range(2):
-                await self._publish(self._peer, _stop_message(code, reason))
+                await self._publish(self._peer, self._last_word)
             await self._nc.flush(timeout=1)
 
     async def _publish(self, subject: str, data: bytes) -> None:
@@ -249,13 +252,16 @@ class _Side:
         """Run ``work()`` with cancel, deadline and failures also stopping the peer."""
         self._task = asyncio.current_task()
         try:
+            if self._cancel_reason is not None:  # cancelled before it ran
+                raise asyncio.CancelledError
             return await work()
         except asyncio.CancelledError:
             if self._cancel_reason is None:
-                await self._stop_peer("cancelled", "the other side's task was cancelled")
+                await self._stop_peer("cancelled", "its task was cancelled")
                 raise
             assert self._task is not None
-            self._task.uncancel()
+            if self._task.cancelling():
+                self._task.uncancel()
             await self._stop_peer("cancelled", self._cancel_reason)
             raise TransferCancelledError(f"cancelled here: {self._cancel_reason}") from None
         except TransferError as exc:
@@ -464,8 +470,19 @@ class Receiver(_Side):
         self._peer = expect_control
 
     async def run(self) -> Received:
-        """Receive the whole payload; return where it is (``dest``) once verified."""
-        return await self._guarded(self._run)
+        """Receive the whole payload; return where it is (``dest``) once verified.
+
+        Afterwards the receiver keeps answering the sender for ``linger`` seconds with its
+        last word ("done", or the stop it sent), in case the sender missed it.
+        """
+        limit = 4 * self.options.window + 4 * MAX_CHUNK_SIZE
+        sub = await self._nc.subscribe(self.subject, pending_bytes_limit=limit)
+        try:
+            return await self._guarded(lambda: self._run(sub))
+        finally:
+            task = asyncio.get_running_loop().create_task(self._linger(sub))
+            _LINGERING.add(task)
+            task.add_done_callback(_LINGERING.discard)
 
     async def _next(self, sub: Subscription) -> bytes:
         left = self._left()
@@ -483,48 +500,44 @@ class Receiver(_Side):
         assert self._peer is not None
         await self._publish(self._peer, _ACK.pack(kind, next_index, self.options.window))
 
-    async def _run(self) -> Received:
-        limit = 4 * self.options.window + 4 * MAX_CHUNK_SIZE
-        sub = await self._nc.subscribe(self.subject, pending_bytes_limit=limit)
+    async def _write(self, opener: Opener, index: int, sealed: bytes, spool: BinaryIO) -> None:
+        """Open chunk ``index`` and append its plaintext to the spool file."""
+        # libsodium and the file write release the GIL: open off the event loop
+        await asyncio.to_thread(_absorb, opener, index, sealed, spool)
+
+    async def _run(self, sub: Subscription) -> Received:
         partial = partial_path(self.dest)
-        keep_sub = False
         try:
             header = await self._open(sub)
             with partial.open("wb") as spool:
                 stats = await self._receive(sub, header, spool)
                 await asyncio.to_thread(os.fsync, spool.fileno())
             partial.replace(self.dest)
-            await self._publish(self._peer or "", b"K")
-            keep_sub = True
-            task = asyncio.get_running_loop().create_task(self._linger(sub))
-            _LINGERING.add(task)
-            task.add_done_callback(_LINGERING.discard)
+            assert self._peer is not None
+            self._last_word = b"K"
+            await self._publish(self._peer, b"K")
             log.info("transfer.received", transfer=header.transfer, bytes=header.total_size)
             return Received(self.dest, header, stats)
         finally:
             partial.unlink(missing_ok=True)
-            if not keep_sub:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
 
     async def _linger(self, sub: Subscription) -> None:
-        """Answer "done" again to a sender that missed it, for a short while."""
+        """Answer the sender with the last word for a while (it may have missed it)."""
         try:
-            async with asyncio.timeout(self.options.linger):
-                while True:
-                    msg = await sub.next_msg(timeout=None)
-                    if msg.data[:1] in (b"D", b"O") and self._peer is not None:
-                        await self._publish(self._peer, b"K")
+            if self._last_word is not None:
+                async with asyncio.timeout(self.options.linger):
+                    while True:
+                        msg = await sub.next_msg(timeout=None)
+                        peer = self._peer
+                        if msg.data[:1] == b"O" and peer is None:
+                            peer = _open_control(msg.data)
+                        if msg.data[:1] in (b"D", b"O") and peer is not None:
+                            await self._publish(peer, self._last_word)
         except (TimeoutError, nats.errors.Error, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-    async def _write(self, opener: Opener, index: int, sealed: bytes, spool: BinaryIO) -> None:
-        """Open chunk ``index`` and append its plaintext to the spool file."""
-        # libsodium and the file write release the GIL: open off the event loop
-        await asyncio.to_thread(_absorb, opener, index, sealed, spool)
 
     async def _open(self, sub: Subscription) -> Header:
         """Wait for the sender's open message and check it against what is expected."""
@@ -536,7 +549,7 @@ class Receiver(_Side):
             if kind != b"O" or len(data) < 3:
                 continue  # data of an open that was lost: it is sent again
             (size,) = _U16.unpack(data[1:3])
-            control = data[3 : 3 + size].decode(errors="replace")
+            control = _open_control(data)
             if self.expect_control is not None and control != self.expect_control:
                 log.warning("transfer.foreign_open", subject=self.subject)
                 continue
@@ -605,6 +618,12 @@ class Receiver(_Side):
             duplicates,
             seconds,
         )
+
+
+def _open_control(data: bytes) -> str:
+    """The sender's subject in an open message."""
+    (size,) = _U16.unpack(data[1:3])
+    return data[3 : 3 + size].decode(errors="replace")
 
 
 def _absorb(opener: Opener, index: int, sealed: bytes, spool: BinaryIO) -> None:

@@ -398,3 +398,21 @@ def _collect(into: list[Msg]) -> Callable[[Msg], object]:
         into.append(msg)
 
     return cb
+
+
+async def test_a_transfer_cancelled_before_it_runs_stops_the_peer_too(
+    sites: Sites, tmp_path: Path
+) -> None:
+    leg = prepare(tmp_path, 100_000)
+    dest = tmp_path / "out"
+    receiver = Receiver(sites.node, subject=leg.route.to, dest=dest, key=leg.key,
+                        expect_control=leg.route.control, options=FAST)  # fmt: skip
+    sender = Sender(sites.caller, leg.sealed, to=leg.route.to, control=leg.route.control,
+                    options=FAST)  # fmt: skip
+    receiver.cancel("not needed after all")
+    results = await asyncio.wait_for(
+        asyncio.gather(receiver.run(), sender.run(), return_exceptions=True), timeout=20
+    )
+    assert all(isinstance(r, TransferCancelledError) for r in results), results
+    assert "not needed after all" in str(results[1])
+    assert not dest.exists() and not partial_path(dest).exists()
