@@ -46,6 +46,7 @@ __all__ = [
     "HEADER_BYTES",
     "MAX_CHUNK_SIZE",
     "TRANSFER_ID_BYTES",
+    "BodyDigest",
     "Header",
     "Opener",
     "SealedInfo",
@@ -81,6 +82,24 @@ _ENC_RAW = 0
 _ENC_ZSTD = 1
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+
+
+class BodyDigest:
+    """The payload hash, BLAKE2b-256 of the body, fed one sealed chunk at a time."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=HASH_BYTES)
+
+    def add(self, sealed: bytes) -> bytes:
+        """Hash the frame of ``sealed``; return the frame's length prefix."""
+        prefix = _U32.pack(len(sealed))
+        self._hash.update(prefix)
+        self._hash.update(sealed)
+        return prefix
+
+    def digest(self) -> bytes:
+        """The hash of the frames added so far."""
+        return self._hash.digest()
 
 
 def new_transfer_id() -> bytes:
@@ -247,7 +266,7 @@ def seal_stream(
     )
     start = sink.tell()
     sink.write(bytes(HEADER_BYTES))
-    digest = hashlib.blake2b(digest_size=HASH_BYTES)
+    digest = BodyDigest()
     compressor = zstandard.ZstdCompressor(level=3) if compress else None
     body = 0
     for index in range(header.chunk_count):
@@ -262,9 +281,7 @@ def seal_stream(
         sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
             state, message, header.chunk_ad(index), tag
         )
-        frame = _U32.pack(len(sealed))
-        digest.update(frame)
-        digest.update(sealed)
+        frame = digest.add(sealed)
         sink.write(frame)
         sink.write(sealed)
         body += len(frame) + len(sealed)
@@ -349,7 +366,7 @@ class Opener:
         sodium.crypto_secretstream_xchacha20poly1305_init_pull(
             self._state, header.stream_header, key
         )
-        self._digest = hashlib.blake2b(digest_size=HASH_BYTES)
+        self._digest = BodyDigest()
         self._decompressor = zstandard.ZstdDecompressor()
         self._failed = False
 
@@ -392,8 +409,7 @@ class Opener:
                 index,
             )
         plain = self._decode(index, message)
-        self._digest.update(_U32.pack(len(sealed)))
-        self._digest.update(sealed)
+        self._digest.add(sealed)
         self.next_index += 1
         self.plain_bytes += len(plain)
         return plain

@@ -55,6 +55,7 @@ from hub.errors import (
 from hub.transfer.sealing import (
     HEADER_BYTES,
     MAX_CHUNK_SIZE,
+    BodyDigest,
     Header,
     Opener,
     read_frame,
@@ -565,7 +566,7 @@ class Receiver(_Side):
     async def _receive(self, sub: Subscription, header: Header, spool: BinaryIO) -> TransferStats:
         opts = self.options
         opener = Opener(header, self.key) if self.key is not None else None
-        checker = None if opener is not None else _HashOnly(header, spool)
+        checker = None if opener is not None else _SealedSpool(header, spool)
         progress = _Progress(
             self._progress_cb, header.transfer, header.total_size, opts.progress_interval
         )
@@ -630,22 +631,17 @@ def _absorb(opener: Opener, index: int, sealed: bytes, spool: BinaryIO) -> None:
     spool.write(opener.open(index, sealed))
 
 
-class _HashOnly:
-    """Writes the sealed form as it arrives and checks its hash at the end (no key)."""
+class _SealedSpool:
+    """Writes the sealed form as it arrives (no key) and checks its hash at the end."""
 
     def __init__(self, header: Header, spool: BinaryIO) -> None:
-        import hashlib
-
         self.header = header
         self.spool = spool
-        self.digest = hashlib.blake2b(digest_size=32)
+        self.digest = BodyDigest()
         spool.write(header.to_bytes())
 
     def add(self, sealed: bytes) -> None:
-        frame = struct.pack(">I", len(sealed))
-        self.digest.update(frame)
-        self.digest.update(sealed)
-        self.spool.write(frame)
+        self.spool.write(self.digest.add(sealed))
         self.spool.write(sealed)
 
     def finish(self) -> None:

@@ -29,7 +29,7 @@ from hub.errors import (
     TransferError,
     TransferTimeoutError,
 )
-from hub.nats import LocalFederation
+from hub.nats import LocalFederation, get_object_to_file, put_object_stream
 from hub.transfer import (
     PARTIAL_SUFFIX,
     Opener,
@@ -40,6 +40,7 @@ from hub.transfer import (
     TransferProgress,
     download_route,
     new_transfer_id,
+    open_stream,
     partial_path,
     seal_file,
     upload_route,
@@ -416,3 +417,50 @@ async def test_a_transfer_cancelled_before_it_runs_stops_the_peer_too(
     assert all(isinstance(r, TransferCancelledError) for r in results), results
     assert "not needed after all" in str(results[1])
     assert not dest.exists() and not partial_path(dest).exists()
+
+
+async def test_compressed_chunks_move_fewer_bytes_and_arrive_whole(
+    sites: Sites, tmp_path: Path
+) -> None:
+    source = payload_file(tmp_path / "table.csv", 3 * 1024 * 1024, block=b"2026-11-30,54.2,9.1\n")
+    key = new_content_key()
+    tid = new_transfer_id()
+    sealed = tmp_path / "sealed"
+    info = seal_file(source, sealed, key, transfer_id=tid, chunk_size=CHUNK, compress=True)
+    assert info.saving > 0.9
+    route = upload_route(CALLER_SITE, USER, NODE_SITE, tid.hex())
+    received, stats = await asyncio.gather(
+        Receiver(sites.node, subject=route.to, dest=tmp_path / "out", key=key,
+                 options=FAST).run(),
+        Sender(sites.caller, sealed, to=route.to, control=route.control, options=FAST).run(),
+    )  # fmt: skip
+    assert digest(received.path) == digest(source)
+    assert stats.sealed_bytes < source.stat().st_size // 10
+
+
+async def test_a_receiver_without_the_key_keeps_the_sealed_form_for_the_object_store(
+    sites: Sites, tmp_path: Path
+) -> None:
+    # The node stores a result sealed; later it streams the stored copy to the caller.
+    leg = prepare(tmp_path, 2 * 1024 * 1024 + 5, upload=True)
+    stored = tmp_path / "sealed-at-node"
+    received, _ = await asyncio.gather(
+        Receiver(sites.node, subject=leg.route.to, dest=stored, key=None,
+                 expect_hash=leg.payload_hash, options=FAST).run(),
+        Sender(sites.caller, leg.sealed, to=leg.route.to, control=leg.route.control,
+               options=FAST).run(),
+    )  # fmt: skip
+    assert received.header.payload_hash == leg.payload_hash
+    assert digest(stored) == digest(leg.sealed)
+    js = sites.node.jetstream()
+    try:
+        await js.object_store("fh-transfer-test")
+    except nats.js.errors.BucketNotFoundError:
+        await js.create_object_store("fh-transfer-test")
+    with stored.open("rb") as f:
+        await put_object_stream(js, "fh-transfer-test", leg.transfer, f, chunk_size=256 * 1024)
+    back = tmp_path / "from-store"
+    await get_object_to_file(js, "fh-transfer-test", leg.transfer, back)
+    with back.open("rb") as sealed, (tmp_path / "opened").open("wb") as plain:
+        open_stream(sealed, plain, leg.key)
+    assert digest(tmp_path / "opened") == digest(leg.source)
