@@ -11,6 +11,34 @@
 Storing a payload in a site's Object Store and reading it back in bounded memory:
 :func:`hub.nats.put_object_stream`, :func:`hub.nats.iter_object`,
 :func:`hub.nats.get_object_to_file`. See docs/protocol.md, "Bulk transfers".
+
+How a call uses it (caller ``klaus@geomar``, node at ``hereon``; ``tid`` is
+``new_transfer_id()``, its hex form names the subjects)::
+
+    # caller: send an argument
+    key = new_content_key()                        # wrap_key(...) it for the node as today
+    info = await asyncio.to_thread(seal_file, arg_path, spool, key, transfer_id=tid)
+    # the signed request names tid.hex(), info.header.payload_hash, info.header.total_size
+    route = upload_route("geomar", "klaus", "hereon", tid.hex())
+    await Sender(nc, spool, to=route.to, control=route.control, progress=cb,
+                 timeout=deadline).run()           # returns once the node committed it
+
+    # node: receive that argument into a spooled file
+    route = upload_route(caller_site, caller_user, "hereon", transfer_hex)
+    got = await Receiver(nc, subject=route.to, dest=spool_dir / transfer_hex,
+                         key=unwrap_key(...), expect_hash=signed_hash,
+                         expect_size=signed_size, expect_control=route.control,
+                         timeout=deadline).run()   # got.path: whole and verified
+
+    # node: send a result
+    info = await asyncio.to_thread(seal_file, result_path, sealed, result_key, transfer_id=tid)
+    route = download_route(caller_site, caller_user, "hereon", tid.hex())
+    await Sender(nc, sealed, to=route.to, control=route.control, timeout=deadline).run()
+
+    # caller: receive that result into a file
+    route = download_route("geomar", "klaus", "hereon", transfer_hex)
+    got = await Receiver(nc, subject=route.to, dest=out_path, key=result_key,
+                         expect_hash=result_hash, expect_control=route.control).run()
 """
 
 from __future__ import annotations
