@@ -58,6 +58,7 @@ __all__ = [
     "seal_bytes",
     "seal_file",
     "seal_stream",
+    "sealed_chunk_limit",
 ]
 
 MAGIC = b"FHT1"
@@ -100,6 +101,11 @@ class BodyDigest:
     def digest(self) -> bytes:
         """The hash of the frames added so far."""
         return self._hash.digest()
+
+
+def sealed_chunk_limit(chunk_size: int) -> int:
+    """Largest sealed chunk for ``chunk_size``: encoding byte and tag added to the chunk."""
+    return chunk_size + 1 + _ABYTES
 
 
 def new_transfer_id() -> bytes:
@@ -450,7 +456,7 @@ def read_frame(source: BinaryIO) -> bytes | None:
     if len(prefix) != FRAME_PREFIX_BYTES:
         raise ChunkError("sealed payload ends inside a frame length")
     (size,) = _U32.unpack(prefix)
-    if size > MAX_CHUNK_SIZE + 1 + _ABYTES + 64:
+    if size > sealed_chunk_limit(MAX_CHUNK_SIZE):
         raise ChunkError(f"frame of {size} bytes is larger than any chunk")
     sealed = _read_exactly(source, size)
     if len(sealed) != size:

@@ -59,6 +59,7 @@ from hub.transfer.sealing import (
     Header,
     Opener,
     read_frame,
+    sealed_chunk_limit,
 )
 from hub.transfer.spool import partial_path
 
@@ -83,6 +84,8 @@ DEFAULT_ACK_EVERY = 1024 * 1024
 _U64 = struct.Struct(">Q")
 _ACK = struct.Struct(">cQQ")
 _U16 = struct.Struct(">H")
+#: Kind byte and index before a sealed chunk in a data message.
+_DATA_OVERHEAD = 1 + _U64.size
 _T = TypeVar("_T")
 #: Lingering receivers (a task needs a strong reference while it runs).
 _LINGERING: set[asyncio.Task[None]] = set()
@@ -359,6 +362,14 @@ class Sender(_Side):
 
     async def _send(self, source: BinaryIO) -> TransferStats:
         header = Header.from_bytes(source.read(HEADER_BYTES))
+        largest = _DATA_OVERHEAD + sealed_chunk_limit(header.chunk_size)
+        if largest > self._nc.max_payload:
+            raise TransferError(
+                f"chunks of {header.chunk_size} bytes make messages of up to {largest} bytes, "
+                f"above the server's max_payload of {self._nc.max_payload}",
+                code="refused",
+                hint="seal with a smaller chunk_size, or raise the server's max_payload",
+            )
         count = header.chunk_count
         opts = self.options
         progress = _Progress(

@@ -464,3 +464,22 @@ async def test_a_receiver_without_the_key_keeps_the_sealed_form_for_the_object_s
     with back.open("rb") as sealed, (tmp_path / "opened").open("wb") as plain:
         open_stream(sealed, plain, leg.key)
     assert digest(tmp_path / "opened") == digest(leg.source)
+
+
+async def test_chunks_too_big_for_the_servers_max_payload_are_refused_before_sending(
+    tmp_path: Path,
+) -> None:
+    from hub.nats import NatsServer
+
+    async with NatsServer(tmp_path / "nats", max_payload=1024 * 1024) as server:
+        nc = await nats.connect(server.url)
+        try:
+            key = new_content_key()
+            source = payload_file(tmp_path / "p", 3 * 1024 * 1024)
+            seal_file(source, tmp_path / "s", key, chunk_size=1024 * 1024)
+            sender = Sender(nc, tmp_path / "s", to="fh.bulk.x.t", control="fh.inbox.x.u.t")
+            with pytest.raises(TransferError, match="above the server's max_payload") as caught:
+                await sender.run()
+            assert caught.value.code == "refused"
+        finally:
+            await nc.close()
