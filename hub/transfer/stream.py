@@ -407,8 +407,9 @@ class Sender(_Side):
                 next_index += 1
             before = self._acked
             waited = time.monotonic() - last_progress
-            await self._wait(max(0.0, opts.retransmit_after - waited))
-            if self._acked > before or self._done:
+            heard = await self._wait(max(0.0, opts.retransmit_after - waited))
+            # all chunks acked: the receiver repeats that ack while it commits the file
+            if self._acked > before or self._done or (heard and self._acked == count):
                 retries, last_progress = 0, time.monotonic()
                 progress(min(self._acked * header.chunk_size, header.total_size))
             elif time.monotonic() - last_progress >= opts.retransmit_after:
@@ -523,7 +524,7 @@ class Receiver(_Side):
             header = await self._open(sub)
             with partial.open("wb") as spool:
                 stats = await self._receive(sub, header, spool)
-                await asyncio.to_thread(os.fsync, spool.fileno())
+                await self._sync(spool, header.chunk_count)
             partial.replace(self.dest)
             assert self._peer is not None
             self._last_word = b"K"
@@ -532,6 +533,21 @@ class Receiver(_Side):
             return Received(self.dest, header, stats)
         finally:
             partial.unlink(missing_ok=True)
+
+    async def _sync(self, spool: BinaryIO, count: int) -> None:
+        """Flush the verified spool file to disk, telling the sender all chunks are in.
+
+        Writing a large file out can take longer than the sender waits between acks, so
+        the ack of every chunk is repeated until the file is on disk.
+        """
+        spool.flush()
+        syncing = asyncio.ensure_future(asyncio.to_thread(os.fsync, spool.fileno()))
+        while True:
+            await self._ack(b"A", count)
+            done, _ = await asyncio.wait({syncing}, timeout=self.options.retransmit_after / 2)
+            if done:
+                syncing.result()
+                return
 
     async def _linger(self, sub: Subscription) -> None:
         """Answer the sender with the last word for a while (it may have missed it)."""

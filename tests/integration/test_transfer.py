@@ -483,3 +483,28 @@ async def test_chunks_too_big_for_the_servers_max_payload_are_refused_before_sen
             assert caught.value.code == "refused"
         finally:
             await nc.close()
+
+
+async def test_a_receiver_slow_to_commit_keeps_the_sender_waiting_without_resending(
+    sites: Sites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that takes longer to flush the file than the sender's whole retry budget
+    # (max_retries x retransmit_after = 2.4 s here).
+    import time
+
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(3.0)
+        real_fsync(fd)
+
+    monkeypatch.setattr("hub.transfer.stream.os.fsync", slow_fsync)
+    leg = prepare(tmp_path, 1024 * 1024)
+    received, stats = await asyncio.gather(
+        Receiver(sites.node, subject=leg.route.to, dest=tmp_path / "out", key=leg.key,
+                 options=FAST).run(),
+        Sender(sites.caller, leg.sealed, to=leg.route.to, control=leg.route.control,
+               options=FAST).run(),
+    )  # fmt: skip
+    assert digest(received.path) == digest(leg.source)
+    assert stats.resent_chunks == 0
