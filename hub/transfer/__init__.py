@@ -3,7 +3,8 @@
 - :mod:`hub.transfer.sealing`: the sealed form (header, authenticated chunks, payload hash);
 - :mod:`hub.transfer.stream`: moving a sealed payload between two NATS connections with
   credit-based flow control, retransmission, progress, cancel and deadlines
-  (:class:`Sender`, :class:`Receiver`);
+  (:class:`Sender`, :class:`Receiver`); :mod:`hub.transfer.options`: their knobs,
+  progress reports and results;
 - :mod:`hub.transfer.routes`: the subjects of an upload (caller to site) and a download
   (site to caller) that the hub's accounts let through;
 - :mod:`hub.transfer.spool`: spool files of unfinished transfers and their sweep.
@@ -43,6 +44,15 @@ How a call uses it (caller ``klaus@geomar``, node at ``hereon``; ``tid`` is
 
 from __future__ import annotations
 
+from hub.transfer.options import (
+    DEFAULT_ACK_EVERY,
+    DEFAULT_WINDOW,
+    ProgressCallback,
+    Received,
+    TransferOptions,
+    TransferProgress,
+    TransferStats,
+)
 from hub.transfer.routes import Route, download_route, upload_route
 from hub.transfer.sealing import (
     DEFAULT_CHUNK_SIZE,
@@ -59,17 +69,7 @@ from hub.transfer.sealing import (
     seal_stream,
 )
 from hub.transfer.spool import PARTIAL_SUFFIX, partial_path, sweep_partials
-from hub.transfer.stream import (
-    DEFAULT_ACK_EVERY,
-    DEFAULT_WINDOW,
-    ProgressCallback,
-    Received,
-    Receiver,
-    Sender,
-    TransferOptions,
-    TransferProgress,
-    TransferStats,
-)
+from hub.transfer.stream import Receiver, Sender
 
 __all__ = [
     "DEFAULT_ACK_EVERY",
