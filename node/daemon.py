@@ -304,7 +304,7 @@ class NodeDaemon:
             self.consumer.reset()
 
     async def _on_nats_closed(self) -> None:
-        """nats-py gave up on the connection for good (e.g. credentials refused): stop."""
+        """nats-py gave up on the connection for good: stop (exit 1, a supervisor restarts)."""
         self.failure = "the NATS connection was closed"
         self.request_stop()
 
