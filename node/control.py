@@ -7,8 +7,6 @@ as the call's own reply carried it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,8 @@ from hub.errors import (
     UnauthorizedError,
 )
 from hub.events import ResultFetched
+from hub.lifecycle import UNFINISHED, RequestState
+from node.replies import message_with_hint
 
 if TYPE_CHECKING:
     from node.pipeline import Pipeline
@@ -54,25 +54,23 @@ class Control:
             return error_answer(exc)
         except (FederationError, KeyError, TypeError) as exc:
             return error_answer(UnauthorizedError(f"control message refused: {exc}"))
-        storing = p._storing.get(ctl.id)
-        if storing is not None and ctl.op in ("status", "fetch"):
-            # the result is being stored right now: answer once that is logged
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(storing), 5.0)
-        state = await p._request_state(ctl.id)
+        if ctl.op in ("status", "fetch"):
+            # the result may be being stored right now: answer once that has ended
+            await p.results.settled(ctl.id)
+        state = await p.request_state(ctl.id)
         if state is None or state.get("caller") != ctl.caller:
             return error_answer(NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node"))
         if ctl.op == "fetch":
             return await self._fetch(ctl.id, ctl.caller, state)
         if ctl.op == "cancel":
-            event = p._running.get(ctl.id)
+            event = p.running.get(ctl.id)
             if event is not None:
                 event.set()
                 return {"id": ctl.id, "cancelling": True, "state": state["state"]}
-            if state["state"] in ("received", "accepted", "running"):
+            if RequestState(state["state"]) in UNFINISHED:
                 # not running in this process yet (queued, or between log and start):
                 # remembered, and the call is cancelled when it would start
-                p._cancel_early[ctl.id] = time.monotonic()
+                p.cancel_early[ctl.id] = time.monotonic()
                 return {"id": ctl.id, "cancelling": True, "state": state["state"]}
             return {"id": ctl.id, "cancelling": False, "state": state["state"]}
         keep = (
@@ -92,21 +90,18 @@ class Control:
         return {k: state.get(k) for k in keep}
 
     async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> dict[str, Any] | bytes:
-        """The stored result of ``rid`` as a result frame; logs ``result.fetched``."""
-        from node.pipeline import _parse_stored_form
-
+        """The kept result of ``rid`` as a result frame; logs ``result.fetched``."""
         p = self.p
-        if state["state"] != "completed":
+        if RequestState(state["state"]) != RequestState.COMPLETED:
             return error_answer(
                 NotFoundError(f"request {rid} has no result: it is {state['state']}")
             )
         name = state.get("result_object")
-        if not name or p.load_result is None:
-            return error_answer(
-                NotFoundError(f"no copy of the result of {rid} was kept (it was delivered only)")
-            )
+        if not name or not p.results.loads:
+            why = state.get("reason") or "it was delivered only"
+            return error_answer(NotFoundError(f"no copy of the result of {rid} was kept ({why})"))
         try:
-            wraps, ciphertext = _parse_stored_form(await p.load_result(str(name)))
+            head, ciphertext = await p.results.load(str(name))
         except FederationError as exc:
             log.warning("result.fetch_failed", request_id=rid, error=str(exc))
             return error_answer(exc)
@@ -122,7 +117,7 @@ class Control:
                 node=p.node_id,
                 time=now(),
                 result_hash=state["result_hash"],
-                wraps=wraps,
+                wraps=head.wraps,
                 object=str(name),
                 log_seq=stored[-1].seq,
             ),
@@ -133,5 +128,4 @@ class Control:
 def error_answer(exc: FederationError) -> dict[str, Any]:
     """The control answer for an error: ``{"error": {"code", "message"}}``."""
     code = exc.code if isinstance(exc, RemoteError) else "remote_error"
-    message = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": message_with_hint(exc)}}

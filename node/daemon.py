@@ -47,6 +47,7 @@ from hub.events import (
     NodeStarted,
     NodeStopped,
 )
+from hub.lifecycle import UNFINISHED
 from hub.logfile import export_line
 from hub.objects import get_object, put_object, wait_acks
 from hub.records import SignedRecord
@@ -167,12 +168,13 @@ class NodeDaemon:
             writer=self.writer,
             calls=cfg.calls,
             send=self._send,
+            max_reply=self._max_reply,
             store_result=self._store_result,
             load_result=self._load_result,
             module_timeouts=timeouts,
         )
         self.stack.callback(self.pipeline.close)
-        await self.pipeline.load_recent_nonces()
+        await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
         await self.writer.append(
@@ -341,10 +343,13 @@ class NodeDaemon:
     async def _load_result(self, name: str) -> bytes:
         return await get_object(self._jetstream(), RESULTS_BUCKET, name)
 
-    async def _store_result(self, request_id: str, data: bytes) -> str:
+    async def _store_result(self, name: str, data: bytes) -> None:
+        await put_object(self._jetstream(), RESULTS_BUCKET, name, data)
+
+    def _max_reply(self) -> int:
+        """The largest message this connection carries (the server's ``max_payload``)."""
         assert self.nc is not None
-        await put_object(self._jetstream(), RESULTS_BUCKET, request_id, data)
-        return request_id
+        return int(self.nc.max_payload)
 
     async def _publish_events(self, events: list[StoredEvent]) -> None:
         """Copy events to the site's ``FH_EVENTS`` stream.
@@ -438,8 +443,11 @@ class NodeDaemon:
 
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None
+        states = sorted(UNFINISHED)
+        marks = ", ".join("?" * len(states))
         row = self.eventlog.db.execute(
-            "SELECT COUNT(*) FROM requests WHERE state IN ('received', 'accepted', 'running')"
+            f"SELECT COUNT(*) FROM requests WHERE state IN ({marks})",  # noqa: S608
+            states,
         ).fetchone()
         return int(row[0])
 
