@@ -66,6 +66,7 @@ from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
 from node.consumer import CallConsumer
+from node.dispatch import Dispatcher
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
 from node.pipeline import Pipeline
@@ -96,6 +97,7 @@ class NodeDaemon:
         self.pipeline: Pipeline | None = None
         self.directory: Directory | None = None
         self.consumer: CallConsumer | None = None
+        self.dispatcher: Dispatcher | None = None
         self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -212,19 +214,31 @@ class NodeDaemon:
         # stop requesting calls; a call the server still delivers is handed back at once
         if self.consumer is not None:
             await self.consumer.close()
-        calls = [t for t in self._tasks if t.get_name() == "call"]
-        if calls:
-            log.info("node.finishing_calls", count=len(calls), grace=self.grace)
-            _, pending = await asyncio.wait(calls, timeout=self.grace)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._finish_calls()
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
                 await self.writer.append(NodeStopped(reason=reason))
                 await self.writer.checkpoint()  # a fresh receipt covers the whole run
         await self.stack.aclose()
         log.info("node.stopped", reason=reason)
+
+    async def _finish_calls(self) -> None:
+        """Let the calls in flight finish for ``grace`` seconds (a burst being taken may
+        still start runs), then cancel what is left (its messages are handed back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        logged = False
+        while calls := [t for t in self._tasks if t.get_name() == "call" and not t.done()]:
+            if not logged:
+                log.info("node.finishing_calls", count=len(calls), grace=self.grace)
+                logged = True
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.wait(calls, timeout=left)
+                continue
+            for t in calls:
+                t.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -528,42 +542,21 @@ class NodeDaemon:
     async def _start_consumer(self) -> None:
         assert self.nc is not None
         calls = self.cfg.calls
+        assert self.pipeline is not None
+        self.dispatcher = Dispatcher(self.pipeline, self._spawn, self._release)
         self.consumer = CallConsumer(
             self.nc,
             CALLS_STREAM,
             CALLS_CONSUMER,
-            self._on_call,
+            self.dispatcher.deliver,
             window=calls.max_in_flight,
             refill=calls.fetch_batch,
         )
         await self.consumer.start()
 
-    def _on_call(self, msg: Msg) -> None:
-        self._spawn(self._one_call(msg), "call")
-
-    async def _one_call(self, msg: Msg) -> None:
-        assert self.pipeline is not None and self.consumer is not None
-        acked = False
-        try:
-            delivery = msg.metadata.num_delivered if msg.metadata else 1
-            outcome = await self.pipeline.handle(
-                msg.data, msg.subject, delivery=delivery, keepalive=msg.in_progress
-            )
-            if outcome.ack:
-                await msg.ack()
-                acked = True
-        except asyncio.CancelledError:
-            # stopping with the call unfinished: hand it back for redelivery
-            with contextlib.suppress(Exception):
-                await asyncio.shield(msg.nak())
-            raise
-        except Exception:  # a bug must not take the node down; the message comes back
-            log.exception("call.crashed")
-            if not acked:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
-        finally:
-            self.consumer.release()
+    def _release(self) -> None:
+        assert self.consumer is not None
+        self.consumer.release()
 
     # --- status ---------------------------------------------------------------------------
 
