@@ -63,7 +63,7 @@ from hub.errors import (
     remote_error_from_code,
 )
 from hub.keys import KeyPair, KeyStore
-from hub.objects import wait_acks
+from hub.nats import wait_acks
 from hub.records import KeyRecord, SignedRecord, open_record
 from hub.subjects import (
     call_subject,
