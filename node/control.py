@@ -15,7 +15,13 @@ import structlog
 from hub.canonical import parse_canonical
 from hub.clock import now
 from hub.crypto import blake2b_256, verify
-from hub.envelopes import DOMAIN_CONTROL, ReplyHeader, pack_reply, parse_control, split_control
+from hub.envelopes import (
+    DOMAIN_CONTROL,
+    ReplyHeader,
+    pack_reply,
+    split_control,
+    validate_control_header,
+)
 from hub.errors import (
     FederationError,
     IntegrityError,
@@ -49,7 +55,7 @@ class Control:
             claimed = parse_canonical(header_bytes)
             record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
             verify(record.sign_key_bytes(), DOMAIN_CONTROL, header_bytes, sig)
-            ctl = parse_control(header_bytes)
+            ctl = validate_control_header(claimed)  # the frame is parsed once
         except UnauthorizedError as exc:
             return error_answer(exc)
         except (FederationError, KeyError, TypeError) as exc:
