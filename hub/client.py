@@ -1,11 +1,11 @@
-"""Calling remote functions: the async :class:`Client`, its call handles, and a sync twin.
+"""Calling remote functions: the async :class:`Client` and its call handles.
 
 ::
 
     async with await Client.connect(url, "klaus@geomar") as fed:
         total = await fed.call("hereon.climate.compute_sum", da=da)
 
-    with connect(url, "klaus@geomar") as fed:          # sync, works inside Jupyter
+    with connect(url, "klaus@geomar") as fed:          # sync: hub.sync_client
         handle = fed.submit("hereon.climate.slow_mean", da=da)
         handle.result(timeout=60)
 
@@ -23,11 +23,10 @@ import asyncio
 import contextlib
 import json
 import secrets
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import nats.errors
@@ -73,12 +72,20 @@ from hub.subjects import (
     status_subject,
     validate_identity,
 )
+from hub.sync_client import SyncCallHandle, SyncClient, connect
 
-__all__ = ["CallHandle", "Client", "ModuleInfo", "SyncClient", "connect"]
+__all__ = [
+    "CallHandle",
+    "Client",
+    "ModuleInfo",
+    "ProgressCallback",
+    "SyncCallHandle",
+    "SyncClient",
+    "connect",
+]
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 ProgressCallback = Callable[[float | None, str], None]
 
 #: Extra time the client waits past a call's own timeout for the node's answer to arrive.
@@ -552,159 +559,3 @@ def _error(code: str, message: str, handle: CallHandle) -> FederationError:
     if code in ("cancelled", "interrupted"):
         return CallCancelledError(message or f"{handle.address} was cancelled", code=code)
     return remote_error_from_code(code, message or f"{handle.address} failed ({code})")
-
-
-# --- the sync twin ----------------------------------------------------------------------
-
-
-class SyncClient:
-    """Blocking twin of :class:`Client`, safe inside Jupyter (its loop runs in a thread)."""
-
-    def __init__(self, factory: Callable[[], Awaitable[Client]]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="fedhub-client", daemon=True
-        )
-        self._thread.start()
-        try:
-            self._client: Client = self._run(factory())
-        except BaseException:
-            self._stop_loop()
-            raise
-        self._closed = False
-
-    def _run(self, coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float | None = None) -> T:
-        async def wrap() -> T:
-            return await coro
-
-        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result(timeout)
-
-    def call(
-        self,
-        address: str,
-        arguments: Mapping[str, Any] | None = None,
-        /,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Call and wait for the result."""
-        return self._run(
-            self._client.call(
-                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
-            )
-        )
-
-    def submit(
-        self,
-        address: str,
-        arguments: Mapping[str, Any] | None = None,
-        /,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        **kwargs: Any,
-    ) -> SyncCallHandle:
-        """Send a call; returns a blocking handle."""
-        handle = self._run(
-            self._client.submit(
-                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
-            )
-        )
-        return SyncCallHandle(self, handle)
-
-    def status(self, site: str, request_id: str) -> dict[str, Any]:
-        """The node's record of one of my requests."""
-        return self._run(self._client.status(site, request_id))
-
-    def fetch(self, site: str, request_id: str) -> Any:
-        """The stored result of one of my earlier calls (see :meth:`Client.fetch`)."""
-        return self._run(self._client.fetch(site, request_id))
-
-    def module_info(self, site: str, module: str) -> ModuleInfo:
-        """A module's verified info."""
-        return self._run(self._client.module_info(site, module))
-
-    @property
-    def client(self) -> Client:
-        """The async client underneath (use only from its own loop)."""
-        return self._client
-
-    def close(self) -> None:
-        """Close the client and stop its loop; harmless twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._run(self._client.aclose(), timeout=10)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._loop.is_running():
-            self._loop.close()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass
-class SyncCallHandle:
-    """Blocking view of a :class:`CallHandle`."""
-
-    _owner: SyncClient
-    _handle: CallHandle
-
-    @property
-    def request_id(self) -> str:
-        """The request id (for `fedhub status`)."""
-        return self._handle.request_id
-
-    @property
-    def progress(self) -> tuple[float | None, str]:
-        """The latest progress report: (fraction or None, message)."""
-        return self._handle.progress
-
-    def done(self) -> bool:
-        """Whether the outcome has arrived."""
-        return self._handle.done()
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result."""
-        return self._owner._run(self._handle.result(timeout))
-
-    def status(self) -> dict[str, Any]:
-        """The node's record of this request."""
-        return self._owner._run(self._handle.status())
-
-    def cancel(self) -> dict[str, Any]:
-        """Ask the node to cancel; returns its answer."""
-        return self._owner._run(self._handle.cancel())
-
-
-def connect(
-    url: str,
-    identity: str,
-    *,
-    home: Path | None = None,
-    passphrase: str | None = None,
-    credentials: str | None = None,
-    default_timeout: float = 300.0,
-) -> SyncClient:
-    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``."""
-    return SyncClient(
-        lambda: Client.connect(
-            url,
-            identity,
-            home=home,
-            passphrase=passphrase,
-            credentials=credentials,
-            default_timeout=default_timeout,
-        )
-    )
