@@ -49,15 +49,12 @@ from hub.crypto import (
 )
 from hub.directory import Directory
 from hub.envelopes import (
-    DOMAIN_CONTROL,
     DOMAIN_REQUEST,
     ReplyHeader,
     RequestHeader,
     check_payload,
     pack_reply,
-    parse_control,
     parse_request_header,
-    split_control,
     split_request,
 )
 from hub.errors import (
@@ -86,7 +83,6 @@ from hub.events import (
     RequestReceived,
     RequestRejected,
     RequestStarted,
-    ResultFetched,
     ResultStored,
 )
 from hub.keys import KeyPair
@@ -94,6 +90,7 @@ from hub.records import KeyRecord
 from hub.subjects import inbox_prefix, parse_call_subject, validate_identity
 from node import projections
 from node.config import CallsSection
+from node.control import Control
 from node.logwriter import LogWriter
 from node.runner import CancelSignal, Runner
 
@@ -168,6 +165,7 @@ class Pipeline:
         self._reader: sqlite3.Connection | None = None
         self._cancel_early: dict[str, float] = {}
         self._storing: dict[str, asyncio.Future[None]] = {}
+        self._control = Control(self)
 
     # --- replay memory --------------------------------------------------------------------
 
@@ -699,95 +697,9 @@ class Pipeline:
             await self._send(rej.reply_to, pack_reply(reply))
         return Outcome(rid, "rejected", rej.code)
 
-    # --- control: cancel and status -------------------------------------------------------
-
     async def control(self, data: bytes) -> dict[str, Any] | bytes:
-        """Answer a signed cancel/status/fetch message from a caller about its own request.
-
-        Answers are JSON, except a successful fetch: the stored result as a ``result``
-        reply frame, exactly as the call's own reply carried it.
-        """
-        try:
-            header_bytes, sig = split_control(data)
-            claimed = parse_canonical(header_bytes)
-            record = self.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
-            verify(record.sign_key_bytes(), DOMAIN_CONTROL, header_bytes, sig)
-            ctl = parse_control(header_bytes)
-        except UnauthorizedError as exc:
-            return _error_answer(exc)
-        except (FederationError, KeyError, TypeError) as exc:
-            return _error_answer(UnauthorizedError(f"control message refused: {exc}"))
-        storing = self._storing.get(ctl.id)
-        if storing is not None and ctl.op in ("status", "fetch"):
-            # the result is being stored right now: answer once that is logged
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(storing), 5.0)
-        state = await self._request_state(ctl.id)
-        if state is None or state.get("caller") != ctl.caller:
-            return _error_answer(NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node"))
-        if ctl.op == "fetch":
-            return await self._fetch(ctl.id, ctl.caller, state)
-        if ctl.op == "cancel":
-            event = self._running.get(ctl.id)
-            if event is not None:
-                event.set()
-                return {"id": ctl.id, "cancelling": True, "state": state["state"]}
-            if state["state"] in ("received", "accepted", "running"):
-                # not running in this process yet (queued, or between log and start):
-                # remembered, and the call is cancelled when it would start
-                self._cancel_early[ctl.id] = time.monotonic()
-                return {"id": ctl.id, "cancelling": True, "state": state["state"]}
-            return {"id": ctl.id, "cancelling": False, "state": state["state"]}
-        keep = (
-            "request_id",
-            "caller",
-            "address",
-            "state",
-            "code",
-            "reason",
-            "received_time",
-            "updated_time",
-            "attempts",
-            "progress_ppm",
-            "result_hash",
-            "result_object",
-        )
-        return {k: state.get(k) for k in keep}
-
-    async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> dict[str, Any] | bytes:
-        """The stored result of ``rid`` as a result frame; logs ``result.fetched``."""
-        if state["state"] != "completed":
-            return _error_answer(
-                NotFoundError(f"request {rid} has no result: it is {state['state']}")
-            )
-        name = state.get("result_object")
-        if not name or self.load_result is None:
-            return _error_answer(
-                NotFoundError(f"no copy of the result of {rid} was kept (it was delivered only)")
-            )
-        try:
-            wraps, ciphertext = _parse_stored_form(await self.load_result(str(name)))
-        except FederationError as exc:
-            log.warning("result.fetch_failed", request_id=rid, error=str(exc))
-            return _error_answer(exc)
-        if blake2b_256(ciphertext).hex() != state.get("result_hash"):
-            return _error_answer(
-                IntegrityError(f"the stored result of {rid} is not the one the log recorded")
-            )
-        stored = await self.writer.append(ResultFetched(request_id=rid, by=caller))
-        return pack_reply(
-            ReplyHeader(
-                kind="result",
-                id=rid,
-                node=self.node_id,
-                time=now(),
-                result_hash=state["result_hash"],
-                wraps=wraps,
-                object=str(name),
-                log_seq=stored[-1].seq,
-            ),
-            ciphertext,
-        )
+        """Answer a signed cancel/status/fetch message (see :mod:`node.control`)."""
+        return await self._control.answer(data)
 
 
 class _ProgressForwarder:
@@ -899,11 +811,6 @@ def _public_reason(exc: FederationError, code: str) -> str:
 
 def _message_with_hint(exc: FederationError) -> str:
     return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-
-
-def _error_answer(exc: FederationError) -> dict[str, Any]:
-    code = exc.code if isinstance(exc, RemoteError) else "remote_error"
-    return {"error": {"code": code, "message": _message_with_hint(exc)}}
 
 
 def _signed_by(record: KeyRecord, header_bytes: bytes, sig: bytes) -> bool:
