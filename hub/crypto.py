@@ -140,12 +140,16 @@ def seal_payload(
     sender_box_secret: bytes,
     sender_box_public: bytes,
     recipients: dict[str, bytes],
+    *,
+    key: bytes | None = None,
 ) -> WrappedPayload:
     """Encrypt ``plaintext`` once and wrap its content key for every recipient.
 
-    ``recipients`` maps a recipient key id to its X25519 public key.
+    ``recipients`` maps a recipient key id to its X25519 public key. ``key`` is the content
+    key to use (a fresh one when None): a caller keeps it to open the node's progress and
+    error messages about the call.
     """
-    key = new_content_key()
+    key = new_content_key() if key is None else key
     wraps = {
         kid: wrap_key(sender_box_secret, sender_box_public, pub, key)
         for kid, pub in recipients.items()

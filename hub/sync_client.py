@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from hub.client import CallHandle, Client, ModuleInfo, ProgressCallback
+    from hub.answers import CancelAnswer, RequestStatus
+    from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback
+    from hub.client import Client
 
 __all__ = ["SyncCallHandle", "SyncClient", "connect"]
 
@@ -84,7 +86,7 @@ class SyncClient:
         )
         return SyncCallHandle(self, handle)
 
-    def status(self, site: str, request_id: str) -> dict[str, Any]:
+    def status(self, site: str, request_id: str) -> RequestStatus:
         """The node's record of one of my requests."""
         return self._run(self._client.status(site, request_id))
 
@@ -149,11 +151,11 @@ class SyncCallHandle:
         """Wait for the result."""
         return self._owner._run(self._handle.result(timeout))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RequestStatus:
         """The node's record of this request."""
         return self._owner._run(self._handle.status())
 
-    def cancel(self) -> dict[str, Any]:
+    def cancel(self) -> CancelAnswer:
         """Ask the node to cancel; returns its answer."""
         return self._owner._run(self._handle.cancel())
 

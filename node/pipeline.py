@@ -90,7 +90,7 @@ from hub.records import KeyRecord
 from hub.subjects import inbox_prefix, parse_call_subject, validate_identity
 from node import projections
 from node.config import CallsSection
-from node.control import Control
+from node.control import Control, ControlAnswer
 from node.logwriter import LogWriter
 from node.runner import CancelSignal, Runner
 
@@ -697,8 +697,9 @@ class Pipeline:
             await self._send(rej.reply_to, pack_reply(reply))
         return Outcome(rid, "rejected", rej.code)
 
-    async def control(self, data: bytes) -> dict[str, Any] | bytes:
-        """Answer a signed cancel/status/fetch message (see :mod:`node.control`)."""
+    async def control(self, data: bytes) -> ControlAnswer:
+        """Answer a signed cancel/status/fetch message (see :mod:`node.control`); raises
+        the typed error for a refusal."""
         return await self._control.answer(data)
 
 
