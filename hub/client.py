@@ -528,7 +528,7 @@ class Client:
             return None
         if state.state in (RequestState.FAILED, RequestState.REJECTED):
             code = state.code or "remote_error"
-            return None, _error(code, state.reason or "", handle)
+            return None, _error(code, state.reason or "", handle.address)
         return None
 
     # -- the inbox -------------------------------------------------------------------------
@@ -556,7 +556,7 @@ class Client:
                 message = h.message or ""
                 if reply.body:
                     message = open_secret(handle._content_key, reply.body).decode()
-                handle._settle(error=_error(h.code or "remote_error", message, handle))
+                handle._settle(error=_error(h.code or "remote_error", message, handle.address))
         except (FederationError, KeyError, UnicodeDecodeError) as exc:
             log.warning("client.reply_rejected", request_id=h.id, reason=str(exc))
             if h.kind != "progress":
@@ -578,14 +578,15 @@ def _new_request_id() -> str:
             return rid
 
 
-def _error(code: str, message: str, handle: CallHandle) -> FederationError:
-    """The typed error of a call's error ``code`` (from its reply or its status)."""
+def _error(code: str, message: str, address: str) -> FederationError:
+    """The typed error of a call to ``address`` with error ``code`` (from its reply or
+    its status)."""
     if not message:
         message = {
-            "timeout": f"{handle.address} ran out of time at the node",
-            "cancelled": f"{handle.address} was cancelled",
-            "interrupted": f"{handle.address} was cancelled",
-        }.get(code, f"{handle.address} failed ({code})")
+            "timeout": f"{address} ran out of time at the node",
+            "cancelled": f"{address} was cancelled",
+            "interrupted": f"{address} was cancelled",
+        }.get(code, f"{address} failed ({code})")
     return error_from_code(code, message)
 
 
