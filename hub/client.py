@@ -108,12 +108,18 @@ _LAST_ASK = 3.0
 #: How often, and how far apart, a recovery asks while the node cannot be reached yet.
 _RECOVER_TRIES = 8
 _RECOVER_PAUSE = 1.0
+#: How many calls are asked about at once (after a reconnect with many calls waiting).
+_RECOVER_AT_ONCE = 16
 #: How long one control request waits for the node's answer.
 _CONTROL_TIMEOUT = 5.0
 
 
 class Client:
-    """An identity's connection to the federation. Use as an async context manager."""
+    """An identity's connection to the federation. Use as an async context manager.
+
+    Made by :meth:`connect`; when you build one on a NATS connection of your own, pass its
+    ``reconnected_cb`` on to :meth:`on_reconnected`, so replies lost meanwhile are asked for.
+    """
 
     def __init__(
         self,
@@ -142,6 +148,7 @@ class Client:
         self._closed = False
         self._box_public = keys.box_public
         self._recovering: dict[str, asyncio.Task[None]] = {}
+        self._asking = asyncio.Semaphore(_RECOVER_AT_ONCE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -495,8 +502,12 @@ class Client:
                 return
             timeout = max(0.1, min(_CONTROL_TIMEOUT, handle._deadline - loop.time()))
             try:
-                state = await self.status(handle.site, handle.request_id)
-                outcome = await self._outcome(handle, state, last=last, timeout=timeout)
+                async with self._asking:
+                    data = await self._control(
+                        "status", handle.site, handle.request_id, timeout=timeout
+                    )
+                    state = _parse(RequestStatus, data, f"status answer from {handle.site}")
+                    outcome = await self._outcome(handle, state, last=last, timeout=timeout)
             except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
                 log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
                 if last or handle._deadline - loop.time() < _RECOVER_PAUSE:

@@ -215,6 +215,10 @@ _CODES: dict[str, tuple[type[FederationError], int]] = {
     "busy": (RemoteError, 503),
     "interrupted": (CallCancelledError, 503),
     "timeout": (CallTimeoutError, 504),
+    # reasons a node logs for a rejection (``request.rejected``), as a status reports them
+    "malformed": (ValidationError, 400),
+    "bad_signature": (UnauthorizedError, 401),
+    "misrouted": (NotFoundError, 404),
 }
 
 
