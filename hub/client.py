@@ -48,7 +48,6 @@ from hub.clock import now
 from hub.crypto import (
     WrappedPayload,
     blake2b_256,
-    new_content_key,
     open_payload,
     open_secret,
     seal_payload,
@@ -305,14 +304,14 @@ class Client:
                 hint=f"it serves: {known}",
             )
         timeout = timeout if timeout is not None else self.default_timeout
-        key = new_content_key()
         sealed = seal_payload(
             codec.encode_many(kwargs),
             self.keys.box_secret,
             self._box_public,
             {info.node_kid: info.node_box_key},
-            key=key,
         )
+        key = sealed.content_key
+        assert key is not None  # the sealer always keeps it
         ciphertext = sealed.ciphertext
         rid = _new_request_id()
         header = RequestHeader(
@@ -435,14 +434,10 @@ class Client:
     def _open_result(self, wraps: Mapping[str, str], body: bytes, node_box_key: bytes) -> Any:
         """Open a result sealed for my key by the node key I checked (DecryptionError if
         it is not sealed for me, or not by that node)."""
-        wrapped_text = wraps.get(self.keys.kid)
-        if wrapped_text is None:
-            raise DecryptionError("the result is not sealed for my key")
-        wrapped = b64d(wrapped_text)
-        if wrapped[:32] != node_box_key:
-            raise DecryptionError("the result was not sealed by the node key I checked")
-        payload = WrappedPayload(body, {self.keys.kid: wrapped})
-        return codec.decode(open_payload(payload, self.keys.kid, self.keys.box_secret))
+        mine = wraps.get(self.keys.kid)
+        payload = WrappedPayload(body, {self.keys.kid: b64d(mine)} if mine else {})
+        plaintext = open_payload(payload, self.keys.kid, self.keys.box_secret, sender=node_box_key)
+        return codec.decode(plaintext)
 
     async def _control(
         self, op: str, site: str, request_id: str, *, timeout: float = _CONTROL_TIMEOUT

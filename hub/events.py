@@ -21,7 +21,7 @@ their optional fields when they are None, so a version 1 event reads back byte f
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, TypeAdapter, model_serializer
 
@@ -63,7 +63,7 @@ DOMAIN_EVENT = b"fedhub/event/v1\n"
 """Version 1: every event is signed over ``DOMAIN_EVENT || hash``."""
 DOMAIN_COMMIT = b"fedhub/commit/v2\n"
 """Version 2: the last event of a commit is signed over ``DOMAIN_COMMIT || hash``."""
-EVENT_VERSION = 2
+EVENT_VERSION: Final = 2
 """The body version a node writes."""
 
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]

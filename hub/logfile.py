@@ -65,8 +65,10 @@ class RawEvent:
 
 
 def export_line(hash_: bytes, sig: bytes, body: bytes) -> bytes:
-    """The JSON Lines form of one event, newline included."""
-    return b"".join((_P1, hash_.hex().encode(), _P2, b64e(sig).encode(), _P3, body, b"}\n"))
+    """The JSON Lines form of one event, newline included; an unsigned (version 2) event,
+    stored with ``sig == b""``, is written with ``"sig":""``."""
+    sig_text = b64e(sig).encode() if sig else b""
+    return b"".join((_P1, hash_.hex().encode(), _P2, sig_text, _P3, body, b"}\n"))
 
 
 def parse_export_line(line: bytes, position: int) -> RawEvent:

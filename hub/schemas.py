@@ -21,6 +21,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "wire/request-header": envelopes.RequestHeader,
     "wire/reply-header": envelopes.ReplyHeader,
     "wire/control-header": envelopes.ControlHeader,
+    "wire/stored-result": envelopes.StoredResult,
     "answers/module-info": answers.ModuleDescription,
     "answers/request-status": answers.RequestStatus,
     "answers/cancel": answers.CancelAnswer,

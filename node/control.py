@@ -8,8 +8,6 @@ which the daemon sends as an error answer (headers, :func:`hub.answers.error_hea
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Control", "ControlAnswer"]
 
-#: What a control message is answered with (errors are raised).
+#: What a control message is answered with (a refusal is raised).
 ControlAnswer = RequestStatus | CancelAnswer | bytes
 
 log = structlog.get_logger(__name__)
@@ -57,26 +55,24 @@ class Control:
             raise
         except (FederationError, KeyError, TypeError) as exc:
             raise UnauthorizedError(f"control message refused: {exc}") from exc
-        storing = p._storing.get(ctl.id)
-        if storing is not None and ctl.op in ("status", "fetch"):
-            # the result is being stored right now: answer once that is logged
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(storing), 5.0)
-        state = await p._request_state(ctl.id)
+        if ctl.op in ("status", "fetch"):
+            # the result may be being stored right now: answer once that has ended
+            await p.results.settled(ctl.id)
+        state = await p.request_state(ctl.id)
         if state is None or state.get("caller") != ctl.caller:
             raise NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node")
         if ctl.op == "fetch":
             return await self._fetch(ctl.id, ctl.caller, state)
         if ctl.op == "cancel":
             current = RequestState(state["state"])
-            event = p._running.get(ctl.id)
+            event = p.running.get(ctl.id)
             if event is not None:
                 event.set()
                 return CancelAnswer(id=ctl.id, cancelling=True, state=current)
             if current in UNFINISHED:
                 # not running in this process yet (queued, or between log and start):
                 # remembered, and the call is cancelled when it would start
-                p._cancel_early[ctl.id] = time.monotonic()
+                p.cancel_early[ctl.id] = time.monotonic()
                 return CancelAnswer(id=ctl.id, cancelling=True, state=current)
             return CancelAnswer(id=ctl.id, cancelling=False, state=current)
         return RequestStatus.model_validate(
@@ -84,17 +80,16 @@ class Control:
         )
 
     async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> bytes:
-        """The stored result of ``rid`` as a result frame; logs ``result.fetched``."""
-        from node.pipeline import _parse_stored_form
-
+        """The kept result of ``rid`` as a result frame; logs ``result.fetched``."""
         p = self.p
-        if state["state"] != RequestState.COMPLETED:
+        if RequestState(state["state"]) != RequestState.COMPLETED:
             raise NotFoundError(f"request {rid} has no result: it is {state['state']}")
         name = state.get("result_object")
-        if not name or p.load_result is None:
-            raise NotFoundError(f"no copy of the result of {rid} was kept (it was delivered only)")
+        if not name or not p.results.loads:
+            why = state.get("reason") or "it was delivered only"
+            raise NotFoundError(f"no copy of the result of {rid} was kept ({why})")
         try:
-            wraps, ciphertext = _parse_stored_form(await p.load_result(str(name)))
+            head, ciphertext = await p.results.load(str(name))
         except FederationError as exc:
             log.warning("result.fetch_failed", request_id=rid, error=str(exc))
             raise
@@ -108,7 +103,7 @@ class Control:
                 node=p.node_id,
                 time=now(),
                 result_hash=state["result_hash"],
-                wraps=wraps,
+                wraps=head.wraps,
                 object=str(name),
                 log_seq=stored[-1].seq,
             ),

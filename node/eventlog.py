@@ -1,45 +1,40 @@
-"""The node's append-only, signed, hash-chained event log in SQLite.
+"""The node's append-only, hash-chained event log in SQLite, signed once per commit.
 
 * One log per node, id = the node identity (``node:hereon/n1``).
-* Each event's body is canonical JSON (:mod:`hub.events`) carrying ``seq`` and ``prev`` (the
-  hash of the previous body); the hash is ``leaf_hash(body)``; the node key signs
-  ``DOMAIN_EVENT || hash``. Bodies are built one after another (the chain is sequential);
-  signatures are made in parallel: for a large batch by worker processes (see
-  :class:`_SignWorkers`; they run while this process builds, projects and inserts, with no
-  lock between them), for a small one on a thread pool (libsodium releases the GIL).
+* Each event's body is canonical JSON (:mod:`hub.events`, version 2) carrying ``seq`` and
+  ``prev`` (the hash of the previous body); the hash is ``leaf_hash(body)``.
+* Appends are grouped into one transaction (a commit). The LAST event of every commit is
+  signed by the node key over ``DOMAIN_COMMIT || hash``; the others are stored with an
+  empty signature: the chain makes the signed event cover every event before it. A
+  checkpoint and a rotation of the node key are commits of their own (so always signed).
+* A version 1 log (every event signed over ``DOMAIN_EVENT``, written by an earlier release)
+  opened here goes on with version 2 events in the same chain; stored bytes are never
+  rewritten.
 * SQLite in WAL mode. ``synchronous="normal"`` (the default): a committed event survives a
   crash of the process; a power loss may lose the last transactions (never corrupts the
   log) -- the trade JetStream makes by default. ``synchronous="full"``: a committed event
-  also survives a power loss (one fsync per commit). Appends are grouped into one
-  transaction (group commit).
+  also survives a power loss (one fsync per commit).
 * The database itself refuses ``UPDATE`` and ``DELETE`` on events (triggers), and an insert
   whose ``seq`` is not the next one.
 * Every ``checkpoint_every`` events (or on :meth:`EventLog.checkpoint`), a ``checkpoint``
   event carries a signed Merkle root over all events before it.
 * Projections (request status) are updated in the same transaction and can be rebuilt.
 * The node key can be rotated (:meth:`EventLog.rotate_key`): a ``key.rotated`` event, signed
-  by the old key, carries the new key's record signed by the site; later events are signed
-  by the new key.
+  by the old key, carries the new key's record signed by the site; later events name and
+  are signed by the new key.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 from binascii import hexlify
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import nacl.bindings
-import nacl.exceptions
-import nacl.signing
 import sqlite_utils
 import structlog
 from pydantic import BaseModel
@@ -49,11 +44,10 @@ from hub.chain import GENESIS_PREV, MerkleAccumulator, leaf_hash
 from hub.clock import now
 from hub.crypto import sign
 from hub.errors import ConfigError, LogConflictError
-from hub.events import DOMAIN_EVENT, CheckpointData, KeyRotated, LogCreated
+from hub.events import DOMAIN_COMMIT, EVENT_VERSION, CheckpointData, KeyRotated, LogCreated
 from hub.keys import KeyPair
 from hub.logfile import export_line
 from hub.records import Checkpoint, KeyRecord, SignedRecord, sign_record
-from hub.workers import spawn_worker, stop_worker, write_all
 from node import projections
 
 __all__ = ["EventLog", "StoredEvent"]
@@ -71,7 +65,9 @@ CREATE TABLE IF NOT EXISTS events (
     time TEXT NOT NULL,
     request_id TEXT
 );
-CREATE INDEX IF NOT EXISTS events_request ON events(request_id) WHERE request_id IS NOT NULL;
+-- No index on request_id: random ids made it the costliest part of an append (earlier
+-- releases created one; it is only a cache, so it goes).
+DROP INDEX IF EXISTS events_request;
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'fedhub event log is append-only: UPDATE refused'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -83,164 +79,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY, root TEXT NOT NULL, signed TEXT NOT NULL
 );
 """
-
-
-def _sign_hashes(sk: nacl.signing.SigningKey, hashes: list[bytes]) -> list[bytes]:
-    """Event signatures over ``DOMAIN_EVENT || hash`` (libsodium releases the GIL)."""
-    return [sign(sk, DOMAIN_EVENT, h) for h in hashes]
-
-
-# A batch of at least this many events is signed by worker processes (when allowed).
-_PROCESS_MIN = 64
-# Hashes per request to a signing worker, and requests a worker may hold unanswered: the
-# requests and answers in flight always fit a 64 KiB pipe buffer, so neither side blocks
-# the other for long.
-_SIGN_CHUNK = 256
-_SIGN_IN_FLIGHT = 3
-# Answers of a signing worker whose first signature is checked: its first, then one in so
-# many (a check costs as much as three signatures).
-_SIGN_CHECK_EVERY = 64
-
-# A signing worker: reads the 32-byte seed, then requests (u32 count || count x 32-byte
-# hash) from stdin and answers each with count x 64-byte signatures over DOMAIN_EVENT ||
-# hash, on a pipe of its own (so nothing else it might print can mix in).
-_SIGN_WORKER = f"""
-import os, sys
-from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
-read, out = sys.stdin.buffer.read, os.fdopen(int(sys.argv[1]), "wb")
-_, sk = crypto_sign_seed_keypair(read(32))
-DOMAIN = {DOMAIN_EVENT!r}
-while len(head := read(4)) == 4:
-    blob = read(32 * int.from_bytes(head, "little"))
-    sigs = [crypto_sign(DOMAIN + blob[i:i + 32], sk)[:64] for i in range(0, len(blob), 32)]
-    out.write(b"".join(sigs))
-    out.flush()
-"""
-
-
-class _SignWorkers:
-    """Worker processes that sign event hashes with the node key, off this process's GIL.
-
-    The key's seed goes to each worker over its stdin pipe (never a file or an argument);
-    a worker exits when its stdin closes, so it does not outlive the log (nor a killed
-    node). Requests are answered in order; a ticket names one request.
-    """
-
-    def __init__(self, sk: nacl.signing.SigningKey, count: int) -> None:
-        self.sk = sk
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.queues: list[deque[tuple[int, int]]] = []
-        self.alive: list[bool] = []
-        self.inbox: list[bytearray] = []
-        self.results: dict[int, list[bytes]] = {}
-        self.hashes: dict[int, list[bytes]] = {}
-        self.next_ticket = 0
-        self.answers: list[int] = []
-        self.answered: list[int] = []
-        self.check_key = bytes(sk.verify_key)
-        seed = bytes(sk)
-        try:
-            for _ in range(count):
-                proc, read_end = spawn_worker(_SIGN_WORKER)
-                self.procs.append(proc)
-                self.answers.append(read_end)
-                self.queues.append(deque())
-                self.alive.append(True)
-                self.inbox.append(bytearray())
-                self.answered.append(0)
-                if proc.stdin is None:
-                    raise OSError("no pipe to the signing worker")
-                write_all(proc.stdin.fileno(), seed)
-        except OSError:
-            self.close()
-            raise
-
-    @property
-    def usable(self) -> bool:
-        """Whether any worker is still alive."""
-        return any(self.alive)
-
-    def submit(self, hashes: list[bytes]) -> int:
-        """Hand hashes to the least busy worker; the ticket for :meth:`result`."""
-        ticket = self.next_ticket
-        self.next_ticket += 1
-        self.hashes[ticket] = hashes
-        message = len(hashes).to_bytes(4, "little") + b"".join(hashes)
-        while True:
-            live = [i for i, up in enumerate(self.alive) if up]
-            if not live:
-                self.results[ticket] = _sign_hashes(self.sk, self.hashes.pop(ticket))
-                return ticket
-            i = min(live, key=lambda i: len(self.queues[i]))
-            if len(self.queues[i]) >= _SIGN_IN_FLIGHT:
-                self._take(i)
-                continue
-            stdin = self.procs[i].stdin
-            assert stdin is not None
-            try:
-                write_all(stdin.fileno(), message)
-            except OSError:
-                self._lost(i)
-                continue
-            self.queues[i].append((ticket, len(hashes)))
-            return ticket
-
-    def result(self, ticket: int) -> list[bytes]:
-        """The signatures of one request, waiting for them if need be."""
-        while ticket not in self.results:
-            holder = next(
-                (i for i, q in enumerate(self.queues) if any(t == ticket for t, _ in q)), None
-            )
-            if holder is None:
-                raise LogConflictError(f"signing request {ticket} was lost")
-            self._take(holder)
-        return self.results.pop(ticket)
-
-    def _take(self, i: int) -> None:
-        """Read worker ``i``'s oldest answer (blocking). The first signature of a worker's
-        first answer, and of every ``_SIGN_CHECK_EVERY``-th after, is checked here: a
-        worker that answers with anything but the node key's signatures is dropped."""
-        ticket, n = self.queues[i][0]
-        inbox = self.inbox[i]
-        while len(inbox) < 64 * n:
-            try:
-                data = os.read(self.answers[i], 1 << 16)
-            except OSError:
-                data = b""
-            if not data:
-                self._lost(i)
-                return
-            inbox += data
-        sigs = bytes(inbox[: 64 * n])
-        del inbox[: 64 * n]
-        if self.answered[i] % _SIGN_CHECK_EVERY == 0:
-            try:
-                nacl.bindings.crypto_sign_open(
-                    sigs[:64] + DOMAIN_EVENT + self.hashes[ticket][0], self.check_key
-                )
-            except nacl.exceptions.CryptoError:
-                self._lost(i)
-                return
-        self.answered[i] += 1
-        self.queues[i].popleft()
-        self.hashes.pop(ticket)
-        self.results[ticket] = [sigs[k : k + 64] for k in range(0, len(sigs), 64)]
-
-    def _lost(self, i: int) -> None:
-        """Worker ``i`` died or misbehaved: sign what it held here, and stop using it."""
-        self.alive[i] = False
-        log.warning("eventlog.sign_worker_lost", pid=self.procs[i].pid)
-        while self.queues[i]:
-            ticket, _ = self.queues[i].popleft()
-            self.results[ticket] = _sign_hashes(self.sk, self.hashes.pop(ticket))
-        stop_worker(self.procs[i], self.answers[i], kill=True)
-
-    def close(self) -> None:
-        """Stop the workers (they exit at the end of their input); harmless twice."""
-        for i, proc in enumerate(self.procs):
-            if self.alive[i]:
-                stop_worker(proc, self.answers[i], kill=bool(self.queues[i]))
-        self.procs, self.answers, self.queues, self.alive, self.inbox = [], [], [], [], []
 
 
 # WAL checkpoints: one after about this many appended events (~700 pages) by the
@@ -306,11 +144,14 @@ def _body_frame(kid: str, log_id: str, time: str) -> tuple[bytes, bytes]:
 
     A body is canonical JSON of ``{"v", "log", "seq", "prev", "time", "type", "kid",
     "data"}``; with its keys in order it reads ``{"data":D,"kid":K,"log":L,"prev":"P",
-    "seq":S,"time":T,"type":Y,"v":1}``, so it is assembled from canonical pieces
+    "seq":S,"time":T,"type":Y,"v":2}``, so it is assembled from canonical pieces
     (:func:`_event_body`; the same bytes as :func:`canonical_bytes` of the whole).
     """
     head = b',"kid":' + canonical_bytes(kid) + b',"log":' + canonical_bytes(log_id) + b',"prev":"'
     return head, b',"time":' + canonical_bytes(time) + b',"type":'
+
+
+_TAIL = b',"v":%d}' % EVENT_VERSION
 
 
 def _event_body(
@@ -318,19 +159,64 @@ def _event_body(
 ) -> bytes:
     """One event body from its canonical pieces (see :func:`_body_frame`)."""
     return b"".join(
-        (b'{"data":', data, head, prevhex, b'","seq":', b"%d" % seq, time_type, kind, b',"v":1}')
+        (b'{"data":', data, head, prevhex, b'","seq":', b"%d" % seq, time_type, kind, _TAIL)
     )
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+# Per model class: None when model_dump is needed, else whether None values are left out.
+_PLAIN: dict[type[BaseModel], bool | None] = {}
+
+
+def _plain(cls: type[BaseModel]) -> bool | None:
+    """Whether instances of ``cls`` dump to their field values as they are: no field or
+    model serializer (but :mod:`hub.events`' ``_omit_none``), no alias, no computed or
+    excluded field. The answer (True: None values are left out) is cached per class."""
+    if cls not in _PLAIN:
+        decorators = cls.__pydantic_decorators__
+        serializers = set(decorators.model_serializers)
+        plain = (
+            not decorators.field_serializers
+            and serializers <= {"_omit_none"}
+            and not cls.model_computed_fields
+            and all(
+                f.alias is None and f.serialization_alias is None and not f.exclude
+                for f in cls.model_fields.values()
+            )
+        )
+        _PLAIN[cls] = ("_omit_none" in serializers) if plain else None
+    return _PLAIN[cls]
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    """``model.model_dump(mode="json")``, without the serializer when every field holds a
+    JSON scalar (str, int, bool, None) of a plain class: the same dict at a tenth of the
+    cost (tests compare the two for every event type)."""
+    omit_none = _plain(type(model))
+    if omit_none is not None:
+        values = model.__dict__
+        if _SCALARS.issuperset(map(type, values.values())):
+            if omit_none:
+                return {k: v for k, v in values.items() if v is not None}
+            return dict(values)
+    return model.model_dump(mode="json")
 
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as stored: its body bytes, hash and signature."""
+    """An event as stored: its body bytes, hash and signature (``b""`` when the event is
+    not the last of its commit: a later signed event covers it through the chain)."""
 
     seq: int
     hash: bytes
     sig: bytes
     body: bytes
     type: str
+
+    @property
+    def signed(self) -> bool:
+        """Whether this event carries a signature of its own."""
+        return bool(self.sig)
 
     def parsed(self) -> dict[str, Any]:
         """The body as a dict."""
@@ -341,10 +227,8 @@ class StoredEvent:
 class EventLog:
     """A node's event log. Thread-safe: appends are serialized by a lock.
 
-    Open with :meth:`open`; close with :meth:`close` (twice is harmless) or use as a
-    context manager. Signatures are made by ``sign_threads`` threads, or -- for a batch of
-    at least 64 events, or always with ``sign_processes=True``; never with ``False`` --
-    by as many worker processes, started on first need and stopped by :meth:`close`.
+    Open with the constructor (a key to append, or :meth:`open_readonly`); close with
+    :meth:`close` (twice is harmless) or use as a context manager.
     """
 
     def __init__(
@@ -353,8 +237,6 @@ class EventLog:
         key: KeyPair | None,
         *,
         checkpoint_every: int = 1000,
-        sign_threads: int = 2,
-        sign_processes: bool | None = None,
         synchronous: Literal["normal", "full"] = "normal",
         log_id: str | None = None,
     ) -> None:
@@ -394,12 +276,6 @@ class EventLog:
                 self.log_id = row[0] if row else ""
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"cannot open event log {path}: {exc}") from exc
-        self._sign_threads = max(1, sign_threads)
-        self._pool = ThreadPoolExecutor(self._sign_threads, thread_name_prefix="eventlog-sign")
-        # Worker processes sign large batches (None: from _PROCESS_MIN events on).
-        self._sign_processes = sign_processes
-        self._workers: _SignWorkers | None = None
-        self._workers_failed = False
         self._kinds: dict[str, bytes] = {}
         self._wal: _WalCheckpointer | None = None  # started by the first append
         self._acc = MerkleAccumulator()
@@ -531,38 +407,19 @@ class EventLog:
     ) -> list[StoredEvent]:
         """Build, sign and store events (models, or dicts already dumped) in one commit.
 
-        The work overlaps: each chunk of hashes goes to the signing workers (or pool) as
-        soon as its bodies are built (the chain itself is sequential); the projections,
-        which need no signature, are updated while they sign; each chunk's rows are
-        inserted as its signatures arrive; then one commit.
+        Bodies are assembled from canonical pieces, one after another (the chain is
+        sequential); only the last event's hash is signed (``DOMAIN_COMMIT``); request
+        events update the projections in the same transaction.
         """
         seq, prev = self._seq, self._prev
         time = now()
         head, time_type = _body_frame(self.key.kid, self.log_id, time)
         kinds = self._kinds
-        sk = self.key.signing_key
-        n = len(datas)
-        workers = self._sign_workers(n)
-        pooled = workers is None and n >= 64 and self._sign_threads > 1
-        step = min(_SIGN_CHUNK, max(32, -(-n // (4 * self._sign_threads)))) if n >= 64 else n
-        # One entry per chunk of events: the ticket or future of its signatures.
-        tickets: list[int] = []
-        futures: list[Future[list[bytes]]] = []
-        items: list[dict[str, Any]] = []
-        hashes: list[bytes] = []
-        bodies: list[bytes] = []
-        mark = 0
-
-        def sign_from_mark() -> None:
-            # hand the hashes built since the last chunk to the workers or the pool
-            if workers is not None:
-                tickets.append(workers.submit(hashes[mark:]))
-            elif pooled:
-                futures.append(self._pool.submit(_sign_hashes, sk, hashes[mark:]))
-
+        rows: list[tuple[int, bytes, bytes, bytes, str, str, str | None]] = []
+        projected: list[tuple[int, str, dict[str, Any]]] = []
+        checkpoint = False
         for d in datas:
-            data = d if isinstance(d, dict) else d.model_dump(mode="json")
-            items.append(data)
+            data = d if isinstance(d, dict) else _dump(d)
             seq += 1
             kind = data["type"]
             kind_json = kinds.get(kind)
@@ -572,55 +429,33 @@ class EventLog:
                 canonical_bytes(data), head, hexlify(prev), seq, time_type, kind_json
             )
             prev = leaf_hash(body)
-            bodies.append(body)
-            hashes.append(prev)
-            if len(hashes) - mark >= step:
-                sign_from_mark()
-                mark = len(hashes)
-        if mark < len(hashes):
-            sign_from_mark()
-        first = self._seq + 1
-        sigs: list[bytes] = []
+            rid = data.get("request_id")
+            rows.append((seq, prev, b"", body, kind, time, rid))
+            if rid is not None:
+                projected.append((seq, time, data))
+            elif kind == "checkpoint":
+                checkpoint = True
+        if not rows:
+            return []
+        sig = sign(self.key.signing_key, DOMAIN_COMMIT, prev)
+        last = rows[-1]
+        rows[-1] = (last[0], last[1], sig, last[3], last[4], last[5], last[6])
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Projections first: they need no signature, so this overlaps the signing.
-            projections.apply_many(conn, [(first + i, time, d) for i, d in enumerate(items)])
-            chunks: Iterator[list[bytes]]
-            if workers is not None:
-                chunks = (workers.result(t) for t in tickets)
-            elif pooled:
-                chunks = (fut.result() for fut in futures)
-            else:
-                chunks = iter([_sign_hashes(sk, hashes)])
-            for chunk in chunks:
-                at = len(sigs)
-                sigs += chunk
-                conn.executemany(
-                    "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            first + i,
-                            hashes[i],
-                            sigs[i],
-                            bodies[i],
-                            d["type"],
-                            time,
-                            d.get("request_id"),
-                        )
-                        for i, d in enumerate(items[at : len(sigs)], at)
-                    ],
+            conn.executemany(
+                "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if projected:
+                projections.apply_many(conn, projected)
+            if checkpoint:
+                cp, signed = self._pending_checkpoint
+                conn.execute(
+                    "INSERT INTO checkpoints(size, root, signed) VALUES (?, ?, ?)",
+                    [cp.size, cp.root, signed.model_dump_json()],
                 )
-            if len(sigs) != n:
-                raise LogConflictError(f"signed {len(sigs)} of {n} events")
-            for data in items:
-                if data["type"] == "checkpoint":
-                    cp, signed = self._pending_checkpoint
-                    conn.execute(
-                        "INSERT INTO checkpoints(size, root, signed) VALUES (?, ?, ?)",
-                        [cp.size, cp.root, signed.model_dump_json()],
-                    )
             if meta_kid is not None:
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('kid', ?)"
@@ -634,43 +469,14 @@ class EventLog:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._acc.extend(hashes)
+        n = len(rows)
+        self._acc.extend([row[1] for row in rows])
         self._seq, self._prev = seq, prev
-        self._since_checkpoint += n
+        self._since_checkpoint = 0 if rows[-1][4] == "checkpoint" else self._since_checkpoint + n
         if self._wal is None:
             self._wal = _WalCheckpointer(self.path.resolve())
         self._wal.appended(n)
-        if items[-1]["type"] == "checkpoint":
-            self._since_checkpoint = 0
-        return [
-            StoredEvent(first + i, h, sig, body, d["type"])
-            for i, (h, sig, body, d) in enumerate(zip(hashes, sigs, bodies, items, strict=True))
-        ]
-
-    def _sign_workers(self, n: int) -> _SignWorkers | None:
-        """The signing workers for a batch of ``n`` events, started if need be; None when
-        this batch is signed by threads."""
-        want = self._sign_processes
-        if want is False or self._workers_failed:
-            return None
-        if want is None and (n < _PROCESS_MIN or self._sign_threads < 2):
-            return None
-        sk = self.key.signing_key
-        workers = self._workers
-        if workers is not None and (workers.sk is not sk or not workers.usable):
-            workers.close()
-            workers = self._workers = None
-        if workers is None:
-            if not sys.executable or os.name != "posix":
-                self._workers_failed = True
-                return None
-            try:
-                workers = self._workers = _SignWorkers(sk, self._sign_threads)
-            except OSError as exc:
-                log.warning("eventlog.sign_workers_failed", error=str(exc))
-                self._workers_failed = True
-                return None
-        return workers
+        return [StoredEvent(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
     # --- reading ------------------------------------------------------------------------
 
@@ -685,10 +491,18 @@ class EventLog:
             yield StoredEvent(seq, bytes(h), bytes(s), bytes(b), t)
 
     def events_for_request(self, request_id: str) -> list[StoredEvent]:
-        """Every event of one request, in order."""
-        rows = self.db.execute(
-            "SELECT seq, hash, sig, body, type FROM events WHERE request_id = ? ORDER BY seq",
+        """Every event of one request, in order (a scan from the request's first event,
+        found in the projection; events carry no index by request)."""
+        row = self.db.execute(
+            "SELECT COALESCE(received_seq, updated_seq) FROM requests WHERE request_id = ?",
             [request_id],
+        ).fetchone()
+        if row is None:
+            return []
+        rows = self.db.execute(
+            "SELECT seq, hash, sig, body, type FROM events WHERE seq >= ? AND request_id = ?"
+            " ORDER BY seq",
+            [row[0], request_id],
         ).fetchall()
         return [StoredEvent(seq, bytes(h), bytes(s), bytes(b), t) for seq, h, s, b, t in rows]
 
@@ -737,15 +551,11 @@ class EventLog:
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database and the signing pool; harmless twice."""
+        """Close the database (and stop the WAL checkpointer); harmless twice."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._pool.shutdown(wait=True)
-            if self._workers is not None:
-                self._workers.close()
-                self._workers = None
             if self._wal is not None:
                 self._wal.close()
             self.db.conn.close()

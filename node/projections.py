@@ -61,21 +61,30 @@ def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -
 
 
 def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, Any]]]) -> None:
-    """Fold events in order, running runs of the same statement with one executemany."""
-    run_sql: str | None = None
-    run: list[list[Any]] = []
+    """Fold events in order, with one executemany per statement and wave.
+
+    Every statement touches only its own request's row, so only the order of events of the
+    same request matters. An event's wave is the number of events of its request before it
+    in ``events``: waves run in order; within a wave, each request appears at most once, so
+    its statements are grouped by SQL text (a batch of calls, each ``request.accepted`` then
+    ``request.completed``, is two executemany calls, not one per event).
+    """
+    waves: list[dict[str, list[list[Any]]]] = []
+    seen: dict[str, int] = {}
     for seq, time, data in events:
         stmt = _statement(seq, time, data)
         if stmt is None:
             continue
         sql, params = stmt
-        if sql != run_sql:
-            if run_sql is not None:
-                conn.executemany(run_sql, run)
-            run_sql, run = sql, []
-        run.append(params)
-    if run_sql is not None:
-        conn.executemany(run_sql, run)
+        rid = data["request_id"]
+        wave = seen.get(rid, 0)
+        seen[rid] = wave + 1
+        if wave == len(waves):
+            waves.append({})
+        waves[wave].setdefault(sql, []).append(params)
+    for wave_statements in waves:
+        for sql, runs in wave_statements.items():
+            conn.executemany(sql, runs)
 
 
 def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any]] | None:
@@ -90,7 +99,8 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             " updated_seq, received_time, updated_time, attempts)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
-            " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
+            " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time,"
+            " attempts = MAX(attempts, excluded.attempts)",
             [
                 data["request_id"],
                 data["caller"],

@@ -16,8 +16,10 @@ from hub.audit import AuditReport, audit_events
 from hub.canonical import canonical_bytes, parse_canonical
 from hub.chain import leaf_hash
 from hub.clock import now
-from hub.crypto import sign
+from hub.crypto import sign, verify
+from hub.errors import SignatureError
 from hub.events import (
+    DOMAIN_COMMIT,
     DOMAIN_EVENT,
     GrantAdded,
     KeyRegistered,
@@ -34,7 +36,7 @@ from hub.events import (
     ResultFetched,
     ResultStored,
 )
-from hub.keys import KeyPair
+from hub.keys import KeyPair, PublicKeys
 from hub.logfile import LogUnreadableError, export_line, iter_log, parse_export_line
 from hub.records import Revocation, SignedRecord, sign_record
 from node.bootstrap import key_record
@@ -80,7 +82,7 @@ class Keys:
 
 def open_new_log(path: Path, keys: Keys, *, checkpoint_every: int = 16) -> EventLog:
     """A fresh log at ``path`` with its genesis written."""
-    log = EventLog(path, keys.node, checkpoint_every=checkpoint_every, sign_threads=1)
+    log = EventLog(path, keys.node, checkpoint_every=checkpoint_every)
     log.initialize(SITE, keys.site.sign_public, keys.vouch(keys.node))
     return log
 
@@ -184,6 +186,45 @@ def build_log(
     with EventLog.open_readonly(db) as ro:
         ro.export(out)
     return BuiltLog(keys, db, out.read_bytes().splitlines(keepends=True), receipts)
+
+
+def commit_problems(db: Path, node_keys: Iterable[KeyPair | PublicKeys]) -> list[str]:
+    """What is wrong with a log's hashes, chain and commit signatures (empty: nothing), read
+    independently of the auditor: each body hashes to its stored hash and names the one
+    before it; a version 1 event is signed over ``DOMAIN_EVENT``, a signed version 2 event
+    over ``DOMAIN_COMMIT`` by the key its ``kid`` names; an unsigned event names the kid
+    of the signed event that covers it, and the last event is signed; no version 1 event
+    follows a version 2 one."""
+    public = {k.kid: (k.public if isinstance(k, KeyPair) else k).sign_key for k in node_keys}
+    problems: list[str] = []
+    prev, version, waiting = "00" * 32, 1, []
+    with EventLog.open_readonly(db) as log:
+        events = list(log.events())
+    for ev in events:
+        body = parse_canonical(ev.body)
+        where = f"event {ev.seq} ({ev.type})"
+        if leaf_hash(ev.body) != ev.hash or body["seq"] != ev.seq or body["prev"] != prev:
+            problems.append(f"{where}: hash, seq or chain broken")
+        prev = ev.hash.hex()
+        if body["v"] < version:
+            problems.append(f"{where}: version 1 after version 2")
+        version = body["v"]
+        if not ev.signed:
+            if version == 1:
+                problems.append(f"{where}: unsigned version 1 event")
+            waiting.append((where, body["kid"]))
+            continue
+        domain = DOMAIN_EVENT if version == 1 else DOMAIN_COMMIT
+        try:
+            verify(public[body["kid"]], domain, ev.hash, ev.sig)
+        except (KeyError, SignatureError):
+            problems.append(f"{where}: signature does not verify with key {body['kid']}")
+        problems += [
+            f"{w}: names {k}, covered by {body['kid']}" for w, k in waiting if k != body["kid"]
+        ]
+        waiting = []
+    problems += [f"{w}: covered by no signature" for w, _ in waiting]
+    return problems
 
 
 def audit_lines(

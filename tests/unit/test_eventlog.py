@@ -1,22 +1,54 @@
-"""The node's SQLite event log: append-only in the database itself, a chain across reopens,
-projections that can be rebuilt, and a rotatable signing key."""
+"""The node's SQLite event log: append-only in the database itself, one signature per commit,
+a chain across reopens (a version 1 log goes on in version 2), projections that can be
+rebuilt, and a rotatable signing key.
+
+Logs are checked here with :func:`helpers.logs.commit_problems` (hashes, chain, commit
+signatures); that the same logs audit clean is in test_eventlog_audit.py."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.logs import SITE, Keys, audit_file, build_log, open_new_log, request_events
+from helpers.logs import (
+    Keys,
+    build_log,
+    commit_problems,
+    open_new_log,
+    request_events,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from hub.canonical import canonical_bytes
+from hub.canonical import b64d, canonical_bytes
 from hub.chain import leaf_hash
+from hub.crypto import verify
 from hub.errors import ConfigError, LogConflictError
-from hub.events import NodeStarted, NodeStopped
-from node.eventlog import EventLog, _body_frame, _event_body
+from hub.events import (
+    DOMAIN_COMMIT,
+    EVENT_TYPES,
+    GrantAdded,
+    GrantRemoved,
+    KeyRegistered,
+    KeyRevoked,
+    KeyRotated,
+    NodeStarted,
+    NodeStopped,
+    RequestAccepted,
+    RequestCompleted,
+    RequestRejected,
+    RequestStarted,
+    ResultLost,
+    ResultShared,
+)
+from hub.keys import KeyPair, PublicKeys
+from hub.records import KeyRecord
+from node.eventlog import EventLog, _body_frame, _dump, _event_body
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
 INSERT = "INSERT INTO events(seq, hash, sig, body, type, time)"
@@ -73,7 +105,7 @@ def test_a_reopened_log_continues_the_chain(tmp_path: Path) -> None:
         second = log.append(NodeStopped())
     assert second.seq == first.seq + 1
     assert second.parsed()["prev"] == leaf_hash(first.body).hex()
-    assert audit_file(path, keys.trusted).ok
+    assert commit_problems(path, [keys.node]) == []
 
 
 def test_a_log_is_written_only_with_its_own_current_key(tmp_path: Path) -> None:
@@ -87,7 +119,7 @@ def test_a_log_is_written_only_with_its_own_current_key(tmp_path: Path) -> None:
         log.append(STARTED)
     with pytest.raises(ConfigError, match="belongs to"):
         EventLog(path, keys.other_node)
-    assert audit_file(path, keys.trusted).ok
+    assert commit_problems(path, [keys.node, keys.spare]) == []
 
 
 def test_a_rotation_needs_a_record_for_the_new_key(tmp_path: Path) -> None:
@@ -135,7 +167,7 @@ def test_both_durability_levels_write_the_same_kind_of_log(
         (journal,) = log.db.execute("PRAGMA journal_mode").fetchone()
     assert mode == {"normal": 1, "full": 2}[synchronous]
     assert journal == "wal"
-    assert audit_file(path, keys.trusted).ok
+    assert commit_problems(path, [keys.node]) == []
 
 
 def test_rebuilt_projections_equal_the_incremental_ones(tmp_path: Path) -> None:
@@ -207,7 +239,7 @@ def test_event_bodies_are_assembled_as_the_canonical_bytes_of_the_whole_event(
 ) -> None:
     data = {**data, "type": kind}
     whole = {
-        "v": 1,
+        "v": 2,
         "log": log_id,
         "seq": seq,
         "prev": prev.hex(),
@@ -221,68 +253,6 @@ def test_event_bodies_are_assembled_as_the_canonical_bytes_of_the_whole_event(
         canonical_bytes(data), head, prev.hex().encode(), seq, time_type, canonical_bytes(kind)
     )
     assert body == canonical_bytes(whole)
-
-
-def _log_signed_by_processes(path: Path, keys: Keys) -> EventLog:
-    log = EventLog(path, keys.node, checkpoint_every=16, sign_processes=True)
-    log.initialize(SITE, keys.site.sign_public, keys.vouch(keys.node))
-    return log
-
-
-def test_large_batches_signed_by_worker_processes_audit_clean(tmp_path: Path) -> None:
-    keys = Keys.generate()
-    path = tmp_path / "events.db"
-    with _log_signed_by_processes(path, keys) as log:
-        log.append(STARTED)
-        events = [e for i in range(60) for e in request_events(f"req{i:05d}")]
-        stored = log.append_many(events)
-        assert len(stored) >= len(events)
-        workers = log._workers
-        assert workers is not None and workers.usable
-    assert audit_file(path, keys.trusted).ok
-
-
-def test_a_signing_worker_that_dies_is_replaced_by_local_signing(tmp_path: Path) -> None:
-    keys = Keys.generate()
-    path = tmp_path / "events.db"
-    with _log_signed_by_processes(path, keys) as log:
-        log.append(STARTED)
-        workers = log._workers
-        assert workers is not None
-        for proc in workers.procs:
-            proc.kill()
-            proc.wait()
-        log.append_many([e for i in range(40) for e in request_events(f"req{i:05d}")])
-        assert not workers.usable
-    report = audit_file(path, keys.trusted)
-    assert report.ok, [f.line() for f in report.findings]
-
-
-_FORGETFUL_WORKER = """
-import os, sys
-read, out = sys.stdin.buffer.read, os.fdopen(int(sys.argv[1]), "wb")
-read(32)
-while len(head := read(4)) == 4:
-    n = int.from_bytes(head, "little")
-    read(32 * n)
-    out.write(bytes(64 * n))
-    out.flush()
-"""
-
-
-def test_a_signing_worker_that_answers_nonsense_is_not_trusted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import node.eventlog
-
-    monkeypatch.setattr(node.eventlog, "_SIGN_WORKER", _FORGETFUL_WORKER)
-    keys = Keys.generate()
-    path = tmp_path / "events.db"
-    with _log_signed_by_processes(path, keys) as log:
-        log.append(STARTED)
-        log.append_many([e for i in range(20) for e in request_events(f"req{i:05d}")])
-    report = audit_file(path, keys.trusted)
-    assert report.ok, [f.line() for f in report.findings]
 
 
 def test_the_wal_is_checkpointed_off_the_appending_thread_and_stops_with_the_log(
@@ -299,4 +269,192 @@ def test_the_wal_is_checkpointed_off_the_appending_thread_and_stops_with_the_log
     assert not checkpointer.thread.is_alive()
     with EventLog(path, keys.node) as reopened:
         assert reopened.size == log.size
-    assert audit_file(path, keys.trusted).ok
+    assert commit_problems(path, [keys.node]) == []
+
+
+# --- version 2: one signature per commit --------------------------------------------------
+
+
+def test_only_the_last_event_of_a_commit_is_signed_over_the_commit_domain(
+    tmp_path: Path,
+) -> None:
+    keys = Keys.generate()
+    with open_new_log(tmp_path / "events.db", keys, checkpoint_every=1000) as log:
+        stored = log.append_many([STARTED, *request_events("req00001")])
+    assert [ev.signed for ev in stored] == [False] * (len(stored) - 1) + [True]
+    assert all(ev.sig == b"" for ev in stored[:-1])
+    assert all(ev.parsed()["v"] == 2 for ev in stored)
+    verify(keys.node.sign_public, DOMAIN_COMMIT, stored[-1].hash, stored[-1].sig)
+    assert commit_problems(tmp_path / "events.db", [keys.node]) == []
+
+
+def test_a_large_batch_is_one_commit_with_one_signature(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    events = [e for i in range(300) for e in request_events(f"req{i:05d}")]
+    with open_new_log(path, keys, checkpoint_every=100_000) as log:
+        stored = log.append_many(events)
+    assert len(stored) == len(events)
+    assert sum(ev.signed for ev in stored) == 1
+    assert stored[-1].signed
+    assert commit_problems(path, [keys.node]) == []
+
+
+def test_a_due_checkpoint_is_a_signed_commit_of_its_own_after_the_signed_batch(
+    tmp_path: Path,
+) -> None:
+    keys = Keys.generate()
+    with open_new_log(tmp_path / "events.db", keys, checkpoint_every=4) as log:
+        stored = log.append_many([STARTED, *request_events("req00001")])
+    assert stored[-1].type == "checkpoint"
+    assert stored[-1].signed and stored[-2].signed
+    assert not any(ev.signed for ev in stored[:-2])
+    assert stored[-1].parsed()["data"]["checkpoint"]["record"]
+    assert commit_problems(tmp_path / "events.db", [keys.node]) == []
+
+
+def test_a_rotation_is_signed_by_the_old_key_and_what_follows_by_the_new(
+    tmp_path: Path,
+) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with open_new_log(path, keys) as log:
+        rotated = log.rotate_key(keys.spare, keys.vouch(keys.spare))
+        after = log.append_many([STARTED, NodeStopped()])
+    assert rotated.signed and rotated.parsed()["kid"] == keys.node.kid
+    verify(keys.node.sign_public, DOMAIN_COMMIT, rotated.hash, rotated.sig)
+    assert [ev.parsed()["kid"] for ev in after] == [keys.spare.kid] * 2
+    verify(keys.spare.sign_public, DOMAIN_COMMIT, after[-1].hash, after[-1].sig)
+    assert commit_problems(path, [keys.node, keys.spare]) == []
+
+
+def test_a_version_1_log_goes_on_with_version_2_events_in_the_same_chain(
+    tmp_path: Path,
+) -> None:
+    v1 = Path(__file__).resolve().parents[1] / "fixtures" / "logs" / "v1"
+    path = tmp_path / "events.db"
+    shutil.copyfile(v1 / "events.db", path)
+    node_key = KeyPair.from_file_json(json.loads((v1 / "node-key.json").read_text()))
+    with EventLog.open_readonly(path) as before:
+        old = list(before.events())
+    with EventLog(path, node_key) as log:
+        new = log.append_many([STARTED, *request_events("req00001"), NodeStopped()])
+        log.checkpoint()
+        indexes = {row[0] for row in log.db.execute("SELECT name FROM sqlite_master")}
+    with EventLog.open_readonly(path) as after:
+        events = list(after.events())
+    assert events[: len(old)] == old  # nothing stored is rewritten
+    assert {ev.parsed()["v"] for ev in old} == {1}
+    assert {ev.parsed()["v"] for ev in events[len(old) :]} == {2}
+    assert new[0].parsed()["prev"] == old[-1].hash.hex()
+    assert "events_request" not in indexes
+    genesis = KeyRecord.model_validate_json(b64d(old[0].parsed()["data"]["node_key"]["record"]))
+    first_key = PublicKeys(genesis.identity, b64d(genesis.sign_key), b64d(genesis.box_key))
+    assert commit_problems(path, [first_key, node_key]) == []
+
+
+def test_the_export_writes_an_empty_signature_for_unsigned_events(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    with open_new_log(path, keys) as log:
+        stored = log.append_many([STARTED, NodeStopped()])
+    with EventLog.open_readonly(path) as ro:
+        ro.export(tmp_path / "events.jsonl")
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert lines[-2] == b'{"hash":"%s","sig":"","event":%s}' % (
+        stored[0].hash.hex().encode(),
+        stored[0].body,
+    )
+    assert lines[-1].startswith(b'{"hash":"%s","sig":"' % stored[1].hash.hex().encode())
+    assert len(json.loads(lines[-1])["sig"]) == 86
+
+
+def test_events_of_one_request_are_found_without_an_index(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    with open_new_log(tmp_path / "events.db", keys) as log:
+        log.append_many(request_events("req00001")[:2])
+        log.append_many(request_events("req00002"))
+        log.append_many(request_events("req00001")[2:])
+        found = log.events_for_request("req00001")
+        assert log.events_for_request("unknown0") == []
+    assert [ev.parsed()["data"]["request_id"] for ev in found] == ["req00001"] * len(found)
+    assert [ev.type for ev in found] == [e.type for e in request_events("req00001")]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(range(12)), st.integers(1, 12))
+def test_projections_of_interleaved_requests_do_not_depend_on_commit_sizes(
+    tmp_path_factory: pytest.TempPathFactory, order: list[int], size: int
+) -> None:
+    """Several requests' events, interleaved (each request's own order kept), give the same
+    projection whether appended one by one or in commits of ``size``."""
+    fates = ["completed", "failed", "rejected", "open"]
+    queues = [request_events(f"req{i:05d}", fates[i % 4]) for i in range(3)]
+    stream = []
+    for pick in order:
+        queue = queues[pick % 3]
+        if queue:
+            stream.append(queue.pop(0))
+    stream += [e for queue in queues for e in queue]
+    rows = []
+    for step in (1, size):
+        folder = tmp_path_factory.mktemp("p")
+        with open_new_log(folder / "events.db", Keys.generate(), checkpoint_every=1000) as log:
+            for i in range(0, len(stream), step):
+                log.append_many(stream[i : i + step])
+            rows.append(
+                log.db.execute(
+                    "SELECT request_id, state, code, attempts, progress_ppm, result_hash,"
+                    " result_object FROM requests ORDER BY request_id"
+                ).fetchall()
+            )
+    assert rows[0] == rows[1]
+    assert len(rows[0]) == 3
+
+
+def _every_event_type(keys: Keys) -> list[BaseModel]:
+    events: list[BaseModel] = [
+        STARTED,
+        NodeStarted(version="0.2.0", pid=2, modules=("climate",), config_hash="ab" * 32),
+        NodeStopped(reason="done"),
+        *request_events("req00001"),
+        *request_events("req00002", "failed"),
+        *request_events("req00003", "rejected"),
+        RequestRejected(envelope_hash="cd" * 32, code="bad_signature", reason="forged"),
+        RequestAccepted(
+            request_id="req00004",
+            caller="klaus@geomar",
+            address="hereon.climate.compute_sum",
+            header="aGVhZGVy",
+            sig="c2ln",
+            payload_hash="ab" * 32,
+            payload_size=12,
+            delivery=2,
+        ),
+        RequestStarted(request_id="req00004", attempt=2),
+        RequestCompleted(
+            request_id="req00004",
+            result_hash="ef" * 32,
+            result_size=9,
+            duration_us=7,
+            object="results/req00004",
+        ),
+        ResultLost(request_id="req00004", reason="store full"),
+        ResultShared(
+            request_id="req00004", by="klaus@geomar", recipients=("0123456789abcdef0123",)
+        ),
+        GrantAdded(principal="klaus@geomar", module="climate", by="admin@hereon"),
+        GrantRemoved(principal="klaus@geomar", module="climate", by="admin@hereon"),
+        KeyRegistered(record=keys.vouch(keys.other_node)),
+        KeyRotated(
+            identity=keys.node.identity, old_kid=keys.node.kid, record=keys.vouch(keys.spare)
+        ),
+        KeyRevoked(revocation=keys.revoke(keys.node)),
+    ]
+    assert {e.type for e in events} | {"log.created", "checkpoint"} == EVENT_TYPES  # type: ignore[attr-defined]
+    return events
+
+
+def test_event_data_is_dumped_exactly_as_pydantic_dumps_it_for_every_event_type() -> None:
+    for event in _every_event_type(Keys.generate()):
+        assert _dump(event) == event.model_dump(mode="json"), event
