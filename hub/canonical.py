@@ -41,7 +41,14 @@ else:
     _orjson_dumps = orjson.dumps
     _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS
 
-__all__ = ["b64d", "b64e", "canonical_bytes", "check_canonical", "parse_canonical"]
+__all__ = [
+    "b64d",
+    "b64e",
+    "canonical_bytes",
+    "canonical_flat",
+    "check_canonical",
+    "parse_canonical",
+]
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**63 - 1
@@ -110,6 +117,21 @@ def canonical_bytes(value: Any) -> bytes:
         try:
             return _orjson_dumps(value, option=_ORJSON_OPTIONS)
         except TypeError as exc:  # orjson.JSONEncodeError; after _check, only this:
+            raise CanonicalError("string holds a lone surrogate") from exc
+    return _stdlib_encode(value)
+
+
+def canonical_flat(value: dict[str, Any]) -> bytes:
+    """:func:`canonical_bytes` of an object whose values the caller has checked to be
+    ``str``, ``int``, ``bool`` or ``None`` (exact types): only the integers' range is
+    checked here (the event log's hot path: most event data is such an object)."""
+    for item in value.values():
+        if type(item) is int and not _INT_MIN <= item <= _INT_MAX:
+            raise CanonicalError(f"integer {item} is outside the signed 64-bit range")
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value, option=_ORJSON_OPTIONS)
+        except TypeError as exc:
             raise CanonicalError("string holds a lone surrogate") from exc
     return _stdlib_encode(value)
 

@@ -209,6 +209,10 @@ def _summary(report: AuditReport, path: Path, seconds: float) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.proof is not None or args.consistency is not None:
+        return cmd_audit_proof(args)
+    if args.path is None:
+        raise ConfigError("give the log to audit (or --proof FILE, or --consistency FILE)")
     store = _store(args)
     trusted = None if args.trust_log_keys else _site_keys(args.site_key, store)
     if trusted is not None and not trusted:
@@ -234,6 +238,67 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         print(_summary(report, args.path, seconds))
     return 0 if report.ok else 1
+
+
+def cmd_audit_proof(args: argparse.Namespace) -> int:
+    """``fedhub audit --proof FILE`` / ``--consistency FILE``: check a proof offline.
+    Exit 0 proven, 1 failed (or a fork shown), 2 unreadable."""
+    from hub.errors import IntegrityError
+    from hub.proofs import (
+        ConsistencyProof,
+        EventProof,
+        parse_proof,
+        verify_consistency_proof,
+        verify_event_proof,
+    )
+
+    if args.proof is not None and args.consistency is not None:
+        raise ConfigError("give --proof or --consistency, not both")
+    path: Path = args.proof if args.proof is not None else args.consistency
+    want = EventProof if args.proof is not None else ConsistencyProof
+    try:
+        proof = parse_proof(path.read_bytes())
+    except OSError as exc:
+        raise LogUnreadableError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except CanonicalError as exc:
+        raise LogUnreadableError(f"{path}: {exc.message}") from exc
+    if not isinstance(proof, want):
+        raise LogUnreadableError(
+            f"{path} is a {proof.kind}, not a {want.model_fields['kind'].default}"
+        )
+    trusted = None if args.trust_log_keys else _site_keys(args.site_key, _store(args))
+    if trusted is not None and not trusted:
+        raise ConfigError(
+            "no site key is pinned, so nothing can be trusted",
+            hint="pass --site-key site:NAME or a .pub file; --trust-log-keys trusts the "
+            "proof's own",
+        )
+    try:
+        if isinstance(proof, EventProof):
+            verdict: Any = verify_event_proof(proof, trusted, args.trust_log_keys)
+        else:
+            verdict = verify_consistency_proof(proof, trusted, args.trust_log_keys)
+    except IntegrityError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "kind": proof.kind, "error": exc.diagnostics()}))
+        else:
+            print(f"proof FAILED  {path}: {exc.diagnostics()}")
+        return 1
+    if args.json:
+        out = verdict.to_json()
+        print(json.dumps(out, indent=2))
+        return 0 if out["ok"] else 1
+    fork = getattr(verdict, "fork", None)
+    if fork is None:
+        print(f"proof OK  {verdict.diagnostics()}")
+        return 0
+    print(f"proof FAILED  {verdict.diagnostics()}")
+    for name, size, root, signed in (
+        ("old", fork.old_size, fork.old_root, fork.old),
+        ("new", fork.new_size, fork.new_root, fork.new),
+    ):
+        print(f"  {name}  size {size}  root {root}  signed {signed.model_dump_json()}")
+    return 1
 
 
 # --- parser -----------------------------------------------------------------------------
@@ -297,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 when the log is complete and untampered, 1 naming the first bad "
         "event otherwise, 2 when the input cannot be read.",
     )
-    audit.add_argument("path", type=Path, help="the node's SQLite log or an exported .jsonl")
+    audit.add_argument(
+        "path", type=Path, nargs="?", help="the node's SQLite log or an exported .jsonl"
+    )
     audit.add_argument(
         "--site-key",
         action="append",
@@ -327,8 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
     audit.set_defaults(func=cmd_audit)
+    _add_proof_options(audit)
     _add_call_commands(sub)
     return parser
+
+
+def _add_proof_options(audit: argparse.ArgumentParser) -> None:
+    """``--proof`` and ``--consistency``: check a proof file instead of a whole log."""
+    audit.add_argument(
+        "--proof", type=Path, metavar="FILE", help="check an event proof (fedhub-node log prove)"
+    )
+    audit.add_argument(
+        "--consistency",
+        type=Path,
+        metavar="FILE",
+        help="check a consistency proof of two checkpoints (or show the fork)",
+    )
 
 
 def _add_call_commands(sub: Any) -> None:

@@ -74,7 +74,7 @@ from hub.errors import (
 )
 from hub.keys import KeyPair, KeyStore
 from hub.lifecycle import RequestState
-from hub.objects import wait_acks
+from hub.nats import wait_acks
 from hub.records import KeyRecord, one_line, open_record
 from hub.subjects import (
     call_subject,

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hub import answers, envelopes, events, records
+from hub import answers, envelopes, events, proofs, records
 
 __all__ = ["protocol_schemas", "render", "write_schemas"]
 
@@ -31,6 +31,8 @@ _MODELS: dict[str, type[BaseModel]] = {
     "records/checkpoint": records.Checkpoint,
     "records/signed-record": records.SignedRecord,
     "events/event": events.EventBody,
+    "proofs/event-proof": proofs.EventProof,
+    "proofs/consistency-proof": proofs.ConsistencyProof,
 }
 
 

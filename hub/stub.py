@@ -1,7 +1,7 @@
 """Typed Python client modules generated from a module's info (``fedhub stub``).
 
 :func:`generate_stub` turns the description a node serves for one module (see
-``node.runner.FunctionSpec.info``) into the source of a plain Python module: one function
+``node.modules.FunctionSpec.info``) into the source of a plain Python module: one function
 per remote function, one class per remote class, with the real parameter names, types,
 defaults and docstrings. Each function calls ``client.call("<site>.<module>.<function>",
 ...)`` on the client passed as ``client=`` or on the module's default client
@@ -10,89 +10,33 @@ defaults and docstrings. Each function calls ``client.call("<site>.<module>.<fun
 Types come from the signature text when every name in it is understood (builtins,
 ``typing`` forms, ``numpy.ndarray``, ``xarray.DataArray``/``Dataset``, ``datetime``), else
 from the parameter's JSON Schema (an Enum becomes a ``Literal``, a pydantic model a
-``dict[str, Any]``). Defaults come from the JSON Schema; a default that cannot be written
+``dict[str, Any]``); reading them is :mod:`hub.stub_types`' job, writing the source this
+module's. Defaults come from the JSON Schema; a default that cannot be written
 as a literal of the parameter's type becomes ``_DEFAULT``, which is not sent, so the node
 fills in its own default.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from hub.errors import ConfigError
+from hub.stub_types import (
+    ABC_NAMES,
+    BUILTINS,
+    GENERICS,
+    Texts,
+    annotation_of,
+    literal,
+    parse_signature,
+)
 
 __all__ = ["generate_stub"]
 
 #: Longest line the generator aims for (ruff's default line length).
 _WIDTH = 88
-
-_BUILTINS = frozenset(
-    {"int", "float", "str", "bool", "bytes", "bytearray", "complex", "object", "None"}
-)
-_GENERICS = {
-    "list": "list",
-    "dict": "dict",
-    "tuple": "tuple",
-    "set": "set",
-    "frozenset": "frozenset",
-    "List": "list",
-    "Dict": "dict",
-    "Tuple": "tuple",
-    "Set": "set",
-    "FrozenSet": "frozenset",
-    "typing.List": "list",
-    "typing.Dict": "dict",
-    "typing.Tuple": "tuple",
-    "typing.Set": "set",
-    "typing.FrozenSet": "frozenset",
-}
-_ABC = ("Sequence", "Mapping", "Iterable", "Collection")
-_NDARRAY = (
-    "numpy.ndarray",
-    "np.ndarray",
-    "ndarray",
-    "NDArray",
-    "npt.NDArray",
-    "numpy.typing.NDArray",
-)
-_DATAARRAY = ("xarray.DataArray", "xr.DataArray", "DataArray")
-_DATASET = ("xarray.Dataset", "xr.Dataset", "Dataset")
-_DATETIME = ("datetime", "date", "time", "timedelta")
-
-#: Dotted name in a signature → (text in the stub, what it needs imported).
-_KNOWN: dict[str, tuple[str, str]] = {}
-for _name in _NDARRAY:
-    _KNOWN[_name] = ("numpy.ndarray", "numpy")
-for _name in _DATAARRAY:
-    _KNOWN[_name] = ("xarray.DataArray", "xarray")
-for _name in _DATASET:
-    _KNOWN[_name] = ("xarray.Dataset", "xarray")
-for _name in _DATETIME:
-    for _prefix in ("", "dt.", "datetime."):
-        _KNOWN[_prefix + _name] = (f"datetime.{_name}", "datetime")
-for _name in _ABC:
-    for _prefix in ("", "typing.", "collections.abc.", "abc."):
-        _KNOWN[_prefix + _name] = (_name, f"collections.abc.{_name}")
-for _prefix in ("", "typing.", "t."):
-    _KNOWN[_prefix + "Any"] = ("Any", "typing.Any")
-
-_FEDHUB_TYPES = {
-    "numpy.ndarray": ("numpy.ndarray", "numpy"),
-    "xarray.DataArray": ("xarray.DataArray", "xarray"),
-    "xarray.Dataset": ("xarray.Dataset", "xarray"),
-    "bytes": ("bytes", ""),
-}
-_STRING_FORMATS = {
-    "date-time": ("datetime.datetime", "datetime"),
-    "date": ("datetime.date", "datetime"),
-    "time": ("datetime.time", "datetime"),
-    "duration": ("datetime.timedelta", "datetime"),
-    "binary": ("bytes", ""),
-}
 
 #: Names the generated module defines or uses; remote names that collide get a ``_`` suffix.
 _RESERVED = frozenset(
@@ -111,18 +55,14 @@ _RESERVED = frozenset(
         "numpy",
         "use",
         "xarray",
-        *_ABC,
+        *ABC_NAMES,
         # builtins the generated code itself uses
-        *_BUILTINS,
-        *_GENERICS.values(),
+        *BUILTINS,
+        *GENERICS.values(),
         "TypeError",
         "sorted",
     }
 )
-
-
-class _UnknownError(Exception):
-    """A name or form in an annotation the stub cannot reproduce."""
 
 
 @dataclass
@@ -186,7 +126,7 @@ def generate_stub(info: dict[str, Any], *, site: str | None = None, node: str = 
 
     lines = _header(site, module, info, node, imports)
     lines += ["", f"__all__ = {_list_text(sorted([*exported, 'connect', 'use']))}", ""]
-    lines += [f"SITE = {_lit(site)}", f"MODULE = {_lit(module)}"]
+    lines += [f"SITE = {literal(site)}", f"MODULE = {literal(module)}"]
     lines += _RUNTIME.splitlines()
     lines += body
     return "\n".join(lines).rstrip() + "\n"
@@ -200,10 +140,10 @@ def _describe(remote: str, finfo: dict[str, Any], imports: set[str]) -> _Functio
     props: dict[str, Any] = schema.get("properties") or {}
     required = set(schema.get("required") or ())
     defs = schema.get("$defs") or {}
-    ctor_texts: _Texts | None = None
-    own_texts: _Texts = [(n, None) for n in props]
+    ctor_texts: Texts | None = None
+    own_texts: Texts = [(n, None) for n in props]
     return_text: str | None = None
-    parsed = _parse_signature(str(finfo.get("signature", "")), remote)
+    parsed = parse_signature(str(finfo.get("signature", "")), remote)
     if parsed is not None:
         names = [n for n, _ in (parsed[0] or [])] + [n for n, _ in parsed[1]]
         if sorted(names) != sorted(props) or len(set(names)) != len(names):
@@ -213,14 +153,14 @@ def _describe(remote: str, finfo: dict[str, Any], imports: set[str]) -> _Functio
 
     def param(name: str, text: str | None) -> _Param:
         prop = props.get(name, {})
-        annotation = _annotation(text, prop, defs, imports)
+        annotation = annotation_of(text, prop, defs, imports)
         default: str | None = None
         if name not in required:
             default = _default_text(prop.get("default", _MISSING), annotation)
         return _Param(name, annotation, default, str(prop.get("description") or ""))
 
     returns_schema = finfo.get("returns") or {}
-    returns = _annotation(return_text, returns_schema, returns_schema.get("$defs") or {}, imports)
+    returns = annotation_of(return_text, returns_schema, returns_schema.get("$defs") or {}, imports)
     ctor = None if ctor_texts is None else [param(n, t) for n, t in ctor_texts]
     if parsed is None and "." in remote:
         ctor = None  # a method without a readable signature becomes a flat function
@@ -250,281 +190,14 @@ def _default_text(value: Any, annotation: str) -> str:
     }.get(type(value))
     if fits is None or (isinstance(value, float) and not math.isfinite(value)):
         return "_DEFAULT"
-    text = _lit(value)
+    text = literal(value)
     words = set(annotation.replace("[", " ").replace("]", " ").replace("|", " ").split())
     if words & set(fits) or (annotation.startswith("Literal[") and text in annotation):
         return text
     return "_DEFAULT"
 
 
-# --- signatures -----------------------------------------------------------------------
-
-_Texts = list[tuple[str, str | None]]
-
-
-def _parse_signature(text: str, remote: str) -> tuple[_Texts | None, _Texts, str] | None:
-    """Split ``name(params) -> ret`` or ``Class(ctor).method(params) -> ret``; None if odd."""
-    text = text.strip().removeprefix("async ").strip()
-    try:
-        open1 = text.index("(")
-        close1 = _closing(text, open1)
-        ctor: _Texts | None = None
-        params = _param_texts(text[open1 + 1 : close1])
-        rest = text[close1 + 1 :]
-        if rest.startswith("."):
-            open2 = rest.index("(")
-            close2 = _closing(rest, open2)
-            ctor, params = params, _param_texts(rest[open2 + 1 : close2])
-            rest = rest[close2 + 1 :]
-    except ValueError:
-        return None
-    if ("." in remote) != (ctor is not None):
-        return None
-    rest = rest.strip()
-    if not rest.startswith("->"):
-        return None
-    return ctor, params, rest[2:].strip()
-
-
-def _closing(text: str, start: int) -> int:
-    """Index of the bracket closing the one at ``start`` (quotes respected)."""
-    depth = 0
-    quote = ""
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    raise ValueError("unbalanced brackets")
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split at ``sep`` characters outside brackets and quotes."""
-    parts, depth, quote, start, i = [], 0, "", 0, 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
-    if quote or depth:
-        raise ValueError("unbalanced brackets or quotes")
-    parts.append(text[start:])
-    return parts
-
-
-def _param_texts(text: str) -> _Texts:
-    """``[(name, annotation text or None)]`` of a parameter list."""
-    out: _Texts = []
-    for piece in _split_top(text, ","):
-        piece = piece.strip()
-        if not piece or piece in ("*", "/"):
-            continue
-        head = _split_top(piece, "=")[0]
-        name, colon, annotation = head.partition(":")
-        name = name.strip()
-        if not name.isidentifier():
-            raise ValueError(f"not a parameter: {piece!r}")
-        out.append((name, annotation.strip() if colon else None))
-    return out
-
-
-# --- annotations ----------------------------------------------------------------------
-
-
-def _annotation(
-    text: str | None, schema: dict[str, Any], defs: dict[str, Any], imports: set[str]
-) -> str:
-    """The stub's annotation: from ``text`` when understood, else from the JSON Schema."""
-    if text:
-        wanted: set[str] = set()
-        try:
-            result = _from_text(ast.parse(text, mode="eval").body, wanted)
-        except (SyntaxError, ValueError, RecursionError, _UnknownError):
-            pass
-        else:
-            imports |= wanted
-            return result
-    wanted = set()
-    result = _from_schema(schema, defs, wanted, depth=0)
-    imports |= wanted
-    return result
-
-
-def _dotted(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    raise _UnknownError(ast.dump(node))
-
-
-def _base(name: str) -> str:
-    """``Literal`` for ``typing.Literal``/``t.Literal``, else the name unchanged."""
-    head, _, last = name.rpartition(".")
-    return last if head in ("typing", "t", "typing_extensions") else name
-
-
-def _from_text(node: ast.expr, imports: set[str]) -> str:
-    if isinstance(node, ast.Constant):
-        if node.value is None:
-            return "None"
-        if isinstance(node.value, str):  # a forward reference
-            return _from_text(ast.parse(node.value, mode="eval").body, imports)
-        raise _UnknownError(repr(node.value))
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _union([_from_text(part, imports) for part in _union_parts(node)])
-    if isinstance(node, ast.Subscript):
-        return _subscript(node, imports)
-    name = _dotted(node)
-    if name in _BUILTINS:
-        return name
-    if name in _GENERICS:
-        return _GENERICS[name]
-    if name in _KNOWN:
-        text, module = _KNOWN[name]
-        imports.add(module)
-        return text
-    raise _UnknownError(name)
-
-
-def _union_parts(node: ast.expr) -> list[ast.expr]:
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _union_parts(node.left) + _union_parts(node.right)
-    return [node]
-
-
-def _union(parts: list[str]) -> str:
-    unique = list(dict.fromkeys(parts))
-    if "Any" in unique:
-        return "Any"
-    if "None" in unique:  # None last reads best: ``X | None``
-        unique = [p for p in unique if p != "None"] + ["None"]
-    return " | ".join(unique)
-
-
-def _subscript(node: ast.Subscript, imports: set[str]) -> str:
-    name = _dotted(node.value)
-    args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
-    base = _base(name)
-    if name in _KNOWN and _KNOWN[name][0] == "numpy.ndarray":
-        imports.add("numpy")
-        return "numpy.ndarray"
-    if base == "Literal":
-        values = []
-        for arg in args:
-            if not isinstance(arg, ast.Constant) or not isinstance(
-                arg.value, str | int | bool | type(None)
-            ):
-                raise _UnknownError("Literal of a non-constant")
-            values.append(_lit(arg.value))
-        imports.add("typing.Literal")
-        return f"Literal[{', '.join(values)}]"
-    if base == "Optional" and len(args) == 1:
-        return _union([_from_text(args[0], imports), "None"])
-    if base == "Union":
-        return _union([_from_text(arg, imports) for arg in args])
-    if base == "Annotated" and args:
-        return _from_text(args[0], imports)
-    if name in _GENERICS or (name in _KNOWN and _KNOWN[name][1].startswith("collections.")):
-        outer = _from_text(node.value, imports)
-        inner = [
-            "..." if isinstance(a, ast.Constant) and a.value is Ellipsis else _from_text(a, imports)
-            for a in args
-        ]
-        return f"{outer}[{', '.join(inner)}]"
-    raise _UnknownError(name)
-
-
-def _from_schema(schema: Any, defs: dict[str, Any], imports: set[str], *, depth: int) -> str:
-    """An annotation for what a JSON Schema (pydantic's dialect) describes."""
-    if not isinstance(schema, dict) or depth > 20:
-        imports.add("typing.Any")
-        return "Any"
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        return _from_schema(defs.get(ref.removeprefix("#/$defs/")), defs, imports, depth=depth + 1)
-    fedhub_type = _FEDHUB_TYPES.get(str(schema.get("x-fedhub-type")))
-    if fedhub_type is not None:
-        if fedhub_type[1]:
-            imports.add(fedhub_type[1])
-        return fedhub_type[0]
-    if "const" in schema:
-        schema = {**schema, "enum": [schema["const"]]}
-    enum = schema.get("enum")
-    if isinstance(enum, list) and enum and all(_is_scalar(v) for v in enum):
-        imports.add("typing.Literal")
-        return f"Literal[{', '.join(_lit(v) for v in enum)}]"
-    for key in ("anyOf", "oneOf"):
-        options = schema.get(key)
-        if isinstance(options, list) and options:
-            return _union([_from_schema(o, defs, imports, depth=depth + 1) for o in options])
-    all_of = schema.get("allOf")
-    if isinstance(all_of, list) and len(all_of) == 1:
-        return _from_schema(all_of[0], defs, imports, depth=depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        return _union(
-            [_from_schema({**schema, "type": k}, defs, imports, depth=depth + 1) for k in kind]
-        )
-    if kind == "string":
-        text, module = _STRING_FORMATS.get(str(schema.get("format")), ("str", ""))
-        if module:
-            imports.add(module)
-        return text
-    simple = {"integer": "int", "number": "float", "boolean": "bool", "null": "None"}
-    if kind in simple:
-        return simple[kind]
-    if kind == "array":
-        prefix = schema.get("prefixItems")
-        if isinstance(prefix, list) and prefix and schema.get("items") is None:
-            items = [_from_schema(p, defs, imports, depth=depth + 1) for p in prefix]
-            return f"tuple[{', '.join(items)}]"
-        return f"list[{_from_schema(schema.get('items', {}), defs, imports, depth=depth + 1)}]"
-    if kind == "object":
-        extra = schema.get("additionalProperties")
-        value = "Any"
-        if isinstance(extra, dict) and not schema.get("properties"):
-            value = _from_schema(extra, defs, imports, depth=depth + 1)
-        imports.add("typing.Any")
-        return f"dict[str, {value}]"
-    imports.add("typing.Any")
-    return "Any"
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | bool)
-
-
 # --- writing source -------------------------------------------------------------------
-
-
-def _lit(value: Any) -> str:
-    """Python source of a JSON scalar (strings in double quotes, as ruff format writes)."""
-    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def _free_name(name: str, taken: set[str]) -> str:
@@ -636,8 +309,8 @@ def _function_source(name: str, fn: _Function, site: str, module: str) -> list[s
     lines = _def_lines("", name, [*sources, *extras], fn.returns, keyword_from=keyword_from)
     address = f"{site}.{module}.{fn.remote}"
     lines += _docstring("    ", _doc_paragraphs(fn, address, params))
-    entries = [f"{_lit(p.name)}: {p.name}" for p in params]
-    args = [_lit(fn.remote), client, timeout]
+    entries = [f"{literal(p.name)}: {p.name}" for p in params]
+    args = [literal(fn.remote), client, timeout]
     return lines + _call_and_return("    ", fn.returns, args, entries)
 
 
@@ -656,7 +329,7 @@ def _class_source(name: str, methods: list[_Function], site: str, module: str) -
     client = _extra_name("client", ctor)
     init = [_param_source(p) for p in ctor] + [f"{client}: SyncClient | None = None"]
     lines += ["", *_def_lines("    ", "__init__", ["self", *init], "None", keyword_from=len(init))]
-    mapping = ", ".join(f"{_lit(p.name)}: {p.name}" for p in ctor)
+    mapping = ", ".join(f"{literal(p.name)}: {p.name}" for p in ctor)
     lines.append(f"        self._arguments: dict[str, Any] = {{{mapping}}}")
     lines.append(f"        self._client = {client}")
     taken = {"_arguments", "_client"}
@@ -669,17 +342,17 @@ def _class_source(name: str, methods: list[_Function], site: str, module: str) -
         lines += ["", *_def_lines("    ", method, sources, fn.returns, keyword_from=keyword_from)]
         address = f"{site}.{module}.{fn.remote}"
         lines += _docstring("        ", _doc_paragraphs(fn, address, fn.params))
-        entries = ["**self._arguments", *(f"{_lit(p.name)}: {p.name}" for p in fn.params)]
-        args = [_lit(fn.remote), "self._client", timeout]
+        entries = ["**self._arguments", *(f"{literal(p.name)}: {p.name}" for p in fn.params)]
+        args = [literal(fn.remote), "self._client", timeout]
         lines += _call_and_return("        ", fn.returns, args, entries)
     return lines
 
 
 def _list_text(names: list[str]) -> str:
-    one = "[" + ", ".join(_lit(n) for n in names) + "]"
+    one = "[" + ", ".join(literal(n) for n in names) + "]"
     if len(one) + 10 <= _WIDTH:
         return one
-    return "[\n" + "".join(f"    {_lit(n)},\n" for n in names) + "]"
+    return "[\n" + "".join(f"    {literal(n)},\n" for n in names) + "]"
 
 
 def _header(

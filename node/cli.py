@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import gc
 import json
 import os
@@ -155,10 +156,54 @@ def cmd_log_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_log_checkpoint(args: argparse.Namespace) -> int:
+    """Append a checkpoint to the log of a node that is not running (the running node holds
+    its log, and writes one every ``checkpoint_every`` events)."""
     cfg = load_config(args.config)
-    with open_log(cfg) as log:
-        ev = log.checkpoint()
-    print(f"checkpoint at seq {ev.seq}")
+    cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
+    with (cfg.node.data_dir / "node.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(
+                f"node {cfg.identity} is running and holds its log",
+                hint=f"it checkpoints every {cfg.log.checkpoint_every} events; stop it to "
+                "checkpoint now",
+            ) from None
+        with open_log(cfg) as log:
+            ev = log.checkpoint()
+    print(f"checkpoint at seq {ev.seq} (covers events 1..{ev.seq - 1})")
+    return 0
+
+
+def cmd_log_prove(args: argparse.Namespace) -> int:
+    """Write the proof of one event, or that one checkpoint extends another."""
+    from node.proving import consistency_proof_of, event_proof_of, read_checkpoint
+
+    if (args.seq is None) == (args.consistency is None):
+        raise ConfigError("give SEQ or --consistency OLD.json [NEW.json], not both or neither")
+    if args.config is not None:
+        cfg = load_config(args.config)
+        path, hint = cfg.log_path, f"run: fedhub-node log checkpoint --config {args.config}"
+    else:
+        path, hint = args.db, "run: fedhub-node log checkpoint --config <the node's config>"
+    proof: BaseModel
+    with _open_db(path) as log:
+        if args.seq is not None:
+            proof = event_proof_of(log, args.seq, hint=hint)
+            what = f"event {args.seq}"
+        else:
+            files = args.consistency
+            if len(files) > 2:
+                raise ConfigError("--consistency takes OLD.json and at most one NEW.json")
+            new = read_checkpoint(files[1]) if len(files) == 2 else None
+            proof = consistency_proof_of(log, read_checkpoint(files[0]), new)
+            what = "consistency"
+    text = proof.model_dump_json(indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+        print(f"{what}: proof written to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -254,7 +299,7 @@ async def _send_admin(url: str, site: str, message: bytes) -> AdminAnswer:
 
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     from hub.schemas import write_schemas
-    from node.runner import load_module
+    from node.modules import load_module
 
     extra: dict[str, dict[str, object]] = {}
     if args.config:
@@ -306,9 +351,30 @@ def build_parser() -> argparse.ArgumentParser:
     reb = lsub.add_parser("rebuild", help="rebuild projections (request status) from the events")
     reb.add_argument("--config", type=Path, required=True)
     reb.set_defaults(func=cmd_log_rebuild)
-    cp = lsub.add_parser("checkpoint", help="append a signed checkpoint now")
+    cp = lsub.add_parser(
+        "checkpoint", help="append a signed checkpoint now (the node must not be running)"
+    )
     cp.add_argument("--config", type=Path, required=True)
     cp.set_defaults(func=cmd_log_checkpoint)
+    prove = lsub.add_parser(
+        "prove",
+        help="prove one event (SEQ) or that one checkpoint extends another (--consistency)",
+        description="Write a proof that `fedhub audit --proof` / `--consistency` checks "
+        "offline (see docs/merkle.md).",
+    )
+    prove.add_argument("seq", type=int, nargs="?", help="the event's sequence number")
+    prove.add_argument(
+        "--consistency",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="OLD.json [NEW.json]: signed checkpoints (default NEW: the log's latest)",
+    )
+    source = prove.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", type=Path, help="the node's SQLite log")
+    source.add_argument("--config", type=Path, help="the node's config (its log)")
+    prove.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
+    prove.set_defaults(func=cmd_log_prove)
     req = lsub.add_parser("request", help="show the projected status of one request")
     req.add_argument("--db", type=Path, required=True)
     req.add_argument("request_id")

@@ -9,9 +9,18 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hub.errors import ConfigError
 
@@ -19,6 +28,9 @@ __all__ = ["GrantConfig", "ModuleConfig", "NodeConfig", "load_config"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 NodeName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+#: Validation context key: the values come from a config file (see :func:`load_config`).
+_IN_FILE = "in_file"
 
 
 class _Section(BaseModel):
@@ -67,15 +79,53 @@ class CallsSection(_Section):
 
 
 class ModuleConfig(_Section):
-    """``[[modules]]``: a backend module and how it runs."""
+    """``[[modules]]``: a backend module and how the runner executes its functions.
+
+    The one model of a module's settings: the node reads it from its config file and
+    hands it to :meth:`node.runner.Runner.add_module` as it is. Built directly, a bad
+    value raises :class:`~hub.errors.ConfigError` naming the key.
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    """The module's name in subjects: ``<site>.<name>.<function>``."""
     path: str
+    """A ``.py`` file (relative to the config file's folder) or a dotted module name."""
     executor: Literal["thread", "process", "inline"] = "thread"
+    """``thread`` (default), ``process`` (isolated, killable, a crash cannot take the
+    node down; arguments and results are pickled) or ``inline``: sync functions run on the
+    node's event loop itself, for functions that take well under a millisecond (no thread
+    hop; but while one runs the node does nothing else, and a timeout or cancel can only
+    be noticed after it returns)."""
     max_workers: int = Field(4, ge=1, le=256)
+    """Threads, or worker processes, for sync functions."""
     max_concurrency: int = Field(8, ge=1)
+    """Calls running at once (in process mode at most ``max_workers``)."""
     max_queue: int = Field(1000, ge=0)
+    """Calls allowed to wait for a free slot; one more is refused as busy."""
+    progress_interval: float = Field(0.05, ge=0)
+    """Shortest time between two progress reports delivered, seconds (20 per second)."""
     timeout: float | None = Field(None, gt=0)
+    """Upper bound on any call of this module, seconds (the caller's deadline still counts)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _bad_value_is_a_config_error(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ModuleConfig], info: ValidationInfo
+    ) -> ModuleConfig:
+        """Built on its own, a bad value raises ConfigError; in a file, the file names it."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if info.context is not None and info.context.get(_IN_FILE):
+                raise  # load_config names the file and the whole key path
+            raise ConfigError(f"module config: {_first_error(exc)}") from exc
+
+    @property
+    def concurrency(self) -> int:
+        """The effective number of calls that may run at once."""
+        if self.executor == "process":
+            return min(self.max_concurrency, self.max_workers)
+        return self.max_concurrency
 
 
 class GrantConfig(_Section):
@@ -153,12 +203,9 @@ def load_config(path: Path) -> NodeConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
-        cfg = NodeConfig.model_validate(data)
+        cfg = NodeConfig.model_validate(data, context={_IN_FILE: True})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {key}: {err['msg']}{more}") from exc
+        raise ConfigError(f"{path}: {_first_error(exc)}") from exc
     base = path.resolve().parent
     node = cfg.node
 
@@ -179,3 +226,11 @@ def load_config(path: Path) -> NodeConfig:
             "digest": hashlib.blake2b(raw, digest_size=32).hexdigest(),
         }
     )
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``key: message`` of the first error, and how many more there are."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{key}: {err['msg']}{more}"

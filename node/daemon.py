@@ -51,7 +51,14 @@ from hub.events import (
 )
 from hub.lifecycle import UNFINISHED
 from hub.logfile import export_line
-from hub.objects import get_object, put_object, wait_acks
+from hub.nats import (
+    NatsServer,
+    ensure_calls_consumer,
+    ensure_site_streams,
+    get_object,
+    put_object,
+    wait_acks,
+)
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -63,7 +70,6 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
-from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
@@ -71,9 +77,9 @@ from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
+from node.modules import load_module
 from node.pipeline import Pipeline
-from node.runner import ModuleConfig as RunnerModuleConfig
-from node.runner import Runner, load_module
+from node.runner import Runner
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -153,15 +159,7 @@ class NodeDaemon:
             backend = await asyncio.to_thread(
                 load_module, str(cfg.resolve(mod.path)), name=mod.name
             )
-            self.runner.add_module(
-                backend,
-                RunnerModuleConfig(
-                    executor=mod.executor,
-                    max_workers=mod.max_workers,
-                    max_concurrent=mod.max_concurrency,
-                    max_queue=mod.max_queue,
-                ),
-            )
+            self.runner.add_module(backend, mod)
             timeouts[mod.name] = mod.timeout
         self.pipeline = Pipeline(
             site=self.site,
@@ -371,7 +369,8 @@ class NodeDaemon:
         """Copy events to the site's ``FH_EVENTS`` stream.
 
         One message carries a run of consecutive events as export lines (JSON Lines, the
-        format of ``fedhub-node log export``), up to ~256 KiB, with ``Nats-Msg-Id`` =
+        format of ``fedhub-node log export``: hash and signature travel in the line, ``"sig":""``
+        for an event that is not the last of its commit), up to ~256 KiB, with ``Nats-Msg-Id`` =
         ``<log>@<genesis hash prefix>:<first seq>-<last seq>`` (a log re-created under the same
         name is a different log). After a crash the node re-sends from its saved
         cursor, so a reader may see an event twice and keeps the first of each ``seq``.

@@ -30,8 +30,9 @@ from hub.errors import CanonicalError, ReplayError
 
 __all__ = ["ReplayGuard", "recent_nonces"]
 
-#: Event types that carry a request's nonce: ``data.nonce`` (log v1 ``request.received``)
-#: or the caller's signed header in ``data.header`` (log v2 ``request.accepted``).
+#: Events that may carry a request's nonce: ``data.nonce`` (log v1 ``request.received``) or
+#: the caller's signed header in ``data.header`` (log v2 ``request.accepted``, and a v2
+#: ``request.rejected`` should it carry the header); events with neither are skipped.
 _RECENT = (
     "SELECT seq, time, body FROM events WHERE time >= ?"
     " AND type IN ('request.received', 'request.accepted', 'request.rejected') ORDER BY seq"

@@ -15,6 +15,8 @@ is printed because the machine may be shared):
 * full audit events/s           vs raw PyNaCl verify/s x cores (all signatures, every core)
 * chain-and-checkpoints audit   vs raw BLAKE2b chain hashes/s (one core)
 * raw PyNaCl verify/s on one core and on every core, raw BLAKE2b hashes/s
+* log bytes per event           vs the mean canonical body per event (what the file adds:
+                                  hash, signature, indexes, projections, checkpoints)
 
 Issue targets (2-core machine): full audit >= 0.8 x (raw verify/s x 2); chain-and-checkpoints
 audit of 1,000,000 events in <= 10 s; append >= 20,000 events/s durable.
@@ -163,6 +165,17 @@ def raw_blake2b(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def log_bytes(path: Path) -> tuple[int, float]:
+    """(bytes of the log's files: database + WAL, mean canonical body bytes per event)."""
+    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        (mean_body,) = conn.execute("SELECT AVG(LENGTH(body)) FROM events").fetchone()
+    finally:
+        conn.close()
+    return size, float(mean_body or 0.0)
+
+
 def audit_rate(path: Path, site: KeyPair, signatures: bool, threads: int) -> tuple[float, float]:
     """(events/s, seconds) of auditing the SQLite log."""
     started = time.perf_counter()
@@ -205,6 +218,7 @@ def main() -> int:
         sqlite_after = raw_sqlite(folder, sqlite_n, args.batch, args.synchronous)
         with EventLog.open_readonly(db) as ro:
             events = ro.size
+        file_bytes, body_bytes = log_bytes(db)
         rounds: dict[str, list[float]] = {
             k: [] for k in ("full", "full_s", "chain", "chain_s", "v1", "vn", "blake")
         }
@@ -267,6 +281,13 @@ def main() -> int:
             "baseline_per_s": round(blake),
             "ratio": round(statistics.median(chain_ratios), 3),
         },
+        "log_bytes": {
+            "bytes_per_event": round(file_bytes / events, 1),
+            "file_bytes": file_bytes,
+            "baseline": "mean canonical event body bytes",
+            "baseline_bytes_per_event": round(body_bytes, 1),
+            "ratio": round(file_bytes / events / body_bytes, 3) if body_bytes else None,
+        },
         "raw_verify_1_core_per_s": round(verify1),
         "raw_verify_all_cores_per_s": round(verify_n),
         "raw_blake2b_per_s": round(blake),
@@ -295,6 +316,12 @@ def main() -> int:
         f"audit, chain only      {c['events_per_s']:>10,} events/s   "
         f"x{c['ratio']:.2f} of raw BLAKE2b {c['baseline_per_s']:,}/s  "
         f"({c['seconds_per_million']:.2f} s per million)"
+    )
+    lb = figures["log_bytes"]
+    print(
+        f"log bytes per event    {lb['bytes_per_event']:>10,.0f} B          "
+        f"x{lb['ratio']:.2f} of the mean event body {lb['baseline_bytes_per_event']:,.0f} B"
+        f"  ({lb['file_bytes']:,} B in all)"
     )
     print(
         f"raw verify             {round(verify1):>10,} /s one core, "

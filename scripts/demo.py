@@ -31,7 +31,7 @@ import xarray as xr
 
 from hub.client import Client
 from hub.cliutil import configure_logging
-from hub.topology import start_local_federation
+from hub.nats import start_local_federation
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

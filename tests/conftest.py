@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hub.topology import LocalFederation, NatsServer, start_local_federation
+from hub.nats import LocalFederation, NatsServer, start_local_federation
 
 #: The site name to use with ``ensure_site_streams`` on the shared ``nats_server``.
 SHARED_SITE = "testsite"

@@ -19,8 +19,8 @@ from support.world import World
 from hub import subjects
 from hub.client import Client
 from hub.errors import FederationError
-from hub.topology import NatsServer, ensure_calls_consumer, ensure_site_streams
-from hub.topology import connect as nats_connect
+from hub.nats import NatsServer, ensure_calls_consumer, ensure_site_streams
+from hub.nats import connect as nats_connect
 from node.consumer import CallConsumer
 from node.daemon import NodeDaemon
 

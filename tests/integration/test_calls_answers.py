@@ -29,9 +29,9 @@ from hub.clock import now
 from hub.envelopes import ControlHeader, pack_control
 from hub.errors import NotFoundError, UnauthorizedError
 from hub.lifecycle import RequestState
+from hub.nats import connect as nats_connect
 from hub.records import Revocation, sign_record
 from hub.subjects import admin_subject, info_subject, status_subject
-from hub.topology import connect as nats_connect
 from node.admin import admin_message
 from node.config import NodeConfig
 from node.daemon import NodeDaemon

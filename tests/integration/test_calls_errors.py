@@ -25,7 +25,7 @@ from hub.errors import (
     OversizeError,
     ValidationError,
 )
-from hub.topology import connect as nats_connect
+from hub.nats import connect as nats_connect
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 

@@ -23,8 +23,8 @@ from support.world import World
 
 from hub.client import Client, connect
 from hub.errors import NotFoundError
+from hub.nats import connect as nats_connect
 from hub.subjects import CALLS_STREAM
-from hub.topology import connect as nats_connect
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 

@@ -21,7 +21,7 @@ from support.world import World
 
 from hub.client import Client
 from hub.errors import CallCancelledError
-from hub.topology import LocalFederation
+from hub.nats import LocalFederation
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 

@@ -37,9 +37,9 @@ from hub.client import Client
 from hub.clock import now
 from hub.events import KeyRevoked
 from hub.keys import KeyPair
+from hub.nats import connect as nats_connect
 from hub.records import Revocation, sign_record
 from hub.subjects import CALLS_CONSUMER, CALLS_STREAM
-from hub.topology import connect as nats_connect
 from node.bootstrap import open_log
 from node.config import NodeConfig
 from node.daemon import NodeDaemon

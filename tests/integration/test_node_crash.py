@@ -28,7 +28,7 @@ from support.world import World
 from hub.canonical import b64e
 from hub.client import CallHandle, Client
 from hub.errors import CallCancelledError
-from hub.topology import NatsServer
+from hub.nats import NatsServer
 from node.config import NodeConfig
 
 CALLER = "klaus@geomar"

@@ -13,8 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
 from hub.errors import IntegrityError, NotFoundError
-from hub.objects import get_object, put_object
-from hub.topology import NatsServer
+from hub.nats import NatsServer, get_object, put_object
 
 
 async def _bucket(js: JetStreamContext, name: str) -> ObjectStore:

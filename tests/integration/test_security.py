@@ -49,9 +49,9 @@ from hub.errors import ConfigError, UnauthorizedError
 from hub.events import KeyRevoked
 from hub.keys import KeyPair
 from hub.logfile import iter_log
+from hub.nats import connect as nats_connect
 from hub.records import Revocation, sign_record
 from hub.subjects import CALLS_CONSUMER, CALLS_STREAM, inbox_prefix
-from hub.topology import connect as nats_connect
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
 from node.daemon import NodeDaemon

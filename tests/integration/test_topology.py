@@ -19,9 +19,10 @@ from nats.js import api
 from hub import subjects
 from hub.cli_calls import discover
 from hub.errors import ConfigError, TransportError
-from hub.topology import (
+from hub.nats import (
     HUB_DOMAIN,
     LeafUser,
+    LocalFederation,
     NatsServer,
     connect,
     ensure_calls_consumer,
@@ -492,6 +493,44 @@ async def test_a_killed_and_restarted_leaf_keeps_its_streams(
     finally:
         await geomar.close()
         await hereon.close()
+
+
+async def test_a_local_federation_is_a_context_manager_that_closes_twice_harmlessly(
+    tmp_path: Path,
+) -> None:
+    async with LocalFederation(tmp_path, sites=("hereon", "geomar")) as fed:
+        hereon = await connect(fed.site_url("hereon"))
+        try:
+            await ensure_site_streams(hereon.jetstream(), "hereon")
+        finally:
+            await hereon.close()
+        servers = [fed.hub, *fed.leaves.values()]
+        assert all(server.running for server in servers)
+    assert not any(server.running for server in servers)
+    await fed.aclose()
+    await fed.stop()
+    # Started again, it runs on the same folders: hereon's streams are still there.
+    await fed.start()
+    try:
+        hereon = await connect(fed.site_url("hereon"))
+        try:
+            info = await hereon.jetstream().stream_info(subjects.CALLS_STREAM)
+            assert info.config.subjects == [subjects.calls_filter("hereon")]
+        finally:
+            await hereon.close()
+    finally:
+        await fed.aclose()
+
+
+def test_a_local_federation_refuses_a_site_named_twice(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="distinct sites"):
+        LocalFederation(tmp_path, sites=("hereon", "hereon"))
+
+
+def test_a_site_without_a_running_leaf_has_no_url(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path, sites=("hereon",))
+    with pytest.raises(TransportError, match="no running leaf"):
+        fed.site_url("geomar")
 
 
 # ------------------------------------------------------------------ config builders

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from hub.canonical import b64d, canonical_bytes
 from hub.chain import leaf_hash
 from hub.crypto import verify
-from hub.errors import ConfigError, LogConflictError
+from hub.errors import CanonicalError, ConfigError, LogConflictError
 from hub.events import (
     DOMAIN_COMMIT,
     EVENT_TYPES,
@@ -455,6 +455,23 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
     return events
 
 
-def test_event_data_is_dumped_exactly_as_pydantic_dumps_it_for_every_event_type() -> None:
+def test_event_data_is_dumped_and_encoded_exactly_as_pydantic_and_canonical_bytes_do() -> None:
     for event in _every_event_type(Keys.generate()):
-        assert _dump(event) == event.model_dump(mode="json"), event
+        data, encoded = _dump(event)
+        assert data == event.model_dump(mode="json"), event
+        assert encoded == canonical_bytes(event.model_dump(mode="json")), event
+
+
+@pytest.mark.parametrize("size", [2**63, -(2**63) - 1])
+def test_event_data_with_an_integer_beyond_64_bits_is_refused(tmp_path: Path, size: int) -> None:
+    with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
+        with pytest.raises(CanonicalError, match="64-bit"):
+            log.append(NodeStarted(version="0.2.0", pid=size))
+        assert log.size == 1
+
+
+def test_event_data_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
+        with pytest.raises(CanonicalError, match="surrogate"):
+            log.append(NodeStopped(reason="bad \ud800"))
+        assert log.size == 1

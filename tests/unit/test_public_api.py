@@ -20,3 +20,14 @@ def test_every_public_error_derives_from_the_root() -> None:
     assert errors
     assert all(issubclass(e, hub.FederationError) for e in errors)
     assert issubclass(hub.CallTimeoutError, TimeoutError)
+
+
+def test_the_nats_and_codec_packages_export_what_they_name() -> None:
+    import hub.codec
+    import hub.nats
+
+    for package in (hub.nats, hub.codec):
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert not missing, package.__name__
+    assert {"LocalFederation", "NatsServer", "ensure_site_streams"} <= set(hub.nats.__all__)
+    assert {"encode", "decode", "describe"} <= set(hub.codec.__all__)

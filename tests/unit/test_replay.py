@@ -6,14 +6,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Literal
 
 import pytest
 from helpers.logs import Keys, open_new_log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from pydantic import BaseModel, ConfigDict
 
 from hub.canonical import b64e, canonical_bytes
 from hub.errors import CanonicalError, ReplayError
@@ -171,7 +169,7 @@ def test_whatever_the_clock_does_a_request_is_never_accepted_twice(
 
 class GuardVersusModel(RuleBasedStateMachine):
     """On a clock that never goes back, the guard decides exactly as a dict that keeps
-    every nonce with its arrival time forever."""
+    every nonce with its arrival time forever, across restarts too."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -219,6 +217,13 @@ class GuardVersusModel(RuleBasedStateMachine):
         nonce = data.draw(st.sampled_from(sorted(self.sent)))
         self.call(nonce, self.now + offset)
 
+    @rule()
+    def restart(self) -> None:
+        """A new guard loaded with what the log holds of the last two windows."""
+        self.guard = ReplayGuard(self.window)
+        recent = [(n, a) for n, a in self.arrived.items() if a >= self.now - 2 * self.window]
+        self.guard.load(reversed(recent))
+
     @invariant()
     def every_nonce_that_could_still_be_accepted_is_held(self) -> None:
         for nonce, arrived in self.arrived.items():
@@ -233,13 +238,18 @@ TestGuardVersusModel.settings = settings(max_examples=80, stateful_step_count=60
 # --- a restart --------------------------------------------------------------------------
 
 
-class _AcceptedV2(BaseModel):
+def _AcceptedV2(request_id: str, header: str) -> RequestAccepted:
     """A log v2 ``request.accepted``: it carries the caller's signed header."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    type: Literal["request.accepted"] = "request.accepted"
-    request_id: str
-    header: str
+    return RequestAccepted(
+        request_id=request_id,
+        caller="klaus@geomar",
+        address="hereon.climate.compute_sum",
+        header=header,
+        sig="c2ln",
+        payload_hash="ab" * 32,
+        payload_size=1,
+        delivery=1,
+    )
 
 
 def _received(rid: str, nonce: str) -> RequestReceived:
@@ -318,6 +328,6 @@ def test_an_unreadable_signed_header_in_the_log_is_an_error_naming_the_event(
 ) -> None:
     path = tmp_path / "events.db"
     with open_new_log(path, Keys.generate()) as log:
-        log.append_many([_AcceptedV2(request_id="req00009", header="not base64!")])
+        log.append_many([_AcceptedV2(request_id="req00009", header="bm90IGpzb24")])
     with pytest.raises(CanonicalError, match="event 2: cannot read the request's nonce"):
         _read(path, W, time.time())

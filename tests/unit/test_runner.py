@@ -29,8 +29,10 @@ from hub.errors import (
 )
 from hub.progress import Progress
 from hub.types import DataArray, NDArray, fedhub_type
+from node.config import ModuleConfig, load_config
 from node.docstrings import parse_docstring
-from node.runner import BackendModule, CancelSignal, ModuleConfig, Runner, load_module
+from node.modules import BackendModule, load_module
+from node.runner import CancelSignal, Runner
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "modules"
 MODES = ["thread", "process", "inline"]
@@ -50,6 +52,11 @@ def write_module(tmp_path: Path, name: str, source: str) -> str:
     path = tmp_path / f"{name}.py"
     path.write_text(textwrap.dedent(source))
     return str(path)
+
+
+def settings(module: BackendModule, **values: Any) -> ModuleConfig:
+    """``module``'s entry of a node config, with ``values`` set."""
+    return ModuleConfig(name=module.name, path=module.spec, **values)
 
 
 async def wait_until(condition: Any, rounds: int = 200) -> None:
@@ -468,7 +475,9 @@ def test_a_result_that_breaks_the_declared_type_is_a_function_failure(
 @pytest.fixture(params=MODES)
 async def runner(request: pytest.FixtureRequest, climate: BackendModule) -> AsyncIterator[Runner]:
     async with Runner() as runner:
-        runner.add_module(climate, ModuleConfig(executor=request.param, max_workers=2))
+        runner.add_module(
+            climate, settings(climate, executor=request.param, max_workers=2, max_concurrency=2)
+        )
         yield runner
 
 
@@ -574,7 +583,7 @@ async def test_crashed_worker_process_fails_the_call_and_is_replaced(
     climate: BackendModule,
 ) -> None:
     async with Runner() as runner:
-        runner.add_module(climate, ModuleConfig(executor="process", max_workers=1))
+        runner.add_module(climate, settings(climate, executor="process", max_workers=1))
         with pytest.raises(FunctionFailedError, match="worker process died"):
             await runner.run("climate", "crash", {}, timeout=30)
         assert await runner.run("climate", "scale", {"values": [2]}, timeout=30) == [4.0]
@@ -584,7 +593,7 @@ async def test_crashed_worker_process_fails_the_call_and_is_replaced(
 
 async def test_timed_out_worker_process_is_killed_and_replaced(climate: BackendModule) -> None:
     async with Runner() as runner:
-        runner.add_module(climate, ModuleConfig(executor="process", max_workers=1))
+        runner.add_module(climate, settings(climate, executor="process", max_workers=1))
         with capture_logs() as logs, pytest.raises(CallTimeoutError):
             await runner.run("climate", "sleep", {"seconds": 60}, timeout=0.2)
         assert [e["reason"] for e in logs if e["event"] == "runner.worker_killed"] == ["timeout"]
@@ -594,7 +603,7 @@ async def test_timed_out_worker_process_is_killed_and_replaced(climate: BackendM
 
 async def test_process_mode_carries_models_and_enums_across(climate: BackendModule) -> None:
     async with Runner() as runner:
-        runner.add_module(climate, ModuleConfig(executor="process", max_workers=1))
+        runner.add_module(climate, settings(climate, executor="process", max_workers=1))
         readings = [
             {"station": "a", "value": 1.0, "time": "2024-01-01T00:00:00Z"},
             {"station": "b", "value": 3.0, "time": "2024-01-02T00:00:00Z"},
@@ -612,7 +621,7 @@ async def test_calls_beyond_the_queue_limit_are_refused_as_busy(
     climate: BackendModule,
 ) -> None:
     async with Runner() as runner:
-        runner.add_module(climate, ModuleConfig(max_workers=1, max_queue=1))
+        runner.add_module(climate, settings(climate, max_workers=1, max_concurrency=1, max_queue=1))
         stop = CancelSignal()
 
         def call() -> asyncio.Task[object]:
@@ -635,7 +644,7 @@ async def test_calls_beyond_the_queue_limit_are_refused_as_busy(
 
 async def test_queued_call_times_out_while_waiting(climate: BackendModule) -> None:
     async with Runner() as runner:
-        runner.add_module(climate, ModuleConfig(max_workers=1))
+        runner.add_module(climate, settings(climate, max_workers=1, max_concurrency=1))
         stop = CancelSignal()
         running = asyncio.create_task(
             runner.run("climate", "async_sleep", {"seconds": 30}, cancel=stop)
@@ -658,9 +667,38 @@ async def test_a_closed_runner_refuses_calls(climate: BackendModule) -> None:
         await runner.run("climate", "scale", {"values": [1]})
 
 
-def test_module_config_rejects_nonsense() -> None:
-    with pytest.raises(ConfigError, match="executor"):
-        ModuleConfig(executor="gpu")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="max_workers"):
-        ModuleConfig(max_workers=0)
-    assert ModuleConfig(executor="process", max_workers=2, max_concurrent=8).concurrency == 2
+def test_module_config_rejects_nonsense_naming_the_key(climate: BackendModule) -> None:
+    with pytest.raises(ConfigError, match=r"^module config: executor: "):
+        settings(climate, executor="gpu")
+    with pytest.raises(ConfigError, match=r"^module config: max_workers: "):
+        settings(climate, max_workers=0)
+    with pytest.raises(ConfigError, match=r"^module config: name: "):
+        ModuleConfig(name="no-dashes", path="climate.py")
+    assert settings(climate, executor="process", max_workers=2, max_concurrency=8).concurrency == 2
+    assert settings(climate, max_workers=2, max_concurrency=8).concurrency == 8
+
+
+async def test_a_module_runs_with_its_own_config_only(climate: BackendModule) -> None:
+    async with Runner() as runner:
+        with pytest.raises(ConfigError, match="config of module 'other'"):
+            runner.add_module(climate, ModuleConfig(name="other", path="other.py"))
+        runner.add_module(climate)
+        with pytest.raises(ConfigError, match="already served"):
+            runner.add_module(climate)
+        assert await runner.run("climate", "scale", {"values": [1]}, timeout=30) == [2.0]
+
+
+def test_a_node_config_file_names_the_bad_module_key(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[node]\nsite = "hereon"\n\n'
+        '[[modules]]\nname = "climate"\npath = "climate.py"\nexecutor = "gpu"\n'
+    )
+    with pytest.raises(ConfigError, match=r"site\.toml: modules\.0\.executor: Input should be"):
+        load_config(path)
+    path.write_text(
+        '[node]\nsite = "hereon"\n\n'
+        '[[modules]]\nname = "climate"\npath = "climate.py"\nprogress_interval = 0.5\n'
+    )
+    (module,) = load_config(path).modules
+    assert (module.progress_interval, module.concurrency, module.max_queue) == (0.5, 8, 1000)

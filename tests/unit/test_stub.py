@@ -18,7 +18,7 @@ import xarray as xr
 
 from hub.errors import ConfigError
 from hub.stub import generate_stub
-from node.runner import load_module
+from node.modules import load_module
 
 CLIMATE = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "climate.py"
 

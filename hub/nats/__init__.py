@@ -1,0 +1,79 @@
+"""The NATS layer: server configs, server processes, JetStream layout, a local federation.
+
+One module per job, their public names re-exported here:
+
+- :mod:`hub.nats.config`: nats-server config text for the hub and the site leaves, and the
+  accounts that keep sites apart (:func:`hub_config`, :func:`leaf_config`, :class:`LeafUser`);
+- :mod:`hub.nats.server`: a real ``nats-server`` process (:class:`NatsServer`);
+- :mod:`hub.nats.connection`: connecting and waiting for readiness (:func:`connect`,
+  :func:`wait_jetstream_ready`, :func:`wait_message_route`);
+- :mod:`hub.nats.streams`: a site's streams, results bucket and calls consumer
+  (:func:`ensure_site_streams`, :func:`ensure_calls_consumer`, :func:`source_site_events`);
+- :mod:`hub.nats.objects`: results in a JetStream Object Store in one round trip
+  (:func:`put_object`, :func:`get_object`, :func:`wait_acks`);
+- :mod:`hub.nats.federation`: a hub and site leaves on one machine for tests and demos
+  (:class:`LocalFederation`).
+
+See docs/topology.md for the subjects, streams, accounts and how a site joins a hub.
+"""
+
+from __future__ import annotations
+
+from hub.nats.config import (
+    DEFAULT_MAX_PAYLOAD,
+    FEDERATION_ACCOUNT,
+    HUB_DOMAIN,
+    LEAF_LOCAL_SUBJECTS,
+    LeafUser,
+    events_deliver_prefix,
+    hub_config,
+    js_api_prefix,
+    leaf_config,
+    server_config,
+    site_account,
+)
+from hub.nats.connection import connect, wait_jetstream_ready, wait_message_route
+from hub.nats.federation import DEFAULT_SITES, LocalFederation, start_local_federation
+from hub.nats.objects import CHUNK_SIZE, get_object, put_object, wait_acks
+from hub.nats.server import HUB_LOCAL_USER, NatsServer, find_nats_server
+from hub.nats.streams import (
+    DEFAULT_MAX_MSG_SIZE,
+    calls_stream_config,
+    ensure_calls_consumer,
+    ensure_site_streams,
+    events_stream_config,
+    source_site_events,
+)
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_MAX_MSG_SIZE",
+    "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_SITES",
+    "FEDERATION_ACCOUNT",
+    "HUB_DOMAIN",
+    "HUB_LOCAL_USER",
+    "LEAF_LOCAL_SUBJECTS",
+    "LeafUser",
+    "LocalFederation",
+    "NatsServer",
+    "calls_stream_config",
+    "connect",
+    "ensure_calls_consumer",
+    "ensure_site_streams",
+    "events_deliver_prefix",
+    "events_stream_config",
+    "find_nats_server",
+    "get_object",
+    "hub_config",
+    "js_api_prefix",
+    "leaf_config",
+    "put_object",
+    "server_config",
+    "site_account",
+    "source_site_events",
+    "start_local_federation",
+    "wait_acks",
+    "wait_jetstream_ready",
+    "wait_message_route",
+]

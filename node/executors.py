@@ -1,0 +1,198 @@
+"""Worker processes for the runner's ``process`` executor, and progress relayed to the loop.
+
+Each process worker is a one-process ``ProcessPoolExecutor`` (:class:`WorkerSlot`) started
+from the ``forkserver`` context (``spawn`` where forkserver is unavailable), never ``fork``,
+since the node is a multi-threaded asyncio program. The child loads the module again from
+its file path or dotted name (:func:`child_init`), so only names and argument values cross
+the process boundary; errors come back as plain text (:func:`child_call`), progress over a
+pipe that a thread of the node reads. :class:`Relay` hands progress reports of one call,
+from whatever thread or process, to its callback on the event loop. Used by
+:mod:`node.runner`; not a public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import multiprocessing
+import os
+import signal
+import threading
+import traceback
+import typing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import structlog
+
+from hub.errors import FunctionFailedError
+from hub.progress import Progress
+from node.modules import BackendModule, load_module, one_line
+
+if typing.TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
+
+__all__ = [
+    "ProgressCallback",
+    "Relay",
+    "WorkerSlot",
+    "child_call",
+    "child_init",
+    "mp_context",
+    "start_worker",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Receives ``(fraction, message)`` on the event loop while a call runs.
+ProgressCallback = Callable[[float | None, str], None]
+
+
+class Relay:
+    """Forwards progress reports of one call to its callback on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: ProgressCallback | None) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._loop_thread = threading.get_ident()
+        self.open = True
+        self.done = asyncio.Event()
+
+    def on_loop(self, fraction: float | None, message: str) -> None:
+        if not self.open or self._callback is None:
+            return
+        try:
+            self._callback(fraction, message)
+        except Exception:
+            log.warning("runner.progress_callback_failed", exc_info=True)
+
+    def from_any_thread(self, fraction: float | None, message: str) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self.on_loop(fraction, message)
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
+            self._loop.call_soon_threadsafe(self.on_loop, fraction, message)
+
+
+class WorkerSlot:
+    """One worker process (a one-process pool) plus the pipe its progress comes back on."""
+
+    def __init__(self, executor: ProcessPoolExecutor, pid: int, conn: Connection) -> None:
+        self.executor = executor
+        self.pid = pid
+        self.calls: dict[int, Relay] = {}
+        self._stop = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(
+            target=self._read, args=(conn,), name=f"fedhub-worker-{pid}", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            while not self._stop.is_set():
+                if conn.poll(0.1):
+                    item = conn.recv()
+                    self._loop.call_soon_threadsafe(self._dispatch, item)
+        except Exception:  # worker gone, pipe broken or loop closed: stop reading
+            return
+        finally:
+            conn.close()
+
+    def _dispatch(self, item: tuple[Any, ...]) -> None:
+        relay = self.calls.get(item[0])
+        if relay is None:
+            return
+        if item[1] == "progress":
+            relay.on_loop(item[2], item[3])
+        elif item[1] == "done":
+            relay.done.set()
+
+    def discard(self, *, kill: bool) -> None:
+        """Stop reading; kill the process if asked; let the pool go."""
+        self._stop.set()
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Shut the worker down cleanly, waiting for it (blocking; use a thread)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+async def start_worker(module: BackendModule, progress_interval: float) -> WorkerSlot:
+    """Start one worker process for ``module`` and return it once it answers."""
+    context = mp_context()
+    receiver, sender = context.Pipe(duplex=False)
+    executor = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=context,
+        initializer=child_init,
+        initargs=(module.spec, module.name, sender, progress_interval),
+    )
+    try:
+        pid = await asyncio.wrap_future(executor.submit(os.getpid))
+    except Exception as exc:
+        executor.shutdown(wait=False, cancel_futures=True)
+        receiver.close()
+        raise FunctionFailedError(
+            f"cannot start a worker process for module {module.name}: {one_line(exc)}"
+        ) from exc
+    finally:
+        sender.close()
+    log.info("runner.worker_started", module=module.name, pid=pid)
+    return WorkerSlot(executor, pid, receiver)
+
+
+@functools.cache
+def mp_context() -> BaseContext:
+    """forkserver where available (never fork: the node is multi-threaded), else spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["node.executors"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+# -- in the worker process
+
+_child: dict[str, Any] = {}
+
+
+def child_init(spec: str, name: str, conn: Connection, interval: float) -> None:
+    """Worker initializer: load the module (so pickled arguments resolve) once."""
+    _child["module"] = load_module(spec, name=name, log_skipped=False)
+    _child["conn"] = conn
+    _child["interval"] = interval
+
+
+def child_call(call_id: int, function: str, arguments: dict[str, object]) -> tuple[Any, ...]:
+    """Run one call in the worker; errors come back as plain text, not pickled exceptions."""
+    module: BackendModule = _child["module"]
+    conn: Connection = _child["conn"]
+    spec = module.functions[function]
+    progress: Progress | None = None
+    if spec.takes_progress is not None:
+
+        def send(fraction: float | None, message: str) -> None:
+            conn.send((call_id, "progress", fraction, message))
+
+        progress = Progress(send, min_interval=_child["interval"])
+    try:
+        return ("ok", spec.invoke(arguments, progress))
+    except Exception as exc:
+        return ("error", type(exc).__name__, one_line(exc).partition(": ")[2], _trace(exc))
+    finally:
+        if progress is not None:
+            progress.flush()
+            conn.send((call_id, "done"))
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
