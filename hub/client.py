@@ -226,8 +226,12 @@ class Client:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
         if self._owns and not self.nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            try:
                 await self.nc.drain()
+            except (TimeoutError, nats.errors.Error):
+                # e.g. still reconnecting: stop trying, or the attempts would go on
+                with contextlib.suppress(nats.errors.Error):
+                    await self.nc.close()
 
     async def __aenter__(self) -> Client:
         await self.start()

@@ -21,7 +21,7 @@ from support.world import World
 
 from hub.client import Client
 from hub.errors import CallCancelledError
-from hub.nats import LocalFederation
+from hub.nats import LocalFederation, NatsServer
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -129,3 +129,13 @@ async def test_a_call_that_failed_while_its_reply_could_not_travel_raises_its_ty
             with pytest.raises(CallCancelledError) as err:
                 await handle.result(timeout=BOUND)
     assert err.value.code == "interrupted"
+
+
+async def test_closing_a_client_while_it_tries_to_reconnect_stops_the_attempts(
+    world: World, fresh_nats_server: NatsServer
+) -> None:
+    client = await Client.connect(fresh_nats_server.client_url, CALLER, home=world.store.home)
+    await fresh_nats_server.stop()
+    await wait_until(lambda: client.nc.is_reconnecting, limit=10)
+    await client.aclose()
+    assert client.nc.is_closed
