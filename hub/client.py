@@ -397,7 +397,14 @@ class Client:
         try:
             return await handle.result()
         finally:
-            self._pending.pop(handle.request_id, None)
+            self._forget(handle.request_id)
+
+    def _forget(self, request_id: str) -> None:
+        """Stop waiting for ``request_id``: a late reply or recovery is dropped."""
+        self._pending.pop(request_id, None)
+        task = self._recovering.pop(request_id, None)
+        if task is not None:
+            task.cancel()
 
     async def status(self, site: str, request_id: str) -> RequestStatus:
         """The node's record of one of my requests."""
@@ -516,6 +523,8 @@ class Client:
             except FederationError as exc:
                 log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
                 return
+            if self._pending.get(handle.request_id) is not handle:
+                return  # nobody waits for it any more
             if outcome is not None and handle._settle(*outcome):
                 log.info("client.reply_recovered", request_id=handle.request_id)
             return
