@@ -585,14 +585,17 @@ class NodeDaemon:
         )
         tmp = path.with_suffix(".json.tmp")
         try:
-            while True:
+            # ends on stop even when the cancel lands inside a NATS request, which turns
+            # it into a timeout that _queue_depth takes for an unanswered question
+            while not self._stop.is_set():
                 data = self.status()
                 data["queue"] = await self._queue_depth()
                 data["pid"] = os.getpid()
                 data["time"] = time.time()
                 tmp.write_text(json.dumps(data, indent=2, default=str))
                 tmp.replace(path)
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -4,7 +4,8 @@ A call is ``request.accepted`` (the caller's signed header, verbatim) then
 ``request.completed`` naming where its result is kept (plus ``request.progress`` when the
 function reports it). A result too large for one message reaches the caller at once as an
 OversizeError and is logged as failed; a result the node could not keep is logged as
-``result.lost`` and status and fetch say so. A burst of calls is accepted in one commit.
+``result.lost`` and status and fetch say so. A burst of calls is accepted in one commit. A
+request a version 1 node received still ends exactly once after the upgrade.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import xarray as xr
 from support.hostile import LogView, craft_request
 from support.world import CLIMATE, World
 
-from hub.canonical import b64d, parse_canonical
+from hub.canonical import b64d, b64e, parse_canonical
 from hub.client import Client
 from hub.crypto import verify
-from hub.envelopes import DOMAIN_REQUEST
+from hub.envelopes import DOMAIN_REQUEST, parse_request_header, split_request
 from hub.errors import NotFoundError, OversizeError
-from hub.lifecycle import RequestState
+from hub.events import RequestReceived
+from hub.lifecycle import RequestState, step
 from hub.subjects import RESULTS_BUCKET
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
@@ -211,3 +213,71 @@ def _rows(path: Path) -> list[tuple[int, str, str | None, bytes]]:
         ]
     finally:
         conn.close()
+
+
+# --- a request a version 1 node received ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "after"),
+    [
+        ("retry", [("request.accepted", None), ("request.completed", None)]),
+        ("fail", [("request.failed", "interrupted")]),
+    ],
+)
+async def test_a_request_received_before_the_upgrade_and_redelivered_ends_exactly_once(
+    world: World, blobs: Path, policy: str, after: list[tuple[str, str | None]]
+) -> None:
+    """The previous release logged ``request.received`` and died before accepting it; the
+    upgraded node gets the redelivery. (The received event is appended here by today's
+    writer: what the pipeline sees is the same, a request in state ``received``.)"""
+    cfg = world.node_config(
+        "hereon",
+        trust=["geomar"],
+        users=[CALLER],
+        modules=[("climate", CLIMATE)],
+        grants=[(CALLER, "climate", "*")],
+        calls={"interrupted": policy},
+    )
+    async with NodeDaemon(cfg, grace=2) as node:
+        assert node.pipeline is not None and node.eventlog is not None and node.writer
+        key = node.eventlog.key
+        call = craft_request(
+            world.store.load(CALLER),
+            node_kid=key.kid,
+            node_box_key=key.box_public,
+            address="hereon.climate.scale",
+            kwargs={"values": [1.0]},
+        )
+        header_bytes, sig, ciphertext = split_request(call.data)
+        header = parse_request_header(header_bytes)
+        await node.writer.append(
+            RequestReceived(
+                request_id=call.request_id,
+                caller=CALLER,
+                address=header.address,
+                header=b64e(header_bytes),
+                sig=b64e(sig),
+                nonce=header.nonce,
+                payload_hash=header.payload_hash,
+                payload_size=len(ciphertext),
+            )
+        )
+        state = await node.pipeline.request_state(call.request_id)
+        assert state is not None and state["state"] == RequestState.RECEIVED
+
+        first = await node.pipeline.handle(call.data, call.subject, delivery=2)
+        again = await node.pipeline.handle(call.data, call.subject, delivery=3)
+        replayed = await node.pipeline.handle(call.data, call.subject, delivery=1)
+
+    assert first.state == (RequestState.COMPLETED if policy == "retry" else RequestState.FAILED)
+    assert (again.state, again.code) == ("duplicate", first.state)
+    assert (replayed.state, replayed.code) == (RequestState.REJECTED, "replay")
+    events = LogView(cfg.log_path).for_request(call.request_id)
+    kinds = [(e["type"], e.get("code")) for e in events]
+    assert kinds == [("request.received", None), *after, ("request.rejected", "replay")]
+    state_now: RequestState | None = None
+    for i, e in enumerate(events):  # every step legal, one end
+        version = 1 if i == 0 else 2
+        state_now = step(state_now, e["type"], version, request_id=call.request_id) or state_now
+    assert state_now == first.state
