@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hub import __version__
-from hub.audit import AuditReport, audit_events
+from hub.audit import audit_events, verdict
 from hub.canonical import b64d
 from hub.cliutil import configure_logging, read_passphrase, run_main
 from hub.errors import CanonicalError, ConfigError
@@ -176,38 +176,6 @@ def _load_receipt(path: Path) -> SignedRecord:
         raise LogUnreadableError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
-def _summary(report: AuditReport, path: Path, seconds: float) -> str:
-    lines = []
-    if report.ok:
-        lines.append(f"audit OK  {report.log}  ({path})")
-    else:
-        first = report.first
-        assert first is not None
-        lines.append(f"audit FAILED  {report.log}  ({path})")
-        lines.append(f"  first bad   {first.line()}")
-        if len(report.findings) > 1:
-            lines.append(
-                f"  and         {len(report.findings) - 1} more findings (--json lists all)"
-            )
-    lines.append(f"  events      {report.events:,}  {report.first_time} .. {report.last_time}")
-    lines.append(f"  trust       {report.trust or 'none established'}")
-    lines.append(f"  signatures  {report.signatures_checked:,} checked")
-    cps = f"{report.checkpoints} verified"
-    if report.receipt:
-        cps += f"; receipt at size {report.receipt['size']} is contained and extended"
-    lines.append(f"  checkpoints {cps}")
-    reqs = ", ".join(f"{k} {v}" for k, v in sorted(report.requests.items())) or "none"
-    lines.append(f"  requests    {reqs}")
-    if report.unclean_restarts:
-        lines.append(f"  restarts    {report.unclean_restarts} without a clean stop before")
-    for kid, info in report.keys.items():
-        lines.append(f"  key         {kid} {info['identity']} ({info['role']}, {info['status']})")
-    lines.append(f"  root        {report.root} at size {report.events}")
-    rate = report.events / seconds if seconds > 0 else 0.0
-    lines.append(f"  time        {seconds:.2f} s ({rate:,.0f} events/s)")
-    return "\n".join(lines)
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.proof is not None or args.consistency is not None:
         return cmd_audit_proof(args)
@@ -220,13 +188,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "no site key is pinned, so nothing can be trusted",
             hint="pass --site-key site:NAME or a .pub file; --trust-log-keys trusts the log's own",
         )
-    receipt = _load_receipt(args.checkpoint) if args.checkpoint else None
-    events = iter_log(args.path)
+    receipts = [_load_receipt(path) for path in args.checkpoint]
+    limit = args.max_seconds if args.max_seconds > 0 else None
+    events = iter_log(args.path, max_seconds=limit)
     started = time.perf_counter()
     report = audit_events(
         events,
         trusted_sites=trusted,
-        receipt=receipt,
+        receipts=receipts,
         verify_signatures=not args.chain_only,
         threads=args.threads,
     )
@@ -236,7 +205,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         out["seconds"] = round(seconds, 3)
         print(json.dumps(out, indent=2))
     else:
-        print(_summary(report, args.path, seconds))
+        print(verdict(report, args.path, seconds))
     return 0 if report.ok else 1
 
 
@@ -379,7 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="UNSAFE: trust the site key the log names itself (proves consistency, not origin)",
     )
     audit.add_argument(
-        "--checkpoint", type=Path, help="a checkpoint obtained earlier that the log must extend"
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint obtained earlier that the log must extend (repeatable: all are checked)",
+    )
+    audit.add_argument(
+        "--max-seconds",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="give up on input that has not ended after S seconds, e.g. a pipe that stays "
+        "open (default 300; 0: no limit)",
     )
     audit.add_argument(
         "--chain-only",

@@ -61,6 +61,7 @@ __all__ = [
     "unpack_reply",
     "unpack_request",
     "unpack_stored_result",
+    "validate_control_header",
     "validate_request_header",
     "wraps_to_bytes",
     "wraps_to_text",
@@ -257,8 +258,13 @@ def split_control(data: bytes) -> tuple[bytes, bytes]:
 
 def parse_control(header_bytes: bytes) -> ControlHeader:
     """Parse a verified control header."""
+    return validate_control_header(parse_canonical(header_bytes))
+
+
+def validate_control_header(value: object) -> ControlHeader:
+    """The control header of an already parsed (and verified) header value."""
     try:
-        return ControlHeader.model_validate(parse_canonical(header_bytes))
+        return ControlHeader.model_validate(value)
     except ValidationError as exc:
         raise CanonicalError(f"control message does not match its schema: {one_line(exc)}") from exc
 

@@ -7,7 +7,10 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     ├── ConfigError              bad config file, option, key store or key file
     │   └── KeyStoreError        missing key, wrong passphrase, corrupt key file
     ├── TransportError           NATS unreachable, connection lost
-    │   └── CallTimeoutError     (also a TimeoutError) no answer before the deadline
+    │   ├── CallTimeoutError     (also a TimeoutError) no answer before the deadline
+    │   └── TransferError        a bulk transfer failed or was stopped; carries a code
+    │       ├── TransferCancelledError  cancelled by either side
+    │       └── TransferTimeoutError    (also a TimeoutError) deadline passed, peer silent
     ├── RemoteError              the remote side refused or failed; carries code + description
     │   ├── NotFoundError        unknown site, module or function
     │   ├── UnauthorizedError    caller unknown, revoked, or not granted
@@ -22,6 +25,7 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     │   ├── CheckpointError      a checkpoint's root or size does not match the events
     │   ├── LifecycleError       a request event that its request's state does not allow
     │   ├── DecryptionError      ciphertext cannot be opened with the given key
+    │   │   └── ChunkError       one chunk of a sealed payload is wrong (names the chunk)
     │   └── CanonicalError       bytes are not in canonical form / cannot be encoded
     └── NodeError                the site node cannot do what was asked
         ├── UnknownFunctionError a module or function is not served by this node
@@ -41,6 +45,7 @@ __all__ = [
     "CanonicalError",
     "ChainError",
     "CheckpointError",
+    "ChunkError",
     "ConfigError",
     "DecryptionError",
     "FederationError",
@@ -55,6 +60,9 @@ __all__ = [
     "RemoteError",
     "ReplayError",
     "SignatureError",
+    "TransferCancelledError",
+    "TransferError",
+    "TransferTimeoutError",
     "TransportError",
     "UnauthorizedError",
     "UnknownFunctionError",
@@ -100,6 +108,34 @@ class TransportError(FederationError):
 
 class CallTimeoutError(TransportError, TimeoutError):
     """No answer arrived before the call's deadline."""
+
+
+class TransferError(TransportError):
+    """A bulk transfer (see :mod:`hub.transfer`) failed or was stopped.
+
+    ``code`` says why, the same on both sides of the transfer: ``cancelled``, ``timeout``,
+    ``refused`` (the receiver would not take it), ``integrity`` (a chunk or the whole
+    payload did not verify at the receiver) or ``failed`` (anything else).
+    """
+
+    code: str = "failed"
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        if code is not None:
+            self.code = code
+
+
+class TransferCancelledError(TransferError):
+    """A bulk transfer was cancelled by one of its two sides."""
+
+    code = "cancelled"
+
+
+class TransferTimeoutError(TransferError, TimeoutError):
+    """A bulk transfer passed its deadline, or its peer stopped answering."""
+
+    code = "timeout"
 
 
 class RemoteError(FederationError):
@@ -180,6 +216,18 @@ class LifecycleError(IntegrityError):
 
 class DecryptionError(IntegrityError):
     """Ciphertext cannot be opened with the given key."""
+
+
+class ChunkError(DecryptionError):
+    """One chunk of a sealed payload is flipped, missing, repeated, reordered or foreign.
+
+    ``index`` is the chunk's position in its transfer (``None`` when the failure is about
+    the whole payload: its header, its length or its hash).
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.index = index
 
 
 class CanonicalError(IntegrityError):

@@ -8,19 +8,27 @@ read with ``SELECT hash, sig, body FROM events ORDER BY seq`` (opened read-only)
 **JSON Lines export**: one event per line, in this exact layout (so the signed body bytes
 are sliced out of the line, never re-serialized)::
 
-    {"hash":"<64 hex>","sig":"<86 chars unpadded URL-safe base64>","event":<body bytes>}
+    {"hash":"<64 hex>","sig":"<86 chars unpadded URL-safe base64, or empty>","event":<body>}\n
 
-The line is valid JSON (``jq`` reads it); a verifier takes bytes 178 to the last ``}`` as
-the body. Hash and signature must be in their one canonical spelling (lower-case hex,
+The line is valid JSON (``jq`` reads it); a verifier takes the bytes after ``"event":``
+(from byte 178, or 92 when the signature is empty) to the last ``}`` as the body. The
+signature is empty for a version 2 event that a later signed one covers. Every line ends
+in LF; CRLF, blank lines and a missing final LF are unreadable input. Hash and
+signature must be in their one canonical spelling (lower-case hex,
 unpadded URL-safe base64 with zero unused bits). A reformatted file is unreadable input,
 not a different log. See docs/log-format.md.
 """
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import stat
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,8 @@ _P2 = b'","sig":"'
 _P3 = b'","event":'
 _HASH_AT = len(_P1)
 _SIG_AT = _HASH_AT + 64 + len(_P2)
-_BODY_AT = _SIG_AT + 86 + len(_P3)
+#: The longest export line read (an event body is far smaller).
+MAX_LINE = 1 << 24
 
 
 class LogUnreadableError(FederationError):
@@ -72,18 +81,27 @@ def export_line(hash_: bytes, sig: bytes, body: bytes) -> bytes:
 
 
 def parse_export_line(line: bytes, position: int) -> RawEvent:
-    """Slice one export line into its parts; LogUnreadableError if the layout is off."""
-    line = line.rstrip(b"\r\n")
+    """Slice one export line (with or without its final LF) into its parts;
+    LogUnreadableError if the layout is off. The signature is empty for an event a later
+    one covers (log version 2)."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        raise LogUnreadableError(f"line {position}: ends in CRLF; the export's lines end in LF")
+    if not line.strip():
+        raise LogUnreadableError(f"line {position}: blank; the export has no blank lines")
+    sig_len = 0 if line.startswith(_P3, _SIG_AT) else 86
+    body_at = _SIG_AT + sig_len + len(_P3)
     if (
-        len(line) < _BODY_AT + 3
+        len(line) < body_at + 3
         or not line.startswith(_P1)
         or line[_HASH_AT + 64 : _SIG_AT] != _P2
-        or line[_SIG_AT + 86 : _BODY_AT] != _P3
+        or line[_SIG_AT + sig_len : body_at] != _P3
         or not line.endswith(b"}")
     ):
         raise LogUnreadableError(f"line {position}: not in fedhub's export layout")
     hash_text = line[_HASH_AT : _HASH_AT + 64]
-    sig_text = line[_SIG_AT : _SIG_AT + 86]
+    sig_text = line[_SIG_AT : _SIG_AT + sig_len]
     try:
         hash_ = bytes.fromhex(hash_text.decode("ascii"))
         sig = b64d(sig_text.decode("ascii"))
@@ -93,22 +111,93 @@ def parse_export_line(line: bytes, position: int) -> RawEvent:
     # trailing bits are set, would decode to the same bytes and hide a changed byte.
     if hash_.hex().encode() != hash_text or b64e(sig).encode() != sig_text:
         raise LogUnreadableError(f"line {position}: hash or signature not in canonical form")
-    return RawEvent(position, hash_, sig, line[_BODY_AT:-1])
+    return RawEvent(position, hash_, sig, line[body_at:-1])
 
 
-def iter_jsonl(path: Path) -> Iterator[RawEvent]:
-    """Events of an exported JSON Lines file, in file order."""
+def iter_jsonl(path: Path, *, max_seconds: float | None = None) -> Iterator[RawEvent]:
+    """Events of an exported JSON Lines file, in file order.
+
+    Every line ends in LF (a missing final LF, a CRLF or a blank line is unreadable
+    input). Input that is not a regular file (a pipe, a FIFO, a device) is opened and read
+    on a thread, so that input which never ends fails after ``max_seconds`` (None: no
+    limit) instead of waiting forever; a regular file still being read then fails too.
+    """
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    if _is_regular(path):
+        try:
+            fh = path.open("rb")
+        except OSError as exc:
+            raise LogUnreadableError(f"cannot read {path}: {exc.strerror}") from exc
+        with fh:
+            yield from _events(_lines(iter(partial(fh.read, 1 << 20), b""), path, deadline), path)
+    else:
+        yield from _events(_lines(_chunks_on_a_thread(path, deadline), path, deadline), path)
+
+
+def _is_regular(path: Path) -> bool:
     try:
-        fh = path.open("rb")
+        return stat.S_ISREG(path.stat().st_mode)
     except OSError as exc:
-        raise LogUnreadableError(f"cannot read {path}: {exc.strerror}") from exc
-    with fh:
-        position = 0
-        for line in fh:
-            if not line.strip():
-                continue
-            position += 1
-            yield parse_export_line(line, position)
+        raise LogUnreadableError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _events(lines: Iterator[bytes], path: Path) -> Iterator[RawEvent]:
+    for position, line in enumerate(lines, 1):
+        if position == 1 and line.startswith(b"SQLite format 3\x00"):
+            raise LogUnreadableError(f"{path}: a SQLite log must be given as a file, not a pipe")
+        if not line.endswith(b"\n"):
+            raise LogUnreadableError(f"{path}: line {position} does not end in LF (truncated?)")
+        yield parse_export_line(line, position)
+
+
+def _lines(chunks: Iterator[bytes], path: Path, deadline: float | None) -> Iterator[bytes]:
+    """The lines of a stream of chunks (each with its LF, but maybe the last)."""
+    rest = b""
+    for chunk in chunks:
+        if deadline is not None and time.monotonic() > deadline:
+            raise _too_slow(path)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_LINE:
+            raise LogUnreadableError(f"{path}: a line longer than {MAX_LINE} bytes")
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
+def _chunks_on_a_thread(path: Path, deadline: float | None) -> Iterator[bytes]:
+    """Chunks of input opened and read on a thread, given up at the deadline."""
+    box: queue.Queue[bytes | OSError | None] = queue.Queue(maxsize=16)
+
+    def read() -> None:
+        try:
+            with path.open("rb") as fh:
+                while chunk := fh.read1(1 << 20):
+                    box.put(chunk)
+        except OSError as exc:
+            box.put(exc)
+        box.put(None)
+
+    threading.Thread(target=read, name="log-reader", daemon=True).start()
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            item = box.get(timeout=wait)
+        except queue.Empty:
+            raise _too_slow(path) from None
+        if item is None:
+            return
+        if isinstance(item, OSError):
+            raise LogUnreadableError(f"cannot read {path}: {item.strerror or item}") from item
+        yield item
+
+
+def _too_slow(path: Path) -> LogUnreadableError:
+    return LogUnreadableError(
+        f"{path}: the input did not end in time (a pipe left open?)",
+        hint="raise --max-seconds for a log that takes longer, 0 for no limit",
+    )
 
 
 class SqliteEvents:
@@ -175,6 +264,10 @@ class SqliteEvents:
             "SELECT hash FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [until_seq]
         )
 
+    def body_at(self, seq: int) -> object:
+        """The stored body of event ``seq`` (None if none or unreadable)."""
+        return self._one_value("SELECT body FROM events WHERE seq = ?", [seq])
+
     def last_seq(self) -> int:
         """The highest sequence number (0 if none or unreadable: a reader finds out why)."""
         value = self._one_value("SELECT MAX(seq) FROM events", [])
@@ -207,8 +300,12 @@ def iter_sqlite(path: Path, batch: int = 10_000) -> SqliteEvents:
     return SqliteEvents(path, batch)
 
 
-def iter_log(path: Path) -> Iterable[RawEvent]:
-    """Events from either form, told apart by the file's first bytes."""
+def iter_log(path: Path, *, max_seconds: float | None = None) -> Iterable[RawEvent]:
+    """Events from either form, told apart by the file's first bytes. Input that is not
+    a regular file (a pipe, a FIFO) is read as JSON Lines (SQLite needs a file), and
+    given up after ``max_seconds`` (None: no limit)."""
+    if not _is_regular(path):
+        return iter_jsonl(path, max_seconds=max_seconds)
     try:
         with path.open("rb") as fh:
             head = fh.read(16)
@@ -217,5 +314,5 @@ def iter_log(path: Path) -> Iterable[RawEvent]:
     if head.startswith(b"SQLite format 3"):
         return iter_sqlite(path)
     if head.startswith(b"{") or not head:
-        return iter_jsonl(path)
+        return iter_jsonl(path, max_seconds=max_seconds)
     raise LogUnreadableError(f"{path} is neither a fedhub SQLite log nor a JSON Lines export")

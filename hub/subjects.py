@@ -5,6 +5,7 @@ glues strings together by hand::
 
     fh.call.<site>.<module>.<function>        a call (function may be ``Class.method``)
     fh.inbox.<site>.<user>.<token>            replies, progress and results for a caller
+    fh.bulk.<site>.<transfer>                 bulk transfer messages to a site (chunks, acks)
     fh.events.<site>.<node>                   a node's signed event log
     fh.info.<site>.<module>                   a module's schemas (fedhub's info endpoint)
     fh.status.<site>                          status and cancel requests to a site
@@ -39,6 +40,8 @@ __all__ = [
     "Identity",
     "IdentityKind",
     "admin_subject",
+    "bulk_filter",
+    "bulk_subject",
     "call_subject",
     "calls_filter",
     "events_filter",
@@ -237,6 +240,21 @@ def inbox_prefix(site: str, user: str) -> str:
 def inbox_subject(site: str, user: str, token: str) -> str:
     """Return ``fh.inbox.<site>.<user>.<token>``, one reply inbox of ``user@site``."""
     return f"{inbox_prefix(site, user)}.{validate_token(token)}"
+
+
+def bulk_subject(site: str, transfer: str) -> str:
+    """Return ``fh.bulk.<site>.<transfer>``: what one bulk transfer sends to ``site``.
+
+    The chunks of an upload to the site, or the acks and stops of a download from it;
+    ``transfer`` is the transfer id in hex (see :mod:`hub.transfer`). The other end of a
+    transfer is an inbox of the caller (:func:`inbox_subject`).
+    """
+    return f"{SUBJECT_ROOT}.bulk.{validate_site(site)}.{validate_token(transfer)}"
+
+
+def bulk_filter(site: str) -> str:
+    """Return ``fh.bulk.<site>.>``: every bulk transfer message to ``site``."""
+    return f"{SUBJECT_ROOT}.bulk.{validate_site(site)}.>"
 
 
 def events_subject(site: str, node: str) -> str:

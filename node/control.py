@@ -17,7 +17,13 @@ from hub.answers import CancelAnswer, RequestStatus
 from hub.canonical import parse_canonical
 from hub.clock import now
 from hub.crypto import blake2b_256, verify
-from hub.envelopes import DOMAIN_CONTROL, ReplyHeader, pack_reply, parse_control, split_control
+from hub.envelopes import (
+    DOMAIN_CONTROL,
+    ReplyHeader,
+    pack_reply,
+    split_control,
+    validate_control_header,
+)
 from hub.errors import FederationError, IntegrityError, NotFoundError, UnauthorizedError
 from hub.events import ResultFetched
 from hub.lifecycle import UNFINISHED, RequestState
@@ -50,7 +56,7 @@ class Control:
             claimed = parse_canonical(header_bytes)
             record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
             verify(record.sign_key_bytes(), DOMAIN_CONTROL, header_bytes, sig)
-            ctl = parse_control(header_bytes)
+            ctl = validate_control_header(claimed)  # the frame is parsed once
         except UnauthorizedError:
             raise
         except (FederationError, KeyError, TypeError) as exc:

@@ -142,6 +142,7 @@ class Pipeline:
         self.running: dict[str, CancelSignal] = {}
         self.cancel_early: dict[str, float] = {}
         self.in_flight = 0
+        self._taking: set[str] = set()  # ids accepted by a burst whose append is under way
         self._reader: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._control = Control(self)
@@ -194,8 +195,11 @@ class Pipeline:
         """
         self.in_flight += len(burst)
         done = 0
+        taking: list[str] = []
         try:
             opened = await self._open_all(burst)
+            # from here to the append's enqueueing nothing yields: the states read, the
+            # replay guard and the ids being taken agree with the order of the log
             states = [
                 await self.request_state(o.header.id) if isinstance(o, Verified) else None
                 for o in opened
@@ -210,7 +214,7 @@ class Pipeline:
                     known.append(i)
                     continue
                 if isinstance(o, Verified):
-                    rej = admit(
+                    rej = self._taken_already(o) or admit(
                         o,
                         replay=self.replay,
                         runner=self.runner,
@@ -218,6 +222,8 @@ class Pipeline:
                         site=self.site,
                     )
                     if rej is None:
+                        self._taking.add(o.header.id)
+                        taking.append(o.header.id)
                         events.append(self._accepted(o, d.delivery))
                         try:
                             key, kwargs = self._decrypt(o)
@@ -232,6 +238,7 @@ class Pipeline:
                 taken[i] = Outcome(o.request_id, RequestState.REJECTED, o.code)
             if events:
                 await self.writer.append(*events, alone=self.in_flight <= 1)
+            self._taking.difference_update(taking)
             for rej in refused:
                 log.warning("call.rejected", code=rej.code, reason=rej.error.message)
                 answer = rej.reply(self.node_id)
@@ -248,9 +255,18 @@ class Pipeline:
             return out
         except BaseException:
             done = len(burst)
+            self._taking.difference_update(taking)
             raise
         finally:
             self.in_flight -= done
+
+    def _taken_already(self, req: Verified) -> Rejection | None:
+        """A request whose id is being accepted right now (earlier in this burst, or in a
+        burst whose append is under way) is refused as received before, after it."""
+        rid = req.header.id
+        if rid not in self._taking:
+            return None
+        return Rejection.of(req, ReplayError(f"request {rid} was received before"), "replay")
 
     async def _open_all(self, burst: Sequence[Delivery]) -> list[Verified | Rejection]:
         """:func:`~node.intake.open_request` for each message: a single message right here

@@ -10,7 +10,8 @@ One module per job, their public names re-exported here:
 - :mod:`hub.nats.streams`: a site's streams, results bucket and calls consumer
   (:func:`ensure_site_streams`, :func:`ensure_calls_consumer`, :func:`source_site_events`);
 - :mod:`hub.nats.objects`: results in a JetStream Object Store in one round trip
-  (:func:`put_object`, :func:`get_object`, :func:`wait_acks`);
+  (:func:`put_object`, :func:`get_object`, :func:`wait_acks`), and payloads of any size in
+  bounded memory (:func:`put_object_stream`, :func:`iter_object`, :func:`get_object_to_file`);
 - :mod:`hub.nats.federation`: a hub and site leaves on one machine for tests and demos
   (:class:`LocalFederation`).
 
@@ -34,7 +35,16 @@ from hub.nats.config import (
 )
 from hub.nats.connection import connect, wait_jetstream_ready, wait_message_route
 from hub.nats.federation import DEFAULT_SITES, LocalFederation, start_local_federation
-from hub.nats.objects import CHUNK_SIZE, get_object, put_object, wait_acks
+from hub.nats.objects import (
+    BULK_CHUNK_SIZE,
+    CHUNK_SIZE,
+    get_object,
+    get_object_to_file,
+    iter_object,
+    put_object,
+    put_object_stream,
+    wait_acks,
+)
 from hub.nats.server import HUB_LOCAL_USER, NatsServer, find_nats_server
 from hub.nats.streams import (
     DEFAULT_MAX_MSG_SIZE,
@@ -46,6 +56,7 @@ from hub.nats.streams import (
 )
 
 __all__ = [
+    "BULK_CHUNK_SIZE",
     "CHUNK_SIZE",
     "DEFAULT_MAX_MSG_SIZE",
     "DEFAULT_MAX_PAYLOAD",
@@ -65,10 +76,13 @@ __all__ = [
     "events_stream_config",
     "find_nats_server",
     "get_object",
+    "get_object_to_file",
     "hub_config",
+    "iter_object",
     "js_api_prefix",
     "leaf_config",
     "put_object",
+    "put_object_stream",
     "server_config",
     "site_account",
     "source_site_events",

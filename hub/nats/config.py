@@ -20,6 +20,7 @@ from hub.errors import ConfigError
 from hub.subjects import (
     DISCOVERY_SUBJECT,
     EVENTS_STREAM,
+    bulk_filter,
     calls_filter,
     status_subject,
     validate_site,
@@ -139,6 +140,9 @@ def _site_exports(site: str, others: Sequence[str]) -> list[str]:
             "      # only that site's account may import them.",
             f"      {{ stream: {_q(f'fh.inbox.{other}.>')}, "
             f"accounts: [{_q(site_account(other))}] }}",
+            f"      # Bulk transfer messages this site sends to {other} (chunks of uploads,",
+            "      # acks of downloads): only that site's account may import them.",
+            f"      {{ stream: {_q(bulk_filter(other))}, accounts: [{_q(site_account(other))}] }}",
         ]
     hub = f"accounts: [{_q(FEDERATION_ACCOUNT)}]"
     lines += [
@@ -157,11 +161,13 @@ def _site_imports(site: str, others: Sequence[str]) -> list[str]:
     for other in others:
         acc = _q(site_account(other))
         lines += [
-            f"      # Calls, info and status requests to {other}; its replies to us.",
+            f"      # Calls, info and status requests to {other}; its replies and bulk",
+            "      # transfer messages to us.",
             f"      {{ service: {{ account: {acc}, subject: {_q(calls_filter(other))} }} }}",
             f"      {{ service: {{ account: {acc}, subject: {_q(f'fh.info.{other}.>')} }} }}",
             f"      {{ service: {{ account: {acc}, subject: {_q(status_subject(other))} }} }}",
             f"      {{ stream: {{ account: {acc}, subject: {_q(f'fh.inbox.{site}.>')} }} }}",
+            f"      {{ stream: {{ account: {acc}, subject: {_q(bulk_filter(site))} }} }}",
             f"      # Its $SRV.INFO, asked as {DISCOVERY_SUBJECT} (the same name would",
             "      # form an import cycle); every other site's answers it too.",
             f'      {{ service: {{ account: {acc}, subject: "$SRV.INFO" }}, '
@@ -211,8 +217,9 @@ def _accounts_block(
 
     Nothing flows between accounts but what they export and import: calls, module info
     and status requests to a site (service exports of that site, imported by every other
-    site), replies to a site's callers (a stream export of ``fh.inbox.<caller-site>.>``
-    to that one site), and what the hub needs to copy each site's event log.
+    site), replies to a site's callers and bulk transfer messages to a site (stream exports
+    of ``fh.inbox.<caller-site>.>`` and ``fh.bulk.<site>.>`` to that one site), and what the
+    hub needs to copy each site's event log.
     """
     sites = [user.site for user in leaf_users]
     if len(set(sites)) != len(sites):
@@ -353,8 +360,10 @@ def hub_config(
     With ``leaf_users``, each site's leaf must log in as its own user and lands in its
     site's account; the accounts share only calls, module info and status requests to a
     site (it exports them as services; every other site imports them), replies to a site's
-    callers (``fh.inbox.<site>.>``, exported to that site only) and what the hub's account
-    needs to copy each site's event log. ``client_users`` log in the hub's own clients.
+    callers (``fh.inbox.<site>.>``) and bulk transfer messages to a site
+    (``fh.bulk.<site>.>``), each exported by every other site to that site only, and what
+    the hub's account needs to copy each site's event log. ``client_users`` log in the
+    hub's own clients.
     """
     return server_config(
         name=name,

@@ -8,6 +8,11 @@ request id once) and publishes every chunk and the meta concurrently, so a small
 costs one round trip to the server instead of three. If a name is ever stored again (a
 retried call), the meta rollup replaces the old object; its chunks stay until purged.
 
+Payloads of any size go in and out in bounded memory: :func:`put_object_stream` reads a
+file chunk by chunk with at most ``window`` bytes unacked, :func:`iter_object` yields the
+chunks back one by one and checks size and digest at the end, and
+:func:`get_object_to_file` writes them to a spool file that becomes visible only once whole.
+
 Also :func:`wait_acks`: waiting for ``publish_async`` acks with a deadline, which every
 JetStream publisher of fedhub (results, event copies, calls) needs.
 """
@@ -16,19 +21,67 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
 
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from hub.errors import IntegrityError, NotFoundError
+from hub.transfer.spool import partial_path
 
-__all__ = ["CHUNK_SIZE", "get_object", "put_object", "wait_acks"]
+__all__ = [
+    "BULK_CHUNK_SIZE",
+    "CHUNK_SIZE",
+    "get_object",
+    "get_object_to_file",
+    "iter_object",
+    "put_object",
+    "put_object_stream",
+    "wait_acks",
+]
 
 CHUNK_SIZE = 128 * 1024
+#: Chunk size of objects stored from a stream (fewer, larger messages for large payloads).
+BULK_CHUNK_SIZE = 1024 * 1024
+#: Bytes :func:`put_object_stream` keeps unacked at most.
+PUT_WINDOW = 8 * 1024 * 1024
+
+
+def _meta_subject(bucket: str, name: str) -> str:
+    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def _object_info(
+    bucket: str, name: str, nuid: str, size: int, chunks: int, sha256: bytes, chunk_size: int
+) -> api.ObjectInfo:
+    digest = base64.urlsafe_b64encode(sha256).decode()
+    return api.ObjectInfo(
+        name=name,
+        bucket=bucket,
+        nuid=nuid,
+        size=size,
+        chunks=chunks,
+        mtime=datetime.now(UTC).isoformat(),
+        digest=f"SHA-256={digest}",
+        options=api.ObjectMetaOptions(max_chunk_size=chunk_size),
+    )
+
+
+async def _publish_meta(js: JetStreamContext, info: api.ObjectInfo) -> asyncio.Future[api.PubAck]:
+    """Publish an object's meta; the subject rollup replaces an older object of the name."""
+    return await js.publish_async(
+        _meta_subject(info.bucket, info.name),
+        json.dumps(info.as_dict()).encode(),
+        headers={api.Header.ROLLUP: "sub"},
+    )
 
 
 async def put_object(
@@ -49,28 +102,58 @@ async def put_object(
     chunk_subject = f"$O.{bucket}.C.{nuid}"
     view = memoryview(data)
     chunks = [bytes(view[i : i + chunk_size]) for i in range(0, len(data), chunk_size)]
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
-    info = api.ObjectInfo(
-        name=name,
-        bucket=bucket,
-        nuid=nuid,
-        size=len(data),
-        chunks=len(chunks),
-        mtime=datetime.now(UTC).isoformat(),
-        digest=f"SHA-256={digest}",
-        options=api.ObjectMetaOptions(max_chunk_size=chunk_size),
+    info = _object_info(
+        bucket, name, nuid, len(data), len(chunks), hashlib.sha256(data).digest(), chunk_size
     )
-    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     # publish_async: each ack resolves a future (no task and no timer per message)
     acks = [await js.publish_async(chunk_subject, chunk) for chunk in chunks]
-    acks.append(
-        await js.publish_async(
-            meta_subject,
-            json.dumps(info.as_dict()).encode(),
-            headers={api.Header.ROLLUP: "sub"},
-        )
-    )
+    acks.append(await _publish_meta(js, info))
     await wait_acks(acks, timeout)
+    return info
+
+
+async def put_object_stream(
+    js: JetStreamContext,
+    bucket: str,
+    name: str,
+    source: BinaryIO,
+    *,
+    chunk_size: int = BULK_CHUNK_SIZE,
+    window: int = PUT_WINDOW,
+    timeout: float = 30.0,
+) -> api.ObjectInfo:
+    """Store everything ``source`` holds as object ``name`` of ``bucket``, in bounded memory.
+
+    Reads ``chunk_size`` bytes at a time and keeps at most ``window`` bytes unacked; the
+    meta, which makes the object visible, is published only after every chunk is acked.
+    ``timeout`` bounds the wait for each ack (TimeoutError). On any failure the chunks
+    stored so far are purged (best effort), so no partial object remains.
+    """
+    nuid = js._nc._nuid.next().decode()
+    chunk_subject = f"$O.{bucket}.C.{nuid}"
+    sha = hashlib.sha256()
+    pending: collections.deque[tuple[asyncio.Future[api.PubAck], int]] = collections.deque()
+    in_flight = size = chunks = 0
+    try:
+        while chunk := await asyncio.to_thread(source.read, chunk_size):
+            sha.update(chunk)
+            pending.append((await js.publish_async(chunk_subject, chunk), len(chunk)))
+            in_flight += len(chunk)
+            size += len(chunk)
+            chunks += 1
+            while in_flight > window:
+                ack, length = pending.popleft()
+                await wait_acks([ack], timeout)
+                in_flight -= length
+        await wait_acks([ack for ack, _ in pending], timeout)
+        info = _object_info(bucket, name, nuid, size, chunks, sha.digest(), chunk_size)
+        await wait_acks([await _publish_meta(js, info)], timeout)
+    except BaseException:
+        for ack, _ in pending:
+            ack.cancel()
+        with contextlib.suppress(Exception):
+            await js.purge_stream(f"OBJ_{bucket}", subject=chunk_subject)
+        raise
     return info
 
 
@@ -88,32 +171,59 @@ async def wait_acks(acks: Sequence[asyncio.Future[api.PubAck]], timeout: float) 
             ack.cancel()
 
 
-async def get_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
-    """Read object ``name`` of ``bucket`` back: its meta, then its chunks one by one.
+async def iter_object(js: JetStreamContext, bucket: str, name: str) -> AsyncIterator[bytes]:
+    """Yield the chunks of object ``name`` of ``bucket`` one by one (bounded memory).
 
-    nats-py's ``ObjectStore.get`` grows the result with ``bytes +=`` per chunk (quadratic);
-    results are small, so stepping through the chunk subject with ``next_by_subj`` is
-    enough. Raises NotFoundError when there is no such object, IntegrityError when the
-    bytes do not match the size and SHA-256 digest its meta records.
+    Raises NotFoundError when there is no such object (before yielding anything), and
+    IntegrityError after the last chunk when the bytes do not match the size and SHA-256
+    digest its meta records: use what was yielded only once the iteration has ended.
     """
     stream = f"OBJ_{bucket}"
-    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     try:
-        meta = await js.get_last_msg(stream, meta_subject)
+        meta = await js.get_last_msg(stream, _meta_subject(bucket, name))
     except nats.js.errors.NotFoundError as exc:
         raise NotFoundError(f"no object {name!r} in bucket {bucket}") from exc
     info = json.loads(meta.data or b"{}")
     if info.get("deleted"):
         raise NotFoundError(f"object {name!r} in bucket {bucket} was deleted")
     chunk_subject = f"$O.{bucket}.C.{info['nuid']}"
-    parts: list[bytes] = []
+    sha = hashlib.sha256()
+    size = 0
     seq = 1
     for _ in range(int(info.get("chunks") or 0)):
+        # one message at a time by subject: nats-py's ObjectStore.get grows its result
+        # with ``bytes +=`` per chunk (quadratic)
         msg = await js.get_msg(stream, seq=seq, subject=chunk_subject, next=True)
-        parts.append(msg.data or b"")
+        data = msg.data or b""
+        sha.update(data)
+        size += len(data)
         seq = int(msg.seq or 0) + 1
-    data = b"".join(parts)
-    digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
-    if len(data) != int(info.get("size") or 0) or digest != info.get("digest"):
+        yield data
+    digest = "SHA-256=" + base64.urlsafe_b64encode(sha.digest()).decode()
+    if size != int(info.get("size") or 0) or digest != info.get("digest"):
         raise IntegrityError(f"object {name!r} in bucket {bucket} does not match its digest")
-    return data
+
+
+async def get_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
+    """Read object ``name`` of ``bucket`` back into memory (see :func:`iter_object`)."""
+    return b"".join([chunk async for chunk in iter_object(js, bucket, name)])
+
+
+async def get_object_to_file(js: JetStreamContext, bucket: str, name: str, dest: Path) -> int:
+    """Write object ``name`` of ``bucket`` to ``dest`` in bounded memory; return its size.
+
+    The bytes go to a spool file next to ``dest`` that is renamed to ``dest`` only once
+    the digest is checked; on any failure it is removed and ``dest`` is untouched.
+    """
+    partial = partial_path(dest)
+    size = 0
+    try:
+        with partial.open("wb") as spool:
+            async for chunk in iter_object(js, bucket, name):
+                await asyncio.to_thread(spool.write, chunk)
+                size += len(chunk)
+            await asyncio.to_thread(os.fsync, spool.fileno())
+        partial.replace(dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return size

@@ -30,11 +30,9 @@ from hub.events import (
     RequestCompleted,
     RequestFailed,
     RequestProgress,
-    RequestReceived,
     RequestRejected,
     RequestStarted,
     ResultFetched,
-    ResultStored,
 )
 from hub.keys import KeyPair, PublicKeys
 from hub.logfile import LogUnreadableError, export_line, iter_log, parse_export_line
@@ -88,20 +86,10 @@ def open_new_log(path: Path, keys: Keys, *, checkpoint_every: int = 16) -> Event
 
 
 def request_events(rid: str, fate: str = "completed") -> list[BaseModel]:
-    """One request's life: ``completed``, ``failed``, ``rejected`` or ``open`` (running)."""
-    received = RequestReceived(
-        request_id=rid,
-        caller="klaus@geomar",
-        address=f"{SITE}.climate.compute_sum",
-        header="aGVhZGVy",
-        sig="c2ln",
-        nonce="bm9uY2U",
-        payload_hash="ab" * 32,
-        payload_size=123,
-    )
+    """One request's life as a node writes it today (log version 2): ``completed``,
+    ``failed``, ``rejected`` or ``open`` (running again after a restart)."""
     if fate == "rejected":
         return [
-            received,
             RequestRejected(
                 request_id=rid,
                 caller="klaus@geomar",
@@ -111,25 +99,33 @@ def request_events(rid: str, fate: str = "completed") -> list[BaseModel]:
             ),
         ]
     out: list[BaseModel] = [
-        received,
-        RequestAccepted(request_id=rid),
-        RequestStarted(request_id=rid),
+        RequestAccepted(
+            request_id=rid,
+            caller="klaus@geomar",
+            address=f"{SITE}.climate.compute_sum",
+            header="aGVhZGVy",
+            sig="c2ln",
+            payload_hash="ab" * 32,
+            payload_size=123,
+            delivery=1,
+        ),
         RequestProgress(request_id=rid, fraction_ppm=500_000),
     ]
     if fate == "completed":
         out += [
-            ResultStored(
+            RequestCompleted(
                 request_id=rid,
+                result_hash="ef" * 32,
+                result_size=9,
+                duration_us=7,
                 object=f"results/{rid}",
-                size=99,
-                ciphertext_hash="01" * 32,
-                recipients=("0123456789abcdef0123",),
             ),
-            RequestCompleted(request_id=rid, result_hash="ef" * 32, result_size=9, duration_us=7),
             ResultFetched(request_id=rid, by="klaus@geomar"),
         ]
     elif fate == "failed":
         out.append(RequestFailed(request_id=rid, code="function_failed", reason="boom"))
+    elif fate == "open":
+        out.append(RequestStarted(request_id=rid, attempt=2))
     return out
 
 
@@ -239,7 +235,7 @@ def audit_lines(
     return audit_events(
         raws,
         trusted_sites=trusted,
-        receipt=receipt,
+        receipts=[receipt] if receipt is not None else [],
         verify_signatures=verify_signatures,
         threads=2,
     )
@@ -249,7 +245,8 @@ def audit_file(
     path: Path, trusted: dict[str, bytes] | None, receipt: SignedRecord | None = None
 ) -> AuditReport:
     """Audit a log file with the real reader."""
-    return audit_events(iter_log(path), trusted_sites=trusted, receipt=receipt, threads=2)
+    receipts = [receipt] if receipt is not None else []
+    return audit_events(iter_log(path), trusted_sites=trusted, receipts=receipts, threads=2)
 
 
 def detected(path: Path, trusted: dict[str, bytes], receipt: SignedRecord | None = None) -> bool:
@@ -261,16 +258,18 @@ def detected(path: Path, trusted: dict[str, bytes], receipt: SignedRecord | None
 
 
 def resign(line: bytes, key: KeyPair, *, claim_kid: bool, edit_time: bool = False) -> bytes:
-    """The same event signed by ``key``; with ``claim_kid`` its body names that key (and the
-    hash is recomputed), with ``edit_time`` its time is changed too."""
+    """The same event signed by ``key`` (over its version's domain); with ``claim_kid`` its
+    body names that key (and the hash is recomputed), with ``edit_time`` its time is
+    changed too."""
     raw = parse_export_line(line, 1)
     body = raw.body
+    ev = parse_canonical(body)
     if claim_kid or edit_time:
-        ev = parse_canonical(body)
         if claim_kid:
             ev["kid"] = key.kid
         if edit_time:
             ev["time"] = "2000-01-01T00:00:00.000000Z"
         body = canonical_bytes(ev)
     h = leaf_hash(body)
-    return export_line(h, sign(key.signing_key, DOMAIN_EVENT, h), body)
+    domain = DOMAIN_EVENT if ev["v"] == 1 else DOMAIN_COMMIT
+    return export_line(h, sign(key.signing_key, domain, h), body)

@@ -29,7 +29,7 @@ from hub.lifecycle import RequestState, step
 from hub.subjects import RESULTS_BUCKET
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
-from node.pipeline import Delivery, Job
+from node.pipeline import Delivery, Job, Outcome
 
 CALLER = "klaus@geomar"
 BIG = 10 * 1000 * 1000  # bytes: above the default 8 MiB max_payload
@@ -200,6 +200,41 @@ async def test_the_calls_of_one_burst_are_accepted_in_one_log_commit(
     # v2: only the last event of a commit is signed; so the burst is one commit exactly
     assert accepted[0] - 1 in signed, "a commit ended just before the burst"
     assert [seq in signed for seq in accepted] == [False] * 7 + [True]
+
+
+async def test_two_requests_with_one_id_in_a_burst_are_accepted_once_then_refused(
+    node: NodeDaemon, cfg: NodeConfig, world: World
+) -> None:
+    """Signed by the caller, with their own nonces, but one id: the log keeps one request."""
+    assert node.pipeline is not None and node.eventlog is not None
+    key = node.eventlog.key
+    klaus = world.store.load(CALLER)
+    twins = [
+        craft_request(
+            klaus,
+            node_kid=key.kid,
+            node_box_key=key.box_public,
+            address="hereon.climate.scale",
+            kwargs={"values": [float(i)]},
+            request_id="one-id-for-two-requests",
+        )
+        for i in range(2)
+    ]
+    first, second = await node.pipeline.take([Delivery(c.data, c.subject) for c in twins])
+    assert isinstance(first, Job)
+    assert isinstance(second, Outcome)
+    assert (second.state, second.code) == (RequestState.REJECTED, "replay")
+    assert (await node.pipeline.run(first)).state == RequestState.COMPLETED
+    events = LogView(cfg.log_path).for_request("one-id-for-two-requests")
+    assert [e["type"] for e in events] == [
+        "request.accepted",
+        "request.rejected",
+        "request.completed",
+    ]
+    state: RequestState | None = None
+    for e in events:  # every step legal
+        state = step(state, e["type"], request_id="one-id-for-two-requests") or state
+    assert state == RequestState.COMPLETED
 
 
 def _rows(path: Path) -> list[tuple[int, str, str | None, bytes]]:

@@ -121,13 +121,30 @@ def test_the_json_report_parses(site: Site) -> None:
     report = json.loads(audit.stdout)
     assert report["ok"] is True
     assert report["requests"] == {"completed": 4}
-    assert report["signatures_checked"] == report["events"]
+    lines = (site.root / "log.jsonl").read_bytes().splitlines()
+    signed = [line for line in lines if b'"sig":"",' not in line]
+    assert report["signatures_checked"] == len(signed) < report["events"]
 
 
-def test_a_chain_only_audit_checks_no_signatures(site: Site) -> None:
+def test_a_chain_only_audit_checks_no_signatures_and_says_so_first(site: Site) -> None:
     audit = site.run("fedhub", "audit", "log.jsonl", "--chain-only", "--json")
     assert audit.returncode == 0
     assert json.loads(audit.stdout)["signatures_checked"] == 0
+    text = site.run("fedhub", "audit", "log.jsonl", "--chain-only")
+    assert text.returncode == 0
+    assert "signatures NOT checked" in text.stdout.splitlines()[0]
+
+
+def test_trust_taken_from_the_log_is_named_unsafe_on_the_first_line(site: Site) -> None:
+    audit = site.run("fedhub", "audit", "log.jsonl", "--trust-log-keys")
+    assert audit.returncode == 0
+    assert "UNSAFE" in audit.stdout.splitlines()[0]
+
+
+def test_without_a_receipt_the_summary_says_the_tail_is_not_proven(site: Site) -> None:
+    audit = site.run("fedhub", "audit", "log.jsonl")
+    assert audit.returncode == 0
+    assert "a truncated tail can only be ruled out with a receipt" in audit.stdout
 
 
 def test_a_tampered_export_fails_naming_the_event(site: Site) -> None:
@@ -143,7 +160,7 @@ def test_a_tampered_export_fails_naming_the_event(site: Site) -> None:
 
 def test_a_truncated_export_fails_against_a_receipt(site: Site) -> None:
     lines = (site.root / "log.jsonl").read_bytes().splitlines(keepends=True)
-    (site.root / "short.jsonl").write_bytes(b"".join(lines[:5]))
+    (site.root / "short.jsonl").write_bytes(b"".join(lines[:2]))  # two signed commits
     assert site.run("fedhub", "audit", "short.jsonl").returncode == 0
     audit = site.run("fedhub", "audit", "short.jsonl", "--checkpoint", "receipt.json")
     assert audit.returncode == 1
@@ -161,3 +178,89 @@ def test_unreadable_input_exits_2(site: Site, content: bytes) -> None:
 
 def test_a_missing_file_exits_2(site: Site) -> None:
     assert site.run("fedhub", "audit", "missing.jsonl").returncode == 2
+
+
+def test_an_empty_log_fails_saying_it_proves_nothing(site: Site) -> None:
+    (site.root / "empty.jsonl").write_bytes(b"")
+    audit = site.run("fedhub", "audit", "empty.jsonl")
+    assert audit.returncode == 1
+    assert "an empty log proves nothing" in audit.stdout
+
+
+def test_every_checkpoint_given_is_checked_in_any_order(site: Site) -> None:
+    good = json.loads((site.root / "receipt.json").read_text())
+    signed = good.get("signed", good)
+    bad = dict(
+        signed, sig=signed["sig"][:-4] + ("AAAA" if signed["sig"][-4:] != "AAAA" else "BBBA")
+    )
+    (site.root / "bad-receipt.json").write_text(json.dumps(bad))
+    for first, second in (
+        ("receipt.json", "bad-receipt.json"),
+        ("bad-receipt.json", "receipt.json"),
+    ):
+        audit = site.run(
+            "fedhub", "audit", "log.jsonl", "--checkpoint", first, "--checkpoint", second
+        )
+        assert audit.returncode == 1, audit.stdout
+        assert "receipt: checkpoint signature does not verify" in audit.stdout
+    both = site.run(
+        "fedhub",
+        "audit",
+        "log.jsonl",
+        "--checkpoint",
+        "receipt.json",
+        "--checkpoint",
+        "receipt.json",
+    )
+    assert both.returncode == 0, both.stdout
+    assert both.stdout.count("contained and extended") == 2
+
+
+def test_a_pipe_that_never_ends_is_given_up_within_the_time_limit(site: Site) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "audit", "/dev/stdin", "--max-seconds", "2"],
+        cwd=site.root,
+        env=site.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write((site.root / "log.jsonl").read_bytes()[:1000])
+        proc.stdin.flush()
+        code = proc.wait(timeout=60)  # the pipe stays open: only the limit ends the audit
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert code == 2
+    assert "did not end in time" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_a_fifo_nobody_writes_to_is_given_up_within_the_time_limit(site: Site) -> None:
+    fifo = site.root / "events.fifo"
+    os.mkfifo(fifo)
+    audit = site.run("fedhub", "audit", fifo, "--max-seconds", "1")
+    assert audit.returncode == 2
+    assert "did not end in time" in audit.stderr
+
+
+def test_a_sqlite_log_piped_in_is_refused_in_one_line(site: Site) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "audit", "/dev/stdin"],
+        cwd=site.root,
+        env=site.env,
+        input=(site.root / "data" / "events.db").read_bytes(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert b"a SQLite log must be given as a file" in proc.stderr

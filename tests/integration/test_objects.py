@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 
 import nats
 import pytest
@@ -13,7 +14,19 @@ from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
 from hub.errors import IntegrityError, NotFoundError
-from hub.nats import NatsServer, get_object, put_object
+from hub.nats import (
+    NatsServer,
+    get_object,
+    get_object_to_file,
+    iter_object,
+    put_object,
+    put_object_stream,
+)
+
+
+def hidden_files(folder: Path) -> list[Path]:
+    """Dot files (spool files) in ``folder``."""
+    return [path for path in folder.iterdir() if path.name.startswith(".")]
 
 
 async def _bucket(js: JetStreamContext, name: str) -> ObjectStore:
@@ -66,5 +79,59 @@ async def test_reading_an_object_that_is_not_there_or_does_not_match_fails_clear
         )
         with pytest.raises(IntegrityError, match="does not match its digest"):
             await get_object(js, bucket, "swapped")
+    finally:
+        await nc.close()
+
+
+async def test_a_large_payload_goes_in_and_out_of_the_object_store_in_chunks(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        bucket = "fh-objects-bulk"
+        store = await _bucket(js, bucket)
+        data = os.urandom(5 * 1024 * 1024 + 77)
+        source = tmp_path / "payload"
+        source.write_bytes(data)
+        with source.open("rb") as f:
+            info = await put_object_stream(js, bucket, "big", f, chunk_size=1 << 20, window=2 << 20)
+        assert info.size == len(data) and info.chunks == 6
+        chunks = [chunk async for chunk in iter_object(js, bucket, "big")]
+        assert [len(c) for c in chunks] == [1 << 20] * 5 + [77]
+        assert b"".join(chunks) == data
+        dest = tmp_path / "back"
+        assert await get_object_to_file(js, bucket, "big", dest) == len(data)
+        assert dest.read_bytes() == data
+        assert (await store.get("big")).data == data  # the stock client reads it too
+    finally:
+        await nc.close()
+
+
+async def test_an_object_that_does_not_match_its_digest_never_reaches_the_destination_file(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        bucket = "fh-objects-bulk-2"
+        await _bucket(js, bucket)
+        with (tmp_path / "a").open("wb") as f:
+            f.write(b"a" * 3000)
+        with (tmp_path / "a").open("rb") as f:
+            info = await put_object_stream(js, bucket, "a", f, chunk_size=1000)
+        other = await put_object(js, bucket, "b", b"b" * 3000, chunk_size=1000)
+        info.nuid = other.nuid  # the meta of "a" pointed at the chunks of "b"
+        meta = base64.urlsafe_b64encode(b"a").decode()
+        await js.publish(
+            f"$O.{bucket}.M.{meta}",
+            json.dumps(info.as_dict()).encode(),
+            headers={"Nats-Rollup": "sub"},
+        )
+        dest = tmp_path / "out"
+        with pytest.raises(IntegrityError, match="does not match its digest"):
+            await get_object_to_file(js, bucket, "a", dest)
+        assert not dest.exists()
+        assert not hidden_files(tmp_path)
     finally:
         await nc.close()

@@ -348,6 +348,29 @@ async def test_replies_to_awis_callers_reach_awi_and_not_geomar_or_the_hub(
     assert [s for s, _ in at_hub if s.startswith("fh.inbox.")] == []
 
 
+async def test_bulk_transfer_messages_to_a_site_reach_that_site_and_no_other_or_the_hub(
+    clients: dict[str, NatsClient], unique: Callable[[str], str]
+) -> None:
+    at_awi = await listen(clients["awi"], "fh.bulk.hereon.>", "fh.bulk.geomar.>", ">")
+    at_hub = await listen(clients["hub"], ">")
+    # geomar sends to hereon's bulk subjects (chunks of an upload, acks of a download)
+    # and hereon to geomar's; both arrive, and the bystander and the hub see neither.
+    to_hereon = subjects.bulk_subject("hereon", unique("t"))
+    to_geomar = subjects.bulk_subject("geomar", unique("t"))
+    await wait_message_route(clients["geomar"], clients["hereon"], subject=to_hereon, timeout=5)
+    await wait_message_route(clients["hereon"], clients["geomar"], subject=to_geomar, timeout=5)
+    await asyncio.sleep(0.3)
+
+    assert [s for s, _ in at_awi if s.startswith("fh.bulk.")] == []
+    assert [s for s, _ in at_hub if s.startswith("fh.bulk.")] == []
+    # what hereon sends to awi's bulk subjects reaches awi and not geomar
+    at_geomar = await listen(clients["geomar"], "fh.bulk.awi.>", ">")
+    to_awi = subjects.bulk_subject("awi", unique("t"))
+    await wait_message_route(clients["hereon"], clients["awi"], subject=to_awi, timeout=5)
+    await asyncio.sleep(0.3)
+    assert [s for s, _ in at_geomar if s.startswith("fh.bulk.awi.")] == []
+
+
 async def test_info_and_status_requests_reach_hereon_but_its_admin_and_api_do_not(
     clients: dict[str, NatsClient], unique: Callable[[str], str]
 ) -> None:

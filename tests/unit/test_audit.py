@@ -18,15 +18,14 @@ from helpers.logs import (
 )
 from pydantic import BaseModel
 
-from hub.audit import AuditReport, audit_events
+from hub.audit import AuditReport, audit_events, verdict
 from hub.events import (
     KeyRevoked,
     NodeStarted,
     NodeStopped,
-    RequestAccepted,
     RequestCompleted,
     RequestFailed,
-    ResultStored,
+    ResultFetched,
 )
 from hub.keys import KeyPair
 from hub.records import SignedRecord
@@ -57,13 +56,15 @@ def _checks(report: AuditReport) -> list[tuple[int | None, str]]:
 STARTED = NodeStarted(version="0.1.0", pid=1)
 
 
-def test_a_clean_log_passes_with_a_summary(tmp_path: Path, keys: Keys) -> None:
+def test_a_clean_log_passes_with_one_signature_checked_per_commit(
+    tmp_path: Path, keys: Keys
+) -> None:
     report = _audit(tmp_path, keys, [STARTED], request_events("req00001"), [NodeStopped()])
-    assert report.ok
-    assert report.events == 2 + 7 + 1
+    assert report.ok, [f.line() for f in report.findings]
+    assert report.events == 1 + 1 + 4 + 1
     assert report.requests == {"completed": 1}
     assert report.trust.endswith("(pinned)")
-    assert report.signatures_checked == report.events
+    assert report.signatures_checked == 4  # genesis and three commits
 
 
 def test_a_log_audits_the_same_from_sqlite_and_from_its_export(tmp_path: Path) -> None:
@@ -88,22 +89,24 @@ def test_a_log_naming_another_site_key_is_not_trusted(tmp_path: Path, keys: Keys
     assert report.findings[0].expected != report.findings[0].found
 
 
-def test_trusting_the_log_itself_passes_but_says_so(tmp_path: Path, keys: Keys) -> None:
+def test_trusting_the_log_itself_passes_but_says_so_on_the_first_line(
+    tmp_path: Path, keys: Keys
+) -> None:
     report = audit_lines(_lines(tmp_path, keys, [STARTED]), None)
     assert report.ok
     assert "not pinned" in report.trust
+    assert "UNSAFE" in verdict(report, tmp_path / "events.jsonl", 1.0).splitlines()[0]
 
 
-def test_a_completion_without_acceptance_is_a_lifecycle_violation(
+def test_a_completion_of_a_request_never_accepted_is_a_lifecycle_violation(
     tmp_path: Path, keys: Keys
 ) -> None:
-    received = request_events("req00002")[0]
     done = RequestCompleted(
         request_id="req00002", result_hash="00" * 32, result_size=1, duration_us=1
     )
-    report = _audit(tmp_path, keys, [STARTED, received, done])
-    assert _checks(report) == [(4, "lifecycle")]
-    assert "ended while received" in report.findings[0].message
+    report = _audit(tmp_path, keys, [STARTED, done])
+    assert _checks(report) == [(3, "lifecycle")]
+    assert "request req00002 ended while unknown" in report.findings[0].message
 
 
 def test_a_request_completed_twice_is_a_lifecycle_violation(tmp_path: Path, keys: Keys) -> None:
@@ -114,46 +117,29 @@ def test_a_request_completed_twice_is_a_lifecycle_violation(tmp_path: Path, keys
     assert "completed twice" in report.findings[0].message
 
 
-def _stored(rid: str) -> ResultStored:
-    return ResultStored(
-        request_id=rid,
-        object=rid,
-        size=9,
-        ciphertext_hash="ef" * 32,
-        recipients=("0123456789abcdef0123",),
-    )
-
-
-def test_a_result_stored_after_the_completion_is_fine(tmp_path: Path, keys: Keys) -> None:
-    # the node replies first and stores the sealed result after
-    events = [e for e in request_events("req00005", "completed") if not isinstance(e, ResultStored)]
-    at = next(i for i, e in enumerate(events) if isinstance(e, RequestCompleted)) + 1
-    events.insert(at, _stored("req00005"))
-    assert _audit(tmp_path, keys, [STARTED, *events]).ok
-
-
-def test_a_result_stored_for_a_failed_request_is_a_lifecycle_violation(
+def test_a_result_fetched_after_a_failure_is_a_lifecycle_violation(
     tmp_path: Path, keys: Keys
 ) -> None:
     events = request_events("req00006", "failed")
     assert isinstance(events[-1], RequestFailed)
-    report = _audit(tmp_path, keys, [STARTED, *events, _stored("req00006")])
+    fetched = ResultFetched(request_id="req00006", by="klaus@geomar")
+    report = _audit(tmp_path, keys, [STARTED, *events, fetched])
     assert _checks(report) == [(len(events) + 3, "lifecycle")]
-    assert "result.stored for request req00006 while failed" in report.findings[0].message
+    assert "result.fetched for request req00006 that has no result" in report.findings[0].message
 
 
-def test_an_acceptance_of_a_request_never_received_is_a_lifecycle_violation(
-    tmp_path: Path, keys: Keys
-) -> None:
-    report = _audit(tmp_path, keys, [STARTED, RequestAccepted(request_id="req00004")])
-    assert _checks(report) == [(3, "lifecycle")]
+def test_a_request_accepted_twice_is_a_lifecycle_violation(tmp_path: Path, keys: Keys) -> None:
+    accepted = request_events("req00004", "open")[0]
+    report = _audit(tmp_path, keys, [STARTED, accepted, accepted])
+    assert _checks(report) == [(4, "lifecycle")]
+    assert "req00004 accepted while accepted" in report.findings[0].message
 
 
 def test_an_event_after_a_stop_without_a_start_is_a_lifecycle_violation(
     tmp_path: Path, keys: Keys
 ) -> None:
-    received = request_events("req00005")[0]
-    report = _audit(tmp_path, keys, [STARTED, NodeStopped(), received])
+    accepted = request_events("req00005")[0]
+    report = _audit(tmp_path, keys, [STARTED, NodeStopped(), accepted])
     assert _checks(report) == [(4, "lifecycle")]
     assert "while the node is stopped" in report.findings[0].message
 
@@ -228,17 +214,28 @@ def test_a_receipt_from_another_log_is_flagged(tmp_path: Path) -> None:
 
 def test_worker_processes_and_threads_find_the_same_bad_signatures(tmp_path: Path) -> None:
     """A log long enough for several chunks; two events re-signed by another valid key."""
-    built = build_log(tmp_path, requests=380)
-    lines = list(built.lines)
+    keys = Keys.generate()
+    lines = _lines_signed(tmp_path, keys, 500)
     assert len(lines) > 3 * 640
     bad = [700, len(lines) - 3]
     for i in bad:
-        lines[i] = resign(lines[i], built.keys.other_node, claim_kid=False)
-    in_threads = audit_lines_with(lines, built.keys.trusted, processes=False)
-    in_processes = audit_lines_with(lines, built.keys.trusted, processes=True)
+        lines[i] = resign(lines[i], keys.other_node, claim_kid=False)
+    in_threads = audit_lines_with(lines, keys.trusted, processes=False)
+    in_processes = audit_lines_with(lines, keys.trusted, processes=True)
     assert in_processes.to_json() == in_threads.to_json()
     assert _checks(in_processes) == [(i + 1, "signature") for i in bad]
     assert in_processes.signatures_checked == len(lines)
+
+
+def _lines_signed(folder: Path, keys: Keys, requests: int) -> list[bytes]:
+    """Export lines of a log whose every event is a commit of its own (all signed)."""
+    with open_new_log(folder / "events.db", keys, checkpoint_every=10_000) as log:
+        log.append(STARTED)
+        for i in range(requests):
+            for event in request_events(f"req{i:05d}"):
+                log.append(event)
+        log.export(folder / "events.jsonl")
+    return (folder / "events.jsonl").read_bytes().splitlines(keepends=True)
 
 
 def test_the_sqlite_log_is_read_in_bulk_with_the_same_verdict(tmp_path: Path) -> None:
@@ -278,11 +275,21 @@ def audit_lines_with(
 def test_signature_workers_that_fail_are_replaced_by_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: str
 ) -> None:
-    import hub.audit
+    import hub.audit.signatures
 
-    built = build_log(tmp_path, requests=150)
-    lines = list(built.lines)
-    lines[500] = resign(lines[500], built.keys.other_node, claim_kid=False)
-    monkeypatch.setattr(hub.audit, "_WORKER", worker)
-    report = audit_lines_with(lines, built.keys.trusted, processes=True)
+    keys = Keys.generate()
+    lines = _lines_signed(tmp_path, keys, 150)
+    lines[500] = resign(lines[500], keys.other_node, claim_kid=False)
+    monkeypatch.setattr(hub.audit.signatures, "WORKER", worker)
+    report = audit_lines_with(lines, keys.trusted, processes=True)
     assert _checks(report) == [(501, "signature")]
+
+
+def test_an_audit_stops_collecting_at_a_thousand_findings(tmp_path: Path, keys: Keys) -> None:
+    """A log no pinned key vouches for: every event is a finding; the report keeps 1000."""
+    many = [e for i in range(300) for e in request_events(f"req{i:05d}")]
+    lines = _lines(tmp_path, keys, [STARTED, *many])
+    report = audit_lines(lines, {"geomar": keys.site.sign_public})
+    assert len(report.findings) == 1000
+    assert report.first is not None and report.first.check == "trust"
+    assert report.events < len(lines)

@@ -41,10 +41,12 @@ from hub.events import (
     NodeStopped,
     RequestAccepted,
     RequestCompleted,
+    RequestReceived,
     RequestRejected,
     RequestStarted,
     ResultLost,
     ResultShared,
+    ResultStored,
 )
 from hub.keys import KeyPair, PublicKeys
 from hub.records import KeyRecord
@@ -420,6 +422,24 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
         *request_events("req00001"),
         *request_events("req00002", "failed"),
         *request_events("req00003", "rejected"),
+        # version 1 types (request_events writes version 2 lifecycles): still encoded alike
+        RequestReceived(
+            request_id="req00005",
+            caller="klaus@geomar",
+            address="hereon.climate.compute_sum",
+            header="aGVhZGVy",
+            sig="c2ln",
+            nonce="bm9uY2U",
+            payload_hash="ab" * 32,
+            payload_size=12,
+        ),
+        ResultStored(
+            request_id="req00005",
+            object="results/req00005",
+            size=9,
+            ciphertext_hash="01" * 32,
+            recipients=("0123456789abcdef0123",),
+        ),
         RequestRejected(envelope_hash="cd" * 32, code="bad_signature", reason="forged"),
         RequestAccepted(
             request_id="req00004",

@@ -22,15 +22,17 @@ def test_every_public_error_derives_from_the_root() -> None:
     assert issubclass(hub.CallTimeoutError, TimeoutError)
 
 
-def test_the_nats_and_codec_packages_export_what_they_name() -> None:
+def test_the_nats_codec_and_transfer_packages_export_what_they_name() -> None:
     import hub.codec
     import hub.nats
+    import hub.transfer
 
-    for package in (hub.nats, hub.codec):
+    for package in (hub.nats, hub.codec, hub.transfer):
         missing = [name for name in package.__all__ if not hasattr(package, name)]
         assert not missing, package.__name__
     assert {"LocalFederation", "NatsServer", "ensure_site_streams"} <= set(hub.nats.__all__)
     assert {"encode", "decode", "describe"} <= set(hub.codec.__all__)
+    assert {"Sender", "Receiver", "seal_file", "upload_route"} <= set(hub.transfer.__all__)
 
 
 def test_the_client_split_keeps_every_old_import_working() -> None:

@@ -1,90 +1,248 @@
-"""The one sealing API of client and node (hub.crypto) and the stored form of a result."""
+"""The sealed chunk format: every honest payload opens, every tampered one fails cleanly.
+
+Tampering is done on real sealed bytes (real libsodium secretstream); each case must raise
+ChunkError (a DecryptionError, an IntegrityError) and never return other bytes.
+"""
 
 from __future__ import annotations
 
-import json
+import io
+import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hub.crypto import (
-    WrappedPayload,
-    open_content_key,
-    open_payload,
-    open_secret,
-    rewrap,
-    seal_payload,
+from hub.crypto import new_content_key
+from hub.errors import ChunkError, DecryptionError, IntegrityError
+from hub.transfer.sealing import (
+    HEADER_BYTES,
+    Header,
+    Opener,
+    new_transfer_id,
+    open_bytes,
+    read_frame,
+    seal_bytes,
 )
-from hub.envelopes import StoredResult, pack_stored_result, unpack_stored_result
-from hub.errors import DecryptionError, IntegrityError
-from hub.keys import KeyPair
 
-NODE = KeyPair.generate("node:hereon/n1")
-KLAUS = KeyPair.generate("klaus@geomar")
-ANNA = KeyPair.generate("anna@geomar")
-EVE = KeyPair.generate("eve@geomar")
+KEY = bytes(range(32))
+payloads = st.binary(min_size=0, max_size=600)
+chunk_sizes = st.integers(min_value=1, max_value=64)
 
 
-def _sealed_for_klaus(plaintext: bytes = b"result") -> WrappedPayload:
-    return seal_payload(plaintext, NODE.box_secret, NODE.box_public, {KLAUS.kid: KLAUS.box_public})
+def split(sealed: bytes) -> tuple[Header, list[bytes]]:
+    """The header and the sealed chunks of a sealed form."""
+    header = Header.from_bytes(sealed[:HEADER_BYTES])
+    body = io.BytesIO(sealed[HEADER_BYTES:])
+    chunks = []
+    while (chunk := read_frame(body)) is not None:
+        chunks.append(chunk)
+    return header, chunks
 
 
-def test_a_payload_sealed_for_a_recipient_opens_with_its_key_and_names_its_sender() -> None:
-    sealed = _sealed_for_klaus()
-    assert open_payload(sealed, KLAUS.kid, KLAUS.box_secret, sender=NODE.box_public) == b"result"
-    assert sealed.content_key is not None
-    key = open_content_key(sealed.wraps, KLAUS.kid, KLAUS.box_secret, sender=NODE.box_public)
-    assert key == sealed.content_key, "the recipient gets the sealer's content key"
+def join(header: Header, chunks: list[bytes]) -> bytes:
+    """A sealed form from a header and chunks (framed as the body is)."""
+    return header.to_bytes() + b"".join(struct.pack(">I", len(c)) + c for c in chunks)
 
 
-def test_each_seal_uses_a_fresh_content_key() -> None:
-    assert _sealed_for_klaus().content_key != _sealed_for_klaus().content_key
+def open_chunks(header: Header, chunks: list[bytes], key: bytes = KEY) -> bytes:
+    """Open chunks as a receiver does: in arrival order, each with its arrival index."""
+    opener = Opener(header, key)
+    out = b"".join(opener.open(i, c) for i, c in enumerate(chunks))
+    opener.finish()
+    return out
 
 
-def test_a_payload_wrapped_by_another_key_than_the_expected_sender_is_refused() -> None:
-    forged = seal_payload(b"x", EVE.box_secret, EVE.box_public, {KLAUS.kid: KLAUS.box_public})
-    assert open_payload(forged, KLAUS.kid, KLAUS.box_secret) == b"x"  # no sender: no check
-    with pytest.raises(DecryptionError, match="expected sender"):
-        open_payload(forged, KLAUS.kid, KLAUS.box_secret, sender=NODE.box_public)
-
-
-def test_a_payload_with_no_wrap_for_me_or_a_wrong_secret_does_not_open() -> None:
-    sealed = _sealed_for_klaus()
-    with pytest.raises(DecryptionError, match=f"no content key is wrapped for key {ANNA.kid}"):
-        open_payload(sealed, ANNA.kid, ANNA.box_secret)
-    with pytest.raises(DecryptionError):
-        open_payload(sealed, KLAUS.kid, EVE.box_secret)
-
-
-def test_a_holder_rewraps_the_same_content_key_for_a_colleague() -> None:
-    sealed = _sealed_for_klaus()
-    more = rewrap(
-        sealed, KLAUS.kid, KLAUS.box_secret, KLAUS.box_public, {ANNA.kid: ANNA.box_public}
+def many_chunks() -> st.SearchStrategy[tuple[bytes, int]]:
+    """A payload and a chunk size that give it at least two chunks."""
+    return st.integers(min_value=1, max_value=32).flatmap(
+        lambda size: st.tuples(st.binary(min_size=size + 1, max_size=400), st.just(size))
     )
-    shared = WrappedPayload(sealed.ciphertext, {**sealed.wraps, **more})
-    assert open_payload(shared, ANNA.kid, ANNA.box_secret, sender=KLAUS.box_public) == b"result"
 
 
-def test_a_message_under_the_content_key_opens_only_with_it() -> None:
-    sealed = _sealed_for_klaus()
-    assert sealed.content_key is not None
-    with pytest.raises(DecryptionError):
-        open_secret(sealed.content_key, sealed.ciphertext[:-1] + b"\x00")
+@settings(deadline=None)
+@given(data=payloads, chunk_size=chunk_sizes, compress=st.booleans())
+def test_every_payload_opens_to_its_own_bytes(data: bytes, chunk_size: int, compress: bool) -> None:
+    sealed = seal_bytes(data, KEY, chunk_size=chunk_size, compress=compress)
+    assert open_bytes(sealed, KEY) == data
+    header, chunks = split(sealed)
+    assert header.total_size == len(data)
+    assert len(chunks) == header.chunk_count == max(1, -(-len(data) // chunk_size))
 
 
-def test_a_stored_result_reads_back_and_matches_the_form_kept_by_the_previous_release() -> None:
-    wraps = {KLAUS.kid: "AAAA"}
-    data = pack_stored_result(wraps, b"ciphertext")
-    head, ciphertext = unpack_stored_result(data)
-    assert (head, ciphertext) == (StoredResult(wraps=wraps), b"ciphertext")
-    old_head = json.dumps({"v": 1, "wraps": wraps}, sort_keys=True).encode()
-    old = len(old_head).to_bytes(4, "big") + old_head + b"ciphertext"
-    assert unpack_stored_result(old) == (head, ciphertext)
+@settings(deadline=None)
+@given(data=payloads, chunk_size=chunk_sizes, compress=st.booleans(), where=st.data())
+def test_a_flipped_bit_anywhere_fails_and_never_returns_other_bytes(
+    data: bytes, chunk_size: int, compress: bool, where: st.DataObject
+) -> None:
+    sealed = bytearray(seal_bytes(data, KEY, chunk_size=chunk_size, compress=compress))
+    pos = where.draw(st.integers(min_value=0, max_value=len(sealed) - 1))
+    sealed[pos] ^= 1 << where.draw(st.integers(min_value=0, max_value=7))
+    with pytest.raises(ChunkError):
+        open_bytes(bytes(sealed), KEY)
 
 
-@pytest.mark.parametrize(
-    "data",
-    [b"", b"\x00\x00", b"\x00\x00\x00\x09{not json", b"\x00\x00\x00\x02{}x", b"\xff\xff\xff\xff{}"],
-)
-def test_bytes_that_are_not_a_stored_result_are_refused(data: bytes) -> None:
-    with pytest.raises(IntegrityError, match="not in fedhub's stored form"):
-        unpack_stored_result(data)
+@settings(deadline=None)
+@given(case=many_chunks(), where=st.data())
+def test_a_dropped_chunk_fails_naming_where_the_gap_is(
+    case: tuple[bytes, int], where: st.DataObject
+) -> None:
+    data, chunk_size = case
+    header, chunks = split(seal_bytes(data, KEY, chunk_size=chunk_size))
+    gone = where.draw(st.integers(min_value=0, max_value=len(chunks) - 1))
+    del chunks[gone]
+    with pytest.raises(ChunkError) as caught:
+        open_chunks(header, chunks)
+    assert caught.value.index in (gone, None)
+    assert f"chunk {gone}" in str(caught.value) or "truncated" in str(caught.value)
+    with pytest.raises(ChunkError):
+        open_bytes(join(header, chunks), KEY)
+
+
+@settings(deadline=None)
+@given(case=many_chunks(), where=st.data())
+def test_a_repeated_chunk_fails(case: tuple[bytes, int], where: st.DataObject) -> None:
+    data, chunk_size = case
+    header, chunks = split(seal_bytes(data, KEY, chunk_size=chunk_size))
+    again = where.draw(st.integers(min_value=0, max_value=len(chunks) - 1))
+    chunks.insert(again + 1, chunks[again])
+    with pytest.raises(ChunkError, match=f"chunk {again + 1}"):
+        open_chunks(header, chunks)
+    with pytest.raises(ChunkError):
+        open_bytes(join(header, chunks), KEY)
+
+
+@settings(deadline=None)
+@given(case=many_chunks(), where=st.data())
+def test_two_swapped_chunks_fail_at_the_first_of_them(
+    case: tuple[bytes, int], where: st.DataObject
+) -> None:
+    data, chunk_size = case
+    header, chunks = split(seal_bytes(data, KEY, chunk_size=chunk_size))
+    a = where.draw(st.integers(min_value=0, max_value=len(chunks) - 2))
+    b = where.draw(st.integers(min_value=a + 1, max_value=len(chunks) - 1))
+    chunks[a], chunks[b] = chunks[b], chunks[a]
+    with pytest.raises(ChunkError, match=f"chunk {a} does not authenticate") as caught:
+        open_chunks(header, chunks)
+    assert caught.value.index == a
+
+
+@settings(deadline=None)
+@given(case=many_chunks(), where=st.data())
+def test_a_truncated_payload_fails_even_at_a_chunk_boundary(
+    case: tuple[bytes, int], where: st.DataObject
+) -> None:
+    data, chunk_size = case
+    sealed = seal_bytes(data, KEY, chunk_size=chunk_size)
+    header, chunks = split(sealed)
+    keep = where.draw(st.integers(min_value=0, max_value=len(chunks) - 1))
+    with pytest.raises(ChunkError, match="truncated"):
+        open_chunks(header, chunks[:keep])
+    cut = where.draw(st.integers(min_value=0, max_value=len(sealed) - 1))
+    with pytest.raises(ChunkError):
+        open_bytes(sealed[:cut], KEY)
+
+
+@settings(deadline=None)
+@given(data=payloads, chunk_size=chunk_sizes, extra=st.binary(min_size=1, max_size=40))
+def test_bytes_after_the_final_chunk_fail(data: bytes, chunk_size: int, extra: bytes) -> None:
+    sealed = seal_bytes(data, KEY, chunk_size=chunk_size)
+    with pytest.raises(ChunkError):
+        open_bytes(sealed + extra, KEY)
+
+
+@settings(deadline=None)
+@given(case=many_chunks(), other=st.binary(min_size=1, max_size=400), where=st.data())
+def test_a_chunk_spliced_in_from_another_transfer_under_the_same_key_fails(
+    case: tuple[bytes, int], other: bytes, where: st.DataObject
+) -> None:
+    data, chunk_size = case
+    header, chunks = split(seal_bytes(data, KEY, chunk_size=chunk_size))
+    _, foreign = split(seal_bytes(other, KEY, chunk_size=chunk_size))
+    at = where.draw(st.integers(min_value=0, max_value=len(chunks) - 1))
+    source = where.draw(st.integers(min_value=0, max_value=len(foreign) - 1))
+    chunks[at] = foreign[source]
+    with pytest.raises(ChunkError, match=f"chunk {at} does not authenticate"):
+        open_chunks(header, chunks)
+
+
+def test_a_chunk_of_a_transfer_with_the_same_key_and_stream_fails_under_another_transfer_id() -> (
+    None
+):
+    # Even the same secretstream (same key and stream header) does not open under a header
+    # that names another transfer: the transfer id is in every chunk's additional data.
+    header, chunks = split(seal_bytes(b"x" * 100, KEY, chunk_size=10))
+    renamed = Header(
+        chunk_size=header.chunk_size,
+        total_size=header.total_size,
+        chunk_count=header.chunk_count,
+        transfer_id=new_transfer_id(),
+        stream_header=header.stream_header,
+        payload_hash=header.payload_hash,
+    )
+    with pytest.raises(ChunkError, match="chunk 0 does not authenticate"):
+        open_chunks(renamed, chunks)
+
+
+@pytest.mark.parametrize("field", ["total_size", "compressed", "payload_hash"])
+def test_a_header_changed_in_any_field_fails(field: str) -> None:
+    data = b"abcdefghij" * 30
+    header, chunks = split(seal_bytes(data, KEY, chunk_size=64))
+    changes = {
+        "total_size": {"total_size": len(data) - 1},
+        "compressed": {"compressed": True},
+        "payload_hash": {"payload_hash": bytes(32)},
+    }[field]
+    fields = {
+        "chunk_size": header.chunk_size,
+        "total_size": header.total_size,
+        "chunk_count": header.chunk_count,
+        "transfer_id": header.transfer_id,
+        "stream_header": header.stream_header,
+        "payload_hash": header.payload_hash,
+        "compressed": header.compressed,
+        **changes,
+    }
+    with pytest.raises(ChunkError):
+        open_chunks(Header(**fields), chunks)  # type: ignore[arg-type]
+
+
+def test_a_wrong_key_fails_at_the_first_chunk_as_an_integrity_error() -> None:
+    sealed = seal_bytes(b"secret" * 100, KEY, chunk_size=64)
+    with pytest.raises(DecryptionError, match="chunk 0 does not authenticate") as caught:
+        open_bytes(sealed, new_content_key())
+    assert isinstance(caught.value, IntegrityError)
+    assert caught.value.index == 0
+
+
+def test_an_opener_that_failed_opens_nothing_more() -> None:
+    header, chunks = split(seal_bytes(b"y" * 50, KEY, chunk_size=10))
+    opener = Opener(header, KEY)
+    with pytest.raises(ChunkError):
+        opener.open(1, chunks[1])
+    with pytest.raises(ChunkError, match="already failed"):
+        opener.open(0, chunks[0])
+
+
+def test_compression_shrinks_repetitive_data_and_reports_the_saving() -> None:
+    from hub.transfer.sealing import seal_stream
+
+    data = b"temperature,salinity,depth\n" * 40_000
+    sink = io.BytesIO()
+    info = seal_stream(io.BytesIO(data), sink, KEY, chunk_size=64 * 1024, compress=True)
+    assert info.header.compressed
+    assert info.saving > 0.9
+    assert info.sealed_size == len(sink.getvalue()) < len(data) // 10
+    assert open_bytes(sink.getvalue(), KEY) == data
+    plain = seal_stream(io.BytesIO(data), io.BytesIO(), KEY, chunk_size=64 * 1024)
+    assert plain.saving < 0
+
+
+def test_incompressible_chunks_are_sealed_as_they_are_even_with_compression_on() -> None:
+    import os
+
+    data = os.urandom(100_000)
+    sealed = seal_bytes(data, KEY, chunk_size=10_000, compress=True)
+    # one encoding byte, a 4-byte frame length and 17 bytes of tag per chunk; no zstd frame
+    assert len(sealed) == HEADER_BYTES + len(data) + 10 * (1 + 4 + 17)
+    assert open_bytes(sealed, KEY) == data

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Benchmark the bulk transfer layer against a raw JetStream Object Store put + get.
+
+    python scripts/bench_payload.py [--sizes 1 100] [--big] [--concurrent 10] [--json]
+
+One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
+``geomar``) started with :func:`hub.nats.start_local_federation`. For each size (MiB):
+
+* transfer round trip: a payload file at geomar (the caller) is sealed and sent to hereon
+  (the node) across the hub (``fh.bulk.hereon.<transfer>``), then hereon seals what it
+  received with a fresh key and sends it back to the caller's inbox. Each side of each leg
+  runs ``scripts/bulk_peer.py`` in a process of its own, so the peak RSS of every sender
+  and receiver is its own. A leg's time is the sender's: sealing, sending, and the
+  receiver verifying and committing the file (the sender waits for its "done").
+* raw baseline, in the same run: the same bytes put into a JetStream Object Store bucket
+  and read back (``put_object_stream`` and ``iter_object``: 1 MiB chunks, bounded memory,
+  no crypto) by a client of the site that holds the bucket. The raw path cannot cross the
+  hub: the accounts let no site reach another site's Object Store (docs/topology.md).
+
+``--concurrent N`` also runs N uploads of the largest size at the same time (one sender
+and one receiver process each). The full call round trip (encrypted, logged, stored,
+returned through a fedhub call) is added once the transfer layer is part of calls.
+Figures are printed next to their baseline and the load average; never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from benchlib import figure, load_average, say
+
+from hub.crypto import new_content_key
+from hub.nats import LocalFederation, iter_object, put_object_stream, start_local_federation
+from hub.transfer import Route, download_route, new_transfer_id, upload_route
+
+PEER = Path(__file__).resolve().parent / "bulk_peer.py"
+CALLER, NODE, USER = "geomar", "hereon", "bench"
+MIB = 1024 * 1024
+BUCKET = "fh-bench-raw"
+
+
+def _payload(path: Path, size: int) -> None:
+    with path.open("wb") as out:
+        for _ in range(size // MIB):
+            out.write(os.urandom(MIB))
+        out.write(os.urandom(size % MIB))
+
+
+def _peer(role: str, url: str, route: Route, key: bytes, **opts: object) -> subprocess.Popen[str]:
+    args = [sys.executable, str(PEER), role, "--url", url, "--key", key.hex()]
+    args += ["--control", route.control]
+    args += ["--subject", route.to] if role == "receive" else ["--to", route.to]
+    for name, value in opts.items():
+        if value is True:
+            args.append(f"--{name.replace('_', '-')}")
+        elif value is not False:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    proc.stderr.readline()  # "ready": connected (a receiver subscribes right after)
+    return proc
+
+
+def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bulk peer failed: {err[-2000:]}")
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return report
+
+
+def _leg(
+    fed: LocalFederation,
+    source: Path,
+    dest: Path,
+    *,
+    upload: bool,
+    window: int,
+    compress: bool,
+) -> dict[str, Any]:
+    """One transfer between two peer processes; the sender's and receiver's reports."""
+    tid = new_transfer_id().hex()
+    key = new_content_key()
+    route = (upload_route if upload else download_route)(CALLER, USER, NODE, tid)
+    send_site, recv_site = (CALLER, NODE) if upload else (NODE, CALLER)
+    receiver = _peer("receive", fed.site_url(recv_site), route, key, dest=dest, window=window)
+    sender = _peer("send", fed.site_url(send_site), route, key, source=source, transfer=tid,
+                   window=window, compress=compress)  # fmt: skip
+    sent, received = _report(sender), _report(receiver)
+    return {"sender": sent, "receiver": received}
+
+
+async def _raw(url: str, source: Path, name: str, expected: int) -> tuple[float, float]:
+    """Seconds to put ``source`` into the bucket and to read it back (no crypto)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.object_store(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_object_store(BUCKET)
+        started = time.monotonic()
+        with source.open("rb") as f:
+            await put_object_stream(js, BUCKET, name, f)
+        put = time.monotonic() - started
+        started = time.monotonic()
+        size = 0
+        async for chunk in iter_object(js, BUCKET, name):
+            size += len(chunk)
+        got = time.monotonic() - started
+        assert size == expected
+        await (await js.object_store(BUCKET)).delete(name)
+        return put, got
+    finally:
+        await nc.close()
+
+
+def _mib_s(size: int, seconds: float) -> float:
+    return size / MIB / seconds if seconds > 0 else float("nan")
+
+
+def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> dict[str, Any]:
+    size = int(size_mib * MIB)
+    source, at_node, back = work / "source", work / "at-node", work / "back"
+    _payload(source, size)
+    load_start = load_average()
+    say(f"{size_mib:g} MiB: caller -> node")
+    up = _leg(fed, source, at_node, upload=True, window=args.window, compress=args.compress)
+    say(f"{size_mib:g} MiB: node -> caller")
+    down = _leg(fed, at_node, back, upload=False, window=args.window, compress=args.compress)
+    transfer_s = up["sender"]["seconds"] + down["sender"]["seconds"]
+    load_mid = load_average()
+    say(f"{size_mib:g} MiB: raw object store put + get")
+    put_s, get_s = asyncio.run(_raw(fed.site_url(NODE), source, f"raw-{size}", size))
+    load_end = load_average()
+    same = back.stat().st_size == size
+    for path in (source, at_node, back):
+        path.unlink(missing_ok=True)
+    rss = {
+        f"{leg}_{side}_peak_rss_mib": round(report[side]["rss_peak_kib"] / 1024, 1)
+        for leg, report in (("upload", up), ("download", down))
+        for side in ("sender", "receiver")
+    }
+    return {
+        "size_mib": size_mib,
+        "arrived_whole": same,
+        "round_trip_mib_s": figure(
+            _mib_s(2 * size, transfer_s),
+            "MiB/s",
+            "raw object store put + get",
+            _mib_s(2 * size, put_s + get_s),
+            target=">= 0.7 x raw (issue 8, for the full call)",
+            load={"start": load_start, "end": load_mid},
+            baseline_load={"start": load_mid, "end": load_end},
+        ),
+        "upload_mib_s": round(_mib_s(size, up["sender"]["seconds"]), 1),
+        "download_mib_s": round(_mib_s(size, down["sender"]["seconds"]), 1),
+        "raw_put_mib_s": round(_mib_s(size, put_s), 1),
+        "raw_get_mib_s": round(_mib_s(size, get_s), 1),
+        "resent_chunks": up["sender"]["resent_chunks"] + down["sender"]["resent_chunks"],
+        **rss,
+    }
+
+
+def bench_concurrent(
+    fed: LocalFederation, work: Path, count: int, size_mib: float
+) -> dict[str, Any]:
+    """``count`` uploads of ``size_mib`` at once; wall time, aggregate rate, peak RSS."""
+    size = int(size_mib * MIB)
+    sources = [work / f"c{i}" for i in range(count)]
+    for source in sources:
+        _payload(source, size)
+    load_start = load_average()
+    started = time.monotonic()
+    procs = []
+    for i, source in enumerate(sources):
+        tid = new_transfer_id().hex()
+        key = new_content_key()
+        route = upload_route(CALLER, USER, NODE, tid)
+        procs.append(_peer("receive", fed.site_url(NODE), route, key, dest=work / f"d{i}"))
+        procs.append(_peer("send", fed.site_url(CALLER), route, key, source=source,
+                           transfer=tid))  # fmt: skip
+    reports = [_report(p) for p in procs]
+    seconds = time.monotonic() - started
+    for path in work.iterdir():
+        path.unlink()
+    return {
+        "transfers": count,
+        "size_mib": size_mib,
+        "wall_seconds_with_process_starts": round(seconds, 2),
+        "aggregate_mib_s": round(_mib_s(count * size, seconds), 1),
+        "mean_per_transfer_mib_s": round(
+            sum(_mib_s(size, r["seconds"]) for r in reports if r["role"] == "send") / count, 1
+        ),
+        "max_peak_rss_mib": round(max(r["rss_peak_kib"] for r in reports) / 1024, 1),
+        "resent_chunks": sum(r["resent_chunks"] for r in reports),
+        "load_average": {"start": load_start, "end": load_average()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 100], help="MiB")
+    parser.add_argument("--big", action="store_true", help="also 1 GiB")
+    parser.add_argument("--concurrent", type=int, default=0, help="N uploads at once")
+    parser.add_argument("--window", type=int, default=4 * MIB)
+    parser.add_argument("--compress", action="store_true", help="zstd per chunk")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [*args.sizes, *([1024.0] if args.big else [])]
+    with tempfile.TemporaryDirectory(prefix="fedhub-bench-payload-") as tmp:
+        fed = asyncio.run(start_local_federation(Path(tmp) / "fed", (NODE, CALLER)))
+        try:
+            work = Path(tmp) / "work"
+            work.mkdir()
+            results = [bench_size(fed, work, size, args) for size in sizes]
+            concurrent = (
+                bench_concurrent(fed, work, args.concurrent, max(sizes))
+                if args.concurrent
+                else None
+            )
+        finally:
+            asyncio.run(fed.stop())
+    report = {"load_average": load_average(), "sizes": results, "concurrent": concurrent}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for row in results:
+            rt = row["round_trip_mib_s"]
+            print(
+                f"{row['size_mib']:>7g} MiB  round trip {rt['figure']['value']} MiB/s  "
+                f"raw {rt['baseline']['value']} MiB/s  ratio {rt['ratio']}  "
+                f"peak RSS up {row['upload_sender_peak_rss_mib']}/"
+                f"{row['upload_receiver_peak_rss_mib']} MiB, down "
+                f"{row['download_sender_peak_rss_mib']}/{row['download_receiver_peak_rss_mib']}"
+                f" MiB (sender/receiver)  load {rt['figure']['load_average']}"
+            )
+        if concurrent:
+            print(f"concurrent: {concurrent}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
