@@ -105,6 +105,11 @@ class CallsSection(_Section):
     fetch_batch: int = Field(64, ge=1, le=1024)
     max_in_flight: int = Field(256, ge=1)
     interrupted: Literal["retry", "fail"] = "fail"
+    #: Arguments and results above this many bytes travel as bulk transfers (0: half of
+    #: ``max_payload``); see docs/deploy.md, "Large payloads".
+    bulk_threshold: int = Field(0, ge=0)
+    #: Sealed bytes in flight per bulk transfer.
+    bulk_window: int = Field(4 * 1024 * 1024, ge=64 * 1024)
 
 
 #: ``host:port`` or ``[v6]:port`` of the health and metrics endpoint (empty: off).
@@ -148,6 +153,8 @@ class ModuleConfig(_Section):
     progress_interval: float = Field(0.05, ge=0)
     """Shortest time between two progress reports delivered, seconds (20 per second)."""
     timeout: float | None = Field(None, gt=0)
+    #: zstd-compress each chunk of this module's bulk results before sealing.
+    compress: bool = False
     """Upper bound on any call of this module, seconds (the caller's deadline still counts)."""
 
     @model_validator(mode="wrap")

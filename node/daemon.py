@@ -70,8 +70,10 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
+from hub.transfer import TransferOptions
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
+from node.bulk import BulkLink
 from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
@@ -183,6 +185,7 @@ class NodeDaemon:
             store_result=self._store_result,
             load_result=self._load_result,
             module_timeouts=timeouts,
+            bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
         await self.pipeline.load_replay_memory()
@@ -373,6 +376,24 @@ class NodeDaemon:
 
     async def _store_result(self, name: str, data: bytes) -> None:
         await put_object(self._jetstream(), RESULTS_BUCKET, name, data)
+
+    def _bulk_link(self) -> BulkLink:
+        """Bulk arguments and results: this instance's spool folder, swept at start."""
+        calls, nc, eventlog = self.cfg.calls, self.nc, self.eventlog
+        assert nc is not None and eventlog is not None
+        compressed = {m.name for m in self.cfg.modules if m.compress}
+        link = BulkLink(
+            site=self.site,
+            key=eventlog.key,
+            nc=lambda: nc,
+            js=self._jetstream,
+            spool=self.cfg.node.data_dir / "spool" / str(self.instance),
+            threshold=calls.bulk_threshold or calls.max_payload // 2,
+            options=TransferOptions(window=calls.bulk_window),
+            compress=compressed.__contains__,
+        )
+        link.sweep()
+        return link
 
     def _max_reply(self) -> int:
         """The largest message this connection carries (the server's ``max_payload``)."""

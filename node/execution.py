@@ -17,6 +17,8 @@ from hub.errors import (
     FederationError,
     NodeError,
     RemoteError,
+    TransferError,
+    error_code,
 )
 from hub.events import RequestProgress
 from node.logwriter import LogWriter
@@ -86,6 +88,8 @@ def failure_code(exc: FederationError) -> str:
     """The ``code`` of ``request.failed`` (and of the caller's error) for a failure."""
     if isinstance(exc, RemoteError):
         return exc.code
+    if isinstance(exc, TransferError):  # a bulk argument did not arrive whole
+        return error_code(exc)
     if isinstance(exc, CallTimeoutError):
         return "timeout"
     if isinstance(exc, DecryptionError):

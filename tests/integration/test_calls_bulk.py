@@ -1,0 +1,135 @@
+"""Calls with payloads too large for one message, across the hub (geomar caller, hereon node).
+
+Arguments and results above the bulk threshold travel as chunk-encrypted bulk transfers
+(docs/protocol.md, "Calls with bulk payloads"); small calls keep the one-message path.
+The thresholds are lowered here so that a few MiB exercise the same path as a GiB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from support.hostile import LogView, audit_node, wait_reachable
+from support.world import World
+
+from hub.bulk import NetCDFFile, SavedTo
+from hub.client import Client
+from hub.transfer import TransferProgress
+from node.config import NodeConfig
+from node.daemon import NodeDaemon
+
+if TYPE_CHECKING:
+    from conftest import Federation
+
+CALLER = "klaus@geomar"
+BULKDATA = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "bulkdata.py"
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path / "world")
+    w.person(CALLER)
+    return w
+
+
+def node_config(world: World, federation: Federation, unique: Any, **calls: Any) -> NodeConfig:
+    return world.node_config(
+        "hereon",
+        name=unique("n").replace("_", "-"),
+        nats_url=federation.site_url("hereon"),
+        modules=[("bulk", BULKDATA)],
+        trust=["geomar"],
+        users=[CALLER],
+        grants=[(CALLER, "bulk", "*")],
+        calls=calls,
+    )
+
+
+@pytest.fixture
+def hereon_cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
+    return node_config(world, federation, unique, bulk_threshold=MiB)
+
+
+async def client(world: World, federation: Federation, **options: Any) -> Client:
+    fed = await Client.connect(federation.site_url("geomar"), CALLER, home=world.store.home)
+    fed.bulk_threshold = options.get("bulk_threshold", MiB)
+    return fed
+
+
+async def test_a_result_ten_times_the_old_limit_reaches_the_caller_instead_of_being_lost(
+    world: World, hereon_cfg: NodeConfig, federation: Federation
+) -> None:
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        handle = await fed.submit("hereon.bulk.blob", size=10 * MiB + 3, timeout=60)
+        data = await handle.result()
+        state = await handle.status()
+    assert len(data) == 10 * MiB + 3
+    assert data[:512] == bytes(range(256)) * 2
+    view = LogView(hereon_cfg.log_path)
+    (done,) = view.events("request.completed")
+    assert done["data"]["result_hash"] == state.result_hash
+    assert done["data"]["object"] == handle.request_id
+    assert not view.events("result.lost")
+    report = audit_node(hereon_cfg, world.site("hereon").sign_public)
+    assert report.ok, [f.line() for f in report.findings]
+
+
+async def test_a_large_xarray_argument_and_result_cross_the_hub_with_progress_both_ways(
+    world: World, hereon_cfg: NodeConfig, federation: Federation
+) -> None:
+    da = xr.DataArray(np.arange(3 * MiB // 8, dtype="float64"), dims=("x",), name="v")
+    seen: list[tuple[str, TransferProgress]] = []
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        result = await fed.call(
+            "hereon.bulk.shift",
+            da=da,
+            by=2.0,
+            timeout=60,
+            on_transfer=lambda d, p: seen.append((d, p)),
+        )
+    xr.testing.assert_identical(result, da + 2.0)
+    directions = {d for d, _ in seen}
+    assert directions == {"upload", "download"}, directions
+    last = dict(seen)
+    assert last["download"].done == last["download"].total > 0
+    view = LogView(hereon_cfg.log_path)
+    (accepted,) = view.events("request.accepted")
+    (completed,) = view.events("request.completed")
+    assert completed["data"]["object"] == accepted["data"]["request_id"]
+
+
+async def test_a_netcdf_file_argument_is_streamed_and_opened_lazily_at_the_node(
+    world: World, hereon_cfg: NodeConfig, federation: Federation, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.nc"
+    da = xr.DataArray(np.arange(2 * MiB // 8, dtype="float64") + 5, dims=("x",), name="v")
+    da.to_netcdf(path, engine="scipy")
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        seen = await fed.call("hereon.bulk.inspect", da=NetCDFFile(path), timeout=60)
+    assert seen == {"lazy": True, "size": da.size, "first": 5.0}
+    spool = hereon_cfg.node.data_dir / "spool"
+    assert not [p for p in spool.rglob("*") if p.is_file()], "the spooled argument was removed"
+
+
+async def test_a_large_netcdf_result_is_written_straight_to_the_callers_file(
+    world: World, hereon_cfg: NodeConfig, federation: Federation, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.nc"
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        handle = await fed.submit("hereon.bulk.field", mib=3, timeout=60, result_path=out)
+        saved = await handle.result()
+    assert saved == SavedTo(out)
+    with xr.open_dataarray(out, engine="scipy") as got:
+        assert got.size == 3 * MiB // 8
+        assert float(got[-1]) == got.size - 1
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith("fh-partial")]  # noqa: ASYNC240
+    assert not leftovers
