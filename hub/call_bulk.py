@@ -25,6 +25,7 @@ from hub.bulk import NetCDFFile, SavedTo, bulk_key, describe, open_netcdf
 from hub.envelopes import Bulk, ReplyHeader
 from hub.errors import ConfigError, FederationError, TransferError
 from hub.transfer import (
+    ProgressCallback,
     Receiver,
     Sender,
     TransferOptions,
@@ -136,7 +137,7 @@ async def upload(
     timeout: float,
 ) -> None:
     """Send the sealed arguments to the node; a failure settles the call at once."""
-    route = upload_route(caller[0], caller[1], handle.site, bulk.transfer)
+    route = upload_route(caller[0], caller[1], handle.site, bulk.token)
     sender = Sender(
         nc,
         spool,
@@ -155,51 +156,76 @@ async def upload(
 
 
 async def download(
-    nc: NatsClient,
-    handle: CallHandle,
-    caller: tuple[str, str],
-    header: ReplyHeader,
-    open_value: Any,
+    nc: NatsClient, handle: CallHandle, caller: tuple[str, str], header: ReplyHeader
 ) -> None:
-    """Receive a result announced as a bulk transfer and settle the call with it.
+    """Receive a result announced as a bulk transfer and settle the call with it."""
+    loop = asyncio.get_running_loop()
+    try:
+        key = handle._client._result_key(header.wraps, handle._node_box_key)
+        value = await receive_result(
+            nc,
+            caller,
+            handle.site,
+            header,
+            key,
+            result_path=handle.result_path,
+            progress=_reporter(handle, "download"),
+            timeout=max(1.0, handle._deadline - loop.time()),
+        )
+    except FederationError as exc:
+        handle._settle(error=exc)
+    else:
+        handle._settle(value)
 
-    ``open_value(path, bulk)`` turns a received codec payload or NetCDF file into the value.
-    """
+
+async def receive_result(
+    nc: NatsClient,
+    caller: tuple[str, str],
+    site: str,
+    header: ReplyHeader,
+    content_key: bytes,
+    *,
+    result_path: Path | None,
+    progress: ProgressCallback | None,
+    timeout: float,
+) -> Any:
+    """Receive a bulk result from ``site``: a NetCDF result for a NetCDF ``result_path``
+    straight into that file (returns :class:`SavedTo`), anything else into memory."""
     bulk = header.bulk
     assert bulk is not None
-    loop = asyncio.get_running_loop()
-    route = download_route(caller[0], caller[1], handle.site, bulk.transfer)
-    target = handle.result_path
-    direct = bulk.format == "netcdf" and target is not None and target.suffix.lower() in _NETCDF
+    route = download_route(caller[0], caller[1], site, bulk.token)
+    direct = (
+        bulk.format == "netcdf"
+        and result_path is not None
+        and result_path.suffix.lower() in _NETCDF
+    )
     if direct:
-        assert target is not None
-        dest = target
+        assert result_path is not None
+        dest = result_path
     else:
         fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".result")
         os.close(fd)
         dest = Path(name)
     try:
-        key = handle._client._result_key(header.wraps, handle._node_box_key)
         receiver = Receiver(
             nc,
             subject=route.to,
             dest=dest,
-            key=bulk_key(key),
+            key=bulk_key(content_key),
             expect_hash=bytes.fromhex(bulk.hash),
             expect_size=bulk.size,
             expect_control=route.control,
-            progress=_reporter(handle, "download"),
-            timeout=max(1.0, handle._deadline - loop.time()),
+            progress=progress,
+            timeout=timeout,
         )
         await receiver.run()
-        value = SavedTo(dest) if direct else await asyncio.to_thread(open_value, dest, bulk)
-        handle._settle(value)
-    except FederationError as exc:
-        handle._settle(error=exc)
+        if direct:
+            return SavedTo(dest)
+        return await asyncio.to_thread(open_received, dest, bulk)
     finally:
         if not direct:
             with contextlib.suppress(OSError):
-                dest.unlink()
+                await asyncio.to_thread(dest.unlink)
 
 
 def open_received(path: Path, bulk: Bulk) -> Any:

@@ -454,17 +454,24 @@ class Client:
         data = await self._control("cancel", site, request_id)
         return _parse(CancelAnswer, data, f"cancel answer from {site}")
 
-    async def fetch(self, site: str, request_id: str) -> Any:
+    async def fetch(self, site: str, request_id: str, *, result_path: Path | None = None) -> Any:
         """The result of one of my earlier calls, as stored by the node, opened again.
 
         For a caller that lost the original reply (a closed notebook, a dropped link):
         the node sends the sealed result it kept and logs ``result.fetched``. Raises
-        NotFoundError when the request has no result, or none was kept.
+        NotFoundError when the request has no result, or none was kept. A large result
+        comes as a bulk transfer; a NetCDF one goes straight to ``result_path`` if given.
         """
-        return await self._fetch(site, await self.status(site, request_id))
+        state = await self.status(site, request_id)
+        return await self._fetch(site, state, result_path=result_path)
 
     async def _fetch(
-        self, site: str, state: RequestStatus, *, timeout: float = _CONTROL_TIMEOUT
+        self,
+        site: str,
+        state: RequestStatus,
+        *,
+        timeout: float = _CONTROL_TIMEOUT,
+        result_path: Path | None = None,
     ) -> Any:
         """Fetch and open the stored result of a request whose status is ``state``."""
         target = parse_address(state.address or "")
@@ -476,6 +483,20 @@ class Client:
         h = reply.header
         if h.kind != "result" or h.id != state.request_id:
             raise CanonicalError(f"site {site} answered the fetch of {state.request_id} wrongly")
+        if h.bulk is not None:  # a large result follows as a bulk transfer
+            if h.bulk.hash != h.result_hash or h.result_hash != state.result_hash:
+                raise IntegrityError(f"the stored result of {state.request_id} is another one")
+            key = self._result_key(h.wraps, info.node_box_key)
+            return await call_bulk.receive_result(
+                self.nc,
+                (self.site, self.user),
+                site,
+                h,
+                key,
+                result_path=result_path,
+                progress=None,
+                timeout=max(self.default_timeout, 60.0),
+            )
         if blake2b_256(reply.body).hex() != h.result_hash or h.result_hash != state.result_hash:
             raise IntegrityError(f"the stored result of {state.request_id} does not match its hash")
         return self._open_result(h.wraps, reply.body, info.node_box_key)
@@ -618,9 +639,7 @@ class Client:
                 handle._deliver_progress(fraction, text)
             elif h.kind == "result" and h.bulk is not None:  # the result follows in bulk
                 self._result_key(h.wraps, handle._node_box_key)  # not for me: refuse now
-                job = call_bulk.download(
-                    self.nc, handle, (self.site, self.user), h, call_bulk.open_received
-                )
+                job = call_bulk.download(self.nc, handle, (self.site, self.user), h)
                 handle._track(asyncio.get_running_loop().create_task(job))
             elif h.kind == "result":
                 handle._settle(self._open_result(h.wraps, reply.body, handle._node_box_key))

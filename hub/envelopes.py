@@ -100,6 +100,14 @@ class Bulk(_Wire):
     arg: Annotated[str, Field(max_length=200)] | None = None
     #: For a NetCDF result, what to open it as.
     xarray: Literal["DataArray", "Dataset"] | None = None
+    #: The subject token of this transfer when it is not ``transfer`` (a kept result
+    #: sent again by a fetch gets a fresh one).
+    route: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+
+    @property
+    def token(self) -> str:
+        """The token that names this transfer's subjects."""
+        return self.route or self.transfer
 
 
 class RequestHeader(_Wire):

@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -41,10 +42,17 @@ from hub.bulk import (
     write_netcdf,
 )
 from hub.crypto import new_content_key, wrap_key
-from hub.envelopes import Bulk, RequestHeader, StoredResult, stored_result_head, wraps_to_text
-from hub.errors import CanonicalError, ValidationError
+from hub.envelopes import (
+    Bulk,
+    RequestHeader,
+    StoredResult,
+    stored_result_head,
+    unpack_stored_result,
+    wraps_to_text,
+)
+from hub.errors import CanonicalError, IntegrityError, TransferError, ValidationError
 from hub.keys import KeyPair
-from hub.nats import put_object_stream
+from hub.nats import iter_object, put_object_stream
 from hub.records import KeyRecord
 from hub.subjects import RESULTS_BUCKET, validate_identity
 from hub.transfer import (
@@ -99,6 +107,7 @@ class BulkLink:
         self.compress = compress
         self.store_timeout = store_timeout
         self._live: set[str] = set()  # request ids whose spool files are in use
+        self._tasks: set[asyncio.Task[None]] = set()
         spool.mkdir(parents=True, exist_ok=True)
 
     # -- arguments -------------------------------------------------------------------------
@@ -120,7 +129,7 @@ class BulkLink:
         assert bulk is not None
         rid = header.id
         caller = validate_identity(header.caller)
-        route = upload_route(caller.site, caller.name, self.site, bulk.transfer)
+        route = upload_route(caller.site, caller.name, self.site, bulk.token)
         self._live.add(rid)
         dest = self.spool / f"{rid}.arg"
         receiver = Receiver(
@@ -231,7 +240,7 @@ class BulkLink:
     ) -> None:
         """Stream a sealed result to the caller (who listens once the announce arrived)."""
         caller = validate_identity(header.caller)
-        route = download_route(caller.site, caller.name, self.site, result.bulk.transfer)
+        route = download_route(caller.site, caller.name, self.site, result.bulk.token)
         sender = Sender(
             self._nc(),
             result.path,
@@ -254,6 +263,74 @@ class BulkLink:
                 io.BufferedReader(Chained(head, sealed)),
                 timeout=self.store_timeout,
             )
+
+    async def load_stored(self, name: str, rid: str) -> tuple[StoredResult, bytes | Path]:
+        """A kept result: its head, and its ciphertext (one-message results) or the path
+        of its sealed form in the spool folder (bulk results), read in bounded memory."""
+        path = self.spool / f"{rid}.fetch-{secrets.token_hex(4)}.sealed"
+        buf = bytearray()
+        head: StoredResult | None = None
+        out: BinaryIO | None = None
+        self._live.add(rid)
+        try:
+            async for chunk in iter_object(self._js(), RESULTS_BUCKET, name):
+                if out is not None:
+                    await asyncio.to_thread(out.write, chunk)
+                    continue
+                buf += chunk
+                if head is None and len(buf) >= 4:
+                    size = 4 + int.from_bytes(buf[:4], "big")
+                    if len(buf) >= size:
+                        head, _ = unpack_stored_result(bytes(buf[:size]))
+                        del buf[:size]
+                        if head.bulk is not None:
+                            out = path.open("wb")
+                            out.write(buf)
+            if head is None:
+                raise IntegrityError(f"the stored result {name!r} has no head")
+            if out is None:
+                return head, bytes(buf)
+            out.close()
+            return head, path
+        except BaseException:
+            if out is not None:
+                out.close()
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._live.discard(rid)
+
+    def serve(self, caller_identity: str, bulk: Bulk, sealed: Path, timeout: float) -> None:
+        """Send a kept bulk result (staged by :meth:`load_stored`) to its caller, in the
+        background; the staged file is removed afterwards."""
+        caller = validate_identity(caller_identity)
+        route = download_route(caller.site, caller.name, self.site, bulk.token)
+
+        async def send() -> None:
+            sender = Sender(
+                self._nc(),
+                sealed,
+                to=route.to,
+                control=route.control,
+                options=self.options,
+                timeout=timeout,
+            )
+            try:
+                await sender.run()
+            except TransferError as exc:
+                log.warning("result.send_failed", transfer=bulk.transfer, reason=exc.message)
+            finally:
+                await asyncio.to_thread(sealed.unlink, missing_ok=True)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop the transfers still serving fetches."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- orphans ---------------------------------------------------------------------------
 

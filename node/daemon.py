@@ -393,6 +393,7 @@ class NodeDaemon:
             compress=compressed.__contains__,
         )
         link.sweep()
+        self.stack.push_async_callback(link.aclose)
         return link
 
     def _max_reply(self) -> int:

@@ -69,6 +69,8 @@ async def test_a_result_ten_times_the_old_limit_reaches_the_caller_instead_of_be
         handle = await fed.submit("hereon.bulk.blob", size=10 * MiB + 3, timeout=60)
         data = await handle.result()
         state = await handle.status()
+        again = await fed.fetch("hereon", handle.request_id)
+    assert again == data, "the kept copy is fetched again as a bulk transfer"
     assert len(data) == 10 * MiB + 3
     assert data[:512] == bytes(range(256)) * 2
     view = LogView(hereon_cfg.log_path)
@@ -76,6 +78,7 @@ async def test_a_result_ten_times_the_old_limit_reaches_the_caller_instead_of_be
     assert done["data"]["result_hash"] == state.result_hash
     assert done["data"]["object"] == handle.request_id
     assert not view.events("result.lost")
+    assert [e["data"]["request_id"] for e in view.events("result.fetched")] == [handle.request_id]
     report = audit_node(hereon_cfg, world.site("hereon").sign_public)
     assert report.ok, [f.line() for f in report.findings]
 
@@ -127,7 +130,11 @@ async def test_a_large_netcdf_result_is_written_straight_to_the_callers_file(
         await wait_reachable(fed, "hereon", "bulk")
         handle = await fed.submit("hereon.bulk.field", mib=3, timeout=60, result_path=out)
         saved = await handle.result()
+        copy = tmp_path / "copy.nc"
+        fetched = await fed.fetch("hereon", handle.request_id, result_path=copy)
     assert saved == SavedTo(out)
+    assert fetched == SavedTo(copy)
+    assert copy.read_bytes() == out.read_bytes()
     with xr.open_dataarray(out, engine="scipy") as got:
         assert got.size == 3 * MiB // 8
         assert float(got[-1]) == got.size - 1
