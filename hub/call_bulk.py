@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ArgumentPlan", "download", "plan_arguments", "seal_arguments", "upload"]
 
+#: Seconds a caller's receiver waits for the node to send more (a node that died).
+RECEIVE_IDLE = 15.0
 #: The NetCDF suffixes a result may be written to directly.
 _NETCDF = frozenset({".nc", ".nc4", ".netcdf"})
 
@@ -215,6 +217,7 @@ async def receive_result(
             expect_hash=bytes.fromhex(bulk.hash),
             expect_size=bulk.size,
             expect_control=route.control,
+            options=TransferOptions(idle_timeout=RECEIVE_IDLE),
             progress=progress,
             timeout=timeout,
         )

@@ -52,7 +52,7 @@ from hub.envelopes import (
 )
 from hub.errors import CanonicalError, IntegrityError, TransferError, ValidationError
 from hub.keys import KeyPair
-from hub.nats import iter_object, put_object_stream
+from hub.nats import iter_object, put_object_stream, sweep_orphan_chunks
 from hub.records import KeyRecord
 from hub.subjects import RESULTS_BUCKET, validate_identity
 from hub.transfer import (
@@ -334,6 +334,31 @@ class BulkLink:
 
     # -- orphans ---------------------------------------------------------------------------
 
+    def start_sweeping(self, every: float, orphan_age: float) -> None:
+        """Sweep the spool folder and the result bucket now and every ``every`` seconds."""
+
+        async def loop() -> None:
+            while True:
+                await self.sweep_store(orphan_age)
+                await asyncio.sleep(every)
+                self.sweep(older_than=2 * self.options.idle_timeout)
+
+        task = asyncio.get_running_loop().create_task(loop())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def sweep_store(self, orphan_age: float) -> dict[str, int]:
+        """Purge result chunks without an object (a node killed while storing), older than
+        ``orphan_age`` seconds; each purge is logged as ``result.chunks_swept``."""
+        try:
+            purged = await sweep_orphan_chunks(self._js(), RESULTS_BUCKET, older_than=orphan_age)
+        except Exception as exc:  # the bucket unreachable now: the next round tries again
+            log.warning("result.sweep_failed", reason=str(exc) or type(exc).__name__)
+            return {}
+        for subject, count in purged.items():
+            log.warning("result.chunks_swept", subject=subject, messages=count)
+        return purged
+
     def sweep(self, older_than: float = 0.0) -> list[Path]:
         """Remove spool files no live call owns (older than ``older_than`` seconds)."""
         removed: list[Path] = []
@@ -347,6 +372,6 @@ class BulkLink:
                 if stat.st_mtime > limit:
                     continue
                 path.unlink()
-                log.info("transfer.swept", path=path.name, bytes=stat.st_size)
+                log.warning("transfer.swept", path=path.name, bytes=stat.st_size)
                 removed.append(path)
         return removed

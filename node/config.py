@@ -110,6 +110,12 @@ class CallsSection(_Section):
     bulk_threshold: int = Field(0, ge=0)
     #: Sealed bytes in flight per bulk transfer.
     bulk_window: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    #: Seconds a bulk transfer may be silent before the node gives up on it.
+    bulk_idle_timeout: float = Field(30.0, gt=0)
+    #: Seconds between sweeps of orphaned spool files and result chunks.
+    bulk_sweep_every: float = Field(300.0, gt=0)
+    #: Result chunks without an object older than this (seconds) are orphans.
+    bulk_orphan_age: float = Field(600.0, gt=0)
 
 
 #: ``host:port`` or ``[v6]:port`` of the health and metrics endpoint (empty: off).

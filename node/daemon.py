@@ -389,10 +389,11 @@ class NodeDaemon:
             js=self._jetstream,
             spool=self.cfg.node.data_dir / "spool" / str(self.instance),
             threshold=calls.bulk_threshold or calls.max_payload // 2,
-            options=TransferOptions(window=calls.bulk_window),
+            options=TransferOptions(window=calls.bulk_window, idle_timeout=calls.bulk_idle_timeout),
             compress=compressed.__contains__,
         )
         link.sweep()
+        link.start_sweeping(calls.bulk_sweep_every, calls.bulk_orphan_age)
         self.stack.push_async_callback(link.aclose)
         return link
 
