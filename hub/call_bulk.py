@@ -85,8 +85,9 @@ def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
 
 async def seal_arguments(
     plan: ArgumentPlan, content_key: bytes, *, compress: bool, chunk_size: int
-) -> tuple[Path, Bulk]:
-    """Seal the bulk part of ``plan`` into a spool file; its path and descriptor."""
+) -> tuple[Path, Bulk, float]:
+    """Seal the bulk part of ``plan`` into a spool file; its path, descriptor and the
+    fraction compression saved."""
     fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".sealed")
     os.close(fd)
     spool, key, tid = Path(name), bulk_key(content_key), new_transfer_id()
@@ -102,7 +103,7 @@ async def seal_arguments(
                 compress=compress,
                 chunk_size=chunk_size,
             )
-            return spool, describe(info, format="netcdf", arg=arg)
+            return spool, describe(info, format="netcdf", arg=arg), info.saving
         assert plan.encoded is not None
         encoded = plan.encoded
 
@@ -117,7 +118,8 @@ async def seal_arguments(
                     chunk_size=chunk_size,
                 )
 
-        return spool, describe(await asyncio.to_thread(seal))
+        info = await asyncio.to_thread(seal)
+        return spool, describe(info), info.saving
     except BaseException:
         await asyncio.to_thread(spool.unlink, missing_ok=True)
         raise

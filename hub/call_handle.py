@@ -68,6 +68,8 @@ class CallHandle:
     transfer: tuple[str, TransferProgress] | None = None
     #: Where a large NetCDF result is written directly (the result is then a SavedTo).
     result_path: Path | None = None
+    #: With compression: the fraction of the bulk arguments' size it saved.
+    saved: float | None = None
     _transfers: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property

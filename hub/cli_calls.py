@@ -281,6 +281,8 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                 **kwargs,
             )
             print(f"request {handle.request_id}", file=sys.stderr, flush=True)
+            if handle.saved is not None:
+                print(f"compressed arguments: {handle.saved:.0%} saved", file=sys.stderr)
             ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
             try:
                 outcome = await _result_or_interrupt(handle, interrupted)

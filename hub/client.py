@@ -335,10 +335,10 @@ class Client:
         key = sealed.content_key
         assert key is not None  # the sealer always keeps it
         ciphertext = sealed.ciphertext
-        spool, bulk = None, None
+        spool, bulk, saving = None, None, None
         if plan.file is not None or plan.encoded is not None:
             chunk = chunk_size_for(int(self.nc.max_payload))
-            spool, bulk = await call_bulk.seal_arguments(
+            spool, bulk, saving = await call_bulk.seal_arguments(
                 plan, key, compress=compress, chunk_size=chunk
             )
         rid = _new_request_id()
@@ -378,6 +378,7 @@ class Client:
             on_progress,
             on_transfer=on_transfer,
             result_path=result_path,
+            saved=saving if compress else None,
         )
         self._pending[rid] = handle
         subject = call_subject(target.site, target.module, target.function)

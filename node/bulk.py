@@ -198,7 +198,8 @@ class BulkLink:
         key = new_content_key()
         sealed = self.spool / f"{rid}.sealed"
         tid = new_transfer_id()
-        compress = self.compress(header.module)
+        # per module, or per call: a caller that compressed its arguments gets the same
+        compress = self.compress(header.module) or bool(header.bulk and header.bulk.compressed)
         chunk = chunk_size_for(int(self._nc().max_payload))
         if data is None:
             info = await asyncio.to_thread(
@@ -231,8 +232,8 @@ class BulkLink:
                 self.key.box_secret, self.key.box_public, record.box_key_bytes(), key
             )
         }
-        if compress and info.body_size:
-            log.info("call.result_compressed", saving=round(info.saving, 3))
+        if compress:
+            log.info("call.result_compressed", bytes=info.header.total_size, saved=info.saving)
         return SealedResult(sealed, bulk, wraps_to_text(wraps))
 
     async def send_result(

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import xarray as xr
-from support.hostile import LogView, audit_node, wait_reachable
+from support.hostile import LogView, Spy, audit_node, wait_reachable
 from support.world import World
 
 from hub.bulk import NetCDFFile, SavedTo
 from hub.client import Client
+from hub.nats import connect as nats_connect
 from hub.transfer import TransferProgress
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
@@ -140,3 +141,22 @@ async def test_a_large_netcdf_result_is_written_straight_to_the_callers_file(
         assert float(got[-1]) == got.size - 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith("fh-partial")]  # noqa: ASYNC240
     assert not leftovers
+
+
+async def test_a_compressed_call_moves_far_fewer_bytes_both_ways_and_says_what_it_saved(
+    world: World, hereon_cfg: NodeConfig, federation: Federation
+) -> None:
+    da = xr.DataArray(np.zeros(8 * MiB // 8), dims=("x",), name="v")
+    spy_nc = await nats_connect(federation.site_url("geomar"))
+    try:
+        spy = await Spy(spy_nc).start()
+        async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+            await wait_reachable(fed, "hereon", "bulk")
+            handle = await fed.submit("hereon.bulk.shift", da=da, by=1.0, timeout=60, compress=True)
+            result = await handle.result()
+    finally:
+        await spy_nc.close()
+    xr.testing.assert_identical(result, da + 1.0)
+    assert handle.saved is not None and handle.saved > 0.9
+    moved = sum(len(m.data) for m in spy.on("fh.bulk.hereon.") + spy.on("fh.inbox.geomar."))
+    assert moved < 2 * MiB, f"{moved} bytes crossed for 16 MiB of zeros there and back"
