@@ -283,7 +283,7 @@ _CODES: dict[str, tuple[type[FederationError], int]] = {
 def error_from_code(code: str, message: str, hint: str | None = None) -> FederationError:
     """The typed error for a wire error ``code`` (unknown codes: :class:`RemoteError`)."""
     cls, _ = _CODES.get(code, (RemoteError, 500))
-    if issubclass(cls, RemoteError):
+    if issubclass(cls, RemoteError | TransferError):
         return cls(message, code=code, hint=hint)
     return cls(message, hint=hint)
 

@@ -16,8 +16,10 @@ import xarray as xr
 from support.hostile import LogView, Spy, audit_node, wait_reachable
 from support.world import World
 
+from hub import call_bulk
 from hub.bulk import NetCDFFile, SavedTo
 from hub.client import Client
+from hub.errors import TransferError
 from hub.nats import connect as nats_connect
 from hub.transfer import TransferProgress
 from node.config import NodeConfig
@@ -160,3 +162,33 @@ async def test_a_compressed_call_moves_far_fewer_bytes_both_ways_and_says_what_i
     assert handle.saved is not None and handle.saved > 0.9
     moved = sum(len(m.data) for m in spy.on("fh.bulk.hereon.") + spy.on("fh.inbox.geomar."))
     assert moved < 2 * MiB, f"{moved} bytes crossed for 16 MiB of zeros there and back"
+
+
+async def test_a_bulk_argument_other_than_the_signed_one_is_refused_and_the_caller_told_at_once(
+    world: World, hereon_cfg: NodeConfig, federation: Federation, monkeypatch: Any
+) -> None:
+    """A caller (or anyone on the way) that sends other bytes than the request signed: the
+    node refuses them at the open, the call fails once, and the sender hears why."""
+    honest = call_bulk.seal_arguments
+
+    async def swapped(plan: Any, key: bytes, **opts: Any) -> tuple[Path, Any, float]:
+        spool, bulk, saved = await honest(plan, key, **opts)
+        other = call_bulk.ArgumentPlan({}, encoded=b"\x00" * len(plan.encoded))
+        spool2, _, _ = await honest(other, key, **opts)
+        spool2.replace(spool)  # same key, other bytes: not the signed payload hash
+        return spool, bulk, saved
+
+    monkeypatch.setattr(call_bulk, "seal_arguments", swapped)
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        handle = await fed.submit("hereon.bulk.count", data=b"\x07" * (2 * MiB), timeout=120)
+        with pytest.raises(TransferError) as err:
+            await handle.result(timeout=30)  # far below the call's deadline
+        # from the sender (refused) or the node's reply (transfer_failed), whichever is first
+        assert err.value.code in ("refused", "transfer_failed")
+        assert "not the expected one" in err.value.message
+    events = LogView(hereon_cfg.log_path).for_request(handle.request_id)
+    assert [(e["type"], e.get("code")) for e in events] == [
+        ("request.accepted", None),
+        ("request.failed", "transfer_failed"),
+    ]
