@@ -65,6 +65,7 @@ from hub.transfer import (
     seal_stream,
     upload_route,
 )
+from node.config import NodeConfig
 from node.runner import CancelSignal
 
 __all__ = ["BulkLink", "SealedResult"]
@@ -109,6 +110,33 @@ class BulkLink:
         self._live: set[str] = set()  # request ids whose spool files are in use
         self._tasks: set[asyncio.Task[None]] = set()
         spool.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def for_node(
+        cls,
+        cfg: NodeConfig,
+        instance: int,
+        key: KeyPair,
+        nc: NatsClient,
+        js: Callable[[], JetStreamContext],
+    ) -> BulkLink:
+        """The link of node instance ``instance`` as ``cfg`` says (its ``[calls]`` bulk
+        keys, per-module ``compress``), its spool folder swept and the sweeps started."""
+        calls = cfg.calls
+        compressed = {m.name for m in cfg.modules if m.compress}
+        link = cls(
+            site=cfg.node.site,
+            key=key,
+            nc=lambda: nc,
+            js=js,
+            spool=cfg.node.data_dir / "spool" / str(instance),
+            threshold=calls.bulk_threshold or calls.max_payload // 2,
+            options=TransferOptions(window=calls.bulk_window, idle_timeout=calls.bulk_idle_timeout),
+            compress=compressed.__contains__,
+        )
+        link.sweep()
+        link.start_sweeping(calls.bulk_sweep_every, calls.bulk_orphan_age)
+        return link
 
     # -- arguments -------------------------------------------------------------------------
 

@@ -70,7 +70,6 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
-from hub.transfer import TransferOptions
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.bulk import BulkLink
@@ -378,22 +377,11 @@ class NodeDaemon:
         await put_object(self._jetstream(), RESULTS_BUCKET, name, data)
 
     def _bulk_link(self) -> BulkLink:
-        """Bulk arguments and results: this instance's spool folder, swept at start."""
-        calls, nc, eventlog = self.cfg.calls, self.nc, self.eventlog
-        assert nc is not None and eventlog is not None
-        compressed = {m.name for m in self.cfg.modules if m.compress}
-        link = BulkLink(
-            site=self.site,
-            key=eventlog.key,
-            nc=lambda: nc,
-            js=self._jetstream,
-            spool=self.cfg.node.data_dir / "spool" / str(self.instance),
-            threshold=calls.bulk_threshold or calls.max_payload // 2,
-            options=TransferOptions(window=calls.bulk_window, idle_timeout=calls.bulk_idle_timeout),
-            compress=compressed.__contains__,
+        """Bulk arguments and results of this instance (spool folder swept at start)."""
+        assert self.nc is not None and self.eventlog is not None
+        link = BulkLink.for_node(
+            self.cfg, self.instance, self.eventlog.key, self.nc, self._jetstream
         )
-        link.sweep()
-        link.start_sweeping(calls.bulk_sweep_every, calls.bulk_orphan_age)
         self.stack.push_async_callback(link.aclose)
         return link
 

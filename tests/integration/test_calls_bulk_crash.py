@@ -146,7 +146,8 @@ async def test_a_node_killed_while_storing_a_large_result_never_shows_a_partial_
             await handle.result()
         await no_object(federation, handle.request_id)
         node = await spawn(world, cfg)
-        assert "result.chunks_swept" in node.output(), node.output()
+        swept = node
+        await wait_until(lambda: "result.chunks_swept" in swept.output(), 20)
         assert spool_files(cfg) == []
         await no_object(federation, handle.request_id)
         with pytest.raises(NotFoundError):
