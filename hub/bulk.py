@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import mmap
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "chunk_size_for",
     "describe",
     "is_xarray",
+    "map_file",
     "netcdf_engine",
     "open_netcdf",
     "write_netcdf",
@@ -110,6 +113,16 @@ class SavedTo:
     """A result the client wrote straight to a file (``result_path``) instead of memory."""
 
     path: Path
+
+
+def map_file(path: Path) -> memoryview:
+    """The bytes of ``path`` mapped copy-on-write: decoding from it (the codec's arrays
+    are views where aligned) costs no second copy in memory, and the file may be removed
+    while the mapping lives."""
+    with path.open("rb") as source:
+        if os.fstat(source.fileno()).st_size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_COPY))
 
 
 def open_netcdf(path: Path, *, kind: str | None = None, load: bool = False) -> Any:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.client import Client as NatsClient
 
 from hub import codec
-from hub.bulk import NetCDFFile, SavedTo, bulk_key, describe, open_netcdf
+from hub.bulk import NetCDFFile, SavedTo, bulk_key, describe, map_file, open_netcdf
 from hub.envelopes import Bulk, ReplyHeader
 from hub.errors import ConfigError, FederationError, TransferError
 from hub.transfer import (
@@ -237,4 +237,4 @@ def open_received(path: Path, bulk: Bulk) -> Any:
     """The value of a received result: decoded, or a NetCDF file loaded into memory."""
     if bulk.format == "netcdf":
         return open_netcdf(path, kind=bulk.xarray, load=True)
-    return codec.decode(path.read_bytes())
+    return codec.decode(map_file(path))

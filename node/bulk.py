@@ -38,6 +38,7 @@ from hub.bulk import (
     chunk_size_for,
     describe,
     is_xarray,
+    map_file,
     open_netcdf,
     write_netcdf,
 )
@@ -50,7 +51,13 @@ from hub.envelopes import (
     unpack_stored_result,
     wraps_to_text,
 )
-from hub.errors import CanonicalError, IntegrityError, TransferError, ValidationError
+from hub.errors import (
+    CanonicalError,
+    IntegrityError,
+    OversizeError,
+    TransferError,
+    ValidationError,
+)
 from hub.keys import KeyPair
 from hub.nats import iter_object, put_object_stream, sweep_orphan_chunks
 from hub.records import KeyRecord
@@ -94,6 +101,7 @@ class BulkLink:
         js: Callable[[], JetStreamContext],
         spool: Path,
         threshold: int,
+        max_size: int = 0,
         options: TransferOptions | None = None,
         compress: Callable[[str], bool] = lambda module: False,
         store_timeout: float = 60.0,
@@ -104,6 +112,7 @@ class BulkLink:
         self._js = js
         self.spool = spool
         self.threshold = threshold
+        self.max_size = max_size
         self.options = options or TransferOptions()
         self.compress = compress
         self.store_timeout = store_timeout
@@ -131,6 +140,7 @@ class BulkLink:
             js=js,
             spool=cfg.node.data_dir / "spool" / str(instance),
             threshold=calls.bulk_threshold or calls.max_payload // 2,
+            max_size=calls.bulk_max_size,
             options=TransferOptions(window=calls.bulk_window, idle_timeout=calls.bulk_idle_timeout),
             compress=compressed.__contains__,
         )
@@ -155,6 +165,12 @@ class BulkLink:
         """
         bulk = header.bulk
         assert bulk is not None
+        if self.max_size and bulk.size > self.max_size:
+            raise OversizeError(
+                f"the arguments are {bulk.size:,} bytes; this site takes at most "
+                f"{self.max_size:,} per call",
+                hint="pass less data per call, or ask the operator to raise bulk_max_size",
+            )
         rid = header.id
         caller = validate_identity(header.caller)
         route = upload_route(caller.site, caller.name, self.site, bulk.token)
@@ -189,9 +205,9 @@ class BulkLink:
                     f"argument {bulk.arg!r} is no readable NetCDF: {exc}"
                 ) from exc
         try:
-            data = await asyncio.to_thread(dest.read_bytes)
-            dest.unlink(missing_ok=True)
-            return codec.decode_many(data, max_size=max(len(data), 1) * 4)
+            data = await asyncio.to_thread(map_file, dest)
+            dest.unlink(missing_ok=True)  # the mapping keeps the bytes until it is dropped
+            return codec.decode_many(data, max_size=max(len(data), 1))
         except CanonicalError as exc:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
 

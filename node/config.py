@@ -108,6 +108,8 @@ class CallsSection(_Section):
     #: Arguments and results above this many bytes travel as bulk transfers (0: half of
     #: ``max_payload``); see docs/deploy.md, "Large payloads".
     bulk_threshold: int = Field(0, ge=0)
+    #: Largest bulk argument a call may send, in bytes (0: no limit but the disk).
+    bulk_max_size: int = Field(0, ge=0)
     #: Sealed bytes in flight per bulk transfer.
     bulk_window: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     #: Seconds a bulk transfer may be silent before the node gives up on it.

@@ -19,7 +19,7 @@ from support.world import World
 from hub import call_bulk
 from hub.bulk import NetCDFFile, SavedTo
 from hub.client import Client
-from hub.errors import TransferError
+from hub.errors import OversizeError, TransferError
 from hub.nats import connect as nats_connect
 from hub.transfer import TransferProgress
 from node.config import NodeConfig
@@ -191,4 +191,21 @@ async def test_a_bulk_argument_other_than_the_signed_one_is_refused_and_the_call
     assert [(e["type"], e.get("code")) for e in events] == [
         ("request.accepted", None),
         ("request.failed", "transfer_failed"),
+    ]
+
+
+async def test_an_argument_above_the_sites_bulk_limit_fails_at_once_as_oversize(
+    world: World, federation: Federation, unique: Any
+) -> None:
+    cfg = node_config(world, federation, unique, bulk_threshold=MiB, bulk_max_size=2 * MiB)
+    async with NodeDaemon(cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        handle = await fed.submit("hereon.bulk.count", data=b"\x01" * (3 * MiB), timeout=120)
+        with pytest.raises(OversizeError, match="at most"):
+            await handle.result(timeout=30)
+        assert await fed.call("hereon.bulk.count", data=b"\x01" * MiB, timeout=30) == MiB
+    events = LogView(cfg.log_path).for_request(handle.request_id)
+    assert [(e["type"], e.get("code")) for e in events] == [
+        ("request.accepted", None),
+        ("request.failed", "oversize"),
     ]
