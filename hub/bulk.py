@@ -155,11 +155,24 @@ def netcdf_engine() -> str:
 
 
 def write_netcdf(value: Any, path: Path) -> str:
-    """Write an xarray value to ``path``; return ``DataArray`` or ``Dataset``."""
+    """Write an xarray value to ``path``; return ``DataArray`` or ``Dataset``.
+
+    Raises ValueError when the file would not give the value back as it is (an engine
+    may narrow a dtype it cannot store, e.g. NetCDF3 and int64): then send it otherwise.
+    """
     import xarray as xr
 
     kind = "DataArray" if isinstance(value, xr.DataArray) else "Dataset"
     value.to_netcdf(path, engine=netcdf_engine())
+    if kind == "DataArray":
+        name = value.name if value.name is not None else "__xarray_dataarray_variable__"
+        value = value.to_dataset(name=name)
+    wanted = {str(k): str(v.dtype) for k, v in value.variables.items()}
+    with xr.open_dataset(path, engine=netcdf_engine()) as written:
+        got = {str(k): str(v.dtype) for k, v in written.variables.items()}
+    if got != wanted:
+        changed = sorted(k for k in wanted if got.get(k) != wanted[k])
+        raise ValueError(f"NetCDF would not keep the dtypes of {', '.join(changed)}")
     return kind
 
 

@@ -230,11 +230,15 @@ class BulkLink:
         rid = header.id
         plain = self.spool / f"{rid}.result"
         kind: str | None = None
+        data: bytes | None = None
         if is_xarray(value) and int(getattr(value, "nbytes", 0)) > self.threshold:
             self._live.add(rid)
-            kind = await asyncio.to_thread(write_netcdf, value, plain)
-            data = None
-        else:
+            try:
+                kind = await asyncio.to_thread(write_netcdf, value, plain)
+            except Exception as exc:  # e.g. a dtype NetCDF3 cannot hold: the codec can
+                await asyncio.to_thread(plain.unlink, missing_ok=True)
+                log.info("call.result_not_netcdf", reason=str(exc)[:200])
+        if kind is None:
             data = codec.encode(value)
             if len(data) <= self.threshold:
                 return data

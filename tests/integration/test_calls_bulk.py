@@ -209,3 +209,13 @@ async def test_an_argument_above_the_sites_bulk_limit_fails_at_once_as_oversize(
         ("request.accepted", None),
         ("request.failed", "oversize"),
     ]
+
+
+async def test_a_large_xarray_result_netcdf_cannot_hold_comes_back_through_the_codec(
+    world: World, hereon_cfg: NodeConfig, federation: Federation
+) -> None:
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        result = await fed.call("hereon.bulk.ints", mib=2, timeout=60)
+    assert result.dtype == np.int64
+    assert result.size == 2 * MiB // 8 and int(result[-1]) == result.size - 1
