@@ -644,6 +644,11 @@ class Client:
                 handle._track(asyncio.get_running_loop().create_task(job))
             elif h.kind == "result":
                 handle._settle(self._open_result(h.wraps, reply.body, handle._node_box_key))
+            elif h.code == "duplicate":
+                # a redelivered copy of this call, answered by the node as ended: its
+                # outcome was sent before. Being received now, or lost: then ask for it
+                if not handle._transfers:
+                    self._recover_soon(handle, False)
             else:
                 message = h.message or ""
                 if reply.body:

@@ -63,6 +63,7 @@ from hub.nats import iter_object, put_object_stream, sweep_orphan_chunks
 from hub.records import KeyRecord
 from hub.subjects import RESULTS_BUCKET, validate_identity
 from hub.transfer import (
+    DEFAULT_ACK_EVERY,
     Receiver,
     Sender,
     TransferOptions,
@@ -141,7 +142,11 @@ class BulkLink:
             spool=cfg.node.data_dir / "spool" / str(instance),
             threshold=calls.bulk_threshold or calls.max_payload // 2,
             max_size=calls.bulk_max_size,
-            options=TransferOptions(window=calls.bulk_window, idle_timeout=calls.bulk_idle_timeout),
+            options=TransferOptions(
+                window=calls.bulk_window,
+                ack_every=min(DEFAULT_ACK_EVERY, calls.bulk_window // 4),
+                idle_timeout=calls.bulk_idle_timeout,
+            ),
             compress=compressed.__contains__,
         )
         link.sweep()

@@ -394,6 +394,7 @@ class Pipeline:
         h, rid = job.header, job.header.id
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
+        ka: KeepAlive | None = None
         try:
             cancel = CancelSignal()
             if self.cancel_early.pop(rid, None) is not None:
@@ -419,8 +420,6 @@ class Pipeline:
                     cancel=cancel,
                 )
             finally:
-                if ka is not None:
-                    ka.stop()
                 self.running.pop(rid, None)
                 await reporter.close()
             return await self._complete(job, value, started, deadline)
@@ -429,6 +428,11 @@ class Pipeline:
         except Exception as exc:  # every other failure ends the request, exactly once
             return await self._fail(h, job.content_key, exc, started)
         finally:
+            # kept alive until the call has ended: sending and keeping a large result
+            # takes longer than ack_wait, and a redelivery meanwhile would be answered
+            # as a copy of an ended call
+            if ka is not None:
+                ka.stop()
             self.in_flight -= 1
             if self.bulk is not None:
                 self.bulk.release(rid)

@@ -7,6 +7,7 @@ The thresholds are lowered here so that a few MiB exercise the same path as a Gi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,3 +220,20 @@ async def test_a_large_xarray_result_netcdf_cannot_hold_comes_back_through_the_c
         result = await fed.call("hereon.bulk.ints", mib=2, timeout=60)
     assert result.dtype == np.int64
     assert result.size == 2 * MiB // 8 and int(result[-1]) == result.size - 1
+
+
+async def test_a_result_that_takes_longer_than_ack_wait_to_send_is_not_answered_as_a_copy(
+    world: World, federation: Federation, unique: Any
+) -> None:
+    """The node keeps the call's message alive while it sends and keeps the result, so the
+    server does not deliver it again meanwhile (a copy would be answered "already ended")."""
+    cfg = node_config(
+        world, federation, unique, bulk_threshold=MiB, ack_wait=0.3, bulk_window=64 * 1024
+    )
+    async with NodeDaemon(cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        started = asyncio.get_running_loop().time()
+        result = await fed.call("hereon.bulk.field", mib=40, timeout=120)
+        took = asyncio.get_running_loop().time() - started
+    assert result.size == 40 * MiB // 8
+    assert took > 0.3, "the send outlasted ack_wait, or this test shows nothing"
