@@ -10,14 +10,17 @@ call at once with its typed error (TransferError: cancelled, timeout, refused, i
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from nats.aio.client import Client as NatsClient
 
 from hub import codec
@@ -42,10 +45,42 @@ if TYPE_CHECKING:
 
 __all__ = ["ArgumentPlan", "download", "plan_arguments", "seal_arguments", "upload"]
 
+log = structlog.get_logger(__name__)
+
 #: Seconds a caller's receiver waits for the node to send more (a node that died).
 RECEIVE_IDLE = 15.0
 #: The NetCDF suffixes a result may be written to directly.
 _NETCDF = frozenset({".nc", ".nc4", ".netcdf"})
+
+
+def spool_dir() -> Path:
+    """This process's spool folder: ``<temp>/fedhub-spool-<uid>/<pid>``.
+
+    Made on first use, after removing the folders of processes that no longer run (a
+    caller killed mid-transfer), each logged as ``client.spool_swept``; removed at exit.
+    """
+    root = Path(tempfile.gettempdir()) / f"fedhub-spool-{os.getuid()}"
+    mine = root / str(os.getpid())
+    if not mine.is_dir():
+        root.mkdir(mode=0o700, exist_ok=True)
+        for folder in root.iterdir():
+            if folder.name.isdigit() and not _alive(int(folder.name)):
+                size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+                shutil.rmtree(folder, ignore_errors=True)
+                log.warning("client.spool_swept", path=str(folder), bytes=size)
+        mine.mkdir(mode=0o700, exist_ok=True)
+        atexit.register(shutil.rmtree, mine, ignore_errors=True)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +123,7 @@ async def seal_arguments(
 ) -> tuple[Path, Bulk, float]:
     """Seal the bulk part of ``plan`` into a spool file; its path, descriptor and the
     fraction compression saved."""
-    fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".sealed")
+    fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".sealed", dir=spool_dir())
     os.close(fd)
     spool, key, tid = Path(name), bulk_key(content_key), new_transfer_id()
     try:
@@ -207,7 +242,7 @@ async def receive_result(
         assert result_path is not None
         dest = result_path
     else:
-        fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".result")
+        fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".result", dir=spool_dir())
         os.close(fd)
         dest = Path(name)
     try:

@@ -172,7 +172,9 @@ async def test_a_caller_killed_during_an_upload_ends_its_call_once_at_the_node(
         FEDHUB_HOME=str(world.store.home),
         FEDHUB_URL=federation.site_url("geomar"),
         FEDHUB_IDENTITY=CALLER,
+        TMPDIR=str(tmp := tmp_path / "tmp"),
     )
+    tmp.mkdir()
     node = await spawn(world, cfg)
     try:
         await wait_reachable(fed, "hereon", "bulk")
@@ -194,5 +196,18 @@ async def test_a_caller_killed_during_an_upload_ends_its_call_once_at_the_node(
         assert outcomes(cfg, rid) == [("request.accepted", None), ("request.failed", "timeout")]
         await wait_until(lambda: spool_files(cfg) == [], 10)
         await no_object(federation, rid)
+        # the killed caller's own spool folder is removed by the next caller that needs one
+        spools = tmp / f"fedhub-spool-{os.getuid()}"
+        assert [p.name for p in spools.iterdir()] == [str(proc.pid)]
+        again = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "hub.cli", "call", "hereon.bulk.total", f"da=@{source}"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(again.communicate(), 120)
+        assert again.returncode == 0, err.decode()
+        assert float(out) == 200 * MiB // 8
+        assert [p.name for p in spools.iterdir()] == [], "both callers' folders are gone"
     finally:
         await asyncio.to_thread(node.stop)
