@@ -23,7 +23,7 @@ from hub.client import Client
 from hub.errors import OversizeError, TransferError
 from hub.nats import connect as nats_connect
 from hub.transfer import TransferProgress
-from node.config import NodeConfig
+from node.config import NodeConfig, load_config
 from node.daemon import NodeDaemon
 
 if TYPE_CHECKING:
@@ -237,3 +237,27 @@ async def test_a_result_that_takes_longer_than_ack_wait_to_send_is_not_answered_
         took = asyncio.get_running_loop().time() - started
     assert result.size == 40 * MiB // 8
     assert took > 0.3, "the send outlasted ack_wait, or this test shows nothing"
+
+
+async def test_a_module_configured_to_compress_sends_its_large_results_compressed(
+    world: World, federation: Federation, unique: Any
+) -> None:
+    cfg = node_config(world, federation, unique, bulk_threshold=MiB)
+    assert cfg.source is not None
+    text = cfg.source.read_text().replace(
+        'executor = "thread"', 'executor = "thread"\ncompress = true'
+    )
+    cfg.source.write_text(text)
+    cfg = load_config(cfg.source)
+    assert [m.compress for m in cfg.modules] == [True]
+    spy_nc = await nats_connect(federation.site_url("geomar"))
+    try:
+        spy = await Spy(spy_nc).start()
+        async with NodeDaemon(cfg), await client(world, federation) as fed:
+            await wait_reachable(fed, "hereon", "bulk")
+            data = await fed.call("hereon.bulk.blob", size=8 * MiB, timeout=60)
+    finally:
+        await spy_nc.close()
+    assert data == bytes(range(256)) * (8 * MiB // 256)
+    moved = sum(len(m.data) for m in spy.on("fh.inbox.geomar."))
+    assert moved < MiB, f"{moved} bytes crossed for an 8 MiB result that compresses well"
