@@ -558,6 +558,8 @@ class Client:
     def _recover_soon(self, handle: CallHandle, last: bool) -> None:
         if self._closed or handle.done() or handle.request_id in self._recovering:
             return
+        if handle._transfers:  # its arguments or its result are moving: nothing is lost
+            return
         task = asyncio.get_running_loop().create_task(self.recover(handle, last=last))
         self._recovering[handle.request_id] = task
         task.add_done_callback(lambda _: self._recovering.pop(handle.request_id, None))
@@ -606,7 +608,10 @@ class Client:
         rid = handle.request_id
         if state.state == RequestState.COMPLETED:
             if state.result_object:
-                return await self._fetch(handle.site, state, timeout=timeout), None
+                value = await self._fetch(
+                    handle.site, state, timeout=timeout, result_path=handle.result_path
+                )
+                return value, None
             if last:
                 return None, NotFoundError(
                     f"{handle.address} completed at the node, but its reply was lost and no "
