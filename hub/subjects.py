@@ -32,6 +32,8 @@ from hub.errors import ConfigError
 __all__ = [
     "CALLS_CONSUMER",
     "CALLS_STREAM",
+    "DIRECTORY_OUT_STREAM",
+    "DIRECTORY_STREAM",
     "DISCOVERY_SUBJECT",
     "EVENTS_STREAM",
     "RESULTS_BUCKET",
@@ -44,6 +46,8 @@ __all__ = [
     "bulk_subject",
     "call_subject",
     "calls_filter",
+    "directory_filter",
+    "directory_subject",
     "events_filter",
     "events_subject",
     "hub_events_stream",
@@ -70,6 +74,11 @@ DISCOVERY_SUBJECT = f"{SUBJECT_ROOT}.discover.info"
 CALLS_STREAM = "FH_CALLS"
 #: Stream of a site's event logs (one per site JetStream domain; the hub sources it).
 EVENTS_STREAM = "FH_EVENTS"
+#: A site's own directory records (signed), sourced by the hub's :data:`DIRECTORY_STREAM`.
+DIRECTORY_OUT_STREAM = "FH_DIR"
+#: The federation-wide directory: on the hub (sourcing every site's ``FH_DIR``) and, as a
+#: copy sourcing the hub's, in every site's domain.
+DIRECTORY_STREAM = "FH_DIRECTORY"
 #: Object Store bucket holding a site's encrypted results.
 RESULTS_BUCKET = "fh-results"
 #: Durable pull consumer on :data:`CALLS_STREAM` shared by a site's node workers.
@@ -265,6 +274,16 @@ def events_subject(site: str, node: str) -> str:
 def events_filter(site: str) -> str:
     """Return ``fh.events.<site>.>``: every node log of ``site`` (FH_EVENTS's subjects)."""
     return f"{SUBJECT_ROOT}.events.{validate_site(site)}.>"
+
+
+def directory_filter(site: str) -> str:
+    """Return ``fh.dir.<site>.>``: the directory records ``site`` publishes (FH_DIR)."""
+    return f"{SUBJECT_ROOT}.dir.{validate_site(site)}.>"
+
+
+def directory_subject(site: str, kind: str, token: str) -> str:
+    """Return ``fh.dir.<site>.<kind>.<token>``: one signed record of ``site``."""
+    return f"{SUBJECT_ROOT}.dir.{validate_site(site)}.{kind}.{token}"
 
 
 def info_subject(site: str, module: str) -> str:

@@ -70,12 +70,13 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
-from node.admin import DirectoryState, apply_admin, load_directory
+from node.admin import DirectoryState, apply_admin, directory_events, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
 from node.eventlog import EventLog, StoredEvent
+from node.fedsync import DirectorySync
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.natslink import NatsLink, safe_url
@@ -107,6 +108,8 @@ class NodeDaemon:
         self.pipeline: Pipeline | None = None
         self.directory: Directory | None = None
         self.consumer: CallConsumer | None = None
+        #: The federation-wide directory watch (None until started).
+        self.dirsync: DirectorySync | None = None
         self.dispatcher: Dispatcher | None = None
         self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
@@ -198,6 +201,7 @@ class NodeDaemon:
             )
         )
         await self._start_consumer()
+        await self._start_directory_sync()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
         log.info(
@@ -233,6 +237,8 @@ class NodeDaemon:
         # stop requesting calls; a call the server still delivers is handed back at once
         if self.consumer is not None:
             await self.consumer.close()
+        if self.dirsync is not None:
+            await self.dirsync.close()
         await self._finish_calls()
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
@@ -470,6 +476,18 @@ class NodeDaemon:
             await self.writer.append(*state.pending)
         return state.directory
 
+    async def _start_directory_sync(self) -> None:
+        """Watch the federation-wide directory and apply its records live (fedsync)."""
+        assert self.nc is not None and self.directory is not None and self.writer is not None
+        self.dirsync = DirectorySync(self.nc, self.site, self.directory, self.writer.append)
+        self.stack.push_async_callback(self.dirsync.close)
+        eventlog = self.eventlog
+        assert eventlog is not None
+        logged = await self.writer.call(lambda: directory_events(eventlog))
+        assert isinstance(logged, list)
+        await self.dirsync.start()
+        await self.dirsync.publish_own(logged)
+
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None
         states = sorted(UNFINISHED)
@@ -537,7 +555,8 @@ class NodeDaemon:
         assert self.directory is not None and self.writer is not None
         answer: BaseModel | FederationError
         try:
-            answer = await apply_admin(self.directory, self.writer.append, msg.data)
+            publish = self.dirsync.publish if self.dirsync is not None else None
+            answer = await apply_admin(self.directory, self.writer.append, msg.data, publish)
         except RemoteError as exc:
             log.warning("admin.refused", reason=exc.message)
             answer = exc
