@@ -21,6 +21,7 @@ Every refusal is an :class:`~hub.errors.UnauthorizedError` saying what is missin
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,10 +42,17 @@ from hub.records import (
     open_record,
 )
 
-__all__ = ["RECORD_KINDS", "Directory", "Grant"]
+__all__ = ["RECORD_KINDS", "Directory", "Grant", "record_token"]
 
 #: Kinds of records in the federation-wide directory (the subject's kind token).
 RECORD_KINDS = ("key", "revocation", "grant", "group")
+
+
+def record_token(signed: SignedRecord) -> str:
+    """The subject token of a record in the federation directory: a hash of its signed
+    bytes (the same record, the same token; a receiver checks the two agree)."""
+    digest = hashlib.blake2b(f"{signed.record}.{signed.sig}".encode(), digest_size=16)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ from node.natslink import NatsLink, safe_url
 from node.observability import NodeMetrics
 from node.pipeline import Pipeline
 from node.runner import Runner
+from node.witness import NodeWitness
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -110,6 +111,8 @@ class NodeDaemon:
         self.consumer: CallConsumer | None = None
         #: The federation-wide directory watch (None until started).
         self.dirsync: DirectorySync | None = None
+        #: This node as a witness of other sites' logs (None until started).
+        self.witness: NodeWitness | None = None
         self.dispatcher: Dispatcher | None = None
         self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
@@ -230,7 +233,9 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
-        background = [t for t in self._tasks if t.get_name() in ("status-file", "checkpoints")]
+        background = [
+            t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "witness")
+        ]
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -479,14 +484,27 @@ class NodeDaemon:
     async def _start_directory_sync(self) -> None:
         """Watch the federation-wide directory and apply its records live (fedsync)."""
         assert self.nc is not None and self.directory is not None and self.writer is not None
+        assert self._node_key_record is not None
         self.dirsync = DirectorySync(self.nc, self.site, self.directory, self.writer.append)
         self.stack.push_async_callback(self.dirsync.close)
         eventlog = self.eventlog
         assert eventlog is not None
         logged = await self.writer.call(lambda: directory_events(eventlog))
         assert isinstance(logged, list)
+        self.witness = NodeWitness(
+            eventlog,
+            self.site,
+            self.directory.trusted_sites,
+            self._node_key_record,
+            call=self.writer.call,
+            append=self.writer.append,
+            publish=self.dirsync.publish_bytes,
+        )
+        await self.writer.call(self.witness.load)
+        self.dirsync.witness = self.witness
         await self.dirsync.start()
         await self.dirsync.publish_own(logged)
+        self._spawn(self.witness.publish_checkpoints(), "witness")
 
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None

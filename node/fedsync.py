@@ -14,7 +14,6 @@ and logged as ``directory.record_ignored``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,14 +28,15 @@ from nats.js import api
 from pydantic import BaseModel, ValidationError
 
 from hub.crypto import key_id
-from hub.directory import RECORD_KINDS, Directory
+from hub.directory import RECORD_KINDS, Directory, record_token
 from hub.errors import FederationError, TransportError
 from hub.errors import ValidationError as RecordError
 from hub.nats.dirstreams import ensure_site_directory
 from hub.records import SignedRecord
 from hub.subjects import DIRECTORY_STREAM, SUBJECT_ROOT, directory_subject
+from hub.witness import WITNESS_KINDS
 
-__all__ = ["DirectorySync", "Ignored", "record_token"]
+__all__ = ["DirectorySync", "Ignored"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +56,6 @@ def _published_form(data: dict[str, Any]) -> tuple[str, SignedRecord | None]:
     if not kind:
         return "", None
     return kind, SignedRecord.model_validate(data[name])
-
-
-def record_token(signed: SignedRecord) -> str:
-    """A subject token naming one signed record (the same record, the same token)."""
-    digest = hashlib.blake2b(f"{signed.record}.{signed.sig}".encode(), digest_size=16)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +79,8 @@ class DirectorySync:
         #: Records applied from the directory stream (not counting those already held).
         self.applied = 0
         self._sub: Subscription | None = None
+        #: Takes the witness records (checkpoints of other logs); None: not a witness.
+        self.witness: Any = None
 
     async def start(self) -> None:
         """Ensure the site's directory streams and watch the federation's records."""
@@ -112,11 +108,14 @@ class DirectorySync:
 
     async def publish(self, kind: str, signed: SignedRecord) -> None:
         """Publish a record of this site to its ``FH_DIR`` (stored once, whoever sends it)."""
-        token = record_token(signed)
+        await self.publish_bytes(kind, signed.model_dump_json().encode(), record_token(signed))
+
+    async def publish_bytes(self, kind: str, data: bytes, token: str) -> None:
+        """Publish ``data`` as ``fh.dir.<site>.<kind>.<token>`` (the token names the content)."""
         try:
             await self.nc.jetstream().publish(
                 directory_subject(self.site, kind, token),
-                signed.model_dump_json().encode(),
+                data,
                 headers={"Nats-Msg-Id": token},
                 timeout=10,
             )
@@ -150,6 +149,10 @@ class DirectorySync:
     async def _on_record(self, msg: Msg) -> None:
         kind = msg.subject.split(".")[3] if msg.subject.count(".") >= 4 else ""
         received = time.monotonic()
+        if kind in WITNESS_KINDS:
+            if self.witness is not None:
+                await self.witness.on_notice(kind, msg.data)
+            return
         try:
             if kind not in RECORD_KINDS:
                 raise RecordError(f"unknown directory record kind {kind!r}")
@@ -157,6 +160,8 @@ class DirectorySync:
                 signed = SignedRecord.model_validate_json(msg.data)
             except ValidationError as exc:
                 raise RecordError(f"not a signed record ({exc.error_count()} errors)") from exc
+            if not msg.subject.endswith(f".{record_token(signed)}"):
+                raise RecordError("the subject does not name the record it carries")
             event = self.directory.apply_published(kind, signed)
         except FederationError as exc:
             self.ignored.append(Ignored(msg.subject, exc.message))

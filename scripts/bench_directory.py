@@ -38,6 +38,7 @@ from hub.canonical import b64e
 from hub.client import Client
 from hub.cliutil import configure_logging
 from hub.clock import now
+from hub.directory import record_token
 from hub.errors import FederationError, UnauthorizedError
 from hub.keys import KeyPair, KeyStore
 from hub.nats import LocalFederation, connect
@@ -48,7 +49,6 @@ from node.admin import admin_message
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
 from node.daemon import NodeDaemon
-from node.fedsync import record_token
 
 LIMIT = 30.0  # seconds one measurement may take before the round is abandoned
 
