@@ -181,7 +181,8 @@ async def test_every_other_site_vouches_for_hereons_checkpoints_and_the_cli_says
     assert site.ok, site.problems()
     assert site.witness is not None and site.witness.vouchers(log_id) == 2
     # the CLI pins the key store's site keys: every site of this world
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "hub.cli", "audit", "--all", "--url", fed.hub_url],
         capture_output=True,
         text=True,
