@@ -25,6 +25,7 @@ from hub.audit.hubcopy import CopiedLog, hub_sites, read_site_copy
 from hub.errors import ConfigError
 from hub.nats.config import HUB_DOMAIN
 from hub.nats.connection import connect
+from hub.records import SignedRecord
 from hub.witness import WitnessView, read_witness_view
 
 __all__ = ["SiteAudit", "audit_hub", "cmd_audit_hub"]
@@ -125,16 +126,38 @@ def audit_hub(
         for site, logs in copies.items():
             result = SiteAudit(site, witness=view)
             for log in logs:
-                report = audit_events(
-                    log.raw_events(),
-                    trusted_sites=trusted,
-                    receipts=view.receipts(log.log_id),
-                    verify_signatures=verify_signatures,
-                    threads=threads,
-                )
+                opts: dict[str, Any] = {
+                    "trusted_sites": trusted,
+                    "verify_signatures": verify_signatures,
+                    "threads": threads,
+                }
+                report = audit_events(log.raw_events(), **opts)
+                receipts = _witnessed(log, report, view)
+                if receipts:  # again, holding what the witnesses saw against the log
+                    report = audit_events(log.raw_events(), receipts=receipts, **opts)
                 result.logs.append((log, report))
             results.append(result)
     return results
+
+
+def _witnessed(log: CopiedLog, report: AuditReport, view: WitnessView) -> list[SignedRecord]:
+    """The checkpoints of ``log`` witnesses cosigned or disputed that a node key of the log
+    signed (others prove nothing about it, and a witness must not fail a site with them)."""
+    node_kids = {
+        kid
+        for kid, key in report.keys.items()
+        if key["role"] == "node"
+        and log.log_id is not None
+        and log.log_id.startswith(key["identity"])
+    }
+    receipts = view.receipts(log.log_id)
+    kept = [r for r in receipts if r.signer in node_kids]
+    if len(kept) < len(receipts):
+        view.problems.append(
+            f"{len(receipts) - len(kept)} witnessed checkpoint(s) of {log.log_id} are not "
+            "signed by a node key of it (ignored)"
+        )
+    return kept
 
 
 def cmd_audit_hub(args: argparse.Namespace, trusted: dict[str, bytes] | None) -> int:

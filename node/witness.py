@@ -132,7 +132,6 @@ class NodeWitness:
         except FederationError as exc:
             log.warning("witness.notice_ignored", log=proof.log, reason=exc.message)
             return
-        self.judged.append((judgement.action, judgement.log, _size(judgement.checkpoint)))
         if judgement.action == "cosign":
             await self._cosign(judgement.checkpoint)
         elif judgement.action == "conflict":
@@ -144,6 +143,8 @@ class NodeWitness:
                 reason=judgement.reason,
                 detail=judgement.detail,
             )
+        # after it was logged and published
+        self.judged.append((judgement.action, judgement.log, _size(judgement.checkpoint)))
 
     async def _cosign(self, checkpoint: SignedRecord) -> None:
         key = self.eventlog.key

@@ -22,7 +22,7 @@ from hub.clock import now
 from hub.errors import UnauthorizedError
 from hub.nats import LocalFederation
 from hub.nats import connect as nats_connect
-from hub.nats.dirstreams import ensure_hub_directory
+from hub.nats.dirstreams import ensure_hub_directory, ensure_site_directory
 from hub.records import GrantRecord, GroupRecord, Revocation, SignedRecord, sign_record
 from hub.subjects import admin_subject
 from node.admin import admin_message
@@ -38,6 +38,12 @@ LIMIT = 15.0  # seconds a record may take to reach every site (it takes millisec
 async def fed(federation_factory: Callable[..., Awaitable[LocalFederation]]) -> LocalFederation:
     """A federation of this test's own, with the hub's directory stream."""
     federation = await federation_factory()
+    for site in federation.sites:  # the sites' streams first: a source waits for its origin
+        nc = await nats_connect(federation.site_url(site))
+        try:
+            await ensure_site_directory(nc.jetstream(), site)
+        finally:
+            await nc.close()
     hub = await nats_connect(federation.hub_url)
     try:
         await ensure_hub_directory(hub.jetstream(domain="hub"), federation.sites)

@@ -26,9 +26,10 @@ from hub.audit.hubcopy import read_site_copy
 from hub.client import Client
 from hub.fedaudit import audit_hub
 from hub.logfile import iter_jsonl, iter_sqlite
-from hub.nats import LocalFederation, source_site_events
+from hub.nats import LocalFederation, ensure_site_streams, source_site_events
 from hub.nats import connect as nats_connect
-from hub.nats.dirstreams import ensure_hub_directory
+from hub.nats.dirstreams import ensure_hub_directory, ensure_site_directory
+from hub.witness import WitnessView, read_witness_view
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -42,6 +43,13 @@ FAST_CHECKPOINTS = {"checkpoint_seconds": 0.2}
 async def fed(federation_factory: Callable[..., Awaitable[LocalFederation]]) -> LocalFederation:
     """Three sites; the hub copies every site's events and keeps the directory."""
     federation = await federation_factory(SITES)
+    for site in SITES:  # the sites' streams first: a source waits for its origin
+        nc = await nats_connect(federation.site_url(site))
+        try:
+            await ensure_site_streams(nc.jetstream(), site)
+            await ensure_site_directory(nc.jetstream(), site)
+        finally:
+            await nc.close()
     hub = await nats_connect(federation.hub_url)
     try:
         js = hub.jetstream(domain="hub")
@@ -93,6 +101,17 @@ async def hub_copy_size(fed: LocalFederation, folder: Path) -> int:
     finally:
         await nc.close()
     return sum(log.events for log in logs)
+
+
+async def hub_view(fed: LocalFederation, world: World) -> WitnessView:
+    """What the witnesses published, as the hub holds it (checked with the pinned keys)."""
+    nc = await nats_connect(fed.hub_url)
+    try:
+        view = await read_witness_view(nc.jetstream(domain="hub"))
+    finally:
+        await nc.close()
+    view.verify(pinned(world))
+    return view
 
 
 def cosigned(node: NodeDaemon, log: str, size: int | None = None) -> bool:
@@ -177,6 +196,10 @@ async def test_every_other_site_vouches_for_hereons_checkpoints_and_the_cli_says
         )
         assert disputes(geomar) == disputes(awi) == []
 
+    async def both_at_the_hub() -> bool:
+        return (await hub_view(fed, world)).vouchers(log_id) == 2
+
+    await wait_until(both_at_the_hub, LIMIT)
     [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
     assert site.ok, site.problems()
     assert site.witness is not None and site.witness.vouchers(log_id) == 2
@@ -214,6 +237,11 @@ async def test_a_site_that_rewrites_its_log_after_a_witnessed_checkpoint_is_caug
             await some_calls(world, fed, 5)
             await wait_until(lambda: bool(disputes(geomar)), LIMIT)
         assert {(action, log) for action, log, _ in disputes(geomar)} == {("conflict", log_id)}
+
+    async def evidence_at_the_hub() -> bool:
+        return bool((await hub_view(fed, world)).evidence_lines(log_id))
+
+    await wait_until(evidence_at_the_hub, LIMIT)
 
     [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
     assert not site.ok
@@ -262,6 +290,11 @@ async def test_a_site_that_rolls_its_log_back_after_a_witnessed_checkpoint_is_ca
         assert geomar.witness is not None
     rolled = [j for j in disputes(geomar) if j[1] == log_id]
     assert rolled, geomar.witness.judged
+
+    async def evidence_at_the_hub() -> bool:
+        return bool((await hub_view(fed, world)).evidence_lines(log_id))
+
+    await wait_until(evidence_at_the_hub, LIMIT)
 
     [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
     assert not site.ok
