@@ -11,20 +11,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from structlog.testing import capture_logs
 from support.hostile import LogView, audit_node, wait_reachable, wait_until
 from support.world import World
 
 from hub.answers import AdminAnswer
 from hub.client import Client
 from hub.clock import now
+from hub.directory import record_token
 from hub.errors import UnauthorizedError
 from hub.nats import LocalFederation
 from hub.nats import connect as nats_connect
+from hub.nats.config import DIRECTORY_API
 from hub.nats.dirstreams import ensure_hub_directory, ensure_site_directory
 from hub.records import GrantRecord, GroupRecord, Revocation, SignedRecord, sign_record
-from hub.subjects import admin_subject
+from hub.subjects import DIRECTORY_OUT_STREAM, DIRECTORY_STREAM, admin_subject, directory_subject
 from node.admin import admin_message
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
@@ -174,12 +179,16 @@ async def test_a_grant_for_hereons_module_signed_by_geomar_is_ignored_and_logged
         # geomar publishes the forged grant into its own directory stream, as a hostile
         # site would (its own node refuses to apply it: it is not geomar's to decide)
         assert geomar_node.dirsync is not None and node.dirsync is not None
-        await geomar_node.dirsync.publish("grant", forged)
-        await admin(raw["hereon"], "hereon", "grant", honest)
-        await wait_until(
-            lambda: any("signed by site geomar" in i.reason for i in node.dirsync.ignored),
-            limit=LIMIT,
-        )
+        sync = node.dirsync
+        with capture_logs() as logged:
+            await geomar_node.dirsync.publish("grant", forged)
+            await admin(raw["hereon"], "hereon", "grant", honest)
+            await wait_until(
+                lambda: any("signed by site geomar" in i.reason for i in sync.ignored),
+                limit=LIMIT,
+            )
+        ignored = [e for e in logged if e["event"] == "directory.record_ignored"]
+        assert any("only hereon decides" in str(e.get("reason")) for e in ignored), logged
         await wait_reachable(client, "hereon", "climate")
         assert await calls_refused(client), "the forged grant gave klaus nothing"
 
@@ -216,3 +225,40 @@ async def test_a_grant_to_a_proposal_reaches_the_members_of_its_beamtime_group(
 
     report = audit_node(hereon, world.site("hereon").sign_public)
     assert report.ok, [f.line() for f in report.findings]
+
+
+async def test_a_site_can_neither_write_another_sites_records_nor_reach_more_of_the_hub(
+    world: World, fed: LocalFederation, raw: dict[str, NatsClient]
+) -> None:
+    """Account isolation holds around the directory: geomar cannot store a record under
+    hereon's subjects, nor use the hub's API beyond creating a consumer on FH_DIRECTORY."""
+    geomar = raw["geomar"]
+    forged = grant(world, "geomar", KLAUS, 1)
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await geomar.jetstream().publish(
+            directory_subject("hereon", "grant", record_token(forged)),
+            forged.model_dump_json().encode(),
+            timeout=2,
+        )
+    hereon_js = raw["hereon"].jetstream()
+    assert (await hereon_js.stream_info(DIRECTORY_OUT_STREAM)).state.messages == 0
+    # the one thing a site may ask of the hub's JetStream answers (here: a bad request) ...
+    answer = await geomar.request(
+        f"{DIRECTORY_API}.CONSUMER.CREATE.{DIRECTORY_STREAM}", b"{}", timeout=5
+    )
+    assert b"error" in answer.data
+    # ... nothing else reaches it: no answer at all
+    for subject in (
+        f"{DIRECTORY_API}.STREAM.DELETE.{DIRECTORY_STREAM}",
+        f"{DIRECTORY_API}.STREAM.INFO.{DIRECTORY_STREAM}",
+        f"{DIRECTORY_API}.CONSUMER.CREATE.FH_EVENTS_HEREON",
+        "$JS.hub.API.STREAM.DELETE.FH_DIRECTORY",
+    ):
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await geomar.request(subject, b"{}", timeout=2)
+    hub = await nats_connect(fed.hub_url)
+    try:
+        info = await hub.jetstream(domain="hub").stream_info(DIRECTORY_STREAM)
+    finally:
+        await hub.close()
+    assert info.config.deny_delete and info.config.deny_purge
