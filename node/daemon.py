@@ -70,20 +70,19 @@ from hub.subjects import (
     service_name,
     status_subject,
 )
-from node.admin import DirectoryState, apply_admin, directory_events, load_directory
+from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
 from node.eventlog import EventLog, StoredEvent
-from node.fedsync import DirectorySync
+from node.fedsync import FederationLink
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.natslink import NatsLink, safe_url
 from node.observability import NodeMetrics
 from node.pipeline import Pipeline
 from node.runner import Runner
-from node.witness import NodeWitness
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -109,10 +108,8 @@ class NodeDaemon:
         self.pipeline: Pipeline | None = None
         self.directory: Directory | None = None
         self.consumer: CallConsumer | None = None
-        #: The federation-wide directory watch (None until started).
-        self.dirsync: DirectorySync | None = None
-        #: This node as a witness of other sites' logs (None until started).
-        self.witness: NodeWitness | None = None
+        #: The federation directory watch and the witness (None until started).
+        self.federation: FederationLink | None = None
         self.dispatcher: Dispatcher | None = None
         self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
@@ -233,17 +230,15 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
-        background = [
-            t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "witness")
-        ]
+        background = [t for t in self._tasks if t.get_name() in ("status-file", "checkpoints")]
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         # stop requesting calls; a call the server still delivers is handed back at once
         if self.consumer is not None:
             await self.consumer.close()
-        if self.dirsync is not None:
-            await self.dirsync.close()
+        if self.federation is not None:
+            await self.federation.close()
         await self._finish_calls()
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
@@ -482,29 +477,14 @@ class NodeDaemon:
         return state.directory
 
     async def _start_directory_sync(self) -> None:
-        """Watch the federation-wide directory and apply its records live (fedsync)."""
+        """Watch the federation directory, apply it live, witness other logs (fedsync)."""
         assert self.nc is not None and self.directory is not None and self.writer is not None
-        assert self._node_key_record is not None
-        self.dirsync = DirectorySync(self.nc, self.site, self.directory, self.writer.append)
-        self.stack.push_async_callback(self.dirsync.close)
-        eventlog = self.eventlog
-        assert eventlog is not None
-        logged = await self.writer.call(lambda: directory_events(eventlog))
-        assert isinstance(logged, list)
-        self.witness = NodeWitness(
-            eventlog,
-            self.site,
-            self.directory.trusted_sites,
-            self._node_key_record,
-            call=self.writer.call,
-            append=self.writer.append,
-            publish=self.dirsync.publish_bytes,
+        assert self.eventlog is not None and self._node_key_record is not None
+        self.federation = FederationLink(
+            self.nc, self.site, self.directory, self.eventlog, self.writer, self._node_key_record
         )
-        await self.writer.call(self.witness.load)
-        self.dirsync.witness = self.witness
-        await self.dirsync.start()
-        await self.dirsync.publish_own(logged)
-        self._spawn(self.witness.publish_checkpoints(), "witness")
+        self.stack.push_async_callback(self.federation.close)
+        await self.federation.start()
 
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None
@@ -573,7 +553,7 @@ class NodeDaemon:
         assert self.directory is not None and self.writer is not None
         answer: BaseModel | FederationError
         try:
-            publish = self.dirsync.publish if self.dirsync is not None else None
+            publish = self.federation.sync.publish if self.federation is not None else None
             answer = await apply_admin(self.directory, self.writer.append, msg.data, publish)
         except RemoteError as exc:
             log.warning("admin.refused", reason=exc.message)

@@ -14,6 +14,7 @@ and logged as ``directory.record_ignored``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,8 +36,12 @@ from hub.nats.dirstreams import ensure_site_directory
 from hub.records import SignedRecord
 from hub.subjects import DIRECTORY_STREAM, SUBJECT_ROOT, directory_subject
 from hub.witness import WITNESS_KINDS
+from node.admin import directory_events
+from node.eventlog import EventLog
+from node.logwriter import LogWriter
+from node.witness import NodeWitness
 
-__all__ = ["DirectorySync", "Ignored"]
+__all__ = ["DirectorySync", "FederationLink", "Ignored"]
 
 log = structlog.get_logger(__name__)
 
@@ -183,3 +188,51 @@ class DirectorySync:
             await self.append(event)
         except FederationError as exc:  # applied in memory; logged again at the next start
             log.warning("directory.log_failed", reason=exc.message)
+
+
+class FederationLink:
+    """A node's part in the federation: the directory watch and the witness, started
+    together after the node's own services, stopped before its last events."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        site: str,
+        directory: Directory,
+        eventlog: EventLog,
+        writer: LogWriter,
+        node_key: SignedRecord,
+    ) -> None:
+        self.sync = DirectorySync(nc, site, directory, writer.append)
+        self.witness = NodeWitness(
+            eventlog,
+            site,
+            directory.trusted_sites,
+            node_key,
+            call=writer.call,
+            append=writer.append,
+            publish=self.sync.publish_bytes,
+        )
+        self.sync.witness = self.witness
+        self.eventlog = eventlog
+        self.writer = writer
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Watch the directory, publish this site's records logged so far, and start
+        publishing this log's checkpoints."""
+        eventlog = self.eventlog
+        logged = await self.writer.call(lambda: directory_events(eventlog))
+        await self.writer.call(self.witness.load)
+        await self.sync.start()
+        assert isinstance(logged, list)
+        await self.sync.publish_own(logged)
+        self._task = asyncio.create_task(self.witness.publish_checkpoints(), name="witness")
+
+    async def close(self) -> None:
+        """Stop publishing and watching (harmless twice)."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.sync.close()

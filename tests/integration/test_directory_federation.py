@@ -178,10 +178,10 @@ async def test_a_grant_for_hereons_module_signed_by_geomar_is_ignored_and_logged
     ):
         # geomar publishes the forged grant into its own directory stream, as a hostile
         # site would (its own node refuses to apply it: it is not geomar's to decide)
-        assert geomar_node.dirsync is not None and node.dirsync is not None
-        sync = node.dirsync
+        assert geomar_node.federation is not None and node.federation is not None
+        sync = node.federation.sync
         with capture_logs() as logged:
-            await geomar_node.dirsync.publish("grant", forged)
+            await geomar_node.federation.sync.publish("grant", forged)
             await admin(raw["hereon"], "hereon", "grant", honest)
             await wait_until(
                 lambda: any("signed by site geomar" in i.reason for i in sync.ignored),

@@ -115,16 +115,16 @@ async def hub_view(fed: LocalFederation, world: World) -> WitnessView:
 
 
 def cosigned(node: NodeDaemon, log: str, size: int | None = None) -> bool:
-    assert node.witness is not None
+    assert node.federation is not None
     return any(
         action == "cosign" and name == log and (size is None or got >= size)
-        for action, name, got in node.witness.judged
+        for action, name, got in node.federation.witness.judged
     )
 
 
 def disputes(node: NodeDaemon) -> list[tuple[str, str, int]]:
-    assert node.witness is not None
-    return [j for j in node.witness.judged if j[0] == "conflict"]
+    assert node.federation is not None
+    return [j for j in node.federation.witness.judged if j[0] == "conflict"]
 
 
 def export(cfg: NodeConfig, out: Path) -> None:
@@ -287,9 +287,9 @@ async def test_a_site_that_rolls_its_log_back_after_a_witnessed_checkpoint_is_ca
         async with NodeDaemon(hereon):  # the older log goes on as if nothing happened
             await some_calls(world, fed, 1)
             await wait_until(lambda: bool(disputes(geomar)), LIMIT)
-        assert geomar.witness is not None
+        assert geomar.federation is not None
     rolled = [j for j in disputes(geomar) if j[1] == log_id]
-    assert rolled, geomar.witness.judged
+    assert rolled, geomar.federation.witness.judged
 
     async def evidence_at_the_hub() -> bool:
         return bool((await hub_view(fed, world)).evidence_lines(log_id))
