@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import nacl.signing
 import nats.errors
 from nats.js import JetStreamContext, api
 from pydantic import BaseModel, ConfigDict
@@ -141,7 +142,9 @@ class Witness:
         return Judgement("cosign", log, new)
 
 
-def cosign(checkpoint: SignedRecord, witness: str, signing_key: object, kid: str) -> SignedRecord:
+def cosign(
+    checkpoint: SignedRecord, witness: str, signing_key: nacl.signing.SigningKey, kid: str
+) -> SignedRecord:
     """The witness's signed :class:`~hub.records.Cosignature` of ``checkpoint``."""
     cp = _cp(checkpoint)
     record = Cosignature(
@@ -153,7 +156,7 @@ def cosign(checkpoint: SignedRecord, witness: str, signing_key: object, kid: str
         time=now(),
         kid=kid,
     )
-    return sign_record(record, signing_key)  # type: ignore[arg-type]
+    return sign_record(record, signing_key)
 
 
 def site_of(identity: str) -> str:
@@ -214,7 +217,7 @@ class WitnessView:
                     found[signed.record] = signed
         return list(found.values())
 
-    def checkpoints(self, log: str | None) -> list[dict[str, object]]:
+    def checkpoints(self, log: str | None) -> list[dict[str, Any]]:
         """Each checkpoint of ``log`` witnessed: size, root and the sites that vouched."""
         return [
             {"size": size, "root": root, "sites": sorted(sites)}
@@ -224,7 +227,10 @@ class WitnessView:
 
     def vouchers(self, log: str | None) -> int:
         """The most independent sites that vouched for one checkpoint of ``log``."""
-        return max((len(c["sites"]) for c in self.checkpoints(log)), default=0)  # type: ignore[arg-type]
+        return max(
+            (len(sites) for (name, _, _), sites in self.vouched.items() if name == log),
+            default=0,
+        )
 
     def evidence_lines(self, log: str | None) -> list[str]:
         """One line per conflict a witness reported about ``log``."""
@@ -241,9 +247,10 @@ class WitnessView:
     def report_lines(self, log: str | None) -> list[str]:
         """The witnesses' part of a site's verdict."""
         lines = [
-            f"  checkpoint {c['size']} ({str(c['root'])[:16]}…): vouched for by "
-            f"{len(c['sites'])} other site(s): {', '.join(c['sites'])}"  # type: ignore[arg-type]
-            for c in self.checkpoints(log)
+            f"  checkpoint {size} ({root[:16]}…): vouched for by {len(sites)} other "
+            f"site(s): {', '.join(sorted(sites))}"
+            for (name, size, root), sites in sorted(self.vouched.items())
+            if name == log
         ]
         if not lines:
             lines.append("  no checkpoint of this log was witnessed by another site")
