@@ -94,6 +94,7 @@ class Witness:
     trusted_sites: dict[str, bytes]
     last: dict[str, SignedRecord] = field(default_factory=dict)
     seen: dict[str, set[tuple[int, str]]] = field(default_factory=lambda: defaultdict(set))
+    disputed: dict[str, set[tuple[int, str]]] = field(default_factory=lambda: defaultdict(set))
 
     def remember(self, checkpoint: SignedRecord) -> None:
         """Take a checkpoint this witness vouched for before (from its own log)."""
@@ -103,7 +104,25 @@ class Witness:
         if held is None or _cp(held).size < cp.size:
             self.last[cp.log] = checkpoint
 
+    def remember_dispute(self, checkpoint: SignedRecord) -> None:
+        """Take a checkpoint this witness disputed before (it is not judged again)."""
+        cp = _cp(checkpoint)
+        self.disputed[cp.log].add((cp.size, cp.root))
+
     def judge(self, proof: ConsistencyProof) -> Judgement:
+        """Check a published checkpoint (see :meth:`_judge`). A history disputed once (the
+        checkpoint, or the one it extends, was disputed) is not disputed again: a restart
+        replays the directory, and one piece of evidence is enough."""
+        held = self.disputed[proof.log]
+        if any((cp.size, cp.root) in held for cp in (_cp(proof.new), _cp(proof.old))):
+            return Judgement("seen", proof.log, proof.new)  # a history already disputed
+        judgement = self._judge(proof)
+        if judgement.action == "conflict":
+            self.remember_dispute(proof.new)
+            self.remember_dispute(judgement.checkpoint)
+        return judgement
+
+    def _judge(self, proof: ConsistencyProof) -> Judgement:
         """Check a published checkpoint (and its path from the log's previous one).
 
         Raises the error of the check that failed when the notice does not count (its keys

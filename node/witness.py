@@ -73,13 +73,17 @@ class NodeWitness:
         self.judged: list[tuple[str, str, int]] = []
 
     def load(self) -> None:
-        """Remember the checkpoints this node cosigned before (from its own log)."""
+        """Remember the checkpoints this node cosigned or disputed before (its own log)."""
         rows = self.eventlog.db.execute(
-            "SELECT body FROM events WHERE type = 'checkpoint.cosigned' ORDER BY seq"
+            "SELECT body FROM events WHERE type IN ('checkpoint.cosigned', 'checkpoint.conflict') "
+            "ORDER BY seq"
         ).fetchall()
         for (body,) in rows:
             data = json.loads(bytes(body))["data"]
-            self.witness.remember(SignedRecord.model_validate(data["checkpoint"]))
+            if data["type"] == "checkpoint.cosigned":
+                self.witness.remember(SignedRecord.model_validate(data["checkpoint"]))
+            else:
+                self.witness.remember_dispute(SignedRecord.model_validate(data["later"]))
 
     # --- this node's checkpoints ---------------------------------------------------------
 

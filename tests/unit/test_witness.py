@@ -48,8 +48,10 @@ def test_a_log_that_starts_over_after_a_witnessed_checkpoint_is_a_fork(tmp_path:
     witness = Witness(keys.trusted)
     assert witness.judge(first(old, grow(old, 2))).action == "cosign"
     new = open_new_log(tmp_path / "new.db", keys)  # same node, same key, other history
-    judgement = witness.judge(first(new, grow(new, 4)))
+    notice = first(new, grow(new, 4))
+    judgement = witness.judge(notice)
     assert (judgement.action, judgement.reason) == ("conflict", "fork")
+    assert witness.judge(notice).action == "seen", "disputed once, not again"
 
 
 def test_two_checkpoints_of_one_size_with_different_roots_are_a_fork(tmp_path: Path) -> None:
