@@ -150,20 +150,18 @@ class RequestRejected(_Data):
 class RequestAccepted(_OmitNone):
     """Verified, authorized and not a replay: the node takes responsibility for it.
 
-    Version 2 carries the caller's signed request header verbatim (``header``, ``sig``)
-    and what the node saw of the payload; version 1 had only ``request_id`` (after a
+    Version 2 carries the caller's signed request header verbatim (``header``, ``sig``):
+    who asked for which function, when, with which nonce and the hash and size of the
+    sealed arguments are all in it, signed by the caller, so the event repeats none of
+    them; ``delivery`` is left out when it is 1. Version 1 had only ``request_id`` (after a
     ``request.received`` with the rest).
     """
 
     type: Literal["request.accepted"] = "request.accepted"
     request_id: RequestId
-    caller: IdentityId | None = None
-    address: str | None = None
     header: B64 | None = None
     sig: B64 | None = None
-    payload_hash: Hex32 | None = None
-    payload_size: int | None = None
-    delivery: int | None = Field(None, description="JetStream delivery count")
+    delivery: int | None = Field(None, ge=2, description="JetStream delivery count, if not 1")
 
 
 class RequestStarted(_Data):

@@ -54,6 +54,8 @@ __all__ = [
     "inbox_prefix",
     "inbox_subject",
     "info_subject",
+    "instance_log_id",
+    "is_log_of",
     "parse_address",
     "parse_call_subject",
     "service_name",
@@ -316,3 +318,21 @@ def hub_events_stream(site: str) -> str:
     a federation must not admit both).
     """
     return f"{EVENTS_STREAM}_{validate_site(site).upper().replace('-', '_')}"
+
+
+# The log of the n-th process of a node (n >= 2) is ``<node identity>#<n>``.
+_INSTANCE = re.compile(r"#[1-9][0-9]{0,5}")
+
+
+def instance_log_id(identity: str, instance: int) -> str:
+    """The log id of a node's ``instance``-th process: the identity, then ``#<n>`` from 2 on."""
+    if instance < 1:
+        raise ValueError(f"instance numbers start at 1, not {instance}")
+    return identity if instance == 1 else f"{identity}#{instance}"
+
+
+def is_log_of(log_id: str, identity: str) -> bool:
+    """Whether ``log_id`` is the log of node ``identity`` (itself, or one of its processes)."""
+    if log_id == identity:
+        return True
+    return log_id.startswith(identity) and _INSTANCE.fullmatch(log_id[len(identity) :]) is not None

@@ -20,6 +20,7 @@ from helpers.logs import (
     commit_problems,
     open_new_log,
     request_events,
+    signed_header,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,7 +58,7 @@ from hub.records import Checkpoint, Cosignature, GrantRecord, GroupRecord, KeyRe
 from node.eventlog import EventLog, _body_frame, _dump, _event_body
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
-INSERT = "INSERT INTO events(seq, hash, sig, body, type, time)"
+INSERT = "INSERT INTO events(seq, hash, sig, body, type)"
 
 
 @pytest.fixture
@@ -75,8 +76,8 @@ def db(tmp_path: Path) -> Path:
         "UPDATE events SET type = 'node.stopped'",
         "DELETE FROM events WHERE seq = 3",
         "DELETE FROM events",
-        f"{INSERT} VALUES (100, x'', x'', x'', 't', 't')",
-        f"{INSERT} VALUES (3, x'', x'', x'', 't', 't')",
+        f"{INSERT} VALUES (100, x'', x'', x'', 't')",
+        f"{INSERT} VALUES (3, x'', x'', x'', 't')",
     ],
 )
 def test_the_database_refuses_to_change_or_skip_events(db: Path, sql: str) -> None:
@@ -93,7 +94,7 @@ def test_the_database_accepts_only_the_next_sequence_number(db: Path) -> None:
     try:
         (size,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
         conn.execute(
-            f"{INSERT} VALUES (?, x'', x'', x'', 't', 't')",
+            f"{INSERT} VALUES (?, x'', x'', x'', 't')",
             [size + 1],
         )
     finally:
@@ -491,14 +492,7 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
         ),
         RequestRejected(envelope_hash="cd" * 32, code="bad_signature", reason="forged"),
         RequestAccepted(
-            request_id="req00004",
-            caller="klaus@geomar",
-            address="hereon.climate.compute_sum",
-            header="aGVhZGVy",
-            sig="c2ln",
-            payload_hash="ab" * 32,
-            payload_size=12,
-            delivery=2,
+            request_id="req00004", header=signed_header("req00004"), sig="c2ln", delivery=2
         ),
         RequestStarted(request_id="req00004", attempt=2),
         RequestCompleted(
