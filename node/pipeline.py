@@ -50,6 +50,7 @@ from hub.errors import (
     ReplayError,
     TransferError,
     ValidationError,
+    error_code,
 )
 from hub.events import RequestAccepted, RequestCompleted, RequestFailed, RequestStarted
 from hub.keys import KeyPair
@@ -59,7 +60,7 @@ from node import projections
 from node.bulk import BulkLink, SealedResult
 from node.config import CallsSection
 from node.control import Control, ControlAnswer
-from node.execution import KeepAlive, ProgressForwarder, failure_code, public_reason
+from node.execution import KeepAlive, ProgressForwarder, public_reason
 from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
 from node.replay import ReplayGuard, recent_nonces
@@ -308,13 +309,9 @@ class Pipeline:
         h = req.header
         return RequestAccepted(
             request_id=h.id,
-            caller=h.caller,
-            address=h.address,
             header=b64e(req.header_bytes),
             sig=b64e(req.sig),
-            payload_hash=h.payload_hash,
-            payload_size=h.payload_size,
-            delivery=delivery,
+            delivery=delivery if delivery > 1 else None,
         )
 
     async def _seen_before(self, req: Verified, row: dict[str, Any], d: Delivery) -> Outcome | Job:
@@ -550,7 +547,7 @@ class Pipeline:
                 code="internal_error",
                 hint="the site's operator can find it in the node's log",
             )
-        code = failure_code(exc)
+        code = error_code(exc)
         duration = int((time.perf_counter() - started) * 1e6)
         await self.writer.append(
             RequestFailed(

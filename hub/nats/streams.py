@@ -232,3 +232,7 @@ async def source_site_events(
         ],
     )
     return await _ensure_stream(hub_js, config)
+
+
+#: Create or update one stream (as for the site's streams; used by :mod:`hub.nats.dirstreams`).
+ensure_stream = _ensure_stream
