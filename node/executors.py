@@ -1,4 +1,12 @@
-"""Worker processes for the runner's ``process`` executor, and progress relayed to the loop.
+"""Worker threads and processes for the runner's ``thread`` and ``process`` executors, and
+progress relayed to the loop.
+
+:class:`ThreadWorkers` runs sync calls on up to ``max_workers`` threads and hands their
+outcomes back to the loop in batches: one loop wake-up for every outcome that finished
+while the loop was busy, instead of one per call (``ThreadPoolExecutor`` +
+``run_in_executor`` wakes the loop once per call, so calls that a burst started together
+come back one loop turn each, and their log appends and replies no longer share a commit
+and a flush).
 
 Each process worker is a one-process ``ProcessPoolExecutor`` (:class:`WorkerSlot`) started
 from the ``forkserver`` context (``spawn`` where forkserver is unavailable), never ``fork``,
@@ -13,6 +21,7 @@ from whatever thread or process, to its callback on the event loop. Used by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import multiprocessing
@@ -38,6 +47,7 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "ProgressCallback",
     "Relay",
+    "ThreadWorkers",
     "WorkerSlot",
     "child_call",
     "child_init",
@@ -75,6 +85,101 @@ class Relay:
             return
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
             self._loop.call_soon_threadsafe(self.on_loop, fraction, message)
+
+
+class ThreadWorkers:
+    """Up to ``max_workers`` threads running sync calls; outcomes reach the loop in batches.
+
+    :meth:`submit` returns an asyncio future resolved on the loop when the call returns or
+    raises; it is never cancelled by the pool except by :meth:`shutdown` (queued calls).
+    A thread is started when a call waits and none is idle; an idle one is woken at most
+    one at a time (a woken thread wakes the next if calls still wait), so a burst of
+    short calls costs fewer thread switches. Threads are daemons and end at shutdown.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self.max_workers = max(1, max_workers)
+        self.name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: collections.deque[_ThreadJob] = collections.deque()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a call
+        self._waking = 0  # idle threads notified and not yet running
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done_lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], bool, Any]] = []
+
+    def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run ``fn()`` on a worker thread; its outcome resolves the returned future."""
+        loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"thread workers of {self.name} are shut down")
+            self._jobs.append((future, fn))
+            if self._idle > self._waking:
+                if not self._waking:
+                    self._waking += 1
+                    self._cond.notify()
+            elif len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"fedhub-{self.name}-{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel the calls still queued; running ones finish, then their threads end."""
+        with self._cond:
+            self._closed = True
+            jobs, self._jobs = list(self._jobs), collections.deque()
+            self._cond.notify_all()
+        for future, _ in jobs:
+            future.get_loop().call_soon_threadsafe(future.cancel)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    if self._closed:
+                        return
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                    if self._waking:
+                        self._waking -= 1
+                future, fn = self._jobs.popleft()
+                if self._jobs and self._idle > self._waking:  # more wait: wake a helper
+                    self._waking += 1
+                    self._cond.notify()
+            try:
+                outcome: tuple[asyncio.Future[Any], bool, Any] = (future, True, fn())
+            except BaseException as exc:  # handed to the caller on the loop
+                outcome = (future, False, exc)
+            with self._done_lock:
+                self._done.append(outcome)
+                first = len(self._done) == 1
+            if first:
+                with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+                    future.get_loop().call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+        for future, ok, value in done:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+_ThreadJob = tuple["asyncio.Future[Any]", Callable[[], Any]]
 
 
 class WorkerSlot:
