@@ -161,12 +161,27 @@ async def wait_acks(acks: Sequence[asyncio.Future[api.PubAck]], timeout: float) 
     """The acks of ``publish_async`` calls, within ``timeout`` seconds (else TimeoutError).
 
     Whatever happens, no ack is left waiting: the unanswered ones are cancelled, so
-    nats-py forgets them (and frees their slots of its pending-publish limit).
+    nats-py forgets them (and frees their slots of its pending-publish limit). One timer
+    and no helper future (this is on every call's path, on client and node).
     """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        for ack in acks:
+            ack.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
     try:
-        async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*acks))
+        return [await ack for ack in acks]
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if expired and (task is None or not task.cancelling()):
+            raise TimeoutError(f"no ack within {timeout:g} s") from None
+        raise
     finally:
+        timer.cancel()
         for ack in acks:
             ack.cancel()
 
