@@ -75,11 +75,29 @@ def _object_info(
     )
 
 
+def _meta_bytes(info: api.ObjectInfo) -> bytes:
+    """The JSON ``info.as_dict()`` gives for an info made by :func:`_object_info`, built
+    directly (as_dict copies each dataclass recursively: ~5 µs, on every call's path)."""
+    options = info.options
+    meta = {
+        "name": info.name,
+        "bucket": info.bucket,
+        "nuid": info.nuid,
+        "size": info.size,
+        "mtime": info.mtime,
+        "chunks": info.chunks,
+        "digest": info.digest,
+        "deleted": bool(info.deleted),
+        "options": {"max_chunk_size": options.max_chunk_size if options else None},
+    }
+    return json.dumps(meta).encode()
+
+
 async def _publish_meta(js: JetStreamContext, info: api.ObjectInfo) -> asyncio.Future[api.PubAck]:
     """Publish an object's meta; the subject rollup replaces an older object of the name."""
     return await js.publish_async(
         _meta_subject(info.bucket, info.name),
-        json.dumps(info.as_dict()).encode(),
+        _meta_bytes(info),
         headers={api.Header.ROLLUP: "sub"},
     )
 
