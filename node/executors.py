@@ -94,9 +94,10 @@ LINGER = 0.001
 class _Group:
     """Thread calls submitted in one turn of the loop; their outcomes go back together."""
 
-    __slots__ = ("closed", "done", "expired", "left")
+    __slots__ = ("closed", "done", "expired", "left", "size")
 
     def __init__(self) -> None:
+        self.size = 0  # submitted (loop thread only)
         self.left = 0  # submitted, not yet finished
         self.done: list[_Outcome] = []  # finished, held for the rest of the group
         self.closed = False  # the loop turn that submitted them has ended
@@ -141,7 +142,7 @@ class ThreadWorkers:
         if group is None:
             group = self._group = _Group()
             loop.call_soon(self._close_group, group)
-            loop.call_later(LINGER, self._expire, group)
+        group.size += 1
         with self._done_lock:
             group.left += 1
         with self._cond:
@@ -211,7 +212,11 @@ class ThreadWorkers:
             self._group = None
         with self._done_lock:
             group.closed = True
-            if group.left or not group.done:
+            if group.left:
+                if group.size > 1:  # a lone call goes back as it finishes: no timer
+                    asyncio.get_running_loop().call_later(LINGER, self._expire, group)
+                return
+            if not group.done:
                 return
             self._done += group.done
             group.done = []
