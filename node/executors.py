@@ -169,8 +169,15 @@ class ThreadWorkers:
             self._closed = True
             jobs, self._jobs = list(self._jobs), collections.deque()
             self._cond.notify_all()
-        for future, _, _ in jobs:
-            future.get_loop().call_soon_threadsafe(future.cancel)
+        for future, _, group in jobs:
+            with self._done_lock:  # the rest of its group goes back without it
+                group.left -= 1
+                group.expired = True
+                self._done += group.done
+                group.done = []
+            loop = future.get_loop()
+            loop.call_soon_threadsafe(future.cancel)
+            loop.call_soon_threadsafe(self._deliver)
 
     def _work(self) -> None:
         while True:
