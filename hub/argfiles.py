@@ -5,8 +5,9 @@
 * ``key=value``: ``value`` is parsed as JSON when it is valid JSON (``n=3``, ``xs=[1,2]``,
   ``flag=true``, ``name='"quoted"'``), otherwise it is the plain string (``name=klaus``);
 * ``key=@PATH``: the argument is read from a file, by its suffix: ``.nc``/``.nc4``/
-  ``.netcdf`` with xarray (loaded into memory and closed; a DataArray when the file holds
-  exactly one data variable, else a Dataset), ``.npy`` with numpy (no pickles), ``.json`` as
+  ``.netcdf`` with xarray (a DataArray when the file holds exactly one data variable,
+  else a Dataset; loaded into memory, or, for ``fedhub call``, streamed file to file to
+  the node when it is large), ``.npy`` with numpy (no pickles), ``.json`` as
   JSON, anything else as raw bytes;
 * ``key=@@text``: the plain string ``@text`` (an escape for values starting with ``@``).
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hub.bulk import NetCDFFile
 from hub.errors import ConfigError
 
 __all__ = ["NETCDF_SUFFIXES", "parse_cli_argument", "read_argument_file", "write_result"]
@@ -34,8 +36,13 @@ NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf"})
 _NETCDF_ENGINES = (("netcdf4", "netCDF4"), ("h5netcdf", "h5netcdf"), ("scipy", "scipy"))
 
 
-def parse_cli_argument(text: str) -> tuple[str, object]:
-    """Parse one ``key=value`` or ``key=@PATH`` argument into ``(key, value)``."""
+def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, object]:
+    """Parse one ``key=value`` or ``key=@PATH`` argument into ``(key, value)``.
+
+    With ``stream_files`` a NetCDF file is not read here but passed on as a
+    :class:`hub.bulk.NetCDFFile`: the client reads a small one and streams a large one
+    file to file (``fedhub call`` does this).
+    """
     key, sep, raw = text.partition("=")
     if not sep:
         raise ConfigError(
@@ -55,7 +62,14 @@ def parse_cli_argument(text: str) -> tuple[str, object]:
     if raw.startswith("@"):
         if not raw[1:]:
             raise ConfigError(f"argument {key!r} names no file after '@'")
-        return key, read_argument_file(Path(raw[1:]).expanduser(), key=key)
+        path = Path(raw[1:]).expanduser()
+        if stream_files and path.suffix.lower() in NETCDF_SUFFIXES:
+            if not path.is_file():
+                raise ConfigError(
+                    f"argument {key!r}: file '{path}' does not exist or is not a file"
+                )
+            return key, NetCDFFile(path)
+        return key, read_argument_file(path, key=key)
     try:
         return key, json.loads(raw)
     except ValueError:  # not JSON (json.JSONDecodeError is a ValueError): a plain string

@@ -10,21 +10,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from hub.answers import CancelAnswer, FunctionInfo, ModuleDescription, RequestStatus
 from hub.errors import CallTimeoutError
+from hub.transfer import TransferProgress
 
 if TYPE_CHECKING:
     from hub.client import Client
 
-__all__ = ["CallHandle", "ModuleInfo", "ProgressCallback"]
+__all__ = ["CallHandle", "ModuleInfo", "ProgressCallback", "TransferCallback"]
 
 log = structlog.get_logger(__name__)
 
 ProgressCallback = Callable[[float | None, str], None]
+#: Progress of a call's bulk transfers: ``("upload" | "download", TransferProgress)``.
+TransferCallback = Callable[[str, TransferProgress], None]
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,15 @@ class CallHandle:
     on_progress: ProgressCallback | None = None
     progress: tuple[float | None, str] = (None, "")
     _progress_events: asyncio.Queue[tuple[float | None, str]] = field(default_factory=asyncio.Queue)
+    #: Called with the progress of the call's bulk transfers (arguments up, result down).
+    on_transfer: TransferCallback | None = None
+    #: The latest transfer progress: ``(direction, progress)``.
+    transfer: tuple[str, TransferProgress] | None = None
+    #: Where a large NetCDF result is written directly (the result is then a SavedTo).
+    result_path: Path | None = None
+    #: With compression: the fraction of the bulk arguments' size it saved.
+    saved: float | None = None
+    _transfers: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def site(self) -> str:
@@ -95,6 +108,8 @@ class CallHandle:
         The answer says whether the node is stopping the call (``cancelling``; a call not
         yet running is cancelled when it would start) and the call's state.
         """
+        for task in list(self._transfers):  # the peer is told to stop at once
+            task.cancel()
         return await self._client.cancel(self.site, self.request_id)
 
     # -- called by the client -------------------------------------------------------------
@@ -108,6 +123,20 @@ class CallHandle:
         else:
             self._future.set_result(value)
         return True
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a transfer task of this call (cancelled with the call, or when it ends)."""
+        self._transfers.add(task)
+        task.add_done_callback(self._transfers.discard)
+        self._future.add_done_callback(lambda _: task.cancel())
+
+    def _deliver_transfer(self, direction: str, progress: TransferProgress) -> None:
+        self.transfer = (direction, progress)
+        if self.on_transfer is not None:
+            try:
+                self.on_transfer(direction, progress)
+            except Exception:  # a caller's callback must not break the transfer
+                log.exception("client.transfer_callback_failed", request_id=self.request_id)
 
     def _deliver_progress(self, fraction: float | None, message: str) -> None:
         self.progress = (fraction, message)

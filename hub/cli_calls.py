@@ -36,6 +36,7 @@ import numpy as np
 import structlog
 
 from hub.argfiles import parse_cli_argument, write_result
+from hub.bulk import SavedTo
 from hub.client import CallHandle, Client
 from hub.cliutil import read_passphrase
 from hub.errors import (
@@ -55,6 +56,7 @@ from hub.subjects import (
     validate_module,
     validate_site,
 )
+from hub.transfer import TransferProgress
 
 __all__ = ["DEFAULT_URL", "add_commands", "default_identity", "default_url"]
 
@@ -71,7 +73,7 @@ COMMAND_TIMEOUT = 30.0
 #: How long Ctrl-C keeps asking the node to cancel a call it has not started yet (s).
 CANCEL_WINDOW = 5.0
 #: Keyword names ``Client.submit`` keeps for itself (they cannot be remote arguments yet).
-_CLIENT_OPTIONS = frozenset({"timeout", "on_progress"})
+_CLIENT_OPTIONS = frozenset({"timeout", "on_progress", "on_transfer", "result_path", "compress"})
 #: What request ids look like (``hub.envelopes``' rule).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
@@ -196,6 +198,16 @@ class ProgressBar:
         self.message = message or ("running" if fraction is None else "")
         self.draw()
 
+    def transfer(self, direction: str, progress: TransferProgress) -> None:
+        """Take a transfer's progress (the client's ``on_transfer``) and redraw."""
+        self.fraction = progress.fraction
+        mb = 1e6
+        self.message = (
+            f"{direction} {progress.done / mb:,.0f}/{progress.total / mb:,.0f} MB "
+            f"{progress.rate / mb:,.1f} MB/s"
+        )
+        self.draw()
+
     def line(self) -> str:
         """The text of the bar as it would be drawn now."""
         columns = self.width or shutil.get_terminal_size((80, 24)).columns
@@ -233,7 +245,7 @@ async def _tick(bar: ProgressBar, every: float = 0.2) -> None:
 def _call_arguments(texts: list[str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for text in texts:
-        key, value = parse_cli_argument(text)
+        key, value = parse_cli_argument(text, stream_files=True)
         if key in kwargs:
             raise ConfigError(f"argument {key!r} is given twice")
         kwargs[key] = value
@@ -263,9 +275,14 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                 address,
                 timeout=args.timeout,
                 on_progress=bar.update if bar is not None else None,
+                on_transfer=bar.transfer if bar is not None else None,
+                result_path=args.out,
+                compress=args.compress,
                 **kwargs,
             )
             print(f"request {handle.request_id}", file=sys.stderr, flush=True)
+            if handle.saved is not None:
+                print(f"compressed arguments: {handle.saved:.0%} saved", file=sys.stderr)
             ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
             try:
                 outcome = await _result_or_interrupt(handle, interrupted)
@@ -361,7 +378,9 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
 
 
 def _output(value: Any, args: argparse.Namespace) -> None:
-    if args.out is not None:
+    if isinstance(value, SavedTo):  # a large result received straight into --out
+        print(f"wrote {value.path}", file=sys.stderr)
+    elif args.out is not None:
         write_result(value, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     elif args.json:
@@ -620,7 +639,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 async def _fetch(args: argparse.Namespace) -> int:
     async with await _client(args) as fed:
-        value = await fed.fetch(args.site, args.request_id)
+        value = await fed.fetch(args.site, args.request_id, result_path=args.out)
     _output(value, args)
     return 0
 
@@ -726,6 +745,9 @@ def add_commands(sub: Any) -> None:
     )
     call.add_argument(
         "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    call.add_argument(
+        "--compress", action="store_true", help="zstd-compress large arguments (per chunk)"
     )
     _connection_options(call, "deadline of the call in seconds (default 300)")
     call.set_defaults(func=cmd_call)

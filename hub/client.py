@@ -40,14 +40,16 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from hub import codec
+from hub import call_bulk, codec
 from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
-from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback
+from hub.bulk import chunk_size_for
+from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.crypto import (
     WrappedPayload,
     blake2b_256,
+    open_content_key,
     open_payload,
     open_secret,
     seal_payload,
@@ -127,6 +129,7 @@ class Client:
         *,
         default_timeout: float = 300.0,
         owns_connection: bool = True,
+        bulk_threshold: int | None = None,
     ) -> None:
         ident = validate_identity(keys.identity)
         if ident.kind != "user":
@@ -137,6 +140,9 @@ class Client:
         self.user, self.site = ident.name, ident.site
         self.trusted_sites = dict(trusted_sites)
         self.default_timeout = default_timeout
+        #: Encoded arguments above this many bytes go as a bulk transfer (None: half of
+        #: the smaller of the server's and the node's max_payload).
+        self.bulk_threshold = bulk_threshold
         self._owns = owns_connection
         self.js = nc.jetstream()
         self._inbox = inbox_subject(self.site, self.user, secrets.token_urlsafe(12))
@@ -286,12 +292,19 @@ class Client:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        on_transfer: TransferCallback | None = None,
+        result_path: Path | None = None,
+        compress: bool = False,
         **kwargs: Any,
     ) -> CallHandle:
         """Send a call and return its handle without waiting for the result.
 
         Arguments go as keywords, or as a mapping (for parameters named like this method's
         own options, e.g. a remote ``timeout``): ``submit(addr, {"timeout": 5})``.
+        Arguments or results too large for one message travel as bulk transfers
+        (docs/calling.md, "Large data"): ``on_transfer`` gets their progress,
+        ``result_path`` receives a large NetCDF result straight into a file (the result
+        is then a :class:`hub.bulk.SavedTo`), ``compress`` zstd-compresses the chunks.
         """
         if arguments:
             kwargs = {**arguments, **kwargs}
@@ -307,8 +320,13 @@ class Client:
                 hint=f"it serves: {known}",
             )
         timeout = timeout if timeout is not None else self.default_timeout
+        node_limit = info.info.max_payload
+        limits = [x for x in (self.nc.max_payload, node_limit) if x]
+        limit = min(limits) if limits else 0
+        threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
+        plan = call_bulk.plan_arguments(kwargs, threshold)
         sealed = seal_payload(
-            codec.encode_many(kwargs),
+            codec.encode_many(plan.inline),
             self.keys.box_secret,
             self._box_public,
             {info.node_kid: info.node_box_key},
@@ -316,6 +334,12 @@ class Client:
         key = sealed.content_key
         assert key is not None  # the sealer always keeps it
         ciphertext = sealed.ciphertext
+        spool, bulk, saving = None, None, None
+        if plan.file is not None or plan.encoded is not None:
+            chunk = chunk_size_for(int(self.nc.max_payload))
+            spool, bulk, saving = await call_bulk.seal_arguments(
+                plan, key, compress=compress, chunk_size=chunk
+            )
         rid = _new_request_id()
         header = RequestHeader(
             id=rid,
@@ -332,11 +356,9 @@ class Client:
             payload_hash=blake2b_256(ciphertext).hex(),
             payload_size=len(ciphertext),
             wraps={kid: b64e(w) for kid, w in sealed.wraps.items()},
+            bulk=bulk,
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
-        node_limit = info.info.max_payload
-        limits = [x for x in (self.nc.max_payload, node_limit) if x]
-        limit = min(limits) if limits else 0
         if limit and len(data) > limit:
             raise OversizeError(
                 f"arguments of {address} encrypt to {len(data):,} bytes; the limit on the "
@@ -353,6 +375,9 @@ class Client:
             loop.time() + timeout + _GRACE,
             loop.create_future(),
             on_progress,
+            on_transfer=on_transfer,
+            result_path=result_path,
+            saved=saving if compress else None,
         )
         self._pending[rid] = handle
         subject = target.subject  # validated when the address was parsed
@@ -372,6 +397,12 @@ class Client:
         except nats.js.errors.APIError as exc:
             self._pending.pop(rid, None)
             raise TransportError(f"the call stream refused {rid}: {exc.description}") from exc
+        finally:
+            if spool is not None and rid not in self._pending:
+                spool.unlink(missing_ok=True)
+        if spool is not None and bulk is not None:
+            upload = call_bulk.upload(self.nc, handle, (self.site, self.user), spool, bulk, timeout)
+            handle._track(loop.create_task(upload))
         if not handle.done():
             # the last ask before the deadline: a reply lost on the way would otherwise
             # leave the caller waiting out its deadline while the result sits at the node
@@ -387,11 +418,19 @@ class Client:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        on_transfer: TransferCallback | None = None,
+        compress: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Call ``site.module.function`` with keyword arguments and return its result."""
         handle = await self.submit(
-            address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
+            address,
+            arguments,
+            timeout=timeout,
+            on_progress=on_progress,
+            on_transfer=on_transfer,
+            compress=compress,
+            **kwargs,
         )
         try:
             return await handle.result()
@@ -415,17 +454,24 @@ class Client:
         data = await self._control("cancel", site, request_id)
         return _parse(CancelAnswer, data, f"cancel answer from {site}")
 
-    async def fetch(self, site: str, request_id: str) -> Any:
+    async def fetch(self, site: str, request_id: str, *, result_path: Path | None = None) -> Any:
         """The result of one of my earlier calls, as stored by the node, opened again.
 
         For a caller that lost the original reply (a closed notebook, a dropped link):
         the node sends the sealed result it kept and logs ``result.fetched``. Raises
-        NotFoundError when the request has no result, or none was kept.
+        NotFoundError when the request has no result, or none was kept. A large result
+        comes as a bulk transfer; a NetCDF one goes straight to ``result_path`` if given.
         """
-        return await self._fetch(site, await self.status(site, request_id))
+        state = await self.status(site, request_id)
+        return await self._fetch(site, state, result_path=result_path)
 
     async def _fetch(
-        self, site: str, state: RequestStatus, *, timeout: float = _CONTROL_TIMEOUT
+        self,
+        site: str,
+        state: RequestStatus,
+        *,
+        timeout: float = _CONTROL_TIMEOUT,
+        result_path: Path | None = None,
     ) -> Any:
         """Fetch and open the stored result of a request whose status is ``state``."""
         target = parse_address(state.address or "")
@@ -437,6 +483,20 @@ class Client:
         h = reply.header
         if h.kind != "result" or h.id != state.request_id:
             raise CanonicalError(f"site {site} answered the fetch of {state.request_id} wrongly")
+        if h.bulk is not None:  # a large result follows as a bulk transfer
+            if h.bulk.hash != h.result_hash or h.result_hash != state.result_hash:
+                raise IntegrityError(f"the stored result of {state.request_id} is another one")
+            key = self._result_key(h.wraps, info.node_box_key)
+            return await call_bulk.receive_result(
+                self.nc,
+                (self.site, self.user),
+                site,
+                h,
+                key,
+                result_path=result_path,
+                progress=None,
+                timeout=max(self.default_timeout, 60.0),
+            )
         if blake2b_256(reply.body).hex() != h.result_hash or h.result_hash != state.result_hash:
             raise IntegrityError(f"the stored result of {state.request_id} does not match its hash")
         return self._open_result(h.wraps, reply.body, info.node_box_key)
@@ -448,6 +508,15 @@ class Client:
         payload = WrappedPayload(body, {self.keys.kid: b64d(mine)} if mine else {})
         plaintext = open_payload(payload, self.keys.kid, self.keys.box_secret, sender=node_box_key)
         return codec.decode(plaintext)
+
+    def _result_key(self, wraps: Mapping[str, str], node_box_key: bytes) -> bytes:
+        """The content key of a result, wrapped for me by the node key I checked."""
+        return open_content_key(
+            {kid: b64d(w) for kid, w in wraps.items()},
+            self.keys.kid,
+            self.keys.box_secret,
+            sender=node_box_key,
+        )
 
     async def _control(
         self, op: str, site: str, request_id: str, *, timeout: float = _CONTROL_TIMEOUT
@@ -568,8 +637,17 @@ class Client:
                 text = open_secret(handle._content_key, reply.body).decode() if reply.body else ""
                 fraction = None if h.fraction_ppm is None else h.fraction_ppm / 1_000_000
                 handle._deliver_progress(fraction, text)
+            elif h.kind == "result" and h.bulk is not None:  # the result follows in bulk
+                self._result_key(h.wraps, handle._node_box_key)  # not for me: refuse now
+                job = call_bulk.download(self.nc, handle, (self.site, self.user), h)
+                handle._track(asyncio.get_running_loop().create_task(job))
             elif h.kind == "result":
                 handle._settle(self._open_result(h.wraps, reply.body, handle._node_box_key))
+            elif h.code == "duplicate":
+                # a redelivered copy of this call, answered by the node as ended: its
+                # outcome was sent before. Being received now, or lost: then ask for it
+                if not handle._transfers:
+                    self._recover_soon(handle, False)
             else:
                 message = h.message or ""
                 if reply.body:

@@ -43,6 +43,7 @@ __all__ = [
     "DOMAIN_REQUEST",
     "REPLY_MAGIC",
     "REQUEST_MAGIC",
+    "Bulk",
     "ControlHeader",
     "Reply",
     "ReplyHeader",
@@ -58,6 +59,7 @@ __all__ = [
     "parse_request_header",
     "split_control",
     "split_request",
+    "stored_result_head",
     "unpack_reply",
     "unpack_request",
     "unpack_stored_result",
@@ -78,8 +80,38 @@ class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Bulk(_Wire):
+    """A payload that travels as a bulk transfer instead of inside the message.
+
+    Named in a signed request (an argument) or in a result reply; docs/protocol.md,
+    "Calls with bulk payloads". ``hash`` is the sealed form's payload hash (it covers the
+    whole payload), ``size`` its plaintext bytes.
+    """
+
+    transfer: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    size: int = Field(ge=0)
+    hash: Hex32
+    chunk_size: int = Field(ge=1, le=4 * 1024 * 1024)
+    compressed: bool = False
+    #: ``codec``: the payload is codec-encoded (all arguments, or the result);
+    #: ``netcdf``: it is a NetCDF file (the argument ``arg``, or the result).
+    format: Literal["codec", "netcdf"] = "codec"
+    #: For a NetCDF argument, its name; the other arguments travel in the message.
+    arg: Annotated[str, Field(max_length=200)] | None = None
+    #: For a NetCDF result, what to open it as.
+    xarray: Literal["DataArray", "Dataset"] | None = None
+    #: The subject token of this transfer when it is not ``transfer`` (a kept result
+    #: sent again by a fetch gets a fresh one).
+    route: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+
+    @property
+    def token(self) -> str:
+        """The token that names this transfer's subjects."""
+        return self.route or self.transfer
+
+
 class RequestHeader(_Wire):
-    """The signed header of a call."""
+    """The signed header of a call (``bulk`` only when a payload travels apart)."""
 
     v: Literal[1] = 1
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
@@ -96,6 +128,7 @@ class RequestHeader(_Wire):
     payload_hash: Hex32
     payload_size: int = Field(ge=0)
     wraps: dict[Kid, B64]
+    bulk: Bulk | None = None
 
     @property
     def address(self) -> str:
@@ -120,7 +153,9 @@ class Request:
 
 def pack_request(header: RequestHeader, ciphertext: bytes, signing_key: Any) -> bytes:
     """Sign ``header`` and frame it with its ciphertext."""
-    body = canonical_bytes(header.model_dump(mode="json"))
+    # ``bulk`` appears only when set: a call without one is signed as before it existed
+    dump = header.model_dump(mode="json", exclude={"bulk"} if header.bulk is None else None)
+    body = canonical_bytes(dump)
     sig = sign(signing_key, DOMAIN_REQUEST, body)
     return b"".join((REQUEST_MAGIC, _LEN.pack(len(body)), body, sig, ciphertext))
 
@@ -183,6 +218,8 @@ class ReplyHeader(_Wire):
     wraps: dict[Kid, B64] = Field(default_factory=dict)
     object: str | None = None
     log_seq: int | None = None
+    #: A result that follows as a bulk transfer (the body is then empty).
+    bulk: Bulk | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +316,20 @@ class StoredResult(_Wire):
 
     v: Literal[1] = 1
     wraps: dict[Kid, B64]
+    #: A bulk result: what follows the head is its sealed form (hub.transfer), not a
+    #: ciphertext of the one-message path.
+    bulk: Bulk | None = None
 
 
 def pack_stored_result(wraps: dict[str, str], ciphertext: bytes) -> bytes:
     """The stored form of a sealed result."""
-    head = StoredResult(wraps=wraps).model_dump_json().encode()
-    return _LEN.pack(len(head)) + head + ciphertext
+    return stored_result_head(StoredResult(wraps=wraps)) + ciphertext
+
+
+def stored_result_head(head: StoredResult) -> bytes:
+    """The length-prefixed head of a stored result (its sealed bytes follow)."""
+    raw = head.model_dump_json(exclude_none=True).encode()
+    return _LEN.pack(len(raw)) + raw
 
 
 def unpack_stored_result(data: bytes) -> tuple[StoredResult, bytes]:

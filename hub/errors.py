@@ -270,6 +270,7 @@ _CODES: dict[str, tuple[type[FederationError], int]] = {
     "invalid_result": (RemoteError, 500),
     "integrity": (IntegrityError, 500),
     "busy": (RemoteError, 503),
+    "transfer_failed": (TransferError, 502),
     "interrupted": (CallCancelledError, 503),
     "timeout": (CallTimeoutError, 504),
     # reasons a node logs for a rejection (``request.rejected``), as a status reports them
@@ -282,15 +283,21 @@ _CODES: dict[str, tuple[type[FederationError], int]] = {
 def error_from_code(code: str, message: str, hint: str | None = None) -> FederationError:
     """The typed error for a wire error ``code`` (unknown codes: :class:`RemoteError`)."""
     cls, _ = _CODES.get(code, (RemoteError, 500))
-    if issubclass(cls, RemoteError):
+    if issubclass(cls, RemoteError | TransferError):
         return cls(message, code=code, hint=hint)
     return cls(message, hint=hint)
+
+
+#: A transfer's own codes that are also call codes (the others are ``transfer_failed``).
+_TRANSFER_CODES = {"cancelled": "cancelled", "timeout": "timeout", "integrity": "integrity"}
 
 
 def error_code(exc: FederationError) -> str:
     """The wire code of an error; :func:`error_from_code` turns it back into its class."""
     if isinstance(exc, RemoteError):
         return exc.code
+    if isinstance(exc, TransferError):  # a bulk payload did not arrive whole
+        return _TRANSFER_CODES.get(exc.code, "transfer_failed")
     if isinstance(exc, CallTimeoutError):
         return "timeout"
     if isinstance(exc, DecryptionError):

@@ -90,9 +90,9 @@ class SyncClient:
         """The node's record of one of my requests."""
         return self._run(self._client.status(site, request_id))
 
-    def fetch(self, site: str, request_id: str) -> Any:
+    def fetch(self, site: str, request_id: str, *, result_path: Path | None = None) -> Any:
         """The stored result of one of my earlier calls (see :meth:`Client.fetch`)."""
-        return self._run(self._client.fetch(site, request_id))
+        return self._run(self._client.fetch(site, request_id, result_path=result_path))
 
     def module_info(self, site: str, module: str) -> ModuleInfo:
         """A module's verified info."""

@@ -105,6 +105,19 @@ class CallsSection(_Section):
     fetch_batch: int = Field(64, ge=1, le=1024)
     max_in_flight: int = Field(256, ge=1)
     interrupted: Literal["retry", "fail"] = "fail"
+    #: Arguments and results above this many bytes travel as bulk transfers (0: half of
+    #: ``max_payload``); see docs/deploy.md, "Large payloads".
+    bulk_threshold: int = Field(0, ge=0)
+    #: Largest bulk argument a call may send, in bytes (0: no limit but the disk).
+    bulk_max_size: int = Field(0, ge=0)
+    #: Sealed bytes in flight per bulk transfer.
+    bulk_window: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    #: Seconds a bulk transfer may be silent before the node gives up on it.
+    bulk_idle_timeout: float = Field(30.0, gt=0)
+    #: Seconds between sweeps of orphaned spool files and result chunks.
+    bulk_sweep_every: float = Field(300.0, gt=0)
+    #: Result chunks without an object older than this (seconds) are orphans.
+    bulk_orphan_age: float = Field(600.0, gt=0)
 
 
 #: ``host:port`` or ``[v6]:port`` of the health and metrics endpoint (empty: off).
@@ -148,6 +161,8 @@ class ModuleConfig(_Section):
     progress_interval: float = Field(0.05, ge=0)
     """Shortest time between two progress reports delivered, seconds (20 per second)."""
     timeout: float | None = Field(None, gt=0)
+    #: zstd-compress each chunk of this module's bulk results before sealing.
+    compress: bool = False
     """Upper bound on any call of this module, seconds (the caller's deadline still counts)."""
 
     @model_validator(mode="wrap")

@@ -8,7 +8,10 @@ which the daemon sends as an error answer (headers, :func:`hub.answers.error_hea
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -20,6 +23,7 @@ from hub.crypto import blake2b_256, verify
 from hub.envelopes import (
     DOMAIN_CONTROL,
     ReplyHeader,
+    StoredResult,
     pack_reply,
     split_control,
     validate_control_header,
@@ -85,6 +89,32 @@ class Control:
             {k: state.get(k) for k in RequestStatus.model_fields if state.get(k) is not None}
         )
 
+    async def _fetch_bulk(
+        self, rid: str, caller: str, state: dict[str, Any], head: StoredResult, sealed: Path
+    ) -> bytes:
+        """A kept bulk result: announced in the answer, then sent as a bulk transfer."""
+        p = self.p
+        assert p.bulk is not None
+        if head.bulk is None or head.bulk.hash != state.get("result_hash"):
+            await asyncio.to_thread(sealed.unlink, missing_ok=True)
+            raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
+        stored = await p.writer.append(ResultFetched(request_id=rid, by=caller))
+        bulk = head.bulk.model_copy(update={"route": secrets.token_hex(16)})
+        p.bulk.serve(caller, bulk, sealed, timeout=max(60.0, p.calls.ack_wait))
+        return pack_reply(
+            ReplyHeader(
+                kind="result",
+                id=rid,
+                node=p.node_id,
+                time=now(),
+                result_hash=head.bulk.hash,
+                wraps=head.wraps,
+                object=str(state.get("result_object")),
+                log_seq=stored[-1].seq,
+                bulk=bulk,
+            )
+        )
+
     async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> bytes:
         """The kept result of ``rid`` as a result frame; logs ``result.fetched``."""
         p = self.p
@@ -94,11 +124,18 @@ class Control:
         if not name or not p.results.loads:
             why = state.get("reason") or "it was delivered only"
             raise NotFoundError(f"no copy of the result of {rid} was kept ({why})")
+        body: bytes | Path
         try:
-            head, ciphertext = await p.results.load(str(name))
+            if p.bulk is not None:  # read in bounded memory: the result may be large
+                head, body = await p.bulk.load_stored(str(name), rid)
+            else:
+                head, body = await p.results.load(str(name))
         except FederationError as exc:
             log.warning("result.fetch_failed", request_id=rid, error=str(exc))
             raise
+        if isinstance(body, Path):
+            return await self._fetch_bulk(rid, caller, state, head, body)
+        ciphertext = body
         if blake2b_256(ciphertext).hex() != state.get("result_hash"):
             raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
         stored = await p.writer.append(ResultFetched(request_id=rid, by=caller))

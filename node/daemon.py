@@ -72,6 +72,7 @@ from hub.subjects import (
 )
 from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
+from node.bulk import BulkLink
 from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
@@ -183,6 +184,7 @@ class NodeDaemon:
             store_result=self._store_result,
             load_result=self._load_result,
             module_timeouts=timeouts,
+            bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
         await self.pipeline.load_replay_memory()
@@ -373,6 +375,15 @@ class NodeDaemon:
 
     async def _store_result(self, name: str, data: bytes) -> None:
         await put_object(self._jetstream(), RESULTS_BUCKET, name, data)
+
+    def _bulk_link(self) -> BulkLink:
+        """Bulk arguments and results of this instance (spool folder swept at start)."""
+        assert self.nc is not None and self.eventlog is not None
+        link = BulkLink.for_node(
+            self.cfg, self.instance, self.eventlog.key, self.nc, self._jetstream
+        )
+        self.stack.push_async_callback(link.aclose)
+        return link
 
     def _max_reply(self) -> int:
         """The largest message this connection carries (the server's ``max_payload``)."""

@@ -38,15 +38,17 @@ from pydantic import BaseModel
 
 from hub import codec
 from hub.canonical import b64e
+from hub.clock import now
 from hub.crypto import blake2b_256, open_content_key, open_secret, seal_payload
 from hub.directory import Directory
-from hub.envelopes import RequestHeader, wraps_to_bytes, wraps_to_text
+from hub.envelopes import ReplyHeader, RequestHeader, pack_reply, wraps_to_bytes, wraps_to_text
 from hub.errors import (
     CallCancelledError,
     CanonicalError,
     FederationError,
     FunctionFailedError,
     ReplayError,
+    TransferError,
     ValidationError,
     error_code,
 )
@@ -55,6 +57,7 @@ from hub.keys import KeyPair
 from hub.lifecycle import FINAL, RequestState, step
 from hub.records import KeyRecord
 from node import projections
+from node.bulk import BulkLink, SealedResult
 from node.config import CallsSection
 from node.control import Control, ControlAnswer
 from node.execution import KeepAlive, ProgressForwarder, public_reason
@@ -128,6 +131,7 @@ class Pipeline:
         store_result: StoreResult | None = None,
         load_result: LoadResult | None = None,
         module_timeouts: dict[str, float | None] | None = None,
+        bulk: BulkLink | None = None,
     ) -> None:
         self.site = site
         self.node_id = node_id
@@ -137,6 +141,7 @@ class Pipeline:
         self.writer = writer
         self.calls = calls
         self.module_timeouts = module_timeouts or {}
+        self.bulk = bulk
         self.replay = ReplayGuard(calls.replay_window)
         self.replies = Replies(node_id, send, max_reply or (lambda: calls.max_payload + 64 * 1024))
         self.results = ResultStore(writer, store_result, load_result)
@@ -389,6 +394,7 @@ class Pipeline:
         h, rid = job.header, job.header.id
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
+        ka: KeepAlive | None = None
         try:
             cancel = CancelSignal()
             if self.cancel_early.pop(rid, None) is not None:
@@ -400,34 +406,58 @@ class Pipeline:
                 timeout = min(timeout, module_timeout)
             reporter = ProgressForwarder(self.replies, self.writer, h, job.content_key)
             ka = KeepAlive(job.keepalive, self.calls.ack_wait / 3) if job.keepalive else None
+            deadline = time.monotonic() + timeout
             try:
+                kwargs = job.kwargs
+                if h.bulk is not None:  # the arguments follow as a bulk transfer
+                    kwargs = {**kwargs, **await self._receive(job, cancel, timeout)}
                 value = await self.runner.run(
                     h.module,
                     h.function,
-                    job.kwargs,
-                    timeout=timeout,
+                    kwargs,
+                    timeout=max(0.001, deadline - time.monotonic()),
                     on_progress=reporter.report,
                     cancel=cancel,
                 )
             finally:
-                if ka is not None:
-                    ka.stop()
                 self.running.pop(rid, None)
                 await reporter.close()
-            return await self._complete(job, value, started)
+            return await self._complete(job, value, started, deadline)
         except asyncio.CancelledError:
             raise  # the node is stopping: the message goes back to the stream
         except Exception as exc:  # every other failure ends the request, exactly once
             return await self._fail(h, job.content_key, exc, started)
         finally:
+            # kept alive until the call has ended: sending and keeping a large result
+            # takes longer than ack_wait, and a redelivery meanwhile would be answered
+            # as a copy of an ended call
+            if ka is not None:
+                ka.stop()
             self.in_flight -= 1
+            if self.bulk is not None:
+                self.bulk.release(rid)
             structlog.contextvars.unbind_contextvars("request_id")
 
-    async def _complete(self, job: Job, value: object, started: float) -> Outcome:
+    async def _receive(self, job: Job, cancel: CancelSignal, timeout: float) -> dict[str, object]:
+        """The arguments of a call that sends them as a bulk transfer."""
+        if self.bulk is None:
+            raise TransferError("this node takes no bulk payloads", code="refused")
+        return await self.bulk.receive_arguments(
+            job.header, job.content_key, cancel=cancel, timeout=timeout
+        )
+
+    async def _complete(self, job: Job, value: object, started: float, deadline: float) -> Outcome:
         """Seal the result for the caller, log ``request.completed``, reply, keep it."""
         h, rid, record = job.header, job.header.id, job.record
+        if self.bulk is not None:
+            prepared = await self.bulk.seal_result(value, h, record)
+            if isinstance(prepared, SealedResult):
+                return await self._complete_bulk(job, prepared, started, deadline)
+            encoded = prepared
+        else:
+            encoded = codec.encode(value)
         sealed = seal_payload(
-            codec.encode(value),
+            encoded,
             self.key.box_secret,
             self.key.box_public,
             {record.kid: record.box_key_bytes()},
@@ -461,6 +491,52 @@ class Pipeline:
         if kept_as is not None:
             await self.results.keep(rid, kept_as, wraps, ciphertext)
         log.info("call.completed", address=h.address, duration_us=duration)
+        return Outcome(rid, RequestState.COMPLETED)
+
+    async def _complete_bulk(
+        self, job: Job, result: SealedResult, started: float, deadline: float
+    ) -> Outcome:
+        """A large result: log ``request.completed`` (its payload hash and where it is
+        kept), announce it to the caller, then stream it there and keep it at once."""
+        h, rid, bulk = job.header, job.header.id, result.bulk
+        assert self.bulk is not None
+        kept_as = self.results.name_for(rid)
+        duration = int((time.perf_counter() - started) * 1e6)
+        stored = await self.writer.append(
+            RequestCompleted(
+                request_id=rid,
+                result_hash=bulk.hash,
+                result_size=bulk.size,
+                duration_us=duration,
+                object=kept_as,
+            ),
+            alone=self.in_flight <= 1,
+        )
+        announce = ReplyHeader(
+            kind="result",
+            id=rid,
+            node=self.node_id,
+            time=now(),
+            result_hash=bulk.hash,
+            wraps=result.wraps,
+            object=kept_as,
+            log_seq=stored[-1].seq,
+            bulk=bulk,
+        )
+        await self.replies.send(h.reply, pack_reply(announce), request_id=rid)
+        link = self.bulk
+
+        async def send() -> None:
+            try:
+                await link.send_result(h, result, max(30.0, deadline - time.monotonic()))
+            except TransferError as exc:  # the caller learns it from its receiver
+                log.warning("call.result_send_failed", request_id=rid, reason=exc.message)
+
+        work = [send()]
+        if kept_as is not None:
+            work.append(self.results.keep_with(rid, lambda: link.store_result(kept_as, result)))
+        await asyncio.gather(*work)
+        log.info("call.completed", address=h.address, duration_us=duration, bulk=bulk.size)
         return Outcome(rid, RequestState.COMPLETED)
 
     async def _fail(

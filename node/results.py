@@ -49,11 +49,17 @@ class ResultStore:
 
     async def keep(self, rid: str, name: str, wraps: dict[str, str], ciphertext: bytes) -> None:
         """Store a sealed result under ``name``; if that fails, log ``result.lost``."""
-        assert self._store is not None
+        store = self._store
+        assert store is not None
+        await self.keep_with(rid, lambda: store(name, pack_stored_result(wraps, ciphertext)))
+
+    async def keep_with(self, rid: str, store: Callable[[], Awaitable[None]]) -> None:
+        """Run ``store()`` (which keeps the result of ``rid``); log ``result.lost`` if it
+        fails. Status and fetch of ``rid`` wait while it runs."""
         done = asyncio.get_running_loop().create_future()
         self._storing[rid] = done
         try:
-            await self._store(name, pack_stored_result(wraps, ciphertext))
+            await store()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the call has completed; only the kept copy is missing

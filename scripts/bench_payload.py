@@ -17,10 +17,15 @@ One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
   no crypto) by a client of the site that holds the bucket. The raw path cannot cross the
   hub: the accounts let no site reach another site's Object Store (docs/topology.md).
 
+* call round trip (``scripts/bench_call_payload.py``): the same size as a NetCDF file
+  through ``fedhub call ... da=@FILE --out BACK`` across the hub to a node process that
+  returns it (encrypted, logged, stored, returned), against the raw put + get of the same
+  file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
+  (target payload + 256 MiB).
+
 ``--concurrent N`` also runs N uploads of the largest size at the same time (one sender
-and one receiver process each). The full call round trip (encrypted, logged, stored,
-returned through a fedhub call) is added once the transfer layer is part of calls.
-Figures are printed next to their baseline and the load average; never asserted.
+and one receiver process each). Figures are printed next to their baseline and the load
+average; never asserted.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from bench_call_payload import CallBench, write_netcdf_payload
 from benchlib import figure, load_average, say
 
 from hub.crypto import new_content_key
@@ -172,6 +178,42 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
     }
 
 
+def bench_call(
+    fed: LocalFederation, bench: CallBench, work: Path, size_mib: float, args: Any
+) -> dict[str, Any]:
+    """The full call round trip of a NetCDF file of ``size_mib`` against raw put + get."""
+    source, back = work / "call-source.nc", work / "call-back.nc"
+    write_netcdf_payload(source, int(size_mib * MIB))
+    size = source.stat().st_size
+    load_start = load_average()
+    say(f"{size_mib:g} MiB: fedhub call there and back")
+    call = bench.round_trip(source, back, compress=args.compress)
+    load_mid = load_average()
+    say(f"{size_mib:g} MiB: raw object store put + get of the same file")
+    put_s, get_s = asyncio.run(_raw(fed.site_url(NODE), source, f"call-{size}", size))
+    load_end = load_average()
+    same = back.read_bytes() == source.read_bytes() if size <= 64 * MIB else back.exists()
+    for path in (source, back):
+        path.unlink(missing_ok=True)
+    return {
+        "size_mib": round(size / MIB, 2),
+        "arrived_whole": same,
+        "call_round_trip_mib_s": figure(
+            _mib_s(2 * size, call["seconds"]),
+            "MiB/s",
+            "raw object store put + get",
+            _mib_s(2 * size, put_s + get_s),
+            target=">= 0.7 x raw at 100 MiB and 1 GiB (issue 8)",
+            load={"start": load_start, "end": load_mid},
+            baseline_load={"start": load_mid, "end": load_end},
+        ),
+        "client_peak_rss_mib": round(call["client_peak_rss_mib"], 1),
+        "client_rss_target_mib": 256,
+        "node_peak_rss_mib": round(call["node_peak_rss_mib"], 1),
+        "node_rss_target_mib": round(size / MIB + 256, 1),
+    }
+
+
 def bench_concurrent(
     fed: LocalFederation, work: Path, count: int, size_mib: float
 ) -> dict[str, Any]:
@@ -216,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=4 * MIB)
     parser.add_argument("--compress", action="store_true", help="zstd per chunk")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-call", action="store_true", help="skip the fedhub call round trip")
     args = parser.parse_args(argv)
     sizes = [*args.sizes, *([1024.0] if args.big else [])]
     with tempfile.TemporaryDirectory(prefix="fedhub-bench-payload-") as tmp:
@@ -224,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / "work"
             work.mkdir()
             results = [bench_size(fed, work, size, args) for size in sizes]
+            (Path(tmp) / "call").mkdir()
+            bench = CallBench(Path(tmp) / "call", fed) if not args.no_call else None
+            calls = [bench_call(fed, bench, work, size, args) for size in sizes] if bench else []
             concurrent = (
                 bench_concurrent(fed, work, args.concurrent, max(sizes))
                 if args.concurrent
@@ -231,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             asyncio.run(fed.stop())
-    report = {"load_average": load_average(), "sizes": results, "concurrent": concurrent}
+    report = {
+        "load_average": load_average(),
+        "sizes": results,
+        "calls": calls,
+        "concurrent": concurrent,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -244,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['upload_receiver_peak_rss_mib']} MiB, down "
                 f"{row['download_sender_peak_rss_mib']}/{row['download_receiver_peak_rss_mib']}"
                 f" MiB (sender/receiver)  load {rt['figure']['load_average']}"
+            )
+        for row in calls:
+            rt = row["call_round_trip_mib_s"]
+            print(
+                f"{row['size_mib']:>7g} MiB  fedhub call {rt['figure']['value']} MiB/s  "
+                f"raw {rt['baseline']['value']} MiB/s  ratio {rt['ratio']}  peak RSS client "
+                f"{row['client_peak_rss_mib']} MiB, node {row['node_peak_rss_mib']} MiB  "
+                f"load {rt['figure']['load_average']}"
             )
         if concurrent:
             print(f"concurrent: {concurrent}")

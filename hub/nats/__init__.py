@@ -43,6 +43,7 @@ from hub.nats.objects import (
     iter_object,
     put_object,
     put_object_stream,
+    sweep_orphan_chunks,
     wait_acks,
 )
 from hub.nats.server import HUB_LOCAL_USER, NatsServer, find_nats_server
@@ -87,6 +88,7 @@ __all__ = [
     "site_account",
     "source_site_events",
     "start_local_federation",
+    "sweep_orphan_chunks",
     "wait_acks",
     "wait_jetstream_ready",
     "wait_message_route",

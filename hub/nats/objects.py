@@ -45,6 +45,7 @@ __all__ = [
     "iter_object",
     "put_object",
     "put_object_stream",
+    "sweep_orphan_chunks",
     "wait_acks",
 ]
 
@@ -202,6 +203,37 @@ async def wait_acks(acks: Sequence[asyncio.Future[api.PubAck]], timeout: float) 
         timer.cancel()
         for ack in acks:
             ack.cancel()
+
+
+async def sweep_orphan_chunks(
+    js: JetStreamContext, bucket: str, *, older_than: float
+) -> dict[str, int]:
+    """Purge the chunks of objects whose meta was never written (a writer killed mid-put).
+
+    Chunks whose newest message is younger than ``older_than`` seconds are left alone:
+    another writer may be storing them right now. Returns ``{chunk subject: messages}``
+    purged. Reads the stream's subject list (the server lists up to 100,000 subjects).
+    """
+    stream = f"OBJ_{bucket}"
+    info = await js.stream_info(stream, subjects_filter=f"$O.{bucket}.>")
+    subjects = info.state.subjects or {}
+    live: set[str] = set()
+    for subject in subjects:
+        if subject.startswith(f"$O.{bucket}.M."):
+            meta = json.loads((await js.get_last_msg(stream, subject)).data or b"{}")
+            if not meta.get("deleted") and meta.get("nuid"):
+                live.add(f"$O.{bucket}.C.{meta['nuid']}")
+    limit = datetime.now(UTC).timestamp() - older_than
+    purged: dict[str, int] = {}
+    for subject, count in subjects.items():
+        if not subject.startswith(f"$O.{bucket}.C.") or subject in live:
+            continue
+        last = await js.get_last_msg(stream, subject)
+        if last.time is not None and last.time.timestamp() > limit:
+            continue
+        await js.purge_stream(stream, subject=subject)
+        purged[subject] = count
+    return purged
 
 
 async def iter_object(js: JetStreamContext, bucket: str, name: str) -> AsyncIterator[bytes]:

@@ -23,7 +23,7 @@ from hub.canonical import b64d, b64e, parse_canonical
 from hub.client import Client
 from hub.crypto import verify
 from hub.envelopes import DOMAIN_REQUEST, parse_request_header, split_request
-from hub.errors import NotFoundError, OversizeError
+from hub.errors import NotFoundError
 from hub.events import RequestReceived
 from hub.lifecycle import RequestState, step
 from hub.subjects import RESULTS_BUCKET
@@ -127,26 +127,16 @@ async def test_a_call_that_reports_progress_adds_only_progress_events(
 # --- no failure is silent ----------------------------------------------------------------
 
 
-async def test_a_result_too_large_for_one_message_reaches_the_caller_at_once_as_oversize(
+async def test_a_result_too_large_for_one_message_reaches_the_caller_as_a_bulk_transfer(
     fed: Client, node: NodeDaemon, cfg: NodeConfig
 ) -> None:
     assert node.nc is not None and node.nc.max_payload < BIG
     handle = await fed.submit("hereon.blobs.blob", size=BIG, timeout=120)
-    # the caller's deadline is two minutes: a typed error, not a CallTimeoutError
-    with pytest.raises(OversizeError) as err:
-        await handle.result(timeout=120)
-    message = err.value.message
-    assert f"{node.nc.max_payload:,}" in message, message
-    assert "chunked transfer" in message
+    assert await handle.result(timeout=120) == bytes(BIG)
     events = LogView(cfg.log_path).for_request(handle.request_id)
-    assert [(e["type"], e.get("code")) for e in events] == [
-        ("request.accepted", None),
-        ("request.failed", "oversize"),
-    ]
+    assert [e["type"] for e in events] == ["request.accepted", "request.completed"]
     status = await handle.status()
-    assert (status.state, status.code) == (RequestState.FAILED, "oversize")
-    with pytest.raises(NotFoundError, match="no result"):
-        await fed.fetch("hereon", handle.request_id)
+    assert (status.state, status.result_object) == (RequestState.COMPLETED, handle.request_id)
     assert await fed.call("hereon.blobs.blob", size=1000, timeout=15) == bytes(1000)
 
 

@@ -22,7 +22,6 @@ from hub.errors import (
     CallTimeoutError,
     FunctionFailedError,
     NotFoundError,
-    OversizeError,
     ValidationError,
 )
 from hub.nats import connect as nats_connect
@@ -234,7 +233,7 @@ async def test_a_crashing_worker_process_fails_the_call_and_the_next_call_works(
 SMALL = 64 * 1024  # the node's [calls] max_payload in these tests
 
 
-async def test_arguments_too_large_for_the_connection_are_refused_before_sending(
+async def test_arguments_too_large_for_one_message_travel_as_a_bulk_transfer(
     world: World,
 ) -> None:
     cfg = node_config(world, max_payload=SMALL)
@@ -243,10 +242,11 @@ async def test_arguments_too_large_for_the_connection_are_refused_before_sending
         await Client.connect(node.url, CALLER, home=world.store.home) as fed,
     ):
         stream = await fed.js.stream_info("FH_CALLS")
-        with pytest.raises(OversizeError) as err:
-            await fed.call("hereon.climate.checksum", data=b"\x01" * (4 * SMALL), timeout=10)
-        assert "bytes" in err.value.message
-        assert (await fed.js.stream_info("FH_CALLS")).state.last_seq == stream.state.last_seq
+        data = b"\x01" * (4 * SMALL)
+        assert await fed.call("hereon.climate.checksum", data=data, timeout=10) == sum(data) % 65536
+        after = await fed.js.stream_info("FH_CALLS")
+        assert after.state.last_seq == stream.state.last_seq + 1, "one small call message"
+        assert after.state.bytes - stream.state.bytes < SMALL, "the data went beside it"
         await still_serves(fed)
 
 
@@ -278,15 +278,15 @@ async def test_the_node_rejects_a_message_above_its_own_limit_unread(world: Worl
     assert report.ok, [f.line() for f in report.findings]
 
 
-async def test_a_caller_learns_at_once_when_its_arguments_exceed_the_nodes_limit(
+async def test_arguments_above_the_nodes_limit_go_beside_the_call_message(
     world: World,
 ) -> None:
-    """The node publishes its limit in the module info; the client refuses before sending."""
+    """The node publishes its limit in the module info; the client stays below it."""
     cfg = node_config(world, max_payload=SMALL)
     async with (
         NodeDaemon(cfg, grace=2) as node,
         await Client.connect(node.url, CALLER, home=world.store.home) as fed,
     ):
-        with pytest.raises(OversizeError, match="limit"):
-            await fed.submit("hereon.climate.checksum", data=b"\x03" * (SMALL + 8 * 1024))
+        data = b"\x03" * (SMALL + 8 * 1024)
+        assert await fed.call("hereon.climate.checksum", data=data) == sum(data) % 65536
         await still_serves(fed)

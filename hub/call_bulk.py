@@ -1,0 +1,240 @@
+"""The caller's side of calls with bulk payloads (see :mod:`hub.bulk`).
+
+:func:`plan_arguments` decides what travels in the request and what as a bulk transfer;
+:func:`seal_arguments` seals the bulk part into a spool file; :func:`upload` streams it
+to the node once the call is published; :func:`download` receives a result announced as
+a bulk transfer, to ``result_path`` or into memory. A transfer that fails settles the
+call at once with its typed error (TransferError: cancelled, timeout, refused, integrity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.client import Client as NatsClient
+
+from hub import codec
+from hub.bulk import NetCDFFile, SavedTo, bulk_key, describe, map_file, open_netcdf
+from hub.envelopes import Bulk, ReplyHeader
+from hub.errors import ConfigError, FederationError, TransferError
+from hub.transfer import (
+    ProgressCallback,
+    Receiver,
+    Sender,
+    TransferOptions,
+    TransferProgress,
+    download_route,
+    new_transfer_id,
+    seal_file,
+    seal_stream,
+    upload_route,
+)
+
+if TYPE_CHECKING:
+    from hub.call_handle import CallHandle
+
+__all__ = ["ArgumentPlan", "download", "plan_arguments", "seal_arguments", "upload"]
+
+#: Seconds a caller's receiver waits for the node to send more (a node that died).
+RECEIVE_IDLE = 15.0
+#: The NetCDF suffixes a result may be written to directly.
+_NETCDF = frozenset({".nc", ".nc4", ".netcdf"})
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentPlan:
+    """What goes in the request (``inline``) and what follows as a bulk transfer."""
+
+    inline: dict[str, Any]
+    file: tuple[str, Path] | None = None  # a NetCDF argument sent as its file
+    encoded: bytes | None = None  # all arguments, codec-encoded, too large for a message
+
+
+def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
+    """Split the arguments: a large NetCDF file, or large encoded arguments, go in bulk.
+
+    A :class:`NetCDFFile` no larger than ``threshold`` is read into memory and sent like
+    any value; at most one larger file per call.
+    """
+    large = [k for k, v in kwargs.items() if isinstance(v, NetCDFFile) and v.size > threshold]
+    if len(large) > 1:
+        raise ConfigError(
+            f"arguments {', '.join(large)} are all large files; a call sends at most one",
+            hint="pass one large file per call",
+        )
+    inline = {
+        k: open_netcdf(v.path, load=True) if isinstance(v, NetCDFFile) and k not in large else v
+        for k, v in kwargs.items()
+        if k not in large
+    }
+    if large:
+        name = large[0]
+        return ArgumentPlan(inline, file=(name, kwargs[name].path))
+    encoded = codec.encode_many(inline)
+    if len(encoded) > threshold:
+        return ArgumentPlan({}, encoded=encoded)
+    return ArgumentPlan(inline)
+
+
+async def seal_arguments(
+    plan: ArgumentPlan, content_key: bytes, *, compress: bool, chunk_size: int
+) -> tuple[Path, Bulk, float]:
+    """Seal the bulk part of ``plan`` into a spool file; its path, descriptor and the
+    fraction compression saved."""
+    fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".sealed")
+    os.close(fd)
+    spool, key, tid = Path(name), bulk_key(content_key), new_transfer_id()
+    try:
+        if plan.file is not None:
+            arg, path = plan.file
+            info = await asyncio.to_thread(
+                seal_file,
+                path,
+                spool,
+                key,
+                transfer_id=tid,
+                compress=compress,
+                chunk_size=chunk_size,
+            )
+            return spool, describe(info, format="netcdf", arg=arg), info.saving
+        assert plan.encoded is not None
+        encoded = plan.encoded
+
+        def seal() -> Any:
+            with spool.open("wb") as sink:
+                return seal_stream(
+                    io.BytesIO(encoded),
+                    sink,
+                    key,
+                    transfer_id=tid,
+                    compress=compress,
+                    chunk_size=chunk_size,
+                )
+
+        info = await asyncio.to_thread(seal)
+        return spool, describe(info), info.saving
+    except BaseException:
+        await asyncio.to_thread(spool.unlink, missing_ok=True)
+        raise
+
+
+def _reporter(handle: CallHandle, direction: str) -> Any:
+    def report(progress: TransferProgress) -> None:
+        handle._deliver_transfer(direction, progress)
+
+    return report
+
+
+async def upload(
+    nc: NatsClient,
+    handle: CallHandle,
+    caller: tuple[str, str],
+    spool: Path,
+    bulk: Bulk,
+    timeout: float,
+) -> None:
+    """Send the sealed arguments to the node; a failure settles the call at once."""
+    route = upload_route(caller[0], caller[1], handle.site, bulk.token)
+    sender = Sender(
+        nc,
+        spool,
+        to=route.to,
+        control=route.control,
+        options=TransferOptions(open_timeout=max(1.0, timeout)),
+        progress=_reporter(handle, "upload"),
+        timeout=timeout,
+    )
+    try:
+        await sender.run()
+    except TransferError as exc:
+        handle._settle(error=exc)
+    finally:
+        await asyncio.to_thread(spool.unlink, missing_ok=True)
+
+
+async def download(
+    nc: NatsClient, handle: CallHandle, caller: tuple[str, str], header: ReplyHeader
+) -> None:
+    """Receive a result announced as a bulk transfer and settle the call with it."""
+    loop = asyncio.get_running_loop()
+    try:
+        key = handle._client._result_key(header.wraps, handle._node_box_key)
+        value = await receive_result(
+            nc,
+            caller,
+            handle.site,
+            header,
+            key,
+            result_path=handle.result_path,
+            progress=_reporter(handle, "download"),
+            timeout=max(1.0, handle._deadline - loop.time()),
+        )
+    except FederationError as exc:
+        handle._settle(error=exc)
+    else:
+        handle._settle(value)
+
+
+async def receive_result(
+    nc: NatsClient,
+    caller: tuple[str, str],
+    site: str,
+    header: ReplyHeader,
+    content_key: bytes,
+    *,
+    result_path: Path | None,
+    progress: ProgressCallback | None,
+    timeout: float,
+) -> Any:
+    """Receive a bulk result from ``site``: a NetCDF result for a NetCDF ``result_path``
+    straight into that file (returns :class:`SavedTo`), anything else into memory."""
+    bulk = header.bulk
+    assert bulk is not None
+    route = download_route(caller[0], caller[1], site, bulk.token)
+    direct = (
+        bulk.format == "netcdf"
+        and result_path is not None
+        and result_path.suffix.lower() in _NETCDF
+    )
+    if direct:
+        assert result_path is not None
+        dest = result_path
+    else:
+        fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".result")
+        os.close(fd)
+        dest = Path(name)
+    try:
+        receiver = Receiver(
+            nc,
+            subject=route.to,
+            dest=dest,
+            key=bulk_key(content_key),
+            expect_hash=bytes.fromhex(bulk.hash),
+            expect_size=bulk.size,
+            expect_control=route.control,
+            options=TransferOptions(idle_timeout=RECEIVE_IDLE),
+            progress=progress,
+            timeout=timeout,
+        )
+        await receiver.run()
+        if direct:
+            return SavedTo(dest)
+        return await asyncio.to_thread(open_received, dest, bulk)
+    finally:
+        if not direct:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(dest.unlink)
+
+
+def open_received(path: Path, bulk: Bulk) -> Any:
+    """The value of a received result: decoded, or a NetCDF file loaded into memory."""
+    if bulk.format == "netcdf":
+        return open_netcdf(path, kind=bulk.xarray, load=True)
+    return codec.decode(map_file(path))

@@ -1,0 +1,171 @@
+"""The full call round trip of a large payload, for ``scripts/bench_payload.py``.
+
+A NetCDF file at geomar goes through ``fedhub call hereon.payload.identity da=@FILE
+--out BACK`` (the CLI in a process of its own, file to file), across the hub to a
+``fedhub-node run`` process at hereon that opens it lazily, returns it, logs, stores and
+streams the result back: encrypted, logged, stored, returned. The peak RSS of the CLI and
+of the node come from ``os.wait4`` on their processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from hub.canonical import b64e
+from hub.clock import now
+from hub.keys import KeyStore
+from hub.nats import LocalFederation
+from hub.records import KeyRecord, sign_record
+from node.bootstrap import open_log
+from node.config import NodeConfig, load_config
+
+__all__ = ["CallBench", "write_netcdf_payload"]
+
+SITE, CALLER_SITE, CALLER = "hereon", "geomar", "bench@geomar"
+ADDRESS = f"{SITE}.payload.identity"
+MODULE_SOURCE = '''"""Returns its argument: the call benchmark's payload goes there and back."""
+
+import xarray as xr
+
+
+def identity(da: xr.DataArray) -> xr.DataArray:
+    """Return ``da`` unchanged (opened lazily from the node's spool file)."""
+    return da
+'''
+
+
+def write_netcdf_payload(path: Path, size: int) -> None:
+    """A NetCDF file of about ``size`` bytes of random float64."""
+    values = np.random.default_rng(8).random(max(1, size // 8))
+    xr.DataArray(values, dims=("x",), name="v").to_netcdf(path, engine="scipy")
+
+
+def _wait_rss_mib(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Wait for ``proc``; its exit code and peak RSS in MiB (from ``os.wait4``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss / 1024
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.05)
+
+
+class CallBench:
+    """Keys, node config and module of the call round trip (made once per run)."""
+
+    def __init__(self, root: Path, fed: LocalFederation) -> None:
+        self.root = root
+        store = KeyStore(root / "keys")
+        pairs = {i: store.create(i) for i in (f"site:{SITE}", f"site:{CALLER_SITE}", CALLER)}
+        me = pairs[CALLER]
+        record = KeyRecord(
+            identity=CALLER,
+            role="user",
+            site=CALLER_SITE,
+            kid=me.kid,
+            sign_key=b64e(me.sign_public),
+            box_key=b64e(me.box_public),
+            valid_from=now(),
+        )
+        signed = sign_record(record, pairs[f"site:{CALLER_SITE}"].signing_key)
+        (root / "caller.json").write_text(json.dumps(signed.model_dump()))
+        (root / "payload_module.py").write_text(MODULE_SOURCE)
+        lines = [
+            f"users = {json.dumps([str(root / 'caller.json')])}",
+            "[node]",
+            f'site = "{SITE}"',
+            'name = "n1"',
+            f"data_dir = {json.dumps(str(root / 'node'))}",
+            f"key_home = {json.dumps(str(store.home))}",
+            "[nats]",
+            f"url = {json.dumps(fed.site_url(SITE))}",
+            "[log]",
+            'level = "warning"',
+            "[[modules]]",
+            'name = "payload"',
+            f"path = {json.dumps(str(root / 'payload_module.py'))}",
+            "[[grants]]",
+            f'principal = "{CALLER}"',
+            'module = "payload"',
+            'functions = ["identity"]',
+            "[[trust]]",
+            f'site = "{CALLER_SITE}"',
+            f"key = {json.dumps(str(store.dir / 'site%3Ageomar.pub'))}",
+        ]
+        path = root / "hereon-n1.toml"
+        path.write_text("\n".join(lines) + "\n")
+        self.cfg: NodeConfig = load_config(path)
+        open_log(self.cfg, create=True).close()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+        self.env.update(
+            FEDHUB_HOME=str(store.home),
+            FEDHUB_URL=fed.site_url(CALLER_SITE),
+            FEDHUB_IDENTITY=CALLER,
+        )
+
+    def _spawn_node(self) -> subprocess.Popen[bytes]:
+        assert self.cfg.source is not None
+        status = self.cfg.node.data_dir / "status.json"
+        status.unlink(missing_ok=True)
+        self.cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
+        with (self.cfg.node.data_dir / "node.out").open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "run", "--config", str(self.cfg.source)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        deadline = time.monotonic() + 30
+        while not status.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not start: {self._tail()}")
+            time.sleep(0.05)
+        return proc
+
+    def _tail(self) -> str:
+        return (self.cfg.node.data_dir / "node.out").read_text()[-2000:]
+
+    def round_trip(self, source: Path, back: Path, *, compress: bool = False) -> dict[str, Any]:
+        """One call of ``source`` there and back; seconds and both peak RSS (MiB)."""
+        node = self._spawn_node()
+        try:
+            args = ["call", ADDRESS, f"da=@{source}", "--out", str(back), "--no-progress"]
+            args += ["--timeout", "3600"] + (["--compress"] if compress else [])
+            # the first call also fetches the module info: ask for it before timing
+            warm = subprocess.run(
+                [sys.executable, "-m", "hub.cli", "ls", f"{SITE}.payload"],
+                env=self.env,
+                capture_output=True,
+                check=False,
+            )
+            if warm.returncode != 0:
+                raise RuntimeError(f"the module is not reachable: {warm.stderr.decode()}")
+            started = time.monotonic()
+            cli = subprocess.Popen(
+                [sys.executable, "-m", "hub.cli", *args],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            code, cli_rss = _wait_rss_mib(cli, 3600)
+            seconds = time.monotonic() - started
+            if code != 0:
+                err = cli.stderr.read().decode() if cli.stderr else ""
+                raise RuntimeError(f"the call failed ({code}): {err[-2000:]}")
+        finally:
+            node.send_signal(signal.SIGTERM)
+            _, node_rss = _wait_rss_mib(node, 60)
+        return {"seconds": seconds, "client_peak_rss_mib": cli_rss, "node_peak_rss_mib": node_rss}
