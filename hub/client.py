@@ -79,7 +79,6 @@ from hub.lifecycle import RequestState
 from hub.nats import wait_acks
 from hub.records import KeyRecord, one_line, open_record
 from hub.subjects import (
-    call_subject,
     inbox_subject,
     info_subject,
     parse_address,
@@ -381,7 +380,7 @@ class Client:
             saved=saving if compress else None,
         )
         self._pending[rid] = handle
-        subject = call_subject(target.site, target.module, target.function)
+        subject = target.subject  # validated when the address was parsed
         try:
             # publish_async: the stream's ack resolves a future (no task per call)
             ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})

@@ -23,6 +23,7 @@ Invalid names raise :class:`hub.errors.ConfigError` naming the bad part.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -224,6 +225,13 @@ def parse_address(address: str) -> CallAddress:
     """Parse ``site.module.function`` or ``site.module.Class.method`` (the user-facing form)."""
     if not isinstance(address, str):
         raise ConfigError(f"invalid call address {address!r}: expected a string")
+    return _parse_address(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address(address: str) -> CallAddress:
+    """A valid address parsed once (a client calls the same few addresses again and
+    again); an invalid one raises each time."""
     return _parse_tokens(address, address)
 
 

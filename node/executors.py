@@ -1,4 +1,12 @@
-"""Worker processes for the runner's ``process`` executor, and progress relayed to the loop.
+"""Worker threads and processes for the runner's ``thread`` and ``process`` executors, and
+progress relayed to the loop.
+
+:class:`ThreadWorkers` runs sync calls on up to ``max_workers`` threads and hands their
+outcomes back to the loop in batches: one loop wake-up for every outcome that finished
+while the loop was busy, instead of one per call (``ThreadPoolExecutor`` +
+``run_in_executor`` wakes the loop once per call, so calls that a burst started together
+come back one loop turn each, and their log appends and replies no longer share a commit
+and a flush).
 
 Each process worker is a one-process ``ProcessPoolExecutor`` (:class:`WorkerSlot`) started
 from the ``forkserver`` context (``spawn`` where forkserver is unavailable), never ``fork``,
@@ -13,6 +21,7 @@ from whatever thread or process, to its callback on the event loop. Used by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import multiprocessing
@@ -38,6 +47,7 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "ProgressCallback",
     "Relay",
+    "ThreadWorkers",
     "WorkerSlot",
     "child_call",
     "child_init",
@@ -75,6 +85,173 @@ class Relay:
             return
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
             self._loop.call_soon_threadsafe(self.on_loop, fraction, message)
+
+
+#: Seconds a finished thread call may wait for the calls started with it to finish too.
+LINGER = 0.001
+
+
+class _Group:
+    """Thread calls submitted in one turn of the loop; their outcomes go back together."""
+
+    __slots__ = ("closed", "done", "expired", "left", "size")
+
+    def __init__(self) -> None:
+        self.size = 0  # submitted (loop thread only)
+        self.left = 0  # submitted, not yet finished
+        self.done: list[_Outcome] = []  # finished, held for the rest of the group
+        self.closed = False  # the loop turn that submitted them has ended
+        self.expired = False  # LINGER passed: outcomes go back one by one
+
+
+class ThreadWorkers:
+    """Up to ``max_workers`` threads running sync calls; outcomes reach the loop in batches.
+
+    :meth:`submit` returns an asyncio future resolved on the loop when the call returns or
+    raises; the pool cancels it only at :meth:`shutdown` (a call still queued). The calls
+    submitted in one turn of the loop (a burst) go back to it together once all have
+    finished, or :data:`LINGER` after they were submitted, whichever comes first; after
+    that, each as it finishes. A lone call goes back at once. So a burst's outcomes share
+    one log commit and one flush to the server, as they do when calls run on the loop.
+    A thread is started when a call waits and none is idle; an idle one is woken at most
+    one at a time (a woken thread wakes the next if calls still wait). Threads are
+    daemons and end at shutdown.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self.max_workers = max(1, max_workers)
+        self.name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: collections.deque[tuple[asyncio.Future[Any], Callable[[], Any], _Group]] = (
+            collections.deque()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a call
+        self._waking = 0  # idle threads notified and not yet running
+        self._closed = False
+        self._group: _Group | None = None  # the group of this loop turn (loop thread only)
+        self._done_lock = threading.Lock()
+        self._done: list[_Outcome] = []  # outcomes to hand to the loop
+        self._posted = False  # the loop has been asked to take them (under _done_lock)
+
+    def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run ``fn()`` on a worker thread; its outcome resolves the returned future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        group = self._group
+        if group is None:
+            group = self._group = _Group()
+            loop.call_soon(self._close_group, group)
+        group.size += 1
+        with self._done_lock:
+            group.left += 1
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"thread workers of {self.name} are shut down")
+            self._jobs.append((future, fn, group))
+            if self._idle > self._waking:
+                if not self._waking:
+                    self._waking += 1
+                    self._cond.notify()
+            elif len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"fedhub-{self.name}-{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel the calls still queued; running ones finish, then their threads end."""
+        with self._cond:
+            self._closed = True
+            jobs, self._jobs = list(self._jobs), collections.deque()
+            self._cond.notify_all()
+        for future, _, group in jobs:
+            with self._done_lock:  # the rest of its group goes back without it
+                group.left -= 1
+                group.expired = True
+                self._done += group.done
+                group.done = []
+            loop = future.get_loop()
+            loop.call_soon_threadsafe(future.cancel)
+            loop.call_soon_threadsafe(self._deliver)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    if self._closed:
+                        return
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                    if self._waking:
+                        self._waking -= 1
+                future, fn, group = self._jobs.popleft()
+                if self._jobs and self._idle > self._waking:  # more wait: wake a helper
+                    self._waking += 1
+                    self._cond.notify()
+            try:
+                outcome: _Outcome = (future, True, fn())
+            except BaseException as exc:  # handed to the caller on the loop
+                outcome = (future, False, exc)
+            with self._done_lock:
+                group.left -= 1
+                if group.expired:
+                    self._done.append(outcome)
+                else:
+                    group.done.append(outcome)
+                    if group.left or not group.closed:
+                        continue  # the rest of the group (or the loop) brings it back
+                    self._done += group.done
+                    group.done = []
+                post = not self._posted  # one wake-up until the loop takes them
+                self._posted = True
+            if post:
+                with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+                    future.get_loop().call_soon_threadsafe(self._deliver)
+
+    def _close_group(self, group: _Group) -> None:
+        if self._group is group:
+            self._group = None
+        with self._done_lock:
+            group.closed = True
+            if group.left:
+                if group.size > 1:  # a lone call goes back as it finishes: no timer
+                    asyncio.get_running_loop().call_later(LINGER, self._expire, group)
+                return
+            if not group.done:
+                return
+            self._done += group.done
+            group.done = []
+        self._deliver()
+
+    def _expire(self, group: _Group) -> None:
+        with self._done_lock:
+            group.expired = True
+            if not group.done:
+                return
+            self._done += group.done
+            group.done = []
+        self._deliver()
+
+    def _deliver(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+            self._posted = False
+        for future, ok, value in done:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
 class WorkerSlot:

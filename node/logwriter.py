@@ -1,8 +1,9 @@
 """Async front of the event log: group commit from many coroutines, then publication.
 
 Coroutines call ``await writer.append(event, ...)``; a single writer task takes everything
-queued, appends it in one transaction (so concurrent requests share one commit and one
-signing batch), resolves each caller with its stored events, and hands
+queued (after one more turn of the loop, so that appends caused by the same burst of
+I/O join), appends it in one transaction (so concurrent requests share one commit and one
+signature), resolves each caller with its stored events, and hands
 the new events to the publisher, which sends them to the site's JetStream event stream
 (with a ``Nats-Msg-Id`` per run of events, so a re-send is dropped by the server; see
 ``NodeDaemon._publish_events``). The daemon keeps a cursor: after a restart it first sends
@@ -104,6 +105,15 @@ class LogWriter:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
+            if self._queue.empty():
+                # one more turn of the loop first: the appends of calls whose messages
+                # or thread results arrived with this one join its commit
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    if not first[1].done():
+                        first[1].set_exception(LogConflictError("the log writer stopped"))
+                    raise
             batch = [first]
             count = len(first[0])
             while not self._queue.empty() and count < self.max_batch:

@@ -164,10 +164,14 @@ class Pipeline:
     async def request_state(self, rid: str) -> dict[str, Any] | None:
         """The projected row of ``rid``, read on a connection of its own (WAL readers do
         not wait for the writer, and a point lookup is cheap enough for the loop thread)."""
+        return projections.request_status(self._read(), rid)
+
+    def _read(self) -> sqlite3.Connection:
+        """The read connection (opened on first use)."""
         if self._reader is None:
             path = self.writer.eventlog.path.resolve()
             self._reader = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-        return projections.request_status(self._reader, rid)
+        return self._reader
 
     def close(self) -> None:
         """Close the read connection and the verifying threads; harmless twice."""
@@ -206,10 +210,9 @@ class Pipeline:
             opened = await self._open_all(burst)
             # from here to the append's enqueueing nothing yields: the states read, the
             # replay guard and the ids being taken agree with the order of the log
-            states = [
-                await self.request_state(o.header.id) if isinstance(o, Verified) else None
-                for o in opened
-            ]
+            ids = [o.header.id for o in opened if isinstance(o, Verified)]
+            rows = projections.request_statuses(self._read(), ids) if ids else {}
+            states = [rows.get(o.header.id) if isinstance(o, Verified) else None for o in opened]
             taken: list[Outcome | Job | None] = [None] * len(burst)
             events: list[BaseModel] = []
             refused: list[Rejection] = []

@@ -7,6 +7,7 @@ log, never the truth: ``fedhub-node log rebuild`` drops and replays it.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from hub.canonical import b64d, parse_canonical
@@ -210,3 +211,21 @@ def request_status(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] 
     if row is None:
         return None
     return dict(zip([c[0] for c in cur.description], row, strict=True))
+
+
+def request_statuses(
+    conn: sqlite3.Connection, request_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The projected rows of the requests among ``request_ids`` that the log has, by id
+    (one query per 500 ids instead of one per request)."""
+    found: dict[str, dict[str, Any]] = {}
+    unique = list(dict.fromkeys(request_ids))
+    for at in range(0, len(unique), 500):
+        part = unique[at : at + 500]
+        marks = ",".join("?" * len(part))  # placeholders only: the ids are bound
+        cur = conn.execute(f"SELECT * FROM requests WHERE request_id IN ({marks})", part)  # noqa: S608
+        names = [c[0] for c in cur.description]
+        for row in cur:
+            item = dict(zip(names, row, strict=True))
+            found[item["request_id"]] = item
+    return found

@@ -21,7 +21,7 @@ import functools
 import itertools
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,7 +38,14 @@ from hub.errors import (
 )
 from hub.progress import Progress
 from node.config import ModuleConfig
-from node.executors import ProgressCallback, Relay, WorkerSlot, child_call, start_worker
+from node.executors import (
+    ProgressCallback,
+    Relay,
+    ThreadWorkers,
+    WorkerSlot,
+    child_call,
+    start_worker,
+)
 from node.modules import BackendModule, FunctionSpec, one_line
 
 __all__ = ["CancelSignal", "ProgressCallback", "Runner"]
@@ -81,13 +88,11 @@ class _ModuleState:
         self.timed_out = 0
         self.cancelled = 0
         self.rejected = 0
-        self.threads: ThreadPoolExecutor | None = None
+        self.threads: ThreadWorkers | None = None
         self.slots: asyncio.Queue[WorkerSlot | None] | None = None
         self.live_slots: set[WorkerSlot] = set()
         if config.executor == "thread":
-            self.threads = ThreadPoolExecutor(
-                max_workers=config.max_workers, thread_name_prefix=f"fedhub-{module.name}"
-            )
+            self.threads = ThreadWorkers(config.max_workers, module.name)
         elif config.executor == "process":
             self.slots = asyncio.Queue()
             for _ in range(config.max_workers):
@@ -172,7 +177,7 @@ class Runner:
         self._closed = True
         for state in self._states.values():
             if state.threads is not None:
-                state.threads.shutdown(wait=False, cancel_futures=True)
+                state.threads.shutdown()
             slots, state.live_slots = state.live_slots, set()
             for slot in slots:
                 if slot.calls:
@@ -340,10 +345,9 @@ class Runner:
     ) -> object:
         assert state.threads is not None
         progress = Progress(relay.from_any_thread, min_interval=state.config.progress_interval)
-        loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        future = loop.run_in_executor(
-            state.threads, functools.partial(context.run, _call_sync, spec, arguments, progress)
+        future = state.threads.submit(
+            functools.partial(context.run, _call_sync, spec, arguments, progress)
         )
         future.add_done_callback(_consume)
         try:
