@@ -410,10 +410,12 @@ def _add_proof_options(audit: argparse.ArgumentParser) -> None:
 
 
 def _add_call_commands(sub: Any) -> None:
-    """The call-side commands (call, ls, stub, status) live in :mod:`hub.cli_calls`."""
-    from hub import cli_calls
+    """The caller's commands: call and fetch (:mod:`hub.cli_calls`), ls, stub and status
+    (:mod:`hub.cli_lookup`)."""
+    from hub import cli_calls, cli_lookup
 
     cli_calls.add_commands(sub)
+    cli_lookup.add_commands(sub)
 
 
 def _main(argv: list[str] | None = None) -> int:

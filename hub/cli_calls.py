@@ -1,4 +1,5 @@
-"""The caller's commands of ``fedhub``: ``call``, ``ls``, ``stub`` and ``status``.
+"""The caller's commands of ``fedhub`` that call: ``call`` and ``fetch``; and what every
+caller's command shares (the connection options, the client, deadlines, output).
 
 Every command takes ``--url`` (default ``$FEDHUB_URL``, else ``nats://127.0.0.1:4222``),
 ``--as IDENTITY`` (default ``$FEDHUB_IDENTITY``, else the only person key in the key
@@ -48,17 +49,27 @@ from hub.errors import (
 )
 from hub.keys import KeyStore
 from hub.lifecycle import FINAL
-from hub.stub import generate_stub
 from hub.subjects import (
-    DISCOVERY_SUBJECT,
     parse_address,
     validate_identity,
-    validate_module,
     validate_site,
 )
 from hub.transfer import TransferProgress
 
-__all__ = ["DEFAULT_URL", "add_commands", "default_identity", "default_url"]
+__all__ = [
+    "COMMAND_TIMEOUT",
+    "DEFAULT_URL",
+    "DISCOVERY_WINDOW",
+    "add_commands",
+    "check_request_target",
+    "client_for",
+    "connection_options",
+    "deadline_of",
+    "default_identity",
+    "default_url",
+    "quiet_nats",
+    "run_command",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +126,7 @@ def default_identity(explicit: str | None, store: KeyStore) -> str:
 # --- connecting -------------------------------------------------------------------------
 
 
-def _quiet_nats(args: argparse.Namespace) -> None:
+def quiet_nats(args: argparse.Namespace) -> None:
     """Keep nats-py's own error log (a traceback per failed connect) off the terminal.
 
     Failures reach the user as one error line; ``--log-level debug`` shows them all.
@@ -126,8 +137,8 @@ def _quiet_nats(args: argparse.Namespace) -> None:
         nats_log.propagate = False
 
 
-async def _client(args: argparse.Namespace) -> Client:
-    _quiet_nats(args)
+async def client_for(args: argparse.Namespace) -> Client:
+    quiet_nats(args)
     store = KeyStore(args.home)
     identity = default_identity(args.identity, store)
     prompt = None
@@ -144,7 +155,7 @@ async def _client(args: argparse.Namespace) -> Client:
     )
 
 
-def _run(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
+def run_command(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
     """Run a command's coroutine; errors of other libraries become one-line errors."""
 
     async def wrapped() -> T:
@@ -169,7 +180,7 @@ def _run(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
     return asyncio.run(wrapped())
 
 
-def _deadline(args: argparse.Namespace) -> float:
+def deadline_of(args: argparse.Namespace) -> float:
     """Overall deadline of a command that makes requests (not calls)."""
     return float(args.timeout) if args.timeout is not None else COMMAND_TIMEOUT
 
@@ -263,13 +274,13 @@ def cmd_call(args: argparse.Namespace) -> int:
     """``fedhub call SUBJECT key=value ...``."""
     target = parse_address(args.subject)
     kwargs = _call_arguments(args.arguments)
-    return _run(_call(args, target.address, target.site, kwargs))
+    return run_command(_call(args, target.address, target.site, kwargs))
 
 
 async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[str, Any]) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
-    async with await _client(args) as fed:
+    async with await client_for(args) as fed:
         async with _sigint() as interrupted:
             handle = await fed.submit(
                 address,
@@ -433,195 +444,7 @@ def _json_native(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool | list | dict)
 
 
-# --- fedhub ls --------------------------------------------------------------------------
-
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    """``fedhub ls [SITE[.MODULE]]``."""
-    site, _, module = (args.target or "").partition(".")
-    if site:
-        validate_site(site)
-    if module:
-        validate_module(module)
-        return _run(_ls_module(args, site, module), _deadline(args))
-    return _run(_ls(args, site or None))
-
-
-async def discover(nc: Any, window: float) -> list[dict[str, Any]]:
-    """Collect ``$SRV.INFO`` answers of fedhub services (at every site) for ``window`` s."""
-    answers: list[dict[str, Any]] = []
-
-    async def collect(msg: Any) -> None:
-        try:
-            data = json.loads(msg.data)
-        except ValueError:
-            return
-        meta = data.get("metadata") or {} if isinstance(data, dict) else {}
-        if isinstance(meta, dict) and meta.get("fedhub.site") and meta.get("fedhub.module"):
-            answers.append(data)
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=collect)
-    try:
-        # Own site's services answer $SRV.INFO; on a hub with an account per site, the
-        # other sites' services answer it through the hub as DISCOVERY_SUBJECT.
-        await nc.publish("$SRV.INFO", b"", reply=inbox)
-        await nc.publish(DISCOVERY_SUBJECT, b"", reply=inbox)
-        await nc.flush(timeout=max(1.0, window))
-        await asyncio.sleep(window)
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-    return answers
-
-
-def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, Any]]:
-    """One entry per site and module: nodes, functions, description."""
-    modules: dict[tuple[str, str], dict[str, Any]] = {}
-    for answer in answers:
-        meta = answer["metadata"]
-        key = (str(meta["fedhub.site"]), str(meta["fedhub.module"]))
-        if site is not None and key[0] != site:
-            continue
-        entry = modules.setdefault(
-            key,
-            {
-                "site": key[0],
-                "module": key[1],
-                "description": str(answer.get("description") or ""),
-                "version": str(answer.get("version") or ""),
-                "nodes": [],
-                "functions": [],
-            },
-        )
-        node = str(meta.get("fedhub.node") or "")
-        if node and node not in entry["nodes"]:
-            entry["nodes"].append(node)
-        names = [f for f in str(meta.get("fedhub.functions") or "").split(",") if f]
-        entry["functions"] = sorted(set(entry["functions"]) | set(names))
-    for entry in modules.values():
-        entry["nodes"].sort()
-    return [modules[key] for key in sorted(modules)]
-
-
-async def _ls(args: argparse.Namespace, site: str | None) -> int:
-    url = default_url(args.url)
-    window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
-    _quiet_nats(args)
-    try:
-        nc = await nats.connect(
-            url,
-            user_credentials=str(args.creds) if args.creds else None,
-            connect_timeout=5.0,
-            max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
-            reconnect_time_wait=0.2,
-            name="fedhub ls",
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
-    try:
-        modules = _group(await discover(nc, window), site)
-    finally:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await nc.drain()
-    if site is not None and not modules:
-        raise NotFoundError(
-            f"no module of site {site} answered at {url} within {window:g} s",
-            hint="check the site name, that its node runs, and its leaf connection",
-        )
-    if args.json:
-        print(json.dumps(modules, indent=2))
-        return 0
-    if not modules:
-        print(f"no fedhub module answered at {url} within {window:g} s", file=sys.stderr)
-        return 0
-    for entry in modules:
-        nodes = len(entry["nodes"])
-        head = f"{entry['site']}.{entry['module']}  ({nodes} node{'s' if nodes != 1 else ''})"
-        if entry["description"]:
-            head += f"  {entry['description']}"
-        print(head)
-        for name in entry["functions"]:
-            print(f"    {entry['site']}.{entry['module']}.{name}")
-    return 0
-
-
-async def _ls_module(args: argparse.Namespace, site: str, module: str) -> int:
-    async with await _client(args) as fed:
-        mi = await fed.module_info(site, module)
-    info = mi.info
-    functions = mi.functions
-    skipped = info.skipped
-    if args.json:
-        out = {
-            "site": site,
-            "module": module,
-            "node": mi.node,
-            "node_kid": mi.node_kid,
-            "doc": info.doc,
-            "functions": {name: fn.model_dump(mode="json") for name, fn in functions.items()},
-            "skipped": skipped,
-        }
-        print(json.dumps(out, indent=2))
-        return 0
-    print(f"{site}.{module}  served by {mi.node} (key vouched for by site:{site})")
-    doc = info.doc.strip()
-    if doc:
-        print(doc.splitlines()[0])
-    print()
-    for name, fn in sorted(functions.items()):
-        print(f"  {fn.signature or name}")
-        summary = fn.summary.strip()
-        if summary:
-            print(f"      {summary.splitlines()[0]}")
-    if skipped:
-        print()
-        for name, reason in sorted(skipped.items()):
-            print(f"  not served: {name} ({reason})")
-    return 0
-
-
-# --- fedhub stub ------------------------------------------------------------------------
-
-
-def cmd_stub(args: argparse.Namespace) -> int:
-    """``fedhub stub SITE.MODULE -o client.py``."""
-    site, dot, module = args.target.partition(".")
-    if not dot or "." in module:
-        raise ConfigError(f"{args.target!r} is not SITE.MODULE", hint="e.g. hereon.climate")
-    validate_site(site)
-    validate_module(module)
-    return _run(_stub(args, site, module), _deadline(args))
-
-
-async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
-    async with await _client(args) as fed:
-        mi = await fed.module_info(site, module)
-    source = generate_stub(mi.info.model_dump(mode="json"), site=site, node=mi.node)
-    if args.output is None:
-        sys.stdout.write(source)
-        return 0
-    try:
-        args.output.write_text(source, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from exc
-    print(
-        f"wrote {args.output}: client of {site}.{module} ({len(mi.functions)} functions)",
-        file=sys.stderr,
-    )
-    return 0
-
-
-# --- fedhub status ----------------------------------------------------------------------
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """``fedhub status REQUEST_ID --site SITE``."""
-    _check_request_target(args)
-    return _run(_status(args), _deadline(args))
-
-
-def _check_request_target(args: argparse.Namespace) -> None:
+def check_request_target(args: argparse.Namespace) -> None:
     """``--site`` is a site name and ``REQUEST_ID`` looks like a request id."""
     validate_site(args.site)
     if not _REQUEST_ID.fullmatch(args.request_id):
@@ -633,55 +456,21 @@ def _check_request_target(args: argparse.Namespace) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """``fedhub fetch REQUEST_ID --site SITE [--out PATH | --json]``."""
-    _check_request_target(args)
-    return _run(_fetch(args), _deadline(args))
+    check_request_target(args)
+    return run_command(_fetch(args), deadline_of(args))
 
 
 async def _fetch(args: argparse.Namespace) -> int:
-    async with await _client(args) as fed:
+    async with await client_for(args) as fed:
         value = await fed.fetch(args.site, args.request_id, result_path=args.out)
     _output(value, args)
     return 0
 
 
-async def _status(args: argparse.Namespace) -> int:
-    async with await _client(args) as fed:
-        state = (await fed.status(args.site, args.request_id)).model_dump(mode="json")
-    if args.json:
-        print(json.dumps(state, indent=2))
-        return 0
-    for label, value in _status_rows(state):
-        print(f"{label:<10}{value}")
-    return 0
-
-
-def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [
-        ("request", state.get("request_id")),
-        ("address", state.get("address")),
-        ("caller", state.get("caller")),
-        ("state", state.get("state")),
-    ]
-    ppm = state.get("progress_ppm")
-    if isinstance(ppm, int):
-        rows.append(("progress", f"{ppm / 10_000:.0f}%"))
-    rows += [
-        ("code", state.get("code")),
-        ("reason", state.get("reason")),
-        ("received", state.get("received_time")),
-        ("updated", state.get("updated_time")),
-        ("attempts", state.get("attempts")),
-    ]
-    if state.get("result_hash"):
-        kept = "stored" if state.get("result_object") else "delivered, no stored copy"
-        rows.append(("result", f"{kept}, hash {state['result_hash']}"))
-    return [(label, str(value)) for label, value in rows if value not in (None, "")]
-
-
 # --- the parser -------------------------------------------------------------------------
 
 
-def _connection_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+def connection_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
         "--url", help=f"NATS URL (default $FEDHUB_URL, else {DEFAULT_URL})", default=None
@@ -726,7 +515,8 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``call``, ``ls``, ``stub``, ``status`` and ``fetch`` to the ``fedhub`` subcommands."""
+    """Add ``call`` and ``fetch`` to the ``fedhub`` subcommands (``ls``, ``stub`` and
+    ``status`` are in :mod:`hub.cli_lookup`)."""
     call = sub.add_parser(
         "call",
         help="call a remote function: fedhub call site.module.function key=value ...",
@@ -749,49 +539,9 @@ def add_commands(sub: Any) -> None:
     call.add_argument(
         "--compress", action="store_true", help="zstd-compress large arguments (per chunk)"
     )
-    _connection_options(call, "deadline of the call in seconds (default 300)")
+    connection_options(call, "deadline of the call in seconds (default 300)")
     call.set_defaults(func=cmd_call)
     call.__class__ = _IntermixedParser
-
-    ls = sub.add_parser(
-        "ls",
-        help="list reachable modules and functions (SITE.MODULE: with signatures)",
-        description="Without SITE.MODULE, list the modules that answer the NATS micro "
-        "service discovery ($SRV.INFO) and their functions; with SITE.MODULE, fetch the "
-        "module's info (node key verified against the pinned site key) and show every "
-        "function's signature and summary.",
-    )
-    ls.add_argument("target", nargs="?", metavar="SITE[.MODULE]")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    _connection_options(
-        ls,
-        f"without MODULE: how long to collect discovery answers (default "
-        f"{DISCOVERY_WINDOW:g}); with it: deadline (default {COMMAND_TIMEOUT:g})",
-    )
-    ls.set_defaults(func=cmd_ls)
-
-    stub = sub.add_parser(
-        "stub",
-        help="generate a typed Python client module for SITE.MODULE",
-        description="Write a Python module with one typed function per remote function "
-        "(real parameter names, types, defaults and docstrings) that calls it.",
-    )
-    stub.add_argument("target", metavar="SITE.MODULE")
-    stub.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
-    _connection_options(stub, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
-    stub.set_defaults(func=cmd_stub)
-
-    status = sub.add_parser(
-        "status",
-        help="show the node's record of one of your requests",
-        description="Ask SITE's node about REQUEST_ID (printed by `fedhub call`): state, "
-        "progress, times, and the error code and reason of a failed call.",
-    )
-    status.add_argument("request_id", metavar="REQUEST_ID")
-    status.add_argument("--site", required=True, help="the site the request went to")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    _connection_options(status, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
-    status.set_defaults(func=cmd_status)
 
     fetch = sub.add_parser(
         "fetch",
@@ -807,5 +557,5 @@ def add_commands(sub: Any) -> None:
     shape.add_argument(
         "--out", type=Path, metavar="PATH", help="write the result to PATH (.nc, .npy, .json)"
     )
-    _connection_options(fetch, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    connection_options(fetch, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     fetch.set_defaults(func=cmd_fetch)

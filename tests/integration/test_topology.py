@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from hub import subjects
-from hub.cli_calls import discover
+from hub.cli_lookup import discover
 from hub.errors import ConfigError, TransportError
 from hub.nats import (
     HUB_DOMAIN,
