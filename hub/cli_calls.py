@@ -46,6 +46,8 @@ from hub.errors import (
     TransportError,
 )
 from hub.keys import KeyStore
+from hub.nats.connection import auth_options
+from hub.nats.generate import nats_inbox_prefix
 from hub.stub import generate_stub
 from hub.subjects import (
     DISCOVERY_SUBJECT,
@@ -485,6 +487,15 @@ def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, An
     return [modules[key] for key in sorted(modules)]
 
 
+def _ls_auth(args: argparse.Namespace) -> dict[str, Any]:
+    """Credentials, TLS and (when the caller is known) the caller's own NATS inboxes."""
+    options = auth_options(args.creds)
+    with contextlib.suppress(ConfigError):
+        user = validate_identity(default_identity(args.identity, KeyStore(args.home))).name
+        options["inbox_prefix"] = nats_inbox_prefix("caller", user)
+    return options
+
+
 async def _ls(args: argparse.Namespace, site: str | None) -> int:
     url = default_url(args.url)
     window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
@@ -492,7 +503,7 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
     try:
         nc = await nats.connect(
             url,
-            user_credentials=str(args.creds) if args.creds else None,
+            **_ls_auth(args),
             connect_timeout=5.0,
             max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
             reconnect_time_wait=0.2,

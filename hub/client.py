@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ from hub.errors import (
 )
 from hub.keys import KeyPair, KeyStore
 from hub.nats import wait_acks
+from hub.nats.connection import auth_options
+from hub.nats.generate import nats_inbox_prefix
 from hub.records import KeyRecord, SignedRecord, open_record
 from hub.subjects import (
     call_subject,
@@ -221,8 +224,17 @@ class Client:
         credentials: str | None = None,
         default_timeout: float = 300.0,
         connect_timeout: float = 5.0,
+        creds: str | Path | None = None,
+        tls: ssl.SSLContext | str | Path | None = None,
     ) -> Client:
-        """Load ``identity``'s keys and the pinned site keys from the key store, connect."""
+        """Load ``identity``'s keys and the pinned site keys from the key store, connect.
+
+        ``creds``: the NATS credentials of this person at their site's leaf server (an NKey
+        seed file from ``fedhub federation init``, or a ``.creds`` file; default
+        ``$FEDHUB_CREDS``); ``tls``: a TLS context or the federation's CA file (default
+        ``$FEDHUB_CA``). The connection's NATS inboxes are ``_INBOX.caller.<user>``, the
+        only ones a caller's credentials may subscribe to.
+        """
         store = KeyStore(home)
         keys = store.load(identity, passphrase)
         trusted = {
@@ -230,10 +242,12 @@ class Client:
             for k in store.list()
             if k.identity.startswith("site:")
         }
+        options = auth_options(creds or credentials, tls)
         try:
             nc = await nats.connect(
                 url,
-                user_credentials=credentials,
+                **options,
+                inbox_prefix=nats_inbox_prefix("caller", validate_identity(identity).name),
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=3,
                 reconnect_time_wait=0.5,
@@ -696,8 +710,13 @@ def connect(
     passphrase: str | None = None,
     credentials: str | None = None,
     default_timeout: float = 300.0,
+    creds: str | Path | None = None,
+    tls: ssl.SSLContext | str | Path | None = None,
 ) -> SyncClient:
-    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``."""
+    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``.
+
+    ``creds`` and ``tls`` as for :meth:`Client.connect`.
+    """
     return SyncClient(
         lambda: Client.connect(
             url,
@@ -706,5 +725,7 @@ def connect(
             passphrase=passphrase,
             credentials=credentials,
             default_timeout=default_timeout,
+            creds=creds,
+            tls=tls,
         )
     )
