@@ -86,9 +86,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 @pytest.fixture(scope="session")
 def open_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     """Like ``federation``, but anyone may connect to the site servers' client ports."""
-    fed = asyncio.run(
-        start_federation(tmp_path_factory.mktemp("open-federation"), secure=False)
-    )
+    fed = asyncio.run(start_federation(tmp_path_factory.mktemp("open-federation"), secure=False))
     try:
         yield fed
     finally:
