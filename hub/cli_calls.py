@@ -46,6 +46,7 @@ from hub.errors import (
     TransportError,
 )
 from hub.keys import KeyStore
+from hub.lifecycle import FINAL
 from hub.nats.connection import auth_options
 from hub.nats.generate import nats_inbox_prefix
 from hub.stub import generate_stub
@@ -73,7 +74,6 @@ COMMAND_TIMEOUT = 30.0
 CANCEL_WINDOW = 5.0
 #: Keyword names ``Client.submit`` keeps for itself (they cannot be remote arguments yet).
 _CLIENT_OPTIONS = frozenset({"timeout", "on_progress"})
-_FINAL_STATES = frozenset({"completed", "failed", "rejected"})
 #: What request ids look like (``hub.envelopes``' rule).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
@@ -355,7 +355,7 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
             answer = {}
         if answer.get("cancelling"):
             return "cancelling"
-        if answer.get("state") in _FINAL_STATES:
+        if answer.get("state") in FINAL:
             return str(answer["state"])
         if loop.time() >= deadline:
             return None

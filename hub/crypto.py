@@ -8,6 +8,11 @@
   between the sender's and the recipient's X25519 keys. Whoever holds a wrapped key can
   open the payload, and the owner can later wrap the same content key for a colleague
   without re-encrypting the data.
+* One API for every sealed payload, on the client and the node: :func:`seal_payload`
+  (fresh content key, wrapped for each recipient), :func:`open_payload` /
+  :func:`open_content_key` (the recipient's side, optionally checking who wrapped it) and
+  :func:`rewrap` (the same content key for another recipient); :func:`seal_secret` /
+  :func:`open_secret` for further messages under a content key already shared.
 * ``Box`` shared keys are cached per (my key, peer key) pair: X25519 costs ~10x an
   encryption with a precomputed key.
 """
@@ -17,7 +22,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import nacl.bindings
 import nacl.exceptions
@@ -34,6 +40,7 @@ __all__ = [
     "blake2b_256",
     "key_id",
     "new_content_key",
+    "open_content_key",
     "open_payload",
     "open_secret",
     "rewrap",
@@ -129,36 +136,59 @@ def unwrap_key(my_box_secret: bytes, wrapped: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class WrappedPayload:
-    """Ciphertext plus its content key wrapped for each recipient key id."""
+    """Ciphertext plus its content key wrapped for each recipient key id.
+
+    ``content_key`` is set only where the key is known (by :func:`seal_payload`): the
+    sealer seals further messages of the same exchange under it (a call's progress and
+    error text) with :func:`seal_secret`.
+    """
 
     ciphertext: bytes
     wraps: dict[str, bytes]
+    content_key: bytes | None = field(default=None, repr=False, compare=False)
 
 
 def seal_payload(
     plaintext: bytes,
     sender_box_secret: bytes,
     sender_box_public: bytes,
-    recipients: dict[str, bytes],
+    recipients: Mapping[str, bytes],
 ) -> WrappedPayload:
-    """Encrypt ``plaintext`` once and wrap its content key for every recipient.
-
-    ``recipients`` maps a recipient key id to its X25519 public key.
-    """
+    """Encrypt ``plaintext`` once with a fresh content key and wrap that key for every
+    recipient (``recipients`` maps a recipient key id to its X25519 public key)."""
     key = new_content_key()
     wraps = {
         kid: wrap_key(sender_box_secret, sender_box_public, pub, key)
         for kid, pub in recipients.items()
     }
-    return WrappedPayload(seal_secret(key, plaintext), wraps)
+    return WrappedPayload(seal_secret(key, plaintext), wraps, key)
 
 
-def open_payload(payload: WrappedPayload, my_kid: str, my_box_secret: bytes) -> bytes:
-    """Open a payload with my wrapped key; DecryptionError if none is for me or it fails."""
-    wrapped = payload.wraps.get(my_kid)
+def open_content_key(
+    wraps: Mapping[str, bytes],
+    my_kid: str,
+    my_box_secret: bytes,
+    *,
+    sender: bytes | None = None,
+) -> bytes:
+    """The content key wrapped for my key id; with ``sender``, only if that X25519 public
+    key wrapped it. DecryptionError if none is for me, another key wrapped it, or it fails.
+    """
+    wrapped = wraps.get(my_kid)
     if wrapped is None:
-        raise DecryptionError(f"payload has no key wrapped for key {my_kid}")
-    return open_secret(unwrap_key(my_box_secret, wrapped), payload.ciphertext)
+        raise DecryptionError(f"no content key is wrapped for key {my_kid}")
+    if sender is not None and wrapped[:32] != sender:
+        raise DecryptionError("the content key was not wrapped by the expected sender's key")
+    return unwrap_key(my_box_secret, wrapped)
+
+
+def open_payload(
+    payload: WrappedPayload, my_kid: str, my_box_secret: bytes, *, sender: bytes | None = None
+) -> bytes:
+    """Open a payload with the key wrapped for me (and, with ``sender``, by that key);
+    DecryptionError if it does not open."""
+    key = open_content_key(payload.wraps, my_kid, my_box_secret, sender=sender)
+    return open_secret(key, payload.ciphertext)
 
 
 def rewrap(
@@ -166,13 +196,10 @@ def rewrap(
     my_kid: str,
     my_box_secret: bytes,
     my_box_public: bytes,
-    recipients: dict[str, bytes],
+    recipients: Mapping[str, bytes],
 ) -> dict[str, bytes]:
     """Wrap the content key of a payload I can open for more recipients (sharing)."""
-    wrapped = payload.wraps.get(my_kid)
-    if wrapped is None:
-        raise DecryptionError(f"payload has no key wrapped for key {my_kid}")
-    key = unwrap_key(my_box_secret, wrapped)
+    key = open_content_key(payload.wraps, my_kid, my_box_secret)
     return {
         kid: wrap_key(my_box_secret, my_box_public, pub, key) for kid, pub in recipients.items()
     }

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub.canonical import b64d, b64e, canonical_bytes, parse_canonical
 from hub.chain import hash_hex
 from hub.crypto import blake2b_256, sign, verify
-from hub.errors import CanonicalError, OversizeError, SignatureError
+from hub.errors import CanonicalError, IntegrityError, OversizeError, SignatureError
 from hub.records import B64, Hex32, Kid, Time, one_line
 
 __all__ = [
@@ -48,16 +48,21 @@ __all__ = [
     "ReplyHeader",
     "Request",
     "RequestHeader",
+    "StoredResult",
     "check_payload",
     "pack_control",
     "pack_reply",
     "pack_request",
+    "pack_stored_result",
     "parse_control",
     "parse_request_header",
     "split_control",
     "split_request",
     "unpack_reply",
     "unpack_request",
+    "unpack_stored_result",
+    "validate_control_header",
+    "validate_request_header",
     "wraps_to_bytes",
     "wraps_to_text",
 ]
@@ -132,8 +137,13 @@ def split_request(data: bytes) -> tuple[bytes, bytes, bytes]:
 
 def parse_request_header(header_bytes: bytes) -> RequestHeader:
     """Parse header bytes (call after the signature was verified)."""
+    return validate_request_header(parse_canonical(header_bytes))
+
+
+def validate_request_header(value: object) -> RequestHeader:
+    """The request header of an already parsed (and verified) header value."""
     try:
-        return RequestHeader.model_validate(parse_canonical(header_bytes))
+        return RequestHeader.model_validate(value)
     except ValidationError as exc:
         raise CanonicalError(f"request header does not match its schema: {one_line(exc)}") from exc
 
@@ -248,7 +258,43 @@ def split_control(data: bytes) -> tuple[bytes, bytes]:
 
 def parse_control(header_bytes: bytes) -> ControlHeader:
     """Parse a verified control header."""
+    return validate_control_header(parse_canonical(header_bytes))
+
+
+def validate_control_header(value: object) -> ControlHeader:
+    """The control header of an already parsed (and verified) header value."""
     try:
-        return ControlHeader.model_validate(parse_canonical(header_bytes))
+        return ControlHeader.model_validate(value)
     except ValidationError as exc:
         raise CanonicalError(f"control message does not match its schema: {one_line(exc)}") from exc
+
+
+class StoredResult(_Wire):
+    """The head of a kept result (``fedhub fetch`` serves it again).
+
+    Stored as ``u32 big-endian head length | head (JSON) | result ciphertext``: the
+    ciphertext is the one the call's reply carried, ``wraps`` its content key wrapped for
+    each recipient (the caller, and whoever it was shared with).
+    """
+
+    v: Literal[1] = 1
+    wraps: dict[Kid, B64]
+
+
+def pack_stored_result(wraps: dict[str, str], ciphertext: bytes) -> bytes:
+    """The stored form of a sealed result."""
+    head = StoredResult(wraps=wraps).model_dump_json().encode()
+    return _LEN.pack(len(head)) + head + ciphertext
+
+
+def unpack_stored_result(data: bytes) -> tuple[StoredResult, bytes]:
+    """The head and ciphertext of a stored result; IntegrityError if it is not one."""
+    try:
+        (n,) = _LEN.unpack_from(data, 0)
+        if n > _MAX_HEADER or 4 + n > len(data):
+            raise ValueError("head length is out of range")
+        head = StoredResult.model_validate_json(data[4 : 4 + n])
+    except (ValueError, struct.error) as exc:  # pydantic's ValidationError is a ValueError
+        why = one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise IntegrityError(f"the stored result is not in fedhub's stored form: {why}") from exc
+    return head, data[4 + n :]

@@ -21,6 +21,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "wire/request-header": envelopes.RequestHeader,
     "wire/reply-header": envelopes.ReplyHeader,
     "wire/control-header": envelopes.ControlHeader,
+    "wire/stored-result": envelopes.StoredResult,
     "records/key-record": records.KeyRecord,
     "records/revocation": records.Revocation,
     "records/checkpoint": records.Checkpoint,

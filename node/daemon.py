@@ -47,6 +47,7 @@ from hub.events import (
     NodeStarted,
     NodeStopped,
 )
+from hub.lifecycle import UNFINISHED
 from hub.logfile import export_line
 from hub.nats import (
     NatsServer,
@@ -71,11 +72,12 @@ from node.admin import DirectoryState, apply_admin, load_directory
 from node.bootstrap import open_instance_log
 from node.config import NodeConfig
 from node.consumer import CallConsumer
+from node.dispatch import Dispatcher
 from node.eventlog import EventLog, StoredEvent
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.natslink import NatsLink, safe_url
-from node.observability import NodeMetrics, module_of
+from node.observability import NodeMetrics
 from node.pipeline import Pipeline
 from node.runner import Runner
 
@@ -103,6 +105,7 @@ class NodeDaemon:
         self.pipeline: Pipeline | None = None
         self.directory: Directory | None = None
         self.consumer: CallConsumer | None = None
+        self.dispatcher: Dispatcher | None = None
         self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -174,12 +177,13 @@ class NodeDaemon:
             writer=self.writer,
             calls=cfg.calls,
             send=self._send,
+            max_reply=self._max_reply,
             store_result=self._store_result,
             load_result=self._load_result,
             module_timeouts=timeouts,
         )
         self.stack.callback(self.pipeline.close)
-        await self.pipeline.load_recent_nonces()
+        await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
         await self.writer.append(
@@ -227,19 +231,31 @@ class NodeDaemon:
         # stop requesting calls; a call the server still delivers is handed back at once
         if self.consumer is not None:
             await self.consumer.close()
-        calls = [t for t in self._tasks if t.get_name() == "call"]
-        if calls:
-            log.info("node.finishing_calls", count=len(calls), grace=self.grace)
-            _, pending = await asyncio.wait(calls, timeout=self.grace)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._finish_calls()
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
                 await self.writer.append(NodeStopped(reason=reason))
                 await self.writer.checkpoint()  # a fresh receipt covers the whole run
         await self.stack.aclose()
         log.info("node.stopped", reason=reason)
+
+    async def _finish_calls(self) -> None:
+        """Let the calls in flight finish for ``grace`` seconds (a burst being taken may
+        still start runs), then cancel what is left (its messages are handed back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        logged = False
+        while calls := [t for t in self._tasks if t.get_name() == "call" and not t.done()]:
+            if not logged:
+                log.info("node.finishing_calls", count=len(calls), grace=self.grace)
+                logged = True
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.wait(calls, timeout=left)
+                continue
+            for t in calls:
+                t.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -354,10 +370,13 @@ class NodeDaemon:
     async def _load_result(self, name: str) -> bytes:
         return await get_object(self._jetstream(), RESULTS_BUCKET, name)
 
-    async def _store_result(self, request_id: str, data: bytes) -> str:
+    async def _store_result(self, name: str, data: bytes) -> None:
+        await put_object(self._jetstream(), RESULTS_BUCKET, name, data)
+
+    def _max_reply(self) -> int:
+        """The largest message this connection carries (the server's ``max_payload``)."""
         assert self.nc is not None
-        await put_object(self._jetstream(), RESULTS_BUCKET, request_id, data)
-        return request_id
+        return int(self.nc.max_payload)
 
     async def _publish_events(self, events: list[StoredEvent]) -> None:
         """Copy events to the site's ``FH_EVENTS`` stream.
@@ -452,8 +471,11 @@ class NodeDaemon:
 
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None
+        states = sorted(UNFINISHED)
+        marks = ", ".join("?" * len(states))
         row = self.eventlog.db.execute(
-            "SELECT COUNT(*) FROM requests WHERE state IN ('received', 'accepted', 'running')"
+            f"SELECT COUNT(*) FROM requests WHERE state IN ({marks})",  # noqa: S608
+            states,
         ).fetchone()
         return int(row[0])
 
@@ -534,47 +556,23 @@ class NodeDaemon:
     async def _start_consumer(self) -> None:
         assert self.nc is not None
         calls = self.cfg.calls
+        assert self.pipeline is not None
+        self.dispatcher = Dispatcher(
+            self.pipeline, self._spawn, self._release, metrics=self.metrics
+        )
         self.consumer = CallConsumer(
             self.nc,
             CALLS_STREAM,
             CALLS_CONSUMER,
-            self._on_call,
+            self.dispatcher.deliver,
             window=calls.max_in_flight,
             refill=calls.fetch_batch,
         )
         await self.consumer.start()
 
-    def _on_call(self, msg: Msg) -> None:
-        self._spawn(self._one_call(msg), "call")
-
-    async def _one_call(self, msg: Msg) -> None:
-        assert self.pipeline is not None and self.consumer is not None
-        acked = False
-        started = time.perf_counter()
-        try:
-            delivery = msg.metadata.num_delivered if msg.metadata else 1
-            outcome = await self.pipeline.handle(
-                msg.data, msg.subject, delivery=delivery, keepalive=msg.in_progress
-            )
-            if self.metrics is not None:  # the one place a call's outcome is known
-                self.metrics.call_finished(
-                    module_of(msg.subject), outcome.state, time.perf_counter() - started
-                )
-            if outcome.ack:
-                await msg.ack()
-                acked = True
-        except asyncio.CancelledError:
-            # stopping with the call unfinished: hand it back for redelivery
-            with contextlib.suppress(Exception):
-                await asyncio.shield(msg.nak())
-            raise
-        except Exception:  # a bug must not take the node down; the message comes back
-            log.exception("call.crashed")
-            if not acked:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
-        finally:
-            self.consumer.release()
+    def _release(self) -> None:
+        assert self.consumer is not None
+        self.consumer.release()
 
     # --- status ---------------------------------------------------------------------------
 
@@ -594,14 +592,17 @@ class NodeDaemon:
         )
         tmp = path.with_suffix(".json.tmp")
         try:
-            while True:
+            # ends on stop even when the cancel lands inside a NATS request, which turns
+            # it into a timeout that _queue_depth takes for an unanswered question
+            while not self._stop.is_set():
                 data = self.status()
                 data["queue"] = await self.queue_depth()
                 data["pid"] = os.getpid()
                 data["time"] = time.time()
                 tmp.write_text(json.dumps(data, indent=2, default=str))
                 tmp.replace(path)
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()

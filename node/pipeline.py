@@ -1,109 +1,80 @@
-"""The request pipeline: from a message on the call stream to exactly one logged outcome.
+"""The request pipeline: from a burst of messages on the call stream to exactly one logged
+outcome per request.
 
-Steps, each logged (docs/protocol.md has the full table)::
+Steps (docs/protocol.md has the full table)::
 
-    frame → caller key known and not revoked → signature → header schema → addressed to us
-    → ciphertext matches the signed hash → not a replay → granted → function exists
-    → log request.received + request.accepted
-    → decrypt → decode → validate → run (progress → caller) → encrypt result to the caller
-    → log request.completed (or request.failed) → reply → store the sealed result
-    → log result.stored → ack
+    burst → each message verified (node.intake, off the event loop for a burst)
+          → not a replay, function exists, granted → arguments decrypted and decoded
+          → ONE log append for the burst: request.accepted (the caller's signed header)
+            per accepted call, request.rejected per refused message
+    each call → run (progress → caller) → seal the result for the caller
+          → log request.completed (naming where the result will be kept), or
+            request.failed → reply → keep the sealed result (node.results; result.lost
+            if that fails) → ack
 
 The JetStream message is acked only once the outcome is logged; while a function runs the
 node tells the server it is still working (``+WPI``). If the node dies mid-run the message
 comes back (a redelivery, told apart from a replay by its delivery count) and the
 ``calls.interrupted`` policy decides: ``fail`` logs ``request.failed`` (code
 ``interrupted``) without running it again — at most once; ``retry`` runs it again
-(``request.started`` attempt 2) — at least once. A request already final is never run or
-completed again: its outcome is simply re-sent.
-
-Rejections before the signature is checked are logged but answered only to the inbox of
-the identity the request claims, so a forged request cannot make the node send to
-arbitrary subjects.
+(``request.started`` with the next attempt) — at least once. A request already final is
+never run or completed again: the caller is told it already ended. Which step is legal
+from which state is :mod:`hub.lifecycle`'s to say; a request a version 1 node received
+(``received``) is accepted or failed by a version 2 event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from hub import codec
-from hub.canonical import b64d, b64e, parse_canonical
-from hub.clock import now, parse_time
-from hub.crypto import (
-    blake2b_256,
-    new_content_key,
-    open_secret,
-    seal_secret,
-    unwrap_key,
-    verify,
-    wrap_key,
-)
+from hub.canonical import b64e
+from hub.crypto import blake2b_256, open_content_key, open_secret, seal_payload
 from hub.directory import Directory
-from hub.envelopes import (
-    DOMAIN_CONTROL,
-    DOMAIN_REQUEST,
-    ReplyHeader,
-    RequestHeader,
-    check_payload,
-    pack_reply,
-    parse_control,
-    parse_request_header,
-    split_control,
-    split_request,
-)
+from hub.envelopes import RequestHeader, wraps_to_bytes, wraps_to_text
 from hub.errors import (
     CallCancelledError,
-    CallTimeoutError,
     CanonicalError,
-    DecryptionError,
     FederationError,
     FunctionFailedError,
-    IntegrityError,
-    NodeError,
-    NotFoundError,
-    OversizeError,
-    RemoteError,
     ReplayError,
-    SignatureError,
-    UnauthorizedError,
-    UnknownFunctionError,
     ValidationError,
 )
-from hub.events import (
-    RequestAccepted,
-    RequestCompleted,
-    RequestFailed,
-    RequestProgress,
-    RequestReceived,
-    RequestRejected,
-    RequestStarted,
-    ResultFetched,
-    ResultStored,
-)
+from hub.events import RequestAccepted, RequestCompleted, RequestFailed, RequestStarted
 from hub.keys import KeyPair
+from hub.lifecycle import FINAL, RequestState, step
 from hub.records import KeyRecord
-from hub.subjects import inbox_prefix, parse_call_subject, validate_identity
 from node import projections
 from node.config import CallsSection
+from node.control import Control
+from node.execution import KeepAlive, ProgressForwarder, failure_code, public_reason
+from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
+from node.replay import ReplayGuard, recent_nonces
+from node.replies import Replies, Send, message_with_hint
+from node.results import LoadResult, ResultStore, StoreResult
 from node.runner import CancelSignal, Runner
 
-__all__ = ["Outcome", "Pipeline"]
+__all__ = ["DUPLICATE", "Delivery", "Job", "Outcome", "Pipeline"]
 
 log = structlog.get_logger(__name__)
 
-Send = Callable[[str, bytes], Awaitable[None]]
-StoreResult = Callable[[str, bytes], Awaitable[str]]
-LoadResult = Callable[[str], Awaitable[bytes]]
+Tick = Callable[[], Awaitable[None]]
+
+#: The outcome of a copy of a request that was already dealt with.
+DUPLICATE = "duplicate"
+
+#: A burst at least this large is verified on two threads instead of one.
+_SPLIT_BURST = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +82,31 @@ class Outcome:
     """What the pipeline did with one message (for the daemon's ack and for tests)."""
 
     request_id: str | None
-    state: str  # rejected | completed | failed | duplicate
+    state: str  # a final RequestState, or DUPLICATE
     code: str | None = None
     ack: bool = True
 
 
-class _Rejected(Exception):  # noqa: N818 - internal control flow, carries the rejection
-    def __init__(
-        self,
-        error: FederationError,
-        code: str,
-        reply_to: str | None,
-        *,
-        verified: bool = True,
-    ) -> None:
-        super().__init__(error.message)
-        self.error, self.code, self.reply_to = error, code, reply_to
-        # False until the signature checked out: then the id and caller are only claims,
-        # and must not be recorded as this request's (a forger could block the real one).
-        self.verified = verified
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as the consumer delivered it."""
+
+    data: bytes
+    subject: str
+    delivery: int = 1
+    keepalive: Tick | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An accepted call, logged, ready to run (:meth:`Pipeline.run`)."""
+
+    header: RequestHeader
+    record: KeyRecord
+    content_key: bytes
+    kwargs: dict[str, object]
+    attempt: int
+    keepalive: Tick | None
 
 
 class Pipeline:
@@ -146,6 +123,7 @@ class Pipeline:
         writer: LogWriter,
         calls: CallsSection,
         send: Send,
+        max_reply: Callable[[], int] | None = None,
         store_result: StoreResult | None = None,
         load_result: LoadResult | None = None,
         module_timeouts: dict[str, float | None] | None = None,
@@ -157,46 +135,28 @@ class Pipeline:
         self.runner = runner
         self.writer = writer
         self.calls = calls
-        self.send = send
-        self.store_result = store_result
-        self.load_result = load_result
         self.module_timeouts = module_timeouts or {}
-        self._nonces: dict[str, float] = {}
-        self._running: dict[str, CancelSignal] = {}
-        self._owners: dict[str, str] = {}
+        self.replay = ReplayGuard(calls.replay_window)
+        self.replies = Replies(node_id, send, max_reply or (lambda: calls.max_payload + 64 * 1024))
+        self.results = ResultStore(writer, store_result, load_result)
+        self.running: dict[str, CancelSignal] = {}
+        self.cancel_early: dict[str, float] = {}
         self.in_flight = 0
+        self._taking: set[str] = set()  # ids accepted by a burst whose append is under way
         self._reader: sqlite3.Connection | None = None
-        self._cancel_early: dict[str, float] = {}
-        self._storing: dict[str, asyncio.Future[None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._control = Control(self)
 
-    # --- replay memory --------------------------------------------------------------------
+    async def load_replay_memory(self) -> int:
+        """Remember the nonces the log received within the replay window (after a
+        restart); returns how many."""
+        conn, window = self.writer.eventlog.db.conn, self.calls.replay_window
+        items = await self.writer.call(lambda: recent_nonces(conn, window, time.time()))
+        assert isinstance(items, list)
+        return self.replay.load(items)
 
-    async def load_recent_nonces(self) -> int:
-        """Remember nonces of requests received within the replay window (after a restart)."""
-        horizon = time.time() - self.calls.replay_window
-
-        def read() -> list[bytes]:
-            rows = self.writer.eventlog.db.execute(
-                "SELECT body FROM events WHERE type = 'request.received' AND time >= ?",
-                [_time_text(horizon)],
-            ).fetchall()
-            return [bytes(r[0]) for r in rows]
-
-        bodies = await self.writer.call(read)
-        assert isinstance(bodies, list)
-        for body in bodies:
-            ev = parse_canonical(body)
-            self._nonces[ev["data"]["nonce"]] = parse_time(ev["time"]).timestamp()
-        return len(bodies)
-
-    def _forget_old_nonces(self, now_s: float) -> None:
-        if len(self._nonces) < 10_000:
-            return
-        horizon = now_s - self.calls.replay_window
-        self._nonces = {n: t for n, t in self._nonces.items() if t >= horizon}
-
-    async def _request_state(self, rid: str) -> dict[str, Any] | None:
-        """The projected state of ``rid``, read on a connection of its own (WAL readers do
+    async def request_state(self, rid: str) -> dict[str, Any] | None:
+        """The projected row of ``rid``, read on a connection of its own (WAL readers do
         not wait for the writer, and a point lookup is cheap enough for the loop thread)."""
         if self._reader is None:
             path = self.writer.eventlog.path.resolve()
@@ -204,314 +164,246 @@ class Pipeline:
         return projections.request_status(self._reader, rid)
 
     def close(self) -> None:
-        """Close the read connection; harmless twice."""
+        """Close the read connection and the verifying threads; harmless twice."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
-    # --- the pipeline ---------------------------------------------------------------------
+    async def control(self, data: bytes) -> dict[str, Any] | bytes:
+        """Answer a signed cancel/status/fetch message (see :mod:`node.control`)."""
+        return await self._control.answer(data)
+
+    # --- one message, or a burst ----------------------------------------------------------
 
     async def handle(
-        self,
-        data: bytes,
-        subject: str,
-        *,
-        delivery: int = 1,
-        keepalive: Callable[[], Awaitable[None]] | None = None,
+        self, data: bytes, subject: str, *, delivery: int = 1, keepalive: Tick | None = None
     ) -> Outcome:
-        """Process one call message; never raises for anything the message contains."""
-        self.in_flight += 1
-        try:
-            return await self._handle(data, subject, delivery, keepalive)
-        except _Rejected as rej:
-            return await self._reject(data, rej)
-        finally:
-            self.in_flight -= 1
+        """Process one call message to its outcome; never raises for anything the message
+        contains."""
+        (taken,) = await self.take([Delivery(data, subject, delivery, keepalive)])
+        return taken if isinstance(taken, Outcome) else await self.run(taken)
 
-    async def _handle(
-        self,
-        data: bytes,
-        subject: str,
-        delivery: int,
-        keepalive: Callable[[], Awaitable[None]] | None,
-    ) -> Outcome:
-        header, record, header_bytes, sig, ciphertext = self._verify(data, subject)
-        rid = header.id
-        structlog.contextvars.bind_contextvars(request_id=rid)
+    async def take(self, burst: Sequence[Delivery]) -> list[Outcome | Job]:
+        """Verify a burst, log what it accepts and rejects in ONE append, tell the refused.
+
+        Returns, per message, its outcome or the job that runs it (:meth:`run`, which
+        ends it). Raises only if the log refuses the append (then nothing was accepted).
+        """
+        self.in_flight += len(burst)
+        done = 0
+        taking: list[str] = []
         try:
-            state = await self._request_state(rid)
-            if state is not None:
-                return await self._seen_before(
-                    header, state, delivery, ciphertext, record, keepalive
+            opened = await self._open_all(burst)
+            # from here to the append's enqueueing nothing yields: the states read, the
+            # replay guard and the ids being taken agree with the order of the log
+            states = [
+                await self.request_state(o.header.id) if isinstance(o, Verified) else None
+                for o in opened
+            ]
+            taken: list[Outcome | Job | None] = [None] * len(burst)
+            events: list[BaseModel] = []
+            refused: list[Rejection] = []
+            unopened: dict[int, tuple[RequestHeader, FederationError]] = {}  # do not open
+            known: list[int] = []  # copies of requests the log already has
+            for i, (d, o, state) in enumerate(zip(burst, opened, states, strict=True)):
+                if isinstance(o, Verified) and state is not None:
+                    known.append(i)
+                    continue
+                if isinstance(o, Verified):
+                    rej = self._taken_already(o) or admit(
+                        o,
+                        replay=self.replay,
+                        runner=self.runner,
+                        directory=self.directory,
+                        site=self.site,
+                    )
+                    if rej is None:
+                        self._taking.add(o.header.id)
+                        taking.append(o.header.id)
+                        events.append(self._accepted(o, d.delivery))
+                        try:
+                            key, kwargs = self._decrypt(o)
+                        except FederationError as exc:
+                            unopened[i] = (o.header, exc)
+                        else:
+                            taken[i] = Job(o.header, o.record, key, kwargs, 1, d.keepalive)
+                        continue
+                    o = rej
+                events.append(o.event())
+                refused.append(o)
+                taken[i] = Outcome(o.request_id, RequestState.REJECTED, o.code)
+            if events:
+                await self.writer.append(*events, alone=self.in_flight <= 1)
+            self._taking.difference_update(taking)
+            for rej in refused:
+                log.warning("call.rejected", code=rej.code, reason=rej.error.message)
+                answer = rej.reply(self.node_id)
+                if answer is not None:
+                    await self.replies.send(*answer, request_id=rej.request_id or "-")
+            for i, (header, problem) in unopened.items():
+                taken[i] = await self._fail(header, None, problem, time.perf_counter())
+            for i in known:
+                o, row = opened[i], states[i]
+                assert isinstance(o, Verified) and row is not None
+                taken[i] = await self._seen_before(o, row, burst[i])
+            out = [t for t in taken if t is not None]
+            done = sum(isinstance(t, Outcome) for t in out)
+            return out
+        except BaseException:
+            done = len(burst)
+            self._taking.difference_update(taking)
+            raise
+        finally:
+            self.in_flight -= done
+
+    def _taken_already(self, req: Verified) -> Rejection | None:
+        """A request whose id is being accepted right now (earlier in this burst, or in a
+        burst whose append is under way) is refused as received before, after it."""
+        rid = req.header.id
+        if rid not in self._taking:
+            return None
+        return Rejection.of(req, ReplayError(f"request {rid} was received before"), "replay")
+
+    async def _open_all(self, burst: Sequence[Delivery]) -> list[Verified | Rejection]:
+        """:func:`~node.intake.open_request` for each message: a single message right here
+        (a hop to a thread would cost it more than its check), a burst on the verifying
+        threads (libsodium releases the GIL)."""
+
+        def open_many(part: Sequence[Delivery]) -> list[Verified | Rejection]:
+            return [
+                open_request(
+                    d.data,
+                    d.subject,
+                    site=self.site,
+                    directory=self.directory,
+                    max_payload=self.calls.max_payload,
                 )
-            self._check_fresh(header)
-            self._authorize(header, record)
-            received = RequestReceived(
-                request_id=rid,
-                caller=header.caller,
-                address=header.address,
-                header=b64e(header_bytes),
-                sig=b64e(sig),
-                nonce=header.nonce,
-                payload_hash=header.payload_hash,
-                payload_size=header.payload_size,
-                delivery=delivery,
-            )
-            try:
-                content_key, kwargs = self._open(header, record, ciphertext)
-            except FederationError as exc:
-                await self.writer.append(received, RequestAccepted(request_id=rid))
-                return await self._fail(header, None, exc, time.perf_counter())
-            await self.writer.append(
-                received,
-                RequestAccepted(request_id=rid),
-                RequestStarted(request_id=rid, attempt=1),
-                alone=self.in_flight <= 1,
-            )
-            log.info("call.accepted", caller=header.caller, address=header.address)
-            return await self._execute(
-                header,
-                record,
-                content_key,
-                kwargs,
-                attempt=1,
-                keepalive=keepalive,
-                logged_start=True,
-            )
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+                for d in part
+            ]
 
-    def _verify(
-        self, data: bytes, subject: str
-    ) -> tuple[RequestHeader, KeyRecord, bytes, bytes, bytes]:
-        """Frame, caller key, signature, header, addressing, payload hash."""
-        if len(data) > self.calls.max_payload:
-            raise _Rejected(
-                OversizeError(
-                    f"request is {len(data):,} bytes; this site takes {self.calls.max_payload:,}",
-                    hint="pass less data per call",
-                ),
-                "oversize",
-                self._claimed_reply(data),
-                verified=False,
-            )
-        try:
-            header_bytes, sig, ciphertext = split_request(data)
-            claimed = parse_canonical(header_bytes)
-            caller, kid, reply = str(claimed["caller"]), str(claimed["kid"]), claimed.get("reply")
-        except (CanonicalError, KeyError, TypeError) as exc:
-            raise _Rejected(
-                CanonicalError(f"malformed request: {exc}"), "malformed", None, verified=False
-            ) from exc
-        reply_to = self._safe_reply(caller, reply)
-        try:
-            record = self.directory.caller(caller, kid)
-        except UnauthorizedError as exc:
-            # a revoked (but once registered) key can still prove it signed this request,
-            # which makes the refusal attributable; an unknown key proves nothing
-            known = self.directory.keys.get(kid)
-            signed = (
-                known is not None
-                and known.identity == caller
-                and _signed_by(known, header_bytes, sig)
-            )
-            raise _Rejected(exc, "unauthorized", reply_to, verified=signed) from exc
-        try:
-            verify(record.sign_key_bytes(), DOMAIN_REQUEST, header_bytes, sig)
-        except SignatureError as exc:
-            raise _Rejected(
-                SignatureError(f"request signature of {caller} does not verify"),
-                "bad_signature",
-                reply_to,
-                verified=False,
-            ) from exc
-        try:
-            header = parse_request_header(header_bytes)
-            check_payload(header, ciphertext)
-        except IntegrityError as exc:
-            raise _Rejected(exc, "malformed", reply_to) from exc
-        try:
-            addressed = parse_call_subject(subject)
-        except FederationError as exc:
-            raise _Rejected(exc, "misrouted", reply_to) from exc
-        if (addressed.site, addressed.module, addressed.function) != (
-            header.site,
-            header.module,
-            header.function,
-        ) or header.site != self.site:
-            raise _Rejected(
-                NotFoundError(
-                    f"request for {header.address} arrived on {subject} at site {self.site}"
-                ),
-                "misrouted",
-                reply_to,
-            )
-        return header, record, header_bytes, sig, ciphertext
+        if len(burst) == 1:
+            return open_many(burst)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="verify")
+        loop = asyncio.get_running_loop()
+        parts = [burst] if len(burst) < _SPLIT_BURST else [burst[::2], burst[1::2]]
+        opened = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, open_many, p) for p in parts)
+        )
+        if len(opened) == 1:
+            return opened[0]
+        evens, odds = opened
+        return [(evens if i % 2 == 0 else odds)[i // 2] for i in range(len(burst))]
 
-    def _claimed_reply(self, data: bytes) -> str | None:
-        """The inbox an unverified request claims, if it is one of its claimed caller's."""
-        try:
-            claimed = parse_canonical(split_request(data)[0])
-            return self._safe_reply(str(claimed["caller"]), claimed.get("reply"))
-        except (CanonicalError, KeyError, TypeError):
-            return None
+    def _accepted(self, req: Verified, delivery: int) -> RequestAccepted:
+        h = req.header
+        return RequestAccepted(
+            request_id=h.id,
+            caller=h.caller,
+            address=h.address,
+            header=b64e(req.header_bytes),
+            sig=b64e(req.sig),
+            payload_hash=h.payload_hash,
+            payload_size=h.payload_size,
+            delivery=delivery,
+        )
 
-    def _safe_reply(self, caller: str, reply: object) -> str | None:
-        """The reply subject, only if it is an inbox of the identity the request names."""
-        try:
-            ident = validate_identity(caller)
-            prefix = inbox_prefix(ident.site, ident.name) + "."
-        except FederationError:
-            return None
-        if isinstance(reply, str) and reply.startswith(prefix) and " " not in reply:
-            return reply
-        return None
-
-    def _check_fresh(self, header: RequestHeader) -> None:
-        now_s = time.time()
-        sent = parse_time(header.time).timestamp()
-        if abs(now_s - sent) > self.calls.replay_window:
-            raise _Rejected(
-                ReplayError(
-                    f"request time {header.time} is outside the "
-                    f"{self.calls.replay_window:.0f} s window",
-                    hint="check the caller's clock",
-                ),
-                "replay",
-                header.reply,
-            )
-        if header.nonce in self._nonces:
-            raise _Rejected(
-                ReplayError(f"nonce of request {header.id} was used before"), "replay", header.reply
-            )
-        self._forget_old_nonces(now_s)
-        self._nonces[header.nonce] = sent
-
-    def _authorize(self, header: RequestHeader, record: KeyRecord) -> None:
-        try:
-            self.runner.function(header.module, header.function)
-        except UnknownFunctionError as exc:
-            raise _Rejected(
-                NotFoundError(
-                    f"site {self.site} serves no function {header.module}.{header.function}"
-                ),
-                "not_found",
-                header.reply,
-            ) from exc
-        try:
-            self.directory.authorize(record, header.module, header.function)
-        except UnauthorizedError as exc:
-            raise _Rejected(exc, "unauthorized", header.reply) from exc
-
-    async def _seen_before(
-        self,
-        header: RequestHeader,
-        state: dict[str, Any],
-        delivery: int,
-        ciphertext: bytes,
-        record: KeyRecord,
-        keepalive: Callable[[], Awaitable[None]] | None = None,
-    ) -> Outcome:
-        rid = header.id
-        current = state["state"]
-        if rid in self._running:
+    async def _seen_before(self, req: Verified, row: dict[str, Any], d: Delivery) -> Outcome | Job:
+        """A copy of a request the log already knows: a replay, a copy of a finished one,
+        or a redelivery after the node died (the ``interrupted`` policy decides)."""
+        h, rid = req.header, req.header.id
+        state = RequestState(row["state"])
+        if rid in self.running:
             # a redelivery of a call this process is still running (the server gave up
             # waiting for its ack): the running one will ack it; neither ack nor run again
-            log.info("call.redelivered_while_running")
-            return Outcome(rid, "duplicate", "running", ack=False)
-        if delivery <= 1:
-            raise _Rejected(
-                ReplayError(f"request {rid} was received before"), "replay", header.reply
-            )
-        if current in ("completed", "failed", "rejected"):
-            log.info("call.redelivered_final", state=current)
-            await self._send_error(
-                header,
-                None,
-                "duplicate",
-                f"request {rid} already ended ({current}); see `fedhub status {rid}`",
-            )
-            return Outcome(rid, "duplicate", current)
-        # received/accepted/running when the node died: the documented policy decides
-        if current == "received":
-            await self.writer.append(RequestAccepted(request_id=rid))
+            log.info("call.redelivered_while_running", request_id=rid)
+            return Outcome(rid, DUPLICATE, RequestState.RUNNING, ack=False)
+        if d.delivery <= 1:
+            rej = Rejection.of(req, ReplayError(f"request {rid} was received before"), "replay")
+            await self.writer.append(rej.event())
+            answer = rej.reply(self.node_id)
+            if answer is not None:
+                await self.replies.send(*answer, request_id=rid)
+            return Outcome(rid, RequestState.REJECTED, "replay")
+        if state in FINAL:
+            log.info("call.redelivered_final", request_id=rid, state=state)
+            message = f"request {rid} already ended ({state}); see `fedhub status {rid}`"
+            await self.replies.error(rid, h.reply, DUPLICATE, message)
+            return Outcome(rid, DUPLICATE, state)
+        # unfinished when the node died: the documented policy decides
         if self.calls.interrupted == "fail":
             err = CallCancelledError(
                 f"request {rid} was interrupted by a node restart and not run again",
                 code="interrupted",
             )
-            await self.writer.append(
-                RequestFailed(request_id=rid, code="interrupted", reason=err.message)
-            )
-            await self._send_error(header, None, "interrupted", err.message)
-            return Outcome(rid, "failed", "interrupted")
-        attempt = int(state.get("attempts") or 0) + 1
-        try:
-            content_key, kwargs = self._open(header, record, ciphertext)
-        except FederationError as exc:
-            return await self._fail(header, None, exc, time.perf_counter())
-        return await self._execute(
-            header, record, content_key, kwargs, attempt=attempt, keepalive=keepalive
+            failed = RequestFailed(request_id=rid, code="interrupted", reason=err.message)
+            step(state, failed.type, request_id=rid)
+            await self.writer.append(failed)
+            await self.replies.error(rid, h.reply, "interrupted", err.message)
+            return Outcome(rid, RequestState.FAILED, "interrupted")
+        attempt = int(row.get("attempts") or 0) + 1
+        again: RequestAccepted | RequestStarted = (
+            self._accepted(req, d.delivery)  # received by a version 1 node, never started
+            if state == RequestState.RECEIVED
+            else RequestStarted(request_id=rid, attempt=attempt)
         )
+        step(state, again.type, request_id=rid)
+        await self.writer.append(again)
+        try:
+            content_key, kwargs = self._decrypt(req)
+        except FederationError as exc:
+            return await self._fail(h, None, exc, time.perf_counter())
+        return Job(h, req.record, content_key, kwargs, max(attempt, 1), d.keepalive)
 
-    def _open(
-        self, header: RequestHeader, record: KeyRecord, ciphertext: bytes
-    ) -> tuple[bytes, dict[str, object]]:
-        """Unwrap the content key, decrypt and decode the arguments, check the interface."""
-        wrapped = header.wraps.get(self.key.kid)
-        if wrapped is None:
-            raise DecryptionError(
-                f"request {header.id} has no key wrapped for this node ({self.key.kid})"
-            )
-        raw = b64d(wrapped)
-        if raw[:32] != record.box_key_bytes():
-            raise DecryptionError("arguments were not encrypted by the caller's registered key")
-        content_key = unwrap_key(self.key.box_secret, raw)
-        plaintext = open_secret(content_key, ciphertext)
+    def _decrypt(self, req: Verified) -> tuple[bytes, dict[str, object]]:
+        """Unwrap the content key (wrapped by the caller's registered key), decrypt and
+        decode the arguments, check the interface the caller read."""
+        h = req.header
+        content_key = open_content_key(
+            wraps_to_bytes(h.wraps),
+            self.key.kid,
+            self.key.box_secret,
+            sender=req.record.box_key_bytes(),
+        )
+        plaintext = open_secret(content_key, req.ciphertext)
         try:
             kwargs = codec.decode_many(plaintext, max_size=self.calls.max_payload * 4)
         except CanonicalError as exc:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
-        spec = self.runner.function(header.module, header.function)
-        if header.schema_hash and header.schema_hash != spec.schema_hash:
+        spec = self.runner.function(h.module, h.function)
+        if h.schema_hash and h.schema_hash != spec.schema_hash:
             raise ValidationError(
-                f"{header.address} changed its interface since the caller read it",
+                f"{h.address} changed its interface since the caller read it",
                 hint="refresh the module info (`fedhub ls`) and call again",
             )
         return content_key, kwargs
 
-    async def _execute(
-        self,
-        header: RequestHeader,
-        record: KeyRecord,
-        content_key: bytes,
-        kwargs: dict[str, object],
-        *,
-        attempt: int,
-        keepalive: Callable[[], Awaitable[None]] | None = None,
-        logged_start: bool = False,
-    ) -> Outcome:
-        rid = header.id
+    # --- running an accepted call ---------------------------------------------------------
+
+    async def run(self, job: Job) -> Outcome:
+        """Run an accepted call and end it: completed (replied, result kept) or failed."""
+        h, rid = job.header, job.header.id
+        structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
         try:
-            if not logged_start:
-                await self.writer.append(RequestStarted(request_id=rid, attempt=attempt))
             cancel = CancelSignal()
-            if self._cancel_early.pop(rid, None) is not None:
+            if self.cancel_early.pop(rid, None) is not None:
                 cancel.set()
-            self._running[rid] = cancel
-            self._owners[rid] = header.caller
-            timeout = header.timeout_ms / 1000
-            module_timeout = self.module_timeouts.get(header.module)
+            self.running[rid] = cancel
+            timeout = h.timeout_ms / 1000
+            module_timeout = self.module_timeouts.get(h.module)
             if module_timeout is not None:
                 timeout = min(timeout, module_timeout)
-            reporter = _ProgressForwarder(self, header, content_key)
-            ka = _KeepAlive(keepalive, self.calls.ack_wait / 3) if keepalive else None
+            reporter = ProgressForwarder(self.replies, self.writer, h, job.content_key)
+            ka = KeepAlive(job.keepalive, self.calls.ack_wait / 3) if job.keepalive else None
             try:
                 value = await self.runner.run(
-                    header.module,
-                    header.function,
-                    kwargs,
+                    h.module,
+                    h.function,
+                    job.kwargs,
                     timeout=timeout,
                     on_progress=reporter.report,
                     cancel=cancel,
@@ -519,87 +411,56 @@ class Pipeline:
             finally:
                 if ka is not None:
                     ka.stop()
-                self._running.pop(rid, None)
-                self._owners.pop(rid, None)
+                self.running.pop(rid, None)
                 await reporter.close()
-            body = codec.encode(value)
-            result_key = new_content_key()
-            result_ct = seal_secret(result_key, body)
-            result_hash = blake2b_256(result_ct).hex()
-            wraps = {
-                record.kid: b64e(
-                    wrap_key(
-                        self.key.box_secret, self.key.box_public, record.box_key_bytes(), result_key
-                    )
-                )
-            }
-            duration = int((time.perf_counter() - started) * 1e6)
-            stored = await self.writer.append(
-                RequestCompleted(
-                    request_id=rid,
-                    result_hash=result_hash,
-                    result_size=len(result_ct),
-                    duration_us=duration,
-                ),
-                alone=self.in_flight <= 1,
-            )
-            await self._send(
-                header.reply,
-                pack_reply(
-                    ReplyHeader(
-                        kind="result",
-                        id=rid,
-                        node=self.node_id,
-                        time=now(),
-                        result_hash=result_hash,
-                        wraps=wraps,
-                        object=rid if self.store_result is not None else None,
-                        log_seq=stored[-1].seq,
-                    ),
-                    result_ct,
-                ),
-            )
-            if self.store_result is not None:
-                await self._store(rid, wraps, result_ct, result_hash, record.kid)
-            log.info("call.completed", address=header.address, duration_us=duration)
-            return Outcome(rid, "completed")
+            return await self._complete(job, value, started)
         except asyncio.CancelledError:
             raise  # the node is stopping: the message goes back to the stream
         except Exception as exc:  # every other failure ends the request, exactly once
-            return await self._fail(header, content_key, exc, started)
-
-    async def _store(
-        self, rid: str, wraps: dict[str, str], ciphertext: bytes, digest: str, kid: str
-    ) -> None:
-        """Keep the sealed result for a later fetch, then log ``result.stored``.
-
-        This runs after the reply (the caller does not wait for it) and before the call's
-        message is acked. If it fails, or the node dies first, the log simply has no
-        ``result.stored`` for the request: the caller has its result, a later fetch finds
-        none, and ``fedhub status`` says so.
-        """
-        assert self.store_result is not None
-        done = asyncio.get_running_loop().create_future()
-        self._storing[rid] = done
-        try:
-            obj = await self.store_result(rid, _stored_form(wraps, ciphertext))
-            await self.writer.append(
-                ResultStored(
-                    request_id=rid,
-                    object=obj,
-                    size=len(ciphertext),
-                    ciphertext_hash=digest,
-                    recipients=(kid,),
-                ),
-                alone=self.in_flight <= 1,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the call itself has completed; only the copy is missing
-            log.warning("result.not_stored", request_id=rid, error=str(exc))
+            return await self._fail(h, job.content_key, exc, started)
         finally:
-            self._storing.pop(rid, None)
-            done.set_result(None)
+            self.in_flight -= 1
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _complete(self, job: Job, value: object, started: float) -> Outcome:
+        """Seal the result for the caller, log ``request.completed``, reply, keep it."""
+        h, rid, record = job.header, job.header.id, job.record
+        sealed = seal_payload(
+            codec.encode(value),
+            self.key.box_secret,
+            self.key.box_public,
+            {record.kid: record.box_key_bytes()},
+        )
+        ciphertext, wraps = sealed.ciphertext, wraps_to_text(sealed.wraps)
+        result_hash = blake2b_256(ciphertext).hex()
+        kept_as = self.results.name_for(rid)
+        self.replies.check_size(
+            rid, result_hash=result_hash, wraps=wraps, ciphertext=ciphertext, kept_as=kept_as
+        )
+        duration = int((time.perf_counter() - started) * 1e6)
+        stored = await self.writer.append(
+            RequestCompleted(
+                request_id=rid,
+                result_hash=result_hash,
+                result_size=len(ciphertext),
+                duration_us=duration,
+                object=kept_as,
+            ),
+            alone=self.in_flight <= 1,
+        )
+        frame = self.replies.result_frame(
+            rid,
+            result_hash=result_hash,
+            wraps=wraps,
+            ciphertext=ciphertext,
+            kept_as=kept_as,
+            log_seq=stored[-1].seq,
+        )
+        await self.replies.send(h.reply, frame, request_id=rid)
+        if kept_as is not None:
+            await self.results.keep(rid, kept_as, wraps, ciphertext)
+        log.info("call.completed", address=h.address, duration_us=duration)
+        return Outcome(rid, RequestState.COMPLETED)
 
     async def _fail(
         self, header: RequestHeader, content_key: bytes | None, exc: Exception, started: float
@@ -612,314 +473,16 @@ class Pipeline:
                 code="internal_error",
                 hint="the site's operator can find it in the node's log",
             )
-        code = _code_of(exc)
+        code = failure_code(exc)
         duration = int((time.perf_counter() - started) * 1e6)
         await self.writer.append(
             RequestFailed(
                 request_id=header.id,
                 code=code,
-                reason=_public_reason(exc, code),
+                reason=public_reason(exc, code),
                 duration_us=duration,
             )
         )
-        await self._send_error(header, content_key, code, _message_with_hint(exc))
+        await self.replies.error(header.id, header.reply, code, message_with_hint(exc), content_key)
         log.info("call.failed", address=header.address, code=code)
-        return Outcome(header.id, "failed", code)
-
-    # --- answers --------------------------------------------------------------------------
-
-    async def _send(self, subject: str | None, data: bytes) -> None:
-        if not subject:
-            return
-        try:
-            await self.send(subject, data)
-        except Exception as exc:  # the outcome is logged; the caller can ask for it again
-            log.warning("call.reply_failed", error=str(exc))
-
-    async def _send_error(
-        self, header: RequestHeader, content_key: bytes | None, code: str, message: str
-    ) -> None:
-        if content_key is not None:
-            reply = ReplyHeader(
-                kind="error", id=header.id, node=self.node_id, time=now(), code=code
-            )
-            await self._send(
-                header.reply, pack_reply(reply, seal_secret(content_key, message.encode()))
-            )
-        else:
-            reply = ReplyHeader(
-                kind="error",
-                id=header.id,
-                node=self.node_id,
-                time=now(),
-                code=code,
-                message=message[:2000],
-            )
-            await self._send(header.reply, pack_reply(reply))
-
-    async def _reject(self, data: bytes, rej: _Rejected) -> Outcome:
-        rid: str | None = None
-        caller: str | None = None
-        try:
-            header_bytes, _, _ = split_request(data)
-            claimed = parse_canonical(header_bytes)
-            rid = claimed.get("id") if isinstance(claimed.get("id"), str) else None
-            caller = claimed.get("caller") if isinstance(claimed.get("caller"), str) else None
-        except (CanonicalError, AttributeError):
-            header_bytes = data[:4096]
-        if rid is not None and not _looks_like_id(rid):
-            rid = None
-        reason = rej.error.message[:400]
-        if not rej.verified and (rid or caller):
-            # unproven claims stay out of the request's identity (a forger must not be able
-            # to block or blame the real one) but are kept in the reason, for the record
-            reason += f" (unverified claims: request {rid}, caller {(caller or '')[:60]})"
-        try:
-            await self.writer.append(
-                RequestRejected(
-                    request_id=rid if rej.verified else None,
-                    caller=(caller[:140] if caller else None) if rej.verified else None,
-                    envelope_hash=blake2b_256(header_bytes).hex(),
-                    code=rej.code,
-                    reason=reason[:500],
-                )
-            )
-        except FederationError as exc:
-            log.error("call.reject_not_logged", error=str(exc))
-        log.warning("call.rejected", code=rej.code, reason=rej.error.message, caller=caller)
-        if rej.reply_to and rid:
-            reply = ReplyHeader(
-                kind="error",
-                id=rid,
-                node=self.node_id,
-                time=now(),
-                code=_wire_code(rej),
-                message=_message_with_hint(rej.error)[:2000],
-            )
-            await self._send(rej.reply_to, pack_reply(reply))
-        return Outcome(rid, "rejected", rej.code)
-
-    # --- control: cancel and status -------------------------------------------------------
-
-    async def control(self, data: bytes) -> dict[str, Any] | bytes:
-        """Answer a signed cancel/status/fetch message from a caller about its own request.
-
-        Answers are JSON, except a successful fetch: the stored result as a ``result``
-        reply frame, exactly as the call's own reply carried it.
-        """
-        try:
-            header_bytes, sig = split_control(data)
-            claimed = parse_canonical(header_bytes)
-            record = self.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
-            verify(record.sign_key_bytes(), DOMAIN_CONTROL, header_bytes, sig)
-            ctl = parse_control(header_bytes)
-        except UnauthorizedError as exc:
-            return _error_answer(exc)
-        except (FederationError, KeyError, TypeError) as exc:
-            return _error_answer(UnauthorizedError(f"control message refused: {exc}"))
-        storing = self._storing.get(ctl.id)
-        if storing is not None and ctl.op in ("status", "fetch"):
-            # the result is being stored right now: answer once that is logged
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(storing), 5.0)
-        state = await self._request_state(ctl.id)
-        if state is None or state.get("caller") != ctl.caller:
-            return _error_answer(NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node"))
-        if ctl.op == "fetch":
-            return await self._fetch(ctl.id, ctl.caller, state)
-        if ctl.op == "cancel":
-            event = self._running.get(ctl.id)
-            if event is not None:
-                event.set()
-                return {"id": ctl.id, "cancelling": True, "state": state["state"]}
-            if state["state"] in ("received", "accepted", "running"):
-                # not running in this process yet (queued, or between log and start):
-                # remembered, and the call is cancelled when it would start
-                self._cancel_early[ctl.id] = time.monotonic()
-                return {"id": ctl.id, "cancelling": True, "state": state["state"]}
-            return {"id": ctl.id, "cancelling": False, "state": state["state"]}
-        keep = (
-            "request_id",
-            "caller",
-            "address",
-            "state",
-            "code",
-            "reason",
-            "received_time",
-            "updated_time",
-            "attempts",
-            "progress_ppm",
-            "result_hash",
-            "result_object",
-        )
-        return {k: state.get(k) for k in keep}
-
-    async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> dict[str, Any] | bytes:
-        """The stored result of ``rid`` as a result frame; logs ``result.fetched``."""
-        if state["state"] != "completed":
-            return _error_answer(
-                NotFoundError(f"request {rid} has no result: it is {state['state']}")
-            )
-        name = state.get("result_object")
-        if not name or self.load_result is None:
-            return _error_answer(
-                NotFoundError(f"no copy of the result of {rid} was kept (it was delivered only)")
-            )
-        try:
-            wraps, ciphertext = _parse_stored_form(await self.load_result(str(name)))
-        except FederationError as exc:
-            log.warning("result.fetch_failed", request_id=rid, error=str(exc))
-            return _error_answer(exc)
-        if blake2b_256(ciphertext).hex() != state.get("result_hash"):
-            return _error_answer(
-                IntegrityError(f"the stored result of {rid} is not the one the log recorded")
-            )
-        stored = await self.writer.append(ResultFetched(request_id=rid, by=caller))
-        return pack_reply(
-            ReplyHeader(
-                kind="result",
-                id=rid,
-                node=self.node_id,
-                time=now(),
-                result_hash=state["result_hash"],
-                wraps=wraps,
-                object=str(name),
-                log_seq=stored[-1].seq,
-            ),
-            ciphertext,
-        )
-
-
-class _ProgressForwarder:
-    """Sends progress to the caller (sealed) and logs it at most once a second."""
-
-    def __init__(self, pipeline: Pipeline, header: RequestHeader, key: bytes) -> None:
-        self.p, self.header, self.key = pipeline, header, key
-        self.tasks: list[asyncio.Task[None]] = []
-        self.last_logged = 0.0
-
-    def report(self, fraction: float | None, message: str) -> None:
-        self.tasks = [t for t in self.tasks if not t.done()]
-        self.tasks.append(asyncio.create_task(self._send(fraction, message)))
-
-    async def _send(self, fraction: float | None, message: str) -> None:
-        ppm = None if fraction is None else max(0, min(1_000_000, round(fraction * 1_000_000)))
-        reply = ReplyHeader(
-            kind="progress", id=self.header.id, node=self.p.node_id, time=now(), fraction_ppm=ppm
-        )
-        body = seal_secret(self.key, message.encode()) if message else b""
-        await self.p._send(self.header.reply, pack_reply(reply, body))
-        t = time.monotonic()
-        if t - self.last_logged >= 1.0 or ppm == 1_000_000:
-            self.last_logged = t
-            with contextlib.suppress(FederationError):
-                await self.p.writer.append(
-                    RequestProgress(request_id=self.header.id, fraction_ppm=ppm)
-                )
-
-    async def close(self) -> None:
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
-class _KeepAlive:
-    """Tells the server every ``every`` seconds that a call is still running (``+WPI``),
-    so its message is not redelivered; a timer, not a task, so a short call costs nothing.
-    """
-
-    def __init__(self, tick: Callable[[], Awaitable[None]], every: float) -> None:
-        self.tick, self.every = tick, every
-        self.loop = asyncio.get_running_loop()
-        self.timer: asyncio.TimerHandle | None = self.loop.call_later(every, self._fire)
-        self.task: asyncio.Task[None] | None = None
-
-    def _fire(self) -> None:
-        self.task = self.loop.create_task(self._send())
-        self.timer = self.loop.call_later(self.every, self._fire)
-
-    async def _send(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.tick()
-
-    def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-def _stored_form(wraps: dict[str, str], ciphertext: bytes) -> bytes:
-    """How a result is kept: u32 length, JSON ``{"v": 1, "wraps": ...}``, the ciphertext."""
-    head = json.dumps({"v": 1, "wraps": wraps}, sort_keys=True).encode()
-    return len(head).to_bytes(4, "big") + head + ciphertext
-
-
-def _parse_stored_form(data: bytes) -> tuple[dict[str, str], bytes]:
-    """The wraps and ciphertext of a kept result (IntegrityError if it is not one)."""
-    try:
-        size = int.from_bytes(data[:4], "big")
-        head = json.loads(data[4 : 4 + size])
-        wraps = head["wraps"]
-        if len(data) < 4 + size or head.get("v") != 1 or not isinstance(wraps, dict):
-            raise ValueError("bad head")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError("the stored result is not in fedhub's stored form") from exc
-    return {str(k): str(v) for k, v in wraps.items()}, data[4 + size :]
-
-
-def _code_of(exc: FederationError) -> str:
-    if isinstance(exc, RemoteError):
-        return exc.code
-    if isinstance(exc, CallTimeoutError):
-        return "timeout"
-    if isinstance(exc, DecryptionError):
-        return "undecryptable"
-    if isinstance(exc, NodeError):
-        return "busy"
-    if isinstance(exc, CanonicalError):
-        return "invalid_result"
-    return "failed"
-
-
-def _wire_code(rej: _Rejected) -> str:
-    if isinstance(rej.error, RemoteError):
-        return rej.error.code
-    return {
-        "bad_signature": "unauthorized",
-        "malformed": "invalid_arguments",
-        "misrouted": "not_found",
-    }.get(rej.code, rej.code)
-
-
-def _public_reason(exc: FederationError, code: str) -> str:
-    """What the log may say: no argument values, only what kind of failure it was."""
-    if code == "function_failed":
-        return exc.message.split(":", 1)[0][:300]
-    return exc.message[:300]
-
-
-def _message_with_hint(exc: FederationError) -> str:
-    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-
-
-def _error_answer(exc: FederationError) -> dict[str, Any]:
-    code = exc.code if isinstance(exc, RemoteError) else "remote_error"
-    return {"error": {"code": code, "message": _message_with_hint(exc)}}
-
-
-def _signed_by(record: KeyRecord, header_bytes: bytes, sig: bytes) -> bool:
-    """Whether a request header is signed by ``record``'s key."""
-    try:
-        verify(record.sign_key_bytes(), DOMAIN_REQUEST, header_bytes, sig)
-    except SignatureError:
-        return False
-    return True
-
-
-def _looks_like_id(rid: str) -> bool:
-    return 8 <= len(rid) <= 64 and all(c.isalnum() or c in "_-" for c in rid)
-
-
-def _time_text(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return Outcome(header.id, RequestState.FAILED, code)

@@ -99,7 +99,8 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             " updated_seq, received_time, updated_time, attempts)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
-            " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
+            " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time,"
+            " attempts = MAX(attempts, excluded.attempts)",
             [
                 data["request_id"],
                 data["caller"],

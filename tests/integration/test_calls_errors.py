@@ -198,7 +198,7 @@ async def test_cancelling_a_running_call_raises_call_cancelled(
     handle = await fed.submit("hereon.climate.sleep", seconds=3.0, timeout=30)
     view = LogView(cfg.log_path)
     await wait_until(
-        lambda: any(e["type"] == "request.started" for e in view.for_request(handle.request_id))
+        lambda: any(e["type"] == "request.accepted" for e in view.for_request(handle.request_id))
     )
     await handle.cancel()
     async with asyncio.timeout(10):
@@ -271,7 +271,7 @@ async def test_the_node_rejects_a_message_above_its_own_limit_unread(world: Worl
             await wait_until(lambda: any(r["code"] == "oversize" for r in view.rejections()))
         finally:
             await nc.close()
-        assert view.counts()["request.started"] == 0
+        assert view.counts()["request.accepted"] == 0
         async with await Client.connect(node.url, CALLER, home=world.store.home) as fed:
             await still_serves(fed)
     report = audit_node(cfg, world.site("hereon").sign_public)

@@ -120,7 +120,7 @@ async def test_a_caller_at_geomar_gets_an_xarray_back_from_a_function_at_hereon_
     xr.testing.assert_identical(result, da.sum(dim="time"))
     assert after == before + 1, "the call was stored once in hereon's FH_CALLS"
     view = LogView(hereon_cfg.log_path)
-    received = view.events("request.received")
+    received = view.events("request.accepted")
     assert [(e["data"]["caller"], e["data"]["address"]) for e in received] == [
         (CALLER, "hereon.climate.compute_sum")
     ]

@@ -1,0 +1,129 @@
+"""From messages the call consumer delivers to the pipeline, and back to acks.
+
+The consumer hands over every message already waiting without yielding to the event
+loop, so what it delivers back to back is one burst: :meth:`Dispatcher.deliver` gathers
+it and takes it on the loop's next turn, as one unit (:meth:`node.pipeline.Pipeline.take`:
+signatures checked off the loop, one log append). Outcomes known at once (rejections,
+copies) are acked together (publishing only queues an ack; the client writes them out in
+one go); each accepted call runs in its own task and is acked when its outcome is logged.
+Each message holds its consumer slot until it is acked or handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from node.observability import NodeMetrics, module_of
+from node.pipeline import Delivery, Job, Outcome, Pipeline
+
+__all__ = ["Dispatcher"]
+
+log = structlog.get_logger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], object]
+
+
+class Dispatcher:
+    """Feeds bursts of call messages to a pipeline; acks each when its outcome is logged.
+
+    ``spawn(coro, "call")`` starts a task the node waits for when it stops; ``release()``
+    frees one consumer slot; ``metrics`` (when the node serves them) hears every outcome.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        spawn: Spawn,
+        release: Callable[[], None],
+        *,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.spawn = spawn
+        self.release = release
+        self.metrics = metrics
+        self._burst: list[Msg] = []  # delivered since the loop last turned
+        self.bursts = 0
+
+    def deliver(self, msg: Msg) -> None:
+        """The consumer's handler: add ``msg`` to the burst being gathered."""
+        self._burst.append(msg)
+        if len(self._burst) == 1:
+            asyncio.get_running_loop().call_soon(self._take_burst)
+
+    def _take_burst(self) -> None:
+        burst, self._burst = self._burst, []
+        self.bursts += 1
+        self.spawn(self._calls(burst), "call")
+
+    async def _calls(self, msgs: list[Msg]) -> None:
+        """Take a burst (one log append), settle what ends at once, run the rest."""
+        started = time.perf_counter()
+        deliveries = [
+            Delivery(
+                m.data,
+                m.subject,
+                m.metadata.num_delivered if m.metadata and m.metadata.num_delivered else 1,
+                m.in_progress,
+            )
+            for m in msgs
+        ]
+        try:
+            taken = await self.pipeline.take(deliveries)
+        except asyncio.CancelledError:
+            # stopping before the burst was logged: hand it back for redelivery
+            for m in msgs:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(m.nak())
+                self.release()
+            raise
+        except Exception:  # a bug (or a log that refuses) must not take the node down
+            log.exception("call.crashed", burst=len(msgs))
+            for m in msgs:
+                with contextlib.suppress(Exception):
+                    await m.nak(delay=1.0)
+                self.release()
+            return
+        for msg, step in zip(msgs, taken, strict=True):
+            if isinstance(step, Outcome):
+                await self._settle(msg, step, started)
+            else:
+                self.spawn(self._run(msg, step, started), "call")
+
+    async def _run(self, msg: Msg, job: Job, started: float) -> None:
+        try:
+            outcome = await self.pipeline.run(job)
+        except asyncio.CancelledError:
+            # stopping with the call unfinished: hand it back for redelivery
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            self.release()
+            raise
+        except Exception:  # a bug must not take the node down; the message comes back
+            log.exception("call.crashed", request_id=job.header.id)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            self.release()
+            return
+        await self._settle(msg, outcome, started)
+
+    async def _settle(self, msg: Msg, outcome: Outcome, started: float) -> None:
+        """Ack a message whose outcome is logged, and free its slot."""
+        if self.metrics is not None:  # the one place a call's outcome is known
+            self.metrics.call_finished(
+                module_of(msg.subject), outcome.state, time.perf_counter() - started
+            )
+        try:
+            if outcome.ack:
+                await msg.ack()
+        except Exception as exc:  # the outcome is logged; a redelivery re-sends it
+            log.warning("call.ack_failed", request_id=outcome.request_id, reason=str(exc))
+        finally:
+            self.release()
