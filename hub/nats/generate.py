@@ -191,6 +191,7 @@ def role_permissions(site: str, role: Role, name: str) -> Permissions:
         return Permissions(
             publish=(
                 f"{api}.INFO",
+                f"{api}.STREAM.NAMES",
                 f"{api}.STREAM.INFO.{stream}",
                 f"{api}.CONSUMER.CREATE.{stream}",
                 f"{api}.CONSUMER.CREATE.{stream}.>",
