@@ -136,8 +136,9 @@ class LocalFederation:
         lines = ["[federation]", 'name = "local"']
         for region in regions:
             lines += ["[[hubs]]", f"name = {json.dumps(region)}"]
-            for i in range(hub_servers if len(regions) == 1 else 1):
-                name = f"{region}-{i + 1}" if hub_servers > 1 or len(regions) > 1 else region
+            count = hub_servers if len(regions) == 1 else 1
+            for i in range(count):
+                name = f"{region}-{i + 1}" if count > 1 else region
                 lines += [
                     "[[hubs.servers]]",
                     f"name = {json.dumps(name)}",
@@ -216,8 +217,9 @@ class LocalFederation:
 
     @property
     def hub_url(self) -> str:
-        """Client URL of the first hub server (connect with :meth:`hub_options`)."""
-        return self.hub.client_url
+        """Client URL of the first running hub server (connect with :meth:`hub_options`)."""
+        running = [server for server in self.hubs.values() if server.running]
+        return (running[0] if running else self.hub).client_url
 
     def site_url(self, site: str) -> str:
         """Client URL of ``site``'s leaf server: what that site's node and users connect to."""

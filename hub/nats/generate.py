@@ -67,6 +67,8 @@ __all__ = [
     "role_permissions",
 ]
 
+#: The hub servers' system account (required by gateways); no user logs in to it.
+SYSTEM_ACCOUNT = "SYS"
 #: The hub's own client (account FEDHUB): sets up and reads the event copies.
 HUB_ADMIN = "admin"
 
@@ -264,7 +266,14 @@ def _hub_accounts(topology: Topology, leaf_keys: dict[str, str], admin_key: str)
     ]
     if sites:
         lines += ["    imports: [", *_hub_imports(sites), "    ]"]
-    return [*lines, "  }", "}"]
+    lines += [
+        "  }",
+        "  # The servers' own account (gateways need one); nobody logs in to it.",
+        f"  {SYSTEM_ACCOUNT} {{ }}",
+        "}",
+        f"system_account: {SYSTEM_ACCOUNT}",
+    ]
+    return lines
 
 
 def _hub_config(
@@ -297,12 +306,14 @@ def _hub_config(
         *_tls_block(tls, verify=False),
         "}",
     ]
-    if len(cluster.servers) > 1:
+    if len(cluster.servers) > 1 or len(topology.hubs) > 1:
         secret = _secret(hub_dir / "secrets" / f"cluster-{cluster.name}.secret")
+        # A lone server of a supercluster routes to itself: JetStream in a supercluster
+        # needs a cluster with routes (nats-server ignores the route to itself).
         routes = [
             f"nats-route://route:{secret}@{other.host}:{other.cluster_port}"
             for other in cluster.servers
-            if other.name != server.name
+            if other.name != server.name or len(cluster.servers) == 1
         ]
         lines += [
             "# The hub's own servers route to each other: mutual TLS (certificates of this",

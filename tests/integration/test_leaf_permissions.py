@@ -100,7 +100,7 @@ async def test_a_client_without_credentials_is_refused_at_every_sites_leaf(
     federation: Federation,
 ) -> None:
     for site in federation.sites:
-        with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
             await nats.connect(
                 federation.site_url(site),
                 tls=federation.tls_context(),
@@ -120,7 +120,7 @@ async def test_a_client_without_credentials_is_refused_at_every_sites_leaf(
 async def test_another_sites_credentials_are_refused_at_this_leaf(federation: Federation) -> None:
     for role, name in (("caller", "klaus"), ("node", "n1"), ("operator", "operator")):
         options = federation.client_options("geomar", role, name)  # type: ignore[arg-type]
-        with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
             await nats.connect(
                 federation.site_url(SITE),
                 **options,
