@@ -490,9 +490,14 @@ def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, An
 def _ls_auth(args: argparse.Namespace) -> dict[str, Any]:
     """Credentials, TLS and (when the caller is known) the caller's own NATS inboxes."""
     options = auth_options(args.creds)
-    with contextlib.suppress(ConfigError):
+    try:
         user = validate_identity(default_identity(args.identity, KeyStore(args.home))).name
-        options["inbox_prefix"] = nats_inbox_prefix("caller", user)
+    except ConfigError:
+        if args.creds or "nkeys_seed" in options or "user_credentials" in options:
+            # a caller's credentials may only hear its own inboxes: name the caller
+            raise
+        return options
+    options["inbox_prefix"] = nats_inbox_prefix("caller", user)
     return options
 
 

@@ -14,16 +14,20 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from conftest import node_nats
 from nats.aio.client import Client as NatsClient
+from support.world import World
 
 from hub.nats import ensure_calls_consumer, ensure_site_streams
 from hub.subjects import CALLS_CONSUMER, CALLS_STREAM, EVENTS_STREAM, call_subject
+from node.check import check_nats
 
 if TYPE_CHECKING:
     from conftest import Federation
@@ -115,6 +119,35 @@ async def test_a_client_without_credentials_is_refused_at_every_sites_leaf(
             await nats.connect(
                 plain, allow_reconnect=False, connect_timeout=3, error_cb=Errors().record
             )
+
+
+async def test_the_hubs_client_port_refuses_a_client_without_the_admins_nkey(
+    federation: Federation,
+) -> None:
+    for options in ({}, federation.client_options(SITE, "node")):
+        options = {**options, "tls": federation.tls_context()}
+        options.pop("inbox_prefix", None)
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nats.connect(federation.hub_url, **options, allow_reconnect=False,
+                               connect_timeout=3, error_cb=Errors().record)  # fmt: skip
+
+
+async def test_a_node_config_with_the_generated_nkey_and_ca_passes_the_nats_check(
+    federation: Federation, tmp_path: Path
+) -> None:
+    world = World(tmp_path / "world")
+    cfg = world.node_config(SITE, **node_nats(federation, SITE), init=False)
+    findings = await check_nats(cfg)
+    assert [f.line() for f in findings if not f.ok] == []
+    # and without the CA the server's certificate is not trusted: named, not hidden
+    bare = world.node_config(
+        SITE,
+        name="n2",
+        nats_url=federation.site_url(SITE),
+        nats_credentials=federation.credentials(SITE, "node"),
+        init=False,
+    )
+    assert [f.ok for f in await check_nats(bare)] == [False]
 
 
 async def test_another_sites_credentials_are_refused_at_this_leaf(federation: Federation) -> None:
