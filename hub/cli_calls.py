@@ -352,11 +352,11 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
         try:
             answer = await handle.cancel()
         except NotFoundError:  # not received by the node yet
-            answer = {}
-        if answer.get("cancelling"):
+            answer = None
+        if answer is not None and answer.cancelling:
             return "cancelling"
-        if answer.get("state") in FINAL:
-            return str(answer["state"])
+        if answer is not None and answer.state in FINAL:
+            return str(answer.state)
         if loop.time() >= deadline:
             return None
         await asyncio.sleep(0.05)
@@ -547,28 +547,28 @@ async def _ls_module(args: argparse.Namespace, site: str, module: str) -> int:
     async with await _client(args) as fed:
         mi = await fed.module_info(site, module)
     info = mi.info
-    functions: dict[str, Any] = mi.functions
-    skipped = info.get("skipped") or {}
+    functions = mi.functions
+    skipped = info.skipped
     if args.json:
         out = {
             "site": site,
             "module": module,
             "node": mi.node,
             "node_kid": mi.node_kid,
-            "doc": info.get("doc") or "",
-            "functions": functions,
+            "doc": info.doc,
+            "functions": {name: fn.model_dump(mode="json") for name, fn in functions.items()},
             "skipped": skipped,
         }
         print(json.dumps(out, indent=2))
         return 0
     print(f"{site}.{module}  served by {mi.node} (key vouched for by site:{site})")
-    doc = str(info.get("doc") or "").strip()
+    doc = info.doc.strip()
     if doc:
         print(doc.splitlines()[0])
     print()
     for name, fn in sorted(functions.items()):
-        print(f"  {fn.get('signature') or name}")
-        summary = str(fn.get("summary") or "").strip()
+        print(f"  {fn.signature or name}")
+        summary = fn.summary.strip()
         if summary:
             print(f"      {summary.splitlines()[0]}")
     if skipped:
@@ -594,7 +594,7 @@ def cmd_stub(args: argparse.Namespace) -> int:
 async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
     async with await _client(args) as fed:
         mi = await fed.module_info(site, module)
-    source = generate_stub(mi.info, site=site, node=mi.node)
+    source = generate_stub(mi.info.model_dump(mode="json"), site=site, node=mi.node)
     if args.output is None:
         sys.stdout.write(source)
         return 0
@@ -643,7 +643,7 @@ async def _fetch(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     async with await _client(args) as fed:
-        state = await fed.status(args.site, args.request_id)
+        state = (await fed.status(args.site, args.request_id)).model_dump(mode="json")
     if args.json:
         print(json.dumps(state, indent=2))
         return 0

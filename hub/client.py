@@ -1,11 +1,11 @@
-"""Calling remote functions: the async :class:`Client`, its call handles, and a sync twin.
+"""Calling remote functions: the async :class:`Client` and its call handles.
 
 ::
 
     async with await Client.connect(url, "klaus@geomar") as fed:
         total = await fed.call("hereon.climate.compute_sum", da=da)
 
-    with connect(url, "klaus@geomar") as fed:          # sync, works inside Jupyter
+    with connect(url, "klaus@geomar") as fed:          # sync: hub.sync_client
         handle = fed.submit("hereon.climate.slow_mean", da=da)
         handle.result(timeout=60)
 
@@ -15,18 +15,20 @@ with a fresh content key wrapped for the node key → sign the header → publis
 site's call stream (JetStream, ``Nats-Msg-Id`` = request id) → wait on the caller's own
 inbox for progress and the result, each opened with keys only the node and the caller
 hold. Every call has a deadline; nothing waits forever.
+
+A reply lost on the way (a server or link down while the node finished) does not leave
+the caller waiting: after every reconnect, and once more shortly before a call's deadline,
+the client asks the node about each call still waiting (:meth:`Client.recover`) and
+settles it from the answer: the stored result, or the call's typed error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import ssl
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,12 +38,21 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import codec
+from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
+from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback
 from hub.canonical import b64d, b64e
 from hub.clock import now
-from hub.crypto import blake2b_256, new_content_key, open_secret, seal_secret, unwrap_key, wrap_key
+from hub.crypto import (
+    WrappedPayload,
+    blake2b_256,
+    open_payload,
+    open_secret,
+    seal_payload,
+)
 from hub.envelopes import (
     REPLY_MAGIC,
     ControlHeader,
@@ -51,7 +62,6 @@ from hub.envelopes import (
     unpack_reply,
 )
 from hub.errors import (
-    CallCancelledError,
     CallTimeoutError,
     CanonicalError,
     ConfigError,
@@ -61,13 +71,14 @@ from hub.errors import (
     NotFoundError,
     OversizeError,
     TransportError,
-    remote_error_from_code,
+    error_from_code,
 )
 from hub.keys import KeyPair, KeyStore
+from hub.lifecycle import RequestState
 from hub.nats import wait_acks
 from hub.nats.connection import auth_options
 from hub.nats.generate import nats_inbox_prefix
-from hub.records import KeyRecord, SignedRecord, open_record
+from hub.records import KeyRecord, one_line, open_record
 from hub.subjects import (
     call_subject,
     inbox_subject,
@@ -76,113 +87,41 @@ from hub.subjects import (
     status_subject,
     validate_identity,
 )
+from hub.sync_client import SyncCallHandle, SyncClient, connect
 
-__all__ = ["CallHandle", "Client", "ModuleInfo", "SyncClient", "connect"]
+__all__ = [
+    "CallHandle",
+    "Client",
+    "ModuleInfo",
+    "ProgressCallback",
+    "SyncCallHandle",
+    "SyncClient",
+    "connect",
+]
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-ProgressCallback = Callable[[float | None, str], None]
+M = TypeVar("M", bound=BaseModel)
 
 #: Extra time the client waits past a call's own timeout for the node's answer to arrive.
 _GRACE = 5.0
-
-
-@dataclass(frozen=True)
-class ModuleInfo:
-    """A module's description as served by its node, with the node key verified."""
-
-    site: str
-    module: str
-    info: dict[str, Any]
-    node: str
-    node_kid: str
-    node_box_key: bytes
-
-    @property
-    def functions(self) -> dict[str, Any]:
-        """Function name → its description (schemas, docstring, signature)."""
-        funcs: dict[str, Any] = self.info.get("functions", {})
-        return funcs
-
-
-@dataclass
-class CallHandle:
-    """A submitted call: its id, live progress, and (eventually) its result."""
-
-    request_id: str
-    address: str
-    _client: Client
-    _content_key: bytes
-    _node_box_key: bytes
-    _deadline: float
-    _future: asyncio.Future[Any]
-    on_progress: ProgressCallback | None = None
-    progress: tuple[float | None, str] = (None, "")
-    _progress_events: asyncio.Queue[tuple[float | None, str]] = field(default_factory=asyncio.Queue)
-
-    def done(self) -> bool:
-        """Whether the outcome (result or error) has arrived."""
-        return self._future.done()
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result; raises the call's typed error or CallTimeoutError."""
-        loop = asyncio.get_running_loop()
-        remaining = self._deadline - loop.time()
-        if timeout is not None:
-            remaining = min(remaining, timeout)
-        try:
-            async with asyncio.timeout(max(0.0, remaining)):
-                return await asyncio.shield(self._future)
-        except TimeoutError as exc:
-            if self._future.done():
-                return self._future.result()
-            raise CallTimeoutError(
-                f"no answer for {self.address} (request {self.request_id}) in time",
-                hint=f"the call may still run; check `fedhub status {self.request_id}`",
-            ) from exc
-
-    async def status(self) -> dict[str, Any]:
-        """The node's view of this request (state, progress)."""
-        return await self._client.status(self.address.split(".", 1)[0], self.request_id)
-
-    async def cancel(self) -> dict[str, Any]:
-        """Ask the node to cancel the call; the result then raises CallCancelledError.
-
-        Returns the node's answer (``cancelling``: whether it stopped a running call; a call
-        not yet running is cancelled when it would start).
-        """
-        answer: dict[str, Any] = await self._client._control(
-            "cancel", self.address.split(".", 1)[0], self.request_id
-        )
-        return answer
-
-    # -- called by the client's inbox -----------------------------------------------------
-
-    def _deliver_progress(self, fraction: float | None, message: str) -> None:
-        self.progress = (fraction, message)
-        self._progress_events.put_nowait((fraction, message))
-        if self.on_progress is not None:
-            try:
-                self.on_progress(fraction, message)
-            except Exception:  # a caller's callback must not break the inbox
-                log.exception("client.progress_callback_failed", request_id=self.request_id)
-
-    async def progress_events(self) -> Any:
-        """Iterate over progress reports as they arrive, until the call ends."""
-        while not (self._future.done() and self._progress_events.empty()):
-            getter = asyncio.ensure_future(self._progress_events.get())
-            done, _ = await asyncio.wait(
-                {getter, self._future}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter in done:
-                yield getter.result()
-            else:
-                getter.cancel()
+#: How long before its deadline a waiting call is asked about once more.
+_LAST_ASK = 3.0
+#: How often, and how far apart, a recovery asks while the node cannot be reached yet.
+_RECOVER_TRIES = 8
+_RECOVER_PAUSE = 1.0
+#: How many calls are asked about at once (after a reconnect with many calls waiting).
+_RECOVER_AT_ONCE = 16
+#: How long one control request waits for the node's answer.
+_CONTROL_TIMEOUT = 5.0
 
 
 class Client:
-    """An identity's connection to the federation. Use as an async context manager."""
+    """An identity's connection to the federation. Use as an async context manager.
+
+    Made by :meth:`connect`; when you build one on a NATS connection of your own, pass its
+    ``reconnected_cb`` on to :meth:`on_reconnected`, so replies lost meanwhile are asked for.
+    """
 
     def __init__(
         self,
@@ -210,6 +149,8 @@ class Client:
         self._modules: dict[tuple[str, str], ModuleInfo] = {}
         self._closed = False
         self._box_public = keys.box_public
+        self._recovering: dict[str, asyncio.Task[None]] = {}
+        self._asking = asyncio.Semaphore(_RECOVER_AT_ONCE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -224,11 +165,14 @@ class Client:
         credentials: str | None = None,
         default_timeout: float = 300.0,
         connect_timeout: float = 5.0,
+        reconnect_attempts: int = 120,
         creds: str | Path | None = None,
         tls: ssl.SSLContext | str | Path | None = None,
     ) -> Client:
         """Load ``identity``'s keys and the pinned site keys from the key store, connect.
 
+        A lost connection is tried again ``reconnect_attempts`` times, half a second apart;
+        after each reconnect the calls still waiting are asked about (:meth:`recover`).
         ``creds``: the NATS credentials of this person at their site's leaf server (an NKey
         seed file from ``fedhub federation init``, or a ``.creds`` file; default
         ``$FEDHUB_CREDS``); ``tls``: a TLS context or the federation's CA file (default
@@ -243,21 +187,29 @@ class Client:
             if k.identity.startswith("site:")
         }
         options = auth_options(creds or credentials, tls)
+        made: list[Client] = []
+
+        async def reconnected() -> None:
+            for client in made:
+                client.on_reconnected()
+
         try:
             nc = await nats.connect(
                 url,
                 **options,
                 inbox_prefix=nats_inbox_prefix("caller", validate_identity(identity).name),
                 connect_timeout=connect_timeout,
-                max_reconnect_attempts=3,
+                max_reconnect_attempts=reconnect_attempts,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 name=f"fedhub-client {identity}",
                 error_cb=_log_nats_error,
+                reconnected_cb=reconnected,
             )
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
         client = cls(nc, keys, trusted, default_timeout=default_timeout)
+        made.append(client)
         await client.start()
         return client
 
@@ -271,6 +223,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._recovering.values()):
+            task.cancel()
         for handle in self._pending.values():
             fut = handle._future
             if not fut.done():
@@ -284,8 +238,12 @@ class Client:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
         if self._owns and not self.nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            try:
                 await self.nc.drain()
+            except (TimeoutError, nats.errors.Error):
+                # e.g. still reconnecting: stop trying, or the attempts would go on
+                with contextlib.suppress(nats.errors.Error):
+                    await self.nc.close()
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -310,17 +268,21 @@ class Client:
             ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"{site}.{module} did not answer its info request") from exc
-        try:
-            info = json.loads(msg.data)
-            site_key = self.trusted_sites.get(site)
-            if site_key is None:
-                raise ConfigError(
-                    f"site {site} is not pinned in this key store",
-                    hint=f"import its public key: fedhub keys import site-{site}.pub",
-                )
-            record = open_record(SignedRecord.model_validate(info["node_key"]), KeyRecord, site_key)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CanonicalError(f"malformed info reply from {site}.{module}: {exc}") from exc
+        site_key = self.trusted_sites.get(site)
+        if site_key is None:
+            raise ConfigError(
+                f"site {site} is not pinned in this key store",
+                hint=f"import its public key: fedhub keys import site-{site}.pub",
+            )
+        error = error_from_headers(msg.headers)
+        if error is not None:
+            raise error
+        info = _parse(ModuleDescription, msg.data, f"info answer of {site}.{module}")
+        record = open_record(info.node_key, KeyRecord, site_key)
+        if info.site != site or info.module != module:
+            raise CanonicalError(
+                f"{site}.{module} answered with the info of {info.site}.{info.module}"
+            )
         if record.site != site or record.role != "node":
             raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
         mi = ModuleInfo(site, module, info, record.identity, record.kid, record.box_key_bytes())
@@ -358,9 +320,15 @@ class Client:
                 hint=f"it serves: {known}",
             )
         timeout = timeout if timeout is not None else self.default_timeout
-        plaintext = codec.encode_many(kwargs)
-        key = new_content_key()
-        ciphertext = seal_secret(key, plaintext)
+        sealed = seal_payload(
+            codec.encode_many(kwargs),
+            self.keys.box_secret,
+            self._box_public,
+            {info.node_kid: info.node_box_key},
+        )
+        key = sealed.content_key
+        assert key is not None  # the sealer always keeps it
+        ciphertext = sealed.ciphertext
         rid = _new_request_id()
         header = RequestHeader(
             id=rid,
@@ -373,17 +341,13 @@ class Client:
             nonce=b64e(secrets.token_bytes(16)),
             timeout_ms=max(1, int(timeout * 1000)),
             reply=self._inbox,
-            schema_hash=fn.get("schema_hash"),
+            schema_hash=fn.schema_hash or None,
             payload_hash=blake2b_256(ciphertext).hex(),
             payload_size=len(ciphertext),
-            wraps={
-                info.node_kid: b64e(
-                    wrap_key(self.keys.box_secret, self._box_public, info.node_box_key, key)
-                )
-            },
+            wraps={kid: b64e(w) for kid, w in sealed.wraps.items()},
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
-        node_limit = int(info.info.get("max_payload") or 0)
+        node_limit = info.info.max_payload
         limits = [x for x in (self.nc.max_payload, node_limit) if x]
         limit = min(limits) if limits else 0
         if limit and len(data) > limit:
@@ -421,6 +385,11 @@ class Client:
         except nats.js.errors.APIError as exc:
             self._pending.pop(rid, None)
             raise TransportError(f"the call stream refused {rid}: {exc.description}") from exc
+        if not handle.done():
+            # the last ask before the deadline: a reply lost on the way would otherwise
+            # leave the caller waiting out its deadline while the result sits at the node
+            ask = loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
+            handle._future.add_done_callback(lambda _: ask.cancel())
         return handle
 
     async def call(
@@ -440,13 +409,24 @@ class Client:
         try:
             return await handle.result()
         finally:
-            self._pending.pop(handle.request_id, None)
+            self._forget(handle.request_id)
 
-    async def status(self, site: str, request_id: str) -> dict[str, Any]:
+    def _forget(self, request_id: str) -> None:
+        """Stop waiting for ``request_id``: a late reply or recovery is dropped."""
+        self._pending.pop(request_id, None)
+        task = self._recovering.pop(request_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def status(self, site: str, request_id: str) -> RequestStatus:
         """The node's record of one of my requests."""
-        reply = await self._control("status", site, request_id)
-        value: dict[str, Any] = reply
-        return value
+        data = await self._control("status", site, request_id)
+        return _parse(RequestStatus, data, f"status answer from {site}")
+
+    async def cancel(self, site: str, request_id: str) -> CancelAnswer:
+        """Ask the node to cancel one of my calls (see :meth:`CallHandle.cancel`)."""
+        data = await self._control("cancel", site, request_id)
+        return _parse(CancelAnswer, data, f"cancel answer from {site}")
 
     async def fetch(self, site: str, request_id: str) -> Any:
         """The result of one of my earlier calls, as stored by the node, opened again.
@@ -455,32 +435,37 @@ class Client:
         the node sends the sealed result it kept and logs ``result.fetched``. Raises
         NotFoundError when the request has no result, or none was kept.
         """
-        state = await self.status(site, request_id)
-        target = parse_address(str(state.get("address") or ""))
+        return await self._fetch(site, await self.status(site, request_id))
+
+    async def _fetch(
+        self, site: str, state: RequestStatus, *, timeout: float = _CONTROL_TIMEOUT
+    ) -> Any:
+        """Fetch and open the stored result of a request whose status is ``state``."""
+        target = parse_address(state.address or "")
         info = await self.module_info(target.site, target.module)
-        reply = unpack_reply(await self._control("fetch", site, request_id, frame=True))
+        data = await self._control("fetch", site, state.request_id, timeout=timeout)
+        if data[:4] != REPLY_MAGIC:
+            raise CanonicalError(f"site {site} answered the fetch request without a result")
+        reply = unpack_reply(data)
         h = reply.header
-        if h.kind != "result" or h.id != request_id:
-            raise CanonicalError(f"site {site} answered the fetch of {request_id} wrongly")
-        if blake2b_256(reply.body).hex() != h.result_hash or h.result_hash != state.get(
-            "result_hash"
-        ):
-            raise IntegrityError(f"the stored result of {request_id} does not match its hash")
+        if h.kind != "result" or h.id != state.request_id:
+            raise CanonicalError(f"site {site} answered the fetch of {state.request_id} wrongly")
+        if blake2b_256(reply.body).hex() != h.result_hash or h.result_hash != state.result_hash:
+            raise IntegrityError(f"the stored result of {state.request_id} does not match its hash")
         return self._open_result(h.wraps, reply.body, info.node_box_key)
 
     def _open_result(self, wraps: Mapping[str, str], body: bytes, node_box_key: bytes) -> Any:
         """Open a result sealed for my key by the node key I checked (DecryptionError if
         it is not sealed for me, or not by that node)."""
-        wrapped_text = wraps.get(self.keys.kid)
-        if wrapped_text is None:
-            raise DecryptionError("the result is not sealed for my key")
-        wrapped = b64d(wrapped_text)
-        if wrapped[:32] != node_box_key:
-            raise DecryptionError("the result was not sealed by the node key I checked")
-        key = unwrap_key(self.keys.box_secret, wrapped)
-        return codec.decode(open_secret(key, body))
+        mine = wraps.get(self.keys.kid)
+        payload = WrappedPayload(body, {self.keys.kid: b64d(mine)} if mine else {})
+        plaintext = open_payload(payload, self.keys.kid, self.keys.box_secret, sender=node_box_key)
+        return codec.decode(plaintext)
 
-    async def _control(self, op: str, site: str, request_id: str, *, frame: bool = False) -> Any:
+    async def _control(
+        self, op: str, site: str, request_id: str, *, timeout: float = _CONTROL_TIMEOUT
+    ) -> bytes:
+        """Send a signed control message; the answer's body, or the error it reports."""
         try:
             header = ControlHeader(
                 op=op,
@@ -494,24 +479,90 @@ class Client:
             raise ConfigError(f"{request_id!r} is not a request id") from exc
         try:
             msg = await self.nc.request(
-                status_subject(site), pack_control(header, self.keys.signing_key), timeout=5.0
+                status_subject(site), pack_control(header, self.keys.signing_key), timeout=timeout
             )
         except nats.errors.NoRespondersError as exc:
             raise NotFoundError(f"site {site} is not reachable") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"site {site} did not answer the {op} request") from exc
-        if frame and msg.data[:4] == REPLY_MAGIC:
-            return msg.data
-        try:
-            answer = json.loads(msg.data)
-        except ValueError as exc:
-            raise CanonicalError(f"malformed {op} answer from {site}") from exc
-        if "error" in answer:
-            err = answer["error"]
-            raise remote_error_from_code(err.get("code", "remote_error"), err.get("message", ""))
-        if frame:
-            raise CanonicalError(f"site {site} answered the {op} request without a result")
-        return answer
+        error = error_from_headers(msg.headers)
+        if error is not None:
+            raise error
+        return msg.data
+
+    # -- lost replies ----------------------------------------------------------------------
+
+    def on_reconnected(self) -> None:
+        """Ask the node about every call still waiting (a reply may have been lost while
+        the connection was down). :meth:`connect` wires this to nats-py's reconnect."""
+        for handle in list(self._pending.values()):
+            self._recover_soon(handle, False)
+
+    def _recover_soon(self, handle: CallHandle, last: bool) -> None:
+        if self._closed or handle.done() or handle.request_id in self._recovering:
+            return
+        task = asyncio.get_running_loop().create_task(self.recover(handle, last=last))
+        self._recovering[handle.request_id] = task
+        task.add_done_callback(lambda _: self._recovering.pop(handle.request_id, None))
+
+    async def recover(self, handle: CallHandle, *, last: bool = False) -> None:
+        """Settle a waiting call from the node's record, if the call ended there.
+
+        Asks for the status (again, while the node cannot be reached yet); a completed call
+        is delivered from its stored result, a failed or rejected one raises its typed
+        error; a call still running is left to its reply. ``last`` (shortly before the
+        deadline): a call that completed without a kept result fails at once, as the reply
+        that carried it is lost for good.
+        """
+        loop = asyncio.get_running_loop()
+        for attempt in range(_RECOVER_TRIES):
+            if handle.done():
+                return
+            timeout = max(0.1, min(_CONTROL_TIMEOUT, handle._deadline - loop.time()))
+            try:
+                async with self._asking:
+                    data = await self._control(
+                        "status", handle.site, handle.request_id, timeout=timeout
+                    )
+                    state = _parse(RequestStatus, data, f"status answer from {handle.site}")
+                    outcome = await self._outcome(handle, state, last=last, timeout=timeout)
+            except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
+                log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
+                if last or handle._deadline - loop.time() < _RECOVER_PAUSE:
+                    return
+                await asyncio.sleep(_RECOVER_PAUSE * (attempt + 1))
+                continue
+            except FederationError as exc:
+                log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
+                return
+            if self._pending.get(handle.request_id) is not handle:
+                return  # nobody waits for it any more
+            if outcome is not None and handle._settle(*outcome):
+                log.info("client.reply_recovered", request_id=handle.request_id)
+            return
+
+    async def _outcome(
+        self, handle: CallHandle, state: RequestStatus, *, last: bool, timeout: float
+    ) -> tuple[Any, FederationError | None] | None:
+        """What ``state`` says the call's outcome is: (value, None), (None, error), or None
+        while the node has not ended the call (or its reply may still be on the way)."""
+        rid = handle.request_id
+        if state.state == RequestState.COMPLETED:
+            if state.result_object:
+                return await self._fetch(handle.site, state, timeout=timeout), None
+            if last:
+                return None, NotFoundError(
+                    f"{handle.address} completed at the node, but its reply was lost and no "
+                    "copy of the result was kept",
+                    hint=f"the node's log has it: `fedhub status {rid} --site {handle.site}`",
+                )
+            return None
+        if state.state in (RequestState.FAILED, RequestState.REJECTED):
+            code = state.code or "remote_error"
+            return None, _error(code, state.reason or "", handle.address)
+        return None
+
+    # -- the inbox -------------------------------------------------------------------------
 
     # -- the inbox -------------------------------------------------------------------------
 
@@ -523,7 +574,7 @@ class Client:
             return
         h = reply.header
         handle = self._pending.get(h.id)
-        if handle is None or handle._future.done():
+        if handle is None or handle.done():
             return
         try:
             if h.kind == "progress":
@@ -531,19 +582,17 @@ class Client:
                 fraction = None if h.fraction_ppm is None else h.fraction_ppm / 1_000_000
                 handle._deliver_progress(fraction, text)
             elif h.kind == "result":
-                handle._future.set_result(
-                    self._open_result(h.wraps, reply.body, handle._node_box_key)
-                )
+                handle._settle(self._open_result(h.wraps, reply.body, handle._node_box_key))
             else:
                 message = h.message or ""
                 if reply.body:
                     message = open_secret(handle._content_key, reply.body).decode()
-                handle._future.set_exception(_error(h.code or "remote_error", message, handle))
+                handle._settle(error=_error(h.code or "remote_error", message, handle.address))
         except (FederationError, KeyError, UnicodeDecodeError) as exc:
             log.warning("client.reply_rejected", request_id=h.id, reason=str(exc))
-            if not handle._future.done() and h.kind != "progress":
-                handle._future.set_exception(
-                    DecryptionError(f"answer to {h.id} could not be opened: {exc}")
+            if h.kind != "progress":
+                handle._settle(
+                    error=DecryptionError(f"answer to {h.id} could not be opened: {exc}")
                 )
 
 
@@ -560,172 +609,21 @@ def _new_request_id() -> str:
             return rid
 
 
-def _error(code: str, message: str, handle: CallHandle) -> FederationError:
-    if code == "timeout":
-        return CallTimeoutError(message or f"{handle.address} ran out of time at the node")
-    if code in ("cancelled", "interrupted"):
-        return CallCancelledError(message or f"{handle.address} was cancelled", code=code)
-    return remote_error_from_code(code, message or f"{handle.address} failed ({code})")
+def _error(code: str, message: str, address: str) -> FederationError:
+    """The typed error of a call to ``address`` with error ``code`` (from its reply or
+    its status)."""
+    if not message:
+        message = {
+            "timeout": f"{address} ran out of time at the node",
+            "cancelled": f"{address} was cancelled",
+            "interrupted": f"{address} was cancelled",
+        }.get(code, f"{address} failed ({code})")
+    return error_from_code(code, message)
 
 
-# --- the sync twin ----------------------------------------------------------------------
-
-
-class SyncClient:
-    """Blocking twin of :class:`Client`, safe inside Jupyter (its loop runs in a thread)."""
-
-    def __init__(self, factory: Callable[[], Awaitable[Client]]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="fedhub-client", daemon=True
-        )
-        self._thread.start()
-        try:
-            self._client: Client = self._run(factory())
-        except BaseException:
-            self._stop_loop()
-            raise
-        self._closed = False
-
-    def _run(self, coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float | None = None) -> T:
-        async def wrap() -> T:
-            return await coro
-
-        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result(timeout)
-
-    def call(
-        self,
-        address: str,
-        arguments: Mapping[str, Any] | None = None,
-        /,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Call and wait for the result."""
-        return self._run(
-            self._client.call(
-                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
-            )
-        )
-
-    def submit(
-        self,
-        address: str,
-        arguments: Mapping[str, Any] | None = None,
-        /,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        **kwargs: Any,
-    ) -> SyncCallHandle:
-        """Send a call; returns a blocking handle."""
-        handle = self._run(
-            self._client.submit(
-                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
-            )
-        )
-        return SyncCallHandle(self, handle)
-
-    def status(self, site: str, request_id: str) -> dict[str, Any]:
-        """The node's record of one of my requests."""
-        return self._run(self._client.status(site, request_id))
-
-    def fetch(self, site: str, request_id: str) -> Any:
-        """The stored result of one of my earlier calls (see :meth:`Client.fetch`)."""
-        return self._run(self._client.fetch(site, request_id))
-
-    def module_info(self, site: str, module: str) -> ModuleInfo:
-        """A module's verified info."""
-        return self._run(self._client.module_info(site, module))
-
-    @property
-    def client(self) -> Client:
-        """The async client underneath (use only from its own loop)."""
-        return self._client
-
-    def close(self) -> None:
-        """Close the client and stop its loop; harmless twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._run(self._client.aclose(), timeout=10)
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._loop.is_running():
-            self._loop.close()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass
-class SyncCallHandle:
-    """Blocking view of a :class:`CallHandle`."""
-
-    _owner: SyncClient
-    _handle: CallHandle
-
-    @property
-    def request_id(self) -> str:
-        """The request id (for `fedhub status`)."""
-        return self._handle.request_id
-
-    @property
-    def progress(self) -> tuple[float | None, str]:
-        """The latest progress report: (fraction or None, message)."""
-        return self._handle.progress
-
-    def done(self) -> bool:
-        """Whether the outcome has arrived."""
-        return self._handle.done()
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result."""
-        return self._owner._run(self._handle.result(timeout))
-
-    def status(self) -> dict[str, Any]:
-        """The node's record of this request."""
-        return self._owner._run(self._handle.status())
-
-    def cancel(self) -> dict[str, Any]:
-        """Ask the node to cancel; returns its answer."""
-        return self._owner._run(self._handle.cancel())
-
-
-def connect(
-    url: str,
-    identity: str,
-    *,
-    home: Path | None = None,
-    passphrase: str | None = None,
-    credentials: str | None = None,
-    default_timeout: float = 300.0,
-    creds: str | Path | None = None,
-    tls: ssl.SSLContext | str | Path | None = None,
-) -> SyncClient:
-    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``.
-
-    ``creds`` and ``tls`` as for :meth:`Client.connect`.
-    """
-    return SyncClient(
-        lambda: Client.connect(
-            url,
-            identity,
-            home=home,
-            passphrase=passphrase,
-            credentials=credentials,
-            default_timeout=default_timeout,
-            creds=creds,
-            tls=tls,
-        )
-    )
+def _parse(model: type[M], data: bytes, what: str) -> M:
+    """Parse a service answer into its model; CanonicalError when it does not fit."""
+    try:
+        return model.model_validate_json(data)
+    except PydanticValidationError as exc:
+        raise CanonicalError(f"malformed {what}: {one_line(exc)}") from exc

@@ -33,7 +33,9 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
         └── StopRequestedError   asked to stop before it was serving (not a failure)
 
 Each error has :meth:`FederationError.diagnostics`, one line a person can read, which the
-CLIs print before exiting nonzero.
+CLIs print before exiting nonzero. On the wire an error is a code (``not_found``,
+``unauthorized`` ...): :func:`error_code` and :func:`error_from_code` map between the two,
+for call replies and service answers alike.
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ __all__ = [
     "UnauthorizedError",
     "UnknownFunctionError",
     "ValidationError",
-    "remote_error_from_code",
+    "error_code",
+    "error_from_code",
+    "service_status",
+    "wire_codes",
 ]
 
 
@@ -250,21 +255,60 @@ class StopRequestedError(NodeError):
     """
 
 
-_REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
-    cls.code: cls
-    for cls in (
-        NotFoundError,
-        UnauthorizedError,
-        ValidationError,
-        FunctionFailedError,
-        CallCancelledError,
-        OversizeError,
-        ReplayError,
-    )
+#: Wire error code → the error a caller raises for it and its service status (as HTTP).
+#: The one table for call replies (``ReplyHeader.code``) and service answers (headers).
+_CODES: dict[str, tuple[type[FederationError], int]] = {
+    "invalid_arguments": (ValidationError, 400),
+    "undecryptable": (RemoteError, 400),
+    "unauthorized": (UnauthorizedError, 401),
+    "not_found": (NotFoundError, 404),
+    "replay": (ReplayError, 409),
+    "cancelled": (CallCancelledError, 409),
+    "oversize": (OversizeError, 413),
+    "function_failed": (FunctionFailedError, 500),
+    "internal_error": (FunctionFailedError, 500),
+    "invalid_result": (RemoteError, 500),
+    "integrity": (IntegrityError, 500),
+    "busy": (RemoteError, 503),
+    "interrupted": (CallCancelledError, 503),
+    "timeout": (CallTimeoutError, 504),
+    # reasons a node logs for a rejection (``request.rejected``), as a status reports them
+    "malformed": (ValidationError, 400),
+    "bad_signature": (UnauthorizedError, 401),
+    "misrouted": (NotFoundError, 404),
 }
 
 
-def remote_error_from_code(code: str, message: str, hint: str | None = None) -> RemoteError:
-    """Build the typed :class:`RemoteError` for a reply's error ``code``."""
-    cls = _REMOTE_BY_CODE.get(code, RemoteError)
-    return cls(message, code=code, hint=hint)
+def error_from_code(code: str, message: str, hint: str | None = None) -> FederationError:
+    """The typed error for a wire error ``code`` (unknown codes: :class:`RemoteError`)."""
+    cls, _ = _CODES.get(code, (RemoteError, 500))
+    if issubclass(cls, RemoteError):
+        return cls(message, code=code, hint=hint)
+    return cls(message, hint=hint)
+
+
+def error_code(exc: FederationError) -> str:
+    """The wire code of an error; :func:`error_from_code` turns it back into its class."""
+    if isinstance(exc, RemoteError):
+        return exc.code
+    if isinstance(exc, CallTimeoutError):
+        return "timeout"
+    if isinstance(exc, DecryptionError):
+        return "undecryptable"
+    if isinstance(exc, CanonicalError):
+        return "invalid_result"
+    if isinstance(exc, IntegrityError):
+        return "integrity"
+    if isinstance(exc, NodeError):
+        return "busy"
+    return "failed"
+
+
+def service_status(code: str) -> int:
+    """The numeric status of a wire error code, as in NATS micro's ``Nats-Service-Error-Code``."""
+    return _CODES.get(code, (RemoteError, 500))[1]
+
+
+def wire_codes() -> tuple[str, ...]:
+    """Every wire error code with a class of its own."""
+    return tuple(_CODES)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hub import envelopes, events, proofs, records
+from hub import answers, envelopes, events, proofs, records
 
 __all__ = ["protocol_schemas", "render", "write_schemas"]
 
@@ -22,6 +22,10 @@ _MODELS: dict[str, type[BaseModel]] = {
     "wire/reply-header": envelopes.ReplyHeader,
     "wire/control-header": envelopes.ControlHeader,
     "wire/stored-result": envelopes.StoredResult,
+    "answers/module-info": answers.ModuleDescription,
+    "answers/request-status": answers.RequestStatus,
+    "answers/cancel": answers.CancelAnswer,
+    "answers/admin": answers.AdminAnswer,
     "records/key-record": records.KeyRecord,
     "records/revocation": records.Revocation,
     "records/checkpoint": records.Checkpoint,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
+from hub.answers import AdminAnswer
 from hub.canonical import b64d
 from hub.directory import Directory, Grant
-from hub.errors import CanonicalError, ConfigError, FederationError
+from hub.errors import ConfigError, FederationError, ValidationError
 from hub.events import GrantAdded, GrantRemoved, KeyRegistered, KeyRevoked
 from hub.keys import load_public_file
 from hub.records import SignedRecord
@@ -108,26 +109,28 @@ def admin_message(op: str, record: SignedRecord) -> bytes:
     return json.dumps({"op": op, "record": record.model_dump()}).encode()
 
 
-async def apply_admin(directory: Directory, append: Append, data: bytes) -> dict[str, Any]:
+async def apply_admin(directory: Directory, append: Append, data: bytes) -> AdminAnswer:
     """Verify and apply ``{"op": "register"|"revoke", "record": SignedRecord}``; log it.
 
     Records authenticate themselves (a key record signed by a trusted site, a revocation
     signed by the key's own site or this node's site): the sender needs no other authority.
+    A malformed message raises ValidationError; a record that does not verify, the error
+    of the check that failed.
     """
     try:
         message = json.loads(data)
         op = message["op"]
         signed = SignedRecord.model_validate(message["record"])
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise CanonicalError(f"malformed admin message: {exc}") from exc
+    except (ValueError, KeyError, TypeError, PydanticValidationError) as exc:
+        raise ValidationError(f"malformed admin message: {exc}".splitlines()[0]) from exc
     if op == "register":
         record = directory.register(signed)
         stored = await append(KeyRegistered(record=signed))
         log.info("directory.key_registered", identity=record.identity, kid=record.kid)
-        return {"ok": True, "op": op, "kid": record.kid, "seq": stored[-1].seq}
+        return AdminAnswer(op=op, kid=record.kid, seq=stored[-1].seq)
     if op == "revoke":
         rev = directory.revoke(signed)
         stored = await append(KeyRevoked(revocation=signed))
         log.info("directory.key_revoked", identity=rev.identity, kid=rev.kid)
-        return {"ok": True, "op": op, "kid": rev.kid, "seq": stored[-1].seq}
-    raise CanonicalError(f"unknown admin op {op!r} (register or revoke)")
+        return AdminAnswer(op=op, kid=rev.kid, seq=stored[-1].seq)
+    raise ValidationError(f"unknown admin op {op!r} (register or revoke)")

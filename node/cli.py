@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import BaseModel
@@ -28,6 +28,7 @@ from node.config import NodeConfig, load_config
 from node.eventlog import EventLog, StoredEvent
 
 if TYPE_CHECKING:
+    from hub.answers import AdminAnswer
     from node.daemon import NodeDaemon
 
 __all__ = ["main"]
@@ -306,9 +307,7 @@ def _admin(cfg: NodeConfig, op: str, signed: SignedRecord) -> int:
     status = read_status_file(cfg.node.data_dir)
     if status is not None and _alive(status):
         answer = asyncio.run(_send_admin(str(status["url"]), cfg.node.site, message))
-        if "error" in answer:
-            raise ConfigError(f"the node refused it: {answer['error']['message']}")
-        print(f"{op}: applied by the running node (event {answer['seq']})")
+        print(f"{op}: applied by the running node (event {answer.seq})")
         return 0
     with open_log(cfg) as log:
         state = load_directory(cfg, log)
@@ -319,7 +318,7 @@ def _admin(cfg: NodeConfig, op: str, signed: SignedRecord) -> int:
         if state.pending:
             log.append_many(state.pending)
         answer = asyncio.run(apply_admin(state.directory, append, message))
-    print(f"{op}: appended to the log (event {answer['seq']}); takes effect at the next start")
+    print(f"{op}: appended to the log (event {answer.seq}); takes effect at the next start")
     return 0
 
 
@@ -331,9 +330,10 @@ def _alive(status: dict[str, object]) -> bool:
     return True
 
 
-async def _send_admin(url: str, site: str, message: bytes) -> dict[str, Any]:
+async def _send_admin(url: str, site: str, message: bytes) -> AdminAnswer:
     import nats
 
+    from hub.answers import AdminAnswer, error_from_headers
     from hub.subjects import admin_subject
 
     try:
@@ -346,8 +346,13 @@ async def _send_admin(url: str, site: str, message: bytes) -> dict[str, Any]:
         raise ConfigError(f"the node did not answer: {exc}") from exc
     finally:
         await nc.close()
-    value: dict[str, Any] = json.loads(reply.data)
-    return value
+    refused = error_from_headers(reply.headers)
+    if refused is not None:
+        raise ConfigError(f"the node refused it: {refused.message}", hint=refused.hint)
+    try:
+        return AdminAnswer.model_validate_json(reply.data)
+    except ValueError as exc:
+        raise ConfigError(f"the node's answer is not an admin answer: {exc}") from exc
 
 
 def cmd_schemas_export(args: argparse.Namespace) -> int:

@@ -39,10 +39,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
+from pydantic import BaseModel
 
 from hub import __version__
+from hub.answers import ModuleDescription, error_headers
 from hub.directory import Directory
-from hub.errors import ConfigError, FederationError, TransportError
+from hub.errors import ConfigError, FederationError, RemoteError, TransportError, UnauthorizedError
 from hub.events import (
     NodeStarted,
     NodeStopped,
@@ -483,19 +485,9 @@ class NodeDaemon:
 
     async def _start_services(self) -> None:
         assert self.nc is not None and self.runner is not None and self.eventlog is not None
-        node_key = self._node_key_record.model_dump() if self._node_key_record else None
+        assert self._node_key_record is not None
         for name, module in self.runner.modules.items():
-            info = module.info()
-            payload = json.dumps(
-                {
-                    "site": self.site,
-                    "module": name,
-                    "node": self.eventlog.log_id,
-                    "node_key": node_key,
-                    "max_payload": self.cfg.calls.max_payload,
-                    **info,
-                }
-            ).encode()
+            payload = self._module_description(name, module.info()).model_dump_json().encode()
             svc = await add_service(
                 self.nc,
                 name=service_name(self.site, name),
@@ -523,6 +515,20 @@ class NodeDaemon:
         admin = await self.nc.subscribe(admin_subject(self.site), cb=self._on_admin)
         self.stack.push_async_callback(admin.unsubscribe)
 
+    def _module_description(self, name: str, info: dict[str, Any]) -> ModuleDescription:
+        """The info answer of module ``name`` (its loaded description plus this node's)."""
+        assert self.eventlog is not None and self._node_key_record is not None
+        return ModuleDescription.model_validate(
+            {
+                **info,
+                "site": self.site,
+                "module": name,
+                "node": self.eventlog.log_id,
+                "node_key": self._node_key_record,
+                "max_payload": self.cfg.calls.max_payload,
+            }
+        )
+
     async def _on_admin(self, msg: Msg) -> None:
         """Apply a signed directory record sent to ``fh.admin.<site>`` (every node applies it).
 
@@ -530,26 +536,30 @@ class NodeDaemon:
         signed by the key's own site or ours), so the sender needs no other authority.
         """
         assert self.directory is not None and self.writer is not None
+        answer: BaseModel | FederationError
         try:
             answer = await apply_admin(self.directory, self.writer.append, msg.data)
-        except FederationError as exc:
+        except RemoteError as exc:
             log.warning("admin.refused", reason=exc.message)
-            answer = {"error": {"code": "unauthorized", "message": exc.message}}
-        await _respond(msg, answer)
+            answer = exc
+        except FederationError as exc:  # a record that does not verify here
+            log.warning("admin.refused", reason=exc.message)
+            answer = UnauthorizedError(exc.message, hint=exc.hint)
+        assert self.nc is not None
+        await _respond(self.nc, msg, answer)
 
     async def _on_control(self, msg: Msg) -> None:
         assert self.pipeline is not None
+        answer: BaseModel | bytes | FederationError
         try:
             answer = await self.pipeline.control(msg.data)
+        except FederationError as exc:
+            answer = exc
         except Exception as exc:  # never let a control message take a handler down
             log.exception("control.failed")
-            answer = {
-                "error": {
-                    "code": "remote_error",
-                    "message": f"control failed: {type(exc).__name__}",
-                }
-            }
-        await _respond(msg, answer)
+            answer = RemoteError(f"control failed: {type(exc).__name__}", code="internal_error")
+        assert self.nc is not None
+        await _respond(self.nc, msg, answer)
 
     # --- pulling calls --------------------------------------------------------------------
 
@@ -634,10 +644,17 @@ class NodeDaemon:
         }
 
 
-async def _respond(msg: Msg, answer: dict[str, Any] | bytes) -> None:
-    """Answer a request: JSON, or a frame already encoded (a fetched result)."""
-    if msg.reply:
-        await msg.respond(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
+async def _respond(nc: NatsClient, msg: Msg, answer: BaseModel | bytes | FederationError) -> None:
+    """Answer a service request: a model as JSON, a frame already encoded (a fetched
+    result), or an error the NATS micro way (headers, empty body; :mod:`hub.answers`)."""
+    if not msg.reply:
+        return
+    if isinstance(answer, FederationError):
+        await nc.publish(msg.reply, b"", headers=error_headers(answer))
+    elif isinstance(answer, bytes):
+        await nc.publish(msg.reply, answer)
+    else:
+        await nc.publish(msg.reply, answer.model_dump_json().encode())
 
 
 def _running_pid(pid_file: Path) -> int | None:

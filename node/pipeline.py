@@ -55,7 +55,7 @@ from hub.lifecycle import FINAL, RequestState, step
 from hub.records import KeyRecord
 from node import projections
 from node.config import CallsSection
-from node.control import Control
+from node.control import Control, ControlAnswer
 from node.execution import KeepAlive, ProgressForwarder, failure_code, public_reason
 from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
@@ -172,8 +172,9 @@ class Pipeline:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def control(self, data: bytes) -> dict[str, Any] | bytes:
-        """Answer a signed cancel/status/fetch message (see :mod:`node.control`)."""
+    async def control(self, data: bytes) -> ControlAnswer:
+        """Answer a signed cancel/status/fetch message (see :mod:`node.control`); raises
+        the typed error for a refusal."""
         return await self._control.answer(data)
 
     # --- one message, or a burst ----------------------------------------------------------

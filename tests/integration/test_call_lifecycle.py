@@ -145,7 +145,7 @@ async def test_a_result_too_large_for_one_message_reaches_the_caller_at_once_as_
         ("request.failed", "oversize"),
     ]
     status = await handle.status()
-    assert (status["state"], status["code"]) == (RequestState.FAILED, "oversize")
+    assert (status.state, status.code) == (RequestState.FAILED, "oversize")
     with pytest.raises(NotFoundError, match="no result"):
         await fed.fetch("hereon", handle.request_id)
     assert await fed.call("hereon.blobs.blob", size=1000, timeout=15) == bytes(1000)
@@ -159,9 +159,9 @@ async def test_a_result_the_node_could_not_keep_is_logged_as_lost_and_status_say
     handle = await fed.submit("hereon.climate.scale", values=[2.0], factor=2.0)
     assert await handle.result(timeout=15) == [4.0], "the caller still gets its result"
     status = await handle.status()
-    assert status["state"] == RequestState.COMPLETED
-    assert status["result_object"] is None
-    assert status["reason"].startswith("result not kept: storing it failed"), status
+    assert status.state == RequestState.COMPLETED
+    assert status.result_object is None
+    assert (status.reason or "").startswith("result not kept: storing it failed"), status
     kinds = [e["type"] for e in LogView(cfg.log_path).for_request(handle.request_id)]
     assert kinds == ["request.accepted", "request.completed", "result.lost"]
     with pytest.raises(NotFoundError, match=r"no copy of the result .* was kept"):

@@ -492,7 +492,7 @@ async def test_a_replay_leaves_the_status_of_the_original_call_alone(served: Ser
     await served.publish(served.captured.data)
     await served.rejected(before)
     status = await served.klaus.status("hereon", rid)
-    assert (status["state"], status["code"], status["reason"]) == ("completed", None, None)
+    assert (status.state, status.code, status.reason) == ("completed", None, None)
 
 
 def _tamper_ciphertext(data: bytes) -> bytes:

@@ -33,3 +33,16 @@ def test_the_nats_codec_and_transfer_packages_export_what_they_name() -> None:
     assert {"LocalFederation", "NatsServer", "ensure_site_streams"} <= set(hub.nats.__all__)
     assert {"encode", "decode", "describe"} <= set(hub.codec.__all__)
     assert {"Sender", "Receiver", "seal_file", "upload_route"} <= set(hub.transfer.__all__)
+
+
+def test_the_client_split_keeps_every_old_import_working() -> None:
+    from hub import call_handle, sync_client
+    from hub.client import CallHandle, Client, ModuleInfo, SyncCallHandle, SyncClient, connect
+
+    assert (CallHandle, ModuleInfo) == (call_handle.CallHandle, call_handle.ModuleInfo)
+    assert (SyncClient, SyncCallHandle, connect) == (
+        sync_client.SyncClient,
+        sync_client.SyncCallHandle,
+        sync_client.connect,
+    )
+    assert (hub.Client, hub.SyncClient, hub.connect) == (Client, SyncClient, connect)

@@ -1,0 +1,144 @@
+"""What a node's services answer: module info, control answers, admin answers, and errors.
+
+Each answer is a pydantic model (exported to ``schemas/answers/``) that the node builds and
+the client parses, as JSON. A successful ``fetch`` is answered with the stored result as a
+``result`` reply frame (:class:`hub.envelopes.ReplyHeader`), exactly as the call's own reply
+carried it.
+
+**Errors** are answered the NATS micro way, with an empty body and headers::
+
+    Nats-Service-Error       the description (one line)
+    Nats-Service-Error-Code  a numeric status, as in HTTP (400, 401, 404, 409, 413, 500, 503)
+    Fedhub-Error-Code        fedhub's code (``not_found``, ``unauthorized`` ...)
+    Fedhub-Error-Hint        what the caller can do about it (when known)
+
+fedhub's code is the same one a call's error reply carries in ``ReplyHeader.code``, and
+:func:`hub.errors.error_from_code` turns either into the same typed error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+from pydantic import BaseModel, ConfigDict, Field
+
+from hub.errors import FederationError, error_code, error_from_code, service_status
+from hub.lifecycle import RequestState
+from hub.records import Hex32, Kid, SignedRecord
+
+__all__ = [
+    "CODE_HEADER",
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "HINT_HEADER",
+    "AdminAnswer",
+    "CancelAnswer",
+    "FunctionInfo",
+    "ModuleDescription",
+    "RequestStatus",
+    "error_from_headers",
+    "error_headers",
+]
+
+#: fedhub's own error code of a service answer (see :func:`hub.errors.error_code`).
+CODE_HEADER = "Fedhub-Error-Code"
+#: The error's hint, when it has one.
+HINT_HEADER = "Fedhub-Error-Hint"
+_MAX_HEADER_TEXT = 1000
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FunctionInfo(_Answer):
+    """One function as its node describes it (``fedhub ls``, stubs, the client's checks)."""
+
+    name: str
+    qualified_name: str
+    kind: Literal["function", "method"]
+    is_async: bool
+    signature: str
+    summary: str
+    description: str
+    raises: dict[str, str]
+    progress: bool = Field(description="whether the function reports progress")
+    arguments: dict[str, Any] = Field(description="JSON Schema of the keyword arguments")
+    returns: dict[str, Any] = Field(description="JSON Schema of the result")
+    schema_hash: str = Field(description="BLAKE2b-256 of both schemas, named in each call")
+
+
+class ModuleDescription(_Answer):
+    """A module's info answer (``fh.info.<site>.<module>``), with the node's key record."""
+
+    site: str
+    module: str
+    node: str = Field(description="the node's log id")
+    node_key: SignedRecord = Field(description="the node's key record, signed by its site")
+    max_payload: int = Field(ge=0, description="the largest call message the node takes")
+    doc: str
+    functions: dict[str, FunctionInfo]
+    skipped: dict[str, str] = Field(description="names not served, with the reason")
+
+
+class RequestStatus(_Answer):
+    """The node's record of one request (answer to ``status``)."""
+
+    request_id: str
+    caller: str | None = None
+    address: str | None = None
+    state: RequestState
+    code: str | None = None
+    reason: str | None = None
+    received_time: str | None = None
+    updated_time: str | None = None
+    attempts: int = 0
+    progress_ppm: int | None = Field(None, ge=0, le=1_000_000)
+    result_hash: Hex32 | None = None
+    result_object: str | None = Field(None, description="where the result is kept, if it is")
+
+
+class CancelAnswer(_Answer):
+    """Answer to ``cancel``: whether the node is stopping the call, and its state."""
+
+    id: str
+    cancelling: bool
+    state: RequestState
+
+
+class AdminAnswer(_Answer):
+    """Answer to an admin message: the directory change applied and its log event."""
+
+    ok: Literal[True] = True
+    op: Literal["register", "revoke"]
+    kid: Kid
+    seq: int = Field(ge=1)
+
+
+def error_headers(exc: FederationError) -> dict[str, str]:
+    """The headers of a service answer that reports ``exc``."""
+    code = error_code(exc)
+    headers = {
+        ERROR_HEADER: _header_text(exc.message),
+        ERROR_CODE_HEADER: str(service_status(code)),
+        CODE_HEADER: code,
+    }
+    if exc.hint:
+        headers[HINT_HEADER] = _header_text(exc.hint)
+    return headers
+
+
+def error_from_headers(headers: Mapping[str, str] | None) -> FederationError | None:
+    """The typed error a service answer reports, or None when it reports none."""
+    if not headers or (ERROR_HEADER not in headers and ERROR_CODE_HEADER not in headers):
+        return None
+    code = headers.get(CODE_HEADER) or "remote_error"
+    message = headers.get(ERROR_HEADER) or f"the service answered {headers.get(ERROR_CODE_HEADER)}"
+    return error_from_code(code, message, headers.get(HINT_HEADER))
+
+
+def _header_text(text: str) -> str:
+    """A header value: one line, bounded."""
+    return " ".join(text.split())[:_MAX_HEADER_TEXT]

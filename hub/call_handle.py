@@ -1,0 +1,131 @@
+"""A submitted call as its caller sees it (:class:`CallHandle`), and a module's verified info.
+
+The :class:`~hub.client.Client` creates handles and settles them: from the reply on its
+inbox, or from the node's status and stored result when that reply was lost (see
+:meth:`Client.recover <hub.client.Client.recover>`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hub.answers import CancelAnswer, FunctionInfo, ModuleDescription, RequestStatus
+from hub.errors import CallTimeoutError
+
+if TYPE_CHECKING:
+    from hub.client import Client
+
+__all__ = ["CallHandle", "ModuleInfo", "ProgressCallback"]
+
+log = structlog.get_logger(__name__)
+
+ProgressCallback = Callable[[float | None, str], None]
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """A module's description as served by its node, with the node key verified."""
+
+    site: str
+    module: str
+    info: ModuleDescription
+    node: str
+    node_kid: str
+    node_box_key: bytes
+
+    @property
+    def functions(self) -> dict[str, FunctionInfo]:
+        """Function name → its description (schemas, docstring, signature)."""
+        return self.info.functions
+
+
+@dataclass
+class CallHandle:
+    """A submitted call: its id, live progress, and (eventually) its result."""
+
+    request_id: str
+    address: str
+    _client: Client
+    _content_key: bytes
+    _node_box_key: bytes
+    _deadline: float
+    _future: asyncio.Future[Any]
+    on_progress: ProgressCallback | None = None
+    progress: tuple[float | None, str] = (None, "")
+    _progress_events: asyncio.Queue[tuple[float | None, str]] = field(default_factory=asyncio.Queue)
+
+    @property
+    def site(self) -> str:
+        """The site the call went to."""
+        return self.address.split(".", 1)[0]
+
+    def done(self) -> bool:
+        """Whether the outcome (result or error) has arrived."""
+        return self._future.done()
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result; raises the call's typed error or CallTimeoutError."""
+        loop = asyncio.get_running_loop()
+        remaining = self._deadline - loop.time()
+        if timeout is not None:
+            remaining = min(remaining, timeout)
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await asyncio.shield(self._future)
+        except TimeoutError as exc:
+            if self._future.done():
+                return self._future.result()
+            raise CallTimeoutError(
+                f"no answer for {self.address} (request {self.request_id}) in time",
+                hint=f"the call may still run; check `fedhub status {self.request_id}`",
+            ) from exc
+
+    async def status(self) -> RequestStatus:
+        """The node's view of this request (state, progress)."""
+        return await self._client.status(self.site, self.request_id)
+
+    async def cancel(self) -> CancelAnswer:
+        """Ask the node to cancel the call; the result then raises CallCancelledError.
+
+        The answer says whether the node is stopping the call (``cancelling``; a call not
+        yet running is cancelled when it would start) and the call's state.
+        """
+        return await self._client.cancel(self.site, self.request_id)
+
+    # -- called by the client -------------------------------------------------------------
+
+    def _settle(self, value: Any = None, error: BaseException | None = None) -> bool:
+        """Deliver the outcome unless one arrived already; whether this one was taken."""
+        if self._future.done():
+            return False
+        if error is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(value)
+        return True
+
+    def _deliver_progress(self, fraction: float | None, message: str) -> None:
+        self.progress = (fraction, message)
+        self._progress_events.put_nowait((fraction, message))
+        if self.on_progress is not None:
+            try:
+                self.on_progress(fraction, message)
+            except Exception:  # a caller's callback must not break the inbox
+                log.exception("client.progress_callback_failed", request_id=self.request_id)
+
+    async def progress_events(self) -> AsyncIterator[tuple[float | None, str]]:
+        """Iterate over progress reports as they arrive, until the call ends."""
+        while not (self._future.done() and self._progress_events.empty()):
+            getter = asyncio.ensure_future(self._progress_events.get())
+            done, _ = await asyncio.wait(
+                {getter, self._future}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                yield getter.result()
+            else:
+                getter.cancel()

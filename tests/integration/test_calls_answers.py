@@ -1,0 +1,198 @@
+"""The node's service answers as any NATS client sees them: typed models, and errors the
+NATS micro way (``Nats-Service-Error`` / ``Nats-Service-Error-Code`` headers, empty body)
+with fedhub's own code beside them, which a fedhub client turns into the same typed error
+as a call's error reply.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from support.world import World
+
+from hub.answers import (
+    CODE_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    AdminAnswer,
+    ModuleDescription,
+    RequestStatus,
+)
+from hub.canonical import b64e
+from hub.client import Client
+from hub.clock import now
+from hub.envelopes import ControlHeader, pack_control
+from hub.errors import NotFoundError, UnauthorizedError
+from hub.lifecycle import RequestState
+from hub.nats import connect as nats_connect
+from hub.records import Revocation, sign_record
+from hub.subjects import admin_subject, info_subject, status_subject
+from node.admin import admin_message
+from node.config import NodeConfig
+from node.daemon import NodeDaemon
+
+CALLER = "klaus@geomar"
+STRANGER = "mallory@geomar"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    """Keys: klaus (registered at the node) and mallory (vouched by geomar, not registered)."""
+    w = World(tmp_path / "world")
+    w.person(CALLER)
+    w.person(STRANGER)
+    return w
+
+
+@pytest.fixture
+def cfg(world: World) -> NodeConfig:
+    """A hereon node on its own embedded server; klaus may call all of climate."""
+    return world.node_config(
+        "hereon", trust=["geomar"], users=[CALLER], grants=[(CALLER, "climate", "*")]
+    )
+
+
+@pytest.fixture
+async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
+    """The node, running in this test's loop."""
+    async with NodeDaemon(cfg, grace=2) as node:
+        yield node
+
+
+@pytest.fixture
+async def raw(node: NodeDaemon) -> AsyncIterator[NatsClient]:
+    """A plain nats-py connection to the node's server."""
+    nc = await nats_connect(node.url)
+    yield nc
+    await nc.close()
+
+
+def control(world: World, who: str, op: str, request_id: str) -> bytes:
+    """A control message signed by ``who``'s real key."""
+    keys = world.store.load(who)
+    header = ControlHeader(
+        op=op,
+        id=request_id,
+        caller=who,
+        kid=keys.kid,
+        time=now(),
+        nonce=b64e(secrets.token_bytes(12)),
+    )
+    return pack_control(header, keys.signing_key)
+
+
+async def test_a_status_request_for_an_unknown_request_is_a_404_with_nats_micro_headers(
+    world: World, raw: NatsClient
+) -> None:
+    msg = await raw.request(
+        status_subject("hereon"), control(world, CALLER, "status", "A" * 22), timeout=5
+    )
+    assert msg.data == b""
+    assert msg.headers is not None
+    assert msg.headers[ERROR_CODE_HEADER] == "404"
+    assert msg.headers[CODE_HEADER] == "not_found"
+    assert "A" * 22 in msg.headers[ERROR_HEADER]
+
+
+async def test_a_control_message_from_an_unregistered_caller_is_a_401(
+    world: World, raw: NatsClient
+) -> None:
+    msg = await raw.request(
+        status_subject("hereon"), control(world, STRANGER, "status", "A" * 22), timeout=5
+    )
+    assert msg.headers is not None
+    assert (msg.headers[ERROR_CODE_HEADER], msg.headers[CODE_HEADER]) == ("401", "unauthorized")
+
+
+async def test_garbage_on_the_control_subject_is_refused_with_headers_not_silence(
+    raw: NatsClient,
+) -> None:
+    msg = await raw.request(status_subject("hereon"), b"not a control message", timeout=5)
+    assert msg.headers is not None
+    assert msg.headers[ERROR_CODE_HEADER] == "401"
+    assert msg.headers[ERROR_HEADER]
+
+
+async def test_a_malformed_admin_message_is_a_400_and_a_forged_revocation_a_401(
+    world: World, raw: NatsClient
+) -> None:
+    bad = await raw.request(admin_subject("hereon"), b"{}", timeout=5)
+    assert bad.headers is not None
+    assert (bad.headers[ERROR_CODE_HEADER], bad.headers[CODE_HEADER]) == (
+        "400",
+        "invalid_arguments",
+    )
+    klaus = world.store.load(CALLER)
+    forged = sign_record(
+        Revocation(identity=CALLER, kid=klaus.kid, time=now(), reason="forged"),
+        world.store.load(STRANGER).signing_key,
+    )
+    refused = await raw.request(admin_subject("hereon"), admin_message("revoke", forged), timeout=5)
+    assert refused.headers is not None
+    assert (refused.headers[ERROR_CODE_HEADER], refused.headers[CODE_HEADER]) == (
+        "401",
+        "unauthorized",
+    )
+
+
+async def test_a_revocation_by_the_callers_site_is_answered_with_an_admin_answer(
+    world: World, raw: NatsClient
+) -> None:
+    klaus = world.store.load(CALLER)
+    revocation = sign_record(
+        Revocation(identity=CALLER, kid=klaus.kid, time=now(), reason="left"),
+        world.site("geomar").signing_key,
+    )
+    msg = await raw.request(admin_subject("hereon"), admin_message("revoke", revocation), timeout=5)
+    assert not msg.headers or ERROR_CODE_HEADER not in msg.headers
+    answer = AdminAnswer.model_validate_json(msg.data)
+    assert (answer.op, answer.kid) == ("revoke", klaus.kid)
+
+
+async def test_the_info_answer_is_a_module_description(raw: NatsClient) -> None:
+    msg = await raw.request(info_subject("hereon", "climate"), b"", timeout=5)
+    info = ModuleDescription.model_validate_json(msg.data)
+    assert (info.site, info.module) == ("hereon", "climate")
+    assert "compute_sum" in info.functions
+    assert info.functions["compute_sum"].schema_hash
+    assert json.loads(msg.data) == info.model_dump(mode="json")
+
+
+async def test_status_of_a_finished_call_is_a_typed_answer_for_the_client_and_raw_nats(
+    node: NodeDaemon, world: World, raw: NatsClient
+) -> None:
+    async with await Client.connect(node.url, CALLER, home=world.store.home) as fed:
+        handle = await fed.submit("hereon.climate.scale", values=[1.0], timeout=15)
+        assert await handle.result() == [2.0]
+        status = await handle.status()
+    assert isinstance(status, RequestStatus)
+    assert status.state == RequestState.COMPLETED
+    msg = await raw.request(
+        status_subject("hereon"), control(world, CALLER, "status", handle.request_id), timeout=5
+    )
+    assert RequestStatus.model_validate_json(msg.data) == status
+
+
+async def test_an_unregistered_caller_gets_the_same_typed_error_from_a_call_and_a_status(
+    node: NodeDaemon, world: World
+) -> None:
+    async with await Client.connect(node.url, STRANGER, home=world.store.home) as fed:
+        with pytest.raises(UnauthorizedError) as by_reply:
+            await fed.call("hereon.climate.scale", values=[1.0], timeout=15)
+        with pytest.raises(UnauthorizedError) as by_answer:
+            await fed.status("hereon", "A" * 22)
+    assert by_reply.value.code == by_answer.value.code == "unauthorized"
+
+
+async def test_fetching_a_request_the_node_never_saw_raises_not_found_from_the_headers(
+    node: NodeDaemon, world: World
+) -> None:
+    async with await Client.connect(node.url, CALLER, home=world.store.home) as fed:
+        with pytest.raises(NotFoundError) as err:
+            await fed.fetch("hereon", "B" * 22)
+    assert "B" * 22 in err.value.message

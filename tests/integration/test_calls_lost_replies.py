@@ -1,0 +1,141 @@
+"""A reply lost on the way does not leave its caller waiting while the result sits stored.
+
+A federation of the test's own (hub, hereon, geomar): the node at hereon, the caller at
+geomar. A server on the way is stopped while the node finishes a call, so the node's reply
+finds nobody to take it; once the server is back, the caller gets the outcome from the
+node's record (status, then the stored result) instead of waiting out its deadline.
+
+Waits are structural: the call's deadline is far away (120 s), the test's own wait for
+the result is bounded well below it (40 s); nothing asserts on measured time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.hostile import LogView, wait_reachable, wait_until
+from support.world import World
+
+from hub.client import Client
+from hub.errors import CallCancelledError
+from hub.nats import LocalFederation, NatsServer
+from node.config import NodeConfig
+from node.daemon import NodeDaemon
+
+CALLER = "klaus@geomar"
+#: Far away: a caller that waited for it would fail the test's own bounded wait.
+DEADLINE = 120.0
+#: The test's own bound on waiting for the recovered outcome.
+BOUND = 40.0
+
+FederationFactory = Callable[..., Coroutine[Any, Any, LocalFederation]]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    """Keys: klaus at geomar, vouched by his site."""
+    w = World(tmp_path / "world")
+    w.person(CALLER)
+    return w
+
+
+def hereon_config(world: World, fed: LocalFederation) -> NodeConfig:
+    """A hereon node on hereon's leaf server; klaus may call the climate module."""
+    return world.node_config(
+        "hereon",
+        nats_url=fed.site_url("hereon"),
+        trust=["geomar"],
+        users=[CALLER],
+        grants=[(CALLER, "climate", "*")],
+    )
+
+
+def events_of(cfg: NodeConfig, rid: str) -> list[str]:
+    """The types of a request's events in the node's log."""
+    return [e["type"] for e in LogView(cfg.log_path).for_request(rid)]
+
+
+async def test_a_result_whose_reply_was_lost_while_the_callers_leaf_was_down_comes_on_reconnect(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(fed.site_url("geomar"), CALLER, home=world.store.home) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=3.0, timeout=DEADLINE)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.leaves["geomar"].stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        assert not handle.done(), "the reply had nowhere to go while geomar was down"
+        await fed.leaves["geomar"].start()
+
+        assert await handle.result(timeout=BOUND) == 3.0
+    assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
+
+
+async def test_a_result_whose_reply_was_lost_while_the_hub_was_down_arrives_before_the_deadline(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # The caller's own connection never drops here, so no reconnect tells it to ask: the
+    # last ask shortly before the deadline does. A short deadline keeps the test short.
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(fed.site_url("geomar"), CALLER, home=world.store.home) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+
+        assert await handle.result() == 2.0
+    assert "result.fetched" in events_of(cfg, rid)
+
+
+async def test_a_call_that_failed_while_its_reply_could_not_travel_raises_its_typed_error(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with await Client.connect(
+        fed.site_url("geomar"), CALLER, home=world.store.home
+    ) as client:
+        async with NodeDaemon(cfg, grace=0.5):
+            await wait_reachable(client, "hereon", "climate")
+            handle = await client.submit("hereon.climate.sleep", seconds=60.0, timeout=DEADLINE)
+            rid = handle.request_id
+            await wait_until(lambda: events_of(cfg, rid), limit=20)
+            await fed.leaves["geomar"].stop()
+        # the node stopped with the call running and handed it back; started again, it
+        # fails the call as "interrupted", and the error reply finds nobody at geomar
+        async with NodeDaemon(cfg, grace=2):
+            await wait_until(lambda: "request.failed" in events_of(cfg, rid), limit=30)
+            assert not handle.done()
+            await fed.leaves["geomar"].start()
+            with pytest.raises(CallCancelledError) as err:
+                await handle.result(timeout=BOUND)
+    assert err.value.code == "interrupted"
+
+
+async def test_closing_a_client_while_it_tries_to_reconnect_stops_the_attempts(
+    world: World, fresh_nats_server: NatsServer
+) -> None:
+    client = await Client.connect(fresh_nats_server.client_url, CALLER, home=world.store.home)
+    await fresh_nats_server.stop()
+    await wait_until(lambda: client.nc.is_reconnecting, limit=10)
+    await client.aclose()
+    assert client.nc.is_closed
