@@ -25,6 +25,8 @@ from conftest import node_nats
 from nats.aio.client import Client as NatsClient
 from support.world import World
 
+from hub.client import Client
+from hub.errors import TransportError
 from hub.nats import ensure_calls_consumer, ensure_site_streams
 from hub.subjects import CALLS_CONSUMER, CALLS_STREAM, EVENTS_STREAM, call_subject
 from node.check import check_nats
@@ -119,6 +121,19 @@ async def test_a_client_without_credentials_is_refused_at_every_sites_leaf(
             await nats.connect(
                 plain, allow_reconnect=False, connect_timeout=3, error_cb=Errors().record
             )
+
+
+async def test_a_caller_without_credentials_or_without_the_ca_is_told_why_at_once(
+    federation: Federation, tmp_path: Path
+) -> None:
+    world = World(tmp_path / "world")
+    world.person("klaus@geomar")
+    url, home = federation.site_url("geomar"), world.store.home
+    with pytest.raises(TransportError, match="refused the credentials"):
+        await Client.connect(url, "klaus@geomar", home=home, tls=federation.tls_context())
+    creds = federation.credentials("geomar", "caller", "klaus")
+    with pytest.raises(TransportError, match="certificate is not trusted"):
+        await Client.connect(url, "klaus@geomar", home=home, creds=creds)
 
 
 async def test_the_hubs_client_port_refuses_a_client_without_the_admins_nkey(
