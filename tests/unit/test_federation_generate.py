@@ -49,6 +49,13 @@ callers = ["klaus"]
 """
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI runs in this process: it must not point structlog at pytest's capture
+    stream, which is closed after the test (later tests would log into it)."""
+    monkeypatch.setattr("hub.cli.configure_logging", lambda **_: None)
+
+
 def _pub(root: Path, site: str) -> Path:
     store = KeyStore(root / "store")
     ident = f"site:{site}"
