@@ -112,8 +112,8 @@ class AdminAnswer(_Answer):
     """Answer to an admin message: the directory change applied and its log event."""
 
     ok: Literal[True] = True
-    op: Literal["register", "revoke"]
-    kid: Kid
+    op: Literal["register", "revoke", "grant", "group"]
+    kid: Kid = Field(description="the key registered or revoked; the signer of a grant or group")
     seq: int = Field(ge=1)
 
 

@@ -179,7 +179,8 @@ def _load_receipt(path: Path) -> SignedRecord:
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.proof is not None or args.consistency is not None:
         return cmd_audit_proof(args)
-    if args.path is None:
+    from_hub = bool(args.site or args.all)
+    if args.path is None and not from_hub:
         raise ConfigError("give the log to audit (or --proof FILE, or --consistency FILE)")
     store = _store(args)
     trusted = None if args.trust_log_keys else _site_keys(args.site_key, store)
@@ -188,6 +189,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "no site key is pinned, so nothing can be trusted",
             hint="pass --site-key site:NAME or a .pub file; --trust-log-keys trusts the log's own",
         )
+    if from_hub:
+        from hub.fedaudit import cmd_audit_hub
+
+        return cmd_audit_hub(args, trusted)
     receipts = [_load_receipt(path) for path in args.checkpoint]
     limit = args.max_seconds if args.max_seconds > 0 else None
     events = iter_log(args.path, max_seconds=limit)
@@ -334,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "path", type=Path, nargs="?", help="the node's SQLite log or an exported .jsonl"
     )
+    audit.add_argument(
+        "--site",
+        action="append",
+        metavar="NAME",
+        help="audit site NAME's logs from the hub's copy (with --url; repeatable)",
+    )
+    audit.add_argument(
+        "--all", action="store_true", help="audit every site the hub copies: one verdict each"
+    )
+    audit.add_argument("--url", help="the hub's NATS URL (an auditor's login) for --site/--all")
     audit.add_argument(
         "--site-key",
         action="append",

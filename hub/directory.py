@@ -7,23 +7,52 @@ A node's :class:`Directory` is rebuilt at start from its event log (``key.*`` an
   trusted (the node's own site, or one pinned in ``[[trust]]``);
 * a revocation counts if signed by the identity's own site or by the node's own site (a
   local ban); a revoked key is refused from then on, whatever grants exist;
-* a grant names a principal (``name@site`` or ``group:NAME``), a module and a function
-  (``*`` for all). Group membership comes from the caller's key record, vouched by its
-  site; grants to named people are the safe default across institutions.
+* a grant names a principal (``name@site``, ``group:NAME`` or a federation group
+  ``group:<owner>/<name>``), a module and a function (``*`` for all). Group membership
+  comes from the caller's key record, vouched by its site, or from federation groups;
+  grants to named people are the safe default across institutions;
+* records from the federation-wide directory (:meth:`Directory.apply_published`): a
+  signed grant counts only when signed by the site that owns the module (grants of other
+  sites are not this node's business), a group record only when signed by a valid key of
+  its owner, whose home site vouched for it; the record with the highest ``serial`` wins.
 
 Every refusal is an :class:`~hub.errors.UnauthorizedError` saying what is missing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from hub.canonical import b64d
 from hub.crypto import key_id
 from hub.errors import FederationError, SignatureError, UnauthorizedError
-from hub.records import KeyRecord, Revocation, SignedRecord, open_record
+from hub.events import GrantRecorded, GroupUpdated, KeyRegistered, KeyRevoked
+from hub.records import (
+    GrantRecord,
+    GroupRecord,
+    KeyRecord,
+    Revocation,
+    SignedRecord,
+    open_record,
+)
 
-__all__ = ["Directory", "Grant"]
+__all__ = ["RECORD_KINDS", "Directory", "Grant", "record_token"]
+
+#: Kinds of records in the federation-wide directory (the subject's kind token).
+RECORD_KINDS = ("key", "revocation", "grant", "group")
+
+
+def record_token(signed: SignedRecord) -> str:
+    """The subject token of a record in the federation directory: a hash of its signed
+    bytes (the same record, the same token; a receiver checks the two agree)."""
+    digest = hashlib.blake2b(f"{signed.record}.{signed.sig}".encode(), digest_size=16)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +81,9 @@ class Directory:
     keys: dict[str, KeyRecord] = field(default_factory=dict)
     revoked: dict[str, Revocation] = field(default_factory=dict)
     grants: set[Grant] = field(default_factory=set)
+    groups: dict[str, GroupRecord] = field(default_factory=dict)
+    grant_serials: dict[Grant, int] = field(default_factory=dict)
+    _member_of: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     # --- changes (each corresponds to an event) ------------------------------------------
 
@@ -106,8 +138,102 @@ class Directory:
         self.grants.discard(grant)
         return True
 
+    def apply_grant(self, signed: SignedRecord | dict[str, Any]) -> GrantRecord | None:
+        """Apply a site-signed grant record; None if it changes nothing here.
+
+        The signer must be a trusted site's key, and the record must name that site: a
+        grant for a module of site S signed by another site is refused (SignatureError).
+        A grant of another site is not this node's to apply (None), nor is one whose
+        ``serial`` is not above the last one seen for the same grant.
+        """
+        if not isinstance(signed, SignedRecord):
+            signed = SignedRecord.model_validate(signed)
+        site = self._site_of_signer(signed.signer)
+        record = open_record(signed, GrantRecord, self.trusted_sites[site])
+        if record.site != site:
+            raise SignatureError(
+                f"grant of {record.module}.{record.function} at site {record.site} "
+                f"for {record.principal} is signed by site {site}: only {record.site} decides"
+            )
+        if record.site != self.own_site:
+            return None
+        grant = Grant(record.principal, record.module, record.function)
+        if self.grant_serials.get(grant, -1) >= record.serial:
+            return None
+        self.grant_serials[grant] = record.serial
+        if record.allow:
+            self.grants.add(grant)
+        else:
+            self.grants.discard(grant)
+        return record
+
+    def apply_group(self, signed: SignedRecord | dict[str, Any]) -> GroupRecord | None:
+        """Apply a group record signed by its owner; None if not newer than the one held.
+
+        The signer must be a registered, unrevoked key of the owner (vouched for by the
+        owner's home site), and the group must be the owner's (``group:<owner>/...``).
+        """
+        if not isinstance(signed, SignedRecord):
+            signed = SignedRecord.model_validate(signed)
+        owner_key = self.keys.get(signed.signer)
+        if owner_key is None or signed.signer in self.revoked:
+            raise UnauthorizedError(
+                f"group record signed by key {signed.signer}, which is no valid key here"
+            )
+        record = open_record(signed, GroupRecord, owner_key.sign_key_bytes())
+        if record.owner != owner_key.identity or not record.group.startswith(
+            f"group:{record.owner}/"
+        ):
+            raise SignatureError(
+                f"group {record.group} (owner {record.owner}) is signed by {owner_key.identity}"
+            )
+        held = self.groups.get(record.group)
+        if held is not None and held.serial >= record.serial:
+            return None
+        if held is not None:
+            for member in held.members:
+                self._member_of[member].discard(record.group)
+        for member in record.members:
+            self._member_of[member].add(record.group)
+        self.groups[record.group] = record
+        return record
+
+    def apply_published(self, kind: str, signed: SignedRecord) -> BaseModel | None:
+        """Apply a record of the federation-wide directory; the event recording it here,
+        or None when it changes nothing at this node. Raises the error of the check that
+        failed (a FederationError) for a record that does not count."""
+        if kind == "key":
+            kid = json.loads(b64d(signed.record)).get("kid")
+            if kid in self.keys:
+                return None
+            self.register(signed)
+            return KeyRegistered(record=signed)
+        if kind == "revocation":
+            kid = json.loads(b64d(signed.record)).get("kid")
+            if kid in self.revoked:
+                return None
+            self.revoke(signed)
+            return KeyRevoked(revocation=signed)
+        if kind == "grant":
+            return GrantRecorded(record=signed) if self.apply_grant(signed) else None
+        if kind == "group":
+            return GroupUpdated(record=signed) if self.apply_group(signed) else None
+        raise SignatureError(f"unknown directory record kind {kind!r}")
+
+    def groups_of(self, identity: str) -> set[str]:
+        """The federation groups ``identity`` belongs to, directly or through nesting."""
+        found: set[str] = set()
+        todo = list(self._member_of.get(identity, ()))
+        while todo:
+            group = todo.pop()
+            if group not in found:
+                found.add(group)
+                todo.extend(self._member_of.get(group, ()))
+        return found
+
     def apply_event(self, data: dict[str, Any]) -> None:
-        """Replay one ``key.*`` or ``grant.*`` event's data (others are ignored)."""
+        """Replay one directory event's data (``key.*``, ``grant.*``, ``group.updated``;
+        others are ignored)."""
         kind = data.get("type")
         if kind in ("key.registered", "key.rotated"):
             self.register(data["record"])
@@ -119,6 +245,10 @@ class Directory:
             self.grants.add(Grant(data["principal"], data["module"], data["function"]))
         elif kind == "grant.removed":
             self.grants.discard(Grant(data["principal"], data["module"], data["function"]))
+        elif kind == "grant.recorded":
+            self.apply_grant(data["record"])
+        elif kind == "group.updated":
+            self.apply_group(data["record"])
 
     # --- questions ------------------------------------------------------------------------
 
@@ -141,7 +271,11 @@ class Directory:
 
     def authorize(self, record: KeyRecord, module: str, function: str) -> Grant:
         """The grant allowing ``record`` to call ``module.function``, or UnauthorizedError."""
-        principals = {record.identity, *(f"group:{g}" for g in record.groups)}
+        principals = {
+            record.identity,
+            *(f"group:{g}" for g in record.groups),
+            *self.groups_of(record.identity),
+        }
         for grant in self.grants:
             if grant.principal in principals and grant.covers(module, function):
                 return grant

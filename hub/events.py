@@ -34,11 +34,16 @@ __all__ = [
     "EVENT_VERSION",
     "FINAL_REQUEST_TYPES",
     "V1_ONLY_TYPES",
+    "V2_ONLY_TYPES",
+    "CheckpointConflict",
+    "CheckpointCosigned",
     "CheckpointData",
     "EventBody",
     "EventData",
     "GrantAdded",
+    "GrantRecorded",
     "GrantRemoved",
+    "GroupUpdated",
     "KeyRegistered",
     "KeyRevoked",
     "KeyRotated",
@@ -145,20 +150,18 @@ class RequestRejected(_Data):
 class RequestAccepted(_OmitNone):
     """Verified, authorized and not a replay: the node takes responsibility for it.
 
-    Version 2 carries the caller's signed request header verbatim (``header``, ``sig``)
-    and what the node saw of the payload; version 1 had only ``request_id`` (after a
+    Version 2 carries the caller's signed request header verbatim (``header``, ``sig``):
+    who asked for which function, when, with which nonce and the hash and size of the
+    sealed arguments are all in it, signed by the caller, so the event repeats none of
+    them; ``delivery`` is left out when it is 1. Version 1 had only ``request_id`` (after a
     ``request.received`` with the rest).
     """
 
     type: Literal["request.accepted"] = "request.accepted"
     request_id: RequestId
-    caller: IdentityId | None = None
-    address: str | None = None
     header: B64 | None = None
     sig: B64 | None = None
-    payload_hash: Hex32 | None = None
-    payload_size: int | None = None
-    delivery: int | None = Field(None, description="JetStream delivery count")
+    delivery: int | None = Field(None, ge=2, description="JetStream delivery count, if not 1")
 
 
 class RequestStarted(_Data):
@@ -288,6 +291,43 @@ class GrantRemoved(_Data):
     by: str
 
 
+class GrantRecorded(_Data):
+    """Version 2: a site-signed :class:`~hub.records.GrantRecord` of this node's site took
+    effect here (from the site's operator, or from the federation directory)."""
+
+    type: Literal["grant.recorded"] = "grant.recorded"
+    record: SignedRecord
+
+
+class GroupUpdated(_Data):
+    """Version 2: an owner-signed :class:`~hub.records.GroupRecord` took effect here."""
+
+    type: Literal["group.updated"] = "group.updated"
+    record: SignedRecord
+
+
+class CheckpointCosigned(_Data):
+    """Version 2: this node, as a witness, countersigned another log's checkpoint: it
+    extends every checkpoint of that log the node saw before (``cosignature`` is signed
+    by this node's key)."""
+
+    type: Literal["checkpoint.cosigned"] = "checkpoint.cosigned"
+    checkpoint: SignedRecord
+    cosignature: SignedRecord
+
+
+class CheckpointConflict(_Data):
+    """Version 2: evidence that another log showed two histories (``reason``: ``fork`` or
+    ``rollback``): two checkpoints of it, each signed by its node, that no single
+    append-only log can both have signed."""
+
+    type: Literal["checkpoint.conflict"] = "checkpoint.conflict"
+    log: IdentityId
+    reason: Literal["fork", "rollback"]
+    earlier: SignedRecord
+    later: SignedRecord
+
+
 class CheckpointData(_Data):
     """A signed checkpoint over the first ``size`` events (those before this one)."""
 
@@ -315,6 +355,10 @@ EventData = Annotated[
     | KeyRevoked
     | GrantAdded
     | GrantRemoved
+    | GrantRecorded
+    | GroupUpdated
+    | CheckpointCosigned
+    | CheckpointConflict
     | CheckpointData,
     Field(discriminator="type"),
 ]
@@ -343,12 +387,20 @@ EVENT_TYPES: frozenset[str] = frozenset(
         KeyRevoked,
         GrantAdded,
         GrantRemoved,
+        GrantRecorded,
+        GroupUpdated,
+        CheckpointCosigned,
+        CheckpointConflict,
         CheckpointData,
     )
 )
 FINAL_REQUEST_TYPES = frozenset({"request.completed", "request.failed"})
 #: Types a version 2 body never carries (their work is done by other events).
 V1_ONLY_TYPES = frozenset({"request.received", "result.stored"})
+#: Types only a version 2 body carries (the federation directory and witnesses).
+V2_ONLY_TYPES = frozenset(
+    {"result.lost", "grant.recorded", "group.updated", "checkpoint.cosigned", "checkpoint.conflict"}
+)
 
 
 class EventBody(BaseModel):

@@ -18,7 +18,6 @@ may still show a fork (:attr:`ConsistencyVerdict.fork`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,6 +51,7 @@ from hub.records import (
     one_line,
     open_record,
 )
+from hub.subjects import is_log_of
 
 __all__ = [
     "ConsistencyProof",
@@ -366,17 +366,11 @@ def _site_key(
     return pinned, f"site:{site} key {key_id(pinned)} (pinned)"
 
 
-_INSTANCE = re.compile(r"#[1-9][0-9]{0,5}")
-
-
 def _node_key(signed: SignedRecord, site_key: bytes, log: str, site: str) -> KeyRecord:
     """The key record, signed by the site, of a node key of ``log``."""
     record = open_record(_strict(signed, "node key record"), KeyRecord, site_key)
     identity = record.identity
-    same_node = log == identity or (
-        log.startswith(identity) and _INSTANCE.fullmatch(log[len(identity) :]) is not None
-    )
-    if record.role != "node" or record.site != site or not same_node:
+    if record.role != "node" or record.site != site or not is_log_of(log, identity):
         raise SignatureError(
             f"key {record.kid} is vouched for as {record.role} {identity} of site "
             f"{record.site}, not as a node key of {log}"

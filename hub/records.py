@@ -1,4 +1,4 @@
-"""Signed records: key records, revocations and checkpoints.
+"""Signed records: key records, revocations, checkpoints, grants and groups.
 
 A record is a small pydantic model encoded to canonical bytes and signed with a domain
 string (see :mod:`hub.crypto`). On the wire and in events a signed record travels as
@@ -19,9 +19,15 @@ from hub.errors import CanonicalError, SignatureError
 
 __all__ = [
     "DOMAIN_CHECKPOINT",
+    "DOMAIN_COSIGNATURE",
+    "DOMAIN_GRANT",
+    "DOMAIN_GROUP",
     "DOMAIN_KEY_RECORD",
     "DOMAIN_REVOCATION",
     "Checkpoint",
+    "Cosignature",
+    "GrantRecord",
+    "GroupRecord",
     "KeyRecord",
     "Revocation",
     "SignedRecord",
@@ -33,6 +39,9 @@ __all__ = [
 DOMAIN_KEY_RECORD = b"fedhub/key-record/v1\n"
 DOMAIN_REVOCATION = b"fedhub/revocation/v1\n"
 DOMAIN_CHECKPOINT = b"fedhub/checkpoint/v1\n"
+DOMAIN_GRANT = b"fedhub/grant/v1\n"
+DOMAIN_GROUP = b"fedhub/group/v1\n"
+DOMAIN_COSIGNATURE = b"fedhub/cosignature/v1\n"
 
 Time = Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")]
 """UTC time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (fixed width, so it also sorts as text)."""
@@ -93,6 +102,68 @@ class Checkpoint(_Record):
     kid: Kid
 
 
+GroupId = Annotated[
+    str,
+    Field(
+        pattern=r"^group:[a-z0-9][a-z0-9_.-]{0,63}@[a-z][a-z0-9_-]{0,31}/[a-z0-9][a-z0-9_.-]{0,63}$"
+    ),
+]
+"""A federation group: ``group:<owner>/<name>``, e.g. ``group:anna@desy/proposal-7``."""
+
+
+class GrantRecord(_Record):
+    """Site ``site`` lets ``principal`` call ``module.function`` (``allow``) or withdraws it.
+
+    ``principal`` is ``name@site``, a group of a key record (``group:NAME``) or a federation
+    group (``group:<owner>/<name>``). Only ``site``'s own key may sign it: the site that owns
+    a module decides who calls it. ``serial`` orders the records of one grant (the highest
+    counts).
+    """
+
+    v: Literal[1] = 1
+    kind: Literal["grant"] = "grant"
+    site: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    principal: str = Field(min_length=3, max_length=200)
+    module: str = Field(min_length=1, max_length=100)
+    function: str = Field("*", min_length=1, max_length=200)
+    allow: bool = True
+    serial: int = Field(ge=0)
+    time: Time
+
+
+class GroupRecord(_Record):
+    """The members of a federation group, signed by its owner (a person of some site).
+
+    ``group`` is ``group:<owner>/<name>``; ``members`` are people (``name@site``) and
+    other groups (a beamtime belongs to a proposal: the proposal lists the beamtime's
+    group, whose members are then members of the proposal too). The record with the
+    highest ``serial`` counts.
+    """
+
+    v: Literal[1] = 1
+    kind: Literal["group"] = "group"
+    group: GroupId
+    owner: IdentityId
+    members: tuple[str, ...] = Field((), max_length=10_000)
+    serial: int = Field(ge=0)
+    time: Time
+
+
+class Cosignature(_Record):
+    """A witness node saw log ``log``'s signed checkpoint (``size``, ``root``) and found it
+    consistent with every checkpoint of that log it had seen before."""
+
+    v: Literal[1] = 1
+    kind: Literal["cosignature"] = "cosignature"
+    log: IdentityId
+    size: int = Field(ge=0)
+    root: Hex32
+    checkpoint_time: Time
+    witness: IdentityId
+    time: Time
+    kid: Kid
+
+
 class SignedRecord(BaseModel):
     """Exact signed bytes of a record, its signature and the signer's key id."""
 
@@ -109,6 +180,9 @@ _DOMAINS: dict[type[_Record], bytes] = {
     KeyRecord: DOMAIN_KEY_RECORD,
     Revocation: DOMAIN_REVOCATION,
     Checkpoint: DOMAIN_CHECKPOINT,
+    GrantRecord: DOMAIN_GRANT,
+    GroupRecord: DOMAIN_GROUP,
+    Cosignature: DOMAIN_COSIGNATURE,
 }
 
 

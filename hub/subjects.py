@@ -32,6 +32,8 @@ from hub.errors import ConfigError
 __all__ = [
     "CALLS_CONSUMER",
     "CALLS_STREAM",
+    "DIRECTORY_OUT_STREAM",
+    "DIRECTORY_STREAM",
     "DISCOVERY_SUBJECT",
     "EVENTS_STREAM",
     "RESULTS_BUCKET",
@@ -44,12 +46,16 @@ __all__ = [
     "bulk_subject",
     "call_subject",
     "calls_filter",
+    "directory_filter",
+    "directory_subject",
     "events_filter",
     "events_subject",
     "hub_events_stream",
     "inbox_prefix",
     "inbox_subject",
     "info_subject",
+    "instance_log_id",
+    "is_log_of",
     "parse_address",
     "parse_call_subject",
     "service_name",
@@ -70,6 +76,11 @@ DISCOVERY_SUBJECT = f"{SUBJECT_ROOT}.discover.info"
 CALLS_STREAM = "FH_CALLS"
 #: Stream of a site's event logs (one per site JetStream domain; the hub sources it).
 EVENTS_STREAM = "FH_EVENTS"
+#: A site's own directory records (signed), sourced by the hub's :data:`DIRECTORY_STREAM`.
+DIRECTORY_OUT_STREAM = "FH_DIR"
+#: The federation-wide directory: on the hub (sourcing every site's ``FH_DIR``) and, as a
+#: copy sourcing the hub's, in every site's domain.
+DIRECTORY_STREAM = "FH_DIRECTORY"
 #: Object Store bucket holding a site's encrypted results.
 RESULTS_BUCKET = "fh-results"
 #: Durable pull consumer on :data:`CALLS_STREAM` shared by a site's node workers.
@@ -267,6 +278,16 @@ def events_filter(site: str) -> str:
     return f"{SUBJECT_ROOT}.events.{validate_site(site)}.>"
 
 
+def directory_filter(site: str) -> str:
+    """Return ``fh.dir.<site>.>``: the directory records ``site`` publishes (FH_DIR)."""
+    return f"{SUBJECT_ROOT}.dir.{validate_site(site)}.>"
+
+
+def directory_subject(site: str, kind: str, token: str) -> str:
+    """Return ``fh.dir.<site>.<kind>.<token>``: one signed record of ``site``."""
+    return f"{SUBJECT_ROOT}.dir.{validate_site(site)}.{kind}.{token}"
+
+
 def info_subject(site: str, module: str) -> str:
     """Return ``fh.info.<site>.<module>``, the module's schema endpoint."""
     return f"{SUBJECT_ROOT}.info.{validate_site(site)}.{validate_module(module)}"
@@ -297,3 +318,21 @@ def hub_events_stream(site: str) -> str:
     a federation must not admit both).
     """
     return f"{EVENTS_STREAM}_{validate_site(site).upper().replace('-', '_')}"
+
+
+# The log of the n-th process of a node (n >= 2) is ``<node identity>#<n>``.
+_INSTANCE = re.compile(r"#[1-9][0-9]{0,5}")
+
+
+def instance_log_id(identity: str, instance: int) -> str:
+    """The log id of a node's ``instance``-th process: the identity, then ``#<n>`` from 2 on."""
+    if instance < 1:
+        raise ValueError(f"instance numbers start at 1, not {instance}")
+    return identity if instance == 1 else f"{identity}#{instance}"
+
+
+def is_log_of(log_id: str, identity: str) -> bool:
+    """Whether ``log_id`` is the log of node ``identity`` (itself, or one of its processes)."""
+    if log_id == identity:
+        return True
+    return log_id.startswith(identity) and _INSTANCE.fullmatch(log_id[len(identity) :]) is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
@@ -18,17 +19,28 @@ from hub.answers import AdminAnswer
 from hub.canonical import b64d
 from hub.directory import Directory, Grant
 from hub.errors import ConfigError, FederationError, ValidationError
-from hub.events import GrantAdded, GrantRemoved, KeyRegistered, KeyRevoked
+from hub.events import (
+    GrantAdded,
+    GrantRecorded,
+    GrantRemoved,
+    GroupUpdated,
+    KeyRegistered,
+    KeyRevoked,
+)
 from hub.keys import load_public_file
 from hub.records import SignedRecord
 from node.config import NodeConfig
 from node.eventlog import EventLog, StoredEvent
 
-__all__ = ["DirectoryState", "apply_admin", "load_directory"]
+__all__ = ["DirectoryState", "apply_admin", "directory_events", "load_directory"]
 
 log = structlog.get_logger(__name__)
 
 Append = Callable[..., Awaitable[list[StoredEvent]]]
+#: Publishes a record of this site to the federation-wide directory: (kind, record).
+Publish = Callable[[str, SignedRecord], Awaitable[None]]
+#: Admin ops and the directory record kind each publishes.
+_KINDS = {"register": "key", "revoke": "revocation", "grant": "grant", "group": "group"}
 
 
 class DirectoryState:
@@ -47,10 +59,7 @@ def load_directory(cfg: NodeConfig, eventlog: EventLog) -> DirectoryState:
     record those changes, for the caller to append.
     """
     first = next(eventlog.events(after=0, limit=1)).parsed()
-    rows = eventlog.db.execute(
-        "SELECT body FROM events WHERE type LIKE 'key.%' OR type LIKE 'grant.%' ORDER BY seq"
-    ).fetchall()
-    changes = [json.loads(bytes(r[0]))["data"] for r in rows]
+    changes = directory_events(eventlog)
     site = cfg.node.site
     trusted = {site: b64d(first["data"]["site_key"])}
     for t in cfg.trust:
@@ -104,18 +113,32 @@ def load_directory(cfg: NodeConfig, eventlog: EventLog) -> DirectoryState:
     return DirectoryState(directory, node_key, pending)
 
 
+def directory_events(eventlog: EventLog) -> list[dict[str, Any]]:
+    """The ``data`` of every directory event of the log (keys, grants, groups), in order."""
+    rows = eventlog.db.execute(
+        "SELECT body FROM events WHERE type LIKE 'key.%' OR type LIKE 'grant.%' "
+        "OR type = 'group.updated' ORDER BY seq"
+    ).fetchall()
+    return [json.loads(bytes(r[0]))["data"] for r in rows]
+
+
 def admin_message(op: str, record: SignedRecord) -> bytes:
     """The admin message for ``op`` (register | revoke) carrying a signed record."""
     return json.dumps({"op": op, "record": record.model_dump()}).encode()
 
 
-async def apply_admin(directory: Directory, append: Append, data: bytes) -> AdminAnswer:
-    """Verify and apply ``{"op": "register"|"revoke", "record": SignedRecord}``; log it.
+async def apply_admin(
+    directory: Directory, append: Append, data: bytes, publish: Publish | None = None
+) -> AdminAnswer:
+    """Verify and apply ``{"op": OP, "record": SignedRecord}``; log it; publish it.
 
+    ``OP`` is ``register`` (a key record), ``revoke`` (a revocation), ``grant`` (a grant
+    record signed by this site) or ``group`` (a group record signed by its owner).
     Records authenticate themselves (a key record signed by a trusted site, a revocation
-    signed by the key's own site or this node's site): the sender needs no other authority.
-    A malformed message raises ValidationError; a record that does not verify, the error
-    of the check that failed.
+    signed by the key's own site or this node's site, a grant by this site, a group by
+    its owner): the sender needs no other authority. With ``publish``, the applied record
+    also goes to the federation-wide directory. A malformed message raises
+    ValidationError; a record that does not verify, the error of the check that failed.
     """
     try:
         message = json.loads(data)
@@ -123,14 +146,29 @@ async def apply_admin(directory: Directory, append: Append, data: bytes) -> Admi
         signed = SignedRecord.model_validate(message["record"])
     except (ValueError, KeyError, TypeError, PydanticValidationError) as exc:
         raise ValidationError(f"malformed admin message: {exc}".splitlines()[0]) from exc
+    event: BaseModel
     if op == "register":
         record = directory.register(signed)
-        stored = await append(KeyRegistered(record=signed))
-        log.info("directory.key_registered", identity=record.identity, kid=record.kid)
-        return AdminAnswer(op=op, kid=record.kid, seq=stored[-1].seq)
-    if op == "revoke":
+        event, kid, what = KeyRegistered(record=signed), record.kid, record.identity
+    elif op == "revoke":
         rev = directory.revoke(signed)
-        stored = await append(KeyRevoked(revocation=signed))
-        log.info("directory.key_revoked", identity=rev.identity, kid=rev.kid)
-        return AdminAnswer(op=op, kid=rev.kid, seq=stored[-1].seq)
-    raise ValidationError(f"unknown admin op {op!r} (register or revoke)")
+        event, kid, what = KeyRevoked(revocation=signed), rev.kid, rev.identity
+    elif op == "grant":
+        grant = directory.apply_grant(signed)
+        if grant is None:
+            raise ValidationError(
+                "grant record changes nothing here (another site's, or not newer than held)"
+            )
+        event, kid, what = GrantRecorded(record=signed), signed.signer, grant.principal
+    elif op == "group":
+        group = directory.apply_group(signed)
+        if group is None:
+            raise ValidationError("group record is not newer than the one held")
+        event, kid, what = GroupUpdated(record=signed), signed.signer, group.group
+    else:
+        raise ValidationError(f"unknown admin op {op!r} (register, revoke, grant or group)")
+    stored = await append(event)
+    log.info("directory.admin_applied", op=op, subject=what, kid=kid)
+    if publish is not None:
+        await publish(_KINDS[op], signed)
+    return AdminAnswer(op=op, kid=kid, seq=stored[-1].seq)

@@ -10,6 +10,7 @@ from hub.clock import now
 from hub.errors import KeyStoreError
 from hub.keys import KeyPair, KeyStore
 from hub.records import KeyRecord, SignedRecord, sign_record
+from hub.subjects import instance_log_id
 from node.config import NodeConfig
 from node.eventlog import EventLog
 
@@ -109,7 +110,7 @@ def open_instance_log(cfg: NodeConfig, instance: int) -> EventLog:
         instance_log_path(cfg, instance),
         key,
         checkpoint_every=cfg.log.checkpoint_every,
-        log_id=f"{cfg.identity}#{instance}",
+        log_id=instance_log_id(cfg.identity, instance),
     )
     if not log.initialized:
         log.initialize(

@@ -281,10 +281,34 @@ def cmd_admin_apply(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read signed record {args.record}: {exc}") from exc
     kind = json.loads(b64d(signed.record)).get("kind")
-    op = {"key": "register", "revocation": "revoke"}.get(kind)
+    op = {"key": "register", "revocation": "revoke", "grant": "grant", "group": "group"}.get(kind)
     if op is None:
-        raise ConfigError(f"{args.record} is a {kind!r} record; only key records and revocations")
+        raise ConfigError(
+            f"{args.record} is a {kind!r} record; key records, revocations, grants and groups"
+        )
     return _admin(cfg, op, signed)
+
+
+def cmd_admin_grant(args: argparse.Namespace) -> int:
+    """Sign a grant record of this site's module with the site key and apply it."""
+    import time
+
+    from hub.clock import now
+    from hub.keys import KeyStore
+    from hub.records import GrantRecord, sign_record
+
+    cfg = load_config(args.config)
+    site = KeyStore(cfg.node.key_home).load(cfg.site_identity, os.environ.get("FEDHUB_PASSPHRASE"))
+    record = GrantRecord(
+        site=cfg.node.site,
+        principal=args.principal,
+        module=args.module,
+        function=args.function,
+        allow=not args.withdraw,
+        serial=args.serial if args.serial is not None else time.time_ns() // 1000,
+        time=now(),
+    )
+    return _admin(cfg, "grant", sign_record(record, site.signing_key))
 
 
 def cmd_admin_revoke(args: argparse.Namespace) -> int:
@@ -453,9 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--db", type=Path, required=True)
     req.add_argument("request_id")
     req.set_defaults(func=cmd_request)
-    admin = sub.add_parser("admin", help="register or revoke keys (live when the node runs)")
+    admin = sub.add_parser(
+        "admin", help="register or revoke keys, grant, set groups (live when the node runs)"
+    )
     asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
-    app = asub.add_parser("apply", help="apply a signed key record or revocation (JSON file)")
+    app = asub.add_parser(
+        "apply", help="apply a signed key record, revocation, grant or group record (JSON file)"
+    )
     app.add_argument("--config", type=Path, required=True)
     app.add_argument("record", type=Path)
     app.set_defaults(func=cmd_admin_apply)
@@ -465,6 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--identity", required=True, help="whose key it is (name@site)")
     rv.add_argument("--reason", default="revoked by the site operator")
     rv.set_defaults(func=cmd_admin_revoke)
+    gr = asub.add_parser(
+        "grant", help="let PRINCIPAL call MODULE here (signed with this site's key; published)"
+    )
+    gr.add_argument("--config", type=Path, required=True)
+    gr.add_argument("principal", help="name@site, group:NAME or group:OWNER/NAME")
+    gr.add_argument("module")
+    gr.add_argument("--function", default="*", help="a function, Class.*, or * (default)")
+    gr.add_argument("--withdraw", action="store_true", help="take the grant away")
+    gr.add_argument("--serial", type=int, help="order of this grant's records (default: now, µs)")
+    gr.set_defaults(func=cmd_admin_grant)
 
     schemas = sub.add_parser("schemas", help="JSON Schemas of the protocol and modules")
     ssub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")

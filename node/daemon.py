@@ -76,6 +76,7 @@ from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
 from node.eventlog import EventLog, StoredEvent
+from node.fedsync import FederationLink
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.natslink import NatsLink, safe_url
@@ -107,6 +108,8 @@ class NodeDaemon:
         self.pipeline: Pipeline | None = None
         self.directory: Directory | None = None
         self.consumer: CallConsumer | None = None
+        #: The federation directory watch and the witness (None until started).
+        self.federation: FederationLink | None = None
         self.dispatcher: Dispatcher | None = None
         self._js: JetStreamContext | None = None  # for results: one ack subscription
         self._stop = asyncio.Event()
@@ -198,6 +201,7 @@ class NodeDaemon:
             )
         )
         await self._start_consumer()
+        await self._start_directory_sync()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
         log.info(
@@ -233,6 +237,8 @@ class NodeDaemon:
         # stop requesting calls; a call the server still delivers is handed back at once
         if self.consumer is not None:
             await self.consumer.close()
+        if self.federation is not None:
+            await self.federation.close()
         await self._finish_calls()
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
@@ -471,6 +477,16 @@ class NodeDaemon:
             await self.writer.append(*state.pending)
         return state.directory
 
+    async def _start_directory_sync(self) -> None:
+        """Watch the federation directory, apply it live, witness other logs (fedsync)."""
+        assert self.nc is not None and self.directory is not None and self.writer is not None
+        assert self.eventlog is not None and self._node_key_record is not None
+        self.federation = FederationLink(
+            self.nc, self.site, self.directory, self.eventlog, self.writer, self._node_key_record
+        )
+        self.stack.push_async_callback(self.federation.close)
+        await self.federation.start()
+
     def _count_unfinished(self) -> int:
         assert self.eventlog is not None
         states = sorted(UNFINISHED)
@@ -538,7 +554,8 @@ class NodeDaemon:
         assert self.directory is not None and self.writer is not None
         answer: BaseModel | FederationError
         try:
-            answer = await apply_admin(self.directory, self.writer.append, msg.data)
+            publish = self.federation.sync.publish if self.federation is not None else None
+            answer = await apply_admin(self.directory, self.writer.append, msg.data, publish)
         except RemoteError as exc:
             log.warning("admin.refused", reason=exc.message)
             answer = exc

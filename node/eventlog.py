@@ -61,12 +61,11 @@ CREATE TABLE IF NOT EXISTS events (
     hash BLOB NOT NULL,
     sig BLOB NOT NULL,
     body BLOB NOT NULL,
-    type TEXT NOT NULL,
-    time TEXT NOT NULL,
-    request_id TEXT
+    type TEXT NOT NULL
 );
--- No index on request_id: random ids made it the costliest part of an append (earlier
--- releases created one; it is only a cache, so it goes).
+-- Logs of earlier releases also copy each body's time and request id into columns of
+-- their own (and had an index on the request id); both are in the body, so new logs leave
+-- them out (~100 bytes a call) and such files keep them, filled as before.
 DROP INDEX IF EXISTS events_request;
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'fedhub event log is append-only: UPDATE refused'); END;
@@ -84,7 +83,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 # WAL checkpoints: one after about this many appended events (~700 pages) by the
 # checkpointer thread; the appending connection itself only past this many pages.
 _WAL_EVERY_EVENTS = 4000
-_WAL_SAFETY_PAGES = 8000
+# The events table's columns; a log of an earlier release has all seven, a new one five.
+_COLUMNS = ("seq", "hash", "sig", "body", "type", "time", "request_id")
+# Page size of a new log's database (SQLite's default is 4096).
+_PAGE_SIZE = 16384
+_WAL_SAFETY_PAGES = 2000
 
 
 class _WalCheckpointer:
@@ -263,6 +266,9 @@ class EventLog:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db = sqlite_utils.Database(conn)
             if not self.readonly:
+                # Large pages for a new log: events are ~0.3-1.3 KB, and with 4 KiB pages
+                # a third of each page went unused (no effect on an existing file).
+                self.db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 if synchronous not in ("normal", "full"):
                     raise ConfigError(f"synchronous must be normal or full, not {synchronous!r}")
@@ -272,6 +278,13 @@ class EventLog:
                 self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_SAFETY_PAGES}")
                 conn.executescript(_SCHEMA)
                 projections.create(conn)
+                columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+                if columns != list(_COLUMNS[: len(columns)]) or len(columns) < 5:
+                    raise ConfigError(f"event log {path} has an events table of another shape")
+                self._columns = len(columns)
+                names = ", ".join(columns)
+                marks = ", ".join("?" * len(columns))
+                self._insert = f"INSERT INTO events({names}) VALUES ({marks})"  # noqa: S608
             else:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'log'").fetchone()
                 self.log_id = row[0] if row else ""
@@ -416,7 +429,7 @@ class EventLog:
         time = now()
         head, time_type = _body_frame(self.key.kid, self.log_id, time)
         kinds = self._kinds
-        rows: list[tuple[int, bytes, bytes, bytes, str, str, str | None]] = []
+        rows: list[tuple[Any, ...]] = []
         projected: list[tuple[int, str, dict[str, Any]]] = []
         checkpoint = False
         for d in datas:
@@ -432,7 +445,7 @@ class EventLog:
             body = _event_body(data_json, head, hexlify(prev), seq, time_type, kind_json)
             prev = leaf_hash(body)
             rid = data.get("request_id")
-            rows.append((seq, prev, b"", body, kind, time, rid))
+            rows.append((seq, prev, b"", body, kind, time, rid)[: self._columns])
             if rid is not None:
                 projected.append((seq, time, data))
             elif kind == "checkpoint":
@@ -441,15 +454,11 @@ class EventLog:
             return []
         sig = sign(self.key.signing_key, DOMAIN_COMMIT, prev)
         last = rows[-1]
-        rows[-1] = (last[0], last[1], sig, last[3], last[4], last[5], last[6])
+        rows[-1] = (last[0], last[1], sig, *last[3:])
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT INTO events(seq, hash, sig, body, type, time, request_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            conn.executemany(self._insert, rows)
             if projected:
                 projections.apply_many(conn, projected)
             if checkpoint:
@@ -501,12 +510,18 @@ class EventLog:
         ).fetchone()
         if row is None:
             return []
+        # the id as it stands in a body: canonical JSON, ids are [A-Za-z0-9_-] only
+        needle = b'"request_id":' + canonical_bytes(request_id) + b","
         rows = self.db.execute(
-            "SELECT seq, hash, sig, body, type FROM events WHERE seq >= ? AND request_id = ?"
+            "SELECT seq, hash, sig, body, type FROM events WHERE seq >= ? AND instr(body, ?) > 0"
             " ORDER BY seq",
-            [row[0], request_id],
+            [row[0], needle],
         ).fetchall()
-        return [StoredEvent(seq, bytes(h), bytes(s), bytes(b), t) for seq, h, s, b, t in rows]
+        return [
+            StoredEvent(seq, bytes(h), bytes(s), bytes(b), t)
+            for seq, h, s, b, t in rows
+            if parse_canonical(bytes(b))["data"].get("request_id") == request_id
+        ]
 
     def head(self) -> SignedRecord | None:
         """The latest signed checkpoint, if any."""
@@ -537,11 +552,15 @@ class EventLog:
                 projections.drop(conn)
                 projections.create(conn)
                 count = 0
-                cur = conn.execute("SELECT seq, time, body FROM events ORDER BY seq")
+                cur = conn.execute("SELECT seq, body FROM events ORDER BY seq")
                 while rows := cur.fetchmany(10_000):
                     projections.apply_many(
                         conn,
-                        [(seq, time, parse_canonical(body)["data"]) for seq, time, body in rows],
+                        [
+                            (seq, event["time"], event["data"])
+                            for seq, body in rows
+                            for event in (parse_canonical(body),)
+                        ],
                     )
                     count += len(rows)
             except BaseException:

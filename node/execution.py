@@ -11,18 +11,13 @@ from collections.abc import Awaitable, Callable
 
 from hub.envelopes import RequestHeader
 from hub.errors import (
-    CallTimeoutError,
-    CanonicalError,
-    DecryptionError,
     FederationError,
-    NodeError,
-    RemoteError,
 )
 from hub.events import RequestProgress
 from node.logwriter import LogWriter
 from node.replies import Replies
 
-__all__ = ["KeepAlive", "ProgressForwarder", "failure_code", "public_reason"]
+__all__ = ["KeepAlive", "ProgressForwarder", "public_reason"]
 
 
 class ProgressForwarder:
@@ -80,21 +75,6 @@ class KeepAlive:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-def failure_code(exc: FederationError) -> str:
-    """The ``code`` of ``request.failed`` (and of the caller's error) for a failure."""
-    if isinstance(exc, RemoteError):
-        return exc.code
-    if isinstance(exc, CallTimeoutError):
-        return "timeout"
-    if isinstance(exc, DecryptionError):
-        return "undecryptable"
-    if isinstance(exc, NodeError):
-        return "busy"
-    if isinstance(exc, CanonicalError):
-        return "invalid_result"
-    return "failed"
 
 
 def public_reason(exc: FederationError, code: str) -> str:

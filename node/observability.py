@@ -39,8 +39,10 @@ from prometheus_client import (
 )
 
 from hub.errors import ConfigError
+from hub.lifecycle import FINAL
 from node.config import LISTEN_PATTERN
 from node.natslink import safe_url
+from node.pipeline import DUPLICATE
 
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
@@ -49,8 +51,9 @@ __all__ = ["LATENCY_BUCKETS", "OUTCOMES", "NodeMetrics", "ObservabilityServer", 
 
 log = structlog.get_logger(__name__)
 
-#: Outcomes a call is counted under (anything else is counted as ``other``).
-OUTCOMES = frozenset({"completed", "failed", "rejected", "duplicate"})
+#: Outcomes a call is counted under: how its request ended, or a copy of one already
+#: known (anything else is counted as ``other``).
+OUTCOMES = frozenset({state.value for state in FINAL} | {DUPLICATE})
 #: Seconds; from sub-millisecond inline functions to long computations.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: Free bytes below which the log's disk is reported as not writable.

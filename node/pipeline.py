@@ -48,6 +48,7 @@ from hub.errors import (
     FunctionFailedError,
     ReplayError,
     ValidationError,
+    error_code,
 )
 from hub.events import RequestAccepted, RequestCompleted, RequestFailed, RequestStarted
 from hub.keys import KeyPair
@@ -56,7 +57,7 @@ from hub.records import KeyRecord
 from node import projections
 from node.config import CallsSection
 from node.control import Control, ControlAnswer
-from node.execution import KeepAlive, ProgressForwarder, failure_code, public_reason
+from node.execution import KeepAlive, ProgressForwarder, public_reason
 from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
 from node.replay import ReplayGuard, recent_nonces
@@ -303,13 +304,9 @@ class Pipeline:
         h = req.header
         return RequestAccepted(
             request_id=h.id,
-            caller=h.caller,
-            address=h.address,
             header=b64e(req.header_bytes),
             sig=b64e(req.sig),
-            payload_hash=h.payload_hash,
-            payload_size=h.payload_size,
-            delivery=delivery,
+            delivery=delivery if delivery > 1 else None,
         )
 
     async def _seen_before(self, req: Verified, row: dict[str, Any], d: Delivery) -> Outcome | Job:
@@ -474,7 +471,7 @@ class Pipeline:
                 code="internal_error",
                 hint="the site's operator can find it in the node's log",
             )
-        code = failure_code(exc)
+        code = error_code(exc)
         duration = int((time.perf_counter() - started) * 1e6)
         await self.writer.append(
             RequestFailed(

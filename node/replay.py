@@ -18,6 +18,7 @@ from the event log, and :meth:`ReplayGuard.load` remembers them again.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections import deque
@@ -33,10 +34,10 @@ __all__ = ["ReplayGuard", "recent_nonces"]
 #: Events that may carry a request's nonce: ``data.nonce`` (log v1 ``request.received``) or
 #: the caller's signed header in ``data.header`` (log v2 ``request.accepted``, and a v2
 #: ``request.rejected`` should it carry the header); events with neither are skipped.
-_RECENT = (
-    "SELECT seq, time, body FROM events WHERE time >= ?"
-    " AND type IN ('request.received', 'request.accepted', 'request.rejected') ORDER BY seq"
-)
+_NONCE_TYPES = frozenset({"request.received", "request.accepted", "request.rejected"})
+# A body's time, read from its fixed tail (canonical JSON, keys sorted: see
+# docs/log-format.md) without parsing the body.
+_TAIL_TIME = re.compile(rb'"time":"([0-9T:.Z-]{27})","type":"[a-z._]+","v":[12]}\Z')
 
 
 def _text(epoch: float) -> str:
@@ -127,11 +128,21 @@ def recent_nonces(conn: sqlite3.Connection, window: float, now: float) -> list[t
     that header. A header that cannot be read raises :class:`CanonicalError` (the log is
     damaged; starting without its nonces would reopen the window to replays).
     """
-    rows = conn.execute(_RECENT, [_text(now - 2 * window)])
+    horizon = _text(now - 2 * window).encode()
+    # Times in a log never go backwards: read from the newest event back to the horizon.
+    rows = conn.execute("SELECT seq, type, body FROM events ORDER BY seq DESC")
     out: list[tuple[str, float]] = []
-    for seq, at, body in rows:
+    for seq, kind, body in rows:
+        body = bytes(body)
+        tail = _TAIL_TIME.search(body)
+        if tail is None:
+            raise CanonicalError(f"event {seq}: cannot read the time of the event")
+        if tail[1] < horizon:
+            break
+        if kind not in _NONCE_TYPES:
+            continue
         try:
-            data = parse_canonical(bytes(body))["data"]
+            data = parse_canonical(body)["data"]
             if "nonce" in data:
                 nonce = data["nonce"]
             elif "header" in data:
@@ -140,7 +151,8 @@ def recent_nonces(conn: sqlite3.Connection, window: float, now: float) -> list[t
                 continue
             if not isinstance(nonce, str):
                 raise TypeError("the nonce is not a string")
-            out.append((nonce, parse_time(at).timestamp()))
+            out.append((nonce, parse_time(tail[1].decode()).timestamp()))
         except (CanonicalError, KeyError, TypeError, ValueError) as exc:
             raise CanonicalError(f"event {seq}: cannot read the request's nonce: {exc}") from exc
+    out.reverse()
     return out

@@ -41,6 +41,7 @@ import nacl.bindings
 import nacl.signing
 
 from hub.audit import audit_events
+from hub.canonical import b64e, canonical_bytes
 from hub.chain import leaf_hash
 from hub.events import (
     DOMAIN_COMMIT,
@@ -57,20 +58,40 @@ from node.eventlog import EventLog
 SITE = "hereon"
 
 
+# A caller's signed header of the size a real call carries (~600 bytes: ids, times, the
+# reply inbox, schema and payload hashes, the content key wrapped for the node).
+_SIG = b64e(bytes(64))
+
+
+def _header(rid: str) -> str:
+    return b64e(
+        canonical_bytes(
+            {
+                "caller": "klaus@geomar",
+                "function": "compute_sum",
+                "id": rid,
+                "kid": "0" * 20,
+                "module": "climate",
+                "nonce": b64e(bytes(16)),
+                "payload_hash": "ab" * 32,
+                "payload_size": 1234,
+                "reply": "fh.inbox.geomar.klaus." + "r" * 22,
+                "schema_hash": "cd" * 32,
+                "site": SITE,
+                "time": "2026-11-30T10:00:00.000000Z",
+                "timeout_ms": 300000,
+                "v": 1,
+                "wraps": {"0" * 20: b64e(bytes(104))},
+            }
+        )
+    )
+
+
 def _request(i: int) -> list[Any]:
     """One call as a node logs it (version 2): accepted with the signed header, completed."""
     rid = f"req{i:010d}"
     return [
-        RequestAccepted(
-            request_id=rid,
-            caller="klaus@geomar",
-            address="hereon.climate.compute_sum",
-            header="eyJhIjoxfQ",
-            sig="c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ",
-            payload_hash="ab" * 32,
-            payload_size=1234,
-            delivery=1,
-        ),
+        RequestAccepted(request_id=rid, header=_header(rid), sig=_SIG),
         RequestCompleted(
             request_id=rid,
             result_hash="cd" * 32,

@@ -212,9 +212,14 @@ class LogMeter:
     def __init__(self, cfg: NodeConfig, processes: int) -> None:
         self.paths = [instance_log_path(cfg, i) for i in range(1, processes + 1)]
 
-    def sample(self) -> tuple[int, int, int]:
-        """(database bytes, file bytes, events)."""
-        size = files = events = 0
+    def sample(self) -> tuple[int, int, int, int]:
+        """(event log bytes, database bytes, file bytes, events).
+
+        The event log's bytes are the pages of the ``events`` table (SQLite's ``dbstat``):
+        the log itself. The database's add the projections and indexes (a cache that
+        ``fedhub-node log rebuild`` makes again from the log) and the checkpoints table.
+        """
+        log_bytes = size = files = events = 0
         for path in self.paths:
             for part in (path, path.with_name(path.name + "-wal")):
                 with contextlib.suppress(FileNotFoundError):
@@ -225,25 +230,28 @@ class LogMeter:
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
                 size += pages * conn.execute("PRAGMA page_size").fetchone()[0]
                 events += conn.execute("SELECT IFNULL(MAX(seq), 0) FROM events").fetchone()[0]
+                log_bytes += conn.execute(
+                    "SELECT SUM(pgsize) FROM dbstat WHERE name = 'events'"
+                ).fetchone()[0]
             finally:
                 conn.close()
-        return size, files, events
+        return log_bytes, size, files, events
 
-    async def settled(self) -> tuple[int, int, int]:
+    async def settled(self) -> tuple[int, int, int, int]:
         """A sample once the events of calls that just returned are written (the count
         holds still for 0.1 s; at most 2 s)."""
         last = self.sample()
         for _ in range(20):
             await asyncio.sleep(0.1)
             now = self.sample()
-            if now[2] == last[2]:
+            if now[3] == last[3]:
                 return now
             last = now
         return last
 
     @staticmethod
     def growth(
-        before: tuple[int, int, int], after: tuple[int, int, int], runs: list[Run]
+        before: tuple[int, int, int, int], after: tuple[int, int, int, int], runs: list[Run]
     ) -> LogGrowth:
         calls = sum(r.count + r.errors for r in runs)
         return LogGrowth(calls, *(a - b for a, b in zip(after, before, strict=True)))

@@ -122,6 +122,9 @@ def fedhub_figures(
         met=per_call <= TARGET_LOG_BYTES,
         load=_joined(s.load, k.load),
     )
+    out["db_bytes_per_call"] = figure(
+        log.db_bytes / calls, "B", None, None, load=_joined(s.load, k.load)
+    )
     out["log_events_per_call"] = figure(
         log.events / calls, "events", None, None, load=_joined(s.load, k.load)
     )
@@ -221,9 +224,10 @@ _LABELS = {
     "client_and_node_cpu_us_per_call_at_{c}": "client+node CPU per call",
     "servers_cpu_us_per_call_at_{c}": "servers' CPU per call",
     "total_cpu_us_per_call_at_{c}": "all CPU per call, {c} in flight",
-    "log_bytes_per_call": "event log bytes per call",
+    "log_bytes_per_call": "event log bytes per call (the events table)",
     "log_events_per_call": "events per call",
     "log_bytes_per_event": "event log bytes per event",
+    "db_bytes_per_call": "database bytes per call (log, projections, indexes)",
     "rate_last_vs_first": "calls/s, last tenth",
     "node_cpu_last_vs_first": "node CPU per call, last tenth",
     "client_and_node_cpu_last_vs_first": "client+node CPU, last tenth",

@@ -249,6 +249,7 @@ class LogGrowth:
 
     calls: int
     bytes: int
+    db_bytes: int
     file_bytes: int
     events: int
 
@@ -256,6 +257,7 @@ class LogGrowth:
         return {
             "calls": self.calls,
             "bytes": self.bytes,
+            "db_bytes": self.db_bytes,
             "file_bytes_db_and_wal": self.file_bytes,
             "events": self.events,
         }

@@ -20,7 +20,9 @@ What is checked, in one pass (docs/audit.md has the full list and the order):
 The modules: :mod:`.report` (findings, report, verdict text), :mod:`.forms` (body
 shapes), :mod:`.rules` (the general path), :mod:`.trust` (genesis and key events),
 :mod:`.fast` (the fast path), :mod:`.helper` (a helper process for large chain-only
-audits), :mod:`.signatures` (the verification pool).
+audits), :mod:`.signatures` (the verification pool), :mod:`.federation` (the signed records
+of grant, group and cosignature events), :mod:`.hubcopy` (a site's logs read from the
+hub's copy, a log source like a file).
 """
 
 from __future__ import annotations

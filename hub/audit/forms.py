@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from hub.canonical import canonical_bytes
 from hub.errors import CanonicalError
-from hub.events import EVENT_TYPES, V1_ONLY_TYPES, EventData
+from hub.events import EVENT_TYPES, V1_ONLY_TYPES, V2_ONLY_TYPES, EventData
 from hub.lifecycle import TRANSITIONS, RequestState
 from hub.records import one_line
 
@@ -75,7 +75,7 @@ SLOW: Final = "\x00slow"  # not a state: the fast path leaves the event to the g
 def event_types(version: int) -> frozenset[str]:
     """The event types a body of ``version`` may carry (anything else is unknown)."""
     if version == 1:
-        return EVENT_TYPES - {"result.lost"}
+        return EVENT_TYPES - V2_ONLY_TYPES
     return EVENT_TYPES - V1_ONLY_TYPES
 
 

@@ -21,6 +21,7 @@ from hub.lifecycle import REQUEST_EVENT_TYPES, RequestState, step
 from hub.logfile import RawEvent
 from hub.records import Checkpoint, SignedRecord, open_record
 
+from .federation import FEDERATION_TYPES, federation_event
 from .forms import TIME, check_canonical, check_data, parse_body
 from .report import AuditReport, Finding
 from .signatures import Verifier
@@ -178,6 +179,9 @@ class Rules:
         if kind.startswith("key."):
             if data is not None:
                 self.trust.key_event(pos, seq, kind, data)
+        elif kind in FEDERATION_TYPES:
+            if data is not None:
+                federation_event(self.trust, pos, seq, kind, data, rep.log)
         elif kind in REQUEST_EVENT_TYPES or kind.startswith("node."):
             self.lifecycle(pos, seq, kind, version, data)
         if signer is not None:  # after key events: a key may sign its own revocation

@@ -9,7 +9,6 @@ recorded as foreign otherwise.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,14 +19,13 @@ from hub.canonical import b64d
 from hub.crypto import key_id
 from hub.errors import FederationError
 from hub.records import KeyRecord, Revocation, SignedRecord, open_record
+from hub.subjects import is_log_of
 
 from .report import AuditReport
 
 __all__ = ["Key", "Trust", "site_of"]
 
 Fail = Callable[..., None]
-# The log of the n-th process of a node is ``<node identity>#<n>`` (as hub.proofs reads it).
-_INSTANCE = re.compile(r"#[1-9][0-9]{0,5}")
 
 
 @dataclass
@@ -105,7 +103,7 @@ class Trust:
                 f"node {node} is not a node of site {site}: only its own site's key vouches for it",
             )
             return None
-        if log_id != node and _INSTANCE.fullmatch(log_id.removeprefix(node)) is None:
+        if not is_log_of(log_id, node):
             why = "the log id is not the node identity of its genesis record (or that + #N)"
             self.fail(pos, seq, "trust", why, node, log_id)
             return None

@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 from hub.errors import ConfigError
 from hub.subjects import (
+    DIRECTORY_OUT_STREAM,
+    DIRECTORY_STREAM,
     DISCOVERY_SUBJECT,
     EVENTS_STREAM,
     bulk_filter,
@@ -28,10 +30,14 @@ from hub.subjects import (
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "DIRECTORY_API",
     "FEDERATION_ACCOUNT",
     "HUB_DOMAIN",
     "LEAF_LOCAL_SUBJECTS",
     "LeafUser",
+    "directory_accounts",
+    "directory_copy_prefix",
+    "directory_feed_prefix",
     "events_deliver_prefix",
     "hub_config",
     "js_api_prefix",
@@ -194,6 +200,122 @@ def _hub_imports(sites: Sequence[str]) -> list[str]:
     return lines
 
 
+# --- the federation-wide directory ------------------------------------------------------
+
+
+#: The API prefix under which sites reach the hub's ``FH_DIRECTORY`` (a leaf server keeps
+#: ``$JS.<domain>.API`` requests to itself, so the import gives them a plain name).
+DIRECTORY_API = "fh.dirapi"
+
+
+def directory_copy_prefix(site: str) -> str:
+    """Return ``fh.dircopy.<site>``: where the hub's copy of ``site``'s records is delivered."""
+    return f"fh.dircopy.{validate_site(site)}"
+
+
+def directory_feed_prefix(site: str) -> str:
+    """Return ``fh.dirfeed.<site>``: where ``site``'s copy of the directory is delivered."""
+    return f"fh.dirfeed.{validate_site(site)}"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryAccounts:
+    """Exports and imports of the federation-wide directory (docs/topology.md).
+
+    Each site writes signed records into its own ``FH_DIR`` (subjects ``fh.dir.<site>.>``);
+    the hub's ``FH_DIRECTORY`` (account ``FEDHUB``, domain ``hub``) sources every site's
+    ``FH_DIR``; every site's own ``FH_DIRECTORY`` sources the hub's. Both hops are stream
+    sources across an account boundary, so each side exports to the other exactly what a
+    source needs: creating the source consumer, its flow control, and the deliveries (to
+    the one account that sources them). No account can write into another's stream.
+    """
+
+    sites: tuple[str, ...]
+
+    def site_exports(self, site: str) -> list[str]:
+        """What ``site``'s account offers the hub for copying its ``FH_DIR``."""
+        hub = f"accounts: [{_q(FEDERATION_ACCOUNT)}]"
+        return [
+            "      # For the hub's copy of this site's directory records (FH_DIR only).",
+            *(
+                f"      {{ service: {_q(s)}, {hub} }}"
+                for s in _source_services(site, DIRECTORY_OUT_STREAM)
+            ),
+            f"      {{ stream: {_q(directory_copy_prefix(site) + '.>')}, {hub} }}",
+        ]
+
+    def site_imports(self, site: str) -> list[str]:
+        """What ``site``'s account takes from the hub: what sourcing the directory needs."""
+        acc = _q(FEDERATION_ACCOUNT)
+        return [
+            "      # The federation-wide directory: source the hub's FH_DIRECTORY.",
+            # (the hub's own API subjects, taken under the prefix DIRECTORY_API)
+            *(
+                f"      {{ service: {{ account: {acc}, subject: {_q(local)} }}, to: {_q(named)} }}"
+                for local, named in zip(
+                    _source_services(None, DIRECTORY_STREAM),
+                    _source_services(DIRECTORY_API, DIRECTORY_STREAM),
+                    strict=True,
+                )
+            ),
+            f"      {{ stream: {{ account: {acc}, "
+            f"subject: {_q(directory_feed_prefix(site) + '.>')} }} }}",
+        ]
+
+    def hub_exports(self) -> list[str]:
+        """What the hub's account offers the sites: sourcing its ``FH_DIRECTORY``."""
+        every = "accounts: [" + ", ".join(_q(site_account(s)) for s in self.sites) + "]"
+        if not self.sites:
+            return []
+        lines = [
+            "      # Every site may source the federation-wide directory (FH_DIRECTORY only);",
+            "      # each site's deliveries go to that site alone.",
+            *(
+                f"      {{ service: {_q(s)}, {every} }}"
+                for s in _source_services(None, DIRECTORY_STREAM)
+            ),
+        ]
+        for site in self.sites:
+            lines.append(
+                f"      {{ stream: {_q(directory_feed_prefix(site) + '.>')}, "
+                f"accounts: [{_q(site_account(site))}] }}"
+            )
+        return lines
+
+    def hub_imports(self) -> list[str]:
+        """What the hub's account takes from each site: what sourcing its ``FH_DIR`` needs."""
+        lines: list[str] = []
+        for site in self.sites:
+            acc = _q(site_account(site))
+            lines += [
+                f"      # Source {site}'s directory records (FH_DIR).",
+                *(
+                    f"      {{ service: {{ account: {acc}, subject: {_q(s)} }} }}"
+                    for s in _source_services(site, DIRECTORY_OUT_STREAM)
+                ),
+                f"      {{ stream: {{ account: {acc}, "
+                f"subject: {_q(directory_copy_prefix(site) + '.>')} }} }}",
+            ]
+        return lines
+
+
+def directory_accounts(sites: Sequence[str]) -> DirectoryAccounts:
+    """The directory's exports and imports for a hub of ``sites``."""
+    return DirectoryAccounts(tuple(validate_site(s) for s in sites))
+
+
+def _source_services(domain: str | None, stream: str) -> list[str]:
+    """Service subjects a stream source in another account needs of ``stream`` in
+    ``domain`` (or under the API prefix ``domain`` if it has dots): creating its consumer
+    (with and without a filter) and its flow control."""
+    api = domain if domain is not None and "." in domain else js_api_prefix(domain)
+    return [
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def _leaf_authorization(leaf_users: Sequence[LeafUser]) -> list[str]:
     """The hub's leaf logins: each site's leaf connection binds to the site's account."""
     lines = [
@@ -236,15 +358,21 @@ def _accounts_block(
             f"  {_q(site_account(user.site))} {{",
             "    exports: [",
             *_site_exports(user.site, others),
+            *directory_accounts(sites).site_exports(user.site),
+            "    ]",
+            "    imports: [",
+            *(_site_imports(user.site, others) if others else []),
+            *directory_accounts(sites).site_imports(user.site),
             "    ]",
         ]
-        if others:
-            lines += ["    imports: [", *_site_imports(user.site, others), "    ]"]
         lines += ["  }"]
     lines += [
         "  # The hub's own clients (operator, auditor) and its JetStream (domain hub).",
         f"  {FEDERATION_ACCOUNT} {{",
         "    jetstream: enabled",
+        "    exports: [",
+        *directory_accounts(sites).hub_exports(),
+        "    ]",
         "    users: [",
     ]
     for name, password in client_users:
@@ -252,7 +380,12 @@ def _accounts_block(
     # No no_auth_user: it would also admit leaf nodes that present no credentials.
     lines += ["    ]"]
     if sites:
-        lines += ["    imports: [", *_hub_imports(sites), "    ]"]
+        lines += [
+            "    imports: [",
+            *_hub_imports(sites),
+            *directory_accounts(sites).hub_imports(),
+            "    ]",
+        ]
     lines += ["  }", "}"]
     return lines
 

@@ -68,8 +68,9 @@ class LocalFederation:
     ``hub_servers=3`` makes the hub a JetStream cluster (the event copies then have three
     replicas); ``regions`` (hub cluster name to its sites) makes several hub clusters
     joined by gateways, one server each. ``secure=False`` leaves the site servers' client
-    ports open (no TLS, no credentials): the old mode, for tests that need an anonymous
-    client; the hub and the leaf connections are secured either way.
+    ports open (no TLS, no credentials) and gives the hub's client port a plain-text test
+    user (in :attr:`hub_url`): for tests that need such clients; the leaf connections are
+    secured either way.
 
     Use as ``async with LocalFederation(root) as fed:``, or call :meth:`start` and later
     :meth:`aclose` (alias :meth:`stop`; both are safe to call twice). :meth:`start` returns
@@ -107,13 +108,17 @@ class LocalFederation:
         )
         admin = self.generated.hub_admin
         assert admin is not None
-        self._hub_opts: dict[str, Any] = {"nkeys_seed": str(admin), "tls": self.tls_context()}
+        self._hub_opts: dict[str, Any] = (
+            {"nkeys_seed": str(admin), "tls": self.tls_context()} if secure else {}
+        )
         #: Every hub server by name (the first is :attr:`hub`).
         self.hubs: dict[str, NatsServer] = {
             name: NatsServer(
                 path.parent,
                 config_file=path,
                 leafnode_port=0,
+                # open mode: the hub's plain-text test user, in the client URL
+                client_user=self.generated.hub_local,
                 connect_options=self._hub_opts,
                 jetstream=False,
             )
@@ -212,7 +217,8 @@ class LocalFederation:
         return {"creds": self.credentials(site, "caller", name), "tls": self.tls_context()}
 
     def hub_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect(fed.hub_url, ...)``: the hub's admin."""
+        """Keyword arguments for ``nats.connect(fed.hub_url, ...)``: the hub's admin
+        (empty with ``secure=False``: :attr:`hub_url` then carries a test user)."""
         return dict(self._hub_opts)
 
     @property

@@ -40,6 +40,7 @@ from hub.nats.config import (
     _qlist,
     _site_exports,
     _site_imports,
+    directory_accounts,
     site_account,
 )
 from hub.nats.streams import hub_events_config
@@ -119,7 +120,8 @@ def role_permissions(site: str, role: Role, name: str) -> Permissions:
 
     - **node**: its site's JetStream (streams, the calls consumer, the results bucket)
       but no deleting or purging of ``FH_CALLS``/``FH_EVENTS``; its site's event subjects
-      (the nodes of a site share them; every event is signed by its node's key);
+      (the nodes of a site share them; every event is signed by its node's key) and
+      its site's directory records ``fh.dir.<site>.>``;
       replies to callers' inboxes and bulk transfers; its site's info, status and admin
       requests and micro service subjects.
     - **caller**: calls, module info, status requests to any site, discovery and bulk
@@ -138,6 +140,7 @@ def role_permissions(site: str, role: Role, name: str) -> Permissions:
                 f"$JS.ACK.{CALLS_STREAM}.{CALLS_CONSUMER}.>",
                 f"$O.{RESULTS_BUCKET}.>",
                 f"fh.events.{site}.>",
+                f"fh.dir.{site}.>",
                 "fh.inbox.>",
                 "fh.bulk.>",
                 "$SRV.>",
@@ -232,19 +235,27 @@ class Generated:
     leaf_configs: dict[str, Path] = field(default_factory=dict)
     ca: Path | None = None
     hub_admin: Path | None = None
+    #: ``(user, password)`` of the hub's plain-text test client (``client_auth=False`` only).
+    hub_local: tuple[str, str] | None = None
 
 
 def _host_list(server: HubServer | Site) -> list[str]:
     return [server.host, "localhost", "127.0.0.1"]
 
 
-def _hub_accounts(topology: Topology, leaf_keys: dict[str, str], admin_key: str) -> list[str]:
+def _hub_accounts(
+    topology: Topology,
+    leaf_keys: dict[str, str],
+    admin_key: str,
+    local_user: tuple[str, str] | None = None,
+) -> list[str]:
     sites = topology.names
     lines = [
         "# One account per site (its leaf logs in with its NKey and lands there), one for",
         "# the hub's own client and JetStream. Nothing crosses accounts but the exports.",
         "accounts {",
     ]
+    directory = directory_accounts(sites)
     for site in sites:
         others = [s for s in sites if s != site]
         lines += [
@@ -254,18 +265,27 @@ def _hub_accounts(topology: Topology, leaf_keys: dict[str, str], admin_key: str)
             'allowed_connection_types: ["LEAFNODE"] } ]',
             "    exports: [",
             *_site_exports(site, others),
+            *directory.site_exports(site),
             "    ]",
+            "    imports: [",
+            *(_site_imports(site, others) if others else []),
+            *directory.site_imports(site),
+            "    ]",
+            "  }",
         ]
-        if others:
-            lines += ["    imports: [", *_site_imports(site, others), "    ]"]
-        lines += ["  }"]
     lines += [
         f"  {FEDERATION_ACCOUNT} {{",
         "    jetstream: enabled",
-        f"    users: [ {{ nkey: {_q(admin_key)} }} ]",
+        f"    users: [ {{ nkey: {_q(admin_key)} }} ]"
+        if local_user is None
+        else f"    users: [ {{ nkey: {_q(admin_key)} }}, "
+        f"{{ user: {_q(local_user[0])}, password: {_q(local_user[1])} }} ]",
+        "    exports: [",
+        *directory.hub_exports(),
+        "    ]",
     ]
     if sites:
-        lines += ["    imports: [", *_hub_imports(sites), "    ]"]
+        lines += ["    imports: [", *_hub_imports(sites), *directory.hub_imports(), "    ]"]
     lines += [
         "  }",
         "  # The servers' own account (gateways need one); nobody logs in to it.",
@@ -283,6 +303,8 @@ def _hub_config(
     tls: CertFiles,
     accounts: Sequence[str],
     hub_dir: Path,
+    *,
+    client_tls: bool = True,
 ) -> str:
     listen = server.listen or server.host
     lines = [
@@ -292,8 +314,14 @@ def _hub_config(
         f"host: {_q(listen)}",
         f"port: {server.client_port}",
         f"max_payload: {DEFAULT_MAX_PAYLOAD}",
-        "# Clients of the hub (its admin) connect over TLS.",
-        *_tls_block(tls, verify=False, indent=""),
+        *(
+            [
+                "# Clients of the hub (its admin) connect over TLS.",
+                *_tls_block(tls, verify=False, indent=""),
+            ]
+            if client_tls
+            else []
+        ),
         "jetstream {",
         f"  store_dir: {_q(server.store_dir)}",
         f"  domain: {_q(HUB_DOMAIN)}",
@@ -431,8 +459,9 @@ def generate(
 
     ``base`` is the folder of federation.toml (``site_key`` paths are relative to it).
     Keys, seeds, secrets and certificates already in ``out`` are kept. With
-    ``client_auth=False`` the leaves' client ports take clients without TLS or credentials:
-    only for old tests that connect anonymously; never in a deployment.
+    ``client_auth=False`` the leaves' client ports take clients without TLS or credentials,
+    and the hub's client port a password user without TLS (:attr:`Generated.hub_local`):
+    only for tests that need such clients; never in a deployment.
     """
     out = out.resolve()
     keys = site_public_keys(topology, base)
@@ -455,7 +484,9 @@ def generate(
     known_path.write_text(json.dumps(leaf_keys, indent=2) + "\n")
     result.hub_admin = hub_dir / "credentials" / f"{HUB_ADMIN}.nk"
     admin_key = ensure_nkey(result.hub_admin)
-    accounts = _hub_accounts(topology, leaf_keys, admin_key)
+    if not client_auth:
+        result.hub_local = ("hub-local", _secret(hub_dir / "secrets" / "hub-local.secret"))
+    accounts = _hub_accounts(topology, leaf_keys, admin_key, result.hub_local)
     for cluster in topology.hubs:
         for server in cluster.servers:
             folder = hub_dir / server.name
@@ -464,7 +495,10 @@ def generate(
             )
             path = folder / "nats-server.conf"
             write_secret(
-                path, _hub_config(topology, cluster, server, tls, accounts, hub_dir).encode()
+                path,
+                _hub_config(
+                    topology, cluster, server, tls, accounts, hub_dir, client_tls=client_auth
+                ).encode(),
             )
             result.hub_configs[server.name] = path
     streams = hub_dir / "streams"

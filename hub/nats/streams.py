@@ -237,3 +237,7 @@ def hub_events_config(site: str, *, replicas: int = 1) -> api.StreamConfig:
             )
         ],
     )
+
+
+#: Create or update one stream (as for the site's streams; used by :mod:`hub.nats.dirstreams`).
+ensure_stream = _ensure_stream

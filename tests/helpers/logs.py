@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from hub.audit import AuditReport, audit_events
-from hub.canonical import canonical_bytes, parse_canonical
+from hub.canonical import b64e, canonical_bytes, parse_canonical
 from hub.chain import leaf_hash
 from hub.clock import now
 from hub.crypto import sign, verify
@@ -85,6 +85,25 @@ def open_new_log(path: Path, keys: Keys, *, checkpoint_every: int = 16) -> Event
     return log
 
 
+def signed_header(rid: str, caller: str = "klaus@geomar") -> str:
+    """A caller's request header as a v2 ``request.accepted`` carries it (base64 of its
+    canonical JSON; the signature beside it is not checked by the log)."""
+    return b64e(
+        canonical_bytes(
+            {
+                "caller": caller,
+                "function": "compute_sum",
+                "id": rid,
+                "module": "climate",
+                "nonce": "bm9uY2U",
+                "payload_hash": "ab" * 32,
+                "payload_size": 123,
+                "site": SITE,
+            }
+        )
+    )
+
+
 def request_events(rid: str, fate: str = "completed") -> list[BaseModel]:
     """One request's life as a node writes it today (log version 2): ``completed``,
     ``failed``, ``rejected`` or ``open`` (running again after a restart)."""
@@ -99,16 +118,7 @@ def request_events(rid: str, fate: str = "completed") -> list[BaseModel]:
             ),
         ]
     out: list[BaseModel] = [
-        RequestAccepted(
-            request_id=rid,
-            caller="klaus@geomar",
-            address=f"{SITE}.climate.compute_sum",
-            header="aGVhZGVy",
-            sig="c2ln",
-            payload_hash="ab" * 32,
-            payload_size=123,
-            delivery=1,
-        ),
+        RequestAccepted(request_id=rid, header=signed_header(rid), sig="c2ln"),
         RequestProgress(request_id=rid, fraction_ppm=500_000),
     ]
     if fate == "completed":

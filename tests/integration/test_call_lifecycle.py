@@ -105,12 +105,11 @@ async def test_a_call_is_logged_as_accepted_with_the_signed_header_then_complete
     verify(klaus.sign_public, DOMAIN_REQUEST, header, b64d(accepted["sig"]))  # verbatim
     signed = parse_canonical(header)
     assert signed["id"] == handle.request_id
-    assert (accepted["caller"], accepted["address"]) == (CALLER, "hereon.climate.scale")
-    assert (accepted["payload_hash"], accepted["payload_size"]) == (
-        signed["payload_hash"],
-        signed["payload_size"],
+    assert signed["caller"] == CALLER
+    assert (signed["site"], signed["module"], signed["function"]) == ("hereon", "climate", "scale")
+    assert sorted(accepted) == ["header", "request_id", "sig", "type"], (
+        "who asked for what is in the signed header, and not repeated; delivery 1 is left out"
     )
-    assert accepted["delivery"] == 1
     assert completed["object"] == handle.request_id, "names where the result is kept"
     assert completed["result_size"] > 0 and completed["duration_us"] >= 0
 
@@ -241,9 +240,14 @@ def _rows(path: Path) -> list[tuple[int, str, str | None, bytes]]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return [
-            (int(seq), str(kind), rid, bytes(sig or b""))
-            for seq, kind, rid, sig in conn.execute(
-                "SELECT seq, type, request_id, sig FROM events ORDER BY seq"
+            (
+                int(seq),
+                str(kind),
+                parse_canonical(bytes(body))["data"].get("request_id"),
+                bytes(sig),
+            )
+            for seq, kind, body, sig in conn.execute(
+                "SELECT seq, type, body, sig FROM events ORDER BY seq"
             )
         ]
     finally:

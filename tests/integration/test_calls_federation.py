@@ -22,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 from support.hostile import LogView, NodeThread, audit_node, wait_reachable
 from support.world import World
 
+from hub.canonical import b64d, parse_canonical
 from hub.client import Client, connect
 from hub.errors import NotFoundError
 from hub.nats import connect as nats_connect
@@ -121,7 +122,8 @@ async def test_a_caller_at_geomar_gets_an_xarray_back_from_a_function_at_hereon_
     assert after == before + 1, "the call was stored once in hereon's FH_CALLS"
     view = LogView(hereon_cfg.log_path)
     received = view.events("request.accepted")
-    assert [(e["data"]["caller"], e["data"]["address"]) for e in received] == [
+    headers = [parse_canonical(b64d(e["data"]["header"])) for e in received]
+    assert [(h["caller"], f"{h['site']}.{h['module']}.{h['function']}") for h in headers] == [
         (CALLER, "hereon.climate.compute_sum")
     ]
     assert [e["data"]["request_id"] for e in view.events("request.completed")] == [

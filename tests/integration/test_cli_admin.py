@@ -149,3 +149,33 @@ def test_a_revocation_file_applied_while_the_node_is_down_takes_effect_at_start(
     report = json.loads(audit.stdout)
     assert report["ok"], report["findings"]
     assert report["types"].get("key.revoked") == 1
+
+
+async def test_a_grant_given_and_withdrawn_from_the_command_line_changes_calls_live(
+    world: World, tmp_path: Path
+) -> None:
+    world.person("klaus@geomar")
+    cfg = world.node_config("hereon", trust=["geomar"], users=["klaus@geomar"])
+    proc = world.spawn_node(cfg)
+    try:
+        url = (cfg.node.data_dir / "nats.url").read_text().strip()
+        async with await Client.connect(url, "klaus@geomar", home=world.store.home) as fed:
+            with pytest.raises(UnauthorizedError, match="may not call"):
+                await fed.call("hereon.climate.scale", values=[1.0])
+            base = ("admin", "grant", "--config", str(cfg.source), "klaus@geomar", "climate")
+            given = run(world.store.home, *base, "--function", "scale", module="node.cli")
+            assert given.returncode == 0, given.stderr
+            assert "applied by the running node" in given.stdout
+            assert await fed.call("hereon.climate.scale", values=[1.0]) == [2.0]
+            taken = run(
+                world.store.home, *base, "--function", "scale", "--withdraw", module="node.cli"
+            )
+            assert taken.returncode == 0, taken.stderr
+            with pytest.raises(UnauthorizedError, match="may not call"):
+                await fed.call("hereon.climate.scale", values=[1.0])
+    finally:
+        proc.stop()
+    audit = run(world.store.home, "audit", str(cfg.log_path), "--json")
+    report = json.loads(audit.stdout)
+    assert report["ok"], report["findings"]
+    assert report["types"].get("grant.recorded") == 2

@@ -149,8 +149,8 @@ def test_without_a_receipt_the_summary_says_the_tail_is_not_proven(site: Site) -
 
 def test_a_tampered_export_fails_naming_the_event(site: Site) -> None:
     lines = (site.root / "log.jsonl").read_bytes().splitlines(keepends=True)
-    n = next(i for i, line in enumerate(lines) if b'"payload_size":123' in line)
-    lines[n] = lines[n].replace(b'"payload_size":123', b'"payload_size":124')
+    n = next(i for i, line in enumerate(lines) if b'"duration_us":7' in line)
+    lines[n] = lines[n].replace(b'"duration_us":7', b'"duration_us":8')
     (site.root / "tampered.jsonl").write_bytes(b"".join(lines))
     audit = site.run("fedhub", "audit", "tampered.jsonl")
     assert audit.returncode == 1

@@ -20,6 +20,7 @@ from helpers.logs import (
     commit_problems,
     open_new_log,
     request_events,
+    signed_header,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,8 +33,12 @@ from hub.errors import CanonicalError, ConfigError, LogConflictError
 from hub.events import (
     DOMAIN_COMMIT,
     EVENT_TYPES,
+    CheckpointConflict,
+    CheckpointCosigned,
     GrantAdded,
+    GrantRecorded,
     GrantRemoved,
+    GroupUpdated,
     KeyRegistered,
     KeyRevoked,
     KeyRotated,
@@ -49,11 +54,11 @@ from hub.events import (
     ResultStored,
 )
 from hub.keys import KeyPair, PublicKeys
-from hub.records import KeyRecord
+from hub.records import Checkpoint, Cosignature, GrantRecord, GroupRecord, KeyRecord, sign_record
 from node.eventlog import EventLog, _body_frame, _dump, _event_body
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
-INSERT = "INSERT INTO events(seq, hash, sig, body, type, time)"
+INSERT = "INSERT INTO events(seq, hash, sig, body, type)"
 
 
 @pytest.fixture
@@ -71,8 +76,8 @@ def db(tmp_path: Path) -> Path:
         "UPDATE events SET type = 'node.stopped'",
         "DELETE FROM events WHERE seq = 3",
         "DELETE FROM events",
-        f"{INSERT} VALUES (100, x'', x'', x'', 't', 't')",
-        f"{INSERT} VALUES (3, x'', x'', x'', 't', 't')",
+        f"{INSERT} VALUES (100, x'', x'', x'', 't')",
+        f"{INSERT} VALUES (3, x'', x'', x'', 't')",
     ],
 )
 def test_the_database_refuses_to_change_or_skip_events(db: Path, sql: str) -> None:
@@ -89,7 +94,7 @@ def test_the_database_accepts_only_the_next_sequence_number(db: Path) -> None:
     try:
         (size,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
         conn.execute(
-            f"{INSERT} VALUES (?, x'', x'', x'', 't', 't')",
+            f"{INSERT} VALUES (?, x'', x'', x'', 't')",
             [size + 1],
         )
     finally:
@@ -414,6 +419,51 @@ def test_projections_of_interleaved_requests_do_not_depend_on_commit_sizes(
     assert len(rows[0]) == 3
 
 
+def _federation_events(keys: Keys) -> list[BaseModel]:
+    """The version 2 types of the federation directory and of witnesses."""
+    time = "2026-01-01T00:00:00.000000Z"
+    grant = GrantRecord(
+        site="hereon", principal="klaus@geomar", module="climate", serial=1, time=time
+    )
+    group = GroupRecord(
+        group="group:anna@geomar/beamtime-1",
+        owner="anna@geomar",
+        members=("klaus@geomar",),
+        serial=1,
+        time=time,
+    )
+    cps = [
+        sign_record(
+            Checkpoint(
+                log="node:geomar/n1",
+                size=n,
+                root=f"{n:02d}" * 32,
+                time=time,
+                kid=keys.other_node.kid,
+            ),
+            keys.other_node.signing_key,
+        )
+        for n in (3, 4)
+    ]
+    cosig = Cosignature(
+        log="node:geomar/n1",
+        size=3,
+        root="03" * 32,
+        checkpoint_time=time,
+        witness="node:hereon/n1",
+        time=time,
+        kid=keys.node.kid,
+    )
+    return [
+        GrantRecorded(record=sign_record(grant, keys.site.signing_key)),
+        GroupUpdated(record=sign_record(group, keys.other_node.signing_key)),
+        CheckpointCosigned(
+            checkpoint=cps[0], cosignature=sign_record(cosig, keys.node.signing_key)
+        ),
+        CheckpointConflict(log="node:geomar/n1", reason="fork", earlier=cps[0], later=cps[1]),
+    ]
+
+
 def _every_event_type(keys: Keys) -> list[BaseModel]:
     events: list[BaseModel] = [
         STARTED,
@@ -442,14 +492,7 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
         ),
         RequestRejected(envelope_hash="cd" * 32, code="bad_signature", reason="forged"),
         RequestAccepted(
-            request_id="req00004",
-            caller="klaus@geomar",
-            address="hereon.climate.compute_sum",
-            header="aGVhZGVy",
-            sig="c2ln",
-            payload_hash="ab" * 32,
-            payload_size=12,
-            delivery=2,
+            request_id="req00004", header=signed_header("req00004"), sig="c2ln", delivery=2
         ),
         RequestStarted(request_id="req00004", attempt=2),
         RequestCompleted(
@@ -470,6 +513,7 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
             identity=keys.node.identity, old_kid=keys.node.kid, record=keys.vouch(keys.spare)
         ),
         KeyRevoked(revocation=keys.revoke(keys.node)),
+        *_federation_events(keys),
     ]
     assert {e.type for e in events} | {"log.created", "checkpoint"} == EVENT_TYPES  # type: ignore[attr-defined]
     return events

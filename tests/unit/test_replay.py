@@ -242,13 +242,8 @@ def _AcceptedV2(request_id: str, header: str) -> RequestAccepted:
     """A log v2 ``request.accepted``: it carries the caller's signed header."""
     return RequestAccepted(
         request_id=request_id,
-        caller="klaus@geomar",
-        address="hereon.climate.compute_sum",
         header=header,
         sig="c2ln",
-        payload_hash="ab" * 32,
-        payload_size=1,
-        delivery=1,
     )
 
 
@@ -266,7 +261,16 @@ def _received(rid: str, nonce: str) -> RequestReceived:
 
 
 def _header(rid: str, nonce: str) -> str:
-    header = {"v": 1, "id": rid, "caller": "klaus@geomar", "nonce": nonce, "time": "t"}
+    header = {
+        "v": 1,
+        "id": rid,
+        "caller": "klaus@geomar",
+        "site": "hereon",
+        "module": "climate",
+        "function": "compute_sum",
+        "nonce": nonce,
+        "time": "t",
+    }
     return b64e(canonical_bytes(header))
 
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hub.canonical import b64e
+from hub.canonical import b64e, canonical_bytes
 from hub.chain import leaf_hash, merkle_root
 from hub.clock import now
 from hub.crypto import sign
@@ -47,16 +47,16 @@ SITE, NODE = "hereon", "node:hereon/n1"
 
 
 def _accepted(rid: str) -> RequestAccepted:
-    return RequestAccepted(
-        request_id=rid,
-        caller="klaus@geomar",
-        address="hereon.climate.compute_sum",
-        header="eyJhIjoxfQ",
-        sig="c2lnbmF0dXJl",
-        payload_hash="ab" * 32,
-        payload_size=123,
-        delivery=1,
-    )
+    header = {
+        "caller": "klaus@geomar",
+        "function": "compute_sum",
+        "id": rid,
+        "module": "climate",
+        "payload_hash": "ab" * 32,
+        "payload_size": 123,
+        "site": SITE,
+    }
+    return RequestAccepted(request_id=rid, header=b64e(canonical_bytes(header)), sig="c2lnbmF0dXJl")
 
 
 def _completed(rid: str) -> RequestCompleted:
@@ -186,7 +186,7 @@ def main() -> None:
 
     # a byte of a body changed: the stored hash no longer matches (the seq is not trusted)
     lines = list(honest)
-    lines[calls] = lines[calls].replace(b'"payload_size":123', b'"payload_size":124', 1)
+    lines[calls] = lines[calls].replace(b'"sig":"c2lnbmF0dXJl"', b'"sig":"c2lnbmF0dXJm"', 1)
     invalid("changed-body", lines, "hash", None, calls + 1)
     # an event deleted: the next one is out of place
     lines = honest[:calls] + honest[calls + 1 :]

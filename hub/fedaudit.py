@@ -1,0 +1,191 @@
+"""``fedhub audit --site NAME --url URL`` and ``--all``: audit sites from the hub's copies.
+
+Each site's logs are read from the hub's ``FH_EVENTS_<SITE>`` (:mod:`hub.audit.hubcopy`)
+and audited exactly as their export files would be, with the same pinned site keys. On
+top of a file audit, the hub knows what witnesses said (:mod:`hub.witness`): every
+checkpoint that another site's node countersigned is held against the log as a receipt
+(a log that no longer contains it was rewritten or rolled back), the report says how many
+independent sites vouched for each checkpoint, and evidence a witness logged of two
+histories fails the site. Events that arrived twice with different hashes fail it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.audit import AuditReport, audit_events, verdict
+from hub.audit.hubcopy import CopiedLog, hub_sites, read_site_copy
+from hub.errors import ConfigError
+from hub.nats.config import HUB_DOMAIN
+from hub.nats.connection import connect
+from hub.records import SignedRecord
+from hub.witness import WitnessView, read_witness_view
+
+__all__ = ["SiteAudit", "audit_hub", "cmd_audit_hub"]
+
+
+@dataclass
+class SiteAudit:
+    """The audit of one site's logs from the hub's copy."""
+
+    site: str
+    logs: list[tuple[CopiedLog, AuditReport]] = field(default_factory=list)
+    witness: WitnessView | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every log clean (checkpoints the witnesses cosigned or disputed included, as
+        receipts) and no event seen twice with two hashes."""
+        return bool(self.logs) and all(report.ok and not log.conflicts for log, report in self.logs)
+
+    def _evidence(self) -> list[str]:
+        if self.witness is None:
+            return []
+        return [line for log, _ in self.logs for line in self.witness.evidence_lines(log.log_id)]
+
+    def problems(self) -> list[str]:
+        """One line per reason the site fails (empty when clean)."""
+        lines = []
+        if not self.logs:
+            lines.append("the hub holds no event of this site (an empty log proves nothing)")
+        for log, report in self.logs:
+            first = report.first
+            if first is not None:
+                lines.append(f"{log.log_id or log.subject}: {first.line()}")
+            for c in log.conflicts:
+                lines.append(
+                    f"{log.log_id or log.subject}: fork: event {c.seq} copied twice "
+                    f"with two hashes ({c.first[:16]}…, {c.second[:16]}…)"
+                )
+        return lines + self._evidence()
+
+    def summary(self) -> str:
+        """One line: the site's verdict."""
+        events = sum(report.events for _, report in self.logs)
+        vouched = ""
+        if self.witness is not None:
+            best = max((self.witness.vouchers(log.log_id) for log, _ in self.logs), default=0)
+            vouched = f", checkpoints vouched by up to {best} other site(s)"
+        head = "OK" if self.ok else "FAILED"
+        text = f"{self.site}: audit {head}: {len(self.logs)} log(s), {events} events{vouched}"
+        problems = self.problems()
+        return text + (f"; {problems[0]}" if problems else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for ``--json``."""
+        return {
+            "site": self.site,
+            "ok": self.ok,
+            "problems": self.problems(),
+            "logs": [
+                {
+                    "subject": log.subject,
+                    "conflicts": [vars(c) for c in log.conflicts] if log.conflicts else [],
+                    "witnessed": self.witness.checkpoints(log.log_id) if self.witness else [],
+                    "report": report.to_json(),
+                }
+                for log, report in self.logs
+            ],
+        }
+
+
+async def _read(
+    url: str, sites: list[str] | None, folder: Path
+) -> tuple[dict[str, list[CopiedLog]], WitnessView]:
+    nc = await connect(url, connect_timeout=5)
+    try:
+        names = sites if sites is not None else await hub_sites(nc)
+        copies = {site: await read_site_copy(nc, site, folder / site) for site in names}
+        view = await read_witness_view(nc.jetstream(domain=HUB_DOMAIN))
+    finally:
+        await nc.close()
+    return copies, view
+
+
+def audit_hub(
+    url: str,
+    sites: list[str] | None,
+    trusted: dict[str, bytes] | None,
+    *,
+    verify_signatures: bool = True,
+    threads: int | None = None,
+) -> list[SiteAudit]:
+    """Audit ``sites`` (None: every site the hub copies) from the hub at ``url``."""
+    with tempfile.TemporaryDirectory(prefix="fedhub-audit-") as tmp:
+        copies, view = asyncio.run(_read(url, sites, Path(tmp)))
+        if trusted is not None:
+            view.verify(trusted)
+        results = []
+        for site, logs in copies.items():
+            result = SiteAudit(site, witness=view)
+            for log in logs:
+                opts: dict[str, Any] = {
+                    "trusted_sites": trusted,
+                    "verify_signatures": verify_signatures,
+                    "threads": threads,
+                }
+                report = audit_events(log.raw_events(), **opts)
+                receipts = _witnessed(log, report, view)
+                if receipts:  # again, holding what the witnesses saw against the log
+                    report = audit_events(log.raw_events(), receipts=receipts, **opts)
+                result.logs.append((log, report))
+            results.append(result)
+    return results
+
+
+def _witnessed(log: CopiedLog, report: AuditReport, view: WitnessView) -> list[SignedRecord]:
+    """The checkpoints of ``log`` witnesses cosigned or disputed that a node key of the log
+    signed (others prove nothing about it, and a witness must not fail a site with them)."""
+    node_kids = {
+        kid
+        for kid, key in report.keys.items()
+        if key["role"] == "node"
+        and log.log_id is not None
+        and log.log_id.startswith(key["identity"])
+    }
+    receipts = view.receipts(log.log_id)
+    kept = [r for r in receipts if r.signer in node_kids]
+    if len(kept) < len(receipts):
+        view.problems.append(
+            f"{len(receipts) - len(kept)} witnessed checkpoint(s) of {log.log_id} are not "
+            "signed by a node key of it (ignored)"
+        )
+    return kept
+
+
+def cmd_audit_hub(args: argparse.Namespace, trusted: dict[str, bytes] | None) -> int:
+    """The ``--site``/``--all`` forms of ``fedhub audit``; exit 0 when every site is clean."""
+    if not args.url:
+        raise ConfigError("--site and --all read the hub's copies: give the hub's --url")
+    if args.path is not None:
+        raise ConfigError("give a log file, or --site/--all with --url, not both")
+    started = time.perf_counter()
+    results = audit_hub(
+        args.url,
+        None if args.all else args.site,
+        trusted,
+        verify_signatures=not args.chain_only,
+        threads=args.threads,
+    )
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    elif args.all:
+        for result in results:
+            print(result.summary())
+    else:
+        for result in results:
+            for log, report in result.logs:
+                print(verdict(report, Path(f"hub:{log.subject}"), seconds))
+                if result.witness is not None:
+                    for line in result.witness.report_lines(log.log_id):
+                        print(line)
+            print(result.summary())
+    return 0 if results and all(r.ok for r in results) else 1

@@ -1,0 +1,107 @@
+"""The auditor checks the signed records of the federation events a node logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers.logs import Keys, open_new_log
+
+from hub.audit import audit_events
+from hub.canonical import b64e
+from hub.clock import now
+from hub.events import CheckpointCosigned, GrantRecorded, GroupUpdated, KeyRegistered, NodeStarted
+from hub.keys import KeyPair
+from hub.logfile import iter_sqlite
+from hub.records import (
+    Checkpoint,
+    Cosignature,
+    GrantRecord,
+    GroupRecord,
+    KeyRecord,
+    sign_record,
+)
+
+OTHER_SITE = KeyPair.generate("site:geomar")
+ANNA = KeyPair.generate("anna@hereon")
+STARTED = NodeStarted(version="0", pid=1)
+
+
+def grant(signer: KeyPair, site: str = "hereon") -> GrantRecorded:
+    rec = GrantRecord(site=site, principal="klaus@geomar", module="climate", serial=1, time=now())
+    return GrantRecorded(record=sign_record(rec, signer.signing_key))
+
+
+def anna_record(keys: Keys) -> KeyRegistered:
+    rec = KeyRecord(
+        identity=ANNA.identity,
+        role="user",
+        site="hereon",
+        kid=ANNA.kid,
+        sign_key=b64e(ANNA.sign_public),
+        box_key=b64e(ANNA.box_public),
+        valid_from=now(),
+    )
+    return KeyRegistered(record=sign_record(rec, keys.site.signing_key))
+
+
+def group(signer: KeyPair, owner: str = "anna@hereon") -> GroupUpdated:
+    rec = GroupRecord(group=f"group:{owner}/b1", owner=owner, members=(), serial=1, time=now())
+    return GroupUpdated(record=sign_record(rec, signer.signing_key))
+
+
+def cosigned(keys: Keys, signer: KeyPair, witness: str = "node:hereon/n1") -> CheckpointCosigned:
+    other = KeyPair.generate("node:geomar/n1")
+    cp = Checkpoint(log="node:geomar/n1", size=3, root="ab" * 32, time=now(), kid=other.kid)
+    signed_cp = sign_record(cp, other.signing_key)
+    cosig = Cosignature(
+        log=cp.log,
+        size=cp.size,
+        root=cp.root,
+        checkpoint_time=cp.time,
+        witness=witness,
+        time=now(),
+        kid=signer.kid,
+    )
+    return CheckpointCosigned(
+        checkpoint=signed_cp, cosignature=sign_record(cosig, signer.signing_key)
+    )
+
+
+def audit(tmp_path: Path, keys: Keys, *events: object) -> list[tuple[int | None, str, str]]:
+    with open_new_log(tmp_path / "events.db", keys) as log:
+        log.append_many([STARTED, *events])  # type: ignore[list-item]
+    report = audit_events(iter_sqlite(tmp_path / "events.db"), trusted_sites=keys.trusted)
+    return [(f.seq, f.check, f.message) for f in report.findings]
+
+
+def test_honest_grant_group_and_cosignature_events_audit_clean(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    events = [grant(keys.site), anna_record(keys), group(ANNA), cosigned(keys, keys.node)]
+    assert audit(tmp_path, keys, *events) == []
+
+
+def test_a_grant_signed_by_another_site_is_a_trust_finding(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    [(seq, check, message)] = audit(tmp_path, keys, grant(OTHER_SITE, site="hereon"))
+    assert (seq, check) == (3, "trust") and "does not verify" in message
+
+
+def test_another_sites_grant_in_this_log_is_a_trust_finding(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    [(seq, check, message)] = audit(tmp_path, keys, grant(keys.site, site="geomar"))
+    assert (seq, check) == (3, "trust") and "of site geomar" in message
+
+
+def test_a_group_signed_by_an_unregistered_or_wrong_key_is_a_trust_finding(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    found = audit(tmp_path, keys, group(ANNA), anna_record(keys), group(ANNA, owner="bob@hereon"))
+    assert [(seq, check) for seq, check, _ in found] == [(3, "trust"), (5, "trust")]
+    assert "never registered" in found[0][2]
+
+
+def test_a_cosignature_not_made_by_this_node_is_a_trust_finding(tmp_path: Path) -> None:
+    keys = Keys.generate()
+    found = audit(
+        tmp_path, keys, cosigned(keys, keys.other_node), cosigned(keys, keys.node, "node:hereon/n9")
+    )
+    assert [(seq, check) for seq, check, _ in found] == [(3, "trust"), (4, "trust")]
