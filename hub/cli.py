@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=cmd_audit)
     _add_proof_options(audit)
     _add_call_commands(sub)
+    _add_federation_commands(sub)
     return parser
 
 
@@ -416,6 +417,13 @@ def _add_call_commands(sub: Any) -> None:
 
     cli_calls.add_commands(sub)
     cli_lookup.add_commands(sub)
+
+
+def _add_federation_commands(sub: Any) -> None:
+    """``fedhub federation init|add-site`` live in :mod:`hub.federation_cli`."""
+    from hub import federation_cli
+
+    federation_cli.add_commands(sub)
 
 
 def _main(argv: list[str] | None = None) -> int:

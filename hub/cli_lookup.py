@@ -24,13 +24,17 @@ from hub.cli_calls import (
     client_for,
     connection_options,
     deadline_of,
+    default_identity,
     default_url,
     quiet_nats,
     run_command,
 )
 from hub.errors import ConfigError, NotFoundError, TransportError
+from hub.keys import KeyStore
+from hub.nats.connection import auth_options
+from hub.nats.generate import nats_inbox_prefix
 from hub.stub import generate_stub
-from hub.subjects import DISCOVERY_SUBJECT, validate_module, validate_site
+from hub.subjects import DISCOVERY_SUBJECT, validate_identity, validate_module, validate_site
 
 __all__ = ["add_commands", "discover"]
 
@@ -108,6 +112,20 @@ def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, An
     return [modules[key] for key in sorted(modules)]
 
 
+def _ls_auth(args: argparse.Namespace) -> dict[str, Any]:
+    """Credentials, TLS and (when the caller is known) the caller's own NATS inboxes."""
+    options = auth_options(args.creds)
+    try:
+        user = validate_identity(default_identity(args.identity, KeyStore(args.home))).name
+    except ConfigError:
+        if args.creds or "nkeys_seed" in options or "user_credentials" in options:
+            # a caller's credentials may only hear its own inboxes: name the caller
+            raise
+        return options
+    options["inbox_prefix"] = nats_inbox_prefix("caller", user)
+    return options
+
+
 async def _ls(args: argparse.Namespace, site: str | None) -> int:
     url = default_url(args.url)
     window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
@@ -115,7 +133,7 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
     try:
         nc = await nats.connect(
             url,
-            user_credentials=str(args.creds) if args.creds else None,
+            **_ls_auth(args),
             connect_timeout=5.0,
             max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
             reconnect_time_wait=0.2,

@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Mapping
+import ssl
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +78,8 @@ from hub.errors import (
 from hub.keys import KeyPair, KeyStore
 from hub.lifecycle import RequestState
 from hub.nats import wait_acks
+from hub.nats.connection import auth_options
+from hub.nats.generate import nats_inbox_prefix
 from hub.records import KeyRecord, one_line, open_record
 from hub.subjects import (
     inbox_subject,
@@ -168,11 +171,18 @@ class Client:
         default_timeout: float = 300.0,
         connect_timeout: float = 5.0,
         reconnect_attempts: int = 120,
+        creds: str | Path | None = None,
+        tls: ssl.SSLContext | str | Path | None = None,
     ) -> Client:
         """Load ``identity``'s keys and the pinned site keys from the key store, connect.
 
         A lost connection is tried again ``reconnect_attempts`` times, half a second apart;
         after each reconnect the calls still waiting are asked about (:meth:`recover`).
+        ``creds``: the NATS credentials of this person at their site's leaf server (an NKey
+        seed file from ``fedhub federation init``, or a ``.creds`` file; default
+        ``$FEDHUB_CREDS``); ``tls``: a TLS context or the federation's CA file (default
+        ``$FEDHUB_CA``). The connection's NATS inboxes are ``_INBOX.caller.<user>``, the
+        only ones a caller's credentials may subscribe to.
         """
         store = KeyStore(home)
         keys = store.load(identity, passphrase)
@@ -181,26 +191,43 @@ class Client:
             for k in store.list()
             if k.identity.startswith("site:")
         }
+        options = auth_options(creds or credentials, tls)
         made: list[Client] = []
 
         async def reconnected() -> None:
             for client in made:
                 client.on_reconnected()
 
+        first: list[Exception] = []  # what went wrong while connecting the first time
+        untrusted = asyncio.Event()  # nats-py hangs after a failed TLS handshake: stop it
+
+        async def on_error(exc: Exception) -> None:
+            first.append(exc)
+            if isinstance(exc, ssl.SSLError):
+                untrusted.set()
+            await _log_nats_error(exc)
+
         try:
-            nc = await nats.connect(
+            nc = await _unless_set(untrusted, nats.connect(
                 url,
-                user_credentials=credentials,
+                **options,
+                inbox_prefix=nats_inbox_prefix("caller", validate_identity(identity).name),
                 connect_timeout=connect_timeout,
-                max_reconnect_attempts=reconnect_attempts,
+                # one try (nats-py makes two) for the first connection: refused
+                # credentials or an untrusted certificate are told at once
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 name=f"fedhub-client {identity}",
-                error_cb=_log_nats_error,
+                error_cb=on_error,
                 reconnected_cb=reconnected,
-            )
+            ))  # fmt: skip
         except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
+            raise TransportError(
+                f"cannot connect to NATS at {url}: {_first_cause([*first, exc])}",
+                hint="check FEDHUB_URL, FEDHUB_CREDS (creds=) and FEDHUB_CA (tls=)",
+            ) from exc
+        nc.options["max_reconnect_attempts"] = reconnect_attempts  # read on each retry
         client = cls(nc, keys, trusted, default_timeout=default_timeout)
         made.append(client)
         await client.start()
@@ -664,6 +691,33 @@ class Client:
                 handle._settle(
                     error=DecryptionError(f"answer to {h.id} could not be opened: {exc}")
                 )
+
+
+async def _unless_set(event: asyncio.Event, connecting: Awaitable[NatsClient]) -> NatsClient:
+    """Await ``connecting`` unless ``event`` is set first (then cancel it: ConnectionError)."""
+    task = asyncio.ensure_future(connecting)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise ConnectionError("the TLS handshake failed")
+    return task.result()
+
+
+def _first_cause(errors: list[Exception]) -> str:
+    """The error that says most about a failed first connection."""
+    for exc in errors:
+        text = str(exc).lower()
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
+            return "the server refused the credentials (authorization violation)"
+        if "certificate verify failed" in text:
+            return f"the server's TLS certificate is not trusted ({exc})"
+    return str(errors[-1]) or type(errors[-1]).__name__
 
 
 async def _log_nats_error(exc: Exception) -> None:

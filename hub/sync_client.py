@@ -13,6 +13,7 @@ method hands a coroutine to that loop and waits for it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -168,8 +169,13 @@ def connect(
     passphrase: str | None = None,
     credentials: str | None = None,
     default_timeout: float = 300.0,
+    creds: str | Path | None = None,
+    tls: ssl.SSLContext | str | Path | None = None,
 ) -> SyncClient:
-    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``."""
+    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``.
+
+    ``creds`` and ``tls`` as for :meth:`hub.client.Client.connect`.
+    """
     from hub.client import Client
 
     return SyncClient(
@@ -180,5 +186,7 @@ def connect(
             passphrase=passphrase,
             credentials=credentials,
             default_timeout=default_timeout,
+            creds=creds,
+            tls=tls,
         )
     )

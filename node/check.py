@@ -41,6 +41,7 @@ from node.natslink import (
     is_auth_error,
     main_error,
     nats_auth_options,
+    nats_tls_options,
     safe_url,
 )
 
@@ -417,6 +418,8 @@ async def check_nats(cfg: NodeConfig, timeout: float | None = None) -> list[Find
     url, shown = cfg.nats.url, safe_url(cfg.nats.url)
     try:
         auth = nats_auth_options(cfg.resolve(cfg.nats.credentials)) if cfg.nats.credentials else {}
+        if cfg.nats.ca is not None:
+            auth.update(nats_tls_options(cfg.resolve(cfg.nats.ca)))
     except FederationError as exc:
         return [_bad("nats", exc.message, exc.hint)]
     errors: list[Exception] = []

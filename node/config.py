@@ -60,6 +60,9 @@ class NatsSection(_Section):
 
     url: str = ""
     credentials: Path | None = None
+    #: CA certificate that signed the server's TLS certificate (``fedhub federation init``
+    #: writes it as ``ca.pem``); without it the system's CAs are trusted.
+    ca: Path | None = None
     embedded_port: int = Field(-1, ge=-1, le=65535)
     leafnode_remotes: tuple[str, ...] = ()
     connect_timeout: float = Field(5.0, gt=0)

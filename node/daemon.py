@@ -316,6 +316,7 @@ class NodeDaemon:
             url,
             name=f"fedhub-node {self.cfg.identity}",
             credentials=cfg.resolve(cfg.nats.credentials) if cfg.nats.credentials else None,
+            ca=cfg.resolve(cfg.nats.ca) if cfg.nats.ca else None,
             connect_timeout=cfg.nats.connect_timeout,
             on_reconnected=self._on_reconnected,
             on_closed=self._on_nats_closed,

@@ -28,6 +28,7 @@ import contextlib
 import importlib.util
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "is_auth_error",
     "main_error",
     "nats_auth_options",
+    "nats_tls_options",
     "quiet_library_logging",
     "safe_url",
 ]
@@ -86,6 +88,17 @@ def nats_auth_options(path: Path) -> dict[str, Any]:
         f"nats.credentials: {path} is neither a .creds file nor an NKey user seed (SU...)",
         hint="use the credentials file made for this node",
     )
+
+
+def nats_tls_options(ca: Path) -> dict[str, Any]:
+    """nats-py options for ``[nats] ca``: TLS trusting the CA certificate in ``ca`` only."""
+    try:
+        return {"tls": ssl.create_default_context(cafile=str(ca))}
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"nats.ca: cannot read a CA certificate from {ca}: {exc}",
+            hint="use the ca.pem written by `fedhub federation init`",
+        ) from exc
 
 
 def _nkeys_installed() -> bool:
@@ -157,6 +170,7 @@ class NatsLink:
         *,
         name: str,
         credentials: Path | None = None,
+        ca: Path | None = None,
         connect_timeout: float = 5.0,
         reconnect_wait: float = 0.5,
         backoff_max: float = 30.0,
@@ -166,6 +180,7 @@ class NatsLink:
         self.url = url
         self.name = name
         self.credentials = credentials
+        self.ca = ca
         self.connect_timeout = connect_timeout
         self.reconnect_wait = reconnect_wait
         self.backoff_max = backoff_max
@@ -193,6 +208,8 @@ class NatsLink:
     async def connect(self, stop: asyncio.Event | None = None) -> NatsClient:
         """Connect, retrying with backoff until it works or ``stop`` is set."""
         self._auth = nats_auth_options(self.credentials) if self.credentials else {}
+        if self.ca is not None:
+            self._auth.update(nats_tls_options(self.ca))
         stop = stop or asyncio.Event()
         attempt = 0
         while True:

@@ -384,7 +384,9 @@ async def bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> d
 
 
 async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> dict[str, Any]:
-    fed = await start_local_federation(root / "nats", (SITE, CALLER_SITE))
+    # Open client ports at the sites: the raw baselines publish subjects outside fedhub's
+    # role permissions; every leg, baseline or not, runs the same (leaf-hub legs use TLS).
+    fed = await start_local_federation(root / "nats", (SITE, CALLER_SITE), secure=False)
     try:
         cfg = write_node_config(root, fed, opts.executor)
         if opts.soak:

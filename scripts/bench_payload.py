@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [*args.sizes, *([1024.0] if args.big else [])]
     with tempfile.TemporaryDirectory(prefix="fedhub-bench-payload-") as tmp:
-        fed = asyncio.run(start_local_federation(Path(tmp) / "fed", (NODE, CALLER)))
+        # Open client ports at the sites: the bulk peers are raw NATS clients on subjects of
+        # their own (leaf-hub legs use TLS).
+        fed = asyncio.run(start_local_federation(Path(tmp) / "fed", (NODE, CALLER), secure=False))
         try:
             work = Path(tmp) / "work"
             work.mkdir()

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -56,7 +57,7 @@ def run(
     return proc
 
 
-async def python_call(url: str, home: Path) -> None:
+async def python_call(url: str, home: Path, auth: dict[str, Any]) -> None:
     print("$ python: Client.call('hereon.climate.regional_mean', da=..., on_progress=...)")
     da = xr.DataArray(np.linspace(0.0, 1.0, 400).reshape(20, 20), dims=("lat", "lon"))
 
@@ -64,7 +65,7 @@ async def python_call(url: str, home: Path) -> None:
         bar = "#" * int(20 * (fraction or 0))
         print(f"  progress [{bar:<20}] {message}", flush=True)
 
-    async with await Client.connect(url, "klaus@geomar", home=home) as fed:
+    async with await Client.connect(url, "klaus@geomar", home=home, **auth) as fed:
         mean = await fed.call("hereon.climate.regional_mean", da=da, steps=4, on_progress=show)
     print(f"  result: {mean:.4f} (local check: {float(da.mean()):.4f})")
 
@@ -76,7 +77,8 @@ async def demo(work: Path) -> int:
     fed = await start_local_federation(work / "nats", ("hereon", "geomar"))
     node: subprocess.Popen[str] | None = None
     try:
-        print(f"  hub     {fed.hub_url.split('@')[-1]}")
+        print(f"  configs, NKeys and TLS as `fedhub federation init` writes them: {fed.out}")
+        print(f"  hub     {fed.hub_url}")
         for site in fed.sites:
             print(f"  {site:<7} {fed.site_url(site)}  (JetStream domain {site!r})")
 
@@ -115,8 +117,10 @@ name = "n1"
 data_dir = "hereon-n1"
 key_home = "keys"
 
-[nats]
+[nats]                         # hereon's leaf server, TLS, this node's own NKey
 url = "{fed.site_url("hereon")}"
+credentials = "{fed.credentials("hereon", "node", "n1")}"
+ca = "{fed.generated.ca}"
 
 [[modules]]
 name = "climate"
@@ -153,7 +157,13 @@ functions = ["*"]
             raise SystemExit("node did not start:\n" + (work / "node.out").read_text())
         print(f"$ fedhub-node run --config {config.name}   (pid {node.pid})")
         geomar = fed.site_url("geomar")
-        cenv = {**env, "FEDHUB_URL": geomar}
+        cenv = {
+            **env,
+            "FEDHUB_URL": geomar,
+            "FEDHUB_IDENTITY": "klaus@geomar",
+            "FEDHUB_CREDS": str(fed.credentials("geomar", "caller", "klaus")),
+            "FEDHUB_CA": str(fed.generated.ca),
+        }
         run("fedhub", "ls", env=cenv, check=False)
 
         say("4. klaus@geomar calls hereon.climate.compute_sum with a NetCDF file")
@@ -199,7 +209,7 @@ functions = ["*"]
         again = xr.open_dataarray(work / "sum-again.nc").load()
         if not again.identical(result):
             raise SystemExit("the fetched result differs from the one the call returned")
-        await python_call(geomar, home)
+        await python_call(geomar, home, fed.caller_auth("klaus@geomar"))
 
         say("5. eve@geomar has no grant: refused, and the refusal is logged")
         run(
@@ -209,7 +219,7 @@ functions = ["*"]
             "eve@geomar",
             "hereon.climate.compute_sum",
             "da=@anomaly.nc",
-            env=cenv,
+            env={**cenv, "FEDHUB_CREDS": str(fed.credentials("geomar", "caller", "eve"))},
             check=False,
         )
 

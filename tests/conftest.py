@@ -11,6 +11,13 @@ whatever its event loop scope, can use them.
 - ``federation`` (session): hub (domain ``hub``) + leaves ``hereon``, ``geomar`` and ``awi``
   (each its own JetStream domain and its own account on the hub), leaf connections up and
   every site's JetStream reachable from the hub. ``awi`` is the bystander of hostile tests.
+  Run from the configs ``fedhub federation init`` generates: TLS and NKeys everywhere, so
+  every client connects with ``**federation.client_options(site, role, name)`` (nats-py)
+  or ``**federation.caller_auth(identity)`` (``Client.connect``), nodes with
+  ``**node_nats(federation, site)`` (``World.node_config``).
+- ``open_federation`` (session): the same, but the site servers' client ports take anyone
+  (no TLS, no credentials), for tests of what the *hub* keeps apart that need a client
+  allowed everything on a site's server (a ``>`` spy). The hub side is secured as above.
 - ``fresh_nats_server`` (function): a server of your own, to kill and restart.
 - ``federation_factory`` (function): ``await federation_factory()`` starts a federation of
   the test's own (stopped afterwards), to kill and restart leaves.
@@ -37,9 +44,22 @@ FEDERATION_SITES = ("hereon", "geomar", "awi")
 Federation = LocalFederation
 
 
-async def start_federation(root: Path, sites: Sequence[str] = FEDERATION_SITES) -> Federation:
+async def start_federation(
+    root: Path, sites: Sequence[str] = FEDERATION_SITES, **options: Any
+) -> Federation:
     """Start a federation of your own (stop it with ``await fed.stop()``)."""
-    return await start_local_federation(root, sites)
+    return await start_local_federation(root, sites, **options)
+
+
+def node_nats(fed: Federation, site: str) -> dict[str, Any]:
+    """``World.node_config`` arguments for a node of ``site``: URL, NKey and CA."""
+    if not fed.secure:
+        return {"nats_url": fed.site_url(site)}
+    return {
+        "nats_url": fed.site_url(site),
+        "nats_credentials": fed.credentials(site, "node"),
+        "nats_ca": fed.generated.ca,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +77,16 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     """Hub + leaves ``hereon``, ``geomar``, ``awi``: ``.hub_url``, ``.site_url(site)``."""
     fed = asyncio.run(start_federation(tmp_path_factory.mktemp("federation")))
+    try:
+        yield fed
+    finally:
+        asyncio.run(fed.stop())
+
+
+@pytest.fixture(scope="session")
+def open_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """Like ``federation``, but anyone may connect to the site servers' client ports."""
+    fed = asyncio.run(start_federation(tmp_path_factory.mktemp("open-federation"), secure=False))
     try:
         yield fed
     finally:
@@ -84,15 +114,15 @@ def shared_site() -> str:
 def federation_factory(
     tmp_path: Path,
 ) -> Iterator[Callable[..., Coroutine[Any, Any, Federation]]]:
-    """Return ``await federation_factory(sites=...)``: a federation of this test's own
-    (``hereon`` and ``geomar`` unless told).
+    """Return ``await federation_factory(sites=..., **options)``: a federation of this
+    test's own (``hereon`` and ``geomar`` unless told; options of ``LocalFederation``).
 
     Use it to kill and restart servers; it is stopped after the test.
     """
     started: list[Federation] = []
 
-    async def make(sites: Sequence[str] = FEDERATION_SITES[:2]) -> Federation:
-        fed = await start_federation(tmp_path / f"federation{len(started)}", sites)
+    async def make(sites: Sequence[str] = FEDERATION_SITES[:2], **options: Any) -> Federation:
+        fed = await start_federation(tmp_path / f"federation{len(started)}", sites, **options)
         started.append(fed)
         return fed
 

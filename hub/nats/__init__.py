@@ -12,8 +12,12 @@ One module per job, their public names re-exported here:
 - :mod:`hub.nats.objects`: results in a JetStream Object Store in one round trip
   (:func:`put_object`, :func:`get_object`, :func:`wait_acks`), and payloads of any size in
   bounded memory (:func:`put_object_stream`, :func:`iter_object`, :func:`get_object_to_file`);
+- :mod:`hub.nats.topology`, :mod:`hub.nats.generate`, :mod:`hub.nats.tlsca`: one
+  ``federation.toml`` (:func:`load_topology`) and every party's configs, NKeys and TLS
+  written from it (:func:`generate`, :func:`role_permissions`), as ``fedhub federation
+  init`` does;
 - :mod:`hub.nats.federation`: a hub and site leaves on one machine for tests and demos
-  (:class:`LocalFederation`).
+  (:class:`LocalFederation`), run from generated configs.
 
 See docs/topology.md for the subjects, streams, accounts and how a site joins a hub.
 """
@@ -33,8 +37,16 @@ from hub.nats.config import (
     server_config,
     site_account,
 )
-from hub.nats.connection import connect, wait_jetstream_ready, wait_message_route
+from hub.nats.connection import (
+    CA_ENV,
+    CREDS_ENV,
+    auth_options,
+    connect,
+    wait_jetstream_ready,
+    wait_message_route,
+)
 from hub.nats.federation import DEFAULT_SITES, LocalFederation, start_local_federation
+from hub.nats.generate import generate, role_permissions
 from hub.nats.objects import (
     BULK_CHUNK_SIZE,
     CHUNK_SIZE,
@@ -53,12 +65,16 @@ from hub.nats.streams import (
     ensure_calls_consumer,
     ensure_site_streams,
     events_stream_config,
+    hub_events_config,
     source_site_events,
 )
+from hub.nats.topology import Topology, load_topology
 
 __all__ = [
     "BULK_CHUNK_SIZE",
+    "CA_ENV",
     "CHUNK_SIZE",
+    "CREDS_ENV",
     "DEFAULT_MAX_MSG_SIZE",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_SITES",
@@ -69,6 +85,8 @@ __all__ = [
     "LeafUser",
     "LocalFederation",
     "NatsServer",
+    "Topology",
+    "auth_options",
     "calls_stream_config",
     "connect",
     "ensure_calls_consumer",
@@ -76,14 +94,18 @@ __all__ = [
     "events_deliver_prefix",
     "events_stream_config",
     "find_nats_server",
+    "generate",
     "get_object",
     "get_object_to_file",
     "hub_config",
+    "hub_events_config",
     "iter_object",
     "js_api_prefix",
     "leaf_config",
+    "load_topology",
     "put_object",
     "put_object_stream",
+    "role_permissions",
     "server_config",
     "site_account",
     "source_site_events",

@@ -10,17 +10,67 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 import uuid
+from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from hub.errors import TransportError
+from hub.errors import ConfigError, TransportError
 from hub.nats.config import js_api_prefix
 
-__all__ = ["connect", "wait_jetstream_ready", "wait_message_route"]
+__all__ = [
+    "CA_ENV",
+    "CREDS_ENV",
+    "auth_options",
+    "connect",
+    "wait_jetstream_ready",
+    "wait_message_route",
+]
+
+#: Environment variable naming the credentials file clients use by default.
+CREDS_ENV = "FEDHUB_CREDS"
+#: Environment variable naming the CA certificate clients trust by default.
+CA_ENV = "FEDHUB_CA"
+
+
+def auth_options(
+    creds: str | Path | None = None, tls: ssl.SSLContext | str | Path | None = None
+) -> dict[str, Any]:
+    """nats-py options that log in with ``creds`` and trust ``tls``.
+
+    ``creds`` is an NKey user seed file (what ``fedhub federation init`` writes per user)
+    or a ``.creds`` file (JWT and seed); ``tls`` a TLS context or a CA certificate file.
+    Each defaults to ``$FEDHUB_CREDS`` / ``$FEDHUB_CA`` when not given; neither set means
+    no options (an open test server).
+    """
+    options: dict[str, Any] = {}
+    creds = creds or os.environ.get(CREDS_ENV) or None
+    if creds:
+        path = Path(creds).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read NATS credentials {path}: {exc.strerror}") from exc
+        if "BEGIN NATS USER JWT" in text:
+            options["user_credentials"] = str(path)
+        elif text.strip().startswith("SU") and len(text.split()) == 1:
+            options["nkeys_seed"] = str(path)
+        else:
+            raise ConfigError(f"{path} is neither a .creds file nor an NKey user seed (SU...)")
+    tls = tls or os.environ.get(CA_ENV) or None
+    if isinstance(tls, ssl.SSLContext):
+        options["tls"] = tls
+    elif tls:
+        try:
+            options["tls"] = ssl.create_default_context(cafile=str(Path(tls).expanduser()))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot read a CA certificate from {tls}: {exc}") from exc
+    return options
 
 
 async def connect(url: str, **options: Any) -> NatsClient:

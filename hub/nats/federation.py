@@ -22,60 +22,210 @@ The servers are plain processes, not bound to an event loop: a federation starte
 from __future__ import annotations
 
 import itertools
+import json
+import socket
+import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from hub.errors import ConfigError, TransportError
-from hub.nats.config import HUB_DOMAIN, LeafUser
+from hub.keys import KeyStore
 from hub.nats.connection import connect, wait_jetstream_ready, wait_message_route
+from hub.nats.generate import Generated, credentials_path, generate, nats_inbox_prefix
 from hub.nats.server import NatsServer
-from hub.subjects import validate_site
+from hub.nats.streams import source_site_events
+from hub.nats.topology import ROLES, Role, Topology
+from hub.subjects import validate_name, validate_site
 
-__all__ = ["DEFAULT_SITES", "LocalFederation", "start_local_federation"]
+__all__ = ["DEFAULT_CALLERS", "DEFAULT_SITES", "LocalFederation", "start_local_federation"]
 
 #: The sites of a federation when none are named.
 DEFAULT_SITES = ("hereon", "geomar")
+#: People who may log in as callers at every site of a local federation.
+DEFAULT_CALLERS = ("klaus", "anna", "admin", "mallory", "eve", "rita", "nobody", "probe")
+#: Node names that may log in at every site of a local federation.
+DEFAULT_NODES = ("n1", "n2", "n3", "bench")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class LocalFederation:
-    """A hub and one leaf server per site on 127.0.0.1 (free ports), each in its own folder.
+    """Hub server(s) and one leaf server per site on 127.0.0.1, run from generated configs.
 
-    ``root`` holds one folder per server (``hub``, then one per site) with its config, log
-    and JetStream store. Each leaf logs in to the hub as its own leaf user
-    (:attr:`leaf_users`) and lands in its site's account there.
+    The configs are what ``fedhub federation init`` writes (:mod:`hub.nats.generate`)
+    from a ``federation.toml`` this class writes into ``root`` with free ports: NKeys for
+    every leaf and every client, TLS from a CA of its own. Clients connect with
+    :meth:`client_options` (``nats.connect(fed.site_url(site), **fed.client_options(site,
+    "caller", "klaus"))``); the hub's own client with :meth:`hub_options`.
+
+    ``hub_servers=3`` makes the hub a JetStream cluster (the event copies then have three
+    replicas); ``regions`` (hub cluster name to its sites) makes several hub clusters
+    joined by gateways, one server each. ``secure=False`` leaves the site servers' client
+    ports open (no TLS, no credentials) and gives the hub's client port a plain-text test
+    user (in :attr:`hub_url`): for tests that need such clients; the leaf connections are
+    secured either way.
 
     Use as ``async with LocalFederation(root) as fed:``, or call :meth:`start` and later
     :meth:`aclose` (alias :meth:`stop`; both are safe to call twice). :meth:`start` returns
     once every site reaches every other and the hub reaches every site's JetStream.
     """
 
-    def __init__(self, root: Path | str, sites: Sequence[str] = DEFAULT_SITES) -> None:
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: Path | str,
+        sites: Sequence[str] = DEFAULT_SITES,
+        *,
+        secure: bool = True,
+        hub_servers: int = 1,
+        regions: Mapping[str, Sequence[str]] | None = None,
+        callers: Sequence[str] = DEFAULT_CALLERS,
+        nodes: Sequence[str] = DEFAULT_NODES,
+    ) -> None:
+        self.root = Path(root).resolve()
         self.sites: tuple[str, ...] = tuple(validate_site(site) for site in sites)
         if len(set(self.sites)) != len(self.sites):
             raise ConfigError(f"a local federation needs distinct sites, got {list(sites)}")
-        #: Each site's credentials on the hub (random passwords, new per federation).
-        self.leaf_users: dict[str, LeafUser] = {
-            site: LeafUser(site=site, user=f"leaf-{site}", password=uuid.uuid4().hex)
-            for site in self.sites
-        }
-        #: The hub server (JetStream domain ``hub``, a leafnode listener).
-        self.hub = NatsServer(
-            self.root / "hub",
-            server_name="hub",
-            jetstream_domain=HUB_DOMAIN,
-            leafnode_port=-1,
-            leaf_users=list(self.leaf_users.values()),
+        self.secure = secure
+        self.callers = tuple(validate_name(c, "user name") for c in callers)
+        self.nodes = tuple(validate_name(n, "node name") for n in nodes)
+        regions = dict(regions or {"hub": list(self.sites)})
+        self.config_path = self.root / "federation.toml"
+        self.out = self.root / "generated"
+        if not self.config_path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(self._toml(regions, hub_servers))
+        self.topology = Topology.model_validate(_read_toml(self.config_path))
+        #: What the generator wrote (configs, credentials, the CA).
+        self.generated: Generated = generate(
+            self.topology, self.out, base=self.root, client_auth=secure
         )
-        #: Each site's leaf server, by site name (filled by :meth:`start`).
-        self.leaves: dict[str, NatsServer] = {}
+        admin = self.generated.hub_admin
+        assert admin is not None
+        self._hub_opts: dict[str, Any] = (
+            {"nkeys_seed": str(admin), "tls": self.tls_context()} if secure else {}
+        )
+        #: Every hub server by name (the first is :attr:`hub`).
+        self.hubs: dict[str, NatsServer] = {
+            name: NatsServer(
+                path.parent,
+                config_file=path,
+                leafnode_port=0,
+                # open mode: the hub's plain-text test user, in the client URL
+                client_user=self.generated.hub_local,
+                connect_options=self._hub_opts,
+                jetstream=False,
+            )
+            for name, path in self.generated.hub_configs.items()
+        }
+        #: The first hub server.
+        self.hub = next(iter(self.hubs.values()))
+        #: Each site's leaf server, by site name.
+        self.leaves: dict[str, NatsServer] = {
+            site: NatsServer(
+                path.parent,
+                config_file=path,
+                connect_options=self._client_opts(site, "node", self.nodes[0]),
+            )
+            for site, path in self.generated.leaf_configs.items()
+        }
+
+    def _toml(self, regions: Mapping[str, Sequence[str]], hub_servers: int) -> str:
+        keys = KeyStore(self.root / "site-keys")
+        lines = ["[federation]", 'name = "local"']
+        for region in regions:
+            lines += ["[[hubs]]", f"name = {json.dumps(region)}"]
+            count = hub_servers if len(regions) == 1 else 1
+            for i in range(count):
+                name = f"{region}-{i + 1}" if count > 1 else region
+                lines += [
+                    "[[hubs.servers]]",
+                    f"name = {json.dumps(name)}",
+                    f"client_port = {_free_port()}",
+                    f"leafnode_port = {_free_port()}",
+                    f"cluster_port = {_free_port()}",
+                    f"gateway_port = {_free_port()}",
+                    f"store_dir = {json.dumps(str(self.root / 'hub' / name / 'jetstream'))}",
+                ]
+        site_hub = {site: region for region, sites in regions.items() for site in sites}
+        for site in self.sites:
+            ident = f"site:{site}"
+            if not keys.exists(ident):
+                keys.create(ident)
+            pub = self.root / "site-keys" / f"{site}.pub"
+            pub.write_text(json.dumps(keys.public(ident).to_json()))
+            lines += [
+                "[[sites]]",
+                f"name = {json.dumps(site)}",
+                f"site_key = {json.dumps(str(pub))}",
+                f"hub = {json.dumps(site_hub.get(site, next(iter(regions))))}",
+                f"client_port = {_free_port()}",
+                f"store_dir = {json.dumps(str(self.root / site / 'jetstream'))}",
+                f"nodes = {json.dumps(list(self.nodes))}",
+                f"callers = {json.dumps(list(self.callers))}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A TLS context that trusts this federation's CA (and nothing else)."""
+        assert self.generated.ca is not None
+        return ssl.create_default_context(cafile=str(self.generated.ca))
+
+    def credentials(self, site: str, role: Role, name: str | None = None) -> Path:
+        """The NKey seed file of ``name`` (default: the role's first user) in ``role``."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; roles are {list(ROLES)}")
+        users = self.topology.site(site).users(role)
+        name = name or (users[0] if users else "")
+        if name not in users:
+            raise ConfigError(f"{role} {name!r} has no credentials at {site}", hint=f"{users}")
+        return credentials_path(self.out, site, role, name)
+
+    def _client_opts(self, site: str, role: Role, name: str) -> dict[str, Any]:
+        if not self.secure:
+            return {}
+        return {
+            "nkeys_seed": str(self.credentials(site, role, name)),
+            "tls": self.tls_context(),
+            "inbox_prefix": nats_inbox_prefix(role, name),
+        }
+
+    def client_options(
+        self, site: str, role: Role = "caller", name: str | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect(fed.site_url(site), ...)``: the NKey of
+        ``name`` in ``role`` at ``site``, a TLS context trusting the CA, its inbox prefix.
+
+        Empty with ``secure=False``.
+        """
+        users = self.topology.site(site).users(role)
+        return self._client_opts(site, role, name or (users[0] if users else ""))
+
+    def caller_auth(self, identity: str) -> dict[str, Any]:
+        """``creds`` and ``tls`` for ``Client.connect`` of ``identity`` (``name@site``)."""
+        name, _, site = identity.partition("@")
+        if not self.secure:
+            return {}
+        return {"creds": self.credentials(site, "caller", name), "tls": self.tls_context()}
+
+    def hub_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect(fed.hub_url, ...)``: the hub's admin
+        (empty with ``secure=False``: :attr:`hub_url` then carries a test user)."""
+        return dict(self._hub_opts)
 
     @property
     def hub_url(self) -> str:
-        """Client URL of the hub (with the hub's own client credentials)."""
-        return self.hub.client_url
+        """Client URL of the first running hub server (connect with :meth:`hub_options`)."""
+        running = [server for server in self.hubs.values() if server.running]
+        return (running[0] if running else self.hub).client_url
 
     def site_url(self, site: str) -> str:
         """Client URL of ``site``'s leaf server: what that site's node and users connect to."""
@@ -84,31 +234,33 @@ class LocalFederation:
             raise TransportError(f"site {site!r} has no running leaf server in this federation")
         return leaf.client_url
 
+    # -- running ----------------------------------------------------------------------------
+
     async def start(self) -> None:
-        """Start the hub, then the leaves; return once messages and JetStream flow.
+        """Start the hub server(s), then the leaves; return once messages and JetStream flow.
 
         On failure every server started so far is stopped again. Starting a federation
         that runs does nothing; one that was stopped starts again on the same folders.
         """
         try:
-            await self.hub.start()
-            hub_leaf_url = self.hub.leafnode_url
-            assert hub_leaf_url is not None
-            for site in self.sites:
-                leaf = self.leaves.get(site)
-                if leaf is None:
-                    leaf = NatsServer(
-                        self.root / site,
-                        server_name=site,
-                        jetstream_domain=site,
-                        leafnode_remotes=[self.leaf_users[site].remote_url(hub_leaf_url)],
-                    )
-                    self.leaves[site] = leaf
+            for server in self.hubs.values():
+                await server.start()
+            for leaf in self.leaves.values():
                 await leaf.start()
             await self.wait_connected()
         except BaseException:
             await self.aclose()
             raise
+
+    async def copy_events(self) -> None:
+        """Set up the hub's copy of every site's event stream (``FH_EVENTS_<SITE>``)."""
+        nc = await connect(self.hub_url, **self.hub_options())
+        try:
+            js = nc.jetstream(domain="hub")
+            for site in self.sites:
+                await source_site_events(js, site, replicas=self.topology.hubs[0].replicas)
+        finally:
+            await nc.close()
 
     async def wait_connected(self, limit: float = 10) -> None:
         """Wait until every site reaches every other and the hub reaches every site domain.
@@ -119,24 +271,39 @@ class LocalFederation:
         after restarting a server. Raises :class:`~hub.errors.TransportError` after
         ``limit`` seconds per probe.
         """
-        clients = {site: await connect(self.site_url(site)) for site in self.sites}
-        hub_client = await connect(self.hub_url)
+        probe_user = self.callers[0]
+        callers = {
+            s: await connect(self.site_url(s), **self.client_options(s, "caller", probe_user))
+            for s in self.sites
+        }
+        nodes = {
+            s: await connect(self.site_url(s), **self.client_options(s, "node")) for s in self.sites
+        }
+        hub_client = await connect(self.hub_url, **self.hub_options())
         try:
             for a, b in itertools.permutations(self.sites, 2):
                 probe = uuid.uuid4().hex
-                for subject in (f"fh.info.{b}.probe.{probe}", f"fh.inbox.{b}.probe.{probe}"):
-                    await wait_message_route(clients[a], clients[b], subject=subject, timeout=limit)
-            for site in self.sites:
-                await wait_jetstream_ready(hub_client, site, timeout=limit)
+                await wait_message_route(
+                    callers[a], nodes[b], subject=f"fh.info.{b}.probe.{probe}", timeout=limit
+                )
+                await wait_message_route(
+                    nodes[a],
+                    callers[b],
+                    subject=f"fh.inbox.{b}.{probe_user}.{probe}",
+                    timeout=limit,
+                )
+            for domain in ("hub", *self.sites):
+                await wait_jetstream_ready(hub_client, domain, timeout=limit)
         finally:
-            for client in [*clients.values(), hub_client]:
+            for client in [*callers.values(), *nodes.values(), hub_client]:
                 await client.close()
 
     async def aclose(self) -> None:
         """Stop the leaves, then the hub. Safe to call twice; the folders stay."""
         for leaf in self.leaves.values():
             await leaf.stop()
-        await self.hub.stop()
+        for server in self.hubs.values():
+            await server.stop()
 
     async def stop(self) -> None:
         """Alias of :meth:`aclose`."""
@@ -158,10 +325,16 @@ class LocalFederation:
         return f"LocalFederation(root={str(self.root)!r}, sites={self.sites!r})"
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
 async def start_local_federation(
-    root: Path | str, sites: Sequence[str] = DEFAULT_SITES
+    root: Path | str, sites: Sequence[str] = DEFAULT_SITES, **options: Any
 ) -> LocalFederation:
     """Start a :class:`LocalFederation` and return it (stop it with ``await fed.aclose()``)."""
-    fed = LocalFederation(root, sites)
+    fed = LocalFederation(root, sites, **options)
     await fed.start()
     return fed

@@ -92,8 +92,15 @@ class NatsServer:
         executable: Path | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
+        config_file: Path | None = None,
+        connect_options: dict[str, Any] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        #: A config written elsewhere (e.g. by :func:`hub.nats.generate.generate`) to run
+        #: as it is, instead of one built from the arguments above.
+        self.config_file = config_file
+        #: nats-py options (credentials, TLS) for the server's own readiness probe.
+        self.connect_options = dict(connect_options or {})
         self.host = host
         self.jetstream = jetstream
         self.jetstream_domain = jetstream_domain
@@ -121,7 +128,7 @@ class NatsServer:
     @property
     def config_path(self) -> Path:
         """The config file the server runs with."""
-        return self.store_dir / _CONFIG_NAME
+        return self.config_file or self.store_dir / _CONFIG_NAME
 
     @property
     def log_path(self) -> Path:
@@ -136,7 +143,8 @@ class NatsServer:
         if self.client_user is None:
             return self._client_url
         user, password = (quote(part, safe="") for part in self.client_user)
-        return self._client_url.replace("nats://", f"nats://{user}:{password}@", 1)
+        scheme, _, rest = self._client_url.partition("://")
+        return f"{scheme}://{user}:{password}@{rest}"
 
     @property
     def url(self) -> str:
@@ -184,7 +192,8 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         exe = self._executable or find_nats_server()
         self._exe_name = exe.name
-        self.config_path.write_text(self.config_text())
+        if self.config_file is None:
+            self.config_path.write_text(self.config_text())
         for stale in self.store_dir.glob("*.ports"):
             stale.unlink()
         self._close_log()
@@ -228,7 +237,7 @@ class NatsServer:
                         ports = json.loads(ports_file.read_text())
                     await asyncio.sleep(0.01)
                 self._client_url = str(ports["nats"][0])
-                host, _, port = self._client_url.removeprefix("nats://").rpartition(":")
+                host, _, port = self._client_url.partition("://")[2].rpartition(":")
                 self._port = int(port)
                 if self._leafnode_port is not None:
                     match = None
@@ -268,7 +277,7 @@ class NatsServer:
             return
 
     async def _wait_jetstream(self) -> None:
-        nc = await connect(self.client_url)
+        nc = await connect(self.client_url, **self.connect_options)
         try:
             await wait_jetstream_ready(nc, self.jetstream_domain, timeout=self.start_timeout)
         finally:

@@ -34,6 +34,7 @@ __all__ = [
     "ensure_calls_consumer",
     "ensure_site_streams",
     "events_stream_config",
+    "hub_events_config",
     "source_site_events",
 ]
 
@@ -211,8 +212,13 @@ async def source_site_events(
     subjects (and the source's flow control) are what the site's account exports to the
     hub's. So the hub keeps a federation-wide copy of every site's event logs.
     """
+    return await _ensure_stream(hub_js, hub_events_config(site, replicas=replicas))
+
+
+def hub_events_config(site: str, *, replicas: int = 1) -> api.StreamConfig:
+    """Config of the hub's ``FH_EVENTS_<SITE>``: an external source of the site's log."""
     site = validate_site(site)
-    config = api.StreamConfig(
+    return api.StreamConfig(
         name=hub_events_stream(site),
         description=f"hub copy of site {site}'s fedhub event logs",
         retention=api.RetentionPolicy.LIMITS,
@@ -231,7 +237,6 @@ async def source_site_events(
             )
         ],
     )
-    return await _ensure_stream(hub_js, config)
 
 
 #: Create or update one stream (as for the site's streams; used by :mod:`hub.nats.dirstreams`).

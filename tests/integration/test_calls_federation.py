@@ -17,6 +17,7 @@ import nats.js.errors
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import node_nats
 from nats.aio.client import Client as NatsClient
 from support.hostile import LogView, NodeThread, audit_node, wait_reachable
 from support.world import World
@@ -69,7 +70,7 @@ def hereon_cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
     return world.node_config(
         "hereon",
         name=unique("n").replace("_", "-"),
-        nats_url=federation.site_url("hereon"),
+        **node_nats(federation, "hereon"),
         trust=["geomar"],
         users=[CALLER],
         grants=[(CALLER, "climate", "*")],
@@ -78,8 +79,10 @@ def hereon_cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
 
 @pytest.fixture
 async def hereon_js(federation: Federation) -> AsyncIterator[NatsClient]:
-    """A plain connection to hereon's leaf server (to look at its JetStream)."""
-    nc = await nats_connect(federation.site_url("hereon"))
+    """hereon's operator on hereon's leaf server (to look at its JetStream)."""
+    nc = await nats_connect(
+        federation.site_url("hereon"), **federation.client_options("hereon", "operator")
+    )
     yield nc
     await nc.close()
 
@@ -92,16 +95,26 @@ async def test_a_caller_at_geomar_gets_an_xarray_back_from_a_function_at_hereon_
     async with NodeDaemon(hereon_cfg):
         before = (await js.stream_info(CALLS_STREAM)).state.last_seq
         async with await Client.connect(
-            federation.site_url("geomar"), CALLER, home=world.store.home
+            federation.site_url("geomar"),
+            CALLER,
+            home=world.store.home,
+            **federation.caller_auth(CALLER),
         ) as fed:
             await wait_reachable(fed, "hereon", "climate")
             result = await fed.call("hereon.climate.compute_sum", da=da, timeout=30)
             # geomar's own JetStream holds no stream for hereon's calls: the call crossed
-            # the hub into hereon's domain.
-            with pytest.raises(nats.js.errors.NotFoundError):
-                await fed.nc.jetstream().find_stream_name_by_subject(
-                    "fh.call.hereon.climate.compute_sum"
-                )
+            # the hub into hereon's domain (asked by geomar's operator: a caller has no
+            # JetStream API).
+            geomar = await nats_connect(
+                federation.site_url("geomar"), **federation.client_options("geomar", "operator")
+            )
+            try:
+                with pytest.raises(nats.js.errors.NotFoundError):
+                    await geomar.jetstream().find_stream_name_by_subject(
+                        "fh.call.hereon.climate.compute_sum"
+                    )
+            finally:
+                await geomar.close()
         after = (await js.stream_info(CALLS_STREAM)).state.last_seq
 
     assert isinstance(result, xr.DataArray)
@@ -126,7 +139,12 @@ async def test_the_caller_fetches_its_stored_xarray_result_again_across_the_hub(
     da = _field()
     async with (
         NodeDaemon(hereon_cfg),
-        await Client.connect(federation.site_url("geomar"), CALLER, home=world.store.home) as fed,
+        await Client.connect(
+            federation.site_url("geomar"),
+            CALLER,
+            home=world.store.home,
+            **federation.caller_auth(CALLER),
+        ) as fed,
     ):
         await wait_reachable(fed, "hereon", "climate")
         handle = await fed.submit("hereon.climate.compute_sum", da=da, timeout=30)
@@ -151,7 +169,12 @@ async def test_progress_reports_arrive_in_order_and_end_at_one(
     seen: list[tuple[float | None, str]] = []
     async with (
         NodeDaemon(hereon_cfg),
-        await Client.connect(federation.site_url("geomar"), CALLER, home=world.store.home) as fed,
+        await Client.connect(
+            federation.site_url("geomar"),
+            CALLER,
+            home=world.store.home,
+            **federation.caller_auth(CALLER),
+        ) as fed,
     ):
         await wait_reachable(fed, "hereon", "climate")
         mean = await fed.call(
@@ -181,7 +204,7 @@ async def test_the_sync_client_works_while_an_event_loop_runs_in_the_calling_thr
     def notebook_cell() -> Any:
         """What a Jupyter cell does: plain blocking code on a thread whose loop runs."""
         asyncio.get_running_loop()  # raises unless a loop is running here, as in Jupyter
-        with connect(url, CALLER, home=world.store.home) as fed:
+        with connect(url, CALLER, home=world.store.home, **federation.caller_auth(CALLER)) as fed:
             deadline = time.monotonic() + 10
             while True:
                 try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import node_nats
 from support.hostile import LogView, wait_reachable, wait_until
 from support.world import World
 
@@ -46,7 +47,7 @@ def hereon_config(world: World, fed: LocalFederation) -> NodeConfig:
     """A hereon node on hereon's leaf server; klaus may call the climate module."""
     return world.node_config(
         "hereon",
-        nats_url=fed.site_url("hereon"),
+        **node_nats(fed, "hereon"),
         trust=["geomar"],
         users=[CALLER],
         grants=[(CALLER, "climate", "*")],
@@ -65,7 +66,9 @@ async def test_a_result_whose_reply_was_lost_while_the_callers_leaf_was_down_com
     cfg = hereon_config(world, fed)
     async with (
         NodeDaemon(cfg, grace=2),
-        await Client.connect(fed.site_url("geomar"), CALLER, home=world.store.home) as client,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
     ):
         await wait_reachable(client, "hereon", "climate")
         handle = await client.submit("hereon.climate.sleep", seconds=3.0, timeout=DEADLINE)
@@ -90,7 +93,9 @@ async def test_a_result_whose_reply_was_lost_while_the_hub_was_down_arrives_befo
     cfg = hereon_config(world, fed)
     async with (
         NodeDaemon(cfg, grace=2),
-        await Client.connect(fed.site_url("geomar"), CALLER, home=world.store.home) as client,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
     ):
         await wait_reachable(client, "hereon", "climate")
         handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
@@ -112,7 +117,7 @@ async def test_a_call_that_failed_while_its_reply_could_not_travel_raises_its_ty
     fed = await federation_factory()
     cfg = hereon_config(world, fed)
     async with await Client.connect(
-        fed.site_url("geomar"), CALLER, home=world.store.home
+        fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
     ) as client:
         async with NodeDaemon(cfg, grace=0.5):
             await wait_reachable(client, "hereon", "climate")

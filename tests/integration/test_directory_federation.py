@@ -42,7 +42,8 @@ LIMIT = 15.0  # seconds a record may take to reach every site (it takes millisec
 @pytest.fixture
 async def fed(federation_factory: Callable[..., Awaitable[LocalFederation]]) -> LocalFederation:
     """A federation of this test's own, with the hub's directory stream."""
-    federation = await federation_factory()
+    # open site client ports and a plain-text hub user: these clients log in as nobody
+    federation = await federation_factory(secure=False)
     for site in federation.sites:  # the sites' streams first: a source waits for its origin
         nc = await nats_connect(federation.site_url(site))
         try:

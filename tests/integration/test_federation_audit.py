@@ -42,7 +42,8 @@ FAST_CHECKPOINTS = {"checkpoint_seconds": 0.2}
 @pytest.fixture
 async def fed(federation_factory: Callable[..., Awaitable[LocalFederation]]) -> LocalFederation:
     """Three sites; the hub copies every site's events and keeps the directory."""
-    federation = await federation_factory(SITES)
+    # open site client ports and a plain-text hub user (the audit CLI takes a hub URL)
+    federation = await federation_factory(SITES, secure=False)
     for site in SITES:  # the sites' streams first: a source waits for its origin
         nc = await nats_connect(federation.site_url(site))
         try:

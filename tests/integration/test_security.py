@@ -65,6 +65,19 @@ MALLORY = "mallory@geomar"  # keys of her own, never registered at hereon
 ANNA = "anna@awi"  # a caller at a third site
 
 
+@pytest.fixture(scope="session")
+def federation(open_federation: Federation) -> Federation:
+    """Spies here listen on everything at a site's server: the federation whose site
+    servers take anyone (the hub and the leaf connections are secured as ever; what a
+    site's server refuses is tested in test_leaf_permissions.py)."""
+    return open_federation
+
+
+def _opts(federation: Federation, name: str) -> dict[str, Any]:
+    """Connection options: the hub's admin on the hub, nothing at the (open) sites."""
+    return federation.hub_options() if name == "hub" else {}
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     """Keys of everyone; klaus and eve vouched by geomar, mallory's keys unregistered."""
@@ -95,7 +108,7 @@ def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
 async def spies(federation: Federation) -> AsyncIterator[dict[str, Spy]]:
     """Someone subscribed to everything in every account: on the hub and at every site."""
     urls = {"hub": federation.hub_url} | {s: federation.site_url(s) for s in federation.sites}
-    conns = {name: await nats_connect(url) for name, url in urls.items()}
+    conns = {name: await nats_connect(url, **_opts(federation, name)) for name, url in urls.items()}
     yield {name: await Spy(nc).start() for name, nc in conns.items()}
     for nc in conns.values():
         await nc.close()
@@ -214,7 +227,7 @@ async def test_calls_from_two_sites_succeed_while_neither_site_nor_the_hub_recei
         calls={"ack_wait": 2},
     )
     urls = {"hub": federation.hub_url} | {s: federation.site_url(s) for s in ("geomar", "awi")}
-    conns = {name: await nats_connect(url) for name, url in urls.items()}
+    conns = {name: await nats_connect(url, **_opts(federation, name)) for name, url in urls.items()}
     try:
         # Each listens on ">", on hereon's calls, and on the other site's inboxes.
         spies = {

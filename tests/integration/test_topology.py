@@ -50,10 +50,17 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
 
 
 @pytest.fixture
+def federation(open_federation: Federation) -> Federation:
+    """What the hub keeps apart is seen by clients allowed everything on their site's
+    server: the federation whose site servers take anyone (the hub is secured as ever)."""
+    return open_federation
+
+
+@pytest.fixture
 async def clients(federation: Federation) -> AsyncIterator[dict[str, NatsClient]]:
     """One client per site leaf, plus ``"hub"``."""
     conns = {site: await connect(federation.site_url(site)) for site in federation.sites}
-    conns["hub"] = await connect(federation.hub_url)
+    conns["hub"] = await connect(federation.hub_url, **federation.hub_options())
     for site in federation.sites:
         await ensure_site_streams(conns[site].jetstream(), site)
     yield conns
@@ -496,7 +503,7 @@ async def test_a_result_stored_at_geomar_stays_in_geomars_bucket(
 async def test_a_killed_and_restarted_leaf_keeps_its_streams(
     federation_factory: FederationFactory,
 ) -> None:
-    fed = await federation_factory()
+    fed = await federation_factory(secure=False)
     hereon = await connect(fed.site_url("hereon"))
     await ensure_site_streams(hereon.jetstream(), "hereon")
     await hereon.jetstream().publish(subjects.call_subject("hereon", "m", "f"), b"call")
@@ -522,7 +529,7 @@ async def test_a_local_federation_is_a_context_manager_that_closes_twice_harmles
     tmp_path: Path,
 ) -> None:
     async with LocalFederation(tmp_path, sites=("hereon", "geomar")) as fed:
-        hereon = await connect(fed.site_url("hereon"))
+        hereon = await connect(fed.site_url("hereon"), **fed.client_options("hereon", "node"))
         try:
             await ensure_site_streams(hereon.jetstream(), "hereon")
         finally:
@@ -535,7 +542,7 @@ async def test_a_local_federation_is_a_context_manager_that_closes_twice_harmles
     # Started again, it runs on the same folders: hereon's streams are still there.
     await fed.start()
     try:
-        hereon = await connect(fed.site_url("hereon"))
+        hereon = await connect(fed.site_url("hereon"), **fed.client_options("hereon", "node"))
         try:
             info = await hereon.jetstream().stream_info(subjects.CALLS_STREAM)
             assert info.config.subjects == [subjects.calls_filter("hereon")]

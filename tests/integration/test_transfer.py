@@ -62,6 +62,15 @@ class Sites:
     errors: list[Exception] = field(default_factory=list)
 
 
+@pytest.fixture(scope="session")
+def federation(open_federation: LocalFederation) -> LocalFederation:
+    """Transfers here are watched and driven by clients allowed everything at a site's
+    server: the federation whose site servers take anyone (the hub and the leaf
+    connections are secured as ever; see test_leaf_permissions.py for what a site's
+    server refuses)."""
+    return open_federation
+
+
 @pytest.fixture
 async def sites(federation: LocalFederation) -> AsyncIterator[Sites]:
     errors: list[Exception] = []
@@ -356,7 +365,9 @@ async def test_a_spy_on_every_account_sees_no_plaintext_and_a_bystander_sees_not
         *((site, federation.site_url(site)) for site in federation.sites),
         ("hub", federation.hub_url),
     ]:
-        spies[where] = await nats.connect(url)
+        spies[where] = await nats.connect(
+            url, **(federation.hub_options() if where == "hub" else {})
+        )
         seen[where] = []
         await spies[where].subscribe(">", cb=_collect(seen[where]))
         await spies[where].flush()

@@ -42,6 +42,15 @@ CALLER_SITE, USER, NODE_SITE = "geomar", "klaus", "hereon"
 MIB = 1024 * 1024
 
 
+@pytest.fixture(scope="session")
+def federation(open_federation: LocalFederation) -> LocalFederation:
+    """Transfers here are watched and driven by clients allowed everything at a site's
+    server: the federation whose site servers take anyone (the hub and the leaf
+    connections are secured as ever; see test_leaf_permissions.py for what a site's
+    server refuses)."""
+    return open_federation
+
+
 def payload_file(path: Path, size: int) -> Path:
     with path.open("wb") as out:
         for _ in range(size // MIB):

@@ -96,6 +96,8 @@ class World:
         *,
         name: str = "n1",
         nats_url: str = "",
+        nats_credentials: Path | None = None,
+        nats_ca: Path | None = None,
         modules: Iterable[tuple[str, Path]] = (("climate", CLIMATE),),
         executor: str = "thread",
         grants: Iterable[tuple[str, str, str]] = (),
@@ -118,6 +120,8 @@ class World:
             f'key_home = "{self.store.home}"',
             "[nats]",
             f"url = {_toml_value(nats_url)}",
+            *([f"credentials = {_toml_value(str(nats_credentials))}"] if nats_credentials else []),
+            *([f"ca = {_toml_value(str(nats_ca))}"] if nats_ca else []),
             "[log]",
         ]
         for k, v in {"level": "warning", **(log or {})}.items():

@@ -1,0 +1,109 @@
+"""``fedhub federation``: write every party's NATS configs and credentials from one file.
+
+``fedhub federation init federation.toml --out DIR`` writes the hub's and every site's
+folder (see :mod:`hub.nats.generate`); ``fedhub federation add-site federation.toml NAME
+--site-key FILE --out DIR`` adds a site to the file, rewrites the hub's configs and writes
+the new site's folder, leaving every other site's folder and secrets as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from hub.errors import ConfigError
+from hub.nats.generate import Generated, generate
+from hub.nats.topology import Site, Topology, load_topology
+
+__all__ = ["add_commands", "add_site_text"]
+
+
+def _report(result: Generated, only: list[str] | None = None) -> None:
+    print(f"wrote {result.out}")
+    for name, path in result.hub_configs.items():
+        print(f"  hub server {name:<12} {path.relative_to(result.out)}")
+    for site, path in result.leaf_configs.items():
+        if only is None or site in only:
+            print(f"  site       {site:<12} {path.parent.relative_to(result.out)}/")
+    print("give each party its own folder only; keep ca/ offline (it signs new servers)")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    topology = load_topology(args.config)
+    _report(generate(topology, args.out, base=args.config.resolve().parent))
+    return 0
+
+
+def add_site_text(text: str, site: Site) -> str:
+    """``federation.toml`` text with a ``[[sites]]`` table for ``site`` appended."""
+    lines = ["", "[[sites]]"]
+    for key, value in site.model_dump(exclude_none=True).items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+
+
+def cmd_add_site(args: argparse.Namespace) -> int:
+    path: Path = args.config
+    topology = load_topology(path)
+    if args.name in topology.names:
+        raise ConfigError(f"site {args.name!r} is already in {path}")
+    fields: dict[str, Any] = {"name": args.name, "site_key": str(args.site_key)}
+    for key in ("hub", "host", "client_port", "store_dir"):
+        value = getattr(args, key)
+        if value is not None:
+            fields[key] = value
+    for role in ("nodes", "callers", "operators", "auditors"):
+        value = getattr(args, role)
+        if value is not None:
+            fields[role] = [v for v in value.split(",") if v]
+    site = Site.model_validate(fields)
+    text = add_site_text(path.read_text(), site)
+    topology = Topology.model_validate(
+        {
+            **topology.model_dump(),
+            "sites": [*(s.model_dump() for s in topology.sites), site.model_dump()],
+        }
+    )
+    result = generate(topology, args.out, base=path.resolve().parent, sites=[site.name])
+    path.write_text(text)
+    _report(result, only=[site.name])
+    print(f"added {site.name} to {path}; reload every hub server (nats-server --signal reload)")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``federation init`` and ``federation add-site`` to the ``fedhub`` subcommands."""
+    fed = sub.add_parser("federation", help="generate the NATS configs of a federation")
+    fsub = fed.add_subparsers(dest="federation_command", required=True, metavar="ACTION")
+    init = fsub.add_parser(
+        "init",
+        help="write every party's configs, credentials and TLS from federation.toml",
+    )
+    init.add_argument("config", type=Path, metavar="federation.toml")
+    init.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    init.set_defaults(func=cmd_init)
+    add = fsub.add_parser(
+        "add-site",
+        help="add site NAME: rewrite the hub's configs, write only the new site's folder",
+    )
+    add.add_argument("config", type=Path, metavar="federation.toml")
+    add.add_argument("name", metavar="NAME", help="the new site's name")
+    add.add_argument(
+        "--site-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the site's public key file (fedhub keys show site:NAME --json)",
+    )
+    add.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="the folder `init` wrote"
+    )
+    add.add_argument("--hub", help="hub cluster its leaf connects to (default: the first)")
+    add.add_argument("--host", help="address of its leaf server")
+    add.add_argument("--client-port", type=int, help="client port of its leaf server")
+    add.add_argument("--store-dir", help="JetStream store of its leaf server")
+    for role in ("nodes", "callers", "operators", "auditors"):
+        add.add_argument(f"--{role}", metavar="A,B", help=f"comma-separated {role}")
+    add.set_defaults(func=cmd_add_site)
