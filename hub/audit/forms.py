@@ -145,6 +145,10 @@ def _value(schema: Mapping[str, Any]) -> bytes | None:
             return _INT
         if bounds == (0, 1_000_000):
             return b"(?:0|[1-9][0-9]{0,5}|1000000)"
+        low = bounds[0]
+        if bounds[1] is None and isinstance(low, int) and 0 <= low <= 9:
+            # at least ``low``: one digit from low, or any positive integer of 2+ digits
+            return b"(?:[%d-9]|[1-9][0-9]{1,17})" % low
         return None
     if kind == "array":
         item = _value(schema.get("items", {}))
