@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +57,7 @@ from hub.records import KeyRecord
 from node import projections
 from node.config import CallsSection
 from node.control import Control, ControlAnswer
-from node.execution import KeepAlive, ProgressForwarder, public_reason
+from node.execution import ProgressForwarder, public_reason
 from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
 from node.replay import ReplayGuard, recent_nonces
@@ -68,8 +68,6 @@ from node.runner import CancelSignal, Runner
 __all__ = ["DUPLICATE", "Delivery", "Job", "Outcome", "Pipeline"]
 
 log = structlog.get_logger(__name__)
-
-Tick = Callable[[], Awaitable[None]]
 
 #: The outcome of a copy of a request that was already dealt with.
 DUPLICATE = "duplicate"
@@ -95,7 +93,6 @@ class Delivery:
     data: bytes
     subject: str
     delivery: int = 1
-    keepalive: Tick | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +104,6 @@ class Job:
     content_key: bytes
     kwargs: dict[str, object]
     attempt: int
-    keepalive: Tick | None
 
 
 class Pipeline:
@@ -180,12 +176,10 @@ class Pipeline:
 
     # --- one message, or a burst ----------------------------------------------------------
 
-    async def handle(
-        self, data: bytes, subject: str, *, delivery: int = 1, keepalive: Tick | None = None
-    ) -> Outcome:
+    async def handle(self, data: bytes, subject: str, *, delivery: int = 1) -> Outcome:
         """Process one call message to its outcome; never raises for anything the message
         contains."""
-        (taken,) = await self.take([Delivery(data, subject, delivery, keepalive)])
+        (taken,) = await self.take([Delivery(data, subject, delivery)])
         return taken if isinstance(taken, Outcome) else await self.run(taken)
 
     async def take(self, burst: Sequence[Delivery]) -> list[Outcome | Job]:
@@ -231,7 +225,7 @@ class Pipeline:
                         except FederationError as exc:
                             unopened[i] = (o.header, exc)
                         else:
-                            taken[i] = Job(o.header, o.record, key, kwargs, 1, d.keepalive)
+                            taken[i] = Job(o.header, o.record, key, kwargs, 1)
                         continue
                     o = rej
                 events.append(o.event())
@@ -354,7 +348,7 @@ class Pipeline:
             content_key, kwargs = self._decrypt(req)
         except FederationError as exc:
             return await self._fail(h, None, exc, time.perf_counter())
-        return Job(h, req.record, content_key, kwargs, max(attempt, 1), d.keepalive)
+        return Job(h, req.record, content_key, kwargs, max(attempt, 1))
 
     def _decrypt(self, req: Verified) -> tuple[bytes, dict[str, object]]:
         """Unwrap the content key (wrapped by the caller's registered key), decrypt and
@@ -396,7 +390,6 @@ class Pipeline:
             if module_timeout is not None:
                 timeout = min(timeout, module_timeout)
             reporter = ProgressForwarder(self.replies, self.writer, h, job.content_key)
-            ka = KeepAlive(job.keepalive, self.calls.ack_wait / 3) if job.keepalive else None
             try:
                 value = await self.runner.run(
                     h.module,
@@ -407,8 +400,6 @@ class Pipeline:
                     cancel=cancel,
                 )
             finally:
-                if ka is not None:
-                    ka.stop()
                 self.running.pop(rid, None)
                 await reporter.close()
             return await self._complete(job, value, started)
