@@ -109,6 +109,8 @@ _GRACE = 5.0
 _LAST_ASK = 3.0
 #: Seconds one try of publishing a call waits for its stream's ack before trying again.
 _CONFIRM_TRY = 3.0
+#: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
+_RETRY_SPAN = 100.0
 #: How often, and how far apart, a recovery asks while the node cannot be reached yet.
 _RECOVER_TRIES = 8
 _RECOVER_PAUSE = 1.0
@@ -413,10 +415,12 @@ class Client:
         """Publish a call into its site's stream until the stream confirms it or ``until``
         (loop time) passes: each try waits a few seconds for the ack, then the same message
         goes again after a backoff. The ``Nats-Msg-Id`` (the request id) makes the stream
-        keep one copy however many tries arrive, so a retry never runs a call twice.
+        keep one copy however many tries arrive, so a retry never runs a call twice; tries
+        stop within the stream's duplicate window (``_RETRY_SPAN``) whatever the deadline.
         Unconfirmed tries (a leaf or the hub down) are logged in one line when it ends."""
         loop = asyncio.get_running_loop()
         tries, first = 0, loop.time()
+        until = min(until, first + _RETRY_SPAN)
         while True:
             tries += 1
             left = until - loop.time()

@@ -39,7 +39,7 @@ from node.config import NodeConfig
 from support.hostile import LogView, audit_node, wait_reachable, wait_until
 from support.world import World
 
-__all__ = ["CALLER", "MODULE", "ChaosBench", "Tally", "hub_server_of"]
+__all__ = ["CALLER", "MODULE", "ChaosBench", "Fault", "Tally", "hub_server_of", "table"]
 
 CALLER = "klaus@geomar"
 MODULE = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "chaos.py"
