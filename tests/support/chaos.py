@@ -14,7 +14,8 @@ file), injects one fault, keeps calling, then lets every call end and counts:
 - **lost**: accepted calls without any outcome in the node's log;
 - **recovery**: seconds from the fault's end to the next completed call; for a node
   restart also **resumed**: seconds from the restart until the last call the killed node
-  held had ended.
+  held had ended; **longest gap**: the longest time with no call completing;
+- **warn**: ``nats.disconnected`` warnings the node printed (one per outage).
 
 The same bench serves the tests (short outages) and ``scripts/chaos.py`` (the full ones).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import time
@@ -72,6 +74,7 @@ class Tally:
     lost: int = 0
     recovery_s: float | None = None
     resumed_s: float | None = None
+    longest_gap_s: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
     node_outage_lines: int = 0
     node_tracebacks: int = 0
@@ -230,8 +233,10 @@ class ChaosBench:
         tally.duplicated = sum(
             1 for c in accepted if len(finals.get(c.rid or "", ())) > 1 or runs[c.tag] > 1
         )
-        after = [c.ended for c in calls if c.outcome == "completed" and c.ended]
-        after = [t for t in after if t >= fault_end]
+        done = sorted(c.ended for c in calls if c.outcome == "completed" and c.ended)
+        gaps = [b - a for a, b in itertools.pairwise(done)]
+        tally.longest_gap_s = round(max(gaps, default=0.0), 2)
+        after = [t for t in done if t >= fault_end]
         tally.recovery_s = round(min(after) - fault_end, 2) if after else None
         if restarted is not None:
             held = [c.ended for c in accepted if c.tag in self.held_at_kill and c.ended]
@@ -314,7 +319,7 @@ def table(tallies: list[Tally]) -> str:
     head = (
         f"{'scenario':<28} {'fault s':>7} {'accepted':>8} {'refused':>7} {'completed':>9} "
         f"{'failed':>6} {'dup':>4} {'lost':>4} {'recovery s':>10} {'resumed s':>9} "
-        f"{'audit':>5}  load"
+        f"{'gap s':>6} {'warn':>4} {'audit':>5}  load"
     )
     rows = [head, "-" * len(head)]
     for t in tallies:
@@ -323,6 +328,7 @@ def table(tallies: list[Tally]) -> str:
         rows.append(
             f"{t.scenario:<28} {t.fault_seconds:>7.1f} {t.accepted:>8} {t.refused:>7} "
             f"{t.completed:>9} {t.failed:>6} {t.duplicated:>4} {t.lost:>4} {rec:>10} "
-            f"{res:>9} {'ok' if t.audit_ok else 'BAD':>5}  " + " ".join(f"{x:.2f}" for x in t.load)
+            f"{res:>9} {t.longest_gap_s:>6.2f} {t.node_outage_lines:>4} "
+            f"{'ok' if t.audit_ok else 'BAD':>5}  " + " ".join(f"{x:.2f}" for x in t.load)
         )
     return "\n".join(rows)
