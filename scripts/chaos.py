@@ -18,7 +18,8 @@ confirmed within their deadline), completed, failed, duplicated (two outcomes in
 node's log, or run twice) and lost (accepted, no outcome in the node's log); the
 recovery time (fault's end to the next completed call), for the node restart the time
 until every call the killed node held had ended, the longest time with no completion,
-the node's outage warnings, whether the node's log audits clean, and the load average.
+the slowest call, the node's outage warnings, whether the node's log audits clean, and
+the load average.
 Figures are measured, never asserted (tests/integration/test_chaos.py checks the promises
 with shorter outages). Takes a few minutes.
 """

@@ -14,7 +14,8 @@ file), injects one fault, keeps calling, then lets every call end and counts:
 - **lost**: accepted calls without any outcome in the node's log;
 - **recovery**: seconds from the fault's end to the next completed call; for a node
   restart also **resumed**: seconds from the restart until the last call the killed node
-  held had ended; **longest gap**: the longest time with no call completing;
+  held had ended; **longest gap**: the longest time with no call completing while calls
+  were sent; **slowest**: the longest time a call took, submit to its end;
 - **warn**: ``nats.disconnected`` warnings the node printed (one per outage).
 
 The same bench serves the tests (short outages) and ``scripts/chaos.py`` (the full ones).
@@ -75,6 +76,7 @@ class Tally:
     recovery_s: float | None = None
     resumed_s: float | None = None
     longest_gap_s: float = 0.0
+    slowest_s: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
     node_outage_lines: int = 0
     node_tracebacks: int = 0
@@ -90,6 +92,7 @@ class Tally:
 @dataclass
 class _Call:
     tag: str
+    sent: float
     rid: str | None = None
     ended: float | None = None
     outcome: str = "pending"  # refused, completed, or the failure's code
@@ -118,6 +121,7 @@ class ChaosBench:
         self.node: Any = None
         self.client: Client | None = None
         self._calls: list[_Call] = []
+        self._stopped = 0.0
         #: Tags of the calls the node had accepted and not ended when it was killed.
         self.held_at_kill: set[str] = set()
 
@@ -193,7 +197,7 @@ class ChaosBench:
 
     async def _stream(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         while not stop.is_set():
-            call = _Call(f"c{len(self._calls)}")
+            call = _Call(f"c{len(self._calls)}", time.monotonic())
             self._calls.append(call)
             tasks.append(asyncio.create_task(self._one(call)))
             with contextlib.suppress(TimeoutError):
@@ -214,6 +218,7 @@ class ChaosBench:
         await asyncio.sleep(after)
         stop.set()
         await streaming
+        self._stopped = time.monotonic()
         async with asyncio.timeout(self.timeout + 30):
             await asyncio.gather(*tasks)
         tally = Tally(name, round(fault_seconds, 1), load=os.getloadavg())
@@ -234,8 +239,12 @@ class ChaosBench:
             1 for c in accepted if len(finals.get(c.rid or "", ())) > 1 or runs[c.tag] > 1
         )
         done = sorted(c.ended for c in calls if c.outcome == "completed" and c.ended)
-        gaps = [b - a for a, b in itertools.pairwise(done)]
+        # while calls were being sent (the drain at the end is no gap)
+        gaps = [b - a for a, b in itertools.pairwise(t for t in done if t <= self._stopped)]
         tally.longest_gap_s = round(max(gaps, default=0.0), 2)
+        tally.slowest_s = round(
+            max((c.ended - c.sent for c in accepted if c.ended), default=0.0), 2
+        )
         after = [t for t in done if t >= fault_end]
         tally.recovery_s = round(min(after) - fault_end, 2) if after else None
         if restarted is not None:
@@ -319,7 +328,7 @@ def table(tallies: list[Tally]) -> str:
     head = (
         f"{'scenario':<28} {'fault s':>7} {'accepted':>8} {'refused':>7} {'completed':>9} "
         f"{'failed':>6} {'dup':>4} {'lost':>4} {'recovery s':>10} {'resumed s':>9} "
-        f"{'gap s':>6} {'warn':>4} {'audit':>5}  load"
+        f"{'gap s':>6} {'slowest s':>9} {'warn':>4} {'audit':>5}  load"
     )
     rows = [head, "-" * len(head)]
     for t in tallies:
@@ -328,7 +337,8 @@ def table(tallies: list[Tally]) -> str:
         rows.append(
             f"{t.scenario:<28} {t.fault_seconds:>7.1f} {t.accepted:>8} {t.refused:>7} "
             f"{t.completed:>9} {t.failed:>6} {t.duplicated:>4} {t.lost:>4} {rec:>10} "
-            f"{res:>9} {t.longest_gap_s:>6.2f} {t.node_outage_lines:>4} "
+            f"{res:>9} {t.longest_gap_s:>6.2f} {t.slowest_s:>9.2f} "
+            f"{t.node_outage_lines:>4} "
             f"{'ok' if t.audit_ok else 'BAD':>5}  " + " ".join(f"{x:.2f}" for x in t.load)
         )
     return "\n".join(rows)
