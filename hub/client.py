@@ -108,6 +108,10 @@ M = TypeVar("M", bound=BaseModel)
 _GRACE = 5.0
 #: How long before its deadline a waiting call is asked about once more.
 _LAST_ASK = 3.0
+#: Seconds one try of publishing a call waits for its stream's ack before trying again.
+_CONFIRM_TRY = 3.0
+#: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
+_RETRY_SPAN = 100.0
 #: How often, and how far apart, a recovery asks while the node cannot be reached yet.
 _RECOVER_TRIES = 8
 _RECOVER_PAUSE = 1.0
@@ -409,9 +413,7 @@ class Client:
         self._pending[rid] = handle
         subject = target.subject  # validated when the address was parsed
         try:
-            # publish_async: the stream's ack resolves a future (no task per call)
-            ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
-            await wait_acks([ack], min(10.0, timeout + _GRACE))
+            await self._publish_call(subject, data, rid, loop.time() + timeout)
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             self._pending.pop(rid, None)
             raise NotFoundError(
@@ -420,7 +422,9 @@ class Client:
             ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             self._pending.pop(rid, None)
-            raise CallTimeoutError(f"site {target.site} did not confirm the call {rid}") from exc
+            raise CallTimeoutError(
+                f"site {target.site} did not confirm the call {rid} within its deadline"
+            ) from exc
         except nats.js.errors.APIError as exc:
             self._pending.pop(rid, None)
             raise TransportError(f"the call stream refused {rid}: {exc.description}") from exc
@@ -436,6 +440,50 @@ class Client:
             ask = loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
             handle._future.add_done_callback(lambda _: ask.cancel())
         return handle
+
+    async def _publish_call(self, subject: str, data: bytes, rid: str, until: float) -> None:
+        """Publish a call into its site's stream until the stream confirms it or ``until``
+        (loop time) passes: each try waits a few seconds for the ack, then the same message
+        goes again after a backoff. The ``Nats-Msg-Id`` (the request id) makes the stream
+        keep one copy however many tries arrive, so a retry never runs a call twice; tries
+        stop within the stream's duplicate window (``_RETRY_SPAN``) whatever the deadline.
+        Unconfirmed tries (a leaf or the hub down) are logged in one line when it ends."""
+        loop = asyncio.get_running_loop()
+        tries, first = 0, loop.time()
+        until = min(until, first + _RETRY_SPAN)
+        while True:
+            tries += 1
+            left = until - loop.time()
+            try:
+                # publish_async: the stream's ack resolves a future (no task per call)
+                ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
+                await wait_acks([ack], max(0.1, min(_CONFIRM_TRY, left)))
+            except (
+                nats.errors.TimeoutError,
+                TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+            ) as exc:
+                pause = min(0.25 * 2 ** min(tries - 1, 3), until - loop.time())
+                if pause <= 0:
+                    if tries > 1:
+                        log.warning(
+                            "call.unconfirmed",
+                            request_id=rid,
+                            tries=tries,
+                            seconds=round(loop.time() - first, 1),
+                        )
+                    raise exc
+                await asyncio.sleep(pause)
+                continue
+            if tries > 1:
+                log.warning(
+                    "call.confirmed_late",
+                    request_id=rid,
+                    tries=tries,
+                    seconds=round(loop.time() - first, 1),
+                )
+            return
 
     async def call(
         self,

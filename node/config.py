@@ -103,7 +103,7 @@ class CallsSection(_Section):
 
     max_payload: int = Field(8 * 1024 * 1024, ge=1024)
     replay_window: float = Field(300.0, gt=0)
-    ack_wait: float = Field(30.0, gt=0)
+    ack_wait: float = Field(5.0, gt=0)
     max_deliver: int = Field(5, ge=1)
     fetch_batch: int = Field(64, ge=1, le=1024)
     max_in_flight: int = Field(256, ge=1)

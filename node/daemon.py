@@ -242,6 +242,8 @@ class NodeDaemon:
         if self.federation is not None:
             await self.federation.close()
         await self._finish_calls()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         if self.writer is not None and self.eventlog is not None and self.eventlog.initialized:
             with contextlib.suppress(FederationError):
                 await self.writer.append(NodeStopped(reason=reason))
@@ -596,7 +598,11 @@ class NodeDaemon:
         calls = self.cfg.calls
         assert self.pipeline is not None
         self.dispatcher = Dispatcher(
-            self.pipeline, self._spawn, self._release, metrics=self.metrics
+            self.pipeline,
+            self._spawn,
+            self._release,
+            metrics=self.metrics,
+            keepalive_every=calls.ack_wait / 3,
         )
         self.consumer = CallConsumer(
             self.nc,

@@ -6,7 +6,8 @@ it and takes it on the loop's next turn, as one unit (:meth:`node.pipeline.Pipel
 signatures checked off the loop, one log append). Outcomes known at once (rejections,
 copies) are acked together (publishing only queues an ack; the client writes them out in
 one go); each accepted call runs in its own task and is acked when its outcome is logged.
-Each message holds its consumer slot until it is acked or handed back.
+Each message holds its consumer slot until it is acked or handed back, and is kept alive
+(``+WPI`` every ``ack_wait/3``, :class:`~node.execution.KeepAlive`) all that time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
+from node.execution import KeepAlive
 from node.observability import NodeMetrics, module_of
 from node.pipeline import Delivery, Job, Outcome, Pipeline
 
@@ -44,17 +46,33 @@ class Dispatcher:
         release: Callable[[], None],
         *,
         metrics: NodeMetrics | None = None,
+        keepalive_every: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.spawn = spawn
-        self.release = release
+        self._release = release
+        #: ``+WPI`` for held messages (every ``ack_wait/3``), from delivery to ack.
+        self.keepalive = KeepAlive(keepalive_every) if keepalive_every else None
         self.metrics = metrics
         self._burst: list[Msg] = []  # delivered since the loop last turned
         self.bursts = 0
 
+    def release(self, msg: Msg) -> None:
+        """``msg`` was acked or handed back: no more keep-alive, its slot is free."""
+        if self.keepalive is not None:
+            self.keepalive.drop(msg)
+        self._release()
+
+    def close(self) -> None:
+        """Stop the keep-alive timer."""
+        if self.keepalive is not None:
+            self.keepalive.stop()
+
     def deliver(self, msg: Msg) -> None:
         """The consumer's handler: add ``msg`` to the burst being gathered."""
         self._burst.append(msg)
+        if self.keepalive is not None:
+            self.keepalive.hold(msg)
         if len(self._burst) == 1:
             asyncio.get_running_loop().call_soon(self._take_burst)
 
@@ -71,7 +89,6 @@ class Dispatcher:
                 m.data,
                 m.subject,
                 m.metadata.num_delivered if m.metadata and m.metadata.num_delivered else 1,
-                m.in_progress,
             )
             for m in msgs
         ]
@@ -82,14 +99,14 @@ class Dispatcher:
             for m in msgs:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(m.nak())
-                self.release()
+                self.release(m)
             raise
         except Exception:  # a bug (or a log that refuses) must not take the node down
             log.exception("call.crashed", burst=len(msgs))
             for m in msgs:
                 with contextlib.suppress(Exception):
                     await m.nak(delay=1.0)
-                self.release()
+                self.release(m)
             return
         for msg, step in zip(msgs, taken, strict=True):
             if isinstance(step, Outcome):
@@ -104,13 +121,13 @@ class Dispatcher:
             # stopping with the call unfinished: hand it back for redelivery
             with contextlib.suppress(Exception):
                 await asyncio.shield(msg.nak())
-            self.release()
+            self.release(msg)
             raise
         except Exception:  # a bug must not take the node down; the message comes back
             log.exception("call.crashed", request_id=job.header.id)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
-            self.release()
+            self.release(msg)
             return
         await self._settle(msg, outcome, started)
 
@@ -126,4 +143,4 @@ class Dispatcher:
         except Exception as exc:  # the outcome is logged; a redelivery re-sends it
             log.warning("call.ack_failed", request_id=outcome.request_id, reason=str(exc))
         finally:
-            self.release()
+            self.release(msg)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
 
 from hub.envelopes import RequestHeader
 from hub.errors import (
@@ -52,23 +53,50 @@ class ProgressForwarder:
 
 
 class KeepAlive:
-    """Tells the server every ``every`` seconds that a call is still running (``+WPI``),
-    so its message is not redelivered; a timer, not a task, so a short call costs nothing.
+    """Tells the server that held call messages are still being worked on (``+WPI``).
+
+    A message is held from its delivery until it is acked or handed back: while it waits
+    for the log, for an executor slot, runs, or its result is stored. One timer, every
+    ``every`` seconds (a third of ``ack_wait``), sends ``+WPI`` for each message held
+    longer than that; a call that ends sooner costs one dict entry. So ``ack_wait`` can be
+    short (a killed node's calls come back within seconds) and long calls still are not
+    redelivered while they run.
     """
 
-    def __init__(self, tick: Callable[[], Awaitable[None]], every: float) -> None:
-        self.tick, self.every = tick, every
-        self.loop = asyncio.get_running_loop()
-        self.timer: asyncio.TimerHandle | None = self.loop.call_later(every, self._fire)
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.held: dict[int, tuple[float, Msg]] = {}
+        self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    def hold(self, msg: Msg) -> None:
+        """``msg`` was delivered: keep it alive until :meth:`drop`."""
+        loop = asyncio.get_running_loop()
+        self.held[id(msg)] = (loop.time(), msg)
+        if self.timer is None:
+            self.timer = loop.call_later(self.every, self._fire)
+
+    def drop(self, msg: Msg) -> None:
+        """``msg`` was acked or handed back."""
+        self.held.pop(id(msg), None)
 
     def _fire(self) -> None:
-        self.task = self.loop.create_task(self._send())
-        self.timer = self.loop.call_later(self.every, self._fire)
+        loop = asyncio.get_running_loop()
+        self.timer = None
+        if not self.held:
+            return
+        cutoff = loop.time() - self.every * 0.9
+        due = [msg for since, msg in self.held.values() if since <= cutoff]
+        if due and (self.task is None or self.task.done()):
+            self.task = loop.create_task(self._send(due))
+        self.timer = loop.call_later(self.every, self._fire)
 
-    async def _send(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.tick()
+    async def _send(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            with contextlib.suppress(Exception):  # disconnected: the reconnect resumes
+                await msg.in_progress()
+                self.sent += 1
 
     def stop(self) -> None:
         """No more ticks."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +60,7 @@ from node import projections
 from node.bulk import BulkLink, SealedResult
 from node.config import CallsSection
 from node.control import Control, ControlAnswer
-from node.execution import KeepAlive, ProgressForwarder, public_reason
+from node.execution import ProgressForwarder, public_reason
 from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
 from node.replay import ReplayGuard, recent_nonces
@@ -71,8 +71,6 @@ from node.runner import CancelSignal, Runner
 __all__ = ["DUPLICATE", "Delivery", "Job", "Outcome", "Pipeline"]
 
 log = structlog.get_logger(__name__)
-
-Tick = Callable[[], Awaitable[None]]
 
 #: The outcome of a copy of a request that was already dealt with.
 DUPLICATE = "duplicate"
@@ -98,7 +96,6 @@ class Delivery:
     data: bytes
     subject: str
     delivery: int = 1
-    keepalive: Tick | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +107,6 @@ class Job:
     content_key: bytes
     kwargs: dict[str, object]
     attempt: int
-    keepalive: Tick | None
 
 
 class Pipeline:
@@ -189,12 +185,10 @@ class Pipeline:
 
     # --- one message, or a burst ----------------------------------------------------------
 
-    async def handle(
-        self, data: bytes, subject: str, *, delivery: int = 1, keepalive: Tick | None = None
-    ) -> Outcome:
+    async def handle(self, data: bytes, subject: str, *, delivery: int = 1) -> Outcome:
         """Process one call message to its outcome; never raises for anything the message
         contains."""
-        (taken,) = await self.take([Delivery(data, subject, delivery, keepalive)])
+        (taken,) = await self.take([Delivery(data, subject, delivery)])
         return taken if isinstance(taken, Outcome) else await self.run(taken)
 
     async def take(self, burst: Sequence[Delivery]) -> list[Outcome | Job]:
@@ -239,7 +233,7 @@ class Pipeline:
                         except FederationError as exc:
                             unopened[i] = (o.header, exc)
                         else:
-                            taken[i] = Job(o.header, o.record, key, kwargs, 1, d.keepalive)
+                            taken[i] = Job(o.header, o.record, key, kwargs, 1)
                         continue
                     o = rej
                 events.append(o.event())
@@ -362,7 +356,7 @@ class Pipeline:
             content_key, kwargs = self._decrypt(req)
         except FederationError as exc:
             return await self._fail(h, None, exc, time.perf_counter())
-        return Job(h, req.record, content_key, kwargs, max(attempt, 1), d.keepalive)
+        return Job(h, req.record, content_key, kwargs, max(attempt, 1))
 
     def _decrypt(self, req: Verified) -> tuple[bytes, dict[str, object]]:
         """Unwrap the content key (wrapped by the caller's registered key), decrypt and
@@ -394,7 +388,6 @@ class Pipeline:
         h, rid = job.header, job.header.id
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
-        ka: KeepAlive | None = None
         try:
             cancel = CancelSignal()
             if self.cancel_early.pop(rid, None) is not None:
@@ -405,7 +398,6 @@ class Pipeline:
             if module_timeout is not None:
                 timeout = min(timeout, module_timeout)
             reporter = ProgressForwarder(self.replies, self.writer, h, job.content_key)
-            ka = KeepAlive(job.keepalive, self.calls.ack_wait / 3) if job.keepalive else None
             deadline = time.monotonic() + timeout
             try:
                 kwargs = job.kwargs
@@ -428,11 +420,9 @@ class Pipeline:
         except Exception as exc:  # every other failure ends the request, exactly once
             return await self._fail(h, job.content_key, exc, started)
         finally:
-            # kept alive until the call has ended: sending and keeping a large result
-            # takes longer than ack_wait, and a redelivery meanwhile would be answered
-            # as a copy of an ended call
-            if ka is not None:
-                ka.stop()
+            # the dispatcher keeps the message alive from delivery to ack (sending and
+            # keeping a large result takes longer than ack_wait, and a redelivery meanwhile
+            # would be answered as a copy of an ended call)
             self.in_flight -= 1
             if self.bulk is not None:
                 self.bulk.release(rid)

@@ -167,7 +167,7 @@ async def ensure_calls_consumer(
     js: JetStreamContext,
     site: str,
     *,
-    ack_wait: float = 30.0,
+    ack_wait: float = 5.0,
     max_deliver: int = 5,
     max_ack_pending: int = 1000,
 ) -> api.ConsumerInfo:

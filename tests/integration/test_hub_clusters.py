@@ -12,19 +12,19 @@ Each test starts its own federation (a few seconds for the supercluster).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from conftest import node_nats
+from support.chaos import hub_server_of
 from support.hostile import wait_reachable
 from support.world import World
 
 from hub.client import Client
 from hub.errors import TransportError
-from hub.nats import NatsServer, connect
+from hub.nats import connect
 from hub.subjects import EVENTS_STREAM, hub_events_stream
 from node.daemon import NodeDaemon
 
@@ -33,16 +33,6 @@ if TYPE_CHECKING:
 
 FederationFactory = Callable[..., Coroutine[Any, Any, "Federation"]]
 CALLER = "klaus@geomar"
-_LEAF_UP = re.compile(r"127\.0\.0\.1:(\d+) - lid:\d+ - Leafnode connection created")
-
-
-def hub_server_of(fed: Federation, site: str) -> NatsServer:
-    """The hub server ``site``'s leaf is connected to now (from the leaf's own log)."""
-    ports = _LEAF_UP.findall(fed.leaves[site].log_path.read_text())
-    assert ports, f"{site}'s leaf never connected"
-    servers = {s.name: s for h in fed.topology.hubs for s in h.servers}
-    (name,) = [n for n, s in servers.items() if s.leafnode_port == int(ports[-1])]
-    return fed.hubs[name]
 
 
 def _world(tmp_path: Path, fed: Federation) -> tuple[World, Any]:

@@ -162,9 +162,20 @@ async def test_the_calls_consumer_is_a_durable_explicit_ack_pull_consumer(
     assert info.name == subjects.CALLS_CONSUMER
     assert info.config.durable_name == subjects.CALLS_CONSUMER
     assert info.config.ack_policy == api.AckPolicy.EXPLICIT
-    assert info.config.ack_wait == 30
+    assert info.config.ack_wait == 5
     assert info.config.max_deliver == 5
     assert info.config.deliver_subject is None
+
+
+async def test_a_new_ack_wait_updates_the_existing_calls_consumer(
+    nc: NatsClient, shared_site: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_site_streams(js, shared_site)
+    await ensure_calls_consumer(js, shared_site, ack_wait=30)
+    await ensure_calls_consumer(js, shared_site, ack_wait=4)
+    info = await js.consumer_info(subjects.CALLS_STREAM, subjects.CALLS_CONSUMER)
+    assert info.config.ack_wait == 4
 
 
 async def test_events_cannot_be_deleted_from_the_events_stream(
