@@ -29,6 +29,14 @@ from hub.nats import get_object
 from hub.subjects import CALLS_CONSUMER, CALLS_STREAM, RESULTS_BUCKET
 from node.config import NodeConfig
 
+
+@pytest.fixture(scope="module")
+def federation(open_federation: Federation) -> Federation:
+    """Bulk transfers, not logins, are what these tests are about: the site servers' client
+    ports are open (the hub is secured as everywhere); logins are tested elsewhere."""
+    return open_federation
+
+
 if TYPE_CHECKING:
     from conftest import Federation
 

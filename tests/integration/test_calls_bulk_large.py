@@ -30,6 +30,14 @@ from hub.subjects import RESULTS_BUCKET
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
+
+@pytest.fixture(scope="module")
+def federation(open_federation: Federation) -> Federation:
+    """Bulk transfers, not logins, are what these tests are about: the site servers' client
+    ports are open (the hub is secured as everywhere); logins are tested elsewhere."""
+    return open_federation
+
+
 if TYPE_CHECKING:
     from conftest import Federation
 
