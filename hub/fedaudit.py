@@ -24,7 +24,7 @@ from hub.audit import AuditReport, audit_events, verdict
 from hub.audit.hubcopy import CopiedLog, hub_sites, read_site_copy
 from hub.errors import ConfigError
 from hub.nats.config import HUB_DOMAIN
-from hub.nats.connection import connect
+from hub.nats.connection import auth_options, connect
 from hub.records import SignedRecord
 from hub.witness import WitnessView, read_witness_view
 
@@ -99,7 +99,8 @@ class SiteAudit:
 async def _read(
     url: str, sites: list[str] | None, folder: Path
 ) -> tuple[dict[str, list[CopiedLog]], WitnessView]:
-    nc = await connect(url, connect_timeout=5)
+    # a generated hub admits only its admin's NKey, over TLS: FEDHUB_CREDS and FEDHUB_CA
+    nc = await connect(url, connect_timeout=5, **auth_options())
     try:
         names = sites if sites is not None else await hub_sites(nc)
         copies = {site: await read_site_copy(nc, site, folder / site) for site in names}
