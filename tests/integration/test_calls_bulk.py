@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import xarray as xr
+from support.bulk import CALLER, MiB, bulk_node_config
 from support.hostile import LogView, Spy, audit_node, wait_reachable
 from support.world import World
 
@@ -37,10 +38,6 @@ def federation(open_federation: Federation) -> Federation:
 if TYPE_CHECKING:
     from conftest import Federation
 
-CALLER = "klaus@geomar"
-BULKDATA = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "bulkdata.py"
-MiB = 1024 * 1024
-
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
@@ -49,22 +46,9 @@ def world(tmp_path: Path) -> World:
     return w
 
 
-def node_config(world: World, federation: Federation, unique: Any, **calls: Any) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        name=unique("n").replace("_", "-"),
-        nats_url=federation.site_url("hereon"),
-        modules=[("bulk", BULKDATA)],
-        trust=["geomar"],
-        users=[CALLER],
-        grants=[(CALLER, "bulk", "*")],
-        calls=calls,
-    )
-
-
 @pytest.fixture
 def hereon_cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
-    return node_config(world, federation, unique, bulk_threshold=MiB)
+    return bulk_node_config(world, federation, unique, bulk_threshold=MiB)
 
 
 async def client(world: World, federation: Federation, **options: Any) -> Client:
@@ -206,7 +190,7 @@ async def test_a_bulk_argument_other_than_the_signed_one_is_refused_and_the_call
 async def test_an_argument_above_the_sites_bulk_limit_fails_at_once_as_oversize(
     world: World, federation: Federation, unique: Any
 ) -> None:
-    cfg = node_config(world, federation, unique, bulk_threshold=MiB, bulk_max_size=2 * MiB)
+    cfg = bulk_node_config(world, federation, unique, bulk_threshold=MiB, bulk_max_size=2 * MiB)
     async with NodeDaemon(cfg), await client(world, federation) as fed:
         await wait_reachable(fed, "hereon", "bulk")
         handle = await fed.submit("hereon.bulk.count", data=b"\x01" * (3 * MiB), timeout=120)
@@ -235,7 +219,7 @@ async def test_a_result_that_takes_longer_than_ack_wait_to_send_is_not_answered_
 ) -> None:
     """The node keeps the call's message alive while it sends and keeps the result, so the
     server does not deliver it again meanwhile (a copy would be answered "already ended")."""
-    cfg = node_config(
+    cfg = bulk_node_config(
         world, federation, unique, bulk_threshold=MiB, ack_wait=0.3, bulk_window=64 * 1024
     )
     async with NodeDaemon(cfg), await client(world, federation) as fed:
@@ -250,7 +234,7 @@ async def test_a_result_that_takes_longer_than_ack_wait_to_send_is_not_answered_
 async def test_a_module_configured_to_compress_sends_its_large_results_compressed(
     world: World, federation: Federation, unique: Any
 ) -> None:
-    cfg = node_config(world, federation, unique, bulk_threshold=MiB)
+    cfg = bulk_node_config(world, federation, unique, bulk_threshold=MiB)
     assert cfg.source is not None
     text = cfg.source.read_text().replace(
         'executor = "thread"', 'executor = "thread"\ncompress = true'

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import xarray as xr
+from support.bulk import CALLER, MiB, bulk_node_config
 from support.hostile import LogView, wait_reachable, wait_until
 from support.world import NodeProcess, World
 
@@ -40,10 +41,6 @@ def federation(open_federation: Federation) -> Federation:
 if TYPE_CHECKING:
     from conftest import Federation
 
-CALLER = "klaus@geomar"
-BULKDATA = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "bulkdata.py"
-MiB = 1024 * 1024
-
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
@@ -54,15 +51,8 @@ def world(tmp_path: Path) -> World:
 
 @pytest.fixture
 def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        name=unique("n").replace("_", "-"),
-        nats_url=federation.site_url("hereon"),
-        modules=[("bulk", BULKDATA)],
-        trust=["geomar"],
-        users=[CALLER],
-        grants=[(CALLER, "bulk", "*")],
-        calls={"ack_wait": 3, "bulk_orphan_age": 1, "bulk_idle_timeout": 5},
+    return bulk_node_config(
+        world, federation, unique, ack_wait=3, bulk_orphan_age=1, bulk_idle_timeout=5
     )
 
 

@@ -19,6 +19,7 @@ import nats.js.errors
 import numpy as np
 import pytest
 import xarray as xr
+from support.bulk import CALLER, MiB, bulk_node_config
 from support.hostile import LogView, Spy, find_in_tree, wait_reachable, wait_until
 from support.world import World
 
@@ -41,9 +42,6 @@ def federation(open_federation: Federation) -> Federation:
 if TYPE_CHECKING:
     from conftest import Federation
 
-CALLER = "klaus@geomar"
-BULKDATA = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "bulkdata.py"
-MiB = 1024 * 1024
 #: The CLI's peak RSS, measured by a parent process that runs only it.
 _RSS_OF_CHILD = (
     "import resource, subprocess, sys\n"
@@ -62,16 +60,7 @@ def world(tmp_path: Path) -> World:
 
 @pytest.fixture
 def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        name=unique("n").replace("_", "-"),
-        nats_url=federation.site_url("hereon"),
-        modules=[("bulk", BULKDATA)],
-        trust=["geomar"],
-        users=[CALLER],
-        grants=[(CALLER, "bulk", "*")],
-        calls={"ack_wait": 5},
-    )
+    return bulk_node_config(world, federation, unique, ack_wait=5)
 
 
 @pytest.fixture
