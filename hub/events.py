@@ -32,7 +32,6 @@ __all__ = [
     "DOMAIN_EVENT",
     "EVENT_TYPES",
     "EVENT_VERSION",
-    "FINAL_REQUEST_TYPES",
     "V1_ONLY_TYPES",
     "V2_ONLY_TYPES",
     "CheckpointConflict",
@@ -394,7 +393,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
         CheckpointData,
     )
 )
-FINAL_REQUEST_TYPES = frozenset({"request.completed", "request.failed"})
 #: Types a version 2 body never carries (their work is done by other events).
 V1_ONLY_TYPES = frozenset({"request.received", "result.stored"})
 #: Types only a version 2 body carries (the federation directory and witnesses).
