@@ -30,6 +30,15 @@ from hub.transfer import DEFAULT_CHUNK_SIZE, Receiver, Sender, TransferOptions, 
 
 
 def _peak_rss_kib() -> int:
+    """This process's own peak RSS: ``VmHWM`` on Linux. (``ru_maxrss`` there also counts
+    the peak of the process that forked this one, carried across ``exec``.)"""
+    try:
+        with Path("/proc/self/status").open() as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
