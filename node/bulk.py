@@ -191,6 +191,7 @@ class BulkLink:
             expect_control=route.control,
             options=self.options,
             timeout=timeout,
+            sync=False,  # a spool file: after a crash the call comes again, and so does it
         )
         stop = receiver.cancel
         cancel.add_callback(lambda: stop("the call was cancelled"))

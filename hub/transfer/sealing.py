@@ -55,6 +55,7 @@ __all__ = [
     "open_bytes",
     "open_stream",
     "read_frame",
+    "read_frame_after",
     "seal_bytes",
     "seal_file",
     "seal_stream",
@@ -230,7 +231,7 @@ def _size_of(source: BinaryIO) -> int:
     return end - here
 
 
-def _read_exactly(source: BinaryIO, size: int) -> bytes:
+def _read_exactly(source: BinaryIO | io.BufferedIOBase, size: int) -> bytes:
     data = source.read(size)
     while len(data) < size:
         more = source.read(size - len(data))
@@ -448,20 +449,46 @@ class Opener:
             raise self._fail("the payload hash does not match the header", None)
 
 
-def read_frame(source: BinaryIO) -> bytes | None:
-    """Read one frame's sealed chunk from ``source``; ``None`` at a clean end of input."""
+def _frame_size(source: BinaryIO | io.BufferedIOBase) -> int | None:
+    """Read one frame's length prefix; ``None`` at a clean end of input."""
     prefix = _read_exactly(source, FRAME_PREFIX_BYTES)
     if not prefix:
         return None
     if len(prefix) != FRAME_PREFIX_BYTES:
         raise ChunkError("sealed payload ends inside a frame length")
-    (size,) = _U32.unpack(prefix)
+    size: int = _U32.unpack(prefix)[0]
     if size > sealed_chunk_limit(MAX_CHUNK_SIZE):
         raise ChunkError(f"frame of {size} bytes is larger than any chunk")
+    return size
+
+
+def read_frame(source: BinaryIO) -> bytes | None:
+    """Read one frame's sealed chunk from ``source``; ``None`` at a clean end of input."""
+    size = _frame_size(source)
+    if size is None:
+        return None
     sealed = _read_exactly(source, size)
     if len(sealed) != size:
         raise ChunkError("sealed payload ends inside a frame")
     return sealed
+
+
+def read_frame_after(source: io.BufferedIOBase, head: bytes) -> bytearray | None:
+    """``head`` ‖ the next frame's sealed chunk, read straight into one buffer (a message
+    to send, without copying the chunk again); ``None`` at a clean end of input."""
+    size = _frame_size(source)
+    if size is None:
+        return None
+    message = bytearray(len(head) + size)
+    message[: len(head)] = head
+    view = memoryview(message)[len(head) :]
+    got = 0
+    while got < size:
+        n = source.readinto(view[got:])
+        if not n:
+            raise ChunkError("sealed payload ends inside a frame")
+        got += n
+    return message
 
 
 def iter_frames(source: BinaryIO, header: Header) -> Iterator[tuple[int, bytes]]:

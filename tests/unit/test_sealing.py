@@ -246,3 +246,27 @@ def test_incompressible_chunks_are_sealed_as_they_are_even_with_compression_on()
     # one encoding byte, a 4-byte frame length and 17 bytes of tag per chunk; no zstd frame
     assert len(sealed) == HEADER_BYTES + len(data) + 10 * (1 + 4 + 17)
     assert open_bytes(sealed, KEY) == data
+
+
+def test_a_frame_read_into_a_message_is_the_head_and_the_frame_as_read_frame_gives_it() -> None:
+    from hub.transfer.sealing import read_frame_after
+
+    sealed = seal_bytes(b"z" * 25, KEY, chunk_size=10)
+    header, chunks = split(sealed)
+    body = io.BytesIO(sealed[HEADER_BYTES:])
+    messages: list[bytes] = []
+    while (message := read_frame_after(body, b"D" + bytes([len(messages)]))) is not None:
+        messages.append(bytes(message))
+    assert messages == [b"D" + bytes([i]) + c for i, c in enumerate(chunks)]
+    assert open_chunks(header, [m[2:] for m in messages]) == b"z" * 25
+
+
+def test_a_frame_cut_short_fails_when_read_into_a_message() -> None:
+    from hub.transfer.sealing import read_frame_after
+
+    sealed = seal_bytes(b"z" * 25, KEY, chunk_size=10)
+    body = io.BytesIO(sealed[HEADER_BYTES:-3])
+    assert read_frame_after(body, b"D") is not None
+    assert read_frame_after(body, b"D") is not None
+    with pytest.raises(ChunkError, match="ends inside a frame"):
+        read_frame_after(body, b"D")
