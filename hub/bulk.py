@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 from hub.envelopes import Bulk
 from hub.errors import ConfigError
+from hub.netcdf3 import write_netcdf3
 from hub.transfer import DEFAULT_CHUNK_SIZE, SealedInfo, TransferProgress
 
 __all__ = [
@@ -157,13 +158,25 @@ def netcdf_engine() -> str:
 def write_netcdf(value: Any, path: Path) -> str:
     """Write an xarray value to ``path``; return ``DataArray`` or ``Dataset``.
 
+    With the scipy engine (NetCDF3) the file is written by :func:`hub.netcdf3.write_netcdf3`,
+    byte for byte what xarray writes, in bounded memory beyond the value itself.
+
     Raises ValueError when the file would not give the value back as it is (an engine
     may narrow a dtype it cannot store, e.g. NetCDF3 and int64): then send it otherwise.
     """
     import xarray as xr
 
     kind = "DataArray" if isinstance(value, xr.DataArray) else "Dataset"
-    value.to_netcdf(path, engine=netcdf_engine())
+    engine = netcdf_engine()
+    done = False
+    if engine == "scipy":  # its own writer holds every variable about three times over
+        try:
+            write_netcdf3(value, path)
+            done = True
+        except Exception:  # a value it does not handle: xarray writes it, or says why not
+            path.unlink(missing_ok=True)
+    if not done:
+        value.to_netcdf(path, engine=engine)
     if kind == "DataArray":
         name = value.name if value.name is not None else "__xarray_dataarray_variable__"
         value = value.to_dataset(name=name)

@@ -1,0 +1,275 @@
+"""Writing an xarray value as a NetCDF3 file in bounded memory (beyond the value itself).
+
+xarray's ``scipy`` engine, the NetCDF engine that needs no C library, builds every variable
+whole in memory and then copies it again to write it (``scipy.io.netcdf`` cannot write
+incrementally): a value of N bytes costs up to 3 N of memory while it is written, which a
+node returning a large DataArray cannot afford. :func:`write_netcdf3` encodes the value
+with xarray's own machinery (CF conventions, NetCDF3 dtype and name rules: the same
+variables, dimensions and attributes the scipy engine would write) and then writes the
+64-bit-offset format itself, each variable in blocks of a few MiB. A lazily opened value
+is read one block at a time where its encoding leaves it lazy.
+
+The format (NetCDF classic, version 2: 64-bit offsets)::
+
+    'CDF' 0x02 ‖ numrecs ‖ dim_list ‖ gatt_list ‖ var_list ‖ data of each variable
+
+Only fixed-size variables: a value with an unlimited dimension raises NotImplementedError
+(write it with xarray then).
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+__all__ = ["BLOCK_BYTES", "write_netcdf3"]
+
+#: Bytes of a variable converted and written at a time.
+BLOCK_BYTES = 4 * 1024 * 1024
+
+_NC_DIMENSION = b"\x00\x00\x00\x0a"
+_NC_VARIABLE = b"\x00\x00\x00\x0b"
+_NC_ATTRIBUTE = b"\x00\x00\x00\x0c"
+_ABSENT = bytes(8)
+#: NetCDF3 type codes and their big-endian dtypes, by (dtype kind char, item size).
+_TYPES: dict[tuple[str, int], tuple[int, str]] = {
+    ("b", 1): (1, ">i1"),
+    ("B", 1): (2, "S1"),
+    ("S", 1): (2, "S1"),
+    ("c", 1): (2, "S1"),
+    ("h", 2): (3, ">i2"),
+    ("i", 4): (4, ">i4"),
+    ("l", 4): (4, ">i4"),
+    ("f", 4): (5, ">f4"),
+    ("d", 8): (6, ">f8"),
+}
+_NC_INT, _NC_FLOAT, _NC_CHAR = 4, 5, 2
+#: The default fill values of NetCDF3, by type code.
+_FILLS = {
+    1: b"\x81",
+    2: b"\x00",
+    3: b"\x80\x01",
+    4: b"\x80\x00\x00\x01",
+    5: b"\x7c\xf0\x00\x00",
+    6: b"\x47\x9e\x00\x00\x00\x00\x00\x00",
+}
+_I32 = struct.Struct(">i")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class _Target:
+    """Where xarray's writer puts a variable's data: kept by reference, written later."""
+
+    def __init__(self) -> None:
+        self.data: Any = None
+
+    def __setitem__(self, key: object, value: Any) -> None:
+        if key is not Ellipsis:
+            raise NotImplementedError("region writes")
+        self.data = value
+
+
+def _store_class() -> type:
+    """The xarray data store that collects an encoded value (made on first use: xarray
+    is imported only by those who write NetCDF)."""
+    from xarray.backends.common import WritableCFDataStore
+
+    nc3: Any = importlib.import_module("xarray.backends.netcdf3")  # untyped functions
+    encode_nc3_attr_value = nc3.encode_nc3_attr_value
+    encode_nc3_variable = nc3.encode_nc3_variable
+    is_valid_nc3_name = nc3.is_valid_nc3_name
+
+    class CollectingStore(WritableCFDataStore):
+        """Takes dimensions, attributes and variables as xarray's scipy store would."""
+
+        def __init__(self) -> None:
+            self.dimensions: dict[str, int] = {}
+            self.attributes: dict[str, Any] = {}
+            self.variables: dict[str, tuple[Any, dict[str, Any], _Target]] = {}
+
+        def get_dimensions(self) -> dict[str, int]:
+            return dict(self.dimensions)
+
+        def get_parent_dimensions(self) -> dict[str, int]:
+            return {}
+
+        def get_attrs(self) -> dict[str, Any]:
+            return dict(self.attributes)
+
+        def get_variables(self) -> dict[str, Any]:
+            return {}
+
+        def set_dimension(self, name: str, length: int, is_unlimited: bool = False) -> None:
+            if is_unlimited:
+                raise NotImplementedError("unlimited dimensions")
+            self.dimensions[name] = length
+
+        def set_attribute(self, key: str, value: Any) -> None:
+            if not is_valid_nc3_name(key):
+                raise ValueError(f"{key!r} is no valid NetCDF3 attribute name")
+            self.attributes[key] = encode_nc3_attr_value(value)
+
+        def encode_variable(self, variable: Any, name: str | None = None) -> Any:
+            return encode_nc3_variable(variable, name=name)
+
+        def prepare_variable(
+            self,
+            name: str,
+            variable: Any,
+            check_encoding: bool = False,
+            unlimited_dims: Any = None,
+        ) -> tuple[_Target, Any]:
+            if check_encoding and variable.encoding and variable.encoding != {"_FillValue": None}:
+                raise ValueError(f"unexpected encoding: {list(variable.encoding)}")
+            for key in variable.attrs:
+                if not is_valid_nc3_name(key):
+                    raise ValueError(f"{key!r} is no valid NetCDF3 attribute name")
+            target = _Target()
+            self.variables[name] = (variable.dims, dict(variable.attrs), target)
+            return target, variable.data
+
+    return CollectingStore
+
+
+def write_netcdf3(value: Any, path: Path) -> None:
+    """Write an xarray DataArray or Dataset to ``path`` as the scipy engine would, holding
+    no more than a block of it beyond the value itself."""
+    import xarray as xr
+    from xarray import conventions
+    from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
+
+    if isinstance(value, xr.DataArray):  # named as DataArray.to_netcdf names it
+        if value.name is None:
+            dataset = value.to_dataset(name=DATAARRAY_VARIABLE)
+        elif value.name in value.coords or value.name in value.dims:
+            dataset = value.to_dataset(name=DATAARRAY_VARIABLE)
+            dataset.attrs[DATAARRAY_NAME] = value.name
+        else:
+            dataset = value.to_dataset()
+    else:
+        dataset = value
+    if dataset.encoding.get("unlimited_dims"):
+        raise NotImplementedError("unlimited dimensions")
+    for name in dataset.variables:
+        if not isinstance(name, str):
+            raise ValueError(f"variable name {name!r} is not a string")
+    store = _store_class()()
+    variables, attributes = conventions.encode_dataset_coordinates(dataset)
+    store.store(variables, attributes)
+    with path.open("wb") as out:
+        _write(out, store.dimensions, store.attributes, store.variables)
+
+
+def _write(
+    out: BinaryIO,
+    dimensions: dict[str, int],
+    attributes: dict[str, Any],
+    variables: dict[str, tuple[Any, dict[str, Any], _Target]],
+) -> None:
+    arrays = {name: np.asarray(target.data) for name, (_, _, target) in variables.items()}
+    for name, array in arrays.items():
+        if (array.dtype.char, array.dtype.itemsize) not in _TYPES:
+            raise ValueError(f"variable {name!r} has dtype {array.dtype}, not one of NetCDF3")
+    order = list(dimensions)
+    # scipy's order: by shape, largest first (stable among equal shapes)
+    names = sorted(arrays, key=lambda n: arrays[n].shape, reverse=True)
+    metas = []
+    for name in names:
+        dims, attrs, _ = variables[name]
+        nc_type, _ = _TYPES[arrays[name].dtype.char, arrays[name].dtype.itemsize]
+        vsize = arrays[name].size * arrays[name].dtype.itemsize
+        vsize += -vsize % 4
+        meta = _name(name) + _I32.pack(len(dims))
+        meta += b"".join(_I32.pack(order.index(d)) for d in dims)
+        meta += _attr_list(attrs) + _I32.pack(nc_type) + _U32.pack(min(vsize, 2**32 - 1))
+        metas.append((meta, vsize))
+    head = b"CDF\x02" + _I32.pack(0)
+    if dimensions:
+        head += _NC_DIMENSION + _I32.pack(len(dimensions))
+        head += b"".join(_name(d) + _I32.pack(n) for d, n in dimensions.items())
+    else:
+        head += _ABSENT
+    head += _attr_list(attributes)
+    head += _NC_VARIABLE + _I32.pack(len(metas)) if metas else _ABSENT
+    begin = len(head) + sum(len(meta) + 8 for meta, _ in metas)
+    for meta, vsize in metas:
+        head += meta + _U64.pack(begin)
+        begin += vsize
+    out.write(head)
+    for name in names:
+        array = arrays[name]
+        nc_type, dtype = _TYPES[array.dtype.char, array.dtype.itemsize]
+        for block in _blocks(array.shape, array.dtype.itemsize):
+            out.write(np.ascontiguousarray(array[block], dtype=dtype).tobytes())
+        pad = -(array.size * array.dtype.itemsize) % 4
+        if pad:  # padded with the fill value, as scipy pads
+            fill = _FILLS[nc_type]
+            if "_FillValue" in variables[name][1]:
+                given = np.array(variables[name][1]["_FillValue"], dtype=dtype).tobytes()
+                fill = given if len(given) == array.dtype.itemsize else fill
+            out.write(fill * (pad // len(fill)))
+
+
+def _blocks(shape: tuple[int, ...], itemsize: int) -> Iterator[tuple[Any, ...]]:
+    """Indexes that cover an array of ``shape`` in C order, each up to BLOCK_BYTES (or
+    one element row along the last axis)."""
+
+    def cover(prefix: tuple[int, ...]) -> Iterator[tuple[Any, ...]]:
+        axis = len(prefix)
+        rest = shape[axis:]
+        if not rest or int(np.prod(rest)) * itemsize <= BLOCK_BYTES:
+            yield prefix
+            return
+        row = int(np.prod(rest[1:])) * itemsize
+        if row <= BLOCK_BYTES or axis == len(shape) - 1:
+            step = max(1, BLOCK_BYTES // max(row, 1))
+            for start in range(0, shape[axis], step):
+                yield (*prefix, slice(start, start + step))
+            return
+        for i in range(shape[axis]):
+            yield from cover((*prefix, i))
+
+    yield from cover(())
+
+
+def _name(name: str) -> bytes:
+    data = name.encode()
+    return _I32.pack(len(data)) + data + bytes(-len(data) % 4)
+
+
+def _attr_list(attrs: dict[str, Any]) -> bytes:
+    if not attrs:
+        return _ABSENT
+    out = _NC_ATTRIBUTE + _I32.pack(len(attrs))
+    for key, value in attrs.items():
+        out += _name(key) + _attr_value(value)
+    return out
+
+
+def _attr_value(value: Any) -> bytes:
+    """``nc_type ‖ nelems ‖ values`` padded, typed as scipy types them."""
+    if hasattr(value, "dtype"):
+        nc_type, dtype = _TYPES[value.dtype.char, value.dtype.itemsize]
+    else:
+        sample = value
+        if not isinstance(value, str | bytes):
+            try:
+                sample = value[0]
+            except TypeError:
+                sample = value
+        nc_type = _NC_CHAR
+        for kind, code in ((int, _NC_INT), (float, _NC_FLOAT), (str, _NC_CHAR)):
+            if isinstance(sample, kind):
+                nc_type = code
+                break
+        dtype = {_NC_INT: ">i4", _NC_FLOAT: ">f4", _NC_CHAR: "S1"}[nc_type]
+    array = np.asarray(value, dtype="S" if dtype == "S1" else dtype)
+    count = array.itemsize if array.dtype.char == "S" else array.size
+    data = array.tobytes()
+    return _I32.pack(nc_type) + _I32.pack(count) + data + bytes(-len(data) % 4)
