@@ -161,9 +161,38 @@ def write_netcdf3(value: Any, path: Path) -> None:
             raise ValueError(f"variable name {name!r} is not a string")
     store = _store_class()()
     variables, attributes = conventions.encode_dataset_coordinates(dataset)
+    # a variable still on disk whose encoding leaves its values as they are goes through
+    # the encoder as a placeholder of no memory, and is read a block at a time to write it
+    streams = {name: var for name, var in variables.items() if _streamable(var)}
+    for name, var in streams.items():
+        variables[name] = var.copy(
+            deep=False, data=np.broadcast_to(np.zeros((), var.dtype), var.shape)
+        )
     store.store(variables, attributes)
+    for name, var in streams.items():
+        dims, _, target = store.variables[name]
+        if dims != var.dims or np.asarray(target.data).dtype != var.dtype:
+            raise NotImplementedError(f"variable {name!r} changes in encoding")
     with path.open("wb") as out:
-        _write(out, store.dimensions, store.attributes, store.variables)
+        _write(out, store.dimensions, store.attributes, store.variables, streams)
+
+
+def _streamable(var: Any) -> bool:
+    """Whether ``var`` is not in memory and encodes to itself: a NetCDF3 number type, and
+    no encoding that changes values (scale, offset, another dtype, a numeric fill value
+    replacing NaN)."""
+    dtype = var.dtype
+    if getattr(var, "_in_memory", True) or dtype.kind not in "fi":
+        return False
+    if (dtype.char, dtype.itemsize) not in _TYPES:
+        return False
+    encoding = var.encoding
+    if any(k in encoding for k in ("scale_factor", "add_offset", "missing_value", "units")):
+        return False
+    if np.dtype(encoding.get("dtype", dtype)) != dtype:
+        return False
+    fill = encoding.get("_FillValue")
+    return dtype.kind == "i" or fill is None or bool(np.isnan(fill))
 
 
 def _write(
@@ -171,6 +200,7 @@ def _write(
     dimensions: dict[str, int],
     attributes: dict[str, Any],
     variables: dict[str, tuple[Any, dict[str, Any], _Target]],
+    streams: dict[str, Any],
 ) -> None:
     arrays = {name: np.asarray(target.data) for name, (_, _, target) in variables.items()}
     for name, array in arrays.items():
@@ -205,8 +235,10 @@ def _write(
     for name in names:
         array = arrays[name]
         nc_type, dtype = _TYPES[array.dtype.char, array.dtype.itemsize]
+        stream = streams.get(name)
         for block in _blocks(array.shape, array.dtype.itemsize):
-            out.write(np.ascontiguousarray(array[block], dtype=dtype).tobytes())
+            part = array[block] if stream is None else stream[block].values
+            out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
         pad = -(array.size * array.dtype.itemsize) % 4
         if pad:  # padded with the fill value, as scipy pads
             fill = _FILLS[nc_type]

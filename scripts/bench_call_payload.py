@@ -31,6 +31,7 @@ from hub.canonical import b64e
 from hub.clock import now
 from hub.keys import KeyStore
 from hub.nats import LocalFederation
+from hub.netcdf3 import write_netcdf3
 from hub.records import KeyRecord, sign_record
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
@@ -53,7 +54,7 @@ def identity(da: xr.DataArray) -> xr.DataArray:
 def write_netcdf_payload(path: Path, size: int) -> None:
     """A NetCDF file of about ``size`` bytes of random float64."""
     values = np.random.default_rng(8).random(max(1, size // 8))
-    xr.DataArray(values, dims=("x",), name="v").to_netcdf(path, engine="scipy")
+    write_netcdf3(xr.DataArray(values, dims=("x",), name="v"), path)  # as xarray would
 
 
 def _hwm_kib(pid: int) -> int | None:

@@ -81,3 +81,32 @@ def test_an_attribute_name_netcdf3_cannot_hold_is_refused_as_xarray_refuses_it(
         write_netcdf3(value, tmp_path / "ours.nc")
     with pytest.raises(ValueError):
         write_netcdf(value, tmp_path / "theirs.nc")
+
+
+def test_a_large_lazily_opened_variable_is_never_held_whole(tmp_path: Path) -> None:
+    import tracemalloc
+
+    size = 40 * 1024 * 1024
+    value = xr.DataArray(np.random.default_rng(3).random(size // 8), dims=("x",), name="v")
+    write_netcdf3(value, tmp_path / "in.nc")
+    del value
+    lazy = open_netcdf(tmp_path / "in.nc")
+    tracemalloc.start()
+    try:
+        write_netcdf3(lazy, tmp_path / "out.nc")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * netcdf3.BLOCK_BYTES < size
+    assert (tmp_path / "out.nc").read_bytes() == (tmp_path / "in.nc").read_bytes()
+
+
+def test_a_lazily_opened_variable_with_a_numeric_fill_value_is_written_as_xarray_writes_it(
+    tmp_path: Path,
+) -> None:
+    value = xr.Dataset({"v": (("x",), np.array([1.0, np.nan, 3.0]))})
+    value.to_netcdf(tmp_path / "in.nc", engine="scipy", encoding={"v": {"_FillValue": -999.0}})
+    lazy = xr.open_dataset(tmp_path / "in.nc", engine="scipy")
+    lazy.to_netcdf(tmp_path / "xarray.nc", engine="scipy")
+    write_netcdf3(lazy, tmp_path / "ours.nc")
+    assert (tmp_path / "ours.nc").read_bytes() == (tmp_path / "xarray.nc").read_bytes()
