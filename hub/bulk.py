@@ -142,8 +142,8 @@ def open_netcdf(path: Path, *, kind: str | None = None, load: bool = False) -> A
         return dataset
     (name,) = dataset.data_vars
     array = dataset[name]
-    if name == "__xarray_dataarray_variable__":
-        array = array.rename(None)
+    if name == "__xarray_dataarray_variable__":  # named as DataArray.to_netcdf names it
+        array = array.rename(dataset.attrs.get("__xarray_dataarray_name__"))
     return array
 
 

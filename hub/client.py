@@ -366,7 +366,7 @@ class Client:
         assert key is not None  # the sealer always keeps it
         ciphertext = sealed.ciphertext
         spool, bulk, saving = None, None, None
-        if plan.file is not None or plan.encoded is not None:
+        if plan.in_bulk:
             chunk = chunk_size_for(int(self.nc.max_payload))
             spool, bulk, saving = await call_bulk.seal_arguments(
                 plan, key, compress=compress, chunk_size=chunk

@@ -205,7 +205,8 @@ class BulkLink:
         if bulk.format == "netcdf":
             assert bulk.arg is not None
             try:
-                return {bulk.arg: await asyncio.to_thread(open_netcdf, dest)}
+                opened = await asyncio.to_thread(open_netcdf, dest, kind=bulk.xarray)
+                return {bulk.arg: opened}
             except Exception as exc:  # xarray raises many kinds for a file it cannot read
                 raise ValidationError(
                     f"argument {bulk.arg!r} is no readable NetCDF: {exc}"
