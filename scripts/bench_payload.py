@@ -48,7 +48,13 @@ from benchlib import figure, load_average, say
 from hub.cliutil import configure_logging
 from hub.crypto import new_content_key
 from hub.nats import LocalFederation, iter_object, put_object_stream, start_local_federation
-from hub.transfer import Route, download_route, new_transfer_id, upload_route
+from hub.transfer import (
+    DEFAULT_CHUNK_SIZE,
+    Route,
+    download_route,
+    new_transfer_id,
+    upload_route,
+)
 
 PEER = Path(__file__).resolve().parent / "bulk_peer.py"
 CALLER, NODE, USER = "geomar", "hereon", "bench"
@@ -94,6 +100,7 @@ def _leg(
     upload: bool,
     window: int,
     compress: bool,
+    chunk_size: int,
 ) -> dict[str, Any]:
     """One transfer between two peer processes; the sender's and receiver's reports."""
     tid = new_transfer_id().hex()
@@ -102,7 +109,7 @@ def _leg(
     send_site, recv_site = (CALLER, NODE) if upload else (NODE, CALLER)
     receiver = _peer("receive", fed.site_url(recv_site), route, key, dest=dest, window=window)
     sender = _peer("send", fed.site_url(send_site), route, key, source=source, transfer=tid,
-                   window=window, compress=compress)  # fmt: skip
+                   window=window, compress=compress, chunk_size=chunk_size)  # fmt: skip
     sent, received = _report(sender), _report(receiver)
     return {"sender": sent, "receiver": received}
 
@@ -142,9 +149,10 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
     _payload(source, size)
     load_start = load_average()
     say(f"{size_mib:g} MiB: caller -> node")
-    up = _leg(fed, source, at_node, upload=True, window=args.window, compress=args.compress)
+    knobs = {"window": args.window, "compress": args.compress, "chunk_size": args.chunk_size}
+    up = _leg(fed, source, at_node, upload=True, **knobs)
     say(f"{size_mib:g} MiB: node -> caller")
-    down = _leg(fed, at_node, back, upload=False, window=args.window, compress=args.compress)
+    down = _leg(fed, at_node, back, upload=False, **knobs)
     transfer_s = up["sender"]["seconds"] + down["sender"]["seconds"]
     load_mid = load_average()
     say(f"{size_mib:g} MiB: raw object store put + get")
@@ -175,6 +183,13 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
         "raw_put_mib_s": round(_mib_s(size, put_s), 1),
         "raw_get_mib_s": round(_mib_s(size, get_s), 1),
         "resent_chunks": up["sender"]["resent_chunks"] + down["sender"]["resent_chunks"],
+        # CPU of each side of each leg (seconds, the process's whole run): a figure that a
+        # busy machine disturbs less than the rates
+        **{
+            f"{leg}_{side}_cpu_s": round(report[side]["cpu_seconds"], 2)
+            for leg, report in (("upload", up), ("download", down))
+            for side in ("sender", "receiver")
+        },
         **rss,
     }
 
@@ -270,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help="also 1 GiB")
     parser.add_argument("--concurrent", type=int, default=0, help="N uploads at once")
     parser.add_argument("--window", type=int, default=4 * MIB)
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="transfer legs only"
+    )
     parser.add_argument("--compress", action="store_true", help="zstd per chunk")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-call", action="store_true", help="skip the fedhub call round trip")

@@ -42,6 +42,12 @@ def _peak_rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def _cpu_seconds() -> float:
+    """User and system CPU this process used so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _options(args: argparse.Namespace) -> TransferOptions:
     return TransferOptions(
         window=args.window,
@@ -101,6 +107,7 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         "transfer_seconds": stats.seconds,
         "resent_chunks": stats.resent_chunks,
         "peak_in_flight": stats.peak_in_flight,
+        "cpu_seconds": _cpu_seconds(),
         "rss_start_kib": rss_start,
         "rss_peak_kib": _peak_rss_kib(),
     }
