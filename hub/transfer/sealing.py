@@ -50,6 +50,7 @@ __all__ = [
     "Header",
     "Opener",
     "SealedInfo",
+    "Sealer",
     "iter_frames",
     "new_transfer_id",
     "open_bytes",
@@ -241,6 +242,112 @@ def _read_exactly(source: BinaryIO | io.BufferedIOBase, size: int) -> bytes:
     return data
 
 
+class Sealer:
+    """Seals a payload of a size known up front, written to it piece by piece, into
+    ``sink`` (seekable: the header, which holds the body's hash, is written last into
+    the room left for it). Memory: one chunk.
+
+    Write exactly ``total_size`` bytes, then :meth:`close`; writing more, or closing
+    early, raises :class:`ChunkError`.
+    """
+
+    def __init__(
+        self,
+        sink: BinaryIO,
+        key: bytes,
+        *,
+        total_size: int,
+        transfer_id: bytes | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compress: bool = False,
+    ) -> None:
+        _check_key(key)
+        self._sink = sink
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        stream_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
+        self.header = Header(
+            chunk_size=chunk_size,
+            total_size=total_size,
+            chunk_count=_chunk_count(total_size, chunk_size),
+            transfer_id=transfer_id or new_transfer_id(),
+            stream_header=stream_header,
+            payload_hash=bytes(HASH_BYTES),
+            compressed=compress,
+        )
+        self._start = sink.tell()
+        sink.write(bytes(HEADER_BYTES))
+        self._digest = BodyDigest()
+        self._compressor = zstandard.ZstdCompressor(level=3) if compress else None
+        self._buffer = bytearray()
+        self._index = 0
+        self._body = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Take the next ``len(data)`` bytes of the payload; seal every chunk completed."""
+        header = self.header
+        if (
+            not self._buffer
+            and isinstance(data, bytes)
+            and self._index < header.chunk_count
+            and len(data) == header.plain_size(self._index) > 0
+        ):
+            self._seal(data)  # exactly the next chunk (seal_stream): no copy
+            return len(data)
+        self._buffer += data
+        while self._index < header.chunk_count:
+            need = header.plain_size(self._index)
+            if need == 0 or len(self._buffer) < need:
+                break
+            with memoryview(self._buffer) as view:
+                plain = bytes(view[:need])
+            del self._buffer[:need]
+            self._seal(plain)
+        if self._buffer and self._index == header.chunk_count:
+            raise ChunkError(f"more than the {header.total_size} bytes announced")
+        return len(data)
+
+    def _seal(self, plain: bytes) -> None:
+        header = self.header
+        index = self._index
+        message = _encode_chunk(plain, self._compressor)
+        tag = _TAG_FINAL if index == header.chunk_count - 1 else _TAG_MESSAGE
+        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
+            self._state, message, header.chunk_ad(index), tag
+        )
+        frame = self._digest.add(sealed)
+        self._sink.write(frame)
+        self._sink.write(sealed)
+        self._body += len(frame) + len(sealed)
+        self._index += 1
+
+    def close(self) -> SealedInfo:
+        """Seal what is left, write the header; the result. ChunkError if bytes are
+        missing."""
+        h = self.header
+        if self._index == h.chunk_count - 1 and h.plain_size(self._index) == 0:
+            self._seal(b"")  # an empty payload: one empty final chunk
+        if self._index != h.chunk_count:
+            got = min(self._index * h.chunk_size, h.total_size) + len(self._buffer)
+            raise ChunkError(
+                f"source ended in chunk {self._index}: {got} of {h.total_size} bytes",
+                index=self._index,
+            )
+        self.header = Header(
+            chunk_size=h.chunk_size,
+            total_size=h.total_size,
+            chunk_count=h.chunk_count,
+            transfer_id=h.transfer_id,
+            stream_header=h.stream_header,
+            payload_hash=self._digest.digest(),
+            compressed=h.compressed,
+        )
+        end = self._sink.tell()
+        self._sink.seek(self._start)
+        self._sink.write(self.header.to_bytes())
+        self._sink.seek(end)
+        return SealedInfo(header=self.header, body_size=self._body)
+
+
 def seal_stream(
     source: BinaryIO,
     sink: BinaryIO,
@@ -253,29 +360,21 @@ def seal_stream(
 ) -> SealedInfo:
     """Seal everything ``source`` holds from its position into ``sink`` (header first).
 
-    ``sink`` must be seekable: the header, which holds the body's hash, is written last
-    into the room left for it. ``total_size`` defaults to what is left in a seekable
-    ``source``. Memory: a few chunks, whatever the payload's size. With ``compress``, each
-    chunk is zstd-compressed before sealing when that makes it smaller.
+    ``sink`` must be seekable (see :class:`Sealer`). ``total_size`` defaults to what is
+    left in a seekable ``source``. Memory: a few chunks, whatever the payload's size. With
+    ``compress``, each chunk is zstd-compressed before sealing when that makes it smaller.
     """
     _check_key(key)
     total = _size_of(source) if total_size is None else total_size
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    stream_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key)
-    header = Header(
-        chunk_size=chunk_size,
+    sealer = Sealer(
+        sink,
+        key,
         total_size=total,
-        chunk_count=_chunk_count(total, chunk_size),
-        transfer_id=transfer_id or new_transfer_id(),
-        stream_header=stream_header,
-        payload_hash=bytes(HASH_BYTES),
-        compressed=compress,
+        transfer_id=transfer_id,
+        chunk_size=chunk_size,
+        compress=compress,
     )
-    start = sink.tell()
-    sink.write(bytes(HEADER_BYTES))
-    digest = BodyDigest()
-    compressor = zstandard.ZstdCompressor(level=3) if compress else None
-    body = 0
+    header = sealer.header
     for index in range(header.chunk_count):
         plain = _read_exactly(source, header.plain_size(index))
         if len(plain) != header.plain_size(index):
@@ -283,29 +382,8 @@ def seal_stream(
                 f"source ended in chunk {index}: {len(plain)} of {header.plain_size(index)} bytes",
                 index=index,
             )
-        message = _encode_chunk(plain, compressor)
-        tag = _TAG_FINAL if index == header.chunk_count - 1 else _TAG_MESSAGE
-        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
-            state, message, header.chunk_ad(index), tag
-        )
-        frame = digest.add(sealed)
-        sink.write(frame)
-        sink.write(sealed)
-        body += len(frame) + len(sealed)
-    header = Header(
-        chunk_size=header.chunk_size,
-        total_size=header.total_size,
-        chunk_count=header.chunk_count,
-        transfer_id=header.transfer_id,
-        stream_header=header.stream_header,
-        payload_hash=digest.digest(),
-        compressed=compress,
-    )
-    end = sink.tell()
-    sink.seek(start)
-    sink.write(header.to_bytes())
-    sink.seek(end)
-    return SealedInfo(header=header, body_size=body)
+        sealer.write(plain)
+    return sealer.close()
 
 
 def _encode_chunk(plain: bytes, compressor: zstandard.ZstdCompressor | None) -> bytes:
