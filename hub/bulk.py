@@ -27,8 +27,9 @@ from typing import Any, BinaryIO
 
 from hub.envelopes import Bulk
 from hub.errors import ConfigError
-from hub.netcdf3 import write_netcdf3
+from hub.netcdf3 import prepare_netcdf3, write_netcdf3
 from hub.transfer import DEFAULT_CHUNK_SIZE, SealedInfo, TransferProgress
+from hub.transfer.sealing import Sealer
 
 __all__ = [
     "BULK_KEY_PERSON",
@@ -43,6 +44,7 @@ __all__ = [
     "map_file",
     "netcdf_engine",
     "open_netcdf",
+    "seal_netcdf",
     "write_netcdf",
 ]
 
@@ -187,6 +189,40 @@ def write_netcdf(value: Any, path: Path) -> str:
         changed = sorted(k for k in wanted if got.get(k) != wanted[k])
         raise ValueError(f"NetCDF would not keep the dtypes of {', '.join(changed)}")
     return kind
+
+
+def seal_netcdf(
+    value: Any,
+    sealed: Path,
+    key: bytes,
+    *,
+    transfer_id: bytes,
+    chunk_size: int,
+    compress: bool,
+) -> tuple[SealedInfo, str] | None:
+    """Seal an xarray value as a NetCDF file straight into ``sealed``, with no plaintext
+    file in between; its sealed form and kind (``DataArray``/``Dataset``). None when that
+    cannot be done exactly (another engine than scipy, a value NetCDF3 would read back
+    with other dtypes, one the writer does not handle): then :func:`write_netcdf` it."""
+    if netcdf_engine() != "scipy":
+        return None
+    try:
+        prepared = prepare_netcdf3(value)
+    except Exception:  # a value the writer does not handle: write_netcdf decides
+        return None
+    if not prepared.exact:
+        return None
+    with sealed.open("wb") as sink:
+        sealer = Sealer(
+            sink,
+            key,
+            total_size=prepared.size,
+            transfer_id=transfer_id,
+            chunk_size=chunk_size,
+            compress=compress,
+        )
+        prepared.write(sealer)
+        return sealer.close(), prepared.kind
 
 
 def is_xarray(value: object) -> bool:

@@ -32,6 +32,7 @@ from hub.bulk import (
     is_xarray,
     map_file,
     open_netcdf,
+    seal_netcdf,
     write_netcdf,
 )
 from hub.envelopes import Bulk, ReplyHeader
@@ -151,6 +152,18 @@ async def seal_arguments(
     try:
         if plan.xarray is not None:
             arg, value = plan.xarray
+            direct = await asyncio.to_thread(
+                seal_netcdf,
+                value,
+                spool,
+                key,
+                transfer_id=tid,
+                chunk_size=chunk_size,
+                compress=compress,
+            )
+            if direct is not None:
+                info, kind = direct
+                return spool, describe(info, format="netcdf", arg=arg, xarray=kind), info.saving
             written = await asyncio.to_thread(_as_netcdf, value, spool)
             if written is None:  # NetCDF would change it: the codec carries it exactly
                 plan = ArgumentPlan({}, encoded=codec.encode_many({**plan.inline, arg: value}))

@@ -22,12 +22,13 @@ from __future__ import annotations
 import importlib
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["BLOCK_BYTES", "write_netcdf3"]
+__all__ = ["BLOCK_BYTES", "NetCDF3", "prepare_netcdf3", "write_netcdf3"]
 
 #: Bytes of a variable converted and written at a time.
 BLOCK_BYTES = 4 * 1024 * 1024
@@ -49,6 +50,7 @@ _TYPES: dict[tuple[str, int], tuple[int, str]] = {
     ("d", 8): (6, ">f8"),
 }
 _NC_INT, _NC_FLOAT, _NC_CHAR = 4, 5, 2
+_DTYPES = {code: np.dtype(dtype) for code, dtype in _TYPES.values()}
 #: The default fill values of NetCDF3, by type code.
 _FILLS = {
     1: b"\x81",
@@ -137,9 +139,44 @@ def _store_class() -> type:
     return CollectingStore
 
 
+@dataclass(frozen=True, slots=True)
+class NetCDF3:
+    """A value encoded for NetCDF3, ready to write: its header, its size in bytes."""
+
+    head: bytes
+    #: Variables in file order: name, data (in memory, or still lazy), type code, padding.
+    parts: list[tuple[str, Any, int, bytes]]
+    #: Bytes of the whole file.
+    size: int
+    #: ``DataArray`` or ``Dataset``: what the value was.
+    kind: str
+    #: Whether reading the file back gives every variable its dtype again (NetCDF3 and
+    #: CF decoding change no dtype: no int64 narrowed, no times, strings or masked ints).
+    exact: bool
+
+    def write(self, out: BinaryIO | Any) -> None:
+        """Write the file to ``out`` (anything with ``write``), strictly in order."""
+        out.write(self.head)
+        for _, data, nc_type, pad in self.parts:
+            dtype = _DTYPES[nc_type]
+            for block in _blocks(data.shape, dtype.itemsize):
+                part = data[block]
+                part = part.values if hasattr(part, "values") else part
+                out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
+            out.write(pad)
+
+
 def write_netcdf3(value: Any, path: Path) -> None:
     """Write an xarray DataArray or Dataset to ``path`` as the scipy engine would, holding
     no more than a block of it beyond the value itself."""
+    prepared = prepare_netcdf3(value)
+    with path.open("wb") as out:
+        prepared.write(out)
+
+
+def prepare_netcdf3(value: Any) -> NetCDF3:
+    """Encode an xarray DataArray or Dataset as the scipy engine would (see
+    :class:`NetCDF3`); its data is not read yet."""
     import xarray as xr
     from xarray import conventions
     from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
@@ -159,6 +196,7 @@ def write_netcdf3(value: Any, path: Path) -> None:
     for name in dataset.variables:
         if not isinstance(name, str):
             raise ValueError(f"variable name {name!r} is not a string")
+    original = {str(k): v.dtype for k, v in dataset.variables.items()}
     store = _store_class()()
     variables, attributes = conventions.encode_dataset_coordinates(dataset)
     # a variable still on disk whose encoding leaves its values as they are goes through
@@ -173,8 +211,31 @@ def write_netcdf3(value: Any, path: Path) -> None:
         dims, _, target = store.variables[name]
         if dims != var.dims or np.asarray(target.data).dtype != var.dtype:
             raise NotImplementedError(f"variable {name!r} changes in encoding")
-    with path.open("wb") as out:
-        _write(out, store.dimensions, store.attributes, store.variables, streams)
+    arrays = {name: np.asarray(target.data) for name, (_, _, target) in store.variables.items()}
+    for name, array in arrays.items():
+        if (array.dtype.char, array.dtype.itemsize) not in _TYPES:
+            raise ValueError(f"variable {name!r} has dtype {array.dtype}, not one of NetCDF3")
+    exact = set(arrays) == set(original) and all(
+        _decodes_to_itself(original[name], arrays[name].dtype, store.variables[name][1])
+        for name in arrays
+    )
+    head, parts = _layout(store.dimensions, store.attributes, store.variables, arrays, streams)
+    size = len(head) + sum(
+        arrays[n].size * arrays[n].dtype.itemsize + len(pad) for n, _, _, pad in parts
+    )
+    kind = "DataArray" if isinstance(value, xr.DataArray) else "Dataset"
+    return NetCDF3(head, parts, size, kind, exact)
+
+
+def _decodes_to_itself(dtype: np.dtype[Any], encoded: np.dtype[Any], attrs: dict[str, Any]) -> bool:
+    """Whether xarray reads a variable of ``dtype`` back with that dtype."""
+    if dtype != encoded or dtype.kind not in "fi":
+        return False
+    if any(k in attrs for k in ("scale_factor", "add_offset", "missing_value", "_Unsigned")):
+        return False
+    if any(k in attrs for k in ("calendar", "dtype")) or "since" in str(attrs.get("units", "")):
+        return False
+    return dtype.kind == "f" or "_FillValue" not in attrs
 
 
 def _streamable(var: Any) -> bool:
@@ -195,30 +256,37 @@ def _streamable(var: Any) -> bool:
     return dtype.kind == "i" or fill is None or bool(np.isnan(fill))
 
 
-def _write(
-    out: BinaryIO,
+def _layout(
     dimensions: dict[str, int],
     attributes: dict[str, Any],
     variables: dict[str, tuple[Any, dict[str, Any], _Target]],
+    arrays: dict[str, Any],
     streams: dict[str, Any],
-) -> None:
-    arrays = {name: np.asarray(target.data) for name, (_, _, target) in variables.items()}
-    for name, array in arrays.items():
-        if (array.dtype.char, array.dtype.itemsize) not in _TYPES:
-            raise ValueError(f"variable {name!r} has dtype {array.dtype}, not one of NetCDF3")
+) -> tuple[bytes, list[tuple[str, Any, int, bytes]]]:
+    """The header, and each variable's data, type code and padding in file order."""
     order = list(dimensions)
     # scipy's order: by shape, largest first (stable among equal shapes)
     names = sorted(arrays, key=lambda n: arrays[n].shape, reverse=True)
     metas = []
+    parts = []
     for name in names:
         dims, attrs, _ = variables[name]
-        nc_type, _ = _TYPES[arrays[name].dtype.char, arrays[name].dtype.itemsize]
-        vsize = arrays[name].size * arrays[name].dtype.itemsize
-        vsize += -vsize % 4
+        array = arrays[name]
+        nc_type, dtype = _TYPES[array.dtype.char, array.dtype.itemsize]
+        count = array.size * array.dtype.itemsize
+        vsize = count + -count % 4
         meta = _name(name) + _I32.pack(len(dims))
         meta += b"".join(_I32.pack(order.index(d)) for d in dims)
         meta += _attr_list(attrs) + _I32.pack(nc_type) + _U32.pack(min(vsize, 2**32 - 1))
         metas.append((meta, vsize))
+        pad = b""
+        if vsize > count:  # padded with the fill value, as scipy pads
+            fill = _FILLS[nc_type]
+            if "_FillValue" in attrs:
+                given = np.array(attrs["_FillValue"], dtype=dtype).tobytes()
+                fill = given if len(given) == array.dtype.itemsize else fill
+            pad = fill * ((vsize - count) // len(fill))
+        parts.append((name, streams.get(name, array), nc_type, pad))
     head = b"CDF\x02" + _I32.pack(0)
     if dimensions:
         head += _NC_DIMENSION + _I32.pack(len(dimensions))
@@ -231,21 +299,7 @@ def _write(
     for meta, vsize in metas:
         head += meta + _U64.pack(begin)
         begin += vsize
-    out.write(head)
-    for name in names:
-        array = arrays[name]
-        nc_type, dtype = _TYPES[array.dtype.char, array.dtype.itemsize]
-        stream = streams.get(name)
-        for block in _blocks(array.shape, array.dtype.itemsize):
-            part = array[block] if stream is None else stream[block].values
-            out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
-        pad = -(array.size * array.dtype.itemsize) % 4
-        if pad:  # padded with the fill value, as scipy pads
-            fill = _FILLS[nc_type]
-            if "_FillValue" in variables[name][1]:
-                given = np.array(variables[name][1]["_FillValue"], dtype=dtype).tobytes()
-                fill = given if len(given) == array.dtype.itemsize else fill
-            out.write(fill * (pad // len(fill)))
+    return head, parts
 
 
 def _blocks(shape: tuple[int, ...], itemsize: int) -> Iterator[tuple[Any, ...]]:

@@ -11,7 +11,7 @@ import xarray as xr
 
 from hub import netcdf3
 from hub.bulk import open_netcdf, write_netcdf
-from hub.netcdf3 import write_netcdf3
+from hub.netcdf3 import prepare_netcdf3, write_netcdf3
 
 VALUES = {
     "an unnamed DataArray": xr.DataArray(np.random.default_rng(1).random(1000), dims=("x",)),
@@ -110,3 +110,27 @@ def test_a_lazily_opened_variable_with_a_numeric_fill_value_is_written_as_xarray
     lazy.to_netcdf(tmp_path / "xarray.nc", engine="scipy")
     write_netcdf3(lazy, tmp_path / "ours.nc")
     assert (tmp_path / "ours.nc").read_bytes() == (tmp_path / "xarray.nc").read_bytes()
+
+
+@pytest.mark.parametrize("case", list(VALUES))
+def test_the_prepared_size_is_the_files_and_exact_says_whether_dtypes_come_back(
+    case: str, tmp_path: Path
+) -> None:
+    value = VALUES[case]
+    prepared = prepare_netcdf3(value)
+    write_netcdf3(value, tmp_path / "ours.nc")
+    assert prepared.size == (tmp_path / "ours.nc").stat().st_size
+    back = open_netcdf(tmp_path / "ours.nc", kind=prepared.kind, load=True)
+    wanted = value.to_dataset(name="v") if isinstance(value, xr.DataArray) else value
+    got = back.to_dataset(name="v") if isinstance(back, xr.DataArray) else back
+    same = {k: v.dtype for k, v in got.variables.items()} == {
+        k: v.dtype for k, v in wanted.variables.items()
+    }
+    assert same or not prepared.exact, "exact never claims dtypes that do not come back"
+    if case in ("an unnamed DataArray", "a scalar next to a 3-d array"):
+        assert prepared.exact
+    if case in (
+        "int64 narrowed to int32",
+        "a Dataset of every NetCDF3 type, strings, NaN and times",
+    ):
+        assert not prepared.exact
