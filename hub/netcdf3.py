@@ -162,7 +162,8 @@ class NetCDF3:
             for block in _blocks(data.shape, dtype.itemsize):
                 part = data[block]
                 part = part.values if hasattr(part, "values") else part
-                out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
+                # bytes in file order, handed over without another copy
+                out.write(np.ascontiguousarray(part, dtype=dtype).reshape(-1).view(np.uint8).data)
             out.write(pad)
 
 

@@ -283,7 +283,11 @@ class Sealer:
         self._body = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Take the next ``len(data)`` bytes of the payload; seal every chunk completed."""
+        """Take the next ``len(data)`` bytes of the payload; seal every chunk completed.
+
+        Chunks are sealed from ``data`` where it holds them whole; only the bytes of a
+        chunk that is not complete yet are kept.
+        """
         header = self.header
         if (
             not self._buffer
@@ -293,18 +297,27 @@ class Sealer:
         ):
             self._seal(data)  # exactly the next chunk (seal_stream): no copy
             return len(data)
-        self._buffer += data
-        while self._index < header.chunk_count:
-            need = header.plain_size(self._index)
-            if need == 0 or len(self._buffer) < need:
-                break
-            with memoryview(self._buffer) as view:
-                plain = bytes(view[:need])
-            del self._buffer[:need]
-            self._seal(plain)
-        if self._buffer and self._index == header.chunk_count:
-            raise ChunkError(f"more than the {header.total_size} bytes announced")
-        return len(data)
+        view = memoryview(data).cast("B")
+        try:
+            size, pos = len(view), 0
+            while pos < size and self._index < header.chunk_count:
+                need = header.plain_size(self._index) - len(self._buffer)
+                if size - pos < need:
+                    break
+                if self._buffer:
+                    self._buffer += view[pos : pos + need]
+                    plain = bytes(self._buffer)
+                    self._buffer.clear()
+                else:
+                    plain = bytes(view[pos : pos + need])
+                self._seal(plain)
+                pos += need
+            if pos < size and self._index == header.chunk_count:
+                raise ChunkError(f"more than the {header.total_size} bytes announced")
+            self._buffer += view[pos:]
+        finally:
+            view.release()
+        return size
 
     def _seal(self, plain: bytes) -> None:
         header = self.header
