@@ -477,8 +477,9 @@ class Opener:
         self._failed = True
         return ChunkError(f"transfer {self.header.transfer}: {message}", index=index)
 
-    def open(self, index: int, sealed: bytes) -> bytes:
-        """Open chunk ``index``; return its plaintext. Chunks must come in order."""
+    def open(self, index: int, sealed: bytes) -> bytes | memoryview:
+        """Open chunk ``index``; return its plaintext (a view where that saves a copy).
+        Chunks must come in order."""
         if self._failed:
             raise ChunkError(f"transfer {self.header.transfer}: already failed", index=index)
         if self.complete:
@@ -512,11 +513,11 @@ class Opener:
         self.plain_bytes += len(plain)
         return plain
 
-    def _decode(self, index: int, message: bytes) -> bytes:
+    def _decode(self, index: int, message: bytes) -> bytes | memoryview:
         expected = self.header.plain_size(index)
         if not message or message[0] not in (_ENC_RAW, _ENC_ZSTD):
             raise self._fail(f"chunk {index} has no valid encoding byte", index)
-        data = message[1:]
+        data: bytes | memoryview = memoryview(message)[1:]
         if message[0] == _ENC_ZSTD:
             try:
                 data = self._decompressor.decompress(data, max_output_size=expected)
