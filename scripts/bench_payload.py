@@ -2,6 +2,7 @@
 """Benchmark the bulk transfer layer against a raw JetStream Object Store put + get.
 
     python scripts/bench_payload.py [--sizes 1 100] [--big] [--concurrent 10] [--json]
+                                    [--window BYTES] [--chunk-size BYTES] [--compress]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
 ``geomar``) started with :func:`hub.nats.start_local_federation`. For each size (MiB):
@@ -21,7 +22,10 @@ One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
   through ``fedhub call ... da=@FILE --out BACK`` across the hub to a node process that
   returns it (encrypted, logged, stored, returned), against the raw put + get of the same
   file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
-  (target payload + 256 MiB).
+  (target payload + 256 MiB), each its own process's ``VmHWM``, next to its limit.
+
+Every peer also reports the CPU seconds it used: on a machine that is doing other work
+those move far less than the rates do.
 
 ``--concurrent N`` also runs N uploads of the largest size at the same time (one sender
 and one receiver process each). Figures are printed next to their baseline and the load
