@@ -40,7 +40,6 @@ _ABSENT = bytes(8)
 #: NetCDF3 type codes and their big-endian dtypes, by (dtype kind char, item size).
 _TYPES: dict[tuple[str, int], tuple[int, str]] = {
     ("b", 1): (1, ">i1"),
-    ("B", 1): (2, "S1"),
     ("S", 1): (2, "S1"),
     ("c", 1): (2, "S1"),
     ("h", 2): (3, ">i2"),
@@ -177,7 +176,8 @@ def write_netcdf3(value: Any, path: Path) -> None:
 
 def prepare_netcdf3(value: Any) -> NetCDF3:
     """Encode an xarray DataArray or Dataset as the scipy engine would (see
-    :class:`NetCDF3`); its data is not read yet."""
+    :class:`NetCDF3`). Data still on disk that encodes to itself is read only when it is
+    written; other lazy data is loaded by xarray's encoding."""
     import xarray as xr
     from xarray import conventions
     from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
