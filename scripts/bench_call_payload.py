@@ -128,15 +128,19 @@ def _until_idle(pid: int, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float, rss: PeakRss) -> int:
-    """Wait for ``proc`` (killed after ``timeout``), sampling its RSS up to its exit."""
+def _wait(proc: subprocess.Popen[bytes], timeout: float, rss: PeakRss) -> tuple[int, float]:
+    """Wait for ``proc`` (killed after ``timeout``), sampling its RSS up to its exit; its
+    exit code and the CPU seconds it used (its own, all threads)."""
     deadline = time.monotonic() + timeout
-    while proc.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
         rss.sample()
         if time.monotonic() > deadline:
             proc.kill()
         time.sleep(0.02)
-    return proc.returncode
 
 
 class CallBench:
@@ -231,6 +235,7 @@ class CallBench:
                 raise RuntimeError(f"the module is not reachable: {warm.stderr.decode()}")
             rss = PeakRss()
             rss.watch(node.pid)
+            node_ticks = _cpu_ticks(node.pid)
             started = time.monotonic()
             cli = subprocess.Popen(
                 [sys.executable, "-m", "hub.cli", *args],
@@ -239,13 +244,14 @@ class CallBench:
                 stderr=subprocess.PIPE,
             )
             rss.watch(cli.pid)
-            code = _wait(cli, 3600, rss)
+            code, cli_cpu = _wait(cli, 3600, rss)
             seconds = time.monotonic() - started
             rss.sample()
             if code != 0:
                 err = cli.stderr.read().decode() if cli.stderr else ""
                 raise RuntimeError(f"the call failed ({code}): {err[-2000:]}")
             _until_idle(node.pid, 60)  # it may still be storing the result
+            node_cpu = (_cpu_ticks(node.pid) - node_ticks) / os.sysconf("SC_CLK_TCK")
             cli_rss, node_rss = rss.mib(cli.pid), rss.mib(node.pid)
             rss.close()
         finally:
@@ -255,4 +261,10 @@ class CallBench:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
-        return {"seconds": seconds, "client_peak_rss_mib": cli_rss, "node_peak_rss_mib": node_rss}
+        return {
+            "seconds": seconds,
+            "client_peak_rss_mib": cli_rss,
+            "node_peak_rss_mib": node_rss,
+            "client_cpu_s": cli_cpu,
+            "node_cpu_s": node_cpu,
+        }

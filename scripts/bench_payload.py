@@ -227,6 +227,10 @@ def bench_call(
             load={"start": load_start, "end": load_mid},
             baseline_load={"start": load_mid, "end": load_end},
         ),
+        # CPU of the call: the CLI's whole run (its start included), the node's from the
+        # call's start until it is idle again (storing the result included)
+        "client_cpu_s": round(call["client_cpu_s"], 2),
+        "node_cpu_s": round(call["node_cpu_s"], 2),
         "client_peak_rss_mib": _rss_figure(call["client_peak_rss_mib"], 256, "256 MiB"),
         "node_peak_rss_mib": _rss_figure(
             call["node_peak_rss_mib"], size / MIB + 256, "payload + 256 MiB"
