@@ -217,7 +217,10 @@ class BulkLink:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
 
     def release(self, rid: str) -> None:
-        """Remove the spool files of a call that ended."""
+        """Remove the spool files of a call that ended (a call that never spooled has
+        none: most calls, spared a scan of the spool folder)."""
+        if rid not in self._live:
+            return
         self._live.discard(rid)
         for path in self.spool.glob(f"{rid}.*"):
             path.unlink(missing_ok=True)
