@@ -5,9 +5,8 @@ queued (after one more turn of the loop, so that appends caused by the same burs
 I/O join), appends it in one transaction (so concurrent requests share one commit and one
 signature), resolves each caller with its stored events, and hands
 the new events to the publisher, which sends them to the site's JetStream event stream
-(with a ``Nats-Msg-Id`` per run of events, so a re-send is dropped by the server; see
-``NodeDaemon._publish_events``). The daemon keeps a cursor: after a restart it first sends
-whatever the log has beyond it.
+(:mod:`node.eventcopies`: a ``Nats-Msg-Id`` per run of events, so a re-send is dropped by
+the server, and a cursor: after a restart it first sends whatever the log has beyond it).
 
 Where the append runs: a small batch (up to ``inline_max`` events: a few calls' worth,
 ~50 µs of signing each, and a commit that does not wait for the disk under
