@@ -357,7 +357,7 @@ class Client:
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
         plan = call_bulk.plan_arguments(kwargs, threshold)
         sealed = seal_payload(
-            codec.encode_many(plan.inline),
+            plan.inline_bytes(),
             self.keys.box_secret,
             self._box_public,
             {info.node_kid: info.node_box_key},
