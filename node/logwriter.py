@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -88,6 +89,15 @@ class LogWriter:
         fut: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((events, fut))
         return await fut
+
+    def connection_if_idle(self) -> sqlite3.Connection | None:
+        """The log's own connection, for a read on the loop thread right now, when no
+        append or job uses it (on this thread or the log's); else None. Its page cache
+        is warm with what was just written, where another connection's is emptied by
+        every commit of this one (WAL)."""
+        if self._busy or self._thread_jobs or self._closed:
+            return None
+        return self.eventlog.db.conn
 
     async def call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the log's thread (reads that must not race the writer)."""
