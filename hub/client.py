@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import secrets
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,8 +41,14 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from hub import call_bulk, codec
-from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
+from hub import call_bulk, codec, results_client
+from hub.answers import (
+    CancelAnswer,
+    ModuleDescription,
+    RequestStatus,
+    ShareAnswer,
+    error_from_headers,
+)
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.canonical import b64d, b64e
@@ -539,6 +545,28 @@ class Client:
         """
         state = await self.status(site, request_id)
         return await self._fetch(site, state, result_path=result_path)
+
+    # -- kept results: hub.results_client -------------------------------------------------
+
+    async def requests(self, sites: Iterable[str] | str | None = None, **filters: Any) -> Any:
+        """My requests (and those shared with me) across sites, as typed records: see
+        :func:`hub.results_client.list_requests` for the filters."""
+        return await results_client.list_requests(self, sites, **filters)
+
+    async def result(
+        self, request_id: str, *, site: str, result_path: Path | None = None
+    ) -> CallHandle:
+        """A handle on an earlier request (mine or shared with me) whose ``result()`` is
+        its kept result (:func:`hub.results_client.result_handle`)."""
+        return await results_client.result_handle(self, request_id, site, result_path=result_path)
+
+    async def share(self, site: str, request_id: str, principal: str) -> ShareAnswer:
+        """Share a kept result with ``name@site`` or ``group:NAME`` (no re-upload)."""
+        return await results_client.share(self, site, request_id, principal)
+
+    async def unshare(self, site: str, request_id: str, principal: str) -> ShareAnswer:
+        """Withdraw a share; later fetches by it are refused."""
+        return await results_client.unshare(self, site, request_id, principal)
 
     async def _fetch(
         self,

@@ -60,6 +60,7 @@ __all__ = [
     "ResultLost",
     "ResultShared",
     "ResultStored",
+    "ResultUnshared",
     "data_adapter",
 ]
 
@@ -235,13 +236,29 @@ class ResultFetched(_Data):
     by: IdentityId
 
 
-class ResultShared(_Data):
-    """A holder of a result wrapped its content key for more recipients."""
+class ResultShared(_OmitNone):
+    """A holder of a result wrapped its content key for more recipients.
+
+    Since ``fedhub result share``: ``principal`` names whom (a person or ``group:NAME``)
+    and ``wraps`` holds the content key wrapped by the owner for each recipient key (only
+    that key opens it), which the node hands to the recipient on a fetch.
+    """
 
     type: Literal["result.shared"] = "result.shared"
     request_id: RequestId
     by: IdentityId
     recipients: tuple[Kid, ...]
+    principal: str | None = None
+    wraps: dict[Kid, B64] | None = None
+
+
+class ResultUnshared(_Data):
+    """Version 2: the owner withdrew a share; the node refuses later fetches by it."""
+
+    type: Literal["result.unshared"] = "result.unshared"
+    request_id: RequestId
+    by: IdentityId
+    principal: str
 
 
 # --- the directory: keys and grants -----------------------------------------------------
@@ -349,6 +366,7 @@ EventData = Annotated[
     | ResultLost
     | ResultFetched
     | ResultShared
+    | ResultUnshared
     | KeyRegistered
     | KeyRotated
     | KeyRevoked
@@ -381,6 +399,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ResultLost,
         ResultFetched,
         ResultShared,
+        ResultUnshared,
         KeyRegistered,
         KeyRotated,
         KeyRevoked,
@@ -397,7 +416,14 @@ EVENT_TYPES: frozenset[str] = frozenset(
 V1_ONLY_TYPES = frozenset({"request.received", "result.stored"})
 #: Types only a version 2 body carries (the federation directory and witnesses).
 V2_ONLY_TYPES = frozenset(
-    {"result.lost", "grant.recorded", "group.updated", "checkpoint.cosigned", "checkpoint.conflict"}
+    {
+        "result.lost",
+        "result.unshared",
+        "grant.recorded",
+        "group.updated",
+        "checkpoint.cosigned",
+        "checkpoint.conflict",
+    }
 )
 
 

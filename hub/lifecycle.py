@@ -13,9 +13,9 @@ Log version 2 (what a node writes today)::
     (none) --request.rejected--> REJECTED
 
 ``request.progress`` keeps an active request where it is; ``result.fetched``,
-``result.shared`` and ``result.lost`` follow ``request.completed``. A ``request.rejected``
-for a request id that is already known records a refused copy (a replay) and leaves the
-request as it is.
+``result.shared``, ``result.unshared`` and ``result.lost`` follow ``request.completed``.
+A ``request.rejected`` for a request id that is already known records a refused copy (a
+replay) and leaves the request as it is.
 
 Log version 1 (still read and audited) had three events for what version 2 says with one
 ``request.accepted`` carrying the caller's signed header: ``request.received`` (then
@@ -110,6 +110,7 @@ _TABLE: dict[tuple[str, int], dict[RequestState | None, RequestState | str]] = {
     ("result.fetched", 2): {_S.COMPLETED: _KEEP},
     ("result.shared", 2): {_S.COMPLETED: _KEEP},
     ("result.lost", 2): {_S.COMPLETED: _KEEP},
+    ("result.unshared", 2): {_S.COMPLETED: _KEEP},
 }
 
 #: Every event type that concerns one request (carries a ``request_id``), any version.

@@ -1,7 +1,9 @@
 """Projections: state derived from the event log, updated with it, rebuildable from it.
 
-``requests`` holds one row per request id with its current state. It is a cache of the
-log, never the truth: ``fedhub-node log rebuild`` drops and replays it.
+``requests`` holds one row per request id with its current state; ``result_shares`` one
+row per share of a kept result (``result.shared`` until ``result.unshared``, with the
+wrapped keys). They are a cache of the log, never the truth: ``fedhub-node log rebuild``
+drops and replays them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,17 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0,
     progress_ppm INTEGER,
     result_hash TEXT,
-    result_object TEXT
+    result_object TEXT,
+    result_size INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_caller ON requests(caller, received_time);
+CREATE TABLE IF NOT EXISTS result_shares (
+    request_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    by TEXT NOT NULL,
+    wraps TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (request_id, principal)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests(state)
     WHERE state IN (%s);
@@ -57,11 +69,15 @@ def create(conn: sqlite3.Connection) -> None:
     for statement in _DDL.split(";"):
         if statement.strip():
             conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "result_size" not in columns:  # a log made before results had sizes here
+        conn.execute("ALTER TABLE requests ADD COLUMN result_size INTEGER")
 
 
 def drop(conn: sqlite3.Connection) -> None:
     """Drop the projection tables."""
     conn.execute("DROP TABLE IF EXISTS requests")
+    conn.execute("DROP TABLE IF EXISTS result_shares")
 
 
 def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
@@ -160,8 +176,8 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             extra = ", attempts = ?"
             params.append(data.get("attempt", 1))
         elif kind == "request.completed":
-            extra = ", result_hash = ?, progress_ppm = 1000000"
-            params.append(data["result_hash"])
+            extra = ", result_hash = ?, result_size = ?, progress_ppm = 1000000"
+            params += [data["result_hash"], data["result_size"]]
             if data.get("object") is not None:
                 extra += ", result_object = ?"
                 params.append(data["object"])
@@ -183,6 +199,24 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
         return (
             "UPDATE requests SET result_object = ? WHERE request_id = ?",
             [data["object"], data["request_id"]],
+        )
+    if kind == "result.shared" and data.get("principal") and data.get("wraps"):
+        return (
+            "INSERT INTO result_shares(request_id, principal, by, wraps, seq)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, principal) DO UPDATE SET"
+            " by = excluded.by, wraps = excluded.wraps, seq = excluded.seq",
+            [
+                data["request_id"],
+                data["principal"],
+                data["by"],
+                orjson.dumps(data["wraps"], option=orjson.OPT_SORT_KEYS).decode(),
+                seq,
+            ],
+        )
+    if kind == "result.unshared":
+        return (
+            "DELETE FROM result_shares WHERE request_id = ? AND principal = ?",
+            [data["request_id"], data["principal"]],
         )
     if kind == "result.lost":
         return (

@@ -1,0 +1,413 @@
+"""The requests catalog and sharing: a caller's signed catalog messages, answered.
+
+A catalog message (:mod:`hub.results_wire`) arrives on ``fh.status.<site>`` beside the
+control messages and is answered from the node's projections (``requests``,
+``result_shares``) and its directory. Every answer is about the asker's own requests, or
+ones shared with the asker; anything else is answered as if it did not exist
+(NotFoundError), so a stranger learns nothing about other people's requests.
+
+* ``list``: the asker's requests (and those shared with it) matching a
+  :class:`~hub.results_wire.ListFilter`, newest first;
+* ``status``: one of them (a shared reader also gets the key record of the sharer);
+* ``wrap``: the owner's wrapped content key of a kept result, to share it;
+* ``keys``: the key records of a person or a group's members (the owner wraps for them);
+* ``share`` / ``unshare``: logged as ``result.shared`` (with the owner's wraps) and
+  ``result.unshared``; the node checks that every wrap is made by the owner's key, for a
+  valid key of the principal;
+* ``fetch``: the kept result, with the wrap for the asker's key (owner or reader); logged
+  as ``result.fetched``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from hub.answers import (
+    RecipientKeys,
+    RequestRecord,
+    RequestsAnswer,
+    ResultWrap,
+    ShareAnswer,
+)
+from hub.canonical import b64d
+from hub.clock import parse_time
+from hub.crypto import verify
+from hub.errors import (
+    FederationError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationError,
+)
+from hub.events import ResultShared, ResultUnshared
+from hub.lifecycle import RequestState
+from hub.records import KeyRecord, one_line
+from hub.results_wire import (
+    DOMAIN_CATALOG,
+    CatalogHeader,
+    ListFilter,
+    ShareArgs,
+    parse_catalog_bytes,
+    split_catalog,
+    validate_catalog_header,
+)
+from node.replay import ReplayGuard
+
+if TYPE_CHECKING:
+    from node.control import Control
+    from node.pipeline import Pipeline
+
+__all__ = ["Catalog", "CatalogAnswer"]
+
+#: What a catalog message is answered with (a fetch: the result frame; a refusal raises).
+CatalogAnswer = BaseModel | bytes
+
+log = structlog.get_logger(__name__)
+
+#: The ``requests`` columns a catalog record is made of.
+_COLUMNS = (
+    "request_id, caller, address, state, code, reason, received_time, updated_time,"
+    " result_hash, result_size, result_object"
+)
+
+
+class Catalog:
+    """Answers catalog messages for one node's :class:`~node.pipeline.Pipeline`."""
+
+    def __init__(self, pipeline: Pipeline, control: Control) -> None:
+        self.p = pipeline
+        self.control = control
+        self.replay = ReplayGuard(pipeline.calls.replay_window)
+
+    def reader(self) -> sqlite3.Connection:
+        """The pipeline's read connection to the log's projections."""
+        return self.p._read()
+
+    async def answer(self, data: bytes) -> CatalogAnswer:
+        """Verify a catalog message and answer it; raises the typed error of a refusal."""
+        p = self.p
+        try:
+            header_bytes, sig = split_catalog(data)
+            claimed = parse_catalog_bytes(header_bytes)
+            record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
+            verify(record.sign_key_bytes(), DOMAIN_CATALOG, header_bytes, sig)
+            q = validate_catalog_header(claimed)
+        except UnauthorizedError:
+            raise
+        except (FederationError, KeyError, TypeError) as exc:
+            raise UnauthorizedError(f"catalog message refused: {exc}") from exc
+        self.replay.check_and_remember(q.nonce, parse_time(q.time).timestamp())
+        if q.op == "list":
+            return self._list(q, record)
+        if q.id is None:
+            raise ValidationError(f"a {q.op} message names a request (id)")
+        await p.results.settled(q.id)
+        state = await p.request_state(q.id)
+        if state is None:
+            raise _unknown(q)
+        owner = state.get("caller") == q.caller
+        if q.op == "fetch" and owner:
+            return await self.control.fetch(q.id, q.caller, state)
+        if owner:
+            return await self._owner(q, record, state)
+        share = self._share_for(q.id, record)
+        if share is None or q.op not in ("status", "fetch"):
+            raise _unknown(q)  # a stranger learns nothing, not even that it exists
+        wrap = share["wraps"].get(q.kid)
+        if q.op == "status":
+            return self._record(state, shared=True, sharer=self._sharer_key(share, wrap))
+        if wrap is None:
+            raise UnauthorizedError(
+                f"request {q.id} was shared with {share['principal']}, but not with key {q.kid}",
+                hint="ask its owner to share it again (your key may be newer than the share)",
+            )
+        return await self.control.fetch(q.id, q.caller, state, wraps={q.kid: wrap})
+
+    # -- the owner's ops -------------------------------------------------------------------
+
+    async def _owner(self, q: CatalogHeader, record: KeyRecord, state: dict[str, Any]) -> BaseModel:
+        rid = str(q.id)
+        if q.op == "status":
+            return self._record(state, shares=self._shares_of(rid))
+        if q.op == "keys":
+            principal = _arg_principal(q)
+            return RecipientKeys(
+                principal=principal,
+                records=tuple(
+                    self.p.directory.signed_keys[r.kid] for r in self._members(principal)
+                ),
+            )
+        if q.op == "unshare":
+            principal = _arg_principal(q)
+            if principal not in self._shares_of(rid):
+                raise NotFoundError(f"request {rid} is not shared with {principal}")
+            stored = await self.p.writer.append(
+                ResultUnshared(request_id=rid, by=q.caller, principal=principal)
+            )
+            log.info("result.unshared", request_id=rid, principal=principal)
+            return ShareAnswer(
+                request_id=rid, op="unshare", principal=principal, seq=stored[-1].seq
+            )
+        name = self._kept(rid, state)
+        if q.op == "wrap":
+            head = await self.control.load_head(name)
+            wrap = head.wraps.get(q.kid)
+            if wrap is None:
+                raise NotFoundError(f"the result of {rid} is not wrapped for key {q.kid}")
+            return ResultWrap(
+                request_id=rid,
+                address=str(state.get("address")),
+                result_hash=str(state["result_hash"]),
+                wrap=wrap,
+            )
+        assert q.op == "share"
+        try:
+            args = ShareArgs.model_validate(q.args)
+        except PydanticValidationError as exc:
+            raise ValidationError(f"share arguments: {one_line(exc)}") from exc
+        valid = {r.kid for r in self._members(args.principal)}
+        strangers = sorted(set(args.wraps) - valid)
+        if strangers:
+            raise UnauthorizedError(
+                f"keys {', '.join(strangers)} are no valid keys of {args.principal} here"
+            )
+        mine = record.box_key_bytes()
+        if any(b64d(w)[:32] != mine for w in args.wraps.values()):
+            raise UnauthorizedError(f"a wrap for {args.principal} was not made by key {q.kid}")
+        stored = await self.p.writer.append(
+            ResultShared(
+                request_id=rid,
+                by=q.caller,
+                recipients=tuple(sorted(args.wraps)),
+                principal=args.principal,
+                wraps=dict(sorted(args.wraps.items())),
+            )
+        )
+        log.info("result.shared", request_id=rid, principal=args.principal)
+        return ShareAnswer(
+            request_id=rid,
+            op="share",
+            principal=args.principal,
+            recipients=tuple(sorted(args.wraps)),
+            seq=stored[-1].seq,
+        )
+
+    # -- list ------------------------------------------------------------------------------
+
+    def _list(self, q: CatalogHeader, record: KeyRecord) -> RequestsAnswer:
+        try:
+            f = ListFilter.model_validate(q.args)
+        except PydanticValidationError as exc:
+            raise ValidationError(f"list filter: {one_line(exc)}") from exc
+        if f.state is not None and f.state != "kept" and f.state not in set(RequestState):
+            raise ValidationError(f"{f.state!r} is no request state (nor 'kept')")
+        conn = self.reader()
+        where, params = ["caller = ?"], [q.caller]
+        if f.since is not None:
+            where.append("received_time >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("received_time < ?")
+            params.append(f.until)
+        found: list[RequestRecord] = []
+        if f.shared is not True:
+            cur = conn.execute(
+                f"SELECT {_COLUMNS} FROM requests WHERE {' AND '.join(where)}"  # noqa: S608
+                " ORDER BY received_time DESC",
+                params,
+            )
+            names = [c[0] for c in cur.description]
+            mine = (dict(zip(names, row, strict=True)) for row in cur)
+            rows = [row for row in mine if _matches(row, f)]
+            shares = self._shares_by_request([row["request_id"] for row in rows])
+            found += [self._record(row, shares=shares.get(row["request_id"], ())) for row in rows]
+        if f.shared is not False:
+            for row in self._shared_with(record):
+                if _matches(row, f) and _in_time(row, f):
+                    found.append(self._record(row, shared=True))
+        found.sort(key=lambda r: r.received_time or "", reverse=True)
+        return RequestsAnswer(
+            site=self.p.site,
+            node=self.p.node_id,
+            requests=tuple(found[: f.limit]),
+            truncated=len(found) > f.limit,
+        )
+
+    # -- shares ----------------------------------------------------------------------------
+
+    def principals_of(self, record: KeyRecord) -> set[str]:
+        """Every principal ``record``'s person answers to: itself and its groups."""
+        d = self.p.directory
+        return {
+            record.identity,
+            *(f"group:{g}" for g in record.groups),
+            *d.groups_of(record.identity),
+        }
+
+    def _members(self, principal: str) -> list[KeyRecord]:
+        """The valid person keys ``principal`` covers (NotFoundError when none)."""
+        d = self.p.directory
+        found = [
+            r
+            for r in d.keys.values()
+            if r.role == "user"
+            and r.kid not in d.revoked
+            and r.kid in d.signed_keys
+            and principal in self.principals_of(r)
+        ]
+        if not found:
+            raise NotFoundError(f"no valid key of {principal} is known at site {self.p.site}")
+        return sorted(found, key=lambda r: r.kid)
+
+    def _share_rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        cur = self.reader().execute(sql, params)
+        return [
+            {"request_id": rid, "principal": pr, "by": by, "wraps": orjson.loads(wraps)}
+            for rid, pr, by, wraps in cur
+        ]
+
+    def _shares_of(self, rid: str) -> tuple[str, ...]:
+        rows = self._share_rows(
+            "SELECT request_id, principal, by, wraps FROM result_shares WHERE request_id = ?"
+            " ORDER BY principal",
+            [rid],
+        )
+        return tuple(r["principal"] for r in rows)
+
+    def _shares_by_request(self, rids: list[str]) -> dict[str, tuple[str, ...]]:
+        if not rids:
+            return {}
+        out: dict[str, list[str]] = {}
+        for at in range(0, len(rids), 500):
+            part = rids[at : at + 500]
+            marks = ",".join("?" * len(part))
+            sql = (
+                "SELECT request_id, principal, by, wraps FROM result_shares"  # noqa: S608
+                f" WHERE request_id IN ({marks}) ORDER BY principal"
+            )
+            for r in self._share_rows(sql, part):
+                out.setdefault(r["request_id"], []).append(r["principal"])
+        return {rid: tuple(ps) for rid, ps in out.items()}
+
+    def _share_for(self, rid: str, record: KeyRecord) -> dict[str, Any] | None:
+        """The share of ``rid`` that covers ``record``'s person (one with a wrap for its
+        key first), or None."""
+        principals = self.principals_of(record)
+        rows = [
+            r
+            for r in self._share_rows(
+                "SELECT request_id, principal, by, wraps FROM result_shares WHERE request_id = ?",
+                [rid],
+            )
+            if r["principal"] in principals
+        ]
+        rows.sort(key=lambda r: record.kid not in r["wraps"])
+        return rows[0] if rows else None
+
+    def _shared_with(self, record: KeyRecord) -> list[dict[str, Any]]:
+        """The request rows shared with ``record``'s person."""
+        principals = sorted(self.principals_of(record))
+        marks = ",".join("?" * len(principals))
+        sql = (
+            "SELECT request_id, principal, by, wraps FROM result_shares"  # noqa: S608
+            f" WHERE principal IN ({marks})"
+        )
+        rows = self._share_rows(sql, principals)
+        rids = list(dict.fromkeys(r["request_id"] for r in rows))
+        if not rids:
+            return []
+        marks = ",".join("?" * len(rids))
+        cur = self.reader().execute(
+            f"SELECT {_COLUMNS} FROM requests WHERE request_id IN ({marks})",  # noqa: S608
+            rids,
+        )
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def _sharer_key(self, share: dict[str, Any], wrap: str | None) -> Any:
+        """The signed key record of the owner key that made ``wrap`` (None if unknown)."""
+        if wrap is None:
+            return None
+        sender = b64d(wrap)[:32]
+        d = self.p.directory
+        for kid, r in d.keys.items():
+            if r.identity == share["by"] and r.box_key_bytes() == sender:
+                return d.signed_keys.get(kid)
+        return None
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _record(
+        self,
+        row: dict[str, Any],
+        *,
+        shares: tuple[str, ...] = (),
+        shared: bool = False,
+        sharer: Any = None,
+    ) -> RequestRecord:
+        return RequestRecord(
+            request_id=row["request_id"],
+            site=self.p.site,
+            caller=row.get("caller"),
+            address=row.get("address"),
+            state=RequestState(row["state"]),
+            code=row.get("code"),
+            reason=row.get("reason"),
+            received_time=row.get("received_time"),
+            updated_time=row.get("updated_time"),
+            result_hash=row.get("result_hash"),
+            result_size=row.get("result_size"),
+            kept=bool(row.get("result_object")),
+            shared_with_me=shared,
+            shares=() if shared else shares,
+            sharer_key=sharer,
+        )
+
+    @staticmethod
+    def _kept(rid: str, state: dict[str, Any]) -> str:
+        """Where the result of ``rid`` is kept; NotFoundError when it is not."""
+        if RequestState(state["state"]) != RequestState.COMPLETED:
+            raise NotFoundError(f"request {rid} has no result: it is {state['state']}")
+        name = state.get("result_object")
+        if not name:
+            why = state.get("reason") or "it was delivered only"
+            raise NotFoundError(f"no copy of the result of {rid} was kept ({why})")
+        return str(name)
+
+
+def _unknown(q: CatalogHeader) -> NotFoundError:
+    return NotFoundError(f"no request {q.id} of {q.caller} at this node")
+
+
+def _arg_principal(q: CatalogHeader) -> str:
+    principal = q.args.get("principal")
+    try:
+        return ShareArgs.model_validate({"principal": principal, "wraps": {"0" * 20: ""}}).principal
+    except PydanticValidationError as exc:
+        raise ValidationError(f"{principal!r} is no person (name@site) or group:NAME") from exc
+
+
+def _matches(row: dict[str, Any], f: ListFilter) -> bool:
+    """Whether a request row passes the filter's address and state parts."""
+    parts = str(row.get("address") or "").split(".", 2)
+    if f.module is not None and (len(parts) < 3 or parts[1] != f.module):
+        return False
+    if f.function is not None and (len(parts) < 3 or parts[2] != f.function):
+        return False
+    if f.state is None:
+        return True
+    if f.state == "kept":
+        return bool(row.get("result_object"))
+    return bool(row.get("state") == f.state)
+
+
+def _in_time(row: dict[str, Any], f: ListFilter) -> bool:
+    received = str(row.get("received_time") or "")
+    if f.since is not None and received < f.since:
+        return False
+    return not (f.until is not None and received >= f.until)
