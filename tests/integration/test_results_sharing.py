@@ -95,9 +95,7 @@ async def test_a_colleague_fetches_a_shared_result_with_their_own_key_until_the_
         assert [r.shares for r in mine if r.request_id == rid] == [(COLLEAGUE,)]
     async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
         listed = await anna.requests("hereon")
-        assert [(r.request_id, r.shared_with_me, r.caller) for r in listed] == [
-            (rid, True, OWNER)
-        ]
+        assert [(r.request_id, r.shared_with_me, r.caller) for r in listed] == [(rid, True, OWNER)]
         handle = await anna.result(rid, site="hereon")
         assert await handle.result() == [2.0, 4.0]
     async with await Client.connect(node.url, OWNER, home=world.store.home) as owner:

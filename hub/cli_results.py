@@ -1,0 +1,238 @@
+"""``fedhub requests`` and the ``fedhub result`` noun group: find, get, share kept results.
+
+``fedhub requests`` (also ``fedhub result ls``) lists my requests at every pinned site,
+``result get`` fetches a kept result (mine, or one shared with me), ``result share`` and
+``result unshare`` give a colleague or a group access to it and take it back. Each is a
+signed catalog message (:mod:`hub.results_client`); see docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hub.answers import RequestRecord
+from hub.cli_calls import (
+    COMMAND_TIMEOUT,
+    _output,
+    check_request_target,
+    client_for,
+    connection_options,
+    deadline_of,
+    run_command,
+)
+from hub.clock import format_time
+from hub.errors import ConfigError
+from hub.results_client import RequestList, fetch_result
+
+__all__ = ["add_commands", "parse_when"]
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, *, now: datetime | None = None) -> str:
+    """A time given on the command line, in fedhub's text form: ``2h``/``3d`` ago, a
+    date (``2026-11-30``) or a date and time (``2026-11-30T10:00``, UTC unless it says)."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        ago = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        return format_time((now or datetime.now(UTC)) - ago)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{text!r} is no time", hint="use 2h, 3d, 2026-11-30 or 2026-11-30T10:00"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return format_time(moment)
+
+
+# --- fedhub requests / result ls -----------------------------------------------------------
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    """``fedhub requests [--site S ...] [filters] [--json]``."""
+    return run_command(_requests(args), deadline_of(args))
+
+
+async def _requests(args: argparse.Namespace) -> int:
+    since = parse_when(args.since) if args.since else None
+    until = parse_when(args.until) if args.until else None
+    shared = True if args.shared else (False if args.mine else None)
+    async with await client_for(args) as fed:
+        found: RequestList = await fed.requests(
+            args.site or None,
+            module=args.module,
+            function=args.function,
+            status=args.status,
+            since=since,
+            until=until,
+            shared=shared,
+            limit=args.limit,
+        )
+    for site, why in sorted(found.unreachable.items()):
+        print(f"warning: site {site} did not answer: {why}", file=sys.stderr)
+    for site in sorted(found.truncated):
+        print(f"warning: site {site} has more matches than --limit {args.limit}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json", exclude_none=True) for r in found], indent=2))
+        return 0
+    _print_table(list(found))
+    return 0
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _print_table(records: list[RequestRecord]) -> None:
+    if not records:
+        print("no requests", file=sys.stderr)
+        return
+    rows = [("REQUEST", "ADDRESS", "STATE", "RECEIVED", "SIZE", "KEPT", "SHARING")]
+    for r in records:
+        sharing = f"from {r.caller}" if r.shared_with_me else ", ".join(r.shares)
+        rows.append(
+            (
+                r.request_id,
+                r.address or "-",
+                r.state.value,
+                (r.received_time or "-")[:19].replace("T", " "),
+                _size(r.result_size),
+                "yes" if r.kept else "no",
+                sharing or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- fedhub result get / share / unshare ---------------------------------------------------
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """``fedhub result get REQUEST_ID --site SITE [--out PATH | --json]``."""
+    check_request_target(args)
+    return run_command(_get(args), deadline_of(args))
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with await client_for(args) as fed:
+        value = await fetch_result(fed, args.site, args.request_id, result_path=args.out)
+    _output(value, args)
+    return 0
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    """``fedhub result share|unshare REQUEST_ID --site SITE --with PRINCIPAL``."""
+    check_request_target(args)
+    return run_command(_share(args), deadline_of(args))
+
+
+async def _share(args: argparse.Namespace) -> int:
+    async with await client_for(args) as fed:
+        if args.unshare:
+            answer = await fed.unshare(args.site, args.request_id, args.principal)
+            print(f"no longer shared with {answer.principal} (log event {answer.seq})")
+        else:
+            answer = await fed.share(args.site, args.request_id, args.principal)
+            keys = len(answer.recipients)
+            print(
+                f"shared with {answer.principal} ({keys} key{'s' * (keys != 1)}, "
+                f"log event {answer.seq})"
+            )
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+
+def _list_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--site", action="append", help="only this site (repeatable; default: every pinned site)"
+    )
+    parser.add_argument("--module", help="only calls of this module")
+    parser.add_argument("--function", help="only calls of this function (or Class.method)")
+    parser.add_argument(
+        "--status", help="only requests in this state (completed, failed, ...) or 'kept'"
+    )
+    parser.add_argument("--since", help="received since: 2h, 3d, 2026-11-30, 2026-11-30T10:00")
+    parser.add_argument("--until", help="received before (same forms as --since)")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--shared", action="store_true", help="only results shared with me")
+    who.add_argument("--mine", action="store_true", help="only my own requests")
+    parser.add_argument("--limit", type=int, default=1000, help="at most this many per site")
+    parser.add_argument("--json", action="store_true", help="print JSON records")
+    connection_options(parser, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    parser.set_defaults(func=cmd_requests)
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("request_id", metavar="REQUEST_ID")
+    parser.add_argument("--site", required=True, help="the site the request went to")
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``requests`` and ``result ls|get|share|unshare`` to the ``fedhub`` commands."""
+    requests = sub.add_parser(
+        "requests",
+        help="list your requests (and results shared with you) at every site",
+        description="Ask every pinned site (or --site) for your requests there: address, "
+        "state, times, result size, whether a copy is kept and with whom it is shared. "
+        "Each site answers only about your own requests and those shared with you.",
+    )
+    _list_options(requests)
+
+    result = sub.add_parser("result", help="kept results: ls, get, share, unshare")
+    rsub = result.add_subparsers(dest="result_command", required=True, metavar="COMMAND")
+    _list_options(rsub.add_parser("ls", help="the same as `fedhub requests`"))
+
+    get = rsub.add_parser(
+        "get",
+        help="get a kept result (yours, or one shared with you)",
+        description="Fetch the kept result of REQUEST_ID from SITE, open it with your key "
+        "and print or write it like `fedhub call` does.",
+    )
+    _target(get)
+    shape = get.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print the result as JSON")
+    shape.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the result to PATH (.nc, .npy, .json)"
+    )
+    connection_options(get, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    get.set_defaults(func=cmd_get)
+
+    for name, unshare in (("share", False), ("unshare", True)):
+        cmd = rsub.add_parser(
+            name,
+            help=(
+                "take back a share: later fetches by it are refused"
+                if unshare
+                else "let a colleague or a group fetch a kept result (nothing is uploaded)"
+            ),
+        )
+        _target(cmd)
+        cmd.add_argument(
+            "--with",
+            dest="principal",
+            required=True,
+            metavar="USER|group:NAME",
+            help="name@site, or group:NAME",
+        )
+        connection_options(cmd, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+        cmd.set_defaults(func=cmd_share, unshare=unshare)
