@@ -240,8 +240,9 @@ class ResultShared(_OmitNone):
     """A holder of a result wrapped its content key for more recipients.
 
     Since ``fedhub result share``: ``principal`` names whom (a person or ``group:NAME``)
-    and ``wraps`` holds the content key wrapped by the owner for each recipient key (only
-    that key opens it), which the node hands to the recipient on a fetch.
+    and ``key_wraps`` holds the content key wrapped by the owner for each of ``recipients``,
+    in the same order (only that key opens it); the node hands it to the recipient on a
+    fetch.
     """
 
     type: Literal["result.shared"] = "result.shared"
@@ -249,7 +250,7 @@ class ResultShared(_OmitNone):
     by: IdentityId
     recipients: tuple[Kid, ...]
     principal: str | None = None
-    wraps: dict[Kid, B64] | None = None
+    key_wraps: tuple[B64, ...] | None = None
 
 
 class ResultUnshared(_Data):

@@ -185,7 +185,7 @@ class Catalog:
                 by=q.caller,
                 recipients=tuple(sorted(args.wraps)),
                 principal=args.principal,
-                wraps=dict(sorted(args.wraps.items())),
+                key_wraps=tuple(w for _, w in sorted(args.wraps.items())),
             )
         )
         log.info("result.shared", request_id=rid, principal=args.principal)

@@ -200,7 +200,7 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             "UPDATE requests SET result_object = ? WHERE request_id = ?",
             [data["object"], data["request_id"]],
         )
-    if kind == "result.shared" and data.get("principal") and data.get("wraps"):
+    if kind == "result.shared" and data.get("principal") and data.get("key_wraps"):
         return (
             "INSERT INTO result_shares(request_id, principal, by, wraps, seq)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, principal) DO UPDATE SET"
@@ -209,7 +209,9 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
                 data["request_id"],
                 data["principal"],
                 data["by"],
-                orjson.dumps(data["wraps"], option=orjson.OPT_SORT_KEYS).decode(),
+                orjson.dumps(
+                    dict(zip(data["recipients"], data["key_wraps"], strict=True))
+                ).decode(),
                 seq,
             ],
         )

@@ -171,4 +171,3 @@ def test_times_on_the_command_line_read_relative_and_absolute_forms() -> None:
     assert parse_when("1d", now=at) == "2026-11-29T12:00:00.000000Z"
     assert parse_when("2026-11-30") == "2026-11-30T00:00:00.000000Z"
     assert parse_when("2026-11-30T10:00+01:00") == "2026-11-30T09:00:00.000000Z"
-

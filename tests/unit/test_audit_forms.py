@@ -30,6 +30,7 @@ from hub.events import (
     ResultFetched,
     ResultLost,
     ResultShared,
+    ResultUnshared,
 )
 from hub.lifecycle import TRANSITIONS, RequestState
 from hub.logfile import LogUnreadableError, export_line, iter_log, parse_export_line
@@ -167,6 +168,7 @@ _EVENT: dict[str, BaseModel] = {
     "result.fetched": ResultFetched(request_id=_RID, by="klaus@geomar"),
     "result.shared": ResultShared(request_id=_RID, by="klaus@geomar", recipients=()),
     "result.lost": ResultLost(request_id=_RID, reason="disk full"),
+    "result.unshared": ResultUnshared(request_id=_RID, by="klaus@geomar", principal="a@b"),
 }
 _STEPS = [
     (kind, state, state in steps)

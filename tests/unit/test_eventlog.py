@@ -52,6 +52,7 @@ from hub.events import (
     ResultLost,
     ResultShared,
     ResultStored,
+    ResultUnshared,
 )
 from hub.keys import KeyPair, PublicKeys
 from hub.records import Checkpoint, Cosignature, GrantRecord, GroupRecord, KeyRecord, sign_record
@@ -506,6 +507,14 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
         ResultShared(
             request_id="req00004", by="klaus@geomar", recipients=("0123456789abcdef0123",)
         ),
+        ResultShared(
+            request_id="req00004",
+            by="klaus@geomar",
+            recipients=("0123456789abcdef0123",),
+            principal="anna@geomar",
+            key_wraps=("d3JhcA",),
+        ),
+        ResultUnshared(request_id="req00004", by="klaus@geomar", principal="anna@geomar"),
         GrantAdded(principal="klaus@geomar", module="climate", by="admin@hereon"),
         GrantRemoved(principal="klaus@geomar", module="climate", by="admin@hereon"),
         KeyRegistered(record=keys.vouch(keys.other_node)),
