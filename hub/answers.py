@@ -35,6 +35,7 @@ __all__ = [
     "HINT_HEADER",
     "AdminAnswer",
     "CancelAnswer",
+    "DeletedAnswer",
     "FunctionInfo",
     "ModuleDescription",
     "RecipientKeys",
@@ -184,6 +185,14 @@ class ShareAnswer(_Answer):
     op: Literal["share", "unshare"]
     principal: str
     recipients: tuple[Kid, ...] = ()
+    seq: int = Field(ge=1)
+
+
+class DeletedAnswer(_Answer):
+    """Answer to ``delete``: the owner's kept result is gone (``result.deleted``)."""
+
+    request_id: str
+    state: RequestState
     seq: int = Field(ge=1)
 
 

@@ -2,7 +2,8 @@
 
 ``fedhub requests`` (also ``fedhub result ls``) lists my requests at every pinned site,
 ``result get`` fetches a kept result (mine, or one shared with me), ``result share`` and
-``result unshare`` give a colleague or a group access to it and take it back. Each is a
+``result unshare`` give a colleague or a group access to it and take it back, ``result
+rm`` removes it before it expires. Each is a
 signed catalog message (:mod:`hub.results_client`); see docs/results.md.
 """
 
@@ -159,6 +160,19 @@ async def _share(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm(args: argparse.Namespace) -> int:
+    """``fedhub result rm REQUEST_ID --site SITE``."""
+    check_request_target(args)
+    return run_command(_rm(args), deadline_of(args))
+
+
+async def _rm(args: argparse.Namespace) -> int:
+    async with await client_for(args) as fed:
+        answer = await fed.delete_result(args.site, args.request_id)
+    print(f"removed the kept result of {answer.request_id} (log event {answer.seq})")
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------
 
 
@@ -188,7 +202,7 @@ def _target(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``requests`` and ``result ls|get|share|unshare`` to the ``fedhub`` commands."""
+    """Add ``requests`` and ``result ls|get|share|unshare|rm`` to the ``fedhub`` commands."""
     requests = sub.add_parser(
         "requests",
         help="list your requests (and results shared with you) at every site",
@@ -198,7 +212,7 @@ def add_commands(sub: Any) -> None:
     )
     _list_options(requests)
 
-    result = sub.add_parser("result", help="kept results: ls, get, share, unshare")
+    result = sub.add_parser("result", help="kept results: ls, get, share, unshare, rm")
     rsub = result.add_subparsers(dest="result_command", required=True, metavar="COMMAND")
     _list_options(rsub.add_parser("ls", help="the same as `fedhub requests`"))
 
@@ -236,3 +250,13 @@ def add_commands(sub: Any) -> None:
         )
         connection_options(cmd, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
         cmd.set_defaults(func=cmd_share, unshare=unshare)
+
+    rm = rsub.add_parser(
+        "rm",
+        help="remove the kept result of your request now (before it expires)",
+        description="Ask SITE's node to remove the kept result of REQUEST_ID (yours): "
+        "the node deletes it and logs result.deleted; nobody can fetch it afterwards.",
+    )
+    _target(rm)
+    connection_options(rm, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    rm.set_defaults(func=cmd_rm)

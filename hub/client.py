@@ -44,6 +44,7 @@ from pydantic import ValidationError as PydanticValidationError
 from hub import call_bulk, codec, results_client
 from hub.answers import (
     CancelAnswer,
+    DeletedAnswer,
     ModuleDescription,
     RequestStatus,
     ShareAnswer,
@@ -567,6 +568,10 @@ class Client:
     async def unshare(self, site: str, request_id: str, principal: str) -> ShareAnswer:
         """Withdraw a share; later fetches by it are refused."""
         return await results_client.unshare(self, site, request_id, principal)
+
+    async def delete_result(self, site: str, request_id: str) -> DeletedAnswer:
+        """Remove the kept result of my request now (before it expires)."""
+        return await results_client.delete(self, site, request_id)
 
     async def _fetch(
         self,

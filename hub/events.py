@@ -56,6 +56,8 @@ __all__ = [
     "RequestReceived",
     "RequestRejected",
     "RequestStarted",
+    "ResultDeleted",
+    "ResultExpired",
     "ResultFetched",
     "ResultLost",
     "ResultShared",
@@ -262,6 +264,23 @@ class ResultUnshared(_Data):
     principal: str
 
 
+class ResultExpired(_Data):
+    """Version 2: the node removed a kept result by its retention rules (``reason``: which
+    one: its keep-for time ran out, or its module's kept results grew past their size)."""
+
+    type: Literal["result.expired"] = "result.expired"
+    request_id: RequestId
+    reason: str
+
+
+class ResultDeleted(_Data):
+    """Version 2: the owner removed a kept result before it expired."""
+
+    type: Literal["result.deleted"] = "result.deleted"
+    request_id: RequestId
+    by: IdentityId
+
+
 # --- the directory: keys and grants -----------------------------------------------------
 
 
@@ -368,6 +387,8 @@ EventData = Annotated[
     | ResultFetched
     | ResultShared
     | ResultUnshared
+    | ResultExpired
+    | ResultDeleted
     | KeyRegistered
     | KeyRotated
     | KeyRevoked
@@ -401,6 +422,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ResultFetched,
         ResultShared,
         ResultUnshared,
+        ResultExpired,
+        ResultDeleted,
         KeyRegistered,
         KeyRotated,
         KeyRevoked,
@@ -420,6 +443,8 @@ V2_ONLY_TYPES = frozenset(
     {
         "result.lost",
         "result.unshared",
+        "result.expired",
+        "result.deleted",
         "grant.recorded",
         "group.updated",
         "checkpoint.cosigned",

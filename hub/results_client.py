@@ -28,6 +28,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
 from hub.answers import (
+    DeletedAnswer,
     RecipientKeys,
     RequestRecord,
     RequestsAnswer,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RequestList",
     "catalog",
+    "delete",
     "fetch_result",
     "list_requests",
     "result_handle",
@@ -336,6 +338,13 @@ def _verified_person(client: Client, signed: SignedRecord) -> KeyRecord:
     if record.site != site or record.role != "user" or not record.identity.endswith(f"@{site}"):
         raise SignatureError(f"site {site} vouched for {record.identity}, not one of its people")
     return record
+
+
+async def delete(client: Client, site: str, request_id: str) -> DeletedAnswer:
+    """Remove the kept result of my request now (``result.deleted``); its state becomes
+    ``deleted`` and nobody can fetch it any more."""
+    data = await catalog(client, "delete", site, request_id)
+    return _parse(DeletedAnswer, data, f"delete answer from {site}")
 
 
 async def unshare(client: Client, site: str, request_id: str, principal: str) -> ShareAnswer:

@@ -44,7 +44,7 @@ __all__ = [
 CATALOG_MAGIC = b"FHQ1"
 DOMAIN_CATALOG = b"fedhub/catalog/v1\n"
 #: What a catalog message may ask.
-CATALOG_OPS = ("list", "status", "wrap", "keys", "share", "unshare", "fetch")
+CATALOG_OPS = ("list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete")
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 256 * 1024
 
@@ -83,7 +83,7 @@ class CatalogHeader(_Wire):
     """A caller's signed catalog message (see the module docstring)."""
 
     v: Literal[1] = 1
-    op: Literal["list", "status", "wrap", "keys", "share", "unshare", "fetch"]
+    op: Literal["list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete"]
     id: RequestIdText | None = None
     caller: Annotated[str, Field(min_length=3, max_length=140)]
     kid: Kid

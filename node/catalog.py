@@ -15,7 +15,9 @@ ones shared with the asker; anything else is answered as if it did not exist
   ``result.unshared``; the node checks that every wrap is made by the owner's key, for a
   valid key of the principal;
 * ``fetch``: the kept result, with the wrap for the asker's key (owner or reader); logged
-  as ``result.fetched``.
+  as ``result.fetched``;
+* ``delete``: the owner removes the kept result now (:mod:`node.retention`,
+  ``result.deleted``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub.answers import (
+    DeletedAnswer,
     RecipientKeys,
     RequestRecord,
     RequestsAnswer,
@@ -40,6 +43,7 @@ from hub.clock import parse_time
 from hub.crypto import verify
 from hub.errors import (
     FederationError,
+    NodeError,
     NotFoundError,
     UnauthorizedError,
     ValidationError,
@@ -154,6 +158,12 @@ class Catalog:
                 request_id=rid, op="unshare", principal=principal, seq=stored[-1].seq
             )
         name = self._kept(rid, state)
+        if q.op == "delete":
+            retention = self.p.results.retention
+            if retention is None:
+                raise NodeError(f"this node cannot remove kept results (request {rid})")
+            seq = await retention.delete(rid, name, q.caller)
+            return DeletedAnswer(request_id=rid, state=RequestState.DELETED, seq=seq)
         if q.op == "wrap":
             head = await self.control.load_head(name)
             wrap = head.wraps.get(q.kid)

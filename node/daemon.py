@@ -83,6 +83,7 @@ from node.modules import load_module
 from node.natslink import NatsLink, safe_url
 from node.observability import NodeMetrics
 from node.pipeline import Pipeline
+from node.retention import Retention
 from node.runner import Runner
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
@@ -190,6 +191,8 @@ class NodeDaemon:
             bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
+        retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
+        self.stack.push_async_callback(retention.aclose)
         await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)

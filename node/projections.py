@@ -220,6 +220,13 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             "DELETE FROM result_shares WHERE request_id = ? AND principal = ?",
             [data["request_id"], data["principal"]],
         )
+    if kind in ("result.expired", "result.deleted"):
+        why = data.get("reason") or f"removed by {data.get('by')}"
+        return (
+            "UPDATE requests SET state = ?, result_object = NULL, reason = ?, updated_seq = ?,"
+            " updated_time = ? WHERE request_id = ?",
+            [target(kind), why, seq, time, data["request_id"]],
+        )
     if kind == "result.lost":
         return (
             "UPDATE requests SET result_object = NULL, reason = ? WHERE request_id = ?",

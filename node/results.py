@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,6 +22,9 @@ from hub.envelopes import StoredResult, pack_stored_result, unpack_stored_result
 from hub.errors import FederationError
 from hub.events import ResultLost
 from node.logwriter import LogWriter
+
+if TYPE_CHECKING:
+    from node.retention import Retention
 
 __all__ = ["LoadResult", "ResultStore", "StoreResult"]
 
@@ -42,6 +46,8 @@ class ResultStore:
         self._store = store
         self._load = load
         self._storing: dict[str, asyncio.Future[None]] = {}
+        #: What removes kept results (set by :meth:`node.retention.Retention.for_node`).
+        self.retention: Retention | None = None
 
     def name_for(self, rid: str) -> str | None:
         """Where the result of ``rid`` will be kept (None: the node keeps no copies)."""

@@ -27,6 +27,8 @@ from hub.events import (
     RequestFailed,
     RequestRejected,
     RequestStarted,
+    ResultDeleted,
+    ResultExpired,
     ResultFetched,
     ResultLost,
     ResultShared,
@@ -169,6 +171,8 @@ _EVENT: dict[str, BaseModel] = {
     "result.shared": ResultShared(request_id=_RID, by="klaus@geomar", recipients=()),
     "result.lost": ResultLost(request_id=_RID, reason="disk full"),
     "result.unshared": ResultUnshared(request_id=_RID, by="klaus@geomar", principal="a@b"),
+    "result.expired": ResultExpired(request_id=_RID, reason="kept for 30d"),
+    "result.deleted": ResultDeleted(request_id=_RID, by="klaus@geomar"),
 }
 _STEPS = [
     (kind, state, state in steps)

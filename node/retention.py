@@ -1,0 +1,200 @@
+"""Retention: kept results go when their time runs out or their module keeps too much.
+
+Each module keeps its results for ``keep_for`` seconds after the call completed and up to
+``keep_max_size`` bytes (plaintext sizes, all of the module's kept results together; the
+oldest go first); ``[results]`` in the node config gives the site's defaults
+(docs/results.md, "Retention"). A sweep, at start and every ``sweep_every`` seconds,
+removes what is due: the object first, then ``result.expired`` (with the rule as its
+reason) in the log. A sweep that dies between the two leaves a request ``completed``
+without its object, and the next sweep removes it again (a missing object is no error)
+and logs it. The owner removes a result early with :meth:`Retention.delete`
+(``result.deleted``). After either, the request's state is ``expired`` or ``deleted``,
+which ``fedhub status`` shows, and a fetch is answered NotFoundError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+
+from hub.clock import parse_time
+from hub.errors import FederationError, TransportError
+from hub.events import ResultDeleted, ResultExpired
+from hub.lifecycle import RequestState
+from hub.subjects import RESULTS_BUCKET
+from node.config import ModuleConfig, NodeConfig, ResultsSection
+from node.logwriter import LogWriter
+
+if TYPE_CHECKING:
+    from node.pipeline import Pipeline
+
+__all__ = ["DeleteResult", "Policy", "Retention", "delete_kept"]
+
+log = structlog.get_logger(__name__)
+
+#: Remove the object kept under a name (no error when it is gone already).
+DeleteResult = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How long and how much of one module's results are kept."""
+
+    keep_for: float
+    max_size: int
+
+    @classmethod
+    def of(cls, section: ResultsSection, module: ModuleConfig | None) -> Policy:
+        """A module's policy: its own settings, else the site's defaults."""
+        keep_for = module.keep_for if module and module.keep_for else section.keep_for
+        max_size = module.keep_max_size if module and module.keep_max_size else section.max_size
+        return cls(keep_for, max_size)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    request_id: str
+    module: str
+    completed: float
+    size: int
+    name: str
+
+
+class Retention:
+    """Sweeps one node's kept results by the policies of its modules."""
+
+    def __init__(
+        self,
+        writer: LogWriter,
+        read: Callable[[], sqlite3.Connection],
+        delete: DeleteResult,
+        section: ResultsSection,
+        modules: Iterable[ModuleConfig] = (),
+    ) -> None:
+        self.writer = writer
+        self._read = read
+        self._delete = delete
+        self.section = section
+        self.policies = {m.name: Policy.of(section, m) for m in modules}
+        self.default = Policy.of(section, None)
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_node(
+        cls, pipeline: Pipeline, cfg: NodeConfig, js: Callable[[], JetStreamContext]
+    ) -> Retention:
+        """The retention of a node's pipeline, sweeping from now on; the pipeline's result
+        store uses it for an owner's delete."""
+        retention = cls(
+            pipeline.writer,
+            pipeline._read,
+            lambda name: delete_kept(js(), name),
+            cfg.results,
+            cfg.modules,
+        )
+        pipeline.results.retention = retention
+        retention.start()
+        return retention
+
+    def policy(self, module: str) -> Policy:
+        """The policy of ``module`` (the site's default for a module not configured)."""
+        return self.policies.get(module, self.default)
+
+    def _kept(self) -> list[_Kept]:
+        """Every kept result, newest first."""
+        cur = self._read().execute(
+            "SELECT request_id, address, updated_time, result_size, result_object FROM requests"
+            " WHERE state = ? AND result_object IS NOT NULL ORDER BY updated_time DESC",
+            [RequestState.COMPLETED.value],
+        )
+        out = []
+        for rid, address, updated, size, name in cur:
+            parts = str(address or "").split(".")
+            module = parts[1] if len(parts) >= 3 else ""
+            out.append(_Kept(rid, module, parse_time(updated).timestamp(), int(size or 0), name))
+        return out
+
+    def due(self, at: float | None = None) -> list[tuple[_Kept, str]]:
+        """The kept results the policies remove now, each with the reason."""
+        at = time.time() if at is None else at
+        used: dict[str, int] = {}
+        found = []
+        for item in self._kept():
+            policy = self.policy(item.module)
+            used[item.module] = used.get(item.module, 0) + item.size
+            if at - item.completed > policy.keep_for:
+                found.append((item, f"kept for {_span(policy.keep_for)}, its keep-for time"))
+            elif used[item.module] > policy.max_size:
+                found.append((item, f"module {item.module} keeps at most {policy.max_size} bytes"))
+        return found
+
+    async def sweep(self, at: float | None = None) -> list[str]:
+        """Remove every result due now; logs ``result.expired`` for each. Returns their ids."""
+        removed = []
+        for item, reason in self.due(at):
+            try:
+                await self._delete(item.name)
+                await self.writer.append(ResultExpired(request_id=item.request_id, reason=reason))
+            except FederationError as exc:  # the bucket or the log unreachable: next sweep
+                log.warning("result.expire_failed", request_id=item.request_id, error=str(exc))
+                continue
+            log.info("result.expired", request_id=item.request_id, reason=reason)
+            removed.append(item.request_id)
+        return removed
+
+    async def delete(self, request_id: str, name: str, by: str) -> int:
+        """The owner removes a kept result now; returns the seq of ``result.deleted``."""
+        await self._delete(name)
+        stored = await self.writer.append(ResultDeleted(request_id=request_id, by=by))
+        log.info("result.deleted", request_id=request_id, by=by)
+        return stored[-1].seq
+
+    def start(self) -> None:
+        """Sweep now and every ``sweep_every`` seconds until :meth:`aclose`."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.sweep()
+                except (sqlite3.Error, ValueError) as exc:  # a bad row must not stop sweeps
+                    log.error("result.sweep_failed", error=str(exc))
+                await asyncio.sleep(self.section.sweep_every)
+
+        self._task = asyncio.get_running_loop().create_task(loop())
+
+    async def aclose(self) -> None:
+        """Stop sweeping."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def delete_kept(js: JetStreamContext, name: str) -> None:
+    """Remove the result kept under ``name`` from the site's result bucket (its meta marked
+    deleted, its chunks purged); one that is gone already counts as removed."""
+    store = await js.object_store(RESULTS_BUCKET)
+    try:
+        await store.delete(name)
+    except nats.js.errors.ObjectNotFoundError:
+        return
+    except nats.errors.Error as exc:
+        raise TransportError(f"removing the kept result {name!r} failed: {exc}") from exc
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
