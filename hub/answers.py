@@ -104,7 +104,7 @@ class RequestStatus(_Answer):
     progress_ppm: int | None = Field(None, ge=0, le=1_000_000)
     result_hash: Hex32 | None = None
     result_object: str | None = Field(None, description="where the result is kept, if it is")
-    result_size: int | None = Field(None, ge=0, description="plaintext bytes of the result")
+    result_size: int | None = Field(None, ge=0, description="bytes, as request.completed says")
 
 
 class CancelAnswer(_Answer):

@@ -161,6 +161,17 @@ def test_result_ls_is_the_requests_listing(site: Site) -> None:
     assert rid in {r["request_id"] for r in json.loads(run.out)}
 
 
+def test_result_rm_removes_my_kept_result_and_status_then_says_deleted(site: Site) -> None:
+    rid = call(site, "hereon.climate.scale", "values=[7]")
+    one_error(fedhub(site, "result", "rm", rid, "--site", "hereon", who=MALLORY), "NotFound")
+    removed = fedhub(site, "result", "rm", rid, "--site", "hereon")
+    assert removed.code == 0, removed.err
+    assert removed.out.startswith(f"removed the kept result of {rid}")
+    status = fedhub(site, "status", rid, "--site", "hereon", "--json")
+    assert json.loads(status.out)["state"] == "deleted"
+    one_error(fedhub(site, "result", "get", rid, "--site", "hereon"), "deleted")
+
+
 def test_a_bad_time_filter_is_one_error_line(site: Site) -> None:
     one_error(fedhub(site, "requests", "--site", "hereon", "--since", "yesterday"), "no time")
 
