@@ -44,6 +44,7 @@ __all__ = [
     "RequestsAnswer",
     "ResultWrap",
     "ShareAnswer",
+    "TagsAnswer",
     "error_from_headers",
     "error_headers",
 ]
@@ -136,6 +137,8 @@ class RequestRecord(_Answer):
     kept: bool = Field(False, description="whether the node keeps a copy of the result")
     shared_with_me: bool = False
     shares: tuple[str, ...] = Field((), description="principals the owner shared it with")
+    tags: tuple[str, ...] = Field((), description="the owner's private tags (owner only)")
+    shared_tags: tuple[str, ...] = Field((), description="tags shared with the readers")
     sharer_key: SignedRecord | None = Field(
         None, description="for a shared reader: the key record of whoever wrapped its key"
     )
@@ -185,6 +188,15 @@ class ShareAnswer(_Answer):
     op: Literal["share", "unshare"]
     principal: str
     recipients: tuple[Kid, ...] = ()
+    seq: int = Field(ge=1)
+
+
+class TagsAnswer(_Answer):
+    """Answer to ``tag``: a result's tags of one scope as they are now."""
+
+    request_id: str
+    scope: Literal["private", "shared"]
+    tags: tuple[str, ...]
     seq: int = Field(ge=1)
 
 

@@ -3,7 +3,8 @@
 ``fedhub requests`` (also ``fedhub result ls``) lists my requests at every pinned site,
 ``result get`` fetches a kept result (mine, or one shared with me), ``result share`` and
 ``result unshare`` give a colleague or a group access to it and take it back, ``result
-rm`` removes it before it expires. Each is a
+tag`` tags it (searched with ``--tag`` and ``--query``), ``result rm`` removes it before
+it expires. Each is a
 signed catalog message (:mod:`hub.results_client`); see docs/results.md.
 """
 
@@ -29,6 +30,7 @@ from hub.cli_calls import (
 )
 from hub.clock import format_time
 from hub.errors import ConfigError
+from hub.query import Query, Tag
 from hub.results_client import RequestList, fetch_result
 
 __all__ = ["add_commands", "parse_when"]
@@ -63,10 +65,33 @@ def cmd_requests(args: argparse.Namespace) -> int:
     return run_command(_requests(args), deadline_of(args))
 
 
+def _search(args: argparse.Namespace) -> Query | None:
+    """The query of ``--query``, ``--query-file`` and every ``--tag``, ANDed."""
+    parts: list[Query] = [Tag(t) for t in args.tag or ()]
+    if args.query:
+        parts.append(Query.parse(args.query))
+    if args.query_file:
+        try:
+            parts.append(Query.from_json(json.loads(args.query_file.read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read a query from {args.query_file}: {exc}") from exc
+    if not parts:
+        return None
+    query = parts[0]
+    for part in parts[1:]:
+        query = query & part
+    return query
+
+
 async def _requests(args: argparse.Namespace) -> int:
     since = parse_when(args.since) if args.since else None
     until = parse_when(args.until) if args.until else None
     shared = True if args.shared else (False if args.mine else None)
+    query = _search(args)
+    if args.save_query:
+        if query is None:
+            raise ConfigError("--save-query needs a query (--query, --tag or --query-file)")
+        args.save_query.write_text(query.dumps() + "\n")
     async with await client_for(args) as fed:
         found: RequestList = await fed.requests(
             args.site or None,
@@ -76,6 +101,7 @@ async def _requests(args: argparse.Namespace) -> int:
             since=since,
             until=until,
             shared=shared,
+            query=query,
             limit=args.limit,
         )
     for site, why in sorted(found.unreachable.items()):
@@ -104,9 +130,10 @@ def _print_table(records: list[RequestRecord]) -> None:
     if not records:
         print("no requests", file=sys.stderr)
         return
-    rows = [("REQUEST", "ADDRESS", "STATE", "RECEIVED", "SIZE", "KEPT", "SHARING")]
+    rows = [("REQUEST", "ADDRESS", "STATE", "RECEIVED", "SIZE", "KEPT", "SHARING", "TAGS")]
     for r in records:
         sharing = f"from {r.caller}" if r.shared_with_me else ", ".join(r.shares)
+        tags = [*r.tags, *(f"{t} (shared)" for t in r.shared_tags)]
         rows.append(
             (
                 r.request_id,
@@ -116,6 +143,7 @@ def _print_table(records: list[RequestRecord]) -> None:
                 _size(r.result_size),
                 "yes" if r.kept else "no",
                 sharing or "-",
+                ", ".join(tags) or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -160,6 +188,21 @@ async def _share(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    """``fedhub result tag REQUEST_ID --site SITE [--shared] [--remove] TAG...``."""
+    check_request_target(args)
+    return run_command(_tag(args), deadline_of(args))
+
+
+async def _tag(args: argparse.Namespace) -> int:
+    add, remove = ((), args.tags) if args.remove else (args.tags, ())
+    async with await client_for(args) as fed:
+        answer = await fed.tag(args.site, args.request_id, add, remove, shared=args.shared)
+    scope = "shared" if args.shared else "private"
+    print(f"{scope} tags of {answer.request_id}: {', '.join(answer.tags) or '(none)'}")
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     """``fedhub result rm REQUEST_ID --site SITE``."""
     check_request_target(args)
@@ -190,6 +233,18 @@ def _list_options(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--shared", action="store_true", help="only results shared with me")
     who.add_argument("--mine", action="store_true", help="only my own requests")
+    parser.add_argument("--tag", action="append", help="only results I tagged so (repeatable)")
+    parser.add_argument(
+        "--query",
+        metavar="TEXT",
+        help="only those matching: tag:x AND (module:climate OR NOT state:failed) AND size>1000",
+    )
+    parser.add_argument(
+        "--query-file", type=Path, metavar="PATH", help="a saved query (its JSON form)"
+    )
+    parser.add_argument(
+        "--save-query", type=Path, metavar="PATH", help="also write the query's JSON form here"
+    )
     parser.add_argument("--limit", type=int, default=1000, help="at most this many per site")
     parser.add_argument("--json", action="store_true", help="print JSON records")
     connection_options(parser, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
@@ -202,7 +257,7 @@ def _target(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``requests`` and ``result ls|get|share|unshare|rm`` to the ``fedhub`` commands."""
+    """Add ``requests`` and ``result ls|get|share|unshare|tag|rm`` to the ``fedhub`` commands."""
     requests = sub.add_parser(
         "requests",
         help="list your requests (and results shared with you) at every site",
@@ -212,7 +267,7 @@ def add_commands(sub: Any) -> None:
     )
     _list_options(requests)
 
-    result = sub.add_parser("result", help="kept results: ls, get, share, unshare, rm")
+    result = sub.add_parser("result", help="kept results: ls, get, share, unshare, tag, rm")
     rsub = result.add_subparsers(dest="result_command", required=True, metavar="COMMAND")
     _list_options(rsub.add_parser("ls", help="the same as `fedhub requests`"))
 
@@ -250,6 +305,19 @@ def add_commands(sub: Any) -> None:
         )
         connection_options(cmd, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
         cmd.set_defaults(func=cmd_share, unshare=unshare)
+
+    tag = rsub.add_parser(
+        "tag",
+        help="tag your result (private, or --shared with those you share it with)",
+        description="Add TAGs to the kept result of REQUEST_ID (or --remove them). Tags are "
+        "private unless --shared: shared tags are seen by whoever the result is shared with.",
+    )
+    _target(tag)
+    tag.add_argument("tags", nargs="+", metavar="TAG", help="letters, digits, _ . -")
+    tag.add_argument("--shared", action="store_true", help="tags seen by those you share with")
+    tag.add_argument("--remove", action="store_true", help="remove the tags instead")
+    connection_options(tag, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    tag.set_defaults(func=cmd_tag)
 
     rm = rsub.add_parser(
         "rm",

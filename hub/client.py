@@ -48,6 +48,7 @@ from hub.answers import (
     ModuleDescription,
     RequestStatus,
     ShareAnswer,
+    TagsAnswer,
     error_from_headers,
 )
 from hub.bulk import chunk_size_for
@@ -568,6 +569,18 @@ class Client:
     async def unshare(self, site: str, request_id: str, principal: str) -> ShareAnswer:
         """Withdraw a share; later fetches by it are refused."""
         return await results_client.unshare(self, site, request_id, principal)
+
+    async def tag(
+        self,
+        site: str,
+        request_id: str,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        *,
+        shared: bool = False,
+    ) -> TagsAnswer:
+        """Tag my result (private, or ``shared`` with those I share it with)."""
+        return await results_client.tag(self, site, request_id, add, remove, shared=shared)
 
     async def delete_result(self, site: str, request_id: str) -> DeletedAnswer:
         """Remove the kept result of my request now (before it expires)."""

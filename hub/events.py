@@ -62,6 +62,7 @@ __all__ = [
     "ResultLost",
     "ResultShared",
     "ResultStored",
+    "ResultTagged",
     "ResultUnshared",
     "data_adapter",
 ]
@@ -264,6 +265,18 @@ class ResultUnshared(_Data):
     principal: str
 
 
+class ResultTagged(_Data):
+    """Version 2: the owner set the tags of a result: ``tags`` is the whole new set of the
+    ``scope`` (``private``: the owner's own; ``shared``: also seen by whoever the result is
+    shared with)."""
+
+    type: Literal["result.tagged"] = "result.tagged"
+    request_id: RequestId
+    by: IdentityId
+    scope: Literal["private", "shared"]
+    tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ...]
+
+
 class ResultExpired(_Data):
     """Version 2: the node removed a kept result by its retention rules (``reason``: which
     one: its keep-for time ran out, or its module's kept results grew past their size)."""
@@ -387,6 +400,7 @@ EventData = Annotated[
     | ResultFetched
     | ResultShared
     | ResultUnshared
+    | ResultTagged
     | ResultExpired
     | ResultDeleted
     | KeyRegistered
@@ -422,6 +436,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ResultFetched,
         ResultShared,
         ResultUnshared,
+        ResultTagged,
         ResultExpired,
         ResultDeleted,
         KeyRegistered,
@@ -443,6 +458,7 @@ V2_ONLY_TYPES = frozenset(
     {
         "result.lost",
         "result.unshared",
+        "result.tagged",
         "result.expired",
         "result.deleted",
         "grant.recorded",

@@ -34,6 +34,7 @@ from hub.answers import (
     RequestsAnswer,
     ResultWrap,
     ShareAnswer,
+    TagsAnswer,
     error_from_headers,
 )
 from hub.call_handle import CallHandle
@@ -52,6 +53,7 @@ from hub.errors import (
     error_from_code,
 )
 from hub.lifecycle import RequestState
+from hub.query import Query, Tag
 from hub.records import KeyRecord, SignedRecord, one_line, open_record
 from hub.results_wire import CatalogHeader, ListFilter, pack_catalog
 from hub.subjects import parse_address, status_subject
@@ -68,6 +70,7 @@ __all__ = [
     "result_handle",
     "result_status",
     "share",
+    "tag",
     "unshare",
 ]
 
@@ -151,12 +154,19 @@ async def list_requests(
     since: datetime | str | None = None,
     until: datetime | str | None = None,
     shared: bool | None = None,
+    tag: str | None = None,
+    query: Query | str | Mapping[str, Any] | None = None,
     limit: int = 1000,
 ) -> RequestList:
     """My requests (and those shared with me) at ``sites`` (default: every pinned site),
     newest first. ``status`` is a request state or ``"kept"``; ``since``/``until`` bound
-    the time the node received it; ``shared`` True lists only what others shared with me.
+    the time the node received it; ``shared`` True lists only what others shared with me;
+    ``tag`` keeps those I tagged so; ``query`` (a :class:`hub.query.Query`, its text or
+    its JSON form) keeps those it matches. Every filter is applied by the nodes.
     """
+    q = _query(query)
+    if tag is not None:
+        q = Tag(tag) if q is None else Tag(tag) & q
     if isinstance(sites, str):
         sites = [sites]
     chosen = sorted(set(sites) if sites is not None else set(client.trusted_sites))
@@ -168,6 +178,7 @@ async def list_requests(
             since=_time(since),
             until=_time(until),
             shared=shared,
+            query=q.to_json() if q is not None else None,
             limit=limit,
         )
     except PydanticValidationError as exc:
@@ -192,6 +203,14 @@ async def list_requests(
                 out.truncated.add(site)
     out.sort(key=lambda r: r.received_time or "", reverse=True)
     return out
+
+
+def _query(query: Query | str | Mapping[str, Any] | None) -> Query | None:
+    if query is None or isinstance(query, Query):
+        return query
+    if isinstance(query, str):
+        return Query.parse(query)
+    return Query.from_json(dict(query))
 
 
 async def result_status(client: Client, site: str, request_id: str) -> RequestRecord:
@@ -345,6 +364,22 @@ async def delete(client: Client, site: str, request_id: str) -> DeletedAnswer:
     ``deleted`` and nobody can fetch it any more."""
     data = await catalog(client, "delete", site, request_id)
     return _parse(DeletedAnswer, data, f"delete answer from {site}")
+
+
+async def tag(
+    client: Client,
+    site: str,
+    request_id: str,
+    add: Iterable[str] = (),
+    remove: Iterable[str] = (),
+    *,
+    shared: bool = False,
+) -> TagsAnswer:
+    """Add and remove tags of my result: private ones (``shared`` False, only I see them)
+    or shared ones (also seen by those I share it with); ``result.tagged``."""
+    args = {"scope": "shared" if shared else "private", "add": list(add), "remove": list(remove)}
+    data = await catalog(client, "tag", site, request_id, args)
+    return _parse(TagsAnswer, data, f"tag answer from {site}")
 
 
 async def unshare(client: Client, site: str, request_id: str, principal: str) -> ShareAnswer:

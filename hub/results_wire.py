@@ -12,7 +12,7 @@ a captured ``share`` or ``unshare`` cannot be played again).
 
 ``op`` is what is asked; ``id`` names the request (absent for ``list``); ``args`` holds
 the op's parameters (:class:`ListFilter` for ``list``, a principal for ``keys``,
-``share`` and ``unshare``, the wraps for ``share``).
+``share`` and ``unshare``, the wraps for ``share``, :class:`TagArgs` for ``tag``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "ListFilter",
     "Principal",
     "ShareArgs",
+    "TagArgs",
     "pack_catalog",
     "parse_catalog_bytes",
     "split_catalog",
@@ -44,7 +45,7 @@ __all__ = [
 CATALOG_MAGIC = b"FHQ1"
 DOMAIN_CATALOG = b"fedhub/catalog/v1\n"
 #: What a catalog message may ask.
-CATALOG_OPS = ("list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete")
+CATALOG_OPS = ("list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete", "tag")
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 256 * 1024
 
@@ -69,7 +70,19 @@ class ListFilter(_Wire):
     since: Time | None = Field(None, description="received at or after")
     until: Time | None = Field(None, description="received before")
     shared: bool | None = Field(None, description="only shared with me (true) or mine (false)")
+    query: dict[str, Any] | None = Field(None, description="a hub.query.Query in JSON form")
     limit: int = Field(1000, ge=1, le=10_000)
+
+
+TagName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class TagArgs(_Wire):
+    """``tag``: tags to add to and remove from one scope of a result's tags."""
+
+    scope: Literal["private", "shared"] = "private"
+    add: tuple[TagName, ...] = Field((), max_length=100)
+    remove: tuple[TagName, ...] = Field((), max_length=100)
 
 
 class ShareArgs(_Wire):
@@ -83,7 +96,7 @@ class CatalogHeader(_Wire):
     """A caller's signed catalog message (see the module docstring)."""
 
     v: Literal[1] = 1
-    op: Literal["list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete"]
+    op: Literal["list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete", "tag"]
     id: RequestIdText | None = None
     caller: Annotated[str, Field(min_length=3, max_length=140)]
     kid: Kid

@@ -16,6 +16,9 @@ ones shared with the asker; anything else is answered as if it did not exist
   valid key of the principal;
 * ``fetch``: the kept result, with the wrap for the asker's key (owner or reader); logged
   as ``result.fetched``;
+* ``tag``: the owner adds and removes tags of a result, private or shared with its
+  readers (``result.tagged``); ``list`` takes a :class:`hub.query.Query` over the
+  records and the asker's tags;
 * ``delete``: the owner removes the kept result now (:mod:`node.retention`,
   ``result.deleted``).
 """
@@ -37,6 +40,7 @@ from hub.answers import (
     RequestsAnswer,
     ResultWrap,
     ShareAnswer,
+    TagsAnswer,
 )
 from hub.canonical import b64d
 from hub.clock import parse_time
@@ -48,14 +52,16 @@ from hub.errors import (
     UnauthorizedError,
     ValidationError,
 )
-from hub.events import ResultShared, ResultUnshared
+from hub.events import ResultShared, ResultTagged, ResultUnshared
 from hub.lifecycle import RequestState
+from hub.query import Query, record_fields
 from hub.records import KeyRecord, one_line
 from hub.results_wire import (
     DOMAIN_CATALOG,
     CatalogHeader,
     ListFilter,
     ShareArgs,
+    TagArgs,
     parse_catalog_bytes,
     split_catalog,
     validate_catalog_header,
@@ -124,7 +130,12 @@ class Catalog:
             raise _unknown(q)  # a stranger learns nothing, not even that it exists
         wrap = share["wraps"].get(q.kid)
         if q.op == "status":
-            return self._record(state, shared=True, sharer=self._sharer_key(share, wrap))
+            return self._record(
+                state,
+                shared=True,
+                sharer=self._sharer_key(share, wrap),
+                tags=self._tags_by_request([q.id]).get(q.id, {}),
+            )
         if wrap is None:
             raise UnauthorizedError(
                 f"request {q.id} was shared with {share['principal']}, but not with key {q.kid}",
@@ -137,7 +148,11 @@ class Catalog:
     async def _owner(self, q: CatalogHeader, record: KeyRecord, state: dict[str, Any]) -> BaseModel:
         rid = str(q.id)
         if q.op == "status":
-            return self._record(state, shares=self._shares_of(rid))
+            return self._record(
+                state, shares=self._shares_of(rid), tags=self._tags_by_request([rid]).get(rid, {})
+            )
+        if q.op == "tag":
+            return await self._tag(q, state)
         if q.op == "keys":
             principal = _arg_principal(q)
             return RecipientKeys(
@@ -207,6 +222,32 @@ class Catalog:
             seq=stored[-1].seq,
         )
 
+    async def _tag(self, q: CatalogHeader, state: dict[str, Any]) -> TagsAnswer:
+        rid = str(q.id)
+        try:
+            args = TagArgs.model_validate(q.args)
+        except PydanticValidationError as exc:
+            raise ValidationError(f"tag arguments: {one_line(exc)}") from exc
+        if RequestState(state["state"]) != RequestState.COMPLETED:
+            raise ValidationError(f"request {rid} is {state['state']}: only results are tagged")
+        held = set(self._tags_by_request([rid]).get(rid, {}).get(args.scope, ()))
+        tags = tuple(sorted((held | set(args.add)) - set(args.remove)))
+        stored = await self.p.writer.append(
+            ResultTagged(request_id=rid, by=q.caller, scope=args.scope, tags=tags)
+        )
+        return TagsAnswer(request_id=rid, scope=args.scope, tags=tags, seq=stored[-1].seq)
+
+    def _tags_by_request(self, rids: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+        """The tags of each of ``rids`` that has some, by scope."""
+        out: dict[str, dict[str, tuple[str, ...]]] = {}
+        for at in range(0, len(rids), 500):
+            part = rids[at : at + 500]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT request_id, scope, tags FROM result_tags WHERE request_id IN ({marks})"  # noqa: S608
+            for rid, scope, tags in self.reader().execute(sql, part):
+                out.setdefault(rid, {})[scope] = tuple(orjson.loads(tags))
+        return out
+
     # -- list ------------------------------------------------------------------------------
 
     def _list(self, q: CatalogHeader, record: KeyRecord) -> RequestsAnswer:
@@ -234,12 +275,29 @@ class Catalog:
             names = [c[0] for c in cur.description]
             mine = (dict(zip(names, row, strict=True)) for row in cur)
             rows = [row for row in mine if _matches(row, f)]
-            shares = self._shares_by_request([row["request_id"] for row in rows])
-            found += [self._record(row, shares=shares.get(row["request_id"], ())) for row in rows]
+            rids = [row["request_id"] for row in rows]
+            shares, tags = self._shares_by_request(rids), self._tags_by_request(rids)
+            found += [
+                self._record(
+                    row,
+                    shares=shares.get(row["request_id"], ()),
+                    tags=tags.get(row["request_id"], {}),
+                )
+                for row in rows
+            ]
         if f.shared is not False:
-            for row in self._shared_with(record):
-                if _matches(row, f) and _in_time(row, f):
-                    found.append(self._record(row, shared=True))
+            rows = [r for r in self._shared_with(record) if _matches(r, f) and _in_time(r, f)]
+            tags = self._tags_by_request([row["request_id"] for row in rows])
+            found += [
+                self._record(row, shared=True, tags=tags.get(row["request_id"], {})) for row in rows
+            ]
+        if f.query is not None:
+            query = Query.from_json(f.query)
+            found = [
+                r
+                for r in found
+                if query.matches(record_fields(r), frozenset((*r.tags, *r.shared_tags)))
+            ]
         found.sort(key=lambda r: r.received_time or "", reverse=True)
         return RequestsAnswer(
             site=self.p.site,
@@ -359,7 +417,9 @@ class Catalog:
         shares: tuple[str, ...] = (),
         shared: bool = False,
         sharer: Any = None,
+        tags: dict[str, tuple[str, ...]] | None = None,
     ) -> RequestRecord:
+        tags = tags or {}
         return RequestRecord(
             request_id=row["request_id"],
             site=self.p.site,
@@ -375,6 +435,8 @@ class Catalog:
             kept=bool(row.get("result_object")),
             shared_with_me=shared,
             shares=() if shared else shares,
+            tags=() if shared else tags.get("private", ()),
+            shared_tags=tags.get("shared", ()),
             sharer_key=sharer,
         )
 

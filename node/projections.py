@@ -2,8 +2,8 @@
 
 ``requests`` holds one row per request id with its current state; ``result_shares`` one
 row per share of a kept result (``result.shared`` until ``result.unshared``, with the
-wrapped keys). They are a cache of the log, never the truth: ``fedhub-node log rebuild``
-drops and replays them.
+wrapped keys); ``result_tags`` the owner's tags of a result, per scope. They are a cache
+of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS result_shares (
     seq INTEGER NOT NULL,
     PRIMARY KEY (request_id, principal)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_tags (
+    request_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    PRIMARY KEY (request_id, scope)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests(state)
     WHERE state IN (%s);
 """
@@ -78,6 +84,7 @@ def drop(conn: sqlite3.Connection) -> None:
     """Drop the projection tables."""
     conn.execute("DROP TABLE IF EXISTS requests")
     conn.execute("DROP TABLE IF EXISTS result_shares")
+    conn.execute("DROP TABLE IF EXISTS result_tags")
 
 
 def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
@@ -214,6 +221,12 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
                 ).decode(),
                 seq,
             ],
+        )
+    if kind == "result.tagged":
+        return (
+            "INSERT INTO result_tags(request_id, scope, tags) VALUES (?, ?, ?)"
+            " ON CONFLICT(request_id, scope) DO UPDATE SET tags = excluded.tags",
+            [data["request_id"], data["scope"], orjson.dumps(list(data["tags"])).decode()],
         )
     if kind == "result.unshared":
         return (

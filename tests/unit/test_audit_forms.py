@@ -32,6 +32,7 @@ from hub.events import (
     ResultFetched,
     ResultLost,
     ResultShared,
+    ResultTagged,
     ResultUnshared,
 )
 from hub.lifecycle import TRANSITIONS, RequestState
@@ -172,6 +173,7 @@ _EVENT: dict[str, BaseModel] = {
     "result.lost": ResultLost(request_id=_RID, reason="disk full"),
     "result.unshared": ResultUnshared(request_id=_RID, by="klaus@geomar", principal="a@b"),
     "result.expired": ResultExpired(request_id=_RID, reason="kept for 30d"),
+    "result.tagged": ResultTagged(request_id=_RID, by="klaus@geomar", scope="shared", tags=("a",)),
     "result.deleted": ResultDeleted(request_id=_RID, by="klaus@geomar"),
 }
 _STEPS = [

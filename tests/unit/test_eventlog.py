@@ -54,6 +54,7 @@ from hub.events import (
     ResultLost,
     ResultShared,
     ResultStored,
+    ResultTagged,
     ResultUnshared,
 )
 from hub.keys import KeyPair, PublicKeys
@@ -517,6 +518,7 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
             key_wraps=("d3JhcA",),
         ),
         ResultUnshared(request_id="req00004", by="klaus@geomar", principal="anna@geomar"),
+        ResultTagged(request_id="req00004", by="klaus@geomar", scope="private", tags=("a", "b")),
         ResultDeleted(request_id="req00004", by="klaus@geomar"),
         ResultExpired(request_id="req00005", reason="kept for 30d"),
         GrantAdded(principal="klaus@geomar", module="climate", by="admin@hereon"),
