@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from support.world import NodeProcess, World
@@ -170,6 +171,31 @@ def test_result_rm_removes_my_kept_result_and_status_then_says_deleted(site: Sit
     status = fedhub(site, "status", rid, "--site", "hereon", "--json")
     assert json.loads(status.out)["state"] == "deleted"
     one_error(fedhub(site, "result", "get", rid, "--site", "hereon"), "deleted")
+
+
+def test_tags_set_on_the_command_line_are_found_by_tag_by_query_and_by_a_saved_query(
+    site: Site, tmp_path: Path
+) -> None:
+    tagged = call(site, "hereon.climate.scale", "values=[8]")
+    other = call(site, "hereon.climate.scale", "values=[9]")
+    run = fedhub(site, "result", "tag", tagged, "--site", "hereon", "cli-final", "cli-x")
+    assert run.code == 0, run.err
+    assert run.out.strip() == f"private tags of {tagged}: cli-final, cli-x"
+    removed = fedhub(site, "result", "tag", tagged, "--site", "hereon", "--remove", "cli-x")
+    assert removed.out.strip() == f"private tags of {tagged}: cli-final"
+    assert {r["request_id"] for r in listed(site, "--tag", "cli-final")} == {tagged}
+    query = "cli-final OR (function:scale AND NOT cli-final)"
+    saved = tmp_path / "search.json"
+    found = {r["request_id"] for r in listed(site, "--query", query, "--save-query", str(saved))}
+    assert {tagged, other} <= found
+    again = {r["request_id"] for r in listed(site, "--query-file", str(saved))}
+    assert again == found
+    assert listed(site, "--query", "NOT function:scale AND cli-final") == []
+    one_error(fedhub(site, "requests", "--site", "hereon", "--query", "size>big"), "size")
+    one_error(
+        fedhub(site, "result", "tag", tagged, "--site", "hereon", "stolen", who=MALLORY),
+        "NotFound",
+    )
 
 
 def test_a_bad_time_filter_is_one_error_line(site: Site) -> None:
