@@ -550,7 +550,9 @@ class Client:
 
     # -- kept results: hub.results_client -------------------------------------------------
 
-    async def requests(self, sites: Iterable[str] | str | None = None, **filters: Any) -> Any:
+    async def requests(
+        self, sites: Iterable[str] | str | None = None, **filters: Any
+    ) -> results_client.RequestList:
         """My requests (and those shared with me) across sites, as typed records: see
         :func:`hub.results_client.list_requests` for the filters."""
         return await results_client.list_requests(self, sites, **filters)

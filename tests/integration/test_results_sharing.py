@@ -6,6 +6,7 @@ is refused, and every step is an event the audit accepts.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from support.world import World
 from hub.answers import RequestStatus, error_from_headers
 from hub.audit import audit_events
 from hub.canonical import b64e, parse_canonical
-from hub.client import Client
+from hub.client import Client, connect
 from hub.clock import now
 from hub.crypto import wrap_key
 from hub.errors import NotFoundError, ReplayError, UnauthorizedError
@@ -220,3 +221,21 @@ async def test_the_owner_still_fetches_and_sees_the_size_after_sharing(
     assert isinstance(status, RequestStatus)
     assert status.state == RequestState.COMPLETED
     assert status.result_size is not None and status.result_size > 0
+
+
+async def test_the_blocking_client_lists_shares_and_opens_a_shared_result(
+    node: NodeDaemon, world: World
+) -> None:
+    rid = await _kept_result(node, world)
+
+    def as_people() -> tuple[list[str], object]:
+        with connect(node.url, OWNER, home=world.store.home) as owner:
+            owner.share("hereon", rid, COLLEAGUE)
+            owner.tag("hereon", rid, ["seen"], shared=True)
+        with connect(node.url, COLLEAGUE, home=world.store.home) as anna:
+            tags = [t for r in anna.requests("hereon") for t in r.shared_tags]
+            return tags, anna.result(rid, site="hereon").result(timeout=15)
+
+    tags, value = await asyncio.to_thread(as_people)
+    assert tags == ["seen"]
+    assert value == [2.0, 4.0]
