@@ -37,6 +37,7 @@ __all__ = [
     "CancelAnswer",
     "DeletedAnswer",
     "FunctionInfo",
+    "KeepAnswer",
     "ModuleDescription",
     "RecipientKeys",
     "RequestRecord",
@@ -135,6 +136,7 @@ class RequestRecord(_Answer):
     result_hash: Hex32 | None = None
     result_size: int | None = Field(None, ge=0)
     kept: bool = Field(False, description="whether the node keeps a copy of the result")
+    expires_time: str | None = Field(None, description="when a kept result will be removed")
     shared_with_me: bool = False
     shares: tuple[str, ...] = Field((), description="principals the owner shared it with")
     tags: tuple[str, ...] = Field((), description="the owner's private tags (owner only)")
@@ -197,6 +199,15 @@ class TagsAnswer(_Answer):
     request_id: str
     scope: Literal["private", "shared"]
     tags: tuple[str, ...]
+    seq: int = Field(ge=1)
+
+
+class KeepAnswer(_Answer):
+    """Answer to ``keep``: how long the result is kept now, and until when."""
+
+    request_id: str
+    keep_for: int = Field(ge=1)
+    expires_time: str
     seq: int = Field(ge=1)
 
 

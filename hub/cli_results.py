@@ -3,8 +3,8 @@
 ``fedhub requests`` (also ``fedhub result ls``) lists my requests at every pinned site,
 ``result get`` fetches a kept result (mine, or one shared with me), ``result share`` and
 ``result unshare`` give a colleague or a group access to it and take it back, ``result
-tag`` tags it (searched with ``--tag`` and ``--query``), ``result rm`` removes it before
-it expires. Each is a
+tag`` tags it (searched with ``--tag`` and ``--query``), ``result keep`` shortens how
+long it is kept, ``result rm`` removes it before it expires. Each is a
 signed catalog message (:mod:`hub.results_client`); see docs/results.md.
 """
 
@@ -33,7 +33,7 @@ from hub.errors import ConfigError
 from hub.query import Query, Tag
 from hub.results_client import RequestList, fetch_result
 
-__all__ = ["add_commands", "parse_when"]
+__all__ = ["add_commands", "parse_span", "parse_when"]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -130,7 +130,7 @@ def _print_table(records: list[RequestRecord]) -> None:
     if not records:
         print("no requests", file=sys.stderr)
         return
-    rows = [("REQUEST", "ADDRESS", "STATE", "RECEIVED", "SIZE", "KEPT", "SHARING", "TAGS")]
+    rows = [("REQUEST", "ADDRESS", "STATE", "RECEIVED", "SIZE", "KEPT TO", "SHARING", "TAGS")]
     for r in records:
         sharing = f"from {r.caller}" if r.shared_with_me else ", ".join(r.shares)
         tags = [*r.tags, *(f"{t} (shared)" for t in r.shared_tags)]
@@ -141,7 +141,7 @@ def _print_table(records: list[RequestRecord]) -> None:
                 r.state.value,
                 (r.received_time or "-")[:19].replace("T", " "),
                 _size(r.result_size),
-                "yes" if r.kept else "no",
+                (r.expires_time or "yes")[:10] if r.kept else "no",
                 sharing or "-",
                 ", ".join(tags) or "-",
             )
@@ -203,6 +203,28 @@ async def _tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_span(text: str) -> float:
+    """A duration given on the command line: ``90s``, ``30m``, ``12h``, ``2d``, ``1w``."""
+    match = _RELATIVE.match(text.strip())
+    if match is None:
+        raise ConfigError(f"{text!r} is no duration", hint="use 90s, 30m, 12h, 2d or 1w")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def cmd_keep(args: argparse.Namespace) -> int:
+    """``fedhub result keep REQUEST_ID --site SITE --for SPAN``."""
+    check_request_target(args)
+    span = parse_span(args.keep_for)
+    return run_command(_keep(args, span), deadline_of(args))
+
+
+async def _keep(args: argparse.Namespace, span: float) -> int:
+    async with await client_for(args) as fed:
+        answer = await fed.keep_result(args.site, args.request_id, span)
+    print(f"the result of {answer.request_id} is kept until {answer.expires_time}")
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     """``fedhub result rm REQUEST_ID --site SITE``."""
     check_request_target(args)
@@ -257,7 +279,7 @@ def _target(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``requests`` and ``result ls|get|share|unshare|tag|rm`` to the ``fedhub`` commands."""
+    """Add ``requests`` and ``result ls|get|share|unshare|tag|keep|rm`` to ``fedhub``."""
     requests = sub.add_parser(
         "requests",
         help="list your requests (and results shared with you) at every site",
@@ -267,7 +289,7 @@ def add_commands(sub: Any) -> None:
     )
     _list_options(requests)
 
-    result = sub.add_parser("result", help="kept results: ls, get, share, unshare, tag, rm")
+    result = sub.add_parser("result", help="kept results: ls, get, share, unshare, tag, keep, rm")
     rsub = result.add_subparsers(dest="result_command", required=True, metavar="COMMAND")
     _list_options(rsub.add_parser("ls", help="the same as `fedhub requests`"))
 
@@ -318,6 +340,19 @@ def add_commands(sub: Any) -> None:
     tag.add_argument("--remove", action="store_true", help="remove the tags instead")
     connection_options(tag, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     tag.set_defaults(func=cmd_tag)
+
+    keep = rsub.add_parser(
+        "keep",
+        help="keep your result for less than the site would (it is removed sooner)",
+        description="Ask SITE's node to keep the result of REQUEST_ID only SPAN after the "
+        "call completed; never longer than the module's keep-for time.",
+    )
+    _target(keep)
+    keep.add_argument(
+        "--for", dest="keep_for", required=True, metavar="SPAN", help="90s, 30m, 12h, 2d, 1w"
+    )
+    connection_options(keep, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    keep.set_defaults(func=cmd_keep)
 
     rm = rsub.add_parser(
         "rm",

@@ -45,6 +45,7 @@ from hub import call_bulk, codec, results_client
 from hub.answers import (
     CancelAnswer,
     DeletedAnswer,
+    KeepAnswer,
     ModuleDescription,
     RequestStatus,
     ShareAnswer,
@@ -583,6 +584,10 @@ class Client:
     ) -> TagsAnswer:
         """Tag my result (private, or ``shared`` with those I share it with)."""
         return await results_client.tag(self, site, request_id, add, remove, shared=shared)
+
+    async def keep_result(self, site: str, request_id: str, keep_for: float) -> KeepAnswer:
+        """Keep my result only ``keep_for`` seconds after its call (less than the site's)."""
+        return await results_client.keep(self, site, request_id, keep_for)
 
     async def delete_result(self, site: str, request_id: str) -> DeletedAnswer:
         """Remove the kept result of my request now (before it expires)."""

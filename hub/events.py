@@ -59,6 +59,7 @@ __all__ = [
     "ResultDeleted",
     "ResultExpired",
     "ResultFetched",
+    "ResultKeepShortened",
     "ResultLost",
     "ResultShared",
     "ResultStored",
@@ -277,6 +278,16 @@ class ResultTagged(_Data):
     tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ...]
 
 
+class ResultKeepShortened(_Data):
+    """Version 2: the owner asked the node to keep a result for less than its module's
+    keep-for time: ``keep_for`` seconds after the call completed."""
+
+    type: Literal["result.keep_shortened"] = "result.keep_shortened"
+    request_id: RequestId
+    by: IdentityId
+    keep_for: int = Field(ge=1)
+
+
 class ResultExpired(_Data):
     """Version 2: the node removed a kept result by its retention rules (``reason``: which
     one: its keep-for time ran out, or its module's kept results grew past their size)."""
@@ -401,6 +412,7 @@ EventData = Annotated[
     | ResultShared
     | ResultUnshared
     | ResultTagged
+    | ResultKeepShortened
     | ResultExpired
     | ResultDeleted
     | KeyRegistered
@@ -437,6 +449,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ResultShared,
         ResultUnshared,
         ResultTagged,
+        ResultKeepShortened,
         ResultExpired,
         ResultDeleted,
         KeyRegistered,
@@ -459,6 +472,7 @@ V2_ONLY_TYPES = frozenset(
         "result.lost",
         "result.unshared",
         "result.tagged",
+        "result.keep_shortened",
         "result.expired",
         "result.deleted",
         "grant.recorded",

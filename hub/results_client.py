@@ -29,6 +29,7 @@ from pydantic import ValidationError as PydanticValidationError
 from hub import call_bulk, codec
 from hub.answers import (
     DeletedAnswer,
+    KeepAnswer,
     RecipientKeys,
     RequestRecord,
     RequestsAnswer,
@@ -66,6 +67,7 @@ __all__ = [
     "catalog",
     "delete",
     "fetch_result",
+    "keep",
     "list_requests",
     "result_handle",
     "result_status",
@@ -357,6 +359,13 @@ def _verified_person(client: Client, signed: SignedRecord) -> KeyRecord:
     if record.site != site or record.role != "user" or not record.identity.endswith(f"@{site}"):
         raise SignatureError(f"site {site} vouched for {record.identity}, not one of its people")
     return record
+
+
+async def keep(client: Client, site: str, request_id: str, keep_for: float) -> KeepAnswer:
+    """Ask the node to keep my result only ``keep_for`` seconds after the call completed
+    (less than its module's keep-for time; ``result.keep_shortened``)."""
+    data = await catalog(client, "keep", site, request_id, {"keep_for": max(1, int(keep_for))})
+    return _parse(KeepAnswer, data, f"keep answer from {site}")
 
 
 async def delete(client: Client, site: str, request_id: str) -> DeletedAnswer:

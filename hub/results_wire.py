@@ -12,7 +12,8 @@ a captured ``share`` or ``unshare`` cannot be played again).
 
 ``op`` is what is asked; ``id`` names the request (absent for ``list``); ``args`` holds
 the op's parameters (:class:`ListFilter` for ``list``, a principal for ``keys``,
-``share`` and ``unshare``, the wraps for ``share``, :class:`TagArgs` for ``tag``).
+``share`` and ``unshare``, the wraps for ``share``, :class:`TagArgs` for ``tag``,
+:class:`KeepArgs` for ``keep``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "CATALOG_OPS",
     "DOMAIN_CATALOG",
     "CatalogHeader",
+    "KeepArgs",
     "ListFilter",
     "Principal",
     "ShareArgs",
@@ -45,7 +47,18 @@ __all__ = [
 CATALOG_MAGIC = b"FHQ1"
 DOMAIN_CATALOG = b"fedhub/catalog/v1\n"
 #: What a catalog message may ask.
-CATALOG_OPS = ("list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete", "tag")
+CATALOG_OPS = (
+    "list",
+    "status",
+    "wrap",
+    "keys",
+    "share",
+    "unshare",
+    "fetch",
+    "delete",
+    "tag",
+    "keep",
+)
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 256 * 1024
 
@@ -92,11 +105,20 @@ class ShareArgs(_Wire):
     wraps: dict[Kid, B64] = Field(min_length=1, max_length=1000)
 
 
+class KeepArgs(_Wire):
+    """``keep``: keep the result this many seconds after its call completed (less than the
+    module's keep-for time; the node refuses more)."""
+
+    keep_for: int = Field(ge=1)
+
+
 class CatalogHeader(_Wire):
     """A caller's signed catalog message (see the module docstring)."""
 
     v: Literal[1] = 1
-    op: Literal["list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete", "tag"]
+    op: Literal[
+        "list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete", "tag", "keep"
+    ]
     id: RequestIdText | None = None
     caller: Annotated[str, Field(min_length=3, max_length=140)]
     kid: Kid

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from hub.answers import (
         CancelAnswer,
         DeletedAnswer,
+        KeepAnswer,
         RequestStatus,
         ShareAnswer,
         TagsAnswer,
@@ -135,6 +136,10 @@ class SyncClient:
     ) -> TagsAnswer:
         """Tag my result (private, or ``shared``)."""
         return self._run(self._client.tag(site, request_id, add, remove, shared=shared))
+
+    def keep_result(self, site: str, request_id: str, keep_for: float) -> KeepAnswer:
+        """Keep my result only ``keep_for`` seconds after its call."""
+        return self._run(self._client.keep_result(site, request_id, keep_for))
 
     def delete_result(self, site: str, request_id: str) -> DeletedAnswer:
         """Remove the kept result of my request now."""

@@ -19,6 +19,7 @@ ones shared with the asker; anything else is answered as if it did not exist
 * ``tag``: the owner adds and removes tags of a result, private or shared with its
   readers (``result.tagged``); ``list`` takes a :class:`hub.query.Query` over the
   records and the asker's tags;
+* ``keep``: the owner asks for a shorter keep-for time (``result.keep_shortened``);
 * ``delete``: the owner removes the kept result now (:mod:`node.retention`,
   ``result.deleted``).
 """
@@ -35,6 +36,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from hub.answers import (
     DeletedAnswer,
+    KeepAnswer,
     RecipientKeys,
     RequestRecord,
     RequestsAnswer,
@@ -52,13 +54,14 @@ from hub.errors import (
     UnauthorizedError,
     ValidationError,
 )
-from hub.events import ResultShared, ResultTagged, ResultUnshared
+from hub.events import ResultKeepShortened, ResultShared, ResultTagged, ResultUnshared
 from hub.lifecycle import RequestState
 from hub.query import Query, record_fields
 from hub.records import KeyRecord, one_line
 from hub.results_wire import (
     DOMAIN_CATALOG,
     CatalogHeader,
+    KeepArgs,
     ListFilter,
     ShareArgs,
     TagArgs,
@@ -153,6 +156,8 @@ class Catalog:
             )
         if q.op == "tag":
             return await self._tag(q, state)
+        if q.op == "keep":
+            return await self._keep(q, state)
         if q.op == "keys":
             principal = _arg_principal(q)
             return RecipientKeys(
@@ -236,6 +241,40 @@ class Catalog:
             ResultTagged(request_id=rid, by=q.caller, scope=args.scope, tags=tags)
         )
         return TagsAnswer(request_id=rid, scope=args.scope, tags=tags, seq=stored[-1].seq)
+
+    async def _keep(self, q: CatalogHeader, state: dict[str, Any]) -> KeepAnswer:
+        rid = str(q.id)
+        self._kept(rid, state)
+        try:
+            args = KeepArgs.model_validate(q.args)
+        except PydanticValidationError as exc:
+            raise ValidationError(f"keep arguments: {one_line(exc)}") from exc
+        retention = self.p.results.retention
+        if retention is None:
+            raise NodeError(f"this node has no retention rules (request {rid})")
+        most = retention.keep_for(_module_of(state.get("address")), None)
+        if args.keep_for > most:
+            raise ValidationError(
+                f"the result of {rid} is kept at most {most:g} s here; ask for less",
+                hint="a caller may shorten the keep-for time, not extend it",
+            )
+        stored = await self.p.writer.append(
+            ResultKeepShortened(request_id=rid, by=q.caller, keep_for=args.keep_for)
+        )
+        expires = retention.expires(state.get("address"), state["updated_time"], args.keep_for)
+        return KeepAnswer(
+            request_id=rid, keep_for=args.keep_for, expires_time=expires, seq=stored[-1].seq
+        )
+
+    def _asked_by_request(self, rids: list[str]) -> dict[str, float]:
+        """The keep-for times owners asked for, of those of ``rids`` that have one."""
+        out: dict[str, float] = {}
+        for at in range(0, len(rids), 500):
+            part = rids[at : at + 500]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT request_id, keep_for FROM result_keep WHERE request_id IN ({marks})"  # noqa: S608
+            out.update(self.reader().execute(sql, part).fetchall())
+        return out
 
     def _tags_by_request(self, rids: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
         """The tags of each of ``rids`` that has some, by scope."""
@@ -418,8 +457,18 @@ class Catalog:
         shared: bool = False,
         sharer: Any = None,
         tags: dict[str, tuple[str, ...]] | None = None,
+        asked: dict[str, float] | None = None,
     ) -> RequestRecord:
+        """A catalog record of a request row (``asked``: the keep-for times owners asked
+        for, by request; looked up when not given)."""
         tags = tags or {}
+        expires = None
+        retention = self.p.results.retention
+        if retention is not None and row.get("result_object") and row.get("updated_time"):
+            rid = row["request_id"]
+            if asked is None:
+                asked = self._asked_by_request([rid])
+            expires = retention.expires(row.get("address"), row["updated_time"], asked.get(rid))
         return RequestRecord(
             request_id=row["request_id"],
             site=self.p.site,
@@ -433,6 +482,7 @@ class Catalog:
             result_hash=row.get("result_hash"),
             result_size=row.get("result_size"),
             kept=bool(row.get("result_object")),
+            expires_time=expires,
             shared_with_me=shared,
             shares=() if shared else shares,
             tags=() if shared else tags.get("private", ()),
@@ -450,6 +500,11 @@ class Catalog:
             why = state.get("reason") or "it was delivered only"
             raise NotFoundError(f"no copy of the result of {rid} was kept ({why})")
         return str(name)
+
+
+def _module_of(address: object) -> str:
+    parts = str(address or "").split(".")
+    return parts[1] if len(parts) >= 3 else ""
 
 
 def _unknown(q: CatalogHeader) -> NotFoundError:

@@ -2,7 +2,8 @@
 
 ``requests`` holds one row per request id with its current state; ``result_shares`` one
 row per share of a kept result (``result.shared`` until ``result.unshared``, with the
-wrapped keys); ``result_tags`` the owner's tags of a result, per scope. They are a cache
+wrapped keys); ``result_tags`` the owner's tags of a result, per scope; ``result_keep``
+how long an owner asked a result to be kept. They are a cache
 of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
@@ -53,6 +54,10 @@ CREATE TABLE IF NOT EXISTS result_tags (
     tags TEXT NOT NULL,
     PRIMARY KEY (request_id, scope)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_keep (
+    request_id TEXT PRIMARY KEY,
+    keep_for INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests(state)
     WHERE state IN (%s);
 """
@@ -85,6 +90,7 @@ def drop(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE IF EXISTS requests")
     conn.execute("DROP TABLE IF EXISTS result_shares")
     conn.execute("DROP TABLE IF EXISTS result_tags")
+    conn.execute("DROP TABLE IF EXISTS result_keep")
 
 
 def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
@@ -227,6 +233,12 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             "INSERT INTO result_tags(request_id, scope, tags) VALUES (?, ?, ?)"
             " ON CONFLICT(request_id, scope) DO UPDATE SET tags = excluded.tags",
             [data["request_id"], data["scope"], orjson.dumps(list(data["tags"])).decode()],
+        )
+    if kind == "result.keep_shortened":
+        return (
+            "INSERT INTO result_keep(request_id, keep_for) VALUES (?, ?)"
+            " ON CONFLICT(request_id) DO UPDATE SET keep_for = excluded.keep_for",
+            [data["request_id"], data["keep_for"]],
         )
     if kind == "result.unshared":
         return (

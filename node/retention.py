@@ -7,9 +7,11 @@ oldest go first); ``[results]`` in the node config gives the site's defaults
 removes what is due: the object first, then ``result.expired`` (with the rule as its
 reason) in the log. A sweep that dies between the two leaves a request ``completed``
 without its object, and the next sweep removes it again (a missing object is no error)
-and logs it. The owner removes a result early with :meth:`Retention.delete`
-(``result.deleted``). After either, the request's state is ``expired`` or ``deleted``,
-which ``fedhub status`` shows, and a fetch is answered NotFoundError.
+and logs it. The owner may ask for a shorter keep-for time (``result.keep_shortened``,
+never longer than the module's), or remove a result at once with
+:meth:`Retention.delete` (``result.deleted``). After either, the request's state is
+``expired`` or ``deleted``, which ``fedhub status`` shows, and a fetch is answered
+NotFoundError.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -27,7 +30,7 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
-from hub.clock import parse_time
+from hub.clock import format_time, parse_time
 from hub.errors import FederationError, TransportError
 from hub.events import ResultDeleted, ResultExpired
 from hub.lifecycle import RequestState
@@ -68,6 +71,7 @@ class _Kept:
     completed: float
     size: int
     name: str
+    asked: float | None = None
 
 
 class Retention:
@@ -110,18 +114,29 @@ class Retention:
         """The policy of ``module`` (the site's default for a module not configured)."""
         return self.policies.get(module, self.default)
 
+    def keep_for(self, module: str, asked: float | None) -> float:
+        """How long a result of ``module`` is kept: its policy, or less if the owner asked."""
+        policy = self.policy(module).keep_for
+        return policy if asked is None else min(policy, asked)
+
+    def expires(self, address: str | None, completed: str, asked: float | None) -> str:
+        """When a result completed at ``completed`` will be removed, at the latest."""
+        module = _module(address)
+        at = parse_time(completed).timestamp() + self.keep_for(module, asked)
+        return format_time(datetime.fromtimestamp(at, UTC))
+
     def _kept(self) -> list[_Kept]:
         """Every kept result, newest first."""
         cur = self._read().execute(
-            "SELECT request_id, address, updated_time, result_size, result_object FROM requests"
-            " WHERE state = ? AND result_object IS NOT NULL ORDER BY updated_time DESC",
+            "SELECT r.request_id, r.address, r.updated_time, r.result_size, r.result_object,"
+            " k.keep_for FROM requests r LEFT JOIN result_keep k USING (request_id)"
+            " WHERE r.state = ? AND r.result_object IS NOT NULL ORDER BY r.updated_time DESC",
             [RequestState.COMPLETED.value],
         )
         out = []
-        for rid, address, updated, size, name in cur:
-            parts = str(address or "").split(".")
-            module = parts[1] if len(parts) >= 3 else ""
-            out.append(_Kept(rid, module, parse_time(updated).timestamp(), int(size or 0), name))
+        for rid, address, updated, size, name, asked in cur:
+            completed = parse_time(updated).timestamp()
+            out.append(_Kept(rid, _module(address), completed, int(size or 0), name, asked))
         return out
 
     def due(self, at: float | None = None) -> list[tuple[_Kept, str]]:
@@ -132,8 +147,9 @@ class Retention:
         for item in self._kept():
             policy = self.policy(item.module)
             used[item.module] = used.get(item.module, 0) + item.size
-            if at - item.completed > policy.keep_for:
-                found.append((item, f"kept for {_span(policy.keep_for)}, its keep-for time"))
+            keep_for = self.keep_for(item.module, item.asked)
+            if at - item.completed > keep_for:
+                found.append((item, f"kept for {_span(keep_for)}, its keep-for time"))
             elif used[item.module] > policy.max_size:
                 found.append((item, f"module {item.module} keeps at most {policy.max_size} bytes"))
         return found
@@ -191,6 +207,11 @@ async def delete_kept(js: JetStreamContext, name: str) -> None:
         return
     except nats.errors.Error as exc:
         raise TransportError(f"removing the kept result {name!r} failed: {exc}") from exc
+
+
+def _module(address: str | None) -> str:
+    parts = str(address or "").split(".")
+    return parts[1] if len(parts) >= 3 else ""
 
 
 def _span(seconds: float) -> str:

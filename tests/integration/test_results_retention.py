@@ -16,7 +16,7 @@ from support.world import World
 from hub.audit import audit_events
 from hub.canonical import parse_canonical
 from hub.client import Client
-from hub.errors import NotFoundError
+from hub.errors import NotFoundError, ValidationError
 from hub.lifecycle import RequestState
 from hub.logfile import iter_log
 from hub.nats import get_object
@@ -160,4 +160,25 @@ async def test_the_owner_removes_a_result_early_and_nobody_else_can(
             await (await anna.result(shared, site="hereon")).result()
     assert _types(cfg).count("result.deleted") == 1
     assert await _retention(node).sweep(at=time.time() + 31 * DAY) == [mine]
+    _audit_clean(cfg, world)
+
+
+async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may_ask(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    short, default = await _calls(node, world, 2)
+    async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
+        with pytest.raises(NotFoundError):
+            await mallory.keep_result("hereon", short, DAY)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        with pytest.raises(ValidationError, match="at most"):
+            await fed.keep_result("hereon", short, 60 * DAY)
+        answer = await fed.keep_result("hereon", short, DAY)
+        records = {r.request_id: r for r in await fed.requests("hereon")}
+    assert records[short].expires_time == answer.expires_time
+    assert records[default].expires_time is not None
+    assert records[short].expires_time < records[default].expires_time
+    assert await _retention(node).sweep(at=time.time() + 2 * DAY) == [short]
+    assert await _object_exists(node, default)
+    assert _types(cfg).count("result.keep_shortened") == 1
     _audit_clean(cfg, world)

@@ -30,6 +30,7 @@ from hub.events import (
     ResultDeleted,
     ResultExpired,
     ResultFetched,
+    ResultKeepShortened,
     ResultLost,
     ResultShared,
     ResultTagged,
@@ -173,6 +174,7 @@ _EVENT: dict[str, BaseModel] = {
     "result.lost": ResultLost(request_id=_RID, reason="disk full"),
     "result.unshared": ResultUnshared(request_id=_RID, by="klaus@geomar", principal="a@b"),
     "result.expired": ResultExpired(request_id=_RID, reason="kept for 30d"),
+    "result.keep_shortened": ResultKeepShortened(request_id=_RID, by="klaus@geomar", keep_for=60),
     "result.tagged": ResultTagged(request_id=_RID, by="klaus@geomar", scope="shared", tags=("a",)),
     "result.deleted": ResultDeleted(request_id=_RID, by="klaus@geomar"),
 }
