@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hub.errors import FederationError, error_code, error_from_code, service_status
 from hub.lifecycle import RequestState
+from hub.proofs import EventProof
 from hub.records import B64, Hex32, Kid, SignedRecord
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "FunctionInfo",
     "KeepAnswer",
     "ModuleDescription",
+    "ProvenanceAnswer",
     "RecipientKeys",
     "RequestRecord",
     "RequestStatus",
@@ -209,6 +211,16 @@ class KeepAnswer(_Answer):
     keep_for: int = Field(ge=1)
     expires_time: str
     seq: int = Field(ge=1)
+
+
+class ProvenanceAnswer(_Answer):
+    """Answer to ``provenance``: every event of one request in the node's log, each with
+    its proof of inclusion in a signed checkpoint (:class:`hub.proofs.EventProof`)."""
+
+    request_id: str
+    site: str
+    log: str = Field(description="the node log that holds the events")
+    steps: tuple[EventProof, ...]
 
 
 class DeletedAnswer(_Answer):

@@ -238,6 +238,32 @@ async def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provenance(args: argparse.Namespace) -> int:
+    """``fedhub provenance REQUEST_ID --site SITE [--json | --mermaid | --dot]``."""
+    check_request_target(args)
+    return run_command(_provenance(args), deadline_of(args))
+
+
+async def _provenance(args: argparse.Namespace) -> int:
+    async with await client_for(args) as fed:
+        lineage = await fed.provenance(args.site, args.request_id)
+    if args.proofs is not None:
+        args.proofs.mkdir(parents=True, exist_ok=True)
+        for proof in lineage.proofs:
+            path = args.proofs / f"{lineage.request_id}-{proof.event.seq}.json"
+            path.write_text(proof.model_dump_json(indent=2) + "\n")
+        print(f"{len(lineage.proofs)} proofs written to {args.proofs}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(lineage.to_json(), indent=2))
+    elif args.mermaid:
+        sys.stdout.write(lineage.mermaid())
+    elif args.dot:
+        sys.stdout.write(lineage.dot())
+    else:
+        print("\n".join(lineage.lines()))
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------
 
 
@@ -340,6 +366,24 @@ def add_commands(sub: Any) -> None:
     tag.add_argument("--remove", action="store_true", help="remove the tags instead")
     connection_options(tag, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     tag.set_defaults(func=cmd_tag)
+
+    prov = sub.add_parser(
+        "provenance",
+        help="the proven lineage of a result: inputs, function, site, times, log events",
+        description="Ask SITE's node for the events of REQUEST_ID with proofs of inclusion "
+        "in its signed log, check every proof against the pinned site key, and print the "
+        "lineage read from them.",
+    )
+    _target(prov)
+    form = prov.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print JSON")
+    form.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart")
+    form.add_argument("--dot", action="store_true", help="print a Graphviz digraph")
+    prov.add_argument(
+        "--proofs", type=Path, metavar="DIR", help="also write each event's proof to DIR"
+    )
+    connection_options(prov, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
+    prov.set_defaults(func=cmd_provenance)
 
     keep = rsub.add_parser(
         "keep",

@@ -89,6 +89,8 @@ from hub.lifecycle import RequestState
 from hub.nats import wait_acks
 from hub.nats.connection import auth_options
 from hub.nats.generate import nats_inbox_prefix
+from hub.provenance import Provenance
+from hub.provenance import provenance as provenance_of
 from hub.records import KeyRecord, one_line, open_record
 from hub.subjects import (
     inbox_subject,
@@ -588,6 +590,10 @@ class Client:
     async def keep_result(self, site: str, request_id: str, keep_for: float) -> KeepAnswer:
         """Keep my result only ``keep_for`` seconds after its call (less than the site's)."""
         return await results_client.keep(self, site, request_id, keep_for)
+
+    async def provenance(self, site: str, request_id: str) -> Provenance:
+        """The proven lineage of my request (or one shared with me): see :mod:`hub.provenance`."""
+        return await provenance_of(self, site, request_id)
 
     async def delete_result(self, site: str, request_id: str) -> DeletedAnswer:
         """Remove the kept result of my request now (before it expires)."""

@@ -58,6 +58,7 @@ CATALOG_OPS = (
     "delete",
     "tag",
     "keep",
+    "provenance",
 )
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 256 * 1024
@@ -117,7 +118,17 @@ class CatalogHeader(_Wire):
 
     v: Literal[1] = 1
     op: Literal[
-        "list", "status", "wrap", "keys", "share", "unshare", "fetch", "delete", "tag", "keep"
+        "list",
+        "status",
+        "wrap",
+        "keys",
+        "share",
+        "unshare",
+        "fetch",
+        "delete",
+        "tag",
+        "keep",
+        "provenance",
     ]
     id: RequestIdText | None = None
     caller: Annotated[str, Field(min_length=3, max_length=140)]

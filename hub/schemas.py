@@ -34,6 +34,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "answers/deleted": answers.DeletedAnswer,
     "answers/tags": answers.TagsAnswer,
     "answers/keep": answers.KeepAnswer,
+    "answers/provenance": answers.ProvenanceAnswer,
     "wire/catalog-keep-args": results_wire.KeepArgs,
     "wire/catalog-tag-args": results_wire.TagArgs,
     "wire/catalog-header": results_wire.CatalogHeader,

@@ -20,6 +20,8 @@ ones shared with the asker; anything else is answered as if it did not exist
   readers (``result.tagged``); ``list`` takes a :class:`hub.query.Query` over the
   records and the asker's tags;
 * ``keep``: the owner asks for a shorter keep-for time (``result.keep_shortened``);
+* ``provenance``: the request's events with proofs of inclusion (:mod:`node.provenance`),
+  for the owner and its readers;
 * ``delete``: the owner removes the kept result now (:mod:`node.retention`,
   ``result.deleted``).
 """
@@ -69,6 +71,7 @@ from hub.results_wire import (
     split_catalog,
     validate_catalog_header,
 )
+from node.provenance import provenance_of
 from node.replay import ReplayGuard
 
 if TYPE_CHECKING:
@@ -126,6 +129,8 @@ class Catalog:
         owner = state.get("caller") == q.caller
         if q.op == "fetch" and owner:
             return await self.control.fetch(q.id, q.caller, state)
+        if q.op == "provenance" and (owner or self._share_for(q.id, record) is not None):
+            return await provenance_of(p, q.id)
         if owner:
             return await self._owner(q, record, state)
         share = self._share_for(q.id, record)

@@ -198,6 +198,27 @@ def test_tags_set_on_the_command_line_are_found_by_tag_by_query_and_by_a_saved_q
     )
 
 
+def test_provenance_prints_the_lineage_in_every_form_and_its_proofs_pass_the_audit_tool(
+    site: Site, tmp_path: Path
+) -> None:
+    rid = call(site, "hereon.climate.scale", "values=[11]")
+    text = fedhub(site, "provenance", rid, "--site", "hereon", "--proofs", str(tmp_path))
+    assert text.code == 0, text.err
+    assert f"request   {rid}" in text.out and "hereon.climate.scale" in text.out
+    lineage = json.loads(fedhub(site, "provenance", rid, "--site", "hereon", "--json").out)
+    assert [s["type"] for s in lineage["steps"]] == ["request.accepted", "request.completed"]
+    assert fedhub(site, "provenance", rid, "--site", "hereon", "--mermaid").out.startswith(
+        "flowchart LR"
+    )
+    assert "digraph" in fedhub(site, "provenance", rid, "--site", "hereon", "--dot").out
+    proofs = sorted(tmp_path.glob(f"{rid}-*.json"))
+    assert len(proofs) == 2
+    for proof in proofs:
+        checked = fedhub(site, "audit", "--proof", str(proof), "--site-key", "site:hereon")
+        assert checked.code == 0, checked.err
+    one_error(fedhub(site, "provenance", rid, "--site", "hereon", who=MALLORY), "NotFound")
+
+
 def test_a_bad_time_filter_is_one_error_line(site: Site) -> None:
     one_error(fedhub(site, "requests", "--site", "hereon", "--since", "yesterday"), "no time")
 
