@@ -130,7 +130,7 @@ class Catalog:
         if q.op == "fetch" and owner:
             return await self.control.fetch(q.id, q.caller, state)
         if q.op == "provenance" and (owner or self._share_for(q.id, record) is not None):
-            return await provenance_of(p, q.id)
+            return await provenance_of(p, q.id, owner=owner)
         if owner:
             return await self._owner(q, record, state)
         share = self._share_for(q.id, record)

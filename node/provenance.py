@@ -24,17 +24,25 @@ from node.proving import event_proof_of
 if TYPE_CHECKING:
     from node.pipeline import Pipeline
 
-__all__ = ["provenance_of"]
+__all__ = ["READER_TYPES", "provenance_of"]
 
 log = structlog.get_logger(__name__)
 
 
-async def provenance_of(p: Pipeline, rid: str) -> ProvenanceAnswer:
-    """The events of ``rid`` in this node's log with their proofs (NotFoundError if none)."""
+#: What a reader of a shared result sees of its events: the call itself, not what the owner
+#: did with the result since (private tags, other shares, who fetched it).
+READER_TYPES = frozenset(
+    {"request.accepted", "request.started", "request.completed", "request.failed"}
+)
+
+
+async def provenance_of(p: Pipeline, rid: str, *, owner: bool = True) -> ProvenanceAnswer:
+    """The events of ``rid`` in this node's log with their proofs (NotFoundError if none);
+    for a reader (``owner`` False) only those of :data:`READER_TYPES`."""
     eventlog = p.writer.eventlog
     found = await p.writer.call(lambda: eventlog.events_for_request(rid))
     assert isinstance(found, list)
-    events: list[StoredEvent] = found
+    events: list[StoredEvent] = [e for e in found if owner or e.type in READER_TYPES]
     if not events:
         raise NotFoundError(f"no events of request {rid} in this node's log")
     head = await p.writer.call(eventlog.head)

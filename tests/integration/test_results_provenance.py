@@ -93,10 +93,19 @@ async def test_a_reader_of_a_shared_result_gets_its_provenance_and_a_third_perso
         await handle.result()
         rid = handle.request_id
         await fed.share("hereon", rid, COLLEAGUE)
+        await fed.tag("hereon", rid, ["private-note"])
+        owners = await fed.provenance("hereon", rid)
     async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
         lineage = await anna.provenance("hereon", rid)
     assert lineage.caller == OWNER
-    assert "result.shared" in [s.type for s in lineage.steps]
+    # the owner sees what was done with the result; a reader only the call itself
+    assert [s.type for s in owners.steps] == [
+        "request.accepted",
+        "request.completed",
+        "result.shared",
+        "result.tagged",
+    ]
+    assert [s.type for s in lineage.steps] == ["request.accepted", "request.completed"]
     async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
         with pytest.raises(NotFoundError):
             await mallory.provenance("hereon", rid)
