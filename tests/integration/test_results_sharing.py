@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,20 @@ from hub.canonical import b64e, parse_canonical
 from hub.client import Client, connect
 from hub.clock import now
 from hub.crypto import wrap_key
-from hub.errors import NotFoundError, ReplayError, UnauthorizedError
+from hub.envelopes import pack_stored_result, unpack_stored_result
+from hub.errors import (
+    DecryptionError,
+    IntegrityError,
+    NotFoundError,
+    ReplayError,
+    UnauthorizedError,
+)
 from hub.lifecycle import RequestState
 from hub.logfile import iter_log
 from hub.nats import connect as nats_connect
+from hub.nats import get_object, put_object
 from hub.results_wire import CatalogHeader, pack_catalog
-from hub.subjects import status_subject
+from hub.subjects import RESULTS_BUCKET, status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -239,3 +247,44 @@ async def test_the_blocking_client_lists_shares_and_opens_a_shared_result(
     tags, value = await asyncio.to_thread(as_people)
     assert tags == ["seen"]
     assert value == [2.0, 4.0]
+
+
+async def _tamper(node: NodeDaemon, rid: str, change: Callable[[bytes], bytes]) -> None:
+    assert node.nc is not None
+    js = node.nc.jetstream()
+    stored = await get_object(js, RESULTS_BUCKET, rid)
+    await put_object(js, RESULTS_BUCKET, rid, change(stored))
+
+
+async def test_a_tampered_stored_result_fails_cleanly_for_the_owner_and_the_reader(
+    node: NodeDaemon, world: World
+) -> None:
+    rid = await _kept_result(node, world)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as owner:
+        await owner.share("hereon", rid, COLLEAGUE)
+    await _tamper(node, rid, lambda data: data[:-1] + bytes([data[-1] ^ 1]))
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as owner:
+        with pytest.raises(IntegrityError):
+            await owner.fetch("hereon", rid)
+    async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
+        with pytest.raises(IntegrityError):
+            await (await anna.result(rid, site="hereon")).result()
+
+
+async def test_a_stored_head_with_a_wrap_swapped_in_cannot_trick_the_owner_into_sharing(
+    node: NodeDaemon, world: World
+) -> None:
+    rid = await _kept_result(node, world)
+    owner, mallory = world.store.load(OWNER), world.store.load(THIRD)
+    forged = b64e(wrap_key(mallory.box_secret, mallory.box_public, owner.box_public, b"k" * 32))
+
+    def swap(data: bytes) -> bytes:
+        head, ciphertext = unpack_stored_result(data)
+        return pack_stored_result({**head.wraps, owner.kid: forged}, ciphertext)
+
+    await _tamper(node, rid, swap)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        with pytest.raises(DecryptionError):
+            await fed.share("hereon", rid, COLLEAGUE)
+        with pytest.raises(DecryptionError):
+            await fed.fetch("hereon", rid)
