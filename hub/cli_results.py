@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.answers import RequestRecord
+from hub.bulk import SavedTo
 from hub.cli_calls import (
     COMMAND_TIMEOUT,
     _output,
@@ -31,6 +32,7 @@ from hub.cli_calls import (
 from hub.clock import format_time
 from hub.errors import ConfigError
 from hub.query import Query, Tag
+from hub.result_formats import FORMATS, render
 from hub.results_client import RequestList, fetch_result
 
 __all__ = ["add_commands", "parse_span", "parse_when"]
@@ -161,9 +163,20 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
+    fmt = args.format
+    if fmt is not None and args.json:
+        raise ConfigError("give --json or --format, not both")
+    straight = args.out if fmt in (None, "nc") else None  # a large NetCDF result, streamed
     async with await client_for(args) as fed:
-        value = await fetch_result(fed, args.site, args.request_id, result_path=args.out)
-    _output(value, args)
+        value = await fetch_result(fed, args.site, args.request_id, result_path=straight)
+    if fmt is None or isinstance(value, SavedTo):
+        _output(value, args)
+        return 0
+    text = render(value, fmt, args.out)
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -326,10 +339,14 @@ def add_commands(sub: Any) -> None:
         "and print or write it like `fedhub call` does.",
     )
     _target(get)
-    shape = get.add_mutually_exclusive_group()
-    shape.add_argument("--json", action="store_true", help="print the result as JSON")
-    shape.add_argument(
+    get.add_argument("--json", action="store_true", help="print the result as JSON")
+    get.add_argument(
         "--out", type=Path, metavar="PATH", help="write the result to PATH (.nc, .npy, .json)"
+    )
+    get.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="json, csv (tables, small arrays), nc or zarr (xarray; with --out)",
     )
     connection_options(get, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     get.set_defaults(func=cmd_get)

@@ -219,6 +219,23 @@ def test_provenance_prints_the_lineage_in_every_form_and_its_proofs_pass_the_aud
     one_error(fedhub(site, "provenance", rid, "--site", "hereon", who=MALLORY), "NotFound")
 
 
+def test_result_get_writes_the_formats_that_fit_and_refuses_the_others(
+    site: Site, tmp_path: Path
+) -> None:
+    rid = call(site, "hereon.climate.scale", "values=[1, 2]")
+    got = fedhub(site, "result", "get", rid, "--site", "hereon", "--format", "csv")
+    assert got.code == 0, got.err
+    assert got.out.splitlines() == ["2.0", "4.0"]
+    as_json = fedhub(site, "result", "get", rid, "--site", "hereon", "--format", "json")
+    assert json.loads(as_json.out) == [2.0, 4.0]
+    out = tmp_path / "x.nc"
+    refused = fedhub(
+        site, "result", "get", rid, "--site", "hereon", "--format", "nc", "--out", str(out)
+    )
+    one_error(refused, "cannot be written as nc")
+    assert "json, csv" in refused.err and not out.exists()
+
+
 def test_a_bad_time_filter_is_one_error_line(site: Site) -> None:
     one_error(fedhub(site, "requests", "--site", "hereon", "--since", "yesterday"), "no time")
 
