@@ -170,6 +170,8 @@ def test_result_rm_removes_my_kept_result_and_status_then_says_deleted(site: Sit
     assert removed.out.startswith(f"removed the kept result of {rid}")
     status = fedhub(site, "status", rid, "--site", "hereon", "--json")
     assert json.loads(status.out)["state"] == "deleted"
+    shown = fedhub(site, "status", rid, "--site", "hereon").out
+    assert "state     deleted" in shown and "deleted, no longer kept" in shown
     one_error(fedhub(site, "result", "get", rid, "--site", "hereon"), "deleted")
 
 
