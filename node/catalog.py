@@ -173,6 +173,8 @@ class Catalog:
             )
         if q.op == "unshare":
             principal = _arg_principal(q)
+            if RequestState(state["state"]) != RequestState.COMPLETED:
+                raise NotFoundError(f"request {rid} is {state['state']}: nothing to unshare")
             if principal not in self._shares_of(rid):
                 raise NotFoundError(f"request {rid} is not shared with {principal}")
             stored = await self.p.writer.append(

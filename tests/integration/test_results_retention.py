@@ -155,6 +155,16 @@ async def test_the_owner_removes_a_result_early_and_nobody_else_can(
         with pytest.raises(NotFoundError):
             await fed.delete_result("hereon", shared)  # gone already
     assert not await _object_exists(node, shared)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        for change in (
+            fed.unshare("hereon", shared, COLLEAGUE),
+            fed.share("hereon", shared, THIRD),
+            fed.keep_result("hereon", shared, DAY),
+        ):
+            with pytest.raises(NotFoundError):  # a removed result takes no more events
+                await change
+        with pytest.raises(ValidationError):
+            await fed.tag("hereon", shared, ["late"])
     async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
         with pytest.raises(NotFoundError):
             await (await anna.result(shared, site="hereon")).result()

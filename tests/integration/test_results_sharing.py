@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from support.bulk import BULKDATA, MiB
 from support.world import World
 
 from hub.answers import RequestStatus, error_from_headers
@@ -288,3 +289,31 @@ async def test_a_stored_head_with_a_wrap_swapped_in_cannot_trick_the_owner_into_
             await fed.share("hereon", rid, COLLEAGUE)
         with pytest.raises(DecryptionError):
             await fed.fetch("hereon", rid)
+
+
+async def test_a_large_shared_result_reaches_the_colleague_as_a_bulk_transfer(
+    world: World, tmp_path: Path
+) -> None:
+    cfg = world.node_config(
+        "hereon",
+        name="bulk",
+        trust=["geomar"],
+        users=[OWNER, COLLEAGUE, THIRD],
+        modules=[("bulk", BULKDATA)],
+        grants=[(OWNER, "bulk", "*")],
+        calls={"bulk_threshold": MiB},
+    )
+    async with NodeDaemon(cfg, grace=2) as node:
+        async with await Client.connect(node.url, OWNER, home=world.store.home) as owner:
+            owner.bulk_threshold = MiB
+            handle = await owner.submit("hereon.bulk.blob", size=3 * MiB + 5, timeout=60)
+            data = await handle.result()
+            await owner.share("hereon", handle.request_id, COLLEAGUE)
+        async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
+            again = await (await anna.result(handle.request_id, site="hereon")).result()
+        async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
+            with pytest.raises(NotFoundError):
+                await mallory.result(handle.request_id, site="hereon")
+    assert len(data) == 3 * MiB + 5
+    assert again == data
+    assert _event_types(cfg).count("result.fetched") == 1
