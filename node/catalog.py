@@ -177,8 +177,8 @@ class Catalog:
                 raise NotFoundError(f"request {rid} is {state['state']}: nothing to unshare")
             if principal not in self._shares_of(rid):
                 raise NotFoundError(f"request {rid} is not shared with {principal}")
-            stored = await self.p.writer.append(
-                ResultUnshared(request_id=rid, by=q.caller, principal=principal)
+            stored = await self.control.append_completed(
+                rid, ResultUnshared(request_id=rid, by=q.caller, principal=principal)
             )
             log.info("result.unshared", request_id=rid, principal=principal)
             return ShareAnswer(
@@ -216,14 +216,15 @@ class Catalog:
         mine = record.box_key_bytes()
         if any(b64d(w)[:32] != mine for w in args.wraps.values()):
             raise UnauthorizedError(f"a wrap for {args.principal} was not made by key {q.kid}")
-        stored = await self.p.writer.append(
+        stored = await self.control.append_completed(
+            rid,
             ResultShared(
                 request_id=rid,
                 by=q.caller,
                 recipients=tuple(sorted(args.wraps)),
                 principal=args.principal,
                 key_wraps=tuple(w for _, w in sorted(args.wraps.items())),
-            )
+            ),
         )
         log.info("result.shared", request_id=rid, principal=args.principal)
         return ShareAnswer(
@@ -244,8 +245,8 @@ class Catalog:
             raise ValidationError(f"request {rid} is {state['state']}: only results are tagged")
         held = set(self._tags_by_request([rid]).get(rid, {}).get(args.scope, ()))
         tags = tuple(sorted((held | set(args.add)) - set(args.remove)))
-        stored = await self.p.writer.append(
-            ResultTagged(request_id=rid, by=q.caller, scope=args.scope, tags=tags)
+        stored = await self.control.append_completed(
+            rid, ResultTagged(request_id=rid, by=q.caller, scope=args.scope, tags=tags)
         )
         return TagsAnswer(request_id=rid, scope=args.scope, tags=tags, seq=stored[-1].seq)
 
@@ -265,8 +266,8 @@ class Catalog:
                 f"the result of {rid} is kept at most {most:g} s here; ask for less",
                 hint="a caller may shorten the keep-for time, not extend it",
             )
-        stored = await self.p.writer.append(
-            ResultKeepShortened(request_id=rid, by=q.caller, keep_for=args.keep_for)
+        stored = await self.control.append_completed(
+            rid, ResultKeepShortened(request_id=rid, by=q.caller, keep_for=args.keep_for)
         )
         expires = retention.expires(state.get("address"), state["updated_time"], args.keep_for)
         return KeepAnswer(

@@ -34,7 +34,9 @@ from hub.errors import FederationError, IntegrityError, NotFoundError, Unauthori
 from hub.events import ResultFetched
 from hub.lifecycle import UNFINISHED, RequestState
 from hub.results_wire import CATALOG_MAGIC
+from node import projections
 from node.catalog import Catalog
+from node.eventlog import StoredEvent
 
 if TYPE_CHECKING:
     from node.pipeline import Pipeline
@@ -97,6 +99,17 @@ class Control:
             {k: state.get(k) for k in RequestStatus.model_fields if state.get(k) is not None}
         )
 
+    async def append_completed(self, rid: str, event: BaseModel) -> list[StoredEvent]:
+        """Log a result event of ``rid`` while it is still completed (see
+        :meth:`node.results.ResultStore.append_completed`)."""
+        reader = self.p._read()
+
+        def state_of(request_id: str) -> str | None:
+            row = projections.request_status(reader, request_id)
+            return None if row is None else str(row["state"])
+
+        return await self.p.results.append_completed(rid, event, state_of)
+
     async def load_head(self, name: str) -> StoredResult:
         """The head (wraps) of the result kept under ``name``."""
         if self.p.bulk is not None:
@@ -119,7 +132,11 @@ class Control:
         if head.bulk is None or head.bulk.hash != state.get("result_hash"):
             await asyncio.to_thread(sealed.unlink, missing_ok=True)
             raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
-        stored = await p.writer.append(ResultFetched(request_id=rid, by=caller))
+        try:
+            stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
+        except NotFoundError:
+            await asyncio.to_thread(sealed.unlink, missing_ok=True)
+            raise
         bulk = head.bulk.model_copy(update={"route": secrets.token_hex(16)})
         p.bulk.serve(caller, bulk, sealed, timeout=max(60.0, p.calls.ack_wait))
         return pack_reply(
@@ -165,7 +182,7 @@ class Control:
         ciphertext = body
         if blake2b_256(ciphertext).hex() != state.get("result_hash"):
             raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
-        stored = await p.writer.append(ResultFetched(request_id=rid, by=caller))
+        stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
         return pack_reply(
             ReplyHeader(
                 kind="result",

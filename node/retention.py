@@ -31,7 +31,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from hub.clock import format_time, parse_time
-from hub.errors import FederationError, TransportError
+from hub.errors import FederationError, NotFoundError, TransportError
 from hub.events import ResultDeleted, ResultExpired
 from hub.lifecycle import RequestState
 from hub.subjects import RESULTS_BUCKET
@@ -90,6 +90,8 @@ class Retention:
         self._delete = delete
         self.section = section
         self.policies = {m.name: Policy.of(section, m) for m in modules}
+        #: Taken while removing a result (the pipeline's result lock, see for_node).
+        self.lock = asyncio.Lock()
         self.default = Policy.of(section, None)
         self._task: asyncio.Task[None] | None = None
 
@@ -107,6 +109,7 @@ class Retention:
             cfg.modules,
         )
         pipeline.results.retention = retention
+        retention.lock = pipeline.results.lock
         retention.start()
         return retention
 
@@ -124,6 +127,11 @@ class Retention:
         module = _module(address)
         at = parse_time(completed).timestamp() + self.keep_for(module, asked)
         return format_time(datetime.fromtimestamp(at, UTC))
+
+    def _completed(self, rid: str) -> bool:
+        row = self._read().execute("SELECT state FROM requests WHERE request_id = ?", [rid])
+        found = row.fetchone()
+        return found is not None and found[0] == RequestState.COMPLETED.value
 
     def _kept(self) -> list[_Kept]:
         """Every kept result, newest first."""
@@ -159,8 +167,13 @@ class Retention:
         removed = []
         for item, reason in self.due(at):
             try:
-                await self._delete(item.name)
-                await self.writer.append(ResultExpired(request_id=item.request_id, reason=reason))
+                async with self.lock:
+                    if not self._completed(item.request_id):  # removed meanwhile
+                        continue
+                    await self._delete(item.name)
+                    await self.writer.append(
+                        ResultExpired(request_id=item.request_id, reason=reason)
+                    )
             except FederationError as exc:  # the bucket or the log unreachable: next sweep
                 log.warning("result.expire_failed", request_id=item.request_id, error=str(exc))
                 continue
@@ -170,8 +183,11 @@ class Retention:
 
     async def delete(self, request_id: str, name: str, by: str) -> int:
         """The owner removes a kept result now; returns the seq of ``result.deleted``."""
-        await self._delete(name)
-        stored = await self.writer.append(ResultDeleted(request_id=request_id, by=by))
+        async with self.lock:
+            if not self._completed(request_id):
+                raise NotFoundError(f"the result of {request_id} is gone already")
+            await self._delete(name)
+            stored = await self.writer.append(ResultDeleted(request_id=request_id, by=by))
         log.info("result.deleted", request_id=request_id, by=by)
         return stored[-1].seq
 

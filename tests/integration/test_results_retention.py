@@ -6,6 +6,7 @@ nobody else can.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from hub.audit import audit_events
 from hub.canonical import parse_canonical
 from hub.client import Client
 from hub.errors import NotFoundError, ValidationError
+from hub.events import ResultExpired
 from hub.lifecycle import RequestState
 from hub.logfile import iter_log
 from hub.nats import get_object
@@ -191,4 +193,24 @@ async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may
     assert await _retention(node).sweep(at=time.time() + 2 * DAY) == [short]
     assert await _object_exists(node, default)
     assert _types(cfg).count("result.keep_shortened") == 1
+    _audit_clean(cfg, world)
+
+
+async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    (rid,) = await _calls(node, world, 1)
+    assert node.pipeline is not None and node.nc is not None
+    results = node.pipeline.results
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        async with results.lock:  # a sweep holds it while removing
+            fetching = asyncio.create_task(fed.fetch("hereon", rid))
+            for _ in range(20):  # let the fetch get as far as it can meanwhile
+                await asyncio.sleep(0)
+            await delete_kept(node.nc.jetstream(), rid)
+            await node.pipeline.writer.append(ResultExpired(request_id=rid, reason="raced"))
+        with pytest.raises(NotFoundError):
+            await fetching
+    types = _types(cfg)
+    assert types.count("result.expired") == 1 and "result.fetched" not in types
     _audit_clean(cfg, world)
