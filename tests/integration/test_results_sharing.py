@@ -33,8 +33,10 @@ from hub.lifecycle import RequestState
 from hub.logfile import iter_log
 from hub.nats import connect as nats_connect
 from hub.nats import get_object, put_object
+from hub.records import GroupRecord, sign_record
 from hub.results_wire import CatalogHeader, pack_catalog
-from hub.subjects import RESULTS_BUCKET, status_subject
+from hub.subjects import RESULTS_BUCKET, admin_subject, status_subject
+from node.admin import admin_message
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -317,3 +319,32 @@ async def test_a_large_shared_result_reaches_the_colleague_as_a_bulk_transfer(
     assert len(data) == 3 * MiB + 5
     assert again == data
     assert _event_types(cfg).count("result.fetched") == 1
+
+
+async def test_a_result_shared_with_a_federation_group_opens_for_members_of_its_nested_groups(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    anna = world.store.load(COLLEAGUE)
+    team, project = f"group:{COLLEAGUE}/team", f"group:{COLLEAGUE}/project"
+    records = [
+        GroupRecord(group=team, owner=COLLEAGUE, members=(MEMBER,), serial=1, time=now()),
+        GroupRecord(group=project, owner=COLLEAGUE, members=(team,), serial=1, time=now()),
+    ]
+    nc = await nats_connect(node.url)
+    try:
+        for record in records:
+            signed = sign_record(record, anna.signing_key)
+            msg = await nc.request(admin_subject("hereon"), admin_message("group", signed), 5)
+            assert error_from_headers(msg.headers) is None
+    finally:
+        await nc.close()
+    rid = await _kept_result(node, world)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as owner:
+        answer = await owner.share("hereon", rid, project)
+    assert answer.recipients == (world.store.load(MEMBER).kid,)
+    async with await Client.connect(node.url, MEMBER, home=world.store.home) as ben:
+        assert await (await ben.result(rid, site="hereon")).result() == [2.0, 4.0]
+    async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
+        with pytest.raises(NotFoundError):
+            await mallory.result(rid, site="hereon")
+    _audit_clean(cfg, world)
