@@ -192,7 +192,6 @@ class NodeDaemon:
         )
         self.stack.callback(self.pipeline.close)
         retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
-        self.stack.push_async_callback(retention.aclose)
         await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
@@ -209,6 +208,7 @@ class NodeDaemon:
         await self._start_directory_sync()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
+        self._spawn(retention.run(), "retention")
         log.info(
             "node.started",
             node=self.eventlog.log_id,
@@ -235,7 +235,9 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
-        background = [t for t in self._tasks if t.get_name() in ("status-file", "checkpoints")]
+        background = [
+            t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "retention")
+        ]
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)

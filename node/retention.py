@@ -17,7 +17,6 @@ NotFoundError.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -93,14 +92,13 @@ class Retention:
         #: Taken while removing a result (the pipeline's result lock, see for_node).
         self.lock = asyncio.Lock()
         self.default = Policy.of(section, None)
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def for_node(
         cls, pipeline: Pipeline, cfg: NodeConfig, js: Callable[[], JetStreamContext]
     ) -> Retention:
-        """The retention of a node's pipeline, sweeping from now on; the pipeline's result
-        store uses it for an owner's delete."""
+        """The retention of a node's pipeline (the pipeline's result store uses it for an
+        owner's delete); the node runs :meth:`run` once it has logged ``node.started``."""
         retention = cls(
             pipeline.writer,
             pipeline._read,
@@ -110,7 +108,6 @@ class Retention:
         )
         pipeline.results.retention = retention
         retention.lock = pipeline.results.lock
-        retention.start()
         return retention
 
     def policy(self, module: str) -> Policy:
@@ -191,26 +188,15 @@ class Retention:
         log.info("result.deleted", request_id=request_id, by=by)
         return stored[-1].seq
 
-    def start(self) -> None:
-        """Sweep now and every ``sweep_every`` seconds until :meth:`aclose`."""
-
-        async def loop() -> None:
-            while True:
-                try:
-                    await self.sweep()
-                except (sqlite3.Error, ValueError) as exc:  # a bad row must not stop sweeps
-                    log.error("result.sweep_failed", error=str(exc))
-                await asyncio.sleep(self.section.sweep_every)
-
-        self._task = asyncio.get_running_loop().create_task(loop())
-
-    async def aclose(self) -> None:
-        """Stop sweeping."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def run(self) -> None:
+        """Sweep now and every ``sweep_every`` seconds until cancelled (the node runs it
+        between ``node.started`` and ``node.stopped``)."""
+        while True:
+            try:
+                await self.sweep()
+            except (sqlite3.Error, ValueError) as exc:  # a bad row must not stop sweeps
+                log.error("result.sweep_failed", error=str(exc))
+            await asyncio.sleep(self.section.sweep_every)
 
 
 async def delete_kept(js: JetStreamContext, name: str) -> None:

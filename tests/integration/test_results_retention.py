@@ -23,7 +23,7 @@ from hub.lifecycle import RequestState
 from hub.logfile import iter_log
 from hub.nats import get_object
 from hub.subjects import RESULTS_BUCKET
-from node.config import NodeConfig, ResultsSection
+from node.config import NodeConfig, ResultsSection, load_config
 from node.daemon import NodeDaemon
 from node.retention import Retention, delete_kept
 
@@ -214,3 +214,28 @@ async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
     types = _types(cfg)
     assert types.count("result.expired") == 1 and "result.fetched" not in types
     _audit_clean(cfg, world)
+
+
+async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_running(
+    world: World, tmp_path: Path
+) -> None:
+    cfg = world.node_config(
+        "hereon", name="short", trust=["geomar"], users=[OWNER], grants=[(OWNER, "climate", "*")]
+    )
+    assert cfg.source is not None
+    with cfg.source.open("a") as fh:
+        fh.write("[results]\nkeep_for = 0.001\n")  # due as soon as it is kept
+    cfg = load_config(cfg.source)
+    async with NodeDaemon(cfg, grace=2) as node:
+        (rid,) = await _calls(node, world, 1)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(node.url, OWNER, home=world.store.home) as fed,
+    ):
+        for _ in range(200):  # the sweep at start runs beside the node's first steps
+            if (await fed.status("hereon", rid)).state == RequestState.EXPIRED:
+                break
+            await asyncio.sleep(0.05)
+        assert (await fed.status("hereon", rid)).state == RequestState.EXPIRED
+    assert _types(cfg).count("result.expired") == 1
+    _audit_clean(cfg, world)  # which refuses a result event while the node is not running
