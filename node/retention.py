@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -91,6 +92,8 @@ class Retention:
         self.policies = {m.name: Policy.of(section, m) for m in modules}
         #: Taken while removing a result (the pipeline's result lock, see for_node).
         self.lock = asyncio.Lock()
+        #: The log file, read on a thread of its own by a sweep (None: on ``read()``).
+        self.path: Path | None = None
         self.default = Policy.of(section, None)
 
     @classmethod
@@ -108,6 +111,7 @@ class Retention:
         )
         pipeline.results.retention = retention
         retention.lock = pipeline.results.lock
+        retention.path = pipeline.writer.eventlog.path
         return retention
 
     def policy(self, module: str) -> Policy:
@@ -125,14 +129,21 @@ class Retention:
         at = parse_time(completed).timestamp() + self.keep_for(module, asked)
         return format_time(datetime.fromtimestamp(at, UTC))
 
+    def _due_from_file(self, path: Path, at: float | None) -> list[tuple[_Kept, str]]:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return self.due(at, conn)
+        finally:
+            conn.close()
+
     def _completed(self, rid: str) -> bool:
         row = self._read().execute("SELECT state FROM requests WHERE request_id = ?", [rid])
         found = row.fetchone()
         return found is not None and found[0] == RequestState.COMPLETED.value
 
-    def _kept(self) -> list[_Kept]:
-        """Every kept result, newest first."""
-        cur = self._read().execute(
+    def _kept(self, conn: sqlite3.Connection | None = None) -> list[_Kept]:
+        """Every kept result, newest first (read on ``conn``, else the pipeline's)."""
+        cur = (conn or self._read()).execute(
             "SELECT r.request_id, r.address, r.updated_time, r.result_size, r.result_object,"
             " k.keep_for FROM requests r LEFT JOIN result_keep k USING (request_id)"
             " WHERE r.state = ? AND r.result_object IS NOT NULL ORDER BY r.updated_time DESC",
@@ -144,12 +155,14 @@ class Retention:
             out.append(_Kept(rid, _module(address), completed, int(size or 0), name, asked))
         return out
 
-    def due(self, at: float | None = None) -> list[tuple[_Kept, str]]:
+    def due(
+        self, at: float | None = None, conn: sqlite3.Connection | None = None
+    ) -> list[tuple[_Kept, str]]:
         """The kept results the policies remove now, each with the reason."""
         at = time.time() if at is None else at
         used: dict[str, int] = {}
         found = []
-        for item in self._kept():
+        for item in self._kept(conn):
             policy = self.policy(item.module)
             used[item.module] = used.get(item.module, 0) + item.size
             keep_for = self.keep_for(item.module, item.asked)
@@ -162,7 +175,11 @@ class Retention:
     async def sweep(self, at: float | None = None) -> list[str]:
         """Remove every result due now; logs ``result.expired`` for each. Returns their ids."""
         removed = []
-        for item, reason in self.due(at):
+        if self.path is not None:  # a large log is read off the event loop
+            due = await asyncio.to_thread(self._due_from_file, self.path, at)
+        else:
+            due = self.due(at)
+        for item, reason in due:
             try:
                 async with self.lock:
                     if not self._completed(item.request_id):  # removed meanwhile
