@@ -301,15 +301,6 @@ def info_subject(site: str, module: str) -> str:
     return f"{SUBJECT_ROOT}.info.{validate_site(site)}.{validate_module(module)}"
 
 
-def function_info_subject(site: str, module: str, function: str) -> str:
-    """Return ``fh.info.<site>.<module>.<function>``, one function's NATS micro endpoint
-    (its description and schemas; ``Class.method`` names keep their dot, a token more)."""
-    parts = function.split(".")
-    if not all(_TOKEN_RE.fullmatch(p) for p in parts):
-        raise ConfigError(f"function name {function!r} cannot be a subject")
-    return f"{info_subject(site, module)}.{function}"
-
-
 def admin_subject(site: str) -> str:
     """Return ``fh.admin.<site>``: signed directory records (keys, revocations) for its nodes."""
     return f"{SUBJECT_ROOT}.admin.{validate_site(site)}"
