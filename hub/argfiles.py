@@ -118,8 +118,8 @@ def write_result(value: object, path: Path) -> None:
     ``.nc``/``.nc4``/``.netcdf``: a DataArray or Dataset via ``to_netcdf`` with the first
     available engine (netCDF4, h5netcdf, scipy); ``.zarr``: a DataArray or Dataset as a
     Zarr store; ``.csv``: a table (:mod:`hub.result_formats`); ``.npy``: anything numpy
-    can hold without pickles; ``.json``: JSON (numpy values, dates and bytes-free trees);
-    any other suffix: ``bytes`` as they are, ``str`` as UTF-8.
+    can hold without pickles; ``.json``: JSON (numpy values, dates and bytes-free trees); any other suffix:
+    ``bytes`` as they are, ``str`` as UTF-8.
     """
     where = f"result file '{path}'"
     suffix = path.suffix.lower()
