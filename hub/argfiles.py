@@ -27,7 +27,6 @@ import numpy as np
 
 from hub.bulk import NetCDFFile
 from hub.errors import ConfigError
-from hub.result_formats import write_csv, write_zarr
 
 __all__ = ["NETCDF_SUFFIXES", "parse_cli_argument", "read_argument_file", "write_result"]
 
@@ -116,9 +115,8 @@ def write_result(value: object, path: Path) -> None:
     """Write a call's result to ``path``, chosen by suffix.
 
     ``.nc``/``.nc4``/``.netcdf``: a DataArray or Dataset via ``to_netcdf`` with the first
-    available engine (netCDF4, h5netcdf, scipy); ``.zarr``: a DataArray or Dataset as a
-    Zarr store; ``.csv``: a table (:mod:`hub.result_formats`); ``.npy``: anything numpy
-    can hold without pickles; ``.json``: JSON (numpy values, dates and bytes-free trees); any other suffix:
+    available engine (netCDF4, h5netcdf, scipy); ``.npy``: anything numpy can hold without
+    pickles; ``.json``: JSON (numpy values, dates and bytes-free trees); any other suffix:
     ``bytes`` as they are, ``str`` as UTF-8.
     """
     where = f"result file '{path}'"
@@ -131,10 +129,6 @@ def write_result(value: object, path: Path) -> None:
             if array.dtype.hasobject:
                 raise ConfigError(f"{where}: a {type(value).__name__} cannot be saved as .npy")
             np.save(path, array, allow_pickle=False)
-        elif suffix == ".csv":
-            write_csv(value, path, where)
-        elif suffix == ".zarr":
-            write_zarr(value, path, where)
         elif suffix == ".json":
             text = json.dumps(value, default=_json_default, indent=2, ensure_ascii=False)
             path.write_text(text + "\n", encoding="utf-8")

@@ -32,7 +32,7 @@ __all__ = ["CallDesk", "routes"]
 #: x-fedhub-type values that the form takes as a file.
 FILE_TYPES = frozenset({"numpy.ndarray", "xarray.DataArray", "xarray.Dataset", "bytes"})
 #: Result formats offered for download, by suffix.
-RESULT_FORMATS = {"json": ".json", "nc": ".nc", "npy": ".npy", "csv": ".csv", "bin": ".bin"}
+RESULT_FORMATS = {"json": ".json", "nc": ".nc", "npy": ".npy", "bin": ".bin"}
 
 
 @dataclass

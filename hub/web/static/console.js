@@ -22,7 +22,7 @@ function show(box, job) {
     const base = `/api/calls/${job.request_id}/result?format=`;
     box.querySelector(".links").innerHTML =
       `Download: <a class="dl-json" href="${base}json">JSON</a> · <a class="dl-nc" href="${base}nc">NetCDF</a>` +
-      ` · <a class="dl-npy" href="${base}npy">NumPy</a> · <a class="dl-csv" href="${base}csv">CSV</a> · <a href="/calls/${job.request_id}">this call</a>`;
+      ` · <a class="dl-npy" href="${base}npy">NumPy</a> · <a href="/calls/${job.request_id}">this call</a>`;
   } else if (job.state === "failed") {
     box.querySelector(".result").textContent = `${job.error.code}: ${job.error.message}`;
   }
