@@ -298,53 +298,40 @@ class Catalog:
     # -- list ------------------------------------------------------------------------------
 
     def _list(self, q: CatalogHeader, record: KeyRecord) -> RequestsAnswer:
+        """The asker's requests and those shared with it that match, newest first.
+
+        The asker's own are read newest first in pages and only until one more than the
+        limit matched (a person with a million requests costs what the answer needs).
+        """
         try:
             f = ListFilter.model_validate(q.args)
         except PydanticValidationError as exc:
             raise ValidationError(f"list filter: {one_line(exc)}") from exc
         if f.state is not None and f.state != "kept" and f.state not in set(RequestState):
             raise ValidationError(f"{f.state!r} is no request state (nor 'kept')")
-        conn = self.reader()
-        where, params = ["caller = ?"], [q.caller]
-        if f.since is not None:
-            where.append("received_time >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            where.append("received_time < ?")
-            params.append(f.until)
+        query = Query.from_json(f.query) if f.query is not None else None
         found: list[RequestRecord] = []
         if f.shared is not True:
-            cur = conn.execute(
+            where, params = ["caller = ?"], [q.caller]
+            if f.since is not None:
+                where.append("received_time >= ?")
+                params.append(f.since)
+            if f.until is not None:
+                where.append("received_time < ?")
+                params.append(f.until)
+            cur = self.reader().execute(
                 f"SELECT {_COLUMNS} FROM requests WHERE {' AND '.join(where)}"  # noqa: S608
                 " ORDER BY received_time DESC",
                 params,
             )
             names = [c[0] for c in cur.description]
-            mine = (dict(zip(names, row, strict=True)) for row in cur)
-            rows = [row for row in mine if _matches(row, f)]
-            rids = [row["request_id"] for row in rows]
-            shares, tags = self._shares_by_request(rids), self._tags_by_request(rids)
-            found += [
-                self._record(
-                    row,
-                    shares=shares.get(row["request_id"], ()),
-                    tags=tags.get(row["request_id"], {}),
-                )
-                for row in rows
-            ]
+            while len(found) <= f.limit and (page := cur.fetchmany(500)):
+                rows = [dict(zip(names, row, strict=True)) for row in page]
+                found += self._records([r for r in rows if _matches(r, f)], query, shared=False)
+            cur.close()
         if f.shared is not False:
             rows = [r for r in self._shared_with(record) if _matches(r, f) and _in_time(r, f)]
-            tags = self._tags_by_request([row["request_id"] for row in rows])
-            found += [
-                self._record(row, shared=True, tags=tags.get(row["request_id"], {})) for row in rows
-            ]
-        if f.query is not None:
-            query = Query.from_json(f.query)
-            found = [
-                r
-                for r in found
-                if query.matches(record_fields(r), frozenset((*r.tags, *r.shared_tags)))
-            ]
+            found += self._records(rows, query, shared=True)
         found.sort(key=lambda r: r.received_time or "", reverse=True)
         return RequestsAnswer(
             site=self.p.site,
@@ -352,6 +339,32 @@ class Catalog:
             requests=tuple(found[: f.limit]),
             truncated=len(found) > f.limit,
         )
+
+    def _records(
+        self, rows: list[dict[str, Any]], query: Query | None, *, shared: bool
+    ) -> list[RequestRecord]:
+        """Catalog records of request rows (shares, tags and keep-for times read in bulk),
+        those ``query`` matches."""
+        rids = [row["request_id"] for row in rows]
+        shares = {} if shared else self._shares_by_request(rids)
+        tags, asked = self._tags_by_request(rids), self._asked_by_request(rids)
+        records = [
+            self._record(
+                row,
+                shared=shared,
+                shares=shares.get(row["request_id"], ()),
+                tags=tags.get(row["request_id"], {}),
+                asked=asked,
+            )
+            for row in rows
+        ]
+        if query is None:
+            return records
+        return [
+            r
+            for r in records
+            if query.matches(record_fields(r), frozenset((*r.tags, *r.shared_tags)))
+        ]
 
     # -- shares ----------------------------------------------------------------------------
 

@@ -140,3 +140,18 @@ async def test_a_failed_call_cannot_be_tagged_and_a_bad_query_is_refused_by_the_
             deep = {"not": deep}
         with pytest.raises(ValidationError):  # the node refuses it too
             await catalog(fed, "list", "hereon", args={"query": deep})
+
+
+async def test_a_limit_returns_the_newest_matches_and_says_more_matched(
+    node: NodeDaemon, world: World, three: tuple[str, str, str]
+) -> None:
+    a, b, c = three
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        everything = await fed.requests("hereon")
+        two = await fed.requests("hereon", limit=2)
+        one = await fed.requests("hereon", tag="calibrated", limit=1)
+        all_calibrated = await fed.requests("hereon", tag="calibrated", limit=2)
+    assert [r.request_id for r in everything] == [c, b, a]  # newest first
+    assert [r.request_id for r in two] == [c, b] and two.truncated == {"hereon"}
+    assert [r.request_id for r in one] == [b] and one.truncated == {"hereon"}
+    assert {r.request_id for r in all_calibrated} == {a, b} and not all_calibrated.truncated
