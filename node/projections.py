@@ -1,7 +1,10 @@
 """Projections: state derived from the event log, updated with it, rebuildable from it.
 
-``requests`` holds one row per request id with its current state. It is a cache of the
-log, never the truth: ``fedhub-node log rebuild`` drops and replays it.
+``requests`` holds one row per request id with its current state; ``result_shares`` one
+row per share of a kept result (``result.shared`` until ``result.unshared``, with the
+wrapped keys); ``result_tags`` the owner's tags of a result, per scope; ``result_keep``
+how long an owner asked a result to be kept. They are a cache
+of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,27 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0,
     progress_ppm INTEGER,
     result_hash TEXT,
-    result_object TEXT
+    result_object TEXT,
+    result_size INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_caller ON requests(caller, received_time);
+CREATE TABLE IF NOT EXISTS result_shares (
+    request_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    by TEXT NOT NULL,
+    wraps TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (request_id, principal)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_tags (
+    request_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    PRIMARY KEY (request_id, scope)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_keep (
+    request_id TEXT PRIMARY KEY,
+    keep_for INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests(state)
     WHERE state IN (%s);
@@ -57,11 +80,17 @@ def create(conn: sqlite3.Connection) -> None:
     for statement in _DDL.split(";"):
         if statement.strip():
             conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "result_size" not in columns:  # a log made before results had sizes here
+        conn.execute("ALTER TABLE requests ADD COLUMN result_size INTEGER")
 
 
 def drop(conn: sqlite3.Connection) -> None:
     """Drop the projection tables."""
     conn.execute("DROP TABLE IF EXISTS requests")
+    conn.execute("DROP TABLE IF EXISTS result_shares")
+    conn.execute("DROP TABLE IF EXISTS result_tags")
+    conn.execute("DROP TABLE IF EXISTS result_keep")
 
 
 def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
@@ -140,11 +169,11 @@ _STARTED = (
 )
 _COMPLETED = (
     "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, result_hash = ?,"
-    " progress_ppm = 1000000 WHERE request_id = ?"
+    " result_size = ?, progress_ppm = 1000000 WHERE request_id = ?"
 )
 _COMPLETED_KEPT = (
     "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, result_hash = ?,"
-    " progress_ppm = 1000000, result_object = ? WHERE request_id = ?"
+    " result_size = ?, progress_ppm = 1000000, result_object = ? WHERE request_id = ?"
 )
 _FAILED = (
     "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, code = ?, reason = ?"
@@ -155,6 +184,25 @@ _PROGRESS = (
 )
 _STORED_V1 = "UPDATE requests SET result_object = ? WHERE request_id = ?"
 _LOST = "UPDATE requests SET result_object = NULL, reason = ? WHERE request_id = ?"
+_SHARED = (
+    "INSERT INTO result_shares(request_id, principal, by, wraps, seq)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, principal) DO UPDATE SET"
+    " by = excluded.by, wraps = excluded.wraps, seq = excluded.seq"
+)
+_TAGGED = (
+    "INSERT INTO result_tags(request_id, scope, tags) VALUES (?, ?, ?)"
+    " ON CONFLICT(request_id, scope) DO UPDATE SET tags = excluded.tags"
+)
+_KEEP = (
+    "INSERT INTO result_keep(request_id, keep_for) VALUES (?, ?)"
+    " ON CONFLICT(request_id) DO UPDATE SET keep_for = excluded.keep_for"
+)
+_UNSHARED = "DELETE FROM result_shares WHERE request_id = ? AND principal = ?"
+# the result is gone (expired or deleted): the request's state says so
+_REMOVED = (
+    "UPDATE requests SET state = ?, result_object = NULL, reason = ?, updated_seq = ?,"
+    " updated_time = ? WHERE request_id = ?"
+)
 
 _Statement = tuple[str, list[Any]] | None
 
@@ -197,10 +245,11 @@ def _started(seq: int, time: str, data: dict[str, Any]) -> _Statement:
 
 def _completed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
     state = _STATE_BY_TYPE["request.completed"]
+    result = [data["result_hash"], data["result_size"]]
     kept = data.get("object")
     if kept is None:
-        return _COMPLETED, [state, seq, time, data["result_hash"], data["request_id"]]
-    return _COMPLETED_KEPT, [state, seq, time, data["result_hash"], kept, data["request_id"]]
+        return _COMPLETED, [state, seq, time, *result, data["request_id"]]
+    return _COMPLETED_KEPT, [state, seq, time, *result, kept, data["request_id"]]
 
 
 def _failed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
@@ -220,6 +269,31 @@ def _lost(seq: int, time: str, data: dict[str, Any]) -> _Statement:
     return _LOST, [f"result not kept: {data['reason']}", data["request_id"]]
 
 
+def _shared(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    if not (data.get("principal") and data.get("key_wraps")):
+        return None
+    wraps = orjson.dumps(dict(zip(data["recipients"], data["key_wraps"], strict=True)))
+    return _SHARED, [data["request_id"], data["principal"], data["by"], wraps.decode(), seq]
+
+
+def _tagged(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    tags = orjson.dumps(list(data["tags"])).decode()
+    return _TAGGED, [data["request_id"], data["scope"], tags]
+
+
+def _keep_shortened(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    return _KEEP, [data["request_id"], data["keep_for"]]
+
+
+def _unshared(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    return _UNSHARED, [data["request_id"], data["principal"]]
+
+
+def _removed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    why = data.get("reason") or f"removed by {data.get('by')}"
+    return _REMOVED, [target(data["type"]), why, seq, time, data["request_id"]]
+
+
 # What each event type does to its request's row (types not here leave it as it is).
 _STATEMENTS: dict[str, Callable[[int, str, dict[str, Any]], _Statement]] = {
     "request.received": _received,
@@ -230,6 +304,12 @@ _STATEMENTS: dict[str, Callable[[int, str, dict[str, Any]], _Statement]] = {
     "request.failed": _failed,
     "request.progress": _progress,
     "result.stored": _stored,
+    "result.shared": _shared,
+    "result.tagged": _tagged,
+    "result.keep_shortened": _keep_shortened,
+    "result.unshared": _unshared,
+    "result.expired": _removed,
+    "result.deleted": _removed,
     "result.lost": _lost,
 }
 
