@@ -4,8 +4,9 @@
 
     OUT/ca/                         the federation's CA (keep offline; signs new servers)
     OUT/hub/<server>/               per hub server: nats-server.conf, TLS key and cert
-    OUT/hub/credentials/admin.nk    NKey of the hub's own client (sets up the event copies)
+    OUT/hub/credentials/admin.nk    NKey of the hub's own client (sets up the hub's streams)
     OUT/hub/streams/FH_EVENTS_<SITE>.json   the hub's copy of each site's event stream
+    OUT/hub/streams/FH_DIRECTORY.json       the federation-wide directory (every site's FH_DIR)
     OUT/sites/<site>/               nats-leaf.conf (with its NKey to the hub), TLS key and
                                     cert, ca.pem, credentials/<role>-<name>.nk per user
     OUT/trust/site:<site>.pub       every site's pinned public key (public)
@@ -43,7 +44,7 @@ from hub.nats.config import (
     directory_accounts,
     site_account,
 )
-from hub.nats.streams import hub_events_config
+from hub.nats.hubsetup import write_hub_streams
 from hub.nats.tlsca import CertFiles, ensure_ca, ensure_server_cert, write_secret
 from hub.nats.topology import ROLES, HubCluster, HubServer, Role, Site, Topology, site_public_keys
 from hub.subjects import (
@@ -53,7 +54,6 @@ from hub.subjects import (
     EVENTS_STREAM,
     RESULTS_BUCKET,
     bulk_filter,
-    hub_events_stream,
     inbox_prefix,
 )
 
@@ -501,13 +501,7 @@ def generate(
                 ).encode(),
             )
             result.hub_configs[server.name] = path
-    streams = hub_dir / "streams"
-    streams.mkdir(parents=True, exist_ok=True)
-    for site in topology.sites:
-        config = hub_events_config(site.name, replicas=topology.hubs[0].replicas)
-        (streams / f"{hub_events_stream(site.name)}.json").write_text(
-            json.dumps(config.as_dict(), indent=2) + "\n"
-        )
+    write_hub_streams(hub_dir / "streams", topology)
     trust = out / "trust"
     trust.mkdir(parents=True, exist_ok=True)
     for name, pub in keys.items():
