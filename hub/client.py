@@ -17,7 +17,8 @@ inbox for progress and the result, each opened with keys only the node and the c
 hold. Every call has a deadline; nothing waits forever.
 
 A reply lost on the way (a server or link down while the node finished) does not leave
-the caller waiting: after every reconnect, and once more shortly before a call's deadline,
+the caller waiting: after every reconnect, when a call has heard nothing from its node for
+a while (10 s, then at growing intervals), and once more shortly before a call's deadline,
 the client asks the node about each call still waiting (:meth:`Client.recover`) and
 settles it from the answer: the stored result, or the call's typed error.
 """
@@ -108,6 +109,14 @@ M = TypeVar("M", bound=BaseModel)
 _GRACE = 5.0
 #: How long before its deadline a waiting call is asked about once more.
 _LAST_ASK = 3.0
+#: A call that has heard nothing from its node this long is asked about (a reply lost in a
+#: hub fault leaves no reconnect of this client to tell it), again after twice as long
+#: each time: 10 s, 30 s, 70 s, 150 s ... after the submit, until the last ask.
+_FIRST_ASK = 10.0
+_ASK_GROWTH = 2.0
+#: At most this many of those asks per second leave one client (a node is never flooded
+#: by a client with many long calls); later ones wait for their turn.
+_ASKS_PER_SECOND = 20.0
 #: Seconds one try of publishing a call waits for its stream's ack before trying again.
 _CONFIRM_TRY = 3.0
 #: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
@@ -160,6 +169,7 @@ class Client:
         self._box_public = keys.box_public
         self._recovering: dict[str, asyncio.Task[None]] = {}
         self._asking = asyncio.Semaphore(_RECOVER_AT_ONCE)
+        self._next_ask = 0.0  # loop time of the next free turn for an ask of a silent call
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -435,10 +445,7 @@ class Client:
             upload = call_bulk.upload(self.nc, handle, (self.site, self.user), spool, bulk, timeout)
             handle._track(loop.create_task(upload))
         if not handle.done():
-            # the last ask before the deadline: a reply lost on the way would otherwise
-            # leave the caller waiting out its deadline while the result sits at the node
-            ask = loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
-            handle._future.add_done_callback(lambda _: ask.cancel())
+            self._watch(handle)
         return handle
 
     async def _publish_call(self, subject: str, data: bytes, rid: str, until: float) -> None:
@@ -629,26 +636,62 @@ class Client:
         for handle in list(self._pending.values()):
             self._recover_soon(handle, False)
 
-    def _recover_soon(self, handle: CallHandle, last: bool) -> None:
+    def _watch(self, handle: CallHandle) -> None:
+        """Ask about ``handle`` while it waits: when it has heard nothing from its node
+        for :data:`_FIRST_ASK` s, then at growing intervals, and once more shortly before
+        its deadline. A reply lost on the way would otherwise leave the caller waiting out
+        its deadline while the result sits at the node."""
+        loop = asyncio.get_running_loop()
+        handle._heard = loop.time()
+        handle._timers.append(
+            loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
+        )
+        handle._future.add_done_callback(lambda _: handle._stop_timers())
+        self._ask_later(handle, _FIRST_ASK)
+
+    def _ask_later(self, handle: CallHandle, wait: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + wait
+        if when < handle._deadline - _LAST_ASK - 1.0:  # else the last ask comes first
+            handle._timers.append(loop.call_at(when, self._ask_if_silent, handle, wait))
+
+    def _ask_if_silent(self, handle: CallHandle, wait: float) -> None:
+        if self._closed or handle.done():
+            return
+        loop = asyncio.get_running_loop()
+        now_ = loop.time()
+        if now_ - handle._heard >= _FIRST_ASK:  # progress or a reply came lately: no need
+            turn = max(now_, self._next_ask)
+            self._next_ask = turn + 1.0 / _ASKS_PER_SECOND
+            if turn <= now_:
+                self._recover_soon(handle, False, tries=1)
+            else:
+                handle._timers.append(loop.call_at(turn, self._recover_soon, handle, False, 1))
+        self._ask_later(handle, wait * _ASK_GROWTH)
+
+    def _recover_soon(self, handle: CallHandle, last: bool, tries: int = _RECOVER_TRIES) -> None:
         if self._closed or handle.done() or handle.request_id in self._recovering:
             return
         if handle._transfers:  # its arguments or its result are moving: nothing is lost
             return
-        task = asyncio.get_running_loop().create_task(self.recover(handle, last=last))
+        recovery = self.recover(handle, last=last, tries=tries)
+        task = asyncio.get_running_loop().create_task(recovery)
         self._recovering[handle.request_id] = task
         task.add_done_callback(lambda _: self._recovering.pop(handle.request_id, None))
 
-    async def recover(self, handle: CallHandle, *, last: bool = False) -> None:
+    async def recover(
+        self, handle: CallHandle, *, last: bool = False, tries: int = _RECOVER_TRIES
+    ) -> None:
         """Settle a waiting call from the node's record, if the call ended there.
 
-        Asks for the status (again, while the node cannot be reached yet); a completed call
-        is delivered from its stored result, a failed or rejected one raises its typed
-        error; a call still running is left to its reply. ``last`` (shortly before the
-        deadline): a call that completed without a kept result fails at once, as the reply
-        that carried it is lost for good.
+        Asks for the status (up to ``tries`` times, while the node cannot be reached yet);
+        a completed call is delivered from its stored result, a failed or rejected one
+        raises its typed error; a call still running is left to its reply. ``last``
+        (shortly before the deadline): a call that completed without a kept result fails
+        at once, as the reply that carried it is lost for good.
         """
         loop = asyncio.get_running_loop()
-        for attempt in range(_RECOVER_TRIES):
+        for attempt in range(tries):
             if handle.done():
                 return
             timeout = max(0.1, min(_CONTROL_TIMEOUT, handle._deadline - loop.time()))
@@ -661,7 +704,7 @@ class Client:
                     outcome = await self._outcome(handle, state, last=last, timeout=timeout)
             except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
                 log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
-                if last or handle._deadline - loop.time() < _RECOVER_PAUSE:
+                if last or attempt + 1 == tries or handle._deadline - loop.time() < _RECOVER_PAUSE:
                     return
                 await asyncio.sleep(_RECOVER_PAUSE * (attempt + 1))
                 continue
@@ -712,6 +755,7 @@ class Client:
         handle = self._pending.get(h.id)
         if handle is None or handle.done():
             return
+        handle._heard = asyncio.get_running_loop().time()
         try:
             if h.kind == "progress":
                 text = open_secret(handle._content_key, reply.body).decode() if reply.body else ""

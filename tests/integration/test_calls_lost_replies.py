@@ -6,7 +6,8 @@ finds nobody to take it; once the server is back, the caller gets the outcome fr
 node's record (status, then the stored result) instead of waiting out its deadline.
 
 Waits are structural: the call's deadline is far away (120 s), the test's own wait for
-the result is bounded well below it (40 s); nothing asserts on measured time.
+the result is bounded well below it (40 s; the client asks about a silent call after 10 s
+and 30 s); nothing asserts on measured time.
 """
 
 from __future__ import annotations
@@ -109,6 +110,34 @@ async def test_a_result_whose_reply_was_lost_while_the_hub_was_down_arrives_befo
 
         assert await handle.result() == 2.0
     assert "result.fetched" in events_of(cfg, rid)
+
+
+async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_far_deadline(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # The caller's own connection never drops and its deadline is far away: the client
+    # asks on its own, because the call has heard nothing from its node for a while.
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=DEADLINE)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+        assert not handle.done(), "the reply had nowhere to go while the hub was down"
+
+        assert await handle.result(timeout=BOUND) == 2.0
+    assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
 
 
 async def test_a_call_that_failed_while_its_reply_could_not_travel_raises_its_typed_error(
