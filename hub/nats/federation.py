@@ -37,7 +37,7 @@ from hub.nats.config import HUB_DOMAIN
 from hub.nats.connection import connect, wait_jetstream_ready, wait_message_route
 from hub.nats.dirstreams import site_directory_configs
 from hub.nats.generate import Generated, credentials_path, generate, nats_inbox_prefix
-from hub.nats.hubsetup import read_hub_streams
+from hub.nats.hubsetup import setup_hub
 from hub.nats.server import NatsServer
 from hub.nats.streams import ensure_stream
 from hub.nats.topology import ROLES, Role, Topology
@@ -154,7 +154,8 @@ class LocalFederation:
                     f"leafnode_port = {_free_port()}",
                     f"cluster_port = {_free_port()}",
                     f"gateway_port = {_free_port()}",
-                    f"store_dir = {json.dumps(str(self.root / 'hub' / name / 'jetstream'))}",
+                    # relative: below the server's own folder, where it runs
+                    'store_dir = "jetstream"',
                 ]
         site_hub = {site: region for region, sites in regions.items() for site in sites}
         for site in self.sites:
@@ -166,10 +167,10 @@ class LocalFederation:
             lines += [
                 "[[sites]]",
                 f"name = {json.dumps(site)}",
-                f"site_key = {json.dumps(str(pub))}",
+                f"site_key = {json.dumps(pub.relative_to(self.root).as_posix())}",
                 f"hub = {json.dumps(site_hub.get(site, next(iter(regions))))}",
                 f"client_port = {_free_port()}",
-                f"store_dir = {json.dumps(str(self.root / site / 'jetstream'))}",
+                'store_dir = "jetstream"',
                 f"nodes = {json.dumps(list(self.nodes))}",
                 f"callers = {json.dumps(list(self.callers))}",
             ]
@@ -266,10 +267,8 @@ class LocalFederation:
         """
         nc = await connect(self.hub_url, **self.hub_options())
         try:
-            js = nc.jetstream(domain=HUB_DOMAIN)
-            for config in read_hub_streams(self.out / "hub" / "streams"):
-                if streams is None or config.name in streams:
-                    await ensure_stream(js, config)
+            await setup_hub(nc.jetstream(domain=HUB_DOMAIN), self.out / "hub" / "streams",
+                            names=streams)  # fmt: skip
         finally:
             await nc.close()
 

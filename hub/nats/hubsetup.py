@@ -15,17 +15,27 @@ A source whose site stream does not exist yet fills once it does (nats-server re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Collection
 from pathlib import Path
 
+import structlog
 from nats.js import JetStreamContext, api
+from nats.js.errors import APIError
 
-from hub.errors import ConfigError
+from hub.errors import ConfigError, TransportError
 from hub.nats.dirstreams import hub_directory_config
 from hub.nats.streams import ensure_stream, hub_events_config
 from hub.nats.topology import Topology
 
 __all__ = ["hub_stream_configs", "read_hub_streams", "setup_hub", "write_hub_streams"]
+
+log = structlog.get_logger(__name__)
+
+#: JetStream's "no suitable peers for placement" (a cluster still gathering its servers).
+_NO_PEERS = 10005
 
 
 def hub_stream_configs(topology: Topology) -> list[api.StreamConfig]:
@@ -71,10 +81,37 @@ def read_hub_streams(folder: Path) -> list[api.StreamConfig]:
     return configs
 
 
-async def setup_hub(hub_js: JetStreamContext, folder: Path) -> list[api.StreamInfo]:
-    """Create or update every stream whose config is in ``folder`` (``hub/streams``).
+async def setup_hub(
+    hub_js: JetStreamContext,
+    folder: Path,
+    *,
+    names: Collection[str] | None = None,
+    patience: float = 30.0,
+) -> list[api.StreamInfo]:
+    """Create or update every stream whose config is in ``folder`` (``hub/streams``), or
+    only those in ``names``.
 
     ``hub_js`` talks to the hub's JetStream (domain ``hub``) as the hub's admin. Running
-    it again changes nothing, or adds the sources of sites that joined since.
+    it again changes nothing, or adds the sources of sites that joined since. A hub
+    cluster that has just started may not know all its servers yet ("no suitable peers
+    for placement" of three replicas) or be electing a leader: that is tried again for
+    up to ``patience`` seconds.
     """
-    return [await ensure_stream(hub_js, config) for config in read_hub_streams(folder)]
+    configs = [c for c in read_hub_streams(folder) if names is None or c.name in names]
+    return [await _ensure_patiently(hub_js, config, patience) for config in configs]
+
+
+async def _ensure_patiently(
+    hub_js: JetStreamContext, config: api.StreamConfig, patience: float
+) -> api.StreamInfo:
+    until = time.monotonic() + patience
+    while True:
+        try:
+            return await ensure_stream(hub_js, config)
+        except (ConfigError, TransportError) as exc:
+            cause = exc.__cause__
+            placing = isinstance(cause, APIError) and cause.err_code == _NO_PEERS
+            if not (placing or isinstance(exc, TransportError)) or time.monotonic() > until:
+                raise
+            log.debug("hub.stream_retried", stream=config.name, reason=exc.message)
+        await asyncio.sleep(0.5)

@@ -206,6 +206,8 @@ class NatsServer:
             # the server itself after its last events are out, not the server first.
             self._proc = subprocess.Popen(  # noqa: ASYNC220
                 args,
+                # a generated config names its files relative to its own folder
+                cwd=self.config_path.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
