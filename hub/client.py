@@ -46,6 +46,7 @@ from hub import call_bulk, codec
 from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
+from hub.call_recovery import CONTROL_TIMEOUT, RECOVER_TRIES, Recovery, call_error
 from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.crypto import (
@@ -74,10 +75,8 @@ from hub.errors import (
     NotFoundError,
     OversizeError,
     TransportError,
-    error_from_code,
 )
 from hub.keys import KeyPair, KeyStore
-from hub.lifecycle import RequestState
 from hub.nats import wait_acks
 from hub.nats.connection import auth_options
 from hub.nats.generate import nats_inbox_prefix
@@ -107,27 +106,10 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Extra time the client waits past a call's own timeout for the node's answer to arrive.
 _GRACE = 5.0
-#: How long before its deadline a waiting call is asked about once more.
-_LAST_ASK = 3.0
-#: A call that has heard nothing from its node this long is asked about (a reply lost in a
-#: hub fault leaves no reconnect of this client to tell it), again after twice as long
-#: each time: 10 s, 30 s, 70 s, 150 s ... after the submit, until the last ask.
-_FIRST_ASK = 10.0
-_ASK_GROWTH = 2.0
-#: At most this many of those asks per second leave one client (a node is never flooded
-#: by a client with many long calls); later ones wait for their turn.
-_ASKS_PER_SECOND = 20.0
 #: Seconds one try of publishing a call waits for its stream's ack before trying again.
 _CONFIRM_TRY = 3.0
 #: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
 _RETRY_SPAN = 100.0
-#: How often, and how far apart, a recovery asks while the node cannot be reached yet.
-_RECOVER_TRIES = 8
-_RECOVER_PAUSE = 1.0
-#: How many calls are asked about at once (after a reconnect with many calls waiting).
-_RECOVER_AT_ONCE = 16
-#: How long one control request waits for the node's answer.
-_CONTROL_TIMEOUT = 5.0
 
 
 class Client:
@@ -167,9 +149,7 @@ class Client:
         self._modules: dict[tuple[str, str], ModuleInfo] = {}
         self._closed = False
         self._box_public = keys.box_public
-        self._recovering: dict[str, asyncio.Task[None]] = {}
-        self._asking = asyncio.Semaphore(_RECOVER_AT_ONCE)
-        self._next_ask = 0.0  # loop time of the next free turn for an ask of a silent call
+        self._recovery = Recovery(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -257,8 +237,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        for task in list(self._recovering.values()):
-            task.cancel()
+        self._recovery.cancel_all()
         for handle in self._pending.values():
             fut = handle._future
             if not fut.done():
@@ -445,7 +424,7 @@ class Client:
             upload = call_bulk.upload(self.nc, handle, (self.site, self.user), spool, bulk, timeout)
             handle._track(loop.create_task(upload))
         if not handle.done():
-            self._watch(handle)
+            self._recovery.watch(handle)
         return handle
 
     async def _publish_call(self, subject: str, data: bytes, rid: str, until: float) -> None:
@@ -522,13 +501,13 @@ class Client:
     def _forget(self, request_id: str) -> None:
         """Stop waiting for ``request_id``: a late reply or recovery is dropped."""
         self._pending.pop(request_id, None)
-        task = self._recovering.pop(request_id, None)
-        if task is not None:
-            task.cancel()
+        self._recovery.forget(request_id)
 
-    async def status(self, site: str, request_id: str) -> RequestStatus:
+    async def status(
+        self, site: str, request_id: str, *, timeout: float = CONTROL_TIMEOUT
+    ) -> RequestStatus:
         """The node's record of one of my requests."""
-        data = await self._control("status", site, request_id)
+        data = await self._control("status", site, request_id, timeout=timeout)
         return _parse(RequestStatus, data, f"status answer from {site}")
 
     async def cancel(self, site: str, request_id: str) -> CancelAnswer:
@@ -552,7 +531,7 @@ class Client:
         site: str,
         state: RequestStatus,
         *,
-        timeout: float = _CONTROL_TIMEOUT,
+        timeout: float = CONTROL_TIMEOUT,
         result_path: Path | None = None,
     ) -> Any:
         """Fetch and open the stored result of a request whose status is ``state``."""
@@ -601,7 +580,7 @@ class Client:
         )
 
     async def _control(
-        self, op: str, site: str, request_id: str, *, timeout: float = _CONTROL_TIMEOUT
+        self, op: str, site: str, request_id: str, *, timeout: float = CONTROL_TIMEOUT
     ) -> bytes:
         """Send a signed control message; the answer's body, or the error it reports."""
         try:
@@ -633,54 +612,10 @@ class Client:
     def on_reconnected(self) -> None:
         """Ask the node about every call still waiting (a reply may have been lost while
         the connection was down). :meth:`connect` wires this to nats-py's reconnect."""
-        for handle in list(self._pending.values()):
-            self._recover_soon(handle, False)
-
-    def _watch(self, handle: CallHandle) -> None:
-        """Ask about ``handle`` while it waits: when it has heard nothing from its node
-        for :data:`_FIRST_ASK` s, then at growing intervals, and once more shortly before
-        its deadline. A reply lost on the way would otherwise leave the caller waiting out
-        its deadline while the result sits at the node."""
-        loop = asyncio.get_running_loop()
-        handle._heard = loop.time()
-        handle._timers.append(
-            loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
-        )
-        handle._future.add_done_callback(lambda _: handle._stop_timers())
-        self._ask_later(handle, _FIRST_ASK)
-
-    def _ask_later(self, handle: CallHandle, wait: float) -> None:
-        loop = asyncio.get_running_loop()
-        when = loop.time() + wait
-        if when < handle._deadline - _LAST_ASK - 1.0:  # else the last ask comes first
-            handle._timers.append(loop.call_at(when, self._ask_if_silent, handle, wait))
-
-    def _ask_if_silent(self, handle: CallHandle, wait: float) -> None:
-        if self._closed or handle.done():
-            return
-        loop = asyncio.get_running_loop()
-        now_ = loop.time()
-        if now_ - handle._heard >= _FIRST_ASK:  # progress or a reply came lately: no need
-            turn = max(now_, self._next_ask)
-            self._next_ask = turn + 1.0 / _ASKS_PER_SECOND
-            if turn <= now_:
-                self._recover_soon(handle, False, tries=1)
-            else:
-                handle._timers.append(loop.call_at(turn, self._recover_soon, handle, False, 1))
-        self._ask_later(handle, wait * _ASK_GROWTH)
-
-    def _recover_soon(self, handle: CallHandle, last: bool, tries: int = _RECOVER_TRIES) -> None:
-        if self._closed or handle.done() or handle.request_id in self._recovering:
-            return
-        if handle._transfers:  # its arguments or its result are moving: nothing is lost
-            return
-        recovery = self.recover(handle, last=last, tries=tries)
-        task = asyncio.get_running_loop().create_task(recovery)
-        self._recovering[handle.request_id] = task
-        task.add_done_callback(lambda _: self._recovering.pop(handle.request_id, None))
+        self._recovery.all_waiting()
 
     async def recover(
-        self, handle: CallHandle, *, last: bool = False, tries: int = _RECOVER_TRIES
+        self, handle: CallHandle, *, last: bool = False, tries: int = RECOVER_TRIES
     ) -> None:
         """Settle a waiting call from the node's record, if the call ended there.
 
@@ -688,58 +623,10 @@ class Client:
         a completed call is delivered from its stored result, a failed or rejected one
         raises its typed error; a call still running is left to its reply. ``last``
         (shortly before the deadline): a call that completed without a kept result fails
-        at once, as the reply that carried it is lost for good.
+        at once, as the reply that carried it is lost for good. The client does this by
+        itself (:mod:`hub.call_recovery` says when).
         """
-        loop = asyncio.get_running_loop()
-        for attempt in range(tries):
-            if handle.done():
-                return
-            timeout = max(0.1, min(_CONTROL_TIMEOUT, handle._deadline - loop.time()))
-            try:
-                async with self._asking:
-                    data = await self._control(
-                        "status", handle.site, handle.request_id, timeout=timeout
-                    )
-                    state = _parse(RequestStatus, data, f"status answer from {handle.site}")
-                    outcome = await self._outcome(handle, state, last=last, timeout=timeout)
-            except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
-                log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
-                if last or attempt + 1 == tries or handle._deadline - loop.time() < _RECOVER_PAUSE:
-                    return
-                await asyncio.sleep(_RECOVER_PAUSE * (attempt + 1))
-                continue
-            except FederationError as exc:
-                log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
-                return
-            if self._pending.get(handle.request_id) is not handle:
-                return  # nobody waits for it any more
-            if outcome is not None and handle._settle(*outcome):
-                log.info("client.reply_recovered", request_id=handle.request_id)
-            return
-
-    async def _outcome(
-        self, handle: CallHandle, state: RequestStatus, *, last: bool, timeout: float
-    ) -> tuple[Any, FederationError | None] | None:
-        """What ``state`` says the call's outcome is: (value, None), (None, error), or None
-        while the node has not ended the call (or its reply may still be on the way)."""
-        rid = handle.request_id
-        if state.state == RequestState.COMPLETED:
-            if state.result_object:
-                value = await self._fetch(
-                    handle.site, state, timeout=timeout, result_path=handle.result_path
-                )
-                return value, None
-            if last:
-                return None, NotFoundError(
-                    f"{handle.address} completed at the node, but its reply was lost and no "
-                    "copy of the result was kept",
-                    hint=f"the node's log has it: `fedhub status {rid} --site {handle.site}`",
-                )
-            return None
-        if state.state in (RequestState.FAILED, RequestState.REJECTED):
-            code = state.code or "remote_error"
-            return None, _error(code, state.reason or "", handle.address)
-        return None
+        await self._recovery.recover(handle, last, tries)
 
     # -- the inbox -------------------------------------------------------------------------
 
@@ -771,12 +658,12 @@ class Client:
                 # a redelivered copy of this call, answered by the node as ended: its
                 # outcome was sent before. Being received now, or lost: then ask for it
                 if not handle._transfers:
-                    self._recover_soon(handle, False)
+                    self._recovery.soon(handle, False)
             else:
                 message = h.message or ""
                 if reply.body:
                     message = open_secret(handle._content_key, reply.body).decode()
-                handle._settle(error=_error(h.code or "remote_error", message, handle.address))
+                handle._settle(error=call_error(h.code or "remote_error", message, handle.address))
         except (FederationError, KeyError, UnicodeDecodeError) as exc:
             log.warning("client.reply_rejected", request_id=h.id, reason=str(exc))
             if h.kind != "progress":
@@ -823,18 +710,6 @@ def _new_request_id() -> str:
         rid = secrets.token_urlsafe(16)
         if not rid.startswith("-"):
             return rid
-
-
-def _error(code: str, message: str, address: str) -> FederationError:
-    """The typed error of a call to ``address`` with error ``code`` (from its reply or
-    its status)."""
-    if not message:
-        message = {
-            "timeout": f"{address} ran out of time at the node",
-            "cancelled": f"{address} was cancelled",
-            "interrupted": f"{address} was cancelled",
-        }.get(code, f"{address} failed ({code})")
-    return error_from_code(code, message)
 
 
 def _parse(model: type[M], data: bytes, what: str) -> M:
