@@ -267,8 +267,8 @@ class LocalFederation:
         """
         nc = await connect(self.hub_url, **self.hub_options())
         try:
-            await setup_hub(nc.jetstream(domain=HUB_DOMAIN), self.out / "hub" / "streams",
-                            names=streams)  # fmt: skip
+            folder = self.out / "hub" / "streams"
+            await setup_hub(nc.jetstream(domain=HUB_DOMAIN), folder, names=streams)
         finally:
             await nc.close()
 
