@@ -12,18 +12,24 @@ and 30 s); nothing asserts on measured time.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import node_nats
+from nats.aio.msg import Msg
 from support.hostile import LogView, wait_reachable, wait_until
 from support.world import World
 
+from hub import call_recovery
+from hub.call_handle import CallHandle
 from hub.client import Client
 from hub.errors import CallCancelledError
 from hub.nats import LocalFederation, NatsServer
+from hub.subjects import status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -173,3 +179,37 @@ async def test_closing_a_client_while_it_tries_to_reconnect_stops_the_attempts(
     await wait_until(lambda: client.nc.is_reconnecting, limit=10)
     await client.aclose()
     assert client.nc.is_closed
+
+
+async def test_asks_about_silent_calls_leave_a_client_no_faster_than_its_pace(
+    world: World, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty calls fall silent at once; their asks are spread at the client's pace, not
+    sent together (a node with a client of many long calls is not flooded)."""
+    monkeypatch.setattr(call_recovery, "FIRST_ASK", 0.3)
+    monkeypatch.setattr(call_recovery, "ASKS_PER_SECOND", 10.0)
+    asked: list[float] = []
+
+    async def node(msg: Msg) -> None:  # a node that answers every status request at once
+        asked.append(time.monotonic())
+        await msg.respond(b"{}")  # (not a status: the ask ends there)
+
+    client = await Client.connect(nats_server.client_url, CALLER, home=world.store.home)
+    spy = await client.nc.subscribe(status_subject("hereon"), cb=node)
+    loop = asyncio.get_running_loop()
+    try:
+        start = time.monotonic()
+        for i in range(40):
+            rid = f"silent{i:02d}" + "x" * 16  # a valid request id
+            handle = CallHandle(rid, "hereon.climate.sleep", client, b"", b"",
+                                loop.time() + DEADLINE, loop.create_future())  # fmt: skip
+            client._pending[rid] = handle
+            client._recovery.watch(handle)
+        await wait_until(lambda: len(asked) >= 12, limit=BOUND)
+        elapsed = time.monotonic() - start
+    finally:
+        await spy.unsubscribe()
+        await client.aclose()
+    # at most one ask per 1/10 s after the first (an upper bound: a slow machine asks less)
+    assert len(asked) <= 10 * (elapsed - 0.3) + 2
+    assert asked == sorted(asked)
