@@ -43,6 +43,9 @@ def _report(result: Generated, only: list[str] | None = None) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     topology = load_topology(args.config)
     _report(generate(topology, args.out, base=args.config.resolve().parent))
+    first = topology.hubs[0].servers[0]
+    url = f"tls://{first.host}:{first.client_port}"
+    print(f"once the hub runs: fedhub federation setup-hub {args.out} --url {url}")
     return 0
 
 
