@@ -354,6 +354,17 @@ class BulkLink:
         finally:
             self._live.discard(rid)
 
+    async def load_head(self, name: str) -> StoredResult:
+        """Only the head of a kept result (its wraps): reads no more chunks than it needs."""
+        buf = bytearray()
+        async for chunk in iter_object(self._js(), RESULTS_BUCKET, name):
+            buf += chunk
+            if len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                size = 4 + int.from_bytes(buf[:4], "big")
+                head, _ = unpack_stored_result(bytes(buf[:size]))
+                return head
+        raise IntegrityError(f"the stored result {name!r} has no head")
+
     def serve(self, caller_identity: str, bulk: Bulk, sealed: Path, timeout: float) -> None:
         """Send a kept bulk result (staged by :meth:`load_stored`) to its caller, in the
         background; the staged file is removed afterwards."""

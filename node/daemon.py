@@ -83,6 +83,7 @@ from node.modules import load_module
 from node.natslink import NatsLink, safe_url
 from node.observability import NodeMetrics
 from node.pipeline import Pipeline
+from node.retention import Retention
 from node.runner import Runner
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
@@ -190,6 +191,7 @@ class NodeDaemon:
             bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
+        retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
         await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
@@ -206,6 +208,7 @@ class NodeDaemon:
         await self._start_directory_sync()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
+        self._spawn(retention.run(), "retention")
         log.info(
             "node.started",
             node=self.eventlog.log_id,
@@ -239,7 +242,9 @@ class NodeDaemon:
         log.info("node.stopped", reason=reason)
 
     async def _wind_down(self, reason: str) -> None:
-        background = [t for t in self._tasks if t.get_name() in ("status-file", "checkpoints")]
+        background = [
+            t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "retention")
+        ]
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)

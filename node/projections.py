@@ -1,7 +1,10 @@
 """Projections: state derived from the event log, updated with it, rebuildable from it.
 
-``requests`` holds one row per request id with its current state. It is a cache of the
-log, never the truth: ``fedhub-node log rebuild`` drops and replays it.
+``requests`` holds one row per request id with its current state; ``result_shares`` one
+row per share of a kept result (``result.shared`` until ``result.unshared``, with the
+wrapped keys); ``result_tags`` the owner's tags of a result, per scope; ``result_keep``
+how long an owner asked a result to be kept. They are a cache
+of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,27 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0,
     progress_ppm INTEGER,
     result_hash TEXT,
-    result_object TEXT
+    result_object TEXT,
+    result_size INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_caller ON requests(caller, received_time);
+CREATE TABLE IF NOT EXISTS result_shares (
+    request_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    by TEXT NOT NULL,
+    wraps TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (request_id, principal)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_tags (
+    request_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    PRIMARY KEY (request_id, scope)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_keep (
+    request_id TEXT PRIMARY KEY,
+    keep_for INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests(state)
     WHERE state IN (%s);
@@ -57,11 +80,17 @@ def create(conn: sqlite3.Connection) -> None:
     for statement in _DDL.split(";"):
         if statement.strip():
             conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "result_size" not in columns:  # a log made before results had sizes here
+        conn.execute("ALTER TABLE requests ADD COLUMN result_size INTEGER")
 
 
 def drop(conn: sqlite3.Connection) -> None:
     """Drop the projection tables."""
     conn.execute("DROP TABLE IF EXISTS requests")
+    conn.execute("DROP TABLE IF EXISTS result_shares")
+    conn.execute("DROP TABLE IF EXISTS result_tags")
+    conn.execute("DROP TABLE IF EXISTS result_keep")
 
 
 def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
@@ -160,8 +189,8 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
             extra = ", attempts = ?"
             params.append(data.get("attempt", 1))
         elif kind == "request.completed":
-            extra = ", result_hash = ?, progress_ppm = 1000000"
-            params.append(data["result_hash"])
+            extra = ", result_hash = ?, result_size = ?, progress_ppm = 1000000"
+            params += [data["result_hash"], data["result_size"]]
             if data.get("object") is not None:
                 extra += ", result_object = ?"
                 params.append(data["object"])
@@ -183,6 +212,45 @@ def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any
         return (
             "UPDATE requests SET result_object = ? WHERE request_id = ?",
             [data["object"], data["request_id"]],
+        )
+    if kind == "result.shared" and data.get("principal") and data.get("key_wraps"):
+        return (
+            "INSERT INTO result_shares(request_id, principal, by, wraps, seq)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, principal) DO UPDATE SET"
+            " by = excluded.by, wraps = excluded.wraps, seq = excluded.seq",
+            [
+                data["request_id"],
+                data["principal"],
+                data["by"],
+                orjson.dumps(
+                    dict(zip(data["recipients"], data["key_wraps"], strict=True))
+                ).decode(),
+                seq,
+            ],
+        )
+    if kind == "result.tagged":
+        return (
+            "INSERT INTO result_tags(request_id, scope, tags) VALUES (?, ?, ?)"
+            " ON CONFLICT(request_id, scope) DO UPDATE SET tags = excluded.tags",
+            [data["request_id"], data["scope"], orjson.dumps(list(data["tags"])).decode()],
+        )
+    if kind == "result.keep_shortened":
+        return (
+            "INSERT INTO result_keep(request_id, keep_for) VALUES (?, ?)"
+            " ON CONFLICT(request_id) DO UPDATE SET keep_for = excluded.keep_for",
+            [data["request_id"], data["keep_for"]],
+        )
+    if kind == "result.unshared":
+        return (
+            "DELETE FROM result_shares WHERE request_id = ? AND principal = ?",
+            [data["request_id"], data["principal"]],
+        )
+    if kind in ("result.expired", "result.deleted"):
+        why = data.get("reason") or f"removed by {data.get('by')}"
+        return (
+            "UPDATE requests SET state = ?, result_object = NULL, reason = ?, updated_seq = ?,"
+            " updated_time = ? WHERE request_id = ?",
+            [target(kind), why, seq, time, data["request_id"]],
         )
     if kind == "result.lost":
         return (
