@@ -101,11 +101,18 @@ class ArgumentPlan:
     file: tuple[str, Path] | None = None  # a NetCDF argument sent as its file
     encoded: bytes | None = None  # all arguments, codec-encoded, too large for a message
     xarray: tuple[str, Any] | None = None  # a large xarray value, sent as a NetCDF file
+    inline_encoded: bytes | None = None  # ``inline`` codec-encoded, when it was measured
 
     @property
     def in_bulk(self) -> bool:
         """Whether part of the arguments follows as a bulk transfer."""
         return self.file is not None or self.encoded is not None or self.xarray is not None
+
+    def inline_bytes(self) -> bytes:
+        """``inline``, codec-encoded (encoded once: measuring it already did)."""
+        if self.inline_encoded is not None:
+            return self.inline_encoded
+        return codec.encode_many(self.inline)
 
 
 def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
@@ -133,12 +140,13 @@ def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
     if len(arrays) == 1:
         name = arrays[0]
         rest = {k: v for k, v in inline.items() if k != name}
-        if len(codec.encode_many(rest)) <= threshold:
-            return ArgumentPlan(rest, xarray=(name, inline[name]))
+        rest_encoded = codec.encode_many(rest)
+        if len(rest_encoded) <= threshold:
+            return ArgumentPlan(rest, xarray=(name, inline[name]), inline_encoded=rest_encoded)
     encoded = codec.encode_many(inline)
     if len(encoded) > threshold:
         return ArgumentPlan({}, encoded=encoded)
-    return ArgumentPlan(inline)
+    return ArgumentPlan(inline, inline_encoded=encoded)
 
 
 async def seal_arguments(

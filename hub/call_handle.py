@@ -71,6 +71,10 @@ class CallHandle:
     #: With compression: the fraction of the bulk arguments' size it saved.
     saved: float | None = None
     _transfers: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Loop time of the last message from the node about this call (or of the submit).
+    _heard: float = 0.0
+    #: The client's scheduled asks about this call (cancelled once it ends).
+    _timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
     def site(self) -> str:
@@ -83,20 +87,34 @@ class CallHandle:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the result; raises the call's typed error or CallTimeoutError."""
-        loop = asyncio.get_running_loop()
-        remaining = self._deadline - loop.time()
-        if timeout is not None:
-            remaining = min(remaining, timeout)
-        try:
-            async with asyncio.timeout(max(0.0, remaining)):
-                return await asyncio.shield(self._future)
-        except TimeoutError as exc:
-            if self._future.done():
-                return self._future.result()
-            raise CallTimeoutError(
-                f"no answer for {self.address} (request {self.request_id}) in time",
-                hint=f"the call may still run; check `fedhub status {self.request_id}`",
-            ) from exc
+        future = self._future
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            until = self._deadline
+            if timeout is not None:
+                until = min(until, loop.time() + timeout)
+            # one waker, woken by the outcome or a timer at the deadline (cheaper than
+            # asyncio.timeout around asyncio.shield, on every call); a cancelled waiter
+            # leaves the outcome to whoever asks next
+            waker: asyncio.Future[None] = loop.create_future()
+
+            def wake(*_: object) -> None:
+                if not waker.done():
+                    waker.set_result(None)
+
+            future.add_done_callback(wake)
+            timer = loop.call_at(until, wake)
+            try:
+                await waker
+            finally:
+                timer.cancel()
+                future.remove_done_callback(wake)
+            if not future.done():
+                raise CallTimeoutError(
+                    f"no answer for {self.address} (request {self.request_id}) in time",
+                    hint=f"the call may still run; check `fedhub status {self.request_id}`",
+                )
+        return future.result()
 
     async def status(self) -> RequestStatus:
         """The node's view of this request (state, progress)."""
@@ -123,6 +141,11 @@ class CallHandle:
         else:
             self._future.set_result(value)
         return True
+
+    def _stop_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         """Keep a transfer task of this call (cancelled with the call, or when it ends)."""

@@ -412,11 +412,14 @@ def _add_proof_options(audit: argparse.ArgumentParser) -> None:
 
 def _add_call_commands(sub: Any) -> None:
     """The caller's commands: call and fetch (:mod:`hub.cli_calls`), ls, stub and status
-    (:mod:`hub.cli_lookup`)."""
-    from hub import cli_calls, cli_lookup
+    (:mod:`hub.cli_lookup`), requests and result (:mod:`hub.cli_results`), web
+    (:mod:`hub.cli_web`)."""
+    from hub import cli_calls, cli_lookup, cli_results, cli_web
 
     cli_calls.add_commands(sub)
     cli_lookup.add_commands(sub)
+    cli_results.add_commands(sub)
+    cli_web.add_commands(sub)
 
 
 def _add_federation_commands(sub: Any) -> None:

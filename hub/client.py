@@ -17,7 +17,8 @@ inbox for progress and the result, each opened with keys only the node and the c
 hold. Every call has a deadline; nothing waits forever.
 
 A reply lost on the way (a server or link down while the node finished) does not leave
-the caller waiting: after every reconnect, and once more shortly before a call's deadline,
+the caller waiting: after every reconnect, when a call has heard nothing from its node for
+a while (10 s, then at growing intervals), and once more shortly before a call's deadline,
 the client asks the node about each call still waiting (:meth:`Client.recover`) and
 settles it from the answer: the stored result, or the call's typed error.
 """
@@ -28,7 +29,7 @@ import asyncio
 import contextlib
 import secrets
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +46,9 @@ from hub import call_bulk, codec
 from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
+from hub.call_recovery import CONTROL_TIMEOUT, RECOVER_TRIES, Recovery, call_error
 from hub.canonical import b64d, b64e
+from hub.client_transport import open_connection, publish_call
 from hub.clock import now
 from hub.crypto import (
     WrappedPayload,
@@ -73,14 +76,10 @@ from hub.errors import (
     NotFoundError,
     OversizeError,
     TransportError,
-    error_from_code,
 )
 from hub.keys import KeyPair, KeyStore
-from hub.lifecycle import RequestState
-from hub.nats import wait_acks
-from hub.nats.connection import auth_options
-from hub.nats.generate import nats_inbox_prefix
 from hub.records import KeyRecord, one_line, open_record
+from hub.results_api import ResultsMixin
 from hub.subjects import (
     inbox_subject,
     info_subject,
@@ -106,22 +105,9 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Extra time the client waits past a call's own timeout for the node's answer to arrive.
 _GRACE = 5.0
-#: How long before its deadline a waiting call is asked about once more.
-_LAST_ASK = 3.0
-#: Seconds one try of publishing a call waits for its stream's ack before trying again.
-_CONFIRM_TRY = 3.0
-#: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
-_RETRY_SPAN = 100.0
-#: How often, and how far apart, a recovery asks while the node cannot be reached yet.
-_RECOVER_TRIES = 8
-_RECOVER_PAUSE = 1.0
-#: How many calls are asked about at once (after a reconnect with many calls waiting).
-_RECOVER_AT_ONCE = 16
-#: How long one control request waits for the node's answer.
-_CONTROL_TIMEOUT = 5.0
 
 
-class Client:
+class Client(ResultsMixin):
     """An identity's connection to the federation. Use as an async context manager.
 
     Made by :meth:`connect`; when you build one on a NATS connection of your own, pass its
@@ -158,8 +144,7 @@ class Client:
         self._modules: dict[tuple[str, str], ModuleInfo] = {}
         self._closed = False
         self._box_public = keys.box_public
-        self._recovering: dict[str, asyncio.Task[None]] = {}
-        self._asking = asyncio.Semaphore(_RECOVER_AT_ONCE)
+        self._recovery = Recovery(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -195,43 +180,21 @@ class Client:
             for k in store.list()
             if k.identity.startswith("site:")
         }
-        options = auth_options(creds or credentials, tls)
         made: list[Client] = []
 
         async def reconnected() -> None:
             for client in made:
                 client.on_reconnected()
 
-        first: list[Exception] = []  # what went wrong while connecting the first time
-        untrusted = asyncio.Event()  # nats-py hangs after a failed TLS handshake: stop it
-
-        async def on_error(exc: Exception) -> None:
-            first.append(exc)
-            if isinstance(exc, ssl.SSLError):
-                untrusted.set()
-            await _log_nats_error(exc)
-
-        try:
-            nc = await _unless_set(untrusted, nats.connect(
-                url,
-                **options,
-                inbox_prefix=nats_inbox_prefix("caller", validate_identity(identity).name),
-                connect_timeout=connect_timeout,
-                # one try (nats-py makes two) for the first connection: refused
-                # credentials or an untrusted certificate are told at once
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                name=f"fedhub-client {identity}",
-                error_cb=on_error,
-                reconnected_cb=reconnected,
-            ))  # fmt: skip
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise TransportError(
-                f"cannot connect to NATS at {url}: {_first_cause([*first, exc])}",
-                hint="check FEDHUB_URL, FEDHUB_CREDS (creds=) and FEDHUB_CA (tls=)",
-            ) from exc
-        nc.options["max_reconnect_attempts"] = reconnect_attempts  # read on each retry
+        nc = await open_connection(
+            url,
+            identity,
+            creds=creds or credentials,
+            tls=tls,
+            connect_timeout=connect_timeout,
+            reconnect_attempts=reconnect_attempts,
+            on_reconnected=reconnected,
+        )
         client = cls(nc, keys, trusted, default_timeout=default_timeout)
         made.append(client)
         await client.start()
@@ -247,8 +210,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        for task in list(self._recovering.values()):
-            task.cancel()
+        self._recovery.cancel_all()
         for handle in self._pending.values():
             fut = handle._future
             if not fut.done():
@@ -357,7 +319,7 @@ class Client:
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
         plan = call_bulk.plan_arguments(kwargs, threshold)
         sealed = seal_payload(
-            codec.encode_many(plan.inline),
+            plan.inline_bytes(),
             self.keys.box_secret,
             self._box_public,
             {info.node_kid: info.node_box_key},
@@ -413,7 +375,7 @@ class Client:
         self._pending[rid] = handle
         subject = target.subject  # validated when the address was parsed
         try:
-            await self._publish_call(subject, data, rid, loop.time() + timeout)
+            await publish_call(self.js, subject, data, rid, loop.time() + timeout)
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             self._pending.pop(rid, None)
             raise NotFoundError(
@@ -435,55 +397,8 @@ class Client:
             upload = call_bulk.upload(self.nc, handle, (self.site, self.user), spool, bulk, timeout)
             handle._track(loop.create_task(upload))
         if not handle.done():
-            # the last ask before the deadline: a reply lost on the way would otherwise
-            # leave the caller waiting out its deadline while the result sits at the node
-            ask = loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
-            handle._future.add_done_callback(lambda _: ask.cancel())
+            self._recovery.watch(handle)
         return handle
-
-    async def _publish_call(self, subject: str, data: bytes, rid: str, until: float) -> None:
-        """Publish a call into its site's stream until the stream confirms it or ``until``
-        (loop time) passes: each try waits a few seconds for the ack, then the same message
-        goes again after a backoff. The ``Nats-Msg-Id`` (the request id) makes the stream
-        keep one copy however many tries arrive, so a retry never runs a call twice; tries
-        stop within the stream's duplicate window (``_RETRY_SPAN``) whatever the deadline.
-        Unconfirmed tries (a leaf or the hub down) are logged in one line when it ends."""
-        loop = asyncio.get_running_loop()
-        tries, first = 0, loop.time()
-        until = min(until, first + _RETRY_SPAN)
-        while True:
-            tries += 1
-            left = until - loop.time()
-            try:
-                # publish_async: the stream's ack resolves a future (no task per call)
-                ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
-                await wait_acks([ack], max(0.1, min(_CONFIRM_TRY, left)))
-            except (
-                nats.errors.TimeoutError,
-                TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.js.errors.NoStreamResponseError,
-            ) as exc:
-                pause = min(0.25 * 2 ** min(tries - 1, 3), until - loop.time())
-                if pause <= 0:
-                    if tries > 1:
-                        log.warning(
-                            "call.unconfirmed",
-                            request_id=rid,
-                            tries=tries,
-                            seconds=round(loop.time() - first, 1),
-                        )
-                    raise exc
-                await asyncio.sleep(pause)
-                continue
-            if tries > 1:
-                log.warning(
-                    "call.confirmed_late",
-                    request_id=rid,
-                    tries=tries,
-                    seconds=round(loop.time() - first, 1),
-                )
-            return
 
     async def call(
         self,
@@ -515,13 +430,13 @@ class Client:
     def _forget(self, request_id: str) -> None:
         """Stop waiting for ``request_id``: a late reply or recovery is dropped."""
         self._pending.pop(request_id, None)
-        task = self._recovering.pop(request_id, None)
-        if task is not None:
-            task.cancel()
+        self._recovery.forget(request_id)
 
-    async def status(self, site: str, request_id: str) -> RequestStatus:
+    async def status(
+        self, site: str, request_id: str, *, timeout: float = CONTROL_TIMEOUT
+    ) -> RequestStatus:
         """The node's record of one of my requests."""
-        data = await self._control("status", site, request_id)
+        data = await self._control("status", site, request_id, timeout=timeout)
         return _parse(RequestStatus, data, f"status answer from {site}")
 
     async def cancel(self, site: str, request_id: str) -> CancelAnswer:
@@ -545,7 +460,7 @@ class Client:
         site: str,
         state: RequestStatus,
         *,
-        timeout: float = _CONTROL_TIMEOUT,
+        timeout: float = CONTROL_TIMEOUT,
         result_path: Path | None = None,
     ) -> Any:
         """Fetch and open the stored result of a request whose status is ``state``."""
@@ -594,7 +509,7 @@ class Client:
         )
 
     async def _control(
-        self, op: str, site: str, request_id: str, *, timeout: float = _CONTROL_TIMEOUT
+        self, op: str, site: str, request_id: str, *, timeout: float = CONTROL_TIMEOUT
     ) -> bytes:
         """Send a signed control message; the answer's body, or the error it reports."""
         try:
@@ -626,77 +541,21 @@ class Client:
     def on_reconnected(self) -> None:
         """Ask the node about every call still waiting (a reply may have been lost while
         the connection was down). :meth:`connect` wires this to nats-py's reconnect."""
-        for handle in list(self._pending.values()):
-            self._recover_soon(handle, False)
+        self._recovery.all_waiting()
 
-    def _recover_soon(self, handle: CallHandle, last: bool) -> None:
-        if self._closed or handle.done() or handle.request_id in self._recovering:
-            return
-        if handle._transfers:  # its arguments or its result are moving: nothing is lost
-            return
-        task = asyncio.get_running_loop().create_task(self.recover(handle, last=last))
-        self._recovering[handle.request_id] = task
-        task.add_done_callback(lambda _: self._recovering.pop(handle.request_id, None))
-
-    async def recover(self, handle: CallHandle, *, last: bool = False) -> None:
+    async def recover(
+        self, handle: CallHandle, *, last: bool = False, tries: int = RECOVER_TRIES
+    ) -> None:
         """Settle a waiting call from the node's record, if the call ended there.
 
-        Asks for the status (again, while the node cannot be reached yet); a completed call
-        is delivered from its stored result, a failed or rejected one raises its typed
-        error; a call still running is left to its reply. ``last`` (shortly before the
-        deadline): a call that completed without a kept result fails at once, as the reply
-        that carried it is lost for good.
+        Asks for the status (up to ``tries`` times, while the node cannot be reached yet);
+        a completed call is delivered from its stored result, a failed or rejected one
+        raises its typed error; a call still running is left to its reply. ``last``
+        (shortly before the deadline): a call that completed without a kept result fails
+        at once, as the reply that carried it is lost for good. The client does this by
+        itself (:mod:`hub.call_recovery` says when).
         """
-        loop = asyncio.get_running_loop()
-        for attempt in range(_RECOVER_TRIES):
-            if handle.done():
-                return
-            timeout = max(0.1, min(_CONTROL_TIMEOUT, handle._deadline - loop.time()))
-            try:
-                async with self._asking:
-                    data = await self._control(
-                        "status", handle.site, handle.request_id, timeout=timeout
-                    )
-                    state = _parse(RequestStatus, data, f"status answer from {handle.site}")
-                    outcome = await self._outcome(handle, state, last=last, timeout=timeout)
-            except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
-                log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
-                if last or handle._deadline - loop.time() < _RECOVER_PAUSE:
-                    return
-                await asyncio.sleep(_RECOVER_PAUSE * (attempt + 1))
-                continue
-            except FederationError as exc:
-                log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
-                return
-            if self._pending.get(handle.request_id) is not handle:
-                return  # nobody waits for it any more
-            if outcome is not None and handle._settle(*outcome):
-                log.info("client.reply_recovered", request_id=handle.request_id)
-            return
-
-    async def _outcome(
-        self, handle: CallHandle, state: RequestStatus, *, last: bool, timeout: float
-    ) -> tuple[Any, FederationError | None] | None:
-        """What ``state`` says the call's outcome is: (value, None), (None, error), or None
-        while the node has not ended the call (or its reply may still be on the way)."""
-        rid = handle.request_id
-        if state.state == RequestState.COMPLETED:
-            if state.result_object:
-                value = await self._fetch(
-                    handle.site, state, timeout=timeout, result_path=handle.result_path
-                )
-                return value, None
-            if last:
-                return None, NotFoundError(
-                    f"{handle.address} completed at the node, but its reply was lost and no "
-                    "copy of the result was kept",
-                    hint=f"the node's log has it: `fedhub status {rid} --site {handle.site}`",
-                )
-            return None
-        if state.state in (RequestState.FAILED, RequestState.REJECTED):
-            code = state.code or "remote_error"
-            return None, _error(code, state.reason or "", handle.address)
-        return None
+        await self._recovery.recover(handle, last, tries)
 
     # -- the inbox -------------------------------------------------------------------------
 
@@ -712,6 +571,7 @@ class Client:
         handle = self._pending.get(h.id)
         if handle is None or handle.done():
             return
+        handle._heard = asyncio.get_running_loop().time()
         try:
             if h.kind == "progress":
                 text = open_secret(handle._content_key, reply.body).decode() if reply.body else ""
@@ -727,12 +587,12 @@ class Client:
                 # a redelivered copy of this call, answered by the node as ended: its
                 # outcome was sent before. Being received now, or lost: then ask for it
                 if not handle._transfers:
-                    self._recover_soon(handle, False)
+                    self._recovery.soon(handle, False)
             else:
                 message = h.message or ""
                 if reply.body:
                     message = open_secret(handle._content_key, reply.body).decode()
-                handle._settle(error=_error(h.code or "remote_error", message, handle.address))
+                handle._settle(error=call_error(h.code or "remote_error", message, handle.address))
         except (FederationError, KeyError, UnicodeDecodeError) as exc:
             log.warning("client.reply_rejected", request_id=h.id, reason=str(exc))
             if h.kind != "progress":
@@ -741,56 +601,12 @@ class Client:
                 )
 
 
-async def _unless_set(event: asyncio.Event, connecting: Awaitable[NatsClient]) -> NatsClient:
-    """Await ``connecting`` unless ``event`` is set first (then cancel it: ConnectionError)."""
-    task = asyncio.ensure_future(connecting)
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise ConnectionError("the TLS handshake failed")
-    return task.result()
-
-
-def _first_cause(errors: list[Exception]) -> str:
-    """The error that says most about a failed first connection."""
-    for exc in errors:
-        text = str(exc).lower()
-        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
-            return "the server refused the credentials (authorization violation)"
-        if "certificate verify failed" in text:
-            return f"the server's TLS certificate is not trusted ({exc})"
-    return str(errors[-1]) or type(errors[-1]).__name__
-
-
-async def _log_nats_error(exc: Exception) -> None:
-    """nats-py's error callback: one log line instead of a traceback per attempt."""
-    log.debug("client.nats_error", error=str(exc) or type(exc).__name__)
-
-
 def _new_request_id() -> str:
     """128 random bits, URL-safe, never starting with ``-`` (so it is no CLI option)."""
     while True:
         rid = secrets.token_urlsafe(16)
         if not rid.startswith("-"):
             return rid
-
-
-def _error(code: str, message: str, address: str) -> FederationError:
-    """The typed error of a call to ``address`` with error ``code`` (from its reply or
-    its status)."""
-    if not message:
-        message = {
-            "timeout": f"{address} ran out of time at the node",
-            "cancelled": f"{address} was cancelled",
-            "interrupted": f"{address} was cancelled",
-        }.get(code, f"{address} failed ({code})")
-    return error_from_code(code, message)
 
 
 def _parse(model: type[M], data: bytes, what: str) -> M:

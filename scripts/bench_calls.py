@@ -4,6 +4,7 @@
     python scripts/bench_calls.py [--calls 2000] [--concurrency 64] [--node both]
                                   [--peers] [--json] [--keep DIR] [--profile DIR]
                                   [--executor thread|inline|process] [--processes N]
+                                  [--secure]
     python scripts/bench_calls.py --soak 50000 [--in-flight 8] [--json]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
@@ -43,7 +44,14 @@ and the log bytes per call; then the last tenth against the first (target: withi
 executor: ``thread``, the default, ``inline`` on the node's event loop, or ``process``);
 ``--processes N`` starts N node processes on the same config, sharing the durable call
 consumer. ``--profile DIR`` runs the node process under cProfile and writes
-``DIR/node.prof`` (main thread only).
+``DIR/node.prof`` (main thread only, timed in the thread's CPU time: a busy machine's
+waits for a core do not count).
+
+``--secure``: the fedhub calls (and the soak) go through a second federation, generated
+as ``fedhub federation init`` writes it and run as deployed: TLS on every client
+connection, the node and the caller logging in with their own NKeys and role
+permissions. The raw baselines stay on open site ports (they publish subjects outside
+fedhub's roles), so the ratios then include what TLS and NKeys cost.
 """
 
 from __future__ import annotations
@@ -147,6 +155,14 @@ def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread"
         f"key_home = {json.dumps(str(store.home))}",
         "[nats]",
         f"url = {json.dumps(fed.site_url(SITE))}",
+        *(
+            [
+                f"credentials = {json.dumps(str(fed.credentials(SITE, 'node', 'n1')))}",
+                f"ca = {json.dumps(str(fed.generated.ca))}",
+            ]
+            if fed.secure
+            else []
+        ),
         "[log]",
         'level = "warning"',
         "[[modules]]",
@@ -168,6 +184,23 @@ def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread"
     return cfg
 
 
+# ``python -c _PROFILED OUT -m node.cli ARGS...``: ``node.cli ARGS`` under cProfile timed
+# in the main thread's CPU time (cProfile's default, wall time, counts every wait for a
+# core on a busy machine, e.g. in each socket send that wakes a server).
+_PROFILED = """
+import cProfile, sys, time
+out = sys.argv[1]
+sys.argv = ["fedhub-node", *sys.argv[4:]]  # after OUT -m node.cli
+import node.cli
+prof = cProfile.Profile(time.thread_time)
+try:
+    code = prof.runcall(node.cli.main)
+finally:
+    prof.dump_stats(out)
+sys.exit(code)
+"""
+
+
 async def spawn_node(
     cfg: NodeConfig, procs: Processes, profile: Path | None, instance: int = 1
 ) -> subprocess.Popen[bytes]:
@@ -183,7 +216,7 @@ async def spawn_node(
     cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
     prefix = [sys.executable]
     if profile is not None and instance == 1:
-        prefix += ["-m", "cProfile", "-o", str(profile / "node.prof")]
+        prefix += ["-c", _PROFILED, str(profile / "node.prof")]
     with (cfg.node.data_dir / "node.out").open("ab") as out:
         proc = procs.start(
             [*prefix, "-m", "node.cli", "run", "--config", str(cfg.source), "--grace", "5"],
@@ -237,17 +270,30 @@ class LogMeter:
                 conn.close()
         return log_bytes, size, files, events
 
+    def events(self) -> int:
+        """How many events the logs hold (cheap: the last sequence number of each)."""
+        total = 0
+        for path in self.paths:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                total += conn.execute("SELECT IFNULL(MAX(seq), 0) FROM events").fetchone()[0]
+            finally:
+                conn.close()
+        return total
+
     async def settled(self) -> tuple[int, int, int, int]:
         """A sample once the events of calls that just returned are written (the count
-        holds still for 0.1 s; at most 2 s)."""
-        last = self.sample()
+        holds still for 0.1 s; at most 2 s). Only the count is polled: a full sample
+        reads every page of the log (``dbstat``), which in a long soak takes a while
+        and holds back the node's WAL checkpoints."""
+        last = self.events()
         for _ in range(20):
             await asyncio.sleep(0.1)
-            now = self.sample()
-            if now[3] == last[3]:
-                return now
+            now = self.events()
+            if now == last:
+                break
             last = now
-        return last
+        return self.sample()
 
     @staticmethod
     def growth(
@@ -290,7 +336,11 @@ async def fedhub_session(
                 cpu.add("node", proc.pid)
                 stack.callback(Processes.stop, proc)
         client = await Client.connect(
-            fed.site_url(CALLER_SITE), CALLER, home=cfg.node.key_home, default_timeout=60
+            fed.site_url(CALLER_SITE),
+            CALLER,
+            home=cfg.node.key_home,
+            default_timeout=60,
+            **fed.caller_auth(CALLER),
         )
         stack.push_async_callback(client.aclose)
         text = "x" * PAYLOAD
@@ -387,11 +437,16 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
     # Open client ports at the sites: the raw baselines publish subjects outside fedhub's
     # role permissions; every leg, baseline or not, runs the same (leaf-hub legs use TLS).
     fed = await start_local_federation(root / "nats", (SITE, CALLER_SITE), secure=False)
+    # --secure: fedhub's legs go through a federation run as deployed (TLS, NKeys)
+    calls = fed
     try:
-        cfg = write_node_config(root, fed, opts.executor)
+        if opts.secure:
+            calls = await start_local_federation(root / "secure", (SITE, CALLER_SITE))
+        cfg = write_node_config(root, calls, opts.executor)
         if opts.soak:
             say(f"soak: {opts.soak:,} calls at {opts.in_flight} in flight ...")
-            return {"soak": soak_report(await bench_soak(fed, cfg, procs, opts), opts.in_flight)}
+            soak = await bench_soak(calls, cfg, procs, opts)
+            return {"soak": soak_report(soak, opts.in_flight)}
         modes = ["process", "inproc"] if opts.node == "both" else [opts.node]
         report: dict[str, Any] = {"baselines": {}, "figures": {}, "runs": {}, "log": {}}
         for mode in modes:
@@ -400,8 +455,8 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
             core = await bench_core(fed, procs, opts, in_process=inproc)
             say(f"{RAW_DURABLE}, responder {mode} ...")
             durable = await bench_durable(fed, procs, opts, in_process=inproc)
-            say(f"fedhub calls, node {mode} ...")
-            ours, log = await bench_fedhub(fed, cfg, procs, opts, in_process=inproc)
+            say(f"fedhub calls, node {mode}{' (TLS, NKeys)' if opts.secure else ''} ...")
+            ours, log = await bench_fedhub(calls, cfg, procs, opts, in_process=inproc)
             report["baselines"][mode] = {
                 name: {k: r.summary() for k, r in runs.items()}
                 for name, runs in ((RAW_CORE, core), (RAW_DURABLE, durable))
@@ -412,6 +467,7 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
             report.setdefault("_ours", {})[mode] = ours
         return report
     finally:
+        await calls.stop()
         await fed.stop()
 
 
@@ -447,6 +503,11 @@ def main() -> int:
         choices=["thread", "inline", "process"],
         default="thread",
         help="how the node runs the echo function (the module's executor; default thread)",
+    )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="fedhub calls over TLS with NKeys (the generated federation, as deployed)",
     )
     opts = parser.parse_args()
     if opts.calls < 1 or opts.concurrency < 1 or opts.in_flight < 1:
@@ -503,6 +564,7 @@ def main() -> int:
             "executor": opts.executor,
             "node": opts.node,
             "node_processes": opts.processes,
+            "secure": opts.secure,
         },
         "headline": headline,
         "targets": {
