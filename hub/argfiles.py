@@ -11,8 +11,9 @@
   JSON, anything else as raw bytes;
 * ``key=@@text``: the plain string ``@text`` (an escape for values starting with ``@``).
 
-:func:`write_result` writes a call's result to a file, again chosen by suffix. Every problem
-raises :class:`hub.errors.ConfigError` naming the argument and the file.
+:func:`write_result` writes a call's result to a file, again chosen by suffix. A problem with
+an argument or the file it names raises :class:`hub.errors.ArgumentError` (exit 2 in the CLI),
+one with a result file :class:`hub.errors.ConfigError`; both name the argument and the file.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hub.bulk import NetCDFFile
-from hub.errors import ConfigError
+from hub.errors import ArgumentError, ConfigError
 
 __all__ = ["NETCDF_SUFFIXES", "parse_cli_argument", "read_argument_file", "write_result"]
 
@@ -45,15 +46,15 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
     """
     key, sep, raw = text.partition("=")
     if not sep:
-        raise ConfigError(
+        raise ArgumentError(
             f"argument {text!r} is not of the form key=value or key=@PATH",
             hint="write e.g. n=3, name=klaus or data=@input.nc",
         )
     key = key.strip()
     if not key:
-        raise ConfigError(f"argument {text!r} has an empty key", hint="write key=value")
+        raise ArgumentError(f"argument {text!r} has an empty key", hint="write key=value")
     if not key.isidentifier():
-        raise ConfigError(
+        raise ArgumentError(
             f"argument {text!r}: key {key!r} is not a valid Python identifier",
             hint="keys are the remote function's parameter names",
         )
@@ -61,13 +62,10 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
         return key, raw[1:]
     if raw.startswith("@"):
         if not raw[1:]:
-            raise ConfigError(f"argument {key!r} names no file after '@'")
+            raise ArgumentError(f"argument {key!r} names no file after '@'")
         path = Path(raw[1:]).expanduser()
         if stream_files and path.suffix.lower() in NETCDF_SUFFIXES:
-            if not path.is_file():
-                raise ConfigError(
-                    f"argument {key!r}: file '{path}' does not exist or is not a file"
-                )
+            _check_file(path, key)
             return key, NetCDFFile(path)
         return key, read_argument_file(path, key=key)
     try:
@@ -79,8 +77,7 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
 def read_argument_file(path: Path, *, key: str = "?") -> object:
     """Read a file into a value by its suffix (see the module docstring)."""
     where = f"argument {key!r}: file '{path}'"
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist or is not a regular file")
+    _check_file(path, key)
     suffix = path.suffix.lower()
     try:
         if suffix in NETCDF_SUFFIXES:
@@ -90,14 +87,26 @@ def read_argument_file(path: Path, *, key: str = "?") -> object:
         if suffix == ".json":
             return json.loads(path.read_text(encoding="utf-8"))
         return path.read_bytes()
-    except ConfigError:
+    except ArgumentError:
         raise
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
+        raise ArgumentError(f"{where} is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where} is not UTF-8 text: {exc}") from exc
+        raise ArgumentError(f"{where} is not UTF-8 text: {exc}") from exc
     except Exception as exc:  # xarray and numpy raise many kinds for unreadable files
-        raise ConfigError(f"{where} cannot be read: {exc}") from exc
+        raise ArgumentError(f"{where} cannot be read: {exc}") from exc
+
+
+def _check_file(path: Path, key: str) -> None:
+    """An ArgumentError unless ``path`` is a regular file (naming what is wrong with it)."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise ArgumentError(
+            f"argument {key!r}: no file '{path}'",
+            hint=f"check the path (relative to {Path.cwd()}); key=@@text passes '@text' as text",
+        )
+    raise ArgumentError(f"argument {key!r}: '{path}' is not a regular file")
 
 
 def _read_netcdf(path: Path) -> object:

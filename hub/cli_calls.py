@@ -40,7 +40,9 @@ from hub.argfiles import parse_cli_argument, write_result
 from hub.bulk import SavedTo
 from hub.client import CallHandle, Client
 from hub.cliutil import read_passphrase
+from hub.defaults import DEFAULT_URL, default_identity, default_url
 from hub.errors import (
+    ArgumentError,
     CallTimeoutError,
     ConfigError,
     FederationError,
@@ -51,7 +53,6 @@ from hub.keys import KeyStore
 from hub.lifecycle import FINAL
 from hub.subjects import (
     parse_address,
-    validate_identity,
     validate_site,
 )
 from hub.transfer import TransferProgress
@@ -75,8 +76,6 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-#: Where ``--url`` points when neither it nor ``$FEDHUB_URL`` is given.
-DEFAULT_URL = "nats://127.0.0.1:4222"
 #: How long ``fedhub ls`` collects micro service answers by default (seconds).
 DISCOVERY_WINDOW = 0.5
 #: Default deadline of ``ls SITE.MODULE``, ``stub`` and ``status`` (seconds).
@@ -89,38 +88,6 @@ _CLIENT_OPTIONS = frozenset({"timeout", "on_progress", "on_transfer", "result_pa
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
-
-
-def default_url(explicit: str | None = None) -> str:
-    """``explicit``, else ``$FEDHUB_URL``, else :data:`DEFAULT_URL`."""
-    return explicit or os.environ.get("FEDHUB_URL") or DEFAULT_URL
-
-
-def default_identity(explicit: str | None, store: KeyStore) -> str:
-    """``explicit``, else ``$FEDHUB_IDENTITY``, else the only person key in ``store``."""
-    chosen = explicit or os.environ.get("FEDHUB_IDENTITY")
-    if chosen:
-        return chosen
-    people = []
-    for keys in store.list():
-        try:
-            kind = validate_identity(keys.identity).kind
-        except ConfigError:
-            continue
-        if kind == "user" and store.exists(keys.identity):
-            people.append(keys.identity)
-    if len(people) == 1:
-        return people[0]
-    if not people:
-        raise ConfigError(
-            f"no person key (name@site) in {store.dir} to call with",
-            hint="create one with `fedhub keys new NAME@SITE`, or pass --as",
-        )
-    shown = ", ".join(people[:4]) + (", ..." if len(people) > 4 else "")
-    raise ConfigError(
-        f"{len(people)} person keys in {store.dir} ({shown}); which one calls?",
-        hint="pass --as NAME@SITE or set FEDHUB_IDENTITY",
-    )
 
 
 # --- connecting -------------------------------------------------------------------------
@@ -146,7 +113,7 @@ async def client_for(args: argparse.Namespace) -> Client:
         prompt = f"passphrase for {identity}: "
     passphrase = read_passphrase(args.passphrase_file, prompt=prompt)
     return await Client.connect(
-        default_url(args.url),
+        default_url(args.url, store),
         identity,
         home=store.home,
         passphrase=passphrase,
@@ -258,11 +225,11 @@ def _call_arguments(texts: list[str]) -> dict[str, Any]:
     for text in texts:
         key, value = parse_cli_argument(text, stream_files=True)
         if key in kwargs:
-            raise ConfigError(f"argument {key!r} is given twice")
+            raise ArgumentError(f"argument {key!r} is given twice")
         kwargs[key] = value
     clash = sorted(kwargs.keys() & _CLIENT_OPTIONS)
     if clash:
-        raise ConfigError(
+        raise ArgumentError(
             f"an argument named {clash[0]!r} cannot be passed yet: hub.client's call() "
             "takes that name as its own option",
             hint="use --timeout for the call's deadline",
@@ -473,7 +440,10 @@ async def _fetch(args: argparse.Namespace) -> int:
 def connection_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--url", help=f"NATS URL (default $FEDHUB_URL, else {DEFAULT_URL})", default=None
+        "--url",
+        default=None,
+        help="NATS URL (default $FEDHUB_URL, else the embedded server of a node running "
+        f"here with the same key store, else {DEFAULT_URL})",
     )
     group.add_argument(
         "--as",

@@ -127,25 +127,21 @@ def _ls_auth(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _ls(args: argparse.Namespace, site: str | None) -> int:
-    url = default_url(args.url)
     window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
     quiet_nats(args)
-    try:
-        nc = await nats.connect(
-            url,
-            **_ls_auth(args),
-            connect_timeout=5.0,
-            max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
-            reconnect_time_wait=0.2,
-            name="fedhub ls",
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
-    try:
-        modules = _group(await discover(nc, window), site)
-    finally:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await nc.drain()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + max(0.0, args.wait)
+    while True:  # with --wait: until a module answers (a node just started) or time is up
+        url = default_url(args.url, KeyStore(args.home))
+        try:
+            modules = _group(await _discover_at(url, args, window), site)
+        except TransportError:
+            if loop.time() >= until:
+                raise
+            modules = []
+        if modules or loop.time() >= until:
+            break
+        await asyncio.sleep(0.2)
     if site is not None and not modules:
         raise NotFoundError(
             f"no module of site {site} answered at {url} within {window:g} s",
@@ -166,6 +162,25 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
         for name in entry["functions"]:
             print(f"    {entry['site']}.{entry['module']}.{name}")
     return 0
+
+
+async def _discover_at(url: str, args: argparse.Namespace, window: float) -> list[dict[str, Any]]:
+    try:
+        nc = await nats.connect(
+            url,
+            **_ls_auth(args),
+            connect_timeout=5.0,
+            max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
+            reconnect_time_wait=0.2,
+            name="fedhub ls",
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
+    try:
+        return await discover(nc, window)
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await nc.drain()
 
 
 async def _ls_module(args: argparse.Namespace, site: str, module: str) -> int:
@@ -289,6 +304,14 @@ def add_commands(sub: Any) -> None:
     )
     ls.add_argument("target", nargs="?", metavar="SITE[.MODULE]")
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="without MODULE: keep asking until a module answers, up to SECONDS (for a "
+        "node that is starting)",
+    )
     connection_options(
         ls,
         f"without MODULE: how long to collect discovery answers (default "

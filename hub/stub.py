@@ -425,14 +425,14 @@ def connect(
     default deadline of a call in seconds.
     """
     global _client
-    from hub.cli_calls import default_identity, default_url
+    from hub.defaults import default_identity, default_url
     from hub.client import connect as connect_client
     from hub.cliutil import read_passphrase
     from hub.keys import KeyStore
 
     store = KeyStore(Path(home) if home is not None else None)
     client = connect_client(
-        default_url(url),
+        default_url(url, store),
         default_identity(identity, store),
         home=store.home,
         passphrase=passphrase if passphrase is not None else read_passphrase(None),

@@ -41,7 +41,7 @@ from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from pydantic import BaseModel
 
-from hub import __version__
+from hub import __version__, localnodes
 from hub.answers import ModuleDescription, error_headers
 from hub.directory import Directory
 from hub.errors import ConfigError, FederationError, RemoteError, TransportError, UnauthorizedError
@@ -351,7 +351,9 @@ class NodeDaemon:
         if left is not None and url_file.exists():
             log.info("nats_server.adopted", pid=left)
             self.stack.callback(_terminate, left, pid_file)
-            return url_file.read_text().strip()
+            url = url_file.read_text().strip()
+            self._register_local(url, left)
+            return url
         self.server = NatsServer(
             cfg.node.data_dir / "nats",
             port=cfg.nats.embedded_port,
@@ -366,7 +368,15 @@ class NodeDaemon:
         url = self.server.client_url
         url_file.write_text(url + "\n")
         pid_file.write_text(f"{self.server.pid}\n")
+        self._register_local(url, self.server.pid)
         return url
+
+    def _register_local(self, url: str, pid: int | None) -> None:
+        """Let callers on this machine find the embedded server (see hub.localnodes)."""
+        if pid is None:
+            return
+        path = localnodes.register(self.cfg.node.key_home, self.cfg.identity, url, pid)
+        self.stack.callback(localnodes.unregister, path)
 
     async def _send(self, subject: str, data: bytes) -> None:
         assert self.nc is not None
