@@ -29,11 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from hub import cli_audit, cli_keys
+    from hub import cli_audit, cli_keys, serve
 
     cli_keys.add_commands(sub)
-
     cli_audit.add_commands(sub)
+    serve.add_commands(sub)
     _add_call_commands(sub)
     _add_federation_commands(sub)
     return parser
