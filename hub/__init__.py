@@ -9,7 +9,8 @@ The supported public surface is re-exported here; everything else may change::
 
 from __future__ import annotations
 
-from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
+from typing import TYPE_CHECKING, Any
+
 from hub.errors import (
     CallCancelledError,
     CallTimeoutError,
@@ -25,9 +26,35 @@ from hub.errors import (
     UnauthorizedError,
     ValidationError,
 )
-from hub.progress import Progress
+
+if TYPE_CHECKING:
+    from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
+    from hub.progress import Progress
 
 __version__ = "0.1.0"
+
+#: Public names imported on first use: ``import hub`` (and so every ``fedhub`` command)
+#: must not pay for the client, NATS and the array stack before it needs them.
+_LAZY = {
+    "CallHandle": "hub.call_handle",
+    "Client": "hub.client",
+    "ModuleInfo": "hub.call_handle",
+    "SyncClient": "hub.sync_client",
+    "connect": "hub.sync_client",
+    "Progress": "hub.progress",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hub' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CallCancelledError",

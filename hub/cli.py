@@ -1,25 +1,75 @@
-"""``fedhub``: the federation's command line (keys, audit, and calls)."""
+"""``fedhub``: the federation's command line (keys, audit, calls, dev mode, federation set-up).
+
+Start-up is kept short: ``fedhub --help`` and ``--version`` import no command module at all,
+and a command imports only its own module (the client, NATS and the array stack load only
+for the commands that use them). :data:`COMMANDS` names, for every command, the module that
+builds its parser (``add_commands(sub)``) and runs it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
-from typing import Any
 
 from hub import __version__
-from hub.cliutil import configure_logging, run_main
-from hub.logfile import LogUnreadableError
+from hub.cliutil import EXIT_CODES, configure_logging, run_main
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "command_help", "main"]
+
+#: command → (the module that defines it, its one line in ``fedhub --help``). A module may
+#: define several commands (its ``add_commands`` adds them all).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("hub.cli_keys", "create, show, vouch for, revoke and import identities' keys"),
+    "call": ("hub.cli_calls", "call a remote function: fedhub call site.module.function k=v ..."),
+    "fetch": ("hub.cli_calls", "get the stored result of one of your earlier calls again"),
+    "ls": ("hub.cli_lookup", "list reachable modules and functions (SITE.MODULE: signatures)"),
+    "stub": ("hub.cli_lookup", "generate a typed Python client module for SITE.MODULE"),
+    "status": ("hub.cli_lookup", "show the node's record of one of your requests"),
+    "serve": ("hub.serve", "try a module: serve FILE.py on a throwaway local node (dev mode)"),
+    "audit": ("hub.cli_audit", "replay a node's log (SQLite or exported JSONL) and verify it"),
+    "federation": ("hub.federation_cli", "generate the NATS configs of a federation"),
+}
+
+EXAMPLES = """examples:
+  fedhub serve mymodule.py                     try a module on a throwaway local node
+  fedhub ls                                    what the federation serves
+  fedhub call hereon.climate.compute_sum da=@in.nc --out out.nc
+  fedhub audit events.jsonl                    verify a node's signed log
+
+every command has --help with an example; docs/calling.md has the rest.
+"""
 
 
-# --- parser -----------------------------------------------------------------------------
+def command_help(name: str) -> str:
+    """The one-line help of command ``name`` (for its module's ``add_parser``)."""
+    return COMMANDS[name][1]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: list[str]) -> str | None:
+    """The command named on the line (after the global options), if any."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--home")
+    pre.add_argument("--log-level")
+    pre.add_argument("--log-json", action="store_true")
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except SystemExit:  # a malformed global option: the full parser says what is wrong
+        return None
+    return known.command if known.command in COMMANDS else None
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The parser of ``fedhub``: full for ``command`` ("*": every command), the others
+    only named (their modules are not imported)."""
     parser = argparse.ArgumentParser(
-        prog="fedhub", description="fedhub: federated, end-to-end encrypted remote procedures."
+        prog="fedhub",
+        description="fedhub: federated, end-to-end encrypted remote procedures.",
+        epilog=EXAMPLES + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fedhub {__version__}")
     parser.add_argument(
@@ -28,41 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from hub import cli_audit, cli_keys, serve
-
-    cli_keys.add_commands(sub)
-    cli_audit.add_commands(sub)
-    serve.add_commands(sub)
-    _add_call_commands(sub)
-    _add_federation_commands(sub)
+    chosen = COMMANDS[command][0] if command in COMMANDS else None
+    loaded: set[str] = set()
+    for name, (module, text) in COMMANDS.items():
+        if command == "*" or module == chosen:
+            if module not in loaded:
+                loaded.add(module)
+                importlib.import_module(module).add_commands(sub)
+        else:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
-def _add_call_commands(sub: Any) -> None:
-    """The caller's commands: call and fetch (:mod:`hub.cli_calls`), ls, stub and status
-    (:mod:`hub.cli_lookup`)."""
-    from hub import cli_calls, cli_lookup
-
-    cli_calls.add_commands(sub)
-    cli_lookup.add_commands(sub)
-
-
-def _add_federation_commands(sub: Any) -> None:
-    """``fedhub federation init|add-site`` live in :mod:`hub.federation_cli`."""
-    from hub import federation_cli
-
-    federation_cli.add_commands(sub)
-
-
 def _main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_chosen_command(argv)).parse_args(argv)
     configure_logging(json_logs=args.log_json, level=args.log_level)
-    try:
-        return int(args.func(args))
-    except LogUnreadableError as exc:
-        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+    func = getattr(args, "func", None)
+    if func is None:  # a command registered without its module: cannot happen on purpose
+        build_parser().parse_args(argv)
         return 2
+    return int(func(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,15 @@ def _load_receipt(path: Path) -> SignedRecord:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """``fedhub audit``: exit 0 verified, 1 not, 2 when the input cannot be read."""
+    try:
+        return _audit(args)
+    except LogUnreadableError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return 2
+
+
+def _audit(args: argparse.Namespace) -> int:
     if args.proof is not None or args.consistency is not None:
         return cmd_audit_proof(args)
     from_hub = bool(args.site or args.all)
@@ -156,9 +166,11 @@ def cmd_audit_proof(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``audit`` to the ``fedhub`` subcommands."""
+    from hub.cli import command_help
+
     audit = sub.add_parser(
         "audit",
-        help="replay a node's log (SQLite or exported JSONL) and verify it",
+        help=command_help("audit"),
         description="Exit 0 when the log is complete and untampered, 1 naming the first bad "
         "event otherwise, 2 when the input cannot be read.",
     )

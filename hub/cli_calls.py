@@ -487,9 +487,11 @@ class _IntermixedParser(argparse.ArgumentParser):
 def add_commands(sub: Any) -> None:
     """Add ``call`` and ``fetch`` to the ``fedhub`` subcommands (``ls``, ``stub`` and
     ``status`` are in :mod:`hub.cli_lookup`)."""
+    from hub.cli import command_help
+
     call = sub.add_parser(
         "call",
-        help="call a remote function: fedhub call site.module.function key=value ...",
+        help=command_help("call"),
         description="Call SUBJECT (site.module.function or site.module.Class.method) with "
         "keyword arguments. key=value is JSON when it parses as JSON, else a string; "
         "key=@PATH reads a file (.nc → xarray, .npy → numpy, .json → JSON, else bytes); "
@@ -515,7 +517,7 @@ def add_commands(sub: Any) -> None:
 
     fetch = sub.add_parser(
         "fetch",
-        help="get the stored result of one of your earlier calls again",
+        help=command_help("fetch"),
         description="Ask SITE's node for the result of REQUEST_ID it kept (sealed for "
         "your key; the node logs result.fetched), open it and print or write it like "
         "`fedhub call` does.",

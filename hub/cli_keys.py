@@ -147,7 +147,9 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``keys`` and its actions to the ``fedhub`` subcommands."""
-    keys = sub.add_parser("keys", help="create and show identities' keys")
+    from hub.cli import command_help
+
+    keys = sub.add_parser("keys", help=command_help("keys"))
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     new = ksub.add_parser("new", help="create keys for NAME (name@site, site:NAME, node:SITE/NAME)")
     new.add_argument("name")

@@ -294,9 +294,11 @@ def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
 
 def add_commands(sub: Any) -> None:
     """Add ``ls``, ``stub`` and ``status`` to the ``fedhub`` subcommands."""
+    from hub.cli import command_help
+
     ls = sub.add_parser(
         "ls",
-        help="list reachable modules and functions (SITE.MODULE: with signatures)",
+        help=command_help("ls"),
         description="Without SITE.MODULE, list the modules that answer the NATS micro "
         "service discovery ($SRV.INFO) and their functions; with SITE.MODULE, fetch the "
         "module's info (node key verified against the pinned site key) and show every "
@@ -321,7 +323,7 @@ def add_commands(sub: Any) -> None:
 
     stub = sub.add_parser(
         "stub",
-        help="generate a typed Python client module for SITE.MODULE",
+        help=command_help("stub"),
         description="Write a Python module with one typed function per remote function "
         "(real parameter names, types, defaults and docstrings) that calls it.",
     )
@@ -332,7 +334,7 @@ def add_commands(sub: Any) -> None:
 
     status = sub.add_parser(
         "status",
-        help="show the node's record of one of your requests",
+        help=command_help("status"),
         description="Ask SITE's node about REQUEST_ID (printed by `fedhub call`): state, "
         "progress, times, and the error code and reason of a failed call.",
     )

@@ -7,21 +7,31 @@ configured once (console on a terminal, JSON otherwise or with ``--log-json``).
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
 from hub.errors import ConfigError, FederationError, KeyStoreError
 
-__all__ = ["configure_logging", "read_passphrase", "run_main"]
+__all__ = ["EXIT_CODES", "configure_logging", "read_passphrase", "run_main"]
+
+#: The exit codes of ``fedhub`` and ``fedhub-node``, as their ``--help`` shows them.
+EXIT_CODES = """exit codes:
+  0    done (audit: the log verified)
+  1    failed: refused or failed remotely, NATS, config or key store (audit: log not verified)
+  2    the command line is wrong: unknown option, malformed argument, missing @file
+       (audit: its input cannot be read)
+  130  interrupted (Ctrl-C)
+"""
 
 
 def configure_logging(*, json_logs: bool = False, level: str = "warning") -> None:
     """Configure structlog once for a CLI process (logs go to stderr)."""
+    import logging  # here, not at the top: `--help` and `--version` never log
+
+    import structlog
+
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_logs

@@ -228,9 +228,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``serve`` to the ``fedhub`` subcommands."""
+    from hub.cli import command_help
+
     serve = sub.add_parser(
         "serve",
-        help="try a module: serve FILE.py on a throwaway local node (dev mode)",
+        help=command_help("serve"),
         description="Serve the functions of FILE.py as site 'dev' on a node of its own with an "
         "embedded nats-server, throwaway keys and one caller (you@dev) allowed everything; "
         "print the two lines that call it. Nothing of dev mode is trusted by a real site. "
