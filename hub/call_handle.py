@@ -1,5 +1,8 @@
 """A submitted call as its caller sees it (:class:`CallHandle`), and a module's verified info.
 
+A handle can be awaited (``await handle`` is ``await handle.result()``), so
+``asyncio.gather(*handles)`` and ``asyncio.as_completed(handles)`` take handles directly.
+
 The :class:`~hub.client.Client` creates handles and settles them: from the reply on its
 inbox, or from the node's status and stored result when that reply was lost (see
 :meth:`Client.recover <hub.client.Client.recover>`).
@@ -8,7 +11,7 @@ inbox, or from the node's status and stored result when that reply was lost (see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +51,7 @@ class ModuleInfo:
         return self.info.functions
 
 
-@dataclass
+@dataclass(eq=False)  # a handle is itself: hashable, for asyncio.gather and sets
 class CallHandle:
     """A submitted call: its id, live progress, and (eventually) its result."""
 
@@ -80,6 +83,10 @@ class CallHandle:
     def done(self) -> bool:
         """Whether the outcome (result or error) has arrived."""
         return self._future.done()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await handle``: the result, as :meth:`result` (within the call's deadline)."""
+        return self.result().__await__()
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the result; raises the call's typed error or CallTimeoutError."""

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.world import World
 
 from hub.serve import DEV_USER, DevNode, start_dev_node
-from tests.support.world import World
 
 pytestmark = pytest.mark.slow
 
