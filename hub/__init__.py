@@ -3,6 +3,7 @@
 The supported public surface is re-exported here; everything else may change::
 
     from hub import connect                 # blocking client (scripts, Jupyter)
+    from hub import aconnect                # async client, same defaults as the CLI
     from hub import Client                  # async client
     from hub import Progress                # what a backend function may accept
 """
@@ -29,6 +30,7 @@ from hub.errors import (
 
 if TYPE_CHECKING:
     from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
+    from hub.defaults import aconnect
     from hub.progress import Progress
 
 __version__ = "0.1.0"
@@ -42,6 +44,7 @@ _LAZY = {
     "SyncClient": "hub.sync_client",
     "connect": "hub.sync_client",
     "Progress": "hub.progress",
+    "aconnect": "hub.defaults",
 }
 
 
@@ -76,5 +79,6 @@ __all__ = [
     "UnauthorizedError",
     "ValidationError",
     "__version__",
+    "aconnect",
     "connect",
 ]

@@ -234,7 +234,10 @@ def cmd_stub(args: argparse.Namespace) -> int:
 async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
     async with await client_for(args) as fed:
         mi = await fed.module_info(site, module)
-    source = generate_stub(mi.info.model_dump(mode="json"), site=site, node=mi.node)
+    flavour = "async" if args.use_async else "sync"
+    source = generate_stub(
+        mi.info.model_dump(mode="json"), site=site, node=mi.node, flavour=flavour
+    )
     if args.output is None:
         sys.stdout.write(source)
         return 0
@@ -329,6 +332,12 @@ def add_commands(sub: Any) -> None:
     )
     stub.add_argument("target", metavar="SITE.MODULE")
     stub.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    stub.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="coroutines on an asyncio client (default: blocking functions)",
+    )
     connection_options(stub, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     stub.set_defaults(func=cmd_stub)
 

@@ -16,13 +16,19 @@ start-up depends on it.
 from __future__ import annotations
 
 import os
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hub.errors import ConfigError
 from hub.keys import KeyStore
 from hub.localnodes import local_url
 from hub.subjects import validate_identity
 
-__all__ = ["DEFAULT_URL", "default_identity", "default_url"]
+if TYPE_CHECKING:
+    from hub.client import Client
+
+__all__ = ["DEFAULT_URL", "aconnect", "default_identity", "default_url"]
 
 #: Where a caller connects when nothing else says where.
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -57,4 +63,31 @@ def default_identity(explicit: str | None, store: KeyStore) -> str:
     raise ConfigError(
         f"{len(people)} person keys in {store.dir} ({shown}); which one calls?",
         hint="pass --as NAME@SITE or set FEDHUB_IDENTITY",
+    )
+
+
+async def aconnect(
+    url: str | None = None,
+    identity: str | None = None,
+    *,
+    home: Path | None = None,
+    passphrase: str | None = None,
+    default_timeout: float = 300.0,
+    creds: str | Path | None = None,
+    tls: ssl.SSLContext | str | Path | None = None,
+) -> Client:
+    """An async client with the CLI's defaults (as :func:`hub.connect` for the blocking one):
+    ``async with await aconnect() as fed: ...``."""
+    from hub.client import Client
+    from hub.cliutil import read_passphrase
+
+    store = KeyStore(Path(home) if home is not None else None)
+    return await Client.connect(
+        default_url(url, store),
+        default_identity(identity, store),
+        home=store.home,
+        passphrase=passphrase if passphrase is not None else read_passphrase(None),
+        default_timeout=default_timeout,
+        creds=creds,
+        tls=tls,
     )

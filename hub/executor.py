@@ -8,9 +8,9 @@
             print(done.result())
         sums = list(ex.map("hereon.climate.compute_sum", fields))   # positional: by signature
 
-What is submitted is a remote function: its address (``site.module.function``) or a function
-of a module ``fedhub stub`` wrote (it carries its address). Each call is a
-:class:`hub.sync_client.SyncCallHandle`, itself a :class:`concurrent.futures.Future`.
+What is submitted is a remote function, by its address (``site.module.function``). Each
+call is a :class:`hub.sync_client.SyncCallHandle`, itself a
+:class:`concurrent.futures.Future`.
 Positional arguments are matched to the function's parameters in the order of its
 signature (from the module's verified info). Shutting down waits for the calls in flight;
 it does not close the client.
@@ -31,17 +31,14 @@ if TYPE_CHECKING:
 __all__ = ["FedExecutor", "address_of"]
 
 
-def address_of(fn: str | Callable[..., Any]) -> str:
-    """The address of a remote function given as text or as a generated stub's function."""
-    if isinstance(fn, str):
+def address_of(fn: object) -> str:
+    """The address of a remote function, given as ``"site.module.function"``."""
+    if isinstance(fn, str) and fn.count(".") >= 2:
         return fn
-    address = getattr(fn, "__fedhub_address__", None)
-    if not isinstance(address, str):
-        raise ArgumentError(
-            f"{fn!r} is not a remote function",
-            hint="submit an address 'site.module.function' or a function of a fedhub stub",
-        )
-    return address
+    raise ArgumentError(
+        f"{fn!r} is not a remote function",
+        hint="submit its address: 'site.module.function'",
+    )
 
 
 class FedExecutor(concurrent.futures.Executor):

@@ -83,10 +83,11 @@ def assert_ruff_clean(path: Path, *rules: str) -> None:
 def test_generated_client_passes_ruff_with_default_and_project_rules(
     climate_info: dict[str, Any], tmp_path: Path
 ) -> None:
-    path = tmp_path / "climate_client.py"
-    path.write_text(generate_stub(climate_info, site="hereon"))
-    assert_ruff_clean(path)
-    assert_ruff_clean(path, PROJECT_RULES)
+    for flavour in ("sync", "async"):
+        path = tmp_path / f"climate_{flavour}.py"
+        path.write_text(generate_stub(climate_info, site="hereon", flavour=flavour))
+        assert_ruff_clean(path)
+        assert_ruff_clean(path, PROJECT_RULES)
 
 
 def test_every_served_function_becomes_a_typed_function(stub: ModuleType) -> None:
