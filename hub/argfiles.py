@@ -29,7 +29,14 @@ import numpy as np
 from hub.bulk import NetCDFFile
 from hub.errors import ArgumentError, ConfigError
 
-__all__ = ["NETCDF_SUFFIXES", "parse_cli_argument", "read_argument_file", "write_result"]
+__all__ = [
+    "NETCDF_SUFFIXES",
+    "as_declared",
+    "declared_kind",
+    "parse_cli_argument",
+    "read_argument_file",
+    "write_result",
+]
 
 #: File suffixes (lower-case) read and written with xarray as NetCDF.
 NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf"})
@@ -66,6 +73,7 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
         path = Path(raw[1:]).expanduser()
         if stream_files and path.suffix.lower() in NETCDF_SUFFIXES:
             _check_file(path, key)
+            _check_netcdf(path, key)
             return key, NetCDFFile(path)
         return key, read_argument_file(path, key=key)
     try:
@@ -81,6 +89,7 @@ def read_argument_file(path: Path, *, key: str = "?") -> object:
     suffix = path.suffix.lower()
     try:
         if suffix in NETCDF_SUFFIXES:
+            _check_netcdf(path, key)
             return _read_netcdf(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -95,6 +104,57 @@ def read_argument_file(path: Path, *, key: str = "?") -> object:
         raise ArgumentError(f"{where} is not UTF-8 text: {exc}") from exc
     except Exception as exc:  # xarray and numpy raise many kinds for unreadable files
         raise ArgumentError(f"{where} cannot be read: {exc}") from exc
+
+
+#: How NetCDF files begin: classic and 64-bit offset / CDF-5 (NetCDF3), and HDF5 (NetCDF4).
+_NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+#: A file argument a Dataset parameter takes is read into memory up to this size; a larger
+#: one is streamed to the node like any NetCDF file (which opens one variable as a DataArray).
+DATASET_IN_MEMORY = 256 * 1024 * 1024
+
+
+def _check_netcdf(path: Path, key: str) -> None:
+    """An ArgumentError unless ``path`` starts like a NetCDF (3 or 4) file."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ArgumentError(f"argument {key!r}: cannot read '{path}': {exc.strerror}") from exc
+    if not head.startswith(_NETCDF_MAGIC):
+        raise ArgumentError(
+            f"argument {key!r}: '{path}' is not a NetCDF file",
+            hint="a .nc argument must be NetCDF 3 or 4; use another suffix to send raw bytes",
+        )
+
+
+def declared_kind(schema: dict[str, Any]) -> str | None:
+    """``"Dataset"`` or ``"DataArray"`` when a parameter's JSON Schema declares that xarray
+    type (also inside ``anyOf``, e.g. an optional parameter); else None."""
+    declared = schema.get("x-fedhub-type")
+    if declared in ("xarray.Dataset", "xarray.DataArray"):
+        return str(declared).removeprefix("xarray.")
+    for option in schema.get("anyOf") or ():
+        if isinstance(option, dict) and (kind := declared_kind(option)) is not None:
+            return kind
+    return None
+
+
+def as_declared(kwargs: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """NetCDF file arguments of parameters declared ``xarray.Dataset``, opened as a Dataset
+    (a file with one variable would otherwise arrive as a DataArray and be refused).
+
+    ``arguments`` is the function's arguments schema (:attr:`FunctionInfo.arguments`).
+    """
+    from hub.bulk import open_netcdf
+
+    props = arguments.get("properties") or {}
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        if not isinstance(value, NetCDFFile) or not isinstance(props.get(key), dict):
+            continue
+        if declared_kind(props[key]) == "Dataset" and value.size <= DATASET_IN_MEMORY:
+            out[key] = open_netcdf(value.path, kind="Dataset", load=True)
+    return out
 
 
 def _check_file(path: Path, key: str) -> None:

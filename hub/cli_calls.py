@@ -36,7 +36,7 @@ import nats.errors
 import numpy as np
 import structlog
 
-from hub.argfiles import parse_cli_argument, write_result
+from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
 from hub.client import CallHandle, Client
 from hub.cliutil import read_passphrase
@@ -248,6 +248,11 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
     async with await client_for(args) as fed:
+        target = parse_address(address)
+        info = await fed.module_info(target.site, target.module)  # kept: submit reuses it
+        fn = info.functions.get(target.function)
+        if fn is not None:  # else submit says what is missing
+            kwargs = as_declared(kwargs, fn.arguments)
         async with _sigint() as interrupted:
             handle = await fed.submit(
                 address,
