@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from hub import __version__
-from hub.cliutil import EXIT_CODES, configure_logging, run_main
+from hub.cliutil import EXIT_CODES, HelpFormatter, configure_logging, run_main
 
 __all__ = ["COMMANDS", "build_parser", "command_help", "main"]
 
@@ -69,7 +69,7 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
         prog="fedhub",
         description="fedhub: federated, end-to-end encrypted remote procedures.",
         epilog=EXAMPLES + "\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fedhub {__version__}")
     parser.add_argument(
@@ -87,7 +87,37 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
                 importlib.import_module(module).add_commands(sub)
         else:
             sub.add_parser(name, help=text, add_help=False)
+    for each in _subparsers(parser):
+        each.formatter_class = HelpFormatter
+        _global_options(each)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser below ``parser``, at any depth (``keys new`` too)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_subparsers(child)]
+    return found
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-json``/``--log-level`` after the command too (``fedhub call ... --log-json``);
+    given there, they win over the same option given before the command."""
+    known = {option for action in parser._actions for option in action.option_strings}
+    if "--log-json" not in known:
+        parser.add_argument(
+            "--log-json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log as JSON lines on stderr",
+        )
+    if "--log-level" not in known:
+        parser.add_argument(
+            "--log-level", default=argparse.SUPPRESS, help="debug, info, warning, error"
+        )
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from hub.audit import audit_events, verdict
 from hub.canonical import b64d
+from hub.cliutil import examples, fail
 from hub.errors import CanonicalError, ConfigError
 from hub.keys import KeyStore, load_public_file
 from hub.logfile import LogUnreadableError, iter_log
@@ -61,7 +61,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         return _audit(args)
     except LogUnreadableError as exc:
-        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        fail(exc, 2)
         return 2
 
 
@@ -171,6 +171,11 @@ def add_commands(sub: Any) -> None:
     audit = sub.add_parser(
         "audit",
         help=command_help("audit"),
+        epilog=examples(
+            "fedhub-node log export --db data/events.db -o events.jsonl",
+            "fedhub audit events.jsonl --site-key site:hereon",
+            "fedhub audit --site hereon --url tls://hub.example.org:4222",
+        ),
         description="Exit 0 when the log is complete and untampered, 1 naming the first bad "
         "event otherwise, 2 when the input cannot be read.",
     )

@@ -39,7 +39,7 @@ import structlog
 from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
 from hub.client import CallHandle, Client
-from hub.cliutil import read_passphrase
+from hub.cliutil import examples, notice, read_passphrase
 from hub.defaults import DEFAULT_URL, default_identity, default_url
 from hub.errors import (
     ArgumentError,
@@ -263,9 +263,13 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                 compress=args.compress,
                 **kwargs,
             )
-            print(f"request {handle.request_id}", file=sys.stderr, flush=True)
+            notice(f"request {handle.request_id}", "call.submitted", request_id=handle.request_id)
             if handle.saved is not None:
-                print(f"compressed arguments: {handle.saved:.0%} saved", file=sys.stderr)
+                notice(
+                    f"compressed arguments: {handle.saved:.0%} saved",
+                    "call.compressed",
+                    saved=round(handle.saved, 3),
+                )
             ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
             try:
                 outcome = await _result_or_interrupt(handle, interrupted)
@@ -322,6 +326,7 @@ async def _result_or_interrupt(handle: CallHandle, interrupted: asyncio.Event) -
 
 async def _cancel(handle: CallHandle, site: str) -> int:
     rid = handle.request_id
+    state: str | None = None
     try:
         state = await _ask_to_cancel(handle, site)
     except FederationError as exc:
@@ -333,7 +338,7 @@ async def _cancel(handle: CallHandle, site: str) -> int:
             line = f"{site} did not confirm cancelling request {rid} (see `fedhub status`)"
         else:
             line = f"request {rid} had already {state} at {site}"
-    print(f"interrupted; {line}", file=sys.stderr)
+    notice(f"interrupted; {line}", "call.interrupted", request_id=rid, state=state)
     return EXIT_INTERRUPTED
 
 
@@ -362,10 +367,10 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
 
 def _output(value: Any, args: argparse.Namespace) -> None:
     if isinstance(value, SavedTo):  # a large result received straight into --out
-        print(f"wrote {value.path}", file=sys.stderr)
+        notice(f"wrote {value.path}", "result.written", path=value.path)
     elif args.out is not None:
         write_result(value, args.out)
-        print(f"wrote {args.out}", file=sys.stderr)
+        notice(f"wrote {args.out}", "result.written", path=args.out)
     elif args.json:
         print(json.dumps(value, default=jsonable, indent=2, ensure_ascii=False))
     elif isinstance(value, str):
@@ -497,6 +502,10 @@ def add_commands(sub: Any) -> None:
     call = sub.add_parser(
         "call",
         help=command_help("call"),
+        epilog=examples(
+            "fedhub call hereon.climate.compute_sum da=@in.nc --out out.nc",
+            "fedhub call hereon.climate.scale 'values=[1, 2, 3]' factor=3 --json",
+        ),
         description="Call SUBJECT (site.module.function or site.module.Class.method) with "
         "keyword arguments. key=value is JSON when it parses as JSON, else a string; "
         "key=@PATH reads a file (.nc → xarray, .npy → numpy, .json → JSON, else bytes); "
@@ -523,6 +532,7 @@ def add_commands(sub: Any) -> None:
     fetch = sub.add_parser(
         "fetch",
         help=command_help("fetch"),
+        epilog=examples("fedhub fetch --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out again.nc"),
         description="Ask SITE's node for the result of REQUEST_ID it kept (sealed for "
         "your key; the node logs result.fetched), open it and print or write it like "
         "`fedhub call` does.",

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.cliutil import read_passphrase
+from hub.cliutil import examples, read_passphrase
 from hub.errors import ConfigError
 from hub.keys import KeyPair, KeyStore, PublicKeys, load_public_file
 from hub.subjects import validate_identity
@@ -149,24 +149,42 @@ def add_commands(sub: Any) -> None:
     """Add ``keys`` and its actions to the ``fedhub`` subcommands."""
     from hub.cli import command_help
 
-    keys = sub.add_parser("keys", help=command_help("keys"))
+    keys = sub.add_parser(
+        "keys",
+        help=command_help("keys"),
+        epilog=examples("fedhub keys new klaus@hereon", "fedhub keys list"),
+    )
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    new = ksub.add_parser("new", help="create keys for NAME (name@site, site:NAME, node:SITE/NAME)")
+    new = ksub.add_parser(
+        "new",
+        help="create keys for NAME (name@site, site:NAME, node:SITE/NAME)",
+        epilog=examples("fedhub keys new klaus@hereon --passphrase"),
+    )
     new.add_argument("name")
     new.add_argument(
         "--passphrase", action="store_true", help="protect the key file with a passphrase (asks)"
     )
     new.add_argument("--passphrase-file", type=Path, help="read the passphrase from this file")
     new.set_defaults(func=cmd_keys_new)
-    show = ksub.add_parser("show", help="show the public keys and key id of NAME")
+    show = ksub.add_parser(
+        "show",
+        help="show the public keys and key id of NAME",
+        epilog=examples("fedhub keys show site:hereon --json > site-hereon.pub"),
+    )
     show.add_argument("name")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_keys_show)
-    lst = ksub.add_parser("list", help="list the identities in the key store")
+    lst = ksub.add_parser(
+        "list", help="list the identities in the key store", epilog=examples("fedhub keys list")
+    )
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_keys_list)
 
-    vouch = ksub.add_parser("vouch", help="as a site, sign the key record of NAME (writes JSON)")
+    vouch = ksub.add_parser(
+        "vouch",
+        help="as a site, sign the key record of NAME (writes JSON)",
+        epilog=examples("fedhub keys vouch klaus@hereon --site site:hereon -o klaus.json"),
+    )
     vouch.add_argument("name", help="the identity vouched for (name@site or node:site/name)")
     vouch.add_argument("--site", required=True, help="the vouching site (site:NAME), key in store")
     vouch.add_argument("--pub", type=Path, help="NAME's .pub file (default: from the key store)")
@@ -177,7 +195,14 @@ def add_commands(sub: Any) -> None:
     vouch.add_argument("--passphrase-file", type=Path)
     vouch.add_argument("-o", "--output", type=Path)
     vouch.set_defaults(func=cmd_keys_vouch)
-    revoke = ksub.add_parser("revoke", help="as a site, sign a revocation of key KID")
+    revoke = ksub.add_parser(
+        "revoke",
+        help="as a site, sign a revocation of key KID",
+        epilog=examples(
+            "fedhub keys revoke 37217437eea054d003b0 --identity klaus@hereon --site site:hereon"
+            " -o revoke.json"
+        ),
+    )
     revoke.add_argument("kid")
     revoke.add_argument("--identity", required=True, help="whose key it is")
     revoke.add_argument("--site", required=True, help="the revoking site (site:NAME)")
@@ -185,6 +210,10 @@ def add_commands(sub: Any) -> None:
     revoke.add_argument("--passphrase-file", type=Path)
     revoke.add_argument("-o", "--output", type=Path)
     revoke.set_defaults(func=cmd_keys_revoke)
-    imp = ksub.add_parser("import", help="add a public key file (pin a site, know a colleague)")
+    imp = ksub.add_parser(
+        "import",
+        help="add a public key file (pin a site, know a colleague)",
+        epilog=examples("fedhub keys import site-geomar.pub"),
+    )
     imp.add_argument("file", type=Path)
     imp.set_defaults(func=cmd_keys_import)

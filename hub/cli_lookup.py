@@ -29,6 +29,7 @@ from hub.cli_calls import (
     quiet_nats,
     run_command,
 )
+from hub.cliutil import examples, notice
 from hub.errors import ConfigError, NotFoundError, TransportError
 from hub.keys import KeyStore
 from hub.nats.connection import auth_options
@@ -151,7 +152,7 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
         print(json.dumps(modules, indent=2))
         return 0
     if not modules:
-        print(f"no fedhub module answered at {url} within {window:g} s", file=sys.stderr)
+        notice(f"no fedhub module answered at {url} within {window:g} s", "ls.empty", url=url)
         return 0
     for entry in modules:
         nodes = len(entry["nodes"])
@@ -245,9 +246,10 @@ async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
         args.output.write_text(source, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from exc
-    print(
+    notice(
         f"wrote {args.output}: client of {site}.{module} ({len(mi.functions)} functions)",
-        file=sys.stderr,
+        "stub.written",
+        path=args.output,
     )
     return 0
 
@@ -302,6 +304,7 @@ def add_commands(sub: Any) -> None:
     ls = sub.add_parser(
         "ls",
         help=command_help("ls"),
+        epilog=examples("fedhub ls", "fedhub ls hereon.climate", "fedhub ls --wait 30 --json"),
         description="Without SITE.MODULE, list the modules that answer the NATS micro "
         "service discovery ($SRV.INFO) and their functions; with SITE.MODULE, fetch the "
         "module's info (node key verified against the pinned site key) and show every "
@@ -327,6 +330,10 @@ def add_commands(sub: Any) -> None:
     stub = sub.add_parser(
         "stub",
         help=command_help("stub"),
+        epilog=examples(
+            "fedhub stub hereon.climate -o climate_client.py",
+            "fedhub stub hereon.climate --async -o climate_aio.py",
+        ),
         description="Write a Python module with one typed function per remote function "
         "(real parameter names, types, defaults and docstrings) that calls it.",
     )
@@ -344,6 +351,7 @@ def add_commands(sub: Any) -> None:
     status = sub.add_parser(
         "status",
         help=command_help("status"),
+        epilog=examples("fedhub status --site hereon 6pT3uGQ1dS8h5yqgq1wW1w"),
         description="Ask SITE's node about REQUEST_ID (printed by `fedhub call`): state, "
         "progress, times, and the error code and reason of a failed call.",
     )

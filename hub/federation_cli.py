@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hub.cliutil import examples
 from hub.errors import ConfigError
 from hub.nats.generate import Generated, generate
 from hub.nats.topology import Site, Topology, load_topology
@@ -75,11 +76,16 @@ def cmd_add_site(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``federation init`` and ``federation add-site`` to the ``fedhub`` subcommands."""
-    fed = sub.add_parser("federation", help="generate the NATS configs of a federation")
+    fed = sub.add_parser(
+        "federation",
+        help="generate the NATS configs of a federation",
+        epilog=examples("fedhub federation init configs/federation.toml --out federation"),
+    )
     fsub = fed.add_subparsers(dest="federation_command", required=True, metavar="ACTION")
     init = fsub.add_parser(
         "init",
         help="write every party's configs, credentials and TLS from federation.toml",
+        epilog=examples("fedhub federation init configs/federation.toml --out federation"),
     )
     init.add_argument("config", type=Path, metavar="federation.toml")
     init.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -87,6 +93,10 @@ def add_commands(sub: Any) -> None:
     add = fsub.add_parser(
         "add-site",
         help="add site NAME: rewrite the hub's configs, write only the new site's folder",
+        epilog=examples(
+            "fedhub federation add-site configs/federation.toml awi --site-key site-awi.pub "
+            "--out federation"
+        ),
     )
     add.add_argument("config", type=Path, metavar="federation.toml")
     add.add_argument("name", metavar="NAME", help="the new site's name")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub.cliutil import examples
 from hub.errors import ArgumentError, ConfigError, FederationError
 from hub.subjects import validate_module
 
@@ -237,11 +238,12 @@ def add_commands(sub: Any) -> None:
         "embedded nats-server, throwaway keys and one caller (you@dev) allowed everything; "
         "print the two lines that call it. Nothing of dev mode is trusted by a real site. "
         "Ctrl-C stops the node and deletes its keys and log.",
-        epilog="example:\n  fedhub serve mymodule.py\n"
-        "  # in another shell, the two lines it printed:\n"
-        "  export FEDHUB_HOME=/tmp/fedhub-serve-.../keys\n"
-        "  fedhub call dev.mymodule.myfunction x=1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples(
+            "fedhub serve mymodule.py",
+            "# then, in another shell, the two lines it printed:",
+            "export FEDHUB_HOME=/tmp/fedhub-serve-.../keys",
+            "fedhub call dev.mymodule.myfunction x=1",
+        ),
     )
     serve.add_argument("module", type=Path, metavar="FILE.py", help="the module to serve")
     serve.add_argument("--name", help="the module's name in addresses (default: the file's)")

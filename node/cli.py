@@ -88,11 +88,12 @@ async def _serve(daemon: NodeDaemon) -> None:
     async with daemon:
         tune_collector()
         modules = ", ".join(m.name for m in cfg.modules) or "no modules"
-        print(
-            f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
-            f"{modules} on {safe_url(daemon.url)}",
-            flush=True,
-        )
+        if cfg.log.format != "json":  # a JSON log stream holds JSON only (node.started says it)
+            print(
+                f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
+                f"{modules} on {safe_url(daemon.url)}",
+                flush=True,
+            )
         await daemon.serve()
         await daemon.stop("signal" if daemon.failure is None else "failed")
 

@@ -210,7 +210,9 @@ class NodeDaemon:
             "node.started",
             node=self.eventlog.log_id,
             url=safe_url(self.url),
-            modules=len(cfg.modules),
+            modules=[m.name for m in cfg.modules],
+            grants=[f"{g.principal}: {g.module}.{f}" for g in cfg.grants for f in g.functions],
+            trusted_sites=[t.site for t in cfg.trust],
         )
 
     async def serve(self) -> None:

@@ -5,6 +5,7 @@ Not a timed test (figures: ``scripts/bench_startup.py``); it checks what is impo
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -71,3 +72,33 @@ def test_a_commands_help_loads_only_that_commands_module() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.splitlines()[-1] == "['hub.serve']"
+
+
+def test_every_commands_help_has_an_example_and_the_top_help_the_exit_codes() -> None:
+    parser = build_parser()
+    top = parser.format_help()
+    assert "examples:" in top and "exit codes:" in top and "130" in top
+    pending = [(("fedhub",), parser)]
+    seen = 0
+    while pending:
+        path, each = pending.pop()
+        for action in each._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    pending.append(((*path, name), child))
+                    text = child.format_help()
+                    assert "example:" in text or "examples:" in text, " ".join((*path, name))
+                    assert "  fedhub" in text, " ".join((*path, name))
+                    seen += 1
+    assert seen >= len(COMMANDS) + 8  # the commands and the actions of keys and federation
+
+
+def test_log_options_may_follow_the_command() -> None:
+    from hub.cli import _chosen_command
+
+    argv = ["call", "hereon.climate.scale", "values=[1]", "--log-json", "--log-level", "info"]
+    args = build_parser(_chosen_command(argv)).parse_args(argv)
+    assert args.log_json is True and args.log_level == "info"
+    argv = ["--log-level", "debug", "keys", "list"]
+    args = build_parser(_chosen_command(argv)).parse_args(argv)
+    assert args.log_level == "debug" and args.log_json is False
