@@ -37,8 +37,6 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.micro import add_service
-from nats.micro.request import Request as MicroRequest
 from pydantic import BaseModel
 
 from hub import __version__, localnodes
@@ -66,8 +64,6 @@ from hub.subjects import (
     RESULTS_BUCKET,
     admin_subject,
     events_subject,
-    info_subject,
-    service_name,
     status_subject,
 )
 from node.admin import DirectoryState, apply_admin, load_directory
@@ -84,6 +80,7 @@ from node.natslink import NatsLink, safe_url
 from node.observability import NodeMetrics
 from node.pipeline import Pipeline
 from node.runner import Runner
+from node.services import start_services
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -527,28 +524,14 @@ class NodeDaemon:
     async def _start_services(self) -> None:
         assert self.nc is not None and self.runner is not None and self.eventlog is not None
         assert self._node_key_record is not None
-        for name, module in self.runner.modules.items():
-            payload = self._module_description(name, module.info()).model_dump_json().encode()
-            svc = await add_service(
-                self.nc,
-                name=service_name(self.site, name),
-                version=__version__,
-                description=(module.doc or f"{name} at {self.site}").strip().splitlines()[0][:200],
-                metadata={
-                    "fedhub.site": self.site,
-                    "fedhub.module": name,
-                    "fedhub.node": self.eventlog.log_id,
-                    "fedhub.functions": ",".join(sorted(module.functions)),
-                },
-            )
-            self.stack.push_async_callback(svc.stop)
-
-            async def answer(req: MicroRequest, payload: bytes = payload) -> None:
-                await req.respond(payload)
-
-            await svc.add_endpoint(
-                name="info", subject=info_subject(self.site, name), handler=answer
-            )
+        await start_services(
+            self.nc,
+            self.site,
+            self.eventlog.log_id,
+            self.runner.modules,
+            self._module_description,
+            self.stack,
+        )
         sub = await self.nc.subscribe(
             status_subject(self.site), queue="fh-node", cb=self._on_control
         )
