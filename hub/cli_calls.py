@@ -38,6 +38,7 @@ import structlog
 
 from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
+from hub.call_handle import ModuleInfo
 from hub.client import CallHandle, Client
 from hub.cliutil import examples, notice, read_passphrase
 from hub.defaults import DEFAULT_URL, default_identity, default_url
@@ -49,6 +50,7 @@ from hub.errors import (
     NotFoundError,
     TransportError,
 )
+from hub.infocache import keep_info, kept_info
 from hub.keys import KeyStore
 from hub.lifecycle import FINAL
 from hub.subjects import (
@@ -68,6 +70,7 @@ __all__ = [
     "deadline_of",
     "default_identity",
     "default_url",
+    "module_info",
     "quiet_nats",
     "run_command",
 ]
@@ -249,7 +252,8 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
     bar = ProgressBar(sys.stderr, address) if show else None
     async with await client_for(args) as fed:
         target = parse_address(address)
-        info = await fed.module_info(target.site, target.module)  # kept: submit reuses it
+        home = KeyStore(args.home).home
+        info = await module_info(fed, home, target.site, target.module, queue=args.queue)
         fn = info.functions.get(target.function)
         if fn is not None:  # else submit says what is missing
             kwargs = as_declared(kwargs, fn.arguments)
@@ -264,6 +268,13 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                 **kwargs,
             )
             notice(f"request {handle.request_id}", "call.submitted", request_id=handle.request_id)
+            if args.queue:
+                notice(
+                    f"queued; get the result later: fedhub fetch --site {site} {handle.request_id}",
+                    "call.queued",
+                    request_id=handle.request_id,
+                )
+                return 0
             if handle.saved is not None:
                 notice(
                     f"compressed arguments: {handle.saved:.0%} saved",
@@ -287,6 +298,34 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
 
 
 _INTERRUPTED = object()
+
+
+async def module_info(
+    fed: Client, home: Path, site: str, module: str, *, queue: bool = False
+) -> ModuleInfo:
+    """The module's info from its node (kept for later), or with ``queue`` while no node
+    answers, the info kept from an earlier call (verified again)."""
+    try:
+        mi = await fed.module_info(site, module)
+    except (CallTimeoutError, NotFoundError) as exc:
+        kept = kept_info(home, site, module) if queue else None
+        if kept is None:
+            if queue:
+                exc.hint = (
+                    f"no info of {site}.{module} is kept from an earlier call: run "
+                    f"`fedhub ls {site}.{module}` once while its node runs"
+                )
+            raise
+        data, when = kept
+        notice(
+            f"{site}.{module} does not answer; queueing with its info kept at "
+            f"{when:%Y-%m-%d %H:%M} UTC",
+            "call.info_kept",
+            kept=when.isoformat(),
+        )
+        return fed.remember_info(site, module, data)
+    keep_info(home, site, module, mi.info.model_dump_json().encode())
+    return mi
 
 
 @contextlib.asynccontextmanager
@@ -524,6 +563,12 @@ def add_commands(sub: Any) -> None:
     )
     call.add_argument(
         "--compress", action="store_true", help="zstd-compress large arguments (per chunk)"
+    )
+    call.add_argument(
+        "--queue",
+        action="store_true",
+        help="send the call and exit without waiting (the site's stream keeps it, also for "
+        "a node that is down now); get the result later with `fedhub fetch`",
     )
     connection_options(call, "deadline of the call in seconds (default 300)")
     call.set_defaults(func=cmd_call)

@@ -26,6 +26,7 @@ from hub.cli_calls import (
     deadline_of,
     default_identity,
     default_url,
+    module_info,
     quiet_nats,
     run_command,
 )
@@ -186,7 +187,7 @@ async def _discover_at(url: str, args: argparse.Namespace, window: float) -> lis
 
 async def _ls_module(args: argparse.Namespace, site: str, module: str) -> int:
     async with await client_for(args) as fed:
-        mi = await fed.module_info(site, module)
+        mi = await module_info(fed, KeyStore(args.home).home, site, module)
     info = mi.info
     functions = mi.functions
     skipped = info.skipped

@@ -292,16 +292,26 @@ class Client:
             ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"{site}.{module} did not answer its info request") from exc
+        self._site_key(site)
+        error = error_from_headers(msg.headers)
+        if error is not None:
+            raise error
+        return self.remember_info(site, module, msg.data)
+
+    def _site_key(self, site: str) -> bytes:
         site_key = self.trusted_sites.get(site)
         if site_key is None:
             raise ConfigError(
                 f"site {site} is not pinned in this key store",
                 hint=f"import its public key: fedhub keys import site-{site}.pub",
             )
-        error = error_from_headers(msg.headers)
-        if error is not None:
-            raise error
-        info = _parse(ModuleDescription, msg.data, f"info answer of {site}.{module}")
+        return site_key
+
+    def remember_info(self, site: str, module: str, data: bytes) -> ModuleInfo:
+        """Verify a module info answer (received now, or kept from earlier: ``fedhub call
+        --queue``) against the pinned site key, and use it for calls to the module."""
+        site_key = self._site_key(site)
+        info = _parse(ModuleDescription, data, f"info answer of {site}.{module}")
         record = open_record(info.node_key, KeyRecord, site_key)
         if info.site != site or info.module != module:
             raise CanonicalError(
