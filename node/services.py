@@ -131,7 +131,7 @@ async def _missing(nc: NatsClient, site: str, msg: Msg) -> None:
     module = msg.subject.rsplit(".", 1)[-1]
     await asyncio.sleep(MISSING_GRACE)
     error = NotFoundError(
-        f"site {site} serves no module {module}",
+        f"no node serves {site}.{module}",
         hint="check the module name (`fedhub ls` lists what each site serves)",
     )
     with contextlib.suppress(nats.errors.Error):
