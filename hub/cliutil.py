@@ -23,6 +23,7 @@ from hub.errors import ConfigError, FederationError, KeyStoreError
 __all__ = [
     "EXIT_CODES",
     "HelpFormatter",
+    "add_examples",
     "configure_logging",
     "examples",
     "fail",
@@ -61,6 +62,21 @@ def examples(*lines: str) -> str:
     """A ``--help`` epilog: ``example:`` and the command lines, indented (kept as written)."""
     head = "example:" if len(lines) == 1 else "examples:"
     return head + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_examples(parser: argparse.ArgumentParser, table: dict[str, list[str]]) -> None:
+    """Give every command of ``parser`` its examples from ``table`` (command path → lines;
+    "" is the program itself) and the formatter that keeps them as written."""
+    pending = [("", parser)]
+    while pending:
+        path, each = pending.pop()
+        each.formatter_class = HelpFormatter
+        if path in table:
+            each.epilog = examples(*table[path])
+        for action in each._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    pending.append((f"{path} {name}".strip(), child))
 
 
 def notice(text: str, event: str, *, level: str = "info", **fields: Any) -> None:
