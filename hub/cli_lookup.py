@@ -38,7 +38,7 @@ from hub.nats.generate import nats_inbox_prefix
 from hub.stub import generate_stub
 from hub.subjects import DISCOVERY_SUBJECT, validate_identity, validate_module, validate_site
 
-__all__ = ["add_commands", "discover"]
+__all__ = ["add_commands", "discover", "group_answers"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ async def discover(nc: Any, window: float) -> list[dict[str, Any]]:
     return answers
 
 
-def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, Any]]:
+def group_answers(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, Any]]:
     """One entry per site and module: nodes, functions, description."""
     modules: dict[tuple[str, str], dict[str, Any]] = {}
     for answer in answers:
@@ -136,7 +136,7 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
     while True:  # with --wait: until a module answers (a node just started) or time is up
         url = default_url(args.url, KeyStore(args.home))
         try:
-            modules = _group(await _discover_at(url, args, window), site)
+            modules = group_answers(await _discover_at(url, args, window), site)
         except TransportError:
             if loop.time() >= until:
                 raise

@@ -1,0 +1,194 @@
+"""The console's ASGI app (Starlette): pages rendered from Jinja2 templates, and the JSON
+endpoints they and scripts use. :func:`create_app` takes how to connect the client."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from hub.client import Client
+from hub.errors import ArgumentError, FederationError, error_code, service_status
+from hub.subjects import parse_address, validate_module, validate_site
+from hub.web.forms import form_fields
+
+__all__ = ["COOKIE", "HEADER", "create_app"]
+
+HERE = Path(__file__).parent
+#: The cookie and the header that carry the console's token.
+COOKIE, HEADER = "fedhub_token", "X-Fedhub-Token"
+#: How long the modules page collects discovery answers (seconds).
+DISCOVERY_WINDOW = 0.5
+
+_templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(), auto_reload=False
+)
+
+
+def create_app(
+    connect: Callable[[], Awaitable[Client]],
+    token: str,
+    on_ready: Callable[[], None] | None = None,
+) -> Starlette:
+    """The console app; ``connect`` makes its client at start-up (closed at shutdown),
+    ``on_ready`` is called once it is connected."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with await connect() as client:
+            app.state.client = client
+            if on_ready is not None:
+                on_ready()
+            yield
+
+    def guarded(
+        endpoint: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            given = request.query_params.get("token")
+            if given is not None and secrets.compare_digest(given, token):
+                # the printed URL: keep the token in a cookie, drop it from the address
+                target = request.url.remove_query_params("token")
+                response = RedirectResponse(str(target), status_code=303)
+                response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+                return response
+            offered = request.headers.get(HEADER) or request.cookies.get(COOKIE) or ""
+            if not secrets.compare_digest(offered, token):
+                return JSONResponse(
+                    {"error": "Unauthorized", "message": "open the URL `fedhub web` printed"},
+                    status_code=401,
+                )
+            return await endpoint(request)
+
+        return run
+
+    routes = [
+        Route("/", guarded(_home)),
+        Route("/modules", guarded(_modules_page)),
+        Route("/modules/{site}/{module}", guarded(_module_page)),
+        Route("/api/modules", guarded(_modules_json)),
+        Route("/api/modules/{site}/{module}", guarded(_module_json)),
+        Route("/api/call/{address}", guarded(_call_json), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _client(request: Request) -> Client:
+    client: Client = request.app.state.client
+    return client
+
+
+def _page(name: str, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_templates.get_template(name).render(**context))
+
+
+def _error(exc: FederationError) -> JSONResponse:
+    status = 400 if isinstance(exc, ArgumentError) else service_status(error_code(exc))
+    body = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+    return JSONResponse(body, status_code=status if status >= 400 else 500)
+
+
+async def _home(request: Request) -> Response:
+    return RedirectResponse("/modules", status_code=303)
+
+
+async def modules(client: Client) -> list[dict[str, Any]]:
+    """Modules answering discovery: site, module, description, nodes, functions."""
+    from hub.cli_lookup import discover, group_answers
+
+    return group_answers(await discover(client.nc, DISCOVERY_WINDOW), None)
+
+
+async def module(client: Client, site: str, module: str) -> dict[str, Any]:
+    """A module's verified info, with each function's form fields."""
+    name = module
+    mi = await client.module_info(validate_site(site), validate_module(name))
+    functions = []
+    for fname, fn in sorted(mi.functions.items()):
+        functions.append(
+            {
+                "name": fname,
+                "address": f"{site}.{name}.{fname}",
+                "signature": fn.signature,
+                "summary": fn.summary,
+                "description": fn.description,
+                "arguments": fn.arguments,
+                "returns": fn.returns,
+                "fields": form_fields(fn.arguments),
+            }
+        )
+    return {
+        "site": site,
+        "module": name,
+        "node": mi.node,
+        "doc": mi.info.doc,
+        "functions": functions,
+        "skipped": mi.info.skipped,
+    }
+
+
+async def _modules_page(request: Request) -> Response:
+    return _page("modules.html", modules=await modules(_client(request)))
+
+
+async def _modules_json(request: Request) -> Response:
+    return JSONResponse(await modules(_client(request)))
+
+
+async def _module_page(request: Request) -> Response:
+    try:
+        data = await module(_client(request), **request.path_params)
+    except FederationError as exc:
+        return _page("error.html", error=exc.diagnostics())
+    return _page("module.html", **data)
+
+
+async def _module_json(request: Request) -> Response:
+    try:
+        return JSONResponse(await module(_client(request), **request.path_params))
+    except FederationError as exc:
+        return _error(exc)
+
+
+async def _call_json(request: Request) -> Response:
+    """``POST /api/call/<address>`` with ``{"arguments": {...}}``: the result as JSON."""
+    from hub.cli_calls import jsonable
+
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(ArgumentError("the body is not JSON", hint='send {"arguments": {...}}'))
+    arguments = body.get("arguments") if isinstance(body, dict) else None
+    if not isinstance(arguments, dict):
+        return _error(ArgumentError("no arguments object", hint='send {"arguments": {...}}'))
+    try:
+        address = parse_address(request.path_params["address"]).address
+        handle = await _client(request).submit(address, arguments)
+        result = await handle.result()
+    except FederationError as exc:
+        return _error(exc)
+    try:
+        text = jsonable_result(result, jsonable)
+    except TypeError as exc:
+        return _error(ArgumentError(f"the result cannot be shown: {exc}"))
+    return JSONResponse({"request_id": handle.request_id, "result": text})
+
+
+def jsonable_result(value: Any, default: Callable[[Any], Any]) -> Any:
+    """``value`` made of JSON types only (numpy, xarray, dates ... converted)."""
+    import json
+
+    return json.loads(json.dumps(value, default=default))
