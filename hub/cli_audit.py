@@ -17,14 +17,14 @@ from hub.keys import KeyStore, load_public_file
 from hub.logfile import LogUnreadableError, iter_log
 from hub.records import SignedRecord
 
-__all__ = ["add_commands", "cmd_audit"]
+__all__ = ["add_commands", "cmd_audit", "pinned_site_keys"]
 
 
 def _store(args: argparse.Namespace) -> KeyStore:
     return KeyStore(args.home)
 
 
-def _site_keys(specs: list[str], store: KeyStore) -> dict[str, bytes]:
+def pinned_site_keys(specs: list[str], store: KeyStore) -> dict[str, bytes]:
     """Pinned site keys from --site-key specs (file, key store name, or site=BASE64)."""
     pinned: dict[str, bytes] = {}
     for spec in specs:
@@ -72,7 +72,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.path is None and not from_hub:
         raise ConfigError("give the log to audit (or --proof FILE, or --consistency FILE)")
     store = _store(args)
-    trusted = None if args.trust_log_keys else _site_keys(args.site_key, store)
+    trusted = None if args.trust_log_keys else pinned_site_keys(args.site_key, store)
     if trusted is not None and not trusted:
         raise ConfigError(
             "no site key is pinned, so nothing can be trusted",
@@ -129,7 +129,7 @@ def cmd_audit_proof(args: argparse.Namespace) -> int:
         raise LogUnreadableError(
             f"{path} is a {proof.kind}, not a {want.model_fields['kind'].default}"
         )
-    trusted = None if args.trust_log_keys else _site_keys(args.site_key, _store(args))
+    trusted = None if args.trust_log_keys else pinned_site_keys(args.site_key, _store(args))
     if trusted is not None and not trusted:
         raise ConfigError(
             "no site key is pinned, so nothing can be trusted",

@@ -40,14 +40,18 @@ def create_app(
     connect: Callable[[], Awaitable[Client]],
     token: str,
     on_ready: Callable[[], None] | None = None,
+    *,
+    home: Path | None = None,
 ) -> Starlette:
     """The console app; ``connect`` makes its client at start-up (closed at shutdown),
-    ``on_ready`` is called once it is connected."""
+    ``on_ready`` is called once it is connected; ``home`` is the key store (its pinned site
+    keys are what audits trust)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with await connect() as client:
             app.state.client = client
+            app.state.home = home
             if on_ready is not None:
                 on_ready()
             yield
@@ -80,6 +84,8 @@ def create_app(
         Route("/api/modules", guarded(_modules_json)),
         Route("/api/modules/{site}/{module}", guarded(_module_json)),
         Route("/api/call/{address}", guarded(_call_json), methods=["POST"]),
+        Route("/audit", guarded(_audit_page)),
+        Route("/api/audit", guarded(_audit_json), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]
@@ -185,6 +191,23 @@ async def _call_json(request: Request) -> Response:
     except TypeError as exc:
         return _error(ArgumentError(f"the result cannot be shown: {exc}"))
     return JSONResponse({"request_id": handle.request_id, "result": text})
+
+
+async def _audit_page(request: Request) -> Response:
+    return _page("audit.html")
+
+
+async def _audit_json(request: Request) -> Response:
+    """``POST /api/audit`` with the log's bytes: the audit report (``ok``, ``first`` ...)."""
+    from hub.logfile import LogUnreadableError
+    from hub.web.audit import audit_upload
+
+    try:
+        return JSONResponse(await audit_upload(request, request.app.state.home))
+    except LogUnreadableError as exc:
+        return _error(ArgumentError(exc.message, hint=exc.hint))
+    except FederationError as exc:
+        return _error(exc)
 
 
 def jsonable_result(value: Any, default: Callable[[Any], Any]) -> Any:

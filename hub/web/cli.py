@@ -41,7 +41,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         if not args.no_browser:
             webbrowser.open(url)
 
-    app = create_app(lambda: client_for(args), token, on_ready=ready)
+    app = create_app(lambda: client_for(args), token, on_ready=ready, home=args.home)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
     return 0

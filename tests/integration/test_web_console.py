@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ pytestmark = pytest.mark.slow
 KLAUS = "klaus@geomar"
 
 
+@dataclass
+class Console:
+    url: str
+    log: Path  # the node's SQLite log
+
+
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``fedhub web`` against a node serving the test climate module: its printed URL."""
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """``fedhub web`` against a node serving the test climate module."""
     world = World(tmp_path_factory.mktemp("web"))
     world.person(KLAUS)
     cfg = world.node_config(
@@ -48,12 +55,17 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         line = web.stdout.readline() if ready else ""
         found = re.match(r"fedhub web: (http://127\.0\.0\.1:\d+/\?token=\S+)$", line.strip())
         assert found, (line, web.poll())
-        yield found.group(1)
+        yield Console(found.group(1), cfg.log_path)
     finally:
         web.terminate()
         _, err = web.communicate(timeout=30)
         print(err)  # the console's own log, shown when a test fails
         node.stop()
+
+
+@pytest.fixture(scope="module")
+def console(web: Console) -> str:
+    return web.url
 
 
 def base_and_token(url: str) -> tuple[str, str]:
@@ -143,5 +155,102 @@ def test_a_function_is_called_through_its_form_in_a_real_browser(
         )
         assert json.loads(text) == [4.0, 10.0]
         assert browser.screenshot(tmp_path / "module.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def logs(web: Console, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    """The node's log exported (after a call), and a copy with one event's body changed:
+    (honest, tampered, the changed entry's position: its line)."""
+    base, token = base_and_token(web.url)
+    request(
+        f"{base}/api/call/hereon.climate.scale", token=token, body={"arguments": {"values": [1]}}
+    )
+    folder = tmp_path_factory.mktemp("logs")
+    honest, tampered = folder / "honest.jsonl", folder / "tampered.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "log",
+            "export",
+            "--db",
+            str(web.log),
+            "-o",
+            str(honest),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    lines = honest.read_text().splitlines()
+    for index, line in enumerate(lines[1:], 1):  # the first event with a number in its body
+        entry = json.loads(line)
+        data = entry["event"]["data"]
+        numbers = [k for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)]
+        if numbers:
+            data[numbers[0]] += 1
+            lines[index] = json.dumps(entry, separators=(",", ":"))
+            break
+    else:
+        pytest.fail("no event with a number to change")
+    tampered.write_text("\n".join(lines) + "\n")
+    return honest, tampered, index + 1
+
+
+def post_log(url: str, path: Path) -> tuple[int, Any]:
+    base, token = base_and_token(url)
+    req = urllib.request.Request(
+        f"{base}/api/audit", data=path.read_bytes(), headers={"X-Fedhub-Token": token}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_audit_endpoint_proves_an_honest_log_and_names_the_first_bad_event(
+    console: str, logs: tuple[Path, Path, int]
+) -> None:
+    honest, tampered, line = logs
+    status, report = post_log(console, honest)
+    assert status == 200 and report["ok"] is True, report
+    assert report["requests"].get("completed", 0) >= 1
+    status, report = post_log(console, tampered)
+    assert status == 200 and report["ok"] is False
+    assert report["first"]["position"] == line, report["findings"]
+    assert report["first"]["check"] == "hash"
+    junk = honest.with_name("junk.jsonl")
+    junk.write_text("not a log\n")
+    status, answer = post_log(console, junk)
+    assert status == 400 and answer["error"] == "ArgumentError"
+
+
+def test_an_auditor_sees_a_tampered_log_flagged_in_a_real_browser(
+    console: str, logs: tuple[Path, Path, int], tmp_path: Path
+) -> None:
+    honest, tampered, line = logs
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.navigate(console)
+        base, _ = base_and_token(console)
+        browser.navigate(f"{base}/audit")
+        for path, verdict in ((tampered, "failed"), (honest, "ok")):
+            browser.set_files("form.audit [name=log]", path)
+            browser.evaluate("document.querySelector('form.audit button').click()")
+            state = browser.wait_for(
+                f"document.querySelector('.verdict .state.{verdict}')?.textContent"
+            )
+            assert state.startswith(f"audit {verdict.upper()}")
+            if verdict == "failed":
+                first = browser.evaluate(
+                    "document.querySelector('.finding.first-bad')?.dataset.position"
+                )
+                assert first == str(line)
+            else:
+                assert browser.evaluate("document.querySelectorAll('.finding').length") == 0
     finally:
         browser.close()

@@ -111,6 +111,12 @@ class Browser:
             time.sleep(0.1)
         raise TimeoutError(f"not true within {timeout:g} s: {expression}")
 
+    def set_files(self, selector: str, *paths: Path) -> None:
+        """Choose files in the page's file input ``selector`` (as a person would)."""
+        root = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.send("DOM.setFileInputFiles", files=[str(p) for p in paths], nodeId=node)
+
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))

@@ -45,3 +45,54 @@ document.addEventListener("submit", (event) => {
   event.preventDefault();
   call(event.target);
 });
+
+// The audit page: the chosen log goes to /api/audit as the request body.
+function row(table, label, value) {
+  const tr = table.insertRow();
+  tr.insertCell().textContent = label;
+  tr.insertCell().textContent = value;
+}
+
+async function audit(form) {
+  const file = form.querySelector("[name=log]").files[0];
+  const section = document.querySelector(".verdict");
+  const state = section.querySelector(".state");
+  section.hidden = false;
+  state.className = "state running";
+  state.textContent = "auditing " + file.name + "…";
+  const response = await fetch("/api/audit", {method: "POST", body: file});
+  const report = await response.json();
+  for (const t of section.querySelectorAll("table, ol")) t.replaceChildren();
+  if (!response.ok) {
+    state.className = "state failed";
+    state.textContent = report.error + ": " + report.message;
+    return;
+  }
+  state.className = "state " + (report.ok ? "ok" : "failed");
+  state.textContent = (report.ok ? "audit OK  " : "audit FAILED  ") + (report.log || file.name);
+  const summary = section.querySelector(".summary");
+  row(summary, "events", report.events);
+  row(summary, "time", (report.time_range || []).join(" .. "));
+  row(summary, "trust", report.trust);
+  row(summary, "signatures", report.signatures_checked + " checked");
+  row(summary, "checkpoints", report.checkpoints_verified + " verified");
+  row(summary, "root", report.root || "");
+  const requests = section.querySelector(".requests");
+  for (const [outcome, count] of Object.entries(report.requests || {})) row(requests, outcome, count);
+  const findings = section.querySelector(".findings");
+  for (const f of report.findings || []) {
+    const li = document.createElement("li");
+    const first = report.first && f.position === report.first.position && f.check === report.first.check;
+    li.className = first ? "finding first-bad" : "finding";
+    li.dataset.position = f.position;
+    const where = f.seq === null ? "entry " + f.position : "event " + f.seq;
+    li.textContent = where + " (" + f.check + "): " + f.message;
+    findings.append(li);
+  }
+}
+
+document.addEventListener("submit", (event) => {
+  if (!event.target.matches("form.audit")) return;
+  event.preventDefault();
+  audit(event.target);
+});
