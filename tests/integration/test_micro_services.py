@@ -114,7 +114,7 @@ async def test_a_caller_at_another_site_sees_the_services_through_the_hub(
             assert svc["metadata"]["fedhub.site"] == "hereon"
             names = {e["name"] for e in svc["endpoints"]}
             assert {"scale", "compute_sum"} <= names
-            with pytest.raises(NotFoundError, match="no node serves hereon.nosuch"):
+            with pytest.raises(NotFoundError, match=r"no node serves hereon\.nosuch"):
                 await fed.module_info("hereon", "nosuch")
-            with pytest.raises(NotFoundError, match="no node serves hereon.nosuch"):
+            with pytest.raises(NotFoundError, match=r"no node serves hereon\.nosuch"):
                 await fed.call("hereon.nosuch.f", x=1, timeout=30)
