@@ -23,6 +23,14 @@ from support.world import NodeProcess, World
 pytestmark = pytest.mark.slow
 
 KLAUS = "klaus@geomar"
+#: A folder to keep screenshots of the pages in (the ones in docs/ come from here).
+SHOTS = os.environ.get("FEDHUB_SCREENSHOTS")
+
+
+def shoot(browser: Browser, name: str, fallback: Path) -> None:
+    """A screenshot of the page: into $FEDHUB_SCREENSHOTS when set; always a valid PNG."""
+    path = Path(SHOTS) / f"console-{name}.png" if SHOTS else fallback / f"{name}.png"
+    assert browser.screenshot(path).read_bytes()[:4] == b"\x89PNG"
 
 
 @dataclass
@@ -139,6 +147,7 @@ def test_a_function_is_called_through_its_form_in_a_real_browser(
         assert "token" not in browser.evaluate("location.href")
         link = browser.wait_for("document.querySelector('.module a')?.textContent")
         assert link == "hereon.climate"
+        shoot(browser, "modules", tmp_path)
         browser.evaluate("document.querySelector('.module a').click()")
         browser.wait_for("document.querySelector('form[data-address=\"hereon.climate.scale\"]')")
         browser.evaluate(
@@ -154,7 +163,7 @@ def test_a_function_is_called_through_its_form_in_a_real_browser(
             ".result.done')?.textContent"
         )
         assert json.loads(text) == [4.0, 10.0]
-        assert browser.screenshot(tmp_path / "module.png").read_bytes()[:4] == b"\x89PNG"
+        shoot(browser, "module", tmp_path)
     finally:
         browser.close()
 
@@ -250,6 +259,7 @@ def test_an_auditor_sees_a_tampered_log_flagged_in_a_real_browser(
                     "document.querySelector('.finding.first-bad')?.dataset.position"
                 )
                 assert first == str(line)
+                shoot(browser, "audit", tmp_path)
             else:
                 assert browser.evaluate("document.querySelectorAll('.finding').length") == 0
     finally:
