@@ -21,6 +21,8 @@ from starlette.staticfiles import StaticFiles
 from hub.client import Client
 from hub.errors import ArgumentError, FederationError, error_code, service_status
 from hub.subjects import parse_address, validate_module, validate_site
+from hub.web import calls
+from hub.web.calls import Calls
 from hub.web.forms import form_fields
 
 __all__ = ["COOKIE", "HEADER", "create_app"]
@@ -52,6 +54,7 @@ def create_app(
         async with await connect() as client:
             app.state.client = client
             app.state.home = home
+            app.state.calls = Calls()
             if on_ready is not None:
                 on_ready()
             yield
@@ -84,6 +87,12 @@ def create_app(
         Route("/api/modules", guarded(_modules_json)),
         Route("/api/modules/{site}/{module}", guarded(_module_json)),
         Route("/api/call/{address}", guarded(_call_json), methods=["POST"]),
+        Route("/api/submit/{address}", guarded(_submit_json), methods=["POST"]),
+        Route("/api/requests", guarded(_requests_json)),
+        Route("/api/requests/{request_id}", guarded(_request_json)),
+        Route("/api/requests/{request_id}/events", guarded(_request_events)),
+        Route("/api/requests/{request_id}/result.json", guarded(_request_result)),
+        Route("/requests", guarded(_requests_page)),
         Route("/audit", guarded(_audit_page)),
         Route("/api/audit", guarded(_audit_json), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -191,6 +200,53 @@ async def _call_json(request: Request) -> Response:
     except TypeError as exc:
         return _error(ArgumentError(f"the result cannot be shown: {exc}"))
     return JSONResponse({"request_id": handle.request_id, "result": text})
+
+
+def _calls(request: Request) -> Calls:
+    calls: Calls = request.app.state.calls
+    return calls
+
+
+def _to_json(value: Any) -> Any:
+    from hub.cli_calls import jsonable
+
+    return jsonable_result(value, jsonable)
+
+
+async def _submit_json(request: Request) -> Response:
+    try:
+        address = parse_address(request.path_params["address"]).address
+    except FederationError as exc:
+        return _error(exc)
+    return await calls.submit(request, _calls(request), address, _to_json)
+
+
+async def _requests_json(request: Request) -> Response:
+    records = sorted(_calls(request).records.values(), key=lambda r: -r.submitted)
+    return JSONResponse([r.to_json() for r in records])
+
+
+async def _request_json(request: Request) -> Response:
+    try:
+        return JSONResponse(_calls(request).get(request.path_params["request_id"]).to_json())
+    except FederationError as exc:
+        return _error(exc)
+
+
+async def _request_events(request: Request) -> Response:
+    return calls.stream(_calls(request), request.path_params["request_id"])
+
+
+async def _request_result(request: Request) -> Response:
+    try:
+        return calls.download(_calls(request).get(request.path_params["request_id"]))
+    except FederationError as exc:
+        return _error(exc)
+
+
+async def _requests_page(request: Request) -> Response:
+    records = sorted(_calls(request).records.values(), key=lambda r: -r.submitted)
+    return _page("requests.html", requests=[r.to_json() for r in records])
 
 
 async def _audit_page(request: Request) -> Response:

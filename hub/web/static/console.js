@@ -1,4 +1,4 @@
-// fedhub console: call forms send their values as JSON to /api/call/<address>.
+// fedhub console: call forms submit to /api/submit/<address> and follow the call live.
 "use strict";
 
 function value(input) {
@@ -24,20 +24,48 @@ async function call(form) {
     return;
   }
   out.hidden = false; out.className = "result running"; out.textContent = "calling…";
-  const response = await fetch("/api/call/" + form.dataset.address, {
+  const response = await fetch("/api/submit/" + form.dataset.address, {
     method: "POST",
     headers: {"Content-Type": "application/json"},
     body: JSON.stringify({arguments: args}),
   });
   const answer = await response.json();
-  if (response.ok) {
+  if (!response.ok) return failed(out, answer);
+  out.dataset.requestId = answer.request_id;
+  out.textContent = "request " + answer.request_id;
+  follow(form, answer.request_id);
+}
+
+function failed(out, answer) {
+  out.className = "result failed";
+  out.textContent = answer.error + ": " + answer.message + (answer.hint ? " (" + answer.hint + ")" : "");
+}
+
+// Live progress and the outcome of one call, as server-sent events.
+function follow(form, requestId) {
+  const out = form.querySelector(".result");
+  const box = form.querySelector(".progress");
+  const bar = box.querySelector("progress");
+  const message = box.querySelector(".message");
+  box.hidden = false;
+  bar.removeAttribute("value");
+  const source = new EventSource("/api/requests/" + requestId + "/events");
+  source.addEventListener("progress", (event) => {
+    const p = JSON.parse(event.data);
+    if (p.fraction === null) bar.removeAttribute("value"); else bar.value = p.fraction;
+    message.textContent = p.message;
+  });
+  source.addEventListener("result", (event) => {
+    source.close();
+    bar.value = 1;
     out.className = "result done";
-    out.textContent = JSON.stringify(answer.result, null, 2);
-    out.dataset.requestId = answer.request_id;
-  } else {
-    out.className = "result failed";
-    out.textContent = answer.error + ": " + answer.message + (answer.hint ? " (" + answer.hint + ")" : "");
-  }
+    out.textContent = JSON.stringify(JSON.parse(event.data).result, null, 2);
+  });
+  source.addEventListener("failure", (event) => {
+    source.close();
+    box.hidden = true;
+    failed(out, JSON.parse(event.data));
+  });
 }
 
 document.addEventListener("submit", (event) => {
