@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("hub.serve", "try a module: serve FILE.py on a throwaway local node (dev mode)"),
     "audit": ("hub.cli_audit", "replay a node's log (SQLite or exported JSONL) and verify it"),
     "federation": ("hub.federation_cli", "generate the NATS configs of a federation"),
-    "web": ("hub.web.cli", "the web console: sites, modules, forms to call them (local)"),
+    "web": ("hub.cli_web", "a local web console: call functions from forms, follow calls, audit"),
     "completion": ("hub.completion", "print the shell completion script (bash)"),
 }
 

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import secrets
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_fr
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.canonical import b64d, b64e
+from hub.client_transport import open_connection, publish_call
 from hub.clock import now
 from hub.crypto import (
     WrappedPayload,
@@ -77,9 +78,6 @@ from hub.errors import (
 )
 from hub.keys import KeyPair, KeyStore
 from hub.lifecycle import RequestState
-from hub.nats import wait_acks
-from hub.nats.connection import auth_options
-from hub.nats.generate import nats_inbox_prefix
 from hub.records import KeyRecord, one_line, open_record
 from hub.subjects import (
     inbox_subject,
@@ -108,10 +106,6 @@ M = TypeVar("M", bound=BaseModel)
 _GRACE = 5.0
 #: How long before its deadline a waiting call is asked about once more.
 _LAST_ASK = 3.0
-#: Seconds one try of publishing a call waits for its stream's ack before trying again.
-_CONFIRM_TRY = 3.0
-#: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
-_RETRY_SPAN = 100.0
 #: How often, and how far apart, a recovery asks while the node cannot be reached yet.
 _RECOVER_TRIES = 8
 _RECOVER_PAUSE = 1.0
@@ -195,43 +189,21 @@ class Client:
             for k in store.list()
             if k.identity.startswith("site:")
         }
-        options = auth_options(creds or credentials, tls)
         made: list[Client] = []
 
         async def reconnected() -> None:
             for client in made:
                 client.on_reconnected()
 
-        first: list[Exception] = []  # what went wrong while connecting the first time
-        untrusted = asyncio.Event()  # nats-py hangs after a failed TLS handshake: stop it
-
-        async def on_error(exc: Exception) -> None:
-            first.append(exc)
-            if isinstance(exc, ssl.SSLError):
-                untrusted.set()
-            await _log_nats_error(exc)
-
-        try:
-            nc = await _unless_set(untrusted, nats.connect(
-                url,
-                **options,
-                inbox_prefix=nats_inbox_prefix("caller", validate_identity(identity).name),
-                connect_timeout=connect_timeout,
-                # one try (nats-py makes two) for the first connection: refused
-                # credentials or an untrusted certificate are told at once
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                name=f"fedhub-client {identity}",
-                error_cb=on_error,
-                reconnected_cb=reconnected,
-            ))  # fmt: skip
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise TransportError(
-                f"cannot connect to NATS at {url}: {_first_cause([*first, exc])}",
-                hint="check FEDHUB_URL, FEDHUB_CREDS (creds=) and FEDHUB_CA (tls=)",
-            ) from exc
-        nc.options["max_reconnect_attempts"] = reconnect_attempts  # read on each retry
+        nc = await open_connection(
+            url,
+            identity,
+            creds=creds or credentials,
+            tls=tls,
+            connect_timeout=connect_timeout,
+            reconnect_attempts=reconnect_attempts,
+            on_reconnected=reconnected,
+        )
         client = cls(nc, keys, trusted, default_timeout=default_timeout)
         made.append(client)
         await client.start()
@@ -423,7 +395,7 @@ class Client:
         self._pending[rid] = handle
         subject = target.subject  # validated when the address was parsed
         try:
-            await self._publish_call(subject, data, rid, loop.time() + timeout)
+            await publish_call(self.js, subject, data, rid, loop.time() + timeout)
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             self._pending.pop(rid, None)
             raise NotFoundError(
@@ -450,50 +422,6 @@ class Client:
             ask = loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
             handle._future.add_done_callback(lambda _: ask.cancel())
         return handle
-
-    async def _publish_call(self, subject: str, data: bytes, rid: str, until: float) -> None:
-        """Publish a call into its site's stream until the stream confirms it or ``until``
-        (loop time) passes: each try waits a few seconds for the ack, then the same message
-        goes again after a backoff. The ``Nats-Msg-Id`` (the request id) makes the stream
-        keep one copy however many tries arrive, so a retry never runs a call twice; tries
-        stop within the stream's duplicate window (``_RETRY_SPAN``) whatever the deadline.
-        Unconfirmed tries (a leaf or the hub down) are logged in one line when it ends."""
-        loop = asyncio.get_running_loop()
-        tries, first = 0, loop.time()
-        until = min(until, first + _RETRY_SPAN)
-        while True:
-            tries += 1
-            left = until - loop.time()
-            try:
-                # publish_async: the stream's ack resolves a future (no task per call)
-                ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
-                await wait_acks([ack], max(0.1, min(_CONFIRM_TRY, left)))
-            except (
-                nats.errors.TimeoutError,
-                TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.js.errors.NoStreamResponseError,
-            ) as exc:
-                pause = min(0.25 * 2 ** min(tries - 1, 3), until - loop.time())
-                if pause <= 0:
-                    if tries > 1:
-                        log.warning(
-                            "call.unconfirmed",
-                            request_id=rid,
-                            tries=tries,
-                            seconds=round(loop.time() - first, 1),
-                        )
-                    raise exc
-                await asyncio.sleep(pause)
-                continue
-            if tries > 1:
-                log.warning(
-                    "call.confirmed_late",
-                    request_id=rid,
-                    tries=tries,
-                    seconds=round(loop.time() - first, 1),
-                )
-            return
 
     async def call(
         self,
@@ -749,38 +677,6 @@ class Client:
                 handle._settle(
                     error=DecryptionError(f"answer to {h.id} could not be opened: {exc}")
                 )
-
-
-async def _unless_set(event: asyncio.Event, connecting: Awaitable[NatsClient]) -> NatsClient:
-    """Await ``connecting`` unless ``event`` is set first (then cancel it: ConnectionError)."""
-    task = asyncio.ensure_future(connecting)
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise ConnectionError("the TLS handshake failed")
-    return task.result()
-
-
-def _first_cause(errors: list[Exception]) -> str:
-    """The error that says most about a failed first connection."""
-    for exc in errors:
-        text = str(exc).lower()
-        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
-            return "the server refused the credentials (authorization violation)"
-        if "certificate verify failed" in text:
-            return f"the server's TLS certificate is not trusted ({exc})"
-    return str(errors[-1]) or type(errors[-1]).__name__
-
-
-async def _log_nats_error(exc: Exception) -> None:
-    """nats-py's error callback: one log line instead of a traceback per attempt."""
-    log.debug("client.nats_error", error=str(exc) or type(exc).__name__)
 
 
 def _new_request_id() -> str:

@@ -42,7 +42,9 @@ _Report = tuple[float | None, str]
 class Progress:
     """Reporter handed to a running function; thread-safe.
 
-    ``sink`` receives the delivered reports (``None`` drops them). ``min_interval`` is the
+    ``sink`` receives the delivered reports (``None`` drops them). ``stop_when``, if given,
+    is asked by :attr:`cancelled` (a deadline or a cancel signal that no other thread can
+    set while the function holds the event loop). ``min_interval`` is the
     shortest time between two delivered reports; reports arriving faster are coalesced (the
     newest one wins) and the held report goes out with the next report after the interval or
     when the runner calls :meth:`flush` after the function returns.
@@ -54,8 +56,10 @@ class Progress:
         *,
         min_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        stop_when: Callable[[], bool] | None = None,
     ) -> None:
         self._sink = sink
+        self._stop_when = stop_when
         self._min_interval = min_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -81,7 +85,14 @@ class Progress:
     @property
     def cancelled(self) -> bool:
         """True once the call timed out or was cancelled: stop early if you can."""
-        return self._cancelled.is_set()
+        if self._cancelled.is_set():
+            return True
+        if self._stop_when is not None and self._stop_when():
+            # asked on the function's own thread: an inline call blocks the loop, so no
+            # timer could have told it; the condition is checked here instead
+            self._cancelled.set()
+            return True
+        return False
 
     def cancel(self) -> None:
         """Mark the call as cancelled (called by the runner, not by functions)."""

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hub import __version__
 from hub.canonical import b64d
+from hub.cli_web import add_web_options, open_console
 from hub.cliutil import add_examples, configure_logging, run_main
 from hub.errors import ConfigError, StopRequestedError
 from hub.records import SignedRecord
@@ -412,6 +413,20 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """``fedhub-node web``: the console, with the operator's pages of this node."""
+    from hub.web import ConsoleSettings
+    from node.console import NodeView
+    from node.daemon import read_embedded_url
+
+    cfg = load_config(args.config)
+    # calls from the console go where the CLI's would; a local embedded server is found
+    url = os.environ.get("FEDHUB_URL") or read_embedded_url(cfg.node.data_dir)
+    settings = ConsoleSettings(url=url, identity=args.identity, home=args.home)
+    settings.operator = NodeView(cfg)
+    return open_console(settings, args.port, args.open)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhub-node", description="fedhub site node.")
     parser.add_argument("--version", action="version", version=f"fedhub-node {__version__}")
@@ -429,6 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", type=Path, required=True)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    web = sub.add_parser(
+        "web",
+        help="the web console with this node's pages: status, queue, events, graphs",
+        epilog="example: fedhub-node web --config node.toml --as ops@hereon",
+    )
+    web.add_argument("--config", type=Path, required=True)
+    web.add_argument("--as", dest="identity", help="who calls from the console (name@site)")
+    web.add_argument("--home", type=Path, help="key store home of the console's user")
+    add_web_options(web)
+    web.set_defaults(func=cmd_web)
 
     init = sub.add_parser(
         "init",
@@ -532,6 +558,7 @@ EXAMPLES = {
     "": ["fedhub-node init --config site.toml", "fedhub-node run --config site.toml"],
     "run": ["fedhub-node run --config site.toml --grace 60"],
     "status": ["fedhub-node status --config site.toml --json"],
+    "web": ["fedhub-node web --config site.toml --as ops@hereon"],
     "init": ["fedhub-node init --config site.toml"],
     "check": ["fedhub-node check --config site.toml --offline"],
     "log": ["fedhub-node log export --config site.toml -o events.jsonl"],

@@ -322,8 +322,19 @@ class Runner:
         relay: Relay,
         limits: _Limits,
     ) -> object:
-        """Call a sync function right here, on the loop (``executor = "inline"``)."""
-        progress = Progress(relay.from_any_thread, min_interval=state.config.progress_interval)
+        """Call a sync function right here, on the loop (``executor = "inline"``).
+
+        The loop is blocked while it runs, so no timer can cancel it: its ``progress``
+        says ``cancelled`` once the deadline passed or the cancel signal is set."""
+        clock = asyncio.get_running_loop().time
+
+        def stop() -> bool:
+            late = limits.deadline is not None and clock() > limits.deadline
+            return late or (limits.cancel is not None and limits.cancel.is_set())
+
+        progress = Progress(
+            relay.from_any_thread, min_interval=state.config.progress_interval, stop_when=stop
+        )
         try:
             value = _call_sync(spec, arguments, progress)
         except Exception as exc:

@@ -1,12 +1,21 @@
-"""``fedhub web``: the web console, a local app like Jupyter.
+"""``fedhub web``: a local web console for callers, operators and auditors.
 
-It runs on this machine, bound to 127.0.0.1, and answers only requests that carry its
-token (the URL it prints sets it as a cookie); requests for another host name are refused
-(DNS rebinding). It acts with the user's own key store through a :class:`hub.client.Client`
-in the server process: keys never leave the machine, and the browser sees only what a call
-returns. Every page's data is also a JSON endpoint (``/api/...``) scripts can use with the
-token in an ``X-Fedhub-Token`` header. Templates and assets ship in the package (no CDN).
+A Starlette app served by uvicorn on 127.0.0.1 only, behind a random token (like
+Jupyter), acting with the user's own key store: keys never leave the machine and every
+call is made, sealed and opened in this process. Every page's data is also a JSON
+endpoint under ``/api/`` for scripts. Pages:
 
-Built so far: the caller's pages (modules, and a module's functions with their docs and a
-form per function generated from its JSON Schema). See docs/calling.md.
+- callers (:mod:`hub.web.calls`): sites and modules, a form per function generated from
+  its JSON Schema, calls with live progress, results to download;
+- operators (:mod:`hub.web.operate`, given a node's data through :class:`OperatorView`,
+  which ``fedhub-node web`` provides): status, queue, calls in flight, a timeline of
+  recent events, graphs of calls, latency and queue depth;
+- auditors (:mod:`hub.web.audits`): audit a log file, see the verdict, checkpoints and
+  request lifecycles with the first bad event highlighted.
 """
+
+from __future__ import annotations
+
+from hub.web.app import ConsoleSettings, OperatorView, create_app, serve
+
+__all__ = ["ConsoleSettings", "OperatorView", "create_app", "serve"]

@@ -1,174 +1,383 @@
-"""The console's calls: submitted from a form, followed live, kept for this session.
+"""The caller's pages: sites and modules, a form per function, calls with live progress.
 
-``POST /api/submit/<address>`` sends a call and answers its request id at once;
-``GET /api/requests/<id>/events`` streams its progress and then its outcome as server-sent
-events (``progress``, then ``result`` or ``failure``); ``GET /api/requests`` lists the calls
-of this console session, ``GET /api/requests/<id>`` one of them, and
-``GET /api/requests/<id>/result.json`` downloads a result. Results stay in the console's
-memory only while it runs (the node keeps its own copy: ``fedhub fetch``).
+:class:`CallDesk` holds the console's one :class:`~hub.client.Client` (connected on first
+use, so the auditor pages work without NATS) and the calls made from the browser. A call's
+arguments come from its form: files for array and bytes parameters (read like the CLI's
+``key=@file``), JSON text for numbers, lists and objects, plain text for strings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
 
-from hub.call_handle import CallHandle
-from hub.errors import ArgumentError, FederationError, NotFoundError
+from hub.errors import ConfigError, FederationError, NotFoundError
+from hub.web.app import ConsoleSettings, render
 
-__all__ = ["CallRecord", "Calls"]
+__all__ = ["CallDesk", "routes"]
 
-#: How often a progress stream looks at its call (seconds).
-_POLL = 0.1
+#: x-fedhub-type values that the form takes as a file.
+FILE_TYPES = frozenset({"numpy.ndarray", "xarray.DataArray", "xarray.Dataset", "bytes"})
+#: Result formats offered for download, by suffix.
+RESULT_FORMATS = {"json": ".json", "nc": ".nc", "npy": ".npy", "bin": ".bin"}
 
 
 @dataclass
-class CallRecord:
-    """One call made from the console."""
+class CallJob:
+    """One call made from the console, as the browser sees it."""
 
-    handle: CallHandle
-    submitted: float = field(default_factory=time.time)
+    request_id: str
+    address: str
+    site: str
+    started: float
+    progress: float | None = None
+    message: str = ""
+    transfers: dict[str, dict[str, float]] = field(default_factory=dict)
+    state: str = "running"
+    error: dict[str, str] | None = None
     result: Any = None
-    error: dict[str, Any] | None = None
-    #: Set once the outcome (result or error) is stored.
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def state(self) -> str:
-        if not self.settled.is_set():
-            return "running"
-        return "failed" if self.error is not None else "completed"
+    finished: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        fraction, message = self.handle.progress
+        """The job for ``/api/calls/<id>``."""
         out: dict[str, Any] = {
-            "request_id": self.handle.request_id,
-            "address": self.handle.address,
-            "submitted": self.submitted,
+            "request_id": self.request_id,
+            "address": self.address,
+            "site": self.site,
             "state": self.state,
-            "progress": fraction,
-            "message": message,
+            "progress": self.progress,
+            "message": self.message,
+            "transfers": self.transfers,
+            "seconds": round((self.finished or time.time()) - self.started, 3),
+            "error": self.error,
         }
         if self.state == "completed":
-            out["result"] = self.result
-        if self.error is not None:
-            out["error"] = self.error
+            out["result_type"] = type(self.result).__name__
+            out["result_preview"] = preview(self.result)
         return out
 
 
-def failure(exc: FederationError) -> dict[str, Any]:
-    """A typed error as the console shows it."""
-    return {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+def preview(value: Any, limit: int = 2000) -> str:
+    """A short text of a result for the page."""
+    from hub.cli_calls import jsonable
+
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = json.dumps(value)
+    else:
+        try:
+            text = json.dumps(value, default=jsonable, indent=1)
+        except (TypeError, ValueError):
+            text = repr(value)
+        if len(text) > limit and hasattr(value, "dims"):
+            text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " …"
 
 
-class Calls:
-    """The calls of this console session, by request id."""
+class CallDesk:
+    """The console's client and its calls."""
 
-    def __init__(self) -> None:
-        self.records: dict[str, CallRecord] = {}
+    def __init__(self, settings: ConsoleSettings) -> None:
+        self.settings = settings
+        self.jobs: dict[str, CallJob] = {}
+        self._client: Any = None
+        self._connecting = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.workdir = Path(settings.workdir or tempfile.mkdtemp(prefix="fedhub-console-"))
+        self._own_workdir = settings.workdir is None
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def add(self, handle: CallHandle, to_json: Any) -> CallRecord:
-        """Keep ``handle``; its outcome is made JSON with ``to_json`` when it arrives."""
-        record = CallRecord(handle)
-        self.records[handle.request_id] = record
+    async def __aenter__(self) -> CallDesk:
+        return self
 
-        async def settle() -> None:
-            try:
-                record.result = to_json(await handle.result())
-            except FederationError as exc:
-                record.error = failure(exc)
-            except TypeError as exc:  # a result JSON cannot show
-                record.error = failure(ArgumentError(f"the result cannot be shown: {exc}"))
-            finally:
-                record.settled.set()
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
-        task = asyncio.create_task(settle())
+    async def client(self) -> Any:
+        """The connected client (connecting on first use)."""
+        async with self._connecting:
+            if self._client is None:
+                from hub.client import Client
+                from hub.defaults import default_identity, default_url
+                from hub.keys import KeyStore
+
+                s = self.settings
+                store = KeyStore(s.home)
+                self._client = await Client.connect(
+                    default_url(s.url, store),
+                    default_identity(s.identity, store),
+                    home=store.home,
+                    passphrase=s.passphrase,
+                    creds=s.creds,
+                    tls=s.ca,
+                )
+            return self._client
+
+    def identity(self) -> dict[str, Any]:
+        """Who the console acts as, and the sites pinned in the key store."""
+        from hub.defaults import default_identity
+        from hub.keys import KeyStore
+
+        store = KeyStore(self.settings.home)
+        try:
+            who: str | None = default_identity(self.settings.identity, store)
+        except ConfigError:
+            who = None
+        sites = sorted(
+            k.identity.removeprefix("site:") for k in store.list() if k.identity.startswith("site:")
+        )
+        return {"identity": who, "key_store": str(store.dir), "pinned_sites": sites}
+
+    async def modules(self) -> list[dict[str, Any]]:
+        """Every module the federation answers for (as ``fedhub ls``)."""
+        from hub.cli_lookup import discover, group_answers
+
+        client = await self.client()
+        return group_answers(await discover(client.nc, 0.5), None)
+
+    async def module(self, site: str, module: str) -> dict[str, Any]:
+        """One module's verified description (functions, docs, schemas)."""
+        client = await self.client()
+        info = await client.module_info(site, module, refresh=True)
+        out: dict[str, Any] = info.info.model_dump(mode="json", exclude={"node_key"})
+        out["node_kid"] = info.node_kid
+        for fn in out["functions"].values():
+            fn["fields"] = form_fields(fn["arguments"])
+        return out
+
+    async def submit(self, address: str, arguments: dict[str, Any], timeout: float) -> CallJob:
+        """Send a call; its job follows progress and keeps the outcome."""
+        client = await self.client()
+        job_ref: list[CallJob] = []
+
+        def on_progress(fraction: float | None, message: str) -> None:
+            if job_ref:
+                job_ref[0].progress, job_ref[0].message = fraction, message
+
+        def on_transfer(direction: str, p: Any) -> None:
+            if job_ref:
+                job_ref[0].transfers[direction] = {
+                    "done": p.done,
+                    "total": p.total,
+                    "rate": round(p.rate, 1),
+                }
+
+        handle = await client.submit(
+            address, arguments, timeout=timeout, on_progress=on_progress, on_transfer=on_transfer
+        )
+        job = CallJob(handle.request_id, handle.address, handle.address.split(".")[0], time.time())
+        job_ref.append(job)
+        self.jobs[job.request_id] = job
+        task = asyncio.create_task(self._follow(job, handle))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return record
+        return job
 
-    def get(self, request_id: str) -> CallRecord:
-        record = self.records.get(request_id)
-        if record is None:
-            raise NotFoundError(f"no call {request_id} in this console session")
-        return record
+    async def _follow(self, job: CallJob, handle: Any) -> None:
+        try:
+            job.result = await handle.result()
+            job.state, job.progress = "completed", 1.0
+        except FederationError as exc:
+            job.state = "failed"
+            job.error = {"code": type(exc).__name__, "message": exc.message}
+        finally:
+            job.finished = time.time()
 
+    def result_file(self, job: CallJob, fmt: str) -> Path:
+        """The job's result written as ``fmt`` (json, nc, npy, bin)."""
+        from hub.argfiles import write_result
 
-async def events(calls: Calls, request_id: str) -> AsyncIterator[str]:
-    """The server-sent events of one call: progress while it runs, then its outcome."""
-    record = calls.get(request_id)
-    shown: tuple[float | None, str] | None = None
-    while record.state == "running":
-        if record.handle.progress != shown:
-            shown = record.handle.progress
-            yield _event("progress", {"fraction": shown[0], "message": shown[1]})
-        await asyncio.sleep(_POLL)
-    await record.settled.wait()
-    if record.handle.progress != shown:  # the last report, if it came with the outcome
-        fraction, message = record.handle.progress
-        yield _event("progress", {"fraction": fraction, "message": message})
-    if record.error is not None:
-        yield _event("failure", record.error)
-    else:
-        yield _event("result", {"request_id": request_id, "result": record.result})
-
-
-def _event(kind: str, data: Any) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+        if job.state != "completed":
+            raise NotFoundError(f"call {job.request_id} has no result ({job.state})")
+        suffix = RESULT_FORMATS.get(fmt)
+        if suffix is None:
+            raise ConfigError(f"unknown format {fmt!r}", hint=f"one of {', '.join(RESULT_FORMATS)}")
+        path = self.workdir / f"{job.request_id}{suffix}"
+        if not path.exists():
+            write_result(job.result, path)
+        return path
 
 
-def stream(calls: Calls, request_id: str) -> Response:
-    """The event stream response (404 JSON for an unknown request id)."""
-    try:
-        calls.get(request_id)
-    except NotFoundError as exc:
-        return JSONResponse(failure(exc), status_code=404)
-    return StreamingResponse(
-        events(calls, request_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-def download(record: CallRecord) -> Response:
-    """A completed call's result as a JSON file."""
-    if record.state != "completed":
-        return JSONResponse({"error": "NotReady", "state": record.state}, status_code=409)
-    name = f"{record.handle.address}-{record.handle.request_id}.json"
-    return Response(
-        json.dumps(record.result, indent=2),
-        media_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
-
-
-async def submit(request: Request, calls: Calls, address: str, to_json: Any) -> Response:
-    """``POST /api/submit/<address>``: send the call; its request id at once (202)."""
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    arguments = body.get("arguments") if isinstance(body, dict) else None
-    if not isinstance(arguments, dict):
-        return JSONResponse(
-            failure(ArgumentError("no arguments object", hint='send {"arguments": {...}}')),
-            status_code=400,
+def form_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The form's inputs for an arguments JSON Schema: name, kind, required, help."""
+    required = set(schema.get("required") or [])
+    fields = []
+    for name, prop in (schema.get("properties") or {}).items():
+        kind = _kind(prop)
+        fields.append(
+            {
+                "name": name,
+                "kind": kind,
+                "required": name in required,
+                "title": prop.get("title") or name,
+                "help": prop.get("description") or _describe(prop),
+                "default": json.dumps(prop["default"]) if "default" in prop else "",
+            }
         )
-    client = request.app.state.client
-    try:
-        handle = await client.submit(address, arguments)
-    except FederationError as exc:
-        from hub.errors import error_code, service_status
+    return fields
 
-        status = 400 if isinstance(exc, ArgumentError) else service_status(error_code(exc))
-        return JSONResponse(failure(exc), status_code=max(400, status))
-    calls.add(handle, to_json)
-    return JSONResponse({"request_id": handle.request_id, "address": address}, status_code=202)
+
+def _kind(prop: dict[str, Any]) -> str:
+    if prop.get("x-fedhub-type") in FILE_TYPES or prop.get("format") == "binary":
+        return "file"
+    kind = prop.get("type")
+    if kind in ("integer", "number", "boolean", "string"):
+        return str(kind)
+    return "json"
+
+
+def _describe(prop: dict[str, Any]) -> str:
+    if "x-fedhub-type" in prop:
+        return f"{prop['x-fedhub-type']} (a .nc, .npy, .json or raw file)"
+    if "type" in prop:
+        return str(prop["type"])
+    if "anyOf" in prop:
+        return " or ".join(str(p.get("type", "?")) for p in prop["anyOf"])
+    return "JSON"
+
+
+async def form_arguments(request: Request, schema: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """The call's keyword arguments from a submitted form (see the module docstring)."""
+    from hub.argfiles import read_argument_file
+
+    form = await request.form()
+    arguments: dict[str, Any] = {}
+    for spec in form_fields(schema):
+        name, kind = spec["name"], spec["kind"]
+        value = form.get(name)
+        if isinstance(value, UploadFile):
+            if not value.filename:
+                value = None
+            else:
+                path = workdir / f"upload-{secrets.token_hex(8)}{Path(value.filename).suffix}"
+                with path.open("wb") as out:
+                    while chunk := await value.read(1 << 20):
+                        out.write(chunk)
+                arguments[name] = await asyncio.to_thread(read_argument_file, path, key=name)
+                continue
+        text = "" if value is None else str(value)
+        if text == "":
+            if spec["required"]:
+                raise ConfigError(f"argument {name!r} is required")
+            continue
+        if kind == "string":
+            arguments[name] = text
+        elif kind == "boolean":
+            arguments[name] = text.lower() in ("true", "on", "1", "yes")
+        else:
+            try:
+                arguments[name] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"argument {name!r} is not valid JSON: {exc.msg}") from exc
+    return arguments
+
+
+def _desk(request: Request) -> CallDesk:
+    desk: CallDesk = request.app.state.desk
+    return desk
+
+
+def _job(request: Request) -> CallJob:
+    rid = request.path_params["request_id"]
+    job = _desk(request).jobs.get(rid)
+    if job is None:
+        raise NotFoundError(f"no call {rid} was made from this console")
+    return job
+
+
+async def home(request: Request) -> Response:
+    desk = _desk(request)
+    try:
+        modules, error = await desk.modules(), None
+    except FederationError as exc:
+        modules, error = [], exc.message
+    jobs = sorted(desk.jobs.values(), key=lambda j: -j.started)
+    return render(
+        request, "home.html", who=desk.identity(), modules=modules, error=error, jobs=jobs
+    )
+
+
+async def api_home(request: Request) -> Response:
+    desk = _desk(request)
+    return JSONResponse({**desk.identity(), "modules": await desk.modules()})
+
+
+async def module_page(request: Request) -> Response:
+    site, module = request.path_params["site"], request.path_params["module"]
+    info = await _desk(request).module(site, module)
+    return render(request, "module.html", info=info)
+
+
+async def api_module(request: Request) -> Response:
+    site, module = request.path_params["site"], request.path_params["module"]
+    return JSONResponse(await _desk(request).module(site, module))
+
+
+async def api_submit(request: Request) -> Response:
+    """POST a function's form: ``address``, ``timeout`` and one field per argument."""
+    desk = _desk(request)
+    async with request.form() as form:
+        address = str(form.get("address") or "")
+        site, module, function = [*address.split("."), "", "", ""][:3]
+        info = await desk.module(site, module)
+        fn = info["functions"].get(function)
+        if fn is None:
+            raise NotFoundError(f"{site}.{module} has no function {function!r}")
+        arguments = await form_arguments(request, fn["arguments"], desk.workdir)
+        timeout = float(str(form.get("timeout") or 300))
+    job = await desk.submit(address, arguments, timeout)
+    return JSONResponse(job.to_json(), 202)
+
+
+async def call_page(request: Request) -> Response:
+    return render(request, "call.html", job=_job(request))
+
+
+async def api_call(request: Request) -> Response:
+    return JSONResponse(_job(request).to_json())
+
+
+async def api_calls(request: Request) -> Response:
+    jobs = sorted(_desk(request).jobs.values(), key=lambda j: -j.started)
+    return JSONResponse([j.to_json() for j in jobs])
+
+
+async def download(request: Request) -> Response:
+    job = _job(request)
+    fmt = request.query_params.get("format", "json")
+    path = await asyncio.to_thread(_desk(request).result_file, job, fmt)
+    return FileResponse(path, filename=path.name)
+
+
+def routes() -> list[Route]:
+    """The caller's routes."""
+    return [
+        Route("/", home),
+        Route("/api/modules", api_home),
+        Route("/modules/{site}/{module}", module_page),
+        Route("/api/modules/{site}/{module}", api_module),
+        Route("/api/calls", api_submit, methods=["POST"]),
+        Route("/api/calls", api_calls, methods=["GET"]),
+        Route("/calls/{request_id}", call_page),
+        Route("/api/calls/{request_id}", api_call),
+        Route("/api/calls/{request_id}/result", download),
+    ]

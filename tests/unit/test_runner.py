@@ -198,6 +198,34 @@ def test_progress_tells_the_function_when_it_was_cancelled() -> None:
     assert progress.cancelled
 
 
+def test_progress_asks_its_stop_condition_and_remembers_a_stop() -> None:
+    late = [False]
+    progress = Progress(stop_when=lambda: late[0])
+    assert not progress.cancelled
+    late[0] = True
+    assert progress.cancelled
+    late[0] = False  # e.g. a clock read again: once stopped, the call stays stopped
+    assert progress.cancelled
+
+
+async def test_an_inline_call_sees_its_deadline_pass_while_it_holds_the_loop(
+    climate: BackendModule,
+) -> None:
+    seen: list[int] = []
+    async with Runner() as runner:
+        runner.add_module(climate, settings(climate, executor="inline"))
+        with pytest.raises(CallTimeoutError):
+            await runner.run(
+                "climate",
+                "slow_mean",
+                {"da": xr.DataArray(np.ones(3)), "steps": 400},
+                timeout=0.2,
+                on_progress=lambda fraction, message: seen.append(1),
+            )
+    # 400 steps of 0.05 s: stopped at the deadline, long before the last step
+    assert len(seen) < 100
+
+
 # --------------------------------------------------------------------------- introspection
 
 
