@@ -6,7 +6,12 @@ Each figure is the median wall time of ``--runs`` fresh processes; the target of
 ``--version`` and ``--help`` is 150 ms (issue 11). The ratio says how much of that is
 fedhub's own: on a busy machine every figure, the baseline included, grows.
 
-Usage: ``python scripts/bench_startup.py [--runs 20] [--json]``.
+With ``--call``, also ``fedhub call`` of a small function on a local dev node (the one
+``fedhub serve`` starts), next to its baseline: the same call's latency inside one process
+plus ``python -c pass``; the target is at most twice the call's latency plus the
+interpreter's start.
+
+Usage: ``python scripts/bench_startup.py [--runs 20] [--call] [--json]``.
 """
 
 from __future__ import annotations
@@ -71,12 +76,65 @@ def measure(runs: int) -> dict[str, Any]:
     return {"runs": runs, "figures": figures}
 
 
+MODULE = "def echo(x: int) -> int:\n    return x\n"
+
+
+def measure_call(runs: int, base_ms: float) -> dict[str, Any]:
+    """``fedhub call dev.bench.echo x=1`` against the in-process call + interpreter start."""
+    import os
+    import tempfile
+
+    from hub.serve import start_dev_node
+    from hub.sync_client import connect
+
+    with tempfile.TemporaryDirectory(prefix="fedhub-bench-") as folder:
+        path = Path(folder) / "bench.py"
+        path.write_text(MODULE)
+        node = start_dev_node(path)
+        try:
+            env = {**os.environ, "FEDHUB_HOME": str(node.home)}
+            env.pop("FEDHUB_URL", None)
+            command = [*fedhub_command(), "call", "dev.bench.echo", "x=1"]
+            with connect(home=node.home) as fed:
+                fed.call("dev.bench.echo", x=1)  # warm: module info, streams
+                latency = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    fed.call("dev.bench.echo", x=1)
+                    latency.append((time.perf_counter() - started) * 1000.0)
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            walls = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                subprocess.run(command, env=env, check=True, capture_output=True)
+                walls.append((time.perf_counter() - started) * 1000.0)
+        finally:
+            node.stop()
+    call_ms = statistics.median(latency)
+    value = statistics.median(walls)
+    baseline = call_ms + base_ms
+    return figure(
+        value,
+        "ms",
+        "call latency in one process + python -c pass",
+        baseline,
+        target=f"<= 2 x call latency + interpreter start ({2 * call_ms + base_ms:.0f} ms)",
+        met=value <= 2 * call_ms + base_ms,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="processes per figure")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--call", action="store_true", help="also fedhub call of a small function (dev node)"
+    )
     args = parser.parse_args()
     result = measure(max(1, args.runs))
+    if args.call:
+        base = result["figures"]["fedhub --version"]["baseline"]["value"]
+        result["figures"]["fedhub call"] = measure_call(max(1, args.runs), base)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -84,7 +142,7 @@ def main() -> int:
         value, base = fig["figure"]["value"], fig["baseline"]["value"]
         target = f"  target {fig['target']}: {'met' if fig['met'] else 'MISSED'}"
         print(
-            f"{name:<18} {value:7.1f} ms   python -c pass {base:6.1f} ms   ratio "
+            f"{name:<18} {value:7.1f} ms   {fig['baseline']['name']} {base:6.1f} ms   ratio "
             f"{fig['ratio']:.2f}{target if fig['target'] else ''}"
         )
     print(f"(median of {result['runs']} runs each; load average {load_average()})")
