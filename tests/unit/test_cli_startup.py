@@ -102,3 +102,17 @@ def test_log_options_may_follow_the_command() -> None:
     argv = ["--log-level", "debug", "keys", "list"]
     args = build_parser(_chosen_command(argv)).parse_args(argv)
     assert args.log_level == "debug" and args.log_json is False
+
+
+def test_the_client_does_not_load_config_generation_or_tls() -> None:
+    """A call needs the connection and object helpers of hub.nats, not the generator of
+    federation configs and its certificate authority (cryptography)."""
+    loaded = imported_after("import hub.client")
+    assert "hub.client" in loaded and "cryptography" not in loaded
+    code = (
+        "import hub.client, sys\nprint(sorted(m for m in sys.modules if m.startswith('hub.nats.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "hub.nats.federation" not in out and "hub.nats.tlsca" not in out
