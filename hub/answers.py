@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hub.errors import FederationError, error_code, error_from_code, service_status
 from hub.lifecycle import RequestState
-from hub.records import Hex32, Kid, SignedRecord
+from hub.proofs import EventProof
+from hub.records import B64, Hex32, Kid, SignedRecord
 
 __all__ = [
     "CODE_HEADER",
@@ -35,9 +36,18 @@ __all__ = [
     "HINT_HEADER",
     "AdminAnswer",
     "CancelAnswer",
+    "DeletedAnswer",
     "FunctionInfo",
+    "KeepAnswer",
     "ModuleDescription",
+    "ProvenanceAnswer",
+    "RecipientKeys",
+    "RequestRecord",
     "RequestStatus",
+    "RequestsAnswer",
+    "ResultWrap",
+    "ShareAnswer",
+    "TagsAnswer",
     "error_from_headers",
     "error_headers",
 ]
@@ -98,6 +108,7 @@ class RequestStatus(_Answer):
     progress_ppm: int | None = Field(None, ge=0, le=1_000_000)
     result_hash: Hex32 | None = None
     result_object: str | None = Field(None, description="where the result is kept, if it is")
+    result_size: int | None = Field(None, ge=0, description="bytes, as request.completed says")
 
 
 class CancelAnswer(_Answer):
@@ -106,6 +117,118 @@ class CancelAnswer(_Answer):
     id: str
     cancelling: bool
     state: RequestState
+
+
+class RequestRecord(_Answer):
+    """One request in the requests catalog (``fedhub requests``, ``fed.requests()``).
+
+    ``caller`` is the owner; ``shared_with_me`` marks a request someone shared with the
+    asker; ``shares`` (the owner's view only) names whom the owner shared it with.
+    """
+
+    request_id: str
+    site: str
+    caller: str | None = None
+    address: str | None = None
+    state: RequestState
+    code: str | None = None
+    reason: str | None = None
+    received_time: str | None = None
+    updated_time: str | None = None
+    result_hash: Hex32 | None = None
+    result_size: int | None = Field(None, ge=0)
+    kept: bool = Field(False, description="whether the node keeps a copy of the result")
+    expires_time: str | None = Field(None, description="when a kept result will be removed")
+    shared_with_me: bool = False
+    shares: tuple[str, ...] = Field((), description="principals the owner shared it with")
+    tags: tuple[str, ...] = Field((), description="the owner's private tags (owner only)")
+    shared_tags: tuple[str, ...] = Field((), description="tags shared with the readers")
+    sharer_key: SignedRecord | None = Field(
+        None, description="for a shared reader: the key record of whoever wrapped its key"
+    )
+
+    @property
+    def module(self) -> str | None:
+        """The module part of the address (``site.module.function``)."""
+        parts = (self.address or "").split(".")
+        return parts[1] if len(parts) >= 3 else None
+
+    @property
+    def function(self) -> str | None:
+        """The function part of the address (``Class.method`` for a method)."""
+        parts = (self.address or "").split(".", 2)
+        return parts[2] if len(parts) == 3 else None
+
+
+class RequestsAnswer(_Answer):
+    """A node's answer to ``list``: the asker's requests there (newest first)."""
+
+    site: str
+    node: str
+    requests: tuple[RequestRecord, ...]
+    truncated: bool = Field(False, description="more matched than the limit")
+
+
+class ResultWrap(_Answer):
+    """Answer to ``wrap``: the owner's wrapped content key of a kept result (to share it)."""
+
+    request_id: str
+    address: str
+    result_hash: Hex32
+    wrap: B64 = Field(description="the content key wrapped by the node for the asking key")
+
+
+class RecipientKeys(_Answer):
+    """Answer to ``keys``: the valid key records of a person, or of a group's members."""
+
+    principal: str
+    records: tuple[SignedRecord, ...]
+
+
+class ShareAnswer(_Answer):
+    """Answer to ``share`` and ``unshare``: what changed and the log event that says so."""
+
+    request_id: str
+    op: Literal["share", "unshare"]
+    principal: str
+    recipients: tuple[Kid, ...] = ()
+    seq: int = Field(ge=1)
+
+
+class TagsAnswer(_Answer):
+    """Answer to ``tag``: a result's tags of one scope as they are now."""
+
+    request_id: str
+    scope: Literal["private", "shared"]
+    tags: tuple[str, ...]
+    seq: int = Field(ge=1)
+
+
+class KeepAnswer(_Answer):
+    """Answer to ``keep``: how long the result is kept now, and until when."""
+
+    request_id: str
+    keep_for: int = Field(ge=1)
+    expires_time: str
+    seq: int = Field(ge=1)
+
+
+class ProvenanceAnswer(_Answer):
+    """Answer to ``provenance``: every event of one request in the node's log, each with
+    its proof of inclusion in a signed checkpoint (:class:`hub.proofs.EventProof`)."""
+
+    request_id: str
+    site: str
+    log: str = Field(description="the node log that holds the events")
+    steps: tuple[EventProof, ...]
+
+
+class DeletedAnswer(_Answer):
+    """Answer to ``delete``: the owner's kept result is gone (``result.deleted``)."""
+
+    request_id: str
+    state: RequestState
+    seq: int = Field(ge=1)
 
 
 class AdminAnswer(_Answer):

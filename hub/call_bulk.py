@@ -90,6 +90,13 @@ class ArgumentPlan:
     inline: dict[str, Any]
     file: tuple[str, Path] | None = None  # a NetCDF argument sent as its file
     encoded: bytes | None = None  # all arguments, codec-encoded, too large for a message
+    inline_encoded: bytes | None = None  # ``inline`` codec-encoded, when it was measured
+
+    def inline_bytes(self) -> bytes:
+        """``inline``, codec-encoded (encoded once: measuring it already did)."""
+        if self.inline_encoded is not None:
+            return self.inline_encoded
+        return codec.encode_many(self.inline)
 
 
 def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
@@ -115,7 +122,7 @@ def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
     encoded = codec.encode_many(inline)
     if len(encoded) > threshold:
         return ArgumentPlan({}, encoded=encoded)
-    return ArgumentPlan(inline)
+    return ArgumentPlan(inline, inline_encoded=encoded)
 
 
 async def seal_arguments(

@@ -90,20 +90,34 @@ class CallHandle:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the result; raises the call's typed error or CallTimeoutError."""
-        loop = asyncio.get_running_loop()
-        remaining = self._deadline - loop.time()
-        if timeout is not None:
-            remaining = min(remaining, timeout)
-        try:
-            async with asyncio.timeout(max(0.0, remaining)):
-                return await asyncio.shield(self._future)
-        except TimeoutError as exc:
-            if self._future.done():
-                return self._future.result()
-            raise CallTimeoutError(
-                f"no answer for {self.address} (request {self.request_id}) in time",
-                hint=f"the call may still run; check `fedhub status {self.request_id}`",
-            ) from exc
+        future = self._future
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            until = self._deadline
+            if timeout is not None:
+                until = min(until, loop.time() + timeout)
+            # one waker, woken by the outcome or a timer at the deadline (cheaper than
+            # asyncio.timeout around asyncio.shield, on every call); a cancelled waiter
+            # leaves the outcome to whoever asks next
+            waker: asyncio.Future[None] = loop.create_future()
+
+            def wake(*_: object) -> None:
+                if not waker.done():
+                    waker.set_result(None)
+
+            future.add_done_callback(wake)
+            timer = loop.call_at(until, wake)
+            try:
+                await waker
+            finally:
+                timer.cancel()
+                future.remove_done_callback(wake)
+            if not future.done():
+                raise CallTimeoutError(
+                    f"no answer for {self.address} (request {self.request_id}) in time",
+                    hint=f"the call may still run; check `fedhub status {self.request_id}`",
+                )
+        return future.result()
 
     async def status(self) -> RequestStatus:
         """The node's view of this request (state, progress)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from hub.errors import CanonicalError, CheckpointError
@@ -30,6 +30,7 @@ __all__ = [
     "GENESIS_PREV",
     "HASH_SIZE",
     "MerkleAccumulator",
+    "consistency_path",
     "consistency_proof",
     "hash_from_hex",
     "hash_hex",
@@ -221,7 +222,13 @@ def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
     :class:`CheckpointError` when ``old_size`` is negative or beyond the tree.
     """
     _check_leaves(leaves)
-    size = len(leaves)
+    return consistency_path(len(leaves), old_size, lambda lo, hi: _subtree_root(leaves, lo, hi))
+
+
+def consistency_path(size: int, old_size: int, root_of: Callable[[int, int], bytes]) -> list[bytes]:
+    """:func:`consistency_proof` for a tree of ``size`` leaves given by ``root_of(lo, hi)``,
+    the Merkle root of leaves ``lo..hi-1`` (for a caller that keeps subtree roots and
+    so need not hash every leaf again)."""
     if not 0 <= old_size <= size:
         raise CheckpointError(f"no consistency proof from size {old_size} to size {size}")
     if old_size in (0, size):
@@ -232,15 +239,15 @@ def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
     while m != hi - lo:
         mid = lo + _split(hi - lo)
         if m <= mid - lo:
-            proof.append(_subtree_root(leaves, mid, hi))
+            proof.append(root_of(mid, hi))
             hi = mid
         else:
-            proof.append(_subtree_root(leaves, lo, mid))
+            proof.append(root_of(lo, mid))
             m -= mid - lo
             lo = mid
             whole = False
     if not whole:
-        proof.append(_subtree_root(leaves, lo, hi))
+        proof.append(root_of(lo, hi))
     proof.reverse()
     return proof
 

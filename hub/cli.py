@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("hub.serve", "try a module: serve FILE.py on a throwaway local node (dev mode)"),
     "audit": ("hub.cli_audit", "replay a node's log (SQLite or exported JSONL) and verify it"),
     "federation": ("hub.federation_cli", "generate the NATS configs of a federation"),
+    "requests": ("hub.cli_results", "list your requests (and results shared with you)"),
+    "result": ("hub.cli_results", "kept results: ls, get, share, unshare, tag, keep, rm"),
+    "provenance": ("hub.cli_results", "the proven lineage of a result (inputs, function, log)"),
     "web": ("hub.cli_web", "a local web console: call functions from forms, follow calls, audit"),
     "completion": ("hub.completion", "print the shell completion script (bash)"),
 }

@@ -33,6 +33,7 @@ from hub.cli_calls import (
 from hub.cliutil import examples, notice
 from hub.errors import ConfigError, NotFoundError, TransportError
 from hub.keys import KeyStore
+from hub.lifecycle import RequestState
 from hub.nats.connection import auth_options
 from hub.nats.generate import nats_inbox_prefix
 from hub.stub import generate_stub
@@ -294,6 +295,8 @@ def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if state.get("result_hash"):
         kept = "stored" if state.get("result_object") else "delivered, no stored copy"
+        if state.get("state") in (RequestState.EXPIRED, RequestState.DELETED):
+            kept = f"{state['state']}, no longer kept"
         rows.append(("result", f"{kept}, hash {state['result_hash']}"))
     return [(label, str(value)) for label, value in rows if value not in (None, "")]
 

@@ -79,6 +79,7 @@ from hub.errors import (
 from hub.keys import KeyPair, KeyStore
 from hub.lifecycle import RequestState
 from hub.records import KeyRecord, one_line, open_record
+from hub.results_api import ResultsMixin
 from hub.subjects import (
     inbox_subject,
     info_subject,
@@ -115,7 +116,7 @@ _RECOVER_AT_ONCE = 16
 _CONTROL_TIMEOUT = 5.0
 
 
-class Client:
+class Client(ResultsMixin):
     """An identity's connection to the federation. Use as an async context manager.
 
     Made by :meth:`connect`; when you build one on a NATS connection of your own, pass its
@@ -339,7 +340,7 @@ class Client:
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
         plan = call_bulk.plan_arguments(kwargs, threshold)
         sealed = seal_payload(
-            codec.encode_many(plan.inline),
+            plan.inline_bytes(),
             self.keys.box_secret,
             self._box_public,
             {info.node_kid: info.node_box_key},

@@ -83,6 +83,8 @@ class Directory:
     grants: set[Grant] = field(default_factory=set)
     groups: dict[str, GroupRecord] = field(default_factory=dict)
     grant_serials: dict[Grant, int] = field(default_factory=dict)
+    #: The signed form of each key record, by kid (handed to a sharer to verify).
+    signed_keys: dict[str, SignedRecord] = field(default_factory=dict)
     _member_of: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     # --- changes (each corresponds to an event) ------------------------------------------
@@ -100,6 +102,7 @@ class Directory:
         if record.role == "user" and not record.identity.endswith(f"@{site}"):
             raise SignatureError(f"site {site} cannot vouch for {record.identity}")
         self.keys[record.kid] = record
+        self.signed_keys[record.kid] = signed
         if record.replaces and record.replaces not in self.revoked:
             old = self.keys.get(record.replaces)
             if old is not None and old.identity == record.identity:

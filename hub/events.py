@@ -56,10 +56,15 @@ __all__ = [
     "RequestReceived",
     "RequestRejected",
     "RequestStarted",
+    "ResultDeleted",
+    "ResultExpired",
     "ResultFetched",
+    "ResultKeepShortened",
     "ResultLost",
     "ResultShared",
     "ResultStored",
+    "ResultTagged",
+    "ResultUnshared",
     "data_adapter",
 ]
 
@@ -235,13 +240,69 @@ class ResultFetched(_Data):
     by: IdentityId
 
 
-class ResultShared(_Data):
-    """A holder of a result wrapped its content key for more recipients."""
+class ResultShared(_OmitNone):
+    """A holder of a result wrapped its content key for more recipients.
+
+    Since ``fedhub result share``: ``principal`` names whom (a person or ``group:NAME``)
+    and ``key_wraps`` holds the content key wrapped by the owner for each of ``recipients``,
+    in the same order (only that key opens it); the node hands it to the recipient on a
+    fetch.
+    """
 
     type: Literal["result.shared"] = "result.shared"
     request_id: RequestId
     by: IdentityId
     recipients: tuple[Kid, ...]
+    principal: str | None = None
+    key_wraps: tuple[B64, ...] | None = None
+
+
+class ResultUnshared(_Data):
+    """Version 2: the owner withdrew a share; the node refuses later fetches by it."""
+
+    type: Literal["result.unshared"] = "result.unshared"
+    request_id: RequestId
+    by: IdentityId
+    principal: str
+
+
+class ResultTagged(_Data):
+    """Version 2: the owner set the tags of a result: ``tags`` is the whole new set of the
+    ``scope`` (``private``: the owner's own; ``shared``: also seen by whoever the result is
+    shared with)."""
+
+    type: Literal["result.tagged"] = "result.tagged"
+    request_id: RequestId
+    by: IdentityId
+    scope: Literal["private", "shared"]
+    tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ...]
+
+
+class ResultKeepShortened(_Data):
+    """Version 2: the owner asked the node to keep a result for less than its module's
+    keep-for time: ``keep_for`` seconds after the call completed."""
+
+    type: Literal["result.keep_shortened"] = "result.keep_shortened"
+    request_id: RequestId
+    by: IdentityId
+    keep_for: int = Field(ge=1)
+
+
+class ResultExpired(_Data):
+    """Version 2: the node removed a kept result by its retention rules (``reason``: which
+    one: its keep-for time ran out, or its module's kept results grew past their size)."""
+
+    type: Literal["result.expired"] = "result.expired"
+    request_id: RequestId
+    reason: str
+
+
+class ResultDeleted(_Data):
+    """Version 2: the owner removed a kept result before it expired."""
+
+    type: Literal["result.deleted"] = "result.deleted"
+    request_id: RequestId
+    by: IdentityId
 
 
 # --- the directory: keys and grants -----------------------------------------------------
@@ -349,6 +410,11 @@ EventData = Annotated[
     | ResultLost
     | ResultFetched
     | ResultShared
+    | ResultUnshared
+    | ResultTagged
+    | ResultKeepShortened
+    | ResultExpired
+    | ResultDeleted
     | KeyRegistered
     | KeyRotated
     | KeyRevoked
@@ -381,6 +447,11 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ResultLost,
         ResultFetched,
         ResultShared,
+        ResultUnshared,
+        ResultTagged,
+        ResultKeepShortened,
+        ResultExpired,
+        ResultDeleted,
         KeyRegistered,
         KeyRotated,
         KeyRevoked,
@@ -397,7 +468,18 @@ EVENT_TYPES: frozenset[str] = frozenset(
 V1_ONLY_TYPES = frozenset({"request.received", "result.stored"})
 #: Types only a version 2 body carries (the federation directory and witnesses).
 V2_ONLY_TYPES = frozenset(
-    {"result.lost", "grant.recorded", "group.updated", "checkpoint.cosigned", "checkpoint.conflict"}
+    {
+        "result.lost",
+        "result.unshared",
+        "result.tagged",
+        "result.keep_shortened",
+        "result.expired",
+        "result.deleted",
+        "grant.recorded",
+        "group.updated",
+        "checkpoint.cosigned",
+        "checkpoint.conflict",
+    }
 )
 
 

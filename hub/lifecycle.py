@@ -11,11 +11,13 @@ Log version 2 (what a node writes today)::
                       |              |  \\--request.failed----> FAILED
                       |              +--request.started (a retry, attempt >= 2)--> RUNNING
     (none) --request.rejected--> REJECTED
+    COMPLETED --result.expired--> EXPIRED     COMPLETED --result.deleted--> DELETED
 
 ``request.progress`` keeps an active request where it is; ``result.fetched``,
-``result.shared`` and ``result.lost`` follow ``request.completed``. A ``request.rejected``
-for a request id that is already known records a refused copy (a replay) and leaves the
-request as it is.
+``result.shared``, ``result.unshared``, ``result.tagged``, ``result.keep_shortened`` and
+``result.lost`` follow ``request.completed``.
+A ``request.rejected`` for a request id that is already known records a refused copy (a
+replay) and leaves the request as it is.
 
 Log version 1 (still read and audited) had three events for what version 2 says with one
 ``request.accepted`` carrying the caller's signed header: ``request.received`` (then
@@ -63,14 +65,27 @@ class RequestState(StrEnum):
     """The request ended without a result."""
     REJECTED = "rejected"
     """Refused before the node took it on."""
+    EXPIRED = "expired"
+    """Completed, and its kept result was removed by the node's retention rules."""
+    DELETED = "deleted"
+    """Completed, and its owner removed the kept result."""
 
 
 #: States in which the node still owes the request an outcome.
 UNFINISHED: Final = frozenset({RequestState.RECEIVED, RequestState.ACCEPTED, RequestState.RUNNING})
 #: States in which the node may run, progress or end the request.
 ACTIVE: Final = frozenset({RequestState.ACCEPTED, RequestState.RUNNING})
-#: States that never change again (but for result events after COMPLETED).
-FINAL: Final = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.REJECTED})
+#: States in which the request has ended (COMPLETED may still become EXPIRED or DELETED:
+#: only its kept result goes).
+FINAL: Final = frozenset(
+    {
+        RequestState.COMPLETED,
+        RequestState.FAILED,
+        RequestState.REJECTED,
+        RequestState.EXPIRED,
+        RequestState.DELETED,
+    }
+)
 
 _S = RequestState
 _ANY: Final = (None, *RequestState)
@@ -110,6 +125,11 @@ _TABLE: dict[tuple[str, int], dict[RequestState | None, RequestState | str]] = {
     ("result.fetched", 2): {_S.COMPLETED: _KEEP},
     ("result.shared", 2): {_S.COMPLETED: _KEEP},
     ("result.lost", 2): {_S.COMPLETED: _KEEP},
+    ("result.unshared", 2): {_S.COMPLETED: _KEEP},
+    ("result.tagged", 2): {_S.COMPLETED: _KEEP},
+    ("result.keep_shortened", 2): {_S.COMPLETED: _KEEP},
+    ("result.expired", 2): {_S.COMPLETED: _S.EXPIRED},
+    ("result.deleted", 2): {_S.COMPLETED: _S.DELETED},
 }
 
 #: Every event type that concerns one request (carries a ``request_id``), any version.

@@ -18,7 +18,7 @@ may still show a fork (:attr:`ConsistencyVerdict.fork`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.canonical import b64d, b64e, canonical_bytes, parse_canonical
 from hub.chain import (
+    EMPTY_ROOT,
+    consistency_path,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -237,18 +239,29 @@ def build_consistency_proof(
     node_keys: Sequence[SignedRecord],
     old: SignedRecord,
     new: SignedRecord,
-    leaves: Sequence[bytes],
+    leaves: Sequence[bytes] | Callable[[int, int], bytes],
 ) -> ConsistencyProof:
     """The consistency proof from ``old`` to ``new``, from the first ``new.size`` leaf hashes
     of the log that signed ``new`` (``old`` may come from elsewhere: if it is not a prefix
-    of this log, the proof will not verify, and shows the fork)."""
+    of this log, the proof will not verify, and shows the fork).
+
+    ``leaves`` may instead be a function giving the Merkle root of the log's leaves
+    ``lo..hi-1`` (:func:`hub.chain.consistency_path`).
+    """
     old_cp, new_cp = _checkpoint(old), _checkpoint(new)
     if old_cp.size > new_cp.size:
         raise CheckpointError(
             f"the old checkpoint ({old_cp.size} events) is larger than the new one "
             f"({new_cp.size}): give them the other way round"
         )
-    if len(leaves) != new_cp.size or merkle_root(leaves).hex() != new_cp.root:
+    if callable(leaves):
+        size = new_cp.size
+        root = leaves(0, size) if size else EMPTY_ROOT
+        path = consistency_path(size, old_cp.size, leaves)
+    else:
+        root = merkle_root(leaves) if len(leaves) == new_cp.size else b""
+        path = consistency_proof(leaves, old_cp.size) if root else []
+    if root.hex() != new_cp.root:
         raise CheckpointError(f"the log's events do not give checkpoint {new_cp.size}'s root")
     return ConsistencyProof(
         log=log,
@@ -257,7 +270,7 @@ def build_consistency_proof(
         node_keys=tuple(node_keys),
         old=old,
         new=new,
-        path=tuple(p.hex() for p in consistency_proof(leaves, old_cp.size)),
+        path=tuple(p.hex() for p in path),
     )
 
 

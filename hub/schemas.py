@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hub import answers, envelopes, events, proofs, records
+from hub import answers, envelopes, events, proofs, records, results_wire
 
 __all__ = ["protocol_schemas", "render", "write_schemas"]
 
@@ -26,6 +26,20 @@ _MODELS: dict[str, type[BaseModel]] = {
     "answers/request-status": answers.RequestStatus,
     "answers/cancel": answers.CancelAnswer,
     "answers/admin": answers.AdminAnswer,
+    "answers/request-record": answers.RequestRecord,
+    "answers/requests": answers.RequestsAnswer,
+    "answers/result-wrap": answers.ResultWrap,
+    "answers/recipient-keys": answers.RecipientKeys,
+    "answers/share": answers.ShareAnswer,
+    "answers/deleted": answers.DeletedAnswer,
+    "answers/tags": answers.TagsAnswer,
+    "answers/keep": answers.KeepAnswer,
+    "answers/provenance": answers.ProvenanceAnswer,
+    "wire/catalog-keep-args": results_wire.KeepArgs,
+    "wire/catalog-tag-args": results_wire.TagArgs,
+    "wire/catalog-header": results_wire.CatalogHeader,
+    "wire/catalog-list-filter": results_wire.ListFilter,
+    "wire/catalog-share-args": results_wire.ShareArgs,
     "records/key-record": records.KeyRecord,
     "records/revocation": records.Revocation,
     "records/checkpoint": records.Checkpoint,
@@ -54,6 +68,11 @@ def protocol_schemas() -> dict[str, dict[str, Any]]:
         events.ResultLost,
         events.ResultFetched,
         events.ResultShared,
+        events.ResultUnshared,
+        events.ResultTagged,
+        events.ResultKeepShortened,
+        events.ResultExpired,
+        events.ResultDeleted,
         events.KeyRegistered,
         events.KeyRotated,
         events.KeyRevoked,

@@ -21,17 +21,25 @@ import concurrent.futures
 import ssl
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hub.errors import CallTimeoutError, FederationError, TransportError
 
 if TYPE_CHECKING:
-    from hub.answers import CancelAnswer, RequestStatus
+    from hub.answers import (
+        CancelAnswer,
+        DeletedAnswer,
+        KeepAnswer,
+        RequestStatus,
+        ShareAnswer,
+        TagsAnswer,
+    )
     from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback
     from hub.client import Client
     from hub.executor import FedExecutor
+    from hub.results_client import RequestList
 
 __all__ = ["SyncCallHandle", "SyncClient", "connect"]
 
@@ -126,6 +134,48 @@ class SyncClient:
     def fetch(self, site: str, request_id: str, *, result_path: Path | None = None) -> Any:
         """The stored result of one of my earlier calls (see :meth:`Client.fetch`)."""
         return self._run(self._client.fetch(site, request_id, result_path=result_path))
+
+    # -- kept results (see hub.results_client) -------------------------------------------
+
+    def requests(self, sites: Iterable[str] | str | None = None, **filters: Any) -> RequestList:
+        """My requests (and those shared with me) across sites (:meth:`Client.requests`)."""
+        found: RequestList = self._run(self._client.requests(sites, **filters))
+        return found
+
+    def result(
+        self, request_id: str, *, site: str, result_path: Path | None = None
+    ) -> SyncCallHandle:
+        """A handle on an earlier request whose ``result()`` is its kept result."""
+        handle = self._run(self._client.result(request_id, site=site, result_path=result_path))
+        return SyncCallHandle(self, handle)
+
+    def share(self, site: str, request_id: str, principal: str) -> ShareAnswer:
+        """Share a kept result with ``name@site`` or ``group:NAME``."""
+        return self._run(self._client.share(site, request_id, principal))
+
+    def unshare(self, site: str, request_id: str, principal: str) -> ShareAnswer:
+        """Withdraw a share."""
+        return self._run(self._client.unshare(site, request_id, principal))
+
+    def tag(
+        self,
+        site: str,
+        request_id: str,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        *,
+        shared: bool = False,
+    ) -> TagsAnswer:
+        """Tag my result (private, or ``shared``)."""
+        return self._run(self._client.tag(site, request_id, add, remove, shared=shared))
+
+    def keep_result(self, site: str, request_id: str, keep_for: float) -> KeepAnswer:
+        """Keep my result only ``keep_for`` seconds after its call."""
+        return self._run(self._client.keep_result(site, request_id, keep_for))
+
+    def delete_result(self, site: str, request_id: str) -> DeletedAnswer:
+        """Remove the kept result of my request now."""
+        return self._run(self._client.delete_result(site, request_id))
 
     def module_info(self, site: str, module: str) -> ModuleInfo:
         """A module's verified info."""

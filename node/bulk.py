@@ -217,7 +217,10 @@ class BulkLink:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
 
     def release(self, rid: str) -> None:
-        """Remove the spool files of a call that ended."""
+        """Remove the spool files of a call that ended (a call that never spooled has
+        none: most calls, spared a scan of the spool folder)."""
+        if rid not in self._live:
+            return
         self._live.discard(rid)
         for path in self.spool.glob(f"{rid}.*"):
             path.unlink(missing_ok=True)
@@ -353,6 +356,17 @@ class BulkLink:
             raise
         finally:
             self._live.discard(rid)
+
+    async def load_head(self, name: str) -> StoredResult:
+        """Only the head of a kept result (its wraps): reads no more chunks than it needs."""
+        buf = bytearray()
+        async for chunk in iter_object(self._js(), RESULTS_BUCKET, name):
+            buf += chunk
+            if len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                size = 4 + int.from_bytes(buf[:4], "big")
+                head, _ = unpack_stored_result(bytes(buf[:size]))
+                return head
+        raise IntegrityError(f"the stored result {name!r} has no head")
 
     def serve(self, caller_identity: str, bulk: Bulk, sealed: Path, timeout: float) -> None:
         """Send a kept bulk result (staged by :meth:`load_stored`) to its caller, in the

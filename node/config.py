@@ -31,6 +31,7 @@ __all__ = [
     "ModuleConfig",
     "NodeConfig",
     "ObservabilitySection",
+    "ResultsSection",
     "load_config",
 ]
 
@@ -123,6 +124,18 @@ class CallsSection(_Section):
     bulk_orphan_age: float = Field(600.0, gt=0)
 
 
+class ResultsSection(_Section):
+    """``[results]``: how long and how much of the kept results the node keeps (the site's
+    default; a module may set its own in ``[[modules]]``); see docs/results.md."""
+
+    #: Seconds a result is kept after its call completed (default 30 days).
+    keep_for: float = Field(30 * 86400.0, gt=0)
+    #: Bytes of kept results per module (plaintext sizes); the oldest go first beyond it.
+    max_size: int = Field(50 * 1024**3, ge=1)
+    #: Seconds between two retention sweeps.
+    sweep_every: float = Field(3600.0, gt=0)
+
+
 #: ``host:port`` or ``[v6]:port`` of the health and metrics endpoint (empty: off).
 LISTEN_PATTERN = r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
 
@@ -167,6 +180,10 @@ class ModuleConfig(_Section):
     #: zstd-compress each chunk of this module's bulk results before sealing.
     compress: bool = False
     """Upper bound on any call of this module, seconds (the caller's deadline still counts)."""
+    keep_for: float | None = Field(None, gt=0)
+    """Seconds this module's results are kept (default: ``[results] keep_for``)."""
+    keep_max_size: int | None = Field(None, ge=1)
+    """Bytes of this module's kept results (default: ``[results] max_size``)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -214,6 +231,7 @@ class NodeConfig(_Section):
     log: LogSection = LogSection()
     calls: CallsSection = CallsSection()
     observability: ObservabilitySection = ObservabilitySection()
+    results: ResultsSection = ResultsSection()
     modules: tuple[ModuleConfig, ...] = ()
     grants: tuple[GrantConfig, ...] = ()
     trust: tuple[SiteTrust, ...] = ()

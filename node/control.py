@@ -1,4 +1,5 @@
-"""Control answers: a caller's signed cancel, status and fetch about one of its requests.
+"""Control answers: a caller's signed cancel, status and fetch about one of its requests
+(and, through :mod:`node.catalog`, its catalog messages).
 
 The node answers on ``fh.status.<site>`` (see docs/protocol.md) with the models of
 :mod:`hub.answers`, except a successful fetch: the stored result as a ``result`` reply
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import BaseModel
 
 from hub.answers import CancelAnswer, RequestStatus
 from hub.canonical import parse_canonical
@@ -31,6 +33,10 @@ from hub.envelopes import (
 from hub.errors import FederationError, IntegrityError, NotFoundError, UnauthorizedError
 from hub.events import ResultFetched
 from hub.lifecycle import UNFINISHED, RequestState
+from hub.results_wire import CATALOG_MAGIC
+from node import projections
+from node.catalog import Catalog
+from node.eventlog import StoredEvent
 
 if TYPE_CHECKING:
     from node.pipeline import Pipeline
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Control", "ControlAnswer"]
 
 #: What a control message is answered with (a refusal is raised).
-ControlAnswer = RequestStatus | CancelAnswer | bytes
+ControlAnswer = BaseModel | bytes
 
 log = structlog.get_logger(__name__)
 
@@ -48,12 +54,16 @@ class Control:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
+        self.catalog = Catalog(pipeline, self)
 
     async def answer(self, data: bytes) -> ControlAnswer:
-        """Answer a signed cancel/status/fetch message from a caller about its own request.
+        """Answer a signed cancel/status/fetch message from a caller about its own request,
+        or a catalog message (:mod:`node.catalog`).
 
         Raises the typed error (UnauthorizedError, NotFoundError ...) for a refusal.
         """
+        if data[:4] == CATALOG_MAGIC:
+            return await self.catalog.answer(data)
         p = self.p
         try:
             header_bytes, sig = split_control(data)
@@ -72,7 +82,7 @@ class Control:
         if state is None or state.get("caller") != ctl.caller:
             raise NotFoundError(f"no request {ctl.id} of {ctl.caller} at this node")
         if ctl.op == "fetch":
-            return await self._fetch(ctl.id, ctl.caller, state)
+            return await self.fetch(ctl.id, ctl.caller, state)
         if ctl.op == "cancel":
             current = RequestState(state["state"])
             event = p.running.get(ctl.id)
@@ -89,8 +99,32 @@ class Control:
             {k: state.get(k) for k in RequestStatus.model_fields if state.get(k) is not None}
         )
 
+    async def append_completed(self, rid: str, event: BaseModel) -> list[StoredEvent]:
+        """Log a result event of ``rid`` while it is still completed (see
+        :meth:`node.results.ResultStore.append_completed`)."""
+        reader = self.p._read()
+
+        def state_of(request_id: str) -> str | None:
+            row = projections.request_status(reader, request_id)
+            return None if row is None else str(row["state"])
+
+        return await self.p.results.append_completed(rid, event, state_of)
+
+    async def load_head(self, name: str) -> StoredResult:
+        """The head (wraps) of the result kept under ``name``."""
+        if self.p.bulk is not None:
+            return await self.p.bulk.load_head(name)
+        head, _ = await self.p.results.load(name)
+        return head
+
     async def _fetch_bulk(
-        self, rid: str, caller: str, state: dict[str, Any], head: StoredResult, sealed: Path
+        self,
+        rid: str,
+        caller: str,
+        state: dict[str, Any],
+        head: StoredResult,
+        sealed: Path,
+        wraps: dict[str, str],
     ) -> bytes:
         """A kept bulk result: announced in the answer, then sent as a bulk transfer."""
         p = self.p
@@ -98,7 +132,11 @@ class Control:
         if head.bulk is None or head.bulk.hash != state.get("result_hash"):
             await asyncio.to_thread(sealed.unlink, missing_ok=True)
             raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
-        stored = await p.writer.append(ResultFetched(request_id=rid, by=caller))
+        try:
+            stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
+        except NotFoundError:
+            await asyncio.to_thread(sealed.unlink, missing_ok=True)
+            raise
         bulk = head.bulk.model_copy(update={"route": secrets.token_hex(16)})
         p.bulk.serve(caller, bulk, sealed, timeout=max(60.0, p.calls.ack_wait))
         return pack_reply(
@@ -108,15 +146,19 @@ class Control:
                 node=p.node_id,
                 time=now(),
                 result_hash=head.bulk.hash,
-                wraps=head.wraps,
+                wraps=wraps,
                 object=str(state.get("result_object")),
                 log_seq=stored[-1].seq,
                 bulk=bulk,
             )
         )
 
-    async def _fetch(self, rid: str, caller: str, state: dict[str, Any]) -> bytes:
-        """The kept result of ``rid`` as a result frame; logs ``result.fetched``."""
+    async def fetch(
+        self, rid: str, caller: str, state: dict[str, Any], wraps: dict[str, str] | None = None
+    ) -> bytes:
+        """The kept result of ``rid`` as a result frame for ``caller``; logs
+        ``result.fetched``. ``wraps``: the content key wrapped for ``caller`` when it is
+        not the owner (a share); by default the stored head's wraps."""
         p = self.p
         if RequestState(state["state"]) != RequestState.COMPLETED:
             raise NotFoundError(f"request {rid} has no result: it is {state['state']}")
@@ -133,12 +175,14 @@ class Control:
         except FederationError as exc:
             log.warning("result.fetch_failed", request_id=rid, error=str(exc))
             raise
+        if wraps is None:
+            wraps = dict(head.wraps)
         if isinstance(body, Path):
-            return await self._fetch_bulk(rid, caller, state, head, body)
+            return await self._fetch_bulk(rid, caller, state, head, body, wraps)
         ciphertext = body
         if blake2b_256(ciphertext).hex() != state.get("result_hash"):
             raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
-        stored = await p.writer.append(ResultFetched(request_id=rid, by=caller))
+        stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
         return pack_reply(
             ReplyHeader(
                 kind="result",
@@ -146,7 +190,7 @@ class Control:
                 node=p.node_id,
                 time=now(),
                 result_hash=state["result_hash"],
-                wraps=head.wraps,
+                wraps=wraps,
                 object=str(name),
                 log_seq=stored[-1].seq,
             ),

@@ -5,7 +5,8 @@ Start-up (each step undone in reverse on stop, by an ``AsyncExitStack``):
 1. connect to the site's NATS (``[nats] url``), or start an embedded ``nats-server`` with
    JetStream in the node's data dir (its own JetStream domain = the site name);
 2. open the event log (the genesis must exist: ``fedhub-node init``), start the group-commit
-   writer and the publisher that copies every event to the site's ``FH_EVENTS`` stream;
+   writer and the publisher that copies every event to the site's ``FH_EVENTS`` stream
+   (:mod:`node.eventcopies`);
 3. rebuild the directory (keys, revocations, grants) from the log, then bring it in line
    with the config, logging each change as an event;
 4. load the modules, announce each as a NATS micro service (``$SRV.PING/INFO/STATS``) with
@@ -42,20 +43,18 @@ from pydantic import BaseModel
 from hub import __version__, localnodes
 from hub.answers import ModuleDescription, error_headers
 from hub.directory import Directory
-from hub.errors import ConfigError, FederationError, RemoteError, TransportError, UnauthorizedError
+from hub.errors import ConfigError, FederationError, RemoteError, UnauthorizedError
 from hub.events import (
     NodeStarted,
     NodeStopped,
 )
 from hub.lifecycle import UNFINISHED
-from hub.logfile import export_line
 from hub.nats import (
     NatsServer,
     ensure_calls_consumer,
     ensure_site_streams,
     get_object,
     put_object,
-    wait_acks,
 )
 from hub.records import SignedRecord
 from hub.subjects import (
@@ -72,13 +71,15 @@ from node.bulk import BulkLink
 from node.config import NodeConfig
 from node.consumer import CallConsumer
 from node.dispatch import Dispatcher
-from node.eventlog import EventLog, StoredEvent
+from node.eventcopies import EventCopies
+from node.eventlog import EventLog
 from node.fedsync import FederationLink
 from node.logwriter import LogWriter
 from node.modules import load_module
 from node.natslink import NatsLink, safe_url
 from node.observability import NodeMetrics
 from node.pipeline import Pipeline
+from node.retention import Retention
 from node.runner import Runner
 from node.services import start_services
 
@@ -115,10 +116,7 @@ class NodeDaemon:
         self._node_key_record: SignedRecord | None = None
         self._stopped = False
         self.url: str = ""
-        self._published_seq = 0
         self.instance = 1
-        self._genesis = ""
-        self._cursor_saved = 0.0
         self.link: NatsLink | None = None
         #: Figures for /metrics; None unless ``[observability] listen`` is set.
         self.metrics: NodeMetrics | None = (
@@ -154,12 +152,15 @@ class NodeDaemon:
 
         self.eventlog = await asyncio.to_thread(open_instance_log, cfg, self.instance)
         self.stack.callback(self.eventlog.close)
-        self._genesis = next(self.eventlog.events(after=0, limit=1)).hash.hex()[:16]
         self.writer = LogWriter(self.eventlog)
-        await self.writer.start(self._publish_events)
-        self.stack.callback(self._save_cursor_final)
+        subject = events_subject(self.site, cfg.node.name)
+        if self.instance > 1:
+            subject += f".{self.instance}"
+        copies = EventCopies(self.eventlog, self.writer, self._jetstream, subject)
+        await self.writer.start(copies.publish)
+        self.stack.callback(copies.save_final)
         self.stack.push_async_callback(self.writer.aclose)
-        await self._republish_backlog()
+        await copies.republish_backlog()
 
         self.directory = await self._build_directory()
         self.runner = Runner()
@@ -187,6 +188,7 @@ class NodeDaemon:
             bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
+        retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
         await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
@@ -203,6 +205,7 @@ class NodeDaemon:
         await self._start_directory_sync()
         self._spawn(self._write_status(), "status-file")
         self._spawn(self._checkpoints(), "checkpoints")
+        self._spawn(retention.run(), "retention")
         log.info(
             "node.started",
             node=self.eventlog.log_id,
@@ -231,7 +234,9 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
-        background = [t for t in self._tasks if t.get_name() in ("status-file", "checkpoints")]
+        background = [
+            t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "retention")
+        ]
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -407,85 +412,6 @@ class NodeDaemon:
         """The largest message this connection carries (the server's ``max_payload``)."""
         assert self.nc is not None
         return int(self.nc.max_payload)
-
-    async def _publish_events(self, events: list[StoredEvent]) -> None:
-        """Copy events to the site's ``FH_EVENTS`` stream.
-
-        One message carries a run of consecutive events as export lines (JSON Lines, the
-        format of ``fedhub-node log export``: hash and signature travel in the line, ``"sig":""``
-        for an event that is not the last of its commit), up to ~256 KiB, with ``Nats-Msg-Id`` =
-        ``<log>@<genesis hash prefix>:<first seq>-<last seq>`` (a log re-created under the same
-        name is a different log). After a crash the node re-sends from its saved
-        cursor, so a reader may see an event twice and keeps the first of each ``seq``.
-        """
-        assert self.nc is not None and self.eventlog is not None
-        js = self._jetstream()
-        subject = events_subject(self.site, self.cfg.node.name)
-        if self.instance > 1:
-            subject += f".{self.instance}"
-        log_id = self.eventlog.log_id
-        batch: list[bytes] = []
-        acks = []
-        size, first = 0, events[0].seq
-        for i, ev in enumerate(events):
-            line = export_line(ev.hash, ev.sig, ev.body)
-            batch.append(line)
-            size += len(line)
-            if size >= 256 * 1024 or i == len(events) - 1:
-                acks.append(
-                    await js.publish_async(
-                        subject,
-                        b"".join(batch),
-                        headers={"Nats-Msg-Id": f"{log_id}@{self._genesis}:{first}-{ev.seq}"},
-                    )
-                )
-                batch, size, first = [], 0, ev.seq + 1
-        try:
-            await wait_acks(acks, 10.0)
-        except TimeoutError:
-            raise TransportError("the event stream did not confirm the events in 10 s") from None
-        self._published_seq = events[-1].seq
-        if time.monotonic() - self._cursor_saved >= 1.0:
-            await self._save_cursor()
-
-    def _save_cursor_final(self) -> None:
-        """At stop, after the writer flushed and before the log closes."""
-        if self.eventlog is not None and self._published_seq > 0:
-            self.eventlog.db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('published_seq', ?)",
-                [str(self._published_seq)],
-            )
-
-    async def _save_cursor(self) -> None:
-        """Remember how far events were published (at most once a second while running)."""
-        assert self.writer is not None and self.eventlog is not None
-        db, seq = self.eventlog.db, self._published_seq
-        self._cursor_saved = time.monotonic()
-        if seq <= 0:
-            return
-
-        def save() -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('published_seq', ?)", [str(seq)]
-            )
-
-        await self.writer.call(save)
-
-    async def _republish_backlog(self) -> None:
-        assert self.writer is not None and self.eventlog is not None
-        eventlog = self.eventlog
-
-        def backlog() -> list[StoredEvent]:
-            row = eventlog.db.execute(
-                "SELECT value FROM meta WHERE key = 'published_seq'"
-            ).fetchone()
-            after = int(row[0]) if row else 0
-            return list(eventlog.events(after=after))
-
-        pending = await self.writer.call(backlog)
-        assert isinstance(pending, list)
-        for i in range(0, len(pending), 1000):
-            await self._publish_events(pending[i : i + 1000])
 
     # --- directory ------------------------------------------------------------------------
 

@@ -88,6 +88,9 @@ _COLUMNS = ("seq", "hash", "sig", "body", "type", "time", "request_id")
 # Page size of a new log's database (SQLite's default is 4096).
 _PAGE_SIZE = 16384
 _WAL_SAFETY_PAGES = 2000
+# Page cache of the appending connection, KiB (allocated as used): the request projection
+# of ~250,000 calls.
+_CACHE_KIB = 64 * 1024
 
 
 class _WalCheckpointer:
@@ -276,6 +279,10 @@ class EventLog:
                 # WAL checkpoints run on a thread of their own (see _WalCheckpointer); the
                 # appending connection checkpoints only if that one falls far behind.
                 self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_SAFETY_PAGES}")
+                # The request projection is a B-tree on random ids: each call's rows land
+                # on a page of their own, and past SQLite's default cache (2 MB, ~8,000
+                # calls) most of them are read back from the file for every write.
+                self.db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
                 conn.executescript(_SCHEMA)
                 projections.create(conn)
                 columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]

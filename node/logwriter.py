@@ -5,9 +5,8 @@ queued (after one more turn of the loop, so that appends caused by the same burs
 I/O join), appends it in one transaction (so concurrent requests share one commit and one
 signature), resolves each caller with its stored events, and hands
 the new events to the publisher, which sends them to the site's JetStream event stream
-(with a ``Nats-Msg-Id`` per run of events, so a re-send is dropped by the server; see
-``NodeDaemon._publish_events``). The daemon keeps a cursor: after a restart it first sends
-whatever the log has beyond it.
+(:mod:`node.eventcopies`: a ``Nats-Msg-Id`` per run of events, so a re-send is dropped by
+the server, and a cursor: after a restart it first sends whatever the log has beyond it).
 
 Where the append runs: a small batch (up to ``inline_max`` events: a few calls' worth,
 ~50 µs of signing each, and a commit that does not wait for the disk under
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -89,6 +89,15 @@ class LogWriter:
         fut: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((events, fut))
         return await fut
+
+    def connection_if_idle(self) -> sqlite3.Connection | None:
+        """The log's own connection, for a read on the loop thread right now, when no
+        append or job uses it (on this thread or the log's); else None. Its page cache
+        is warm with what was just written, where another connection's is emptied by
+        every commit of this one (WAL)."""
+        if self._busy or self._thread_jobs or self._closed:
+            return None
+        return self.eventlog.db.conn
 
     async def call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the log's thread (reads that must not race the writer)."""

@@ -205,7 +205,8 @@ class Pipeline:
             # from here to the append's enqueueing nothing yields: the states read, the
             # replay guard and the ids being taken agree with the order of the log
             ids = [o.header.id for o in opened if isinstance(o, Verified)]
-            rows = projections.request_statuses(self._read(), ids) if ids else {}
+            conn = self.writer.connection_if_idle() or self._read()
+            rows = projections.request_statuses(conn, ids) if ids else {}
             states = [rows.get(o.header.id) if isinstance(o, Verified) else None for o in opened]
             taken: list[Outcome | Job | None] = [None] * len(burst)
             events: list[BaseModel] = []

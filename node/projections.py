@@ -1,13 +1,16 @@
 """Projections: state derived from the event log, updated with it, rebuildable from it.
 
-``requests`` holds one row per request id with its current state. It is a cache of the
-log, never the truth: ``fedhub-node log rebuild`` drops and replays it.
+``requests`` holds one row per request id with its current state; ``result_shares`` one
+row per share of a kept result (``result.shared`` until ``result.unshared``, with the
+wrapped keys); ``result_tags`` the owner's tags of a result, per scope; ``result_keep``
+how long an owner asked a result to be kept. They are a cache
+of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -33,7 +36,27 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0,
     progress_ppm INTEGER,
     result_hash TEXT,
-    result_object TEXT
+    result_object TEXT,
+    result_size INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_caller ON requests(caller, received_time);
+CREATE TABLE IF NOT EXISTS result_shares (
+    request_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    by TEXT NOT NULL,
+    wraps TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (request_id, principal)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_tags (
+    request_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    PRIMARY KEY (request_id, scope)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS result_keep (
+    request_id TEXT PRIMARY KEY,
+    keep_for INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests(state)
     WHERE state IN (%s);
@@ -57,11 +80,17 @@ def create(conn: sqlite3.Connection) -> None:
     for statement in _DDL.split(";"):
         if statement.strip():
             conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "result_size" not in columns:  # a log made before results had sizes here
+        conn.execute("ALTER TABLE requests ADD COLUMN result_size INTEGER")
 
 
 def drop(conn: sqlite3.Connection) -> None:
     """Drop the projection tables."""
     conn.execute("DROP TABLE IF EXISTS requests")
+    conn.execute("DROP TABLE IF EXISTS result_shares")
+    conn.execute("DROP TABLE IF EXISTS result_tags")
+    conn.execute("DROP TABLE IF EXISTS result_keep")
 
 
 def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -> None:
@@ -78,118 +107,211 @@ def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, 
     its statements are grouped by SQL text (a batch of calls, each ``request.accepted`` then
     ``request.completed``, is two executemany calls, not one per event).
     """
-    waves: list[dict[str, list[list[Any]]]] = []
+    first: dict[str, list[Any]] = {}  # wave 0, the common case: no dict per event
+    later: list[dict[str, list[Any]]] = []
     seen: dict[str, int] = {}
+    statement = _STATEMENTS.get
     for seq, time, data in events:
-        stmt = _statement(seq, time, data)
+        build = statement(data["type"])
+        if build is None:
+            continue
+        stmt = build(seq, time, data)
         if stmt is None:
             continue
         sql, params = stmt
         rid = data["request_id"]
         wave = seen.get(rid, 0)
         seen[rid] = wave + 1
-        if wave == len(waves):
-            waves.append({})
-        waves[wave].setdefault(sql, []).append(params)
-    for wave_statements in waves:
+        if wave == 0:
+            runs = first.get(sql)
+            if runs is None:
+                first[sql] = [params]
+            else:
+                runs.append(params)
+            continue
+        if wave > len(later):
+            later.append({})
+        later[wave - 1].setdefault(sql, []).append(params)
+    for wave_statements in (first, *later):
         for sql, runs in wave_statements.items():
             conn.executemany(sql, runs)
 
 
-def _statement(seq: int, time: str, data: dict[str, Any]) -> tuple[str, list[Any]] | None:
-    kind = data["type"]
-    if kind == "request.received" or (kind == "request.accepted" and "header" in data):
-        # the request's first event: version 1 ``request.received``, version 2
-        # ``request.accepted`` with the signed header (after a version 1 ``received`` of
-        # the same request, only the state moves on)
-        state = _S.RECEIVED if kind == "request.received" else _S.ACCEPTED
-        return (
-            "INSERT INTO requests(request_id, caller, address, state, received_seq,"
-            " updated_seq, received_time, updated_time, attempts)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
-            " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time,"
-            " attempts = MAX(attempts, excluded.attempts)",
-            [
-                data["request_id"],
-                *_caller_and_address(data),
-                state,
-                seq,
-                seq,
-                time,
-                time,
-                0 if state == _S.RECEIVED else 1,
-            ],
-        )
-    if kind == "request.accepted":  # version 1: after request.received
-        return (
-            "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ? WHERE request_id = ?",
-            [_S.ACCEPTED, seq, time, data["request_id"]],
-        )
-    if kind == "request.rejected":
-        if data.get("request_id"):
-            # a new request refused, or a version 1 request received and then refused;
-            # a refused copy of a known request leaves it as it is
-            return (
-                "INSERT INTO requests(request_id, caller, state, code, reason, updated_seq,"
-                " updated_time) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(request_id) DO UPDATE SET"
-                " state = CASE WHEN state = ? THEN excluded.state ELSE state END,"
-                " code = CASE WHEN state = ? THEN excluded.code ELSE code END,"
-                " reason = CASE WHEN state = ? THEN excluded.reason ELSE reason END,"
-                " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time",
-                [
-                    data["request_id"],
-                    data.get("caller"),
-                    _S.REJECTED,
-                    data["code"],
-                    data["reason"],
-                    seq,
-                    time,
-                    _S.RECEIVED,
-                    _S.RECEIVED,
-                    _S.RECEIVED,
-                ],
-            )
+# The request's first event: version 1 ``request.received``, version 2 ``request.accepted``
+# with the signed header (after a version 1 ``received`` of the same request, only the
+# state moves on).
+_FIRST = (
+    "INSERT INTO requests(request_id, caller, address, state, received_seq,"
+    " updated_seq, received_time, updated_time, attempts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
+    " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time,"
+    " attempts = MAX(attempts, excluded.attempts)"
+)
+_ACCEPTED_V1 = (
+    "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ? WHERE request_id = ?"
+)
+# a new request refused, or a version 1 request received and then refused; a refused copy
+# of a known request leaves it as it is
+_REJECTED = (
+    "INSERT INTO requests(request_id, caller, state, code, reason, updated_seq,"
+    " updated_time) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(request_id) DO UPDATE SET"
+    " state = CASE WHEN state = ? THEN excluded.state ELSE state END,"
+    " code = CASE WHEN state = ? THEN excluded.code ELSE code END,"
+    " reason = CASE WHEN state = ? THEN excluded.reason ELSE reason END,"
+    " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time"
+)
+# version 1 logs the first start too; version 2 only a retry (attempt >= 2)
+_STARTED = (
+    "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, attempts = ?"
+    " WHERE request_id = ?"
+)
+_COMPLETED = (
+    "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, result_hash = ?,"
+    " result_size = ?, progress_ppm = 1000000 WHERE request_id = ?"
+)
+_COMPLETED_KEPT = (
+    "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, result_hash = ?,"
+    " result_size = ?, progress_ppm = 1000000, result_object = ? WHERE request_id = ?"
+)
+_FAILED = (
+    "UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?, code = ?, reason = ?"
+    " WHERE request_id = ?"
+)
+_PROGRESS = (
+    "UPDATE requests SET progress_ppm = ?, updated_seq = ?, updated_time = ? WHERE request_id = ?"
+)
+_STORED_V1 = "UPDATE requests SET result_object = ? WHERE request_id = ?"
+_LOST = "UPDATE requests SET result_object = NULL, reason = ? WHERE request_id = ?"
+_SHARED = (
+    "INSERT INTO result_shares(request_id, principal, by, wraps, seq)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, principal) DO UPDATE SET"
+    " by = excluded.by, wraps = excluded.wraps, seq = excluded.seq"
+)
+_TAGGED = (
+    "INSERT INTO result_tags(request_id, scope, tags) VALUES (?, ?, ?)"
+    " ON CONFLICT(request_id, scope) DO UPDATE SET tags = excluded.tags"
+)
+_KEEP = (
+    "INSERT INTO result_keep(request_id, keep_for) VALUES (?, ?)"
+    " ON CONFLICT(request_id) DO UPDATE SET keep_for = excluded.keep_for"
+)
+_UNSHARED = "DELETE FROM result_shares WHERE request_id = ? AND principal = ?"
+# the result is gone (expired or deleted): the request's state says so
+_REMOVED = (
+    "UPDATE requests SET state = ?, result_object = NULL, reason = ?, updated_seq = ?,"
+    " updated_time = ? WHERE request_id = ?"
+)
+
+_Statement = tuple[str, list[Any]] | None
+
+
+def _received(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    caller, address = _caller_and_address(data)
+    state = _S.RECEIVED
+    return _FIRST, [data["request_id"], caller, address, state, seq, seq, time, time, 0]
+
+
+def _accepted(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    if "header" not in data:  # version 1: after request.received
+        return _ACCEPTED_V1, [_S.ACCEPTED, seq, time, data["request_id"]]
+    caller, address = _caller_and_address(data)
+    return _FIRST, [data["request_id"], caller, address, _S.ACCEPTED, seq, seq, time, time, 1]
+
+
+def _rejected(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    if not data.get("request_id"):
         return None
-    if kind in _STATE_BY_TYPE:
-        extra = ""
-        params: list[Any] = [_STATE_BY_TYPE[kind], seq, time]
-        if kind == "request.started":
-            # version 1 logs the first start too; version 2 only a retry (attempt >= 2)
-            extra = ", attempts = ?"
-            params.append(data.get("attempt", 1))
-        elif kind == "request.completed":
-            extra = ", result_hash = ?, progress_ppm = 1000000"
-            params.append(data["result_hash"])
-            if data.get("object") is not None:
-                extra += ", result_object = ?"
-                params.append(data["object"])
-        elif kind == "request.failed":
-            extra = ", code = ?, reason = ?"
-            params += [data["code"], data["reason"]]
-        return (
-            f"UPDATE requests SET state = ?, updated_seq = ?, updated_time = ?{extra}"  # noqa: S608
-            " WHERE request_id = ?",
-            [*params, data["request_id"]],
-        )
-    if kind == "request.progress":
-        return (
-            "UPDATE requests SET progress_ppm = ?, updated_seq = ?, updated_time = ?"
-            " WHERE request_id = ?",
-            [data.get("fraction_ppm"), seq, time, data["request_id"]],
-        )
-    if kind == "result.stored":  # version 1
-        return (
-            "UPDATE requests SET result_object = ? WHERE request_id = ?",
-            [data["object"], data["request_id"]],
-        )
-    if kind == "result.lost":
-        return (
-            "UPDATE requests SET result_object = NULL, reason = ? WHERE request_id = ?",
-            [f"result not kept: {data['reason']}", data["request_id"]],
-        )
-    return None
+    received = _S.RECEIVED
+    return _REJECTED, [
+        data["request_id"],
+        data.get("caller"),
+        _S.REJECTED,
+        data["code"],
+        data["reason"],
+        seq,
+        time,
+        received,
+        received,
+        received,
+    ]
+
+
+def _started(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    state = _STATE_BY_TYPE["request.started"]
+    return _STARTED, [state, seq, time, data.get("attempt", 1), data["request_id"]]
+
+
+def _completed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    state = _STATE_BY_TYPE["request.completed"]
+    result = [data["result_hash"], data["result_size"]]
+    kept = data.get("object")
+    if kept is None:
+        return _COMPLETED, [state, seq, time, *result, data["request_id"]]
+    return _COMPLETED_KEPT, [state, seq, time, *result, kept, data["request_id"]]
+
+
+def _failed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    state = _STATE_BY_TYPE["request.failed"]
+    return _FAILED, [state, seq, time, data["code"], data["reason"], data["request_id"]]
+
+
+def _progress(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    return _PROGRESS, [data.get("fraction_ppm"), seq, time, data["request_id"]]
+
+
+def _stored(seq: int, time: str, data: dict[str, Any]) -> _Statement:  # version 1
+    return _STORED_V1, [data["object"], data["request_id"]]
+
+
+def _lost(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    return _LOST, [f"result not kept: {data['reason']}", data["request_id"]]
+
+
+def _shared(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    if not (data.get("principal") and data.get("key_wraps")):
+        return None
+    wraps = orjson.dumps(dict(zip(data["recipients"], data["key_wraps"], strict=True)))
+    return _SHARED, [data["request_id"], data["principal"], data["by"], wraps.decode(), seq]
+
+
+def _tagged(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    tags = orjson.dumps(list(data["tags"])).decode()
+    return _TAGGED, [data["request_id"], data["scope"], tags]
+
+
+def _keep_shortened(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    return _KEEP, [data["request_id"], data["keep_for"]]
+
+
+def _unshared(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    return _UNSHARED, [data["request_id"], data["principal"]]
+
+
+def _removed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+    why = data.get("reason") or f"removed by {data.get('by')}"
+    return _REMOVED, [target(data["type"]), why, seq, time, data["request_id"]]
+
+
+# What each event type does to its request's row (types not here leave it as it is).
+_STATEMENTS: dict[str, Callable[[int, str, dict[str, Any]], _Statement]] = {
+    "request.received": _received,
+    "request.accepted": _accepted,
+    "request.rejected": _rejected,
+    "request.started": _started,
+    "request.completed": _completed,
+    "request.failed": _failed,
+    "request.progress": _progress,
+    "result.stored": _stored,
+    "result.shared": _shared,
+    "result.tagged": _tagged,
+    "result.keep_shortened": _keep_shortened,
+    "result.unshared": _unshared,
+    "result.expired": _removed,
+    "result.deleted": _removed,
+    "result.lost": _lost,
+}
 
 
 def _caller_and_address(data: dict[str, Any]) -> tuple[str | None, str | None]:

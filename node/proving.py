@@ -1,12 +1,23 @@
 """Proofs from a node's own log: one event in a signed checkpoint, one checkpoint extending
-another (the formats and their checks are in :mod:`hub.proofs`)."""
+another (the formats and their checks are in :mod:`hub.proofs`).
+
+A node proves each new checkpoint consistent with the one before (the witness publishes
+them). Built from every leaf, each proof would cost O(size) -- a running node's cost per
+call would grow with its log. Instead the roots of perfect subtrees of
+:data:`_REMEMBERED` leaves or more are kept per open log (the log is append-only: such a
+root never changes), so a proof reads and hashes only the leaves since the last one, and
+the site-signed records of the node keys are found by reading only events not read before.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from pathlib import Path
 
 from hub.canonical import b64d, parse_canonical
+from hub.chain import merkle_root, node_hash
 from hub.errors import CheckpointError, ConfigError
 from hub.proofs import (
     ConsistencyProof,
@@ -73,7 +84,7 @@ def consistency_proof_of(
         node_keys=[_node_key_record(log, kid) for kid in signers],
         old=old,
         new=new,
-        leaves=_leaves(log, size),
+        leaves=_memory(log).root,
     )
 
 
@@ -115,12 +126,68 @@ def _genesis(log: EventLog) -> tuple[str, bytes]:
 
 def _node_key_record(log: EventLog, kid: str) -> SignedRecord:
     """The site-signed record of node key ``kid``, from the genesis or a rotation."""
-    rows = log.db.execute(
-        "SELECT body FROM events WHERE type IN ('log.created', 'key.rotated') ORDER BY seq"
-    )
-    for (body,) in rows.fetchall():
-        data = parse_canonical(bytes(body))["data"]
-        signed = SignedRecord.model_validate(data.get("node_key") or data.get("record"))
-        if KeyRecord.model_validate_json(b64d(signed.record)).kid == kid:
-            return signed
-    raise CheckpointError(f"key {kid} is no node key of this log")
+    memory = _memory(log)
+    with memory.lock:
+        upto = log.size
+        rows = log.db.execute(
+            "SELECT body FROM events WHERE seq > ? AND seq <= ?"
+            " AND type IN ('log.created', 'key.rotated') ORDER BY seq",
+            [memory.keys_read, upto],
+        ).fetchall()
+        for (body,) in rows:
+            data = parse_canonical(bytes(body))["data"]
+            signed = SignedRecord.model_validate(data.get("node_key") or data.get("record"))
+            memory.keys[KeyRecord.model_validate_json(b64d(signed.record)).kid] = signed
+        memory.keys_read = max(memory.keys_read, upto)
+        found = memory.keys.get(kid)
+    if found is None:
+        raise CheckpointError(f"key {kid} is no node key of this log")
+    return found
+
+
+#: Perfect subtrees of at least this many leaves have their roots kept.
+_REMEMBERED = 256
+
+
+class _Memory:
+    """What proofs from one open log keep: perfect subtree roots, node key records."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.db = log.db
+        self.lock = threading.Lock()
+        self.perfect: dict[tuple[int, int], bytes] = {}  # (first leaf, size) -> root
+        self.keys: dict[str, SignedRecord] = {}
+        self.keys_read = 0  # events up to this seq were searched for node keys
+
+    def root(self, lo: int, hi: int) -> bytes:
+        """The Merkle root of leaves ``lo..hi-1`` (RFC 6962 ``MTH``; ``hi > lo``)."""
+        n = hi - lo
+        # only aligned perfect subtrees arise: the tree splits at powers of two from 0
+        kept = n >= _REMEMBERED and n & (n - 1) == 0
+        if kept and (known := self.perfect.get((lo, n))) is not None:
+            return known
+        if n <= _REMEMBERED:
+            rows = self.db.execute(
+                "SELECT hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq", [lo, hi]
+            ).fetchall()
+            if len(rows) != n:
+                raise CheckpointError(f"the log has no events {lo + 1}..{hi}")
+            root = merkle_root([bytes(h) for (h,) in rows])
+        else:
+            k = 1 << ((n - 1).bit_length() - 1)  # RFC 6962: the largest power of two below n
+            root = node_hash(self.root(lo, lo + k), self.root(lo + k, hi))
+        if kept:
+            self.perfect[(lo, n)] = root
+        return root
+
+
+_MEMORIES: weakref.WeakKeyDictionary[EventLog, _Memory] = weakref.WeakKeyDictionary()
+_MEMORIES_LOCK = threading.Lock()
+
+
+def _memory(log: EventLog) -> _Memory:
+    with _MEMORIES_LOCK:
+        memory = _MEMORIES.get(log)
+        if memory is None:
+            memory = _MEMORIES[log] = _Memory(log)
+        return memory

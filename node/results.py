@@ -14,13 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
+from pydantic import BaseModel
 
 from hub.envelopes import StoredResult, pack_stored_result, unpack_stored_result
-from hub.errors import FederationError
+from hub.errors import FederationError, NotFoundError
 from hub.events import ResultLost
+from hub.lifecycle import RequestState
+from node.eventlog import StoredEvent
 from node.logwriter import LogWriter
+
+if TYPE_CHECKING:
+    from node.retention import Retention
 
 __all__ = ["LoadResult", "ResultStore", "StoreResult"]
 
@@ -42,6 +49,23 @@ class ResultStore:
         self._store = store
         self._load = load
         self._storing: dict[str, asyncio.Future[None]] = {}
+        #: What removes kept results (set by :meth:`node.retention.Retention.for_node`).
+        self.retention: Retention | None = None
+        #: Held while a result event is appended after checking the request is still
+        #: completed, and while the retention removes a result: no ``result.fetched`` or
+        #: ``result.tagged`` can follow a ``result.expired`` in the log.
+        self.lock = asyncio.Lock()
+
+    async def append_completed(
+        self, rid: str, event: BaseModel, state_of: Callable[[str], str | None]
+    ) -> list[StoredEvent]:
+        """Append a result event of ``rid`` if the request is still completed (its state
+        read by ``state_of``); NotFoundError when its result is gone meanwhile."""
+        async with self.lock:
+            state = state_of(rid)
+            if state != RequestState.COMPLETED:
+                raise NotFoundError(f"request {rid} is {state}: its result is gone")
+            return await self.writer.append(event)
 
     def name_for(self, rid: str) -> str | None:
         """Where the result of ``rid`` will be kept (None: the node keeps no copies)."""

@@ -43,7 +43,8 @@ and the log bytes per call; then the last tenth against the first (target: withi
 executor: ``thread``, the default, ``inline`` on the node's event loop, or ``process``);
 ``--processes N`` starts N node processes on the same config, sharing the durable call
 consumer. ``--profile DIR`` runs the node process under cProfile and writes
-``DIR/node.prof`` (main thread only).
+``DIR/node.prof`` (main thread only, timed in the thread's CPU time: a busy machine's
+waits for a core do not count).
 """
 
 from __future__ import annotations
@@ -168,6 +169,23 @@ def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread"
     return cfg
 
 
+# ``python -c _PROFILED OUT -m node.cli ARGS...``: ``node.cli ARGS`` under cProfile timed
+# in the main thread's CPU time (cProfile's default, wall time, counts every wait for a
+# core on a busy machine, e.g. in each socket send that wakes a server).
+_PROFILED = """
+import cProfile, sys, time
+out = sys.argv[1]
+sys.argv = ["fedhub-node", *sys.argv[4:]]  # after OUT -m node.cli
+import node.cli
+prof = cProfile.Profile(time.thread_time)
+try:
+    code = prof.runcall(node.cli.main)
+finally:
+    prof.dump_stats(out)
+sys.exit(code)
+"""
+
+
 async def spawn_node(
     cfg: NodeConfig, procs: Processes, profile: Path | None, instance: int = 1
 ) -> subprocess.Popen[bytes]:
@@ -183,7 +201,7 @@ async def spawn_node(
     cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
     prefix = [sys.executable]
     if profile is not None and instance == 1:
-        prefix += ["-m", "cProfile", "-o", str(profile / "node.prof")]
+        prefix += ["-c", _PROFILED, str(profile / "node.prof")]
     with (cfg.node.data_dir / "node.out").open("ab") as out:
         proc = procs.start(
             [*prefix, "-m", "node.cli", "run", "--config", str(cfg.source), "--grace", "5"],
@@ -237,17 +255,30 @@ class LogMeter:
                 conn.close()
         return log_bytes, size, files, events
 
+    def events(self) -> int:
+        """How many events the logs hold (cheap: the last sequence number of each)."""
+        total = 0
+        for path in self.paths:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                total += conn.execute("SELECT IFNULL(MAX(seq), 0) FROM events").fetchone()[0]
+            finally:
+                conn.close()
+        return total
+
     async def settled(self) -> tuple[int, int, int, int]:
         """A sample once the events of calls that just returned are written (the count
-        holds still for 0.1 s; at most 2 s)."""
-        last = self.sample()
+        holds still for 0.1 s; at most 2 s). Only the count is polled: a full sample
+        reads every page of the log (``dbstat``), which in a long soak takes a while
+        and holds back the node's WAL checkpoints."""
+        last = self.events()
         for _ in range(20):
             await asyncio.sleep(0.1)
-            now = self.sample()
-            if now[3] == last[3]:
-                return now
+            now = self.events()
+            if now == last:
+                break
             last = now
-        return last
+        return self.sample()
 
     @staticmethod
     def growth(

@@ -27,9 +27,14 @@ from hub.events import (
     RequestFailed,
     RequestRejected,
     RequestStarted,
+    ResultDeleted,
+    ResultExpired,
     ResultFetched,
+    ResultKeepShortened,
     ResultLost,
     ResultShared,
+    ResultTagged,
+    ResultUnshared,
 )
 from hub.lifecycle import TRANSITIONS, RequestState
 from hub.logfile import LogUnreadableError, export_line, iter_log, parse_export_line
@@ -167,6 +172,11 @@ _EVENT: dict[str, BaseModel] = {
     "result.fetched": ResultFetched(request_id=_RID, by="klaus@geomar"),
     "result.shared": ResultShared(request_id=_RID, by="klaus@geomar", recipients=()),
     "result.lost": ResultLost(request_id=_RID, reason="disk full"),
+    "result.unshared": ResultUnshared(request_id=_RID, by="klaus@geomar", principal="a@b"),
+    "result.expired": ResultExpired(request_id=_RID, reason="kept for 30d"),
+    "result.keep_shortened": ResultKeepShortened(request_id=_RID, by="klaus@geomar", keep_for=60),
+    "result.tagged": ResultTagged(request_id=_RID, by="klaus@geomar", scope="shared", tags=("a",)),
+    "result.deleted": ResultDeleted(request_id=_RID, by="klaus@geomar"),
 }
 _STEPS = [
     (kind, state, state in steps)

@@ -49,9 +49,14 @@ from hub.events import (
     RequestReceived,
     RequestRejected,
     RequestStarted,
+    ResultDeleted,
+    ResultExpired,
+    ResultKeepShortened,
     ResultLost,
     ResultShared,
     ResultStored,
+    ResultTagged,
+    ResultUnshared,
 )
 from hub.keys import KeyPair, PublicKeys
 from hub.records import Checkpoint, Cosignature, GrantRecord, GroupRecord, KeyRecord, sign_record
@@ -506,6 +511,18 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
         ResultShared(
             request_id="req00004", by="klaus@geomar", recipients=("0123456789abcdef0123",)
         ),
+        ResultShared(
+            request_id="req00004",
+            by="klaus@geomar",
+            recipients=("0123456789abcdef0123",),
+            principal="anna@geomar",
+            key_wraps=("d3JhcA",),
+        ),
+        ResultUnshared(request_id="req00004", by="klaus@geomar", principal="anna@geomar"),
+        ResultTagged(request_id="req00004", by="klaus@geomar", scope="private", tags=("a", "b")),
+        ResultKeepShortened(request_id="req00004", by="klaus@geomar", keep_for=86400),
+        ResultDeleted(request_id="req00004", by="klaus@geomar"),
+        ResultExpired(request_id="req00005", reason="kept for 30d"),
         GrantAdded(principal="klaus@geomar", module="climate", by="admin@hereon"),
         GrantRemoved(principal="klaus@geomar", module="climate", by="admin@hereon"),
         KeyRegistered(record=keys.vouch(keys.other_node)),

@@ -26,6 +26,7 @@ from hub.keys import KeyPair
 from hub.proofs import (
     ConsistencyProof,
     EventProof,
+    build_consistency_proof,
     build_event_proof,
     parse_proof,
     verify_consistency_proof,
@@ -216,6 +217,41 @@ def test_a_log_that_grew_extends_each_of_its_earlier_checkpoints(
             assert verdict.ok, verdict.diagnostics()
             assert verdict.new_size == _size(receipts[-1])
             assert "extends" in verdict.diagnostics()
+
+
+def test_a_growing_log_proves_each_checkpoint_from_the_last_as_from_all_its_leaves(
+    tmp_path: Path,
+) -> None:
+    """A node proves each new checkpoint from the one before with subtree roots it keeps
+    between proofs (so that a proof does not cost more as the log grows); each proof is
+    the one built from every leaf, also across a rotation of the node key."""
+    keys = Keys.generate()
+    with open_new_log(tmp_path / "events.db", keys, checkpoint_every=97) as log:
+        proven: list[tuple[SignedRecord, ConsistencyProof]] = []
+        last: SignedRecord | None = None
+        for i in range(700):
+            log.append_many(request_events(f"req{i:05d}"))
+            if i == 400:
+                log.rotate_key(keys.spare, keys.vouch(keys.spare))
+            head = log.head()
+            if head is not None and head != last:
+                proven.append((last or head, consistency_proof_of(log, last or head, head)))
+                last = head
+        hashes = [ev.hash for ev in log.events()]
+        assert log.size > 1300 and len(proven) > 10
+    for old, proof in proven:
+        expected = build_consistency_proof(
+            log=proof.log,
+            site=SITE,
+            site_key=keys.site.sign_public,
+            node_keys=proof.node_keys,
+            old=old,
+            new=proof.new,
+            leaves=hashes[: _size(proof.new)],
+        )
+        assert proof == expected
+        assert verify_consistency_proof(proof, keys.trusted).ok
+    assert {p.new.signer for _, p in proven} == {keys.node.kid, keys.spare.kid}
 
 
 def _forked(tmp_path: Path, *, same_size: bool) -> tuple[Keys, Path, Path]:

@@ -1,0 +1,200 @@
+"""The lineage of a result, proven by the node's signed log (``fedhub provenance``).
+
+:func:`provenance` asks the node for the events of one request with their proofs of
+inclusion (:class:`hub.proofs.EventProof`), checks every proof against the pinned site
+key, and reads the lineage out of the proven events only: who asked for which function
+(the caller's signed request header in ``request.accepted``), the inputs by their hashes
+and sizes, the schema hash the call was made against, the node, the times, the result's
+hash and size, and for each step the log event (seq, hash) that says it. A proof that does
+not check raises; nothing unproven is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from hub.answers import ProvenanceAnswer
+from hub.canonical import b64d, parse_canonical
+from hub.errors import CanonicalError, IntegrityError
+from hub.proofs import EventProof, verify_event_proof
+from hub.records import one_line
+
+if TYPE_CHECKING:
+    from hub.client import Client
+
+__all__ = ["Provenance", "Step", "provenance"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One proven event of the request: what happened, when, and where in which log."""
+
+    seq: int
+    hash: str
+    type: str
+    time: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """A result's lineage at one site, every field read from a proven log event."""
+
+    request_id: str
+    site: str
+    log: str
+    caller: str | None
+    address: str | None
+    schema_hash: str | None
+    inputs: dict[str, Any]
+    result: dict[str, Any]
+    received_time: str | None
+    ended_time: str | None
+    steps: tuple[Step, ...]
+    proofs: tuple[EventProof, ...] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The lineage as JSON (``fedhub provenance --json``); proofs are left out."""
+        return {
+            "request_id": self.request_id,
+            "site": self.site,
+            "log": self.log,
+            "caller": self.caller,
+            "address": self.address,
+            "schema_hash": self.schema_hash,
+            "inputs": self.inputs,
+            "result": self.result,
+            "received_time": self.received_time,
+            "ended_time": self.ended_time,
+            "steps": [
+                {"seq": s.seq, "hash": s.hash, "type": s.type, "time": s.time} for s in self.steps
+            ],
+        }
+
+    def lines(self) -> list[str]:
+        """The lineage as text, one fact a line."""
+        out = [
+            f"request   {self.request_id}",
+            f"function  {self.address}",
+            f"caller    {self.caller}",
+            f"site      {self.site} (log {self.log})",
+        ]
+        if self.schema_hash:
+            out.append(f"schemas   {self.schema_hash}")
+        out.append(
+            f"inputs    {self.inputs.get('payload_hash')} ({self.inputs.get('payload_size')} B"
+            + (f", bulk {self.inputs['bulk_hash']}" if self.inputs.get("bulk_hash") else "")
+            + ")"
+        )
+        if self.result:
+            out.append(f"result    {self.result.get('hash')} ({self.result.get('size')} B)")
+        out.append(f"times     {self.received_time} .. {self.ended_time}")
+        out += [f"  #{s.seq:<8} {s.type:<22} {s.time}  {s.hash}" for s in self.steps]
+        return out
+
+    def mermaid(self) -> str:
+        """A Mermaid flowchart: inputs → call at the site → result, with the log steps."""
+        call = f"{self.address}<br/>{self.site} log {self.log}"
+        lines = [
+            "flowchart LR",
+            f'  in["inputs {_short(self.inputs.get("payload_hash"))}"] --> call["{call}"]',
+        ]
+        if self.result:
+            lines.append(f'  call --> out["result {_short(self.result.get("hash"))}"]')
+        for s in self.steps:
+            lines.append(f'  call -.- s{s.seq}["#{s.seq} {s.type}<br/>{_short(s.hash)}"]')
+        return "\n".join(lines) + "\n"
+
+    def dot(self) -> str:
+        """The same as a Graphviz digraph."""
+        call = f"{self.address}\\n{self.site} log {self.log}"
+        lines = [
+            "digraph provenance {",
+            "  rankdir=LR;",
+            f'  in [label="inputs {_short(self.inputs.get("payload_hash"))}"];',
+            f'  call [shape=box, label="{call}"];',
+            "  in -> call;",
+        ]
+        if self.result:
+            lines.append(f'  out [label="result {_short(self.result.get("hash"))}"];')
+            lines.append("  call -> out;")
+        for s in self.steps:
+            lines.append(f'  s{s.seq} [shape=note, label="#{s.seq} {s.type}\\n{_short(s.hash)}"];')
+            lines.append(f"  call -> s{s.seq} [style=dotted];")
+        return "\n".join([*lines, "}"]) + "\n"
+
+
+def _short(value: object) -> str:
+    return str(value)[:16] if value else "-"
+
+
+async def provenance(client: Client, site: str, request_id: str) -> Provenance:
+    """The proven lineage of my request at ``site`` (or of one shared with me)."""
+    from hub.results_client import catalog
+
+    data = await catalog(client, "provenance", site, request_id, timeout=30.0)
+    try:
+        answer = ProvenanceAnswer.model_validate_json(data)
+    except PydanticValidationError as exc:
+        raise CanonicalError(f"malformed provenance answer: {one_line(exc)}") from exc
+    if answer.request_id != request_id or answer.site != site:
+        raise IntegrityError(f"site {site} answered about another request")
+    steps = []
+    for proof in answer.steps:
+        verdict = verify_event_proof(proof, client.trusted_sites)
+        if verdict.log != answer.log or proof.site != site:
+            raise IntegrityError(f"a proof of {request_id} is about another log or site")
+        body = parse_canonical(b64d(proof.event.body))
+        assert isinstance(body, dict)
+        data_ = body.get("data")
+        if not isinstance(data_, dict) or data_.get("request_id") != request_id:
+            raise IntegrityError(f"event {proof.event.seq} is not about request {request_id}")
+        steps.append(
+            Step(proof.event.seq, proof.event.hash, str(body["type"]), str(body["time"]), data_)
+        )
+    return _lineage(answer, tuple(steps))
+
+
+def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
+    header: dict[str, Any] = {}
+    result: dict[str, Any] = {}
+    received = ended = None
+    for s in steps:
+        if s.type == "request.accepted" and "header" in s.data:
+            value = parse_canonical(b64d(s.data["header"]))
+            header = value if isinstance(value, dict) else {}
+            received = s.time
+        elif s.type == "request.completed":
+            result = {"hash": s.data.get("result_hash"), "size": s.data.get("result_size")}
+            ended = s.time
+        elif s.type == "request.failed":
+            result = {}
+            ended = s.time
+    bulk = header.get("bulk") or {}
+    address = (
+        f"{header['site']}.{header['module']}.{header['function']}"
+        if {"site", "module", "function"} <= set(header)
+        else None
+    )
+    return Provenance(
+        request_id=answer.request_id,
+        site=answer.site,
+        log=answer.log,
+        caller=header.get("caller"),
+        address=address,
+        schema_hash=header.get("schema_hash"),
+        inputs={
+            "payload_hash": header.get("payload_hash"),
+            "payload_size": header.get("payload_size"),
+            "bulk_hash": bulk.get("hash"),
+            "bulk_size": bulk.get("size"),
+        },
+        result=result,
+        received_time=received,
+        ended_time=ended,
+        steps=steps,
+        proofs=answer.steps,
+    )

@@ -1,0 +1,126 @@
+"""Provenance of a result: the node's events of the request with proofs of inclusion in
+its signed log, checked by the client against the pinned site key; the same events the
+audit of the whole log accepts; refused to a third person, and failing cleanly for a
+client that pins another key for the site."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from support.world import World
+
+from hub.audit import audit_events
+from hub.canonical import parse_canonical
+from hub.chain import leaf_hash
+from hub.client import Client
+from hub.errors import IntegrityError, NotFoundError
+from hub.keys import KeyStore
+from hub.logfile import iter_log
+from hub.proofs import verify_event_proof
+from node.config import NodeConfig
+from node.daemon import NodeDaemon
+
+OWNER = "klaus@geomar"
+COLLEAGUE = "anna@geomar"
+THIRD = "mallory@geomar"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path / "world")
+    for who in (OWNER, COLLEAGUE, THIRD):
+        w.person(who)
+    return w
+
+
+@pytest.fixture
+def cfg(world: World) -> NodeConfig:
+    return world.node_config(
+        "hereon",
+        trust=["geomar"],
+        users=[OWNER, COLLEAGUE, THIRD],
+        grants=[(OWNER, "climate", "*")],
+    )
+
+
+@pytest.fixture
+async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
+    async with NodeDaemon(cfg, grace=2) as node:
+        yield node
+
+
+async def test_the_lineage_is_read_from_proven_events_that_the_audit_of_the_log_accepts(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        handle = await fed.submit("hereon.climate.scale", values=[1.0, 2.0], timeout=15)
+        await handle.result()
+        rid = handle.request_id
+        status = await fed.status("hereon", rid)
+        lineage = await fed.provenance("hereon", rid)
+    assert (lineage.caller, lineage.address, lineage.site) == (
+        OWNER,
+        "hereon.climate.scale",
+        "hereon",
+    )
+    assert lineage.result == {"hash": status.result_hash, "size": status.result_size}
+    assert lineage.inputs["payload_hash"] and lineage.inputs["payload_size"]
+    assert lineage.schema_hash
+    assert [s.type for s in lineage.steps] == ["request.accepted", "request.completed"]
+    assert lineage.received_time is not None and lineage.ended_time is not None
+    # every step is the event at that place of the node's log, and the log audits clean
+    bodies = {int(parse_canonical(e.body)["seq"]): e.body for e in iter_log(cfg.log_path)}
+    for step, proof in zip(lineage.steps, lineage.proofs, strict=True):
+        assert leaf_hash(bodies[step.seq]).hex() == step.hash
+        verdict = verify_event_proof(proof, {"hereon": world.site("hereon").sign_public})
+        assert (verdict.seq, verdict.type) == (step.seq, step.type)
+    report = audit_events(
+        iter_log(cfg.log_path),
+        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
+        threads=2,
+    )
+    assert report.ok, [f.line() for f in report.findings]
+    assert "flowchart LR" in lineage.mermaid() and "digraph provenance" in lineage.dot()
+
+
+async def test_a_reader_of_a_shared_result_gets_its_provenance_and_a_third_person_does_not(
+    node: NodeDaemon, world: World
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        handle = await fed.submit("hereon.climate.scale", values=[3.0], timeout=15)
+        await handle.result()
+        rid = handle.request_id
+        await fed.share("hereon", rid, COLLEAGUE)
+        await fed.tag("hereon", rid, ["private-note"])
+        owners = await fed.provenance("hereon", rid)
+    async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
+        lineage = await anna.provenance("hereon", rid)
+    assert lineage.caller == OWNER
+    # the owner sees what was done with the result; a reader only the call itself
+    assert [s.type for s in owners.steps] == [
+        "request.accepted",
+        "request.completed",
+        "result.shared",
+        "result.tagged",
+    ]
+    assert [s.type for s in lineage.steps] == ["request.accepted", "request.completed"]
+    async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
+        with pytest.raises(NotFoundError):
+            await mallory.provenance("hereon", rid)
+
+
+async def test_proofs_signed_by_another_key_than_the_pinned_site_key_fail_cleanly(
+    node: NodeDaemon, world: World, tmp_path: Path
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        handle = await fed.submit("hereon.climate.scale", values=[4.0], timeout=15)
+        await handle.result()
+    fooled = KeyStore(tmp_path / "fooled")
+    fooled.save(world.store.load(OWNER))
+    fooled.import_public(world.store.public("site:geomar"))
+    fooled.create("site:hereon")  # pins a key that is not hereon's
+    async with await Client.connect(node.url, OWNER, home=fooled.home) as fed:
+        with pytest.raises(IntegrityError):
+            await fed.provenance("hereon", handle.request_id)

@@ -1,0 +1,241 @@
+"""Retention of kept results: a sweep removes what outlived its keep-for time or what a
+module keeps beyond its size (the object gone from the bucket, ``result.expired`` in the
+log, the request ``expired``), and the owner removes a result early (``result.deleted``);
+nobody else can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from support.world import World
+
+from hub.audit import audit_events
+from hub.canonical import parse_canonical
+from hub.client import Client
+from hub.errors import NotFoundError, ValidationError
+from hub.events import ResultExpired
+from hub.lifecycle import RequestState
+from hub.logfile import iter_log
+from hub.nats import get_object
+from hub.subjects import RESULTS_BUCKET
+from node.config import NodeConfig, ResultsSection, load_config
+from node.daemon import NodeDaemon
+from node.retention import Retention, delete_kept
+
+OWNER = "klaus@geomar"
+COLLEAGUE = "anna@geomar"
+THIRD = "mallory@geomar"
+DAY = 86400.0
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path / "world")
+    for who in (OWNER, COLLEAGUE, THIRD):
+        w.person(who)
+    return w
+
+
+@pytest.fixture
+def cfg(world: World) -> NodeConfig:
+    return world.node_config(
+        "hereon",
+        trust=["geomar"],
+        users=[OWNER, COLLEAGUE, THIRD],
+        grants=[(OWNER, "climate", "*")],
+    )
+
+
+@pytest.fixture
+async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
+    async with NodeDaemon(cfg, grace=2) as node:
+        yield node
+
+
+async def _calls(node: NodeDaemon, world: World, n: int) -> list[str]:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        ids = []
+        for i in range(n):
+            handle = await fed.submit("hereon.climate.scale", values=[float(i)], timeout=15)
+            await handle.result()
+            ids.append(handle.request_id)
+        return ids
+
+
+def _retention(node: NodeDaemon) -> Retention:
+    retention = node.pipeline.results.retention  # type: ignore[union-attr]
+    assert retention is not None
+    return retention
+
+
+async def _object_exists(node: NodeDaemon, name: str) -> bool:
+    assert node.nc is not None
+    try:
+        await get_object(node.nc.jetstream(), RESULTS_BUCKET, name)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _types(cfg: NodeConfig) -> list[str]:
+    return [str(parse_canonical(e.body)["type"]) for e in iter_log(cfg.log_path)]
+
+
+def _audit_clean(cfg: NodeConfig, world: World) -> None:
+    report = audit_events(
+        iter_log(cfg.log_path),
+        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
+        threads=2,
+    )
+    assert report.ok, [f.line() for f in report.findings]
+
+
+async def test_a_sweep_after_the_keep_for_time_removes_the_result_and_status_says_expired(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    (rid,) = await _calls(node, world, 1)
+    retention = _retention(node)
+    assert await retention.sweep() == []  # not due yet: 30 days by default
+    assert await _object_exists(node, rid)
+    assert await retention.sweep(at=time.time() + 31 * DAY) == [rid]
+    assert not await _object_exists(node, rid)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        status = await fed.status("hereon", rid)
+        assert status.state == RequestState.EXPIRED
+        assert status.reason is not None and "keep-for" in status.reason
+        with pytest.raises(NotFoundError, match="expired"):
+            await fed.fetch("hereon", rid)
+        listed = await fed.requests("hereon", status="kept")
+        assert rid not in {r.request_id for r in listed}
+    assert await retention.sweep(at=time.time() + 62 * DAY) == []  # removed once
+    assert _types(cfg).count("result.expired") == 1
+    _audit_clean(cfg, world)
+
+
+async def test_a_module_over_its_size_loses_its_oldest_results_first(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    oldest, middle, newest = await _calls(node, world, 3)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        size = (await fed.status("hereon", newest)).result_size
+    assert size
+    assert node.nc is not None
+    nc = node.nc
+    small = Retention(
+        node.pipeline.writer,  # type: ignore[union-attr]
+        node.pipeline._read,  # type: ignore[union-attr]
+        lambda name: delete_kept(nc.jetstream(), name),
+        ResultsSection(max_size=2 * size),
+    )
+    assert sorted(await small.sweep()) == sorted([oldest])
+    assert await _object_exists(node, newest) and await _object_exists(node, middle)
+    assert not await _object_exists(node, oldest)
+    _audit_clean(cfg, world)
+
+
+async def test_the_owner_removes_a_result_early_and_nobody_else_can(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    mine, shared = await _calls(node, world, 2)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        await fed.share("hereon", shared, COLLEAGUE)
+    for who in (THIRD, COLLEAGUE):
+        async with await Client.connect(node.url, who, home=world.store.home) as other:
+            for rid in (mine, shared):
+                with pytest.raises(NotFoundError):
+                    await other.delete_result("hereon", rid)
+    assert await _object_exists(node, mine) and await _object_exists(node, shared)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        answer = await fed.delete_result("hereon", shared)
+        assert answer.state == RequestState.DELETED
+        assert (await fed.status("hereon", shared)).state == RequestState.DELETED
+        with pytest.raises(NotFoundError):
+            await fed.delete_result("hereon", shared)  # gone already
+    assert not await _object_exists(node, shared)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        for change in (
+            fed.unshare("hereon", shared, COLLEAGUE),
+            fed.share("hereon", shared, THIRD),
+            fed.keep_result("hereon", shared, DAY),
+        ):
+            with pytest.raises(NotFoundError):  # a removed result takes no more events
+                await change
+        with pytest.raises(ValidationError):
+            await fed.tag("hereon", shared, ["late"])
+    async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
+        with pytest.raises(NotFoundError):
+            await (await anna.result(shared, site="hereon")).result()
+    assert _types(cfg).count("result.deleted") == 1
+    assert await _retention(node).sweep(at=time.time() + 31 * DAY) == [mine]
+    _audit_clean(cfg, world)
+
+
+async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may_ask(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    short, default = await _calls(node, world, 2)
+    async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
+        with pytest.raises(NotFoundError):
+            await mallory.keep_result("hereon", short, DAY)
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        with pytest.raises(ValidationError, match="at most"):
+            await fed.keep_result("hereon", short, 60 * DAY)
+        answer = await fed.keep_result("hereon", short, DAY)
+        records = {r.request_id: r for r in await fed.requests("hereon")}
+    assert records[short].expires_time == answer.expires_time
+    assert records[default].expires_time is not None
+    assert records[short].expires_time < records[default].expires_time
+    assert await _retention(node).sweep(at=time.time() + 2 * DAY) == [short]
+    assert await _object_exists(node, default)
+    assert _types(cfg).count("result.keep_shortened") == 1
+    _audit_clean(cfg, world)
+
+
+async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    (rid,) = await _calls(node, world, 1)
+    assert node.pipeline is not None and node.nc is not None
+    results = node.pipeline.results
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        async with results.lock:  # a sweep holds it while removing
+            fetching = asyncio.create_task(fed.fetch("hereon", rid))
+            for _ in range(20):  # let the fetch get as far as it can meanwhile
+                await asyncio.sleep(0)
+            await delete_kept(node.nc.jetstream(), rid)
+            await node.pipeline.writer.append(ResultExpired(request_id=rid, reason="raced"))
+        with pytest.raises(NotFoundError):
+            await fetching
+    types = _types(cfg)
+    assert types.count("result.expired") == 1 and "result.fetched" not in types
+    _audit_clean(cfg, world)
+
+
+async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_running(
+    world: World, tmp_path: Path
+) -> None:
+    cfg = world.node_config(
+        "hereon", name="short", trust=["geomar"], users=[OWNER], grants=[(OWNER, "climate", "*")]
+    )
+    assert cfg.source is not None
+    with cfg.source.open("a") as fh:
+        fh.write("[results]\nkeep_for = 0.001\n")  # due as soon as it is kept
+    cfg = load_config(cfg.source)
+    async with NodeDaemon(cfg, grace=2) as node:
+        (rid,) = await _calls(node, world, 1)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(node.url, OWNER, home=world.store.home) as fed,
+    ):
+        for _ in range(200):  # the sweep at start runs beside the node's first steps
+            if (await fed.status("hereon", rid)).state == RequestState.EXPIRED:
+                break
+            await asyncio.sleep(0.05)
+        assert (await fed.status("hereon", rid)).state == RequestState.EXPIRED
+    assert _types(cfg).count("result.expired") == 1
+    _audit_clean(cfg, world)  # which refuses a result event while the node is not running
