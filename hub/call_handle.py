@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError as PydanticValidationError
 
 from hub.answers import CancelAnswer, FunctionInfo, ModuleDescription, RequestStatus
-from hub.errors import CallTimeoutError
+from hub.errors import CallTimeoutError, CanonicalError, DecryptionError
+from hub.records import KeyRecord, one_line, open_record
 from hub.transfer import TransferProgress
 
 if TYPE_CHECKING:
@@ -49,6 +51,25 @@ class ModuleInfo:
     def functions(self) -> dict[str, FunctionInfo]:
         """Function name → its description (schemas, docstring, signature)."""
         return self.info.functions
+
+    @classmethod
+    def verified(cls, site: str, module: str, data: bytes, site_key: bytes) -> ModuleInfo:
+        """An info answer checked: it parses, names this module, and carries a node key
+        record signed by ``site_key`` (the pinned key of ``site``)."""
+        try:
+            info = ModuleDescription.model_validate_json(data)
+        except PydanticValidationError as exc:
+            raise CanonicalError(
+                f"malformed info answer of {site}.{module}: {one_line(exc)}"
+            ) from exc
+        record = open_record(info.node_key, KeyRecord, site_key)
+        if info.site != site or info.module != module:
+            raise CanonicalError(
+                f"{site}.{module} answered with the info of {info.site}.{info.module}"
+            )
+        if record.site != site or record.role != "node":
+            raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
+        return cls(site, module, info, record.identity, record.kid, record.box_key_bytes())
 
 
 @dataclass(eq=False)  # a handle is itself: hashable, for asyncio.gather and sets

@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
-from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
+from hub.answers import CancelAnswer, RequestStatus, error_from_headers
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.canonical import b64d, b64e
@@ -78,7 +78,7 @@ from hub.errors import (
 )
 from hub.keys import KeyPair, KeyStore
 from hub.lifecycle import RequestState
-from hub.records import KeyRecord, one_line, open_record
+from hub.records import one_line
 from hub.results_api import ResultsMixin
 from hub.subjects import (
     inbox_subject,
@@ -265,9 +265,8 @@ class Client(ResultsMixin):
             ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"{site}.{module} did not answer its info request") from exc
-        self._site_key(site)
-        error = error_from_headers(msg.headers)
-        if error is not None:
+        self._site_key(site)  # an unpinned site is a ConfigError, whatever it answered
+        if (error := error_from_headers(msg.headers)) is not None:
             raise error
         return self.remember_info(site, module, msg.data)
 
@@ -281,18 +280,8 @@ class Client(ResultsMixin):
         return site_key
 
     def remember_info(self, site: str, module: str, data: bytes) -> ModuleInfo:
-        """Verify a module info answer (received now, or kept from earlier: ``fedhub call
-        --queue``) against the pinned site key, and use it for calls to the module."""
-        site_key = self._site_key(site)
-        info = _parse(ModuleDescription, data, f"info answer of {site}.{module}")
-        record = open_record(info.node_key, KeyRecord, site_key)
-        if info.site != site or info.module != module:
-            raise CanonicalError(
-                f"{site}.{module} answered with the info of {info.site}.{info.module}"
-            )
-        if record.site != site or record.role != "node":
-            raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
-        mi = ModuleInfo(site, module, info, record.identity, record.kid, record.box_key_bytes())
+        """Verify a module info answer (fresh, or kept: ``fedhub call --queue``); use it."""
+        mi = ModuleInfo.verified(site, module, data, self._site_key(site))
         self._modules[(site, module)] = mi
         return mi
 
