@@ -95,6 +95,10 @@ class CallHandle:
     #: With compression: the fraction of the bulk arguments' size it saved.
     saved: float | None = None
     _transfers: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Loop time of the last message from the node about this call (or of the submit).
+    _heard: float = 0.0
+    #: The client's scheduled asks about this call (cancelled once it ends).
+    _timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
     def site(self) -> str:
@@ -165,6 +169,11 @@ class CallHandle:
         else:
             self._future.set_result(value)
         return True
+
+    def _stop_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         """Keep a transfer task of this call (cancelled with the call, or when it ends)."""

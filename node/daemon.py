@@ -234,6 +234,13 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
+        try:
+            await self._wind_down(reason)
+        finally:  # whatever failed above: the embedded server, the log and locks are let go
+            await self.stack.aclose()
+        log.info("node.stopped", reason=reason)
+
+    async def _wind_down(self, reason: str) -> None:
         background = [
             t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "retention")
         ]
@@ -252,8 +259,6 @@ class NodeDaemon:
             with contextlib.suppress(FederationError):
                 await self.writer.append(NodeStopped(reason=reason))
                 await self.writer.checkpoint()  # a fresh receipt covers the whole run
-        await self.stack.aclose()
-        log.info("node.stopped", reason=reason)
 
     async def _finish_calls(self) -> None:
         """Let the calls in flight finish for ``grace`` seconds (a burst being taken may

@@ -16,6 +16,9 @@ One module per job, their public names re-exported here:
   ``federation.toml`` (:func:`load_topology`) and every party's configs, NKeys and TLS
   written from it (:func:`generate`, :func:`role_permissions`), as ``fedhub federation
   init`` does;
+- :mod:`hub.nats.hubsetup`, :mod:`hub.nats.dirstreams`: the hub's own streams (event
+  copies, the federation-wide directory) from the generated files (:func:`setup_hub`, as
+  ``fedhub federation setup-hub`` does) and the directory's streams at each site;
 - :mod:`hub.nats.federation`: a hub and site leaves on one machine for tests and demos
   (:class:`LocalFederation`), run from generated configs.
 
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     )
     from hub.nats.federation import DEFAULT_SITES, LocalFederation, start_local_federation
     from hub.nats.generate import generate, role_permissions
+    from hub.nats.hubsetup import setup_hub
     from hub.nats.objects import (
         BULK_CHUNK_SIZE,
         CHUNK_SIZE,
@@ -112,6 +116,7 @@ _LAZY = {
     "put_object_stream": "hub.nats.objects",
     "role_permissions": "hub.nats.generate",
     "server_config": "hub.nats.config",
+    "setup_hub": "hub.nats.hubsetup",
     "site_account": "hub.nats.config",
     "source_site_events": "hub.nats.streams",
     "start_local_federation": "hub.nats.federation",
@@ -170,6 +175,7 @@ __all__ = [
     "put_object_stream",
     "role_permissions",
     "server_config",
+    "setup_hub",
     "site_account",
     "source_site_events",
     "start_local_federation",
