@@ -59,6 +59,7 @@ def add_web_options(parser: argparse.ArgumentParser) -> None:
 def add_commands(sub: Any) -> None:
     """Add ``web`` to the ``fedhub`` subcommands."""
     from hub.cli_calls import connection_options
+    from hub.cliutil import examples
 
     web = sub.add_parser(
         "web",
@@ -66,7 +67,7 @@ def add_commands(sub: Any) -> None:
         description="Serve the fedhub console on 127.0.0.1 with a random token and print "
         "its link. It acts with your key store (keys never leave this machine). Operators "
         "start it with `fedhub-node web --config NODE.toml` to add the node's pages.",
-        epilog="example: fedhub web --as klaus@geomar --open",
+        epilog=examples("fedhub web --as klaus@geomar --open"),
     )
     add_web_options(web)
     connection_options(web, "default deadline of calls made from the console")

@@ -43,7 +43,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
-from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
+from hub.answers import CancelAnswer, RequestStatus, error_from_headers
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.call_recovery import CONTROL_TIMEOUT, RECOVER_TRIES, Recovery, call_error
@@ -78,7 +78,7 @@ from hub.errors import (
     TransportError,
 )
 from hub.keys import KeyPair, KeyStore
-from hub.records import KeyRecord, one_line, open_record
+from hub.records import one_line
 from hub.results_api import ResultsMixin
 from hub.subjects import (
     inbox_subject,
@@ -254,24 +254,23 @@ class Client(ResultsMixin):
             ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"{site}.{module} did not answer its info request") from exc
+        self._site_key(site)  # an unpinned site is a ConfigError, whatever it answered
+        if (error := error_from_headers(msg.headers)) is not None:
+            raise error
+        return self.remember_info(site, module, msg.data)
+
+    def _site_key(self, site: str) -> bytes:
         site_key = self.trusted_sites.get(site)
         if site_key is None:
             raise ConfigError(
                 f"site {site} is not pinned in this key store",
                 hint=f"import its public key: fedhub keys import site-{site}.pub",
             )
-        error = error_from_headers(msg.headers)
-        if error is not None:
-            raise error
-        info = _parse(ModuleDescription, msg.data, f"info answer of {site}.{module}")
-        record = open_record(info.node_key, KeyRecord, site_key)
-        if info.site != site or info.module != module:
-            raise CanonicalError(
-                f"{site}.{module} answered with the info of {info.site}.{info.module}"
-            )
-        if record.site != site or record.role != "node":
-            raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
-        mi = ModuleInfo(site, module, info, record.identity, record.kid, record.box_key_bytes())
+        return site_key
+
+    def remember_info(self, site: str, module: str, data: bytes) -> ModuleInfo:
+        """Verify a module info answer (fresh, or kept: ``fedhub call --queue``); use it."""
+        mi = ModuleInfo.verified(site, module, data, self._site_key(site))
         self._modules[(site, module)] = mi
         return mi
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import nats.errors
 
+from hub.cliutil import examples
 from hub.errors import ConfigError, TransportError
 from hub.nats.config import HUB_DOMAIN
 from hub.nats.connection import auth_options, connect
@@ -132,11 +133,16 @@ def cmd_setup_hub(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``federation init``, ``add-site`` and ``setup-hub`` to the ``fedhub`` subcommands."""
-    fed = sub.add_parser("federation", help="generate the NATS configs of a federation")
+    fed = sub.add_parser(
+        "federation",
+        help="generate the NATS configs of a federation",
+        epilog=examples("fedhub federation init configs/federation.toml --out federation"),
+    )
     fsub = fed.add_subparsers(dest="federation_command", required=True, metavar="ACTION")
     init = fsub.add_parser(
         "init",
         help="write every party's configs, credentials and TLS from federation.toml",
+        epilog=examples("fedhub federation init configs/federation.toml --out federation"),
     )
     init.add_argument("config", type=Path, metavar="federation.toml")
     init.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -144,6 +150,10 @@ def add_commands(sub: Any) -> None:
     add = fsub.add_parser(
         "add-site",
         help="add site NAME: rewrite the hub's configs, write only the new site's folder",
+        epilog=examples(
+            "fedhub federation add-site configs/federation.toml awi --site-key site-awi.pub "
+            "--out federation"
+        ),
     )
     add.add_argument("config", type=Path, metavar="federation.toml")
     add.add_argument("name", metavar="NAME", help="the new site's name")
@@ -167,6 +177,7 @@ def add_commands(sub: Any) -> None:
     setup = fsub.add_parser(
         "setup-hub",
         help="create or update the hub's streams (event copies, directory) from DIR",
+        epilog=examples("fedhub federation setup-hub federation --url tls://hub.example.org:4222"),
     )
     setup.add_argument(
         "dir", type=Path, metavar="DIR", help="the folder `init` wrote, or its hub/ folder"

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from hub import __version__
 from hub.canonical import b64d
 from hub.cli_web import add_web_options, open_console
-from hub.cliutil import configure_logging, run_main
+from hub.cliutil import add_examples, configure_logging, run_main
 from hub.errors import ConfigError, StopRequestedError
 from hub.records import SignedRecord
 from node import projections
@@ -35,6 +35,18 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _log = structlog.get_logger("node.cli")
+
+
+def _log_path(args: argparse.Namespace) -> Path:
+    """The log named by ``--db``, or the log of the node ``--config`` describes."""
+    return Path(args.db) if args.db is not None else load_config(args.config).log_path
+
+
+def _log_source(parser: argparse.ArgumentParser) -> None:
+    """``--db LOG`` or ``--config NODE.toml``: the same choice in every ``log`` action."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", type=Path, help="the node's SQLite log")
+    source.add_argument("--config", type=Path, help="the node's config (its log)")
 
 
 def _open_db(path: Path) -> EventLog:
@@ -89,11 +101,12 @@ async def _serve(daemon: NodeDaemon) -> None:
     async with daemon:
         tune_collector()
         modules = ", ".join(m.name for m in cfg.modules) or "no modules"
-        print(
-            f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
-            f"{modules} on {safe_url(daemon.url)}",
-            flush=True,
-        )
+        if cfg.log.format != "json":  # a JSON log stream holds JSON only (node.started says it)
+            print(
+                f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
+                f"{modules} on {safe_url(daemon.url)}",
+                flush=True,
+            )
         await daemon.serve()
         await daemon.stop("signal" if daemon.failure is None else "failed")
 
@@ -190,18 +203,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_log_export(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as log:
+    with _open_db(_log_path(args)) as log:
         count = log.export(args.output)
     print(f"exported {count} events to {args.output}")
     return 0
 
 
 def cmd_log_head(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as log:
+    path = _log_path(args)
+    with _open_db(path) as log:
         head = log.head()
         size = log.size
     if head is None:
-        raise ConfigError(f"{args.db} has no checkpoint yet ({size} events)")
+        raise ConfigError(f"{path} has no checkpoint yet ({size} events)")
     print(json.dumps(head.model_dump(), indent=2))
     return 0
 
@@ -267,10 +281,11 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as log:
+    path = _log_path(args)
+    with _open_db(path) as log:
         row = projections.request_status(log.db.conn, args.request_id)
     if row is None:
-        raise ConfigError(f"no request {args.request_id} in {args.db}")
+        raise ConfigError(f"no request {args.request_id} in {path}")
     print(json.dumps(row, indent=2))
     return 0
 
@@ -466,11 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     log = sub.add_parser("log", help="export, inspect and maintain the event log")
     lsub = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     exp = lsub.add_parser("export", help="write the log as JSON Lines")
-    exp.add_argument("--db", type=Path, required=True)
+    _log_source(exp)
     exp.add_argument("-o", "--output", type=Path, required=True)
     exp.set_defaults(func=cmd_log_export)
     head = lsub.add_parser("head", help="print the latest signed checkpoint")
-    head.add_argument("--db", type=Path, required=True)
+    _log_source(head)
     head.set_defaults(func=cmd_log_head)
     reb = lsub.add_parser("rebuild", help="rebuild projections (request status) from the events")
     reb.add_argument("--config", type=Path, required=True)
@@ -494,13 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="OLD.json [NEW.json]: signed checkpoints (default NEW: the log's latest)",
     )
-    source = prove.add_mutually_exclusive_group(required=True)
-    source.add_argument("--db", type=Path, help="the node's SQLite log")
-    source.add_argument("--config", type=Path, help="the node's config (its log)")
+    _log_source(prove)
     prove.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
     prove.set_defaults(func=cmd_log_prove)
     req = lsub.add_parser("request", help="show the projected status of one request")
-    req.add_argument("--db", type=Path, required=True)
+    _log_source(req)
     req.add_argument("request_id")
     req.set_defaults(func=cmd_request)
     admin = sub.add_parser(
@@ -536,7 +549,36 @@ def build_parser() -> argparse.ArgumentParser:
     sexp.add_argument("-o", "--output", type=Path, default=Path("schemas"))
     sexp.add_argument("--config", type=Path, help="also the argument/return schemas of its modules")
     sexp.set_defaults(func=cmd_schemas_export)
+    add_examples(parser, EXAMPLES)
     return parser
+
+
+#: One example per command of ``fedhub-node`` (shown at the end of its ``--help``).
+EXAMPLES = {
+    "": ["fedhub-node init --config site.toml", "fedhub-node run --config site.toml"],
+    "run": ["fedhub-node run --config site.toml --grace 60"],
+    "status": ["fedhub-node status --config site.toml --json"],
+    "web": ["fedhub-node web --config site.toml --as ops@hereon"],
+    "init": ["fedhub-node init --config site.toml"],
+    "check": ["fedhub-node check --config site.toml --offline"],
+    "log": ["fedhub-node log export --config site.toml -o events.jsonl"],
+    "log export": ["fedhub-node log export --config site.toml -o events.jsonl"],
+    "log head": ["fedhub-node log head --db data/events.db"],
+    "log rebuild": ["fedhub-node log rebuild --config site.toml"],
+    "log checkpoint": ["fedhub-node log checkpoint --config site.toml"],
+    "log prove": ["fedhub-node log prove 42 --config site.toml -o event-42.json"],
+    "log request": ["fedhub-node log request --config site.toml 6pT3uGQ1dS8h5yqgq1wW1w"],
+    "admin": ["fedhub-node admin grant --config site.toml klaus@geomar climate"],
+    "admin apply": ["fedhub-node admin apply --config site.toml klaus.json"],
+    "admin revoke": [
+        "fedhub-node admin revoke --config site.toml 37217437eea054d003b0 --identity klaus@hereon"
+    ],
+    "admin grant": [
+        "fedhub-node admin grant --config site.toml group:modellers climate --function '*'"
+    ],
+    "schemas": ["fedhub-node schemas export -o schemas --config site.toml"],
+    "schemas export": ["fedhub-node schemas export -o schemas --config site.toml"],
+}
 
 
 def _main(argv: list[str] | None = None) -> int:

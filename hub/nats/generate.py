@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nkeys
 
@@ -45,8 +46,11 @@ from hub.nats.config import (
     site_account,
 )
 from hub.nats.hubsetup import write_hub_streams
-from hub.nats.tlsca import CertFiles, ensure_ca, ensure_server_cert, write_secret
 from hub.nats.topology import ROLES, HubCluster, HubServer, Role, Site, Topology, site_public_keys
+
+if TYPE_CHECKING:  # the TLS helpers (cryptography) load only when certificates are made
+    from hub.nats.tlsca import CertFiles
+
 from hub.subjects import (
     CALLS_CONSUMER,
     CALLS_STREAM,
@@ -76,6 +80,8 @@ HUB_ADMIN = "admin"
 
 def ensure_nkey(path: Path) -> str:
     """Return the public key of the NKey user seed in ``path``, creating it on first use."""
+    from hub.nats.tlsca import write_secret
+
     if path.exists():
         seed = path.read_bytes().strip()
     else:
@@ -89,6 +95,8 @@ def ensure_nkey(path: Path) -> str:
 
 def _secret(path: Path) -> str:
     """A random secret kept in ``path`` (made on first use): route and gateway logins."""
+    from hub.nats.tlsca import write_secret
+
     if not path.exists():
         write_secret(path, secrets.token_hex(24).encode() + b"\n")
     return path.read_text().strip()
@@ -474,6 +482,8 @@ def generate(
     and the hub's client port a password user without TLS (:attr:`Generated.hub_local`):
     only for tests that need such clients; never in a deployment.
     """
+    from hub.nats.tlsca import ensure_ca, ensure_server_cert, write_secret
+
     out = out.resolve()
     keys = site_public_keys(topology, base)
     result = Generated(out=out)
