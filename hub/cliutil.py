@@ -133,6 +133,10 @@ def configure_logging(*, json_logs: bool = False, level: str = "warning") -> Non
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    if level.lower() != "debug":
+        # asyncio's warning of a peer closing a TLS stream ("returning true from
+        # eof_received() has no effect when using ssl") is harmless and not the user's
+        logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 def read_passphrase(

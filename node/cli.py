@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel
@@ -302,7 +302,7 @@ def cmd_admin_apply(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{args.record} is a {kind!r} record; key records, revocations, grants and groups"
         )
-    return _admin(cfg, op, signed)
+    return _admin(cfg, op, signed, args)
 
 
 def cmd_admin_grant(args: argparse.Namespace) -> int:
@@ -324,7 +324,7 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
         serial=args.serial if args.serial is not None else time.time_ns() // 1000,
         time=now(),
     )
-    return _admin(cfg, "grant", sign_record(record, site.signing_key))
+    return _admin(cfg, "grant", sign_record(record, site.signing_key), args)
 
 
 def cmd_admin_revoke(args: argparse.Namespace) -> int:
@@ -335,18 +335,23 @@ def cmd_admin_revoke(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     site = KeyStore(cfg.node.key_home).load(cfg.site_identity, os.environ.get("FEDHUB_PASSPHRASE"))
     rev = Revocation(identity=args.identity, kid=args.kid, time=now(), reason=args.reason)
-    return _admin(cfg, "revoke", sign_record(rev, site.signing_key))
+    return _admin(cfg, "revoke", sign_record(rev, site.signing_key), args)
 
 
-def _admin(cfg: NodeConfig, op: str, signed: SignedRecord) -> int:
-    """Send a signed record to the running node, or append it to the log when it is down."""
+def _admin(cfg: NodeConfig, op: str, signed: SignedRecord, args: argparse.Namespace) -> int:
+    """Send a signed record to the running node, or append it to the log when it is down.
+
+    A running node is reached at the URL it wrote into its status file, as the site's
+    operator: ``--creds`` (default ``$FEDHUB_CREDS``, an ``operator-NAME.nk`` seed from
+    ``fedhub federation init``) and ``--ca`` (default ``$FEDHUB_CA``) on a secured site."""
     from node.admin import admin_message, apply_admin, load_directory
     from node.daemon import read_status_file
 
     message = admin_message(op, signed)
     status = read_status_file(cfg.node.data_dir)
     if status is not None and _alive(status):
-        answer = asyncio.run(_send_admin(str(status["url"]), cfg.node.site, message))
+        auth = _operator_auth(args.creds, args.ca)
+        answer = asyncio.run(_send_admin(str(status["url"]), cfg.node.site, message, auth))
         print(f"{op}: applied by the running node (event {answer.seq})")
         return 0
     with open_log(cfg) as log:
@@ -370,20 +375,53 @@ def _alive(status: dict[str, object]) -> bool:
     return True
 
 
-async def _send_admin(url: str, site: str, message: bytes) -> AdminAnswer:
+def _operator_auth(creds: Path | None, ca: Path | None) -> dict[str, Any]:
+    """Connection options of the site's operator: NKey, CA, and the operator's own inboxes
+    (named by the seed file, ``operator-NAME.nk``, as generated)."""
+    from hub.nats.connection import CREDS_ENV, auth_options
+    from hub.nats.generate import nats_inbox_prefix
+
+    options = auth_options(creds, ca)
+    seed = creds or (Path(os.environ[CREDS_ENV]) if os.environ.get(CREDS_ENV) else None)
+    if seed is not None and seed.stem.startswith("operator-"):
+        options["inbox_prefix"] = nats_inbox_prefix("operator", seed.stem.removeprefix("operator-"))
+    return options
+
+
+async def _send_admin(url: str, site: str, message: bytes, auth: dict[str, Any]) -> AdminAnswer:
     import nats
 
     from hub.answers import AdminAnswer, error_from_headers
     from hub.subjects import admin_subject
+    from node.natslink import describe_nats_error
+
+    errors: list[Exception] = []
+
+    async def quiet(exc: Exception) -> None:  # one line below, not nats-py's tracebacks
+        errors.append(exc)
 
     try:
-        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+        nc = await nats.connect(
+            url,
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=quiet,
+            **auth,
+        )
     except Exception as exc:
-        raise ConfigError(f"cannot reach the node's NATS at {url}: {exc}") from exc
+        exc = errors[0] if errors else exc
+        raise ConfigError(
+            f"cannot reach the node's NATS at {url}: {describe_nats_error(exc)}",
+            hint="on a secured site, log in as its operator: --creds operator-NAME.nk --ca ca.pem",
+        ) from exc
     try:
         reply = await nc.request(admin_subject(site), message, timeout=5)
     except Exception as exc:
-        raise ConfigError(f"the node did not answer: {exc}") from exc
+        raise ConfigError(
+            f"the node did not answer: {describe_nats_error(exc)}",
+            hint="only the site's operator may send admin records (--creds operator-NAME.nk)",
+        ) from exc
     finally:
         await nc.close()
     refused = error_from_headers(reply.headers)
@@ -425,6 +463,15 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = ConsoleSettings(url=url, identity=args.identity, home=args.home)
     settings.operator = NodeView(cfg)
     return open_console(settings, args.port, args.open)
+
+
+def _operator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--creds", type=Path, help="the site operator's NKey seed (default $FEDHUB_CREDS)"
+    )
+    parser.add_argument(
+        "--ca", type=Path, help="the federation's CA certificate (default $FEDHUB_CA)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -524,10 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="apply a signed key record, revocation, grant or group record (JSON file)"
     )
     app.add_argument("--config", type=Path, required=True)
+    _operator_options(app)
     app.add_argument("record", type=Path)
     app.set_defaults(func=cmd_admin_apply)
     rv = asub.add_parser("revoke", help="revoke a key, signed with this site's key")
     rv.add_argument("--config", type=Path, required=True)
+    _operator_options(rv)
     rv.add_argument("kid")
     rv.add_argument("--identity", required=True, help="whose key it is (name@site)")
     rv.add_argument("--reason", default="revoked by the site operator")
@@ -536,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         "grant", help="let PRINCIPAL call MODULE here (signed with this site's key; published)"
     )
     gr.add_argument("--config", type=Path, required=True)
+    _operator_options(gr)
     gr.add_argument("principal", help="name@site, group:NAME or group:OWNER/NAME")
     gr.add_argument("module")
     gr.add_argument("--function", default="*", help="a function, Class.*, or * (default)")
