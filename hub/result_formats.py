@@ -13,7 +13,6 @@ import csv
 import importlib.util
 import io
 import json
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,10 +72,10 @@ def render(value: object, fmt: str, out: Path | None) -> str | None:
     if fmt == "nc":
         value.to_netcdf(out)  # type: ignore[attr-defined]
         return None
+    if out.exists():  # never remove what the user has: a typo could name their data
+        raise ConfigError(f"{out} exists already", hint="choose a new --out path or remove it")
     if importlib.util.find_spec("zarr") is None:
         raise ConfigError("--format zarr needs the zarr package", hint="pip install zarr")
-    if out.exists():
-        shutil.rmtree(out)
     value.to_zarr(out)  # type: ignore[attr-defined]
     return None
 

@@ -75,3 +75,13 @@ def test_json_writes_numpy_as_lists(tmp_path: Path) -> None:
     assert render(np.array([1, 2]), "json", None) == "[\n  1,\n  2\n]\n"
     with pytest.raises(ConfigError):
         render([1], "yaml", None)
+
+
+def test_zarr_never_removes_what_is_at_the_output_path(tmp_path: Path) -> None:
+    keep = tmp_path / "my-data"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    value = xr.DataArray(np.arange(3.0), dims="x", name="v")
+    with pytest.raises(ConfigError, match="exists already"):
+        render(value, "zarr", keep)
+    assert (keep / "notes.txt").read_text() == "precious"
