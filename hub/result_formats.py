@@ -76,7 +76,9 @@ def render(value: object, fmt: str, out: Path | None) -> str | None:
         raise ConfigError(f"{out} exists already", hint="choose a new --out path or remove it")
     if importlib.util.find_spec("zarr") is None:
         raise ConfigError("--format zarr needs the zarr package", hint="pip install zarr")
-    value.to_zarr(out)  # type: ignore[attr-defined]
+    # Zarr format 2 with consolidated metadata: what most readers (older xarray, R, Julia,
+    # JavaScript) open today; format 3 warns that consolidation is not in its spec
+    value.to_zarr(out, zarr_format=2, consolidated=True)  # type: ignore[attr-defined]
     return None
 
 
