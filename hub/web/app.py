@@ -136,7 +136,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: ConsoleSettings) -> Starlette:
     """The console app; its routes come from the caller, auditor and operator modules."""
-    from hub.web import audits, calls, operate
+    from hub.web import audits, calls, kept, operate
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -149,6 +149,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
 
     routes = [
         *calls.routes(),
+        *kept.routes(),
         *audits.routes(),
         *operate.routes(),
         Mount("/static", StaticFiles(packages=[("hub.web", "static")]), name="static"),

@@ -317,3 +317,63 @@ async def test_the_console_refuses_visitors_without_its_token_and_foreign_host_n
     finally:
         await _stop(task)
         shutil.rmtree(world.root / "console", ignore_errors=True)
+
+
+async def test_my_requests_lists_a_kept_result_to_download_and_share_with_a_colleague(
+    world: World, federation: Federation, browser: Browser, tmp_path: Path, unique: Any
+) -> None:
+    colleague = "anna@geomar"
+    world.person(colleague)
+    cfg = world.node_config(
+        "hereon",
+        name=unique("kept").replace("_", "-"),
+        **node_nats(federation, "hereon"),
+        trust=["geomar"],
+        users=[CALLER, colleague],
+        grants=[(CALLER, "climate", "*")],
+    )
+    node = world.spawn_node(cfg)
+    from hub.client import Client
+    from hub.errors import NotFoundError, UnauthorizedError
+
+    def connect(who: str) -> Any:
+        return Client.connect(
+            federation.site_url("geomar"), who, home=world.store.home,
+            **federation.caller_auth(who),
+        )  # fmt: skip
+
+    link, task = await _console(_settings(world, federation))
+    try:
+        async with await connect(CALLER) as fed:
+            handle = await fed.submit("hereon.climate.scale", values=[1.0, 2.0])
+            assert await handle.result() == [2.0, 4.0]
+        rid = handle.request_id
+        page = await browser.new_page(accept_downloads=True)
+        await page.goto(link)
+        await page.click("#nav-requests")
+        row = page.locator(f"#req-{rid}")
+        await row.wait_for()
+        assert "completed" in (await row.text_content() or "")
+        async with page.expect_download() as waiting:
+            await row.locator("a.dl-csv").click()
+        saved = tmp_path / "kept.csv"
+        await (await waiting.value).save_as(saved)
+        assert saved.read_text().split() == ["2.0", "4.0"]  # a list: one value a row
+
+        await row.locator("form.share input[name=principal]").fill(colleague)
+        await row.locator("form.share button").click()
+        await page.wait_for_selector(f"#req-{rid} .shares .tag")
+        assert await page.text_content(f"#req-{rid} .shares .tag") == colleague
+        await _shot(page, "requests")
+        async with await connect(colleague) as anna:
+            shared = await anna.result(rid, site="hereon")
+            assert await shared.result() == [2.0, 4.0]
+
+        await page.locator(f"#req-{rid} .shares button.unshare").click()
+        await page.wait_for_function(f"() => !document.querySelector('#req-{rid} .shares .tag')")
+        async with await connect(colleague) as anna:
+            with pytest.raises((NotFoundError, UnauthorizedError)):
+                await (await anna.result(rid, site="hereon")).result()
+    finally:
+        await _stop(task)
+        node.stop()
