@@ -62,6 +62,10 @@ class ConsoleSettings:
     ca: str | None = None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     operator: OperatorView | None = None
+    #: The hub whose copies of the sites' logs the auditor pages read (None: none), and
+    #: the NKey to read them with (the CA is :attr:`ca`).
+    hub_url: str | None = None
+    hub_creds: str | None = None
     #: Where downloaded results and uploaded files are kept while the console runs.
     workdir: Path | None = None
 
