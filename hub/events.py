@@ -255,6 +255,9 @@ class ResultShared(_OmitNone):
     recipients: tuple[Kid, ...]
     principal: str | None = None
     key_wraps: tuple[B64, ...] | None = None
+    #: A share with a node (``node:SITE/NAME``) for one call that takes the result by
+    #: reference: that call's request id.
+    use: RequestId | None = None
 
 
 class ResultUnshared(_Data):

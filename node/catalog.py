@@ -48,7 +48,7 @@ from hub.answers import (
 )
 from hub.canonical import b64d
 from hub.clock import parse_time
-from hub.crypto import verify
+from hub.crypto import key_id, verify
 from hub.errors import (
     FederationError,
     NodeError,
@@ -59,7 +59,7 @@ from hub.errors import (
 from hub.events import ResultKeepShortened, ResultShared, ResultTagged, ResultUnshared
 from hub.lifecycle import RequestState
 from hub.query import Query, record_fields
-from hub.records import KeyRecord, one_line
+from hub.records import KeyRecord, SignedRecord, one_line, open_record
 from hub.results_wire import (
     DOMAIN_CATALOG,
     CatalogHeader,
@@ -110,7 +110,10 @@ class Catalog:
         try:
             header_bytes, sig = split_catalog(data)
             claimed = parse_catalog_bytes(header_bytes)
-            record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
+            if str(claimed["caller"]).startswith("node:"):  # a node fetching a reference
+                record = self.node_key(claimed.get("args", {}).get("node_key"), claimed)
+            else:
+                record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
             verify(record.sign_key_bytes(), DOMAIN_CATALOG, header_bytes, sig)
             q = validate_catalog_header(claimed)
         except UnauthorizedError:
@@ -207,7 +210,11 @@ class Catalog:
             args = ShareArgs.model_validate(q.args)
         except PydanticValidationError as exc:
             raise ValidationError(f"share arguments: {one_line(exc)}") from exc
-        valid = {r.kid for r in self._members(args.principal)}
+        if args.principal.startswith("node:"):
+            node = self.node_key(args.node_key, {"caller": args.principal})
+            valid = {node.kid}
+        else:
+            valid = {r.kid for r in self._members(args.principal)}
         strangers = sorted(set(args.wraps) - valid)
         if strangers:
             raise UnauthorizedError(
@@ -224,6 +231,7 @@ class Catalog:
                 recipients=tuple(sorted(args.wraps)),
                 principal=args.principal,
                 key_wraps=tuple(w for _, w in sorted(args.wraps.items())),
+                use=args.use,
             ),
         )
         log.info("result.shared", request_id=rid, principal=args.principal)
@@ -294,6 +302,26 @@ class Catalog:
             for rid, scope, tags in self.reader().execute(sql, part):
                 out.setdefault(rid, {})[scope] = tuple(orjson.loads(tags))
         return out
+
+    def node_key(self, signed: object, claimed: dict[str, Any]) -> KeyRecord:
+        """The key record of the node ``claimed["caller"]`` (with ``claimed["kid"]`` when
+        given), signed by its pinned site key: a node of another site is in no directory,
+        so it sends its record along (UnauthorizedError when it does not check)."""
+        identity = str(claimed["caller"])
+        d = self.p.directory
+        try:
+            record_ = SignedRecord.model_validate(signed)
+            site = next(s for s, k in d.trusted_sites.items() if key_id(k) == record_.signer)
+            record = open_record(record_, KeyRecord, d.trusted_sites[site])
+        except (PydanticValidationError, StopIteration, FederationError) as exc:
+            raise UnauthorizedError(f"no key record of {identity} this site can check") from exc
+        if record.role != "node" or record.site != site or record.identity != identity:
+            raise UnauthorizedError(f"site {site} vouched for {record.identity}, not {identity}")
+        if "kid" in claimed and record.kid != claimed["kid"]:
+            raise UnauthorizedError(f"key {claimed['kid']} is not the key of {identity}")
+        if record.kid in d.revoked:
+            raise UnauthorizedError(f"key {record.kid} of {identity} was revoked")
+        return record
 
     # -- list ------------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ from node.pipeline import Pipeline
 from node.retention import Retention
 from node.runner import Runner
 from node.services import start_services
+from node.staging import Staging
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -188,6 +189,10 @@ class NodeDaemon:
             bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
+        assert self.nc is not None and self._node_key_record is not None
+        self.pipeline.staging = Staging(
+            self.nc, cfg.identity, self.eventlog.key, self._node_key_record
+        )
         retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
         await self.pipeline.load_replay_memory()
         await self._start_services()

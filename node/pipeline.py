@@ -67,6 +67,7 @@ from node.replay import ReplayGuard, recent_nonces
 from node.replies import Replies, Send, message_with_hint
 from node.results import LoadResult, ResultStore, StoreResult
 from node.runner import CancelSignal, Runner
+from node.staging import Staging
 
 __all__ = ["DUPLICATE", "Delivery", "Job", "Outcome", "Pipeline"]
 
@@ -148,6 +149,8 @@ class Pipeline:
         self._reader: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._control = Control(self)
+        #: Fetches arguments passed by reference (set by the daemon once connected).
+        self.staging: Staging | None = None
 
     async def load_replay_memory(self) -> int:
         """Remember the nonces the log received within the replay window (after a
@@ -404,6 +407,10 @@ class Pipeline:
                 kwargs = job.kwargs
                 if h.bulk is not None:  # the arguments follow as a bulk transfer
                     kwargs = {**kwargs, **await self._receive(job, cancel, timeout)}
+                if h.refs is not None:  # arguments by reference: fetched from their sites
+                    if self.staging is None:
+                        raise ValidationError("this node takes no arguments by reference")
+                    kwargs = {**kwargs, **await self.staging.arguments(h, job.record, timeout)}
                 value = await self.runner.run(
                     h.module,
                     h.function,
