@@ -54,6 +54,9 @@ class Provenance:
     caller: str | None
     address: str | None
     schema_hash: str | None
+    #: The hash of the module's code that ran, as the node logged it (None before nodes
+    #: logged it).
+    code_hash: str | None
     inputs: dict[str, Any]
     result: dict[str, Any]
     received_time: str | None
@@ -74,6 +77,7 @@ class Provenance:
             "caller": self.caller,
             "address": self.address,
             "schema_hash": self.schema_hash,
+            "code_hash": self.code_hash,
             "inputs": self.inputs,
             "result": self.result,
             "received_time": self.received_time,
@@ -95,6 +99,8 @@ class Provenance:
         ]
         if self.schema_hash:
             out.append(f"schemas   {self.schema_hash}")
+        if self.code_hash:
+            out.append(f"code      {self.code_hash}")
         out.append(
             f"inputs    {self.inputs.get('payload_hash')} ({self.inputs.get('payload_size')} B"
             + (f", bulk {self.inputs['bulk_hash']}" if self.inputs.get("bulk_hash") else "")
@@ -213,12 +219,13 @@ async def provenance(
 def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
     header: dict[str, Any] = {}
     result: dict[str, Any] = {}
-    received = ended = None
+    received = ended = code = None
     for s in steps:
         if s.type == "request.accepted" and "header" in s.data:
             value = parse_canonical(b64d(s.data["header"]))
             header = value if isinstance(value, dict) else {}
             received = s.time
+            code = s.data.get("code_hash")
         elif s.type == "request.completed":
             result = {"hash": s.data.get("result_hash"), "size": s.data.get("result_size")}
             ended = s.time
@@ -238,6 +245,7 @@ def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
         caller=header.get("caller"),
         address=address,
         schema_hash=header.get("schema_hash"),
+        code_hash=str(code) if code else None,
         inputs={
             "payload_hash": header.get("payload_hash"),
             "payload_size": header.get("payload_size"),

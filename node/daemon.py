@@ -167,11 +167,15 @@ class NodeDaemon:
         self.runner = Runner()
         await self.stack.enter_async_context(self.runner)
         timeouts: dict[str, float | None] = {}
+        codes: dict[str, str] = {}
         for mod in cfg.modules:
             backend = await asyncio.to_thread(
                 load_module, str(cfg.resolve(mod.path)), name=mod.name
             )
             self.runner.add_module(backend, mod)
+            code = await asyncio.to_thread(backend.code_hash)
+            if code is not None:
+                codes[mod.name] = code
             timeouts[mod.name] = mod.timeout
         self.pipeline = Pipeline(
             site=self.site,
@@ -190,6 +194,7 @@ class NodeDaemon:
         )
         self.stack.callback(self.pipeline.close)
         assert self.nc is not None and self._node_key_record is not None
+        self.pipeline.code_hashes = codes
         self.pipeline.staging = Staging(
             self.nc, cfg.identity, self.eventlog.key, self._node_key_record
         )

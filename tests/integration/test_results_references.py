@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from conftest import node_nats
 from support.hostile import LogView, Spy, audit_node, wait_reachable
-from support.world import World
+from support.world import CLIMATE, World
 
 import hub.client
 from hub import codec
 from hub.audit import audit_events
 from hub.client import Client
+from hub.crypto import blake2b_256
 from hub.envelopes import ResultRef
 from hub.errors import IntegrityError, NotFoundError, UnauthorizedError
 from hub.logfile import iter_log
@@ -146,6 +147,9 @@ async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_referen
             verdict = verify_event_proof(proof, keys)
             assert (verdict.seq, verdict.type, proof.site) == (step.seq, step.type, p.site)
     assert "result.fetched" in [s.type for s in chain[1].steps]
+    # the module code that ran at each step is named by its hash, as each node loaded it
+    assert {p.code_hash for p in chain} == {blake2b_256(CLIMATE.read_bytes()).hex()}
+    assert f"code      {lineage.code_hash}" in "\n".join(lineage.lines())
     text = "\n".join(lineage.lines())
     assert second.request_id in text and first.request_id in text
     assert lineage.to_json()["earlier"][0]["earlier"][0]["request_id"] == first.request_id
