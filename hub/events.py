@@ -261,7 +261,7 @@ class ResultShared(_OmitNone):
     key_wraps: tuple[B64, ...] | None = None
     #: A share with a node (``node:SITE/NAME``) for one call that takes the result by
     #: reference: that call's request id.
-    use: RequestId | None = None
+    for_call: RequestId | None = None
 
 
 class ResultUnshared(_Data):

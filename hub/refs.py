@@ -4,7 +4,7 @@
 kept at hereon without fetching it: for each reference the caller asks the storing site
 for its own wrap of the result's content key (only the owner may), opens it, wraps the key
 for the target node's box key (verified from the module info) and shares it with that
-node (``result.shared`` at the storing site, principal ``node:SITE/NAME``, ``use`` = the
+node (``result.shared`` at the storing site, principal ``node:SITE/NAME``, ``for_call`` = the
 new call's id). The call's signed header names each reference (site, request id, result
 hash); the target node fetches the ciphertext straight from the storing site with its own
 key, checks the hash and opens it (:mod:`node.staging`). The data never passes through
@@ -91,7 +91,7 @@ async def stage_refs(
                 "principal": target.node,
                 "wraps": {target.node_kid: b64e(for_node)},
                 "node_key": target.info.node_key.model_dump(mode="json"),
-                "use": request_id,
+                "for_call": request_id,
             },
         )
         staged[name] = ResultRef(site=ref.site, id=ref.request_id, hash=wrap.result_hash)

@@ -113,7 +113,7 @@ class ShareArgs(_Wire):
     node_key: SignedRecord | None = Field(
         None, description="a node principal's key record, signed by its site"
     )
-    use: RequestIdText | None = Field(
+    for_call: RequestIdText | None = Field(
         None, description="a node principal: the one call (request id) it is shared for"
     )
 

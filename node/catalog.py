@@ -111,7 +111,10 @@ class Catalog:
             header_bytes, sig = split_catalog(data)
             claimed = parse_catalog_bytes(header_bytes)
             if str(claimed["caller"]).startswith("node:"):  # a node fetching a reference
-                record = self.node_key(claimed.get("args", {}).get("node_key"), claimed)
+                args = claimed.get("args")
+                record = self.node_key(
+                    args.get("node_key") if isinstance(args, dict) else None, claimed
+                )
             else:
                 record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
             verify(record.sign_key_bytes(), DOMAIN_CATALOG, header_bytes, sig)
@@ -231,7 +234,7 @@ class Catalog:
                 recipients=tuple(sorted(args.wraps)),
                 principal=args.principal,
                 key_wraps=tuple(w for _, w in sorted(args.wraps.items())),
-                use=args.use,
+                for_call=args.for_call,
             ),
         )
         log.info("result.shared", request_id=rid, principal=args.principal)

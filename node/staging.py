@@ -70,7 +70,7 @@ class Staging:
             kid=self.key.kid,
             time=now(),
             nonce=b64e(secrets.token_bytes(12)),
-            args={"node_key": self.node_key.model_dump(mode="json"), "use": header.id},
+            args={"node_key": self.node_key.model_dump(mode="json"), "for_call": header.id},
         )
         where = f"the result of {ref.id} at {ref.site}"
         try:

@@ -11,8 +11,10 @@ run; a tampered stored result fails the call with an integrity error.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from conftest import node_nats
@@ -21,17 +23,24 @@ from support.world import CLIMATE, World
 
 import hub.client
 from hub import codec
+from hub.answers import error_from_headers
 from hub.audit import audit_events
+from hub.canonical import b64e
 from hub.client import Client
+from hub.clock import now
 from hub.crypto import blake2b_256
-from hub.envelopes import ResultRef
+from hub.envelopes import ResultRef, unpack_reply
 from hub.errors import IntegrityError, NotFoundError, UnauthorizedError
+from hub.keys import KeyPair
 from hub.logfile import iter_log
 from hub.nats import connect as nats_connect
 from hub.nats import get_object, put_object
 from hub.proofs import verify_event_proof
-from hub.refs import Ref
-from hub.subjects import RESULTS_BUCKET
+from hub.records import SignedRecord, sign_record
+from hub.refs import Ref, stage_refs
+from hub.results_wire import CatalogHeader, pack_catalog
+from hub.subjects import RESULTS_BUCKET, status_subject
+from node.bootstrap import key_record
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -240,3 +249,63 @@ async def test_a_reference_to_a_tampered_stored_result_fails_the_call_with_an_in
                 "geomar.climate.scale", values=fed.ref("hereon", kept.request_id), timeout=30
             )
     assert LogView(geomar.log_path).counts()["request.completed"] == 0
+
+
+async def test_only_a_node_its_own_site_vouched_for_and_shared_with_fetches_a_result(
+    world: World, tmp_path: Path
+) -> None:
+    """The storing node checks a fetching node's key record against the pinned key of the
+    node's site, and hands the result only to the node named in the owner's share."""
+    cfg = world.node_config(
+        "hereon", trust=["geomar"], users=[OWNER], grants=[(OWNER, "climate", "*")]
+    )
+    n9, n8 = KeyPair.generate("node:geomar/n9"), KeyPair.generate("node:geomar/n8")
+    geomar_key, hereon_key = world.site("geomar").signing_key, world.site("hereon").signing_key
+    vouched = sign_record(key_record(n9, "geomar", "node"), geomar_key)
+    async with NodeDaemon(cfg, grace=2) as node:
+        async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+            kept = await fed.submit("hereon.climate.scale", values=[5.0], timeout=15)
+            await kept.result()
+            target = cast(Any, SimpleNamespace(  # what the module info of n9 would say
+                node=n9.identity, node_kid=n9.kid, node_box_key=n9.box_public,
+                info=SimpleNamespace(node_key=vouched),
+            ))  # fmt: skip
+            _, refs = await stage_refs(
+                fed, {"x": fed.ref("hereon", kept.request_id)}, target, "r" * 22
+            )
+        assert refs is not None
+
+        async def fetch(pair: KeyPair, record: SignedRecord) -> bytes:
+            header = CatalogHeader(
+                op="fetch",
+                id=kept.request_id,
+                caller=pair.identity,
+                kid=pair.kid,
+                time=now(),
+                nonce=b64e(secrets.token_bytes(12)),
+                args={"node_key": record.model_dump(mode="json")},
+            )
+            nc = await nats_connect(node.url)
+            try:
+                msg = await nc.request(
+                    status_subject("hereon"), pack_catalog(header, pair.signing_key), timeout=5
+                )
+            finally:
+                await nc.close()
+            error = error_from_headers(msg.headers)
+            if error is not None:
+                raise error
+            return bytes(msg.data)
+
+        frame = unpack_reply(await fetch(n9, vouched))  # the node shared with
+        assert frame.header.result_hash == refs["x"].hash and n9.kid in frame.header.wraps
+        with pytest.raises(UnauthorizedError):  # vouched for by another site than its own
+            await fetch(n9, sign_record(key_record(n9, "geomar", "node"), hereon_key))
+        with pytest.raises(UnauthorizedError):  # a person's record is no node's
+            await fetch(n9, sign_record(key_record(n9, "geomar", "user"), geomar_key))
+        with pytest.raises(NotFoundError):  # a genuine node nobody shared it with
+            await fetch(n8, sign_record(key_record(n8, "geomar", "node"), geomar_key))
+    fetched = LogView(cfg.log_path).events("result.fetched")
+    assert [e["data"]["by"] for e in fetched] == [n9.identity]
+    (shared,) = LogView(cfg.log_path).events("result.shared")
+    assert (shared["data"]["principal"], shared["data"]["for_call"]) == (n9.identity, "r" * 22)
