@@ -15,7 +15,10 @@ ones shared with the asker; anything else is answered as if it did not exist
   ``result.unshared``; the node checks that every wrap is made by the owner's key, for a
   valid key of the principal;
 * ``fetch``: the kept result, with the wrap for the asker's key (owner or reader); logged
-  as ``result.fetched``;
+  as ``result.fetched``. A reader may be a node of any site (``node:SITE/NAME``, fetching
+  a result passed to a call by reference): it sends its key record signed by its site,
+  and is answered only for a call the owner shared the result with it for
+  (``for_call``);
 * ``tag``: the owner adds and removes tags of a result, private or shared with its
   readers (``result.tagged``); ``list`` takes a :class:`hub.query.Query` over the
   records and the asker's tags;
@@ -142,6 +145,8 @@ class Catalog:
         share = self._share_for(q.id, record)
         if share is None or q.op not in ("status", "fetch"):
             raise _unknown(q)  # a stranger learns nothing, not even that it exists
+        if record.role == "node" and not await self._shared_for_call(q, record.identity):
+            raise _unknown(q)  # shared with this node for other calls than the one it names
         wrap = share["wraps"].get(q.kid)
         if q.op == "status":
             return self._record(
@@ -325,6 +330,20 @@ class Catalog:
         if record.kid in d.revoked:
             raise UnauthorizedError(f"key {record.kid} of {identity} was revoked")
         return record
+
+    async def _shared_for_call(self, q: CatalogHeader, node: str) -> bool:
+        """Whether the owner shared ``q.id`` with ``node`` for the call ``q`` names
+        (``args.for_call``), as a ``result.shared`` in the log says."""
+        call, rid = q.args.get("for_call"), str(q.id)
+        eventlog = self.p.writer.eventlog
+        found = await self.p.writer.call(lambda: eventlog.events_for_request(rid))
+        assert isinstance(found, list)
+        for e in found:
+            if e.type == "result.shared":
+                data = e.parsed()["data"]
+                if data.get("principal") == node and data.get("for_call") == call:
+                    return True
+        return False
 
     # -- list ------------------------------------------------------------------------------
 
