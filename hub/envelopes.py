@@ -167,7 +167,8 @@ class Request:
 
 def pack_request(header: RequestHeader, ciphertext: bytes, signing_key: Any) -> bytes:
     """Sign ``header`` and frame it with its ciphertext."""
-    # ``bulk`` appears only when set: a call without one is signed as before it existed
+    # ``bulk`` and ``refs`` appear only when set: a call without them is signed as before
+    # they existed
     unset = {k for k in ("bulk", "refs") if getattr(header, k) is None}
     dump = header.model_dump(mode="json", exclude=unset or None)
     body = canonical_bytes(dump)
