@@ -28,6 +28,7 @@ import numpy as np
 
 from hub.bulk import NetCDFFile
 from hub.errors import ArgumentError, ConfigError
+from hub.refs import REF_PREFIX, Ref
 
 __all__ = [
     "NETCDF_SUFFIXES",
@@ -45,7 +46,8 @@ _NETCDF_ENGINES = (("netcdf4", "netCDF4"), ("h5netcdf", "h5netcdf"), ("scipy", "
 
 
 def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, object]:
-    """Parse one ``key=value`` or ``key=@PATH`` argument into ``(key, value)``.
+    """Parse one ``key=value``, ``key=@PATH`` or ``key=ref:SITE/REQUEST_ID`` (a kept
+    result, by reference: :class:`hub.refs.Ref`) argument into ``(key, value)``.
 
     With ``stream_files`` a NetCDF file is not read here but passed on as a
     :class:`hub.bulk.NetCDFFile`: the client reads a small one and streams a large one
@@ -67,6 +69,8 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
         )
     if raw.startswith("@@"):
         return key, raw[1:]
+    if raw.startswith(REF_PREFIX):
+        return key, Ref.parse(raw)
     if raw.startswith("@"):
         if not raw[1:]:
             raise ArgumentError(f"argument {key!r} names no file after '@'")

@@ -263,10 +263,15 @@ async def _provenance(args: argparse.Namespace) -> int:
         lineage = await fed.provenance(args.site, args.request_id)
     if args.proofs is not None:
         args.proofs.mkdir(parents=True, exist_ok=True)
-        for proof in lineage.proofs:
-            path = args.proofs / f"{lineage.request_id}-{proof.event.seq}.json"
-            path.write_text(proof.model_dump_json(indent=2) + "\n")
-        print(f"{len(lineage.proofs)} proofs written to {args.proofs}", file=sys.stderr)
+        calls, written = [lineage], 0
+        while calls:  # this call's proofs, then those of the calls it took results from
+            call = calls.pop()
+            calls += call.earlier
+            for proof in call.proofs:
+                path = args.proofs / f"{call.request_id}-{proof.event.seq}.json"
+                path.write_text(proof.model_dump_json(indent=2) + "\n")
+                written += 1
+        print(f"{written} proofs written to {args.proofs}", file=sys.stderr)
     if args.json:
         print(json.dumps(lineage.to_json(), indent=2))
     elif args.mermaid:

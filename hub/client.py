@@ -79,6 +79,7 @@ from hub.errors import (
 )
 from hub.keys import KeyPair, KeyStore
 from hub.records import one_line
+from hub.refs import stage_refs
 from hub.results_api import ResultsMixin
 from hub.subjects import (
     inbox_subject,
@@ -316,6 +317,8 @@ class Client(ResultsMixin):
         limits = [x for x in (self.nc.max_payload, node_limit) if x]
         limit = min(limits) if limits else 0
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
+        rid = _new_request_id()
+        kwargs, refs = await stage_refs(self, kwargs, info, rid)
         plan = call_bulk.plan_arguments(kwargs, threshold)
         sealed = seal_payload(
             plan.inline_bytes(),
@@ -332,7 +335,6 @@ class Client(ResultsMixin):
             spool, bulk, saving = await call_bulk.seal_arguments(
                 plan, key, compress=compress, chunk_size=chunk
             )
-        rid = _new_request_id()
         header = RequestHeader(
             id=rid,
             caller=self.identity,
@@ -349,6 +351,7 @@ class Client(ResultsMixin):
             payload_size=len(ciphertext),
             wraps={kid: b64e(w) for kid, w in sealed.wraps.items()},
             bulk=bulk,
+            refs=refs,
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
         if limit and len(data) > limit:

@@ -49,6 +49,7 @@ __all__ = [
     "ReplyHeader",
     "Request",
     "RequestHeader",
+    "ResultRef",
     "StoredResult",
     "check_payload",
     "pack_control",
@@ -110,8 +111,18 @@ class Bulk(_Wire):
         return self.route or self.transfer
 
 
+class ResultRef(_Wire):
+    """An argument passed by reference: the kept result of request ``id`` at ``site``,
+    whose hash the storing site logged as ``hash`` (docs/results.md, "References")."""
+
+    site: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+    hash: Hex32
+
+
 class RequestHeader(_Wire):
-    """The signed header of a call (``bulk`` only when a payload travels apart)."""
+    """The signed header of a call (``bulk`` only when a payload travels apart; ``refs``
+    only when arguments are passed by reference)."""
 
     v: Literal[1] = 1
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
@@ -129,6 +140,9 @@ class RequestHeader(_Wire):
     payload_size: int = Field(ge=0)
     wraps: dict[Kid, B64]
     bulk: Bulk | None = None
+    refs: dict[Annotated[str, Field(max_length=200)], ResultRef] | None = Field(
+        None, max_length=100
+    )
 
     @property
     def address(self) -> str:
@@ -153,8 +167,10 @@ class Request:
 
 def pack_request(header: RequestHeader, ciphertext: bytes, signing_key: Any) -> bytes:
     """Sign ``header`` and frame it with its ciphertext."""
-    # ``bulk`` appears only when set: a call without one is signed as before it existed
-    dump = header.model_dump(mode="json", exclude={"bulk"} if header.bulk is None else None)
+    # ``bulk`` and ``refs`` appear only when set: a call without them is signed as before
+    # they existed
+    unset = {k for k in ("bulk", "refs") if getattr(header, k) is None}
+    dump = header.model_dump(mode="json", exclude=unset or None)
     body = canonical_bytes(dump)
     sig = sign(signing_key, DOMAIN_REQUEST, body)
     return b"".join((REQUEST_MAGIC, _LEN.pack(len(body)), body, sig, ciphertext))

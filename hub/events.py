@@ -158,7 +158,8 @@ class RequestAccepted(_OmitNone):
     who asked for which function, when, with which nonce and the hash and size of the
     sealed arguments are all in it, signed by the caller, so the event repeats none of
     them; ``delivery`` is left out when it is 1. Version 1 had only ``request_id`` (after a
-    ``request.received`` with the rest).
+    ``request.received`` with the rest). ``code_hash`` names the module code that will
+    run (since references and provenance across sites).
     """
 
     type: Literal["request.accepted"] = "request.accepted"
@@ -166,6 +167,9 @@ class RequestAccepted(_OmitNone):
     header: B64 | None = None
     sig: B64 | None = None
     delivery: int | None = Field(None, ge=2, description="JetStream delivery count, if not 1")
+    code_hash: Hex32 | None = Field(
+        None, description="BLAKE2b-256 of the called module's code as the node loaded it"
+    )
 
 
 class RequestStarted(_Data):
@@ -255,6 +259,9 @@ class ResultShared(_OmitNone):
     recipients: tuple[Kid, ...]
     principal: str | None = None
     key_wraps: tuple[B64, ...] | None = None
+    #: A share with a node (``node:SITE/NAME``) for one call that takes the result by
+    #: reference: that call's request id.
+    for_call: RequestId | None = None
 
 
 class ResultUnshared(_Data):

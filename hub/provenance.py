@@ -7,11 +7,16 @@ key, and reads the lineage out of the proven events only: who asked for which fu
 and sizes, the schema hash the call was made against, the node, the times, the result's
 hash and size, and for each step the log event (seq, hash) that says it. A proof that does
 not check raises; nothing unproven is reported.
+
+A call that took results by reference names them in its signed header (site, request id,
+result hash); the lineage follows each to the site that keeps it and asks that site for
+the earlier call's lineage (``earlier``), proven by that site's own log, and checks that
+its result is the one the reference named.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -49,12 +54,19 @@ class Provenance:
     caller: str | None
     address: str | None
     schema_hash: str | None
+    #: The hash of the module's code that ran, as the node logged it (None before nodes
+    #: logged it).
+    code_hash: str | None
     inputs: dict[str, Any]
     result: dict[str, Any]
     received_time: str | None
     ended_time: str | None
     steps: tuple[Step, ...]
     proofs: tuple[EventProof, ...] = field(repr=False)
+    #: The arguments passed by reference: name → ``{"site", "id", "hash"}``.
+    refs: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The lineage of each referenced result, in the order of ``refs``.
+    earlier: tuple[Provenance, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The lineage as JSON (``fedhub provenance --json``); proofs are left out."""
@@ -65,6 +77,7 @@ class Provenance:
             "caller": self.caller,
             "address": self.address,
             "schema_hash": self.schema_hash,
+            "code_hash": self.code_hash,
             "inputs": self.inputs,
             "result": self.result,
             "received_time": self.received_time,
@@ -72,6 +85,8 @@ class Provenance:
             "steps": [
                 {"seq": s.seq, "hash": s.hash, "type": s.type, "time": s.time} for s in self.steps
             ],
+            "refs": self.refs,
+            "earlier": [e.to_json() for e in self.earlier],
         }
 
     def lines(self) -> list[str]:
@@ -84,6 +99,8 @@ class Provenance:
         ]
         if self.schema_hash:
             out.append(f"schemas   {self.schema_hash}")
+        if self.code_hash:
+            out.append(f"code      {self.code_hash}")
         out.append(
             f"inputs    {self.inputs.get('payload_hash')} ({self.inputs.get('payload_size')} B"
             + (f", bulk {self.inputs['bulk_hash']}" if self.inputs.get("bulk_hash") else "")
@@ -93,46 +110,75 @@ class Provenance:
             out.append(f"result    {self.result.get('hash')} ({self.result.get('size')} B)")
         out.append(f"times     {self.received_time} .. {self.ended_time}")
         out += [f"  #{s.seq:<8} {s.type:<22} {s.time}  {s.hash}" for s in self.steps]
+        for (name, ref), before in zip(self.refs.items(), self.earlier, strict=False):
+            out.append(f"ref       {name} = {ref['site']}/{ref['id']} (result {ref['hash']})")
+            out += [f"    {line}" for line in before.lines()]
         return out
 
     def mermaid(self) -> str:
-        """A Mermaid flowchart: inputs → call at the site → result, with the log steps."""
-        call = f"{self.address}<br/>{self.site} log {self.log}"
-        lines = [
-            "flowchart LR",
-            f'  in["inputs {_short(self.inputs.get("payload_hash"))}"] --> call["{call}"]',
-        ]
-        if self.result:
-            lines.append(f'  call --> out["result {_short(self.result.get("hash"))}"]')
-        for s in self.steps:
-            lines.append(f'  call -.- s{s.seq}["#{s.seq} {s.type}<br/>{_short(s.hash)}"]')
-        return "\n".join(lines) + "\n"
+        """A Mermaid flowchart: inputs → call at the site → result, with the log steps,
+        and the earlier calls whose results it took by reference."""
+        return "\n".join(["flowchart LR", *self._graph("mermaid", "p")]) + "\n"
 
     def dot(self) -> str:
         """The same as a Graphviz digraph."""
-        call = f"{self.address}\\n{self.site} log {self.log}"
-        lines = [
-            "digraph provenance {",
-            "  rankdir=LR;",
-            f'  in [label="inputs {_short(self.inputs.get("payload_hash"))}"];',
-            f'  call [shape=box, label="{call}"];',
-            "  in -> call;",
-        ]
+        lines = ["digraph provenance {", "  rankdir=LR;", *self._graph("dot", "p"), "}"]
+        return "\n".join(lines) + "\n"
+
+    def _graph(self, form: str, p: str) -> list[str]:
+        """This call's nodes and edges (ids prefixed ``p``), then the earlier calls'."""
+        mer = form == "mermaid"
+        br = "<br/>" if mer else "\\n"
+        call = f"{self.address}{br}{self.site} log {self.log}{br}{self.request_id}"
+        inputs = f"inputs {_short(self.inputs.get('payload_hash'))}"
+        lines = (
+            [f'  {p}in["{inputs}"] --> {p}call["{call}"]']
+            if mer
+            else [
+                f'  {p}in [label="{inputs}"];',
+                f'  {p}call [shape=box, label="{call}"];',
+                f"  {p}in -> {p}call;",
+            ]
+        )
         if self.result:
-            lines.append(f'  out [label="result {_short(self.result.get("hash"))}"];')
-            lines.append("  call -> out;")
+            result = f"result {_short(self.result.get('hash'))}"
+            lines += (
+                [f'  {p}call --> {p}out["{result}"]']
+                if mer
+                else [f'  {p}out [label="{result}"];', f"  {p}call -> {p}out;"]
+            )
         for s in self.steps:
-            lines.append(f'  s{s.seq} [shape=note, label="#{s.seq} {s.type}\\n{_short(s.hash)}"];')
-            lines.append(f"  call -> s{s.seq} [style=dotted];")
-        return "\n".join([*lines, "}"]) + "\n"
+            label = f"#{s.seq} {s.type}{br}{_short(s.hash)}"
+            lines += (
+                [f'  {p}call -.- {p}s{s.seq}["{label}"]']
+                if mer
+                else [
+                    f'  {p}s{s.seq} [shape=note, label="{label}"];',
+                    f"  {p}call -> {p}s{s.seq} [style=dotted];",
+                ]
+            )
+        for i, (name, before) in enumerate(zip(self.refs, self.earlier, strict=False)):
+            q = f"{p}r{i}"
+            lines += before._graph(form, q)
+            lines.append(
+                f"  {q}out -->|{name}| {p}call" if mer else f'  {q}out -> {p}call [label="{name}"];'
+            )
+        return lines
 
 
 def _short(value: object) -> str:
     return str(value)[:16] if value else "-"
 
 
-async def provenance(client: Client, site: str, request_id: str) -> Provenance:
-    """The proven lineage of my request at ``site`` (or of one shared with me)."""
+#: How many calls back a lineage follows references.
+MAX_DEPTH = 32
+
+
+async def provenance(
+    client: Client, site: str, request_id: str, *, depth: int = MAX_DEPTH
+) -> Provenance:
+    """The proven lineage of my request at ``site`` (or of one shared with me), with
+    the lineage of every result it took by reference, up to ``depth`` calls back."""
     from hub.results_client import catalog
 
     data = await catalog(client, "provenance", site, request_id, timeout=30.0)
@@ -155,18 +201,31 @@ async def provenance(client: Client, site: str, request_id: str) -> Provenance:
         steps.append(
             Step(proof.event.seq, proof.event.hash, str(body["type"]), str(body["time"]), data_)
         )
-    return _lineage(answer, tuple(steps))
+    lineage = _lineage(answer, tuple(steps))
+    if not lineage.refs or depth <= 0:
+        return lineage
+    earlier = []
+    for name, ref in lineage.refs.items():
+        before = await provenance(client, ref["site"], ref["id"], depth=depth - 1)
+        if before.result.get("hash") != ref["hash"]:
+            raise IntegrityError(
+                f"argument {name} of {request_id} names result {ref['hash']}, but "
+                f"{ref['site']} logged {before.result.get('hash')} for {ref['id']}"
+            )
+        earlier.append(before)
+    return replace(lineage, earlier=tuple(earlier))
 
 
 def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
     header: dict[str, Any] = {}
     result: dict[str, Any] = {}
-    received = ended = None
+    received = ended = code = None
     for s in steps:
         if s.type == "request.accepted" and "header" in s.data:
             value = parse_canonical(b64d(s.data["header"]))
             header = value if isinstance(value, dict) else {}
             received = s.time
+            code = s.data.get("code_hash")
         elif s.type == "request.completed":
             result = {"hash": s.data.get("result_hash"), "size": s.data.get("result_size")}
             ended = s.time
@@ -186,6 +245,7 @@ def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
         caller=header.get("caller"),
         address=address,
         schema_hash=header.get("schema_hash"),
+        code_hash=str(code) if code else None,
         inputs={
             "payload_hash": header.get("payload_hash"),
             "payload_size": header.get("payload_size"),
@@ -197,4 +257,9 @@ def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
         ended_time=ended,
         steps=steps,
         proofs=answer.steps,
+        refs={
+            str(name): {k: str(v) for k, v in ref.items() if k in ("site", "id", "hash")}
+            for name, ref in (header.get("refs") or {}).items()
+            if isinstance(ref, dict)
+        },
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from hub import results_client
 from hub.answers import DeletedAnswer, KeepAnswer, ShareAnswer, TagsAnswer
 from hub.provenance import Provenance, provenance
+from hub.refs import Ref
 
 if TYPE_CHECKING:
     from hub.call_handle import CallHandle
@@ -25,6 +26,12 @@ class ResultsMixin:
 
     def _me(self) -> Client:
         return cast("Client", self)
+
+    @staticmethod
+    def ref(site: str, request_id: str) -> Ref:
+        """The kept result of my request ``request_id`` at ``site``, to pass as an argument
+        of another call by reference (the target node fetches it from ``site``)."""
+        return Ref(site, request_id)
 
     async def requests(
         self, sites: Iterable[str] | str | None = None, **filters: Any

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub.canonical import canonical_bytes, parse_canonical
 from hub.crypto import sign
 from hub.errors import CanonicalError
-from hub.records import B64, Kid, Time, one_line
+from hub.records import B64, Kid, SignedRecord, Time, one_line
 
 __all__ = [
     "CATALOG_MAGIC",
@@ -63,9 +63,15 @@ CATALOG_OPS = (
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 256 * 1024
 
-#: Whom a result is shared with: a person (``name@site``) or a group (``group:NAME``).
+#: Whom a result is shared with: a person (``name@site``), a group (``group:NAME``), or
+#: a node (``node:SITE/NAME``, for a call that takes the result by reference).
 Principal = Annotated[
-    str, Field(min_length=3, max_length=140, pattern=r"^(group:[^\s]+|[^\s@:]+@[^\s@:]+)$")
+    str,
+    Field(
+        min_length=3,
+        max_length=140,
+        pattern=r"^(group:[^\s]+|node:[a-z][a-z0-9_-]*/[^\s/]+|[^\s@:]+@[^\s@:]+)$",
+    ),
 ]
 RequestIdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
 
@@ -104,6 +110,12 @@ class ShareArgs(_Wire):
 
     principal: Principal
     wraps: dict[Kid, B64] = Field(min_length=1, max_length=1000)
+    node_key: SignedRecord | None = Field(
+        None, description="a node principal's key record, signed by its site"
+    )
+    for_call: RequestIdText | None = Field(
+        None, description="a node principal: the one call (request id) it is shared for"
+    )
 
 
 class KeepArgs(_Wire):

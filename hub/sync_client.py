@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hub.errors import CallTimeoutError, FederationError, TransportError
+from hub.refs import Ref
 
 if TYPE_CHECKING:
     from hub.answers import (
@@ -148,6 +149,11 @@ class SyncClient:
         """A handle on an earlier request whose ``result()`` is its kept result."""
         handle = self._run(self._client.result(request_id, site=site, result_path=result_path))
         return SyncCallHandle(self, handle)
+
+    @staticmethod
+    def ref(site: str, request_id: str) -> Ref:
+        """My kept result ``request_id`` at ``site``, as an argument by reference."""
+        return Ref(site, request_id)
 
     def share(self, site: str, request_id: str, principal: str) -> ShareAnswer:
         """Share a kept result with ``name@site`` or ``group:NAME``."""

@@ -15,7 +15,10 @@ ones shared with the asker; anything else is answered as if it did not exist
   ``result.unshared``; the node checks that every wrap is made by the owner's key, for a
   valid key of the principal;
 * ``fetch``: the kept result, with the wrap for the asker's key (owner or reader); logged
-  as ``result.fetched``;
+  as ``result.fetched``. A reader may be a node of any site (``node:SITE/NAME``, fetching
+  a result passed to a call by reference): it sends its key record signed by its site,
+  and is answered only for a call the owner shared the result with it for
+  (``for_call``);
 * ``tag``: the owner adds and removes tags of a result, private or shared with its
   readers (``result.tagged``); ``list`` takes a :class:`hub.query.Query` over the
   records and the asker's tags;
@@ -48,7 +51,7 @@ from hub.answers import (
 )
 from hub.canonical import b64d
 from hub.clock import parse_time
-from hub.crypto import verify
+from hub.crypto import key_id, verify
 from hub.errors import (
     FederationError,
     NodeError,
@@ -59,7 +62,7 @@ from hub.errors import (
 from hub.events import ResultKeepShortened, ResultShared, ResultTagged, ResultUnshared
 from hub.lifecycle import RequestState
 from hub.query import Query, record_fields
-from hub.records import KeyRecord, one_line
+from hub.records import KeyRecord, SignedRecord, one_line, open_record
 from hub.results_wire import (
     DOMAIN_CATALOG,
     CatalogHeader,
@@ -110,7 +113,13 @@ class Catalog:
         try:
             header_bytes, sig = split_catalog(data)
             claimed = parse_catalog_bytes(header_bytes)
-            record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
+            if str(claimed["caller"]).startswith("node:"):  # a node fetching a reference
+                args = claimed.get("args")
+                record = self.node_key(
+                    args.get("node_key") if isinstance(args, dict) else None, claimed
+                )
+            else:
+                record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
             verify(record.sign_key_bytes(), DOMAIN_CATALOG, header_bytes, sig)
             q = validate_catalog_header(claimed)
         except UnauthorizedError:
@@ -136,6 +145,8 @@ class Catalog:
         share = self._share_for(q.id, record)
         if share is None or q.op not in ("status", "fetch"):
             raise _unknown(q)  # a stranger learns nothing, not even that it exists
+        if record.role == "node" and not await self._shared_for_call(q, record.identity):
+            raise _unknown(q)  # shared with this node for other calls than the one it names
         wrap = share["wraps"].get(q.kid)
         if q.op == "status":
             return self._record(
@@ -207,7 +218,11 @@ class Catalog:
             args = ShareArgs.model_validate(q.args)
         except PydanticValidationError as exc:
             raise ValidationError(f"share arguments: {one_line(exc)}") from exc
-        valid = {r.kid for r in self._members(args.principal)}
+        if args.principal.startswith("node:"):
+            node = self.node_key(args.node_key, {"caller": args.principal})
+            valid = {node.kid}
+        else:
+            valid = {r.kid for r in self._members(args.principal)}
         strangers = sorted(set(args.wraps) - valid)
         if strangers:
             raise UnauthorizedError(
@@ -224,6 +239,7 @@ class Catalog:
                 recipients=tuple(sorted(args.wraps)),
                 principal=args.principal,
                 key_wraps=tuple(w for _, w in sorted(args.wraps.items())),
+                for_call=args.for_call,
             ),
         )
         log.info("result.shared", request_id=rid, principal=args.principal)
@@ -294,6 +310,40 @@ class Catalog:
             for rid, scope, tags in self.reader().execute(sql, part):
                 out.setdefault(rid, {})[scope] = tuple(orjson.loads(tags))
         return out
+
+    def node_key(self, signed: object, claimed: dict[str, Any]) -> KeyRecord:
+        """The key record of the node ``claimed["caller"]`` (with ``claimed["kid"]`` when
+        given), signed by its pinned site key: a node of another site is in no directory,
+        so it sends its record along (UnauthorizedError when it does not check)."""
+        identity = str(claimed["caller"])
+        d = self.p.directory
+        try:
+            record_ = SignedRecord.model_validate(signed)
+            site = next(s for s, k in d.trusted_sites.items() if key_id(k) == record_.signer)
+            record = open_record(record_, KeyRecord, d.trusted_sites[site])
+        except (PydanticValidationError, StopIteration, FederationError) as exc:
+            raise UnauthorizedError(f"no key record of {identity} this site can check") from exc
+        if record.role != "node" or record.site != site or record.identity != identity:
+            raise UnauthorizedError(f"site {site} vouched for {record.identity}, not {identity}")
+        if "kid" in claimed and record.kid != claimed["kid"]:
+            raise UnauthorizedError(f"key {claimed['kid']} is not the key of {identity}")
+        if record.kid in d.revoked:
+            raise UnauthorizedError(f"key {record.kid} of {identity} was revoked")
+        return record
+
+    async def _shared_for_call(self, q: CatalogHeader, node: str) -> bool:
+        """Whether the owner shared ``q.id`` with ``node`` for the call ``q`` names
+        (``args.for_call``), as a ``result.shared`` in the log says."""
+        call, rid = q.args.get("for_call"), str(q.id)
+        eventlog = self.p.writer.eventlog
+        found = await self.p.writer.call(lambda: eventlog.events_for_request(rid))
+        assert isinstance(found, list)
+        for e in found:
+            if e.type == "result.shared":
+                data = e.parsed()["data"]
+                if data.get("principal") == node and data.get("for_call") == call:
+                    return True
+        return False
 
     # -- list ------------------------------------------------------------------------------
 

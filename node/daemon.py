@@ -82,6 +82,7 @@ from node.pipeline import Pipeline
 from node.retention import Retention
 from node.runner import Runner
 from node.services import start_services
+from node.staging import Staging
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -166,11 +167,15 @@ class NodeDaemon:
         self.runner = Runner()
         await self.stack.enter_async_context(self.runner)
         timeouts: dict[str, float | None] = {}
+        codes: dict[str, str] = {}
         for mod in cfg.modules:
             backend = await asyncio.to_thread(
                 load_module, str(cfg.resolve(mod.path)), name=mod.name
             )
             self.runner.add_module(backend, mod)
+            code = await asyncio.to_thread(backend.code_hash)
+            if code is not None:
+                codes[mod.name] = code
             timeouts[mod.name] = mod.timeout
         self.pipeline = Pipeline(
             site=self.site,
@@ -188,6 +193,11 @@ class NodeDaemon:
             bulk=self._bulk_link(),
         )
         self.stack.callback(self.pipeline.close)
+        assert self.nc is not None and self._node_key_record is not None
+        self.pipeline.code_hashes = codes
+        self.pipeline.staging = Staging(
+            self.nc, cfg.identity, self.eventlog.key, self._node_key_record
+        )
         retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
         await self.pipeline.load_replay_memory()
         await self._start_services()

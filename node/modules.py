@@ -41,6 +41,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
+from hub.crypto import blake2b_256
 from hub.errors import ConfigError, FunctionFailedError, ValidationError
 from hub.progress import Progress
 from hub.types import fedhub_type
@@ -168,6 +169,23 @@ class BackendModule:
     functions: dict[str, FunctionSpec]
     skipped: dict[str, str]
     doc: str = ""
+
+    def code_hash(self) -> str | None:
+        """BLAKE2b-256 (hex) of the module's code as loaded: its file, or for a package
+        every ``.py`` file below it (relative path and bytes, in path order); None when
+        it has no file (a built-in or namespace module)."""
+        file = getattr(self.module, "__file__", None)
+        if not file:
+            return None
+        path = Path(file)
+        if path.name != "__init__.py":
+            return blake2b_256(path.read_bytes()).hex()
+        root = path.parent
+        digest = b"".join(
+            blake2b_256(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+            for f in sorted(root.rglob("*.py"))
+        )
+        return blake2b_256(digest).hex()
 
     def info(self) -> dict[str, Any]:
         """JSON-able description of the module and every function it serves."""

@@ -67,6 +67,7 @@ from node.replay import ReplayGuard, recent_nonces
 from node.replies import Replies, Send, message_with_hint
 from node.results import LoadResult, ResultStore, StoreResult
 from node.runner import CancelSignal, Runner
+from node.staging import Staging
 
 __all__ = ["DUPLICATE", "Delivery", "Job", "Outcome", "Pipeline"]
 
@@ -148,6 +149,10 @@ class Pipeline:
         self._reader: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._control = Control(self)
+        #: Fetches arguments passed by reference (set by the daemon once connected).
+        self.staging: Staging | None = None
+        #: Module name → hash of its code (set by the daemon; logged in request.accepted).
+        self.code_hashes: dict[str, str] = {}
 
     async def load_replay_memory(self) -> int:
         """Remember the nonces the log received within the replay window (after a
@@ -310,6 +315,7 @@ class Pipeline:
             header=b64e(req.header_bytes),
             sig=b64e(req.sig),
             delivery=delivery if delivery > 1 else None,
+            code_hash=self.code_hashes.get(h.module),
         )
 
     async def _seen_before(self, req: Verified, row: dict[str, Any], d: Delivery) -> Outcome | Job:
@@ -404,6 +410,10 @@ class Pipeline:
                 kwargs = job.kwargs
                 if h.bulk is not None:  # the arguments follow as a bulk transfer
                     kwargs = {**kwargs, **await self._receive(job, cancel, timeout)}
+                if h.refs is not None:  # arguments by reference: fetched from their sites
+                    if self.staging is None:
+                        raise ValidationError("this node takes no arguments by reference")
+                    kwargs = {**kwargs, **await self.staging.arguments(h, job.record, timeout)}
                 value = await self.runner.run(
                     h.module,
                     h.function,

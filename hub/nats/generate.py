@@ -131,7 +131,9 @@ def role_permissions(site: str, role: Role, name: str) -> Permissions:
       (the nodes of a site share them; every event is signed by its node's key) and
       its site's directory records ``fh.dir.<site>.>``;
       replies to callers' inboxes and bulk transfers; its site's info, status and admin
-      requests and micro service subjects.
+      requests and micro service subjects; status requests to any site (signed catalog
+      fetches of results passed to its calls by reference), but no calls, info or admin
+      requests to other sites.
     - **caller**: calls, module info, status requests to any site, discovery and bulk
       transfers out; its own inboxes only (``fh.inbox.<site>.<name>.>`` and its NATS
       inbox prefix). No JetStream API: a call's publish ack comes back to its inbox.
@@ -152,6 +154,7 @@ def role_permissions(site: str, role: Role, name: str) -> Permissions:
                 "fh.inbox.>",
                 "fh.bulk.>",
                 "$SRV.>",
+                "fh.status.*",
             ),
             deny_publish=(
                 f"{api}.STREAM.DELETE.>",

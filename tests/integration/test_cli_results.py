@@ -221,6 +221,33 @@ def test_provenance_prints_the_lineage_in_every_form_and_its_proofs_pass_the_aud
     one_error(fedhub(site, "provenance", rid, "--site", "hereon", who=MALLORY), "NotFound")
 
 
+def test_a_kept_result_is_an_argument_by_reference_and_provenance_proves_both_calls(
+    site: Site, tmp_path: Path
+) -> None:
+    first = call(site, "hereon.climate.scale", "values=[1, 2]")
+    run = fedhub(site, "call", "hereon.climate.scale", f"values=ref:hereon/{first}", "factor=3")
+    assert run.code == 0, run.err
+    assert json.loads(run.out) == [6.0, 12.0]
+    second = re.search(r"^request (\S+)$", run.err, re.MULTILINE)
+    assert second is not None
+    text = fedhub(
+        site, "provenance", second.group(1), "--site", "hereon", "--proofs", str(tmp_path)
+    )
+    assert text.code == 0, text.err
+    assert f"ref       values = hereon/{first}" in text.out
+    proofs = sorted(tmp_path.glob(f"{first}-*.json"))
+    assert proofs  # the earlier call's steps are proven by the log too
+    for proof in proofs:
+        checked = fedhub(site, "audit", "--proof", str(proof), "--site-key", "site:hereon")
+        assert checked.code == 0, checked.err
+    bad = fedhub(site, "call", "hereon.climate.scale", "values=ref:hereon")
+    assert bad.code == 2 and bad.err.splitlines() == [
+        "error: ArgumentError: 'ref:hereon' is not a reference (write ref:SITE/REQUEST_ID)"
+    ]
+    taken = fedhub(site, "call", "hereon.climate.scale", f"values=ref:hereon/{first}", who=MALLORY)
+    one_error(taken, "NotFound")
+
+
 def test_result_get_writes_the_formats_that_fit_and_refuses_the_others(
     site: Site, tmp_path: Path
 ) -> None:

@@ -321,3 +321,35 @@ async def test_a_node_cannot_delete_or_purge_its_sites_streams(
         assert (await js.stream_info(CALLS_STREAM)).config.name == CALLS_STREAM
     finally:
         await nc.close()
+
+
+async def test_a_node_asks_another_sites_status_service_but_sends_it_no_calls_info_or_admin(
+    federation: Federation,
+) -> None:
+    """A node fetches results passed by reference from other sites (signed catalog
+    messages on ``fh.status.<site>``); nothing else of another site is open to it."""
+    geomar, _ = await login(federation, "geomar", "node")
+    nc, errors = await login(federation, SITE, "node")
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b"answered by geomar")
+
+    sub = await geomar.subscribe("fh.status.geomar", cb=answer)
+    await geomar.flush()
+    try:
+        async with asyncio.timeout(10):  # the hub learns the new interest in its own time
+            while True:
+                try:
+                    reply = await nc.request("fh.status.geomar", b"fetch", timeout=0.5)
+                    break
+                except REFUSED:
+                    await asyncio.sleep(0.1)
+        assert reply.data == b"answered by geomar"
+        for subject in ("fh.info.geomar.climate", "fh.admin.geomar", "fh.status.geomar.x"):
+            await refused(lambda s=subject: nc.request(s, b"?", timeout=0.5), errors, subject)
+        call = call_subject("geomar", "climate", "scale")
+        await refused(lambda: nc.jetstream(timeout=0.5).publish(call, b"call"), errors, call)
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+        await geomar.close()
