@@ -113,6 +113,9 @@ class NodeStarted(_Data):
     modules: tuple[str, ...] = ()
     config_hash: Hex32 | None = None
     recovered: int = Field(0, description="requests found unfinished from a previous run")
+    code: dict[str, Hex32] | None = Field(
+        None, description="module name: BLAKE2b-256 of its code as this process loaded it"
+    )
 
 
 class NodeStopped(_Data):
@@ -158,8 +161,8 @@ class RequestAccepted(_OmitNone):
     who asked for which function, when, with which nonce and the hash and size of the
     sealed arguments are all in it, signed by the caller, so the event repeats none of
     them; ``delivery`` is left out when it is 1. Version 1 had only ``request_id`` (after a
-    ``request.received`` with the rest). ``code_hash`` names the module code that will
-    run (since references and provenance across sites).
+    ``request.received`` with the rest). The code that ran is named once per process, in
+    the ``node.started`` before it (``code``), not in every call.
     """
 
     type: Literal["request.accepted"] = "request.accepted"
@@ -167,9 +170,6 @@ class RequestAccepted(_OmitNone):
     header: B64 | None = None
     sig: B64 | None = None
     delivery: int | None = Field(None, ge=2, description="JetStream delivery count, if not 1")
-    code_hash: Hex32 | None = Field(
-        None, description="BLAKE2b-256 of the called module's code as the node loaded it"
-    )
 
 
 class RequestStarted(_Data):

@@ -188,7 +188,7 @@ async def provenance(
         raise CanonicalError(f"malformed provenance answer: {one_line(exc)}") from exc
     if answer.request_id != request_id or answer.site != site:
         raise IntegrityError(f"site {site} answered about another request")
-    steps = []
+    steps: list[Step] = []
     for proof in answer.steps:
         verdict = verify_event_proof(proof, client.trusted_sites)
         if verdict.log != answer.log or proof.site != site:
@@ -196,7 +196,8 @@ async def provenance(
         body = parse_canonical(b64d(proof.event.body))
         assert isinstance(body, dict)
         data_ = body.get("data")
-        if not isinstance(data_, dict) or data_.get("request_id") != request_id:
+        first = not steps and body.get("type") == "node.started"  # the process that ran it
+        if not isinstance(data_, dict) or (data_.get("request_id") != request_id and not first):
             raise IntegrityError(f"event {proof.event.seq} is not about request {request_id}")
         steps.append(
             Step(proof.event.seq, proof.event.hash, str(body["type"]), str(body["time"]), data_)
@@ -219,19 +220,22 @@ async def provenance(
 def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:
     header: dict[str, Any] = {}
     result: dict[str, Any] = {}
-    received = ended = code = None
+    received = ended = None
+    codes: dict[str, Any] = {}
     for s in steps:
-        if s.type == "request.accepted" and "header" in s.data:
+        if s.type == "node.started":
+            codes = s.data.get("code") or {}
+        elif s.type == "request.accepted" and "header" in s.data:
             value = parse_canonical(b64d(s.data["header"]))
             header = value if isinstance(value, dict) else {}
             received = s.time
-            code = s.data.get("code_hash")
         elif s.type == "request.completed":
             result = {"hash": s.data.get("result_hash"), "size": s.data.get("result_size")}
             ended = s.time
         elif s.type == "request.failed":
             result = {}
             ended = s.time
+    code = codes.get(str(header.get("module"))) if isinstance(codes, dict) else None
     bulk = header.get("bulk") or {}
     address = (
         f"{header['site']}.{header['module']}.{header['function']}"

@@ -106,6 +106,7 @@ class NodeDaemon:
         self.writer: LogWriter | None = None
         self.runner: Runner | None = None
         self.pipeline: Pipeline | None = None
+        self._code_hashes: dict[str, str] = {}
         self.directory: Directory | None = None
         self.consumer: CallConsumer | None = None
         #: The federation directory watch and the witness (None until started).
@@ -194,7 +195,7 @@ class NodeDaemon:
         )
         self.stack.callback(self.pipeline.close)
         assert self.nc is not None and self._node_key_record is not None
-        self.pipeline.code_hashes = codes
+        self._code_hashes = codes
         self.pipeline.staging = Staging(
             self.nc, cfg.identity, self.eventlog.key, self._node_key_record
         )
@@ -209,6 +210,7 @@ class NodeDaemon:
                 modules=tuple(m.name for m in cfg.modules),
                 config_hash=cfg.digest,
                 recovered=int(recovered) if isinstance(recovered, int) else 0,
+                code=self._code_hashes or None,
             )
         )
         await self._start_consumer()

@@ -530,6 +530,19 @@ class EventLog:
             if parse_canonical(bytes(b))["data"].get("request_id") == request_id
         ]
 
+    def started_before(self, seq: int) -> StoredEvent | None:
+        """The last ``node.started`` before event ``seq``: the process (and the code it
+        loaded) that handled what ``seq`` records."""
+        row = self.db.execute(
+            "SELECT seq, hash, sig, body, type FROM events WHERE type = 'node.started'"
+            " AND seq < ? ORDER BY seq DESC LIMIT 1",
+            [seq],
+        ).fetchone()
+        if row is None:
+            return None
+        seq_, h, s, b, t = row
+        return StoredEvent(seq_, bytes(h), bytes(s), bytes(b), t)
+
     def head(self) -> SignedRecord | None:
         """The latest signed checkpoint, if any."""
         row = self.db.execute(

@@ -152,7 +152,6 @@ class Pipeline:
         #: Fetches arguments passed by reference (set by the daemon once connected).
         self.staging: Staging | None = None
         #: Module name → hash of its code (set by the daemon; logged in request.accepted).
-        self.code_hashes: dict[str, str] = {}
 
     async def load_replay_memory(self) -> int:
         """Remember the nonces the log received within the replay window (after a
@@ -315,7 +314,6 @@ class Pipeline:
             header=b64e(req.header_bytes),
             sig=b64e(req.sig),
             delivery=delivery if delivery > 1 else None,
-            code_hash=self.code_hashes.get(h.module),
         )
 
     async def _seen_before(self, req: Verified, row: dict[str, Any], d: Delivery) -> Outcome | Job:

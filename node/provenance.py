@@ -1,7 +1,8 @@
 """A request's provenance at this node: its events, each with a proof of inclusion.
 
 The events of one request (``request.accepted`` with the caller's signed header, then
-``request.completed`` or ``request.failed``, and the result events after it) are read
+``request.completed`` or ``request.failed``, and the result events after it), after the
+``node.started`` of the process that handled it (naming the code it loaded), are read
 from the log on the log's own thread, a checkpoint is appended when none covers the last
 of them yet, and each event gets its :class:`hub.proofs.EventProof`: anyone holding the
 site's key checks it offline (``fedhub audit --proof``), without the rest of the log.
@@ -45,6 +46,10 @@ async def provenance_of(p: Pipeline, rid: str, *, owner: bool = True) -> Provena
     events: list[StoredEvent] = [e for e in found if owner or e.type in READER_TYPES]
     if not events:
         raise NotFoundError(f"no events of request {rid} in this node's log")
+    first = events[0].seq
+    started = await p.writer.call(lambda: eventlog.started_before(first))
+    if isinstance(started, StoredEvent):  # which code ran: named once per process
+        events.insert(0, started)
     head = await p.writer.call(eventlog.head)
     covered = 0 if head is None else _size(head)
     if covered < events[-1].seq:

@@ -208,13 +208,17 @@ def test_provenance_prints_the_lineage_in_every_form_and_its_proofs_pass_the_aud
     assert text.code == 0, text.err
     assert f"request   {rid}" in text.out and "hereon.climate.scale" in text.out
     lineage = json.loads(fedhub(site, "provenance", rid, "--site", "hereon", "--json").out)
-    assert [s["type"] for s in lineage["steps"]] == ["request.accepted", "request.completed"]
+    assert [s["type"] for s in lineage["steps"]] == [
+        "node.started",
+        "request.accepted",
+        "request.completed",
+    ]
     assert fedhub(site, "provenance", rid, "--site", "hereon", "--mermaid").out.startswith(
         "flowchart LR"
     )
     assert "digraph" in fedhub(site, "provenance", rid, "--site", "hereon", "--dot").out
     proofs = sorted(tmp_path.glob(f"{rid}-*.json"))
-    assert len(proofs) == 2
+    assert len(proofs) == 3  # node.started, request.accepted, request.completed
     for proof in proofs:
         checked = fedhub(site, "audit", "--proof", str(proof), "--site-key", "site:hereon")
         assert checked.code == 0, checked.err

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from support.world import World
+from support.world import CLIMATE, World
 
 from hub.audit import audit_events
 from hub.canonical import parse_canonical
 from hub.chain import leaf_hash
 from hub.client import Client
+from hub.crypto import blake2b_256
 from hub.errors import IntegrityError, NotFoundError
 from hub.keys import KeyStore
 from hub.logfile import iter_log
@@ -68,7 +69,13 @@ async def test_the_lineage_is_read_from_proven_events_that_the_audit_of_the_log_
     assert lineage.result == {"hash": status.result_hash, "size": status.result_size}
     assert lineage.inputs["payload_hash"] and lineage.inputs["payload_size"]
     assert lineage.schema_hash
-    assert [s.type for s in lineage.steps] == ["request.accepted", "request.completed"]
+    # the process that ran it (with the hash of the code it loaded), then the call
+    assert [s.type for s in lineage.steps] == [
+        "node.started",
+        "request.accepted",
+        "request.completed",
+    ]
+    assert lineage.code_hash == blake2b_256(CLIMATE.read_bytes()).hex()
     assert lineage.received_time is not None and lineage.ended_time is not None
     # every step is the event at that place of the node's log, and the log audits clean
     bodies = {int(parse_canonical(e.body)["seq"]): e.body for e in iter_log(cfg.log_path)}
@@ -100,12 +107,17 @@ async def test_a_reader_of_a_shared_result_gets_its_provenance_and_a_third_perso
     assert lineage.caller == OWNER
     # the owner sees what was done with the result; a reader only the call itself
     assert [s.type for s in owners.steps] == [
+        "node.started",
         "request.accepted",
         "request.completed",
         "result.shared",
         "result.tagged",
     ]
-    assert [s.type for s in lineage.steps] == ["request.accepted", "request.completed"]
+    assert [s.type for s in lineage.steps] == [
+        "node.started",
+        "request.accepted",
+        "request.completed",
+    ]
     async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
         with pytest.raises(NotFoundError):
             await mallory.provenance("hereon", rid)
