@@ -378,14 +378,33 @@ class Runner:
         future = threads.submit(
             functools.partial(context.run, _call_sync, spec, arguments, progress), slot=slot
         )
-        future.add_done_callback(_consume)
+        # the deadline and the cancel signal resolve the future themselves (the pool drops
+        # an outcome whose future is done): one wake-up of this task, no helper future
+        timer = stop = None
+        if limits.deadline is not None:
+            timer = asyncio.get_running_loop().call_at(
+                limits.deadline, _interrupt, future, _TIMED_OUT
+            )
+        if limits.cancel is not None:
+            stop = functools.partial(_interrupt, future, _CANCELLED)
+            limits.cancel.add_callback(stop)
+            if limits.cancel.is_set():
+                stop()
         try:
-            outcome = await _wait(future, limits)
+            value = await future
         except asyncio.CancelledError:
             progress.cancel()
             threads.withdraw(future)
             raise
-        if outcome != "done":
+        except Exception as exc:
+            raise _failed(spec, exc) from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if stop is not None and limits.cancel is not None:
+                limits.cancel.remove_callback(stop)
+        if value is _TIMED_OUT or value is _CANCELLED:
+            outcome: _Outcome = "timeout" if value is _TIMED_OUT else "cancelled"
             if threads.withdraw(future):  # it never started
                 if outcome == "timeout":
                     raise CallTimeoutError(
@@ -395,10 +414,7 @@ class Runner:
             # The thread cannot be stopped: ask it to stop; it keeps its thread until it does.
             progress.cancel()
             raise _interrupted(spec, outcome, limits.timeout)
-        try:
-            return future.result()
-        except Exception as exc:
-            raise _failed(spec, exc) from exc
+        return value
 
     async def _run_process(
         self,
@@ -550,6 +566,16 @@ async def _wait(future: asyncio.Future[Any], limits: _Limits) -> _Outcome:
     if cancel is not None and cancel.is_set():
         return "cancelled"
     return "timeout"
+
+
+#: What a thread call's future holds when its deadline or cancel signal came first.
+_TIMED_OUT = object()
+_CANCELLED = object()
+
+
+def _interrupt(future: asyncio.Future[Any], why: object) -> None:
+    if not future.done():
+        future.set_result(why)
 
 
 async def _abandon_acquire(waiter: asyncio.Future[Any], semaphore: asyncio.Semaphore) -> None:
