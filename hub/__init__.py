@@ -3,13 +3,15 @@
 The supported public surface is re-exported here; everything else may change::
 
     from hub import connect                 # blocking client (scripts, Jupyter)
+    from hub import aconnect                # async client, same defaults as the CLI
     from hub import Client                  # async client
     from hub import Progress                # what a backend function may accept
 """
 
 from __future__ import annotations
 
-from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
+from typing import TYPE_CHECKING, Any
+
 from hub.errors import (
     CallCancelledError,
     CallTimeoutError,
@@ -25,9 +27,37 @@ from hub.errors import (
     UnauthorizedError,
     ValidationError,
 )
-from hub.progress import Progress
+
+if TYPE_CHECKING:
+    from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
+    from hub.defaults import aconnect
+    from hub.progress import Progress
 
 __version__ = "0.1.0"
+
+#: Public names imported on first use: ``import hub`` (and so every ``fedhub`` command)
+#: must not pay for the client, NATS and the array stack before it needs them.
+_LAZY = {
+    "CallHandle": "hub.call_handle",
+    "Client": "hub.client",
+    "ModuleInfo": "hub.call_handle",
+    "SyncClient": "hub.sync_client",
+    "connect": "hub.sync_client",
+    "Progress": "hub.progress",
+    "aconnect": "hub.defaults",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hub' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CallCancelledError",
@@ -49,5 +79,6 @@ __all__ = [
     "UnauthorizedError",
     "ValidationError",
     "__version__",
+    "aconnect",
     "connect",
 ]

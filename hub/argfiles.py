@@ -11,8 +11,9 @@
   JSON, anything else as raw bytes;
 * ``key=@@text``: the plain string ``@text`` (an escape for values starting with ``@``).
 
-:func:`write_result` writes a call's result to a file, again chosen by suffix. Every problem
-raises :class:`hub.errors.ConfigError` naming the argument and the file.
+:func:`write_result` writes a call's result to a file, again chosen by suffix. A problem with
+an argument or the file it names raises :class:`hub.errors.ArgumentError` (exit 2 in the CLI),
+one with a result file :class:`hub.errors.ConfigError`; both name the argument and the file.
 """
 
 from __future__ import annotations
@@ -26,9 +27,16 @@ from typing import Any
 import numpy as np
 
 from hub.bulk import NetCDFFile
-from hub.errors import ConfigError
+from hub.errors import ArgumentError, ConfigError
 
-__all__ = ["NETCDF_SUFFIXES", "parse_cli_argument", "read_argument_file", "write_result"]
+__all__ = [
+    "NETCDF_SUFFIXES",
+    "as_declared",
+    "declared_kind",
+    "parse_cli_argument",
+    "read_argument_file",
+    "write_result",
+]
 
 #: File suffixes (lower-case) read and written with xarray as NetCDF.
 NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf"})
@@ -45,15 +53,15 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
     """
     key, sep, raw = text.partition("=")
     if not sep:
-        raise ConfigError(
+        raise ArgumentError(
             f"argument {text!r} is not of the form key=value or key=@PATH",
             hint="write e.g. n=3, name=klaus or data=@input.nc",
         )
     key = key.strip()
     if not key:
-        raise ConfigError(f"argument {text!r} has an empty key", hint="write key=value")
+        raise ArgumentError(f"argument {text!r} has an empty key", hint="write key=value")
     if not key.isidentifier():
-        raise ConfigError(
+        raise ArgumentError(
             f"argument {text!r}: key {key!r} is not a valid Python identifier",
             hint="keys are the remote function's parameter names",
         )
@@ -61,13 +69,11 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
         return key, raw[1:]
     if raw.startswith("@"):
         if not raw[1:]:
-            raise ConfigError(f"argument {key!r} names no file after '@'")
+            raise ArgumentError(f"argument {key!r} names no file after '@'")
         path = Path(raw[1:]).expanduser()
         if stream_files and path.suffix.lower() in NETCDF_SUFFIXES:
-            if not path.is_file():
-                raise ConfigError(
-                    f"argument {key!r}: file '{path}' does not exist or is not a file"
-                )
+            _check_file(path, key)
+            _check_netcdf(path, key)
             return key, NetCDFFile(path)
         return key, read_argument_file(path, key=key)
     try:
@@ -79,25 +85,88 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
 def read_argument_file(path: Path, *, key: str = "?") -> object:
     """Read a file into a value by its suffix (see the module docstring)."""
     where = f"argument {key!r}: file '{path}'"
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist or is not a regular file")
+    _check_file(path, key)
     suffix = path.suffix.lower()
     try:
         if suffix in NETCDF_SUFFIXES:
+            _check_netcdf(path, key)
             return _read_netcdf(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if suffix == ".json":
             return json.loads(path.read_text(encoding="utf-8"))
         return path.read_bytes()
-    except ConfigError:
+    except ArgumentError:
         raise
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
+        raise ArgumentError(f"{where} is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where} is not UTF-8 text: {exc}") from exc
+        raise ArgumentError(f"{where} is not UTF-8 text: {exc}") from exc
     except Exception as exc:  # xarray and numpy raise many kinds for unreadable files
-        raise ConfigError(f"{where} cannot be read: {exc}") from exc
+        raise ArgumentError(f"{where} cannot be read: {exc}") from exc
+
+
+#: How NetCDF files begin: classic and 64-bit offset / CDF-5 (NetCDF3), and HDF5 (NetCDF4).
+_NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+#: A file argument a Dataset parameter takes is read into memory up to this size; a larger
+#: one is streamed to the node like any NetCDF file (which opens one variable as a DataArray).
+DATASET_IN_MEMORY = 256 * 1024 * 1024
+
+
+def _check_netcdf(path: Path, key: str) -> None:
+    """An ArgumentError unless ``path`` starts like a NetCDF (3 or 4) file."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ArgumentError(f"argument {key!r}: cannot read '{path}': {exc.strerror}") from exc
+    if not head.startswith(_NETCDF_MAGIC):
+        raise ArgumentError(
+            f"argument {key!r}: '{path}' is not a NetCDF file",
+            hint="a .nc argument must be NetCDF 3 or 4; use another suffix to send raw bytes",
+        )
+
+
+def declared_kind(schema: dict[str, Any]) -> str | None:
+    """``"Dataset"`` or ``"DataArray"`` when a parameter's JSON Schema declares that xarray
+    type (also inside ``anyOf``, e.g. an optional parameter); else None."""
+    declared = schema.get("x-fedhub-type")
+    if declared in ("xarray.Dataset", "xarray.DataArray"):
+        return str(declared).removeprefix("xarray.")
+    for option in schema.get("anyOf") or ():
+        if isinstance(option, dict) and (kind := declared_kind(option)) is not None:
+            return kind
+    return None
+
+
+def as_declared(kwargs: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """NetCDF file arguments of parameters declared ``xarray.Dataset``, opened as a Dataset
+    (a file with one variable would otherwise arrive as a DataArray and be refused).
+
+    ``arguments`` is the function's arguments schema (:attr:`FunctionInfo.arguments`).
+    """
+    from hub.bulk import open_netcdf
+
+    props = arguments.get("properties") or {}
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        if not isinstance(value, NetCDFFile) or not isinstance(props.get(key), dict):
+            continue
+        if declared_kind(props[key]) == "Dataset" and value.size <= DATASET_IN_MEMORY:
+            out[key] = open_netcdf(value.path, kind="Dataset", load=True)
+    return out
+
+
+def _check_file(path: Path, key: str) -> None:
+    """An ArgumentError unless ``path`` is a regular file (naming what is wrong with it)."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise ArgumentError(
+            f"argument {key!r}: no file '{path}'",
+            hint=f"check the path (relative to {Path.cwd()}); key=@@text passes '@text' as text",
+        )
+    raise ArgumentError(f"argument {key!r}: '{path}' is not a regular file")
 
 
 def _read_netcdf(path: Path) -> object:

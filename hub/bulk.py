@@ -27,7 +27,9 @@ from typing import Any, BinaryIO
 
 from hub.envelopes import Bulk
 from hub.errors import ConfigError
+from hub.netcdf3 import prepare_netcdf3, write_netcdf3
 from hub.transfer import DEFAULT_CHUNK_SIZE, SealedInfo, TransferProgress
+from hub.transfer.sealing import Sealer
 
 __all__ = [
     "BULK_KEY_PERSON",
@@ -42,6 +44,7 @@ __all__ = [
     "map_file",
     "netcdf_engine",
     "open_netcdf",
+    "seal_netcdf",
     "write_netcdf",
 ]
 
@@ -141,8 +144,8 @@ def open_netcdf(path: Path, *, kind: str | None = None, load: bool = False) -> A
         return dataset
     (name,) = dataset.data_vars
     array = dataset[name]
-    if name == "__xarray_dataarray_variable__":
-        array = array.rename(None)
+    if name == "__xarray_dataarray_variable__":  # named as DataArray.to_netcdf names it
+        array = array.rename(dataset.attrs.get("__xarray_dataarray_name__"))
     return array
 
 
@@ -157,13 +160,25 @@ def netcdf_engine() -> str:
 def write_netcdf(value: Any, path: Path) -> str:
     """Write an xarray value to ``path``; return ``DataArray`` or ``Dataset``.
 
+    With the scipy engine (NetCDF3) the file is written by :func:`hub.netcdf3.write_netcdf3`,
+    byte for byte what xarray writes, in bounded memory beyond the value itself.
+
     Raises ValueError when the file would not give the value back as it is (an engine
     may narrow a dtype it cannot store, e.g. NetCDF3 and int64): then send it otherwise.
     """
     import xarray as xr
 
     kind = "DataArray" if isinstance(value, xr.DataArray) else "Dataset"
-    value.to_netcdf(path, engine=netcdf_engine())
+    engine = netcdf_engine()
+    done = False
+    if engine == "scipy":  # its own writer holds every variable about three times over
+        try:
+            write_netcdf3(value, path)
+            done = True
+        except Exception:  # a value it does not handle: xarray writes it, or says why not
+            path.unlink(missing_ok=True)
+    if not done:
+        value.to_netcdf(path, engine=engine)
     if kind == "DataArray":
         name = value.name if value.name is not None else "__xarray_dataarray_variable__"
         value = value.to_dataset(name=name)
@@ -174,6 +189,40 @@ def write_netcdf(value: Any, path: Path) -> str:
         changed = sorted(k for k in wanted if got.get(k) != wanted[k])
         raise ValueError(f"NetCDF would not keep the dtypes of {', '.join(changed)}")
     return kind
+
+
+def seal_netcdf(
+    value: Any,
+    sealed: Path,
+    key: bytes,
+    *,
+    transfer_id: bytes,
+    chunk_size: int,
+    compress: bool,
+) -> tuple[SealedInfo, str] | None:
+    """Seal an xarray value as a NetCDF file straight into ``sealed``, with no plaintext
+    file in between; its sealed form and kind (``DataArray``/``Dataset``). None when that
+    cannot be done exactly (another engine than scipy, a value NetCDF3 would read back
+    with other dtypes, one the writer does not handle): then :func:`write_netcdf` it."""
+    if netcdf_engine() != "scipy":
+        return None
+    try:
+        prepared = prepare_netcdf3(value)
+    except Exception:  # a value the writer does not handle: write_netcdf decides
+        return None
+    if not prepared.exact:
+        return None
+    with sealed.open("wb") as sink:
+        sealer = Sealer(
+            sink,
+            key,
+            total_size=prepared.size,
+            transfer_id=transfer_id,
+            chunk_size=chunk_size,
+            compress=compress,
+        )
+        prepared.write(sealer)
+        return sealer.close(), prepared.kind
 
 
 def is_xarray(value: object) -> bool:

@@ -24,7 +24,17 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from hub import codec
-from hub.bulk import NetCDFFile, SavedTo, bulk_key, describe, map_file, open_netcdf
+from hub.bulk import (
+    NetCDFFile,
+    SavedTo,
+    bulk_key,
+    describe,
+    is_xarray,
+    map_file,
+    open_netcdf,
+    seal_netcdf,
+    write_netcdf,
+)
 from hub.envelopes import Bulk, ReplyHeader
 from hub.errors import ConfigError, FederationError, TransferError
 from hub.transfer import (
@@ -90,7 +100,13 @@ class ArgumentPlan:
     inline: dict[str, Any]
     file: tuple[str, Path] | None = None  # a NetCDF argument sent as its file
     encoded: bytes | None = None  # all arguments, codec-encoded, too large for a message
+    xarray: tuple[str, Any] | None = None  # a large xarray value, sent as a NetCDF file
     inline_encoded: bytes | None = None  # ``inline`` codec-encoded, when it was measured
+
+    @property
+    def in_bulk(self) -> bool:
+        """Whether part of the arguments follows as a bulk transfer."""
+        return self.file is not None or self.encoded is not None or self.xarray is not None
 
     def inline_bytes(self) -> bytes:
         """``inline``, codec-encoded (encoded once: measuring it already did)."""
@@ -100,7 +116,8 @@ class ArgumentPlan:
 
 
 def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
-    """Split the arguments: a large NetCDF file, or large encoded arguments, go in bulk.
+    """Split the arguments: a large NetCDF file, a large xarray value (sent as a NetCDF
+    file: never encoded whole in memory), or large encoded arguments go in bulk.
 
     A :class:`NetCDFFile` no larger than ``threshold`` is read into memory and sent like
     any value; at most one larger file per call.
@@ -119,6 +136,13 @@ def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
     if large:
         name = large[0]
         return ArgumentPlan(inline, file=(name, kwargs[name].path))
+    arrays = [k for k, v in inline.items() if is_xarray(v) and int(v.nbytes) > threshold]
+    if len(arrays) == 1:
+        name = arrays[0]
+        rest = {k: v for k, v in inline.items() if k != name}
+        rest_encoded = codec.encode_many(rest)
+        if len(rest_encoded) <= threshold:
+            return ArgumentPlan(rest, xarray=(name, inline[name]), inline_encoded=rest_encoded)
     encoded = codec.encode_many(inline)
     if len(encoded) > threshold:
         return ArgumentPlan({}, encoded=encoded)
@@ -134,6 +158,38 @@ async def seal_arguments(
     os.close(fd)
     spool, key, tid = Path(name), bulk_key(content_key), new_transfer_id()
     try:
+        if plan.xarray is not None:
+            arg, value = plan.xarray
+            direct = await asyncio.to_thread(
+                seal_netcdf,
+                value,
+                spool,
+                key,
+                transfer_id=tid,
+                chunk_size=chunk_size,
+                compress=compress,
+            )
+            if direct is not None:
+                info, kind = direct
+                return spool, describe(info, format="netcdf", arg=arg, xarray=kind), info.saving
+            written = await asyncio.to_thread(_as_netcdf, value, spool)
+            if written is None:  # NetCDF would change it: the codec carries it exactly
+                plan = ArgumentPlan({}, encoded=codec.encode_many({**plan.inline, arg: value}))
+            else:
+                path, kind = written
+                try:
+                    info = await asyncio.to_thread(
+                        seal_file,
+                        path,
+                        spool,
+                        key,
+                        transfer_id=tid,
+                        compress=compress,
+                        chunk_size=chunk_size,
+                    )
+                finally:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
+                return spool, describe(info, format="netcdf", arg=arg, xarray=kind), info.saving
         if plan.file is not None:
             arg, path = plan.file
             info = await asyncio.to_thread(
@@ -165,6 +221,19 @@ async def seal_arguments(
     except BaseException:
         await asyncio.to_thread(spool.unlink, missing_ok=True)
         raise
+
+
+def _as_netcdf(value: Any, spool: Path) -> tuple[Path, str] | None:
+    """``value`` written as a NetCDF file next to ``spool`` (bounded memory beyond the
+    value) and its kind; None when NetCDF would not give it back as it is (a dtype it
+    cannot hold)."""
+    path = spool.with_suffix(".nc")
+    try:
+        kind = write_netcdf(value, path)
+    except ValueError:
+        path.unlink(missing_ok=True)
+        return None
+    return path, kind
 
 
 def _reporter(handle: CallHandle, direction: str) -> Any:

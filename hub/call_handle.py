@@ -1,5 +1,8 @@
 """A submitted call as its caller sees it (:class:`CallHandle`), and a module's verified info.
 
+A handle can be awaited (``await handle`` is ``await handle.result()``), so
+``asyncio.gather(*handles)`` and ``asyncio.as_completed(handles)`` take handles directly.
+
 The :class:`~hub.client.Client` creates handles and settles them: from the reply on its
 inbox, or from the node's status and stored result when that reply was lost (see
 :meth:`Client.recover <hub.client.Client.recover>`).
@@ -8,15 +11,17 @@ inbox, or from the node's status and stored result when that reply was lost (see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError as PydanticValidationError
 
 from hub.answers import CancelAnswer, FunctionInfo, ModuleDescription, RequestStatus
-from hub.errors import CallTimeoutError
+from hub.errors import CallTimeoutError, CanonicalError, DecryptionError
+from hub.records import KeyRecord, one_line, open_record
 from hub.transfer import TransferProgress
 
 if TYPE_CHECKING:
@@ -47,8 +52,27 @@ class ModuleInfo:
         """Function name → its description (schemas, docstring, signature)."""
         return self.info.functions
 
+    @classmethod
+    def verified(cls, site: str, module: str, data: bytes, site_key: bytes) -> ModuleInfo:
+        """An info answer checked: it parses, names this module, and carries a node key
+        record signed by ``site_key`` (the pinned key of ``site``)."""
+        try:
+            info = ModuleDescription.model_validate_json(data)
+        except PydanticValidationError as exc:
+            raise CanonicalError(
+                f"malformed info answer of {site}.{module}: {one_line(exc)}"
+            ) from exc
+        record = open_record(info.node_key, KeyRecord, site_key)
+        if info.site != site or info.module != module:
+            raise CanonicalError(
+                f"{site}.{module} answered with the info of {info.site}.{info.module}"
+            )
+        if record.site != site or record.role != "node":
+            raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
+        return cls(site, module, info, record.identity, record.kid, record.box_key_bytes())
 
-@dataclass
+
+@dataclass(eq=False)  # a handle is itself: hashable, for asyncio.gather and sets
 class CallHandle:
     """A submitted call: its id, live progress, and (eventually) its result."""
 
@@ -71,6 +95,10 @@ class CallHandle:
     #: With compression: the fraction of the bulk arguments' size it saved.
     saved: float | None = None
     _transfers: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Loop time of the last message from the node about this call (or of the submit).
+    _heard: float = 0.0
+    #: The client's scheduled asks about this call (cancelled once it ends).
+    _timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
     def site(self) -> str:
@@ -80,6 +108,10 @@ class CallHandle:
     def done(self) -> bool:
         """Whether the outcome (result or error) has arrived."""
         return self._future.done()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await handle``: the result, as :meth:`result` (within the call's deadline)."""
+        return self.result().__await__()
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the result; raises the call's typed error or CallTimeoutError."""
@@ -137,6 +169,11 @@ class CallHandle:
         else:
             self._future.set_result(value)
         return True
+
+    def _stop_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         """Keep a transfer task of this call (cancelled with the call, or when it ends)."""

@@ -36,22 +36,25 @@ import nats.errors
 import numpy as np
 import structlog
 
-from hub.argfiles import parse_cli_argument, write_result
+from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
+from hub.call_handle import ModuleInfo
 from hub.client import CallHandle, Client
-from hub.cliutil import read_passphrase
+from hub.cliutil import examples, notice, read_passphrase
+from hub.defaults import DEFAULT_URL, default_identity, default_url
 from hub.errors import (
+    ArgumentError,
     CallTimeoutError,
     ConfigError,
     FederationError,
     NotFoundError,
     TransportError,
 )
+from hub.infocache import keep_info, kept_info
 from hub.keys import KeyStore
 from hub.lifecycle import FINAL
 from hub.subjects import (
     parse_address,
-    validate_identity,
     validate_site,
 )
 from hub.transfer import TransferProgress
@@ -67,6 +70,7 @@ __all__ = [
     "deadline_of",
     "default_identity",
     "default_url",
+    "module_info",
     "quiet_nats",
     "run_command",
 ]
@@ -75,8 +79,6 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-#: Where ``--url`` points when neither it nor ``$FEDHUB_URL`` is given.
-DEFAULT_URL = "nats://127.0.0.1:4222"
 #: How long ``fedhub ls`` collects micro service answers by default (seconds).
 DISCOVERY_WINDOW = 0.5
 #: Default deadline of ``ls SITE.MODULE``, ``stub`` and ``status`` (seconds).
@@ -89,38 +91,6 @@ _CLIENT_OPTIONS = frozenset({"timeout", "on_progress", "on_transfer", "result_pa
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
-
-
-def default_url(explicit: str | None = None) -> str:
-    """``explicit``, else ``$FEDHUB_URL``, else :data:`DEFAULT_URL`."""
-    return explicit or os.environ.get("FEDHUB_URL") or DEFAULT_URL
-
-
-def default_identity(explicit: str | None, store: KeyStore) -> str:
-    """``explicit``, else ``$FEDHUB_IDENTITY``, else the only person key in ``store``."""
-    chosen = explicit or os.environ.get("FEDHUB_IDENTITY")
-    if chosen:
-        return chosen
-    people = []
-    for keys in store.list():
-        try:
-            kind = validate_identity(keys.identity).kind
-        except ConfigError:
-            continue
-        if kind == "user" and store.exists(keys.identity):
-            people.append(keys.identity)
-    if len(people) == 1:
-        return people[0]
-    if not people:
-        raise ConfigError(
-            f"no person key (name@site) in {store.dir} to call with",
-            hint="create one with `fedhub keys new NAME@SITE`, or pass --as",
-        )
-    shown = ", ".join(people[:4]) + (", ..." if len(people) > 4 else "")
-    raise ConfigError(
-        f"{len(people)} person keys in {store.dir} ({shown}); which one calls?",
-        hint="pass --as NAME@SITE or set FEDHUB_IDENTITY",
-    )
 
 
 # --- connecting -------------------------------------------------------------------------
@@ -146,7 +116,7 @@ async def client_for(args: argparse.Namespace) -> Client:
         prompt = f"passphrase for {identity}: "
     passphrase = read_passphrase(args.passphrase_file, prompt=prompt)
     return await Client.connect(
-        default_url(args.url),
+        default_url(args.url, store),
         identity,
         home=store.home,
         passphrase=passphrase,
@@ -258,11 +228,11 @@ def _call_arguments(texts: list[str]) -> dict[str, Any]:
     for text in texts:
         key, value = parse_cli_argument(text, stream_files=True)
         if key in kwargs:
-            raise ConfigError(f"argument {key!r} is given twice")
+            raise ArgumentError(f"argument {key!r} is given twice")
         kwargs[key] = value
     clash = sorted(kwargs.keys() & _CLIENT_OPTIONS)
     if clash:
-        raise ConfigError(
+        raise ArgumentError(
             f"an argument named {clash[0]!r} cannot be passed yet: hub.client's call() "
             "takes that name as its own option",
             hint="use --timeout for the call's deadline",
@@ -281,6 +251,12 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
     async with await client_for(args) as fed:
+        target = parse_address(address)
+        home = KeyStore(args.home).home
+        info = await module_info(fed, home, target.site, target.module, queue=args.queue)
+        fn = info.functions.get(target.function)
+        if fn is not None:  # else submit says what is missing
+            kwargs = as_declared(kwargs, fn.arguments)
         async with _sigint() as interrupted:
             handle = await fed.submit(
                 address,
@@ -291,9 +267,20 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                 compress=args.compress,
                 **kwargs,
             )
-            print(f"request {handle.request_id}", file=sys.stderr, flush=True)
+            notice(f"request {handle.request_id}", "call.submitted", request_id=handle.request_id)
+            if args.queue:
+                notice(
+                    f"queued; get the result later: fedhub fetch --site {site} {handle.request_id}",
+                    "call.queued",
+                    request_id=handle.request_id,
+                )
+                return 0
             if handle.saved is not None:
-                print(f"compressed arguments: {handle.saved:.0%} saved", file=sys.stderr)
+                notice(
+                    f"compressed arguments: {handle.saved:.0%} saved",
+                    "call.compressed",
+                    saved=round(handle.saved, 3),
+                )
             ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
             try:
                 outcome = await _result_or_interrupt(handle, interrupted)
@@ -311,6 +298,34 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
 
 
 _INTERRUPTED = object()
+
+
+async def module_info(
+    fed: Client, home: Path, site: str, module: str, *, queue: bool = False
+) -> ModuleInfo:
+    """The module's info from its node (kept for later), or with ``queue`` while no node
+    answers, the info kept from an earlier call (verified again)."""
+    try:
+        mi = await fed.module_info(site, module)
+    except (CallTimeoutError, NotFoundError) as exc:
+        kept = kept_info(home, site, module) if queue else None
+        if kept is None:
+            if queue:
+                exc.hint = (
+                    f"no info of {site}.{module} is kept from an earlier call: run "
+                    f"`fedhub ls {site}.{module}` once while its node runs"
+                )
+            raise
+        data, when = kept
+        notice(
+            f"{site}.{module} does not answer; queueing with its info kept at "
+            f"{when:%Y-%m-%d %H:%M} UTC",
+            "call.info_kept",
+            kept=when.isoformat(),
+        )
+        return fed.remember_info(site, module, data)
+    keep_info(home, site, module, mi.info.model_dump_json().encode())
+    return mi
 
 
 @contextlib.asynccontextmanager
@@ -350,6 +365,7 @@ async def _result_or_interrupt(handle: CallHandle, interrupted: asyncio.Event) -
 
 async def _cancel(handle: CallHandle, site: str) -> int:
     rid = handle.request_id
+    state: str | None = None
     try:
         state = await _ask_to_cancel(handle, site)
     except FederationError as exc:
@@ -361,7 +377,7 @@ async def _cancel(handle: CallHandle, site: str) -> int:
             line = f"{site} did not confirm cancelling request {rid} (see `fedhub status`)"
         else:
             line = f"request {rid} had already {state} at {site}"
-    print(f"interrupted; {line}", file=sys.stderr)
+    notice(f"interrupted; {line}", "call.interrupted", request_id=rid, state=state)
     return EXIT_INTERRUPTED
 
 
@@ -390,10 +406,10 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
 
 def _output(value: Any, args: argparse.Namespace) -> None:
     if isinstance(value, SavedTo):  # a large result received straight into --out
-        print(f"wrote {value.path}", file=sys.stderr)
+        notice(f"wrote {value.path}", "result.written", path=value.path)
     elif args.out is not None:
         write_result(value, args.out)
-        print(f"wrote {args.out}", file=sys.stderr)
+        notice(f"wrote {args.out}", "result.written", path=args.out)
     elif args.json:
         print(json.dumps(value, default=jsonable, indent=2, ensure_ascii=False))
     elif isinstance(value, str):
@@ -473,7 +489,10 @@ async def _fetch(args: argparse.Namespace) -> int:
 def connection_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--url", help=f"NATS URL (default $FEDHUB_URL, else {DEFAULT_URL})", default=None
+        "--url",
+        default=None,
+        help="NATS URL (default $FEDHUB_URL, else the embedded server of a node running "
+        f"here with the same key store, else {DEFAULT_URL})",
     )
     group.add_argument(
         "--as",
@@ -517,9 +536,15 @@ class _IntermixedParser(argparse.ArgumentParser):
 def add_commands(sub: Any) -> None:
     """Add ``call`` and ``fetch`` to the ``fedhub`` subcommands (``ls``, ``stub`` and
     ``status`` are in :mod:`hub.cli_lookup`)."""
+    from hub.cli import command_help
+
     call = sub.add_parser(
         "call",
-        help="call a remote function: fedhub call site.module.function key=value ...",
+        help=command_help("call"),
+        epilog=examples(
+            "fedhub call hereon.climate.compute_sum da=@in.nc --out out.nc",
+            "fedhub call hereon.climate.scale 'values=[1, 2, 3]' factor=3 --json",
+        ),
         description="Call SUBJECT (site.module.function or site.module.Class.method) with "
         "keyword arguments. key=value is JSON when it parses as JSON, else a string; "
         "key=@PATH reads a file (.nc → xarray, .npy → numpy, .json → JSON, else bytes); "
@@ -539,13 +564,20 @@ def add_commands(sub: Any) -> None:
     call.add_argument(
         "--compress", action="store_true", help="zstd-compress large arguments (per chunk)"
     )
+    call.add_argument(
+        "--queue",
+        action="store_true",
+        help="send the call and exit without waiting (the site's stream keeps it, also for "
+        "a node that is down now); get the result later with `fedhub fetch`",
+    )
     connection_options(call, "deadline of the call in seconds (default 300)")
     call.set_defaults(func=cmd_call)
     call.__class__ = _IntermixedParser
 
     fetch = sub.add_parser(
         "fetch",
-        help="get the stored result of one of your earlier calls again",
+        help=command_help("fetch"),
+        epilog=examples("fedhub fetch --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out again.nc"),
         description="Ask SITE's node for the result of REQUEST_ID it kept (sealed for "
         "your key; the node logs result.fetched), open it and print or write it like "
         "`fedhub call` does.",

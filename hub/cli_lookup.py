@@ -26,9 +26,11 @@ from hub.cli_calls import (
     deadline_of,
     default_identity,
     default_url,
+    module_info,
     quiet_nats,
     run_command,
 )
+from hub.cliutil import examples, notice
 from hub.errors import ConfigError, NotFoundError, TransportError
 from hub.keys import KeyStore
 from hub.lifecycle import RequestState
@@ -37,7 +39,7 @@ from hub.nats.generate import nats_inbox_prefix
 from hub.stub import generate_stub
 from hub.subjects import DISCOVERY_SUBJECT, validate_identity, validate_module, validate_site
 
-__all__ = ["add_commands", "discover"]
+__all__ = ["add_commands", "discover", "group_answers"]
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +86,7 @@ async def discover(nc: Any, window: float) -> list[dict[str, Any]]:
     return answers
 
 
-def _group(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, Any]]:
+def group_answers(answers: list[dict[str, Any]], site: str | None) -> list[dict[str, Any]]:
     """One entry per site and module: nodes, functions, description."""
     modules: dict[tuple[str, str], dict[str, Any]] = {}
     for answer in answers:
@@ -128,25 +130,21 @@ def _ls_auth(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _ls(args: argparse.Namespace, site: str | None) -> int:
-    url = default_url(args.url)
     window = args.timeout if args.timeout is not None else DISCOVERY_WINDOW
     quiet_nats(args)
-    try:
-        nc = await nats.connect(
-            url,
-            **_ls_auth(args),
-            connect_timeout=5.0,
-            max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
-            reconnect_time_wait=0.2,
-            name="fedhub ls",
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
-    try:
-        modules = _group(await discover(nc, window), site)
-    finally:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await nc.drain()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + max(0.0, args.wait)
+    while True:  # with --wait: until a module answers (a node just started) or time is up
+        url = default_url(args.url, KeyStore(args.home))
+        try:
+            modules = group_answers(await _discover_at(url, args, window), site)
+        except TransportError:
+            if loop.time() >= until:
+                raise
+            modules = []
+        if modules or loop.time() >= until:
+            break
+        await asyncio.sleep(0.2)
     if site is not None and not modules:
         raise NotFoundError(
             f"no module of site {site} answered at {url} within {window:g} s",
@@ -156,7 +154,7 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
         print(json.dumps(modules, indent=2))
         return 0
     if not modules:
-        print(f"no fedhub module answered at {url} within {window:g} s", file=sys.stderr)
+        notice(f"no fedhub module answered at {url} within {window:g} s", "ls.empty", url=url)
         return 0
     for entry in modules:
         nodes = len(entry["nodes"])
@@ -169,9 +167,28 @@ async def _ls(args: argparse.Namespace, site: str | None) -> int:
     return 0
 
 
+async def _discover_at(url: str, args: argparse.Namespace, window: float) -> list[dict[str, Any]]:
+    try:
+        nc = await nats.connect(
+            url,
+            **_ls_auth(args),
+            connect_timeout=5.0,
+            max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
+            reconnect_time_wait=0.2,
+            name="fedhub ls",
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise TransportError(f"cannot connect to NATS at {url}: {exc}") from exc
+    try:
+        return await discover(nc, window)
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await nc.drain()
+
+
 async def _ls_module(args: argparse.Namespace, site: str, module: str) -> int:
     async with await client_for(args) as fed:
-        mi = await fed.module_info(site, module)
+        mi = await module_info(fed, KeyStore(args.home).home, site, module)
     info = mi.info
     functions = mi.functions
     skipped = info.skipped
@@ -220,7 +237,10 @@ def cmd_stub(args: argparse.Namespace) -> int:
 async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
     async with await client_for(args) as fed:
         mi = await fed.module_info(site, module)
-    source = generate_stub(mi.info.model_dump(mode="json"), site=site, node=mi.node)
+    flavour = "async" if args.use_async else "sync"
+    source = generate_stub(
+        mi.info.model_dump(mode="json"), site=site, node=mi.node, flavour=flavour
+    )
     if args.output is None:
         sys.stdout.write(source)
         return 0
@@ -228,9 +248,10 @@ async def _stub(args: argparse.Namespace, site: str, module: str) -> int:
         args.output.write_text(source, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from exc
-    print(
+    notice(
         f"wrote {args.output}: client of {site}.{module} ({len(mi.functions)} functions)",
-        file=sys.stderr,
+        "stub.written",
+        path=args.output,
     )
     return 0
 
@@ -282,9 +303,12 @@ def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
 
 def add_commands(sub: Any) -> None:
     """Add ``ls``, ``stub`` and ``status`` to the ``fedhub`` subcommands."""
+    from hub.cli import command_help
+
     ls = sub.add_parser(
         "ls",
-        help="list reachable modules and functions (SITE.MODULE: with signatures)",
+        help=command_help("ls"),
+        epilog=examples("fedhub ls", "fedhub ls hereon.climate", "fedhub ls --wait 30 --json"),
         description="Without SITE.MODULE, list the modules that answer the NATS micro "
         "service discovery ($SRV.INFO) and their functions; with SITE.MODULE, fetch the "
         "module's info (node key verified against the pinned site key) and show every "
@@ -292,6 +316,14 @@ def add_commands(sub: Any) -> None:
     )
     ls.add_argument("target", nargs="?", metavar="SITE[.MODULE]")
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="without MODULE: keep asking until a module answers, up to SECONDS (for a "
+        "node that is starting)",
+    )
     connection_options(
         ls,
         f"without MODULE: how long to collect discovery answers (default "
@@ -301,18 +333,29 @@ def add_commands(sub: Any) -> None:
 
     stub = sub.add_parser(
         "stub",
-        help="generate a typed Python client module for SITE.MODULE",
+        help=command_help("stub"),
+        epilog=examples(
+            "fedhub stub hereon.climate -o climate_client.py",
+            "fedhub stub hereon.climate --async -o climate_aio.py",
+        ),
         description="Write a Python module with one typed function per remote function "
         "(real parameter names, types, defaults and docstrings) that calls it.",
     )
     stub.add_argument("target", metavar="SITE.MODULE")
     stub.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    stub.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="coroutines on an asyncio client (default: blocking functions)",
+    )
     connection_options(stub, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     stub.set_defaults(func=cmd_stub)
 
     status = sub.add_parser(
         "status",
-        help="show the node's record of one of your requests",
+        help=command_help("status"),
+        epilog=examples("fedhub status --site hereon 6pT3uGQ1dS8h5yqgq1wW1w"),
         description="Ask SITE's node about REQUEST_ID (printed by `fedhub call`): state, "
         "progress, times, and the error code and reason of a failed call.",
     )

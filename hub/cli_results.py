@@ -29,6 +29,7 @@ from hub.cli_calls import (
     deadline_of,
     run_command,
 )
+from hub.cliutil import add_examples
 from hub.clock import format_time
 from hub.errors import ConfigError
 from hub.query import Query, Tag
@@ -424,3 +425,20 @@ def add_commands(sub: Any) -> None:
     _target(rm)
     connection_options(rm, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     rm.set_defaults(func=cmd_rm)
+    add_examples(requests, {"": ["fedhub requests --site hereon --since 2d --status failed"]})
+    add_examples(prov, {"": ["fedhub provenance --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --mermaid"]})
+    add_examples(
+        result,
+        {
+            "": ["fedhub result get --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out sum.nc"],
+            "ls": ["fedhub result ls --tag paper --json"],
+            "get": ["fedhub result get --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out sum.nc"],
+            "share": ["fedhub result share --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --with anna@awi"],
+            "unshare": [
+                "fedhub result unshare --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --with anna@awi"
+            ],
+            "tag": ["fedhub result tag --site hereon 6pT3uGQ1dS8h5yqgq1wW1w paper --shared"],
+            "keep": ["fedhub result keep --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --for 2d"],
+            "rm": ["fedhub result rm --site hereon 6pT3uGQ1dS8h5yqgq1wW1w"],
+        },
+    )

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import webbrowser
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_commands", "cmd_web", "open_console"]
@@ -46,6 +47,8 @@ def cmd_web(args: argparse.Namespace) -> int:
         passphrase=passphrase,
         creds=str(args.creds) if args.creds else None,
         ca=os.environ.get("FEDHUB_CA"),
+        hub_url=args.hub,
+        hub_creds=str(args.hub_creds) if args.hub_creds else None,
     )
     return open_console(settings, args.port, args.open)
 
@@ -59,6 +62,7 @@ def add_web_options(parser: argparse.ArgumentParser) -> None:
 def add_commands(sub: Any) -> None:
     """Add ``web`` to the ``fedhub`` subcommands."""
     from hub.cli_calls import connection_options
+    from hub.cliutil import examples
 
     web = sub.add_parser(
         "web",
@@ -66,8 +70,17 @@ def add_commands(sub: Any) -> None:
         description="Serve the fedhub console on 127.0.0.1 with a random token and print "
         "its link. It acts with your key store (keys never leave this machine). Operators "
         "start it with `fedhub-node web --config NODE.toml` to add the node's pages.",
-        epilog="example: fedhub web --as klaus@geomar --open",
+        epilog=examples(
+            "fedhub web --as klaus@geomar --open",
+            "fedhub web --hub tls://hub.example.org:4222 --hub-creds auditor.nk",
+        ),
     )
     add_web_options(web)
+    web.add_argument(
+        "--hub", metavar="URL", help="the hub whose copies of the sites' logs auditors read"
+    )
+    web.add_argument(
+        "--hub-creds", type=Path, metavar="FILE", help="the NKey to read the hub's copies with"
+    )
     connection_options(web, "default deadline of calls made from the console")
     web.set_defaults(func=cmd_web)

@@ -17,7 +17,8 @@ inbox for progress and the result, each opened with keys only the node and the c
 hold. Every call has a deadline; nothing waits forever.
 
 A reply lost on the way (a server or link down while the node finished) does not leave
-the caller waiting: after every reconnect, and once more shortly before a call's deadline,
+the caller waiting: after every reconnect, when a call has heard nothing from its node for
+a while (10 s, then at growing intervals), and once more shortly before a call's deadline,
 the client asks the node about each call still waiting (:meth:`Client.recover`) and
 settles it from the answer: the stored result, or the call's typed error.
 """
@@ -42,9 +43,10 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
-from hub.answers import CancelAnswer, ModuleDescription, RequestStatus, error_from_headers
+from hub.answers import CancelAnswer, RequestStatus, error_from_headers
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
+from hub.call_recovery import CONTROL_TIMEOUT, RECOVER_TRIES, Recovery, call_error
 from hub.canonical import b64d, b64e
 from hub.client_transport import open_connection, publish_call
 from hub.clock import now
@@ -74,11 +76,9 @@ from hub.errors import (
     NotFoundError,
     OversizeError,
     TransportError,
-    error_from_code,
 )
 from hub.keys import KeyPair, KeyStore
-from hub.lifecycle import RequestState
-from hub.records import KeyRecord, one_line, open_record
+from hub.records import one_line
 from hub.results_api import ResultsMixin
 from hub.subjects import (
     inbox_subject,
@@ -105,15 +105,6 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Extra time the client waits past a call's own timeout for the node's answer to arrive.
 _GRACE = 5.0
-#: How long before its deadline a waiting call is asked about once more.
-_LAST_ASK = 3.0
-#: How often, and how far apart, a recovery asks while the node cannot be reached yet.
-_RECOVER_TRIES = 8
-_RECOVER_PAUSE = 1.0
-#: How many calls are asked about at once (after a reconnect with many calls waiting).
-_RECOVER_AT_ONCE = 16
-#: How long one control request waits for the node's answer.
-_CONTROL_TIMEOUT = 5.0
 
 
 class Client(ResultsMixin):
@@ -153,8 +144,7 @@ class Client(ResultsMixin):
         self._modules: dict[tuple[str, str], ModuleInfo] = {}
         self._closed = False
         self._box_public = keys.box_public
-        self._recovering: dict[str, asyncio.Task[None]] = {}
-        self._asking = asyncio.Semaphore(_RECOVER_AT_ONCE)
+        self._recovery = Recovery(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -220,8 +210,7 @@ class Client(ResultsMixin):
         if self._closed:
             return
         self._closed = True
-        for task in list(self._recovering.values()):
-            task.cancel()
+        self._recovery.cancel_all()
         for handle in self._pending.values():
             fut = handle._future
             if not fut.done():
@@ -265,24 +254,23 @@ class Client(ResultsMixin):
             ) from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeoutError(f"{site}.{module} did not answer its info request") from exc
+        self._site_key(site)  # an unpinned site is a ConfigError, whatever it answered
+        if (error := error_from_headers(msg.headers)) is not None:
+            raise error
+        return self.remember_info(site, module, msg.data)
+
+    def _site_key(self, site: str) -> bytes:
         site_key = self.trusted_sites.get(site)
         if site_key is None:
             raise ConfigError(
                 f"site {site} is not pinned in this key store",
                 hint=f"import its public key: fedhub keys import site-{site}.pub",
             )
-        error = error_from_headers(msg.headers)
-        if error is not None:
-            raise error
-        info = _parse(ModuleDescription, msg.data, f"info answer of {site}.{module}")
-        record = open_record(info.node_key, KeyRecord, site_key)
-        if info.site != site or info.module != module:
-            raise CanonicalError(
-                f"{site}.{module} answered with the info of {info.site}.{info.module}"
-            )
-        if record.site != site or record.role != "node":
-            raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
-        mi = ModuleInfo(site, module, info, record.identity, record.kid, record.box_key_bytes())
+        return site_key
+
+    def remember_info(self, site: str, module: str, data: bytes) -> ModuleInfo:
+        """Verify a module info answer (fresh, or kept: ``fedhub call --queue``); use it."""
+        mi = ModuleInfo.verified(site, module, data, self._site_key(site))
         self._modules[(site, module)] = mi
         return mi
 
@@ -339,7 +327,7 @@ class Client(ResultsMixin):
         assert key is not None  # the sealer always keeps it
         ciphertext = sealed.ciphertext
         spool, bulk, saving = None, None, None
-        if plan.file is not None or plan.encoded is not None:
+        if plan.in_bulk:
             chunk = chunk_size_for(int(self.nc.max_payload))
             spool, bulk, saving = await call_bulk.seal_arguments(
                 plan, key, compress=compress, chunk_size=chunk
@@ -408,10 +396,7 @@ class Client(ResultsMixin):
             upload = call_bulk.upload(self.nc, handle, (self.site, self.user), spool, bulk, timeout)
             handle._track(loop.create_task(upload))
         if not handle.done():
-            # the last ask before the deadline: a reply lost on the way would otherwise
-            # leave the caller waiting out its deadline while the result sits at the node
-            ask = loop.call_at(handle._deadline - _LAST_ASK, self._recover_soon, handle, True)
-            handle._future.add_done_callback(lambda _: ask.cancel())
+            self._recovery.watch(handle)
         return handle
 
     async def call(
@@ -444,13 +429,13 @@ class Client(ResultsMixin):
     def _forget(self, request_id: str) -> None:
         """Stop waiting for ``request_id``: a late reply or recovery is dropped."""
         self._pending.pop(request_id, None)
-        task = self._recovering.pop(request_id, None)
-        if task is not None:
-            task.cancel()
+        self._recovery.forget(request_id)
 
-    async def status(self, site: str, request_id: str) -> RequestStatus:
+    async def status(
+        self, site: str, request_id: str, *, timeout: float = CONTROL_TIMEOUT
+    ) -> RequestStatus:
         """The node's record of one of my requests."""
-        data = await self._control("status", site, request_id)
+        data = await self._control("status", site, request_id, timeout=timeout)
         return _parse(RequestStatus, data, f"status answer from {site}")
 
     async def cancel(self, site: str, request_id: str) -> CancelAnswer:
@@ -474,7 +459,7 @@ class Client(ResultsMixin):
         site: str,
         state: RequestStatus,
         *,
-        timeout: float = _CONTROL_TIMEOUT,
+        timeout: float = CONTROL_TIMEOUT,
         result_path: Path | None = None,
     ) -> Any:
         """Fetch and open the stored result of a request whose status is ``state``."""
@@ -523,7 +508,7 @@ class Client(ResultsMixin):
         )
 
     async def _control(
-        self, op: str, site: str, request_id: str, *, timeout: float = _CONTROL_TIMEOUT
+        self, op: str, site: str, request_id: str, *, timeout: float = CONTROL_TIMEOUT
     ) -> bytes:
         """Send a signed control message; the answer's body, or the error it reports."""
         try:
@@ -555,77 +540,21 @@ class Client(ResultsMixin):
     def on_reconnected(self) -> None:
         """Ask the node about every call still waiting (a reply may have been lost while
         the connection was down). :meth:`connect` wires this to nats-py's reconnect."""
-        for handle in list(self._pending.values()):
-            self._recover_soon(handle, False)
+        self._recovery.all_waiting()
 
-    def _recover_soon(self, handle: CallHandle, last: bool) -> None:
-        if self._closed or handle.done() or handle.request_id in self._recovering:
-            return
-        if handle._transfers:  # its arguments or its result are moving: nothing is lost
-            return
-        task = asyncio.get_running_loop().create_task(self.recover(handle, last=last))
-        self._recovering[handle.request_id] = task
-        task.add_done_callback(lambda _: self._recovering.pop(handle.request_id, None))
-
-    async def recover(self, handle: CallHandle, *, last: bool = False) -> None:
+    async def recover(
+        self, handle: CallHandle, *, last: bool = False, tries: int = RECOVER_TRIES
+    ) -> None:
         """Settle a waiting call from the node's record, if the call ended there.
 
-        Asks for the status (again, while the node cannot be reached yet); a completed call
-        is delivered from its stored result, a failed or rejected one raises its typed
-        error; a call still running is left to its reply. ``last`` (shortly before the
-        deadline): a call that completed without a kept result fails at once, as the reply
-        that carried it is lost for good.
+        Asks for the status (up to ``tries`` times, while the node cannot be reached yet);
+        a completed call is delivered from its stored result, a failed or rejected one
+        raises its typed error; a call still running is left to its reply. ``last``
+        (shortly before the deadline): a call that completed without a kept result fails
+        at once, as the reply that carried it is lost for good. The client does this by
+        itself (:mod:`hub.call_recovery` says when).
         """
-        loop = asyncio.get_running_loop()
-        for attempt in range(_RECOVER_TRIES):
-            if handle.done():
-                return
-            timeout = max(0.1, min(_CONTROL_TIMEOUT, handle._deadline - loop.time()))
-            try:
-                async with self._asking:
-                    data = await self._control(
-                        "status", handle.site, handle.request_id, timeout=timeout
-                    )
-                    state = _parse(RequestStatus, data, f"status answer from {handle.site}")
-                    outcome = await self._outcome(handle, state, last=last, timeout=timeout)
-            except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
-                log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
-                if last or handle._deadline - loop.time() < _RECOVER_PAUSE:
-                    return
-                await asyncio.sleep(_RECOVER_PAUSE * (attempt + 1))
-                continue
-            except FederationError as exc:
-                log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
-                return
-            if self._pending.get(handle.request_id) is not handle:
-                return  # nobody waits for it any more
-            if outcome is not None and handle._settle(*outcome):
-                log.info("client.reply_recovered", request_id=handle.request_id)
-            return
-
-    async def _outcome(
-        self, handle: CallHandle, state: RequestStatus, *, last: bool, timeout: float
-    ) -> tuple[Any, FederationError | None] | None:
-        """What ``state`` says the call's outcome is: (value, None), (None, error), or None
-        while the node has not ended the call (or its reply may still be on the way)."""
-        rid = handle.request_id
-        if state.state == RequestState.COMPLETED:
-            if state.result_object:
-                value = await self._fetch(
-                    handle.site, state, timeout=timeout, result_path=handle.result_path
-                )
-                return value, None
-            if last:
-                return None, NotFoundError(
-                    f"{handle.address} completed at the node, but its reply was lost and no "
-                    "copy of the result was kept",
-                    hint=f"the node's log has it: `fedhub status {rid} --site {handle.site}`",
-                )
-            return None
-        if state.state in (RequestState.FAILED, RequestState.REJECTED):
-            code = state.code or "remote_error"
-            return None, _error(code, state.reason or "", handle.address)
-        return None
+        await self._recovery.recover(handle, last, tries)
 
     # -- the inbox -------------------------------------------------------------------------
 
@@ -641,6 +570,7 @@ class Client(ResultsMixin):
         handle = self._pending.get(h.id)
         if handle is None or handle.done():
             return
+        handle._heard = asyncio.get_running_loop().time()
         try:
             if h.kind == "progress":
                 text = open_secret(handle._content_key, reply.body).decode() if reply.body else ""
@@ -656,12 +586,12 @@ class Client(ResultsMixin):
                 # a redelivered copy of this call, answered by the node as ended: its
                 # outcome was sent before. Being received now, or lost: then ask for it
                 if not handle._transfers:
-                    self._recover_soon(handle, False)
+                    self._recovery.soon(handle, False)
             else:
                 message = h.message or ""
                 if reply.body:
                     message = open_secret(handle._content_key, reply.body).decode()
-                handle._settle(error=_error(h.code or "remote_error", message, handle.address))
+                handle._settle(error=call_error(h.code or "remote_error", message, handle.address))
         except (FederationError, KeyError, UnicodeDecodeError) as exc:
             log.warning("client.reply_rejected", request_id=h.id, reason=str(exc))
             if h.kind != "progress":
@@ -676,18 +606,6 @@ def _new_request_id() -> str:
         rid = secrets.token_urlsafe(16)
         if not rid.startswith("-"):
             return rid
-
-
-def _error(code: str, message: str, address: str) -> FederationError:
-    """The typed error of a call to ``address`` with error ``code`` (from its reply or
-    its status)."""
-    if not message:
-        message = {
-            "timeout": f"{address} ran out of time at the node",
-            "cancelled": f"{address} was cancelled",
-            "interrupted": f"{address} was cancelled",
-        }.get(code, f"{address} failed ({code})")
-    return error_from_code(code, message)
 
 
 def _parse(model: type[M], data: bytes, what: str) -> M:

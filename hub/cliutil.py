@@ -6,22 +6,114 @@ configured once (console on a terminal, JSON otherwise or with ``--log-json``).
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import getpass
-import logging
+import json
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
-
-import structlog
+from typing import Any
 
 from hub.errors import ConfigError, FederationError, KeyStoreError
 
-__all__ = ["configure_logging", "read_passphrase", "run_main"]
+__all__ = [
+    "EXIT_CODES",
+    "HelpFormatter",
+    "add_examples",
+    "configure_logging",
+    "examples",
+    "fail",
+    "notice",
+    "read_passphrase",
+    "run_main",
+]
+
+#: Whether this process logs JSON lines (``--log-json``): then :func:`notice` writes JSON too.
+_json_logs = False
+
+#: The exit codes of ``fedhub`` and ``fedhub-node``, as their ``--help`` shows them.
+EXIT_CODES = """exit codes:
+  0    done (audit: the log verified)
+  1    failed: refused or failed remotely, NATS, config or key store (audit: log not verified)
+  2    the command line is wrong: unknown option, malformed argument, missing @file
+       (audit: its input cannot be read)
+  130  interrupted (Ctrl-C)
+"""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Fills descriptions as usual, but keeps indented lines (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        parts = []
+        for block in text.split("\n\n"):
+            if re.search(r"^  \S", block, re.MULTILINE):
+                parts.append(textwrap.indent(block, indent))
+            else:
+                parts.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(parts)
+
+
+def examples(*lines: str) -> str:
+    """A ``--help`` epilog: ``example:`` and the command lines, indented (kept as written)."""
+    head = "example:" if len(lines) == 1 else "examples:"
+    return head + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_examples(parser: argparse.ArgumentParser, table: dict[str, list[str]]) -> None:
+    """Give every command of ``parser`` its examples from ``table`` (command path → lines;
+    "" is the program itself) and the formatter that keeps them as written."""
+    pending = [("", parser)]
+    while pending:
+        path, each = pending.pop()
+        each.formatter_class = HelpFormatter
+        if path in table:
+            each.epilog = examples(*table[path])
+        for action in each._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    pending.append((f"{path} {name}".strip(), child))
+
+
+def notice(text: str, event: str, *, level: str = "info", **fields: Any) -> None:
+    """A line for the person at the terminal, on stderr (``request <id>``, ``wrote FILE``);
+    with ``--log-json`` a JSON log line instead, so the stream stays JSON only."""
+    if _json_logs:
+        stamp = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        line = {**fields, "event": event, "level": level, "timestamp": stamp}
+        print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def fail(exc: FederationError, code: int) -> None:
+    """The one error line of a failed command (a JSON line with ``--log-json``)."""
+    if _json_logs:
+        notice(
+            "",
+            "command.failed",
+            level="error",
+            error=type(exc).__name__,
+            message=exc.message,
+            hint=exc.hint,
+            exit_code=code,
+        )
+    else:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
 
 
 def configure_logging(*, json_logs: bool = False, level: str = "warning") -> None:
     """Configure structlog once for a CLI process (logs go to stderr)."""
+    global _json_logs
+    _json_logs = json_logs
+    import logging  # here, not at the top: `--help` and `--version` never log
+
+    import structlog
+
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_logs
@@ -41,6 +133,10 @@ def configure_logging(*, json_logs: bool = False, level: str = "warning") -> Non
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    if level.lower() != "debug":
+        # asyncio's warning of a peer closing a TLS stream ("returning true from
+        # eof_received() has no effect when using ssl") is harmless and not the user's
+        logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 def read_passphrase(
@@ -75,8 +171,9 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     try:
         return main(argv)
     except FederationError as exc:
-        print(f"error: {exc.diagnostics()}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))
+        code = int(getattr(exc, "exit_code", 1))
+        fail(exc, code)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

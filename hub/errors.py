@@ -5,7 +5,8 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
 
     FederationError
     ├── ConfigError              bad config file, option, key store or key file
-    │   └── KeyStoreError        missing key, wrong passphrase, corrupt key file
+    │   ├── KeyStoreError        missing key, wrong passphrase, corrupt key file
+    │   └── ArgumentError        a call argument is malformed, or its @file missing/unreadable
     ├── TransportError           NATS unreachable, connection lost
     │   ├── CallTimeoutError     (also a TimeoutError) no answer before the deadline
     │   └── TransferError        a bulk transfer failed or was stopped; carries a code
@@ -41,6 +42,7 @@ for call replies and service answers alike.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "CallCancelledError",
     "CallTimeoutError",
     "CanonicalError",
@@ -102,6 +104,13 @@ class ConfigError(FederationError):
 
 class KeyStoreError(ConfigError):
     """A key is missing, its file is corrupt, or its passphrase is wrong."""
+
+
+class ArgumentError(ConfigError):
+    """A call argument (``key=value``, ``key=@PATH``) is malformed, or the file it names is
+    missing or unreadable: the command line is wrong, not the configuration (CLI exit 2)."""
+
+    exit_code = 2
 
 
 class TransportError(FederationError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -97,10 +98,9 @@ class SiteAudit:
 
 
 async def _read(
-    url: str, sites: list[str] | None, folder: Path
+    url: str, sites: list[str] | None, folder: Path, auth: dict[str, Any]
 ) -> tuple[dict[str, list[CopiedLog]], WitnessView]:
-    # a generated hub admits only its admin's NKey, over TLS: FEDHUB_CREDS and FEDHUB_CA
-    nc = await connect(url, connect_timeout=5, **auth_options())
+    nc = await connect(url, connect_timeout=5, **auth)
     try:
         names = sites if sites is not None else await hub_sites(nc)
         copies = {site: await read_site_copy(nc, site, folder / site) for site in names}
@@ -117,10 +117,20 @@ def audit_hub(
     *,
     verify_signatures: bool = True,
     threads: int | None = None,
+    creds: str | Path | None = None,
+    ca: str | Path | None = None,
+    folder: Path | None = None,
 ) -> list[SiteAudit]:
-    """Audit ``sites`` (None: every site the hub copies) from the hub at ``url``."""
-    with tempfile.TemporaryDirectory(prefix="fedhub-audit-") as tmp:
-        copies, view = asyncio.run(_read(url, sites, Path(tmp)))
+    """Audit ``sites`` (None: every site the hub copies) from the hub at ``url``.
+
+    A generated hub admits only its admin's NKey, over TLS: ``creds`` and ``ca`` (default
+    ``$FEDHUB_CREDS`` and ``$FEDHUB_CA``). The copies are read into a temporary folder, or
+    into ``folder`` when given (they stay there, e.g. for a page that shows the events).
+    """
+    auth = auth_options(creds, ca)
+    keep = contextlib.nullcontext(str(folder)) if folder is not None else None
+    with keep or tempfile.TemporaryDirectory(prefix="fedhub-audit-") as tmp:
+        copies, view = asyncio.run(_read(url, sites, Path(tmp), auth))
         if trusted is not None:
             view.verify(trusted)
         results = []

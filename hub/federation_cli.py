@@ -4,17 +4,28 @@
 folder (see :mod:`hub.nats.generate`); ``fedhub federation add-site federation.toml NAME
 --site-key FILE --out DIR`` adds a site to the file, rewrites the hub's configs and writes
 the new site's folder, leaving every other site's folder and secrets as they are.
+``fedhub federation setup-hub DIR --url URL`` creates (or updates) the hub's own streams,
+the event copies and the federation-wide directory, from ``DIR/hub/streams`` (see
+:mod:`hub.nats.hubsetup`), with the hub's admin NKey.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from hub.errors import ConfigError
-from hub.nats.generate import Generated, generate
+import nats.errors
+
+from hub.cliutil import examples
+from hub.errors import ConfigError, TransportError
+from hub.nats.config import HUB_DOMAIN
+from hub.nats.connection import auth_options, connect
+from hub.nats.generate import HUB_ADMIN, Generated, generate
+from hub.nats.hubsetup import setup_hub
 from hub.nats.topology import Site, Topology, load_topology
 
 __all__ = ["add_commands", "add_site_text"]
@@ -33,6 +44,9 @@ def _report(result: Generated, only: list[str] | None = None) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     topology = load_topology(args.config)
     _report(generate(topology, args.out, base=args.config.resolve().parent))
+    first = topology.hubs[0].servers[0]
+    url = f"tls://{first.host}:{first.client_port}"
+    print(f"once the hub runs: fedhub federation setup-hub {args.out} --url {url}")
     return 0
 
 
@@ -70,16 +84,65 @@ def cmd_add_site(args: argparse.Namespace) -> int:
     path.write_text(text)
     _report(result, only=[site.name])
     print(f"added {site.name} to {path}; reload every hub server (nats-server --signal reload)")
+    print(f"then add its streams to the hub: fedhub federation setup-hub {args.out} --url URL")
+    return 0
+
+
+def _hub_folder(folder: Path) -> Path:
+    """The hub's folder: ``folder`` itself or ``folder/hub`` (the one `init` wrote)."""
+    for hub in (folder / "hub", folder):
+        if (hub / "streams").is_dir():
+            return hub
+    raise ConfigError(
+        f"{folder} holds no hub streams (streams/*.json)",
+        hint="give the folder `fedhub federation init` wrote, or its hub/ folder",
+    )
+
+
+def _hub_ca(hub: Path) -> Path | None:
+    """The CA certificate a hub server's folder holds (any of them: it is the same)."""
+    return next(iter(sorted(hub.glob("*/tls/ca.pem"))), None)
+
+
+async def _setup(url: str, hub: Path, options: dict[str, Any]) -> list[tuple[str, int]]:
+    nc = await connect(url, connect_timeout=5, **options)
+    try:
+        infos = await setup_hub(nc.jetstream(domain=HUB_DOMAIN, timeout=10), hub / "streams")
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise TransportError(f"the hub at {url} did not set up its streams: {exc}") from exc
+    finally:
+        await nc.close()
+    return [(str(info.config.name), len(info.config.sources or [])) for info in infos]
+
+
+def cmd_setup_hub(args: argparse.Namespace) -> int:
+    from hub.cli_calls import quiet_nats
+
+    quiet_nats(args)  # a refused login is one error line, not nats-py's traceback
+    if str(getattr(args, "log_level", "warning")).lower() != "debug":
+        logging.getLogger("asyncio").setLevel(logging.ERROR)  # TLS close chatter
+    hub = _hub_folder(args.dir)
+    creds = args.creds or hub / "credentials" / f"{HUB_ADMIN}.nk"
+    ca = args.ca or _hub_ca(hub)
+    options = auth_options(creds, ca)
+    for name, sources in asyncio.run(_setup(args.url, hub, options)):
+        print(f"  stream {name:<24} sources {sources} site stream(s)")
+    print(f"the hub at {args.url} keeps its streams; run this again when a site joins")
     return 0
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``federation init`` and ``federation add-site`` to the ``fedhub`` subcommands."""
-    fed = sub.add_parser("federation", help="generate the NATS configs of a federation")
+    """Add ``federation init``, ``add-site`` and ``setup-hub`` to the ``fedhub`` subcommands."""
+    fed = sub.add_parser(
+        "federation",
+        help="generate the NATS configs of a federation",
+        epilog=examples("fedhub federation init configs/federation.toml --out federation"),
+    )
     fsub = fed.add_subparsers(dest="federation_command", required=True, metavar="ACTION")
     init = fsub.add_parser(
         "init",
         help="write every party's configs, credentials and TLS from federation.toml",
+        epilog=examples("fedhub federation init configs/federation.toml --out federation"),
     )
     init.add_argument("config", type=Path, metavar="federation.toml")
     init.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -87,6 +150,10 @@ def add_commands(sub: Any) -> None:
     add = fsub.add_parser(
         "add-site",
         help="add site NAME: rewrite the hub's configs, write only the new site's folder",
+        epilog=examples(
+            "fedhub federation add-site configs/federation.toml awi --site-key site-awi.pub "
+            "--out federation"
+        ),
     )
     add.add_argument("config", type=Path, metavar="federation.toml")
     add.add_argument("name", metavar="NAME", help="the new site's name")
@@ -107,3 +174,19 @@ def add_commands(sub: Any) -> None:
     for role in ("nodes", "callers", "operators", "auditors"):
         add.add_argument(f"--{role}", metavar="A,B", help=f"comma-separated {role}")
     add.set_defaults(func=cmd_add_site)
+    setup = fsub.add_parser(
+        "setup-hub",
+        help="create or update the hub's streams (event copies, directory) from DIR",
+        epilog=examples("fedhub federation setup-hub federation --url tls://hub.example.org:4222"),
+    )
+    setup.add_argument(
+        "dir", type=Path, metavar="DIR", help="the folder `init` wrote, or its hub/ folder"
+    )
+    setup.add_argument("--url", required=True, help="a hub server's client URL (tls://host:4222)")
+    setup.add_argument(
+        "--creds", type=Path, metavar="FILE", help="the hub admin's NKey (hub/credentials/admin.nk)"
+    )
+    setup.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA certificate (a hub server's tls/ca.pem)"
+    )
+    setup.set_defaults(func=cmd_setup_hub)

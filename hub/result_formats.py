@@ -13,7 +13,6 @@ import csv
 import importlib.util
 import io
 import json
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,11 +72,13 @@ def render(value: object, fmt: str, out: Path | None) -> str | None:
     if fmt == "nc":
         value.to_netcdf(out)  # type: ignore[attr-defined]
         return None
+    if out.exists():  # never remove what the user has: a typo could name their data
+        raise ConfigError(f"{out} exists already", hint="choose a new --out path or remove it")
     if importlib.util.find_spec("zarr") is None:
         raise ConfigError("--format zarr needs the zarr package", hint="pip install zarr")
-    if out.exists():
-        shutil.rmtree(out)
-    value.to_zarr(out)  # type: ignore[attr-defined]
+    # Zarr format 2 with consolidated metadata: what most readers (older xarray, R, Julia,
+    # JavaScript) open today; format 3 warns that consolidation is not in its spec
+    value.to_zarr(out, zarr_format=2, consolidated=True)  # type: ignore[attr-defined]
     return None
 
 

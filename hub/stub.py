@@ -33,7 +33,10 @@ from hub.stub_types import (
     parse_signature,
 )
 
-__all__ = ["generate_stub"]
+__all__ = ["FLAVOURS", "generate_stub"]
+
+#: The kinds of client module: blocking functions, or coroutines.
+FLAVOURS = ("sync", "async")
 
 #: Longest line the generator aims for (ruff's default line length).
 _WIDTH = 88
@@ -46,8 +49,10 @@ _RESERVED = frozenset(
         "Any",
         "Literal",
         "Path",
+        "Client",
         "SyncClient",
         "annotations",
+        "hub",
         "atexit",
         "collections",
         "connect",
@@ -86,13 +91,21 @@ class _Function:
     info: dict[str, Any]
 
 
-def generate_stub(info: dict[str, Any], *, site: str | None = None, node: str = "") -> str:
+def generate_stub(
+    info: dict[str, Any], *, site: str | None = None, node: str = "", flavour: str = "sync"
+) -> str:
     """Return the source of a typed client module for one remote module.
 
     ``info`` is the module's info as its node serves it (``site``, ``module``,
     ``functions``, ``doc``, ``skipped``); ``site`` overrides ``info["site"]`` (a
     ``BackendModule.info()`` has none). ``node`` names the node the info came from.
+    ``flavour``: ``"sync"`` (blocking functions on a :class:`hub.SyncClient`) or
+    ``"async"`` (coroutines on a :class:`hub.Client`). The module imports only fedhub's
+    public API (``hub.__all__``).
     """
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"no stub flavour {flavour!r}", hint="sync or async")
+    aio = flavour == "async"
     site = site or info.get("site")
     module = info.get("module")
     if not isinstance(site, str) or not isinstance(module, str):
@@ -118,16 +131,16 @@ def generate_stub(info: dict[str, Any], *, site: str | None = None, node: str = 
         owner, dot, method = fn.remote.rpartition(".")
         name = _free_name(f"{owner.lower()}_{method}" if dot else fn.remote, taken)
         exported.append(name)
-        body += ["", "", *_function_source(name, fn, site, module)]
+        body += ["", "", *_function_source(name, fn, site, module, aio)]
     for class_name, methods in sorted(classes.items()):
         name = _free_name(class_name, taken)
         exported.append(name)
-        body += ["", "", *_class_source(name, methods, site, module)]
+        body += ["", "", *_class_source(name, methods, site, module, aio)]
 
-    lines = _header(site, module, info, node, imports)
+    lines = _header(site, module, info, node, imports, aio)
     lines += ["", f"__all__ = {_list_text(sorted([*exported, 'connect', 'use']))}", ""]
     lines += [f"SITE = {literal(site)}", f"MODULE = {literal(module)}"]
-    lines += _RUNTIME.splitlines()
+    lines += (_RUNTIME_ASYNC if aio else _RUNTIME).splitlines()
     lines += body
     return "\n".join(lines).rstrip() + "\n"
 
@@ -221,17 +234,24 @@ def _param_source(p: _Param) -> str:
 
 
 def _def_lines(
-    indent: str, name: str, params: list[str], returns: str, *, keyword_from: int | None
+    indent: str,
+    name: str,
+    params: list[str],
+    returns: str,
+    *,
+    keyword_from: int | None,
+    aio: bool = False,
 ) -> list[str]:
     """A ``def`` line, wrapped one parameter per line when it is too long."""
     items = list(params)
     if keyword_from is not None:
         items.insert(keyword_from, "*")
-    one = f"{indent}def {name}({', '.join(items)}) -> {returns}:"
+    define = "async def" if aio and name != "__init__" else "def"
+    one = f"{indent}{define} {name}({', '.join(items)}) -> {returns}:"
     if len(one) <= _WIDTH:
         return [one]
     return [
-        f"{indent}def {name}(",
+        f"{indent}{define} {name}(",
         *(f"{indent}    {item}," for item in items),
         f"{indent}) -> {returns}:",
     ]
@@ -252,11 +272,14 @@ def _call_lines(indent: str, lead: str, args: list[str], entries: list[str]) -> 
     return [*lines, f"{inner}}},", f"{indent})"]
 
 
-def _call_and_return(indent: str, returns: str, args: list[str], entries: list[str]) -> list[str]:
+def _call_and_return(
+    indent: str, returns: str, args: list[str], entries: list[str], aio: bool = False
+) -> list[str]:
     """The call, its result typed by a local annotation (no runtime cost), and the return."""
+    call = "await _call" if aio else "_call"
     if returns == "None":
-        return _call_lines(indent, "_call", args, entries)
-    lines = _call_lines(indent, f"result: {returns} = _call", args, entries)
+        return _call_lines(indent, call, args, entries)
+    lines = _call_lines(indent, f"result: {returns} = {call}", args, entries)
     return [*lines, f"{indent}return result"]
 
 
@@ -297,24 +320,32 @@ def _doc_paragraphs(fn: _Function, address: str, params: list[_Param]) -> list[s
     return parts
 
 
-def _function_source(name: str, fn: _Function, site: str, module: str) -> list[str]:
+def _function_source(name: str, fn: _Function, site: str, module: str, aio: bool) -> list[str]:
     params = fn.params
     client = _extra_name("client", params)
     timeout = _extra_name("timeout", params)
     sources = [_param_source(p) for p in params]
-    extras = [f"{client}: SyncClient | None = None", f"{timeout}: float | None = None"]
+    extras = [f"{client}: {_client_type(aio)} | None = None", f"{timeout}: float | None = None"]
     # a method whose signature could not be read has constructor and method arguments
     # mixed (in schema order): keyword-only, so their order cannot matter
     keyword_from = 0 if "." in fn.remote else len(sources)
-    lines = _def_lines("", name, [*sources, *extras], fn.returns, keyword_from=keyword_from)
+    lines = _def_lines(
+        "", name, [*sources, *extras], fn.returns, keyword_from=keyword_from, aio=aio
+    )
     address = f"{site}.{module}.{fn.remote}"
     lines += _docstring("    ", _doc_paragraphs(fn, address, params))
     entries = [f"{literal(p.name)}: {p.name}" for p in params]
     args = [literal(fn.remote), client, timeout]
-    return lines + _call_and_return("    ", fn.returns, args, entries)
+    return lines + _call_and_return("    ", fn.returns, args, entries, aio)
 
 
-def _class_source(name: str, methods: list[_Function], site: str, module: str) -> list[str]:
+def _client_type(aio: bool) -> str:
+    return "Client" if aio else "SyncClient"
+
+
+def _class_source(
+    name: str, methods: list[_Function], site: str, module: str, aio: bool
+) -> list[str]:
     ctor = methods[0].ctor or []
     class_name = methods[0].remote.partition(".")[0]
     lines = [f"class {name}:"]
@@ -327,7 +358,7 @@ def _class_source(name: str, methods: list[_Function], site: str, module: str) -
         ],
     )
     client = _extra_name("client", ctor)
-    init = [_param_source(p) for p in ctor] + [f"{client}: SyncClient | None = None"]
+    init = [_param_source(p) for p in ctor] + [f"{client}: {_client_type(aio)} | None = None"]
     lines += ["", *_def_lines("    ", "__init__", ["self", *init], "None", keyword_from=len(init))]
     mapping = ", ".join(f"{literal(p.name)}: {p.name}" for p in ctor)
     lines.append(f"        self._arguments: dict[str, Any] = {{{mapping}}}")
@@ -339,12 +370,15 @@ def _class_source(name: str, methods: list[_Function], site: str, module: str) -
         sources = ["self", *(_param_source(p) for p in fn.params)]
         sources.append(f"{timeout}: float | None = None")
         keyword_from = len(sources) - 1
-        lines += ["", *_def_lines("    ", method, sources, fn.returns, keyword_from=keyword_from)]
+        lines += [
+            "",
+            *_def_lines("    ", method, sources, fn.returns, keyword_from=keyword_from, aio=aio),
+        ]
         address = f"{site}.{module}.{fn.remote}"
         lines += _docstring("        ", _doc_paragraphs(fn, address, fn.params))
         entries = ["**self._arguments", *(f"{literal(p.name)}: {p.name}" for p in fn.params)]
         args = [literal(fn.remote), "self._client", timeout]
-        lines += _call_and_return("        ", fn.returns, args, entries)
+        lines += _call_and_return("        ", fn.returns, args, entries, aio)
     return lines
 
 
@@ -356,22 +390,24 @@ def _list_text(names: list[str]) -> str:
 
 
 def _header(
-    site: str, module: str, info: dict[str, Any], node: str, imports: set[str]
+    site: str, module: str, info: dict[str, Any], node: str, imports: set[str], aio: bool
 ) -> list[str]:
     doc = str(info.get("doc") or "").strip()
     source = f"the info of {node}" if node else "the module's info"
+    wait = "await " if aio else ""
     paragraphs = [
-        f"Typed client of ``{site}.{module}``.",
+        f"Typed {'asyncio ' if aio else ''}client of ``{site}.{module}``.",
         doc.splitlines()[0] if doc else "",
-        f"Generated by ``fedhub stub {site}.{module}`` from {source};\n"
+        f"Generated by ``fedhub stub {site}.{module}{' --async' if aio else ''}`` from "
+        f"{source};\n"
         "regenerate it when the module changes. Each function calls the remote function of\n"
         "the same name and returns its result::\n\n"
         f"    import {module}_client as {module}\n\n"
-        f"    {module}.connect()  # $FEDHUB_URL and $FEDHUB_IDENTITY, or pass them\n"
-        f"    result = {module}.<function>(...)\n\n"
+        f"    {wait}{module}.connect()  # the defaults of the fedhub CLI, or pass them\n"
+        f"    result = {wait}{module}.<function>(...)\n\n"
         "Without ``connect()`` the first call connects with those defaults. Pass\n"
-        "``client=`` (a ``hub.client.connect(...)`` client) to use another connection and\n"
-        "``timeout=`` (seconds) to bound one call.",
+        f"``client=`` (a ``{'await hub.aconnect' if aio else 'hub.connect'}(...)`` client) "
+        "to use another\nconnection and ``timeout=`` (seconds) to bound one call.",
     ]
     skipped = info.get("skipped") or {}
     if isinstance(skipped, dict) and skipped:
@@ -382,7 +418,7 @@ def _header(
     stdlib = ["atexit"]
     if "datetime" in imports:
         stdlib.append("datetime")
-    lines += [f"import {m}" for m in stdlib]
+    lines += [f"import {m}" for m in stdlib if not (aio and m == "atexit")]
     abc = sorted(i.rpartition(".")[2] for i in imports if i.startswith("collections.abc."))
     if abc:
         lines.append(f"from collections.abc import {', '.join(abc)}")
@@ -390,9 +426,9 @@ def _header(
     typing_names = sorted(i.rpartition(".")[2] for i in imports if i.startswith("typing."))
     lines.append(f"from typing import {', '.join(typing_names)}")
     lines.append("")
-    third = [m for m in ("numpy", "xarray") if m in imports]
+    third = ["hub", *(m for m in ("numpy", "xarray") if m in imports)]
     lines += [f"import {m}" for m in third]
-    lines.append("from hub.client import SyncClient")
+    lines.append(f"from hub import {_client_type(aio)}")
     return lines
 
 
@@ -419,23 +455,18 @@ def connect(
 ) -> SyncClient:
     """Connect this module's functions to the federation; returns the client.
 
-    ``url`` defaults to ``$FEDHUB_URL`` (else ``nats://127.0.0.1:4222``),
-    ``identity`` to ``$FEDHUB_IDENTITY`` (else the only person key in the key
-    store), ``home`` (the key store) to ``$FEDHUB_HOME``; ``timeout`` is the
-    default deadline of a call in seconds.
+    The defaults are the fedhub CLI's: ``url`` from ``$FEDHUB_URL`` (else a node
+    running here, else ``nats://127.0.0.1:4222``), ``identity`` from
+    ``$FEDHUB_IDENTITY`` (else the only person key in the key store), ``home`` (the
+    key store) from ``$FEDHUB_HOME``; ``timeout`` is the default deadline of a call
+    in seconds.
     """
     global _client
-    from hub.cli_calls import default_identity, default_url
-    from hub.client import connect as connect_client
-    from hub.cliutil import read_passphrase
-    from hub.keys import KeyStore
-
-    store = KeyStore(Path(home) if home is not None else None)
-    client = connect_client(
-        default_url(url),
-        default_identity(identity, store),
-        home=store.home,
-        passphrase=passphrase if passphrase is not None else read_passphrase(None),
+    client = hub.connect(
+        url,
+        identity,
+        home=Path(home) if home is not None else None,
+        passphrase=passphrase,
         default_timeout=timeout,
     )
     atexit.register(client.close)
@@ -466,3 +497,68 @@ def _call(
         )
     fed = client or _client or connect()
     return fed.call(f"{SITE}.{MODULE}.{function}", timeout=timeout, **sent)'''
+
+_RUNTIME_ASYNC = '''
+
+class _Default:
+    """Marks an argument left out: the node uses the function's own default."""
+
+    def __repr__(self) -> str:
+        return "<node default>"
+
+
+_DEFAULT: Any = _Default()
+_client: Client | None = None
+
+
+async def connect(
+    url: str | None = None,
+    identity: str | None = None,
+    *,
+    home: str | Path | None = None,
+    passphrase: str | None = None,
+    timeout: float = 300.0,
+) -> Client:
+    """Connect this module's functions to the federation; returns the client.
+
+    The defaults are the fedhub CLI's: ``url`` from ``$FEDHUB_URL`` (else a node
+    running here, else ``nats://127.0.0.1:4222``), ``identity`` from
+    ``$FEDHUB_IDENTITY`` (else the only person key in the key store), ``home`` (the
+    key store) from ``$FEDHUB_HOME``; ``timeout`` is the default deadline of a call
+    in seconds.
+    """
+    global _client
+    client = await hub.aconnect(
+        url,
+        identity,
+        home=Path(home) if home is not None else None,
+        passphrase=passphrase,
+        default_timeout=timeout,
+    )
+    if _client is not None:
+        await _client.aclose()
+    _client = client
+    return client
+
+
+def use(client: Client | None) -> None:
+    """Make ``client`` the default of this module's functions (``None`` forgets it)."""
+    global _client
+    _client = client
+
+
+async def _call(
+    function: str,
+    client: Client | None,
+    timeout: float | None,
+    arguments: dict[str, Any],
+) -> Any:
+    sent = {k: v for k, v in arguments.items() if v is not _DEFAULT}
+    clash = sorted(sent.keys() & {"timeout", "on_progress"})
+    if clash:
+        raise TypeError(
+            f"{function}: hub.client cannot pass an argument named {clash[0]!r} yet "
+            "(the name of one of its own call options)"
+        )
+    fed = client or _client or await connect()
+    return await fed.call(f"{SITE}.{MODULE}.{function}", timeout=timeout, **sent)'''

@@ -2,23 +2,30 @@
 
 ::
 
-    with connect(url, "klaus@geomar") as fed:          # works inside Jupyter
+    with connect() as fed:                     # $FEDHUB_URL, $FEDHUB_IDENTITY, as the CLI
         handle = fed.submit("hereon.climate.slow_mean", da=da)
         handle.result(timeout=60)
+        with fed.executor() as ex:             # a concurrent.futures.Executor
+            sums = list(ex.map("hereon.climate.compute_sum", fields))
 
 The async client runs on an event loop of its own, in a daemon thread; each blocking
-method hands a coroutine to that loop and waits for it.
+method hands a coroutine to that loop and waits for it. A :class:`SyncCallHandle` is a
+:class:`concurrent.futures.Future`: ``concurrent.futures.wait`` and ``as_completed`` take
+it, and asyncio code (a notebook cell) can ``await`` it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from hub.errors import CallTimeoutError, FederationError, TransportError
 
 if TYPE_CHECKING:
     from hub.answers import (
@@ -31,6 +38,7 @@ if TYPE_CHECKING:
     )
     from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback
     from hub.client import Client
+    from hub.executor import FedExecutor
     from hub.results_client import RequestList
 
 __all__ = ["SyncCallHandle", "SyncClient", "connect"]
@@ -53,6 +61,7 @@ class SyncClient:
             self._stop_loop()
             raise
         self._closed = False
+        self._handles: weakref.WeakSet[SyncCallHandle] = weakref.WeakSet()
 
     def _run(self, coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float | None = None) -> T:
         async def wrap() -> T:
@@ -68,14 +77,26 @@ class SyncClient:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        progress_bar: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Call and wait for the result."""
-        return self._run(
-            self._client.call(
-                address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
+        """Call and wait for the result.
+
+        ``progress_bar``: show the call's progress as a tqdm bar (a notebook widget in
+        Jupyter, text elsewhere); default: in Jupyter only.
+        """
+        from hub.progressbar import CallProgressBar, in_notebook
+
+        show = in_notebook() if progress_bar is None else progress_bar
+        bar = CallProgressBar(address) if show else None
+        report = bar.chain(on_progress) if bar is not None else on_progress
+        try:
+            return self._run(
+                self._client.call(address, arguments, timeout=timeout, on_progress=report, **kwargs)
             )
-        )
+        finally:
+            if bar is not None:
+                bar.close()
 
     def submit(
         self,
@@ -93,7 +114,18 @@ class SyncClient:
                 address, arguments, timeout=timeout, on_progress=on_progress, **kwargs
             )
         )
-        return SyncCallHandle(self, handle)
+        sync = SyncCallHandle(self, handle)
+        self._handles.add(sync)
+        return sync
+
+    def executor(
+        self, *, timeout: float | None = None, max_in_flight: int | None = None
+    ) -> FedExecutor:
+        """A :class:`concurrent.futures.Executor` whose ``submit``/``map`` call remote
+        functions by address (see :class:`hub.executor.FedExecutor`)."""
+        from hub.executor import FedExecutor
+
+        return FedExecutor(self, timeout=timeout, max_in_flight=max_in_flight)
 
     def status(self, site: str, request_id: str) -> RequestStatus:
         """The node's record of one of my requests."""
@@ -163,6 +195,8 @@ class SyncClient:
             self._run(self._client.aclose(), timeout=10)
         finally:
             self._stop_loop()
+            for handle in list(self._handles):  # nobody is left to settle them
+                handle._fail(TransportError("the client was closed before the call ended"))
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -177,12 +211,29 @@ class SyncClient:
         self.close()
 
 
-@dataclass
-class SyncCallHandle:
-    """Blocking view of a :class:`CallHandle`."""
+class SyncCallHandle(concurrent.futures.Future[Any]):
+    """Blocking view of a :class:`CallHandle`, and a :class:`concurrent.futures.Future` of
+    the call's result: ``wait``, ``as_completed`` and ``add_done_callback`` work as for any
+    future, and asyncio code can ``await`` it."""
 
-    _owner: SyncClient
-    _handle: CallHandle
+    def __init__(self, owner: SyncClient, handle: CallHandle) -> None:
+        super().__init__()
+        self._owner = owner
+        self._handle = handle
+        asyncio.run_coroutine_threadsafe(self._settle_from(handle), owner._loop)
+
+    async def _settle_from(self, handle: CallHandle) -> None:
+        try:
+            value = await handle.result()
+        except BaseException as exc:  # the call's own error (or a deadline) is its outcome
+            self._fail(exc)
+        else:
+            if not self.done():
+                self.set_result(value)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done():
+            self.set_exception(exc)
 
     @property
     def request_id(self) -> str:
@@ -190,30 +241,51 @@ class SyncCallHandle:
         return self._handle.request_id
 
     @property
+    def address(self) -> str:
+        """The called function's address."""
+        return self._handle.address
+
+    @property
     def progress(self) -> tuple[float | None, str]:
         """The latest progress report: (fraction or None, message)."""
         return self._handle.progress
 
-    def done(self) -> bool:
-        """Whether the outcome has arrived."""
-        return self._handle.done()
-
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result."""
-        return self._owner._run(self._handle.result(timeout))
+        """Wait for the result; the call's typed error, or CallTimeoutError after ``timeout``
+        seconds (the call goes on: wait again, or cancel it)."""
+        try:
+            return super().result(timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, FederationError):
+                raise
+            raise CallTimeoutError(
+                f"no answer for {self.address} (request {self.request_id}) within {timeout:g} s",
+                hint="the call goes on: wait again, or cancel() it",
+            ) from None
 
     def status(self) -> RequestStatus:
         """The node's record of this request."""
         return self._owner._run(self._handle.status())
 
-    def cancel(self) -> CancelAnswer:
-        """Ask the node to cancel; returns its answer."""
+    def cancel(self) -> bool:
+        """Ask the node to cancel the call; whether it is stopping it (or will not start
+        it). The handle then ends with CallCancelledError. False once the call is over."""
+        if self.done():
+            return False
+        return bool(self.cancel_call().cancelling)
+
+    def cancel_call(self) -> CancelAnswer:
+        """Ask the node to cancel; its full answer (``cancelling`` and the call's state)."""
         return self._owner._run(self._handle.cancel())
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await handle`` in asyncio code (a notebook cell): the result."""
+        return asyncio.wrap_future(self).__await__()
 
 
 def connect(
-    url: str,
-    identity: str,
+    url: str | None = None,
+    identity: str | None = None,
     *,
     home: Path | None = None,
     passphrase: str | None = None,
@@ -222,18 +294,30 @@ def connect(
     creds: str | Path | None = None,
     tls: ssl.SSLContext | str | Path | None = None,
 ) -> SyncClient:
-    """A blocking client for scripts and notebooks: ``with connect(url, me) as fed: ...``.
+    """A blocking client for scripts and notebooks: ``with connect() as fed: ...``.
 
-    ``creds`` and ``tls`` as for :meth:`hub.client.Client.connect`.
+    The same defaults as the ``fedhub`` CLI (:mod:`hub.defaults`): ``url`` from
+    ``$FEDHUB_URL``, else a node running here with the same key store, else
+    ``nats://127.0.0.1:4222``; ``identity`` from ``$FEDHUB_IDENTITY``, else the only person
+    key in the key store (``home``, default ``$FEDHUB_HOME``); ``passphrase`` from
+    ``$FEDHUB_PASSPHRASE``. ``creds`` and ``tls`` as for :meth:`hub.client.Client.connect`
+    (defaults ``$FEDHUB_CREDS``, ``$FEDHUB_CA``).
     """
     from hub.client import Client
+    from hub.cliutil import read_passphrase
+    from hub.defaults import default_identity, default_url
+    from hub.keys import KeyStore
 
+    store = KeyStore(Path(home) if home is not None else None)
+    chosen_url = default_url(url, store)
+    chosen = default_identity(identity, store)
+    secret = passphrase if passphrase is not None else read_passphrase(None)
     return SyncClient(
         lambda: Client.connect(
-            url,
-            identity,
-            home=home,
-            passphrase=passphrase,
+            chosen_url,
+            chosen,
+            home=store.home,
+            passphrase=secret,
             credentials=credentials,
             default_timeout=default_timeout,
             creds=creds,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -40,6 +40,7 @@ from hub.bulk import (
     is_xarray,
     map_file,
     open_netcdf,
+    seal_netcdf,
     write_netcdf,
 )
 from hub.crypto import new_content_key, wrap_key
@@ -65,6 +66,7 @@ from hub.subjects import RESULTS_BUCKET, validate_identity
 from hub.transfer import (
     DEFAULT_ACK_EVERY,
     Receiver,
+    SealedInfo,
     Sender,
     TransferOptions,
     download_route,
@@ -191,6 +193,7 @@ class BulkLink:
             expect_control=route.control,
             options=self.options,
             timeout=timeout,
+            sync=False,  # a spool file: after a crash the call comes again, and so does it
         )
         stop = receiver.cancel
         cancel.add_callback(lambda: stop("the call was cancelled"))
@@ -204,7 +207,8 @@ class BulkLink:
         if bulk.format == "netcdf":
             assert bulk.arg is not None
             try:
-                return {bulk.arg: await asyncio.to_thread(open_netcdf, dest)}
+                opened = await asyncio.to_thread(open_netcdf, dest, kind=bulk.xarray)
+                return {bulk.arg: opened}
             except Exception as exc:  # xarray raises many kinds for a file it cannot read
                 raise ValidationError(
                     f"argument {bulk.arg!r} is no readable NetCDF: {exc}"
@@ -232,32 +236,46 @@ class BulkLink:
     ) -> SealedResult | bytes:
         """The result sealed into a spool file when it is large; else its codec bytes.
 
-        An xarray value larger than the threshold is written as NetCDF and sealed from
-        that file (the value and one file, never two copies in memory).
+        An xarray value larger than the threshold is sealed as a NetCDF file: straight
+        from the value where that is exact (:func:`hub.bulk.seal_netcdf`), else written
+        as NetCDF first and sealed from that file (the value and one file, never two
+        copies in memory).
         """
         rid = header.id
         plain = self.spool / f"{rid}.result"
+        sealed = self.spool / f"{rid}.sealed"
+        key, tid = new_content_key(), new_transfer_id()
+        # per module, or per call: a caller that compressed its arguments gets the same
+        compress = self.compress(header.module) or bool(header.bulk and header.bulk.compressed)
+        chunk = chunk_size_for(int(self._nc().max_payload))
         kind: str | None = None
         data: bytes | None = None
+        info: SealedInfo | None = None
         if is_xarray(value) and int(getattr(value, "nbytes", 0)) > self.threshold:
             self._live.add(rid)
-            try:
-                kind = await asyncio.to_thread(write_netcdf, value, plain)
-            except Exception as exc:  # e.g. a dtype NetCDF3 cannot hold: the codec can
-                await asyncio.to_thread(plain.unlink, missing_ok=True)
-                log.info("call.result_not_netcdf", reason=str(exc)[:200])
+            direct = await asyncio.to_thread(
+                seal_netcdf,
+                value,
+                sealed,
+                bulk_key(key),
+                transfer_id=tid,
+                chunk_size=chunk,
+                compress=compress,
+            )
+            if direct is not None:
+                info, kind = direct
+            else:
+                try:
+                    kind = await asyncio.to_thread(write_netcdf, value, plain)
+                except Exception as exc:  # e.g. a dtype NetCDF3 cannot hold: the codec can
+                    await asyncio.to_thread(plain.unlink, missing_ok=True)
+                    log.info("call.result_not_netcdf", reason=str(exc)[:200])
         if kind is None:
             data = codec.encode(value)
             if len(data) <= self.threshold:
                 return data
             self._live.add(rid)
-        key = new_content_key()
-        sealed = self.spool / f"{rid}.sealed"
-        tid = new_transfer_id()
-        # per module, or per call: a caller that compressed its arguments gets the same
-        compress = self.compress(header.module) or bool(header.bulk and header.bulk.compressed)
-        chunk = chunk_size_for(int(self._nc().max_payload))
-        if data is None:
+        if info is None and data is None:
             info = await asyncio.to_thread(
                 seal_file,
                 plain,
@@ -268,9 +286,9 @@ class BulkLink:
                 chunk_size=chunk,
             )
             plain.unlink(missing_ok=True)
-        else:
+        elif info is None and data is not None:
 
-            def seal_in_memory(payload: bytes) -> Any:
+            def seal_in_memory(payload: bytes) -> SealedInfo:
                 with sealed.open("wb") as sink:
                     return seal_stream(
                         io.BytesIO(payload),
@@ -282,6 +300,7 @@ class BulkLink:
                     )
 
             info = await asyncio.to_thread(seal_in_memory, data)
+        assert info is not None
         bulk = describe(info, format="netcdf" if kind else "codec", xarray=kind)
         wraps = {
             record.kid: wrap_key(

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from hub import __version__
 from hub.canonical import b64d
 from hub.cli_web import add_web_options, open_console
-from hub.cliutil import configure_logging, run_main
+from hub.cliutil import add_examples, configure_logging, run_main
 from hub.errors import ConfigError, StopRequestedError
 from hub.records import SignedRecord
 from node import projections
@@ -35,6 +35,18 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _log = structlog.get_logger("node.cli")
+
+
+def _log_path(args: argparse.Namespace) -> Path:
+    """The log named by ``--db``, or the log of the node ``--config`` describes."""
+    return Path(args.db) if args.db is not None else load_config(args.config).log_path
+
+
+def _log_source(parser: argparse.ArgumentParser) -> None:
+    """``--db LOG`` or ``--config NODE.toml``: the same choice in every ``log`` action."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", type=Path, help="the node's SQLite log")
+    source.add_argument("--config", type=Path, help="the node's config (its log)")
 
 
 def _open_db(path: Path) -> EventLog:
@@ -89,11 +101,12 @@ async def _serve(daemon: NodeDaemon) -> None:
     async with daemon:
         tune_collector()
         modules = ", ".join(m.name for m in cfg.modules) or "no modules"
-        print(
-            f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
-            f"{modules} on {safe_url(daemon.url)}",
-            flush=True,
-        )
+        if cfg.log.format != "json":  # a JSON log stream holds JSON only (node.started says it)
+            print(
+                f"node {daemon.eventlog.log_id if daemon.eventlog else cfg.identity} serving "
+                f"{modules} on {safe_url(daemon.url)}",
+                flush=True,
+            )
         await daemon.serve()
         await daemon.stop("signal" if daemon.failure is None else "failed")
 
@@ -190,18 +203,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_log_export(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as log:
+    with _open_db(_log_path(args)) as log:
         count = log.export(args.output)
     print(f"exported {count} events to {args.output}")
     return 0
 
 
 def cmd_log_head(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as log:
+    path = _log_path(args)
+    with _open_db(path) as log:
         head = log.head()
         size = log.size
     if head is None:
-        raise ConfigError(f"{args.db} has no checkpoint yet ({size} events)")
+        raise ConfigError(f"{path} has no checkpoint yet ({size} events)")
     print(json.dumps(head.model_dump(), indent=2))
     return 0
 
@@ -267,10 +281,11 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as log:
+    path = _log_path(args)
+    with _open_db(path) as log:
         row = projections.request_status(log.db.conn, args.request_id)
     if row is None:
-        raise ConfigError(f"no request {args.request_id} in {args.db}")
+        raise ConfigError(f"no request {args.request_id} in {path}")
     print(json.dumps(row, indent=2))
     return 0
 
@@ -287,7 +302,7 @@ def cmd_admin_apply(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{args.record} is a {kind!r} record; key records, revocations, grants and groups"
         )
-    return _admin(cfg, op, signed)
+    return _admin(cfg, op, signed, args)
 
 
 def cmd_admin_grant(args: argparse.Namespace) -> int:
@@ -309,7 +324,7 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
         serial=args.serial if args.serial is not None else time.time_ns() // 1000,
         time=now(),
     )
-    return _admin(cfg, "grant", sign_record(record, site.signing_key))
+    return _admin(cfg, "grant", sign_record(record, site.signing_key), args)
 
 
 def cmd_admin_revoke(args: argparse.Namespace) -> int:
@@ -320,18 +335,23 @@ def cmd_admin_revoke(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     site = KeyStore(cfg.node.key_home).load(cfg.site_identity, os.environ.get("FEDHUB_PASSPHRASE"))
     rev = Revocation(identity=args.identity, kid=args.kid, time=now(), reason=args.reason)
-    return _admin(cfg, "revoke", sign_record(rev, site.signing_key))
+    return _admin(cfg, "revoke", sign_record(rev, site.signing_key), args)
 
 
-def _admin(cfg: NodeConfig, op: str, signed: SignedRecord) -> int:
-    """Send a signed record to the running node, or append it to the log when it is down."""
+def _admin(cfg: NodeConfig, op: str, signed: SignedRecord, args: argparse.Namespace) -> int:
+    """Send a signed record to the running node, or append it to the log when it is down.
+
+    A running node is reached at the URL it wrote into its status file, as the site's
+    operator: ``--creds`` (default ``$FEDHUB_CREDS``, an ``operator-NAME.nk`` seed from
+    ``fedhub federation init``) and ``--ca`` (default ``$FEDHUB_CA``) on a secured site."""
     from node.admin import admin_message, apply_admin, load_directory
     from node.daemon import read_status_file
 
     message = admin_message(op, signed)
     status = read_status_file(cfg.node.data_dir)
     if status is not None and _alive(status):
-        answer = asyncio.run(_send_admin(str(status["url"]), cfg.node.site, message))
+        auth = _operator_auth(args.creds, args.ca)
+        answer = asyncio.run(_send_admin(str(status["url"]), cfg.node.site, message, auth))
         print(f"{op}: applied by the running node (event {answer.seq})")
         return 0
     with open_log(cfg) as log:
@@ -355,20 +375,53 @@ def _alive(status: dict[str, object]) -> bool:
     return True
 
 
-async def _send_admin(url: str, site: str, message: bytes) -> AdminAnswer:
+def _operator_auth(creds: Path | None, ca: Path | None) -> dict[str, Any]:
+    """Connection options of the site's operator: NKey, CA, and the operator's own inboxes
+    (named by the seed file, ``operator-NAME.nk``, as generated)."""
+    from hub.nats.connection import CREDS_ENV, auth_options
+    from hub.nats.generate import nats_inbox_prefix
+
+    options = auth_options(creds, ca)
+    seed = creds or (Path(os.environ[CREDS_ENV]) if os.environ.get(CREDS_ENV) else None)
+    if seed is not None and seed.stem.startswith("operator-"):
+        options["inbox_prefix"] = nats_inbox_prefix("operator", seed.stem.removeprefix("operator-"))
+    return options
+
+
+async def _send_admin(url: str, site: str, message: bytes, auth: dict[str, Any]) -> AdminAnswer:
     import nats
 
     from hub.answers import AdminAnswer, error_from_headers
     from hub.subjects import admin_subject
+    from node.natslink import describe_nats_error
+
+    errors: list[Exception] = []
+
+    async def quiet(exc: Exception) -> None:  # one line below, not nats-py's tracebacks
+        errors.append(exc)
 
     try:
-        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+        nc = await nats.connect(
+            url,
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=quiet,
+            **auth,
+        )
     except Exception as exc:
-        raise ConfigError(f"cannot reach the node's NATS at {url}: {exc}") from exc
+        exc = errors[0] if errors else exc
+        raise ConfigError(
+            f"cannot reach the node's NATS at {url}: {describe_nats_error(exc)}",
+            hint="on a secured site, log in as its operator: --creds operator-NAME.nk --ca ca.pem",
+        ) from exc
     try:
         reply = await nc.request(admin_subject(site), message, timeout=5)
     except Exception as exc:
-        raise ConfigError(f"the node did not answer: {exc}") from exc
+        raise ConfigError(
+            f"the node did not answer: {describe_nats_error(exc)}",
+            hint="only the site's operator may send admin records (--creds operator-NAME.nk)",
+        ) from exc
     finally:
         await nc.close()
     refused = error_from_headers(reply.headers)
@@ -410,6 +463,15 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = ConsoleSettings(url=url, identity=args.identity, home=args.home)
     settings.operator = NodeView(cfg)
     return open_console(settings, args.port, args.open)
+
+
+def _operator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--creds", type=Path, help="the site operator's NKey seed (default $FEDHUB_CREDS)"
+    )
+    parser.add_argument(
+        "--ca", type=Path, help="the federation's CA certificate (default $FEDHUB_CA)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,11 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     log = sub.add_parser("log", help="export, inspect and maintain the event log")
     lsub = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     exp = lsub.add_parser("export", help="write the log as JSON Lines")
-    exp.add_argument("--db", type=Path, required=True)
+    _log_source(exp)
     exp.add_argument("-o", "--output", type=Path, required=True)
     exp.set_defaults(func=cmd_log_export)
     head = lsub.add_parser("head", help="print the latest signed checkpoint")
-    head.add_argument("--db", type=Path, required=True)
+    _log_source(head)
     head.set_defaults(func=cmd_log_head)
     reb = lsub.add_parser("rebuild", help="rebuild projections (request status) from the events")
     reb.add_argument("--config", type=Path, required=True)
@@ -494,13 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="OLD.json [NEW.json]: signed checkpoints (default NEW: the log's latest)",
     )
-    source = prove.add_mutually_exclusive_group(required=True)
-    source.add_argument("--db", type=Path, help="the node's SQLite log")
-    source.add_argument("--config", type=Path, help="the node's config (its log)")
+    _log_source(prove)
     prove.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
     prove.set_defaults(func=cmd_log_prove)
     req = lsub.add_parser("request", help="show the projected status of one request")
-    req.add_argument("--db", type=Path, required=True)
+    _log_source(req)
     req.add_argument("request_id")
     req.set_defaults(func=cmd_request)
     admin = sub.add_parser(
@@ -511,10 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="apply a signed key record, revocation, grant or group record (JSON file)"
     )
     app.add_argument("--config", type=Path, required=True)
+    _operator_options(app)
     app.add_argument("record", type=Path)
     app.set_defaults(func=cmd_admin_apply)
     rv = asub.add_parser("revoke", help="revoke a key, signed with this site's key")
     rv.add_argument("--config", type=Path, required=True)
+    _operator_options(rv)
     rv.add_argument("kid")
     rv.add_argument("--identity", required=True, help="whose key it is (name@site)")
     rv.add_argument("--reason", default="revoked by the site operator")
@@ -523,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         "grant", help="let PRINCIPAL call MODULE here (signed with this site's key; published)"
     )
     gr.add_argument("--config", type=Path, required=True)
+    _operator_options(gr)
     gr.add_argument("principal", help="name@site, group:NAME or group:OWNER/NAME")
     gr.add_argument("module")
     gr.add_argument("--function", default="*", help="a function, Class.*, or * (default)")
@@ -536,7 +599,36 @@ def build_parser() -> argparse.ArgumentParser:
     sexp.add_argument("-o", "--output", type=Path, default=Path("schemas"))
     sexp.add_argument("--config", type=Path, help="also the argument/return schemas of its modules")
     sexp.set_defaults(func=cmd_schemas_export)
+    add_examples(parser, EXAMPLES)
     return parser
+
+
+#: One example per command of ``fedhub-node`` (shown at the end of its ``--help``).
+EXAMPLES = {
+    "": ["fedhub-node init --config site.toml", "fedhub-node run --config site.toml"],
+    "run": ["fedhub-node run --config site.toml --grace 60"],
+    "status": ["fedhub-node status --config site.toml --json"],
+    "web": ["fedhub-node web --config site.toml --as ops@hereon"],
+    "init": ["fedhub-node init --config site.toml"],
+    "check": ["fedhub-node check --config site.toml --offline"],
+    "log": ["fedhub-node log export --config site.toml -o events.jsonl"],
+    "log export": ["fedhub-node log export --config site.toml -o events.jsonl"],
+    "log head": ["fedhub-node log head --db data/events.db"],
+    "log rebuild": ["fedhub-node log rebuild --config site.toml"],
+    "log checkpoint": ["fedhub-node log checkpoint --config site.toml"],
+    "log prove": ["fedhub-node log prove 42 --config site.toml -o event-42.json"],
+    "log request": ["fedhub-node log request --config site.toml 6pT3uGQ1dS8h5yqgq1wW1w"],
+    "admin": ["fedhub-node admin grant --config site.toml klaus@geomar climate"],
+    "admin apply": ["fedhub-node admin apply --config site.toml klaus.json"],
+    "admin revoke": [
+        "fedhub-node admin revoke --config site.toml 37217437eea054d003b0 --identity klaus@hereon"
+    ],
+    "admin grant": [
+        "fedhub-node admin grant --config site.toml group:modellers climate --function '*'"
+    ],
+    "schemas": ["fedhub-node schemas export -o schemas --config site.toml"],
+    "schemas export": ["fedhub-node schemas export -o schemas --config site.toml"],
+}
 
 
 def _main(argv: list[str] | None = None) -> int:

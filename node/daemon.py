@@ -38,11 +38,9 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.micro import add_service
-from nats.micro.request import Request as MicroRequest
 from pydantic import BaseModel
 
-from hub import __version__
+from hub import __version__, localnodes
 from hub.answers import ModuleDescription, error_headers
 from hub.directory import Directory
 from hub.errors import ConfigError, FederationError, RemoteError, UnauthorizedError
@@ -65,8 +63,6 @@ from hub.subjects import (
     RESULTS_BUCKET,
     admin_subject,
     events_subject,
-    info_subject,
-    service_name,
     status_subject,
 )
 from node.admin import DirectoryState, apply_admin, load_directory
@@ -85,6 +81,7 @@ from node.observability import NodeMetrics
 from node.pipeline import Pipeline
 from node.retention import Retention
 from node.runner import Runner
+from node.services import start_services
 
 __all__ = ["MAX_INSTANCES", "NodeDaemon"]
 
@@ -213,7 +210,9 @@ class NodeDaemon:
             "node.started",
             node=self.eventlog.log_id,
             url=safe_url(self.url),
-            modules=len(cfg.modules),
+            modules=[m.name for m in cfg.modules],
+            grants=[f"{g.principal}: {g.module}.{f}" for g in cfg.grants for f in g.functions],
+            trusted_sites=[t.site for t in cfg.trust],
         )
 
     async def serve(self) -> None:
@@ -235,6 +234,13 @@ class NodeDaemon:
             return
         self._stopped = True
         self._stop.set()
+        try:
+            await self._wind_down(reason)
+        finally:  # whatever failed above: the embedded server, the log and locks are let go
+            await self.stack.aclose()
+        log.info("node.stopped", reason=reason)
+
+    async def _wind_down(self, reason: str) -> None:
         background = [
             t for t in self._tasks if t.get_name() in ("status-file", "checkpoints", "retention")
         ]
@@ -253,8 +259,6 @@ class NodeDaemon:
             with contextlib.suppress(FederationError):
                 await self.writer.append(NodeStopped(reason=reason))
                 await self.writer.checkpoint()  # a fresh receipt covers the whole run
-        await self.stack.aclose()
-        log.info("node.stopped", reason=reason)
 
     async def _finish_calls(self) -> None:
         """Let the calls in flight finish for ``grace`` seconds (a burst being taken may
@@ -356,7 +360,9 @@ class NodeDaemon:
         if left is not None and url_file.exists():
             log.info("nats_server.adopted", pid=left)
             self.stack.callback(_terminate, left, pid_file)
-            return url_file.read_text().strip()
+            url = url_file.read_text().strip()
+            self._register_local(url, left)
+            return url
         self.server = NatsServer(
             cfg.node.data_dir / "nats",
             port=cfg.nats.embedded_port,
@@ -371,7 +377,15 @@ class NodeDaemon:
         url = self.server.client_url
         url_file.write_text(url + "\n")
         pid_file.write_text(f"{self.server.pid}\n")
+        self._register_local(url, self.server.pid)
         return url
+
+    def _register_local(self, url: str, pid: int | None) -> None:
+        """Let callers on this machine find the embedded server (see hub.localnodes)."""
+        if pid is None:
+            return
+        path = localnodes.register(self.cfg.node.key_home, self.cfg.identity, url, pid)
+        self.stack.callback(localnodes.unregister, path)
 
     async def _send(self, subject: str, data: bytes) -> None:
         assert self.nc is not None
@@ -441,28 +455,14 @@ class NodeDaemon:
     async def _start_services(self) -> None:
         assert self.nc is not None and self.runner is not None and self.eventlog is not None
         assert self._node_key_record is not None
-        for name, module in self.runner.modules.items():
-            payload = self._module_description(name, module.info()).model_dump_json().encode()
-            svc = await add_service(
-                self.nc,
-                name=service_name(self.site, name),
-                version=__version__,
-                description=(module.doc or f"{name} at {self.site}").strip().splitlines()[0][:200],
-                metadata={
-                    "fedhub.site": self.site,
-                    "fedhub.module": name,
-                    "fedhub.node": self.eventlog.log_id,
-                    "fedhub.functions": ",".join(sorted(module.functions)),
-                },
-            )
-            self.stack.push_async_callback(svc.stop)
-
-            async def answer(req: MicroRequest, payload: bytes = payload) -> None:
-                await req.respond(payload)
-
-            await svc.add_endpoint(
-                name="info", subject=info_subject(self.site, name), handler=answer
-            )
+        await start_services(
+            self.nc,
+            self.site,
+            self.eventlog.log_id,
+            self.runner.modules,
+            self._module_description,
+            self.stack,
+        )
         sub = await self.nc.subscribe(
             status_subject(self.site), queue="fh-node", cb=self._on_control
         )

@@ -552,5 +552,5 @@ class Pipeline:
             )
         )
         await self.replies.error(header.id, header.reply, code, message_with_hint(exc), content_key)
-        log.info("call.failed", address=header.address, code=code)
+        log.warning("call.failed", address=header.address, code=code)
         return Outcome(header.id, RequestState.FAILED, code)

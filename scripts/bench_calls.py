@@ -4,6 +4,7 @@
     python scripts/bench_calls.py [--calls 2000] [--concurrency 64] [--node both]
                                   [--peers] [--json] [--keep DIR] [--profile DIR]
                                   [--executor thread|inline|process] [--processes N]
+                                  [--secure]
     python scripts/bench_calls.py --soak 50000 [--in-flight 8] [--json]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
@@ -45,6 +46,12 @@ executor: ``thread``, the default, ``inline`` on the node's event loop, or ``pro
 consumer. ``--profile DIR`` runs the node process under cProfile and writes
 ``DIR/node.prof`` (main thread only, timed in the thread's CPU time: a busy machine's
 waits for a core do not count).
+
+``--secure``: the fedhub calls (and the soak) go through a second federation, generated
+as ``fedhub federation init`` writes it and run as deployed: TLS on every client
+connection, the node and the caller logging in with their own NKeys and role
+permissions. The raw baselines stay on open site ports (they publish subjects outside
+fedhub's roles), so the ratios then include what TLS and NKeys cost.
 """
 
 from __future__ import annotations
@@ -148,6 +155,14 @@ def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread"
         f"key_home = {json.dumps(str(store.home))}",
         "[nats]",
         f"url = {json.dumps(fed.site_url(SITE))}",
+        *(
+            [
+                f"credentials = {json.dumps(str(fed.credentials(SITE, 'node', 'n1')))}",
+                f"ca = {json.dumps(str(fed.generated.ca))}",
+            ]
+            if fed.secure
+            else []
+        ),
         "[log]",
         'level = "warning"',
         "[[modules]]",
@@ -323,7 +338,11 @@ async def fedhub_session(
                 cpu.add("node", proc.pid)
                 stack.callback(Processes.stop, proc)
         client = await Client.connect(
-            fed.site_url(CALLER_SITE), CALLER, home=cfg.node.key_home, default_timeout=60
+            fed.site_url(CALLER_SITE),
+            CALLER,
+            home=cfg.node.key_home,
+            default_timeout=60,
+            **fed.caller_auth(CALLER),
         )
         stack.push_async_callback(client.aclose)
         text = "x" * PAYLOAD
@@ -423,11 +442,16 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
     # Open client ports at the sites: the raw baselines publish subjects outside fedhub's
     # role permissions; every leg, baseline or not, runs the same (leaf-hub legs use TLS).
     fed = await start_local_federation(root / "nats", (SITE, CALLER_SITE), secure=False)
+    # --secure: fedhub's legs go through a federation run as deployed (TLS, NKeys)
+    calls = fed
     try:
-        cfg = write_node_config(root, fed, opts.executor)
+        if opts.secure:
+            calls = await start_local_federation(root / "secure", (SITE, CALLER_SITE))
+        cfg = write_node_config(root, calls, opts.executor)
         if opts.soak:
             say(f"soak: {opts.soak:,} calls at {opts.in_flight} in flight ...")
-            return {"soak": soak_report(await bench_soak(fed, cfg, procs, opts), opts.in_flight)}
+            soak = await bench_soak(calls, cfg, procs, opts)
+            return {"soak": soak_report(soak, opts.in_flight)}
         modes = ["process", "inproc"] if opts.node == "both" else [opts.node]
         report: dict[str, Any] = {"baselines": {}, "figures": {}, "runs": {}, "log": {}}
         for mode in modes:
@@ -436,8 +460,8 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
             core = await bench_core(fed, procs, opts, in_process=inproc)
             say(f"{RAW_DURABLE}, responder {mode} ...")
             durable = await bench_durable(fed, procs, opts, in_process=inproc)
-            say(f"fedhub calls, node {mode} ...")
-            ours, log = await bench_fedhub(fed, cfg, procs, opts, in_process=inproc)
+            say(f"fedhub calls, node {mode}{' (TLS, NKeys)' if opts.secure else ''} ...")
+            ours, log = await bench_fedhub(calls, cfg, procs, opts, in_process=inproc)
             report["baselines"][mode] = {
                 name: {k: r.summary() for k, r in runs.items()}
                 for name, runs in ((RAW_CORE, core), (RAW_DURABLE, durable))
@@ -448,6 +472,7 @@ async def _bench_all(root: Path, procs: Processes, opts: argparse.Namespace) -> 
             report.setdefault("_ours", {})[mode] = ours
         return report
     finally:
+        await calls.stop()
         await fed.stop()
 
 
@@ -483,6 +508,11 @@ def main() -> int:
         choices=["thread", "inline", "process"],
         default="thread",
         help="how the node runs the echo function (the module's executor; default thread)",
+    )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="fedhub calls over TLS with NKeys (the generated federation, as deployed)",
     )
     opts = parser.parse_args()
     if opts.calls < 1 or opts.concurrency < 1 or opts.in_flight < 1:
@@ -539,6 +569,7 @@ def main() -> int:
             "executor": opts.executor,
             "node": opts.node,
             "node_processes": opts.processes,
+            "secure": opts.secure,
         },
         "headline": headline,
         "targets": {

@@ -42,7 +42,6 @@ from hub.directory import record_token
 from hub.errors import FederationError, UnauthorizedError
 from hub.keys import KeyPair, KeyStore
 from hub.nats import LocalFederation, connect
-from hub.nats.dirstreams import ensure_hub_directory
 from hub.records import GrantRecord, KeyRecord, Revocation, SignedRecord, sign_record
 from hub.subjects import DIRECTORY_STREAM, admin_subject, directory_subject
 from node.admin import admin_message
@@ -206,10 +205,9 @@ async def one_round(
 async def bench(rounds: int, in_flight: int, samples: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fedhub-bench-dir-"))
     load_start = load_average()
-    async with LocalFederation(root / "fed", sites=(SITE, CALLER_SITE)) as fed:
-        hub = await connect(fed.hub_url)
-        await ensure_hub_directory(hub.jetstream(domain="hub"), fed.sites)
-        await hub.close()
+    # open site ports (the operator's admin requests and the raw watcher log in as
+    # nobody); starting sets up the hub's directory from the generated files
+    async with LocalFederation(root / "fed", sites=(SITE, CALLER_SITE), secure=False) as fed:
         hereon_cfg = write_node_config(root, fed)
         geomar_cfg = geomar_config(root, fed)
         store = KeyStore(root / "keys")

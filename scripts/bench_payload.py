@@ -2,6 +2,7 @@
 """Benchmark the bulk transfer layer against a raw JetStream Object Store put + get.
 
     python scripts/bench_payload.py [--sizes 1 100] [--big] [--concurrent 10] [--json]
+                                    [--window BYTES] [--chunk-size BYTES] [--compress]
 
 One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
 ``geomar``) started with :func:`hub.nats.start_local_federation`. For each size (MiB):
@@ -21,7 +22,10 @@ One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
   through ``fedhub call ... da=@FILE --out BACK`` across the hub to a node process that
   returns it (encrypted, logged, stored, returned), against the raw put + get of the same
   file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
-  (target payload + 256 MiB).
+  (target payload + 256 MiB), each its own process's ``VmHWM``, next to its limit.
+
+Every peer also reports the CPU seconds it used: on a machine that is doing other work
+those move far less than the rates do.
 
 ``--concurrent N`` also runs N uploads of the largest size at the same time (one sender
 and one receiver process each). Figures are printed next to their baseline and the load
@@ -45,9 +49,16 @@ import nats
 from bench_call_payload import CallBench, write_netcdf_payload
 from benchlib import figure, load_average, say
 
+from hub.cliutil import configure_logging
 from hub.crypto import new_content_key
 from hub.nats import LocalFederation, iter_object, put_object_stream, start_local_federation
-from hub.transfer import Route, download_route, new_transfer_id, upload_route
+from hub.transfer import (
+    DEFAULT_CHUNK_SIZE,
+    Route,
+    download_route,
+    new_transfer_id,
+    upload_route,
+)
 
 PEER = Path(__file__).resolve().parent / "bulk_peer.py"
 CALLER, NODE, USER = "geomar", "hereon", "bench"
@@ -93,6 +104,7 @@ def _leg(
     upload: bool,
     window: int,
     compress: bool,
+    chunk_size: int,
 ) -> dict[str, Any]:
     """One transfer between two peer processes; the sender's and receiver's reports."""
     tid = new_transfer_id().hex()
@@ -101,7 +113,7 @@ def _leg(
     send_site, recv_site = (CALLER, NODE) if upload else (NODE, CALLER)
     receiver = _peer("receive", fed.site_url(recv_site), route, key, dest=dest, window=window)
     sender = _peer("send", fed.site_url(send_site), route, key, source=source, transfer=tid,
-                   window=window, compress=compress)  # fmt: skip
+                   window=window, compress=compress, chunk_size=chunk_size)  # fmt: skip
     sent, received = _report(sender), _report(receiver)
     return {"sender": sent, "receiver": received}
 
@@ -141,9 +153,10 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
     _payload(source, size)
     load_start = load_average()
     say(f"{size_mib:g} MiB: caller -> node")
-    up = _leg(fed, source, at_node, upload=True, window=args.window, compress=args.compress)
+    knobs = {"window": args.window, "compress": args.compress, "chunk_size": args.chunk_size}
+    up = _leg(fed, source, at_node, upload=True, **knobs)
     say(f"{size_mib:g} MiB: node -> caller")
-    down = _leg(fed, at_node, back, upload=False, window=args.window, compress=args.compress)
+    down = _leg(fed, at_node, back, upload=False, **knobs)
     transfer_s = up["sender"]["seconds"] + down["sender"]["seconds"]
     load_mid = load_average()
     say(f"{size_mib:g} MiB: raw object store put + get")
@@ -174,6 +187,13 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
         "raw_put_mib_s": round(_mib_s(size, put_s), 1),
         "raw_get_mib_s": round(_mib_s(size, get_s), 1),
         "resent_chunks": up["sender"]["resent_chunks"] + down["sender"]["resent_chunks"],
+        # CPU of each side of each leg (seconds, the process's whole run): a figure that a
+        # busy machine disturbs less than the rates
+        **{
+            f"{leg}_{side}_cpu_s": round(report[side]["cpu_seconds"], 2)
+            for leg, report in (("upload", up), ("download", down))
+            for side in ("sender", "receiver")
+        },
         **rss,
     }
 
@@ -207,11 +227,28 @@ def bench_call(
             load={"start": load_start, "end": load_mid},
             baseline_load={"start": load_mid, "end": load_end},
         ),
-        "client_peak_rss_mib": round(call["client_peak_rss_mib"], 1),
-        "client_rss_target_mib": 256,
-        "node_peak_rss_mib": round(call["node_peak_rss_mib"], 1),
-        "node_rss_target_mib": round(size / MIB + 256, 1),
+        # CPU of the call: the CLI's whole run (its start included), the node's from the
+        # call's start until it is idle again (storing the result included)
+        "client_cpu_s": round(call["client_cpu_s"], 2),
+        "node_cpu_s": round(call["node_cpu_s"], 2),
+        "client_peak_rss_mib": _rss_figure(call["client_peak_rss_mib"], 256, "256 MiB"),
+        "node_peak_rss_mib": _rss_figure(
+            call["node_peak_rss_mib"], size / MIB + 256, "payload + 256 MiB"
+        ),
     }
+
+
+def _rss_figure(mib: float, limit: float, name: str) -> dict[str, Any]:
+    """A peak RSS next to its limit (the baseline): met when at most the limit."""
+    return figure(
+        mib,
+        "MiB",
+        f"limit: {name} (issue 8)",
+        limit,
+        target="<= 1.0 x limit",
+        met=mib <= limit,
+        load={"start": load_average(), "end": load_average()},
+    )
 
 
 def bench_concurrent(
@@ -256,10 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help="also 1 GiB")
     parser.add_argument("--concurrent", type=int, default=0, help="N uploads at once")
     parser.add_argument("--window", type=int, default=4 * MIB)
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="transfer legs only"
+    )
     parser.add_argument("--compress", action="store_true", help="zstd per chunk")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-call", action="store_true", help="skip the fedhub call round trip")
     args = parser.parse_args(argv)
+    configure_logging(level="warning")  # stdout carries the report only
     sizes = [*args.sizes, *([1024.0] if args.big else [])]
     with tempfile.TemporaryDirectory(prefix="fedhub-bench-payload-") as tmp:
         # Open client ports at the sites: the bulk peers are raw NATS clients on subjects of
@@ -303,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['size_mib']:>7g} MiB  fedhub call {rt['figure']['value']} MiB/s  "
                 f"raw {rt['baseline']['value']} MiB/s  ratio {rt['ratio']}  peak RSS client "
-                f"{row['client_peak_rss_mib']} MiB, node {row['node_peak_rss_mib']} MiB  "
+                f"{row['client_peak_rss_mib']['figure']['value']} MiB, node "
+                f"{row['node_peak_rss_mib']['figure']['value']} MiB  "
                 f"load {rt['figure']['load_average']}"
             )
         if concurrent:

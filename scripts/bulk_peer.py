@@ -30,7 +30,22 @@ from hub.transfer import DEFAULT_CHUNK_SIZE, Receiver, Sender, TransferOptions, 
 
 
 def _peak_rss_kib() -> int:
+    """This process's own peak RSS: ``VmHWM`` on Linux. (``ru_maxrss`` there also counts
+    the peak of the process that forked this one, carried across ``exec``.)"""
+    try:
+        with Path("/proc/self/status").open() as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU this process used so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _options(args: argparse.Namespace) -> TransferOptions:
@@ -92,6 +107,7 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         "transfer_seconds": stats.seconds,
         "resent_chunks": stats.resent_chunks,
         "peak_in_flight": stats.peak_in_flight,
+        "cpu_seconds": _cpu_seconds(),
         "rss_start_kib": rss_start,
         "rss_peak_kib": _peak_rss_kib(),
     }

@@ -10,7 +10,11 @@ Two research centers, hereon and geomar, joined through a hub — all on this ma
    (``fedhub call``) and fetches the kept result again (``fedhub fetch``), then calls
    ``regional_mean`` from Python with a live progress report;
 5. eve@geomar, who has no grant, is refused;
-6. the node stops; its log is exported and audited (clean), then a tampered copy is
+6. the federation-wide directory: hereon grants eve live (no restart) and her call runs;
+   then her home site geomar revokes her key, and hereon refuses her next call within
+   moments (the record travels geomar -> hub -> hereon and is checked against geomar's
+   pinned key);
+7. the node stops; its log is exported and audited (clean), then a tampered copy is
    audited (caught, naming the event).
 """
 
@@ -19,11 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,14 @@ import xarray as xr
 
 from hub.client import Client
 from hub.cliutil import configure_logging
-from hub.nats import start_local_federation
+from hub.clock import now
+from hub.directory import record_token
+from hub.errors import UnauthorizedError
+from hub.keys import KeyStore
+from hub.nats import LocalFederation, connect, start_local_federation
+from hub.records import GrantRecord, Revocation, sign_record
+from hub.subjects import admin_subject, directory_subject
+from node.admin import admin_message
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,6 +81,61 @@ async def python_call(url: str, home: Path, auth: dict[str, Any]) -> None:
     async with await Client.connect(url, "klaus@geomar", home=home, **auth) as fed:
         mean = await fed.call("hereon.climate.regional_mean", da=da, steps=4, on_progress=show)
     print(f"  result: {mean:.4f} (local check: {float(da.mean()):.4f})")
+
+
+async def directory_demo(fed: LocalFederation, home: Path, da: Path) -> None:
+    """Step 6: a live grant at hereon, then a revocation at eve's home site."""
+    store = KeyStore(home)
+    eve = "eve@geomar"
+    grant = sign_record(
+        GrantRecord(
+            site="hereon",
+            principal=eve,
+            module="climate",
+            function="compute_sum",
+            serial=1,
+            time=now(),
+        ),
+        store.load("site:hereon").signing_key,
+    )
+    print("$ (hereon's operator) grant eve@geomar climate.compute_sum, signed by site:hereon")
+    operator = await connect(fed.site_url("hereon"), **fed.client_options("hereon", "operator"))
+    try:
+        await operator.request(admin_subject("hereon"), admin_message("grant", grant), timeout=10)
+    finally:
+        await operator.close()
+    auth = fed.caller_auth(eve)
+    async with await Client.connect(fed.site_url("geomar"), eve, home=home, **auth) as client:
+        values = xr.open_dataarray(da).load()
+        total = await client.call("hereon.climate.compute_sum", da=values, dim="time")
+        print(f"  eve's call runs now, no restart: {total.values.tolist()}")
+        revocation = sign_record(
+            Revocation(identity=eve, kid=store.load(eve).kid, time=now(), reason="left geomar"),
+            store.load("site:geomar").signing_key,
+        )
+        # what geomar's node does with `fedhub-node admin revoke`: its site's directory
+        # stream takes the record, the hub copies it to every site
+        print("$ (geomar, eve's home site) revoke eve@geomar's key, signed by site:geomar")
+        node = await connect(fed.site_url("geomar"), **fed.client_options("geomar", "node"))
+        start = time.monotonic()
+        try:
+            token = record_token(revocation)
+            await node.jetstream().publish(
+                directory_subject("geomar", "revocation", token),
+                revocation.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": token},
+            )
+        finally:
+            await node.close()
+        for _ in range(100):
+            try:
+                await client.call("hereon.climate.compute_sum", da=values, dim="time")
+            except UnauthorizedError as exc:
+                took = time.monotonic() - start
+                print(f"  hereon refuses eve {took:.2f} s after geomar's revocation: {exc}")
+                return
+            await asyncio.sleep(0.1)
+    raise SystemExit("hereon never heard geomar's revocation")
 
 
 async def demo(work: Path) -> int:
@@ -223,7 +291,10 @@ functions = ["*"]
             check=False,
         )
 
-        say("6. the node stops; its signed log is exported and audited")
+        say("6. the federation-wide directory: a live grant, a revocation at the home site")
+        await directory_demo(fed, home, work / "anomaly.nc")
+
+        say("7. the node stops; its signed log is exported and audited")
         node.terminate()
         node.wait(timeout=30)
         db = work / "hereon-n1" / "events.db"
@@ -257,6 +328,7 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="work folder (default: a new temporary one)")
     args = parser.parse_args()
     configure_logging(level="warning")
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # TLS close chatter of nats-py
     work = args.dir or Path(tempfile.mkdtemp(prefix="fedhub-demo-"))
     if args.dir and work.exists():
         shutil.rmtree(work)

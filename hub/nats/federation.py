@@ -26,19 +26,22 @@ import json
 import socket
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from hub.errors import ConfigError, TransportError
 from hub.keys import KeyStore
+from hub.nats.config import HUB_DOMAIN
 from hub.nats.connection import connect, wait_jetstream_ready, wait_message_route
+from hub.nats.dirstreams import site_directory_configs
 from hub.nats.generate import Generated, credentials_path, generate, nats_inbox_prefix
+from hub.nats.hubsetup import setup_hub
 from hub.nats.server import NatsServer
-from hub.nats.streams import source_site_events
+from hub.nats.streams import ensure_stream
 from hub.nats.topology import ROLES, Role, Topology
-from hub.subjects import validate_name, validate_site
+from hub.subjects import DIRECTORY_STREAM, hub_events_stream, validate_name, validate_site
 
 __all__ = ["DEFAULT_CALLERS", "DEFAULT_SITES", "LocalFederation", "start_local_federation"]
 
@@ -151,7 +154,8 @@ class LocalFederation:
                     f"leafnode_port = {_free_port()}",
                     f"cluster_port = {_free_port()}",
                     f"gateway_port = {_free_port()}",
-                    f"store_dir = {json.dumps(str(self.root / 'hub' / name / 'jetstream'))}",
+                    # relative: below the server's own folder, where it runs
+                    'store_dir = "jetstream"',
                 ]
         site_hub = {site: region for region, sites in regions.items() for site in sites}
         for site in self.sites:
@@ -163,10 +167,10 @@ class LocalFederation:
             lines += [
                 "[[sites]]",
                 f"name = {json.dumps(site)}",
-                f"site_key = {json.dumps(str(pub))}",
+                f"site_key = {json.dumps(pub.relative_to(self.root).as_posix())}",
                 f"hub = {json.dumps(site_hub.get(site, next(iter(regions))))}",
                 f"client_port = {_free_port()}",
-                f"store_dir = {json.dumps(str(self.root / site / 'jetstream'))}",
+                'store_dir = "jetstream"',
                 f"nodes = {json.dumps(list(self.nodes))}",
                 f"callers = {json.dumps(list(self.callers))}",
             ]
@@ -237,7 +241,8 @@ class LocalFederation:
     # -- running ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the hub server(s), then the leaves; return once messages and JetStream flow.
+        """Start the hub server(s), then the leaves; return once messages and JetStream flow
+        and the hub keeps the federation-wide directory (:meth:`setup_hub`).
 
         On failure every server started so far is stopped again. Starting a federation
         that runs does nothing; one that was stopped starts again on the same folders.
@@ -248,19 +253,46 @@ class LocalFederation:
             for leaf in self.leaves.values():
                 await leaf.start()
             await self.wait_connected()
+            await self._setup_directory()
         except BaseException:
             await self.aclose()
             raise
 
-    async def copy_events(self) -> None:
-        """Set up the hub's copy of every site's event stream (``FH_EVENTS_<SITE>``)."""
+    async def setup_hub(self, streams: Collection[str] | None = None) -> None:
+        """Create the hub's streams from the generated ``hub/streams/*.json``, as
+        ``fedhub federation setup-hub`` does (``streams``: only those names).
+
+        :meth:`start` sets up the federation-wide directory (``FH_DIRECTORY``) this way;
+        the event copies are :meth:`copy_events`.
+        """
         nc = await connect(self.hub_url, **self.hub_options())
         try:
-            js = nc.jetstream(domain="hub")
-            for site in self.sites:
-                await source_site_events(js, site, replicas=self.topology.hubs[0].replicas)
+            folder = self.out / "hub" / "streams"
+            await setup_hub(nc.jetstream(domain=HUB_DOMAIN), folder, names=streams)
         finally:
             await nc.close()
+
+    async def _setup_directory(self) -> None:
+        """The federation-wide directory, in the order its sources flow at once: each
+        site's ``FH_DIR`` (a node would create it too), the hub's ``FH_DIRECTORY`` from the
+        generated file, each site's copy of it."""
+        nodes = {
+            s: await connect(self.site_url(s), **self.client_options(s, "node")) for s in self.sites
+        }
+        try:
+            configs = {s: site_directory_configs(s) for s in self.sites}
+            for site, nc in nodes.items():
+                await ensure_stream(nc.jetstream(), configs[site][0])
+            await self.setup_hub([DIRECTORY_STREAM])
+            for site, nc in nodes.items():
+                await ensure_stream(nc.jetstream(), configs[site][1])
+        finally:
+            for nc in nodes.values():
+                await nc.close()
+
+    async def copy_events(self) -> None:
+        """Set up the hub's copy of every site's event stream (``FH_EVENTS_<SITE>``)."""
+        await self.setup_hub([hub_events_stream(site) for site in self.sites])
 
     async def wait_connected(self, limit: float = 10) -> None:
         """Wait until every site reaches every other and the hub reaches every site domain.

@@ -95,10 +95,11 @@ class NatsServer:
         config_file: Path | None = None,
         connect_options: dict[str, Any] | None = None,
     ) -> None:
-        self.store_dir = Path(store_dir)
+        # absolute: the process runs in its config's folder
+        self.store_dir = Path(store_dir).absolute()
         #: A config written elsewhere (e.g. by :func:`hub.nats.generate.generate`) to run
         #: as it is, instead of one built from the arguments above.
-        self.config_file = config_file
+        self.config_file = None if config_file is None else Path(config_file).absolute()
         #: nats-py options (credentials, TLS) for the server's own readiness probe.
         self.connect_options = dict(connect_options or {})
         self.host = host
@@ -206,6 +207,8 @@ class NatsServer:
             # the server itself after its last events are out, not the server first.
             self._proc = subprocess.Popen(  # noqa: ASYNC220
                 args,
+                # a generated config names its files relative to its own folder
+                cwd=self.config_path.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,

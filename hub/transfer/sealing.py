@@ -50,11 +50,13 @@ __all__ = [
     "Header",
     "Opener",
     "SealedInfo",
+    "Sealer",
     "iter_frames",
     "new_transfer_id",
     "open_bytes",
     "open_stream",
     "read_frame",
+    "read_frame_after",
     "seal_bytes",
     "seal_file",
     "seal_stream",
@@ -230,7 +232,7 @@ def _size_of(source: BinaryIO) -> int:
     return end - here
 
 
-def _read_exactly(source: BinaryIO, size: int) -> bytes:
+def _read_exactly(source: BinaryIO | io.BufferedIOBase, size: int) -> bytes:
     data = source.read(size)
     while len(data) < size:
         more = source.read(size - len(data))
@@ -238,6 +240,125 @@ def _read_exactly(source: BinaryIO, size: int) -> bytes:
             break
         data += more
     return data
+
+
+class Sealer:
+    """Seals a payload of a size known up front, written to it piece by piece, into
+    ``sink`` (seekable: the header, which holds the body's hash, is written last into
+    the room left for it). Memory: one chunk.
+
+    Write exactly ``total_size`` bytes, then :meth:`close`; writing more, or closing
+    early, raises :class:`ChunkError`.
+    """
+
+    def __init__(
+        self,
+        sink: BinaryIO,
+        key: bytes,
+        *,
+        total_size: int,
+        transfer_id: bytes | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compress: bool = False,
+    ) -> None:
+        _check_key(key)
+        self._sink = sink
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        stream_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
+        self.header = Header(
+            chunk_size=chunk_size,
+            total_size=total_size,
+            chunk_count=_chunk_count(total_size, chunk_size),
+            transfer_id=transfer_id or new_transfer_id(),
+            stream_header=stream_header,
+            payload_hash=bytes(HASH_BYTES),
+            compressed=compress,
+        )
+        self._start = sink.tell()
+        sink.write(bytes(HEADER_BYTES))
+        self._digest = BodyDigest()
+        self._compressor = zstandard.ZstdCompressor(level=3) if compress else None
+        self._buffer = bytearray()
+        self._index = 0
+        self._body = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Take the next ``len(data)`` bytes of the payload; seal every chunk completed.
+
+        Chunks are sealed from ``data`` where it holds them whole; only the bytes of a
+        chunk that is not complete yet are kept.
+        """
+        header = self.header
+        if (
+            not self._buffer
+            and isinstance(data, bytes)
+            and self._index < header.chunk_count
+            and len(data) == header.plain_size(self._index) > 0
+        ):
+            self._seal(data)  # exactly the next chunk (seal_stream): no copy
+            return len(data)
+        view = memoryview(data).cast("B")
+        try:
+            size, pos = len(view), 0
+            while pos < size and self._index < header.chunk_count:
+                need = header.plain_size(self._index) - len(self._buffer)
+                if size - pos < need:
+                    break
+                if self._buffer:
+                    self._buffer += view[pos : pos + need]
+                    plain = bytes(self._buffer)
+                    self._buffer.clear()
+                else:
+                    plain = bytes(view[pos : pos + need])
+                self._seal(plain)
+                pos += need
+            if pos < size and self._index == header.chunk_count:
+                raise ChunkError(f"more than the {header.total_size} bytes announced")
+            self._buffer += view[pos:]
+        finally:
+            view.release()
+        return size
+
+    def _seal(self, plain: bytes) -> None:
+        header = self.header
+        index = self._index
+        message = _encode_chunk(plain, self._compressor)
+        tag = _TAG_FINAL if index == header.chunk_count - 1 else _TAG_MESSAGE
+        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
+            self._state, message, header.chunk_ad(index), tag
+        )
+        frame = self._digest.add(sealed)
+        self._sink.write(frame)
+        self._sink.write(sealed)
+        self._body += len(frame) + len(sealed)
+        self._index += 1
+
+    def close(self) -> SealedInfo:
+        """Seal what is left, write the header; the result. ChunkError if bytes are
+        missing."""
+        h = self.header
+        if self._index == h.chunk_count - 1 and h.plain_size(self._index) == 0:
+            self._seal(b"")  # an empty payload: one empty final chunk
+        if self._index != h.chunk_count:
+            got = min(self._index * h.chunk_size, h.total_size) + len(self._buffer)
+            raise ChunkError(
+                f"source ended in chunk {self._index}: {got} of {h.total_size} bytes",
+                index=self._index,
+            )
+        self.header = Header(
+            chunk_size=h.chunk_size,
+            total_size=h.total_size,
+            chunk_count=h.chunk_count,
+            transfer_id=h.transfer_id,
+            stream_header=h.stream_header,
+            payload_hash=self._digest.digest(),
+            compressed=h.compressed,
+        )
+        end = self._sink.tell()
+        self._sink.seek(self._start)
+        self._sink.write(self.header.to_bytes())
+        self._sink.seek(end)
+        return SealedInfo(header=self.header, body_size=self._body)
 
 
 def seal_stream(
@@ -252,29 +373,21 @@ def seal_stream(
 ) -> SealedInfo:
     """Seal everything ``source`` holds from its position into ``sink`` (header first).
 
-    ``sink`` must be seekable: the header, which holds the body's hash, is written last
-    into the room left for it. ``total_size`` defaults to what is left in a seekable
-    ``source``. Memory: a few chunks, whatever the payload's size. With ``compress``, each
-    chunk is zstd-compressed before sealing when that makes it smaller.
+    ``sink`` must be seekable (see :class:`Sealer`). ``total_size`` defaults to what is
+    left in a seekable ``source``. Memory: a few chunks, whatever the payload's size. With
+    ``compress``, each chunk is zstd-compressed before sealing when that makes it smaller.
     """
     _check_key(key)
     total = _size_of(source) if total_size is None else total_size
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    stream_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key)
-    header = Header(
-        chunk_size=chunk_size,
+    sealer = Sealer(
+        sink,
+        key,
         total_size=total,
-        chunk_count=_chunk_count(total, chunk_size),
-        transfer_id=transfer_id or new_transfer_id(),
-        stream_header=stream_header,
-        payload_hash=bytes(HASH_BYTES),
-        compressed=compress,
+        transfer_id=transfer_id,
+        chunk_size=chunk_size,
+        compress=compress,
     )
-    start = sink.tell()
-    sink.write(bytes(HEADER_BYTES))
-    digest = BodyDigest()
-    compressor = zstandard.ZstdCompressor(level=3) if compress else None
-    body = 0
+    header = sealer.header
     for index in range(header.chunk_count):
         plain = _read_exactly(source, header.plain_size(index))
         if len(plain) != header.plain_size(index):
@@ -282,29 +395,8 @@ def seal_stream(
                 f"source ended in chunk {index}: {len(plain)} of {header.plain_size(index)} bytes",
                 index=index,
             )
-        message = _encode_chunk(plain, compressor)
-        tag = _TAG_FINAL if index == header.chunk_count - 1 else _TAG_MESSAGE
-        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
-            state, message, header.chunk_ad(index), tag
-        )
-        frame = digest.add(sealed)
-        sink.write(frame)
-        sink.write(sealed)
-        body += len(frame) + len(sealed)
-    header = Header(
-        chunk_size=header.chunk_size,
-        total_size=header.total_size,
-        chunk_count=header.chunk_count,
-        transfer_id=header.transfer_id,
-        stream_header=header.stream_header,
-        payload_hash=digest.digest(),
-        compressed=compress,
-    )
-    end = sink.tell()
-    sink.seek(start)
-    sink.write(header.to_bytes())
-    sink.seek(end)
-    return SealedInfo(header=header, body_size=body)
+        sealer.write(plain)
+    return sealer.close()
 
 
 def _encode_chunk(plain: bytes, compressor: zstandard.ZstdCompressor | None) -> bytes:
@@ -385,8 +477,9 @@ class Opener:
         self._failed = True
         return ChunkError(f"transfer {self.header.transfer}: {message}", index=index)
 
-    def open(self, index: int, sealed: bytes) -> bytes:
-        """Open chunk ``index``; return its plaintext. Chunks must come in order."""
+    def open(self, index: int, sealed: bytes) -> bytes | memoryview:
+        """Open chunk ``index``; return its plaintext (a view where that saves a copy).
+        Chunks must come in order."""
         if self._failed:
             raise ChunkError(f"transfer {self.header.transfer}: already failed", index=index)
         if self.complete:
@@ -420,11 +513,11 @@ class Opener:
         self.plain_bytes += len(plain)
         return plain
 
-    def _decode(self, index: int, message: bytes) -> bytes:
+    def _decode(self, index: int, message: bytes) -> bytes | memoryview:
         expected = self.header.plain_size(index)
         if not message or message[0] not in (_ENC_RAW, _ENC_ZSTD):
             raise self._fail(f"chunk {index} has no valid encoding byte", index)
-        data = message[1:]
+        data: bytes | memoryview = memoryview(message)[1:]
         if message[0] == _ENC_ZSTD:
             try:
                 data = self._decompressor.decompress(data, max_output_size=expected)
@@ -448,20 +541,46 @@ class Opener:
             raise self._fail("the payload hash does not match the header", None)
 
 
-def read_frame(source: BinaryIO) -> bytes | None:
-    """Read one frame's sealed chunk from ``source``; ``None`` at a clean end of input."""
+def _frame_size(source: BinaryIO | io.BufferedIOBase) -> int | None:
+    """Read one frame's length prefix; ``None`` at a clean end of input."""
     prefix = _read_exactly(source, FRAME_PREFIX_BYTES)
     if not prefix:
         return None
     if len(prefix) != FRAME_PREFIX_BYTES:
         raise ChunkError("sealed payload ends inside a frame length")
-    (size,) = _U32.unpack(prefix)
+    size: int = _U32.unpack(prefix)[0]
     if size > sealed_chunk_limit(MAX_CHUNK_SIZE):
         raise ChunkError(f"frame of {size} bytes is larger than any chunk")
+    return size
+
+
+def read_frame(source: BinaryIO) -> bytes | None:
+    """Read one frame's sealed chunk from ``source``; ``None`` at a clean end of input."""
+    size = _frame_size(source)
+    if size is None:
+        return None
     sealed = _read_exactly(source, size)
     if len(sealed) != size:
         raise ChunkError("sealed payload ends inside a frame")
     return sealed
+
+
+def read_frame_after(source: io.BufferedIOBase, head: bytes) -> bytearray | None:
+    """``head`` ‖ the next frame's sealed chunk, read straight into one buffer (a message
+    to send, without copying the chunk again); ``None`` at a clean end of input."""
+    size = _frame_size(source)
+    if size is None:
+        return None
+    message = bytearray(len(head) + size)
+    message[: len(head)] = head
+    view = memoryview(message)[len(head) :]
+    got = 0
+    while got < size:
+        n = source.readinto(view[got:])
+        if not n:
+            raise ChunkError("sealed payload ends inside a frame")
+        got += n
+    return message
 
 
 def iter_frames(source: BinaryIO, header: Header) -> Iterator[tuple[int, bytes]]:

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar, cast
 
 import nats.errors
 import structlog
@@ -64,7 +65,7 @@ from hub.transfer.sealing import (
     BodyDigest,
     Header,
     Opener,
-    read_frame,
+    read_frame_after,
     sealed_chunk_limit,
 )
 from hub.transfer.spool import partial_path
@@ -136,9 +137,11 @@ class _Side:
                 await self._publish(self._peer, self._last_word)
             await self._nc.flush(timeout=1)
 
-    async def _publish(self, subject: str, data: bytes) -> None:
+    async def _publish(self, subject: str, data: bytes | bytearray) -> None:
         """Publish one message of this transfer (core NATS: at most once)."""
-        await self._nc.publish(subject, data)
+        # nats-py only takes len() of the payload and appends it to the command: a
+        # bytearray goes out as it is (typed bytes there)
+        await self._nc.publish(subject, cast(bytes, data))
 
     def _stopped_by_peer(self, data: bytes, who: str) -> TransferError:
         self._peer_stop = _stop_error(data, who)
@@ -252,7 +255,7 @@ class Sender(_Side):
             raise self._stop
         return True
 
-    async def _send(self, source: BinaryIO) -> TransferStats:
+    async def _send(self, source: io.BufferedIOBase) -> TransferStats:
         header = Header.from_bytes(source.read(HEADER_BYTES))
         largest = _DATA_OVERHEAD + sealed_chunk_limit(header.chunk_size)
         if largest > self._nc.max_payload:
@@ -284,17 +287,18 @@ class Sender(_Side):
                 offset = sent[next_index][0] if next_index < high else high_offset
                 resent += next_index < high
                 source.seek(offset)
-                sealed = read_frame(source)
-                if sealed is None:
+                message = read_frame_after(source, b"D" + _U64.pack(next_index))
+                if message is None:
                     raise ChunkError(
                         f"sealed file ends before chunk {next_index}", index=next_index
                     )
-                sent[next_index] = (offset, len(sealed))
-                await self._publish(self.to, b"D" + _U64.pack(next_index) + sealed)
+                size = len(message) - _DATA_OVERHEAD
+                sent[next_index] = (offset, size)
+                await self._publish(self.to, message)
                 if next_index == high:
                     high, high_offset = high + 1, source.tell()
-                sealed_bytes += len(sealed)
-                in_flight += len(sealed)
+                sealed_bytes += size
+                in_flight += size
                 peak = max(peak, in_flight)
                 next_index += 1
             before = self._acked
@@ -345,7 +349,9 @@ class Receiver(_Side):
     checked against the header's payload hash. ``expect_hash``/``expect_size`` (from a
     signed request) and ``expect_control`` (the sender's subject) refuse any other sender;
     give ``expect_control`` whenever it is known: then a cancel or deadline also stops a
-    sender whose open has not arrived yet.
+    sender whose open has not arrived yet. ``sync=False`` skips flushing ``dest`` to disk
+    before it is renamed into place: for a spool file that a crash makes worthless anyway
+    (a node's argument: the call is delivered again and sends it again).
     """
 
     def __init__(
@@ -361,10 +367,12 @@ class Receiver(_Side):
         options: TransferOptions | None = None,
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
+        sync: bool = True,
     ) -> None:
         super().__init__(nc, timeout)
         self.subject = subject
         self.dest = Path(dest)
+        self.sync = sync
         self.key = key
         self.expect_hash = expect_hash
         self.expect_size = expect_size
@@ -433,6 +441,8 @@ class Receiver(_Side):
         the ack of every chunk is repeated until the file is on disk.
         """
         spool.flush()
+        if not self.sync:
+            return
         syncing = asyncio.ensure_future(asyncio.to_thread(os.fsync, spool.fileno()))
         while True:
             await self._ack(b"A", count)

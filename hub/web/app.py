@@ -62,6 +62,10 @@ class ConsoleSettings:
     ca: str | None = None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     operator: OperatorView | None = None
+    #: The hub whose copies of the sites' logs the auditor pages read (None: none), and
+    #: the NKey to read them with (the CA is :attr:`ca`).
+    hub_url: str | None = None
+    hub_creds: str | None = None
     #: Where downloaded results and uploaded files are kept while the console runs.
     workdir: Path | None = None
 
@@ -136,7 +140,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: ConsoleSettings) -> Starlette:
     """The console app; its routes come from the caller, auditor and operator modules."""
-    from hub.web import audits, calls, operate
+    from hub.web import audits, calls, kept, operate
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -149,6 +153,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
 
     routes = [
         *calls.routes(),
+        *kept.routes(),
         *audits.routes(),
         *operate.routes(),
         Mount("/static", StaticFiles(packages=[("hub.web", "static")]), name="static"),

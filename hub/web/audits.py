@@ -1,9 +1,11 @@
 """The auditor's pages: audit a log and see the verdict, the checkpoints, each request's
 lifecycle and the events around the first bad one.
 
-The log comes as an upload (a SQLite log or a JSON Lines export) or as a path on this
-machine; trust comes from the site keys pinned in the console's key store (or, marked
-unsafe as in the CLI, from the log itself). The audit is the one ``fedhub audit`` runs.
+The log comes as an upload (a SQLite log or a JSON Lines export), as a path on this
+machine, or as a site's copy at the hub (``fedhub web --hub URL``, as ``fedhub audit
+--site``, with what the other sites' witnesses cosigned); trust comes from the site keys
+pinned in the console's key store (or, marked unsafe as in the CLI, from the log itself).
+The audit is the one ``fedhub audit`` runs.
 """
 
 from __future__ import annotations
@@ -86,19 +88,51 @@ class AuditShelf:
 
 def run_audit(path: Path, name: str, trusted: dict[str, bytes] | None) -> AuditView:
     """Audit the log at ``path`` (blocking): the report plus what the page shows of it."""
-    from hub.audit import audit_events, verdict
+    from hub.audit import audit_events
     from hub.logfile import iter_log
 
     started = time.perf_counter()
     report = audit_events(iter_log(path, max_seconds=30.0), trusted_sites=trusted)
+    return _view(report, path, name, round(time.perf_counter() - started, 3))
+
+
+def run_hub_audit(
+    settings: ConsoleSettings, site: str, trusted: dict[str, bytes] | None, folder: Path
+) -> list[AuditView]:
+    """Audit ``site``'s logs from the hub's copy (blocking), as ``fedhub audit --site``:
+    one view per log, with what the witnesses said."""
+    from hub.fedaudit import audit_hub
+
+    if not settings.hub_url:
+        raise ConfigError("this console has no hub", hint="start it with --hub URL")
+    started = time.perf_counter()
+    [result] = audit_hub(
+        settings.hub_url, [site], trusted, creds=settings.hub_creds, ca=settings.ca, folder=folder
+    )
     seconds = round(time.perf_counter() - started, 3)
+    if not result.logs:
+        raise NotFoundError(result.problems()[0], hint="is the hub copying this site's events?")
+    views = []
+    for log, report in result.logs:
+        extra = result.witness.report_lines(log.log_id) if result.witness else []
+        name = f"{site} from the hub ({log.log_id or log.subject})"
+        views.append(_view(report, log.path, name, seconds, [*extra, result.summary()]))
+    return views
+
+
+def _view(
+    report: Any, path: Path, name: str, seconds: float, extra: list[str] | None = None
+) -> AuditView:
+    from hub.audit import verdict
+
     first = report.first
     window, lifecycles = _read_events(path, first.position if first else None)
+    text = verdict(report, Path(name), seconds)
     return AuditView(
         audit_id=secrets.token_urlsafe(8),
         name=name,
         report=report.to_json(),
-        verdict=verdict(report, Path(name), seconds),
+        verdict="\n".join([text, *(extra or [])]),
         seconds=seconds,
         window=window,
         lifecycles=lifecycles,
@@ -189,7 +223,9 @@ def _local_log(text: str) -> Path:
 async def audit_page(request: Request) -> Response:
     settings: ConsoleSettings = request.app.state.settings
     shelf: AuditShelf = request.app.state.audits
-    return render(request, "audit.html", sites=_pinned(settings), audits=shelf.all())
+    return render(
+        request, "audit.html", sites=_pinned(settings), audits=shelf.all(), hub=settings.hub_url
+    )
 
 
 async def api_audit(request: Request) -> Response:
@@ -214,14 +250,28 @@ async def api_audit(request: Request) -> Response:
         elif form.get("path"):
             path = await asyncio.to_thread(_local_log, str(form.get("path")))
             name = str(path)
+        elif form.get("hub_site"):
+            folder = desk.workdir / f"hub-{secrets.token_hex(8)}"
+            views = await asyncio.to_thread(
+                run_hub_audit, settings, str(form.get("hub_site")), trusted, folder
+            )
+            for view in views:
+                request.app.state.audits.put(view)
+            return _answer(request, views[0])
         else:
-            raise ConfigError("give a log: upload a file or name a path on this machine")
+            raise ConfigError(
+                "give a log: upload a file, name a path on this machine, or a site at the hub"
+            )
     try:
         view = await asyncio.to_thread(run_audit, path, name, trusted)
     finally:
         if uploaded:
             path.unlink(missing_ok=True)
     request.app.state.audits.put(view)
+    return _answer(request, view)
+
+
+def _answer(request: Request, view: AuditView) -> Response:
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(view.to_json(), 201)
     return RedirectResponse(f"/audits/{view.audit_id}", 303)

@@ -116,14 +116,14 @@ class CallDesk:
         """The connected client (connecting on first use)."""
         async with self._connecting:
             if self._client is None:
-                from hub.cli_calls import default_identity, default_url
                 from hub.client import Client
+                from hub.defaults import default_identity, default_url
                 from hub.keys import KeyStore
 
                 s = self.settings
                 store = KeyStore(s.home)
                 self._client = await Client.connect(
-                    default_url(s.url),
+                    default_url(s.url, store),
                     default_identity(s.identity, store),
                     home=store.home,
                     passphrase=s.passphrase,
@@ -134,7 +134,7 @@ class CallDesk:
 
     def identity(self) -> dict[str, Any]:
         """Who the console acts as, and the sites pinned in the key store."""
-        from hub.cli_calls import default_identity
+        from hub.defaults import default_identity
         from hub.keys import KeyStore
 
         store = KeyStore(self.settings.home)
@@ -149,10 +149,10 @@ class CallDesk:
 
     async def modules(self) -> list[dict[str, Any]]:
         """Every module the federation answers for (as ``fedhub ls``)."""
-        from hub.cli_lookup import _group, discover
+        from hub.cli_lookup import discover, group_answers
 
         client = await self.client()
-        return _group(await discover(client.nc, 0.5), None)
+        return group_answers(await discover(client.nc, 0.5), None)
 
     async def module(self, site: str, module: str) -> dict[str, Any]:
         """One module's verified description (functions, docs, schemas)."""

@@ -14,7 +14,7 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from conftest import node_nats
 from playwright.async_api import Browser, Page, async_playwright
 from support.world import World
 
+from hub.logfile import iter_log
 from hub.web import ConsoleSettings, serve
 from node.config import NodeConfig
 from node.console import NodeView
@@ -212,7 +213,7 @@ async def test_an_auditor_sees_a_clean_log_pass_and_a_tampered_copy_fail_at_its_
             assert await fed.call("hereon.climate.scale", values=[1.0], factor=factor) == [factor]
     node.stop()
     export = tmp_path / "log.jsonl"
-    from hub.logfile import export_line, iter_log
+    from hub.logfile import export_line
 
     with export.open("wb") as out:
         for raw in iter_log(hereon.log_path):
@@ -317,3 +318,120 @@ async def test_the_console_refuses_visitors_without_its_token_and_foreign_host_n
     finally:
         await _stop(task)
         shutil.rmtree(world.root / "console", ignore_errors=True)
+
+
+async def test_my_requests_lists_a_kept_result_to_download_and_share_with_a_colleague(
+    world: World, federation: Federation, browser: Browser, tmp_path: Path, unique: Any
+) -> None:
+    colleague = "anna@geomar"
+    world.person(colleague)
+    cfg = world.node_config(
+        "hereon",
+        name=unique("kept").replace("_", "-"),
+        **node_nats(federation, "hereon"),
+        trust=["geomar"],
+        users=[CALLER, colleague],
+        grants=[(CALLER, "climate", "*")],
+    )
+    node = world.spawn_node(cfg)
+    from hub.client import Client
+    from hub.errors import NotFoundError, UnauthorizedError
+
+    def connect(who: str) -> Any:
+        return Client.connect(
+            federation.site_url("geomar"), who, home=world.store.home,
+            **federation.caller_auth(who),
+        )  # fmt: skip
+
+    link, task = await _console(_settings(world, federation))
+    try:
+        async with await connect(CALLER) as fed:
+            handle = await fed.submit("hereon.climate.scale", values=[1.0, 2.0])
+            assert await handle.result() == [2.0, 4.0]
+        rid = handle.request_id
+        page = await browser.new_page(accept_downloads=True)
+        await page.goto(link)
+        await page.click("#nav-requests")
+        row = page.locator(f"#req-{rid}")
+        await row.wait_for()
+        assert "completed" in (await row.text_content() or "")
+        async with page.expect_download() as waiting:
+            await row.locator("a.dl-csv").click()
+        saved = tmp_path / "kept.csv"
+        await (await waiting.value).save_as(saved)
+        assert saved.read_text().split() == ["2.0", "4.0"]  # a list: one value a row
+
+        await row.locator("form.share input[name=principal]").fill(colleague)
+        await row.locator("form.share button").click()
+        await page.wait_for_selector(f"#req-{rid} .shares .tag")
+        assert await page.text_content(f"#req-{rid} .shares .tag") == colleague
+        await _shot(page, "requests")
+        async with await connect(colleague) as anna:
+            shared = await anna.result(rid, site="hereon")
+            assert await shared.result() == [2.0, 4.0]
+
+        await page.locator(f"#req-{rid} .shares button.unshare").click()
+        await page.wait_for_function(f"() => !document.querySelector('#req-{rid} .shares .tag')")
+        async with await connect(colleague) as anna:
+            with pytest.raises((NotFoundError, UnauthorizedError)):
+                await (await anna.result(rid, site="hereon")).result()
+    finally:
+        await _stop(task)
+        node.stop()
+
+
+async def test_an_auditor_audits_a_site_from_the_hubs_copy_of_its_log(
+    world: World,
+    federation_factory: Callable[..., Awaitable[Federation]],
+    browser: Browser,
+    unique: Any,
+) -> None:
+    from hub.client import Client
+    from hub.fedaudit import audit_hub
+    from node.daemon import NodeDaemon
+
+    fed = await federation_factory(("hereon", "geomar"))
+    cfg = world.node_config(
+        "hereon",
+        name=unique("hub").replace("_", "-"),
+        **node_nats(fed, "hereon"),
+        trust=["geomar"],
+        users=[CALLER],
+        grants=[(CALLER, "climate", "*")],
+    )
+    async with NodeDaemon(cfg) as node:
+        await fed.copy_events()
+        async with await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client:
+            for i in range(3):
+                assert await client.call("hereon.climate.scale", values=[i]) == [2.0 * i]
+        assert node.eventlog is not None
+    size = sum(1 for _ in iter_log(cfg.log_path))
+    admin, ca = fed.generated.hub_admin, fed.generated.ca
+    pinned = {s: world.site(s).sign_public for s in ("hereon", "geomar")}
+    for _ in range(100):  # until the hub holds the whole log (at most 100 rounds of 0.2 s)
+        [site] = await asyncio.to_thread(
+            audit_hub, fed.hub_url, ["hereon"], pinned, creds=admin, ca=ca
+        )
+        if site.logs and site.logs[0][1].events == size:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("the hub never held hereon's whole log")
+
+    settings = _settings(world, fed, hub_url=fed.hub_url, hub_creds=str(admin))
+    link, task = await _console(settings)
+    try:
+        page = await browser.new_page()
+        await page.goto(link.replace("/?", "/audit?"))
+        await page.fill("input[name=hub_site]", "hereon")
+        await page.click("#audit-form button[type=submit]")
+        await page.wait_for_selector("#verdict", timeout=30_000)
+        assert await page.text_content("#verdict") == "OK"
+        assert "from the hub" in (await page.text_content("h1") or "")
+        assert "hereon: audit OK" in (await page.text_content(".verdict-text") or "")
+        assert await page.locator("#lifecycles tbody tr").count() == 3
+        await _shot(page, "audit-hub")
+    finally:
+        await _stop(task)

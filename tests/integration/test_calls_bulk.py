@@ -118,6 +118,22 @@ async def test_a_netcdf_file_argument_is_streamed_and_opened_lazily_at_the_node(
     assert not [p for p in spool.rglob("*") if p.is_file()], "the spooled argument was removed"
 
 
+async def test_a_large_xarray_argument_in_memory_travels_as_a_netcdf_file_not_encoded_whole(
+    world: World, hereon_cfg: NodeConfig, federation: Federation
+) -> None:
+    da = xr.DataArray(np.arange(2 * MiB // 8, dtype="float64") + 5, dims=("x",), name="v")
+    wide = xr.DataArray(np.arange(2 * MiB // 8, dtype="int64"), dims=("x",), name="n")
+    async with NodeDaemon(hereon_cfg), await client(world, federation) as fed:
+        await wait_reachable(fed, "hereon", "bulk")
+        seen = await fed.call("hereon.bulk.inspect", da=da, timeout=60)
+        # NetCDF3 cannot hold int64: that argument goes through the codec, exactly
+        summed = await fed.call("hereon.bulk.total", da=wide, timeout=60)
+    assert seen == {"lazy": True, "size": da.size, "first": 5.0}
+    assert summed == float(wide.sum())
+    spool = hereon_cfg.node.data_dir / "spool"
+    assert not [p for p in spool.rglob("*") if p.is_file()], "the spooled argument was removed"
+
+
 async def test_a_large_netcdf_result_is_written_straight_to_the_callers_file(
     world: World, hereon_cfg: NodeConfig, federation: Federation, tmp_path: Path
 ) -> None:

@@ -6,23 +6,30 @@ finds nobody to take it; once the server is back, the caller gets the outcome fr
 node's record (status, then the stored result) instead of waiting out its deadline.
 
 Waits are structural: the call's deadline is far away (120 s), the test's own wait for
-the result is bounded well below it (40 s); nothing asserts on measured time.
+the result is bounded well below it (40 s; the client asks about a silent call after 10 s
+and 30 s); nothing asserts on measured time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import node_nats
+from nats.aio.msg import Msg
 from support.hostile import LogView, wait_reachable, wait_until
 from support.world import World
 
+from hub import call_recovery
+from hub.call_handle import CallHandle
 from hub.client import Client
 from hub.errors import CallCancelledError
 from hub.nats import LocalFederation, NatsServer
+from hub.subjects import status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -111,6 +118,34 @@ async def test_a_result_whose_reply_was_lost_while_the_hub_was_down_arrives_befo
     assert "result.fetched" in events_of(cfg, rid)
 
 
+async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_far_deadline(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # The caller's own connection never drops and its deadline is far away: the client
+    # asks on its own, because the call has heard nothing from its node for a while.
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=DEADLINE)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+        assert not handle.done(), "the reply had nowhere to go while the hub was down"
+
+        assert await handle.result(timeout=BOUND) == 2.0
+    assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
+
+
 async def test_a_call_that_failed_while_its_reply_could_not_travel_raises_its_typed_error(
     world: World, federation_factory: FederationFactory
 ) -> None:
@@ -144,3 +179,37 @@ async def test_closing_a_client_while_it_tries_to_reconnect_stops_the_attempts(
     await wait_until(lambda: client.nc.is_reconnecting, limit=10)
     await client.aclose()
     assert client.nc.is_closed
+
+
+async def test_asks_about_silent_calls_leave_a_client_no_faster_than_its_pace(
+    world: World, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty calls fall silent at once; their asks are spread at the client's pace, not
+    sent together (a node with a client of many long calls is not flooded)."""
+    monkeypatch.setattr(call_recovery, "FIRST_ASK", 0.3)
+    monkeypatch.setattr(call_recovery, "ASKS_PER_SECOND", 10.0)
+    asked: list[float] = []
+
+    async def node(msg: Msg) -> None:  # a node that answers every status request at once
+        asked.append(time.monotonic())
+        await msg.respond(b"{}")  # (not a status: the ask ends there)
+
+    client = await Client.connect(nats_server.client_url, CALLER, home=world.store.home)
+    spy = await client.nc.subscribe(status_subject("hereon"), cb=node)
+    loop = asyncio.get_running_loop()
+    try:
+        start = time.monotonic()
+        for i in range(40):
+            rid = f"silent{i:02d}" + "x" * 16  # a valid request id
+            handle = CallHandle(rid, "hereon.climate.sleep", client, b"", b"",
+                                loop.time() + DEADLINE, loop.create_future())  # fmt: skip
+            client._pending[rid] = handle
+            client._recovery.watch(handle)
+        await wait_until(lambda: len(asked) >= 12, limit=BOUND)
+        elapsed = time.monotonic() - start
+    finally:
+        await spy.unsubscribe()
+        await client.aclose()
+    # at most one ask per 1/10 s after the first (an upper bound: a slow machine asks less)
+    assert len(asked) <= 10 * (elapsed - 0.3) + 2
+    assert asked == sorted(asked)

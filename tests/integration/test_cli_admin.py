@@ -8,12 +8,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import node_nats
 from support.world import NodeProcess, World
 
 from hub.client import Client
 from hub.errors import UnauthorizedError
+
+if TYPE_CHECKING:
+    from conftest import Federation
 
 
 def run(home: Path, *args: str, module: str = "hub.cli") -> subprocess.CompletedProcess[str]:
@@ -179,3 +184,45 @@ async def test_a_grant_given_and_withdrawn_from_the_command_line_changes_calls_l
     report = json.loads(audit.stdout)
     assert report["ok"], report["findings"]
     assert report["types"].get("grant.recorded") == 2
+
+
+async def test_on_a_secured_site_the_operator_grants_live_and_nobody_else_can(
+    world: World, federation: Federation, unique: Any
+) -> None:
+    world.person("klaus@geomar")
+    cfg = world.node_config(
+        "hereon",
+        name=unique("adm").replace("_", "-"),
+        **node_nats(federation, "hereon"),
+        trust=["geomar"],
+        users=["klaus@geomar"],
+    )
+    proc = world.spawn_node(cfg)
+    ca = str(federation.generated.ca)
+    base = ("admin", "grant", "--config", str(cfg.source), "klaus@geomar", "climate")
+    try:
+        async with await Client.connect(
+            federation.site_url("geomar"), "klaus@geomar", home=world.store.home,
+            **federation.caller_auth("klaus@geomar"),
+        ) as fed:  # fmt: skip
+            with pytest.raises(UnauthorizedError, match="may not call"):
+                await fed.call("hereon.climate.scale", values=[1.0])
+            # no credentials at all, and a caller's: refused by the server, one line each
+            bare = run(world.store.home, *base, "--ca", ca, module="node.cli")
+            caller = federation.credentials("hereon", "caller")
+            posing = run(
+                world.store.home, *base, "--creds", str(caller), "--ca", ca, module="node.cli"
+            )
+            for refused in (bare, posing):
+                assert refused.returncode != 0
+                assert "Traceback" not in refused.stderr
+                assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            operator = federation.credentials("hereon", "operator")
+            given = run(
+                world.store.home, *base, "--creds", str(operator), "--ca", ca, module="node.cli"
+            )
+            assert given.returncode == 0, given.stderr
+            assert "applied by the running node" in given.stdout
+            assert await fed.call("hereon.climate.scale", values=[1.0]) == [2.0]
+    finally:
+        proc.stop()

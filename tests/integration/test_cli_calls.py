@@ -96,9 +96,9 @@ def fedhub(site: Site, *args: str, cwd: Path | None = None, **env: str) -> Run:
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
-def assert_one_error_line(run: Run, *phrases: str) -> str:
-    """Nonzero exit, no traceback, exactly one ``error:`` line containing ``phrases``."""
-    assert run.code == 1, (run.out, run.err)
+def assert_one_error_line(run: Run, *phrases: str, code: int = 1) -> str:
+    """Exit ``code``, no traceback, exactly one ``error:`` line containing ``phrases``."""
+    assert run.code == code, (run.out, run.err)
     assert "Traceback" not in run.err
     lines = [line for line in run.err.splitlines() if not line.startswith("request ")]
     assert len(lines) == 1, run.err
@@ -184,9 +184,24 @@ def test_call_with_wrong_arguments_fails_with_one_line(site: Site) -> None:
 
 def test_call_with_a_malformed_argument_fails_before_connecting(site: Site) -> None:
     run = fedhub(site, "call", "hereon.climate.scale", "values")
-    assert_one_error_line(run, "ConfigError", "key=value")
+    assert_one_error_line(run, "ArgumentError", "key=value", code=2)
     run = fedhub(site, "call", "hereon.climate.sleep", "seconds=1", "timeout=3")
-    assert_one_error_line(run, "ConfigError", "'timeout'", "--timeout")
+    assert_one_error_line(run, "ArgumentError", "'timeout'", "--timeout", code=2)
+
+
+def test_call_with_a_missing_file_says_so_apart_from_config_errors(
+    site: Site, tmp_path: Path
+) -> None:
+    for name in ("missing.nc", "missing.npy"):  # streamed NetCDF and read-at-once files
+        run = fedhub(site, "call", "hereon.climate.compute_sum", f"da=@{name}", cwd=tmp_path)
+        line = assert_one_error_line(run, "ArgumentError", "no file", name, code=2)
+        assert "ConfigError" not in line
+    (tmp_path / "folder.nc").mkdir()
+    run = fedhub(site, "call", "hereon.climate.compute_sum", "da=@folder.nc", cwd=tmp_path)
+    assert_one_error_line(run, "ArgumentError", "not a regular file", code=2)
+    # a broken key store is still a ConfigError (exit 1): the two are told apart
+    run = fedhub(site, "call", "hereon.climate.scale", "values=[1]", "--as", "nobody@nowhere")
+    assert "ArgumentError" not in run.err and run.code == 1, run.err
 
 
 def test_call_to_an_unreachable_server_fails_with_one_line(site: Site) -> None:
@@ -477,3 +492,39 @@ def test_json_output_turns_numpy_dates_and_bytes_into_json() -> None:
     }
     data = json.loads(json.dumps(value, default=jsonable))
     assert data == {"a": [0, 1, 2], "t": "2024-01-02T03:04:05", "b": "AAE=", "f": 1.5}
+
+
+def test_ls_and_call_find_the_local_nodes_embedded_server_without_a_url(
+    site: Site, tmp_path: Path
+) -> None:
+    env = site.env()
+    del env["FEDHUB_URL"]
+    run = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "ls"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "hereon.climate.compute_sum" in run.stdout
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "call",
+            "hereon.climate.scale",
+            "values=[1, 2]",
+            "factor=2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [2.0, 4.0]

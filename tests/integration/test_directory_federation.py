@@ -27,7 +27,7 @@ from hub.errors import UnauthorizedError
 from hub.nats import LocalFederation
 from hub.nats import connect as nats_connect
 from hub.nats.config import DIRECTORY_API
-from hub.nats.dirstreams import ensure_hub_directory, ensure_site_directory
+from hub.nats.dirstreams import ensure_site_directory
 from hub.records import GrantRecord, GroupRecord, Revocation, SignedRecord, sign_record
 from hub.subjects import DIRECTORY_OUT_STREAM, DIRECTORY_STREAM, admin_subject, directory_subject
 from node.admin import admin_message
@@ -41,21 +41,10 @@ LIMIT = 15.0  # seconds a record may take to reach every site (it takes millisec
 
 @pytest.fixture
 async def fed(federation_factory: Callable[..., Awaitable[LocalFederation]]) -> LocalFederation:
-    """A federation of this test's own, with the hub's directory stream."""
+    """A federation of this test's own. Its start sets up the hub's directory stream from
+    the generated files; each node creates its site's streams when it starts."""
     # open site client ports and a plain-text hub user: these clients log in as nobody
-    federation = await federation_factory(secure=False)
-    for site in federation.sites:  # the sites' streams first: a source waits for its origin
-        nc = await nats_connect(federation.site_url(site))
-        try:
-            await ensure_site_directory(nc.jetstream(), site)
-        finally:
-            await nc.close()
-    hub = await nats_connect(federation.hub_url)
-    try:
-        await ensure_hub_directory(hub.jetstream(domain="hub"), federation.sites)
-    finally:
-        await hub.close()
-    return federation
+    return await federation_factory(secure=False)
 
 
 @pytest.fixture
@@ -242,6 +231,7 @@ async def test_a_site_can_neither_write_another_sites_records_nor_reach_more_of_
             timeout=2,
         )
     hereon_js = raw["hereon"].jetstream()
+    await ensure_site_directory(hereon_js, "hereon")  # as hereon's node does at its start
     assert (await hereon_js.stream_info(DIRECTORY_OUT_STREAM)).state.messages == 0
     # the one thing a site may ask of the hub's JetStream answers (here: a bad request) ...
     answer = await geomar.request(

@@ -21,8 +21,8 @@ from hub.answers import (
     error_from_headers,
     error_headers,
 )
+from hub.call_recovery import call_error as _error
 from hub.canonical import b64e
-from hub.client import _error
 from hub.clock import now
 from hub.errors import (
     CallCancelledError,

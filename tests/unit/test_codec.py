@@ -702,7 +702,7 @@ def test_missing_file_is_a_config_error_naming_argument_and_file(tmp_path: Path)
     ("name", "content", "message"),
     [
         ("bad.json", b"{nope", "not valid JSON"),
-        ("bad.nc", b"not a netcdf file", "cannot be read"),
+        ("bad.nc", b"not a netcdf file", "is not a NetCDF file"),
         ("bad.npy", b"\x93NUMPY garbage", "cannot be read"),
     ],
 )

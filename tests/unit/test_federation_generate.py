@@ -141,6 +141,17 @@ def test_a_three_server_hub_routes_to_its_peers_and_copies_events_with_three_rep
     assert copy["sources"][0]["external"]["api"] == "$JS.hereon.API"
 
 
+def test_the_hubs_directory_stream_sources_every_sites_records_with_three_replicas(
+    generated: Path,
+) -> None:
+    directory = json.loads((generated / "hub/streams/FH_DIRECTORY.json").read_text())
+    assert directory["num_replicas"] == 3 and directory["deny_delete"] and directory["deny_purge"]
+    assert [(s["name"], s["external"]["api"]) for s in directory["sources"]] == [
+        ("FH_DIR", "$JS.hereon.API"),
+        ("FH_DIR", "$JS.geomar.API"),
+    ]
+
+
 def test_add_site_rewrites_the_hub_and_leaves_every_other_sites_folder_untouched(
     generated: Path, tmp_path: Path
 ) -> None:
@@ -155,6 +166,9 @@ def test_add_site_rewrites_the_hub_and_leaves_every_other_sites_folder_untouched
     assert awi_leaf in (generated / "hub/hub-3/nats-server.conf").read_text()
     assert (generated / "sites/awi/credentials/caller-anna.nk").exists()
     assert 'name = "awi"' in (tmp_path / "federation.toml").read_text()
+    directory = json.loads((generated / "hub/streams/FH_DIRECTORY.json").read_text())
+    assert "$JS.awi.API" in [s["external"]["api"] for s in directory["sources"]]
+    assert (generated / "hub/streams/FH_EVENTS_AWI.json").exists()
 
 
 def test_add_site_keeps_a_handed_over_sites_key_and_refuses_to_regenerate_its_folder(

@@ -75,3 +75,22 @@ def test_json_writes_numpy_as_lists(tmp_path: Path) -> None:
     assert render(np.array([1, 2]), "json", None) == "[\n  1,\n  2\n]\n"
     with pytest.raises(ConfigError):
         render([1], "yaml", None)
+
+
+def test_zarr_never_removes_what_is_at_the_output_path(tmp_path: Path) -> None:
+    keep = tmp_path / "my-data"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    value = xr.DataArray(np.arange(3.0), dims="x", name="v")
+    with pytest.raises(ConfigError, match="exists already"):
+        render(value, "zarr", keep)
+    assert (keep / "notes.txt").read_text() == "precious"
+
+
+def test_an_xarray_result_round_trips_through_a_zarr_store(tmp_path: Path) -> None:
+    value = xr.DataArray(
+        np.arange(6.0).reshape(2, 3), dims=("t", "x"), coords={"t": [0, 1]}, name="v"
+    )
+    render(value, "zarr", tmp_path / "v.zarr")
+    with xr.open_zarr(tmp_path / "v.zarr") as back:
+        xr.testing.assert_identical(back["v"].load(), value)

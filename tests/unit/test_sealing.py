@@ -7,6 +7,7 @@ ChunkError (a DecryptionError, an IntegrityError) and never return other bytes.
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 
 import pytest
@@ -246,3 +247,56 @@ def test_incompressible_chunks_are_sealed_as_they_are_even_with_compression_on()
     # one encoding byte, a 4-byte frame length and 17 bytes of tag per chunk; no zstd frame
     assert len(sealed) == HEADER_BYTES + len(data) + 10 * (1 + 4 + 17)
     assert open_bytes(sealed, KEY) == data
+
+
+def test_a_frame_read_into_a_message_is_the_head_and_the_frame_as_read_frame_gives_it() -> None:
+    from hub.transfer.sealing import read_frame_after
+
+    sealed = seal_bytes(b"z" * 25, KEY, chunk_size=10)
+    header, chunks = split(sealed)
+    body = io.BytesIO(sealed[HEADER_BYTES:])
+    messages: list[bytes] = []
+    while (message := read_frame_after(body, b"D" + bytes([len(messages)]))) is not None:
+        messages.append(bytes(message))
+    assert messages == [b"D" + bytes([i]) + c for i, c in enumerate(chunks)]
+    assert open_chunks(header, [m[2:] for m in messages]) == b"z" * 25
+
+
+def test_a_frame_cut_short_fails_when_read_into_a_message() -> None:
+    from hub.transfer.sealing import read_frame_after
+
+    sealed = seal_bytes(b"z" * 25, KEY, chunk_size=10)
+    body = io.BytesIO(sealed[HEADER_BYTES:-3])
+    assert read_frame_after(body, b"D") is not None
+    assert read_frame_after(body, b"D") is not None
+    with pytest.raises(ChunkError, match="ends inside a frame"):
+        read_frame_after(body, b"D")
+
+
+@settings(deadline=None)
+@given(data=payloads, chunk_size=chunk_sizes, cuts=st.lists(st.integers(0, 600), max_size=8))
+def test_a_payload_written_to_a_sealer_in_any_pieces_opens_to_its_own_bytes(
+    data: bytes, chunk_size: int, cuts: list[int]
+) -> None:
+    from hub.transfer.sealing import Sealer
+
+    sink = io.BytesIO()
+    sealer = Sealer(sink, KEY, total_size=len(data), chunk_size=chunk_size)
+    edges = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for start, end in itertools.pairwise(edges):
+        sealer.write(memoryview(data)[start:end])
+    info = sealer.close()
+    assert open_bytes(sink.getvalue(), KEY) == data
+    assert info.sealed_size == len(sink.getvalue())
+
+
+def test_a_sealer_refuses_more_bytes_than_announced_and_a_close_before_all_came() -> None:
+    from hub.transfer.sealing import Sealer
+
+    sealer = Sealer(io.BytesIO(), KEY, total_size=10, chunk_size=4)
+    sealer.write(b"123456789")
+    with pytest.raises(ChunkError, match="source ended in chunk 2: 9 of 10 bytes"):
+        sealer.close()
+    sealer = Sealer(io.BytesIO(), KEY, total_size=10, chunk_size=4)
+    with pytest.raises(ChunkError, match="more than the 10 bytes"):
+        sealer.write(b"12345678901")

@@ -67,8 +67,10 @@ def ruff() -> str:
 
 
 def assert_ruff_clean(path: Path, *rules: str) -> None:
-    """``ruff check`` (default rules, or ``rules``) and ``ruff format --check`` pass."""
-    select = ["--select", ",".join(rules)] if rules else []
+    """``ruff check`` (default rules, or ``rules`` with the project's own ignores) and
+    ``ruff format --check`` pass."""
+    # ASYNC109: a call's timeout is part of its public API (pyproject says why)
+    select = ["--select", ",".join(rules), "--ignore", "ASYNC109"] if rules else []
     for command in (["check", *select], ["format", "--check"]):
         result = subprocess.run(  # from the file's folder, where `hub` is an installed package
             [ruff(), *command, "--isolated", "--no-cache", path.name],
@@ -83,10 +85,11 @@ def assert_ruff_clean(path: Path, *rules: str) -> None:
 def test_generated_client_passes_ruff_with_default_and_project_rules(
     climate_info: dict[str, Any], tmp_path: Path
 ) -> None:
-    path = tmp_path / "climate_client.py"
-    path.write_text(generate_stub(climate_info, site="hereon"))
-    assert_ruff_clean(path)
-    assert_ruff_clean(path, PROJECT_RULES)
+    for flavour in ("sync", "async"):
+        path = tmp_path / f"climate_{flavour}.py"
+        path.write_text(generate_stub(climate_info, site="hereon", flavour=flavour))
+        assert_ruff_clean(path)
+        assert_ruff_clean(path, PROJECT_RULES)
 
 
 def test_every_served_function_becomes_a_typed_function(stub: ModuleType) -> None:

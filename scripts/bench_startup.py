@@ -1,0 +1,153 @@
+"""How long the ``fedhub`` command takes to start: ``--version`` and ``--help``, and the
+import of ``hub.cli``, next to the baseline of the interpreter starting and doing nothing
+(``python -c pass``) measured in the same run, interleaved.
+
+Each figure is the median wall time of ``--runs`` fresh processes; the target of
+``--version`` and ``--help`` is 150 ms (issue 11). The ratio says how much of that is
+fedhub's own: on a busy machine every figure, the baseline included, grows.
+
+With ``--call``, also ``fedhub call`` of a small function on a local dev node (the one
+``fedhub serve`` starts), next to its baseline: the same call's latency inside one process
+plus ``python -c pass``; the target is at most twice the call's latency plus the
+interpreter's start.
+
+Usage: ``python scripts/bench_startup.py [--runs 20] [--call] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import figure, load_average
+
+TARGET_MS = 150.0
+
+
+def fedhub_command() -> list[str]:
+    """The installed ``fedhub`` script next to this interpreter (else ``python -m hub.cli``)."""
+    script = Path(sys.executable).parent / "fedhub"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hub.cli"]
+
+
+def wall_ms(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - started) * 1000.0
+
+
+def measure(runs: int) -> dict[str, Any]:
+    fedhub = fedhub_command()
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "fedhub --version": [*fedhub, "--version"],
+        "fedhub --help": [*fedhub, "--help"],
+        "import hub.cli": [sys.executable, "-c", "import hub.cli"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for command in commands.values():  # warm the file cache once
+        wall_ms(command)
+    load_before = load_average()
+    for _ in range(runs):  # interleaved: a load spike hits every figure alike
+        for name, command in commands.items():
+            times[name].append(wall_ms(command))
+    load = {"start": load_before, "end": load_average()}
+    base = statistics.median(times["python -c pass"])
+    figures = {}
+    for name in ("fedhub --version", "fedhub --help", "import hub.cli"):
+        value = statistics.median(times[name])
+        targeted = name != "import hub.cli"
+        figures[name] = figure(
+            value,
+            "ms",
+            "python -c pass",
+            base,
+            target=f"<= {TARGET_MS:g} ms" if targeted else None,
+            met=value <= TARGET_MS if targeted else None,
+            load=load,
+            baseline_load=load,
+        )
+    return {"runs": runs, "figures": figures}
+
+
+MODULE = "def echo(x: int) -> int:\n    return x\n"
+
+
+def measure_call(runs: int, base_ms: float) -> dict[str, Any]:
+    """``fedhub call dev.bench.echo x=1`` against the in-process call + interpreter start."""
+    import os
+    import tempfile
+
+    from hub.serve import start_dev_node
+    from hub.sync_client import connect
+
+    with tempfile.TemporaryDirectory(prefix="fedhub-bench-") as folder:
+        path = Path(folder) / "bench.py"
+        path.write_text(MODULE)
+        node = start_dev_node(path)
+        try:
+            env = {**os.environ, "FEDHUB_HOME": str(node.home)}
+            env.pop("FEDHUB_URL", None)
+            command = [*fedhub_command(), "call", "dev.bench.echo", "x=1"]
+            with connect(home=node.home) as fed:
+                fed.call("dev.bench.echo", x=1)  # warm: module info, streams
+                latency = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    fed.call("dev.bench.echo", x=1)
+                    latency.append((time.perf_counter() - started) * 1000.0)
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            walls = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                subprocess.run(command, env=env, check=True, capture_output=True)
+                walls.append((time.perf_counter() - started) * 1000.0)
+        finally:
+            node.stop()
+    call_ms = statistics.median(latency)
+    value = statistics.median(walls)
+    baseline = call_ms + base_ms
+    return figure(
+        value,
+        "ms",
+        "call latency in one process + python -c pass",
+        baseline,
+        target=f"<= 2 x call latency + interpreter start ({2 * call_ms + base_ms:.0f} ms)",
+        met=value <= 2 * call_ms + base_ms,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="processes per figure")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--call", action="store_true", help="also fedhub call of a small function (dev node)"
+    )
+    args = parser.parse_args()
+    result = measure(max(1, args.runs))
+    if args.call:
+        base = result["figures"]["fedhub --version"]["baseline"]["value"]
+        result["figures"]["fedhub call"] = measure_call(max(1, args.runs), base)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name, fig in result["figures"].items():
+        value, base = fig["figure"]["value"], fig["baseline"]["value"]
+        target = f"  target {fig['target']}: {'met' if fig['met'] else 'MISSED'}"
+        print(
+            f"{name:<18} {value:7.1f} ms   {fig['baseline']['name']} {base:6.1f} ms   ratio "
+            f"{fig['ratio']:.2f}{target if fig['target'] else ''}"
+        )
+    print(f"(median of {result['runs']} runs each; load average {load_average()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
