@@ -253,10 +253,11 @@ class Runner:
     ) -> _Lease:
         semaphore = state.semaphore
         if semaphore.locked():
-            if state.queued >= state.config.max_queue:
+            queued = state.queued + (state.threads.queued if state.threads is not None else 0)
+            if queued >= state.config.max_queue:
                 state.rejected += 1
                 raise NodeError(
-                    f"module {state.module.name} is busy: {state.queued} calls queued",
+                    f"module {state.module.name} is busy: {queued} calls queued",
                     hint="try again later, or raise max_queue or max_workers for this module",
                 )
             state.queued += 1
@@ -264,12 +265,12 @@ class Runner:
             try:
                 outcome = await _wait(waiter, limits)
             except asyncio.CancelledError:
-                await _abandon_acquire(waiter, semaphore)
+                await _abandon_acquire(waiter, state)
                 raise
             finally:
                 state.queued -= 1
             if outcome != "done":
-                await _abandon_acquire(waiter, semaphore)
+                await _abandon_acquire(waiter, state)
                 if outcome == "timeout":
                     state.timed_out += 1
                     raise CallTimeoutError(
@@ -578,11 +579,13 @@ def _interrupt(future: asyncio.Future[Any], why: object) -> None:
         future.set_result(why)
 
 
-async def _abandon_acquire(waiter: asyncio.Future[Any], semaphore: asyncio.Semaphore) -> None:
+async def _abandon_acquire(waiter: asyncio.Future[Any], state: _ModuleState) -> None:
     waiter.cancel()
     await asyncio.wait({waiter})
-    if not waiter.cancelled() and waiter.exception() is None:
-        semaphore.release()
+    taken = not waiter.cancelled() and waiter.exception() is None
+    # a slot taken after all goes to a sync call waiting in the thread pool, if any
+    if taken and (state.threads is None or not state.threads.grant()):
+        state.semaphore.release()
 
 
 def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:

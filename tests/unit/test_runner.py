@@ -752,6 +752,26 @@ async def test_a_sync_call_waiting_behind_an_async_call_runs_once_the_slot_is_fr
         assert runner.stats()["climate"]["in_flight"] == 0
 
 
+async def test_the_queue_limit_counts_sync_and_async_calls_waiting_alike(
+    climate: BackendModule,
+) -> None:
+    async with Runner() as runner:
+        runner.add_module(climate, settings(climate, max_workers=1, max_concurrency=1, max_queue=1))
+        stop = CancelSignal()
+        running = asyncio.create_task(
+            runner.run("climate", "async_sleep", {"seconds": 30}, cancel=stop)
+        )
+        await wait_until(lambda: runner.stats()["climate"]["in_flight"] == 1)
+        waiting = asyncio.create_task(runner.run("climate", "scale", {"values": [1]}, cancel=stop))
+        await wait_until(lambda: runner.stats()["climate"]["queued"] == 1)
+        with pytest.raises(NodeError, match="module climate is busy: 1 calls queued"):
+            await runner.run("climate", "async_sleep", {"seconds": 1})
+        stop.set()
+        results = await asyncio.gather(running, waiting, return_exceptions=True)
+        assert all(isinstance(r, CallCancelledError) for r in results)
+        assert runner.stats()["climate"]["queued"] == 0
+
+
 async def test_sync_calls_beyond_the_limit_run_one_after_another_without_the_loop(
     tmp_path: Path,
 ) -> None:
