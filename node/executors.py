@@ -113,29 +113,51 @@ class ThreadWorkers:
     finished, or :data:`LINGER` after they were submitted, whichever comes first; after
     that, each as it finishes. A lone call goes back at once. So a burst's outcomes share
     one log commit and one flush to the server, as they do when calls run on the loop.
+
+    Concurrency slots: a call submitted with ``slot=True`` holds one of its module's slots
+    (see :mod:`node.runner`); one submitted without waits here for a slot. A thread that
+    ends a call hands its slot to the next waiting call at once, on the thread, so a burst
+    larger than the module's limit runs through while the loop is busy, without a turn of
+    the loop between two calls; a slot nobody here waits for goes back to ``give_back`` on
+    the loop, and :meth:`grant` hands a slot freed elsewhere to a waiting call.
     A thread is started when a call waits and none is idle; an idle one is woken at most
     one at a time (a woken thread wakes the next if calls still wait). Threads are
     daemons and end at shutdown.
     """
 
-    def __init__(self, max_workers: int, name: str) -> None:
+    def __init__(
+        self, max_workers: int, name: str, give_back: Callable[[], None] | None = None
+    ) -> None:
         self.max_workers = max(1, max_workers)
         self.name = name
+        self._give_back = give_back
         self._cond = threading.Condition(threading.Lock())
-        self._jobs: collections.deque[tuple[asyncio.Future[Any], Callable[[], Any], _Group]] = (
-            collections.deque()
-        )
+        self._jobs: collections.deque[_Job] = collections.deque()  # holding a slot
+        self._queued: collections.deque[_Job] = collections.deque()  # waiting for one
         self._threads: list[threading.Thread] = []
+        self._running = 0  # calls a thread has taken and not yet finished (under _cond)
         self._idle = 0  # threads waiting for a call
         self._waking = 0  # idle threads notified and not yet running
         self._closed = False
         self._group: _Group | None = None  # the group of this loop turn (loop thread only)
         self._done_lock = threading.Lock()
         self._done: list[_Outcome] = []  # outcomes to hand to the loop
+        self._freed = 0  # slots to give back on the loop (under _done_lock)
         self._posted = False  # the loop has been asked to take them (under _done_lock)
 
-    def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run ``fn()`` on a worker thread; its outcome resolves the returned future."""
+    @property
+    def holding(self) -> int:
+        """Calls holding a slot: running, or about to run on a thread."""
+        return self._running + len(self._jobs)
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot."""
+        return len(self._queued)
+
+    def submit(self, fn: Callable[[], Any], *, slot: bool = True) -> asyncio.Future[Any]:
+        """Run ``fn()`` on a worker thread (once it has a slot); its outcome resolves the
+        returned future."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         group = self._group
@@ -148,26 +170,66 @@ class ThreadWorkers:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"thread workers of {self.name} are shut down")
+            if not slot:
+                self._queued.append((future, fn, group))
+                return future
             self._jobs.append((future, fn, group))
-            if self._idle > self._waking:
-                if not self._waking:
-                    self._waking += 1
-                    self._cond.notify()
-            elif len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"fedhub-{self.name}-{len(self._threads)}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                thread.start()
+            self._start_one()
         return future
+
+    def grant(self) -> bool:
+        """Hand a slot freed elsewhere to the first waiting call; False if none waits."""
+        with self._cond:
+            if not self._queued:
+                return False
+            self._jobs.append(self._queued.popleft())
+            self._start_one()
+            return True
+
+    def withdraw(self, future: asyncio.Future[Any]) -> bool:
+        """Take back the call of ``future`` if it still waits for a slot (True); its
+        future is left pending. False once it holds a slot."""
+        with self._cond:
+            for job in self._queued:
+                if job[0] is future:
+                    self._queued.remove(job)
+                    break
+            else:
+                return False
+        group = job[2]
+        with self._done_lock:  # the rest of its group goes back without it
+            group.left -= 1
+            if group.left or not group.closed or not group.done:
+                return True
+            self._done += group.done
+            group.done = []
+            post = not self._posted
+            self._posted = True
+        if post:
+            future.get_loop().call_soon(self._deliver)
+        return True
+
+    def _start_one(self) -> None:
+        """A call holds a slot: wake an idle thread or start one (under _cond)."""
+        if self._idle > self._waking:
+            if not self._waking:
+                self._waking += 1
+                self._cond.notify()
+        elif len(self._threads) < self.max_workers:
+            thread = threading.Thread(
+                target=self._work,
+                name=f"fedhub-{self.name}-{len(self._threads)}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
 
     def shutdown(self) -> None:
         """Cancel the calls still queued; running ones finish, then their threads end."""
         with self._cond:
             self._closed = True
-            jobs, self._jobs = list(self._jobs), collections.deque()
+            jobs = [*self._jobs, *self._queued]
+            self._jobs, self._queued = collections.deque(), collections.deque()
             self._cond.notify_all()
         for future, _, group in jobs:
             with self._done_lock:  # the rest of its group goes back without it
@@ -191,6 +253,7 @@ class ThreadWorkers:
                     if self._waking:
                         self._waking -= 1
                 future, fn, group = self._jobs.popleft()
+                self._running += 1
                 if self._jobs and self._idle > self._waking:  # more wait: wake a helper
                     self._waking += 1
                     self._cond.notify()
@@ -198,18 +261,26 @@ class ThreadWorkers:
                 outcome: _Outcome = (future, True, fn())
             except BaseException as exc:  # handed to the caller on the loop
                 outcome = (future, False, exc)
+            with self._cond:
+                self._running -= 1
+                handed = bool(self._queued)
+                if handed:  # the slot goes to the next call waiting for one
+                    self._jobs.append(self._queued.popleft())
+            post = False
             with self._done_lock:
                 group.left -= 1
+                if not handed:
+                    self._freed += 1
                 if group.expired:
                     self._done.append(outcome)
+                elif group.left or not group.closed:
+                    group.done.append(outcome)
                 else:
                     group.done.append(outcome)
-                    if group.left or not group.closed:
-                        continue  # the rest of the group (or the loop) brings it back
                     self._done += group.done
                     group.done = []
-                post = not self._posted  # one wake-up until the loop takes them
-                self._posted = True
+                if (self._done or self._freed) and not self._posted:
+                    post = self._posted = True  # one wake-up until the loop takes them
             if post:
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
                     future.get_loop().call_soon_threadsafe(self._deliver)
@@ -241,7 +312,11 @@ class ThreadWorkers:
     def _deliver(self) -> None:
         with self._done_lock:
             done, self._done = self._done, []
+            freed, self._freed = self._freed, 0
             self._posted = False
+        for _ in range(freed):
+            if not self.grant() and self._give_back is not None:
+                self._give_back()
         for future, ok, value in done:
             if future.done():
                 continue
@@ -251,6 +326,7 @@ class ThreadWorkers:
                 future.set_exception(value)
 
 
+_Job = tuple["asyncio.Future[Any]", Callable[[], Any], _Group]
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 

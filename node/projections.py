@@ -9,14 +9,13 @@ of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 
 from __future__ import annotations
 
+import binascii
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from hub.canonical import b64d
-from hub.errors import CanonicalError
 from hub.lifecycle import UNFINISHED, RequestState, target
 
 __all__ = ["apply", "apply_many", "create", "drop", "request_status"]
@@ -322,11 +321,17 @@ def _caller_and_address(data: dict[str, Any]) -> tuple[str | None, str | None]:
     if "caller" in data:
         return data["caller"], data["address"]
     try:
-        # a cache of what the log holds: orjson reads the verified header fastest
-        header = orjson.loads(b64d(data["header"]))
+        # a cache of what the log holds: the header was verified (as URL-safe base64 and
+        # as JSON) before it was logged, so it is decoded here without a second check
+        text = data["header"].encode("ascii")
+        raw = binascii.a2b_base64(text.translate(_URLSAFE) + b"=" * (-len(text) % 4))
+        header = orjson.loads(raw)
         return header["caller"], f"{header['site']}.{header['module']}.{header['function']}"
-    except (CanonicalError, orjson.JSONDecodeError, KeyError, TypeError):
+    except (binascii.Error, ValueError, AttributeError, KeyError, TypeError):
         return None, None
+
+
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def request_status(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:

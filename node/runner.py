@@ -62,18 +62,19 @@ _ASYNC_CANCEL_GRACE_SECONDS = 1.0
 
 
 class _Lease:
-    """One taken concurrency slot; released exactly once, possibly later."""
+    """One taken concurrency slot; released exactly once."""
 
     def __init__(self, state: _ModuleState) -> None:
         self._state = state
         self._released = False
-        self.deferred = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._state.in_flight -= 1
-            self._state.semaphore.release()
+            state = self._state
+            state.in_flight -= 1
+            if state.threads is None or not state.threads.grant():  # else: to a sync call
+                state.semaphore.release()
 
 
 class _ModuleState:
@@ -92,16 +93,17 @@ class _ModuleState:
         self.slots: asyncio.Queue[WorkerSlot | None] | None = None
         self.live_slots: set[WorkerSlot] = set()
         if config.executor == "thread":
-            self.threads = ThreadWorkers(config.max_workers, module.name)
+            self.threads = ThreadWorkers(config.max_workers, module.name, self.semaphore.release)
         elif config.executor == "process":
             self.slots = asyncio.Queue()
             for _ in range(config.max_workers):
                 self.slots.put_nowait(None)
 
     def stats(self) -> dict[str, int]:
+        threads = self.threads
         return {
-            "in_flight": self.in_flight,
-            "queued": self.queued,
+            "in_flight": self.in_flight + (threads.holding if threads is not None else 0),
+            "queued": self.queued + (threads.queued if threads is not None else 0),
             "completed": self.completed,
             "failed": self.failed,
             "timed_out": self.timed_out,
@@ -212,15 +214,16 @@ class Runner:
         if cancel is not None and cancel.is_set():
             state.cancelled += 1
             raise CallCancelledError(f"{spec.qualified_name} was cancelled before it started")
-        lease = await self._acquire(state, spec, limits)
+        # sync calls on threads take or wait for their slot in the thread pool
+        lease = None if threaded(spec, state) else await self._acquire(state, spec, limits)
         relay = Relay(loop, on_progress)
         try:
-            if spec.is_async:
+            if lease is None:
+                value = await self._run_thread(state, spec, arguments, relay, limits)
+            elif spec.is_async:
                 value = await self._run_async(state, spec, arguments, relay, limits)
             elif state.config.executor == "inline":
                 value = self._run_inline(state, spec, arguments, relay, limits)
-            elif state.threads is not None:
-                value = await self._run_thread(state, spec, arguments, relay, lease, limits)
             else:
                 value = await self._run_process(state, spec, arguments, relay, limits)
             result = spec.validate_result(value)
@@ -235,7 +238,7 @@ class Runner:
             raise
         finally:
             relay.open = False
-            if not lease.deferred:
+            if lease is not None:
                 lease.release()
         state.completed += 1
         return result
@@ -250,10 +253,11 @@ class Runner:
     ) -> _Lease:
         semaphore = state.semaphore
         if semaphore.locked():
-            if state.queued >= state.config.max_queue:
+            queued = state.queued + (state.threads.queued if state.threads is not None else 0)
+            if queued >= state.config.max_queue:
                 state.rejected += 1
                 raise NodeError(
-                    f"module {state.module.name} is busy: {state.queued} calls queued",
+                    f"module {state.module.name} is busy: {queued} calls queued",
                     hint="try again later, or raise max_queue or max_workers for this module",
                 )
             state.queued += 1
@@ -261,12 +265,12 @@ class Runner:
             try:
                 outcome = await _wait(waiter, limits)
             except asyncio.CancelledError:
-                await _abandon_acquire(waiter, semaphore)
+                await _abandon_acquire(waiter, state)
                 raise
             finally:
                 state.queued -= 1
             if outcome != "done":
-                await _abandon_acquire(waiter, semaphore)
+                await _abandon_acquire(waiter, state)
                 if outcome == "timeout":
                     state.timed_out += 1
                     raise CallTimeoutError(
@@ -351,34 +355,67 @@ class Runner:
         spec: FunctionSpec,
         arguments: dict[str, object],
         relay: Relay,
-        lease: _Lease,
         limits: _Limits,
     ) -> object:
-        assert state.threads is not None
+        """A sync call on the module's threads. With no slot free it waits for one in the
+        thread pool (up to ``max_queue`` calls wait, then the module is busy): a thread that
+        ends a call hands its slot to the next there, with no turn of the loop between."""
+        threads = state.threads
+        assert threads is not None
+        semaphore = state.semaphore
+        slot = not semaphore.locked()
+        if slot:
+            await semaphore.acquire()  # free: returns at once
+        else:
+            queued = state.queued + threads.queued
+            if queued >= state.config.max_queue:
+                state.rejected += 1
+                raise NodeError(
+                    f"module {state.module.name} is busy: {queued} calls queued",
+                    hint="try again later, or raise max_queue or max_workers for this module",
+                )
         progress = Progress(relay.from_any_thread, min_interval=state.config.progress_interval)
         context = contextvars.copy_context()
-        future = state.threads.submit(
-            functools.partial(context.run, _call_sync, spec, arguments, progress)
+        future = threads.submit(
+            functools.partial(context.run, _call_sync, spec, arguments, progress), slot=slot
         )
-        future.add_done_callback(_consume)
+        # the deadline and the cancel signal resolve the future themselves (the pool drops
+        # an outcome whose future is done): one wake-up of this task, no helper future
+        timer = stop = None
+        if limits.deadline is not None:
+            timer = asyncio.get_running_loop().call_at(
+                limits.deadline, _interrupt, future, _TIMED_OUT
+            )
+        if limits.cancel is not None:
+            stop = functools.partial(_interrupt, future, _CANCELLED)
+            limits.cancel.add_callback(stop)
+            if limits.cancel.is_set():
+                stop()
         try:
-            outcome = await _wait(future, limits)
+            value = await future
         except asyncio.CancelledError:
-            outcome = "cancelled"
             progress.cancel()
-            lease.deferred = True
-            future.add_done_callback(lambda _: lease.release())
+            threads.withdraw(future)
             raise
-        if outcome != "done":
-            # The thread cannot be stopped: ask it to stop and keep its slot until it does.
-            progress.cancel()
-            lease.deferred = True
-            future.add_done_callback(lambda _: lease.release())
-            raise _interrupted(spec, outcome, limits.timeout)
-        try:
-            return future.result()
         except Exception as exc:
             raise _failed(spec, exc) from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if stop is not None and limits.cancel is not None:
+                limits.cancel.remove_callback(stop)
+        if value is _TIMED_OUT or value is _CANCELLED:
+            outcome: _Outcome = "timeout" if value is _TIMED_OUT else "cancelled"
+            if threads.withdraw(future):  # it never started
+                if outcome == "timeout":
+                    raise CallTimeoutError(
+                        f"{spec.qualified_name} timed out after {limits.timeout:g} s while queued"
+                    )
+                raise CallCancelledError(f"{spec.qualified_name} was cancelled while queued")
+            # The thread cannot be stopped: ask it to stop; it keeps its thread until it does.
+            progress.cancel()
+            raise _interrupted(spec, outcome, limits.timeout)
+        return value
 
     async def _run_process(
         self,
@@ -461,6 +498,11 @@ class Runner:
 # --------------------------------------------------------------------------- helpers
 
 
+def threaded(spec: FunctionSpec, state: _ModuleState) -> bool:
+    """Whether calls of ``spec`` run on the module's threads."""
+    return state.threads is not None and not spec.is_async
+
+
 @dataclass(frozen=True)
 class _Limits:
     deadline: float | None
@@ -527,11 +569,23 @@ async def _wait(future: asyncio.Future[Any], limits: _Limits) -> _Outcome:
     return "timeout"
 
 
-async def _abandon_acquire(waiter: asyncio.Future[Any], semaphore: asyncio.Semaphore) -> None:
+#: What a thread call's future holds when its deadline or cancel signal came first.
+_TIMED_OUT = object()
+_CANCELLED = object()
+
+
+def _interrupt(future: asyncio.Future[Any], why: object) -> None:
+    if not future.done():
+        future.set_result(why)
+
+
+async def _abandon_acquire(waiter: asyncio.Future[Any], state: _ModuleState) -> None:
     waiter.cancel()
     await asyncio.wait({waiter})
-    if not waiter.cancelled() and waiter.exception() is None:
-        semaphore.release()
+    taken = not waiter.cancelled() and waiter.exception() is None
+    # a slot taken after all goes to a sync call waiting in the thread pool, if any
+    if taken and (state.threads is None or not state.threads.grant()):
+        state.semaphore.release()
 
 
 def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:

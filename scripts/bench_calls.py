@@ -245,14 +245,15 @@ class LogMeter:
     def __init__(self, cfg: NodeConfig, processes: int) -> None:
         self.paths = [instance_log_path(cfg, i) for i in range(1, processes + 1)]
 
-    def sample(self) -> tuple[int, int, int, int]:
-        """(event log bytes, database bytes, file bytes, events).
+    def sample(self) -> tuple[int, int, int, int, int]:
+        """(event log bytes, database bytes, file bytes, events, commits).
 
         The event log's bytes are the pages of the ``events`` table (SQLite's ``dbstat``):
         the log itself. The database's add the projections and indexes (a cache that
         ``fedhub-node log rebuild`` makes again from the log) and the checkpoints table.
+        Commits are the signed events (log version 2 signs the last event of each).
         """
-        log_bytes = size = files = events = 0
+        log_bytes = size = files = events = commits = 0
         for path in self.paths:
             for part in (path, path.with_name(path.name + "-wal")):
                 with contextlib.suppress(FileNotFoundError):
@@ -266,9 +267,12 @@ class LogMeter:
                 log_bytes += conn.execute(
                     "SELECT SUM(pgsize) FROM dbstat WHERE name = 'events'"
                 ).fetchone()[0]
+                commits += conn.execute(
+                    "SELECT COUNT(*) FROM events WHERE length(sig) > 0"
+                ).fetchone()[0]
             finally:
                 conn.close()
-        return log_bytes, size, files, events
+        return log_bytes, size, files, events, commits
 
     def events(self) -> int:
         """How many events the logs hold (cheap: the last sequence number of each)."""
@@ -281,7 +285,7 @@ class LogMeter:
                 conn.close()
         return total
 
-    async def settled(self) -> tuple[int, int, int, int]:
+    async def settled(self) -> tuple[int, int, int, int, int]:
         """A sample once the events of calls that just returned are written (the count
         holds still for 0.1 s; at most 2 s). Only the count is polled: a full sample
         reads every page of the log (``dbstat``), which in a long soak takes a while
@@ -296,9 +300,7 @@ class LogMeter:
         return self.sample()
 
     @staticmethod
-    def growth(
-        before: tuple[int, int, int, int], after: tuple[int, int, int, int], runs: list[Run]
-    ) -> LogGrowth:
+    def growth(before: tuple[int, ...], after: tuple[int, ...], runs: list[Run]) -> LogGrowth:
         calls = sum(r.count + r.errors for r in runs)
         return LogGrowth(calls, *(a - b for a, b in zip(after, before, strict=True)))
 
@@ -377,6 +379,7 @@ async def bench_fedhub(
         seq = await measure(
             s.call, count=opts.calls, concurrency=1, max_seconds=opts.max_seconds, cpu=s.cpu
         )
+        middle = await s.log.settled()
         conc = await measure(
             s.call,
             count=max(opts.calls, opts.concurrency * 20),
@@ -384,9 +387,11 @@ async def bench_fedhub(
             max_seconds=opts.max_seconds,
             cpu=s.cpu,
         )
-        return {"seq": seq, "conc": conc}, LogMeter.growth(
-            before, await s.log.settled(), [seq, conc]
-        )
+        after = await s.log.settled()
+        growth = LogMeter.growth(before, after, [seq, conc])
+        # commits of the run at ``concurrency`` in flight only: how well calls share them
+        growth.commits = after[4] - middle[4]
+        return {"seq": seq, "conc": conc}, growth
     raise AssertionError("unreachable")
 
 

@@ -128,6 +128,13 @@ def fedhub_figures(
     out["log_events_per_call"] = figure(
         log.events / calls, "events", None, None, load=_joined(s.load, k.load)
     )
+    out[f"log_commits_per_call_at_{c}"] = figure(
+        log.commits / k.count if k.count else None,
+        "commits",
+        None,
+        None,
+        load=_joined(s.load, k.load),
+    )
     out["log_bytes_per_event"] = figure(
         log.bytes / log.events if log.events else None,
         "B",
@@ -226,13 +233,14 @@ _LABELS = {
     "total_cpu_us_per_call_at_{c}": "all CPU per call, {c} in flight",
     "log_bytes_per_call": "event log bytes per call (the events table)",
     "log_events_per_call": "events per call",
+    "log_commits_per_call_at_{c}": "log commits per call, {c} in flight",
     "log_bytes_per_event": "event log bytes per event",
     "db_bytes_per_call": "database bytes per call (log, projections, indexes)",
     "rate_last_vs_first": "calls/s, last tenth",
     "node_cpu_last_vs_first": "node CPU per call, last tenth",
     "client_and_node_cpu_last_vs_first": "client+node CPU, last tenth",
 }
-_UNITS = {"ms": "ms", "1/s": "/s", "us": "µs", "B": "B", "events": ""}
+_UNITS = {"ms": "ms", "1/s": "/s", "us": "µs", "B": "B", "events": "", "commits": ""}
 
 
 def _load(load: dict[str, list[float]] | None) -> str:

@@ -252,6 +252,7 @@ class LogGrowth:
     db_bytes: int
     file_bytes: int
     events: int
+    commits: int = 0  # commits (signed events, log v2) of the run at N in flight only
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -260,6 +261,7 @@ class LogGrowth:
             "db_bytes": self.db_bytes,
             "file_bytes_db_and_wal": self.file_bytes,
             "events": self.events,
+            "commits": self.commits,
         }
 
 

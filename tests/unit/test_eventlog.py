@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from hub.canonical import b64d, canonical_bytes
+from hub.canonical import b64d, b64e, canonical_bytes
 from hub.chain import leaf_hash
 from hub.crypto import verify
 from hub.errors import CanonicalError, ConfigError, LogConflictError
@@ -204,6 +204,31 @@ def test_rebuilt_projections_equal_the_incremental_ones(tmp_path: Path) -> None:
         "req00003": "running",
         "req00004": "completed",
     }
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            signed_header("req00001", caller="anna@geomar"),
+            ("anna@geomar", "hereon.climate.compute_sum"),
+        ),
+        ("bm90IGpzb24", (None, None)),  # base64 of "not json"
+        ("a", (None, None)),  # not whole base64
+        (b64e(canonical_bytes(["a", "list"])), (None, None)),
+        (b64e(canonical_bytes({"caller": "anna@geomar"})), (None, None)),  # no address
+    ],
+)
+def test_the_projection_reads_caller_and_address_from_the_accepted_header_or_leaves_them_unknown(
+    tmp_path: Path, header: str, expected: tuple[str | None, str | None]
+) -> None:
+    with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
+        log.append(RequestAccepted(request_id="req00001", header=header, sig="c2ln"))
+        row = log.db.execute(
+            "SELECT caller, address, state FROM requests WHERE request_id = 'req00001'"
+        ).fetchone()
+    assert (row[0], row[1]) == expected
+    assert row[2] == "accepted"
 
 
 def test_a_closed_log_refuses_appends_and_closing_twice_is_harmless(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -730,3 +731,85 @@ def test_a_node_config_file_names_the_bad_module_key(tmp_path: Path) -> None:
     )
     (module,) = load_config(path).modules
     assert (module.progress_interval, module.concurrency, module.max_queue) == (0.5, 8, 1000)
+
+
+async def test_a_sync_call_waiting_behind_an_async_call_runs_once_the_slot_is_free(
+    climate: BackendModule,
+) -> None:
+    async with Runner() as runner:
+        runner.add_module(climate, settings(climate, max_workers=1, max_concurrency=1))
+        stop = CancelSignal()
+        running = asyncio.create_task(
+            runner.run("climate", "async_sleep", {"seconds": 30}, cancel=stop)
+        )
+        await wait_until(lambda: runner.stats()["climate"]["in_flight"] == 1)
+        waiting = asyncio.create_task(runner.run("climate", "scale", {"values": [1]}))
+        await wait_until(lambda: runner.stats()["climate"]["queued"] == 1)
+        stop.set()
+        with pytest.raises(CallCancelledError):
+            await running
+        assert await waiting == [2.0]
+        assert runner.stats()["climate"]["in_flight"] == 0
+
+
+async def test_the_queue_limit_counts_sync_and_async_calls_waiting_alike(
+    climate: BackendModule,
+) -> None:
+    async with Runner() as runner:
+        runner.add_module(climate, settings(climate, max_workers=1, max_concurrency=1, max_queue=1))
+        stop = CancelSignal()
+        running = asyncio.create_task(
+            runner.run("climate", "async_sleep", {"seconds": 30}, cancel=stop)
+        )
+        await wait_until(lambda: runner.stats()["climate"]["in_flight"] == 1)
+        waiting = asyncio.create_task(runner.run("climate", "scale", {"values": [1]}, cancel=stop))
+        await wait_until(lambda: runner.stats()["climate"]["queued"] == 1)
+        with pytest.raises(NodeError, match="module climate is busy: 1 calls queued"):
+            await runner.run("climate", "async_sleep", {"seconds": 1})
+        stop.set()
+        results = await asyncio.gather(running, waiting, return_exceptions=True)
+        assert all(isinstance(r, CallCancelledError) for r in results)
+        assert runner.stats()["climate"]["queued"] == 0
+
+
+async def test_sync_calls_beyond_the_limit_run_one_after_another_without_the_loop(
+    tmp_path: Path,
+) -> None:
+    source = '''
+    from pathlib import Path
+
+
+    def tick(path: str) -> int:
+        """Append a line to ``path``.
+
+        Parameters
+        ----------
+        path
+            A file.
+        """
+        with Path(path).open("a") as fh:
+            fh.write("x\\n")
+        return 1
+    '''
+    module = load_module(write_module(tmp_path, "ticks", source))
+    marks = tmp_path / "marks"
+    async with Runner() as runner:
+        runner.add_module(module, settings(module, max_workers=1, max_concurrency=1))
+        calls = [
+            asyncio.create_task(runner.run("ticks", "tick", {"path": str(marks)})) for _ in range(3)
+        ]
+        await asyncio.sleep(0)  # each call has reached the thread pool: one holds the slot
+        # the loop is held here: only the worker thread can pass the slot on
+        assert _lines_within(marks, 3, seconds=30) == 3
+        assert await asyncio.gather(*calls) == [1, 1, 1]
+
+
+def _lines_within(path: Path, count: int, *, seconds: float) -> int:
+    """Lines in ``path`` once it has ``count``, or after ``seconds`` (blocking the caller)."""
+    lines = 0
+    for _ in range(int(seconds * 100)):
+        lines = len(path.read_text().splitlines()) if path.exists() else 0
+        if lines >= count:
+            break
+        time.sleep(0.01)
+    return lines

@@ -97,3 +97,37 @@ async def test_shutdown_cancels_calls_still_queued_and_refuses_new_ones() -> Non
         await queued
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(lambda: None)
+
+
+async def test_a_thread_hands_its_slot_to_the_next_waiting_call_while_the_loop_is_busy() -> None:
+    given_back: list[int] = []
+    pool = ThreadWorkers(1, "t", lambda: given_back.append(1))
+    ran = threading.Semaphore(0)
+    try:
+        first = pool.submit(ran.release)  # holds the only slot
+        waiting = [pool.submit(ran.release, slot=False) for _ in range(3)]
+        assert pool.queued == 3
+        # the loop does not turn here: only the threads can pass the slot on
+        for _ in range(4):
+            assert ran.acquire(timeout=30), "a waiting call never got the slot"
+        await asyncio.gather(first, *waiting)
+    finally:
+        pool.shutdown()
+    assert pool.queued == 0
+    assert given_back == [1]  # the slot went back once, after the last call
+
+
+async def test_a_call_still_waiting_for_a_slot_can_be_withdrawn() -> None:
+    pool = ThreadWorkers(1, "t")
+    release = threading.Event()
+    try:
+        busy = pool.submit(lambda: release.wait(30))
+        waiting = pool.submit(lambda: "never", slot=False)
+        assert pool.withdraw(waiting)
+        assert not pool.withdraw(busy)  # it holds its slot: it runs or ran
+        release.set()
+        assert await busy is True
+        assert pool.queued == 0
+        assert not waiting.done()
+    finally:
+        pool.shutdown()
