@@ -97,6 +97,11 @@ class CallHandle:
     _transfers: set[asyncio.Task[None]] = field(default_factory=set)
     #: Loop time of the last message from the node about this call (or of the submit).
     _heard: float = 0.0
+    #: The last ask about this call found no way to its node (a hub or leaf down).
+    _unreachable: bool = False
+    #: The next check on this silent call, and the interval the checks have grown to.
+    _ask_timer: asyncio.TimerHandle | None = None
+    _ask_wait: float = 0.0
     #: The client's scheduled asks about this call (cancelled once it ends).
     _timers: list[asyncio.TimerHandle] = field(default_factory=list)
 

@@ -5,7 +5,8 @@ sends it, it is gone, while the outcome sits in the node's log (and the result i
 ``fh-results`` bucket). So the :class:`~hub.client.Client` asks the node about a waiting
 call (``status``, then ``fetch``) after every reconnect of its connection, when the call
 has heard nothing from its node for :data:`FIRST_ASK` s and then at doubling intervals
-(a hub fault drops replies without dropping the caller's own connection), and once more
+(a hub fault drops replies without dropping the caller's own connection; every
+:data:`UNREACHABLE_ASK` s while the last ask found no way to the node), and once more
 :data:`LAST_ASK` s before its deadline. Asks are bounded: at most
 :data:`ASKS_PER_SECOND` asks about silent calls leave one client, and at most
 :data:`RECOVER_AT_ONCE` wait for an answer at a time.
@@ -36,6 +37,10 @@ LAST_ASK = 3.0
 #: twice as long each time: 10 s, 30 s, 70 s, 150 s ... after the submit, until the last ask.
 FIRST_ASK = 10.0
 ASK_GROWTH = 2.0
+#: While the last ask found no way to the node (the hub or a leaf down), asks come this
+#: often instead: the reply is most likely lost exactly then, and the way may come back
+#: any moment (the caller's own connection never dropped, so no reconnect tells it).
+UNREACHABLE_ASK = 5.0
 #: At most this many of those asks per second leave one client (a node is never flooded
 #: by a client with many long calls); later ones wait for their turn.
 ASKS_PER_SECOND = 20.0
@@ -96,11 +101,18 @@ class Recovery:
         for task in list(self.tasks.values()):
             task.cancel()
 
-    def _ask_later(self, handle: CallHandle, wait: float) -> None:
+    def _ask_later(self, handle: CallHandle, wait: float, keep: float | None = None) -> None:
+        """Check on ``handle`` in ``wait`` s; the interval after that grows from ``keep``
+        (default ``wait``)."""
         loop = asyncio.get_running_loop()
         when = loop.time() + wait
         if when < handle._deadline - LAST_ASK - 1.0:  # else the last ask comes first
-            handle._timers.append(loop.call_at(when, self._ask_if_silent, handle, wait))
+            if handle._ask_timer is not None:  # one check pending per call, the sooner one
+                handle._ask_timer.cancel()
+            step = wait if keep is None else keep
+            handle._ask_timer = loop.call_at(when, self._ask_if_silent, handle, step)
+            handle._ask_wait = step
+            handle._timers.append(handle._ask_timer)
 
     def _ask_if_silent(self, handle: CallHandle, wait: float) -> None:
         if self.client._closed or handle.done():
@@ -114,7 +126,11 @@ class Recovery:
                 self.soon(handle, False, tries=1)
             else:
                 handle._timers.append(loop.call_at(turn, self.soon, handle, False, 1))
-        self._ask_later(handle, wait * ASK_GROWTH)
+        wait = max(wait, FIRST_ASK)  # never a tight loop, whoever scheduled this check
+        if handle._unreachable:
+            self._ask_later(handle, UNREACHABLE_ASK, keep=wait)
+        else:
+            self._ask_later(handle, wait * ASK_GROWTH)
 
     def soon(self, handle: CallHandle, last: bool, tries: int = RECOVER_TRIES) -> None:
         """Start asking about ``handle`` (unless an ask is under way or it moves data)."""
@@ -142,13 +158,19 @@ class Recovery:
                     outcome = await self._outcome(handle, state, last=last, timeout=timeout)
             except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
                 log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
+                unreachable = isinstance(exc, CallTimeoutError) or "not reachable" in str(exc)
+                handle._unreachable = unreachable
                 if last or attempt + 1 == tries or handle._deadline - loop.time() < RECOVER_PAUSE:
+                    if unreachable and not last:  # check again soon, not at the grown interval
+                        keep = max(handle._ask_wait, FIRST_ASK)
+                        self._ask_later(handle, UNREACHABLE_ASK, keep=keep)
                     return
                 await asyncio.sleep(RECOVER_PAUSE * (attempt + 1))
                 continue
             except FederationError as exc:
                 log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
                 return
+            handle._unreachable = False
             if self.client._pending.get(handle.request_id) is not handle:
                 return  # nobody waits for it any more
             if outcome is not None and handle._settle(*outcome):

@@ -146,6 +146,35 @@ async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_fa
     assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
 
 
+async def test_while_the_hub_stays_down_a_silent_call_is_asked_about_often_not_ever_later(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # The first ask (10 s of silence) finds no way to the node. Doubling would ask next 30 s
+    # after the submit; while the way is down the client asks every 5 s instead, so the
+    # outcome comes soon after the hub returns.
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=1.0, timeout=DEADLINE)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        await wait_until(lambda: handle._unreachable, limit=call_recovery.FIRST_ASK + 10)
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+        # well before the doubling schedule's next ask (30 s after the submit)
+        wait = 2 * call_recovery.UNREACHABLE_ASK + call_recovery.CONTROL_TIMEOUT
+        assert await handle.result(timeout=wait) == 1.0
+        assert not handle._unreachable
+
+
 async def test_a_call_that_failed_while_its_reply_could_not_travel_raises_its_typed_error(
     world: World, federation_factory: FederationFactory
 ) -> None:
