@@ -229,8 +229,16 @@ class Client(ResultsMixin):
                 await self.nc.drain()
             except (TimeoutError, nats.errors.Error):
                 # e.g. still reconnecting: stop trying, or the attempts would go on
-                with contextlib.suppress(nats.errors.Error):
+                try:
                     await self.nc.close()
+                except nats.errors.Error:
+                    pass
+                except asyncio.CancelledError:
+                    # nats-py's close may raise the cancel of its own reading task
+                    # while a reconnect is under way; only a cancel of ours goes on
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
 
     async def __aenter__(self) -> Client:
         await self.start()
