@@ -19,15 +19,30 @@ fedhub's code is the same one a call's error reply carries in ``ReplyHeader.code
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import nats.errors
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
-from hub.errors import FederationError, error_code, error_from_code, service_status
+from hub.errors import (
+    CallTimeoutError,
+    CanonicalError,
+    FederationError,
+    NotFoundError,
+    error_code,
+    error_from_code,
+    service_status,
+)
 from hub.lifecycle import RequestState
 from hub.proofs import EventProof
-from hub.records import B64, Hex32, Kid, SignedRecord
+from hub.records import B64, Hex32, Kid, SignedRecord, one_line
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "CODE_HEADER",
@@ -48,8 +63,10 @@ __all__ = [
     "ResultWrap",
     "ShareAnswer",
     "TagsAnswer",
+    "ask_service",
     "error_from_headers",
     "error_headers",
+    "parse_answer",
 ]
 
 #: fedhub's own error code of a service answer (see :func:`hub.errors.error_code`).
@@ -260,6 +277,38 @@ def error_from_headers(headers: Mapping[str, str] | None) -> FederationError | N
     code = headers.get(CODE_HEADER) or "remote_error"
     message = headers.get(ERROR_HEADER) or f"the service answered {headers.get(ERROR_CODE_HEADER)}"
     return error_from_code(code, message, headers.get(HINT_HEADER))
+
+
+async def ask_service(
+    nc: NatsClient,
+    subject: str,
+    data: bytes,
+    *,
+    timeout: float,
+    unreachable: str,
+    silent: str,
+) -> bytes:
+    """Request ``subject`` and return the answer's body; NotFoundError(``unreachable``)
+    when nobody serves it, CallTimeoutError(``silent``) when no answer comes in time, the
+    typed error the answer reports otherwise."""
+    try:
+        msg = await nc.request(subject, data, timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise NotFoundError(unreachable) from exc
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise CallTimeoutError(silent) from exc
+    error = error_from_headers(msg.headers)
+    if error is not None:
+        raise error
+    return bytes(msg.data)
+
+
+def parse_answer(model: type[M], data: bytes, what: str) -> M:
+    """Parse a service answer into its model; CanonicalError when it does not fit."""
+    try:
+        return model.model_validate_json(data)
+    except PydanticValidationError as exc:
+        raise CanonicalError(f"malformed {what}: {one_line(exc)}") from exc
 
 
 def _header_text(text: str) -> str:

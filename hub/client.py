@@ -31,7 +31,7 @@ import secrets
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import nats.errors
@@ -39,11 +39,10 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
-from hub.answers import CancelAnswer, RequestStatus, error_from_headers
+from hub.answers import CancelAnswer, RequestStatus, ask_service, error_from_headers, parse_answer
 from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.call_recovery import CONTROL_TIMEOUT, RECOVER_TRIES, Recovery, call_error
@@ -78,7 +77,6 @@ from hub.errors import (
     TransportError,
 )
 from hub.keys import KeyPair, KeyStore
-from hub.records import one_line
 from hub.refs import stage_refs
 from hub.results_api import ResultsMixin
 from hub.subjects import (
@@ -102,7 +100,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
 
 #: Extra time the client waits past a call's own timeout for the node's answer to arrive.
 _GRACE = 5.0
@@ -447,12 +444,12 @@ class Client(ResultsMixin):
     ) -> RequestStatus:
         """The node's record of one of my requests."""
         data = await self._control("status", site, request_id, timeout=timeout)
-        return _parse(RequestStatus, data, f"status answer from {site}")
+        return parse_answer(RequestStatus, data, f"status answer from {site}")
 
     async def cancel(self, site: str, request_id: str) -> CancelAnswer:
         """Ask the node to cancel one of my calls (see :meth:`CallHandle.cancel`)."""
         data = await self._control("cancel", site, request_id)
-        return _parse(CancelAnswer, data, f"cancel answer from {site}")
+        return parse_answer(CancelAnswer, data, f"cancel answer from {site}")
 
     async def fetch(self, site: str, request_id: str, *, result_path: Path | None = None) -> Any:
         """The result of one of my earlier calls, as stored by the node, opened again.
@@ -533,18 +530,14 @@ class Client(ResultsMixin):
             )
         except PydanticValidationError as exc:
             raise ConfigError(f"{request_id!r} is not a request id") from exc
-        try:
-            msg = await self.nc.request(
-                status_subject(site), pack_control(header, self.keys.signing_key), timeout=timeout
-            )
-        except nats.errors.NoRespondersError as exc:
-            raise NotFoundError(f"site {site} is not reachable") from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise CallTimeoutError(f"site {site} did not answer the {op} request") from exc
-        error = error_from_headers(msg.headers)
-        if error is not None:
-            raise error
-        return msg.data
+        return await ask_service(
+            self.nc,
+            status_subject(site),
+            pack_control(header, self.keys.signing_key),
+            timeout=timeout,
+            unreachable=f"site {site} is not reachable",
+            silent=f"site {site} did not answer the {op} request",
+        )
 
     # -- lost replies ----------------------------------------------------------------------
 
@@ -617,11 +610,3 @@ def _new_request_id() -> str:
         rid = secrets.token_urlsafe(16)
         if not rid.startswith("-"):
             return rid
-
-
-def _parse(model: type[M], data: bytes, what: str) -> M:
-    """Parse a service answer into its model; CanonicalError when it does not fit."""
-    try:
-        return model.model_validate_json(data)
-    except PydanticValidationError as exc:
-        raise CanonicalError(f"malformed {what}: {one_line(exc)}") from exc

@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hub.answers import ResultWrap
+from hub.answers import ResultWrap, parse_answer
 from hub.canonical import b64d, b64e
 from hub.crypto import open_content_key, wrap_key
 from hub.envelopes import ResultRef
 from hub.errors import ArgumentError
-from hub.results_client import _parse, catalog
+from hub.results_client import catalog
 from hub.subjects import parse_address
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ async def stage_refs(
     staged: dict[str, ResultRef] = {}
     for name, ref in refs.items():
         data = await catalog(client, "wrap", ref.site, ref.request_id)
-        wrap = _parse(ResultWrap, data, f"wrap answer from {ref.site}")
+        wrap = parse_answer(ResultWrap, data, f"wrap answer from {ref.site}")
         stored_at = parse_address(wrap.address)
         stored = await client.module_info(stored_at.site, stored_at.module)
         key = open_content_key(

@@ -19,11 +19,9 @@ import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import nats.errors
 import structlog
-from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
@@ -36,7 +34,8 @@ from hub.answers import (
     ResultWrap,
     ShareAnswer,
     TagsAnswer,
-    error_from_headers,
+    ask_service,
+    parse_answer,
 )
 from hub.call_handle import CallHandle
 from hub.canonical import b64d, b64e
@@ -78,7 +77,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
 
 #: How long one catalog request waits for the node's answer.
 CATALOG_TIMEOUT = 5.0
@@ -119,25 +117,14 @@ async def catalog(
         )
     except PydanticValidationError as exc:
         raise ConfigError(f"not a valid {op} request: {one_line(exc)}") from exc
-    try:
-        msg = await client.nc.request(
-            status_subject(site), pack_catalog(header, client.keys.signing_key), timeout=timeout
-        )
-    except nats.errors.NoRespondersError as exc:
-        raise NotFoundError(f"site {site} is not reachable") from exc
-    except (nats.errors.TimeoutError, TimeoutError) as exc:
-        raise CallTimeoutError(f"site {site} did not answer the {op} request") from exc
-    error = error_from_headers(msg.headers)
-    if error is not None:
-        raise error
-    return bytes(msg.data)
-
-
-def _parse(model: type[M], data: bytes, what: str) -> M:
-    try:
-        return model.model_validate_json(data)
-    except PydanticValidationError as exc:
-        raise CanonicalError(f"malformed {what}: {one_line(exc)}") from exc
+    return await ask_service(
+        client.nc,
+        status_subject(site),
+        pack_catalog(header, client.keys.signing_key),
+        timeout=timeout,
+        unreachable=f"site {site} is not reachable",
+        silent=f"site {site} did not answer the {op} request",
+    )
 
 
 def _time(value: datetime | str | None) -> str | None:
@@ -189,7 +176,7 @@ async def list_requests(
 
     async def ask(site: str) -> RequestsAnswer:
         data = await catalog(client, "list", site, args=args)
-        return _parse(RequestsAnswer, data, f"requests answer from {site}")
+        return parse_answer(RequestsAnswer, data, f"requests answer from {site}")
 
     answers = await asyncio.gather(*(ask(s) for s in chosen), return_exceptions=True)
     out = RequestList()
@@ -218,7 +205,7 @@ def _query(query: Query | str | Mapping[str, Any] | None) -> Query | None:
 async def result_status(client: Client, site: str, request_id: str) -> RequestRecord:
     """The catalog record of one of my requests, or one shared with me."""
     data = await catalog(client, "status", site, request_id)
-    return _parse(RequestRecord, data, f"status answer from {site}")
+    return parse_answer(RequestRecord, data, f"status answer from {site}")
 
 
 def _sharer_box_key(client: Client, record: RequestRecord) -> bytes:
@@ -322,7 +309,7 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
     key is wrapped for each of their keys (verified against their pinned site keys); the
     node logs ``result.shared``. Nothing is uploaded again."""
     data = await catalog(client, "wrap", site, request_id)
-    wrap = _parse(ResultWrap, data, f"wrap answer from {site}")
+    wrap = parse_answer(ResultWrap, data, f"wrap answer from {site}")
     target = parse_address(wrap.address)
     info = await client.module_info(target.site, target.module)
     key = open_content_key(
@@ -332,7 +319,7 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
         sender=info.node_box_key,
     )
     data = await catalog(client, "keys", site, request_id, {"principal": principal})
-    keys = _parse(RecipientKeys, data, f"keys answer from {site}")
+    keys = parse_answer(RecipientKeys, data, f"keys answer from {site}")
     wraps: dict[str, str] = {}
     for signed in keys.records:
         record = _verified_person(client, signed)
@@ -344,7 +331,7 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
     data = await catalog(
         client, "share", site, request_id, {"principal": principal, "wraps": wraps}
     )
-    return _parse(ShareAnswer, data, f"share answer from {site}")
+    return parse_answer(ShareAnswer, data, f"share answer from {site}")
 
 
 def _verified_person(client: Client, signed: SignedRecord) -> KeyRecord:
@@ -365,14 +352,14 @@ async def keep(client: Client, site: str, request_id: str, keep_for: float) -> K
     """Ask the node to keep my result only ``keep_for`` seconds after the call completed
     (less than its module's keep-for time; ``result.keep_shortened``)."""
     data = await catalog(client, "keep", site, request_id, {"keep_for": max(1, int(keep_for))})
-    return _parse(KeepAnswer, data, f"keep answer from {site}")
+    return parse_answer(KeepAnswer, data, f"keep answer from {site}")
 
 
 async def delete(client: Client, site: str, request_id: str) -> DeletedAnswer:
     """Remove the kept result of my request now (``result.deleted``); its state becomes
     ``deleted`` and nobody can fetch it any more."""
     data = await catalog(client, "delete", site, request_id)
-    return _parse(DeletedAnswer, data, f"delete answer from {site}")
+    return parse_answer(DeletedAnswer, data, f"delete answer from {site}")
 
 
 async def tag(
@@ -388,10 +375,10 @@ async def tag(
     or shared ones (also seen by those I share it with); ``result.tagged``."""
     args = {"scope": "shared" if shared else "private", "add": list(add), "remove": list(remove)}
     data = await catalog(client, "tag", site, request_id, args)
-    return _parse(TagsAnswer, data, f"tag answer from {site}")
+    return parse_answer(TagsAnswer, data, f"tag answer from {site}")
 
 
 async def unshare(client: Client, site: str, request_id: str, principal: str) -> ShareAnswer:
     """Withdraw a share: the node refuses later fetches by it (``result.unshared``)."""
     data = await catalog(client, "unshare", site, request_id, {"principal": principal})
-    return _parse(ShareAnswer, data, f"unshare answer from {site}")
+    return parse_answer(ShareAnswer, data, f"unshare answer from {site}")

@@ -14,22 +14,19 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
 from hub import codec
-from hub.answers import error_from_headers
+from hub.answers import ask_service
 from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.crypto import blake2b_256, open_content_key, open_secret
 from hub.envelopes import REPLY_MAGIC, RequestHeader, ResultRef, unpack_reply
 from hub.errors import (
-    CallTimeoutError,
     CanonicalError,
     DecryptionError,
     IntegrityError,
-    NotFoundError,
     UnauthorizedError,
     ValidationError,
 )
@@ -73,18 +70,14 @@ class Staging:
             args={"node_key": self.node_key.model_dump(mode="json"), "for_call": header.id},
         )
         where = f"the result of {ref.id} at {ref.site}"
-        try:
-            msg = await self.nc.request(
-                status_subject(ref.site), pack_catalog(q, self.key.signing_key), timeout=timeout
-            )
-        except nats.errors.NoRespondersError as exc:
-            raise NotFoundError(f"site {ref.site} is not reachable for {where}") from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise CallTimeoutError(f"site {ref.site} did not hand over {where}") from exc
-        error = error_from_headers(msg.headers)
-        if error is not None:
-            raise error
-        data = bytes(msg.data)
+        data = await ask_service(
+            self.nc,
+            status_subject(ref.site),
+            pack_catalog(q, self.key.signing_key),
+            timeout=timeout,
+            unreachable=f"site {ref.site} is not reachable for {where}",
+            silent=f"site {ref.site} did not hand over {where}",
+        )
         if data[:4] != REPLY_MAGIC:
             raise CanonicalError(f"site {ref.site} answered the fetch of {ref.id} without a result")
         reply = unpack_reply(data)
