@@ -776,29 +776,39 @@ async def test_sync_calls_beyond_the_limit_run_one_after_another_without_the_loo
     tmp_path: Path,
 ) -> None:
     source = '''
+    import time
     from pathlib import Path
 
 
-    def tick(path: str) -> int:
-        """Append a line to ``path``.
+    def tick(path: str, gate: str) -> int:
+        """Append a line to ``path`` once ``gate`` exists.
 
         Parameters
         ----------
         path
             A file.
+        gate
+            A file that lets the call go on.
         """
+        for _ in range(3000):
+            if Path(gate).exists():
+                break
+            time.sleep(0.01)
         with Path(path).open("a") as fh:
             fh.write("x\\n")
         return 1
     '''
     module = load_module(write_module(tmp_path, "ticks", source))
-    marks = tmp_path / "marks"
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    args = {"path": str(marks), "gate": str(gate)}
     async with Runner() as runner:
         runner.add_module(module, settings(module, max_workers=1, max_concurrency=1))
-        calls = [
-            asyncio.create_task(runner.run("ticks", "tick", {"path": str(marks)})) for _ in range(3)
-        ]
-        await asyncio.sleep(0)  # each call has reached the thread pool: one holds the slot
+        calls = [asyncio.create_task(runner.run("ticks", "tick", args)) for _ in range(3)]
+        for _ in range(1000):  # until each call has reached the thread pool
+            if runner.stats()["ticks"]["queued"] == 2:  # one holds the slot, two wait
+                break
+            await asyncio.sleep(0.01)
+        gate.touch()
         # the loop is held here: only the worker thread can pass the slot on
         assert _lines_within(marks, 3, seconds=30) == 3
         assert await asyncio.gather(*calls) == [1, 1, 1]

@@ -103,10 +103,17 @@ async def test_a_thread_hands_its_slot_to_the_next_waiting_call_while_the_loop_i
     given_back: list[int] = []
     pool = ThreadWorkers(1, "t", lambda: given_back.append(1))
     ran = threading.Semaphore(0)
+    hold = threading.Event()
+
+    def first_call() -> None:
+        hold.wait(30)  # keeps the slot until the others wait for it
+        ran.release()
+
     try:
-        first = pool.submit(ran.release)  # holds the only slot
+        first = pool.submit(first_call)  # holds the only slot
         waiting = [pool.submit(ran.release, slot=False) for _ in range(3)]
         assert pool.queued == 3
+        hold.set()
         # the loop does not turn here: only the threads can pass the slot on
         for _ in range(4):
             assert ran.acquire(timeout=30), "a waiting call never got the slot"
