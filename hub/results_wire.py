@@ -19,7 +19,7 @@ the op's parameters (:class:`ListFilter` for ``list``, a principal for ``keys``,
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,7 +47,7 @@ __all__ = [
 CATALOG_MAGIC = b"FHQ1"
 DOMAIN_CATALOG = b"fedhub/catalog/v1\n"
 #: What a catalog message may ask.
-CATALOG_OPS = (
+CatalogOp = Literal[
     "list",
     "status",
     "wrap",
@@ -59,7 +59,8 @@ CATALOG_OPS = (
     "tag",
     "keep",
     "provenance",
-)
+]
+CATALOG_OPS: tuple[str, ...] = get_args(CatalogOp)
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 256 * 1024
 
@@ -129,19 +130,7 @@ class CatalogHeader(_Wire):
     """A caller's signed catalog message (see the module docstring)."""
 
     v: Literal[1] = 1
-    op: Literal[
-        "list",
-        "status",
-        "wrap",
-        "keys",
-        "share",
-        "unshare",
-        "fetch",
-        "delete",
-        "tag",
-        "keep",
-        "provenance",
-    ]
+    op: CatalogOp
     id: RequestIdText | None = None
     caller: Annotated[str, Field(min_length=3, max_length=140)]
     kid: Kid
