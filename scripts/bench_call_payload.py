@@ -27,12 +27,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from hub.canonical import b64e
-from hub.clock import now
+from hub.cli_keys import vouch_record
 from hub.keys import KeyStore
 from hub.nats import LocalFederation
 from hub.netcdf3 import write_netcdf3
-from hub.records import KeyRecord, sign_record
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
 
@@ -150,17 +148,7 @@ class CallBench:
         self.root = root
         store = KeyStore(root / "keys")
         pairs = {i: store.create(i) for i in (f"site:{SITE}", f"site:{CALLER_SITE}", CALLER)}
-        me = pairs[CALLER]
-        record = KeyRecord(
-            identity=CALLER,
-            role="user",
-            site=CALLER_SITE,
-            kid=me.kid,
-            sign_key=b64e(me.sign_public),
-            box_key=b64e(me.box_public),
-            valid_from=now(),
-        )
-        signed = sign_record(record, pairs[f"site:{CALLER_SITE}"].signing_key)
+        signed = vouch_record(pairs[f"site:{CALLER_SITE}"], store.public(CALLER))
         (root / "caller.json").write_text(json.dumps(signed.model_dump()))
         (root / "payload_module.py").write_text(MODULE_SOURCE)
         lines = [

@@ -92,14 +92,12 @@ from benchlib import (
     warm_up,
 )
 
-from hub.canonical import b64e
+from hub.cli_keys import vouch_record
 from hub.client import Client
 from hub.cliutil import configure_logging
-from hub.clock import now
 from hub.errors import CallTimeoutError, NotFoundError
 from hub.keys import KeyPair, KeyStore
 from hub.nats import LocalFederation, start_local_federation
-from hub.records import KeyRecord, sign_record
 from node.bootstrap import instance_log_path, open_log
 from node.config import NodeConfig, load_config
 from node.daemon import NodeDaemon
@@ -132,17 +130,7 @@ def write_node_config(root: Path, fed: LocalFederation, executor: str = "thread"
     pairs: dict[str, KeyPair] = {}
     for ident in (f"site:{SITE}", f"site:{CALLER_SITE}", CALLER):
         pairs[ident] = store.load(ident) if store.exists(ident) else store.create(ident)
-    klaus = pairs[CALLER]
-    record = KeyRecord(
-        identity=CALLER,
-        role="user",
-        site=CALLER_SITE,
-        kid=klaus.kid,
-        sign_key=b64e(klaus.sign_public),
-        box_key=b64e(klaus.box_public),
-        valid_from=now(),
-    )
-    signed = sign_record(record, pairs[f"site:{CALLER_SITE}"].signing_key)
+    signed = vouch_record(pairs[f"site:{CALLER_SITE}"], store.public(CALLER))
     (root / "klaus.json").write_text(json.dumps(signed.model_dump()))
     (root / "bench_module.py").write_text(MODULE_SOURCE)
     trust_key = store.dir / "site%3Ageomar.pub"

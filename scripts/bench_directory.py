@@ -34,7 +34,7 @@ from typing import Any
 from bench_calls import ADDRESS, write_node_config
 from benchlib import CALLER_SITE, SITE, load_average, say
 
-from hub.canonical import b64e
+from hub.cli_keys import vouch_record
 from hub.client import Client
 from hub.cliutil import configure_logging
 from hub.clock import now
@@ -42,7 +42,7 @@ from hub.directory import record_token
 from hub.errors import FederationError, UnauthorizedError
 from hub.keys import KeyPair, KeyStore
 from hub.nats import LocalFederation, connect
-from hub.records import GrantRecord, KeyRecord, Revocation, SignedRecord, sign_record
+from hub.records import GrantRecord, Revocation, SignedRecord, sign_record
 from hub.subjects import DIRECTORY_STREAM, admin_subject, directory_subject
 from node.admin import admin_message
 from node.bootstrap import open_log
@@ -79,17 +79,7 @@ def geomar_config(root: Path, fed: LocalFederation) -> NodeConfig:
 
 def person_record(store: KeyStore, ident: str) -> tuple[KeyPair, SignedRecord]:
     pair = store.create(ident)
-    site = store.load(f"site:{CALLER_SITE}")
-    rec = KeyRecord(
-        identity=ident,
-        role="user",
-        site=CALLER_SITE,
-        kid=pair.kid,
-        sign_key=b64e(pair.sign_public),
-        box_key=b64e(pair.box_public),
-        valid_from=now(),
-    )
-    return pair, sign_record(rec, site.signing_key)
+    return pair, vouch_record(store.load(f"site:{CALLER_SITE}"), store.public(ident))
 
 
 async def raw_latency(fed: LocalFederation, store: KeyStore, samples: int) -> list[float]:
