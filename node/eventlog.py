@@ -279,9 +279,9 @@ class EventLog:
                 # WAL checkpoints run on a thread of their own (see _WalCheckpointer); the
                 # appending connection checkpoints only if that one falls far behind.
                 self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_SAFETY_PAGES}")
-                # The request projection is a B-tree on random ids: each call's rows land
-                # on a page of their own, and past SQLite's default cache (2 MB, ~8,000
-                # calls) most of them are read back from the file for every write.
+                # The request projection's index of random request ids: each call's entry
+                # lands on a page of its own, and past SQLite's default cache (2 MB) most
+                # of them would be read back from the file for every write.
                 self.db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
                 conn.executescript(_SCHEMA)
                 projections.create(conn)
