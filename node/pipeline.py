@@ -63,6 +63,7 @@ from node.control import Control, ControlAnswer
 from node.execution import ProgressForwarder, public_reason
 from node.intake import Rejection, Verified, admit, open_request
 from node.logwriter import LogWriter
+from node.projections import AcceptedCall
 from node.replay import ReplayGuard, recent_nonces
 from node.replies import Replies, Send, message_with_hint
 from node.results import LoadResult, ResultStore, StoreResult
@@ -309,7 +310,9 @@ class Pipeline:
 
     def _accepted(self, req: Verified, delivery: int) -> RequestAccepted:
         h = req.header
-        return RequestAccepted(
+        return AcceptedCall.of(
+            h.caller,
+            h.address,
             request_id=h.id,
             header=b64e(req.header_bytes),
             sig=b64e(req.sig),

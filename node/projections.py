@@ -11,14 +11,40 @@ from __future__ import annotations
 
 import binascii
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
+from pydantic import PrivateAttr
 
+from hub.events import RequestAccepted
 from hub.lifecycle import RequestState, target
 
-__all__ = ["apply", "apply_many", "create", "drop", "request_status"]
+__all__ = ["AcceptedCall", "apply", "apply_many", "create", "drop", "request_status"]
+
+
+class AcceptedCall(RequestAccepted):
+    """``request.accepted`` as the node logs a call it has verified: the same event and
+    body, also holding who asked for what (read from the verified header), so that the
+    projection does not decode the header a second time (~3 us a call; a rebuild from the
+    log decodes it)."""
+
+    _who: tuple[str, str] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, caller: str, address: str, **fields: Any) -> AcceptedCall:
+        """The event with ``fields``, from a header naming ``caller`` and ``address``."""
+        event = cls(**fields)
+        event._who = (caller, address)
+        return event
+
+    @property
+    def who(self) -> tuple[str, str] | None:
+        """(caller, address) as the header names them, when built by :meth:`of`."""
+        # straight from pydantic's store: ``self._who`` goes through BaseModel.__getattr__
+        # (~2 us, more than the header decode this saves)
+        private = self.__pydantic_private__
+        return private.get("_who") if private else None
 
 _REQUESTS = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -141,8 +167,14 @@ def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -
     apply_many(conn, [(seq, time, data)])
 
 
-def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, Any]]]) -> None:
-    """Fold events in order, with one executemany per statement and wave.
+def apply_many(
+    conn: sqlite3.Connection,
+    events: list[tuple[int, str, dict[str, Any]]],
+    who: Mapping[str, tuple[str, str]] | None = None,
+) -> None:
+    """Fold events in order, with one executemany per statement and wave. ``who``: the
+    caller and address of accepted requests, by id, as the appender read them from the
+    verified header (:class:`AcceptedCall`); the others' are read from the event.
 
     Every statement touches only its own request's row, so only the order of events of the
     same request matters. An event's wave is the number of events of its request before it
@@ -154,11 +186,12 @@ def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, 
     later: list[dict[str, list[Any]]] = []
     seen: dict[str, int] = {}
     statement = _STATEMENTS.get
+    known = who or {}
     for seq, time, data in events:
         build = statement(data["type"])
         if build is None:
             continue
-        stmt = build(seq, time, data)
+        stmt = build(seq, time, data, known)
         if stmt is None:
             continue
         sql, params = stmt
@@ -248,22 +281,25 @@ _REMOVED = (
 )
 
 _Statement = tuple[str, list[Any]] | None
+# who asked for what, by request id, as the appender already knows it (see AcceptedCall)
+_Who = Mapping[str, tuple[str, str]]
 
 
-def _received(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _received(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     caller, address = _caller_and_address(data)
     state = _S.RECEIVED
     return _FIRST, [data["request_id"], caller, address, state, seq, seq, time, time, 0]
 
 
-def _accepted(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _accepted(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     if "header" not in data:  # version 1: after request.received
         return _ACCEPTED_V1, [_S.ACCEPTED, seq, time, data["request_id"]]
-    caller, address = _caller_and_address(data)
-    return _FIRST, [data["request_id"], caller, address, _S.ACCEPTED, seq, seq, time, time, 1]
+    rid = data["request_id"]
+    caller, address = who.get(rid) or _caller_and_address(data)
+    return _FIRST, [rid, caller, address, _S.ACCEPTED, seq, seq, time, time, 1]
 
 
-def _rejected(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _rejected(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     if not data.get("request_id"):
         return None
     received = _S.RECEIVED
@@ -281,12 +317,12 @@ def _rejected(seq: int, time: str, data: dict[str, Any]) -> _Statement:
     ]
 
 
-def _started(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _started(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     state = _STATE_BY_TYPE["request.started"]
     return _STARTED, [state, seq, time, data.get("attempt", 1), data["request_id"]]
 
 
-def _completed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _completed(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     state = _STATE_BY_TYPE["request.completed"]
     result = [data["result_hash"], data["result_size"]]
     kept = data.get("object")
@@ -295,50 +331,50 @@ def _completed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
     return _COMPLETED_KEPT, [state, seq, time, *result, kept, data["request_id"]]
 
 
-def _failed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _failed(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     state = _STATE_BY_TYPE["request.failed"]
     return _FAILED, [state, seq, time, data["code"], data["reason"], data["request_id"]]
 
 
-def _progress(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _progress(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     return _PROGRESS, [data.get("fraction_ppm"), seq, time, data["request_id"]]
 
 
-def _stored(seq: int, time: str, data: dict[str, Any]) -> _Statement:  # version 1
+def _stored(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:  # version 1
     return _STORED_V1, [data["object"], data["request_id"]]
 
 
-def _lost(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _lost(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     return _LOST, [f"result not kept: {data['reason']}", data["request_id"]]
 
 
-def _shared(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _shared(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     if not (data.get("principal") and data.get("key_wraps")):
         return None
     wraps = orjson.dumps(dict(zip(data["recipients"], data["key_wraps"], strict=True)))
     return _SHARED, [data["request_id"], data["principal"], data["by"], wraps.decode(), seq]
 
 
-def _tagged(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _tagged(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     tags = orjson.dumps(list(data["tags"])).decode()
     return _TAGGED, [data["request_id"], data["scope"], tags]
 
 
-def _keep_shortened(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _keep_shortened(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     return _KEEP, [data["request_id"], data["keep_for"]]
 
 
-def _unshared(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _unshared(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     return _UNSHARED, [data["request_id"], data["principal"]]
 
 
-def _removed(seq: int, time: str, data: dict[str, Any]) -> _Statement:
+def _removed(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     why = data.get("reason") or f"removed by {data.get('by')}"
     return _REMOVED, [target(data["type"]), why, seq, time, data["request_id"]]
 
 
 # What each event type does to its request's row (types not here leave it as it is).
-_STATEMENTS: dict[str, Callable[[int, str, dict[str, Any]], _Statement]] = {
+_STATEMENTS: dict[str, Callable[[int, str, dict[str, Any], _Who], _Statement]] = {
     "request.received": _received,
     "request.accepted": _accepted,
     "request.rejected": _rejected,

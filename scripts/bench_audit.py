@@ -46,7 +46,6 @@ from hub.chain import leaf_hash
 from hub.events import (
     DOMAIN_COMMIT,
     NodeStarted,
-    RequestAccepted,
     RequestCompleted,
 )
 from hub.keys import KeyPair
@@ -54,6 +53,7 @@ from hub.logfile import iter_sqlite
 from hub.records import sign_record
 from node.bootstrap import key_record
 from node.eventlog import EventLog
+from node.projections import AcceptedCall
 
 SITE = "hereon"
 
@@ -88,10 +88,18 @@ def _header(rid: str) -> str:
 
 
 def _request(i: int) -> list[Any]:
-    """One call as a node logs it (version 2): accepted with the signed header, completed."""
+    """One call as a node logs it (version 2): accepted with the signed header (and, as
+    the node's pipeline builds it, who asked for what, read from the verified header),
+    completed."""
     rid = f"req{i:010d}"
     return [
-        RequestAccepted(request_id=rid, header=_header(rid), sig=_SIG),
+        AcceptedCall.of(
+            "klaus@geomar",
+            f"{SITE}.climate.compute_sum",
+            request_id=rid,
+            header=_header(rid),
+            sig=_SIG,
+        ),
         RequestCompleted(
             request_id=rid,
             result_hash="cd" * 32,

@@ -61,6 +61,7 @@ from hub.events import (
 from hub.keys import KeyPair, PublicKeys
 from hub.records import Checkpoint, Cosignature, GrantRecord, GroupRecord, KeyRecord, sign_record
 from node.eventlog import EventLog, _body_frame, _dump, _event_body
+from node.projections import AcceptedCall
 
 STARTED = NodeStarted(version="0.1.0", pid=1)
 INSERT = "INSERT INTO events(seq, hash, sig, body, type)"
@@ -229,6 +230,34 @@ def test_the_projection_reads_caller_and_address_from_the_accepted_header_or_lea
         ).fetchone()
     assert (row[0], row[1]) == expected
     assert row[2] == "accepted"
+
+
+def test_a_call_logged_with_its_caller_known_projects_as_a_rebuild_from_its_header_does(
+    tmp_path: Path,
+) -> None:
+    header = signed_header("req00001", caller="anna@geomar")
+    with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
+        log.append_many(
+            [
+                AcceptedCall.of(
+                    "anna@geomar",
+                    "hereon.climate.compute_sum",
+                    request_id="req00001",
+                    header=header,
+                    sig="c2ln",
+                ),
+                RequestAccepted(request_id="req00002", header=header, sig="c2ln"),
+            ]
+        )
+        query = "SELECT * FROM requests ORDER BY request_id"
+        incremental = log.db.execute(query).fetchall()
+        log.rebuild_projections()
+        assert log.db.execute(query).fetchall() == incremental
+        stored = list(log.events())
+    assert incremental[0][1:3] == ("anna@geomar", "hereon.climate.compute_sum")
+    # the event is a request.accepted like any other: the hint is not in its body
+    first, second = (ev.parsed()["data"] for ev in stored[-2:])
+    assert first == {**second, "request_id": "req00001"}
 
 
 def test_a_closed_log_refuses_appends_and_closing_twice_is_harmless(tmp_path: Path) -> None:
