@@ -46,6 +46,7 @@ class AcceptedCall(RequestAccepted):
         private = self.__pydantic_private__
         return private.get("_who") if private else None
 
+
 _REQUESTS = """
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT NOT NULL UNIQUE,
