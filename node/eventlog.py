@@ -445,6 +445,7 @@ class EventLog:
         projected: list[tuple[int, str, dict[str, Any]]] = []
         who: dict[str, tuple[str, str]] = {}
         checkpoint = False
+        wide = self._columns > 5  # a log of an earlier release: time and request id too
         for d in datas:
             if isinstance(d, dict):
                 data, data_json = d, canonical_bytes(d)
@@ -458,11 +459,14 @@ class EventLog:
             body = _event_body(data_json, head, hexlify(prev), seq, time_type, kind_json)
             prev = leaf_hash(body)
             rid = data.get("request_id")
-            rows.append((seq, prev, b"", body, kind, time, rid)[: self._columns])
+            if wide:
+                rows.append((seq, prev, b"", body, kind, time, rid))
+            else:
+                rows.append((seq, prev, b"", body, kind))
             if rid is not None:
                 projected.append((seq, time, data))
-                if type(d) is AcceptedCall and d.who is not None:
-                    who[rid] = d.who
+                if type(d) is AcceptedCall and (known := d.who) is not None:
+                    who[rid] = known
             elif kind == "checkpoint":
                 checkpoint = True
         if not rows:
