@@ -445,7 +445,8 @@ class EventLog:
         projected: list[tuple[int, str, dict[str, Any]]] = []
         who: dict[str, tuple[str, str]] = {}
         checkpoint = False
-        wide = self._columns > 5  # a log of an earlier release: time and request id too
+        columns = self._columns
+        wide = columns > 5  # a log of an earlier release: time and request id too
         for d in datas:
             if isinstance(d, dict):
                 data, data_json = d, canonical_bytes(d)
@@ -460,7 +461,7 @@ class EventLog:
             prev = leaf_hash(body)
             rid = data.get("request_id")
             if wide:
-                rows.append((seq, prev, b"", body, kind, time, rid))
+                rows.append((seq, prev, b"", body, kind, time, rid)[:columns])
             else:
                 rows.append((seq, prev, b"", body, kind))
             if rid is not None:
