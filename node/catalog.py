@@ -26,7 +26,9 @@ ones shared with the asker; anything else is answered as if it did not exist
 * ``provenance``: the request's events with proofs of inclusion (:mod:`node.provenance`),
   for the owner and its readers;
 * ``delete``: the owner removes the kept result now (:mod:`node.retention`,
-  ``result.deleted``).
+  ``result.deleted``);
+* ``slice`` / ``describe``: the owner lets the node open the kept result for this one
+  message and gets part of it, or its layout (:mod:`node.slicing`, ``result.sliced``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from hub.results_wire import (
 )
 from node.provenance import provenance_of
 from node.replay import ReplayGuard
+from node.slicing import Slicer
 
 if TYPE_CHECKING:
     from node.control import Control
@@ -102,6 +105,7 @@ class Catalog:
         self.p = pipeline
         self.control = control
         self.replay = ReplayGuard(pipeline.calls.replay_window)
+        self.slicer = Slicer(pipeline, control)
 
     def reader(self) -> sqlite3.Connection:
         """The pipeline's read connection to the log's projections."""
@@ -164,7 +168,9 @@ class Catalog:
 
     # -- the owner's ops -------------------------------------------------------------------
 
-    async def _owner(self, q: CatalogHeader, record: KeyRecord, state: dict[str, Any]) -> BaseModel:
+    async def _owner(
+        self, q: CatalogHeader, record: KeyRecord, state: dict[str, Any]
+    ) -> CatalogAnswer:
         rid = str(q.id)
         if q.op == "status":
             return self._record(
@@ -196,6 +202,8 @@ class Catalog:
                 request_id=rid, op="unshare", principal=principal, seq=stored[-1].seq
             )
         name = self._kept(rid, state)
+        if q.op in ("slice", "describe"):
+            return await self.slicer.answer(q, record, state, name)
         if q.op == "delete":
             retention = self.p.results.retention
             if retention is None:
