@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import xarray as xr
-from support.hostile import LogView, Spy, audit_node, wait_reachable
+from support.grids import (
+    COLLEAGUE,
+    OWNER,
+    THIRD,
+    KiB,
+    grids_node_config,
+    grids_world,
+    kept,
+    sliced,
+)
+from support.hostile import LogView, Spy, audit_node
 from support.world import World
 
 from hub.answers import ask_service
@@ -49,12 +59,6 @@ from node.slicing import selection_hash
 if TYPE_CHECKING:
     from conftest import Federation
 
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
-GRIDS = Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "grids.py"
-KiB = 1024
-
 
 @pytest.fixture(scope="module")
 def federation(open_federation: Federation) -> Federation:
@@ -64,25 +68,12 @@ def federation(open_federation: Federation) -> Federation:
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
+    return grids_world(tmp_path / "world")
 
 
 @pytest.fixture
 def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
-    """A hereon node serving ``grids`` to klaus; results above 64 KiB go the bulk way."""
-    return world.node_config(
-        "hereon",
-        name=unique("n").replace("_", "-"),
-        nats_url=federation.site_url("hereon"),
-        modules=[("grids", GRIDS)],
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "grids", "*")],
-        calls={"bulk_threshold": 64 * KiB},
-    )
+    return grids_node_config(world, federation, unique)
 
 
 @pytest.fixture
@@ -93,17 +84,6 @@ async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
 
 def connect(world: World, federation: Federation, who: str = OWNER) -> Any:
     return Client.connect(federation.site_url("geomar"), who, home=world.store.home)
-
-
-async def kept(fed: Client, function: str, **kwargs: Any) -> tuple[str, Any]:
-    """Call ``hereon.grids.FUNCTION`` and return its request id and whole result."""
-    await wait_reachable(fed, "hereon", "grids")
-    handle = await fed.submit(f"hereon.grids.{function}", timeout=30, **kwargs)
-    return handle.request_id, await handle.result()
-
-
-def sliced(cfg: NodeConfig) -> list[dict[str, Any]]:
-    return [e["data"] for e in LogView(cfg.log_path).events("result.sliced")]
 
 
 async def test_the_owner_gets_a_slice_of_a_kept_dataset_and_only_that_part_travels(
