@@ -23,15 +23,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError as PydanticValidationError
 
 from hub import call_bulk, codec
-from hub.answers import ResultWrap, parse_answer
 from hub.canonical import b64d, b64e
 from hub.crypto import blake2b_256, open_content_key, open_secret, wrap_key
 from hub.envelopes import REPLY_MAGIC, unpack_reply
 from hub.errors import CanonicalError, ConfigError, IntegrityError
 from hub.records import one_line
-from hub.results_client import catalog
+from hub.results_client import catalog, own_content_key
 from hub.results_wire import IndexPart, SliceArgs
-from hub.subjects import parse_address
 
 if TYPE_CHECKING:
     from hub.client import Client
@@ -148,19 +146,10 @@ class Grantor:
 
 
 async def grantor(client: Client, site: str, request_id: str) -> Grantor:
-    """The owner's content key of a kept result (its own wrap, opened only if the node key
-    verified for the module made it), to grant slices of it."""
-    data = await catalog(client, "wrap", site, request_id)
-    wrap = parse_answer(ResultWrap, data, f"wrap answer from {site}")
-    target = parse_address(wrap.address)
-    info = await client.module_info(target.site, target.module)
-    key = open_content_key(
-        {client.keys.kid: b64d(wrap.wrap)},
-        client.keys.kid,
-        client.keys.box_secret,
-        sender=info.node_box_key,
-    )
-    return Grantor(client, site, request_id, key, info.node_box_key)
+    """What the owner needs to grant slices of a kept result
+    (:func:`hub.results_client.own_content_key`)."""
+    key, node_box_key = await own_content_key(client, site, request_id)
+    return Grantor(client, site, request_id, key, node_box_key)
 
 
 async def slice_result(

@@ -95,6 +95,8 @@ async def test_the_owner_gets_a_slice_of_a_kept_dataset_and_only_that_part_trave
             rid, site="hereon", isel={"time": slice(0, 10)}, variables=["t2m"]
         )
         point = await fed.result_slice(rid, site="hereon", isel={"time": 3, "lat": -1})
+        lineage = await fed.provenance("hereon", rid)
+    assert [st.type for st in lineage.steps].count("result.sliced") == 2, "proven steps"
     xr.testing.assert_identical(part, whole[["t2m"]].isel(time=slice(0, 10)))
     xr.testing.assert_identical(point, whole.isel(time=3, lat=-1))
     first, second = sliced(cfg)
