@@ -22,6 +22,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import structlog
 from pydantic import ValidationError as PydanticValidationError
 
@@ -272,6 +273,8 @@ def _xarray_of(value: Any, rid: str) -> Any:
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return "a numpy array (its dimensions have no names)"
     name = type(value).__name__
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
