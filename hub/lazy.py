@@ -30,7 +30,11 @@ from hub.errors import CallTimeoutError, ConfigError
 if TYPE_CHECKING:
     from hub.slices import Grantor
 
-__all__ = ["RemoteBlocks", "open_lazy", "require_dask"]
+__all__ = ["LOOP_SILENCE", "RemoteBlocks", "open_lazy", "require_dask"]
+
+#: Seconds a block waits for the client's event loop to turn before it decides that the
+#: loop is blocked by the compute that asked for the block (computed on the loop itself).
+LOOP_SILENCE = 20.0
 
 
 def require_dask() -> Any:
@@ -79,10 +83,11 @@ class RemoteBlocks:
         except RuntimeError:
             running = None
         if running is self.loop or threading.get_ident() == getattr(self.loop, "_thread_id", 0):
-            raise ConfigError(
-                "a lazy result is computed on its client's event loop, which would wait on itself",
-                hint="await asyncio.to_thread(value.compute), or use hub.sync_client.connect()",
-            )
+            raise _on_the_loop()
+        turned = threading.Event()  # a loop blocked by this very compute never turns
+        self.loop.call_soon_threadsafe(turned.set)
+        if not turned.wait(LOOP_SILENCE):
+            raise _on_the_loop()
         variables = [self.name] if self.of_dataset else None
         future = asyncio.run_coroutine_threadsafe(
             self.owner.ask("slice", isel, variables), self.loop
@@ -99,6 +104,13 @@ class RemoteBlocks:
         if self.of_dataset:
             part = part[self.name]
         return np.asarray(part.values, dtype=self.dtype)
+
+
+def _on_the_loop() -> ConfigError:
+    return ConfigError(
+        "a lazy result is computed on its client's event loop, which would wait on itself",
+        hint="await asyncio.to_thread(value.compute), or use hub.sync_client.connect()",
+    )
 
 
 def _block_sizes(

@@ -18,6 +18,7 @@ from support.grids import OWNER, KiB, grids_node_config, grids_world, kept, slic
 from support.hostile import LogView, NodeThread, wait_reachable
 from support.world import World
 
+from hub import lazy
 from hub.client import Client
 from hub.errors import ConfigError
 from hub.lazy import require_dask
@@ -86,13 +87,20 @@ async def test_computing_one_block_of_a_lazy_result_fetches_that_block_and_nothi
 
 
 async def test_computing_on_the_clients_own_event_loop_is_refused_with_a_clear_error(
-    node: NodeDaemon, world: World, cfg: NodeConfig, federation: Federation
+    node: NodeDaemon,
+    world: World,
+    cfg: NodeConfig,
+    federation: Federation,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with await connect(world, federation) as fed:
         rid, _ = await kept(fed, "grid", ntime=4)
         ds = await fed.open_result(rid, site="hereon")
         with pytest.raises(ConfigError, match="event loop"):
-            ds.t2m.compute(scheduler="synchronous")
+            ds.t2m.compute(scheduler="synchronous")  # the block asked for on the loop itself
+        monkeypatch.setattr(lazy, "LOOP_SILENCE", 0.5)
+        with pytest.raises(ConfigError, match="event loop"):
+            ds.t2m.compute()  # dask's threads ask, while the loop waits for them
     assert slices(cfg) == []
 
 
