@@ -41,6 +41,8 @@ from hub.crypto import (
 )
 from hub.envelopes import Bulk, ReplyHeader, StoredResult, pack_reply
 from hub.errors import (
+    CanonicalError,
+    ChunkError,
     DecryptionError,
     IntegrityError,
     OversizeError,
@@ -51,7 +53,8 @@ from hub.errors import (
 from hub.events import ResultSliced
 from hub.records import KeyRecord, one_line
 from hub.results_wire import CatalogHeader, IndexPart, SliceArgs
-from hub.transfer import new_transfer_id, open_stream, seal_stream
+from hub.transfer import HEADER_BYTES, Header, new_transfer_id, open_stream, seal_stream
+from hub.transfer.sealing import BodyDigest, iter_frames
 
 if TYPE_CHECKING:
     from node.control import Control
@@ -139,6 +142,8 @@ class Slicer:
         staged.append(plain_path)
 
         def decrypt() -> None:
+            if _sealed_hash(body) != logged:  # checked without the key: tampered, not refused
+                raise IntegrityError(f"the stored result of {rid} does not match its logged hash")
             with body.open("rb") as source, plain_path.open("wb") as sink:
                 open_stream(source, sink, bulk_key(key))
 
@@ -230,6 +235,19 @@ def _open_grant(grant: str, record: KeyRecord, rid: str, box_secret: bytes) -> b
         raise UnauthorizedError(
             f"the key granted for {rid} does not open with this node's key"
         ) from exc
+
+
+def _sealed_hash(path: Path) -> str:
+    """The payload hash of a sealed form (BLAKE2b-256 of its frames), read without its key."""
+    with path.open("rb") as source:
+        try:
+            header = Header.from_bytes(source.read(HEADER_BYTES))
+            digest = BodyDigest()
+            for _, sealed in iter_frames(source, header):
+                digest.add(sealed)
+        except (ChunkError, CanonicalError, ValueError):
+            return ""
+    return digest.digest().hex()
 
 
 def _not_opened(rid: str) -> UnauthorizedError:

@@ -41,6 +41,7 @@ from hub.clock import now
 from hub.crypto import new_content_key, wrap_key
 from hub.envelopes import REPLY_MAGIC
 from hub.errors import (
+    IntegrityError,
     NotFoundError,
     ReplayError,
     SelectionError,
@@ -48,10 +49,11 @@ from hub.errors import (
     ValidationError,
 )
 from hub.nats import connect as nats_connect
+from hub.nats import get_object, put_object
 from hub.results_client import catalog
 from hub.results_wire import CatalogHeader, pack_catalog
 from hub.slices import grantor
-from hub.subjects import status_subject
+from hub.subjects import RESULTS_BUCKET, status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 from node.slicing import selection_hash
@@ -279,3 +281,36 @@ def test_the_selection_hash_names_the_selection_and_nothing_else() -> None:
     assert a != selection_hash({"time": (0, 11, None)}, ("t2m",))
     assert a != selection_hash({"time": (0, 10, None)}, None)
     assert np.frombuffer(bytes.fromhex(a), dtype="u1").size == 32
+
+
+async def _tamper(node: NodeDaemon, rid: str) -> None:
+    """Flip one bit of the last byte of the stored result (its ciphertext or sealed form)."""
+    assert node.nc is not None
+    js = node.nc.jetstream()
+    stored = await get_object(js, RESULTS_BUCKET, rid)
+    await put_object(js, RESULTS_BUCKET, rid, stored[:-1] + bytes([stored[-1] ^ 1]))
+
+
+@pytest.mark.parametrize(
+    ("function", "kwargs", "phrase"),
+    [
+        ("grid", {}, "is not the one the log recorded"),
+        ("line", {"n": 40_000}, "does not match its logged hash"),  # bulk: checked keyless
+    ],
+)
+async def test_a_tampered_stored_result_is_refused_as_such_small_or_bulk(
+    node: NodeDaemon,
+    world: World,
+    cfg: NodeConfig,
+    federation: Federation,
+    function: str,
+    kwargs: dict[str, Any],
+    phrase: str,
+) -> None:
+    async with await connect(world, federation) as fed:
+        rid, whole = await kept(fed, function, **kwargs)
+        dim = next(iter(whole.dims))
+        await _tamper(node, rid)
+        with pytest.raises(IntegrityError, match=phrase):
+            await fed.result_slice(rid, site="hereon", isel={dim: 0})
+    assert sliced(cfg) == []
