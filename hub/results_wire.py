@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.canonical import canonical_bytes, parse_canonical
-from hub.crypto import sign
+from hub.crypto import blake2b_256, sign
 from hub.errors import CanonicalError
 from hub.records import B64, Kid, SignedRecord, Time, one_line
 
@@ -144,6 +144,12 @@ class SliceArgs(_Wire):
     grant: B64
     isel: dict[Name, IndexPart] = Field(default_factory=dict, max_length=64)
     variables: tuple[Name, ...] | None = Field(None, min_length=1, max_length=1000)
+
+    def selection_hash(self) -> str:
+        """BLAKE2b-256 (hex) of the canonical JSON ``{"isel", "variables"}``: the part
+        asked for, as ``result.sliced`` logs it (instead of the names)."""
+        part = self.model_dump(mode="json", include={"isel", "variables"})
+        return blake2b_256(canonical_bytes(part)).hex()
 
 
 class CatalogHeader(_Wire):

@@ -29,7 +29,7 @@ from pydantic import ValidationError as PydanticValidationError
 from hub import codec
 from hub.bulk import bulk_key, chunk_size_for, describe, is_xarray, map_file, open_netcdf
 from hub.bulk import seal_netcdf as seal_netcdf_value
-from hub.canonical import b64d, b64e, canonical_bytes
+from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.crypto import (
     blake2b_256,
@@ -60,19 +60,9 @@ if TYPE_CHECKING:
     from node.control import Control
     from node.pipeline import Pipeline
 
-__all__ = ["Slicer", "layout_of", "select", "selection_hash"]
+__all__ = ["Slicer", "layout_of", "select"]
 
 log = structlog.get_logger(__name__)
-
-
-def selection_hash(isel: dict[str, IndexPart], variables: tuple[str, ...] | None) -> str:
-    """BLAKE2b-256 (hex) of the canonical JSON ``{"isel", "variables"}`` of a selection
-    (what ``result.sliced`` logs instead of the names)."""
-    part = {
-        "isel": {k: list(v) if isinstance(v, tuple) else v for k, v in isel.items()},
-        "variables": list(variables) if variables is not None else None,
-    }
-    return blake2b_256(canonical_bytes(part)).hex()
 
 
 class Slicer:
@@ -194,7 +184,7 @@ class Slicer:
             request_id=rid,
             by=q.caller,
             part="layout" if q.op == "describe" else "slice",
-            selection_hash=selection_hash(args.isel, args.variables),
+            selection_hash=args.selection_hash(),
             size=size,
             sent_hash=sent,
         )

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 import dask.array
 import pytest
 import xarray as xr
-from support.grids import OWNER, KiB, grids_node_config, grids_world, kept, sliced
+from support.grids import (
+    OWNER,
+    KiB,
+    grids_node_config,
+    grids_world,
+    kept,
+    selection_hash,
+    sliced,
+)
 from support.hostile import LogView, NodeThread, wait_reachable
 from support.world import World
 
@@ -25,7 +33,6 @@ from hub.lazy import require_dask
 from hub.sync_client import connect as connect_sync
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
-from node.slicing import selection_hash
 
 if TYPE_CHECKING:
     from conftest import Federation

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
 import xarray as xr
 from support.grids import (
@@ -28,6 +27,7 @@ from support.grids import (
     grids_node_config,
     grids_world,
     kept,
+    selection_hash,
     sliced,
 )
 from support.hostile import LogView, Spy, audit_node
@@ -56,7 +56,6 @@ from hub.slices import grantor
 from hub.subjects import RESULTS_BUCKET, status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
-from node.slicing import selection_hash
 
 if TYPE_CHECKING:
     from conftest import Federation
@@ -273,14 +272,6 @@ async def test_result_get_with_isel_and_var_writes_the_part_and_refuses_a_bad_on
     assert lines[0].startswith("error: SelectionError") and "out of range" in lines[0]
     unparsable = await asyncio.to_thread(fedhub, "--isel", "time")
     assert unparsable.returncode != 0 and "DIM=INDEX" in unparsable.stderr
-
-
-def test_the_selection_hash_names_the_selection_and_nothing_else() -> None:
-    a = selection_hash({"time": (0, 10, None)}, ("t2m",))
-    assert a == selection_hash({"time": (0, 10, None)}, ("t2m",))
-    assert a != selection_hash({"time": (0, 11, None)}, ("t2m",))
-    assert a != selection_hash({"time": (0, 10, None)}, None)
-    assert np.frombuffer(bytes.fromhex(a), dtype="u1").size == 32
 
 
 async def _tamper(node: NodeDaemon, rid: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hub.results_wire import SliceArgs
 from node.config import NodeConfig
 from support.hostile import LogView, wait_reachable
 from support.world import World
@@ -52,3 +53,8 @@ async def kept(fed: Any, function: str, **kwargs: Any) -> tuple[str, Any]:
 def sliced(cfg: NodeConfig) -> list[dict[str, Any]]:
     """The data of every ``result.sliced`` the node logged, in order."""
     return [e["data"] for e in LogView(cfg.log_path).events("result.sliced")]
+
+
+def selection_hash(isel: dict[str, Any], variables: tuple[str, ...] | None) -> str:
+    """The selection hash ``result.sliced`` logs for ``isel`` and ``variables``."""
+    return SliceArgs(grant="", isel=isel, variables=variables).selection_hash()

@@ -9,6 +9,7 @@ import xarray as xr
 
 from hub import codec
 from hub.errors import ConfigError, SelectionError
+from hub.results_wire import SliceArgs
 from hub.slices import parse_isel
 from node.slicing import layout_of, select
 
@@ -103,3 +104,14 @@ def test_the_layout_names_each_variable_with_its_shape_and_keeps_coordinates_via
     ]  # fmt: skip
     one = layout_of(ds.t2m, RID)
     assert one["kind"] == "DataArray" and [n for n, _ in one["variables"]] == ["t2m"]
+
+
+def test_the_selection_hash_names_the_selection_and_not_the_grant() -> None:
+    def digest(grant: str, isel: dict[str, object], variables: tuple[str, ...] | None) -> str:
+        return SliceArgs(grant=grant, isel=isel, variables=variables).selection_hash()  # type: ignore[arg-type]
+
+    a = digest("Zmlyc3Q", {"time": (0, 10, None)}, ("t2m",))
+    assert a == digest("c2Vjb25k", {"time": (0, 10, None)}, ("t2m",))
+    assert a != digest("Zmlyc3Q", {"time": (0, 11, None)}, ("t2m",))
+    assert a != digest("Zmlyc3Q", {"time": (0, 10, None)}, None)
+    assert len(bytes.fromhex(a)) == 32
