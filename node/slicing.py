@@ -94,7 +94,7 @@ class Slicer:
                     part: Any = await asyncio.to_thread(layout_of, value, rid)
                 else:
                     part = await asyncio.to_thread(select, value, rid, args.isel, args.variables)
-                return await self._send(q, record, part, args, staged)
+                return await self._send(q, record, part, args)
             finally:
                 if is_xarray(value):
                     value.close()
@@ -120,9 +120,7 @@ class Slicer:
             try:
                 plain = open_secret(key, body)
             except DecryptionError as exc:
-                raise UnauthorizedError(
-                    f"the key granted does not open the result of {rid}"
-                ) from exc
+                raise _not_opened(rid) from exc
             return await asyncio.to_thread(codec.decode, plain)
         staged.append(body)
         assert p.bulk is not None and head.bulk is not None
@@ -151,7 +149,6 @@ class Slicer:
         record: KeyRecord,
         part: Any,
         args: SliceArgs,
-        staged: list[Path],
     ) -> bytes:
         """Seal ``part`` for the asker with a fresh key, log ``result.sliced`` and frame
         the answer (the part in the frame, or announced and sent as a bulk transfer)."""
