@@ -26,9 +26,9 @@ from hub import call_bulk, codec
 from hub.canonical import b64d, b64e
 from hub.crypto import blake2b_256, open_content_key, open_secret, wrap_key
 from hub.envelopes import REPLY_MAGIC, unpack_reply
-from hub.errors import CanonicalError, ConfigError, IntegrityError
+from hub.errors import CanonicalError, ConfigError, IntegrityError, NotFoundError
 from hub.records import one_line
-from hub.results_client import catalog, own_content_key
+from hub.results_client import catalog, own_content_key, result_status
 from hub.results_wire import IndexPart, SliceArgs
 
 if TYPE_CHECKING:
@@ -148,7 +148,17 @@ class Grantor:
 async def grantor(client: Client, site: str, request_id: str) -> Grantor:
     """What the owner needs to grant slices of a kept result
     (:func:`hub.results_client.own_content_key`)."""
-    key, node_box_key = await own_content_key(client, site, request_id)
+    try:
+        key, node_box_key = await own_content_key(client, site, request_id)
+    except NotFoundError:
+        record = await result_status(client, site, request_id)  # a stranger: NotFoundError
+        if record.shared_with_me:
+            raise NotFoundError(
+                f"request {request_id} is {record.caller}'s: only its owner can let the node "
+                "read it for a slice",
+                hint=f"get it whole: fedhub result get {request_id} --site {site}",
+            ) from None
+        raise
     return Grantor(client, site, request_id, key, node_box_key)
 
 

@@ -178,9 +178,9 @@ async def test_nobody_but_the_owner_may_slice_not_even_a_colleague_holding_the_k
         await fed.share("hereon", rid, COLLEAGUE)
         content_key = (await grantor(fed, "hereon", rid)).content_key
         node_box = (await fed.module_info("hereon", "grids")).node_box_key
-    for who in (COLLEAGUE, THIRD):
+    for who, told in ((COLLEAGUE, "only its owner"), (THIRD, f"no request {rid}")):
         async with await connect(world, federation, who) as other:
-            with pytest.raises(NotFoundError):
+            with pytest.raises(NotFoundError, match=told):
                 await other.result_slice(rid, site="hereon", isel={"time": 0})
             keys = other.keys  # a hand-made slice with the real content key, granted by them
             grant = wrap_key(keys.box_secret, keys.box_public, node_box, content_key)
