@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conftest import node_nats
+
 from hub.results_wire import SliceArgs
 from node.config import NodeConfig
 from support.hostile import LogView, wait_reachable
@@ -34,7 +36,7 @@ def grids_node_config(world: World, federation: LocalFederation, unique: Any) ->
     return world.node_config(
         "hereon",
         name=unique("n").replace("_", "-"),
-        nats_url=federation.site_url("hereon"),
+        **node_nats(federation, "hereon"),
         modules=[("grids", GRIDS)],
         trust=["geomar"],
         users=[OWNER, COLLEAGUE, THIRD],
