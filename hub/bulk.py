@@ -221,8 +221,12 @@ def seal_netcdf(
             chunk_size=chunk_size,
             compress=compress,
         )
-        prepared.write(sealer)
-        return sealer.close(), prepared.kind
+        try:
+            prepared.write(sealer)
+            return sealer.close(), prepared.kind
+        except BaseException:
+            sealer.abort()
+            raise
 
 
 def is_xarray(value: object) -> bool:

@@ -6,6 +6,7 @@ ChunkError (a DecryptionError, an IntegrityError) and never return other bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import struct
@@ -24,6 +25,7 @@ from hub.transfer.sealing import (
     open_bytes,
     read_frame,
     seal_bytes,
+    seal_stream,
 )
 
 KEY = bytes(range(32))
@@ -300,3 +302,36 @@ def test_a_sealer_refuses_more_bytes_than_announced_and_a_close_before_all_came(
     sealer = Sealer(io.BytesIO(), KEY, total_size=10, chunk_size=4)
     with pytest.raises(ChunkError, match="more than the 10 bytes"):
         sealer.write(b"12345678901")
+
+
+class _FullDisk(io.BytesIO):
+    """A sink that takes ``room`` bytes and then fails like a full disk; counts writes after."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.failed = False
+        self.writes_after_failure = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:  # type: ignore[override]
+        if self.failed:
+            self.writes_after_failure += 1
+        if self.tell() + len(data) > self.room:
+            self.failed = True
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+
+def test_a_sink_failing_behind_the_sealing_fails_it_with_its_own_error() -> None:
+    sink = _FullDisk(room=HEADER_BYTES + 3 * 1024)
+    with pytest.raises(OSError, match="No space left"):
+        seal_stream(io.BytesIO(bytes(64 * 1024)), sink, KEY, chunk_size=1024)
+    assert sink.writes_after_failure == 0  # nothing was written behind the error
+
+
+def test_sealing_in_pieces_gives_the_same_body_hash_as_hashing_the_written_body() -> None:
+    sink = io.BytesIO()
+    info = seal_stream(io.BytesIO(bytes(range(256)) * 4000), sink, KEY, chunk_size=1000)
+    body = sink.getvalue()[HEADER_BYTES:]
+    assert hashlib.blake2b(body, digest_size=32).digest() == info.header.payload_hash
+    assert len(body) == info.body_size
