@@ -28,7 +28,7 @@ import io
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,9 +220,22 @@ class SealedInfo:
         return 0.0 if total == 0 else 1.0 - self.body_size / total
 
 
-#: Threads that hash and write sealed chunks while the next one is encrypted (shared by
-#: every Sealer of the process; each keeps at most one chunk there).
-_OUTPUT_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedhub-seal")
+#: Threads that hash and write sealed chunks while the sealing thread encrypts the next:
+#: shared by the process, each Sealer keeps at most one chunk there. (A receiver does not
+#: do this: it runs while sender and servers keep both cores busy, where a hand-off per
+#: chunk only adds CPU; a sealing pass runs alone.)
+_WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedhub-chunks")
+#: Chunks smaller than this are hashed in line (a thread hand-off would cost more).
+_PARALLEL_MIN = 64 * 1024
+
+
+def _in_parallel(work: Callable[[bytes], object], sealed: bytes) -> Future[object] | None:
+    """``work(sealed)`` on a worker thread for a large chunk (its future); in line, and
+    None, for a small one."""
+    if len(sealed) < _PARALLEL_MIN:
+        work(sealed)
+        return None
+    return _WORKERS.submit(work, sealed)
 
 
 def _check_key(key: bytes) -> None:
@@ -292,7 +305,7 @@ class Sealer:
         self._index = 0
         self._body = 0
         #: Hashing and writing the chunk sealed last (chunks are output strictly in order).
-        self._output: Future[None] | None = None
+        self._output: Future[object] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Take the next ``len(data)`` bytes of the payload; seal every chunk completed.
@@ -341,7 +354,7 @@ class Sealer:
             self._state, message, header.chunk_ad(index), tag
         )
         self._drain()
-        self._output = _OUTPUT_THREADS.submit(self._emit, sealed)
+        self._output = _in_parallel(self._emit, sealed)
         self._body += FRAME_PREFIX_BYTES + len(sealed)
         self._index += 1
 

@@ -322,16 +322,33 @@ class _FullDisk(io.BytesIO):
         return super().write(data)
 
 
+#: Chunks this large are hashed and written on a worker thread (smaller ones in line).
+BIG_CHUNK = 64 * 1024
+
+
 def test_a_sink_failing_behind_the_sealing_fails_it_with_its_own_error() -> None:
-    sink = _FullDisk(room=HEADER_BYTES + 3 * 1024)
+    sink = _FullDisk(room=HEADER_BYTES + 3 * BIG_CHUNK)
     with pytest.raises(OSError, match="No space left"):
-        seal_stream(io.BytesIO(bytes(64 * 1024)), sink, KEY, chunk_size=1024)
+        seal_stream(io.BytesIO(bytes(20 * BIG_CHUNK)), sink, KEY, chunk_size=BIG_CHUNK)
     assert sink.writes_after_failure == 0  # nothing was written behind the error
 
 
-def test_sealing_in_pieces_gives_the_same_body_hash_as_hashing_the_written_body() -> None:
+def test_large_chunks_sealed_behind_each_other_hash_and_open_as_the_body_they_wrote() -> None:
+    data = bytes(range(256)) * (40 * BIG_CHUNK // 256) + b"tail"
     sink = io.BytesIO()
-    info = seal_stream(io.BytesIO(bytes(range(256)) * 4000), sink, KEY, chunk_size=1000)
+    info = seal_stream(io.BytesIO(data), sink, KEY, chunk_size=BIG_CHUNK)
     body = sink.getvalue()[HEADER_BYTES:]
     assert hashlib.blake2b(body, digest_size=32).digest() == info.header.payload_hash
     assert len(body) == info.body_size
+    assert open_bytes(sink.getvalue(), KEY) == data
+
+
+@settings(deadline=None, max_examples=20)
+@given(chunk=st.integers(0, 4), offset=st.integers(0, BIG_CHUNK + 20))
+def test_a_flipped_byte_in_a_large_chunk_fails_at_that_chunk(chunk: int, offset: int) -> None:
+    sealed = bytearray(seal_bytes(bytes(5 * BIG_CHUNK), KEY, chunk_size=BIG_CHUNK))
+    frame = 4 + BIG_CHUNK + 18  # length prefix, encoding byte and tag around each chunk
+    sealed[HEADER_BYTES + chunk * frame + 4 + offset % (frame - 4)] ^= 0x40
+    with pytest.raises(ChunkError) as caught:
+        open_bytes(bytes(sealed), KEY)
+    assert caught.value.index == chunk
