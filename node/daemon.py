@@ -197,7 +197,7 @@ class NodeDaemon:
         assert self.nc is not None and self._node_key_record is not None
         self._code_hashes = codes
         self.pipeline.staging = Staging(
-            self.nc, cfg.identity, self.eventlog.key, self._node_key_record
+            self.nc, cfg.identity, self.eventlog.key, self._node_key_record, self.pipeline.bulk
         )
         retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
         await self.pipeline.load_replay_memory()

@@ -411,7 +411,8 @@ class Pipeline:
                 if h.refs is not None:  # arguments by reference: fetched from their sites
                     if self.staging is None:
                         raise ValidationError("this node takes no arguments by reference")
-                    kwargs = {**kwargs, **await self.staging.arguments(h, job.record, timeout)}
+                    staged = await self.staging.arguments(h, job.record, timeout, cancel)
+                    kwargs = {**kwargs, **staged}
                 value = await self.runner.run(
                     h.module,
                     h.function,
