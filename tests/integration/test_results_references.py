@@ -265,26 +265,7 @@ async def test_only_a_node_its_own_site_vouched_for_and_shared_with_fetches_a_re
         assert refs is not None
 
         async def fetch(pair: KeyPair, record: SignedRecord, call: str = "r" * 22) -> bytes:
-            header = CatalogHeader(
-                op="fetch",
-                id=kept.request_id,
-                caller=pair.identity,
-                kid=pair.kid,
-                time=now(),
-                nonce=b64e(secrets.token_bytes(12)),
-                args={"node_key": record.model_dump(mode="json"), "for_call": call},
-            )
-            nc = await nats_connect(node.url)
-            try:
-                msg = await nc.request(
-                    status_subject("hereon"), pack_catalog(header, pair.signing_key), timeout=5
-                )
-            finally:
-                await nc.close()
-            error = error_from_headers(msg.headers)
-            if error is not None:
-                raise error
-            return bytes(msg.data)
+            return await _fetch_as_node(node.url, kept.request_id, pair, record, call)
 
         frame = unpack_reply(await fetch(n9, vouched))  # the node shared with
         assert frame.header.result_hash == refs["x"].hash and n9.kid in frame.header.wraps
@@ -300,3 +281,68 @@ async def test_only_a_node_its_own_site_vouched_for_and_shared_with_fetches_a_re
     assert [e["data"]["by"] for e in fetched] == [n9.identity]
     (shared,) = LogView(cfg.log_path).events("result.shared")
     assert (shared["data"]["principal"], shared["data"]["for_call"]) == (n9.identity, "r" * 22)
+
+
+async def test_after_an_unshare_a_share_with_the_node_for_a_new_call_does_not_revive_the_old_one(
+    world: World, tmp_path: Path
+) -> None:
+    """A share with a node covers the calls it names until the owner unshares the node;
+    sharing with the same node again, for a new call, covers that call only."""
+    cfg = world.node_config(
+        "hereon", trust=["geomar"], users=[OWNER], grants=[(OWNER, "climate", "*")]
+    )
+    n9 = KeyPair.generate("node:geomar/n9")
+    vouched = sign_record(key_record(n9, "geomar", "node"), world.site("geomar").signing_key)
+    target = cast(Any, SimpleNamespace(  # what the module info of n9 would say
+        node=n9.identity, node_kid=n9.kid, node_box_key=n9.box_public,
+        info=SimpleNamespace(node_key=vouched),
+    ))  # fmt: skip
+    old, new = "a" * 22, "b" * 22
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(node.url, OWNER, home=world.store.home) as fed,
+    ):
+        kept = await fed.submit("hereon.climate.scale", values=[5.0], timeout=15)
+        await kept.result()
+        rid, ref = kept.request_id, {"x": fed.ref("hereon", kept.request_id)}
+        await stage_refs(fed, ref, target, old)
+        assert unpack_reply(await _fetch_as_node(node.url, rid, n9, vouched, old))
+        await fed.unshare("hereon", rid, n9.identity)
+        with pytest.raises(NotFoundError):
+            await _fetch_as_node(node.url, rid, n9, vouched, old)
+        await stage_refs(fed, ref, target, new)  # shared again, for a new call
+        frame = unpack_reply(await _fetch_as_node(node.url, rid, n9, vouched, new))
+        assert n9.kid in frame.header.wraps
+        with pytest.raises(NotFoundError):  # the old call's share stays ended
+            await _fetch_as_node(node.url, rid, n9, vouched, old)
+    view = LogView(cfg.log_path)
+    assert [e["data"]["for_call"] for e in view.events("result.shared")] == [old, new]
+    assert len(view.events("result.unshared")) == 1
+    assert len(view.events("result.fetched")) == 2
+
+
+async def _fetch_as_node(
+    url: str, rid: str, pair: KeyPair, record: SignedRecord, call: str
+) -> bytes:
+    """A catalog ``fetch`` of ``rid`` at hereon by node ``pair`` (key record ``record``)
+    for the call ``call``: the result frame, or the typed error of the refusal."""
+    header = CatalogHeader(
+        op="fetch",
+        id=rid,
+        caller=pair.identity,
+        kid=pair.kid,
+        time=now(),
+        nonce=b64e(secrets.token_bytes(12)),
+        args={"node_key": record.model_dump(mode="json"), "for_call": call},
+    )
+    nc = await nats_connect(url)
+    try:
+        msg = await nc.request(
+            status_subject("hereon"), pack_catalog(header, pair.signing_key), timeout=5
+        )
+    finally:
+        await nc.close()
+    error = error_from_headers(msg.headers)
+    if error is not None:
+        raise error
+    return bytes(msg.data)
