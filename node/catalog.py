@@ -76,6 +76,7 @@ from hub.results_wire import (
 )
 from node.provenance import provenance_of
 from node.replay import ReplayGuard
+from node.retention import asked_keep
 from node.staging import shared_for_call
 
 if TYPE_CHECKING:
@@ -293,13 +294,7 @@ class Catalog:
 
     def _asked_by_request(self, rids: list[str]) -> dict[str, float]:
         """The keep-for times owners asked for, of those of ``rids`` that have one."""
-        out: dict[str, float] = {}
-        for at in range(0, len(rids), 500):
-            part = rids[at : at + 500]
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT request_id, keep_for FROM result_keep WHERE request_id IN ({marks})"  # noqa: S608
-            out.update(self.reader().execute(sql, part).fetchall())
-        return out
+        return asked_keep(self.reader(), rids)
 
     def _tags_by_request(self, rids: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
         """The tags of each of ``rids`` that has some, by scope."""

@@ -13,13 +13,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from support.world import NodeProcess, World
 
 from hub.cli_results import parse_when
+from hub.clock import parse_time
 
 KLAUS = "klaus@geomar"
 ANNA = "anna@geomar"
@@ -279,3 +280,19 @@ def test_times_on_the_command_line_read_relative_and_absolute_forms() -> None:
     assert parse_when("1d", now=at) == "2026-11-29T12:00:00.000000Z"
     assert parse_when("2026-11-30") == "2026-11-30T00:00:00.000000Z"
     assert parse_when("2026-11-30T10:00+01:00") == "2026-11-30T09:00:00.000000Z"
+
+
+def test_call_keep_asks_for_a_shorter_keep_and_status_and_requests_show_when_it_goes(
+    site: Site,
+) -> None:
+    short = call(site, "hereon.climate.scale", "values=[1]", "--keep", "2d")
+    none = call(site, "hereon.climate.scale", "values=[1]", "--keep", "0")
+    status = json.loads(fedhub(site, "status", "--site", "hereon", "--json", "--", short).out)
+    kept = parse_time(status["expires_time"]) - parse_time(status["updated_time"])
+    assert kept == timedelta(days=2)
+    records = {r["request_id"]: r for r in listed(site)}
+    assert records[short]["expires_time"] == status["expires_time"]
+    assert records[none]["kept"] is False and records[none].get("expires_time") is None
+    shown = fedhub(site, "status", "--site", "hereon", "--", none)
+    assert "delivered, no stored copy" in shown.out, shown.out
+    one_error(fedhub(site, "call", "hereon.climate.scale", "values=[1]", "--keep", "2x"), "2x")

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support.hostile import LogView
 from support.world import World
 
 from hub.audit import audit_events
-from hub.canonical import parse_canonical
+from hub.canonical import b64d, parse_canonical
 from hub.client import Client
-from hub.errors import NotFoundError, ValidationError
+from hub.clock import parse_time
+from hub.errors import ArgumentError, NotFoundError, ValidationError
 from hub.events import ResultExpired
 from hub.lifecycle import RequestState
 from hub.logfile import iter_log
@@ -239,3 +242,55 @@ async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_
         assert (await fed.status("hereon", rid)).state == RequestState.EXPIRED
     assert _types(cfg).count("result.expired") == 1
     _audit_clean(cfg, world)  # which refuses a result event while the node is not running
+
+
+async def test_a_keep_time_asked_when_calling_is_signed_shown_and_swept_and_more_is_capped(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        two_days = await fed.submit(
+            "hereon.climate.scale", values=[1.0], keep=timedelta(days=2), timeout=15
+        )
+        await two_days.result()
+        greedy = await fed.submit("hereon.climate.scale", values=[2.0], keep=90 * DAY, timeout=15)
+        await greedy.result()
+        statuses = {h.request_id: await h.status() for h in (two_days, greedy)}
+        records = {r.request_id: r for r in await fed.requests("hereon")}
+    short, capped = two_days.request_id, greedy.request_id
+    for rid, days in ((short, 2), (capped, 30)):  # 30 days: the site's keep-for time
+        status = statuses[rid]
+        assert status.updated_time is not None and status.expires_time is not None
+        kept = parse_time(status.expires_time) - parse_time(status.updated_time)
+        assert kept == timedelta(days=days), rid
+        assert records[rid].expires_time == status.expires_time
+    # what was asked is in the caller's signed header, logged in request.accepted
+    asked = {
+        e["data"]["request_id"]: parse_canonical(b64d(e["data"]["header"])).get("keep_for")
+        for e in LogView(cfg.log_path).events("request.accepted")
+    }
+    assert asked == {short: 2 * 86400, capped: 90 * 86400}
+    retention = _retention(node)
+    assert await retention.sweep(at=time.time() + 3 * DAY) == [short]
+    assert await _object_exists(node, capped)
+    assert await retention.sweep(at=time.time() + 31 * DAY) == [capped]
+    _audit_clean(cfg, world)
+
+
+async def test_keep_zero_when_calling_keeps_no_copy_and_a_negative_keep_is_refused_unsent(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        handle = await fed.submit("hereon.climate.scale", values=[3.0], keep=0, timeout=15)
+        assert await handle.result() == [6.0]
+        status = await handle.status()
+        with pytest.raises(NotFoundError, match="no copy"):
+            await fed.fetch("hereon", handle.request_id)
+        with pytest.raises(ArgumentError, match="keep-for"):
+            await fed.submit("hereon.climate.scale", values=[3.0], keep=-1)
+    assert status.state == RequestState.COMPLETED
+    assert status.result_object is None and status.expires_time is None
+    assert not await _object_exists(node, handle.request_id)
+    (done,) = LogView(cfg.log_path).events("request.completed")
+    assert done["data"].get("object") is None
+    assert LogView(cfg.log_path).count("request.accepted") == 1  # the refused one never left
+    _audit_clean(cfg, world)
