@@ -203,6 +203,9 @@ class NodeDaemon:
         await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
+        # the last process's events end at a checkpoint naming its node.started, so the
+        # first checkpoint covering any event names the process that logged it
+        await self.writer.checkpoint()
         await self.writer.append(
             NodeStarted(
                 version=__version__,

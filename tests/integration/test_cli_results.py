@@ -208,7 +208,9 @@ def test_provenance_prints_the_lineage_in_every_form_and_its_proofs_pass_the_aud
     text = fedhub(site, "provenance", rid, "--site", "hereon", "--proofs", str(tmp_path))
     assert text.code == 0, text.err
     assert f"request   {rid}" in text.out and "hereon.climate.scale" in text.out
+    assert "the node.started proven the last before the call" in text.err, text.err
     lineage = json.loads(fedhub(site, "provenance", rid, "--site", "hereon", "--json").out)
+    assert lineage["code_proven"] is True
     assert [s["type"] for s in lineage["steps"]] == [
         "node.started",
         "request.accepted",
