@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.results import COLLEAGUE as ANNA
+from support.results import OWNER as KLAUS
+from support.results import THIRD as MALLORY
+from support.results import hereon_node, people_world
 from support.world import NodeProcess, World
 
 from hub.cli_results import parse_when
 from hub.clock import parse_time
-
-KLAUS = "klaus@geomar"
-ANNA = "anna@geomar"
-MALLORY = "mallory@geomar"
 
 
 @dataclass
@@ -36,13 +36,9 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    world = World(tmp_path_factory.mktemp("cli-results"))
-    for who in (KLAUS, ANNA, MALLORY):
-        world.person(who)
-    cfg = world.node_config(
-        "hereon", trust=["geomar"], users=[KLAUS, ANNA, MALLORY], grants=[(KLAUS, "climate", "*")]
-    )
-    node = world.spawn_node(cfg)
+    world = people_world(tmp_path_factory.mktemp("cli-results"))
+    node = world.spawn_node(hereon_node(world))
+    cfg = node.cfg
     try:
         url = (cfg.node.data_dir / "nats.url").read_text().strip()
         yield Site(world, node, url)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-from conftest import node_nats
 from support.bulk import BULKDATA, MiB
 from support.hostile import LogView, Spy, audit_node, wait_reachable
+from support.results import OWNER, connect, federation_node, people_world
 from support.world import World
 
 import hub.client
@@ -38,7 +38,6 @@ from node.daemon import NodeDaemon
 if TYPE_CHECKING:
     from conftest import Federation
 
-OWNER = "klaus@geomar"
 FAR = "anna@awi"  # a caller at a site that runs no node
 THIRD = "mallory@awi"
 PEOPLE = (OWNER, FAR, THIRD)
@@ -47,30 +46,24 @@ SITES = ("hereon", "geomar", "awi")
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in PEOPLE:
-        w.person(who)
-    return w
+    return people_world(tmp_path, PEOPLE)
 
 
 def _node(world: World, fed: Federation, unique: Any, site: str) -> NodeConfig:
-    return world.node_config(
+    return federation_node(
+        world,
+        fed,
+        unique,
         site,
-        name=unique("n").replace("_", "-"),
-        **node_nats(fed, site),
-        modules=[("bulk", BULKDATA)],
-        trust=[s for s in SITES if s != site],
-        users=list(PEOPLE),
+        PEOPLE,
         grants=[(who, "bulk", "*") for who in PEOPLE],
+        modules=[("bulk", BULKDATA)],
         calls={"ack_wait": 2, "bulk_threshold": MiB},
     )
 
 
 async def _connect(fed: Federation, identity: str, world: World) -> Client:
-    site = identity.split("@")[1]
-    client = await Client.connect(
-        fed.site_url(site), identity, home=world.store.home, **fed.caller_auth(identity)
-    )
+    client = await connect(fed, identity, world.store.home)
     client.bulk_threshold = MiB
     return client
 

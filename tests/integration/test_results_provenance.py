@@ -6,15 +6,14 @@ client that pins another key for the site."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from support.hostile import LogView, wait_reachable
+from support.results import COLLEAGUE, OWNER, THIRD, audit_clean
 from support.world import CLIMATE, World
 
-from hub.audit import audit_events
 from hub.canonical import parse_canonical
 from hub.chain import leaf_hash
 from hub.client import Client
@@ -28,34 +27,6 @@ from node.daemon import NodeDaemon
 
 if TYPE_CHECKING:
     from conftest import Federation
-
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
-
-
-@pytest.fixture
-def cfg(world: World) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "climate", "*")],
-    )
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 async def test_the_lineage_is_read_from_proven_events_that_the_audit_of_the_log_accepts(
@@ -89,12 +60,7 @@ async def test_the_lineage_is_read_from_proven_events_that_the_audit_of_the_log_
         assert leaf_hash(bodies[step.seq]).hex() == step.hash
         verdict = verify_event_proof(proof, {"hereon": world.site("hereon").sign_public})
         assert (verdict.seq, verdict.type) == (step.seq, step.type)
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
+    audit_clean(cfg, world)
     assert "flowchart LR" in lineage.mermaid() and "digraph provenance" in lineage.dot()
 
 
@@ -173,12 +139,7 @@ async def test_the_process_that_ran_a_call_is_proven_across_restarts_and_an_olde
             await fed.provenance("hereon", rids[1])
     started = [e for e in iter_log(cfg.log_path) if b'"type":"node.started"' in e.body]
     assert len(started) == 3
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
+    audit_clean(cfg, world)
 
 
 async def test_after_a_node_is_killed_its_next_process_still_proves_which_one_ran_a_call(

@@ -17,14 +17,13 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from conftest import node_nats
 from support.hostile import LogView, Spy, audit_node, wait_reachable
+from support.results import OWNER, audit_clean, connect, federation_node, people_world
 from support.world import CLIMATE, World
 
 import hub.client
 from hub import codec
 from hub.answers import error_from_headers
-from hub.audit import audit_events
 from hub.canonical import b64e
 from hub.client import Client
 from hub.clock import now
@@ -32,7 +31,6 @@ from hub.crypto import blake2b_256
 from hub.envelopes import ResultRef, unpack_reply
 from hub.errors import IntegrityError, NotFoundError, UnauthorizedError
 from hub.keys import KeyPair
-from hub.logfile import iter_log
 from hub.nats import connect as nats_connect
 from hub.nats import get_object, put_object
 from hub.proofs import verify_event_proof
@@ -47,45 +45,20 @@ from node.daemon import NodeDaemon
 if TYPE_CHECKING:
     from conftest import Federation
 
-OWNER = "klaus@geomar"
 THIRD = "mallory@awi"
 SITES = ("hereon", "geomar", "awi")
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, THIRD):
-        w.person(who)
-    return w
+    return people_world(tmp_path, (OWNER, THIRD))
 
 
 def _node(world: World, fed: Federation, unique: Any, site: str) -> NodeConfig:
-    return world.node_config(
-        site,
-        name=unique("n").replace("_", "-"),
-        **node_nats(fed, site),
-        trust=[s for s in SITES if s != site],
-        users=[OWNER, THIRD],
-        grants=[(OWNER, "climate", "*"), (THIRD, "climate", "*")],
-        calls={"ack_wait": 2},
+    grants = [(OWNER, "climate", "*"), (THIRD, "climate", "*")]
+    return federation_node(
+        world, fed, unique, site, [OWNER, THIRD], grants=grants, calls={"ack_wait": 2}
     )
-
-
-async def _connect(fed: Federation, identity: str, world: World) -> Client:
-    site = identity.split("@")[1]
-    return await Client.connect(
-        fed.site_url(site), identity, home=world.store.home, **fed.caller_auth(identity)
-    )
-
-
-def _audit(cfg: NodeConfig, world: World) -> None:
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in SITES},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
 
 
 async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_reference_encrypted(
@@ -104,7 +77,7 @@ async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_referen
         async with (
             NodeDaemon(hereon),
             NodeDaemon(geomar),
-            await _connect(fed_, OWNER, world) as fed,
+            await connect(fed_, OWNER, world.store.home) as fed,
         ):
             await wait_reachable(fed, "hereon", "climate")
             await wait_reachable(fed, "geomar", "climate")
@@ -163,8 +136,8 @@ async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_referen
     assert second.request_id in text and first.request_id in text
     assert lineage.to_json()["earlier"][0]["earlier"][0]["request_id"] == first.request_id
     assert first.request_id[:8] in lineage.mermaid() and "digraph" in lineage.dot()
-    _audit(hereon, world)
-    _audit(geomar, world)
+    audit_clean(hereon, world, SITES)
+    audit_clean(geomar, world, SITES)
 
 
 async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
@@ -172,7 +145,7 @@ async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
 ) -> None:
     hereon, geomar = (_node(world, federation, unique, s) for s in ("hereon", "geomar"))
     async with NodeDaemon(hereon), NodeDaemon(geomar):
-        async with await _connect(federation, OWNER, world) as fed:
+        async with await connect(federation, OWNER, world.store.home) as fed:
             await wait_reachable(fed, "hereon", "climate")
             await wait_reachable(fed, "geomar", "climate")
             kept = await fed.submit("hereon.climate.scale", values=[1.0, 2.0], timeout=30)
@@ -180,7 +153,7 @@ async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
             # across the secured leaves: klaus's own reference works
             ref = fed.ref("hereon", kept.request_id)
             assert await fed.call("geomar.climate.scale", values=ref, timeout=30) == [4.0, 8.0]
-        async with await _connect(federation, THIRD, world) as mallory:
+        async with await connect(federation, THIRD, world.store.home) as mallory:
             await wait_reachable(mallory, "geomar", "climate")
             with pytest.raises(NotFoundError):
                 await mallory.submit("geomar.climate.scale", values=ref, timeout=30)
@@ -207,7 +180,7 @@ async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
 
 async def fed_status(federation: Federation, world: World, rid: str) -> str:
     """The result hash hereon logged for klaus's request ``rid``."""
-    async with await _connect(federation, OWNER, world) as fed:
+    async with await connect(federation, OWNER, world.store.home) as fed:
         record = await fed.requests("hereon")
     (found,) = [r for r in record if r.request_id == rid]
     assert found.result_hash is not None
@@ -221,7 +194,7 @@ async def test_a_reference_to_a_tampered_stored_result_fails_the_call_with_an_in
     async with (
         NodeDaemon(hereon) as storing,
         NodeDaemon(geomar),
-        await _connect(federation, OWNER, world) as fed,
+        await connect(federation, OWNER, world.store.home) as fed,
     ):
         await wait_reachable(fed, "hereon", "climate")
         await wait_reachable(fed, "geomar", "climate")

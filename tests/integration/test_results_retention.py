@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from support.hostile import LogView
+from support.results import COLLEAGUE, OWNER, THIRD, audit_clean
 from support.world import World
 
-from hub.audit import audit_events
 from hub.canonical import b64d, parse_canonical
 from hub.client import Client
 from hub.clock import parse_time
@@ -30,34 +29,7 @@ from node.config import NodeConfig, ResultsSection, load_config
 from node.daemon import NodeDaemon
 from node.retention import Retention, delete_kept
 
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
 DAY = 86400.0
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
-
-
-@pytest.fixture
-def cfg(world: World) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "climate", "*")],
-    )
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 async def _calls(node: NodeDaemon, world: World, n: int) -> list[str]:
@@ -89,15 +61,6 @@ def _types(cfg: NodeConfig) -> list[str]:
     return [str(parse_canonical(e.body)["type"]) for e in iter_log(cfg.log_path)]
 
 
-def _audit_clean(cfg: NodeConfig, world: World) -> None:
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
-
-
 async def test_a_sweep_after_the_keep_for_time_removes_the_result_and_status_says_expired(
     node: NodeDaemon, world: World, cfg: NodeConfig
 ) -> None:
@@ -117,7 +80,7 @@ async def test_a_sweep_after_the_keep_for_time_removes_the_result_and_status_say
         assert rid not in {r.request_id for r in listed}
     assert await retention.sweep(at=time.time() + 62 * DAY) == []  # removed once
     assert _types(cfg).count("result.expired") == 1
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_module_over_its_size_loses_its_oldest_results_first(
@@ -138,7 +101,7 @@ async def test_a_module_over_its_size_loses_its_oldest_results_first(
     assert sorted(await small.sweep()) == sorted([oldest])
     assert await _object_exists(node, newest) and await _object_exists(node, middle)
     assert not await _object_exists(node, oldest)
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_the_owner_removes_a_result_early_and_nobody_else_can(
@@ -175,7 +138,7 @@ async def test_the_owner_removes_a_result_early_and_nobody_else_can(
             await (await anna.result(shared, site="hereon")).result()
     assert _types(cfg).count("result.deleted") == 1
     assert await _retention(node).sweep(at=time.time() + 31 * DAY) == [mine]
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may_ask(
@@ -196,7 +159,7 @@ async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may
     assert await _retention(node).sweep(at=time.time() + 2 * DAY) == [short]
     assert await _object_exists(node, default)
     assert _types(cfg).count("result.keep_shortened") == 1
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
@@ -216,7 +179,7 @@ async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
             await fetching
     types = _types(cfg)
     assert types.count("result.expired") == 1 and "result.fetched" not in types
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_running(
@@ -241,7 +204,7 @@ async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_
             await asyncio.sleep(0.05)
         assert (await fed.status("hereon", rid)).state == RequestState.EXPIRED
     assert _types(cfg).count("result.expired") == 1
-    _audit_clean(cfg, world)  # which refuses a result event while the node is not running
+    audit_clean(cfg, world)  # which refuses a result event while the node is not running
 
 
 async def test_a_keep_time_asked_when_calling_is_signed_shown_and_swept_and_more_is_capped(
@@ -273,7 +236,7 @@ async def test_a_keep_time_asked_when_calling_is_signed_shown_and_swept_and_more
     assert await retention.sweep(at=time.time() + 3 * DAY) == [short]
     assert await _object_exists(node, capped)
     assert await retention.sweep(at=time.time() + 31 * DAY) == [capped]
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_keep_zero_when_calling_keeps_no_copy_and_a_negative_keep_is_refused_unsent(
@@ -293,4 +256,4 @@ async def test_keep_zero_when_calling_keeps_no_copy_and_a_negative_keep_is_refus
     (done,) = LogView(cfg.log_path).events("request.completed")
     assert done["data"].get("object") is None
     assert LogView(cfg.log_path).count("request.accepted") == 1  # the refused one never left
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
