@@ -272,6 +272,8 @@ def cmd_provenance(args: argparse.Namespace) -> int:
 
 
 async def _provenance(args: argparse.Namespace) -> int:
+    from hub.provenance import proofs_note
+
     async with await client_for(args) as fed:
         lineage = await fed.provenance(args.site, args.request_id)
     if args.proofs is not None:
@@ -285,6 +287,7 @@ async def _provenance(args: argparse.Namespace) -> int:
                 path.write_text(proof.model_dump_json(indent=2) + "\n")
                 written += 1
         print(f"{written} proofs written to {args.proofs}", file=sys.stderr)
+        print(proofs_note(lineage), file=sys.stderr)
     if args.json:
         print(json.dumps(lineage.to_json(), indent=2))
     elif args.mermaid:

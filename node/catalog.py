@@ -78,7 +78,9 @@ from hub.results_wire import (
 )
 from node.provenance import provenance_of
 from node.replay import ReplayGuard
+from node.retention import asked_keep
 from node.slicing import Slicer
+from node.staging import shared_for_call
 
 if TYPE_CHECKING:
     from node.control import Control
@@ -300,13 +302,7 @@ class Catalog:
 
     def _asked_by_request(self, rids: list[str]) -> dict[str, float]:
         """The keep-for times owners asked for, of those of ``rids`` that have one."""
-        out: dict[str, float] = {}
-        for at in range(0, len(rids), 500):
-            part = rids[at : at + 500]
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT request_id, keep_for FROM result_keep WHERE request_id IN ({marks})"  # noqa: S608
-            out.update(self.reader().execute(sql, part).fetchall())
-        return out
+        return asked_keep(self.reader(), rids)
 
     def _tags_by_request(self, rids: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
         """The tags of each of ``rids`` that has some, by scope."""
@@ -340,18 +336,13 @@ class Catalog:
         return record
 
     async def _shared_for_call(self, q: CatalogHeader, node: str) -> bool:
-        """Whether the owner shared ``q.id`` with ``node`` for the call ``q`` names
-        (``args.for_call``), as a ``result.shared`` in the log says."""
+        """Whether the owner's shares of ``q.id`` with ``node`` in the log cover the call
+        ``q`` names (``args.for_call``; :func:`node.staging.shared_for_call`)."""
         call, rid = q.args.get("for_call"), str(q.id)
         eventlog = self.p.writer.eventlog
         found = await self.p.writer.call(lambda: eventlog.events_for_request(rid))
         assert isinstance(found, list)
-        for e in found:
-            if e.type == "result.shared":
-                data = e.parsed()["data"]
-                if data.get("principal") == node and data.get("for_call") == call:
-                    return True
-        return False
+        return shared_for_call(found, node, None if call is None else str(call))
 
     # -- list ------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 ``requests`` holds one row per request id with its current state; ``result_shares`` one
 row per share of a kept result (``result.shared`` until ``result.unshared``, with the
 wrapped keys); ``result_tags`` the owner's tags of a result, per scope; ``result_keep``
-how long an owner asked a result to be kept. They are a cache
+how long an owner asked a result to be kept afterwards (``requests.keep_for``: when
+calling). They are a cache
 of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS requests (
     progress_ppm INTEGER,
     result_hash TEXT,
     result_object TEXT,
-    result_size INTEGER
+    result_size INTEGER,
+    keep_for INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_by_caller ON requests(caller, received_time);
 CREATE TABLE IF NOT EXISTS result_shares (
@@ -82,6 +84,8 @@ def create(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
     if "result_size" not in columns:  # a log made before results had sizes here
         conn.execute("ALTER TABLE requests ADD COLUMN result_size INTEGER")
+    if "keep_for" not in columns:  # a log made before callers asked for keep-for times
+        conn.execute("ALTER TABLE requests ADD COLUMN keep_for INTEGER")
 
 
 def drop(conn: sqlite3.Connection) -> None:
@@ -141,8 +145,8 @@ def apply_many(conn: sqlite3.Connection, events: list[tuple[int, str, dict[str, 
 # state moves on).
 _FIRST = (
     "INSERT INTO requests(request_id, caller, address, state, received_seq,"
-    " updated_seq, received_time, updated_time, attempts)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " updated_seq, received_time, updated_time, attempts, keep_for)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
     " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time,"
     " attempts = MAX(attempts, excluded.attempts)"
@@ -207,16 +211,17 @@ _Statement = tuple[str, list[Any]] | None
 
 
 def _received(seq: int, time: str, data: dict[str, Any]) -> _Statement:
-    caller, address = _caller_and_address(data)
+    caller, address, _ = _asked(data)
     state = _S.RECEIVED
-    return _FIRST, [data["request_id"], caller, address, state, seq, seq, time, time, 0]
+    return _FIRST, [data["request_id"], caller, address, state, seq, seq, time, time, 0, None]
 
 
 def _accepted(seq: int, time: str, data: dict[str, Any]) -> _Statement:
     if "header" not in data:  # version 1: after request.received
         return _ACCEPTED_V1, [_S.ACCEPTED, seq, time, data["request_id"]]
-    caller, address = _caller_and_address(data)
-    return _FIRST, [data["request_id"], caller, address, _S.ACCEPTED, seq, seq, time, time, 1]
+    caller, address, keep = _asked(data)
+    row = [data["request_id"], caller, address, _S.ACCEPTED, seq, seq, time, time, 1, keep]
+    return _FIRST, row
 
 
 def _rejected(seq: int, time: str, data: dict[str, Any]) -> _Statement:
@@ -313,22 +318,23 @@ _STATEMENTS: dict[str, Callable[[int, str, dict[str, Any]], _Statement]] = {
 }
 
 
-def _caller_and_address(data: dict[str, Any]) -> tuple[str | None, str | None]:
-    """Who asked for what: version 1 ``request.received`` says it, version 2
-    ``request.accepted`` carries it in the caller's signed header (which the node verified
-    before logging it; a header that does not read leaves both unknown, and the audit
-    names the event)."""
+def _asked(data: dict[str, Any]) -> tuple[str | None, str | None, int | None]:
+    """Who asked for what, and for how long a keep: version 1 ``request.received`` says
+    who and what, version 2 ``request.accepted`` carries all three in the caller's signed
+    header (which the node verified before logging it; a header that does not read leaves
+    them unknown, and the audit names the event)."""
     if "caller" in data:
-        return data["caller"], data["address"]
+        return data["caller"], data["address"], None
     try:
         # a cache of what the log holds: the header was verified (as URL-safe base64 and
         # as JSON) before it was logged, so it is decoded here without a second check
         text = data["header"].encode("ascii")
         raw = binascii.a2b_base64(text.translate(_URLSAFE) + b"=" * (-len(text) % 4))
         header = orjson.loads(raw)
-        return header["caller"], f"{header['site']}.{header['module']}.{header['function']}"
+        address = f"{header['site']}.{header['module']}.{header['function']}"
+        return header["caller"], address, header.get("keep_for")
     except (binascii.Error, ValueError, AttributeError, KeyError, TypeError):
-        return None, None
+        return None, None, None
 
 
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
