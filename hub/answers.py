@@ -126,6 +126,9 @@ class RequestStatus(_Answer):
     result_hash: Hex32 | None = None
     result_object: str | None = Field(None, description="where the result is kept, if it is")
     result_size: int | None = Field(None, ge=0, description="bytes, as request.completed says")
+    expires_time: str | None = Field(
+        None, description="when the kept result goes, at the latest (the effective keep-for)"
+    )
 
 
 class CancelAnswer(_Answer):

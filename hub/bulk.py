@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from hub.envelopes import Bulk
 from hub.errors import ConfigError
@@ -221,8 +221,12 @@ def seal_netcdf(
             chunk_size=chunk_size,
             compress=compress,
         )
-        prepared.write(sealer)
-        return sealer.close(), prepared.kind
+        try:
+            prepared.write(sealer)
+            return sealer.close(), prepared.kind
+        except BaseException:
+            sealer.abort()
+            raise
 
 
 def is_xarray(value: object) -> bool:
@@ -236,7 +240,7 @@ def is_xarray(value: object) -> bool:
 class Chained(io.RawIOBase):
     """Reads ``head`` and then everything ``tail`` holds (a stored result's layout)."""
 
-    def __init__(self, head: bytes, tail: BinaryIO) -> None:
+    def __init__(self, head: bytes, tail: io.BufferedIOBase) -> None:
         super().__init__()
         self._head = memoryview(head)
         self._tail = tail
@@ -250,6 +254,4 @@ class Chained(io.RawIOBase):
             n = min(len(view), len(self._head))
             view[:n], self._head = self._head[:n], self._head[n:]
             return n
-        data = self._tail.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        return self._tail.readinto(view)  # straight into the reader's buffer: no copy

@@ -86,7 +86,9 @@ COMMAND_TIMEOUT = 30.0
 #: How long Ctrl-C keeps asking the node to cancel a call it has not started yet (s).
 CANCEL_WINDOW = 5.0
 #: Keyword names ``Client.submit`` keeps for itself (they cannot be remote arguments yet).
-_CLIENT_OPTIONS = frozenset({"timeout", "on_progress", "on_transfer", "result_path", "compress"})
+_CLIENT_OPTIONS = frozenset(
+    {"timeout", "on_progress", "on_transfer", "result_path", "compress", "keep"}
+)
 #: What request ids look like (``hub.envelopes``' rule).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
@@ -244,7 +246,17 @@ def cmd_call(args: argparse.Namespace) -> int:
     """``fedhub call SUBJECT key=value ...``."""
     target = parse_address(args.subject)
     kwargs = _call_arguments(args.arguments)
+    args.keep_seconds = _keep_span(args.keep)
     return run_command(_call(args, target.address, target.site, kwargs))
+
+
+def _keep_span(text: str | None) -> float | None:
+    """``--keep SPAN`` in seconds (``0``: keep no copy; None: not asked)."""
+    if text is None:
+        return None
+    from hub.cli_results import parse_span
+
+    return 0.0 if text.strip() == "0" else parse_span(text)
 
 
 async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[str, Any]) -> int:
@@ -265,6 +277,7 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                 on_transfer=bar.transfer if bar is not None else None,
                 result_path=args.out,
                 compress=args.compress,
+                keep=args.keep_seconds,
                 **kwargs,
             )
             notice(f"request {handle.request_id}", "call.submitted", request_id=handle.request_id)
@@ -544,6 +557,7 @@ def add_commands(sub: Any) -> None:
         epilog=examples(
             "fedhub call hereon.climate.compute_sum da=@in.nc --out out.nc",
             "fedhub call hereon.climate.scale 'values=[1, 2, 3]' factor=3 --json",
+            "fedhub call hereon.climate.scale 'values=[1, 2]' --keep 2d",
         ),
         description="Call SUBJECT (site.module.function or site.module.Class.method) with "
         "keyword arguments. key=value is JSON when it parses as JSON, else a string; "
@@ -569,6 +583,12 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="send the call and exit without waiting (the site's stream keeps it, also for "
         "a node that is down now); get the result later with `fedhub fetch`",
+    )
+    call.add_argument(
+        "--keep",
+        metavar="SPAN",
+        help="keep the result only SPAN after the call (90s, 30m, 12h, 2d, 1w; 0: keep no "
+        "copy); the site keeps it no longer than its own keep-for time",
     )
     connection_options(call, "deadline of the call in seconds (default 300)")
     call.set_defaults(func=cmd_call)

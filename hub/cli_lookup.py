@@ -295,6 +295,8 @@ def _status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if state.get("result_hash"):
         kept = "stored" if state.get("result_object") else "delivered, no stored copy"
+        if state.get("expires_time"):
+            kept = f"stored until {state['expires_time']}"
         if state.get("state") in (RequestState.EXPIRED, RequestState.DELETED):
             kept = f"{state['state']}, no longer kept"
         rows.append(("result", f"{kept}, hash {state['result_hash']}"))

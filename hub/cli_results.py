@@ -1,7 +1,8 @@
 """``fedhub requests`` and the ``fedhub result`` noun group: find, get, share kept results.
 
 ``fedhub requests`` (also ``fedhub result ls``) lists my requests at every pinned site,
-``result get`` fetches a kept result (mine, or one shared with me), ``result share`` and
+``result get`` fetches a kept result (mine, or one shared with me; with ``--isel`` and
+``--var`` only part of my array result, :mod:`hub.slices`), ``result share`` and
 ``result unshare`` give a colleague or a group access to it and take it back, ``result
 tag`` tags it (searched with ``--tag`` and ``--query``), ``result keep`` shortens how
 long it is kept, ``result rm`` removes it before it expires. Each is a
@@ -35,6 +36,7 @@ from hub.errors import ConfigError
 from hub.query import Query, Tag
 from hub.result_formats import FORMATS, render
 from hub.results_client import RequestList, fetch_result
+from hub.slices import parse_isel, slice_result
 
 __all__ = ["add_commands", "parse_span", "parse_when"]
 
@@ -168,8 +170,19 @@ async def _get(args: argparse.Namespace) -> int:
     if fmt is not None and args.json:
         raise ConfigError("give --json or --format, not both")
     straight = args.out if fmt in (None, "nc") else None  # a large NetCDF result, streamed
+    isel = parse_isel(args.isel or ())
     async with await client_for(args) as fed:
-        value = await fetch_result(fed, args.site, args.request_id, result_path=straight)
+        if isel or args.var:
+            value = await slice_result(
+                fed,
+                args.site,
+                args.request_id,
+                isel=isel,
+                variables=args.var,
+                result_path=straight,
+            )
+        else:
+            value = await fetch_result(fed, args.site, args.request_id, result_path=straight)
     if fmt is None or isinstance(value, SavedTo):
         _output(value, args)
         return 0
@@ -259,6 +272,8 @@ def cmd_provenance(args: argparse.Namespace) -> int:
 
 
 async def _provenance(args: argparse.Namespace) -> int:
+    from hub.provenance import proofs_note
+
     async with await client_for(args) as fed:
         lineage = await fed.provenance(args.site, args.request_id)
     if args.proofs is not None:
@@ -272,6 +287,7 @@ async def _provenance(args: argparse.Namespace) -> int:
                 path.write_text(proof.model_dump_json(indent=2) + "\n")
                 written += 1
         print(f"{written} proofs written to {args.proofs}", file=sys.stderr)
+        print(proofs_note(lineage), file=sys.stderr)
     if args.json:
         print(json.dumps(lineage.to_json(), indent=2))
     elif args.mermaid:
@@ -353,6 +369,16 @@ def add_commands(sub: Any) -> None:
         "--format",
         choices=FORMATS,
         help="json, csv (tables, small arrays), nc or zarr (xarray; with --out)",
+    )
+    get.add_argument(
+        "--isel",
+        action="append",
+        metavar="DIM=SPEC",
+        help="only these positions of an array result you own: time=0:10, lat=3 "
+        "(repeatable; the node opens it for this request: see docs/results.md)",
+    )
+    get.add_argument(
+        "--var", action="append", metavar="NAME", help="only this variable (repeatable)"
     )
     connection_options(get, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
     get.set_defaults(func=cmd_get)
@@ -437,7 +463,11 @@ def add_commands(sub: Any) -> None:
         {
             "": ["fedhub result get --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out sum.nc"],
             "ls": ["fedhub result ls --tag paper --json"],
-            "get": ["fedhub result get --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out sum.nc"],
+            "get": [
+                "fedhub result get --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --out sum.nc",
+                "fedhub result get --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --isel time=0:10"
+                " --var t2m --out part.nc",
+            ],
             "share": ["fedhub result share --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --with anna@awi"],
             "unshare": [
                 "fedhub result unshare --site hereon 6pT3uGQ1dS8h5yqgq1wW1w --with anna@awi"

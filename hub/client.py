@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import ssl
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from hub.crypto import (
     seal_payload,
 )
 from hub.envelopes import (
+    MAX_KEEP_FOR,
     REPLY_MAGIC,
     ControlHeader,
     RequestHeader,
@@ -66,6 +69,7 @@ from hub.envelopes import (
     unpack_reply,
 )
 from hub.errors import (
+    ArgumentError,
     CallTimeoutError,
     CanonicalError,
     ConfigError,
@@ -293,6 +297,7 @@ class Client(ResultsMixin):
         on_transfer: TransferCallback | None = None,
         result_path: Path | None = None,
         compress: bool = False,
+        keep: float | timedelta | None = None,
         **kwargs: Any,
     ) -> CallHandle:
         """Send a call and return its handle without waiting for the result.
@@ -303,6 +308,9 @@ class Client(ResultsMixin):
         (docs/calling.md, "Large data"): ``on_transfer`` gets their progress,
         ``result_path`` receives a large NetCDF result straight into a file (the result
         is then a :class:`hub.bulk.SavedTo`), ``compress`` zstd-compresses the chunks.
+        ``keep`` (seconds or a timedelta) asks the node to keep the result only that long
+        after the call completed, 0 to keep no copy (docs/results.md, "Retention"); the
+        node keeps it no longer than the module's keep-for time.
         """
         if arguments:
             kwargs = {**arguments, **kwargs}
@@ -318,6 +326,7 @@ class Client(ResultsMixin):
                 hint=f"it serves: {known}",
             )
         timeout = timeout if timeout is not None else self.default_timeout
+        keep_for = keep_seconds(keep)
         node_limit = info.info.max_payload
         limits = [x for x in (self.nc.max_payload, node_limit) if x]
         limit = min(limits) if limits else 0
@@ -357,6 +366,7 @@ class Client(ResultsMixin):
             wraps={kid: b64e(w) for kid, w in sealed.wraps.items()},
             bulk=bulk,
             refs=refs,
+            keep_for=keep_for,
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
         if limit and len(data) > limit:
@@ -417,9 +427,11 @@ class Client(ResultsMixin):
         on_progress: ProgressCallback | None = None,
         on_transfer: TransferCallback | None = None,
         compress: bool = False,
+        keep: float | timedelta | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Call ``site.module.function`` with keyword arguments and return its result."""
+        """Call ``site.module.function`` with keyword arguments and return its result
+        (the options as for :meth:`submit`)."""
         handle = await self.submit(
             address,
             arguments,
@@ -427,6 +439,7 @@ class Client(ResultsMixin):
             on_progress=on_progress,
             on_transfer=on_transfer,
             compress=compress,
+            keep=keep,
             **kwargs,
         )
         try:
@@ -602,6 +615,20 @@ class Client(ResultsMixin):
                 handle._settle(
                     error=DecryptionError(f"answer to {h.id} could not be opened: {exc}")
                 )
+
+
+def keep_seconds(keep: float | timedelta | None) -> int | None:
+    """A call's ``keep`` option as whole seconds for its header (None: not asked);
+    ArgumentError when it is negative or longer than a header may say."""
+    if keep is None:
+        return None
+    seconds = keep.total_seconds() if isinstance(keep, timedelta) else float(keep)
+    if not 0 <= seconds <= MAX_KEEP_FOR:
+        raise ArgumentError(
+            f"keep={keep!r} is no keep-for time",
+            hint="give seconds or a timedelta, 0 (keep no copy) up to 100 years",
+        )
+    return math.ceil(seconds)
 
 
 def _new_request_id() -> str:

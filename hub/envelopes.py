@@ -41,6 +41,7 @@ __all__ = [
     "CONTROL_MAGIC",
     "DOMAIN_CONTROL",
     "DOMAIN_REQUEST",
+    "MAX_KEEP_FOR",
     "REPLY_MAGIC",
     "REQUEST_MAGIC",
     "Bulk",
@@ -120,9 +121,14 @@ class ResultRef(_Wire):
     hash: Hex32
 
 
+#: The longest keep-for time a call header may ask for (100 years, in seconds).
+MAX_KEEP_FOR = 100 * 365 * 86400
+
+
 class RequestHeader(_Wire):
     """The signed header of a call (``bulk`` only when a payload travels apart; ``refs``
-    only when arguments are passed by reference)."""
+    only when arguments are passed by reference; ``keep_for`` only when the caller asks
+    for a keep-for time)."""
 
     v: Literal[1] = 1
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
@@ -143,6 +149,10 @@ class RequestHeader(_Wire):
     refs: dict[Annotated[str, Field(max_length=200)], ResultRef] | None = Field(
         None, max_length=100
     )
+    #: Seconds the caller asks the node to keep the result after the call completed (0:
+    #: keep no copy); the node keeps it the shorter of this and its module's keep-for
+    #: time. Absent: the module's time.
+    keep_for: int | None = Field(None, ge=0, le=MAX_KEEP_FOR)
 
     @property
     def address(self) -> str:
@@ -167,9 +177,9 @@ class Request:
 
 def pack_request(header: RequestHeader, ciphertext: bytes, signing_key: Any) -> bytes:
     """Sign ``header`` and frame it with its ciphertext."""
-    # ``bulk`` and ``refs`` appear only when set: a call without them is signed as before
-    # they existed
-    unset = {k for k in ("bulk", "refs") if getattr(header, k) is None}
+    # ``bulk``, ``refs`` and ``keep_for`` appear only when set: a call without them is
+    # signed as before they existed
+    unset = {k for k in ("bulk", "refs", "keep_for") if getattr(header, k) is None}
     dump = header.model_dump(mode="json", exclude=unset or None)
     body = canonical_bytes(dump)
     sig = sign(signing_key, DOMAIN_REQUEST, body)

@@ -16,6 +16,8 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     │   ├── NotFoundError        unknown site, module or function
     │   ├── UnauthorizedError    caller unknown, revoked, or not granted
     │   ├── ValidationError      arguments or result do not match the function's schema
+    │   │   └── SelectionError   a slice names an unknown dimension or variable, an index
+    │   │                        out of range, or a result that is no array
     │   ├── FunctionFailedError  the function raised (or its worker crashed)
     │   ├── CallCancelledError   cancelled by the caller or interrupted by shutdown
     │   ├── OversizeError        message above the configured limit
@@ -62,6 +64,7 @@ __all__ = [
     "OversizeError",
     "RemoteError",
     "ReplayError",
+    "SelectionError",
     "SignatureError",
     "StopRequestedError",
     "TransferCancelledError",
@@ -181,6 +184,12 @@ class ValidationError(RemoteError):
     code = "invalid_arguments"
 
 
+class SelectionError(ValidationError):
+    """A slice of a kept result that cannot be taken (docs/results.md, "Slices")."""
+
+    code = "bad_selection"
+
+
 class FunctionFailedError(RemoteError):
     """The remote function raised, or the worker running it died."""
 
@@ -268,6 +277,7 @@ class StopRequestedError(NodeError):
 #: The one table for call replies (``ReplyHeader.code``) and service answers (headers).
 _CODES: dict[str, tuple[type[FederationError], int]] = {
     "invalid_arguments": (ValidationError, 400),
+    "bad_selection": (SelectionError, 400),
     "undecryptable": (RemoteError, 400),
     "unauthorized": (UnauthorizedError, 401),
     "not_found": (NotFoundError, 404),

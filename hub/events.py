@@ -62,6 +62,7 @@ __all__ = [
     "ResultKeepShortened",
     "ResultLost",
     "ResultShared",
+    "ResultSliced",
     "ResultStored",
     "ResultTagged",
     "ResultUnshared",
@@ -312,6 +313,23 @@ class ResultDeleted(_Data):
     by: IdentityId
 
 
+class ResultSliced(_Data):
+    """Version 2: the owner let the node open its kept result for one request, and the node
+    sent part of it, sealed for the owner: ``part`` ``slice`` (the part
+    ``selection_hash`` names: BLAKE2b-256 of the canonical JSON ``{"isel", "variables"}``,
+    so the log, copied to the hub, names no variable) or ``layout`` (its dimensions,
+    coordinates and attributes); ``size`` is the plaintext bytes sent and ``sent_hash``
+    the hash of what was sent."""
+
+    type: Literal["result.sliced"] = "result.sliced"
+    request_id: RequestId
+    by: IdentityId
+    part: Literal["slice", "layout"]
+    selection_hash: Hex32
+    size: int = Field(ge=0)
+    sent_hash: Hex32
+
+
 # --- the directory: keys and grants -----------------------------------------------------
 
 
@@ -422,6 +440,7 @@ EventData = Annotated[
     | ResultKeepShortened
     | ResultExpired
     | ResultDeleted
+    | ResultSliced
     | KeyRegistered
     | KeyRotated
     | KeyRevoked
@@ -459,6 +478,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ResultKeepShortened,
         ResultExpired,
         ResultDeleted,
+        ResultSliced,
         KeyRegistered,
         KeyRotated,
         KeyRevoked,
@@ -482,6 +502,7 @@ V2_ONLY_TYPES = frozenset(
         "result.keep_shortened",
         "result.expired",
         "result.deleted",
+        "result.sliced",
         "grant.recorded",
         "group.updated",
         "checkpoint.cosigned",

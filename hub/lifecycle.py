@@ -14,8 +14,8 @@ Log version 2 (what a node writes today)::
     COMPLETED --result.expired--> EXPIRED     COMPLETED --result.deleted--> DELETED
 
 ``request.progress`` keeps an active request where it is; ``result.fetched``,
-``result.shared``, ``result.unshared``, ``result.tagged``, ``result.keep_shortened`` and
-``result.lost`` follow ``request.completed``.
+``result.shared``, ``result.unshared``, ``result.tagged``, ``result.keep_shortened``,
+``result.sliced`` and ``result.lost`` follow ``request.completed``.
 A ``request.rejected`` for a request id that is already known records a refused copy (a
 replay) and leaves the request as it is.
 
@@ -130,6 +130,7 @@ _TABLE: dict[tuple[str, int], dict[RequestState | None, RequestState | str]] = {
     ("result.keep_shortened", 2): {_S.COMPLETED: _KEEP},
     ("result.expired", 2): {_S.COMPLETED: _S.EXPIRED},
     ("result.deleted", 2): {_S.COMPLETED: _S.DELETED},
+    ("result.sliced", 2): {_S.COMPLETED: _KEEP},
 }
 
 #: Every event type that concerns one request (carries a ``request_id``), any version.

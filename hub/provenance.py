@@ -12,6 +12,13 @@ A call that took results by reference names them in its signed header (site, req
 result hash); the lineage follows each to the site that keeps it and asks that site for
 the earlier call's lineage (``earlier``), proven by that site's own log, and checks that
 its result is the one the reference named.
+
+The code that ran is named by the ``node.started`` the node puts first. That it is the
+last ``node.started`` before the request (no later process handled it) is proven by the
+checkpoint the request's first event is proven in: it names the last ``node.started``
+among the events it covers (``started``), and a node writes one just before each
+``node.started``, so the first checkpoint covering an event names the process that logged
+it (:func:`_code_in_force`; ``code_proven``).
 """
 
 from __future__ import annotations
@@ -25,12 +32,12 @@ from hub.answers import ProvenanceAnswer
 from hub.canonical import b64d, parse_canonical
 from hub.errors import CanonicalError, IntegrityError
 from hub.proofs import EventProof, verify_event_proof
-from hub.records import one_line
+from hub.records import Checkpoint, one_line
 
 if TYPE_CHECKING:
     from hub.client import Client
 
-__all__ = ["Provenance", "Step", "provenance"]
+__all__ = ["Provenance", "Step", "proofs_note", "provenance"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class Provenance:
     refs: dict[str, dict[str, str]] = field(default_factory=dict)
     #: The lineage of each referenced result, in the order of ``refs``.
     earlier: tuple[Provenance, ...] = ()
+    #: Whether the ``node.started`` naming ``code_hash`` is proven the last one before the
+    #: request (True), or cannot be (None: no ``node.started``, or the checkpoint is from a
+    #: node that did not name it); a disproof raises IntegrityError.
+    code_proven: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The lineage as JSON (``fedhub provenance --json``); proofs are left out."""
@@ -78,6 +89,7 @@ class Provenance:
             "address": self.address,
             "schema_hash": self.schema_hash,
             "code_hash": self.code_hash,
+            "code_proven": self.code_proven,
             "inputs": self.inputs,
             "result": self.result,
             "received_time": self.received_time,
@@ -100,7 +112,8 @@ class Provenance:
         if self.schema_hash:
             out.append(f"schemas   {self.schema_hash}")
         if self.code_hash:
-            out.append(f"code      {self.code_hash}")
+            proven = "" if self.code_proven else " (not proven the process that ran it)"
+            out.append(f"code      {self.code_hash}{proven}")
         out.append(
             f"inputs    {self.inputs.get('payload_hash')} ({self.inputs.get('payload_size')} B"
             + (f", bulk {self.inputs['bulk_hash']}" if self.inputs.get("bulk_hash") else "")
@@ -202,7 +215,9 @@ async def provenance(
         steps.append(
             Step(proof.event.seq, proof.event.hash, str(body["type"]), str(body["time"]), data_)
         )
-    lineage = _lineage(answer, tuple(steps))
+    lineage = replace(
+        _lineage(answer, tuple(steps)), code_proven=_code_in_force(tuple(steps), answer.steps)
+    )
     if not lineage.refs or depth <= 0:
         return lineage
     earlier = []
@@ -215,6 +230,49 @@ async def provenance(
             )
         earlier.append(before)
     return replace(lineage, earlier=tuple(earlier))
+
+
+def _code_in_force(steps: tuple[Step, ...], proofs: tuple[EventProof, ...]) -> bool | None:
+    """Whether the ``node.started`` heading ``steps`` is proven the last one before the
+    request's first event: the (verified) checkpoint that event is proven in names it as
+    the last ``node.started`` it covers. None when that cannot be said; IntegrityError
+    when the checkpoint names another (a later process, or one the node left out)."""
+    first = next((i for i, s in enumerate(steps) if s.type != "node.started"), None)
+    if first is None:
+        return None
+    checkpoint = Checkpoint.model_validate_json(b64d(proofs[first].checkpoint.record))
+    if checkpoint.started is None:
+        return None
+    shown = steps[0].seq if steps[0].type == "node.started" else None
+    if checkpoint.started != shown:
+        raise IntegrityError(
+            f"the checkpoint over event {steps[first].seq} names node.started "
+            f"{checkpoint.started} as the last before it, the answer {shown}"
+        )
+    return True
+
+
+def proofs_note(lineage: Provenance) -> str:
+    """What the proofs of ``lineage`` (and of the calls it took results from) prove about
+    the code that ran, in one line (``fedhub provenance --proofs``)."""
+    calls, unproven = [lineage], []
+    while calls:
+        call = calls.pop()
+        calls += call.earlier
+        if call.code_hash and not call.code_proven:
+            unproven.append(call.request_id)
+    if not unproven:
+        return (
+            "each event is proven in its site's signed log; the code of each call is the one "
+            "its node logged in the node.started proven the last before the call"
+        )
+    return (
+        "each event is proven in its site's signed log; for "
+        + ", ".join(unproven)
+        + " only that the node logged the code named, not that no later process ran the "
+        "call (a checkpoint from before nodes named their node.started; a full "
+        "`fedhub audit` of the log says)"
+    )
 
 
 def _lineage(answer: ProvenanceAnswer, steps: tuple[Step, ...]) -> Provenance:

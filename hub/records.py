@@ -91,7 +91,8 @@ class Revocation(_Record):
 
 
 class Checkpoint(_Record):
-    """A node's signed statement: its log ``log`` has ``size`` events with Merkle ``root``."""
+    """A node's signed statement: its log ``log`` has ``size`` events with Merkle ``root``,
+    and (``started``) the last ``node.started`` among them is event ``started``."""
 
     v: Literal[1] = 1
     kind: Literal["checkpoint"] = "checkpoint"
@@ -100,6 +101,9 @@ class Checkpoint(_Record):
     root: Hex32
     time: Time
     kid: Kid
+    #: The seq of the last ``node.started`` among the ``size`` events (None: none, or a
+    #: checkpoint of a node from before this field); the audit checks it.
+    started: int | None = Field(None, ge=1)
 
 
 GroupId = Annotated[

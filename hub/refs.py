@@ -7,8 +7,9 @@ for the target node's box key (verified from the module info) and shares it with
 node (``result.shared`` at the storing site, principal ``node:SITE/NAME``, ``for_call`` = the
 new call's id). The call's signed header names each reference (site, request id, result
 hash); the target node fetches the ciphertext straight from the storing site with its own
-key, checks the hash and opens it (:mod:`node.staging`). The data never passes through
-the caller, and the hub carries only ciphertext.
+key, checks the hash and opens it (:mod:`node.staging`; a large result comes as a bulk
+transfer from the storing node). The data never passes through the caller, and the hub
+carries only ciphertext.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -12,6 +13,7 @@ from hub import results_client
 from hub.answers import DeletedAnswer, KeepAnswer, ShareAnswer, TagsAnswer
 from hub.provenance import Provenance, provenance
 from hub.refs import Ref
+from hub.slices import Isel, grantor, slice_result
 
 if TYPE_CHECKING:
     from hub.call_handle import CallHandle
@@ -48,6 +50,41 @@ class ResultsMixin:
         return await results_client.result_handle(
             self._me(), request_id, site, result_path=result_path
         )
+
+    async def result_slice(
+        self,
+        request_id: str,
+        *,
+        site: str,
+        isel: Isel | None = None,
+        variables: Iterable[str] | None = None,
+        result_path: Path | None = None,
+    ) -> Any:
+        """Part of my kept xarray result, as ``value[variables].isel(isel)`` would give it,
+        without fetching the rest: the node that keeps it opens it for this one request
+        and sends only the part (:mod:`hub.slices`; ``result.sliced``)."""
+        return await slice_result(
+            self._me(),
+            site,
+            request_id,
+            isel=isel,
+            variables=variables,
+            result_path=result_path,
+        )
+
+    async def open_result(
+        self, request_id: str, *, site: str, chunks: Mapping[str, int] | None = None
+    ) -> Any:
+        """My kept xarray result as a lazy, dask-backed value (as ``xarray.open_dataset``
+        with ``chunks`` gives): each block is fetched as a slice when computed
+        (:mod:`hub.lazy`; needs ``fedhub[lazy]``). Compute it off this client's event
+        loop, or use the blocking client."""
+        from hub.lazy import open_lazy, require_dask
+
+        require_dask()
+        owner = await grantor(self._me(), site, request_id)
+        layout = await owner.ask("describe")
+        return open_lazy(owner, layout, asyncio.get_running_loop(), chunks)
 
     async def share(self, site: str, request_id: str, principal: str) -> ShareAnswer:
         """Share a kept result with ``name@site`` or ``group:NAME`` (no re-upload)."""

@@ -68,6 +68,7 @@ __all__ = [
     "fetch_result",
     "keep",
     "list_requests",
+    "own_content_key",
     "result_handle",
     "result_status",
     "share",
@@ -308,16 +309,7 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
     """Share the kept result of my request with a person or ``group:NAME``: the content
     key is wrapped for each of their keys (verified against their pinned site keys); the
     node logs ``result.shared``. Nothing is uploaded again."""
-    data = await catalog(client, "wrap", site, request_id)
-    wrap = parse_answer(ResultWrap, data, f"wrap answer from {site}")
-    target = parse_address(wrap.address)
-    info = await client.module_info(target.site, target.module)
-    key = open_content_key(
-        {client.keys.kid: b64d(wrap.wrap)},
-        client.keys.kid,
-        client.keys.box_secret,
-        sender=info.node_box_key,
-    )
+    key, _ = await own_content_key(client, site, request_id)
     data = await catalog(client, "keys", site, request_id, {"principal": principal})
     keys = parse_answer(RecipientKeys, data, f"keys answer from {site}")
     wraps: dict[str, str] = {}
@@ -332,6 +324,23 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
         client, "share", site, request_id, {"principal": principal, "wraps": wraps}
     )
     return parse_answer(ShareAnswer, data, f"share answer from {site}")
+
+
+async def own_content_key(client: Client, site: str, request_id: str) -> tuple[bytes, bytes]:
+    """The content key of my kept result and the box key of the node that keeps it: the
+    node's wrap for me (``wrap``, owner only), opened only if the node key verified for
+    the module (its signed info) made it."""
+    data = await catalog(client, "wrap", site, request_id)
+    wrap = parse_answer(ResultWrap, data, f"wrap answer from {site}")
+    target = parse_address(wrap.address)
+    info = await client.module_info(target.site, target.module)
+    key = open_content_key(
+        {client.keys.kid: b64d(wrap.wrap)},
+        client.keys.kid,
+        client.keys.box_secret,
+        sender=info.node_box_key,
+    )
+    return key, info.node_box_key
 
 
 def _verified_person(client: Client, signed: SignedRecord) -> KeyRecord:

@@ -13,7 +13,7 @@ a captured ``share`` or ``unshare`` cannot be played again).
 ``op`` is what is asked; ``id`` names the request (absent for ``list``); ``args`` holds
 the op's parameters (:class:`ListFilter` for ``list``, a principal for ``keys``,
 ``share`` and ``unshare``, the wraps for ``share``, :class:`TagArgs` for ``tag``,
-:class:`KeepArgs` for ``keep``).
+:class:`KeepArgs` for ``keep``, :class:`SliceArgs` for ``slice`` and ``describe``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.canonical import canonical_bytes, parse_canonical
-from hub.crypto import sign
+from hub.crypto import blake2b_256, sign
 from hub.errors import CanonicalError
 from hub.records import B64, Kid, SignedRecord, Time, one_line
 
@@ -37,6 +37,7 @@ __all__ = [
     "ListFilter",
     "Principal",
     "ShareArgs",
+    "SliceArgs",
     "TagArgs",
     "pack_catalog",
     "parse_catalog_bytes",
@@ -59,6 +60,8 @@ CatalogOp = Literal[
     "tag",
     "keep",
     "provenance",
+    "slice",
+    "describe",
 ]
 CATALOG_OPS: tuple[str, ...] = get_args(CatalogOp)
 _LEN = struct.Struct(">I")
@@ -124,6 +127,29 @@ class KeepArgs(_Wire):
     module's keep-for time; the node refuses more)."""
 
     keep_for: int = Field(ge=1)
+
+
+#: A dimension's part in a slice: one index (the dimension is dropped, as ``isel`` does)
+#: or ``[start, stop, step]`` of a Python slice (each may be null).
+IndexPart = Annotated[int, Field(strict=True)] | tuple[int | None, int | None, int | None]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class SliceArgs(_Wire):
+    """``slice`` / ``describe``: the owner lets the node open its kept result for this one
+    message. ``grant`` is the result's content key wrapped by the owner's key for the
+    node's key; ``isel`` and ``variables`` say which part (``describe``: neither; the
+    answer is the result's layout)."""
+
+    grant: B64
+    isel: dict[Name, IndexPart] = Field(default_factory=dict, max_length=64)
+    variables: tuple[Name, ...] | None = Field(None, min_length=1, max_length=1000)
+
+    def selection_hash(self) -> str:
+        """BLAKE2b-256 (hex) of the canonical JSON ``{"isel", "variables"}``: the part
+        asked for, as ``result.sliced`` logs it (instead of the names)."""
+        part = self.model_dump(mode="json", include={"isel", "variables"})
+        return blake2b_256(canonical_bytes(part)).hex()
 
 
 class CatalogHeader(_Wire):

@@ -150,6 +150,29 @@ class SyncClient:
         handle = self._run(self._client.result(request_id, site=site, result_path=result_path))
         return SyncCallHandle(self, handle)
 
+    def result_slice(
+        self,
+        request_id: str,
+        *,
+        site: str,
+        isel: Mapping[str, int | slice] | None = None,
+        variables: Iterable[str] | None = None,
+        result_path: Path | None = None,
+    ) -> Any:
+        """Part of my kept xarray result, without the rest (:meth:`Client.result_slice`)."""
+        return self._run(
+            self._client.result_slice(
+                request_id, site=site, isel=isel, variables=variables, result_path=result_path
+            )
+        )
+
+    def open_result(
+        self, request_id: str, *, site: str, chunks: Mapping[str, int] | None = None
+    ) -> Any:
+        """My kept xarray result, lazy: blocks are fetched when computed
+        (:meth:`Client.open_result`)."""
+        return self._run(self._client.open_result(request_id, site=site, chunks=chunks))
+
     @staticmethod
     def ref(site: str, request_id: str) -> Ref:
         """My kept result ``request_id`` at ``site``, as an argument by reference."""

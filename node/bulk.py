@@ -73,6 +73,7 @@ from hub.transfer import (
     new_transfer_id,
     seal_file,
     seal_stream,
+    site_route,
     upload_route,
 )
 from node.config import NodeConfig
@@ -219,6 +220,11 @@ class BulkLink:
             return codec.decode_many(data, max_size=max(len(data), 1))
         except CanonicalError as exc:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
+
+    def spool_file(self, rid: str, suffix: str) -> Path:
+        """A spool file of call ``rid``, removed with its others by :meth:`release`."""
+        self._live.add(rid)
+        return self.spool / f"{rid}.{suffix}"
 
     def release(self, rid: str) -> None:
         """Remove the spool files of a call that ended (a call that never spooled has
@@ -388,10 +394,14 @@ class BulkLink:
         raise IntegrityError(f"the stored result {name!r} has no head")
 
     def serve(self, caller_identity: str, bulk: Bulk, sealed: Path, timeout: float) -> None:
-        """Send a kept bulk result (staged by :meth:`load_stored`) to its caller, in the
+        """Send a kept bulk result (staged by :meth:`load_stored`) to its caller, or to a
+        node that takes it by reference (:func:`hub.transfer.site_route`), in the
         background; the staged file is removed afterwards."""
         caller = validate_identity(caller_identity)
-        route = download_route(caller.site, caller.name, self.site, bulk.token)
+        if caller.kind == "node":
+            route = site_route(self.site, caller.site, bulk.token)
+        else:
+            route = download_route(caller.site, caller.name, self.site, bulk.token)
 
         async def send() -> None:
             sender = Sender(

@@ -26,7 +26,9 @@ ones shared with the asker; anything else is answered as if it did not exist
 * ``provenance``: the request's events with proofs of inclusion (:mod:`node.provenance`),
   for the owner and its readers;
 * ``delete``: the owner removes the kept result now (:mod:`node.retention`,
-  ``result.deleted``).
+  ``result.deleted``);
+* ``slice`` / ``describe``: the owner lets the node open the kept result for this one
+  message and gets part of it, or its layout (:mod:`node.slicing`, ``result.sliced``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ from hub.results_wire import (
 )
 from node.provenance import provenance_of
 from node.replay import ReplayGuard
+from node.retention import asked_keep
+from node.slicing import Slicer
+from node.staging import shared_for_call
 
 if TYPE_CHECKING:
     from node.control import Control
@@ -102,6 +107,7 @@ class Catalog:
         self.p = pipeline
         self.control = control
         self.replay = ReplayGuard(pipeline.calls.replay_window)
+        self.slicer = Slicer(pipeline, control)
 
     def reader(self) -> sqlite3.Connection:
         """The pipeline's read connection to the log's projections."""
@@ -164,7 +170,9 @@ class Catalog:
 
     # -- the owner's ops -------------------------------------------------------------------
 
-    async def _owner(self, q: CatalogHeader, record: KeyRecord, state: dict[str, Any]) -> BaseModel:
+    async def _owner(
+        self, q: CatalogHeader, record: KeyRecord, state: dict[str, Any]
+    ) -> CatalogAnswer:
         rid = str(q.id)
         if q.op == "status":
             return self._record(
@@ -196,6 +204,8 @@ class Catalog:
                 request_id=rid, op="unshare", principal=principal, seq=stored[-1].seq
             )
         name = self._kept(rid, state)
+        if q.op in ("slice", "describe"):
+            return await self.slicer.answer(q, record, state, name)
         if q.op == "delete":
             retention = self.p.results.retention
             if retention is None:
@@ -292,13 +302,7 @@ class Catalog:
 
     def _asked_by_request(self, rids: list[str]) -> dict[str, float]:
         """The keep-for times owners asked for, of those of ``rids`` that have one."""
-        out: dict[str, float] = {}
-        for at in range(0, len(rids), 500):
-            part = rids[at : at + 500]
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT request_id, keep_for FROM result_keep WHERE request_id IN ({marks})"  # noqa: S608
-            out.update(self.reader().execute(sql, part).fetchall())
-        return out
+        return asked_keep(self.reader(), rids)
 
     def _tags_by_request(self, rids: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
         """The tags of each of ``rids`` that has some, by scope."""
@@ -332,18 +336,13 @@ class Catalog:
         return record
 
     async def _shared_for_call(self, q: CatalogHeader, node: str) -> bool:
-        """Whether the owner shared ``q.id`` with ``node`` for the call ``q`` names
-        (``args.for_call``), as a ``result.shared`` in the log says."""
+        """Whether the owner's shares of ``q.id`` with ``node`` in the log cover the call
+        ``q`` names (``args.for_call``; :func:`node.staging.shared_for_call`)."""
         call, rid = q.args.get("for_call"), str(q.id)
         eventlog = self.p.writer.eventlog
         found = await self.p.writer.call(lambda: eventlog.events_for_request(rid))
         assert isinstance(found, list)
-        for e in found:
-            if e.type == "result.shared":
-                data = e.parsed()["data"]
-                if data.get("principal") == node and data.get("for_call") == call:
-                    return True
-        return False
+        return shared_for_call(found, node, None if call is None else str(call))
 
     # -- list ------------------------------------------------------------------------------
 

@@ -95,9 +95,11 @@ class Control:
                 p.cancel_early[ctl.id] = time.monotonic()
                 return CancelAnswer(id=ctl.id, cancelling=True, state=current)
             return CancelAnswer(id=ctl.id, cancelling=False, state=current)
-        return RequestStatus.model_validate(
-            {k: state.get(k) for k in RequestStatus.model_fields if state.get(k) is not None}
-        )
+        fields = {k: state.get(k) for k in RequestStatus.model_fields if state.get(k) is not None}
+        retention = p.results.retention
+        if retention is not None:  # the effective keep-for: the module's, or less if asked
+            fields["expires_time"] = retention.expiry(state)
+        return RequestStatus.model_validate(fields)
 
     async def append_completed(self, rid: str, event: BaseModel) -> list[StoredEvent]:
         """Log a result event of ``rid`` while it is still completed (see

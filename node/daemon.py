@@ -197,12 +197,15 @@ class NodeDaemon:
         assert self.nc is not None and self._node_key_record is not None
         self._code_hashes = codes
         self.pipeline.staging = Staging(
-            self.nc, cfg.identity, self.eventlog.key, self._node_key_record
+            self.nc, cfg.identity, self.eventlog.key, self._node_key_record, self.pipeline.bulk
         )
         retention = Retention.for_node(self.pipeline, cfg, self._jetstream)
         await self.pipeline.load_replay_memory()
         await self._start_services()
         recovered = await self.writer.call(self._count_unfinished)
+        # the last process's events end at a checkpoint naming its node.started, so the
+        # first checkpoint covering any event names the process that logged it
+        await self.writer.checkpoint()
         await self.writer.append(
             NodeStarted(
                 version=__version__,

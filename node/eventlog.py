@@ -308,6 +308,7 @@ class EventLog:
         self._seq = 0
         self._prev = GENESIS_PREV
         self._since_checkpoint = 0
+        self._started: int | None = None  # seq of the last node.started
         self._load_state()
 
     @classmethod
@@ -344,6 +345,8 @@ class EventLog:
             self._prev = bytes(row[0])
             cp = self.db.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
             last_cp = int(cp or 0)
+            started = self.started_before(self._seq + 1)
+            self._started = None if started is None else started.seq
         self._since_checkpoint = self._seq - last_cp
 
     def initialize(self, site: str, site_key: bytes, node_record: SignedRecord) -> StoredEvent:
@@ -423,6 +426,7 @@ class EventLog:
             root=self._acc.root().hex(),
             time=now(),
             kid=self.key.kid,
+            started=self._started,
         )
         signed = sign_record(cp, self.key.signing_key)
         self._pending_checkpoint = (cp, signed)
@@ -443,10 +447,11 @@ class EventLog:
         kinds = self._kinds
         rows: list[tuple[Any, ...]] = []
         projected: list[tuple[int, str, dict[str, Any]]] = []
-        who: dict[str, tuple[str, str]] = {}
+        who: dict[str, tuple[str | None, str | None, int | None]] = {}
         checkpoint = False
         columns = self._columns
         wide = columns > 5  # a log of an earlier release: time and request id too
+        started = self._started
         for d in datas:
             if isinstance(d, dict):
                 data, data_json = d, canonical_bytes(d)
@@ -470,6 +475,8 @@ class EventLog:
                     who[rid] = known
             elif kind == "checkpoint":
                 checkpoint = True
+            elif kind == "node.started":
+                started = seq
         if not rows:
             return []
         sig = sign(self.key.signing_key, DOMAIN_COMMIT, prev)
@@ -502,7 +509,7 @@ class EventLog:
             raise
         n = len(rows)
         self._acc.extend([row[1] for row in rows])
-        self._seq, self._prev = seq, prev
+        self._seq, self._prev, self._started = seq, prev, started
         self._since_checkpoint = 0 if rows[-1][4] == "checkpoint" else self._since_checkpoint + n
         if self._wal is None:
             self._wal = _WalCheckpointer(self.path.resolve())

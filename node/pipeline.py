@@ -313,6 +313,7 @@ class Pipeline:
         return AcceptedCall.of(
             h.caller,
             h.address,
+            h.keep_for,
             request_id=h.id,
             header=b64e(req.header_bytes),
             sig=b64e(req.sig),
@@ -414,7 +415,8 @@ class Pipeline:
                 if h.refs is not None:  # arguments by reference: fetched from their sites
                     if self.staging is None:
                         raise ValidationError("this node takes no arguments by reference")
-                    kwargs = {**kwargs, **await self.staging.arguments(h, job.record, timeout)}
+                    staged = await self.staging.arguments(h, job.record, timeout, cancel)
+                    kwargs = {**kwargs, **staged}
                 value = await self.runner.run(
                     h.module,
                     h.function,
@@ -466,7 +468,7 @@ class Pipeline:
         )
         ciphertext, wraps = sealed.ciphertext, wraps_to_text(sealed.wraps)
         result_hash = blake2b_256(ciphertext).hex()
-        kept_as = self.results.name_for(rid)
+        kept_as = self.results.name_for(rid, h.keep_for)
         self.replies.check_size(
             rid, result_hash=result_hash, wraps=wraps, ciphertext=ciphertext, kept_as=kept_as
         )
@@ -502,7 +504,7 @@ class Pipeline:
         kept), announce it to the caller, then stream it there and keep it at once."""
         h, rid, bulk = job.header, job.header.id, result.bulk
         assert self.bulk is not None
-        kept_as = self.results.name_for(rid)
+        kept_as = self.results.name_for(rid, h.keep_for)
         duration = int((time.perf_counter() - started) * 1e6)
         stored = await self.writer.append(
             RequestCompleted(

@@ -3,7 +3,8 @@
 ``requests`` holds one row per request id with its current state; ``result_shares`` one
 row per share of a kept result (``result.shared`` until ``result.unshared``, with the
 wrapped keys); ``result_tags`` the owner's tags of a result, per scope; ``result_keep``
-how long an owner asked a result to be kept. They are a cache
+how long an owner asked a result to be kept afterwards (``requests.keep_for``: when
+calling). They are a cache
 of the log, never the truth: ``fedhub-node log rebuild`` drops and replays them.
 """
 
@@ -22,6 +23,9 @@ from hub.lifecycle import RequestState, target
 
 __all__ = ["AcceptedCall", "apply", "apply_many", "create", "drop", "request_status"]
 
+# who asked for what, and for how long a kept result (caller, address, keep_for)
+_Asked = tuple[str | None, str | None, int | None]
+
 
 class AcceptedCall(RequestAccepted):
     """``request.accepted`` as the node logs a call it has verified: the same event and
@@ -29,18 +33,19 @@ class AcceptedCall(RequestAccepted):
     projection does not decode the header a second time (~3 us a call; a rebuild from the
     log decodes it)."""
 
-    _who: tuple[str, str] | None = PrivateAttr(default=None)
+    _who: _Asked | None = PrivateAttr(default=None)
 
     @classmethod
-    def of(cls, caller: str, address: str, **fields: Any) -> AcceptedCall:
-        """The event with ``fields``, from a header naming ``caller`` and ``address``."""
+    def of(cls, caller: str, address: str, keep_for: int | None, **fields: Any) -> AcceptedCall:
+        """The event with ``fields``, from a header naming ``caller``, ``address`` and
+        ``keep_for``."""
         event = cls(**fields)
-        event._who = (caller, address)
+        event._who = (caller, address, keep_for)
         return event
 
     @property
-    def who(self) -> tuple[str, str] | None:
-        """(caller, address) as the header names them, when built by :meth:`of`."""
+    def who(self) -> _Asked | None:
+        """(caller, address, keep_for) as the header names them, when built by :meth:`of`."""
         # straight from pydantic's store: ``self._who`` goes through BaseModel.__getattr__
         # (~2 us, more than the header decode this saves)
         private = self.__pydantic_private__
@@ -63,7 +68,8 @@ CREATE TABLE IF NOT EXISTS requests (
     progress_ppm INTEGER,
     result_hash TEXT,
     result_object TEXT,
-    result_size INTEGER
+    result_size INTEGER,
+    keep_for INTEGER
 )"""
 _DDL = (
     _REQUESTS
@@ -100,7 +106,8 @@ CREATE TABLE IF NOT EXISTS result_keep (
 _DROPPED_INDEXES = ("requests_unfinished", "requests_state")
 _COPIED = (
     "request_id, caller, address, state, code, reason, received_seq, updated_seq,"
-    " received_time, updated_time, attempts, progress_ppm, result_hash, result_object"
+    " received_time, updated_time, attempts, progress_ppm, result_hash, result_object,"
+    " result_size, keep_for"
 )
 _S = RequestState
 # Types whose every legal step leads to one state (from the lifecycle table).
@@ -131,9 +138,9 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_requests(conn: sqlite3.Connection) -> None:
-    """A ``requests`` table of an earlier release: without ``result_size`` (added), or
-    keyed by the request id (``WITHOUT ROWID``: copied, in arrival order, into a table of
-    today's shape)."""
+    """A ``requests`` table of an earlier release: without ``result_size`` or ``keep_for``
+    (added), or keyed by the request id (``WITHOUT ROWID``: copied, in arrival order,
+    into a table of today's shape)."""
     row = conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
     ).fetchone()
@@ -142,13 +149,15 @@ def _migrate_requests(conn: sqlite3.Connection) -> None:
     columns = {c[1] for c in conn.execute("PRAGMA table_info(requests)")}
     if "result_size" not in columns:  # a log made before results had sizes here
         conn.execute("ALTER TABLE requests ADD COLUMN result_size INTEGER")
+    if "keep_for" not in columns:  # a log made before callers asked for keep-for times
+        conn.execute("ALTER TABLE requests ADD COLUMN keep_for INTEGER")
     if "WITHOUT ROWID" not in row[0].upper():
         return
     conn.execute("DROP TABLE IF EXISTS requests_migrated")
     conn.execute(_REQUESTS.replace("IF NOT EXISTS requests", "requests_migrated", 1))
     conn.execute(
-        f"INSERT INTO requests_migrated({_COPIED}, result_size)"  # noqa: S608 (constants)
-        f" SELECT {_COPIED}, result_size FROM requests"
+        f"INSERT INTO requests_migrated({_COPIED})"  # noqa: S608 (constants)
+        f" SELECT {_COPIED} FROM requests"
         " ORDER BY COALESCE(received_seq, updated_seq), request_id"
     )
     conn.execute("DROP TABLE requests")  # its indexes go with it
@@ -171,10 +180,10 @@ def apply(conn: sqlite3.Connection, seq: int, time: str, data: dict[str, Any]) -
 def apply_many(
     conn: sqlite3.Connection,
     events: list[tuple[int, str, dict[str, Any]]],
-    who: Mapping[str, tuple[str, str]] | None = None,
+    who: Mapping[str, _Asked] | None = None,
 ) -> None:
     """Fold events in order, with one executemany per statement and wave. ``who``: the
-    caller and address of accepted requests, by id, as the appender read them from the
+    caller, address and keep time of accepted requests, by id, as the appender read them from the
     verified header (:class:`AcceptedCall`); the others' are read from the event.
 
     Every statement touches only its own request's row, so only the order of events of the
@@ -219,8 +228,8 @@ def apply_many(
 # state moves on).
 _FIRST = (
     "INSERT INTO requests(request_id, caller, address, state, received_seq,"
-    " updated_seq, received_time, updated_time, attempts)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " updated_seq, received_time, updated_time, attempts, keep_for)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(request_id) DO UPDATE SET state = excluded.state,"
     " updated_seq = excluded.updated_seq, updated_time = excluded.updated_time,"
     " attempts = MAX(attempts, excluded.attempts)"
@@ -282,22 +291,22 @@ _REMOVED = (
 )
 
 _Statement = tuple[str, list[Any]] | None
-# who asked for what, by request id, as the appender already knows it (see AcceptedCall)
-_Who = Mapping[str, tuple[str, str]]
+# ``_Asked`` by request id, as the appender already knows it (see AcceptedCall)
+_Who = Mapping[str, _Asked]
 
 
 def _received(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
-    caller, address = _caller_and_address(data)
+    caller, address, _ = _asked(data)
     state = _S.RECEIVED
-    return _FIRST, [data["request_id"], caller, address, state, seq, seq, time, time, 0]
+    return _FIRST, [data["request_id"], caller, address, state, seq, seq, time, time, 0, None]
 
 
 def _accepted(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
     if "header" not in data:  # version 1: after request.received
         return _ACCEPTED_V1, [_S.ACCEPTED, seq, time, data["request_id"]]
     rid = data["request_id"]
-    caller, address = who.get(rid) or _caller_and_address(data)
-    return _FIRST, [rid, caller, address, _S.ACCEPTED, seq, seq, time, time, 1]
+    caller, address, keep = who.get(rid) or _asked(data)
+    return _FIRST, [rid, caller, address, _S.ACCEPTED, seq, seq, time, time, 1, keep]
 
 
 def _rejected(seq: int, time: str, data: dict[str, Any], who: _Who) -> _Statement:
@@ -394,22 +403,23 @@ _STATEMENTS: dict[str, Callable[[int, str, dict[str, Any], _Who], _Statement]] =
 }
 
 
-def _caller_and_address(data: dict[str, Any]) -> tuple[str | None, str | None]:
-    """Who asked for what: version 1 ``request.received`` says it, version 2
-    ``request.accepted`` carries it in the caller's signed header (which the node verified
-    before logging it; a header that does not read leaves both unknown, and the audit
-    names the event)."""
+def _asked(data: dict[str, Any]) -> _Asked:
+    """Who asked for what, and for how long a keep: version 1 ``request.received`` says
+    who and what, version 2 ``request.accepted`` carries all three in the caller's signed
+    header (which the node verified before logging it; a header that does not read leaves
+    them unknown, and the audit names the event)."""
     if "caller" in data:
-        return data["caller"], data["address"]
+        return data["caller"], data["address"], None
     try:
         # a cache of what the log holds: the header was verified (as URL-safe base64 and
         # as JSON) before it was logged, so it is decoded here without a second check
         text = data["header"].encode("ascii")
         raw = binascii.a2b_base64(text.translate(_URLSAFE) + b"=" * (-len(text) % 4))
         header = orjson.loads(raw)
-        return header["caller"], f"{header['site']}.{header['module']}.{header['function']}"
+        address = f"{header['site']}.{header['module']}.{header['function']}"
+        return header["caller"], address, header.get("keep_for")
     except (binascii.Error, ValueError, AttributeError, KeyError, TypeError):
-        return None, None
+        return None, None, None
 
 
 _URLSAFE = bytes.maketrans(b"-_", b"+/")

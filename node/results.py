@@ -67,9 +67,10 @@ class ResultStore:
                 raise NotFoundError(f"request {rid} is {state}: its result is gone")
             return await self.writer.append(event)
 
-    def name_for(self, rid: str) -> str | None:
-        """Where the result of ``rid`` will be kept (None: the node keeps no copies)."""
-        return rid if self._store is not None else None
+    def name_for(self, rid: str, keep_for: int | None = None) -> str | None:
+        """Where the result of ``rid`` will be kept (None: the node keeps no copies, or
+        the caller asked for none: ``keep_for`` 0)."""
+        return rid if self._store is not None and keep_for != 0 else None
 
     async def keep(self, rid: str, name: str, wraps: dict[str, str], ciphertext: bytes) -> None:
         """Store a sealed result under ``name``; if that fails, log ``result.lost``."""

@@ -7,8 +7,10 @@ oldest go first); ``[results]`` in the node config gives the site's defaults
 removes what is due: the object first, then ``result.expired`` (with the rule as its
 reason) in the log. A sweep that dies between the two leaves a request ``completed``
 without its object, and the next sweep removes it again (a missing object is no error)
-and logs it. The owner may ask for a shorter keep-for time (``result.keep_shortened``,
-never longer than the module's), or remove a result at once with
+and logs it. The owner may ask for a shorter keep-for time when calling (the signed
+header's ``keep_for``; longer is capped at the module's) or afterwards
+(``result.keep_shortened``, never longer than the module's; it replaces the one asked when
+calling), or remove a result at once with
 :meth:`Retention.delete` (``result.deleted``). After either, the request's state is
 ``expired`` or ``deleted``, which ``fedhub status`` shows, and a fetch is answered
 NotFoundError.
@@ -23,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -41,7 +43,7 @@ from node.logwriter import LogWriter
 if TYPE_CHECKING:
     from node.pipeline import Pipeline
 
-__all__ = ["DeleteResult", "Policy", "Retention", "delete_kept"]
+__all__ = ["DeleteResult", "Policy", "Retention", "asked_keep", "delete_kept"]
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +131,14 @@ class Retention:
         at = parse_time(completed).timestamp() + self.keep_for(module, asked)
         return format_time(datetime.fromtimestamp(at, UTC))
 
+    def expiry(self, row: dict[str, Any]) -> str | None:
+        """When the kept result of a projected request ``row`` goes (None: none kept)."""
+        if not row.get("result_object") or not row.get("updated_time"):
+            return None
+        rid = str(row["request_id"])
+        asked = asked_keep(self._read(), [rid]).get(rid)
+        return self.expires(row.get("address"), str(row["updated_time"]), asked)
+
     def _due_from_file(self, path: Path, at: float | None) -> list[tuple[_Kept, str]]:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
@@ -144,8 +154,8 @@ class Retention:
     def _kept(self, conn: sqlite3.Connection | None = None) -> list[_Kept]:
         """Every kept result, newest first (read on ``conn``, else the pipeline's)."""
         cur = (conn or self._read()).execute(
-            "SELECT r.request_id, r.address, r.updated_time, r.result_size, r.result_object,"
-            " k.keep_for FROM requests r LEFT JOIN result_keep k USING (request_id)"
+            "SELECT r.request_id, r.address, r.updated_time, r.result_size, r.result_object,"  # noqa: S608
+            f" {_ASKED} FROM requests r LEFT JOIN result_keep k USING (request_id)"
             " WHERE r.state = ? AND r.result_object IS NOT NULL ORDER BY r.updated_time DESC",
             [RequestState.COMPLETED.value],
         )
@@ -214,6 +224,26 @@ class Retention:
             except (sqlite3.Error, ValueError) as exc:  # a bad row must not stop sweeps
                 log.error("result.sweep_failed", error=str(exc))
             await asyncio.sleep(self.section.sweep_every)
+
+
+#: The keep-for time the owner asked for: afterwards (``result.keep_shortened``), else when
+#: calling (the signed header's ``keep_for``); NULL when neither.
+_ASKED = "COALESCE(k.keep_for, r.keep_for)"
+
+
+def asked_keep(conn: sqlite3.Connection, rids: list[str]) -> dict[str, float]:
+    """The keep-for times owners asked for, of those of ``rids`` that have one."""
+    out: dict[str, float] = {}
+    for at in range(0, len(rids), 500):
+        part = rids[at : at + 500]
+        marks = ",".join("?" * len(part))  # placeholders only: the ids are bound
+        sql = (
+            f"SELECT r.request_id, {_ASKED} FROM requests r"  # noqa: S608
+            " LEFT JOIN result_keep k USING (request_id)"
+            f" WHERE r.request_id IN ({marks}) AND {_ASKED} IS NOT NULL"
+        )
+        out.update(conn.execute(sql, part).fetchall())
+    return out
 
 
 async def delete_kept(js: JetStreamContext, name: str) -> None:

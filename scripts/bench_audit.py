@@ -100,6 +100,7 @@ def _request(i: int, random_ids: bool = False) -> list[Any]:
         AcceptedCall.of(
             "klaus@geomar",
             f"{SITE}.climate.compute_sum",
+            None,
             request_id=rid,
             header=_header(rid),
             sig=_SIG,

@@ -24,8 +24,11 @@ One run, one machine, one topology: a hub and two site leaf servers (``hereon``,
   file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
   (target payload + 256 MiB), each its own process's ``VmHWM``, next to its limit.
 
-Every peer also reports the CPU seconds it used: on a machine that is doing other work
-those move far less than the rates do.
+Every peer also reports the CPU seconds it used, and each figure comes with the CPU
+seconds the federation's nats-servers used meanwhile (``*_servers_cpu_s``; the raw
+baseline's client and server too), so the whole CPU budget per GiB is in the report: on a
+machine that is doing other work those move far less than the rates do, and on two cores
+the rates follow them.
 
 ``--concurrent N`` also runs N uploads of the largest size at the same time (one sender
 and one receiver process each). Figures are printed next to their baseline and the load
@@ -46,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from bench_call_payload import CallBench, write_netcdf_payload
+from bench_call_payload import CallBench, _cpu_ticks, write_netcdf_payload
 from benchlib import figure, load_average, say
 
 from hub.cliutil import configure_logging
@@ -64,6 +67,13 @@ PEER = Path(__file__).resolve().parent / "bulk_peer.py"
 CALLER, NODE, USER = "geomar", "hereon", "bench"
 MIB = 1024 * 1024
 BUCKET = "fh-bench-raw"
+
+
+def _servers_cpu_s(fed: LocalFederation) -> float:
+    """CPU seconds (user + system) the federation's nats-servers have used so far."""
+    servers = [*fed.hubs.values(), *fed.leaves.values()]
+    ticks = sum(_cpu_ticks(s.pid) for s in servers if s.pid is not None)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _payload(path: Path, size: int) -> None:
@@ -112,13 +122,26 @@ def _leg(
     route = (upload_route if upload else download_route)(CALLER, USER, NODE, tid)
     send_site, recv_site = (CALLER, NODE) if upload else (NODE, CALLER)
     receiver = _peer("receive", fed.site_url(recv_site), route, key, dest=dest, window=window)
+    servers = _servers_cpu_s(fed)
     sender = _peer("send", fed.site_url(send_site), route, key, source=source, transfer=tid,
                    window=window, compress=compress, chunk_size=chunk_size)  # fmt: skip
     sent, received = _report(sender), _report(receiver)
-    return {"sender": sent, "receiver": received}
+    return {"sender": sent, "receiver": received, "servers_cpu_s": _servers_cpu_s(fed) - servers}
 
 
-async def _raw(url: str, source: Path, name: str, expected: int) -> tuple[float, float]:
+def _raw(fed: LocalFederation, source: Path, name: str, expected: int) -> dict[str, float]:
+    """The raw baseline: seconds of the put and the get, CPU of the client and servers."""
+    servers, client = _servers_cpu_s(fed), time.process_time()
+    put, get = asyncio.run(_raw_put_get(fed.site_url(NODE), source, name, expected))
+    return {
+        "put_s": put,
+        "get_s": get,
+        "client_cpu_s": time.process_time() - client,
+        "servers_cpu_s": _servers_cpu_s(fed) - servers,
+    }
+
+
+async def _raw_put_get(url: str, source: Path, name: str, expected: int) -> tuple[float, float]:
     """Seconds to put ``source`` into the bucket and to read it back (no crypto)."""
     nc = await nats.connect(url)
     try:
@@ -143,6 +166,11 @@ async def _raw(url: str, source: Path, name: str, expected: int) -> tuple[float,
         await nc.close()
 
 
+def _per_gib(cpu_seconds: list[float], moved: int) -> float | None:
+    """CPU seconds per GiB moved."""
+    return round(sum(cpu_seconds) * 1024 * MIB / moved, 2) if moved else None
+
+
 def _mib_s(size: int, seconds: float) -> float:
     return size / MIB / seconds if seconds > 0 else float("nan")
 
@@ -160,7 +188,8 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
     transfer_s = up["sender"]["seconds"] + down["sender"]["seconds"]
     load_mid = load_average()
     say(f"{size_mib:g} MiB: raw object store put + get")
-    put_s, get_s = asyncio.run(_raw(fed.site_url(NODE), source, f"raw-{size}", size))
+    raw = _raw(fed, source, f"raw-{size}", size)
+    put_s, get_s = raw["put_s"], raw["get_s"]
     load_end = load_average()
     same = back.stat().st_size == size
     for path in (source, at_node, back):
@@ -194,6 +223,22 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
             for leg, report in (("upload", up), ("download", down))
             for side in ("sender", "receiver")
         },
+        "upload_servers_cpu_s": round(up["servers_cpu_s"], 2),
+        "download_servers_cpu_s": round(down["servers_cpu_s"], 2),
+        "raw_client_cpu_s": round(raw["client_cpu_s"], 2),
+        "raw_servers_cpu_s": round(raw["servers_cpu_s"], 2),
+        # the whole budget of moving a GiB one way: peers and servers (the peers' figures
+        # include their start-up, ~0.1 s each), against the raw put + get's per GiB moved
+        # the whole budget of moving a GiB one way: peers (their start-up included, ~0.1 s
+        # each) and servers, against the raw put + get's per GiB moved
+        "cpu_s_per_gib_one_way": _per_gib(
+            [up[s]["cpu_seconds"] + down[s]["cpu_seconds"] for s in ("sender", "receiver")]
+            + [up["servers_cpu_s"], down["servers_cpu_s"]],
+            2 * size,
+        ),
+        "raw_cpu_s_per_gib_one_way": _per_gib(
+            [raw["client_cpu_s"], raw["servers_cpu_s"]], 2 * size
+        ),
         **rss,
     }
 
@@ -207,10 +252,13 @@ def bench_call(
     size = source.stat().st_size
     load_start = load_average()
     say(f"{size_mib:g} MiB: fedhub call there and back")
+    servers = _servers_cpu_s(fed)
     call = bench.round_trip(source, back, compress=args.compress)
+    servers = _servers_cpu_s(fed) - servers  # the node's idle wait included: it stores
     load_mid = load_average()
     say(f"{size_mib:g} MiB: raw object store put + get of the same file")
-    put_s, get_s = asyncio.run(_raw(fed.site_url(NODE), source, f"call-{size}", size))
+    raw = _raw(fed, source, f"call-{size}", size)
+    put_s, get_s = raw["put_s"], raw["get_s"]
     load_end = load_average()
     same = back.read_bytes() == source.read_bytes() if size <= 64 * MIB else back.exists()
     for path in (source, back):
@@ -231,6 +279,9 @@ def bench_call(
         # call's start until it is idle again (storing the result included)
         "client_cpu_s": round(call["client_cpu_s"], 2),
         "node_cpu_s": round(call["node_cpu_s"], 2),
+        "servers_cpu_s": round(servers, 2),
+        "raw_client_cpu_s": round(raw["client_cpu_s"], 2),
+        "raw_servers_cpu_s": round(raw["servers_cpu_s"], 2),
         "client_peak_rss_mib": _rss_figure(call["client_peak_rss_mib"], 256, "256 MiB"),
         "node_peak_rss_mib": _rss_figure(
             call["node_peak_rss_mib"], size / MIB + 256, "payload + 256 MiB"

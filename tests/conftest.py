@@ -21,6 +21,9 @@ whatever its event loop scope, can use them.
 - ``fresh_nats_server`` (function): a server of your own, to kill and restart.
 - ``federation_factory`` (function): ``await federation_factory()`` starts a federation of
   the test's own (stopped afterwards), to kill and restart leaves.
+- ``world``, ``cfg``, ``node`` (function, from :mod:`support.results`): the people of the
+  kept-results tests, a hereon node for them, that node running; a test file's own fixture
+  of the same name takes their place.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import Any
 import pytest
 
 from hub.nats import LocalFederation, NatsServer, start_local_federation
+
+pytest_plugins = ["support.results"]
 
 #: The site name to use with ``ensure_site_streams`` on the shared ``nats_server``.
 SHARED_SITE = "testsite"

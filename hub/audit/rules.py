@@ -60,6 +60,7 @@ class Rules:
         self.trust = Trust(trusted_sites, self.report, self.fail)
         self.requests: dict[str, RequestState] = {}
         self.running = False
+        self.last_started: int | None = None  # seq of the last node.started so far
         self.version = 1  # the highest body version so far (no lower one may follow)
         self.types: dict[str, int] = {}
         # unsigned version 2 events not yet covered by a signature: runs of the same kid,
@@ -334,6 +335,15 @@ class Rules:
             self.fail(
                 pos, seq, "checkpoint", "checkpoint is dated after its event", f"<= {time}", cp.time
             )
+        elif cp.started is not None and cp.started != self.last_started:
+            self.fail(
+                pos,
+                seq,
+                "checkpoint",
+                "checkpoint names another node.started than the last one before it",
+                self.last_started,
+                cp.started,
+            )
         else:
             self.report.checkpoints += 1
 
@@ -347,6 +357,7 @@ class Rules:
             if self.running:
                 self.report.unclean_restarts += 1
             self.running = True
+            self.last_started = seq
             return
         if kind == "node.stopped":
             if not self.running:

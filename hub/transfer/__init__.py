@@ -53,7 +53,7 @@ from hub.transfer.options import (
     TransferProgress,
     TransferStats,
 )
-from hub.transfer.routes import Route, download_route, upload_route
+from hub.transfer.routes import Route, download_route, site_route, upload_route
 from hub.transfer.sealing import (
     DEFAULT_CHUNK_SIZE,
     HEADER_BYTES,
@@ -97,6 +97,7 @@ __all__ = [
     "seal_bytes",
     "seal_file",
     "seal_stream",
+    "site_route",
     "sweep_partials",
     "upload_route",
 ]

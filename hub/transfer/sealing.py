@@ -28,7 +28,8 @@ import io
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -219,6 +220,24 @@ class SealedInfo:
         return 0.0 if total == 0 else 1.0 - self.body_size / total
 
 
+#: Threads that hash and write sealed chunks while the sealing thread encrypts the next:
+#: shared by the process, each Sealer keeps at most one chunk there. (A receiver does not
+#: do this: it runs while sender and servers keep both cores busy, where a hand-off per
+#: chunk only adds CPU; a sealing pass runs alone.)
+_WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedhub-chunks")
+#: Chunks smaller than this are hashed in line (a thread hand-off would cost more).
+_PARALLEL_MIN = 64 * 1024
+
+
+def _in_parallel(work: Callable[[bytes], object], sealed: bytes) -> Future[object] | None:
+    """``work(sealed)`` on a worker thread for a large chunk (its future); in line, and
+    None, for a small one."""
+    if len(sealed) < _PARALLEL_MIN:
+        work(sealed)
+        return None
+    return _WORKERS.submit(work, sealed)
+
+
 def _check_key(key: bytes) -> None:
     if len(key) != CONTENT_KEY_BYTES:
         raise ChunkError(f"content key is {len(key)} bytes, not {CONTENT_KEY_BYTES}")
@@ -245,7 +264,11 @@ def _read_exactly(source: BinaryIO | io.BufferedIOBase, size: int) -> bytes:
 class Sealer:
     """Seals a payload of a size known up front, written to it piece by piece, into
     ``sink`` (seekable: the header, which holds the body's hash, is written last into
-    the room left for it). Memory: one chunk.
+    the room left for it). Memory: two chunks.
+
+    Each chunk is encrypted on the caller's thread while the one before is hashed and
+    written on a worker thread: libsodium, hashlib and file writes all release the GIL,
+    so on two cores sealing takes about the time of its slower half.
 
     Write exactly ``total_size`` bytes, then :meth:`close`; writing more, or closing
     early, raises :class:`ChunkError`.
@@ -281,6 +304,8 @@ class Sealer:
         self._buffer = bytearray()
         self._index = 0
         self._body = 0
+        #: Hashing and writing the chunk sealed last (chunks are output strictly in order).
+        self._output: Future[object] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Take the next ``len(data)`` bytes of the payload; seal every chunk completed.
@@ -313,6 +338,7 @@ class Sealer:
                 self._seal(plain)
                 pos += need
             if pos < size and self._index == header.chunk_count:
+                self.abort()
                 raise ChunkError(f"more than the {header.total_size} bytes announced")
             self._buffer += view[pos:]
         finally:
@@ -327,11 +353,27 @@ class Sealer:
         sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
             self._state, message, header.chunk_ad(index), tag
         )
-        frame = self._digest.add(sealed)
-        self._sink.write(frame)
-        self._sink.write(sealed)
-        self._body += len(frame) + len(sealed)
+        self._drain()
+        self._output = _in_parallel(self._emit, sealed)
+        self._body += FRAME_PREFIX_BYTES + len(sealed)
         self._index += 1
+
+    def _emit(self, sealed: bytes) -> None:
+        """Hash one sealed chunk's frame into the body digest and write it (worker thread)."""
+        self._sink.write(self._digest.add(sealed))
+        self._sink.write(sealed)
+
+    def _drain(self) -> None:
+        """Wait until the chunk sealed last is hashed and written; raise what that raised."""
+        output, self._output = self._output, None
+        if output is not None:
+            output.result()
+
+    def abort(self) -> None:
+        """Give up: wait until nothing is written to the sink any more (never raises)."""
+        output, self._output = self._output, None
+        if output is not None:
+            output.exception()
 
     def close(self) -> SealedInfo:
         """Seal what is left, write the header; the result. ChunkError if bytes are
@@ -339,6 +381,7 @@ class Sealer:
         h = self.header
         if self._index == h.chunk_count - 1 and h.plain_size(self._index) == 0:
             self._seal(b"")  # an empty payload: one empty final chunk
+        self._drain()
         if self._index != h.chunk_count:
             got = min(self._index * h.chunk_size, h.total_size) + len(self._buffer)
             raise ChunkError(
@@ -388,15 +431,20 @@ def seal_stream(
         compress=compress,
     )
     header = sealer.header
-    for index in range(header.chunk_count):
-        plain = _read_exactly(source, header.plain_size(index))
-        if len(plain) != header.plain_size(index):
-            raise ChunkError(
-                f"source ended in chunk {index}: {len(plain)} of {header.plain_size(index)} bytes",
-                index=index,
-            )
-        sealer.write(plain)
-    return sealer.close()
+    try:
+        for index in range(header.chunk_count):
+            plain = _read_exactly(source, header.plain_size(index))
+            if len(plain) != header.plain_size(index):
+                raise ChunkError(
+                    f"source ended in chunk {index}: {len(plain)} of "
+                    f"{header.plain_size(index)} bytes",
+                    index=index,
+                )
+            sealer.write(plain)
+        return sealer.close()
+    except BaseException:
+        sealer.abort()
+        raise
 
 
 def _encode_chunk(plain: bytes, compressor: zstandard.ZstdCompressor | None) -> bytes:

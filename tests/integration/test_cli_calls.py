@@ -409,7 +409,7 @@ def test_status_of_a_finished_request_shows_completed(site: Site) -> None:
     assert rows["state"] == "completed"
     assert rows["address"] == "hereon.climate.scale"
     assert rows["progress"] == "100%"
-    assert rows["result"].startswith("stored, hash ")
+    assert re.match(r"stored until \S+Z, hash ", rows["result"]), rows["result"]
 
     run = fedhub(site, "status", "--site", "hereon", "--json", "--", request_id)
     assert json.loads(run.out)["state"] == "completed"

@@ -13,17 +13,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.results import COLLEAGUE as ANNA
+from support.results import OWNER as KLAUS
+from support.results import THIRD as MALLORY
+from support.results import hereon_node, people_world
 from support.world import NodeProcess, World
 
 from hub.cli_results import parse_when
-
-KLAUS = "klaus@geomar"
-ANNA = "anna@geomar"
-MALLORY = "mallory@geomar"
+from hub.clock import parse_time
 
 
 @dataclass
@@ -35,13 +36,9 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    world = World(tmp_path_factory.mktemp("cli-results"))
-    for who in (KLAUS, ANNA, MALLORY):
-        world.person(who)
-    cfg = world.node_config(
-        "hereon", trust=["geomar"], users=[KLAUS, ANNA, MALLORY], grants=[(KLAUS, "climate", "*")]
-    )
-    node = world.spawn_node(cfg)
+    world = people_world(tmp_path_factory.mktemp("cli-results"))
+    node = world.spawn_node(hereon_node(world))
+    cfg = node.cfg
     try:
         url = (cfg.node.data_dir / "nats.url").read_text().strip()
         yield Site(world, node, url)
@@ -207,7 +204,9 @@ def test_provenance_prints_the_lineage_in_every_form_and_its_proofs_pass_the_aud
     text = fedhub(site, "provenance", rid, "--site", "hereon", "--proofs", str(tmp_path))
     assert text.code == 0, text.err
     assert f"request   {rid}" in text.out and "hereon.climate.scale" in text.out
+    assert "the node.started proven the last before the call" in text.err, text.err
     lineage = json.loads(fedhub(site, "provenance", rid, "--site", "hereon", "--json").out)
+    assert lineage["code_proven"] is True
     assert [s["type"] for s in lineage["steps"]] == [
         "node.started",
         "request.accepted",
@@ -279,3 +278,19 @@ def test_times_on_the_command_line_read_relative_and_absolute_forms() -> None:
     assert parse_when("1d", now=at) == "2026-11-29T12:00:00.000000Z"
     assert parse_when("2026-11-30") == "2026-11-30T00:00:00.000000Z"
     assert parse_when("2026-11-30T10:00+01:00") == "2026-11-30T09:00:00.000000Z"
+
+
+def test_call_keep_asks_for_a_shorter_keep_and_status_and_requests_show_when_it_goes(
+    site: Site,
+) -> None:
+    short = call(site, "hereon.climate.scale", "values=[1]", "--keep", "2d")
+    none = call(site, "hereon.climate.scale", "values=[1]", "--keep", "0")
+    status = json.loads(fedhub(site, "status", "--site", "hereon", "--json", "--", short).out)
+    kept = parse_time(status["expires_time"]) - parse_time(status["updated_time"])
+    assert kept == timedelta(days=2)
+    records = {r["request_id"]: r for r in listed(site)}
+    assert records[short]["expires_time"] == status["expires_time"]
+    assert records[none]["kept"] is False and records[none].get("expires_time") is None
+    shown = fedhub(site, "status", "--site", "hereon", "--", none)
+    assert "delivered, no stored copy" in shown.out, shown.out
+    one_error(fedhub(site, "call", "hereon.climate.scale", "values=[1]", "--keep", "2x"), "2x")

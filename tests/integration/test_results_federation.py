@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import node_nats
 from support.hostile import LogView, audit_node, wait_reachable
+from support.results import OWNER, connect, federation_node, people_world
 from support.world import World
 
-from hub.client import Client
 from hub.errors import NotFoundError
 from hub.keys import KeyStore
 from hub.query import F
@@ -23,28 +22,17 @@ from node.daemon import NodeDaemon
 if TYPE_CHECKING:
     from conftest import Federation
 
-OWNER = "klaus@geomar"
 COLLEAGUE = "anna@awi"
 THIRD = "mallory@awi"
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
+    return people_world(tmp_path, (OWNER, COLLEAGUE, THIRD))
 
 
 def _node(world: World, federation: Federation, unique: Any, site: str) -> NodeConfig:
-    return world.node_config(
-        site,
-        name=unique("n").replace("_", "-"),
-        **node_nats(federation, site),
-        trust=[s for s in ("hereon", "geomar", "awi") if s != site],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "climate", "*")],
-    )
+    return federation_node(world, federation, unique, site, [OWNER, COLLEAGUE, THIRD])
 
 
 def _own_store(world: World, identity: str, root: Path) -> Path:
@@ -56,13 +44,6 @@ def _own_store(world: World, identity: str, root: Path) -> Path:
     return store.home
 
 
-async def _connect(federation: Federation, identity: str, home: Path) -> Client:
-    site = identity.split("@")[1]
-    return await Client.connect(
-        federation.site_url(site), identity, home=home, **federation.caller_auth(identity)
-    )
-
-
 async def test_requests_at_two_sites_are_listed_and_filtered_together_and_a_silent_site_named(
     world: World, federation: Federation, unique: Any
 ) -> None:
@@ -70,7 +51,7 @@ async def test_requests_at_two_sites_are_listed_and_filtered_together_and_a_sile
     async with (
         NodeDaemon(hereon),
         NodeDaemon(geomar),
-        await _connect(federation, OWNER, world.store.home) as fed,
+        await connect(federation, OWNER, world.store.home) as fed,
     ):
         await wait_reachable(fed, "hereon", "climate")
         await wait_reachable(fed, "geomar", "climate")
@@ -102,25 +83,25 @@ async def test_a_colleague_at_a_third_site_fetches_a_shared_result_with_her_own_
     anna_home = _own_store(world, COLLEAGUE, tmp_path / "anna")
     mallory_home = _own_store(world, THIRD, tmp_path / "mallory")
     async with NodeDaemon(hereon):
-        async with await _connect(federation, OWNER, world.store.home) as fed:
+        async with await connect(federation, OWNER, world.store.home) as fed:
             await wait_reachable(fed, "hereon", "climate")
             handle = await fed.submit("hereon.climate.scale", values=[1.0, 2.0], timeout=30)
             assert await handle.result() == [2.0, 4.0]
             rid = handle.request_id
             await fed.share("hereon", rid, COLLEAGUE)
-        async with await _connect(federation, COLLEAGUE, anna_home) as anna:
+        async with await connect(federation, COLLEAGUE, anna_home) as anna:
             await wait_reachable(anna, "hereon", "climate")
             (record,) = await anna.requests("hereon")
             assert (record.request_id, record.caller) == (rid, OWNER)
             assert await (await anna.result(rid, site="hereon")).result() == [2.0, 4.0]
-        async with await _connect(federation, THIRD, mallory_home) as mallory:
+        async with await connect(federation, THIRD, mallory_home) as mallory:
             await wait_reachable(mallory, "hereon", "climate")
             assert list(await mallory.requests("hereon")) == []
             with pytest.raises(NotFoundError):
                 await mallory.result(rid, site="hereon")
-        async with await _connect(federation, OWNER, world.store.home) as fed:
+        async with await connect(federation, OWNER, world.store.home) as fed:
             await fed.unshare("hereon", rid, COLLEAGUE)
-        async with await _connect(federation, COLLEAGUE, anna_home) as anna:
+        async with await connect(federation, COLLEAGUE, anna_home) as anna:
             with pytest.raises(NotFoundError):
                 await (await anna.result(rid, site="hereon")).result()
     view = LogView(hereon.log_path)

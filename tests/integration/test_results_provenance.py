@@ -5,13 +5,15 @@ client that pins another key for the site."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from support.hostile import LogView, wait_reachable
+from support.results import COLLEAGUE, OWNER, THIRD, audit_clean
 from support.world import CLIMATE, World
 
-from hub.audit import audit_events
 from hub.canonical import parse_canonical
 from hub.chain import leaf_hash
 from hub.client import Client
@@ -23,33 +25,8 @@ from hub.proofs import verify_event_proof
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
-
-
-@pytest.fixture
-def cfg(world: World) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "climate", "*")],
-    )
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
+if TYPE_CHECKING:
+    from conftest import Federation
 
 
 async def test_the_lineage_is_read_from_proven_events_that_the_audit_of_the_log_accepts(
@@ -83,12 +60,7 @@ async def test_the_lineage_is_read_from_proven_events_that_the_audit_of_the_log_
         assert leaf_hash(bodies[step.seq]).hex() == step.hash
         verdict = verify_event_proof(proof, {"hereon": world.site("hereon").sign_public})
         assert (verdict.seq, verdict.type) == (step.seq, step.type)
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
+    audit_clean(cfg, world)
     assert "flowchart LR" in lineage.mermaid() and "digraph provenance" in lineage.dot()
 
 
@@ -136,3 +108,64 @@ async def test_proofs_signed_by_another_key_than_the_pinned_site_key_fail_cleanl
     async with await Client.connect(node.url, OWNER, home=fooled.home) as fed:
         with pytest.raises(IntegrityError):
             await fed.provenance("hereon", handle.request_id)
+
+
+async def test_the_process_that_ran_a_call_is_proven_across_restarts_and_an_older_one_is_refused(
+    world: World, cfg: NodeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rids = []
+    for _ in range(2):  # two processes of the node, one call each
+        async with (
+            NodeDaemon(cfg, grace=2) as node,
+            await Client.connect(node.url, OWNER, home=world.store.home) as fed,
+        ):
+            handle = await fed.submit("hereon.climate.scale", values=[5.0], timeout=15)
+            await handle.result()
+            rids.append(handle.request_id)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(node.url, OWNER, home=world.store.home) as fed,
+    ):
+        first, second = [await fed.provenance("hereon", rid) for rid in rids]
+        assert first.code_proven is second.code_proven is True
+        assert first.steps[0].seq < second.steps[0].seq  # each call its own process
+        assert "not proven" not in "\n".join(first.lines())
+        # a node that names an earlier process than the one that ran the second call
+        assert node.pipeline is not None
+        eventlog = node.pipeline.writer.eventlog
+        earlier = eventlog.started_before(first.steps[1].seq)
+        monkeypatch.setattr(eventlog, "started_before", lambda seq: earlier)
+        with pytest.raises(IntegrityError, match=r"names node\.started"):
+            await fed.provenance("hereon", rids[1])
+    started = [e for e in iter_log(cfg.log_path) if b'"type":"node.started"' in e.body]
+    assert len(started) == 3
+    audit_clean(cfg, world)
+
+
+async def test_after_a_node_is_killed_its_next_process_still_proves_which_one_ran_a_call(
+    world: World, open_federation: Federation, unique: Any
+) -> None:
+    cfg = world.node_config(
+        "hereon",
+        name=unique("n").replace("_", "-"),
+        nats_url=open_federation.site_url("hereon"),
+        trust=["geomar"],
+        users=[OWNER],
+        grants=[(OWNER, "climate", "*")],
+        calls={"ack_wait": 2},
+    )
+    url, home = open_federation.site_url("geomar"), world.store.home
+    killed = await asyncio.to_thread(world.spawn_node, cfg)
+    try:
+        async with await Client.connect(url, OWNER, home=home) as fed:
+            await wait_reachable(fed, "hereon", "climate")
+            handle = await fed.submit("hereon.climate.scale", values=[6.0], timeout=15)
+            await handle.result()
+    finally:
+        await asyncio.to_thread(killed.kill)  # no node.stopped, no closing checkpoint
+    async with NodeDaemon(cfg, grace=2), await Client.connect(url, OWNER, home=home) as fed:
+        await wait_reachable(fed, "hereon", "climate")
+        lineage = await fed.provenance("hereon", handle.request_id)
+    assert lineage.code_proven is True
+    starts = [int(e["seq"]) for e in LogView(cfg.log_path).events("node.started")]
+    assert lineage.steps[0].seq == starts[0] < lineage.steps[1].seq < starts[1]

@@ -17,14 +17,13 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from conftest import node_nats
 from support.hostile import LogView, Spy, audit_node, wait_reachable
+from support.results import OWNER, audit_clean, connect, federation_node, people_world
 from support.world import CLIMATE, World
 
 import hub.client
 from hub import codec
 from hub.answers import error_from_headers
-from hub.audit import audit_events
 from hub.canonical import b64e
 from hub.client import Client
 from hub.clock import now
@@ -32,7 +31,6 @@ from hub.crypto import blake2b_256
 from hub.envelopes import ResultRef, unpack_reply
 from hub.errors import IntegrityError, NotFoundError, UnauthorizedError
 from hub.keys import KeyPair
-from hub.logfile import iter_log
 from hub.nats import connect as nats_connect
 from hub.nats import get_object, put_object
 from hub.proofs import verify_event_proof
@@ -47,45 +45,20 @@ from node.daemon import NodeDaemon
 if TYPE_CHECKING:
     from conftest import Federation
 
-OWNER = "klaus@geomar"
 THIRD = "mallory@awi"
 SITES = ("hereon", "geomar", "awi")
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, THIRD):
-        w.person(who)
-    return w
+    return people_world(tmp_path, (OWNER, THIRD))
 
 
 def _node(world: World, fed: Federation, unique: Any, site: str) -> NodeConfig:
-    return world.node_config(
-        site,
-        name=unique("n").replace("_", "-"),
-        **node_nats(fed, site),
-        trust=[s for s in SITES if s != site],
-        users=[OWNER, THIRD],
-        grants=[(OWNER, "climate", "*"), (THIRD, "climate", "*")],
-        calls={"ack_wait": 2},
+    grants = [(OWNER, "climate", "*"), (THIRD, "climate", "*")]
+    return federation_node(
+        world, fed, unique, site, [OWNER, THIRD], grants=grants, calls={"ack_wait": 2}
     )
-
-
-async def _connect(fed: Federation, identity: str, world: World) -> Client:
-    site = identity.split("@")[1]
-    return await Client.connect(
-        fed.site_url(site), identity, home=world.store.home, **fed.caller_auth(identity)
-    )
-
-
-def _audit(cfg: NodeConfig, world: World) -> None:
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in SITES},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
 
 
 async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_reference_encrypted(
@@ -104,7 +77,7 @@ async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_referen
         async with (
             NodeDaemon(hereon),
             NodeDaemon(geomar),
-            await _connect(fed_, OWNER, world) as fed,
+            await connect(fed_, OWNER, world.store.home) as fed,
         ):
             await wait_reachable(fed, "hereon", "climate")
             await wait_reachable(fed, "geomar", "climate")
@@ -163,8 +136,8 @@ async def test_a_chain_of_three_calls_across_two_sites_passes_results_by_referen
     assert second.request_id in text and first.request_id in text
     assert lineage.to_json()["earlier"][0]["earlier"][0]["request_id"] == first.request_id
     assert first.request_id[:8] in lineage.mermaid() and "digraph" in lineage.dot()
-    _audit(hereon, world)
-    _audit(geomar, world)
+    audit_clean(hereon, world, SITES)
+    audit_clean(geomar, world, SITES)
 
 
 async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
@@ -172,7 +145,7 @@ async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
 ) -> None:
     hereon, geomar = (_node(world, federation, unique, s) for s in ("hereon", "geomar"))
     async with NodeDaemon(hereon), NodeDaemon(geomar):
-        async with await _connect(federation, OWNER, world) as fed:
+        async with await connect(federation, OWNER, world.store.home) as fed:
             await wait_reachable(fed, "hereon", "climate")
             await wait_reachable(fed, "geomar", "climate")
             kept = await fed.submit("hereon.climate.scale", values=[1.0, 2.0], timeout=30)
@@ -180,7 +153,7 @@ async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
             # across the secured leaves: klaus's own reference works
             ref = fed.ref("hereon", kept.request_id)
             assert await fed.call("geomar.climate.scale", values=ref, timeout=30) == [4.0, 8.0]
-        async with await _connect(federation, THIRD, world) as mallory:
+        async with await connect(federation, THIRD, world.store.home) as mallory:
             await wait_reachable(mallory, "geomar", "climate")
             with pytest.raises(NotFoundError):
                 await mallory.submit("geomar.climate.scale", values=ref, timeout=30)
@@ -207,7 +180,7 @@ async def test_a_reference_to_someone_elses_result_is_refused_and_nothing_runs(
 
 async def fed_status(federation: Federation, world: World, rid: str) -> str:
     """The result hash hereon logged for klaus's request ``rid``."""
-    async with await _connect(federation, OWNER, world) as fed:
+    async with await connect(federation, OWNER, world.store.home) as fed:
         record = await fed.requests("hereon")
     (found,) = [r for r in record if r.request_id == rid]
     assert found.result_hash is not None
@@ -221,7 +194,7 @@ async def test_a_reference_to_a_tampered_stored_result_fails_the_call_with_an_in
     async with (
         NodeDaemon(hereon) as storing,
         NodeDaemon(geomar),
-        await _connect(federation, OWNER, world) as fed,
+        await connect(federation, OWNER, world.store.home) as fed,
     ):
         await wait_reachable(fed, "hereon", "climate")
         await wait_reachable(fed, "geomar", "climate")
@@ -265,26 +238,7 @@ async def test_only_a_node_its_own_site_vouched_for_and_shared_with_fetches_a_re
         assert refs is not None
 
         async def fetch(pair: KeyPair, record: SignedRecord, call: str = "r" * 22) -> bytes:
-            header = CatalogHeader(
-                op="fetch",
-                id=kept.request_id,
-                caller=pair.identity,
-                kid=pair.kid,
-                time=now(),
-                nonce=b64e(secrets.token_bytes(12)),
-                args={"node_key": record.model_dump(mode="json"), "for_call": call},
-            )
-            nc = await nats_connect(node.url)
-            try:
-                msg = await nc.request(
-                    status_subject("hereon"), pack_catalog(header, pair.signing_key), timeout=5
-                )
-            finally:
-                await nc.close()
-            error = error_from_headers(msg.headers)
-            if error is not None:
-                raise error
-            return bytes(msg.data)
+            return await _fetch_as_node(node.url, kept.request_id, pair, record, call)
 
         frame = unpack_reply(await fetch(n9, vouched))  # the node shared with
         assert frame.header.result_hash == refs["x"].hash and n9.kid in frame.header.wraps
@@ -300,3 +254,68 @@ async def test_only_a_node_its_own_site_vouched_for_and_shared_with_fetches_a_re
     assert [e["data"]["by"] for e in fetched] == [n9.identity]
     (shared,) = LogView(cfg.log_path).events("result.shared")
     assert (shared["data"]["principal"], shared["data"]["for_call"]) == (n9.identity, "r" * 22)
+
+
+async def test_after_an_unshare_a_share_with_the_node_for_a_new_call_does_not_revive_the_old_one(
+    world: World, tmp_path: Path
+) -> None:
+    """A share with a node covers the calls it names until the owner unshares the node;
+    sharing with the same node again, for a new call, covers that call only."""
+    cfg = world.node_config(
+        "hereon", trust=["geomar"], users=[OWNER], grants=[(OWNER, "climate", "*")]
+    )
+    n9 = KeyPair.generate("node:geomar/n9")
+    vouched = sign_record(key_record(n9, "geomar", "node"), world.site("geomar").signing_key)
+    target = cast(Any, SimpleNamespace(  # what the module info of n9 would say
+        node=n9.identity, node_kid=n9.kid, node_box_key=n9.box_public,
+        info=SimpleNamespace(node_key=vouched),
+    ))  # fmt: skip
+    old, new = "a" * 22, "b" * 22
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(node.url, OWNER, home=world.store.home) as fed,
+    ):
+        kept = await fed.submit("hereon.climate.scale", values=[5.0], timeout=15)
+        await kept.result()
+        rid, ref = kept.request_id, {"x": fed.ref("hereon", kept.request_id)}
+        await stage_refs(fed, ref, target, old)
+        assert unpack_reply(await _fetch_as_node(node.url, rid, n9, vouched, old))
+        await fed.unshare("hereon", rid, n9.identity)
+        with pytest.raises(NotFoundError):
+            await _fetch_as_node(node.url, rid, n9, vouched, old)
+        await stage_refs(fed, ref, target, new)  # shared again, for a new call
+        frame = unpack_reply(await _fetch_as_node(node.url, rid, n9, vouched, new))
+        assert n9.kid in frame.header.wraps
+        with pytest.raises(NotFoundError):  # the old call's share stays ended
+            await _fetch_as_node(node.url, rid, n9, vouched, old)
+    view = LogView(cfg.log_path)
+    assert [e["data"]["for_call"] for e in view.events("result.shared")] == [old, new]
+    assert len(view.events("result.unshared")) == 1
+    assert len(view.events("result.fetched")) == 2
+
+
+async def _fetch_as_node(
+    url: str, rid: str, pair: KeyPair, record: SignedRecord, call: str
+) -> bytes:
+    """A catalog ``fetch`` of ``rid`` at hereon by node ``pair`` (key record ``record``)
+    for the call ``call``: the result frame, or the typed error of the refusal."""
+    header = CatalogHeader(
+        op="fetch",
+        id=rid,
+        caller=pair.identity,
+        kid=pair.kid,
+        time=now(),
+        nonce=b64e(secrets.token_bytes(12)),
+        args={"node_key": record.model_dump(mode="json"), "for_call": call},
+    )
+    nc = await nats_connect(url)
+    try:
+        msg = await nc.request(
+            status_subject("hereon"), pack_catalog(header, pair.signing_key), timeout=5
+        )
+    finally:
+        await nc.close()
+    error = error_from_headers(msg.headers)
+    if error is not None:
+        raise error
+    return bytes(msg.data)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support.hostile import LogView
+from support.results import COLLEAGUE, OWNER, THIRD, audit_clean
 from support.world import World
 
-from hub.audit import audit_events
-from hub.canonical import parse_canonical
+from hub.canonical import b64d, parse_canonical
 from hub.client import Client
-from hub.errors import NotFoundError, ValidationError
+from hub.clock import parse_time
+from hub.errors import ArgumentError, NotFoundError, ValidationError
 from hub.events import ResultExpired
 from hub.lifecycle import RequestState
 from hub.logfile import iter_log
@@ -27,34 +29,7 @@ from node.config import NodeConfig, ResultsSection, load_config
 from node.daemon import NodeDaemon
 from node.retention import Retention, delete_kept
 
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
 DAY = 86400.0
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
-
-
-@pytest.fixture
-def cfg(world: World) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "climate", "*")],
-    )
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 async def _calls(node: NodeDaemon, world: World, n: int) -> list[str]:
@@ -86,15 +61,6 @@ def _types(cfg: NodeConfig) -> list[str]:
     return [str(parse_canonical(e.body)["type"]) for e in iter_log(cfg.log_path)]
 
 
-def _audit_clean(cfg: NodeConfig, world: World) -> None:
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
-
-
 async def test_a_sweep_after_the_keep_for_time_removes_the_result_and_status_says_expired(
     node: NodeDaemon, world: World, cfg: NodeConfig
 ) -> None:
@@ -114,7 +80,7 @@ async def test_a_sweep_after_the_keep_for_time_removes_the_result_and_status_say
         assert rid not in {r.request_id for r in listed}
     assert await retention.sweep(at=time.time() + 62 * DAY) == []  # removed once
     assert _types(cfg).count("result.expired") == 1
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_module_over_its_size_loses_its_oldest_results_first(
@@ -135,7 +101,7 @@ async def test_a_module_over_its_size_loses_its_oldest_results_first(
     assert sorted(await small.sweep()) == sorted([oldest])
     assert await _object_exists(node, newest) and await _object_exists(node, middle)
     assert not await _object_exists(node, oldest)
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_the_owner_removes_a_result_early_and_nobody_else_can(
@@ -172,7 +138,7 @@ async def test_the_owner_removes_a_result_early_and_nobody_else_can(
             await (await anna.result(shared, site="hereon")).result()
     assert _types(cfg).count("result.deleted") == 1
     assert await _retention(node).sweep(at=time.time() + 31 * DAY) == [mine]
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may_ask(
@@ -193,7 +159,7 @@ async def test_the_owner_may_ask_for_less_keeping_never_more_and_nobody_else_may
     assert await _retention(node).sweep(at=time.time() + 2 * DAY) == [short]
     assert await _object_exists(node, default)
     assert _types(cfg).count("result.keep_shortened") == 1
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
@@ -213,7 +179,7 @@ async def test_a_fetch_racing_a_removal_is_refused_and_the_log_stays_legal(
             await fetching
     types = _types(cfg)
     assert types.count("result.expired") == 1 and "result.fetched" not in types
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_running(
@@ -238,4 +204,56 @@ async def test_a_node_started_after_a_result_outlived_its_time_removes_it_while_
             await asyncio.sleep(0.05)
         assert (await fed.status("hereon", rid)).state == RequestState.EXPIRED
     assert _types(cfg).count("result.expired") == 1
-    _audit_clean(cfg, world)  # which refuses a result event while the node is not running
+    audit_clean(cfg, world)  # which refuses a result event while the node is not running
+
+
+async def test_a_keep_time_asked_when_calling_is_signed_shown_and_swept_and_more_is_capped(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        two_days = await fed.submit(
+            "hereon.climate.scale", values=[1.0], keep=timedelta(days=2), timeout=15
+        )
+        await two_days.result()
+        greedy = await fed.submit("hereon.climate.scale", values=[2.0], keep=90 * DAY, timeout=15)
+        await greedy.result()
+        statuses = {h.request_id: await h.status() for h in (two_days, greedy)}
+        records = {r.request_id: r for r in await fed.requests("hereon")}
+    short, capped = two_days.request_id, greedy.request_id
+    for rid, days in ((short, 2), (capped, 30)):  # 30 days: the site's keep-for time
+        status = statuses[rid]
+        assert status.updated_time is not None and status.expires_time is not None
+        kept = parse_time(status.expires_time) - parse_time(status.updated_time)
+        assert kept == timedelta(days=days), rid
+        assert records[rid].expires_time == status.expires_time
+    # what was asked is in the caller's signed header, logged in request.accepted
+    asked = {
+        e["data"]["request_id"]: parse_canonical(b64d(e["data"]["header"])).get("keep_for")
+        for e in LogView(cfg.log_path).events("request.accepted")
+    }
+    assert asked == {short: 2 * 86400, capped: 90 * 86400}
+    retention = _retention(node)
+    assert await retention.sweep(at=time.time() + 3 * DAY) == [short]
+    assert await _object_exists(node, capped)
+    assert await retention.sweep(at=time.time() + 31 * DAY) == [capped]
+    audit_clean(cfg, world)
+
+
+async def test_keep_zero_when_calling_keeps_no_copy_and_a_negative_keep_is_refused_unsent(
+    node: NodeDaemon, world: World, cfg: NodeConfig
+) -> None:
+    async with await Client.connect(node.url, OWNER, home=world.store.home) as fed:
+        handle = await fed.submit("hereon.climate.scale", values=[3.0], keep=0, timeout=15)
+        assert await handle.result() == [6.0]
+        status = await handle.status()
+        with pytest.raises(NotFoundError, match="no copy"):
+            await fed.fetch("hereon", handle.request_id)
+        with pytest.raises(ArgumentError, match="keep-for"):
+            await fed.submit("hereon.climate.scale", values=[3.0], keep=-1)
+    assert status.state == RequestState.COMPLETED
+    assert status.result_object is None and status.expires_time is None
+    assert not await _object_exists(node, handle.request_id)
+    (done,) = LogView(cfg.log_path).events("request.completed")
+    assert done["data"].get("object") is None
+    assert LogView(cfg.log_path).count("request.accepted") == 1  # the refused one never left
+    audit_clean(cfg, world)

@@ -5,10 +5,9 @@ shared result's tags, and nobody else tagging or finding anything."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+from support.results import COLLEAGUE, OWNER, THIRD
 from support.world import World
 
 from hub.audit import audit_events
@@ -19,34 +18,6 @@ from hub.query import F, Tag
 from hub.results_client import catalog
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
-
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    return w
-
-
-@pytest.fixture
-def cfg(world: World) -> NodeConfig:
-    return world.node_config(
-        "hereon",
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD],
-        grants=[(OWNER, "climate", "*")],
-    )
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 @pytest.fixture

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.bulk import BULKDATA, MiB
+from support.results import (
+    COLLEAGUE,
+    MEMBER,
+    OWNER,
+    PEOPLE,
+    THIRD,
+    audit_clean,
+    hereon_node,
+    people_world,
+)
 from support.world import World
 
 from hub.answers import RequestStatus, error_from_headers
-from hub.audit import audit_events
 from hub.canonical import b64e, parse_canonical
 from hub.client import Client, connect
 from hub.clock import now
@@ -40,40 +49,20 @@ from node.admin import admin_message
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
-OWNER = "klaus@geomar"
-COLLEAGUE = "anna@geomar"
-THIRD = "mallory@geomar"
-MEMBER = "ben@geomar"
-
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     """Four people of geomar; ben is in geomar's group ``ocean``."""
-    w = World(tmp_path / "world")
-    for who in (OWNER, COLLEAGUE, THIRD):
-        w.person(who)
-    w.person(MEMBER, groups=["ocean"])
-    return w
+    return people_world(tmp_path, (*PEOPLE, MEMBER), groups={MEMBER: ["ocean"]})
 
 
 @pytest.fixture
 def cfg(world: World) -> NodeConfig:
     """A hereon node: all four are registered (ben's record names his group); only klaus
     may call."""
-    cfg = world.node_config(
-        "hereon",
-        trust=["geomar"],
-        users=[OWNER, COLLEAGUE, THIRD, MEMBER],
-        grants=[(OWNER, "climate", "*")],
-    )
+    cfg = hereon_node(world, (*PEOPLE, MEMBER))
     world.record_file(world.store.load(MEMBER), groups=["ocean"])  # read when the node starts
     return cfg
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 async def _kept_result(node: NodeDaemon, world: World) -> str:
@@ -81,15 +70,6 @@ async def _kept_result(node: NodeDaemon, world: World) -> str:
         handle = await fed.submit("hereon.climate.scale", values=[1.0, 2.0], timeout=15)
         assert await handle.result() == [2.0, 4.0]
         return handle.request_id
-
-
-def _audit_clean(cfg: NodeConfig, world: World) -> None:
-    report = audit_events(
-        iter_log(cfg.log_path),
-        trusted_sites={s: world.site(s).sign_public for s in ("hereon", "geomar")},
-        threads=2,
-    )
-    assert report.ok, [f.line() for f in report.findings]
 
 
 def _event_types(cfg: NodeConfig) -> list[str]:
@@ -120,7 +100,7 @@ async def test_a_colleague_fetches_a_shared_result_with_their_own_key_until_the_
     assert types.count("result.shared") == 1
     assert types.count("result.unshared") == 1
     assert types.count("result.fetched") == 1  # the colleague's one fetch
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_a_third_person_can_neither_list_fetch_nor_share_anothers_result(
@@ -217,7 +197,7 @@ async def test_a_result_shared_with_a_group_opens_for_its_member_and_not_for_oth
     async with await Client.connect(node.url, COLLEAGUE, home=world.store.home) as anna:
         with pytest.raises(NotFoundError):
             await anna.result(rid, site="hereon")
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)
 
 
 async def test_the_owner_still_fetches_and_sees_the_size_after_sharing(
@@ -347,4 +327,4 @@ async def test_a_result_shared_with_a_federation_group_opens_for_members_of_its_
     async with await Client.connect(node.url, THIRD, home=world.store.home) as mallory:
         with pytest.raises(NotFoundError):
             await mallory.result(rid, site="hereon")
-    _audit_clean(cfg, world)
+    audit_clean(cfg, world)

@@ -33,6 +33,7 @@ from hub.events import (
     ResultKeepShortened,
     ResultLost,
     ResultShared,
+    ResultSliced,
     ResultTagged,
     ResultUnshared,
 )
@@ -177,6 +178,14 @@ _EVENT: dict[str, BaseModel] = {
     "result.keep_shortened": ResultKeepShortened(request_id=_RID, by="klaus@geomar", keep_for=60),
     "result.tagged": ResultTagged(request_id=_RID, by="klaus@geomar", scope="shared", tags=("a",)),
     "result.deleted": ResultDeleted(request_id=_RID, by="klaus@geomar"),
+    "result.sliced": ResultSliced(
+        request_id=_RID,
+        by="klaus@geomar",
+        part="slice",
+        selection_hash="cd" * 32,
+        size=80,
+        sent_hash="ef" * 32,
+    ),
 }
 _STEPS = [
     (kind, state, state in steps)

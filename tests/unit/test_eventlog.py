@@ -54,6 +54,7 @@ from hub.events import (
     ResultKeepShortened,
     ResultLost,
     ResultShared,
+    ResultSliced,
     ResultStored,
     ResultTagged,
     ResultUnshared,
@@ -235,13 +236,15 @@ def test_the_projection_reads_caller_and_address_from_the_accepted_header_or_lea
 def test_a_call_logged_with_its_caller_known_projects_as_a_rebuild_from_its_header_does(
     tmp_path: Path,
 ) -> None:
-    header = signed_header("req00001", caller="anna@geomar")
+    asked = {**json.loads(b64d(signed_header("req00001", caller="anna@geomar"))), "keep_for": 60}
+    header = b64e(canonical_bytes(asked))
     with open_new_log(tmp_path / "events.db", Keys.generate()) as log:
         log.append_many(
             [
                 AcceptedCall.of(
                     "anna@geomar",
                     "hereon.climate.compute_sum",
+                    60,
                     request_id="req00001",
                     header=header,
                     sig="c2ln",
@@ -255,6 +258,7 @@ def test_a_call_logged_with_its_caller_known_projects_as_a_rebuild_from_its_head
         assert log.db.execute(query).fetchall() == incremental
         stored = list(log.events())
     assert incremental[0][1:3] == ("anna@geomar", "hereon.climate.compute_sum")
+    assert incremental[0][-1] == incremental[1][-1] == 60  # keep_for
     # the event is a request.accepted like any other: the hint is not in its body
     first, second = (ev.parsed()["data"] for ev in stored[-2:])
     assert first == {**second, "request_id": "req00001"}
@@ -575,6 +579,14 @@ def _every_event_type(keys: Keys) -> list[BaseModel]:
         ResultUnshared(request_id="req00004", by="klaus@geomar", principal="anna@geomar"),
         ResultTagged(request_id="req00004", by="klaus@geomar", scope="private", tags=("a", "b")),
         ResultKeepShortened(request_id="req00004", by="klaus@geomar", keep_for=86400),
+        ResultSliced(
+            request_id="req00004",
+            by="klaus@geomar",
+            part="layout",
+            selection_hash="cd" * 32,
+            size=512,
+            sent_hash="ef" * 32,
+        ),
         ResultDeleted(request_id="req00004", by="klaus@geomar"),
         ResultExpired(request_id="req00005", reason="kept for 30d"),
         GrantAdded(principal="klaus@geomar", module="climate", by="admin@hereon"),

@@ -15,10 +15,12 @@ import pytest
 from helpers.logs import Keys, audit_file, build_log, open_new_log, request_events
 
 from hub.audit import audit_events
+from hub.canonical import b64d
 from hub.events import NodeStarted, NodeStopped
 from hub.keys import KeyPair, load_public_file
 from hub.logfile import iter_log
-from node.eventlog import EventLog
+from hub.records import Checkpoint
+from node.eventlog import EventLog, StoredEvent
 
 STARTED = NodeStarted(version="0.2.0", pid=1)
 V1 = Path(__file__).resolve().parents[1] / "fixtures" / "logs" / "v1"
@@ -76,3 +78,32 @@ def test_a_version_1_log_continued_in_version_2_audits_clean(tmp_path: Path) -> 
     site = load_public_file(V1 / "site-hereon.pub")
     report = audit_events(iter_log(path), trusted_sites={"hereon": site.sign_key}, threads=1)
     assert report.ok, [f.line() for f in report.findings]
+
+
+def test_a_checkpoint_names_the_last_node_started_before_it_and_a_false_one_is_found(
+    tmp_path: Path,
+) -> None:
+    keys = Keys.generate()
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        none_yet = log.checkpoint()
+        first = log.append(STARTED)
+        log.append_many([*request_events("req00001"), NodeStopped()])
+        second = log.append(STARTED)
+        named = log.checkpoint()
+    with EventLog(db, keys.node) as log:  # a reopened log knows its last node.started
+        log.append_many(request_events("req00002"))
+        reopened = log.checkpoint()
+        log._started = first.seq  # a node that names an older process than the last
+        false = log.checkpoint()
+    started = [_checkpoint_started(e) for e in (none_yet, named, reopened, false)]
+    assert started == [None, second.seq, second.seq, first.seq]
+    report = audit_file(db, keys.trusted)
+    assert [(f.check, f.seq) for f in report.findings] == [("checkpoint", false.seq)]
+    assert "another node.started" in report.findings[0].line()
+
+
+def _checkpoint_started(event: StoredEvent) -> int | None:
+    data = json.loads(event.body)["data"]
+    record = Checkpoint.model_validate_json(b64d(data["checkpoint"]["record"]))
+    return record.started

@@ -27,7 +27,7 @@ def _tables(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
     }
 
 
-def test_a_log_made_before_kept_results_had_sizes_gains_the_column_and_tables(
+def test_a_log_made_before_kept_results_had_sizes_gains_the_columns_and_tables(
     tmp_path: Path,
 ) -> None:
     conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
@@ -39,8 +39,9 @@ def test_a_log_made_before_kept_results_had_sizes_gains_the_column_and_tables(
     projections.create(conn)
     projections.create(conn)  # twice is harmless
     columns = [row[1] for row in conn.execute("PRAGMA table_info(requests)")]
-    assert columns[-1] == "result_size"
-    assert conn.execute("SELECT request_id, result_size FROM requests").fetchall() == [(RID, None)]
+    assert columns[-2:] == ["result_size", "keep_for"]
+    rows = conn.execute("SELECT request_id, result_size, keep_for FROM requests").fetchall()
+    assert rows == [(RID, None, None)]
     assert _tables(conn)["result_shares"] == []
 
 

@@ -6,6 +6,7 @@ ChunkError (a DecryptionError, an IntegrityError) and never return other bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import struct
@@ -24,6 +25,7 @@ from hub.transfer.sealing import (
     open_bytes,
     read_frame,
     seal_bytes,
+    seal_stream,
 )
 
 KEY = bytes(range(32))
@@ -300,3 +302,53 @@ def test_a_sealer_refuses_more_bytes_than_announced_and_a_close_before_all_came(
     sealer = Sealer(io.BytesIO(), KEY, total_size=10, chunk_size=4)
     with pytest.raises(ChunkError, match="more than the 10 bytes"):
         sealer.write(b"12345678901")
+
+
+class _FullDisk(io.BytesIO):
+    """A sink that takes ``room`` bytes and then fails like a full disk; counts writes after."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.failed = False
+        self.writes_after_failure = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:  # type: ignore[override]
+        if self.failed:
+            self.writes_after_failure += 1
+        if self.tell() + len(data) > self.room:
+            self.failed = True
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+
+#: Chunks this large are hashed and written on a worker thread (smaller ones in line).
+BIG_CHUNK = 64 * 1024
+
+
+def test_a_sink_failing_behind_the_sealing_fails_it_with_its_own_error() -> None:
+    sink = _FullDisk(room=HEADER_BYTES + 3 * BIG_CHUNK)
+    with pytest.raises(OSError, match="No space left"):
+        seal_stream(io.BytesIO(bytes(20 * BIG_CHUNK)), sink, KEY, chunk_size=BIG_CHUNK)
+    assert sink.writes_after_failure == 0  # nothing was written behind the error
+
+
+def test_large_chunks_sealed_behind_each_other_hash_and_open_as_the_body_they_wrote() -> None:
+    data = bytes(range(256)) * (40 * BIG_CHUNK // 256) + b"tail"
+    sink = io.BytesIO()
+    info = seal_stream(io.BytesIO(data), sink, KEY, chunk_size=BIG_CHUNK)
+    body = sink.getvalue()[HEADER_BYTES:]
+    assert hashlib.blake2b(body, digest_size=32).digest() == info.header.payload_hash
+    assert len(body) == info.body_size
+    assert open_bytes(sink.getvalue(), KEY) == data
+
+
+@settings(deadline=None, max_examples=20)
+@given(chunk=st.integers(0, 4), offset=st.integers(0, BIG_CHUNK + 20))
+def test_a_flipped_byte_in_a_large_chunk_fails_at_that_chunk(chunk: int, offset: int) -> None:
+    sealed = bytearray(seal_bytes(bytes(5 * BIG_CHUNK), KEY, chunk_size=BIG_CHUNK))
+    frame = 4 + BIG_CHUNK + 18  # length prefix, encoding byte and tag around each chunk
+    sealed[HEADER_BYTES + chunk * frame + 4 + offset % (frame - 4)] ^= 0x40
+    with pytest.raises(ChunkError) as caught:
+        open_bytes(bytes(sealed), KEY)
+    assert caught.value.index == chunk
