@@ -78,7 +78,7 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
         if stream_files and path.suffix.lower() in NETCDF_SUFFIXES:
             _check_file(path, key)
             _check_netcdf(path, key)
-            return key, NetCDFFile(path)
+            return key, NetCDFFile(path.absolute())  # read later, maybe elsewhere (the agent)
         return key, read_argument_file(path, key=key)
     try:
         return key, json.loads(raw)
