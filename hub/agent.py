@@ -360,6 +360,7 @@ class Agent:
         self.started = time.monotonic()
         self.last = time.monotonic()
         self.active = 0
+        self.commands = 0
         self.stopping = asyncio.Event()
         self._inode = 0
 
@@ -431,6 +432,7 @@ class Agent:
             "idle_timeout": self.idle,
             "uptime": round(time.monotonic() - self.started, 1),
             "commands_running": self.active,
+            "commands_run": self.commands,
             "clients": len(self.pool),
         }
 
@@ -469,6 +471,7 @@ class Agent:
     ) -> None:
         session = Session(writer, request.ttys, self.pool)
         self.active += 1
+        self.commands += 1
         try:
             session.task = asyncio.create_task(self._command(request, session))
             listener = asyncio.create_task(_listen(reader, session))
