@@ -51,7 +51,9 @@ class Site:
         assert folder is not None
         self.folder = Path(folder)
 
-    def fedhub(self, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    def fedhub(
+        self, *args: str, cwd: Path | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*FEDHUB, *args],
             env={**self.env, **env},
@@ -135,9 +137,7 @@ def test_a_call_through_the_agent_prints_what_the_cli_prints_with_paths_of_the_c
     assert site.status()["clients"] == 1  # type: ignore[index]  # the same warm client
 
 
-def test_errors_through_the_agent_keep_their_line_and_exit_code(
-    site: Site, tmp_path: Path
-) -> None:
+def test_errors_through_the_agent_keep_their_line_and_exit_code(site: Site, tmp_path: Path) -> None:
     started(site)
     cases = [
         ("call", "dev.bench.nothere", "x=1"),

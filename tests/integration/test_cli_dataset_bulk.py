@@ -71,7 +71,9 @@ async def test_a_large_one_variable_netcdf_file_reaches_a_dataset_parameter_as_a
     values = np.arange(MiB // 8, dtype="float64")
     xr.Dataset({"t": ("x", values)}).to_netcdf(source, engine="scipy")
     assert source.stat().st_size > MiB  # four times the node's whole message limit
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env.update(
         FEDHUB_HOME=str(world.store.home),
         FEDHUB_URL=federation.site_url("geomar"),
