@@ -21,6 +21,7 @@ arriving as a byte. It exits after ``FEDHUB_AGENT_IDLE`` seconds without a comma
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import contextvars
@@ -34,14 +35,14 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from hub import agent_client as wire
-from hub.cli import _chosen_command, build_parser
+from hub.cli import build_parser
 from hub.cli_calls import AGENT_HOST, Connection, connect_with, passphrase_prompt
 from hub.client import Client
 from hub.cliutil import configure_logging, fail
@@ -254,11 +255,20 @@ class Session:
     interrupted: bool = False
     task: asyncio.Task[int | None] | None = None
     wrote: bool = False
+    _pending: list[bytes] = field(default_factory=list)
 
     def send(self, tag: bytes, payload: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(wire.frame(tag, payload))
-            self.wrote = self.wrote or tag in (b"1", b"2")
+        """Send a frame: frames of one turn of the loop go out together (one syscall)."""
+        self.wrote = self.wrote or tag in (b"1", b"2")
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(wire.frame(tag, payload))
+
+    def flush(self) -> None:
+        """Send the frames not sent yet."""
+        if self._pending and not self.writer.is_closing():
+            self.writer.write(b"".join(self._pending))
+        self._pending.clear()
 
     def client(self, conn: Connection) -> contextlib.AbstractAsyncContextManager[Client]:
         return self.pool.client(conn)
@@ -363,6 +373,15 @@ class Agent:
         self.commands = 0
         self.stopping = asyncio.Event()
         self._inode = 0
+        self._parsers: dict[tuple[str | None, str | None], argparse.ArgumentParser] = {}
+
+    def parser(self, command: str | None) -> argparse.ArgumentParser:
+        """``fedhub``'s parser for ``command``, built once: the only default a parser
+        reads from the environment is ``--creds`` ($FEDHUB_CREDS), part of the key."""
+        key = (command, os.environ.get("FEDHUB_CREDS"))
+        if key not in self._parsers:
+            self._parsers[key] = build_parser(command)
+        return self._parsers[key]
 
     def bind(self) -> socket.socket:
         """Take the folder's lock and bind the socket (0600), replacing a stale one;
@@ -489,6 +508,7 @@ class Agent:
                 listener.cancel()
             if code is not None:
                 session.send(b"X", str(code).encode())
+            session.flush()
         finally:
             self.active -= 1
             self.last = time.monotonic()
@@ -500,7 +520,10 @@ class Agent:
         AGENT_HOST.set(session)
         try:
             with as_caller(request):
-                args = build_parser(_chosen_command(request.argv)).parse_args(request.argv)
+                command = wire.command_of(request.argv)
+                if command not in wire.AGENT_COMMANDS:
+                    raise _Fallback("not a command the agent runs")
+                args = self.parser(command).parse_args(request.argv)
                 prepare = getattr(args, "prepare", None)
                 if prepare is None or args.log_json or str(args.log_level).lower() != "warning":
                     raise _Fallback("not a command the agent runs this way")

@@ -9,7 +9,8 @@ When no agent answers, :func:`run` starts one in the background and returns None
 call runs in-process as without an agent. ``FEDHUB_AGENT=off`` (or ``--no-agent``) never
 asks and never starts one. docs/agent.md.
 
-This module imports ``os``, ``sys`` and ``socket`` only: it runs before anything else of
+This module imports ``os``, ``sys`` and ``_socket`` (the C module under ``socket``, whose
+Python layer pulls in ``selectors`` and ``enum``) only: it runs before anything else of
 fedhub, on every such command.
 
 The wire (one connection per command; both sides check the other's uid)::
@@ -27,8 +28,8 @@ The wire (one connection per command; both sides check the other's uid)::
 
 from __future__ import annotations
 
+import _socket  # the C module itself: see the module docstring
 import os
-import socket
 import sys
 
 __all__ = [
@@ -111,17 +112,17 @@ def private_dir(folder: str) -> bool:
     return is_dir and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
 
 
-def peer_uid(sock: socket.socket) -> int:
+def peer_uid(sock: _socket.socket) -> int:
     """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # pid, uid, gid
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # pid, uid, gid
     return int.from_bytes(raw[4:8], sys.byteorder)
 
 
-def connect(folder: str, timeout: float = 5.0) -> socket.socket | None:
+def connect(folder: str, timeout: float = 5.0) -> _socket.socket | None:
     """A connection to the agent in ``folder``, or None when none of this user answers."""
-    if not hasattr(socket, "SO_PEERCRED") or not private_dir(folder):
+    if not hasattr(_socket, "SO_PEERCRED") or not private_dir(folder):
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(os.path.join(folder, SOCKET_NAME))
@@ -190,7 +191,7 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _relay(sock: socket.socket) -> int | None:
+def _relay(sock: _socket.socket) -> int | None:
     """Write the agent's frames out until its exit code; None: run the command here."""
     buffer = b""
     wrote = interrupted = False
@@ -240,11 +241,12 @@ def run(argv: list[str]) -> int | None:
         start_agent(folder)
         return None
     try:
-        with sock:
-            sock.sendall(encode_request(argv))
-            return _relay(sock)
+        sock.sendall(encode_request(argv))
+        return _relay(sock)
     except OSError:
         return None
+    finally:
+        sock.close()
 
 
 def ask(folder: str, op: str) -> bytes | None:
@@ -253,14 +255,15 @@ def ask(folder: str, op: str) -> bytes | None:
     sock = connect(folder)
     if sock is None:
         return None
-    with sock:
-        try:
-            sock.sendall(encode_request([], op=op, env={}, ttys="000"))
-            data = b""
-            while chunk := sock.recv(1 << 16):
-                data += chunk
-        except OSError:
-            return None
+    try:
+        sock.sendall(encode_request([], op=op, env={}, ttys="000"))
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except OSError:
+        return None
+    finally:
+        sock.close()
     if len(data) < 5 or data[:1] not in (b"S", b"X"):
         return None
     return data[5 : 5 + int.from_bytes(data[1:5], "big")]
