@@ -26,6 +26,22 @@ from hub.serve import DevNode, start_dev_node
 pytestmark = pytest.mark.slow
 
 MODULE = '''
+import time
+
+from hub.progress import Progress
+
+
+def slow(steps: int = 400, progress: Progress | None = None) -> int:
+    """Count slowly (0.05 s a step), stopping when cancelled."""
+    for step in range(steps):
+        if progress is not None:
+            if progress.cancelled:
+                break
+            progress.report((step + 1) / steps, f"step {step + 1} of {steps}")
+        time.sleep(0.05)
+    return steps
+
+
 def echo(x: int) -> int:
     """x, back."""
     return x
@@ -197,6 +213,38 @@ def test_a_removed_or_rotated_key_stops_working_through_the_agent_at_once(site: 
     public.write_bytes(saved_public)
     run = site.fedhub("call", "dev.bench.echo", "x=1")
     assert run.returncode == 0, run.stderr
+
+
+def test_ctrl_c_through_the_agent_cancels_the_call_at_the_node_and_exits_130(
+    site: Site,
+) -> None:
+    started(site)
+    proc = subprocess.Popen(
+        [*FEDHUB, "call", "dev.bench.slow"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=site.env,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "request <id>": the call is on its way
+    assert first.startswith("request "), first
+    request_id = first.split()[1]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (130, ""), err
+    assert err.splitlines() == [f"interrupted; asked dev to cancel request {request_id}"]
+    state: dict[str, object] = {}
+    for _ in range(100):  # the cancellation lands at the node's next progress step
+        run = site.fedhub("status", "--site", "dev", "--json", "--", request_id)
+        assert run.returncode == 0, run.stderr
+        state = json.loads(run.stdout)
+        if state["state"] not in ("received", "accepted", "running"):
+            break
+        time.sleep(0.1)
+    assert (state["state"], state["code"]) == ("failed", "cancelled")
+    assert site.status()["commands_run"] == 1  # type: ignore[index]  # it ran in the agent
 
 
 def test_the_agent_exits_when_its_socket_is_removed(site: Site) -> None:
