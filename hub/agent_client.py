@@ -24,7 +24,7 @@ The wire (one connection per command; both sides check the other's uid)::
 """
 
 # os.path, not pathlib, and no contextlib: every module imported here is paid on each command
-# ruff: noqa: PTH100, PTH109, PTH111, PTH116, PTH118, PTH120, SIM105
+# ruff: noqa: PTH100, PTH109, PTH111, PTH112, PTH116, PTH118, PTH120, SIM105
 
 from __future__ import annotations
 
@@ -238,7 +238,11 @@ def run(argv: list[str]) -> int | None:
         return None
     sock = connect(folder)
     if sock is None:
-        start_agent(folder)
+        # only where one can serve: not in a folder it would refuse (each call would start
+        # one in vain), nor below a key store home that does not exist (a mistyped one)
+        fresh = not os.path.lexists(folder)
+        if os.path.isdir(os.path.dirname(folder)) and (fresh or private_dir(folder)):
+            start_agent(folder)
         return None
     try:
         sock.sendall(encode_request(argv))

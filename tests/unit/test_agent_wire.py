@@ -150,3 +150,19 @@ def test_the_clis_path_to_the_agent_imports_no_asyncio_typing_or_heavy_module() 
     loaded = set(json.loads(out.splitlines()[-1]))
     heavy = {"asyncio", "typing", "argparse", "numpy", "nats", "pydantic", "hub.errors"}
     assert not loaded & heavy, loaded & heavy
+
+
+def test_a_mistyped_key_store_home_gets_no_agent_and_no_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env.update(FEDHUB_HOME=str(missing), FEDHUB_AGENT="on")
+    run = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "call", "a.b.c", "x=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 1 and "no person key" in run.stderr, run.stderr
+    assert not missing.exists()
