@@ -42,8 +42,9 @@ from typing import Any
 import structlog
 
 from hub import agent_client as wire
+from hub.agent_host import AGENT_HOST, Connection, connect_with
 from hub.cli import build_parser
-from hub.cli_calls import AGENT_HOST, Connection, connect_with, passphrase_prompt
+from hub.cli_calls import passphrase_prompt
 from hub.client import Client
 from hub.cliutil import configure_logging, fail
 from hub.errors import ConfigError, FederationError

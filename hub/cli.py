@@ -4,6 +4,10 @@ Start-up is kept short: ``fedhub --help`` and ``--version`` import no command mo
 and a command imports only its own module (the client, NATS and the array stack load only
 for the commands that use them). :data:`COMMANDS` names, for every command, the module that
 builds its parser (``add_commands(sub)``) and runs it.
+
+``fedhub call`` and ``fetch`` go to the user's resident agent first (docs/agent.md): this
+module imports nothing at its top but ``sys``, so that path pays for Python's start, the
+standard-library client :mod:`hub.agent_client` and the call.
 """
 
 from __future__ import annotations

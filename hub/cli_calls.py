@@ -29,15 +29,15 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import nats
 import nats.errors
 import numpy as np
 import structlog
 
+from hub.agent_host import Connection, connect_with, connected, running_in_agent
 from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
 from hub.call_handle import ModuleInfo
@@ -62,16 +62,12 @@ from hub.subjects import (
 from hub.transfer import TransferProgress
 
 __all__ = [
-    "AGENT_HOST",
     "COMMAND_TIMEOUT",
     "DEFAULT_URL",
     "DISCOVERY_WINDOW",
-    "AgentHost",
-    "Connection",
     "add_commands",
     "check_request_target",
     "client_for",
-    "connected",
     "connection_of",
     "connection_options",
     "deadline_of",
@@ -118,20 +114,6 @@ def quiet_nats(args: argparse.Namespace) -> None:
         nats_log.propagate = False
 
 
-@dataclass(frozen=True)
-class Connection:
-    """Where and as whom a command connects, every default resolved (environment, key
-    store, passphrase, paths made absolute): nothing of it is read again later."""
-
-    url: str
-    identity: str
-    home: Path
-    passphrase: str | None
-    creds: str | None
-    ca: str | None
-    timeout: float
-
-
 def passphrase_prompt(args: argparse.Namespace) -> str | None:
     """The prompt a command would ask the key's passphrase with (None: no need to ask)."""
     store = KeyStore(args.home)
@@ -162,53 +144,9 @@ def connection_of(args: argparse.Namespace) -> Connection:
     )
 
 
-async def connect_with(conn: Connection) -> Client:
-    """A client connected as ``conn`` says."""
-    return await Client.connect(
-        conn.url,
-        conn.identity,
-        home=conn.home,
-        passphrase=conn.passphrase,
-        creds=conn.creds,
-        tls=conn.ca,
-        default_timeout=conn.timeout,
-    )
-
-
 async def client_for(args: argparse.Namespace) -> Client:
     quiet_nats(args)
     return await connect_with(connection_of(args))
-
-
-class AgentHost(Protocol):
-    """What the resident agent (:mod:`hub.agent`) gives a command it runs for a caller:
-    a warm client for a connection, and the caller's Ctrl-C."""
-
-    def client(self, conn: Connection) -> contextlib.AbstractAsyncContextManager[Client]:
-        """A connected client for ``conn`` (kept for later commands; not closed)."""
-        ...
-
-    def interrupts(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
-        """An event set when the caller presses Ctrl-C while the block runs."""
-        ...
-
-
-#: Set by the agent while it runs a command; None in the ordinary, in-process CLI.
-AGENT_HOST: contextvars.ContextVar[AgentHost | None] = contextvars.ContextVar(
-    "fedhub_agent_host", default=None
-)
-
-
-@contextlib.asynccontextmanager
-async def connected(conn: Connection) -> AsyncIterator[Client]:
-    """A client for ``conn``: the agent's warm one, else a new one closed afterwards."""
-    host = AGENT_HOST.get()
-    if host is not None:
-        async with host.client(conn) as fed:
-            yield fed
-    else:
-        async with await connect_with(conn) as fed:
-            yield fed
 
 
 def _in_this_context(fn: Callable[..., None]) -> Callable[..., None]:
@@ -449,7 +387,7 @@ async def _sigint() -> AsyncIterator[asyncio.Event]:
     Installed before the call is sent, so an interrupt at any moment after it left finds
     the request id and cancels it at the node.
     """
-    host = AGENT_HOST.get()
+    host = running_in_agent()
     if host is not None:  # the agent: the caller's Ctrl-C arrives over its socket
         async with host.interrupts() as event:
             yield event
@@ -527,10 +465,11 @@ def _output(value: Any, args: argparse.Namespace, out: Path | None = None) -> No
     """Print or write a result (``out``: ``--out`` made absolute; shown as given)."""
     out = out if out is not None else args.out
     if isinstance(value, SavedTo):  # a large result received straight into --out
-        notice(f"wrote {args.out or value.path}", "result.written", path=value.path)
+        shown = args.out or value.path
+        notice(f"wrote {shown}", "result.written", path=shown)
     elif out is not None:
         write_result(value, out)
-        notice(f"wrote {args.out}", "result.written", path=out)
+        notice(f"wrote {args.out}", "result.written", path=args.out)
     elif args.json:
         print(json.dumps(value, default=jsonable, indent=2, ensure_ascii=False))
     elif isinstance(value, str):
