@@ -151,6 +151,14 @@ def test_a_call_through_the_agent_prints_what_the_cli_prints_with_paths_of_the_c
     again = site.fedhub("call", "dev.bench.echo", "x=7", cwd=work)
     assert (again.returncode, again.stdout) == (0, "7\n")
     assert site.status()["clients"] == 1  # type: ignore[index]  # the same warm client
+    # the agent's folder holds its socket, pid, lock and log: no key, no result
+    assert sorted(p.name for p in site.folder.iterdir()) == [
+        "agent.lock",
+        "agent.log",
+        "agent.pid",
+        "agent.sock",
+    ]
+    assert site.folder.stat().st_mode & 0o777 == 0o700
 
 
 def test_errors_through_the_agent_keep_their_line_and_exit_code(site: Site, tmp_path: Path) -> None:
