@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         from hub.agent_client import run
 
         code = run(sys.argv[1:])
-        if code is not None:
-            return code
+        if code is not None:  # all its output went out with os.write, nothing is buffered:
+            import os
+
+            os._exit(code)  # the interpreter's teardown would cost more than the call
     from hub.cliutil import run_main
 
     return run_main(_main, argv)
