@@ -161,6 +161,18 @@ def test_a_call_through_the_agent_prints_what_the_cli_prints_with_paths_of_the_c
     assert site.folder.stat().st_mode & 0o777 == 0o700
 
 
+def test_fetch_through_the_agent_gets_a_kept_result_again(site: Site, tmp_path: Path) -> None:
+    started(site)
+    call = site.fedhub("call", "dev.bench.echo", "x=41")
+    assert call.returncode == 0, call.stderr
+    request_id = call.stderr.split()[1]
+    fetched = site.fedhub("fetch", "--site", "dev", request_id, "--out", "r.json", cwd=tmp_path)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stderr.splitlines() == ["wrote r.json"]
+    assert json.loads((tmp_path / "r.json").read_text()) == 41
+    assert site.status()["commands_run"] == 2  # type: ignore[index]
+
+
 def test_errors_through_the_agent_keep_their_line_and_exit_code(site: Site, tmp_path: Path) -> None:
     started(site)
     cases = [
