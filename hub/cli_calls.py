@@ -114,24 +114,27 @@ def quiet_nats(args: argparse.Namespace) -> None:
         nats_log.propagate = False
 
 
-def passphrase_prompt(args: argparse.Namespace) -> str | None:
-    """The prompt a command would ask the key's passphrase with (None: no need to ask)."""
-    store = KeyStore(args.home)
-    identity = default_identity(args.identity, store)
-    if args.passphrase_file is not None or os.environ.get("FEDHUB_PASSPHRASE"):
-        return None
+def _key_prompt(store: KeyStore, identity: str) -> str | None:
+    """The prompt for ``identity``'s passphrase (None: its key has none)."""
     if store.exists(identity) and store.has_passphrase(identity):
         return f"passphrase for {identity}: "
     return None
+
+
+def passphrase_prompt(args: argparse.Namespace) -> str | None:
+    """The prompt a command would ask the key's passphrase with on the terminal (None:
+    no need to ask: no passphrase, or given by file or environment)."""
+    if args.passphrase_file is not None or os.environ.get("FEDHUB_PASSPHRASE"):
+        return None
+    store = KeyStore(args.home)
+    return _key_prompt(store, default_identity(args.identity, store))
 
 
 def connection_of(args: argparse.Namespace) -> Connection:
     """The resolved connection of a command (may ask for the passphrase on a terminal)."""
     store = KeyStore(args.home)
     identity = default_identity(args.identity, store)
-    prompt = None
-    if store.exists(identity) and store.has_passphrase(identity):
-        prompt = f"passphrase for {identity}: "
+    prompt = _key_prompt(store, identity)
     ca = os.environ.get("FEDHUB_CA")
     return Connection(
         url=default_url(args.url, store),

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hub import agent_client
+from hub.keys import KeyStore
 from hub.serve import DevNode, start_dev_node
 
 pytestmark = pytest.mark.slow
@@ -302,6 +303,25 @@ def test_ctrl_c_through_the_agent_cancels_the_call_at_the_node_and_exits_130(
         time.sleep(0.1)
     assert (state["state"], state["code"]) == ("failed", "cancelled")
     assert site.status()["commands_run"] == 1  # type: ignore[index]  # it ran in the agent
+
+
+def test_a_passphrase_comes_with_each_command_and_a_wrong_one_never_rides_on_a_right_one(
+    site: Site,
+) -> None:
+    keys = site.node.home / "keys"
+    (key,) = keys.glob("*@*.key")
+    store = KeyStore(site.node.home)
+    store.save(store.load(key.stem), passphrase="right horse")
+    started(site)
+    right = site.fedhub("call", "dev.bench.echo", "x=1", FEDHUB_PASSPHRASE="right horse")
+    assert (right.returncode, right.stdout) == (0, "1\n"), right.stderr
+    for env in ({"FEDHUB_PASSPHRASE": "wrong horse"}, {}):
+        through = site.fedhub("call", "dev.bench.echo", "x=1", **env)
+        here = site.fedhub("call", "dev.bench.echo", "x=1", FEDHUB_AGENT="off", **env)
+        assert through.returncode == 1 and "KeyStoreError" in through.stderr, through.stderr
+        assert (through.returncode, through.stderr) == (here.returncode, here.stderr)
+    assert site.status()["commands_run"] == 3  # type: ignore[index]
+    assert "right horse" not in (site.folder / "agent.log").read_text()
 
 
 def test_the_agent_exits_when_its_socket_is_removed(site: Site) -> None:

@@ -98,17 +98,18 @@ def test_a_folder_others_may_enter_or_a_symlink_is_refused_and_the_client_never_
 
 
 def test_the_agent_folder_follows_fedhub_home_then_the_runtime_dir_then_the_default_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert agent_client.agent_dir({"FEDHUB_HOME": "/h", "XDG_RUNTIME_DIR": "/r"}) == "/h/agent"
     assert agent_client.agent_dir({"XDG_RUNTIME_DIR": "/run/user/7"}) == "/run/user/7/fedhub"
     for name in ("FEDHUB_HOME", "XDG_RUNTIME_DIR"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    assert agent_client.agent_dir() == str(default_home() / "agent")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/cfg")
+    assert agent_client.agent_dir() == str(default_home() / "agent") == "/cfg/fedhub/agent"
     monkeypatch.delenv("XDG_CONFIG_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", "/home/k")
     assert agent_client.agent_dir() == str(default_home() / "agent")
+    assert agent_client.agent_dir() == "/home/k/.config/fedhub/agent"
     assert agent_client.agent_dir({"FEDHUB_HOME": "/" + "x" * 120}) is None  # no such socket
 
 
