@@ -324,6 +324,31 @@ def test_a_passphrase_comes_with_each_command_and_a_wrong_one_never_rides_on_a_r
     assert "right horse" not in (site.folder / "agent.log").read_text()
 
 
+def test_the_agent_exits_after_its_idle_time(site: Site) -> None:
+    run = site.fedhub("agent", "start", "--idle", "1")
+    assert run.returncode == 0, run.stderr
+    pid = site.pid()
+    assert pid is not None and gone(pid)
+    assert not (site.folder / agent_client.SOCKET_NAME).exists()
+
+
+def test_an_agent_of_another_build_hands_the_command_back_and_steps_aside(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started(site)
+    pid = site.pid()
+    assert pid is not None
+    monkeypatch.setattr(agent_client, "build_id", lambda: "0.0.0:1")  # an upgraded CLI
+    request = agent_client.encode_request(["call", "dev.bench.echo", "x=1"], cwd="/", env={})
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(15)
+        sock.connect(str(site.folder / agent_client.SOCKET_NAME))
+        sock.sendall(request)
+        answer = sock.recv(4096)
+    assert answer[:1] == b"F", answer
+    assert gone(pid)
+
+
 def test_the_agent_exits_when_its_socket_is_removed(site: Site) -> None:
     started(site)
     pid = site.pid()
