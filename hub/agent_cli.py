@@ -42,6 +42,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     if agent_client.disabled([]):
         raise ConfigError("FEDHUB_AGENT is off here", hint="unset it to use the agent")
     status = _status(folder)
+    if status is None and os.path.lexists(folder) and not agent_client.private_dir(folder):
+        raise ConfigError(
+            f"the agent's folder {folder} is not a private directory of yours: refusing to "
+            "serve from it",
+            hint=f"remove it, or run: chmod 700 {folder}",
+        )
     if status is None:
         agent_client.start_agent(folder, idle=args.idle)
         deadline = time.monotonic() + WAIT

@@ -399,6 +399,8 @@ def test_the_agent_refuses_a_folder_others_may_enter_and_replaces_a_stale_socket
     )
     assert refused.returncode == 1
     assert "is not private (mode 0755" in refused.stderr
+    start = site.fedhub("agent", "start")
+    assert start.returncode == 1 and "not a private directory" in start.stderr, start.stderr
     run = site.fedhub("call", "dev.bench.echo", "x=3")  # nor does the CLI use it
     assert (run.returncode, run.stdout) == (0, "3\n")
     assert site.status() is None and site.pid() is None
