@@ -336,17 +336,14 @@ class _Fallback(Exception):  # noqa: N818 (a signal inside this module, never ra
 def as_caller(request: Request) -> Iterator[None]:
     """The caller's ``FEDHUB_*`` environment and working directory, for the synchronous
     reading part of a command only (no await inside: no other command interleaves)."""
-    names = [k for k in os.environ if k.startswith("FEDHUB_") or k in wire.CALLER_ENV]
-    saved = {k: os.environ[k] for k in names}
     here = Path.cwd()
-    for name in names:
-        del os.environ[name]
-    os.environ.update(request.env)
     try:
         os.chdir(request.cwd)
     except OSError as exc:
-        os.environ.update(saved)
         raise _Fallback(f"cannot enter {request.cwd}: {exc.strerror}") from exc
+    names = [k for k in os.environ if k.startswith("FEDHUB_") or k in wire.CALLER_ENV]
+    saved = {k: os.environ.pop(k) for k in names}
+    os.environ.update(request.env)
     try:
         yield
     finally:
@@ -541,8 +538,8 @@ class Agent:
             code = int(getattr(exc, "exit_code", 1))
             fail(exc, code)
             return code
-        except Exception as exc:
-            log.exception("agent.command_failed")
+        except Exception as exc:  # a bug: its traceback goes to the agent's log, not the caller
+            contextvars.Context().run(log.exception, "agent.command_failed")
             text = " ".join(str(exc).split())[:300]
             sys.stderr.write(
                 f"error: unexpected {type(exc).__name__} in the fedhub agent: {text} "

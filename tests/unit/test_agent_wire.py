@@ -14,7 +14,10 @@ import pytest
 
 from hub import agent_client
 from hub.agent import (
+    Request,
     RequestError,
+    _Fallback,
+    as_caller,
     ensure_private_dir,
     keystore_stamp,
     parse_request,
@@ -167,3 +170,22 @@ def test_a_mistyped_key_store_home_gets_no_agent_and_no_folder(tmp_path: Path) -
     )
     assert run.returncode == 1 and "no person key" in run.stderr, run.stderr
     assert not missing.exists()
+
+
+def test_the_callers_environment_and_directory_hold_only_inside_the_reading_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDHUB_URL", "nats://the-agents-own:4222")
+    monkeypatch.setenv("FEDHUB_PASSPHRASE", "the agent's")
+    monkeypatch.delenv("FEDHUB_HOME", raising=False)
+    before_env, before_cwd = dict(os.environ), Path.cwd()
+    request = Request("run", "b", "000", str(tmp_path), {"FEDHUB_HOME": "/caller"}, [])
+    with as_caller(request):
+        assert Path.cwd() == tmp_path
+        assert os.environ["FEDHUB_HOME"] == "/caller"
+        assert "FEDHUB_URL" not in os.environ and "FEDHUB_PASSPHRASE" not in os.environ
+    assert (dict(os.environ), Path.cwd()) == (before_env, before_cwd)
+    nowhere = Request("run", "b", "000", str(tmp_path / "gone"), {"FEDHUB_HOME": "/x"}, [])
+    with pytest.raises(_Fallback, match="cannot enter"), as_caller(nowhere):
+        pass
+    assert (dict(os.environ), Path.cwd()) == (before_env, before_cwd)
