@@ -147,9 +147,14 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _main(argv: list[str] | None = None) -> int:
-    from hub.cliutil import configure_logging
+def configure_logging(*, json_logs: bool = False, level: str = "warning") -> None:
+    """:func:`hub.cliutil.configure_logging`, imported when a command runs, not at start."""
+    from hub.cliutil import configure_logging as configure
 
+    configure(json_logs=json_logs, level=level)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_chosen_command(argv)).parse_args(argv)
     configure_logging(json_logs=args.log_json, level=args.log_level)
