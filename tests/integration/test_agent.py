@@ -176,6 +176,31 @@ def test_fetch_through_the_agent_gets_a_kept_result_again(site: Site, tmp_path: 
     assert site.status()["commands_run"] == 2  # type: ignore[index]
 
 
+def test_commands_running_at_once_each_get_their_own_output(site: Site, tmp_path: Path) -> None:
+    started(site)
+    procs = {
+        steps: subprocess.Popen(
+            [*FEDHUB, "call", "dev.bench.slow", f"steps={steps}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=site.env,
+        )
+        for steps in (6, 7, 8, 9)
+    }
+    ids = set()
+    for steps, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out) == (0, f"{steps}\n"), err
+        (line,) = err.splitlines()
+        ids.add(line.split()[1])
+    assert len(ids) == len(procs)
+    status = site.status()
+    assert status is not None and status["commands_run"] == len(procs)
+    assert status["clients"] == 1  # one warm client served them all
+
+
 def test_errors_through_the_agent_keep_their_line_and_exit_code(site: Site, tmp_path: Path) -> None:
     started(site)
     cases = [
