@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -257,12 +258,18 @@ class Session:
     task: asyncio.Task[int | None] | None = None
     wrote: bool = False
     _pending: list[bytes] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    _thread: int = field(default_factory=threading.get_ident)
 
     def send(self, tag: bytes, payload: bytes) -> None:
-        """Send a frame: frames of one turn of the loop go out together (one syscall)."""
+        """Send a frame: frames of one turn of the loop go out together (one syscall).
+        From another thread (a command's worker, e.g. a library's warning), via the loop."""
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.send, tag, payload)
+            return
         self.wrote = self.wrote or tag in (b"1", b"2")
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(wire.frame(tag, payload))
 
     def flush(self) -> None:

@@ -3,6 +3,7 @@ refuses, folders it refuses, and a client path that imports nothing heavy."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -14,8 +15,10 @@ import pytest
 
 from hub import agent_client
 from hub.agent import (
+    ClientPool,
     Request,
     RequestError,
+    Session,
     _Fallback,
     as_caller,
     ensure_private_dir,
@@ -189,3 +192,23 @@ def test_the_callers_environment_and_directory_hold_only_inside_the_reading_part
     with pytest.raises(_Fallback, match="cannot enter"), as_caller(nowhere):
         pass
     assert (dict(os.environ), Path.cwd()) == (before_env, before_cwd)
+
+
+async def test_output_written_from_a_worker_thread_reaches_the_caller_in_order() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX)
+    _, writer = await asyncio.open_unix_connection(sock=left)
+    with right:
+        session = Session(writer, "000", ClientPool())
+        session.send(b"1", b"first\n")
+        await asyncio.to_thread(session.send, b"2", b"from a thread\n")
+        await asyncio.sleep(0)  # the thread's frame is queued on the loop
+        session.send(b"X", b"0")
+        session.flush()
+        await writer.drain()
+        right.settimeout(10)
+        data = b""
+        while not data.endswith(b"X\x00\x00\x00\x010"):
+            data += right.recv(4096)
+        writer.close()
+    frames = [agent_client.frame(b"1", b"first\n"), agent_client.frame(b"2", b"from a thread\n")]
+    assert data == b"".join(frames) + agent_client.frame(b"X", b"0")
