@@ -10,34 +10,51 @@ The supported public surface is re-exported here; everything else may change::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from hub.errors import (
-    CallCancelledError,
-    CallTimeoutError,
-    ConfigError,
-    FederationError,
-    FunctionFailedError,
-    IntegrityError,
-    NotFoundError,
-    OversizeError,
-    RemoteError,
-    ReplayError,
-    TransportError,
-    UnauthorizedError,
-    ValidationError,
-)
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `fedhub call` pays it
 if TYPE_CHECKING:
+    from typing import Any
+
     from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
     from hub.defaults import aconnect
+    from hub.errors import (
+        CallCancelledError,
+        CallTimeoutError,
+        ConfigError,
+        FederationError,
+        FunctionFailedError,
+        IntegrityError,
+        NotFoundError,
+        OversizeError,
+        RemoteError,
+        ReplayError,
+        TransportError,
+        UnauthorizedError,
+        ValidationError,
+    )
     from hub.progress import Progress
 
 __version__ = "0.1.0"
 
 #: Public names imported on first use: ``import hub`` (and so every ``fedhub`` command)
-#: must not pay for the client, NATS and the array stack before it needs them.
+#: must not pay for the client, NATS and the array stack before it needs them, nor (for
+#: ``fedhub call`` through the agent, hub.agent_client) even for the error classes.
+_ERRORS = (
+    "CallCancelledError",
+    "CallTimeoutError",
+    "ConfigError",
+    "FederationError",
+    "FunctionFailedError",
+    "IntegrityError",
+    "NotFoundError",
+    "OversizeError",
+    "RemoteError",
+    "ReplayError",
+    "TransportError",
+    "UnauthorizedError",
+    "ValidationError",
+)
 _LAZY = {
+    **dict.fromkeys(_ERRORS, "hub.errors"),
     "CallHandle": "hub.call_handle",
     "Client": "hub.client",
     "ModuleInfo": "hub.call_handle",

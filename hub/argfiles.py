@@ -78,7 +78,7 @@ def parse_cli_argument(text: str, *, stream_files: bool = False) -> tuple[str, o
         if stream_files and path.suffix.lower() in NETCDF_SUFFIXES:
             _check_file(path, key)
             _check_netcdf(path, key)
-            return key, NetCDFFile(path)
+            return key, NetCDFFile(path.absolute())  # read later, maybe elsewhere (the agent)
         return key, read_argument_file(path, key=key)
     try:
         return key, json.loads(raw)
@@ -112,9 +112,6 @@ def read_argument_file(path: Path, *, key: str = "?") -> object:
 
 #: How NetCDF files begin: classic and 64-bit offset / CDF-5 (NetCDF3), and HDF5 (NetCDF4).
 _NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
-#: A file argument a Dataset parameter takes is read into memory up to this size; a larger
-#: one is streamed to the node like any NetCDF file (which opens one variable as a DataArray).
-DATASET_IN_MEMORY = 256 * 1024 * 1024
 
 
 def _check_netcdf(path: Path, key: str) -> None:
@@ -144,20 +141,19 @@ def declared_kind(schema: dict[str, Any]) -> str | None:
 
 
 def as_declared(kwargs: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
-    """NetCDF file arguments of parameters declared ``xarray.Dataset``, opened as a Dataset
-    (a file with one variable would otherwise arrive as a DataArray and be refused).
+    """NetCDF file arguments of parameters declared ``xarray.Dataset``, marked to be opened
+    as a Dataset, in memory or streamed at any size (a file with one variable would
+    otherwise arrive as a DataArray and be refused).
 
     ``arguments`` is the function's arguments schema (:attr:`FunctionInfo.arguments`).
     """
-    from hub.bulk import open_netcdf
-
     props = arguments.get("properties") or {}
     out = dict(kwargs)
     for key, value in kwargs.items():
         if not isinstance(value, NetCDFFile) or not isinstance(props.get(key), dict):
             continue
-        if declared_kind(props[key]) == "Dataset" and value.size <= DATASET_IN_MEMORY:
-            out[key] = open_netcdf(value.path, kind="Dataset", load=True)
+        if declared_kind(props[key]) == "Dataset":
+            out[key] = NetCDFFile(value.path, kind="Dataset")
     return out
 
 

@@ -99,11 +99,13 @@ def describe(
 class NetCDFFile:
     """An argument that is a NetCDF file, sent as its bytes (streamed when it is large).
 
-    The node opens it with xarray from its spool file (lazily): the function receives a
-    DataArray when the file holds exactly one data variable, else a Dataset.
+    The node opens it with xarray from its spool file (lazily): the function receives
+    ``kind`` (``"Dataset"`` or ``"DataArray"``) when given, else a DataArray when the file
+    holds exactly one data variable and a Dataset otherwise.
     """
 
     path: Path
+    kind: str | None = None
 
     @property
     def size(self) -> int:

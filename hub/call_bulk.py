@@ -102,6 +102,7 @@ class ArgumentPlan:
     encoded: bytes | None = None  # all arguments, codec-encoded, too large for a message
     xarray: tuple[str, Any] | None = None  # a large xarray value, sent as a NetCDF file
     inline_encoded: bytes | None = None  # ``inline`` codec-encoded, when it was measured
+    file_kind: str | None = None  # what the node opens ``file`` as (NetCDFFile.kind)
 
     @property
     def in_bulk(self) -> bool:
@@ -129,13 +130,15 @@ def plan_arguments(kwargs: dict[str, Any], threshold: int) -> ArgumentPlan:
             hint="pass one large file per call",
         )
     inline = {
-        k: open_netcdf(v.path, load=True) if isinstance(v, NetCDFFile) and k not in large else v
+        k: open_netcdf(v.path, kind=v.kind, load=True)
+        if isinstance(v, NetCDFFile) and k not in large
+        else v
         for k, v in kwargs.items()
         if k not in large
     }
     if large:
         name = large[0]
-        return ArgumentPlan(inline, file=(name, kwargs[name].path))
+        return ArgumentPlan(inline, file=(name, kwargs[name].path), file_kind=kwargs[name].kind)
     arrays = [k for k, v in inline.items() if is_xarray(v) and int(v.nbytes) > threshold]
     if len(arrays) == 1:
         name = arrays[0]
@@ -201,7 +204,8 @@ async def seal_arguments(
                 compress=compress,
                 chunk_size=chunk_size,
             )
-            return spool, describe(info, format="netcdf", arg=arg), info.saving
+            bulk = describe(info, format="netcdf", arg=arg, xarray=plan.file_kind)
+            return spool, bulk, info.saving
         assert plan.encoded is not None
         encoded = plan.encoded
 

@@ -4,17 +4,19 @@ Start-up is kept short: ``fedhub --help`` and ``--version`` import no command mo
 and a command imports only its own module (the client, NATS and the array stack load only
 for the commands that use them). :data:`COMMANDS` names, for every command, the module that
 builds its parser (``add_commands(sub)``) and runs it.
+
+``fedhub call`` and ``fetch`` go to the user's resident agent first (docs/agent.md): this
+module imports nothing at its top but ``sys``, so that path pays for Python's start, the
+standard-library client :mod:`hub.agent_client` and the call.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from pathlib import Path
 
-from hub import __version__
-from hub.cliutil import EXIT_CODES, HelpFormatter, configure_logging, run_main
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see main)
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["COMMANDS", "build_parser", "command_help", "main"]
 
@@ -35,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "provenance": ("hub.cli_results", "the proven lineage of a result (inputs, function, log)"),
     "web": ("hub.cli_web", "a local web console: call functions from forms, follow calls, audit"),
     "completion": ("hub.completion", "print the shell completion script (bash)"),
+    "agent": ("hub.agent_cli", "the resident agent that makes `fedhub call` start at once"),
 }
 
 EXAMPLES = """examples:
@@ -54,10 +57,13 @@ def command_help(name: str) -> str:
 
 def _chosen_command(argv: list[str]) -> str | None:
     """The command named on the line (after the global options), if any."""
+    import argparse
+
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--home")
     pre.add_argument("--log-level")
     pre.add_argument("--log-json", action="store_true")
+    pre.add_argument("--no-agent", action="store_true")
     pre.add_argument("command", nargs="?")
     pre.add_argument("rest", nargs=argparse.REMAINDER)
     try:
@@ -70,6 +76,13 @@ def _chosen_command(argv: list[str]) -> str | None:
 def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     """The parser of ``fedhub``: full for ``command`` ("*": every command), the others
     only named (their modules are not imported)."""
+    import argparse
+    import importlib
+    from pathlib import Path
+
+    from hub import __version__
+    from hub.cliutil import EXIT_CODES, HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="fedhub",
         description="fedhub: federated, end-to-end encrypted remote procedures.",
@@ -82,6 +95,11 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    parser.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="run here, not in the resident agent (as FEDHUB_AGENT=off; docs/agent.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = COMMANDS[command][0] if command in COMMANDS else None
     loaded: set[str] = set()
@@ -100,6 +118,8 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     """Every command's parser below ``parser``, at any depth (``keys new`` too)."""
+    import argparse
+
     found = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -111,6 +131,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 def _global_options(parser: argparse.ArgumentParser) -> None:
     """``--log-json``/``--log-level`` after the command too (``fedhub call ... --log-json``);
     given there, they win over the same option given before the command."""
+    import argparse
+
     known = {option for action in parser._actions for option in action.option_strings}
     if "--log-json" not in known:
         parser.add_argument(
@@ -125,6 +147,13 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def configure_logging(*, json_logs: bool = False, level: str = "warning") -> None:
+    """:func:`hub.cliutil.configure_logging`, imported when a command runs, not at start."""
+    from hub.cliutil import configure_logging as configure
+
+    configure(json_logs=json_logs, level=level)
+
+
 def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_chosen_command(argv)).parse_args(argv)
@@ -137,7 +166,19 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``fedhub``."""
+    """Entry point of ``fedhub``. As the program itself (no ``argv``), ``call`` and
+    ``fetch`` first go to the user's resident agent (:mod:`hub.agent_client`): this module
+    imports nothing else at its top, so that path costs little beyond Python's start."""
+    if argv is None:
+        from hub.agent_client import run
+
+        code = run(sys.argv[1:])
+        if code is not None:  # all its output went out with os.write, nothing is buffered:
+            import os
+
+            os._exit(code)  # the interpreter's teardown would cost more than the call
+    from hub.cliutil import run_main
+
     return run_main(_main, argv)
 
 

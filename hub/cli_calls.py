@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import contextvars
 import datetime as dt
 import enum
 import itertools
@@ -27,7 +28,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -36,6 +37,7 @@ import nats.errors
 import numpy as np
 import structlog
 
+from hub.agent_host import Connection, connect_with, connected, running_in_agent
 from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
 from hub.call_handle import ModuleInfo
@@ -66,11 +68,16 @@ __all__ = [
     "add_commands",
     "check_request_target",
     "client_for",
+    "connection_of",
     "connection_options",
     "deadline_of",
     "default_identity",
     "default_url",
+    "guarded",
     "module_info",
+    "passphrase_prompt",
+    "prepare_call",
+    "prepare_fetch",
     "quiet_nats",
     "run_command",
 ]
@@ -109,47 +116,76 @@ def quiet_nats(args: argparse.Namespace) -> None:
         nats_log.propagate = False
 
 
-async def client_for(args: argparse.Namespace) -> Client:
-    quiet_nats(args)
+def _key_prompt(store: KeyStore, identity: str) -> str | None:
+    """The prompt for ``identity``'s passphrase (None: its key has none)."""
+    if store.exists(identity) and store.has_passphrase(identity):
+        return f"passphrase for {identity}: "
+    return None
+
+
+def passphrase_prompt(args: argparse.Namespace) -> str | None:
+    """The prompt a command would ask the key's passphrase with on the terminal (None:
+    no need to ask: no passphrase, or given by file or environment)."""
+    if args.passphrase_file is not None or os.environ.get("FEDHUB_PASSPHRASE"):
+        return None
+    store = KeyStore(args.home)
+    return _key_prompt(store, default_identity(args.identity, store))
+
+
+def connection_of(args: argparse.Namespace) -> Connection:
+    """The resolved connection of a command (may ask for the passphrase on a terminal)."""
     store = KeyStore(args.home)
     identity = default_identity(args.identity, store)
-    prompt = None
-    if store.exists(identity) and store.has_passphrase(identity):
-        prompt = f"passphrase for {identity}: "
-    passphrase = read_passphrase(args.passphrase_file, prompt=prompt)
-    return await Client.connect(
-        default_url(args.url, store),
-        identity,
-        home=store.home,
-        passphrase=passphrase,
-        credentials=str(args.creds) if args.creds else None,
-        default_timeout=args.timeout if args.timeout is not None else 300.0,
+    prompt = _key_prompt(store, identity)
+    ca = os.environ.get("FEDHUB_CA")
+    return Connection(
+        url=default_url(args.url, store),
+        identity=identity,
+        home=store.home.absolute(),
+        passphrase=read_passphrase(args.passphrase_file, prompt=prompt),
+        creds=str(args.creds.absolute()) if args.creds else None,
+        ca=str(Path(ca).absolute()) if ca else None,
+        timeout=args.timeout if args.timeout is not None else 300.0,
     )
+
+
+async def client_for(args: argparse.Namespace) -> Client:
+    quiet_nats(args)
+    return await connect_with(connection_of(args))
+
+
+def _in_this_context(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn`` run in the context of the command that made it: a client's callbacks come
+    from its reader task, and in the agent, output goes where the command's goes."""
+    context = contextvars.copy_context()
+    return lambda *args: context.run(fn, *args)
 
 
 def run_command(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
     """Run a command's coroutine; errors of other libraries become one-line errors."""
+    return asyncio.run(guarded(coro, deadline))
 
-    async def wrapped() -> T:
-        try:
-            async with asyncio.timeout(deadline):
-                return await coro
-        except FederationError:
-            raise
-        except TimeoutError as exc:
-            within = f" within {deadline:g} s" if deadline is not None else ""
-            raise CallTimeoutError(f"no answer{within}", hint="raise --timeout") from exc
-        except (nats.errors.Error, OSError) as exc:
-            raise TransportError(f"NATS failed: {type(exc).__name__}: {exc}") from exc
-        except Exception as exc:
-            log.debug("cli.unexpected_error", exc_info=True)
-            text = " ".join(str(exc).split())[:300]
-            raise FederationError(
-                f"unexpected {type(exc).__name__}: {text}",
-                hint="run with --log-level debug to see where",
-            ) from exc
 
-    return asyncio.run(wrapped())
+async def guarded(coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
+    """Await a command's coroutine within ``deadline``; errors of other libraries become
+    one-line errors (:func:`run_command`; the agent awaits it on its own loop)."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await coro
+    except FederationError:
+        raise
+    except TimeoutError as exc:
+        within = f" within {deadline:g} s" if deadline is not None else ""
+        raise CallTimeoutError(f"no answer{within}", hint="raise --timeout") from exc
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(f"NATS failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        log.debug("cli.unexpected_error", exc_info=True)
+        text = " ".join(str(exc).split())[:300]
+        raise FederationError(
+            f"unexpected {type(exc).__name__}: {text}",
+            hint="run with --log-level debug to see where",
+        ) from exc
 
 
 def deadline_of(args: argparse.Namespace) -> float:
@@ -244,10 +280,23 @@ def _call_arguments(texts: list[str]) -> dict[str, Any]:
 
 def cmd_call(args: argparse.Namespace) -> int:
     """``fedhub call SUBJECT key=value ...``."""
+    return run_command(prepare_call(args))
+
+
+def prepare_call(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    """``fedhub call``'s reading part (address, arguments and their files, connection: all
+    that depends on the working directory and environment), and the coroutine that calls.
+
+    The agent runs the first under its caller's directory and environment, then awaits
+    the second on its own loop.
+    """
+    quiet_nats(args)
     target = parse_address(args.subject)
     kwargs = _call_arguments(args.arguments)
     args.keep_seconds = _keep_span(args.keep)
-    return run_command(_call(args, target.address, target.site, kwargs))
+    conn = connection_of(args)
+    out = args.out.absolute() if args.out is not None else None
+    return guarded(_call(args, conn, out, target.address, target.site, kwargs))
 
 
 def _keep_span(text: str | None) -> float | None:
@@ -259,13 +308,19 @@ def _keep_span(text: str | None) -> float | None:
     return 0.0 if text.strip() == "0" else parse_span(text)
 
 
-async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[str, Any]) -> int:
+async def _call(
+    args: argparse.Namespace,
+    conn: Connection,
+    out: Path | None,
+    address: str,
+    site: str,
+    kwargs: dict[str, Any],
+) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
-    async with await client_for(args) as fed:
+    async with connected(conn) as fed:
         target = parse_address(address)
-        home = KeyStore(args.home).home
-        info = await module_info(fed, home, target.site, target.module, queue=args.queue)
+        info = await module_info(fed, conn.home, target.site, target.module, queue=args.queue)
         fn = info.functions.get(target.function)
         if fn is not None:  # else submit says what is missing
             kwargs = as_declared(kwargs, fn.arguments)
@@ -273,9 +328,9 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
             handle = await fed.submit(
                 address,
                 timeout=args.timeout,
-                on_progress=bar.update if bar is not None else None,
-                on_transfer=bar.transfer if bar is not None else None,
-                result_path=args.out,
+                on_progress=_in_this_context(bar.update) if bar is not None else None,
+                on_transfer=_in_this_context(bar.transfer) if bar is not None else None,
+                result_path=out,
                 compress=args.compress,
                 keep=args.keep_seconds,
                 **kwargs,
@@ -306,7 +361,7 @@ async def _call(args: argparse.Namespace, address: str, site: str, kwargs: dict[
                     bar.close()
         if outcome is _INTERRUPTED:  # a second Ctrl-C from here on stops at once
             return await _cancel(handle, site)
-        _output(outcome, args)
+        _output(outcome, args, out)
     return 0
 
 
@@ -319,7 +374,7 @@ async def module_info(
     """The module's info from its node (kept for later), or with ``queue`` while no node
     answers, the info kept from an earlier call (verified again)."""
     try:
-        mi = await fed.module_info(site, module)
+        mi = await fed.module_info(site, module, refresh=True)  # fresh, also from the agent
     except (CallTimeoutError, NotFoundError) as exc:
         kept = kept_info(home, site, module) if queue else None
         if kept is None:
@@ -348,6 +403,11 @@ async def _sigint() -> AsyncIterator[asyncio.Event]:
     Installed before the call is sent, so an interrupt at any moment after it left finds
     the request id and cancels it at the node.
     """
+    host = running_in_agent()
+    if host is not None:  # the agent: the caller's Ctrl-C arrives over its socket
+        async with host.interrupts() as event:
+            yield event
+        return
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     try:
@@ -417,11 +477,14 @@ async def _ask_to_cancel(handle: CallHandle, site: str) -> str | None:
         await asyncio.sleep(0.05)
 
 
-def _output(value: Any, args: argparse.Namespace) -> None:
+def _output(value: Any, args: argparse.Namespace, out: Path | None = None) -> None:
+    """Print or write a result (``out``: ``--out`` made absolute; shown as given)."""
+    out = out if out is not None else args.out
     if isinstance(value, SavedTo):  # a large result received straight into --out
-        notice(f"wrote {value.path}", "result.written", path=value.path)
-    elif args.out is not None:
-        write_result(value, args.out)
+        shown = args.out or value.path
+        notice(f"wrote {shown}", "result.written", path=shown)
+    elif out is not None:
+        write_result(value, out)
         notice(f"wrote {args.out}", "result.written", path=args.out)
     elif args.json:
         print(json.dumps(value, default=jsonable, indent=2, ensure_ascii=False))
@@ -485,14 +548,22 @@ def check_request_target(args: argparse.Namespace) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """``fedhub fetch REQUEST_ID --site SITE [--out PATH | --json]``."""
+    return run_command(prepare_fetch(args))
+
+
+def prepare_fetch(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    """``fedhub fetch``'s reading part and its coroutine (as :func:`prepare_call`)."""
+    quiet_nats(args)
     check_request_target(args)
-    return run_command(_fetch(args), deadline_of(args))
+    conn = connection_of(args)
+    out = args.out.absolute() if args.out is not None else None
+    return guarded(_fetch(args, conn, out), deadline_of(args))
 
 
-async def _fetch(args: argparse.Namespace) -> int:
-    async with await client_for(args) as fed:
-        value = await fed.fetch(args.site, args.request_id, result_path=args.out)
-    _output(value, args)
+async def _fetch(args: argparse.Namespace, conn: Connection, out: Path | None) -> int:
+    async with connected(conn) as fed:
+        value = await fed.fetch(args.site, args.request_id, result_path=out)
+    _output(value, args, out)
     return 0
 
 
@@ -591,7 +662,7 @@ def add_commands(sub: Any) -> None:
         "copy); the site keeps it no longer than its own keep-for time",
     )
     connection_options(call, "deadline of the call in seconds (default 300)")
-    call.set_defaults(func=cmd_call)
+    call.set_defaults(func=cmd_call, prepare=prepare_call)
     call.__class__ = _IntermixedParser
 
     fetch = sub.add_parser(
@@ -610,4 +681,4 @@ def add_commands(sub: Any) -> None:
         "--out", type=Path, metavar="PATH", help="write the result to PATH (.nc, .npy, .json)"
     )
     connection_options(fetch, f"deadline in seconds (default {COMMAND_TIMEOUT:g})")
-    fetch.set_defaults(func=cmd_fetch)
+    fetch.set_defaults(func=cmd_fetch, prepare=prepare_fetch)

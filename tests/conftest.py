@@ -29,6 +29,7 @@ whatever its event loop scope, can use them.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -39,6 +40,10 @@ import pytest
 from hub.nats import LocalFederation, NatsServer, start_local_federation
 
 pytest_plugins = ["support.results"]
+
+#: No ``fedhub`` command of the suite asks or starts a resident agent (docs/agent.md): none
+#: is left behind. The agent's own tests turn it on for their commands and stop theirs.
+os.environ["FEDHUB_AGENT"] = "off"
 
 #: The site name to use with ``ensure_site_streams`` on the shared ``nats_server``.
 SHARED_SITE = "testsite"

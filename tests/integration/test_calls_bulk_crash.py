@@ -165,7 +165,9 @@ async def test_a_caller_killed_during_an_upload_ends_its_call_once_at_the_node(
 ) -> None:
     source = tmp_path / "big.nc"
     xr.DataArray(np.ones(200 * MiB // 8), dims=("x",), name="v").to_netcdf(source, engine="scipy")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env.update(
         FEDHUB_HOME=str(world.store.home),
         FEDHUB_URL=federation.site_url("geomar"),

@@ -107,7 +107,9 @@ async def test_the_cli_streams_a_200_mib_netcdf_file_to_the_node_and_the_result_
     field = xr.DataArray(np.arange(200 * MiB // 8, dtype="float64"), dims=("x",), name="v")
     field.to_netcdf(source, engine="scipy")
     del field
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env.update(
         FEDHUB_HOME=str(world.store.home),
         FEDHUB_URL=federation.site_url("geomar"),

@@ -51,7 +51,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevNode]:
 
 
 def fedhub(dev: DevNode, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env["FEDHUB_HOME"] = str(dev.home)
     return subprocess.run(
         [sys.executable, "-m", "hub.cli", *args],

@@ -46,7 +46,11 @@ class Site:
     home: Path
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+        }
         env.update(FEDHUB_HOME=str(self.home), FEDHUB_URL=self.url, FEDHUB_IDENTITY=KLAUS)
         env.update(extra)
         return env

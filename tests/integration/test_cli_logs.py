@@ -43,7 +43,9 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def fedhub(world: World, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env.update(FEDHUB_HOME=str(world.store.home), FEDHUB_IDENTITY=KLAUS)
     return subprocess.run(
         [sys.executable, "-m", "hub.cli", *args],

@@ -21,7 +21,9 @@ KLAUS = "klaus@geomar"
 
 
 def fedhub(world: World, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env.update(FEDHUB_HOME=str(world.store.home), FEDHUB_IDENTITY=KLAUS, FEDHUB_URL=url)
     return subprocess.run(
         [sys.executable, "-m", "hub.cli", *args],

@@ -54,7 +54,9 @@ class Run:
 
 
 def fedhub(site: Site, *args: str, who: str = KLAUS) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
+    }
     env.update(FEDHUB_HOME=str(site.world.store.home), FEDHUB_URL=site.url, FEDHUB_IDENTITY=who)
     proc = subprocess.run(
         [sys.executable, "-m", "hub.cli", *args],

@@ -65,6 +65,7 @@ def test_readme_quick_start_runs_as_written_in_a_fresh_shell(tmp_path: Path) -> 
     home = tmp_path / "home"
     home.mkdir()
     env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env["FEDHUB_AGENT"] = "off"  # no agent left behind (tests/integration/test_agent.py)
     proc = subprocess.Popen(
         ["bash", str(tmp_path / "quickstart.sh")],
         cwd=clone,
