@@ -31,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import structlog
+
 from hub.errors import ConfigError, TransportError
 from hub.keys import KeyStore
 from hub.nats.config import HUB_DOMAIN
@@ -43,6 +45,8 @@ from hub.nats.streams import ensure_stream
 from hub.nats.topology import ROLES, Role, Topology
 from hub.subjects import DIRECTORY_STREAM, hub_events_stream, validate_name, validate_site
 
+log = structlog.get_logger(__name__)
+
 __all__ = ["DEFAULT_CALLERS", "DEFAULT_SITES", "LocalFederation", "start_local_federation"]
 
 #: The sites of a federation when none are named.
@@ -51,6 +55,10 @@ DEFAULT_SITES = ("hereon", "geomar")
 DEFAULT_CALLERS = ("klaus", "anna", "admin", "mallory", "eve", "rita", "nobody", "probe")
 #: Node names that may log in at every site of a local federation.
 DEFAULT_NODES = ("n1", "n2", "n3", "bench")
+
+
+#: Times :func:`start_local_federation` writes the federation again when a port was taken.
+_PORT_TRIES = 3
 
 
 def _free_port() -> int:
@@ -366,7 +374,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
 async def start_local_federation(
     root: Path | str, sites: Sequence[str] = DEFAULT_SITES, **options: Any
 ) -> LocalFederation:
-    """Start a :class:`LocalFederation` and return it (stop it with ``await fed.aclose()``)."""
-    fed = LocalFederation(root, sites, **options)
-    await fed.start()
-    return fed
+    """Start a :class:`LocalFederation` and return it (stop it with ``await fed.aclose()``).
+
+    A new federation's ports are chosen free, then bound by the servers a moment later;
+    when another process took one in between, it is written again with new ports, up to
+    ``_PORT_TRIES`` times. (One that ran before in ``root`` keeps its ports.)
+    """
+    written = Path(root) / "federation.toml"
+    fresh = not written.exists()
+    for attempt in range(1, _PORT_TRIES + 1):
+        fed = LocalFederation(root, sites, **options)
+        try:
+            await fed.start()
+        except TransportError as exc:
+            if not fresh or "address already in use" not in str(exc) or attempt == _PORT_TRIES:
+                raise
+            log.debug("local_federation.port_taken", attempt=attempt)
+            written.unlink()
+            continue
+        return fed
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+import hub.nats.federation as federation_module
 from hub import subjects
 from hub.cli_lookup import discover
 from hub.errors import ConfigError, TransportError
@@ -31,6 +33,7 @@ from hub.nats import (
     hub_config,
     leaf_config,
     source_site_events,
+    start_local_federation,
     wait_jetstream_ready,
     wait_message_route,
 )
@@ -561,6 +564,53 @@ async def test_a_local_federation_is_a_context_manager_that_closes_twice_harmles
             await hereon.close()
     finally:
         await fed.aclose()
+
+
+async def test_a_new_local_federation_whose_port_was_taken_meanwhile_starts_on_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process binds the first port chosen, between the choice and the server's bind
+    # (on a busy machine, another test's server or client does).
+    chosen = federation_module._free_port
+    taken: list[socket.socket] = []
+
+    def then_taken() -> int:
+        port = chosen()
+        if not taken:
+            holder = socket.socket()
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            taken.append(holder)
+        return port
+
+    monkeypatch.setattr(federation_module, "_free_port", then_taken)
+    try:
+        fed = await start_local_federation(tmp_path, ("hereon", "geomar"))
+        try:
+            port = int(fed.hub_url.rpartition(":")[2])
+            assert port != taken[0].getsockname()[1]
+            await fed.wait_connected()
+        finally:
+            await fed.aclose()
+    finally:
+        taken[0].close()
+
+
+async def test_a_federation_that_ran_before_keeps_its_ports_and_fails_when_one_is_taken(
+    tmp_path: Path,
+) -> None:
+    fed = await start_local_federation(tmp_path, ("hereon", "geomar"))
+    port = int(fed.hub_url.rpartition(":")[2])
+    await fed.aclose()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old TIME_WAIT
+    try:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(TransportError, match="address already in use"):
+            await start_local_federation(tmp_path, ("hereon", "geomar"))
+    finally:
+        holder.close()
 
 
 def test_a_local_federation_refuses_a_site_named_twice(tmp_path: Path) -> None:

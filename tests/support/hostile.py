@@ -200,6 +200,14 @@ class Captured:
     subject: str
     data: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    reply: str = ""
+
+    def is_event_copy(self) -> bool:
+        """A node's signed event log on its way to or from a copy the federation keeps
+        (``fh.events.*``, or a delivery of an ``FH_EVENTS*`` stream to one of its readers,
+        such as an auditor of the hub's copies): metadata the hub holds by design
+        (docs/topology.md), never a payload."""
+        return self.subject.startswith("fh.events.") or ".FH_EVENTS" in self.reply
 
 
 @dataclass
@@ -214,7 +222,9 @@ class Spy:
         """Subscribe to everything (and to the ``also`` patterns); make sure the server knows."""
 
         async def keep(msg: Msg) -> None:
-            self.seen.append(Captured(msg.subject, bytes(msg.data), dict(msg.headers or {})))
+            self.seen.append(
+                Captured(msg.subject, bytes(msg.data), dict(msg.headers or {}), msg.reply or "")
+            )
 
         self._sub = await self.nc.subscribe(">", cb=keep)
         for pattern in also:
