@@ -318,6 +318,9 @@ functions = ["*"]
     finally:
         if node is not None and node.poll() is None:
             node.kill()
+        # the CLI's resident agent (docs/agent.md) started by the calls above; its folder
+        # is in this demo's key store, which stays behind for a look
+        run("fedhub", "agent", "stop", env=env, check=False, quiet=True)
         await fed.stop()
 
 
