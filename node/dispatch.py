@@ -1,11 +1,14 @@
 """From messages the call consumer delivers to the pipeline, and back to acks.
 
 The consumer hands over every message already waiting without yielding to the event
-loop, so what it delivers back to back is one burst: :meth:`Dispatcher.deliver` gathers
-it and takes it on the loop's next turn, as one unit (:meth:`node.pipeline.Pipeline.take`:
+loop, so what it delivers back to back is one burst: :meth:`Dispatcher.deliver` starts
+the burst's task with the first message, and the task takes what was delivered by the time
+it first runs (the loop's next turn), as one unit (:meth:`node.pipeline.Pipeline.take`:
 signatures checked off the loop, one log append). Outcomes known at once (rejections,
 copies) are acked together (publishing only queues an ack; the client writes them out in
-one go); each accepted call runs in its own task and is acked when its outcome is logged.
+one go); each accepted call runs in its own task and is acked when its outcome is logged,
+except a burst's only call, which runs on in the burst's task (no task and no loop turn
+between its log append and its run: the path of one call in flight).
 Each message holds its consumer slot until it is acked or handed back, and is kept alive
 (``+WPI`` every ``ack_wait/3``, :class:`~node.execution.KeepAlive`) all that time.
 """
@@ -74,15 +77,18 @@ class Dispatcher:
         if self.keepalive is not None:
             self.keepalive.hold(msg)
         if len(self._burst) == 1:
-            asyncio.get_running_loop().call_soon(self._take_burst)
+            # the task's first step runs on the loop's next turn, after the messages
+            # delivered with this one: it takes them all (one task and turn per burst)
+            self.spawn(self._calls(), "call")
 
-    def _take_burst(self) -> None:
+    def _take_burst(self) -> list[Msg]:
         burst, self._burst = self._burst, []
         self.bursts += 1
-        self.spawn(self._calls(burst), "call")
+        return burst
 
-    async def _calls(self, msgs: list[Msg]) -> None:
+    async def _calls(self) -> None:
         """Take a burst (one log append), settle what ends at once, run the rest."""
+        msgs = self._take_burst()
         started = time.perf_counter()
         deliveries = [
             Delivery(
@@ -108,11 +114,17 @@ class Dispatcher:
                     await m.nak(delay=1.0)
                 self.release(m)
             return
+        jobs = [(msg, step) for msg, step in zip(msgs, taken, strict=True) if isinstance(step, Job)]
+        if len(jobs) > 1:
+            # each in its task, all started in this turn (the thread executor returns the
+            # outcomes of calls submitted in one turn together: one commit, one flush)
+            for msg, job in jobs:
+                self.spawn(self._run(msg, job, started), "call")
         for msg, step in zip(msgs, taken, strict=True):
             if isinstance(step, Outcome):
                 await self._settle(msg, step, started)
-            else:
-                self.spawn(self._run(msg, step, started), "call")
+        if len(jobs) == 1:  # a lone call runs on here: no task to start, no turn to wait
+            await self._run(*jobs[0], started)
 
     async def _run(self, msg: Msg, job: Job, started: float) -> None:
         try:

@@ -10,9 +10,11 @@ request a version 1 node received still ends exactly once after the upgrade.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xarray as xr
@@ -155,6 +157,37 @@ async def test_a_result_the_node_could_not_keep_is_logged_as_lost_and_status_say
     assert kinds == ["request.accepted", "request.completed", "result.lost"]
     with pytest.raises(NotFoundError, match=r"no copy of the result .* was kept"):
         await fed.fetch("hereon", handle.request_id)
+
+
+async def test_the_reply_is_handed_to_the_socket_before_the_result_is_stored(
+    fed: Client, node: NodeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued with the store's publishes, the reply would leave the server only after
+    both were stored: it must already be written when the store begins."""
+    assert node.pipeline is not None and node.nc is not None
+    nc, replies, results = node.nc, node.pipeline.replies, node.pipeline.results
+    sent: list[bytes] = []
+    still_queued: list[bool] = []
+    stored = asyncio.Event()
+    send, keep = replies._send, results.keep
+
+    async def recording_send(subject: str, data: bytes) -> None:
+        sent.append(data)
+        await send(subject, data)
+
+    async def checking_keep(*args: Any) -> None:
+        queued = b"".join(nc._pending)
+        still_queued.append(any(frame in queued for frame in sent))
+        await keep(*args)
+        stored.set()
+
+    monkeypatch.setattr(replies, "_send", recording_send)
+    monkeypatch.setattr(results, "keep", checking_keep)
+    assert await fed.call("hereon.climate.scale", values=[2.0], factor=2.0) == [4.0]
+    async with asyncio.timeout(10):  # the store follows the reply
+        await stored.wait()
+    assert len(sent) == 1
+    assert still_queued == [False], "the reply still waited in the client's buffer"
 
 
 # --- a burst is one unit ------------------------------------------------------------------
