@@ -16,8 +16,9 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     │   ├── NotFoundError        unknown site, module or function
     │   ├── UnauthorizedError    caller unknown, revoked, or not granted
     │   ├── ValidationError      arguments or result do not match the function's schema
-    │   │   └── SelectionError   a slice names an unknown dimension or variable, an index
-    │   │                        out of range, or a result that is no array
+    │   │   ├── SelectionError   a slice names an unknown dimension or variable, an index
+    │   │   │                    out of range, or a result that is no array
+    │   │   └── InterfaceChangedError  the function changed since the caller read its info
     │   ├── FunctionFailedError  the function raised (or its worker crashed)
     │   ├── CallCancelledError   cancelled by the caller or interrupted by shutdown
     │   ├── OversizeError        message above the configured limit
@@ -56,6 +57,7 @@ __all__ = [
     "FederationError",
     "FunctionFailedError",
     "IntegrityError",
+    "InterfaceChangedError",
     "KeyStoreError",
     "LifecycleError",
     "LogConflictError",
@@ -184,6 +186,13 @@ class ValidationError(RemoteError):
     code = "invalid_arguments"
 
 
+class InterfaceChangedError(ValidationError):
+    """The function's interface changed since the caller read the module's info: the call
+    was not run (read the info again and call again)."""
+
+    code = "interface_changed"
+
+
 class SelectionError(ValidationError):
     """A slice of a kept result that cannot be taken (docs/results.md, "Slices")."""
 
@@ -278,6 +287,7 @@ class StopRequestedError(NodeError):
 _CODES: dict[str, tuple[type[FederationError], int]] = {
     "invalid_arguments": (ValidationError, 400),
     "bad_selection": (SelectionError, 400),
+    "interface_changed": (InterfaceChangedError, 400),
     "undecryptable": (RemoteError, 400),
     "unauthorized": (UnauthorizedError, 401),
     "not_found": (NotFoundError, 404),

@@ -47,6 +47,7 @@ from hub.errors import (
     CanonicalError,
     FederationError,
     FunctionFailedError,
+    InterfaceChangedError,
     ReplayError,
     TransferError,
     ValidationError,
@@ -384,7 +385,7 @@ class Pipeline:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
         spec = self.runner.function(h.module, h.function)
         if h.schema_hash and h.schema_hash != spec.schema_hash:
-            raise ValidationError(
+            raise InterfaceChangedError(
                 f"{h.address} changed its interface since the caller read it",
                 hint="refresh the module info (`fedhub ls`) and call again",
             )
