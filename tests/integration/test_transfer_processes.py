@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from structlog.testing import capture_logs
+from support.logs import captured
 
 from hub.crypto import new_content_key
 from hub.errors import TransferTimeoutError
@@ -33,6 +33,7 @@ from hub.transfer import (
     new_transfer_id,
     partial_path,
     seal_file,
+    spool,
     sweep_partials,
     upload_route,
 )
@@ -207,7 +208,7 @@ def test_a_receiver_killed_mid_transfer_stops_the_sender_and_the_sweep_removes_i
     orphan = partial_path(dest)
     assert orphan.exists()  # the receiver died before it could clean up
     assert sweep_partials(dest.parent, older_than=3600) == []  # too young to be an orphan
-    with capture_logs() as logs:
+    with captured(spool) as logs:
         assert sweep_partials(dest.parent, older_than=0) == [orphan]
     assert not orphan.exists()
     assert [(e["event"], e["path"]) for e in logs] == [("transfer.swept", str(orphan))]
