@@ -182,6 +182,9 @@ class CallBench:
             FEDHUB_HOME=str(store.home),
             FEDHUB_URL=fed.site_url(CALLER_SITE),
             FEDHUB_IDENTITY=CALLER,
+            # the CLI process itself reads, seals, sends and writes: its peak RSS is the
+            # client's (a resident agent would do the work in a process not measured here)
+            FEDHUB_AGENT="off",
         )
 
     def _spawn_node(self) -> subprocess.Popen[bytes]:
