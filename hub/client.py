@@ -63,6 +63,7 @@ from hub.envelopes import (
     MAX_KEEP_FOR,
     REPLY_MAGIC,
     ControlHeader,
+    Reply,
     RequestHeader,
     pack_control,
     pack_request,
@@ -493,10 +494,35 @@ class Client(ResultsMixin):
         h = reply.header
         if h.kind != "result" or h.id != state.request_id:
             raise CanonicalError(f"site {site} answered the fetch of {state.request_id} wrongly")
+        if h.result_hash != state.result_hash:
+            raise IntegrityError(f"the stored result of {state.request_id} is another one")
+        return await self.open_sealed_reply(
+            site,
+            reply,
+            info.node_box_key,
+            what=f"the stored result of {state.request_id}",
+            result_path=result_path,
+        )
+
+    async def open_sealed_reply(
+        self,
+        site: str,
+        reply: Reply,
+        sender: bytes,
+        *,
+        what: str,
+        result_path: Path | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Open a result answer sealed for my key by the node key ``sender`` I checked: a
+        small one from its body, a large one received as the bulk transfer it announces,
+        each checked against the header's ``result_hash`` (which the caller compares with
+        the hash it expects). ``what`` names the result in errors."""
+        h = reply.header
+        key = self._result_key(h.wraps, sender)
         if h.bulk is not None:  # a large result follows as a bulk transfer
-            if h.bulk.hash != h.result_hash or h.result_hash != state.result_hash:
-                raise IntegrityError(f"the stored result of {state.request_id} is another one")
-            key = self._result_key(h.wraps, info.node_box_key)
+            if h.bulk.hash != h.result_hash:
+                raise IntegrityError(f"{what} announced another payload")
             return await call_bulk.receive_result(
                 self.nc,
                 (self.site, self.user),
@@ -505,11 +531,11 @@ class Client(ResultsMixin):
                 key,
                 result_path=result_path,
                 progress=None,
-                timeout=max(self.default_timeout, 60.0),
+                timeout=timeout if timeout is not None else max(self.default_timeout, 60.0),
             )
-        if blake2b_256(reply.body).hex() != h.result_hash or h.result_hash != state.result_hash:
-            raise IntegrityError(f"the stored result of {state.request_id} does not match its hash")
-        return self._open_result(h.wraps, reply.body, info.node_box_key)
+        if blake2b_256(reply.body).hex() != h.result_hash:
+            raise IntegrityError(f"{what} does not match its hash")
+        return codec.decode(open_secret(key, reply.body))
 
     def _open_result(self, wraps: Mapping[str, str], body: bytes, node_box_key: bytes) -> Any:
         """Open a result sealed for my key by the node key I checked (DecryptionError if

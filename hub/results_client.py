@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError as PydanticValidationError
 
-from hub import call_bulk, codec
 from hub.answers import (
     DeletedAnswer,
     KeepAnswer,
@@ -40,7 +39,7 @@ from hub.answers import (
 from hub.call_handle import CallHandle
 from hub.canonical import b64d, b64e
 from hub.clock import format_time, now
-from hub.crypto import blake2b_256, key_id, open_content_key, open_secret, wrap_key
+from hub.crypto import key_id, open_content_key, wrap_key
 from hub.envelopes import REPLY_MAGIC, unpack_reply
 from hub.errors import (
     CallTimeoutError,
@@ -241,28 +240,9 @@ async def fetch_result(
     h = reply.header
     if h.kind != "result" or h.id != request_id or h.result_hash != record.result_hash:
         raise IntegrityError(f"site {site} answered the fetch of {request_id} with another result")
-    key = open_content_key(
-        {kid: b64d(w) for kid, w in h.wraps.items()},
-        client.keys.kid,
-        client.keys.box_secret,
-        sender=sender,
+    return await client.open_sealed_reply(
+        site, reply, sender, what=f"the stored result of {request_id}", result_path=result_path
     )
-    if h.bulk is not None:
-        if h.bulk.hash != h.result_hash:
-            raise IntegrityError(f"the stored result of {request_id} is another one")
-        return await call_bulk.receive_result(
-            client.nc,
-            (client.site, client.user),
-            site,
-            h,
-            key,
-            result_path=result_path,
-            progress=None,
-            timeout=max(client.default_timeout, 60.0),
-        )
-    if blake2b_256(reply.body).hex() != h.result_hash:
-        raise IntegrityError(f"the stored result of {request_id} does not match its hash")
-    return codec.decode(open_secret(key, reply.body))
 
 
 async def result_handle(

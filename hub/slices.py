@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from hub import call_bulk, codec
-from hub.canonical import b64d, b64e
-from hub.crypto import blake2b_256, open_content_key, open_secret, wrap_key
+from hub.canonical import b64e
+from hub.crypto import wrap_key
 from hub.envelopes import REPLY_MAGIC, unpack_reply
 from hub.errors import CanonicalError, ConfigError, IntegrityError, NotFoundError
 from hub.records import one_line
@@ -117,32 +116,17 @@ class Grantor:
         if data[:4] != REPLY_MAGIC:
             raise CanonicalError(f"site {site} answered the {op} of {rid} without a result")
         reply = unpack_reply(data)
-        h, body = reply.header, reply.body
+        h = reply.header
         if h.kind != "result" or h.id != rid or h.result_hash is None:
             raise IntegrityError(f"site {site} answered the {op} of {rid} with another result")
-        keys = client.keys
-        key = open_content_key(
-            {kid: b64d(w) for kid, w in h.wraps.items()},
-            keys.kid,
-            keys.box_secret,
-            sender=self.node_box_key,
+        return await client.open_sealed_reply(
+            site,
+            reply,
+            self.node_box_key,
+            what=f"the {op} of {rid}",
+            result_path=result_path,
+            timeout=timeout,
         )
-        if h.bulk is not None:
-            if h.bulk.hash != h.result_hash:
-                raise IntegrityError(f"the {op} of {rid} announced another payload")
-            return await call_bulk.receive_result(
-                client.nc,
-                (client.site, client.user),
-                site,
-                h,
-                key,
-                result_path=result_path,
-                progress=None,
-                timeout=timeout,
-            )
-        if blake2b_256(body).hex() != h.result_hash:
-            raise IntegrityError(f"the {op} of {rid} does not match its hash")
-        return codec.decode(open_secret(key, body))
 
 
 async def grantor(client: Client, site: str, request_id: str) -> Grantor:
