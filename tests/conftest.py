@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from hub.nats import LocalFederation, NatsServer, start_local_federation
 
@@ -70,6 +71,17 @@ def node_nats(fed: Federation, site: str) -> dict[str, Any]:
         "nats_credentials": fed.credentials(site, "node"),
         "nats_ca": fed.generated.ca,
     }
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_before() -> Iterator[None]:
+    """Each test starts from the structlog configuration before the last one: a CLI run in
+    the test process configures it for itself (its level, its renderer), and a later test
+    capturing log events (``capture_logs``) would see only what that level lets through."""
+    saved = structlog.get_config()
+    processors = list(saved["processors"])  # the live list: capture_logs changes it in place
+    yield
+    structlog.configure(**{**saved, "processors": processors})
 
 
 @pytest.fixture(scope="session")
