@@ -19,13 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hub.answers import ResultWrap, parse_answer
-from hub.canonical import b64d, b64e
-from hub.crypto import open_content_key, wrap_key
+from hub.canonical import b64e
+from hub.crypto import wrap_key
 from hub.envelopes import ResultRef
 from hub.errors import ArgumentError
-from hub.results_client import catalog
-from hub.subjects import parse_address
+from hub.results_client import catalog, own_content_key
 
 if TYPE_CHECKING:
     from hub.call_handle import ModuleInfo
@@ -71,18 +69,9 @@ async def stage_refs(
         return dict(kwargs), None
     staged: dict[str, ResultRef] = {}
     for name, ref in refs.items():
-        data = await catalog(client, "wrap", ref.site, ref.request_id)
-        wrap = parse_answer(ResultWrap, data, f"wrap answer from {ref.site}")
-        stored_at = parse_address(wrap.address)
-        stored = await client.module_info(stored_at.site, stored_at.module)
-        key = open_content_key(
-            {client.keys.kid: b64d(wrap.wrap)},
-            client.keys.kid,
-            client.keys.box_secret,
-            sender=stored.node_box_key,
-        )
+        own = await own_content_key(client, ref.site, ref.request_id)
         keys = client.keys
-        for_node = wrap_key(keys.box_secret, keys.box_public, target.node_box_key, key)
+        for_node = wrap_key(keys.box_secret, keys.box_public, target.node_box_key, own.key)
         await catalog(
             client,
             "share",
@@ -95,5 +84,5 @@ async def stage_refs(
                 "for_call": request_id,
             },
         )
-        staged[name] = ResultRef(site=ref.site, id=ref.request_id, hash=wrap.result_hash)
+        staged[name] = ResultRef(site=ref.site, id=ref.request_id, hash=own.result_hash)
     return {k: v for k, v in kwargs.items() if k not in refs}, staged

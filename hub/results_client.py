@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from hub.client import Client
 
 __all__ = [
+    "OwnKey",
     "RequestList",
     "catalog",
     "delete",
@@ -289,7 +291,7 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
     """Share the kept result of my request with a person or ``group:NAME``: the content
     key is wrapped for each of their keys (verified against their pinned site keys); the
     node logs ``result.shared``. Nothing is uploaded again."""
-    key, _ = await own_content_key(client, site, request_id)
+    key = (await own_content_key(client, site, request_id)).key
     data = await catalog(client, "keys", site, request_id, {"principal": principal})
     keys = parse_answer(RecipientKeys, data, f"keys answer from {site}")
     wraps: dict[str, str] = {}
@@ -306,10 +308,19 @@ async def share(client: Client, site: str, request_id: str, principal: str) -> S
     return parse_answer(ShareAnswer, data, f"share answer from {site}")
 
 
-async def own_content_key(client: Client, site: str, request_id: str) -> tuple[bytes, bytes]:
-    """The content key of my kept result and the box key of the node that keeps it: the
-    node's wrap for me (``wrap``, owner only), opened only if the node key verified for
-    the module (its signed info) made it."""
+@dataclass(frozen=True)
+class OwnKey:
+    """The content key of my kept result, the box key of the node that keeps it (and made
+    the wrap), and the result's hash as that node logged it."""
+
+    key: bytes
+    node_box_key: bytes
+    result_hash: str
+
+
+async def own_content_key(client: Client, site: str, request_id: str) -> OwnKey:
+    """The content key of my kept result: the node's wrap for me (``wrap``, owner only),
+    opened only if the node key verified for the module (its signed info) made it."""
     data = await catalog(client, "wrap", site, request_id)
     wrap = parse_answer(ResultWrap, data, f"wrap answer from {site}")
     target = parse_address(wrap.address)
@@ -320,7 +331,7 @@ async def own_content_key(client: Client, site: str, request_id: str) -> tuple[b
         client.keys.box_secret,
         sender=info.node_box_key,
     )
-    return key, info.node_box_key
+    return OwnKey(key, info.node_box_key, wrap.result_hash)
 
 
 def _verified_person(client: Client, signed: SignedRecord) -> KeyRecord:

@@ -133,7 +133,7 @@ async def grantor(client: Client, site: str, request_id: str) -> Grantor:
     """What the owner needs to grant slices of a kept result
     (:func:`hub.results_client.own_content_key`)."""
     try:
-        key, node_box_key = await own_content_key(client, site, request_id)
+        own = await own_content_key(client, site, request_id)
     except NotFoundError:
         record = await result_status(client, site, request_id)  # a stranger: NotFoundError
         if record.shared_with_me:
@@ -143,7 +143,7 @@ async def grantor(client: Client, site: str, request_id: str) -> Grantor:
                 hint=f"get it whole: fedhub result get {request_id} --site {site}",
             ) from None
         raise
-    return Grantor(client, site, request_id, key, node_box_key)
+    return Grantor(client, site, request_id, own.key, own.node_box_key)
 
 
 async def slice_result(
