@@ -65,7 +65,9 @@ from hub.records import KeyRecord
 from hub.subjects import RESULTS_BUCKET, validate_identity
 from hub.transfer import (
     DEFAULT_ACK_EVERY,
+    Received,
     Receiver,
+    Route,
     SealedInfo,
     Sender,
     TransferOptions,
@@ -173,37 +175,15 @@ class BulkLink:
         """
         bulk = header.bulk
         assert bulk is not None
-        if self.max_size and bulk.size > self.max_size:
-            raise OversizeError(
-                f"the arguments are {bulk.size:,} bytes; this site takes at most "
-                f"{self.max_size:,} per call",
-                hint="pass less data per call, or ask the operator to raise bulk_max_size",
-            )
+        self.check_size(bulk.size, "the arguments are")
         rid = header.id
         caller = validate_identity(header.caller)
         route = upload_route(caller.site, caller.name, self.site, bulk.token)
         self._live.add(rid)
         dest = self.spool / f"{rid}.arg"
-        receiver = Receiver(
-            self._nc(),
-            subject=route.to,
-            dest=dest,
-            key=bulk_key(content_key),
-            expect_hash=bytes.fromhex(bulk.hash),
-            expect_size=bulk.size,
-            expect_control=route.control,
-            options=self.options,
-            timeout=timeout,
-            sync=False,  # a spool file: after a crash the call comes again, and so does it
+        got = await self.receive(
+            route, dest, content_key, bulk.hash, bulk.size, cancel=cancel, timeout=timeout
         )
-        stop = receiver.cancel
-        cancel.add_callback(lambda: stop("the call was cancelled"))
-        if cancel.is_set():
-            receiver.cancel("the call was cancelled")
-        try:
-            got = await receiver.run()
-        finally:
-            cancel.remove_callback(stop)
         log.info("call.argument_received", bytes=bulk.size, seconds=round(got.stats.seconds, 3))
         if bulk.format == "netcdf":
             assert bulk.arg is not None
@@ -220,6 +200,54 @@ class BulkLink:
             return codec.decode_many(data, max_size=max(len(data), 1))
         except CanonicalError as exc:
             raise ValidationError(f"arguments cannot be decoded: {exc.message}") from exc
+
+    def check_size(self, size: int, what: str) -> None:
+        """OversizeError when ``size`` bytes are more than this site takes per call
+        (``what``: "the arguments are", "ref:… is")."""
+        if self.max_size and size > self.max_size:
+            raise OversizeError(
+                f"{what} {size:,} bytes; this site takes at most {self.max_size:,} per call",
+                hint="pass less data per call, or ask the operator to raise bulk_max_size",
+            )
+
+    async def receive(
+        self,
+        route: Route,
+        dest: Path,
+        content_key: bytes,
+        expect_hash: str,
+        expect_size: int,
+        *,
+        cancel: CancelSignal | None,
+        timeout: float,
+    ) -> Received:
+        """Receive one bulk payload on ``route`` into the spool file ``dest``, checked
+        whole against ``expect_hash``; a cancel of the call stops it."""
+        receiver = Receiver(
+            self._nc(),
+            subject=route.to,
+            dest=dest,
+            key=bulk_key(content_key),
+            expect_hash=bytes.fromhex(expect_hash),
+            expect_size=expect_size,
+            expect_control=route.control,
+            options=self.options,
+            timeout=timeout,
+            sync=False,  # a spool file: after a crash the call comes again, and so does it
+        )
+
+        def stop() -> None:
+            receiver.cancel("the call was cancelled")
+
+        if cancel is not None:
+            cancel.add_callback(stop)
+            if cancel.is_set():
+                stop()
+        try:
+            return await receiver.run()
+        finally:
+            if cancel is not None:
+                cancel.remove_callback(stop)
 
     def spool_file(self, rid: str, suffix: str) -> Path:
         """A spool file of call ``rid``, removed with its others by :meth:`release`."""

@@ -30,7 +30,7 @@ from nats.aio.client import Client as NatsClient
 
 from hub import codec
 from hub.answers import ask_service
-from hub.bulk import bulk_key, map_file, open_netcdf
+from hub.bulk import map_file, open_netcdf
 from hub.canonical import b64d, b64e
 from hub.clock import now
 from hub.crypto import blake2b_256, open_content_key, open_secret
@@ -40,7 +40,6 @@ from hub.errors import (
     ChunkError,
     DecryptionError,
     IntegrityError,
-    OversizeError,
     TransferError,
     UnauthorizedError,
     ValidationError,
@@ -48,7 +47,7 @@ from hub.errors import (
 from hub.records import KeyRecord, SignedRecord
 from hub.results_wire import CatalogHeader, pack_catalog
 from hub.subjects import status_subject
-from hub.transfer import Receiver, site_route
+from hub.transfer import site_route
 from node.bulk import BulkLink
 from node.eventlog import StoredEvent
 from node.runner import CancelSignal
@@ -159,45 +158,19 @@ class Staging:
             raise ValidationError(f"{where} is a large (bulk) result; this node takes none")
         if bulk.hash != ref.hash:
             raise IntegrityError(f"site {ref.site} announced another payload than {where}")
-        if link.max_size and bulk.size > link.max_size:
-            raise OversizeError(
-                f"{where} is {bulk.size:,} bytes; this site takes at most "
-                f"{link.max_size:,} per call",
-                hint="pass less data per call, or ask the operator to raise bulk_max_size",
-            )
+        link.check_size(bulk.size, f"{where} is")
         route = site_route(ref.site, link.site, bulk.token)
         dest = link.spool_file(rid, f"ref-{secrets.token_hex(4)}")
-        receiver = Receiver(
-            self.nc,
-            subject=route.to,
-            dest=dest,
-            key=bulk_key(key),
-            expect_hash=bytes.fromhex(ref.hash),
-            expect_size=bulk.size,
-            expect_control=route.control,
-            options=link.options,
-            timeout=timeout,
-            sync=False,  # a spool file: after a crash the call comes again, and so does it
-        )
-
-        def stop() -> None:
-            receiver.cancel("the call was cancelled")
-
-        if cancel is not None:
-            cancel.add_callback(stop)
-            if cancel.is_set():
-                stop()
         try:
-            got = await receiver.run()
+            got = await link.receive(
+                route, dest, key, ref.hash, bulk.size, cancel=cancel, timeout=timeout
+            )
         except ChunkError as exc:
             raise IntegrityError(f"{where} does not match the hash its site logged: {exc}") from exc
         except TransferError as exc:
             if exc.code == "refused":  # the sealed header names another payload or size
                 raise IntegrityError(f"{where} is not the payload its site logged") from exc
             raise
-        finally:
-            if cancel is not None:
-                cancel.remove_callback(stop)
         log.info("call.reference_received", bytes=bulk.size, seconds=round(got.stats.seconds, 3))
         if bulk.format == "netcdf":
             try:
