@@ -40,6 +40,7 @@ from hub.errors import ConfigError, FederationError, TransferError
 from hub.transfer import (
     ProgressCallback,
     Receiver,
+    SealedInfo,
     Sender,
     TransferOptions,
     TransferProgress,
@@ -160,6 +161,13 @@ async def seal_arguments(
     fd, name = tempfile.mkstemp(prefix="fedhub-", suffix=".sealed", dir=spool_dir())
     os.close(fd)
     spool, key, tid = Path(name), bulk_key(content_key), new_transfer_id()
+
+    async def seal_netcdf_file(path: Path) -> SealedInfo:
+        """Seal the NetCDF file ``path`` into the spool file."""
+        return await asyncio.to_thread(
+            seal_file, path, spool, key, transfer_id=tid, compress=compress, chunk_size=chunk_size
+        )
+
     try:
         if plan.xarray is not None:
             arg, value = plan.xarray
@@ -181,29 +189,13 @@ async def seal_arguments(
             else:
                 path, kind = written
                 try:
-                    info = await asyncio.to_thread(
-                        seal_file,
-                        path,
-                        spool,
-                        key,
-                        transfer_id=tid,
-                        compress=compress,
-                        chunk_size=chunk_size,
-                    )
+                    info = await seal_netcdf_file(path)
                 finally:
                     await asyncio.to_thread(path.unlink, missing_ok=True)
                 return spool, describe(info, format="netcdf", arg=arg, xarray=kind), info.saving
         if plan.file is not None:
             arg, path = plan.file
-            info = await asyncio.to_thread(
-                seal_file,
-                path,
-                spool,
-                key,
-                transfer_id=tid,
-                compress=compress,
-                chunk_size=chunk_size,
-            )
+            info = await seal_netcdf_file(path)
             bulk = describe(info, format="netcdf", arg=arg, xarray=plan.file_kind)
             return spool, bulk, info.saving
         assert plan.encoded is not None
