@@ -12,6 +12,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `fedhub call` pays it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from hub.client import CallHandle, Client, ModuleInfo, SyncClient, connect
@@ -65,15 +66,26 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hub' has no attribute {name!r}")
-    import importlib
+def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` for ``package``: a name of ``table`` (name -> module)
+    is imported from its module when first asked for, then kept in the package. (Also
+    ``hub.nats``'s; it lives here so that ``import hub`` imports nothing else.)"""
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    def attribute(name: str) -> Any:
+        module = table.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import importlib
+        import sys
+
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return attribute
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -27,7 +27,7 @@ See docs/topology.md for the subjects, streams, accounts and how a site joins a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hub.nats.config import (
@@ -79,6 +79,8 @@ if TYPE_CHECKING:
 
 #: Public name → the module that defines it. Imported on first use: a client (which needs
 #: only the connection and object helpers) must not pay for config generation and TLS.
+from hub import lazy_attributes
+
 _LAZY = {
     "BULK_CHUNK_SIZE": "hub.nats.objects",
     "CA_ENV": "hub.nats.connection",
@@ -127,15 +129,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hub.nats' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
