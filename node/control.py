@@ -20,13 +20,10 @@ from pydantic import BaseModel
 
 from hub.answers import CancelAnswer, RequestStatus
 from hub.canonical import parse_canonical
-from hub.clock import now
 from hub.crypto import blake2b_256, verify
 from hub.envelopes import (
     DOMAIN_CONTROL,
-    ReplyHeader,
     StoredResult,
-    pack_reply,
     split_control,
     validate_control_header,
 )
@@ -141,18 +138,14 @@ class Control:
             raise
         bulk = head.bulk.model_copy(update={"route": secrets.token_hex(16)})
         p.bulk.serve(caller, bulk, sealed, timeout=max(60.0, p.calls.ack_wait))
-        return pack_reply(
-            ReplyHeader(
-                kind="result",
-                id=rid,
-                node=p.node_id,
-                time=now(),
-                result_hash=head.bulk.hash,
-                wraps=wraps,
-                object=str(state.get("result_object")),
-                log_seq=stored[-1].seq,
-                bulk=bulk,
-            )
+        return p.replies.result_frame(
+            rid,
+            result_hash=head.bulk.hash,
+            wraps=wraps,
+            ciphertext=b"",
+            kept_as=str(state.get("result_object")),
+            log_seq=stored[-1].seq,
+            bulk=bulk,
         )
 
     async def fetch(
@@ -185,16 +178,11 @@ class Control:
         if blake2b_256(ciphertext).hex() != state.get("result_hash"):
             raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
         stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
-        return pack_reply(
-            ReplyHeader(
-                kind="result",
-                id=rid,
-                node=p.node_id,
-                time=now(),
-                result_hash=state["result_hash"],
-                wraps=wraps,
-                object=str(name),
-                log_seq=stored[-1].seq,
-            ),
-            ciphertext,
+        return p.replies.result_frame(
+            rid,
+            result_hash=state["result_hash"],
+            wraps=wraps,
+            ciphertext=ciphertext,
+            kept_as=str(name),
+            log_seq=stored[-1].seq,
         )

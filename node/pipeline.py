@@ -38,10 +38,9 @@ from pydantic import BaseModel
 
 from hub import codec
 from hub.canonical import b64e
-from hub.clock import now
 from hub.crypto import blake2b_256, open_content_key, open_secret, seal_payload
 from hub.directory import Directory
-from hub.envelopes import ReplyHeader, RequestHeader, pack_reply, wraps_to_bytes, wraps_to_text
+from hub.envelopes import RequestHeader, wraps_to_bytes, wraps_to_text
 from hub.errors import (
     CallCancelledError,
     CanonicalError,
@@ -523,18 +522,16 @@ class Pipeline:
             ),
             alone=self.in_flight <= 1,
         )
-        announce = ReplyHeader(
-            kind="result",
-            id=rid,
-            node=self.node_id,
-            time=now(),
+        announce = self.replies.result_frame(
+            rid,
             result_hash=bulk.hash,
             wraps=result.wraps,
-            object=kept_as,
+            ciphertext=b"",
+            kept_as=kept_as,
             log_seq=stored[-1].seq,
             bulk=bulk,
         )
-        await self.replies.send(h.reply, pack_reply(announce), request_id=rid)
+        await self.replies.send(h.reply, announce, request_id=rid)
         link = self.bulk
 
         async def send() -> None:

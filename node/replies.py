@@ -19,7 +19,7 @@ import structlog
 
 from hub.clock import now
 from hub.crypto import seal_secret
-from hub.envelopes import ReplyHeader, pack_reply
+from hub.envelopes import Bulk, ReplyHeader, pack_reply
 from hub.errors import FederationError, OversizeError
 
 __all__ = ["Replies", "Send", "error_frame", "message_with_hint"]
@@ -87,8 +87,10 @@ class Replies:
         ciphertext: bytes,
         kept_as: str | None,
         log_seq: int,
+        bulk: Bulk | None = None,
     ) -> bytes:
-        """A ``result`` reply: the sealed result, its key wrapped for the caller."""
+        """A ``result`` reply: the sealed result (or, with ``bulk``, the announcement of
+        the bulk transfer that carries it), its key wrapped for the caller."""
         header = ReplyHeader(
             kind="result",
             id=rid,
@@ -98,6 +100,7 @@ class Replies:
             wraps=wraps,
             object=kept_as,
             log_seq=log_seq,
+            bulk=bulk,
         )
         return pack_reply(header, ciphertext)
 

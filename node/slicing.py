@@ -30,7 +30,6 @@ from hub import codec
 from hub.bulk import bulk_key, chunk_size_for, describe, is_xarray, map_file, open_netcdf
 from hub.bulk import seal_netcdf as seal_netcdf_value
 from hub.canonical import b64d, b64e
-from hub.clock import now
 from hub.crypto import (
     blake2b_256,
     new_content_key,
@@ -39,7 +38,7 @@ from hub.crypto import (
     unwrap_key,
     wrap_key,
 )
-from hub.envelopes import Bulk, ReplyHeader, StoredResult, pack_reply
+from hub.envelopes import Bulk, StoredResult
 from hub.errors import (
     CanonicalError,
     ChunkError,
@@ -195,18 +194,14 @@ class Slicer:
         if bulk is not None and p.bulk is not None:
             bulk = bulk.model_copy(update={"route": secrets.token_hex(16)})
             p.bulk.serve(q.caller, bulk, sealed, timeout=max(60.0, p.calls.ack_wait))
-        return pack_reply(
-            ReplyHeader(
-                kind="result",
-                id=rid,
-                node=p.node_id,
-                time=now(),
-                result_hash=sent,
-                wraps=wraps,
-                log_seq=stored[-1].seq,
-                bulk=bulk,
-            ),
-            body,
+        return p.replies.result_frame(
+            rid,
+            result_hash=sent,
+            wraps=wraps,
+            ciphertext=body,
+            kept_as=None,
+            log_seq=stored[-1].seq,
+            bulk=bulk,
         )
 
 
