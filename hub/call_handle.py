@@ -11,6 +11,7 @@ inbox, or from the node's status and stored result when that reply was lost (see
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["CallHandle", "ModuleInfo", "ProgressCallback", "TransferCallback"]
 
 log = structlog.get_logger(__name__)
+
+_HEX32 = re.compile(r"[0-9a-f]{64}")
 
 ProgressCallback = Callable[[float | None, str], None]
 #: Progress of a call's bulk transfers: ``("upload" | "download", TransferProgress)``.
@@ -69,6 +72,9 @@ class ModuleInfo:
             )
         if record.site != site or record.role != "node":
             raise DecryptionError(f"{site}.{module} presented a key record for {record.identity}")
+        for name, fn in info.functions.items():  # each call names it in its header
+            if fn.schema_hash and _HEX32.fullmatch(fn.schema_hash) is None:
+                raise CanonicalError(f"{site}.{module}.{name} has a malformed schema hash")
         return cls(site, module, info, record.identity, record.kid, record.box_key_bytes())
 
 
@@ -85,7 +91,8 @@ class CallHandle:
     _future: asyncio.Future[Any]
     on_progress: ProgressCallback | None = None
     progress: tuple[float | None, str] = (None, "")
-    _progress_events: asyncio.Queue[tuple[float | None, str]] = field(default_factory=asyncio.Queue)
+    #: Progress reports not yet taken by :meth:`progress_events` (made with the first).
+    _progress_events: asyncio.Queue[tuple[float | None, str]] | None = None
     #: Called with the progress of the call's bulk transfers (arguments up, result down).
     on_transfer: TransferCallback | None = None
     #: The latest transfer progress: ``(direction, progress)``.
@@ -196,17 +203,23 @@ class CallHandle:
 
     def _deliver_progress(self, fraction: float | None, message: str) -> None:
         self.progress = (fraction, message)
-        self._progress_events.put_nowait((fraction, message))
+        self._progress_queue().put_nowait((fraction, message))
         if self.on_progress is not None:
             try:
                 self.on_progress(fraction, message)
             except Exception:  # a caller's callback must not break the inbox
                 log.exception("client.progress_callback_failed", request_id=self.request_id)
 
+    def _progress_queue(self) -> asyncio.Queue[tuple[float | None, str]]:
+        if self._progress_events is None:  # most calls report no progress: no queue
+            self._progress_events = asyncio.Queue()
+        return self._progress_events
+
     async def progress_events(self) -> AsyncIterator[tuple[float | None, str]]:
         """Iterate over progress reports as they arrive, until the call ends."""
-        while not (self._future.done() and self._progress_events.empty()):
-            getter = asyncio.ensure_future(self._progress_events.get())
+        queue = self._progress_queue()
+        while not (self._future.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait(
                 {getter, self._future}, return_when=asyncio.FIRST_COMPLETED
             )

@@ -49,7 +49,7 @@ from hub.bulk import chunk_size_for
 from hub.call_handle import CallHandle, ModuleInfo, ProgressCallback, TransferCallback
 from hub.call_recovery import CONTROL_TIMEOUT, RECOVER_TRIES, Recovery, call_error
 from hub.canonical import b64d, b64e
-from hub.client_transport import open_connection, publish_call
+from hub.client_transport import CallAcks, open_connection, publish_call
 from hub.clock import now
 from hub.crypto import (
     WrappedPayload,
@@ -61,10 +61,11 @@ from hub.crypto import (
 )
 from hub.envelopes import (
     MAX_KEEP_FOR,
+    MAX_TIMEOUT_MS,
     REPLY_MAGIC,
     ControlHeader,
     Reply,
-    RequestHeader,
+    call_fields,
     pack_control,
     pack_request,
     unpack_reply,
@@ -141,6 +142,7 @@ class Client(ResultsMixin):
         self.bulk_threshold = bulk_threshold
         self._owns = owns_connection
         self.js = nc.jetstream()
+        self._acks = CallAcks(nc)
         self._inbox = inbox_subject(self.site, self.user, secrets.token_urlsafe(12))
         self._sub: Any = None
         self._pending: dict[str, CallHandle] = {}
@@ -207,6 +209,7 @@ class Client(ResultsMixin):
         """Subscribe to this client's inbox (done by :meth:`connect`)."""
         if self._sub is None:
             self._sub = await self.nc.subscribe(self._inbox, cb=self._on_reply)
+        await self._acks.start()
 
     async def aclose(self) -> None:
         """Fail pending calls, drain the connection; harmless twice."""
@@ -226,6 +229,7 @@ class Client(ResultsMixin):
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
+        await self._acks.stop()
         if self._owns and not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -327,12 +331,18 @@ class Client(ResultsMixin):
                 hint=f"it serves: {known}",
             )
         timeout = timeout if timeout is not None else self.default_timeout
+        timeout_ms = max(1, int(timeout * 1000))
+        if timeout_ms > MAX_TIMEOUT_MS:
+            raise ArgumentError(
+                f"timeout={timeout!r} is longer than a call may wait",
+                hint=f"give at most {MAX_TIMEOUT_MS // 1000:,} seconds (7 days)",
+            )
         keep_for = keep_seconds(keep)
         node_limit = info.info.max_payload
         limits = [x for x in (self.nc.max_payload, node_limit) if x]
         limit = min(limits) if limits else 0
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
-        rid = _new_request_id()
+        rid, nonce = _new_request_id()
         kwargs, refs = await stage_refs(self, kwargs, info, rid)
         plan = call_bulk.plan_arguments(kwargs, threshold)
         sealed = seal_payload(
@@ -350,7 +360,9 @@ class Client(ResultsMixin):
             spool, bulk, saving = await call_bulk.seal_arguments(
                 plan, key, compress=compress, chunk_size=chunk
             )
-        header = RequestHeader(
+        # the header's values are well formed by construction (ids and keys of our own,
+        # the parsed address, the node's verified info, the checked options)
+        header = call_fields(
             id=rid,
             caller=self.identity,
             kid=self.keys.kid,
@@ -358,8 +370,8 @@ class Client(ResultsMixin):
             module=target.module,
             function=target.function,
             time=now(),
-            nonce=b64e(secrets.token_bytes(16)),
-            timeout_ms=max(1, int(timeout * 1000)),
+            nonce=nonce,
+            timeout_ms=timeout_ms,
             reply=self._inbox,
             schema_hash=fn.schema_hash or None,
             payload_hash=blake2b_256(ciphertext).hex(),
@@ -393,7 +405,7 @@ class Client(ResultsMixin):
         self._pending[rid] = handle
         subject = target.subject  # validated when the address was parsed
         try:
-            await publish_call(self.js, subject, data, rid, loop.time() + timeout)
+            await publish_call(self._acks, subject, data, rid, loop.time() + timeout)
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             self._pending.pop(rid, None)
             raise NotFoundError(
@@ -657,9 +669,11 @@ def keep_seconds(keep: float | timedelta | None) -> int | None:
     return math.ceil(seconds)
 
 
-def _new_request_id() -> str:
-    """128 random bits, URL-safe, never starting with ``-`` (so it is no CLI option)."""
+def _new_request_id() -> tuple[str, str]:
+    """A request id (128 random bits, URL-safe, never starting with ``-``, so it is no CLI
+    option) and the header's nonce (128 more), from one read of the system's randomness."""
     while True:
-        rid = secrets.token_urlsafe(16)
+        raw = secrets.token_bytes(32)
+        rid, nonce = b64e(raw[:16]), b64e(raw[16:])
         if not rid.startswith("-"):
-            return rid
+            return rid, nonce

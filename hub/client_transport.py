@@ -6,36 +6,41 @@ connection that fails says why in one sentence (refused credentials, an untruste
 certificate, nothing listening) instead of nats-py's retries and tracebacks; a connection
 that was up and drops is tried again ``reconnect_attempts`` times, and each reconnect is
 reported to ``on_reconnected`` so the client can ask about replies lost meanwhile.
-:func:`publish_call` retries one call's publish, idempotently, until its deadline.
+:func:`publish_call` retries one call's publish, idempotently, until its deadline, each
+try confirmed by its stream's ack on the client's :class:`CallAcks` subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
+from nats.js.api import Header
 
 from hub.errors import TransportError
-from hub.nats import wait_acks
 from hub.nats.connection import auth_options
 from hub.nats.generate import nats_inbox_prefix
 from hub.subjects import validate_identity
 
-__all__ = ["open_connection", "publish_call"]
+__all__ = ["CallAcks", "open_connection", "publish_call"]
 
 #: Seconds one try of publishing a call waits for its stream's ack before trying again.
 _CONFIRM_TRY = 3.0
 #: Seconds a call's publish is tried at most: inside FH_CALLS' duplicate window (120 s).
 _RETRY_SPAN = 100.0
+#: The status of a message the server sends when nothing listens on its subject.
+_NO_RESPONDERS = "503"
 
 log = structlog.get_logger(__name__)
 
@@ -120,9 +125,73 @@ def _first_cause(errors: list[Exception]) -> str:
     return str(errors[-1]) or type(errors[-1]).__name__
 
 
-async def publish_call(
-    js: JetStreamContext, subject: str, data: bytes, rid: str, until: float
-) -> None:
+class CallAcks:
+    """The stream acks of a client's calls, on one subscription of the client's own.
+
+    A call's publish names ``<prefix>.<request id>`` as its reply subject, and the stream's
+    ack (or error) to any try of it resolves the one future of that call. nats-py's
+    ``publish_async`` does the same with a semaphore, a random token, a future and two
+    callbacks per message; this is a dict entry.
+    """
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self._prefix = ""
+        self._sub: Any = None
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def start(self) -> None:
+        """Subscribe to the acks (in the connection's own inbox space)."""
+        if self._sub is None:
+            self._prefix = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(self._prefix + ".*", cb=self._on_ack)
+
+    async def stop(self) -> None:
+        """Unsubscribe; harmless twice."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix) + 1 :])
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get(Header.STATUS) == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            answer = json.loads(msg.data)
+            if "error" in answer:
+                nats.js.errors.APIError.from_error(answer["error"])  # raises it
+        except (ValueError, TypeError, KeyError) as exc:
+            future.set_exception(nats.js.errors.APIError(description=f"bad ack: {exc}"))
+        except nats.js.errors.APIError as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    async def publish_once(self, subject: str, data: bytes, rid: str, timeout: float) -> None:
+        """Publish a call and wait ``timeout`` s for its stream's ack (TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        future = self._waiting[rid] = loop.create_future()  # one try of a call at a time
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await self.nc.publish(
+                subject, data, reply=f"{self._prefix}.{rid}", headers={"Nats-Msg-Id": rid}
+            )
+            await future
+        finally:
+            timer.cancel()
+            self._waiting.pop(rid, None)
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no ack in time"))
+
+
+async def publish_call(acks: CallAcks, subject: str, data: bytes, rid: str, until: float) -> None:
     """Publish a call into its site's stream until the stream confirms it or ``until``
     (loop time) passes: each try waits a few seconds for the ack, then the same message
     goes again after a backoff. The ``Nats-Msg-Id`` (the request id) makes the stream
@@ -136,9 +205,7 @@ async def publish_call(
         tries += 1
         left = until - loop.time()
         try:
-            # publish_async: the stream's ack resolves a future (no task per call)
-            ack = await js.publish_async(subject, data, headers={"Nats-Msg-Id": rid})
-            await wait_acks([ack], max(0.1, min(_CONFIRM_TRY, left)))
+            await acks.publish_once(subject, data, rid, max(0.1, min(_CONFIRM_TRY, left)))
         except (
             nats.errors.TimeoutError,
             TimeoutError,

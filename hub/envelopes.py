@@ -42,6 +42,7 @@ __all__ = [
     "DOMAIN_CONTROL",
     "DOMAIN_REQUEST",
     "MAX_KEEP_FOR",
+    "MAX_TIMEOUT_MS",
     "REPLY_MAGIC",
     "REQUEST_MAGIC",
     "Bulk",
@@ -52,6 +53,7 @@ __all__ = [
     "RequestHeader",
     "ResultRef",
     "StoredResult",
+    "call_fields",
     "check_payload",
     "pack_control",
     "pack_reply",
@@ -59,6 +61,7 @@ __all__ = [
     "pack_stored_result",
     "parse_control",
     "parse_request_header",
+    "request_fields",
     "split_control",
     "split_request",
     "stored_result_head",
@@ -123,6 +126,8 @@ class ResultRef(_Wire):
 
 #: The longest keep-for time a call header may ask for (100 years, in seconds).
 MAX_KEEP_FOR = 100 * 365 * 86400
+#: The longest timeout a call header may give (7 days, in milliseconds).
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 
 
 class RequestHeader(_Wire):
@@ -139,7 +144,7 @@ class RequestHeader(_Wire):
     function: str
     time: Time
     nonce: B64
-    timeout_ms: int = Field(ge=1, le=7 * 24 * 3600 * 1000)
+    timeout_ms: int = Field(ge=1, le=MAX_TIMEOUT_MS)
     reply: Annotated[str, Field(min_length=1, max_length=255)]
     schema_hash: Hex32 | None = None
     payload_hash: Hex32
@@ -175,12 +180,74 @@ class Request:
         return hash_hex(blake2b_256(self.header_bytes))
 
 
-def pack_request(header: RequestHeader, ciphertext: bytes, signing_key: Any) -> bytes:
-    """Sign ``header`` and frame it with its ciphertext."""
-    # ``bulk``, ``refs`` and ``keep_for`` appear only when set: a call without them is
-    # signed as before they existed
-    unset = {k for k in ("bulk", "refs", "keep_for") if getattr(header, k) is None}
-    dump = header.model_dump(mode="json", exclude=unset or None)
+#: The request header's fields that appear only when set (a call without them is signed
+#: as before they existed).
+_OPTIONAL_REQUEST_FIELDS = ("bulk", "refs", "keep_for")
+
+
+def request_fields(header: RequestHeader) -> dict[str, Any]:
+    """The JSON fields of ``header`` as :func:`pack_request` signs them."""
+    unset = {k for k in _OPTIONAL_REQUEST_FIELDS if getattr(header, k) is None}
+    return header.model_dump(mode="json", exclude=unset or None)
+
+
+def call_fields(
+    *,
+    id: str,
+    caller: str,
+    kid: str,
+    site: str,
+    module: str,
+    function: str,
+    time: str,
+    nonce: str,
+    timeout_ms: int,
+    reply: str,
+    schema_hash: str | None,
+    payload_hash: str,
+    payload_size: int,
+    wraps: dict[str, str],
+    bulk: Bulk | None = None,
+    refs: dict[str, ResultRef] | None = None,
+    keep_for: int | None = None,
+) -> dict[str, Any]:
+    """:func:`request_fields` of the :class:`RequestHeader` with these fields, built
+    without pydantic: a caller's hot path (about 5 µs less per call). For values well
+    formed by construction (the client's own ids, keys, parsed address and checked
+    options); the node validates every header it receives against the model, and a
+    test checks that both build the same bytes."""
+    fields: dict[str, Any] = {
+        "v": 1,
+        "id": id,
+        "caller": caller,
+        "kid": kid,
+        "site": site,
+        "module": module,
+        "function": function,
+        "time": time,
+        "nonce": nonce,
+        "timeout_ms": timeout_ms,
+        "reply": reply,
+        "schema_hash": schema_hash,
+        "payload_hash": payload_hash,
+        "payload_size": payload_size,
+        "wraps": wraps,
+    }
+    if bulk is not None:
+        fields["bulk"] = bulk.model_dump(mode="json")
+    if refs is not None:
+        fields["refs"] = {name: ref.model_dump(mode="json") for name, ref in refs.items()}
+    if keep_for is not None:
+        fields["keep_for"] = keep_for
+    return fields
+
+
+def pack_request(
+    header: RequestHeader | dict[str, Any], ciphertext: bytes, signing_key: Any
+) -> bytes:
+    """Sign ``header`` (a model, or its :func:`call_fields`) and frame it with its
+    ciphertext."""
+    dump = header if isinstance(header, dict) else request_fields(header)
     body = canonical_bytes(dump)
     sig = sign(signing_key, DOMAIN_REQUEST, body)
     return b"".join((REQUEST_MAGIC, _LEN.pack(len(body)), body, sig, ciphertext))

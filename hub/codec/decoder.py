@@ -88,22 +88,6 @@ class _Decoder:
         self.view = view
         self.buffers: list[tuple[int, int]] = []
         self.used: list[bool] = []
-        self.tags: dict[str, Callable[[dict[str, Any], int], object]] = {
-            "tuple": self.tag_tuple,
-            "dict": self.tag_dict,
-            "int": self.tag_int,
-            "float": self.tag_float,
-            "complex": self.tag_complex,
-            "datetime": self.tag_datetime,
-            "date": self.tag_date,
-            "time": self.tag_time,
-            "timedelta": self.tag_timedelta,
-            "ndarray": self.tag_ndarray,
-            "npscalar": self.tag_npscalar,
-            "Variable": self.tag_variable,
-            "DataArray": self.tag_data_array,
-            "Dataset": self.tag_dataset,
-        }
 
     def run(self) -> object:
         tree = self.frame()
@@ -141,10 +125,10 @@ class _Decoder:
             return self.raw(node).tobytes()
         if "$t" in node:
             tag = node["$t"]
-            handler = self.tags.get(tag) if isinstance(tag, str) else None
+            handler = _TAGS.get(tag) if isinstance(tag, str) else None
             if handler is None:
                 raise CanonicalError(f"codec header holds an unknown tag {tag!r}")
-            return handler(node, depth)
+            return handler(self, node, depth)
         return {key: self.value(item, depth + 1) for key, item in node.items()}
 
     def raw(self, node: object) -> memoryview:
@@ -339,6 +323,25 @@ def _with_zone(value: _TimeT, fields: dict[str, Any]) -> _TimeT:
             raise CanonicalError("fold must be 1 when present")
         value = value.replace(fold=1)
     return value
+
+
+#: Tag → the decoder's method rebuilding it (one table, not one per decoded blob).
+_TAGS: dict[str, Callable[[_Decoder, dict[str, Any], int], object]] = {
+    "tuple": _Decoder.tag_tuple,
+    "dict": _Decoder.tag_dict,
+    "int": _Decoder.tag_int,
+    "float": _Decoder.tag_float,
+    "complex": _Decoder.tag_complex,
+    "datetime": _Decoder.tag_datetime,
+    "date": _Decoder.tag_date,
+    "time": _Decoder.tag_time,
+    "timedelta": _Decoder.tag_timedelta,
+    "ndarray": _Decoder.tag_ndarray,
+    "npscalar": _Decoder.tag_npscalar,
+    "Variable": _Decoder.tag_variable,
+    "DataArray": _Decoder.tag_data_array,
+    "Dataset": _Decoder.tag_dataset,
+}
 
 
 def _xarray() -> Any:

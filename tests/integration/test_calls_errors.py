@@ -18,8 +18,10 @@ from support.world import World
 
 from hub.client import Client
 from hub.errors import (
+    ArgumentError,
     CallCancelledError,
     CallTimeoutError,
+    CanonicalError,
     FunctionFailedError,
     NotFoundError,
     ValidationError,
@@ -100,6 +102,29 @@ async def test_an_unknown_function_is_refused_with_the_functions_the_module_serv
     assert "no_such_function" in err.value.message
     assert err.value.hint is not None and "compute_sum" in err.value.hint
     await still_serves(fed)
+
+
+async def test_a_timeout_longer_than_a_header_may_give_is_refused_before_anything_is_sent(
+    fed: Client, cfg: NodeConfig
+) -> None:
+    with pytest.raises(ArgumentError, match="timeout"):
+        await fed.call("hereon.climate.scale", values=[1.0], timeout=8 * 86400)
+    await still_serves(fed)
+    assert LogView(cfg.log_path).count("request.accepted") == 1  # the refused one never left
+
+
+async def test_an_info_answer_with_a_malformed_schema_hash_is_refused(fed: Client) -> None:
+    info = await fed.module_info("hereon", "climate")
+    forged = info.info.model_copy(
+        update={
+            "functions": {
+                name: fn.model_copy(update={"schema_hash": "not-a-hash"})
+                for name, fn in info.functions.items()
+            }
+        }
+    )
+    with pytest.raises(CanonicalError, match="schema hash"):
+        fed.remember_info("hereon", "climate", forged.model_dump_json().encode())
 
 
 async def test_a_request_for_an_unknown_function_that_reaches_the_node_is_rejected_and_logged(
