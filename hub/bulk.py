@@ -20,6 +20,7 @@ import importlib.util
 import io
 import mmap
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,8 +234,6 @@ def seal_netcdf(
 
 def is_xarray(value: object) -> bool:
     """Whether ``value`` is an xarray DataArray or Dataset (without importing xarray)."""
-    import sys
-
     xr = sys.modules.get("xarray")
     return xr is not None and isinstance(value, xr.DataArray | xr.Dataset)
 

@@ -106,10 +106,11 @@ class CallHandle:
     _heard: float = 0.0
     #: The last ask about this call found no way to its node (a hub or leaf down).
     _unreachable: bool = False
-    #: The next check on this silent call, and the interval the checks have grown to.
+    #: The next check on this call (a silent check, or the last ask before its deadline),
+    #: and the interval the silent checks have grown to.
     _ask_timer: asyncio.TimerHandle | None = None
     _ask_wait: float = 0.0
-    #: The client's scheduled asks about this call (cancelled once it ends).
+    #: The client's further scheduled asks about this call (cancelled once it ends).
     _timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
@@ -182,7 +183,10 @@ class CallHandle:
             self._future.set_result(value)
         return True
 
-    def _stop_timers(self) -> None:
+    def _stop_timers(self, _: object = None) -> None:
+        """Cancel the scheduled asks about this call (a done callback of its outcome)."""
+        if self._ask_timer is not None:
+            self._ask_timer.cancel()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

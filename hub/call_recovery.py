@@ -79,10 +79,8 @@ class Recovery:
         """Ask about ``handle`` while it waits: when it has heard nothing from its node
         for :data:`FIRST_ASK` s, then at growing intervals, and once more shortly before
         its deadline."""
-        loop = asyncio.get_running_loop()
-        handle._heard = loop.time()
-        handle._timers.append(loop.call_at(handle._deadline - LAST_ASK, self.soon, handle, True))
-        handle._future.add_done_callback(lambda _: handle._stop_timers())
+        handle._heard = asyncio.get_running_loop().time()
+        handle._future.add_done_callback(handle._stop_timers)
         self._ask_later(handle, FIRST_ASK)
 
     def all_waiting(self) -> None:
@@ -103,16 +101,19 @@ class Recovery:
 
     def _ask_later(self, handle: CallHandle, wait: float, keep: float | None = None) -> None:
         """Check on ``handle`` in ``wait`` s; the interval after that grows from ``keep``
-        (default ``wait``)."""
+        (default ``wait``). Unless the last ask comes first: then that is the one check
+        pending (one timer per call, not one for each kind of ask)."""
         loop = asyncio.get_running_loop()
         when = loop.time() + wait
-        if when < handle._deadline - LAST_ASK - 1.0:  # else the last ask comes first
-            if handle._ask_timer is not None:  # one check pending per call, the sooner one
-                handle._ask_timer.cancel()
+        last = handle._deadline - LAST_ASK
+        if handle._ask_timer is not None:
+            handle._ask_timer.cancel()
+        if when < last - 1.0:
             step = wait if keep is None else keep
             handle._ask_timer = loop.call_at(when, self._ask_if_silent, handle, step)
             handle._ask_wait = step
-            handle._timers.append(handle._ask_timer)
+        else:
+            handle._ask_timer = loop.call_at(last, self.soon, handle, True)
 
     def _ask_if_silent(self, handle: CallHandle, wait: float) -> None:
         if self.client._closed or handle.done():

@@ -173,6 +173,8 @@ class CallAcks:
 
     async def publish_once(self, subject: str, data: bytes, rid: str, timeout: float) -> None:
         """Publish a call and wait ``timeout`` s for its stream's ack (TimeoutError)."""
+        if self._sub is None:  # a client used before its start()
+            await self.start()
         loop = asyncio.get_running_loop()
         future = self._waiting[rid] = loop.create_future()  # one try of a call at a time
         timer = loop.call_later(timeout, _expire, future)

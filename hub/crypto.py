@@ -35,6 +35,7 @@ from hub.errors import DecryptionError, SignatureError
 
 __all__ = [
     "CONTENT_KEY_BYTES",
+    "NONCE_BYTES",
     "SIGNATURE_BYTES",
     "WrappedPayload",
     "blake2b_256",
@@ -54,6 +55,8 @@ __all__ = [
 
 SIGNATURE_BYTES = 64
 CONTENT_KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE
+#: Nonces of SecretBox and Box alike (XSalsa20: 24 bytes).
+NONCE_BYTES = nacl.secret.SecretBox.NONCE_SIZE
 
 
 def blake2b_256(data: bytes) -> bytes:
@@ -96,9 +99,10 @@ def new_content_key() -> bytes:
     return secrets.token_bytes(CONTENT_KEY_BYTES)
 
 
-def seal_secret(key: bytes, plaintext: bytes) -> bytes:
-    """Encrypt with a content key (nonce prepended)."""
-    return bytes(nacl.secret.SecretBox(key).encrypt(plaintext))
+def seal_secret(key: bytes, plaintext: bytes, nonce: bytes | None = None) -> bytes:
+    """Encrypt with a content key (nonce prepended; ``nonce``: a fresh random one of
+    :data:`NONCE_BYTES`, default drawn here)."""
+    return bytes(nacl.secret.SecretBox(key).encrypt(plaintext, nonce))
 
 
 def open_secret(key: bytes, ciphertext: bytes) -> bytes:
@@ -110,14 +114,20 @@ def open_secret(key: bytes, ciphertext: bytes) -> bytes:
 
 
 def wrap_key(
-    my_box_secret: bytes, my_box_public: bytes, peer_box_public: bytes, content_key: bytes
+    my_box_secret: bytes,
+    my_box_public: bytes,
+    peer_box_public: bytes,
+    content_key: bytes,
+    nonce: bytes | None = None,
 ) -> bytes:
     """Encrypt a content key from me to a peer: ``my_box_public || Box ciphertext``.
 
     The sender's public key travels with the wrap, so wraps made by different people
     (the node for the caller, the caller later for a colleague) sit side by side.
+    ``nonce``: a fresh random one of :data:`NONCE_BYTES` (default: drawn here).
     """
-    return my_box_public + bytes(_box(my_box_secret, peer_box_public).encrypt(content_key))
+    box = _box(my_box_secret, peer_box_public)
+    return my_box_public + bytes(box.encrypt(content_key, nonce))
 
 
 def unwrap_key(my_box_secret: bytes, wrapped: bytes) -> bytes:
@@ -156,12 +166,17 @@ def seal_payload(
 ) -> WrappedPayload:
     """Encrypt ``plaintext`` once with a fresh content key and wrap that key for every
     recipient (``recipients`` maps a recipient key id to its X25519 public key)."""
-    key = new_content_key()
-    wraps = {
-        kid: wrap_key(sender_box_secret, sender_box_public, pub, key)
-        for kid, pub in recipients.items()
-    }
-    return WrappedPayload(seal_secret(key, plaintext), wraps, key)
+    # the key and every nonce from one read of the system's randomness (a call's hot path)
+    fresh = secrets.token_bytes(CONTENT_KEY_BYTES + NONCE_BYTES * (1 + len(recipients)))
+    key, at = fresh[:CONTENT_KEY_BYTES], CONTENT_KEY_BYTES + NONCE_BYTES
+    wraps = {}
+    for kid, pub in recipients.items():
+        wraps[kid] = wrap_key(
+            sender_box_secret, sender_box_public, pub, key, fresh[at : at + NONCE_BYTES]
+        )
+        at += NONCE_BYTES
+    sealed = seal_secret(key, plaintext, fresh[CONTENT_KEY_BYTES : CONTENT_KEY_BYTES + NONCE_BYTES])
+    return WrappedPayload(sealed, wraps, key)
 
 
 def open_content_key(

@@ -74,6 +74,10 @@ def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
+#: The header's JSON parser (one, not one per blob as ``json.loads`` with options makes).
+_HEADER_JSON = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+
+
 class _Decoder:
     """Parses one blob: the frame first, then the header tree with its buffers."""
 
@@ -100,9 +104,7 @@ class _Decoder:
         text, self.buffers = split_frame(self.view)
         self.used = [False] * len(self.buffers)
         try:
-            return json.loads(
-                text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant
-            )
+            return _HEADER_JSON.decode(text)
         except json.JSONDecodeError as exc:
             raise CanonicalError(f"codec header is not valid JSON: {exc}") from exc
 

@@ -28,6 +28,8 @@ __all__ = ["encode", "encode_many"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+#: The header's JSON writer (one, not one per blob as ``json.dumps`` with options makes).
+_HEADER_JSON = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
 def encode(value: object) -> bytes:
@@ -35,9 +37,7 @@ def encode(value: object) -> bytes:
     encoder = _Encoder()
     try:
         tree = encoder.value(value, 0)
-        header = json.dumps(tree, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode(
-            "ascii"
-        )
+        header = _HEADER_JSON.encode(tree).encode("ascii")
     except RecursionError as exc:
         raise CanonicalError("value nests too deep to encode") from exc
     return join_frame(header, encoder.buffers)

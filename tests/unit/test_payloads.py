@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hub.crypto import (
+    NONCE_BYTES,
     WrappedPayload,
     open_content_key,
     open_payload,
@@ -38,6 +39,20 @@ def test_a_payload_sealed_for_a_recipient_opens_with_its_key_and_names_its_sende
 
 def test_each_seal_uses_a_fresh_content_key() -> None:
     assert _sealed_for_klaus().content_key != _sealed_for_klaus().content_key
+
+
+def test_no_nonce_is_used_twice_within_a_seal_or_across_seals() -> None:
+    recipients = {k.kid: k.box_public for k in (KLAUS, ANNA, EVE)}
+    nonces: list[bytes] = []
+    for _ in range(20):
+        sealed = seal_payload(b"result", NODE.box_secret, NODE.box_public, recipients)
+        nonces.append(sealed.ciphertext[:NONCE_BYTES])
+        # a wrap is the sender's public key, then the Box's nonce and ciphertext
+        nonces += [w[32 : 32 + NONCE_BYTES] for w in sealed.wraps.values()]
+        assert sealed.content_key is not None and sealed.content_key not in b"".join(nonces)
+        for k in (KLAUS, ANNA, EVE):
+            assert open_payload(sealed, k.kid, k.box_secret, sender=NODE.box_public) == b"result"
+    assert len(set(nonces)) == len(nonces) == 20 * 4
 
 
 def test_a_payload_wrapped_by_another_key_than_the_expected_sender_is_refused() -> None:
