@@ -151,11 +151,31 @@ class CallHandle:
                 timer.cancel()
                 future.remove_done_callback(wake)
             if not future.done():
-                raise CallTimeoutError(
-                    f"no answer for {self.address} (request {self.request_id}) in time",
-                    hint=f"the call may still run; check `fedhub status {self.request_id}`",
-                )
+                raise self._timeout_error()
         return future.result()
+
+    async def _result_alone(self) -> Any:
+        """:meth:`result` for a caller that alone holds this handle (:meth:`Client.call
+        <hub.client.Client.call>`): it waits on the outcome itself, one turn of the loop
+        sooner than the waker of :meth:`result` (which leaves the outcome to whoever asks
+        next), and the deadline settles the outcome as a timeout."""
+        future = self._future
+        if not future.done():
+            timer = asyncio.get_running_loop().call_at(self._deadline, self._time_out)
+            try:
+                await future
+            finally:
+                timer.cancel()
+        return future.result()
+
+    def _time_out(self) -> None:
+        self._settle(error=self._timeout_error())
+
+    def _timeout_error(self) -> CallTimeoutError:
+        return CallTimeoutError(
+            f"no answer for {self.address} (request {self.request_id}) in time",
+            hint=f"the call may still run; check `fedhub status {self.request_id}`",
+        )
 
     async def status(self) -> RequestStatus:
         """The node's view of this request (state, progress)."""

@@ -456,7 +456,7 @@ class Client(ResultsMixin):
             **kwargs,
         )
         try:
-            return await handle.result()
+            return await handle._result_alone()
         finally:
             self._forget(handle.request_id)
 

@@ -16,6 +16,7 @@ import pytest
 from support.hostile import LogView, audit_node, craft_request, publish_and_wait, wait_until
 from support.world import World
 
+from hub import client as client_module
 from hub.client import Client
 from hub.errors import (
     ArgumentError,
@@ -199,6 +200,18 @@ async def test_a_function_that_raises_gives_function_failed_with_type_and_messag
     # The message may carry data: the caller sees it (encrypted), the log does not.
     assert secret.encode() not in LogView(cfg.log_path).raw_bytes()
     await still_serves(fed)
+
+
+async def test_a_call_whose_answer_never_comes_fails_at_its_deadline_naming_the_request(
+    fed: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_GRACE", 1.0)
+    await fed._sub.unsubscribe()  # every answer to this client is lost from now on
+    with pytest.raises(CallTimeoutError) as err:
+        await fed.call("hereon.climate.sleep", seconds=5.0, timeout=1.0)
+    assert "in time" in err.value.message  # the client's own deadline, not the node's
+    assert err.value.hint is not None and "fedhub status" in err.value.hint
+    assert not fed._pending and not fed._recovery.tasks
 
 
 async def test_a_call_past_its_timeout_fails_with_a_timeout_and_is_logged_as_one(
