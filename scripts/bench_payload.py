@@ -35,6 +35,9 @@ benchmark-only opening of one bucket described below). For each size (MiB):
   same file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
   (target payload + 256 MiB), each its own process's ``VmHWM``, next to its limit.
 
+fedhub's own modules are byte-compiled first, as an installed package is (the CLI's
+start is part of every call's time; see ``scripts/bench_startup.py``).
+
 Every peer also reports the CPU seconds it used, and each figure comes with the CPU
 seconds the federation's nats-servers used meanwhile (``*_servers_cpu_s``; the raw
 baseline's client and server too), so the whole CPU budget per GiB is in the report: on a
@@ -61,6 +64,7 @@ from typing import Any
 
 from bench_call_payload import CallBench, _cpu_ticks, write_netcdf_payload
 from bench_rawpath import run_raw_put_get, start_bench_federation
+from bench_startup import compile_fedhub
 from benchlib import figure, load_average, say
 
 from hub.cliutil import configure_logging
@@ -390,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-call", action="store_true", help="skip the fedhub call round trip")
     args = parser.parse_args(argv)
     configure_logging(level="warning")  # stdout carries the report only
+    # as installed (pip byte-compiles): with PYTHONDONTWRITEBYTECODE set, every CLI, node
+    # and peer process would otherwise compile the fedhub modules edited since their .pyc
+    compile_fedhub()
     sizes = [*args.sizes, *([1024.0] if args.big else [])]
     with tempfile.TemporaryDirectory(prefix="fedhub-bench-payload-") as tmp:
         # Open client ports at the sites: the bulk peers are raw NATS clients on subjects of
