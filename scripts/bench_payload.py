@@ -31,9 +31,24 @@ benchmark-only opening of one bucket described below). For each size (MiB):
 
 * call round trip (``scripts/bench_call_payload.py``): the same size as a NetCDF file
   through ``fedhub call ... da=@FILE --out BACK`` across the hub to a node process that
-  returns it (encrypted, logged, stored, returned), against both raw put + get of the
-  same file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
-  (target payload + 256 MiB), each its own process's ``VmHWM``, next to its limit.
+  returns it (encrypted, logged, stored, returned), two ways, each against both raw put +
+  get of the same file:
+
+  - **through the resident agent** (``call_round_trip_mib_s``, the figure the target is
+    against): what a user's ``fedhub call`` does by default, and like for like with the
+    raw baseline's warm, connected client. A fresh agent for each size (``fedhub agent
+    start`` with the benchmark's ``FEDHUB_HOME``, stopped after), warmed with one 1 KiB
+    call; the CLI process hands it the command line and working directory, and the agent
+    reads ``da=@FILE`` and writes ``--out`` itself. The client's peak RSS (target
+    256 MiB, file to file) is the agent's ``VmHWM`` over its whole life (its start, the
+    warm-up call, the call) plus the CLI process's own;
+  - **without the agent** (``call_without_agent_round_trip_mib_s``, no target;
+    ``FEDHUB_AGENT=off``): the CLI process starts, imports fedhub, connects and moves the
+    bytes itself, as the benchmark measured the call before; its peak RSS is the CLI's.
+
+  The node's peak RSS (target payload + 256 MiB) is that of the agent leg's node. Each
+  peak is the process's own ``VmHWM``, next to its limit; ``--out`` is compared with the
+  source byte for byte (``arrived_whole``).
 
 fedhub's own modules are byte-compiled first, as an installed package is (the CLI's
 start is part of every call's time; see ``scripts/bench_startup.py``).
