@@ -31,9 +31,24 @@ benchmark-only opening of one bucket described below). For each size (MiB):
 
 * call round trip (``scripts/bench_call_payload.py``): the same size as a NetCDF file
   through ``fedhub call ... da=@FILE --out BACK`` across the hub to a node process that
-  returns it (encrypted, logged, stored, returned), against both raw put + get of the
-  same file; with the peak RSS of the CLI (target 256 MiB, file to file) and of the node
-  (target payload + 256 MiB), each its own process's ``VmHWM``, next to its limit.
+  returns it (encrypted, logged, stored, returned), two ways, each against both raw put +
+  get of the same file:
+
+  - **through the resident agent** (``call_round_trip_mib_s``, the figure the target is
+    against): what a user's ``fedhub call`` does by default, and like for like with the
+    raw baseline's warm, connected client. A fresh agent for each size (``fedhub agent
+    start`` with the benchmark's ``FEDHUB_HOME``, stopped after), warmed with one 1 KiB
+    call; the CLI process hands it the command line and working directory, and the agent
+    reads ``da=@FILE`` and writes ``--out`` itself. The client's peak RSS (target
+    256 MiB, file to file) is the agent's ``VmHWM`` over its whole life (its start, the
+    warm-up call, the call) plus the CLI process's own;
+  - **without the agent** (``call_without_agent_round_trip_mib_s``, no target;
+    ``FEDHUB_AGENT=off``): the CLI process starts, imports fedhub, connects and moves the
+    bytes itself, as the benchmark measured the call before; its peak RSS is the CLI's.
+
+  The node's peak RSS (target payload + 256 MiB) is that of the agent leg's node. Each
+  peak is the process's own ``VmHWM``, next to its limit; ``--out`` is compared with the
+  source byte for byte (``arrived_whole``).
 
 fedhub's own modules are byte-compiled first, as an installed package is (the CLI's
 start is part of every call's time; see ``scripts/bench_startup.py``).
@@ -62,7 +77,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_call_payload import CallBench, _cpu_ticks, write_netcdf_payload
+from bench_call_payload import CallBench, _cpu_ticks, same_file, write_netcdf_payload
 from bench_rawpath import run_raw_put_get, start_bench_federation
 from bench_startup import compile_fedhub
 from benchlib import figure, load_average, say
@@ -185,7 +200,12 @@ def _raw(fed: LocalFederation, source: Path, name: str, expected: int) -> dict[s
 
 
 def _raw_figures(
-    name: str, moved: int, seconds: float, load: dict[str, Any], raw: dict[str, Any], target: str
+    name: str,
+    moved: int,
+    seconds: float,
+    load: dict[str, Any],
+    raw: dict[str, Any],
+    target: str | None,
 ) -> dict[str, Any]:
     """``name`` (the rate of moving ``moved`` bytes in ``seconds``) against each baseline:
     ``<name>`` against the same path, with the target; ``<name>_vs_single_server``."""
@@ -289,51 +309,85 @@ def bench_size(fed: LocalFederation, work: Path, size_mib: float, args: Any) -> 
     }
 
 
+#: The two ways of the full call: the target's (through the agent), and the CLI alone.
+CALL_WAYS = {
+    "call_round_trip_mib_s": "fedhub call through the resident agent (a warm, connected "
+    "process, as users' calls go by default; the CLI process hands it the command)",
+    "call_without_agent_round_trip_mib_s": "fedhub call without the agent (FEDHUB_AGENT=off: "
+    "the CLI process starts, imports fedhub, connects and moves the bytes itself)",
+}
+CALL_TARGET = ">= 0.7 x raw over the same path at 100 MiB and 1 GiB (issue 8)"
+
+
 def bench_call(
     fed: LocalFederation, bench: CallBench, work: Path, size_mib: float, args: Any
 ) -> dict[str, Any]:
-    """The full call round trip of a NetCDF file of ``size_mib`` against raw put + get."""
+    """The full call round trip of a NetCDF file of ``size_mib``, through the agent and
+    without it, against raw put + get of the same file."""
     source, back = work / "call-source.nc", work / "call-back.nc"
     write_netcdf_payload(source, int(size_mib * MIB))
     size = source.stat().st_size
-    load_start = load_average()
-    say(f"{size_mib:g} MiB: fedhub call there and back")
-    servers = _servers_cpu_s(fed)
-    call = bench.round_trip(source, back, compress=args.compress)
-    servers = _servers_cpu_s(fed) - servers  # the node's idle wait included: it stores
-    load_mid = load_average()
+    legs: dict[str, dict[str, Any]] = {}
+    for name, through in zip(CALL_WAYS, (True, False), strict=True):
+        load_start = load_average()
+        say(f"{size_mib:g} MiB: fedhub call there and back, {'through' if through else 'without'}"
+            " the agent")  # fmt: skip
+        servers = _servers_cpu_s(fed)
+        leg = bench.round_trip(source, back, agent=through, compress=args.compress)
+        leg["servers_cpu_s"] = _servers_cpu_s(fed) - servers  # the node storing included
+        leg["load"] = {"start": load_start, "end": load_average()}
+        leg["arrived_whole"] = same_file(source, back)
+        back.unlink(missing_ok=True)
+        legs[name] = leg
     say(f"{size_mib:g} MiB: raw object store put + get of the same file")
     raw = _raw(fed, source, f"call-{size}", size)
-    same = back.read_bytes() == source.read_bytes() if size <= 64 * MIB else back.exists()
-    for path in (source, back):
-        path.unlink(missing_ok=True)
+    source.unlink()
+    agent, alone = legs["call_round_trip_mib_s"], legs["call_without_agent_round_trip_mib_s"]
+    figures: dict[str, Any] = {}
+    for name, leg in legs.items():
+        target = CALL_TARGET if leg is agent else None
+        figures |= _raw_figures(name, 2 * size, leg["seconds"], leg["load"], raw, target)
+        for key in (name, f"{name}_vs_single_server"):
+            figures[key]["figure"]["name"] = CALL_WAYS[name]
+    # the client's work through the agent: the agent's whole life (a fresh one: its start,
+    # the warm-up call and this one) plus the CLI process that handed it the command
+    client_rss = agent["agent_peak_rss_mib"] + agent["cli_peak_rss_mib"]
     return {
         "size_mib": round(size / MIB, 2),
-        "arrived_whole": same,
-        **_raw_figures(
-            "call_round_trip_mib_s",
-            2 * size,
-            call["seconds"],
-            {"start": load_start, "end": load_mid},
-            raw,
-            ">= 0.7 x raw over the same path at 100 MiB and 1 GiB (issue 8)",
-        ),
-        # CPU of the call: the CLI's whole run (its start included), the node's from the
-        # call's start until it is idle again (storing the result included)
-        "client_cpu_s": round(call["client_cpu_s"], 2),
-        "node_cpu_s": round(call["node_cpu_s"], 2),
-        "servers_cpu_s": round(servers, 2),
+        "arrived_whole": agent["arrived_whole"],
+        "without_agent_arrived_whole": alone["arrived_whole"],
+        **figures,
+        # CPU of each call: the client's (the agent's during the call plus its CLI's whole
+        # run; without the agent the CLI's whole run, its start included), the node's from
+        # the call's start until it is idle again (storing the result included)
+        "client_cpu_s": round(agent["agent_cpu_s"] + agent["cli_cpu_s"], 2),
+        "agent_cpu_s": round(agent["agent_cpu_s"], 2),
+        "agent_cli_cpu_s": round(agent["cli_cpu_s"], 2),
+        "node_cpu_s": round(agent["node_cpu_s"], 2),
+        "servers_cpu_s": round(agent["servers_cpu_s"], 2),
+        "without_agent_client_cpu_s": round(alone["cli_cpu_s"], 2),
+        "without_agent_node_cpu_s": round(alone["node_cpu_s"], 2),
+        "without_agent_servers_cpu_s": round(alone["servers_cpu_s"], 2),
         **_raw_details(raw, 2 * size),
-        "client_peak_rss_mib": _rss_figure(call["client_peak_rss_mib"], 256, "256 MiB"),
-        "node_peak_rss_mib": _rss_figure(
-            call["node_peak_rss_mib"], size / MIB + 256, "payload + 256 MiB"
+        "client_peak_rss_mib": _rss_figure(
+            client_rss, 256, "256 MiB", "the agent's peak over its life + its CLI's peak"
         ),
+        "agent_peak_rss_mib": round(agent["agent_peak_rss_mib"], 1),
+        "agent_rss_before_call_mib": round(agent["agent_rss_before_call_mib"], 1),
+        "agent_cli_peak_rss_mib": round(agent["cli_peak_rss_mib"], 1),
+        "without_agent_client_peak_rss_mib": _rss_figure(
+            alone["cli_peak_rss_mib"], 256, "256 MiB", "the CLI without the agent"
+        ),
+        "node_peak_rss_mib": _rss_figure(
+            agent["node_peak_rss_mib"], size / MIB + 256, "payload + 256 MiB", "the node"
+        ),
+        "without_agent_node_peak_rss_mib": round(alone["node_peak_rss_mib"], 1),
     }
 
 
-def _rss_figure(mib: float, limit: float, name: str) -> dict[str, Any]:
-    """A peak RSS next to its limit (the baseline): met when at most the limit."""
-    return figure(
+def _rss_figure(mib: float, limit: float, name: str, what: str) -> dict[str, Any]:
+    """A peak RSS (of ``what``) next to its limit (the baseline): met when at most it."""
+    out = figure(
         mib,
         "MiB",
         f"limit: {name} (issue 8)",
@@ -342,6 +396,8 @@ def _rss_figure(mib: float, limit: float, name: str) -> dict[str, Any]:
         met=mib <= limit,
         load={"start": load_average(), "end": load_average()},
     )
+    out["figure"]["name"] = what
+    return out
 
 
 def bench_concurrent(
@@ -439,15 +495,28 @@ def main(argv: list[str] | None = None) -> int:
                 f" MiB (sender/receiver)  load {rt['figure']['load_average']}"
             )
         for row in calls:
-            rt, one = row["call_round_trip_mib_s"], row["call_round_trip_mib_s_vs_single_server"]
+            for name, label in (
+                ("call_round_trip_mib_s", "fedhub call through the agent"),
+                ("call_without_agent_round_trip_mib_s", "fedhub call without the agent"),
+            ):
+                rt, one = row[name], row[f"{name}_vs_single_server"]
+                print(
+                    f"{row['size_mib']:>7g} MiB  {label} {rt['figure']['value']} MiB/s  raw "
+                    f"same path {rt['baseline']['value']} MiB/s  ratio {rt['ratio']}"
+                    f"{' (target >= 0.7)' if rt['target'] else ' (no target)'}  raw one "
+                    f"server {one['baseline']['value']} MiB/s, ratio {one['ratio']}  "
+                    f"load {rt['figure']['load_average']}"
+                )
+            client = row["client_peak_rss_mib"]["figure"]["value"]
             print(
-                f"{row['size_mib']:>7g} MiB  fedhub call {rt['figure']['value']} MiB/s  "
-                f"raw same path {rt['baseline']['value']} MiB/s  ratio {rt['ratio']} "
-                f"(target >= 0.7)  raw one server {one['baseline']['value']} MiB/s, ratio "
-                f"{one['ratio']}  peak RSS client "
-                f"{row['client_peak_rss_mib']['figure']['value']} MiB, node "
-                f"{row['node_peak_rss_mib']['figure']['value']} MiB  "
-                f"load {rt['figure']['load_average']}"
+                f"{row['size_mib']:>7g} MiB  peak RSS: client through the agent {client} MiB "
+                f"(agent {row['agent_peak_rss_mib']} MiB over its life, "
+                f"{row['agent_rss_before_call_mib']} MiB before the call; its CLI "
+                f"{row['agent_cli_peak_rss_mib']} MiB; limit 256), CLI without the agent "
+                f"{row['without_agent_client_peak_rss_mib']['figure']['value']} MiB, node "
+                f"{row['node_peak_rss_mib']['figure']['value']} MiB (limit "
+                f"{row['node_peak_rss_mib']['baseline']['value']:g})  arrived whole: "
+                f"{row['arrived_whole']} / {row['without_agent_arrived_whole']}"
             )
         if concurrent:
             print(f"concurrent: {concurrent}")
