@@ -468,7 +468,8 @@ class Agent:
                 writer.write(wire.frame(b"!", refusal.encode() + b"\n"))
                 return
             try:
-                request = await asyncio.wait_for(_read_request(reader), REQUEST_WINDOW)
+                async with asyncio.timeout(REQUEST_WINDOW):  # no task of its own, as wait_for
+                    request = await _read_request(reader)
             except (RequestError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 text = f"fedhub agent: malformed request: {exc or 'incomplete'}"
                 writer.write(wire.frame(b"!", text.encode() + b"\n"))

@@ -192,37 +192,59 @@ def _write(fd: int, data: bytes) -> None:
 
 
 def _relay(sock: _socket.socket) -> int | None:
-    """Write the agent's frames out until its exit code; None: run the command here."""
-    buffer = b""
-    wrote = interrupted = False
+    """Write the agent's frames out until its exit code; None: run the command here.
+
+    Ctrl-C, wherever it lands (waiting, or writing a frame out), is passed on to the
+    agent, which asks the node to cancel as the CLI does; a second one stops at once."""
+    state = _Relay()
     while True:
         try:
-            chunk = sock.recv(1 << 16)
-        except KeyboardInterrupt:  # the agent asks the node to cancel, as the CLI does
-            if interrupted:  # a second Ctrl-C stops at once
+            code = state.step(sock)
+        except KeyboardInterrupt:
+            if state.interrupted:
                 return 130
-            interrupted = True
+            state.interrupted = True
             sock.sendall(b"I")
             continue
+        if code is not _MORE:
+            return code  # type: ignore[return-value]
+
+
+_MORE = object()
+
+
+class _Relay:
+    """What :func:`_relay` has received and written so far."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.wrote = False
+        self.interrupted = False
+
+    def step(self, sock: _socket.socket) -> object:
+        """Receive once and write out every whole frame: an exit code, None, or _MORE."""
+        chunk = sock.recv(1 << 16)
         if not chunk:
-            if not wrote:
+            if not self.wrote:
                 return None
             _write(2, b"error: the fedhub agent stopped during the command (FEDHUB_AGENT=off "
                    b"runs commands without it)\n")  # fmt: skip
             return 1
-        buffer += chunk
-        while len(buffer) >= 5:
-            size = int.from_bytes(buffer[1:5], "big")
-            if len(buffer) < 5 + size:
+        self.buffer += chunk
+        while len(self.buffer) >= 5:
+            size = int.from_bytes(self.buffer[1:5], "big")
+            if len(self.buffer) < 5 + size:
                 break
-            tag, payload, buffer = buffer[:1], buffer[5 : 5 + size], buffer[5 + size :]
+            tag, payload = self.buffer[:1], self.buffer[5 : 5 + size]
+            self.buffer = self.buffer[5 + size :]
             if tag in (b"1", b"2"):
+                self.wrote = True
                 _write(int(tag), payload)
-                wrote = True
             elif tag == b"X":
                 return int(payload)
             else:  # F (the agent leaves this one to us), ! (refused), or unknown
-                return None if not wrote else 1
+                return None if not self.wrote else 1
+        return _MORE
 
 
 def run(argv: list[str]) -> int | None:

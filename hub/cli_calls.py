@@ -319,22 +319,8 @@ async def _call(
     show = not args.no_progress and sys.stderr.isatty()
     bar = ProgressBar(sys.stderr, address) if show else None
     async with connected(conn) as fed:
-        target = parse_address(address)
-        info = await module_info(fed, conn.home, target.site, target.module, queue=args.queue)
-        fn = info.functions.get(target.function)
-        if fn is not None:  # else submit says what is missing
-            kwargs = as_declared(kwargs, fn.arguments)
         async with _sigint() as interrupted:
-            handle = await fed.submit(
-                address,
-                timeout=args.timeout,
-                on_progress=_in_this_context(bar.update) if bar is not None else None,
-                on_transfer=_in_this_context(bar.transfer) if bar is not None else None,
-                result_path=out,
-                compress=args.compress,
-                keep=args.keep_seconds,
-                **kwargs,
-            )
+            handle = await _submit(fed, args, conn.home, address, kwargs, out, bar)
             notice(f"request {handle.request_id}", "call.submitted", request_id=handle.request_id)
             if args.queue:
                 notice(
@@ -366,6 +352,62 @@ async def _call(
 
 
 _INTERRUPTED = object()
+
+
+class _InfoChanged(Exception):  # noqa: N818 (a signal inside this module, never raised out)
+    """The module's fresh info differs from the one a call was sealed with."""
+
+
+async def _submit(
+    fed: Client,
+    args: argparse.Namespace,
+    home: Path,
+    address: str,
+    kwargs: dict[str, Any],
+    out: Path | None,
+    bar: ProgressBar | None,
+    *,
+    overlap: bool = True,
+) -> CallHandle:
+    """Submit ``fedhub call``'s call once its module's node has answered an info request
+    (else NotFoundError at once, not a call queued for a node that is down; with
+    ``--queue``, the kept info). A client that knows the module already (the resident
+    agent's) seals the call while the request is under way, and sends it once the answer
+    is the info it sealed with; another answer means the interface changed: sealed again."""
+    target = parse_address(address)
+    known = fed.cached_info(target.site, target.module) if overlap and not args.queue else None
+    if known is not None and target.function not in known.functions:
+        known = None  # perhaps new: ask first, as submit's "no such function" would be wrong
+    fresh = module_info(fed, home, target.site, target.module, queue=args.queue)
+    if known is None:
+        info, gate = await fresh, None
+    else:
+        info, gate = known, asyncio.ensure_future(fresh)
+    fn = info.functions.get(target.function)
+    declared = as_declared(kwargs, fn.arguments) if fn is not None else kwargs  # else submit says
+
+    async def answered() -> None:
+        assert gate is not None
+        if await gate is not info:
+            raise _InfoChanged
+
+    try:
+        return await fed.submit(
+            address,
+            timeout=args.timeout,
+            on_progress=_in_this_context(bar.update) if bar is not None else None,
+            on_transfer=_in_this_context(bar.transfer) if bar is not None else None,
+            result_path=out,
+            compress=args.compress,
+            keep=args.keep_seconds,
+            gate=answered if gate is not None else None,
+            **declared,
+        )
+    except _InfoChanged:
+        return await _submit(fed, args, home, address, kwargs, out, bar, overlap=False)
+    finally:
+        if gate is not None and not gate.done():
+            gate.cancel()  # submit failed before it waited for the answer
 
 
 async def module_info(
@@ -604,17 +646,25 @@ class _IntermixedParser(argparse.ArgumentParser):
     """
 
     _intermixing = False
+    #: The usage line, formatted once: ``parse_known_intermixed_args`` formats it on every
+    #: parse (for its error messages) when ``usage`` is unset, which costs more than the parse
+    #: itself in the resident agent.
+    _usage_text: str | None = None
 
     def parse_known_args(  # type: ignore[override]
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         if self._intermixing:  # parse_known_intermixed_args calls back in here
             return super().parse_known_args(args, namespace)
+        if self._usage_text is None:
+            self._usage_text = self.format_usage().removeprefix("usage: ")
+        saved, self.usage = self.usage, self.usage or self._usage_text
         self._intermixing = True
         try:
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+            self.usage = saved
 
 
 def add_commands(sub: Any) -> None:

@@ -30,7 +30,7 @@ import contextlib
 import math
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,8 @@ class Client(ResultsMixin):
         self._sub: Any = None
         self._pending: dict[str, CallHandle] = {}
         self._modules: dict[tuple[str, str], ModuleInfo] = {}
+        #: The answer and pinned site key each entry of ``_modules`` was verified from.
+        self._answers: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._closed = False
         self._box_public = keys.box_public
         self._recovery = Recovery(self)
@@ -274,6 +276,10 @@ class Client(ResultsMixin):
             raise error
         return self.remember_info(site, module, msg.data)
 
+    def cached_info(self, site: str, module: str) -> ModuleInfo | None:
+        """The module's info this client verified last, without asking (None: none yet)."""
+        return self._modules.get((site, module))
+
     def _site_key(self, site: str) -> bytes:
         site_key = self.trusted_sites.get(site)
         if site_key is None:
@@ -285,8 +291,14 @@ class Client(ResultsMixin):
 
     def remember_info(self, site: str, module: str, data: bytes) -> ModuleInfo:
         """Verify a module info answer (fresh, or kept: ``fedhub call --queue``); use it."""
-        mi = ModuleInfo.verified(site, module, data, self._site_key(site))
-        self._modules[(site, module)] = mi
+        site_key = self._site_key(site)
+        key = (site, module)
+        cached = self._modules.get(key)
+        if cached is not None and self._answers.get(key) == (data, site_key):
+            return cached  # the same bytes, checked against the same key: no new check
+        mi = ModuleInfo.verified(site, module, data, site_key)
+        self._modules[key] = mi
+        self._answers[key] = (data, site_key)
         return mi
 
     # -- calls -----------------------------------------------------------------------------
@@ -303,6 +315,7 @@ class Client(ResultsMixin):
         result_path: Path | None = None,
         compress: bool = False,
         keep: float | timedelta | None = None,
+        gate: Callable[[], Awaitable[object]] | None = None,
         **kwargs: Any,
     ) -> CallHandle:
         """Send a call and return its handle without waiting for the result.
@@ -315,7 +328,9 @@ class Client(ResultsMixin):
         is then a :class:`hub.bulk.SavedTo`), ``compress`` zstd-compresses the chunks.
         ``keep`` (seconds or a timedelta) asks the node to keep the result only that long
         after the call completed, 0 to keep no copy (docs/results.md, "Retention"); the
-        node keeps it no longer than the module's keep-for time.
+        node keeps it no longer than the module's keep-for time. ``gate()`` is awaited once
+        the call is ready, just before it is sent; when it raises, nothing is sent (the CLI
+        checks that the module's node answers while the call is sealed).
         """
         if arguments:
             kwargs = {**arguments, **kwargs}
@@ -388,6 +403,13 @@ class Client(ResultsMixin):
                 f"way to {target.site} is {limit:,}",
                 hint="pass less data per call, or ask the operator to raise max_payload",
             )
+        if gate is not None:
+            try:
+                await gate()
+            except BaseException:
+                if spool is not None:
+                    spool.unlink(missing_ok=True)
+                raise
         loop = asyncio.get_running_loop()
         handle = CallHandle(
             rid,

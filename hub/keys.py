@@ -269,16 +269,14 @@ class KeyStore:
             os.fsync(fh.fileno())
         tmp.chmod(0o600)
         tmp.replace(path)
-        self._path(pair.identity, ".pub").write_text(
-            json.dumps(pair.public.to_json(), indent=2) + "\n"
-        )
+        _write_replacing(self._path(pair.identity, ".pub"), pair.public.to_json())
         return path
 
     def import_public(self, keys: PublicKeys) -> Path:
         """Store someone's public keys (pin a site, know a colleague); returns the file."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(keys.identity, ".pub")
-        path.write_text(json.dumps(keys.to_json(), indent=2) + "\n")
+        _write_replacing(path, keys.to_json())
         return path
 
     def load(self, identity: str, passphrase: str | None = None) -> KeyPair:
@@ -308,8 +306,27 @@ class KeyStore:
         return bool(data.get("protection", {}).get("kdf") == "argon2id")
 
 
+def _write_replacing(path: Path, data: dict[str, Any]) -> None:
+    """Write a public key file as a new file renamed over the old one (never changed in
+    place: readers see the old file or the new one, and a new file is a new inode)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+#: Key files parsed before, by path: (what identifies the file's version, its JSON). The
+#: resident agent resolves the caller's identity and key for every command; a stat costs a
+#: fraction of reading and parsing each file again. Callers never change the JSON.
+_parsed: dict[Path, tuple[tuple[int, int, int, int], Any]] = {}
+
+
 def _read_json(path: Path, what: str) -> Any:
     try:
+        st = path.stat()
+        version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _parsed.get(path)
+        if known is not None and known[0] == version:
+            return known[1]
         text = path.read_text()
     except FileNotFoundError as exc:
         raise KeyStoreError(
@@ -318,9 +335,11 @@ def _read_json(path: Path, what: str) -> Any:
     except OSError as exc:
         raise KeyStoreError(f"cannot read {what} {path}: {exc.strerror}") from exc
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except ValueError as exc:
         raise KeyStoreError(f"{what} {path} is corrupt: not JSON") from exc
+    _parsed[path] = (version, data)
+    return data
 
 
 def load_key_file(path: Path, passphrase: str | None = None) -> KeyPair:

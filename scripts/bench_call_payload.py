@@ -1,19 +1,32 @@
 """The full call round trip of a large payload, for ``scripts/bench_payload.py``.
 
 A NetCDF file at geomar goes through ``fedhub call hereon.payload.identity da=@FILE
---out BACK`` (the CLI in a process of its own, file to file), across the hub to a
-``fedhub-node run`` process at hereon that opens it lazily, returns it, logs, stores and
-streams the result back: encrypted, logged, stored, returned. The peak RSS of the CLI and
-of the node is each process's own high-water mark (``VmHWM`` in ``/proc/<pid>/status``,
-read every 20 ms while it runs; :class:`PeakRss`). Not ``os.wait4``'s ``ru_maxrss``: Linux
-carries the peak of the process that forked across ``exec``, so a child of this benchmark
-(which holds the payload it wrote) would report the benchmark's own peak. The time is the
-CLI process's, start to exit: at a few MiB its start (imports, connecting; about half a
-second) dominates, which is why the targets are set at 100 MiB and 1 GiB.
+--out BACK`` (file to file, paths relative to the CLI's working directory), across the hub
+to a ``fedhub-node run`` process at hereon that opens it lazily, returns it, logs, stores
+and streams the result back: encrypted, logged, stored, returned. Two ways, each with a
+node process of its own and one 1 KiB warm-up call first:
+
+* **through the resident agent** (docs/agent.md; what a user's ``fedhub call`` does by
+  default): a fresh agent is started for the call (``fedhub agent start``) and stopped
+  after it. The CLI process only hands it the command line, working directory and
+  environment and relays its output; the agent reads ``da=@FILE``, seals and uploads it,
+  and receives the result into ``--out`` itself. The warm-up call is checked to have run
+  there (the CLI, under ``-X importtime``, never imports ``hub.client``; the agent's
+  ``commands_run`` went up), and so is the timed one (``commands_run``);
+* **by the CLI alone** (``FEDHUB_AGENT=off``): one process imports fedhub, connects, and
+  moves the bytes.
+
+The peak RSS of every process is its own high-water mark (``VmHWM`` in
+``/proc/<pid>/status``, read every 20 ms while it runs; :class:`PeakRss`). Not
+``os.wait4``'s ``ru_maxrss``: Linux carries the peak of the process that forked across
+``exec``, so a child of this benchmark (which holds the payload it wrote) would report the
+benchmark's own peak. The agent's covers its whole life: its start, imports, connection,
+the warm-up call and the timed one. The time is the CLI process's, start to exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,12 +34,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from hub import agent_client
 from hub.cli_keys import vouch_record
 from hub.keys import KeyStore
 from hub.nats import LocalFederation
@@ -34,7 +49,7 @@ from hub.netcdf3 import write_netcdf3
 from node.bootstrap import open_log
 from node.config import NodeConfig, load_config
 
-__all__ = ["CallBench", "write_netcdf_payload"]
+__all__ = ["CallBench", "same_file", "write_netcdf_payload"]
 
 SITE, CALLER_SITE, CALLER = "hereon", "geomar", "bench@geomar"
 ADDRESS = f"{SITE}.payload.identity"
@@ -55,12 +70,13 @@ def write_netcdf_payload(path: Path, size: int) -> None:
     write_netcdf3(xr.DataArray(values, dims=("x",), name="v"), path)  # as xarray would
 
 
-def _hwm_kib(pid: int) -> int | None:
-    """The peak RSS (KiB) of a running process; None once it has exited."""
+def _status_kib(pid: int, field: str = "VmHWM:") -> int | None:
+    """A size (KiB) from ``/proc/<pid>/status``: by default the peak RSS (``VmHWM``);
+    None once the process has exited."""
     try:
         with Path(f"/proc/{pid}/status").open() as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -89,7 +105,7 @@ class PeakRss:
     def sample(self) -> None:
         """Read every watched process now."""
         for pid in list(self._kib):
-            kib = _hwm_kib(pid)
+            kib = _status_kib(pid)
             if kib is not None:
                 self._kib[pid] = max(self._kib[pid], kib)
 
@@ -182,10 +198,11 @@ class CallBench:
             FEDHUB_HOME=str(store.home),
             FEDHUB_URL=fed.site_url(CALLER_SITE),
             FEDHUB_IDENTITY=CALLER,
-            # the CLI process itself reads, seals, sends and writes: its peak RSS is the
-            # client's (a resident agent would do the work in a process not measured here)
-            FEDHUB_AGENT="off",
-        )
+        )  # no FEDHUB_AGENT: round_trip sets it for the call without the agent
+        folder = agent_client.agent_dir(self.env)
+        if folder is None:
+            raise RuntimeError("the agent's socket path would be too long: set a shorter TMPDIR")
+        self.agent_folder = folder
 
     def _spawn_node(self) -> subprocess.Popen[bytes]:
         assert self.cfg.source is not None
@@ -209,53 +226,164 @@ class CallBench:
     def _tail(self) -> str:
         return (self.cfg.node.data_dir / "node.out").read_text()[-2000:]
 
-    def round_trip(self, source: Path, back: Path, *, compress: bool = False) -> dict[str, Any]:
-        """One call of ``source`` there and back; seconds and both peak RSS (MiB)."""
-        node = self._spawn_node()
+    def _stop_node(self, node: subprocess.Popen[bytes]) -> None:
+        node.send_signal(signal.SIGTERM)
         try:
-            args = ["call", ADDRESS, f"da=@{source}", "--out", str(back), "--no-progress"]
-            args += ["--timeout", "3600"] + (["--compress"] if compress else [])
-            # the first call also fetches the module info: ask for it before timing
-            warm = subprocess.run(
-                [sys.executable, "-m", "hub.cli", "ls", f"{SITE}.payload"],
-                env=self.env,
-                capture_output=True,
-                check=False,
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+
+    def _fedhub(self, *args: str) -> None:
+        """Run ``fedhub ARGS`` with the benchmark's environment; RuntimeError if it fails."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "hub.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"fedhub {' '.join(args)} failed: {proc.stderr[-2000:]}")
+
+    def _commands_run(self) -> int:
+        """How many commands the running agent has run (its ``status``)."""
+        answer = agent_client.ask(self.agent_folder, "status")
+        if answer is None:
+            raise RuntimeError(f"no agent answers in {self.agent_folder}")
+        return int(json.loads(answer)["commands_run"])
+
+    @contextlib.contextmanager
+    def _agent(self) -> Iterator[int]:
+        """A fresh resident agent for the benchmark's key store home (``fedhub agent
+        start``), its pid read from its folder's ``agent.pid``; stopped on the way out."""
+        if agent_client.ask(self.agent_folder, "status") is not None:
+            raise RuntimeError(
+                f"an agent serves {self.agent_folder} already: its peak RSS would not be "
+                "this call's alone"
             )
-            if warm.returncode != 0:
-                raise RuntimeError(f"the module is not reachable: {warm.stderr.decode()}")
-            rss = PeakRss()
-            rss.watch(node.pid)
-            node_ticks = _cpu_ticks(node.pid)
-            started = time.monotonic()
-            cli = subprocess.Popen(
-                [sys.executable, "-m", "hub.cli", *args],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            rss.watch(cli.pid)
-            code, cli_cpu = _wait(cli, 3600, rss)
-            seconds = time.monotonic() - started
-            rss.sample()
-            if code != 0:
-                err = cli.stderr.read().decode() if cli.stderr else ""
-                raise RuntimeError(f"the call failed ({code}): {err[-2000:]}")
-            _until_idle(node.pid, 60)  # it may still be storing the result
-            node_cpu = (_cpu_ticks(node.pid) - node_ticks) / os.sysconf("SC_CLK_TCK")
-            cli_rss, node_rss = rss.mib(cli.pid), rss.mib(node.pid)
-            rss.close()
+        self._fedhub("agent", "start", "--idle", "600")
+        pid = int(Path(self.agent_folder, "agent.pid").read_text())
+        try:
+            yield pid
         finally:
-            node.send_signal(signal.SIGTERM)
             try:
-                node.wait(60)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
-        return {
+                self._fedhub("agent", "stop")
+            except RuntimeError as exc:  # do not hide what ended the block
+                print(f"warning: {exc}", file=sys.stderr)
+
+    def round_trip(
+        self, source: Path, back: Path, *, agent: bool, compress: bool = False
+    ) -> dict[str, Any]:
+        """One call of ``source`` there and back, into ``back``: through a fresh resident
+        agent (``agent``) or by the CLI alone (``FEDHUB_AGENT=off``), each after one small
+        warm-up call the same way. Seconds, and the CPU and peak RSS of each process."""
+        node = self._spawn_node()
+        env = self.env if agent else {**self.env, "FEDHUB_AGENT": "off"}
+        rss = PeakRss()
+        try:
+            rss.watch(node.pid)
+            with self._agent() if agent else contextlib.nullcontext(None) as agent_pid:
+                if agent_pid is not None:
+                    rss.watch(agent_pid)
+                self._warm_up(source.parent, env, agent_pid)
+                return self._timed(source, back, env, node.pid, agent_pid, rss, compress)
+        finally:
+            rss.close()
+            self._stop_node(node)
+
+    def _warm_up(self, work: Path, env: dict[str, str], agent_pid: int | None) -> None:
+        """One call of a 1 KiB file, the way the timed one goes (the node's module info
+        asked, the agent's client connected). Through the agent, the CLI runs under ``-X
+        importtime`` and must import no ``hub.client``: the agent, not the CLI, did it."""
+        warm, warm_back = work / "warm.nc", work / "warm-back.nc"
+        write_netcdf_payload(warm, 1024)
+        before = self._commands_run() if agent_pid is not None else 0
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "hub.cli", "call", ADDRESS,
+             f"da=@{warm.name}", "--out", warm_back.name, "--no-progress"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"the warm-up call failed: {proc.stderr[-2000:]}")
+        if not same_file(warm, warm_back):
+            raise RuntimeError("the warm-up call returned other bytes than it sent")
+        if agent_pid is not None:
+            imported = {
+                line.rsplit("|", 1)[-1].strip()
+                for line in proc.stderr.splitlines()
+                if line.startswith("import time:")
+            }
+            if "hub.client" in imported or self._commands_run() != before + 1:
+                raise RuntimeError("the warm-up call ran in the CLI, not in the agent")
+        warm.unlink()
+        warm_back.unlink()
+
+    def _timed(
+        self,
+        source: Path,
+        back: Path,
+        env: dict[str, str],
+        node_pid: int,
+        agent_pid: int | None,
+        rss: PeakRss,
+        compress: bool,
+    ) -> dict[str, Any]:
+        """The measured call, from ``source``'s folder with paths relative to it (the
+        agent gets the CLI's working directory and resolves them there)."""
+        args = ["call", ADDRESS, f"da=@{source.name}", "--out", back.name, "--no-progress"]
+        args += ["--timeout", "3600"] + (["--compress"] if compress else [])
+        before = self._commands_run() if agent_pid is not None else 0
+        agent_rss = _status_kib(agent_pid, "VmRSS:") if agent_pid is not None else None
+        node_ticks = _cpu_ticks(node_pid)
+        agent_ticks = _cpu_ticks(agent_pid) if agent_pid is not None else 0
+        started = time.monotonic()
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "hub.cli", *args],
+            cwd=source.parent,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        rss.watch(cli.pid)
+        code, cli_cpu = _wait(cli, 3600, rss)
+        seconds = time.monotonic() - started
+        rss.sample()
+        if code != 0:
+            err = cli.stderr.read().decode() if cli.stderr else ""
+            raise RuntimeError(f"the call failed ({code}): {err[-2000:]}")
+        _until_idle(node_pid, 60)  # it may still be storing the result
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, Any] = {
             "seconds": seconds,
-            "client_peak_rss_mib": cli_rss,
-            "node_peak_rss_mib": node_rss,
-            "client_cpu_s": cli_cpu,
-            "node_cpu_s": node_cpu,
+            "cli_peak_rss_mib": rss.mib(cli.pid),
+            "node_peak_rss_mib": rss.mib(node_pid),
+            "cli_cpu_s": cli_cpu,
+            "node_cpu_s": (_cpu_ticks(node_pid) - node_ticks) / tick,
         }
+        if agent_pid is not None:
+            if self._commands_run() != before + 1:
+                raise RuntimeError("the call did not go through the agent")
+            out |= {
+                "agent_peak_rss_mib": rss.mib(agent_pid),
+                "agent_rss_before_call_mib": (agent_rss or 0) / 1024,
+                "agent_cpu_s": (_cpu_ticks(agent_pid) - agent_ticks) / tick,
+            }
+        return out
+
+
+def same_file(a: Path, b: Path, block: int = 1 << 20) -> bool:
+    """Whether two files hold the same bytes (read a block at a time)."""
+    if not b.exists() or a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while chunk := fa.read(block):
+            if chunk != fb.read(block):
+                return False
+    return True

@@ -9,9 +9,13 @@ fedhub's own: on a busy machine every figure, the baseline included, grows.
 With ``--call``, also ``fedhub call`` of a small function on a local dev node (the one
 ``fedhub serve`` starts), next to its baseline: the same call's latency inside one process
 plus ``python -c pass``; the target is at most twice the call's latency plus the
-interpreter's start. The call goes through the resident agent (docs/agent.md), started
-before the runs and stopped after; ``fedhub call (no agent)`` is the same call with
-``FEDHUB_AGENT=off``, fedhub imported and connected in every process.
+interpreter's start. The in-process call is made once per round of the ``fedhub call``
+runs, as long after the previous call as theirs (every process on the path has idled for
+a command's start-up, as before each ``fedhub call``); the latency of calls made back to
+back, warmer by that, is given too (``call_latency_back_to_back_ms``). The call goes
+through the resident agent (docs/agent.md), started before the runs and stopped after;
+``fedhub call (no agent)`` is the same call with ``FEDHUB_AGENT=off``, fedhub imported and
+connected in every process.
 
 fedhub's own modules are byte-compiled first, as an installed package is (pip compiles at
 install): with ``PYTHONDONTWRITEBYTECODE`` set, a module edited since its last ``.pyc``
@@ -42,9 +46,11 @@ def fedhub_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "hub.cli"]
 
 
-def wall_ms(command: list[str]) -> float:
+def wall_ms(command: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env
+    )
     return (time.perf_counter() - started) * 1000.0
 
 
@@ -104,24 +110,28 @@ def measure_call(runs: int, base_ms: float) -> dict[str, dict[str, Any]]:
             command = [*fedhub_command(), "call", "dev.bench.echo", "x=1"]
             in_process = {**env, "FEDHUB_AGENT": "off"}
             with connect(home=node.home) as fed:
-                fed.call("dev.bench.echo", x=1)  # warm: module info, streams
-                latency = []
-                for _ in range(runs):
+
+                def one_call() -> float:
                     started = time.perf_counter()
                     fed.call("dev.bench.echo", x=1)
-                    latency.append((time.perf_counter() - started) * 1000.0)
-            agent = [*fedhub_command(), "agent"]
-            subprocess.run([*agent, "start"], env=env, check=True, capture_output=True)
-            try:
-                subprocess.run(command, env=env, check=True, capture_output=True)  # warm
-                walls: dict[str, list[float]] = {"agent": [], "in-process": []}
-                for _ in range(runs):  # interleaved, as in measure()
-                    for name, environment in (("agent", env), ("in-process", in_process)):
-                        started = time.perf_counter()
-                        subprocess.run(command, env=environment, check=True, capture_output=True)
-                        walls[name].append((time.perf_counter() - started) * 1000.0)
-            finally:
-                subprocess.run([*agent, "stop"], env=env, check=False, capture_output=True)
+                    return (time.perf_counter() - started) * 1000.0
+
+                one_call()  # warm: module info, streams
+                back_to_back = [one_call() for _ in range(runs)]
+                agent = [*fedhub_command(), "agent"]
+                subprocess.run([*agent, "start"], env=env, check=True, capture_output=True)
+                try:
+                    subprocess.run(command, env=env, check=True, capture_output=True)  # warm
+                    walls: dict[str, list[float]] = {"agent": [], "in-process": []}
+                    latency = []
+                    load_before = load_average()
+                    for _ in range(runs):  # interleaved, as in measure()
+                        for name, environment in (("agent", env), ("in-process", in_process)):
+                            walls[name].append(wall_ms(command, environment))
+                        latency.append(one_call())  # as often, and as long after the last
+                    load = {"start": load_before, "end": load_average()}
+                finally:
+                    subprocess.run([*agent, "stop"], env=env, check=False, capture_output=True)
         finally:
             node.stop()
     call_ms = statistics.median(latency)
@@ -137,7 +147,11 @@ def measure_call(runs: int, base_ms: float) -> dict[str, dict[str, Any]]:
             baseline,
             target=f"<= 2 x call latency + interpreter start ({target:.0f} ms)",
             met=value <= target,
+            load=load,
+            baseline_load=load,
         )
+        figures[label]["call_latency_ms"] = round(call_ms, 3)
+        figures[label]["call_latency_back_to_back_ms"] = round(statistics.median(back_to_back), 3)
     return figures
 
 
@@ -176,6 +190,11 @@ def main() -> int:
             f"{name:<23} {value:7.1f} ms   {fig['baseline']['name']} {base:6.1f} ms   ratio "
             f"{fig['ratio']:.2f}{target if fig['target'] else ''}"
         )
+        if "call_latency_ms" in fig:
+            print(
+                f"{'':<23} (the call's latency: {fig['call_latency_ms']:.2f} ms made as often as "
+                f"the commands, {fig['call_latency_back_to_back_ms']:.2f} ms back to back)"
+            )
     print(f"(median of {result['runs']} runs each; load average {load_average()})")
     return 0
 

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support.hostile import LogView
 from support.world import World
 
+from hub import agent_client
 from hub.nats import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -20,11 +22,11 @@ pytestmark = pytest.mark.slow
 KLAUS = "klaus@geomar"
 
 
-def fedhub(world: World, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def fedhub(world: World, url: str, *args: str, **more: str) -> subprocess.CompletedProcess[str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("FEDHUB_") or k == "FEDHUB_AGENT"
     }
-    env.update(FEDHUB_HOME=str(world.store.home), FEDHUB_IDENTITY=KLAUS, FEDHUB_URL=url)
+    env.update(FEDHUB_HOME=str(world.store.home), FEDHUB_IDENTITY=KLAUS, FEDHUB_URL=url, **more)
     return subprocess.run(
         [sys.executable, "-m", "hub.cli", *args],
         capture_output=True,
@@ -82,3 +84,45 @@ def test_queue_without_kept_info_says_how_to_get_it(
     )
     assert run.returncode == 1
     assert "fedhub ls hereon.climate" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def test_a_warm_agent_fails_at_once_for_a_stopped_node_and_queues_nothing(
+    fresh_nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The agent seals a call while it asks the node for the module's info; when no node
+    answers, the sealed call is never sent: nothing is left in the stream for a node that
+    comes back later."""
+    world = World(tmp_path / "w")  # a short home: the agent's socket path must fit
+    world.person(KLAUS)
+    url = fresh_nats_server.url
+    cfg = world.node_config(
+        "hereon", nats_url=url, trust=["geomar"], users=[KLAUS], grants=[(KLAUS, "climate", "*")]
+    )
+    folder = agent_client.agent_dir({"FEDHUB_HOME": str(world.store.home)})
+    assert folder is not None
+    through_agent = {"FEDHUB_AGENT": "on"}
+    call = ("call", "hereon.climate.scale", "values=[1, 2]", "--json", "--timeout", "20")
+    node = world.spawn_node(cfg)
+    try:
+        assert fedhub(world, url, "agent", "start", **through_agent).returncode == 0
+        for _ in range(2):  # the second call finds the module's info known to the agent
+            run = fedhub(world, url, *call, **through_agent)
+            assert run.returncode == 0 and run.stdout.split() == ["[", "2.0,", "4.0", "]"], run
+        assert fedhub(world, url, "agent", "status", **through_agent).returncode == 0
+    finally:
+        assert node.stop() == 0
+    try:
+        started = time.monotonic()
+        run = fedhub(world, url, *call, **through_agent)
+        assert run.returncode == 1 and "NotFoundError" in run.stderr, run.stderr
+        assert time.monotonic() - started < 15, "it waited instead of failing at once"
+        node = world.spawn_node(cfg)
+        try:  # a call made now is answered; nothing older ran before it
+            run = fedhub(world, url, *call, **through_agent)
+            assert run.returncode == 0, run.stderr
+        finally:
+            node.stop()
+        view = LogView(cfg.log_path)
+        assert len(view.events("request.accepted")) == 3
+    finally:
+        fedhub(world, url, "agent", "stop", **through_agent)
