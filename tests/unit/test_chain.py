@@ -7,6 +7,7 @@ with list slicing, independently of the iterative code under test.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 
 import pytest
@@ -223,6 +224,18 @@ def test_accumulator_extend_is_append_in_a_loop(leaves: list[bytes]) -> None:
         one.append(leaf)
     many.extend(leaves)
     assert (many.size, many.root()) == (one.size, one.root())
+
+
+@given(logs, st.lists(st.integers(0, MAX_LEAVES), max_size=6))
+def test_accumulator_extended_in_pieces_of_any_sizes_has_the_merkle_root(
+    leaves: list[bytes], cuts: list[int]
+) -> None:
+    acc = MerkleAccumulator()
+    bounds = sorted({min(c, len(leaves)) for c in cuts} | {0, len(leaves)})
+    for lo, hi in itertools.pairwise(bounds):
+        acc.extend(leaves[lo:hi])
+        assert (acc.size, acc.root()) == (hi, merkle_root(leaves[:hi]))
+    assert (acc.size, acc.root()) == (len(leaves), merkle_root(leaves))
 
 
 @given(logs, st.integers(0, MAX_LEAVES))

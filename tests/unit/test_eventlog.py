@@ -96,6 +96,43 @@ def test_the_database_refuses_to_change_or_skip_events(db: Path, sql: str) -> No
         conn.close()
 
 
+def test_a_statement_that_inserts_several_events_and_skips_one_leaves_no_gap(
+    db: Path,
+) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        (size,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        conn.execute("BEGIN")
+        with pytest.raises(sqlite3.DatabaseError, match="seq must be the next one"):
+            conn.execute(
+                f"{INSERT} SELECT seq, x'', x'', x'', 't' FROM"
+                " (SELECT ? AS seq UNION ALL SELECT ? UNION ALL SELECT ?) ORDER BY seq",
+                [size + 1, size + 2, size + 4],
+            )
+        count, first, last = conn.execute(
+            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM events"
+        ).fetchone()
+        assert (first, count) == (1, last)
+        assert last <= size + 2
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+@pytest.mark.parametrize("column", ["hash", "sig", "body", "type"])
+def test_the_database_refuses_an_event_without_a_column(db: Path, column: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        (size,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        values = {"hash": b"", "sig": b"", "body": b"", "type": "t", column: None}
+        with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+            conn.execute(f"{INSERT} VALUES (?, ?, ?, ?, ?)", [size + 1, *values.values()])
+        assert conn.execute("SELECT MAX(seq) FROM events").fetchone() == (size,)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def test_the_database_accepts_only_the_next_sequence_number(db: Path) -> None:
     conn = sqlite3.connect(db)
     try:
