@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_calls import ADDRESS, CALLER, spawn_node, write_node_config
-from benchlib import CALLER_SITE, PAYLOAD, SITE, Processes, load_average, say
+from benchlib import CALLER_SITE, PAYLOAD, SITE, Processes, first_call, load_average, say
 
 from hub.client import Client
 from hub.cliutil import configure_logging
@@ -73,13 +74,7 @@ async def run(root: Path, opts: argparse.Namespace) -> dict[str, Any]:
                 **fed.caller_auth(CALLER),
             )
             clients.append(client)
-            async with asyncio.timeout(30):  # the first call waits for the node's consumer
-                while True:
-                    try:
-                        await client.call(ADDRESS, x=text, timeout=5)
-                        break
-                    except Exception:  # not ready yet: try again
-                        await asyncio.sleep(0.1)
+            await first_call(functools.partial(client.call, ADDRESS, x=text, timeout=5))
         say(f"{opts.calls} paired calls ...")
         for _ in range(opts.warmup):
             for client in clients:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_calls import ADDRESS, CALLER, write_node_config
-from benchlib import CALLER_SITE, PAYLOAD, SITE, Processes, load_average, say
+from benchlib import CALLER_SITE, PAYLOAD, SITE, Processes, first_call, load_average, say
 
 from hub.client import Client
 from hub.cliutil import configure_logging
@@ -194,13 +194,7 @@ async def run(root: Path, calls: int, executor: str, pause: float) -> dict[str, 
         )
         text = "x" * PAYLOAD
         try:
-            async with asyncio.timeout(30):  # the first call waits for the node's consumer
-                while True:
-                    try:
-                        await client.call(ADDRESS, x=text, timeout=5)
-                        break
-                    except Exception:  # not ready yet: try again
-                        await asyncio.sleep(0.1)
+            await first_call(lambda: client.call(ADDRESS, x=text, timeout=5))
             say(f"{calls} calls, one at a time ...")
             for _ in range(50):  # warm-up
                 await client.call(ADDRESS, x=text, timeout=5)

@@ -177,6 +177,17 @@ async def measure(
     return run
 
 
+async def first_call(call: Callable[[], Awaitable[object]], within: float = 30.0) -> None:
+    """Call until one call succeeds: the first waits for the node's consumer."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                await call()
+                return
+            except Exception:  # not ready yet: try again
+                await asyncio.sleep(0.1)
+
+
 async def warm_up(call: Callable[[], Awaitable[object]], count: int) -> None:
     """A few sequential and concurrent calls: connections, caches, JIT-free Python paths."""
     for _ in range(count):
