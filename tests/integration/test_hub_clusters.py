@@ -49,12 +49,16 @@ def _world(tmp_path: Path, fed: Federation) -> tuple[World, Any]:
 
 
 async def _copied(fed: Federation, site: str) -> tuple[int, int]:
-    """(events in the site's FH_EVENTS, events in the hub's copy)."""
+    """(events in the site's FH_EVENTS, events in the hub's copy).
+
+    The copy is counted first: the node may publish more events meanwhile, so a copy
+    counted after the site's stream could hold one more than was counted there, and the
+    copy holding more than the site would no longer mean an event copied twice."""
     site_nc = await connect(fed.site_url(site), **fed.client_options(site, "operator"))
     hub_nc = await connect(fed.hub_url, **fed.hub_options())
     try:
-        here = (await site_nc.jetstream().stream_info(EVENTS_STREAM)).state.messages
         copy = await hub_nc.jetstream(domain="hub").stream_info(hub_events_stream(site))
+        here = (await site_nc.jetstream().stream_info(EVENTS_STREAM)).state.messages
         return here, copy.state.messages
     finally:
         await site_nc.close()
