@@ -18,19 +18,16 @@ import contextlib
 import contextvars
 import datetime as dt
 import enum
-import itertools
 import json
 import logging
 import os
 import pprint
 import re
-import shutil
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -41,6 +38,7 @@ from hub.agent_host import Connection, connect_with, connected, running_in_agent
 from hub.argfiles import as_declared, parse_cli_argument, write_result
 from hub.bulk import SavedTo
 from hub.call_handle import ModuleInfo
+from hub.cli_progress import ProgressBar, tick
 from hub.client import CallHandle, Client
 from hub.cliutil import examples, notice, read_passphrase
 from hub.defaults import DEFAULT_URL, default_identity, default_url
@@ -59,7 +57,6 @@ from hub.subjects import (
     parse_address,
     validate_site,
 )
-from hub.transfer import TransferProgress
 
 __all__ = [
     "COMMAND_TIMEOUT",
@@ -196,71 +193,6 @@ def deadline_of(args: argparse.Namespace) -> float:
 # --- fedhub call ------------------------------------------------------------------------
 
 
-class ProgressBar:
-    """A one-line progress bar redrawn in place (``\\r``) on a terminal stream."""
-
-    _SPIN = "|/-\\"
-
-    def __init__(self, stream: TextIO, label: str, *, width: int | None = None) -> None:
-        self.stream = stream
-        self.label = label
-        self.width = width
-        self.fraction: float | None = None
-        self.message = "waiting"
-        self.started = time.monotonic()
-        self._spin = itertools.cycle(self._SPIN)
-        self._drawn = False
-
-    def update(self, fraction: float | None, message: str) -> None:
-        """Take a progress report (the client's ``on_progress``) and redraw."""
-        self.fraction = fraction
-        self.message = message or ("running" if fraction is None else "")
-        self.draw()
-
-    def transfer(self, direction: str, progress: TransferProgress) -> None:
-        """Take a transfer's progress (the client's ``on_transfer``) and redraw."""
-        self.fraction = progress.fraction
-        mb = 1e6
-        self.message = (
-            f"{direction} {progress.done / mb:,.0f}/{progress.total / mb:,.0f} MB "
-            f"{progress.rate / mb:,.1f} MB/s"
-        )
-        self.draw()
-
-    def line(self) -> str:
-        """The text of the bar as it would be drawn now."""
-        columns = self.width or shutil.get_terminal_size((80, 24)).columns
-        elapsed = f"{time.monotonic() - self.started:5.1f}s"
-        if self.fraction is None:
-            gauge = f"[{next(self._spin)}]"
-        else:
-            cells = 20
-            filled = round(self.fraction * cells)
-            gauge = f"[{'#' * filled}{'.' * (cells - filled)}] {self.fraction:4.0%}"
-        text = " ".join(part for part in (self.label, gauge, elapsed, self.message) if part)
-        text = " ".join(text.split())  # a message must not break the line
-        return text[: max(10, columns - 1)]
-
-    def draw(self) -> None:
-        """Redraw the bar in place."""
-        self.stream.write("\r\x1b[K" + self.line())
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        """Erase the bar (harmless twice)."""
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
-
-
-async def _tick(bar: ProgressBar, every: float = 0.2) -> None:
-    while True:
-        bar.draw()
-        await asyncio.sleep(every)
-
-
 def _call_arguments(texts: list[str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for text in texts:
@@ -335,7 +267,7 @@ async def _call(
                     "call.compressed",
                     saved=round(handle.saved, 3),
                 )
-            ticker = asyncio.create_task(_tick(bar)) if bar is not None else None
+            ticker = asyncio.create_task(tick(bar)) if bar is not None else None
             try:
                 outcome = await _result_or_interrupt(handle, interrupted)
             finally:

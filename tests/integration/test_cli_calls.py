@@ -30,7 +30,8 @@ import pytest
 import xarray as xr
 from support.world import NodeProcess, World
 
-from hub.cli_calls import ProgressBar, jsonable
+from hub.cli_calls import jsonable
+from hub.cli_progress import ProgressBar
 from hub.client import connect
 
 KLAUS = "klaus@geomar"
