@@ -162,8 +162,12 @@ class CallAcks:
             return
         try:
             answer = json.loads(msg.data)
+            if not isinstance(answer, dict):
+                raise TypeError("not a JSON object")
             if "error" in answer:
                 nats.js.errors.APIError.from_error(answer["error"])  # raises it
+            if not isinstance(answer.get("stream"), str) or not isinstance(answer.get("seq"), int):
+                raise KeyError("stream and seq")  # a stream's ack names where it stored the call
         except (ValueError, TypeError, KeyError) as exc:
             future.set_exception(nats.js.errors.APIError(description=f"bad ack: {exc}"))
         except nats.js.errors.APIError as exc:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from hub import client_transport
 from hub.client_transport import CallAcks, publish_call
@@ -80,3 +81,23 @@ async def test_a_call_nobody_confirms_is_tried_again_until_its_deadline_then_tim
         await calls.stop()
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("answer", [b'"stored"', b"[]", b'{"seq": 1}', b"not json"])
+async def test_an_answer_that_is_not_a_streams_ack_confirms_nothing(
+    acks: tuple[CallAcks, NatsClient, str], answer: bytes
+) -> None:
+    """Whatever answers on a call's subject without being its stream (here a plain
+    subscriber) cannot make the caller believe the call was stored."""
+    calls, nc, token = acks
+    subject = f"other{token}.calls"  # no stream takes it
+
+    async def impostor(msg: Msg) -> None:
+        await msg.respond(answer)
+
+    sub = await nc.subscribe(subject, cb=impostor)
+    try:
+        with pytest.raises(nats.js.errors.APIError, match="bad ack"):
+            await calls.publish_once(subject, b"call", secrets.token_urlsafe(16), timeout=5)
+    finally:
+        await sub.unsubscribe()
