@@ -88,6 +88,7 @@ from benchlib import (
     Run,
     load_average,
     measure,
+    node_started,
     say,
     warm_up,
 )
@@ -212,12 +213,7 @@ async def spawn_node(
             stderr=subprocess.STDOUT,
             env={**os.environ, "FEDHUB_HOME": str(cfg.node.key_home)},
         )
-    async with asyncio.timeout(30):
-        while not status.exists():
-            if proc.poll() is not None:
-                tail = (cfg.node.data_dir / "node.out").read_text()[-2000:]
-                raise RuntimeError(f"node exited with {proc.returncode}: {tail}")
-            await asyncio.sleep(0.05)
+    await node_started(proc, status, cfg.node.data_dir / "node.out")
     return proc
 
 

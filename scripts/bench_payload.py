@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_call_payload import CallBench, _cpu_ticks, same_file, write_netcdf_payload
-from bench_rawpath import run_raw_put_get, start_bench_federation
+from bench_rawpath import raw_put_get, start_bench_federation
 from bench_startup import compile_fedhub
 from benchlib import figure, load_average, say
 
@@ -181,13 +181,15 @@ def _raw(fed: LocalFederation, source: Path, name: str, expected: int) -> dict[s
         same = path == "same_path"
         load = load_average()
         servers, client = _servers_cpu_s(fed), time.process_time()
-        put, get = run_raw_put_get(
-            fed.site_url(CALLER if same else NODE),
-            source,
-            f"{name}-{path}",
-            expected,
-            domain=NODE if same else None,
-            streamed=same,
+        put, get = asyncio.run(
+            raw_put_get(
+                fed.site_url(CALLER if same else NODE),
+                source,
+                f"{name}-{path}",
+                expected,
+                domain=NODE if same else None,
+                streamed=same,
+            )
         )
         out[path] = {
             "put_s": put,

@@ -30,7 +30,6 @@ before) from a client of the node's own leaf.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -45,7 +44,7 @@ from hub.errors import TransportError
 from hub.nats import LocalFederation, iter_object, put_object_stream
 from hub.nats.config import LEAF_LOCAL_SUBJECTS, _q, _qlist, site_account
 
-__all__ = ["RAW_BUCKET", "raw_put_get", "run_raw_put_get", "start_bench_federation", "streamed_get"]
+__all__ = ["RAW_BUCKET", "raw_put_get", "start_bench_federation", "streamed_get"]
 
 log = structlog.get_logger(__name__)
 
@@ -225,16 +224,3 @@ async def raw_put_get(
         return put, got
     finally:
         await nc.close()
-
-
-def run_raw_put_get(
-    url: str,
-    source: Path,
-    name: str,
-    expected: int,
-    *,
-    domain: str | None = None,
-    streamed: bool = True,
-) -> tuple[float, float]:
-    """:func:`raw_put_get` in an event loop of its own."""
-    return asyncio.run(raw_put_get(url, source, name, expected, domain=domain, streamed=streamed))

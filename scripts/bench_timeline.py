@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from bench_calls import ADDRESS, CALLER, write_node_config
-from benchlib import CALLER_SITE, PAYLOAD, SITE, Processes, first_call, load_average, say
+from benchlib import (
+    CALLER_SITE,
+    PAYLOAD,
+    SITE,
+    Processes,
+    first_call,
+    load_average,
+    node_started,
+    say,
+)
 
 from hub.client import Client
 from hub.cliutil import configure_logging
@@ -180,11 +189,7 @@ async def run(root: Path, calls: int, executor: str, pause: float) -> dict[str, 
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "FEDHUB_HOME": str(cfg.node.key_home)},
             )
-        async with asyncio.timeout(30):
-            while not status.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError((root / "node.out").read_text()[-2000:])
-                await asyncio.sleep(0.05)
+        await node_started(proc, status, root / "node.out")
         client = await Client.connect(
             fed.site_url(CALLER_SITE),
             CALLER,

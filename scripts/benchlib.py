@@ -177,6 +177,19 @@ async def measure(
     return run
 
 
+async def node_started(
+    proc: subprocess.Popen[bytes], status: Path, output: Path, within: float = 30.0
+) -> None:
+    """Wait until the node process ``proc`` has written its ``status`` file (it serves);
+    RuntimeError with the tail of its ``output`` when it exits first."""
+    async with asyncio.timeout(within):
+        while not await asyncio.to_thread(status.exists):
+            if proc.poll() is not None:
+                tail = (await asyncio.to_thread(output.read_text))[-2000:]
+                raise RuntimeError(f"node exited with {proc.returncode}: {tail}")
+            await asyncio.sleep(0.05)
+
+
 async def first_call(call: Callable[[], Awaitable[object]], within: float = 30.0) -> None:
     """Call until one call succeeds: the first waits for the node's consumer."""
     async with asyncio.timeout(within):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
-import select
 import signal
 import socket
 import subprocess
@@ -21,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.terminal import run_on_terminal
 
 from hub import agent_client
 from hub.keys import KeyStore
@@ -265,33 +264,8 @@ def test_a_removed_or_rotated_key_stops_working_through_the_agent_at_once(site: 
 
 def test_the_progress_bar_is_drawn_live_on_the_callers_terminal(site: Site) -> None:
     started(site)
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [*FEDHUB, "call", "dev.bench.slow", "steps=10"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        env=site.env,
-    )
-    os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # the process closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    out, _ = proc.communicate(timeout=30)
-    assert (proc.returncode, out) == (0, b"10\n")
-    text = seen.decode()
+    code, out, text = run_on_terminal([*FEDHUB, "call", "dev.bench.slow", "steps=10"], site.env)
+    assert (code, out) == (0, b"10\n")
     assert "step 1 of 10" in text and "step 10 of 10" in text
     assert "[####################] 100%" in text
     assert text.endswith("\r\x1b[K")  # the bar is erased at the end

@@ -11,9 +11,7 @@ import importlib.util
 import io
 import json
 import os
-import pty
 import re
-import select
 import shutil
 import signal
 import socket
@@ -28,6 +26,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import xarray as xr
+from support.terminal import run_on_terminal
 from support.world import NodeProcess, World
 
 from hub.cli_calls import jsonable
@@ -253,41 +252,17 @@ def test_call_shows_no_progress_bar_when_stderr_is_not_a_terminal(
 def test_call_draws_a_live_progress_bar_on_a_terminal(
     site: Site, field: xr.DataArray, tmp_path: Path
 ) -> None:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
+    code, out, text = run_on_terminal(
         [sys.executable, "-m", "hub.cli", "call", "hereon.climate.slow_mean", "da=@in.nc"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        env=site.env(),
+        site.env(),
         cwd=tmp_path,
     )
-    os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # the process closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
-    proc.stdout.close()
-    assert proc.wait(timeout=10) == 0
-    text = seen.decode()
+    assert code == 0
     assert "step 1 of 5" in text
     assert "[####################] 100%" in text
     assert "step 5 of 5" in text
     assert text.endswith("\r\x1b[K")  # the bar is erased at the end
-    assert float(out) == pytest.approx(5.5)
+    assert float(out.decode()) == pytest.approx(5.5)
 
 
 def test_ctrl_c_asks_the_node_to_cancel_and_exits_130(

@@ -13,7 +13,6 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +74,6 @@ def world(tmp_path: Path) -> World:
 @pytest.fixture
 def cfg(world: World, federation: Federation, unique: Any) -> NodeConfig:
     return grids_node_config(world, federation, unique)
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 def connect(world: World, federation: Federation, who: str = OWNER) -> Any:

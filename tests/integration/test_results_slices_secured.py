@@ -5,7 +5,6 @@ subjects a caller and a node may use."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +24,6 @@ if TYPE_CHECKING:
 @pytest.fixture
 def cfg(tmp_path: Path, federation: Federation, unique: Any) -> NodeConfig:
     return grids_node_config(grids_world(tmp_path / "world"), federation, unique)
-
-
-@pytest.fixture
-async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
-    async with NodeDaemon(cfg, grace=2) as node:
-        yield node
 
 
 async def test_a_bulk_slice_and_a_lazy_block_cross_a_secured_federation(
