@@ -20,14 +20,20 @@ def _path(home: Path, site: str, module: str) -> Path:
     return home / "cache" / "info" / f"{site}.{module}.json"
 
 
+#: What this process last found or wrote in each kept file: the resident agent keeps the
+#: same answer before every call, and comparing in memory spares reading the file.
+_kept: dict[Path, bytes] = {}
+
+
 def keep_info(home: Path, site: str, module: str, data: bytes) -> None:
     """Keep a module's info answer (replacing an older one). An answer equal to the kept
     one only has its time renewed: that is cheaper than a write and a rename, which every
     ``fedhub call`` would pay."""
     path = _path(home, site, module)
     try:
-        if path.read_bytes() == data:
+        if (_kept.get(path) or path.read_bytes()) == data:
             os.utime(path)
+            _kept[path] = data
             return
     except OSError:
         pass  # none kept yet (or unreadable): write it
@@ -35,6 +41,7 @@ def keep_info(home: Path, site: str, module: str, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+    _kept[path] = data
 
 
 def kept_info(home: Path, site: str, module: str) -> tuple[bytes, dt.datetime] | None:
