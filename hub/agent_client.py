@@ -199,37 +199,34 @@ def _relay(sock: _socket.socket) -> int | None:
     state = _Relay()
     while True:
         try:
-            code = state.step(sock)
+            if state.step(sock):
+                return state.code
         except KeyboardInterrupt:
             if state.interrupted:
                 return 130
             state.interrupted = True
             sock.sendall(b"I")
-            continue
-        if code is not _MORE:
-            return code  # type: ignore[return-value]
-
-
-_MORE = object()
 
 
 class _Relay:
-    """What :func:`_relay` has received and written so far."""
+    """What :func:`_relay` has received and written so far, and how it ended."""
 
     def __init__(self) -> None:
         self.buffer = b""
         self.wrote = False
         self.interrupted = False
+        self.code: int | None = None  # the exit code; None: run the command here
 
-    def step(self, sock: _socket.socket) -> object:
-        """Receive once and write out every whole frame: an exit code, None, or _MORE."""
+    def step(self, sock: _socket.socket) -> bool:
+        """Receive once and write out every whole frame; whether the command has ended
+        (then :attr:`code` says how)."""
         chunk = sock.recv(1 << 16)
         if not chunk:
-            if not self.wrote:
-                return None
-            _write(2, b"error: the fedhub agent stopped during the command (FEDHUB_AGENT=off "
-                   b"runs commands without it)\n")  # fmt: skip
-            return 1
+            if self.wrote:
+                _write(2, b"error: the fedhub agent stopped during the command "
+                       b"(FEDHUB_AGENT=off runs commands without it)\n")  # fmt: skip
+                self.code = 1
+            return True
         self.buffer += chunk
         while len(self.buffer) >= 5:
             size = int.from_bytes(self.buffer[1:5], "big")
@@ -241,10 +238,12 @@ class _Relay:
                 self.wrote = True
                 _write(int(tag), payload)
             elif tag == b"X":
-                return int(payload)
+                self.code = int(payload)
+                return True
             else:  # F (the agent leaves this one to us), ! (refused), or unknown
-                return None if not self.wrote else 1
-        return _MORE
+                self.code = 1 if self.wrote else None
+                return True
+        return False
 
 
 def run(argv: list[str]) -> int | None:
