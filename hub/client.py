@@ -146,9 +146,9 @@ class Client(ResultsMixin):
         self._inbox = inbox_subject(self.site, self.user, secrets.token_urlsafe(12))
         self._sub: Any = None
         self._pending: dict[str, CallHandle] = {}
-        self._modules: dict[tuple[str, str], ModuleInfo] = {}
-        #: The answer and pinned site key each entry of ``_modules`` was verified from.
-        self._answers: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        #: (site, module) → its verified info, and the answer and pinned site key it was
+        #: verified from (the same answer again needs no new check).
+        self._modules: dict[tuple[str, str], tuple[ModuleInfo, bytes, bytes]] = {}
         self._closed = False
         self._box_public = keys.box_public
         self._recovery = Recovery(self)
@@ -259,7 +259,7 @@ class Client(ResultsMixin):
 
     async def module_info(self, site: str, module: str, *, refresh: bool = False) -> ModuleInfo:
         """A module's schemas and its node key, verified against the pinned site key."""
-        cached = self._modules.get((site, module))
+        cached = self.cached_info(site, module)
         if cached is not None and not refresh:
             return cached
         try:
@@ -278,7 +278,8 @@ class Client(ResultsMixin):
 
     def cached_info(self, site: str, module: str) -> ModuleInfo | None:
         """The module's info this client verified last, without asking (None: none yet)."""
-        return self._modules.get((site, module))
+        known = self._modules.get((site, module))
+        return known[0] if known is not None else None
 
     def _site_key(self, site: str) -> bytes:
         site_key = self.trusted_sites.get(site)
@@ -293,12 +294,11 @@ class Client(ResultsMixin):
         """Verify a module info answer (fresh, or kept: ``fedhub call --queue``); use it."""
         site_key = self._site_key(site)
         key = (site, module)
-        cached = self._modules.get(key)
-        if cached is not None and self._answers.get(key) == (data, site_key):
-            return cached  # the same bytes, checked against the same key: no new check
+        known = self._modules.get(key)
+        if known is not None and known[1:] == (data, site_key):
+            return known[0]  # the same bytes, checked against the same key: no new check
         mi = ModuleInfo.verified(site, module, data, site_key)
-        self._modules[key] = mi
-        self._answers[key] = (data, site_key)
+        self._modules[key] = (mi, data, site_key)
         return mi
 
     # -- calls -----------------------------------------------------------------------------
