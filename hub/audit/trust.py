@@ -2,8 +2,9 @@
 
 :class:`Trust` applies the rules of docs/crypto.md to ``log.created`` and the ``key.*``
 events: a node ``node:S/NAME`` is trusted only through site S's pinned key; the node key
-rotates only to a node key of the same node vouched for by the same site; a key record
-or revocation is checked where its signer is this log's site or a pinned site, and
+rotates only to a node key of the same node vouched for by the same site, never to a key
+revoked before; a directory record never turns a node key of the log into another
+identity's key; a key record or revocation is checked where its signer is this log's site or a pinned site, and
 recorded as foreign otherwise.
 """
 
@@ -65,6 +66,9 @@ class Trust:
         self.site_key: bytes | None = None
         self.node_key: Key | None = None
         self.keys: dict[str, Key] = {}
+        # every key a verified revocation named so far (kid -> its time), known or not:
+        # the node key never rotates to one of them
+        self.revoked: dict[str, str] = {}
 
     def genesis(self, pos: int, seq: int, log_id: str, data: dict[str, Any]) -> Key | None:
         """``log.created``: the site key pinned, the node key vouched for by it."""
@@ -166,6 +170,12 @@ class Trust:
         if rec.kid != key_id(rec.sign_key_bytes()):
             self.fail(pos, seq, "trust", f"{kind}: key id {rec.kid} is not the id of its key")
             return None
+        known = self.keys.get(rec.kid)
+        if known is not None and known.node:
+            # a node key of this log stays one, whatever a directory record says of it
+            # (else a record naming it under another identity would hide its revocation
+            # or disown its receipts)
+            return None
         self.keys[rec.kid] = Key(rec.kid, rec.identity, rec.role, rec.sign_key_bytes(), seq)
         return rec
 
@@ -191,6 +201,8 @@ class Trust:
             problem = f"rotation names identity {data['identity']}, not {old.identity}"
         if not problem and rec.replaces not in (None, old.kid):
             problem = f"the new key record replaces {rec.replaces}, not {old.kid}"
+        if not problem and rec.kid in self.revoked:
+            problem = f"the new key {rec.kid} was revoked (at {self.revoked[rec.kid]}) before it"
         if problem:
             self.fail(pos, seq, "trust", f"node key rotation: {problem}")
             return
@@ -224,6 +236,7 @@ class Trust:
         if site not in (site_of(identity), self.report.site):
             self.fail(pos, seq, "trust", f"site {site} cannot revoke a key of {identity}")
             return
+        self.revoked.setdefault(rev.kid, rev.time)
         if target is None:
             return
         if target.last_time is not None and target.last_time > rev.time:

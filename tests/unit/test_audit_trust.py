@@ -271,3 +271,77 @@ def test_a_node_key_revoking_itself_signs_its_revocation_and_nothing_after(
     seq, check, message = _first(audit_file(db, keys.trusted))
     assert (seq, check) == (4, "key")
     assert "revoked" in message
+
+
+# --- directory records never change the log's node keys ---------------------------------------
+
+
+def _alias(site: KeyPair, site_name: str, pair: KeyPair, identity: str) -> SignedRecord:
+    """``site``'s record binding ``pair``'s (public) key to ``identity``, one of its users."""
+    rec = key_record(pair, site_name, "user").model_copy(update={"identity": identity})
+    return sign_record(KeyRecord.model_validate(rec.model_dump()), site.signing_key)
+
+
+def test_another_pinned_site_claiming_the_node_key_for_its_user_does_not_disown_a_receipt(
+    tmp_path: Path, keys: Keys, geomar: KeyPair
+) -> None:
+    """The node key is public: geomar may vouch that it is mallory@geomar's. The log's node
+    key stays the node's, and the receipt it signed still holds."""
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        receipt = _checkpoint_by(keys.node, log)
+        alias = _alias(geomar, "geomar", keys.node, "mallory@geomar")
+        log.append(KeyRegistered(record=alias))
+        log.append(NodeStopped())
+    report = audit_events(iter_log(db), trusted_sites=_pinned(keys, geomar), receipts=[receipt])
+    assert report.ok, [f.line() for f in report.findings]
+    assert report.keys[keys.node.kid]["identity"] == NODE
+    assert [r["size"] for r in report.receipts] == [2]
+
+
+def test_a_node_key_revoked_under_another_identity_is_not_silently_kept_valid(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """The site registers the node key as a user's too, then revokes that user's key: the
+    node key goes on signing. The revocation names another identity than the node key's
+    and is refused where it stands, instead of revoking a copy no event names."""
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        log.append(KeyRegistered(record=_alias(keys.site, SITE, keys.node, "mallory@hereon")))
+        rev = Revocation(identity="mallory@hereon", kid=keys.node.kid, time=now(), reason="lost")
+        log.append(KeyRevoked(revocation=sign_record(rev, keys.site.signing_key)))
+        log.append_many(request_events("req00001"))
+    seq, check, message = _first(audit_file(db, keys.trusted))
+    assert (seq, check) == (4, "trust")
+    assert "names mallory@hereon, the key is node:hereon/n1's" in message
+
+
+def test_a_rotation_back_to_a_revoked_node_key_is_refused(tmp_path: Path, keys: Keys) -> None:
+    """n1's first key is rotated away and revoked; a later rotation back to it (with the
+    site's old record for it) would make it sign again after its revocation."""
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        log.rotate_key(keys.spare, keys.vouch(keys.spare))
+        log.append(KeyRevoked(revocation=keys.revoke(keys.node)))
+        log.rotate_key(keys.node, keys.vouch(keys.node))
+        log.append_many(request_events("req00002"))
+    seq, check, message = _first(audit_file(db, keys.trusted))
+    assert (seq, check) == (5, "trust")
+    assert f"the new key {keys.node.kid} was revoked" in message
+
+
+def test_a_rotation_to_a_key_revoked_before_the_log_ever_saw_it_is_refused(
+    tmp_path: Path, keys: Keys
+) -> None:
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        log.append(KeyRevoked(revocation=keys.revoke(keys.spare, reason="stolen")))
+        log.rotate_key(keys.spare, keys.vouch(keys.spare))
+        log.append(NodeStopped())
+    seq, check, message = _first(audit_file(db, keys.trusted))
+    assert (seq, check) == (4, "trust")
+    assert f"the new key {keys.spare.kid} was revoked" in message
