@@ -335,7 +335,9 @@ class Rules:
             self.fail(
                 pos, seq, "checkpoint", "checkpoint is dated after its event", f"<= {time}", cp.time
             )
-        elif cp.started is not None and cp.started != self.last_started:
+        elif "started" in cp.model_fields_set and cp.started != self.last_started:
+            # null claims no node.started before; only a record without the field (a node
+            # from before it) is exempt
             self.fail(
                 pos,
                 seq,

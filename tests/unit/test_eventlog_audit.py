@@ -15,11 +15,12 @@ import pytest
 from helpers.logs import Keys, audit_file, build_log, open_new_log, request_events
 
 from hub.audit import audit_events
-from hub.canonical import b64d
-from hub.events import NodeStarted, NodeStopped
+from hub.canonical import b64d, b64e, canonical_bytes
+from hub.crypto import sign
+from hub.events import CheckpointData, NodeStarted, NodeStopped
 from hub.keys import KeyPair, load_public_file
 from hub.logfile import iter_log
-from hub.records import Checkpoint
+from hub.records import DOMAIN_CHECKPOINT, Checkpoint, SignedRecord
 from node.eventlog import EventLog, StoredEvent
 
 STARTED = NodeStarted(version="0.2.0", pid=1)
@@ -107,3 +108,34 @@ def _checkpoint_started(event: StoredEvent) -> int | None:
     data = json.loads(event.body)["data"]
     record = Checkpoint.model_validate_json(b64d(data["checkpoint"]["record"]))
     return record.started
+
+
+def test_a_checkpoint_claiming_no_node_started_after_one_is_found_and_one_without_the_field_passes(
+    tmp_path: Path,
+) -> None:
+    """``started`` is null only when no ``node.started`` came before; a checkpoint of a node
+    from before the field leaves it out (the signed bytes tell the two apart)."""
+    keys = Keys.generate()
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys) as log:
+        log.append(STARTED)
+        log._started = None  # a node hiding which process logged the events
+        hidden = log.checkpoint()
+    report = audit_file(db, keys.trusted)
+    assert _checkpoint_started(hidden) is None
+    assert b'"started":null' in b64d(json.loads(hidden.body)["data"]["checkpoint"]["record"])
+    assert [(f.check, f.seq) for f in report.findings] == [("checkpoint", hidden.seq)]
+    assert "another node.started" in report.findings[0].line()
+    old = tmp_path / "old.db"
+    with open_new_log(old, keys) as log:
+        log.append(STARTED)
+        cp = Checkpoint.model_validate_json(b64d(log._checkpoint_item()["checkpoint"]["record"]))
+        body = canonical_bytes(cp.model_dump(mode="json", exclude={"started"}))
+        signed = SignedRecord(  # the record as a node from before the field signed it
+            record=b64e(body),
+            sig=b64e(sign(keys.node.signing_key, DOMAIN_CHECKPOINT, body)),
+            signer=keys.node.kid,
+        )
+        log._pending_checkpoint = (cp, signed)
+        log.append(CheckpointData(checkpoint=signed))
+    assert audit_file(old, keys.trusted).ok
