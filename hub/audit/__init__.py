@@ -102,10 +102,7 @@ def run(rules: Rules, work: Callable[[], None]) -> None:
     except BaseException:
         rules.verifier.close()
         raise
-    for position, seq in rules.verifier.finish():
-        rules.report.findings.append(
-            Finding(position, seq, "signature", "event signature does not verify")
-        )
+    rules.bad_signatures(list(rules.verifier.finish()))
     rules.finish()
 
 

@@ -68,6 +68,9 @@ class Rules:
         self.uncovered: list[tuple[int, int, str]] = []
         self.last_position = 0
         self.stopped = False  # True once the pass gave up (too many findings)
+        # position -> index in the findings of the first finding of what its type says
+        # (step 8), for events that have one: a bad signature (step 7) goes before it
+        self.typed_at: dict[int, int] = {}
         # Merkle roots at the sizes receipts claim (filled in as the tree grows)
         self.roots: dict[int, bytes] = dict.fromkeys(_receipt_sizes(receipts), b"")
         self.cuts = sorted(self.roots)
@@ -99,6 +102,24 @@ class Rules:
         if len(self.report.findings) >= MAX_FINDINGS:
             self.stopped = True
             raise StopAuditError
+
+    def bad_signatures(self, failed: list[tuple[int, int]]) -> None:
+        """Record the signatures that did not verify, each in its place in the order of
+        checks: before the findings of what its event's type says, else after the rest."""
+        findings = self.report.findings
+        placed = sorted(
+            (p for p in failed if p[0] in self.typed_at),
+            key=lambda p: (self.typed_at[p[0]], p[0]),
+            reverse=True,
+        )
+        for position, seq in placed:
+            finding = Finding(position, seq, "signature", "event signature does not verify")
+            findings.insert(self.typed_at[position], finding)
+        for position, seq in failed:
+            if position not in self.typed_at:
+                findings.append(
+                    Finding(position, seq, "signature", "event signature does not verify")
+                )
 
     # -- the tree --------------------------------------------------------------------------
 
@@ -170,14 +191,16 @@ class Rules:
             self.checkpoint_event(pos, seq, time, data)
         # the key valid now
         key = self.trust.node_key
-        if kind == "log.created" and pos != 1:
-            self.fail(pos, seq, "lifecycle", "log.created is only valid as the first event")
-        elif key is None and kind == "log.created" and data is not None:
+        if key is None and kind == "log.created" and pos == 1 and data is not None:
             key = self.trust.genesis(pos, seq, log_id, data)
         signer = self.key_check(pos, seq, kind, kid, key)
         self.signature(raw, seq, version, kind, kid, h, signer)
-        # what the type says
-        if kind.startswith("key."):
+        # what the type says (a signature that fails to verify ranks before these findings)
+        typed = len(rep.findings)
+        if kind == "log.created":
+            if pos != 1:
+                self.fail(pos, seq, "lifecycle", "log.created is only valid as the first event")
+        elif kind.startswith("key."):
             if data is not None:
                 self.trust.key_event(pos, seq, kind, data)
         elif kind in FEDERATION_TYPES:
@@ -185,6 +208,8 @@ class Rules:
                 federation_event(self.trust, pos, seq, kind, data, rep.log)
         elif kind in REQUEST_EVENT_TYPES or kind.startswith("node."):
             self.lifecycle(pos, seq, kind, version, data)
+        if len(rep.findings) > typed:
+            self.typed_at[pos] = typed
         if signer is not None:  # after key events: a key may sign its own revocation
             signer.last_time = time
         self.add_leaf(h)

@@ -4,8 +4,8 @@
 events: a node ``node:S/NAME`` is trusted only through site S's pinned key; the node key
 rotates only to a node key of the same node vouched for by the same site, never to a key
 revoked before; a directory record never turns a node key of the log into another
-identity's key; a key record or revocation is checked where its signer is this log's site or a pinned site, and
-recorded as foreign otherwise.
+identity's key; a key record or revocation is checked where its signer is this log's
+site or a pinned site, and recorded as foreign otherwise.
 """
 
 from __future__ import annotations

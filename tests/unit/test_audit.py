@@ -28,6 +28,7 @@ from hub.events import (
     ResultFetched,
 )
 from hub.keys import KeyPair
+from hub.logfile import parse_export_line
 from hub.records import SignedRecord
 
 
@@ -293,3 +294,25 @@ def test_an_audit_stops_collecting_at_a_thousand_findings(tmp_path: Path, keys: 
     assert len(report.findings) == 1000
     assert report.first is not None and report.first.check == "trust"
     assert report.events < len(lines)
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_a_bad_signature_ranks_before_what_the_events_type_says_at_the_same_event(
+    tmp_path: Path, keys: Keys, processes: bool
+) -> None:
+    """docs/audit.md: among findings at one event, the order of checks decides, and the
+    signature (step 7) comes before the lifecycle (step 8), although it is verified last."""
+    lines = _lines(
+        tmp_path,
+        keys,
+        [STARTED],
+        [ResultFetched(request_id="nosuch001", by="klaus@geomar")],
+        [*request_events("req00001"), NodeStopped()],
+    )
+    lines[2] = resign(lines[2], keys.other_node, claim_kid=False)
+    lines[6] = resign(lines[6], keys.other_node, claim_kid=False)  # signed, no other finding
+    raws = (parse_export_line(line, i) for i, line in enumerate(lines, 1))
+    report = audit_events(raws, trusted_sites=keys.trusted, threads=2, processes=processes)
+    assert _checks(report) == [(3, "signature"), (3, "lifecycle"), (7, "signature")]
+    assert report.first is not None and report.first.check == "signature"
+    assert [f["check"] for f in report.to_json()["findings"]][:2] == ["signature", "lifecycle"]
