@@ -23,6 +23,7 @@ from typing import Any
 
 from hub.audit import AuditReport, audit_events, verdict
 from hub.audit.hubcopy import CopiedLog, hub_sites, read_site_copy
+from hub.audit.report import caveats
 from hub.errors import ConfigError
 from hub.nats.config import HUB_DOMAIN
 from hub.nats.connection import auth_options, connect
@@ -75,6 +76,7 @@ class SiteAudit:
             best = max((self.witness.vouchers(log.log_id) for log, _ in self.logs), default=0)
             vouched = f", checkpoints vouched by up to {best} other site(s)"
         head = "OK" if self.ok else "FAILED"
+        head += caveats(report for _, report in self.logs)
         text = f"{self.site}: audit {head}: {len(self.logs)} log(s), {events} events{vouched}"
         problems = self.problems()
         return text + (f"; {problems[0]}" if problems else "")

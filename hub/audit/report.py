@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditReport", "Finding", "verdict"]
+__all__ = ["AuditReport", "Finding", "caveats", "verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +103,14 @@ class AuditReport:
         }
 
 
-def _caveats(report: AuditReport) -> str:
-    """What the verdict's first line must not hide: where trust came from, what was skipped."""
+def caveats(reports: Iterable[AuditReport]) -> str:
+    """What a verdict's first line must not hide, as `` [...]`` (or ""): where trust came
+    from, what was skipped, in any of ``reports``."""
     notes = []
-    if not report.trust_pinned:
+    reports = list(reports)
+    if any(not report.trust_pinned for report in reports):
         notes.append("UNSAFE: trust taken from the log itself, not from a pinned site key")
-    if not report.signatures_verified:
+    if any(not report.signatures_verified for report in reports):
         notes.append("signatures NOT checked (--chain-only)")
     return f"  [{'; '.join(notes)}]" if notes else ""
 
@@ -116,7 +119,7 @@ def verdict(report: AuditReport, path: Path, seconds: float) -> str:
     """The verdict as a one-screen text: first line OK or FAILED, then the summary."""
     lines = []
     state = "OK" if report.ok else "FAILED"
-    lines.append(f"audit {state}  {report.log}  ({path}){_caveats(report)}")
+    lines.append(f"audit {state}  {report.log}  ({path}){caveats([report])}")
     first = report.first
     if first is not None:
         lines.append(f"  first bad   {first.line()}")

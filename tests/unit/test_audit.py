@@ -19,6 +19,7 @@ from helpers.logs import (
 from pydantic import BaseModel
 
 from hub.audit import AuditReport, audit_events, verdict
+from hub.audit.hubcopy import CopiedLog
 from hub.events import (
     KeyRevoked,
     NodeStarted,
@@ -27,6 +28,7 @@ from hub.events import (
     RequestFailed,
     ResultFetched,
 )
+from hub.fedaudit import SiteAudit
 from hub.keys import KeyPair
 from hub.logfile import parse_export_line
 from hub.records import SignedRecord
@@ -316,3 +318,18 @@ def test_a_bad_signature_ranks_before_what_the_events_type_says_at_the_same_even
     assert _checks(report) == [(3, "signature"), (3, "lifecycle"), (7, "signature")]
     assert report.first is not None and report.first.check == "signature"
     assert [f["check"] for f in report.to_json()["findings"]][:2] == ["signature", "lifecycle"]
+
+
+def test_the_one_line_verdict_of_a_site_from_the_hub_says_what_was_not_checked(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """``fedhub audit --all`` prints only one line per site: it must not hide that trust
+    came from the log itself or that signatures were not checked."""
+    lines = _lines(tmp_path, keys, [STARTED])
+    copied = CopiedLog("fh.events.hereon.n1", tmp_path / "events.jsonl", len(lines))
+    pinned = SiteAudit(SITE, [(copied, audit_lines(lines, keys.trusted))])
+    unsafe = SiteAudit(SITE, [(copied, audit_lines(lines, None, verify_signatures=False))])
+    assert pinned.summary().startswith("hereon: audit OK: 1 log(s)")
+    head = unsafe.summary().split(": 1 log(s)")[0]
+    assert head.startswith("hereon: audit OK  [UNSAFE: trust taken from the log itself")
+    assert "signatures NOT checked (--chain-only)" in head
