@@ -1,6 +1,7 @@
-"""Make the version 2 log test vectors (run once; the files are committed, never regenerated
-on the fly): an honest log with its keys and a receipt, and invalid logs, each with the
-first finding a verifier must report (check and sequence number), listed in index.json.
+"""Make the version 2 log test vectors (the files are committed; tests/unit/test_vectors.py
+writes them afresh into a scratch folder and checks they say the same): an honest log
+with its keys and a receipt, and invalid logs, each with the first finding a verifier
+must report (check and sequence number), listed in index.json.
 
     python tests/vectors/log-v2/generate.py
 
@@ -18,7 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hub.canonical import b64e, canonical_bytes
+from pydantic import BaseModel
+
+from hub.canonical import b64d, b64e, canonical_bytes
 from hub.chain import leaf_hash, merkle_root
 from hub.clock import now
 from hub.crypto import sign
@@ -28,6 +31,7 @@ from hub.events import (
     GrantAdded,
     KeyRegistered,
     KeyRevoked,
+    KeyRotated,
     NodeStarted,
     NodeStopped,
     RequestAccepted,
@@ -126,12 +130,51 @@ def _signed_at(lines: list[bytes]) -> list[int]:
     return [i for i, line in enumerate(lines) if parse_export_line(line, 1).sig]
 
 
-def _write(name: str, lines: list[bytes]) -> str:
-    (HERE / name).write_bytes(b"".join(lines))
-    return name
+def _appended(lines: list[bytes], key: KeyPair, data: BaseModel) -> list[bytes]:
+    """The lines with one more event after the last, of ``data``, named and signed by
+    ``key`` as a commit of its own (dated as the last event)."""
+    last = parse_export_line(lines[-1], 1)
+    head = json.loads(last.body)
+    fields = data.model_dump(mode="json")
+    body = canonical_bytes(
+        {
+            "data": fields,
+            "kid": key.kid,
+            "log": head["log"],
+            "prev": last.hash.hex(),
+            "seq": head["seq"] + 1,
+            "time": head["time"],
+            "type": fields["type"],
+            "v": 2,
+        }
+    )
+    h = leaf_hash(body)
+    return [*lines, export_line(h, sign(key.signing_key, DOMAIN_COMMIT, h), body)]
 
 
-def main() -> None:
+def _other_site_genesis(folder: Path, keys: dict[str, KeyPair]) -> list[bytes]:
+    """A log of node:hereon/n1 whose genesis names site geomar, and geomar's key vouching
+    for the node: only hereon may."""
+    geomar, node = keys["site:geomar"], keys[NODE]
+    with EventLog(folder / "geomar.db", node) as log:
+        log.initialize(
+            "geomar",
+            geomar.sign_public,
+            sign_record(key_record(node, "geomar", "node"), geomar.signing_key),
+        )
+        log.append(NodeStarted(version="0.2.0", pid=4243))
+        log.export(folder / "geomar.jsonl")
+    return (folder / "geomar.jsonl").read_bytes().splitlines(keepends=True)
+
+
+def main(out: Path = HERE) -> None:
+    """Write the vectors and index.json into ``out`` (a test writes them afresh elsewhere
+    and compares: the committed files cannot drift from this script)."""
+
+    def _write(name: str, lines: list[bytes]) -> str:
+        (out / name).write_bytes(b"".join(lines))
+        return name
+
     keys = {
         "site:hereon": KeyPair.generate("site:hereon"),
         "site:geomar": KeyPair.generate("site:geomar"),
@@ -142,12 +185,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     try:
         honest, receipt = _honest(work, keys)
+        cross = _other_site_genesis(work, keys)
     finally:
         shutil.rmtree(work)
     node, spare, other = keys[NODE], keys["spare"], keys["node:hereon/n2"]
     pinned = {SITE: b64e(keys["site:hereon"].sign_public)}
     both = {**pinned, "geomar": b64e(keys["site:geomar"].sign_public)}
-    (HERE / "honest-receipt.json").write_text(json.dumps(receipt, indent=2) + "\n")
+    (out / "honest-receipt.json").write_text(json.dumps(receipt, indent=2) + "\n")
     signed = _signed_at(honest)
     hashes = [parse_export_line(line, 1).hash for line in honest]
     rotated = next(i for i, line in enumerate(honest) if b'"type":"key.rotated"' in line)
@@ -242,7 +286,7 @@ def main() -> None:
         log=NODE, size=len(honest), root=merkle_root(hashes).hex(), time=now(), kid=other.kid
     )
     forged = sign_record(cp, other.signing_key).model_dump()
-    (HERE / "forged-receipt.json").write_text(json.dumps(forged, indent=2) + "\n")
+    (out / "forged-receipt.json").write_text(json.dumps(forged, indent=2) + "\n")
     vectors.append(
         {
             "name": "receipt-by-another-node",
@@ -265,20 +309,53 @@ def main() -> None:
             "expect": {"ok": False, "first": {"check": "trust", "seq": 1, "position": 1}},
         }
     )
+    # an event whose prev is not the hash of the one before (re-signed by the node key)
+    lines = list(honest)
+    prev = json.loads(parse_export_line(honest[last], 1).body)["prev"].encode()
+    lines[last] = _resigned(honest[last], spare, prev, b"0" * 64)
+    invalid("chain-broken", lines, "chain", last + 1, last + 1)
+    # an event naming another log id (the node's second process), re-signed by the node key
+    lines = list(honest)
+    lines[last] = _resigned(
+        honest[last], spare, b'"log":"' + NODE.encode(), b'"log":"' + NODE.encode() + b"#2"
+    )
+    invalid("another-log", lines, "log", last + 1, last + 1)
+    # a checkpoint event whose record (signed by the node key) has another root: the
+    # checkpoint check fails there (the next event's prev no longer matches: later)
+    at = next(i for i, line in enumerate(honest) if b'"type":"checkpoint","v"' in line)
+    event = json.loads(parse_export_line(honest[at], 1).body)
+    record = json.loads(b64d(event["data"]["checkpoint"]["record"]))
+    bad = sign_record(Checkpoint.model_validate({**record, "root": "00" * 32}), node.signing_key)
+    old_cp = json.dumps(event["data"]["checkpoint"], sort_keys=True, separators=(",", ":"))
+    new_cp = json.dumps(bad.model_dump(), sort_keys=True, separators=(",", ":"))
+    lines = list(honest)
+    lines[at] = _resigned(honest[at], node, old_cp.encode(), new_cp.encode())
+    invalid("checkpoint-wrong-root", lines, "checkpoint", at + 1, at + 1)
+    # after the old node key's revocation, a rotation back to it (with the site's record
+    # for it, signed by the current key): a revoked key never signs again
+    back = KeyRotated(
+        identity=NODE,
+        old_kid=spare.kid,
+        record=sign_record(key_record(node, SITE, "node"), keys["site:hereon"].signing_key),
+    )
+    lines = _appended(honest, spare, back)
+    invalid("rotation-to-a-revoked-key", lines, "trust", len(lines), len(lines))
+    # a node of hereon vouched for by geomar, both sites pinned: only hereon may vouch
+    invalid("node-vouched-by-another-site", cross, "trust", 1, 1, pinned=both)
     # an empty log proves nothing
     invalid("empty", [], "format", None, 1)
     public = {
         name: {**pair.public.to_json(), "seed": b64e(bytes(pair.signing_key))}
         for name, pair in keys.items()
     }
-    (HERE / "keys.json").write_text(json.dumps(public, indent=2) + "\n")
+    (out / "keys.json").write_text(json.dumps(public, indent=2) + "\n")
     index = {
         "v": 1,
         "about": "fedhub event log version 2 test vectors: docs/audit.md#test-vectors",
         "keys": "keys.json",
         "vectors": vectors,
     }
-    (HERE / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 if __name__ == "__main__":
