@@ -274,14 +274,26 @@ class SqliteEvents:
         return value if type(value) is int else 0
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        """A read-only connection, if ``events`` is a stored table (LogUnreadableError if
+        it is a view -- a recursive one never ends --, a virtual table, or has computed
+        columns: none of these is a log)."""
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            problem = _not_stored(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if problem:
+            conn.close()
+            raise LogUnreadableError(f"{self.path}: events is {problem}, not a fedhub log's table")
+        return conn
 
     def _one_value(self, sql: str, params: list[Any]) -> object:
         """The first column of the first row of ``sql``; None if none or unreadable."""
         try:
             conn = self._connect()
-        except sqlite3.Error:
-            return None
+        except (sqlite3.Error, LogUnreadableError):
+            return None  # the reading that follows says why
         try:
             row = conn.execute(sql, params).fetchone()
         except sqlite3.Error:
@@ -293,6 +305,24 @@ class SqliteEvents:
     def not_blobs(self, position: int) -> LogUnreadableError:
         """The error for an event whose hash, signature or body is not a BLOB."""
         return LogUnreadableError(f"{self.path}: event {position} is not stored as BLOBs")
+
+
+def _not_stored(conn: sqlite3.Connection) -> str:
+    """Why the table ``events`` is not a stored table ("" if it is, or if there is none:
+    the query then says what is missing)."""
+    row = conn.execute(
+        "SELECT type, sql FROM sqlite_master WHERE name = 'events' COLLATE NOCASE"
+    ).fetchone()
+    if row is None:
+        return ""
+    kind, sql = row
+    if kind != "table":
+        return f"a {kind}"
+    if str(sql).lstrip().upper().startswith("CREATE VIRTUAL"):
+        return "a virtual table"
+    if any(col[-1] != 0 for col in conn.execute("PRAGMA table_xinfo(events)")):
+        return "a table with computed columns"
+    return ""
 
 
 def iter_sqlite(path: Path, batch: int = 10_000) -> SqliteEvents:

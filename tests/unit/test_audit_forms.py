@@ -8,6 +8,9 @@ node's own key, so the only thing wrong with it is the rule under test.
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,6 +303,52 @@ def test_an_empty_log_proves_nothing_and_fails(tmp_path: Path, keys: Keys) -> No
     report = audit_events(iter_log(empty), trusted_sites=keys.trusted)
     assert not report.ok
     assert "an empty log proves nothing" in report.findings[0].message
+
+
+_NOT_A_TABLE = {
+    "view": "CREATE VIEW events AS SELECT seq, hash, sig, body, type FROM stored",
+    "virtual table": "CREATE VIRTUAL TABLE events USING fts5(seq, hash, sig, body, type)",
+    "table with computed columns": "CREATE TABLE events (seq INTEGER PRIMARY KEY, hash BLOB, sig BLOB, "
+    "body BLOB, type TEXT, shown BLOB AS (body))",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_NOT_A_TABLE))
+def test_a_sqlite_log_whose_events_are_not_a_stored_table_is_unreadable(
+    tmp_path: Path, keys: Keys, kind: str
+) -> None:
+    """A forged file may make ``events`` a view (a recursive one never ends: no deadline
+    would stop the audit), a virtual table or a table computing its values: not a log."""
+    real = tmp_path / "events.db"
+    with open_new_log(real, keys) as log:
+        log.append(STARTED)
+    forged = tmp_path / "forged.db"
+    with sqlite3.connect(forged) as conn:
+        conn.execute(f"ATTACH DATABASE '{real}' AS real")
+        conn.execute("CREATE TABLE stored AS SELECT seq, hash, sig, body, type FROM real.events")
+        conn.execute(_NOT_A_TABLE[kind])
+        if kind != "view":
+            conn.execute("INSERT INTO events (seq, hash, sig, body, type) SELECT * FROM stored")
+    conn.close()
+    with pytest.raises(LogUnreadableError, match=f"events is a {kind}"):
+        audit_events(iter_log(forged), trusted_sites=keys.trusted)
+
+
+def test_a_sqlite_log_whose_events_never_end_is_refused_at_once(tmp_path: Path) -> None:
+    """``fedhub audit`` on a file whose ``events`` is a recursive view exits 2 (the run is
+    bounded by the subprocess timeout, so the test ends even if the audit would not)."""
+    forged = tmp_path / "endless.db"
+    with sqlite3.connect(forged) as conn:
+        conn.execute(
+            "CREATE VIEW events AS WITH RECURSIVE c(seq, hash, sig, body, type) AS "
+            "(SELECT 1, x'00', x'', x'7b7d', 't' UNION ALL "
+            "SELECT seq + 1, hash, sig, body, type FROM c) SELECT * FROM c"
+        )
+    conn.close()
+    cmd = [sys.executable, "-m", "hub.cli", "audit", str(forged), "--trust-log-keys"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "events is a view" in done.stderr
 
 
 def test_every_request_event_type_has_a_fast_pattern_so_no_request_event_takes_the_slow_path() -> (
