@@ -14,7 +14,7 @@ from hub.canonical import b64d
 from hub.cliutil import examples, fail
 from hub.errors import CanonicalError, ConfigError
 from hub.keys import KeyStore, load_public_file
-from hub.logfile import LogUnreadableError, iter_log
+from hub.logfile import LogUnreadableError, iter_log, read_small
 from hub.records import SignedRecord
 
 __all__ = ["add_commands", "cmd_audit", "pinned_site_keys"]
@@ -48,9 +48,14 @@ def pinned_site_keys(specs: list[str], store: KeyStore) -> dict[str, bytes]:
     return pinned
 
 
-def _load_receipt(path: Path) -> SignedRecord:
+#: The most a receipt file may hold (one is under 1 KB).
+RECEIPT_LIMIT = 1 << 16
+
+
+def _load_receipt(path: Path, max_seconds: float | None) -> SignedRecord:
+    """A receipt (``fedhub-node log head`` output), read within the same bounds as a log."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_small(path, limit=RECEIPT_LIMIT, max_seconds=max_seconds))
         return SignedRecord.model_validate(data.get("signed", data))
     except (OSError, ValueError, AttributeError) as exc:
         raise LogUnreadableError(f"cannot read checkpoint {path}: {exc}") from exc
@@ -82,8 +87,8 @@ def _audit(args: argparse.Namespace) -> int:
         from hub.fedaudit import cmd_audit_hub
 
         return cmd_audit_hub(args, trusted)
-    receipts = [_load_receipt(path) for path in args.checkpoint]
     limit = args.max_seconds if args.max_seconds > 0 else None
+    receipts = [_load_receipt(path, limit) for path in args.checkpoint]
     events = iter_log(args.path, max_seconds=limit)
     started = time.perf_counter()
     report = audit_events(

@@ -44,6 +44,7 @@ __all__ = [
     "iter_log",
     "iter_sqlite",
     "parse_export_line",
+    "read_small",
 ]
 
 _P1 = b'{"hash":"'
@@ -132,6 +133,31 @@ def iter_jsonl(path: Path, *, max_seconds: float | None = None) -> Iterator[RawE
             yield from _events(_lines(iter(partial(fh.read, 1 << 20), b""), path, deadline), path)
     else:
         yield from _events(_lines(_chunks_on_a_thread(path, deadline), path, deadline), path)
+
+
+def read_small(path: Path, *, limit: int, max_seconds: float | None = None) -> bytes:
+    """The whole of a small input (a receipt): LogUnreadableError if it holds more than
+    ``limit`` bytes, or, when it is not a regular file, has not ended ``max_seconds``
+    after the start (a pipe left open, ``/dev/zero``, would otherwise never end)."""
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    if _is_regular(path):
+        try:
+            with path.open("rb") as fh:
+                chunks = [fh.read(limit + 1)]
+        except OSError as exc:
+            raise LogUnreadableError(f"cannot read {path}: {exc.strerror}") from exc
+    else:
+        chunks = []
+        size = 0
+        for chunk in _chunks_on_a_thread(path, deadline):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise LogUnreadableError(f"{path}: more than {limit} bytes, too long for what it is")
+    return data
 
 
 def _is_regular(path: Path) -> bool:

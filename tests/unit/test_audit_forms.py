@@ -8,6 +8,7 @@ node's own key, so the only thing wrong with it is the rule under test.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -308,8 +309,8 @@ def test_an_empty_log_proves_nothing_and_fails(tmp_path: Path, keys: Keys) -> No
 _NOT_A_TABLE = {
     "view": "CREATE VIEW events AS SELECT seq, hash, sig, body, type FROM stored",
     "virtual table": "CREATE VIRTUAL TABLE events USING fts5(seq, hash, sig, body, type)",
-    "table with computed columns": "CREATE TABLE events (seq INTEGER PRIMARY KEY, hash BLOB, sig BLOB, "
-    "body BLOB, type TEXT, shown BLOB AS (body))",
+    "table with computed columns": "CREATE TABLE events (seq INTEGER PRIMARY KEY, "
+    "hash BLOB, sig BLOB, body BLOB, type TEXT, shown BLOB AS (body))",
 }
 
 
@@ -378,3 +379,24 @@ def test_the_fast_pattern_of_request_accepted_reads_a_redelivery_count_and_its_a
     assert match(b'{"delivery":17,' + base + b'"type":"request.accepted"}')
     assert not match(b'{"delivery":1,' + base + b'"type":"request.accepted"}')
     assert not match(b'{"delivery":0,' + base + b'"type":"request.accepted"}')
+
+
+@pytest.mark.parametrize("source", ["endless", "fifo"])
+def test_a_receipt_that_never_ends_is_given_up_like_a_log(
+    tmp_path: Path, keys: Keys, source: str
+) -> None:
+    """``--checkpoint /dev/zero`` would be read into memory without end, a FIFO nobody
+    writes to waited on for ever: each is unreadable input (exit 2) within the bounds of a
+    log (a size limit, ``--max-seconds``)."""
+    _lines(tmp_path, keys, [STARTED])
+    if source == "fifo":
+        receipt = tmp_path / "receipt.fifo"
+        os.mkfifo(receipt)
+        expect = "did not end in time"
+    else:
+        receipt, expect = Path("/dev/zero"), "too long"
+    cmd = [sys.executable, "-m", "hub.cli", "audit", str(tmp_path / "events.jsonl")]
+    cmd += ["--trust-log-keys", "--checkpoint", str(receipt), "--max-seconds", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert expect in done.stderr
