@@ -31,8 +31,13 @@ class Finding:
         """One readable line."""
         where = f"event {self.seq}" if self.seq is not None else f"entry {self.position}"
         text = f"{where}: {self.check}: {self.message}"
-        if self.expected is not None or self.found is not None:
-            text += f" (expected {self.expected}, found {self.found})"
+        parts = [
+            f"{what} {value}"
+            for what, value in (("expected", self.expected), ("found", self.found))
+            if value is not None
+        ]
+        if parts:
+            text += f" ({', '.join(parts)})"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -138,7 +143,8 @@ def verdict(report: AuditReport, path: Path, seconds: float) -> str:
         lines.append(
             f"  receipt     size {receipt['size']} ({receipt['time']}): contained and extended"
         )
-    if not report.receipts:
+    if not report.receipts or any(f.check == "receipt" for f in report.findings):
+        # unless every receipt given holds
         lines.append(
             "  tail        not proven: a truncated tail can only be ruled out with a receipt "
             "(--checkpoint)"

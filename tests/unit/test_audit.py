@@ -18,7 +18,7 @@ from helpers.logs import (
 )
 from pydantic import BaseModel
 
-from hub.audit import AuditReport, audit_events, verdict
+from hub.audit import AuditReport, Finding, audit_events, verdict
 from hub.audit.hubcopy import CopiedLog
 from hub.events import (
     KeyRevoked,
@@ -333,3 +333,30 @@ def test_the_one_line_verdict_of_a_site_from_the_hub_says_what_was_not_checked(
     head = unsafe.summary().split(": 1 log(s)")[0]
     assert head.startswith("hereon: audit OK  [UNSAFE: trust taken from the log itself")
     assert "signatures NOT checked (--chain-only)" in head
+
+
+def test_the_tail_is_called_unproven_unless_every_receipt_given_holds(tmp_path: Path) -> None:
+    one = build_log(tmp_path / "one", requests=4)
+    two = build_log(tmp_path / "two", requests=4, keys=one.keys)
+    tail = "tail        not proven: a truncated tail can only be ruled out with a receipt"
+    held = audit_events(
+        (parse_export_line(line, i) for i, line in enumerate(one.lines, 1)),
+        trusted_sites=one.keys.trusted,
+        receipts=[one.receipts[0]],
+    )
+    assert held.ok and tail not in verdict(held, tmp_path / "one.jsonl", 1.0)
+    mixed = audit_events(
+        (parse_export_line(line, i) for i, line in enumerate(one.lines, 1)),
+        trusted_sites=one.keys.trusted,
+        receipts=[one.receipts[0], two.receipts[0]],
+    )
+    assert len(mixed.receipts) == 1 and not mixed.ok
+    assert tail in verdict(mixed, tmp_path / "one.jsonl", 1.0)
+
+
+def test_a_finding_line_shows_only_the_sides_it_knows() -> None:
+    found = Finding(2, 2, "format", "time is not YYYY-MM-DDTHH:MM:SS.ffffffZ", found="noon")
+    assert found.line() == "event 2: format: time is not YYYY-MM-DDTHH:MM:SS.ffffffZ (found noon)"
+    both = Finding(5, None, "receipt", "tail truncated", ">= 9 events", "4")
+    assert both.line() == "entry 5: receipt: tail truncated (expected >= 9 events, found 4)"
+    assert Finding(1, 1, "trust", "no pinned key").line() == "event 1: trust: no pinned key"
