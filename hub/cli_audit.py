@@ -29,18 +29,22 @@ def pinned_site_keys(specs: list[str], store: KeyStore) -> dict[str, bytes]:
     pinned: dict[str, bytes] = {}
     for spec in specs:
         if "=" in spec and not Path(spec).exists():
-            site, _, b64 = spec.partition("=")
+            name, _, b64 = spec.partition("=")
             try:
                 key = b64d(b64)
             except CanonicalError as exc:
                 raise ConfigError(f"--site-key {spec}: not base64") from exc
-            pinned[site.removeprefix("site:")] = key
-            continue
-        path = Path(spec)
-        keys = load_public_file(path) if path.exists() else store.public(spec)
-        if not keys.identity.startswith("site:"):
-            raise ConfigError(f"--site-key {spec} is {keys.identity}, not a site key")
-        pinned[keys.identity.removeprefix("site:")] = keys.sign_key
+            if len(key) != 32:
+                raise ConfigError(f"--site-key {spec}: not an Ed25519 public key (32 bytes)")
+            site = name.removeprefix("site:")
+        else:
+            path = Path(spec)
+            keys = load_public_file(path) if path.exists() else store.public(spec)
+            if not keys.identity.startswith("site:"):
+                raise ConfigError(f"--site-key {spec} is {keys.identity}, not a site key")
+            site, key = keys.identity.removeprefix("site:"), keys.sign_key
+        if pinned.setdefault(site, key) != key:
+            raise ConfigError(f"--site-key pins two different keys for site:{site}")
     if not specs:
         for keys in store.list():
             if keys.identity.startswith("site:"):

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from hub.audit import AuditReport, Finding, audit_events, verdict
 from hub.audit.hubcopy import CopiedLog
+from hub.canonical import b64e
 from hub.events import (
     KeyRevoked,
     NodeStarted,
@@ -360,3 +361,21 @@ def test_a_finding_line_shows_only_the_sides_it_knows() -> None:
     both = Finding(5, None, "receipt", "tail truncated", ">= 9 events", "4")
     assert both.line() == "entry 5: receipt: tail truncated (expected >= 9 events, found 4)"
     assert Finding(1, 1, "trust", "no pinned key").line() == "event 1: trust: no pinned key"
+
+
+def test_pinning_two_keys_for_one_site_or_a_key_of_another_length_is_refused(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """With two pins for one site the later one used to win in silence."""
+    from hub.cli_audit import pinned_site_keys
+    from hub.errors import ConfigError
+    from hub.keys import KeyStore
+
+    store = KeyStore(tmp_path / "home")
+    mine = f"hereon={b64e(keys.site.sign_public)}"
+    other = f"site:hereon={b64e(KeyPair.generate('site:hereon').sign_public)}"
+    assert pinned_site_keys([mine, mine], store) == {SITE: keys.site.sign_public}
+    with pytest.raises(ConfigError, match="two different keys for site:hereon"):
+        pinned_site_keys([mine, other], store)
+    with pytest.raises(ConfigError, match="not an Ed25519 public key"):
+        pinned_site_keys([f"hereon={b64e(b'short')}"], store)
