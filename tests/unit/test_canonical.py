@@ -90,6 +90,18 @@ def test_nesting_deeper_than_64_levels_is_refused() -> None:
         canonical_bytes(value)
 
 
+def test_the_64_level_limit_counts_the_top_level() -> None:
+    """docs/audit.md: 64 levels of arrays and objects, the outermost one included."""
+    value: Any = 1
+    for _ in range(64):
+        value = [value]
+    assert canonical_bytes(value) == b"[" * 64 + b"1" + b"]" * 64
+    with pytest.raises(CanonicalError, match="deeper"):
+        canonical_bytes({"data": value})
+    with pytest.raises(CanonicalError, match="deeper"):
+        check_canonical(b"[" * 65 + b"1" + b"]" * 65)
+
+
 def test_bytes_that_are_json_but_not_canonical_are_refused() -> None:
     with pytest.raises(CanonicalError, match="not in canonical form"):
         check_canonical(b'{"b":1, "a":2}')
