@@ -82,6 +82,20 @@ def test_a_node_of_one_site_vouched_for_by_another_pinned_site_is_refused(
     assert "node:hereon/n1 is not a node of site geomar" in message
 
 
+def test_a_genesis_naming_its_own_site_with_a_node_key_vouched_for_by_another_is_refused(
+    tmp_path: Path, keys: Keys, geomar: KeyPair
+) -> None:
+    """Both sites pinned; the genesis names hereon and hereon's key, but the node key
+    record is geomar's (for node:hereon/n1 of site hereon): only hereon's key vouches."""
+    db = tmp_path / "events.db"
+    with EventLog(db, keys.node) as log:
+        log.initialize(SITE, keys.site.sign_public, _vouch(geomar, keys.node, SITE))
+        log.append(STARTED)
+    seq, check, message = _first(audit_file(db, _pinned(keys, geomar)))
+    assert (seq, check) == (1, "trust")
+    assert "node key record is not signed by the site" in message
+
+
 def test_a_log_whose_id_is_not_the_node_of_its_genesis_is_refused(
     tmp_path: Path, keys: Keys
 ) -> None:
