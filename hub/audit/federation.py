@@ -3,8 +3,8 @@
 * ``grant.recorded``: the grant record is signed by the log's site key and names the log's
   site (a node applies only its own site's grants);
 * ``group.updated``: the group record is signed by a key the log registered before for
-  its owner (whose site, if not pinned, leaves it unchecked, as for foreign key records),
-  and the group is in the owner's name space;
+  its owner, not revoked or rotated away since (an owner whose site is not pinned leaves
+  it unchecked, as for foreign key records), and the group is in the owner's name space;
 * ``checkpoint.cosigned``: the cosignature is signed by the node key valid at that point,
   names this log as the witness and the checkpoint it carries.
 
@@ -59,6 +59,9 @@ def _problem(
             return f"group.updated: signed by key {signed.signer}, which the log never registered"
         if owner.status == "foreign":
             return ""  # signed by someone of a site this audit does not pin
+        if owner.status in ("revoked", "rotated"):
+            # a node counts a group only from an unrevoked key (hub.directory)
+            return f"group.updated: signed by key {owner.kid} of {owner.identity}, {owner.status}"
         group = open_record(signed, GroupRecord, owner.sign_key)
         if group.owner != owner.identity or not group.group.startswith(f"group:{group.owner}/"):
             return f"group.updated: {group.group} of {group.owner} signed by {owner.identity}"

@@ -9,7 +9,15 @@ from helpers.logs import Keys, open_new_log
 from hub.audit import audit_events
 from hub.canonical import b64e
 from hub.clock import now
-from hub.events import CheckpointCosigned, GrantRecorded, GroupUpdated, KeyRegistered, NodeStarted
+from hub.events import (
+    CheckpointCosigned,
+    GrantRecorded,
+    GroupUpdated,
+    KeyRegistered,
+    KeyRevoked,
+    KeyRotated,
+    NodeStarted,
+)
 from hub.keys import KeyPair
 from hub.logfile import iter_sqlite
 from hub.records import (
@@ -18,8 +26,10 @@ from hub.records import (
     GrantRecord,
     GroupRecord,
     KeyRecord,
+    Revocation,
     sign_record,
 )
+from node.bootstrap import key_record
 
 OTHER_SITE = KeyPair.generate("site:geomar")
 ANNA = KeyPair.generate("anna@hereon")
@@ -68,6 +78,7 @@ def cosigned(keys: Keys, signer: KeyPair, witness: str = "node:hereon/n1") -> Ch
 
 
 def audit(tmp_path: Path, keys: Keys, *events: object) -> list[tuple[int | None, str, str]]:
+    tmp_path.mkdir(exist_ok=True)
     with open_new_log(tmp_path / "events.db", keys) as log:
         log.append_many([STARTED, *events])  # type: ignore[list-item]
     report = audit_events(iter_sqlite(tmp_path / "events.db"), trusted_sites=keys.trusted)
@@ -105,3 +116,36 @@ def test_a_cosignature_not_made_by_this_node_is_a_trust_finding(tmp_path: Path) 
         tmp_path, keys, cosigned(keys, keys.other_node), cosigned(keys, keys.node, "node:hereon/n9")
     )
     assert [(seq, check) for seq, check, _ in found] == [(3, "trust"), (4, "trust")]
+
+
+def test_a_group_signed_by_a_revoked_or_rotated_key_of_its_owner_is_a_trust_finding(
+    tmp_path: Path,
+) -> None:
+    """A node counts a group record only from an unrevoked key of its owner: a log showing
+    one applied after the key's revocation, or after anna moved to a new key, is refused."""
+    keys = Keys.generate()
+    revoked = Revocation(identity=ANNA.identity, kid=ANNA.kid, time=now(), reason="lost")
+    found = audit(
+        tmp_path / "revoked",
+        keys,
+        anna_record(keys),
+        group(ANNA),
+        KeyRevoked(revocation=sign_record(revoked, keys.site.signing_key)),
+        group(ANNA),
+    )
+    assert [(seq, check) for seq, check, _ in found] == [(6, "trust")]
+    assert f"signed by key {ANNA.kid} of anna@hereon, revoked" in found[0][2]
+    new = KeyPair.generate(ANNA.identity)
+    moved = KeyRotated(
+        identity=ANNA.identity,
+        old_kid=ANNA.kid,
+        record=sign_record(key_record(new, "hereon", "user"), keys.site.signing_key),
+    )
+    db = tmp_path / "rotated.db"
+    with open_new_log(db, keys) as log:
+        log.append_many([STARTED, anna_record(keys)])
+        log.append(moved)  # every key.rotated is a commit of its own (docs/log-format.md)
+        log.append_many([group(ANNA), group(new)])
+    report = audit_events(iter_sqlite(db), trusted_sites=keys.trusted)
+    assert [(f.seq, f.check) for f in report.findings] == [(5, "trust")]
+    assert f"signed by key {ANNA.kid} of anna@hereon, rotated" in report.findings[0].message
