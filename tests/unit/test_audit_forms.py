@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.logs import Keys, audit_lines, open_new_log, request_events, resign
@@ -89,8 +90,29 @@ def _forged(line: bytes, keys: Keys, old: bytes, new: bytes, count: int = 1) -> 
         (b'"pid":0,', b'"pid":0,"pid":0,', "not in canonical form"),
         (b'"version":"x"', b'"version":"\\u0078"', "not in canonical form"),
         (b'"modules":[],"pid":0', b'"pid":0,"modules":[]', "not in canonical form"),
+        (b'"version":"x"', b'"version":"\\u00e9"', "not in canonical form"),
+        (b'"pid":0,', b'"pid":1.0,', "floats have no canonical form"),
+        (b'"pid":0,', b'"pid":0e0,', "floats have no canonical form"),
+        (b'"version":"x"', b'"version":"x\\u001F"', "not in canonical form"),
+        (b'"version":"x"', b'"version":"x\\/"', "not in canonical form"),
+        (b'"pid":0,', b'"pid":9223372036854775808,', "outside the signed 64-bit range"),
+        (b'"version":"x"', b'"version":"\\ud800"', "lone surrogate"),
     ],
-    ids=["whitespace", "minus zero", "float", "duplicate key", "needless escape", "key order"],
+    ids=[
+        "whitespace",
+        "minus zero",
+        "float",
+        "duplicate key",
+        "needless escape",
+        "key order",
+        "escaped non-ASCII",
+        "one point zero",
+        "exponent",
+        "upper-case hex escape",
+        "escaped slash",
+        "beyond 64 bits",
+        "lone surrogate",
+    ],
 )
 def test_a_signed_body_that_is_not_canonical_is_refused(
     tmp_path: Path, keys: Keys, old: bytes, new: bytes, why: str
@@ -102,10 +124,22 @@ def test_a_signed_body_that_is_not_canonical_is_refused(
     assert why in message
 
 
-def test_a_time_not_in_the_one_format_is_refused(tmp_path: Path, keys: Keys) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda t: t.replace(b"T", b" "),
+        lambda t: t[:-1] + b"+00:00",
+        lambda t: t[:-4] + b"Z",
+        lambda t: t[:-1] + b"0Z",
+        lambda t: t.lower(),
+        lambda t: t[:11] + b"24" + t[13:],
+    ],
+    ids=["space", "offset", "milliseconds", "seven digits", "lower case", "hour 24"],
+)
+def test_a_time_not_in_the_one_format_is_refused(tmp_path: Path, keys: Keys, change: Any) -> None:
     lines = _lines(tmp_path, keys, [STARTED], [NodeStopped()])
     time = parse_canonical(parse_export_line(lines[-1], 1).body)["time"].encode()
-    lines[-1] = _forged(lines[-1], keys, time, time.replace(b"T", b" "))
+    lines[-1] = _forged(lines[-1], keys, time, change(time))
     seq, check, message = _first(audit_lines(lines, keys.trusted))
     assert (seq, check) == (len(lines), "format")
     assert "time is not" in message
