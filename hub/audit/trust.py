@@ -177,6 +177,11 @@ class Trust:
             # or disown its receipts)
             return None
         self.keys[rec.kid] = Key(rec.kid, rec.identity, rec.role, rec.sign_key_bytes(), seq)
+        old = self.keys.get(rec.replaces) if rec.replaces else None
+        if old is not None and not old.node and old.identity == rec.identity:
+            # a node takes the replaced key for revoked from then on (hub.directory)
+            old.until_seq = old.until_seq or seq
+            old.status = "rotated" if old.status == "active" else old.status
         return rec
 
     def rotation(

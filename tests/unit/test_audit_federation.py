@@ -149,3 +149,19 @@ def test_a_group_signed_by_a_revoked_or_rotated_key_of_its_owner_is_a_trust_find
     report = audit_events(iter_sqlite(db), trusted_sites=keys.trusted)
     assert [(f.seq, f.check) for f in report.findings] == [(5, "trust")]
     assert f"signed by key {ANNA.kid} of anna@hereon, rotated" in report.findings[0].message
+
+
+def test_a_group_signed_by_a_key_its_owner_replaced_is_a_trust_finding(tmp_path: Path) -> None:
+    """A key record that ``replaces`` an older key of the same person retires it, as a node's
+    directory does: a group signed by the old key after that was not counted."""
+    keys = Keys.generate()
+    new = KeyPair.generate(ANNA.identity)
+    rec = key_record(new, "hereon", "user").model_copy(update={"replaces": ANNA.kid})
+    replacing = KeyRegistered(
+        record=sign_record(KeyRecord.model_validate(rec.model_dump()), keys.site.signing_key)
+    )
+    found = audit(
+        tmp_path, keys, anna_record(keys), group(ANNA), replacing, group(ANNA), group(new)
+    )
+    assert [(seq, check) for seq, check, _ in found] == [(6, "trust")]
+    assert f"signed by key {ANNA.kid} of anna@hereon, rotated" in found[0][2]
