@@ -254,6 +254,17 @@ def build_consistency_proof(
             f"the old checkpoint ({old_cp.size} events) is larger than the new one "
             f"({new_cp.size}): give them the other way round"
         )
+    if old_cp.size == new_cp.size:
+        # nothing to prove from the events: the two roots are equal, or they show a fork
+        return ConsistencyProof(
+            log=log,
+            site=site,
+            site_key=b64e(site_key),
+            node_keys=tuple(node_keys),
+            old=old,
+            new=new,
+            path=(),
+        )
     if callable(leaves):
         size = new_cp.size
         root = leaves(0, size) if size else EMPTY_ROOT

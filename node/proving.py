@@ -67,14 +67,39 @@ def event_proof_of(log: EventLog, seq: int, *, hint: str) -> EventProof:
 def consistency_proof_of(
     log: EventLog, old: SignedRecord, new: SignedRecord | None = None
 ) -> ConsistencyProof:
-    """The proof that ``new`` (default: the log's latest checkpoint) extends ``old``."""
+    """The proof that the larger of ``old`` and ``new`` (default: the log's latest
+    checkpoint) extends the smaller, whichever order they come in.
+
+    Two checkpoints of one size need no event: the proof shows them equal, or the fork.
+    CheckpointError when a checkpoint is of another log, or when the larger one is not of
+    this log's history (compare it with the log's latest instead: that shows the fork).
+    """
     if new is None:
         new = log.head()
         if new is None:
             raise ConfigError("the log has no checkpoint yet")
+    for signed in (old, new):
+        named = _checkpoint_of(signed)
+        if named.log != log.log_id:
+            raise CheckpointError(
+                f"checkpoint {named.size} is of log {named.log}, not {log.log_id}"
+            )
+    if _size(old) > _size(new):
+        old, new = new, old
     size = _size(new)
-    if size > log.size:
-        raise CheckpointError(f"the new checkpoint covers {size} events; the log has {log.size}")
+    leaves = _memory(log).root
+    if _size(old) != size:
+        if size > log.size:
+            raise CheckpointError(
+                f"checkpoint {size} covers {size} events; the log has {log.size}: it was "
+                "truncated, or the checkpoint is of another history"
+            )
+        if leaves(0, size).hex() != _checkpoint_of(new).root:
+            raise CheckpointError(
+                f"checkpoint {size} is not of this log's history (its events give another "
+                "root): to show the fork, compare it alone with the log's latest checkpoint",
+                hint="fedhub-node log prove --consistency CHECKPOINT.json --config <its config>",
+            )
     signers = dict.fromkeys((old.signer, new.signer))
     site, site_key = _genesis(log)
     return build_consistency_proof(
@@ -84,7 +109,7 @@ def consistency_proof_of(
         node_keys=[_node_key_record(log, kid) for kid in signers],
         old=old,
         new=new,
-        leaves=_memory(log).root,
+        leaves=leaves,
     )
 
 
@@ -107,7 +132,11 @@ def read_checkpoint(path: Path) -> SignedRecord:
 
 
 def _size(signed: SignedRecord) -> int:
-    return Checkpoint.model_validate_json(b64d(signed.record)).size
+    return _checkpoint_of(signed).size
+
+
+def _checkpoint_of(signed: SignedRecord) -> Checkpoint:
+    return Checkpoint.model_validate_json(b64d(signed.record))
 
 
 def _leaves(log: EventLog, size: int) -> list[bytes]:
