@@ -103,6 +103,9 @@ def test_an_event_is_proven_after_a_checkpoint_and_checked_offline(
     assert _one_line(unreadable.stderr) and unreadable.stdout == ""
     wrong_kind = run(home, "audit", "--consistency", str(proof))
     assert wrong_kind.returncode == 2 and _one_line(wrong_kind.stderr)
+    with_a_log = run(home, "audit", str(cfg.log_path), "--proof", str(tampered))
+    assert with_a_log.returncode != 0 and with_a_log.stdout == ""
+    assert _one_line(with_a_log.stderr) and "a proof is checked on its own" in with_a_log.stderr
 
 
 def test_checkpointing_a_log_held_by_a_running_node_is_refused(

@@ -379,3 +379,18 @@ def test_the_log_of_another_process_of_the_same_node_is_proven_by_its_key_and_no
     else:
         with pytest.raises(SignatureError):
             verify_event_proof(proof, keys.trusted)
+
+
+def test_a_proof_file_naming_a_key_twice_is_unreadable(
+    built: tuple[Path, Keys, list[SignedRecord]],
+) -> None:
+    """Parsers disagree on which of two values counts; the verifier reads neither."""
+    db, keys, _ = built
+    text = _prove(db, 5).model_dump_json()
+    verify_event_proof(_parse(text.encode()), keys.trusted)
+    twice = '{"log":"node:hereon/n2",' + text[1:]
+    with pytest.raises(CanonicalError, match="key 'log' appears twice"):
+        parse_proof(twice)
+    nested = text.replace('"event":{', '"event":{"seq":1,', 1)
+    with pytest.raises(CanonicalError, match="key 'seq' appears twice"):
+        parse_proof(nested)
