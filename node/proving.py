@@ -87,30 +87,30 @@ def consistency_proof_of(
     if _size(old) > _size(new):
         old, new = new, old
     size = _size(new)
-    leaves = _memory(log).root
-    if _size(old) != size:
-        if size > log.size:
-            raise CheckpointError(
-                f"checkpoint {size} covers {size} events; the log has {log.size}: it was "
-                "truncated, or the checkpoint is of another history"
-            )
-        if leaves(0, size).hex() != _checkpoint_of(new).root:
-            raise CheckpointError(
-                f"checkpoint {size} is not of this log's history (its events give another "
-                "root): to show the fork, compare it alone with the log's latest checkpoint",
-                hint="fedhub-node log prove --consistency CHECKPOINT.json --config <its config>",
-            )
+    if _size(old) != size and size > log.size:
+        raise CheckpointError(
+            f"checkpoint {size} covers {size} events; the log has {log.size}: it was "
+            "truncated, or the checkpoint is of another history"
+        )
     signers = dict.fromkeys((old.signer, new.signer))
+    node_keys = [_node_key_record(log, kid) for kid in signers]
     site, site_key = _genesis(log)
-    return build_consistency_proof(
-        log=log.log_id,
-        site=site,
-        site_key=site_key,
-        node_keys=[_node_key_record(log, kid) for kid in signers],
-        old=old,
-        new=new,
-        leaves=leaves,
-    )
+    try:
+        return build_consistency_proof(
+            log=log.log_id,
+            site=site,
+            site_key=site_key,
+            node_keys=node_keys,
+            old=old,
+            new=new,
+            leaves=_memory(log).root,
+        )
+    except CheckpointError as exc:  # the larger one's root is not the log's at its size
+        raise CheckpointError(
+            f"checkpoint {size} is not of this log's history ({exc.message}): to show the "
+            "fork, compare it alone with the log's latest checkpoint",
+            hint="fedhub-node log prove --consistency CHECKPOINT.json --config <its config>",
+        ) from exc
 
 
 def read_checkpoint(path: Path) -> SignedRecord:
