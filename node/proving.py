@@ -16,16 +16,18 @@ import threading
 import weakref
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from hub.canonical import b64d, parse_canonical
 from hub.chain import merkle_root, node_hash
-from hub.errors import CheckpointError, ConfigError
+from hub.errors import CanonicalError, CheckpointError, ConfigError
 from hub.proofs import (
     ConsistencyProof,
     EventProof,
     build_consistency_proof,
     build_event_proof,
 )
-from hub.records import Checkpoint, KeyRecord, SignedRecord
+from hub.records import Checkpoint, KeyRecord, SignedRecord, one_line
 from node.eventlog import EventLog
 
 __all__ = ["consistency_proof_of", "event_proof_of", "read_checkpoint"]
@@ -126,8 +128,11 @@ def read_checkpoint(path: Path) -> SignedRecord:
             value = value["signed"]
         signed = SignedRecord.model_validate(value)
         _size(signed)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot read a signed checkpoint from {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"cannot read a signed checkpoint from {path}: {one_line(exc)}") from exc
+    except (OSError, ValueError, KeyError, TypeError, CanonicalError) as exc:
+        reason = exc.message if isinstance(exc, CanonicalError) else str(exc)
+        raise ConfigError(f"cannot read a signed checkpoint from {path}: {reason}") from exc
     return signed
 
 

@@ -452,3 +452,35 @@ def test_events_are_proven_under_checkpoints_of_every_shape_of_tree(tmp_path: Pa
             _parse(_prove(db, seq).model_dump_json().encode()), keys.trusted
         )
         assert verdict.seq == seq and verdict.size in sizes and verdict.size >= seq
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        '{"signed": 5}',
+        '{"kind": "event-proof"}',
+        '{"record": "!!", "sig": "x", "signer": "y"}',
+        '{"record": "eyJ2IjoxfQ", "sig": "c2ln", "signer": "0123456789abcdef0123"}',
+    ],
+    ids=[
+        "empty",
+        "a list",
+        "a number",
+        "a proof without checkpoint",
+        "not base64",
+        "no checkpoint",
+    ],
+)
+def test_a_file_that_holds_no_signed_checkpoint_is_refused_in_one_line(
+    tmp_path: Path, text: str
+) -> None:
+    from node.proving import read_checkpoint
+
+    path = tmp_path / "cp.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        read_checkpoint(path)
+    line = refused.value.diagnostics()
+    assert "\n" not in line and f"cannot read a signed checkpoint from {path}" in line
