@@ -7,7 +7,8 @@ forgets it from the front of a queue kept in arrival order: memory is bounded by
 requests of the last ``2 * window`` seconds, and each request costs O(1) amortized.
 
 The wall clock may step. Arrival stamps never go back (a stamp is the latest time the guard
-has seen), so a clock that steps back forgets nothing early; it only keeps nonces longer.
+has seen), so a clock that steps back forgets nothing early; it only keeps nonces longer
+(after a step back of ``D`` seconds, the requests of the last ``2 * window + D`` seconds).
 A clock that steps forward forgets early, so the guard keeps a floor: the latest send time a
 forgotten nonce could carry. A request sent at or before it is refused (it might be the
 replay of a forgotten nonce). On a steady clock that refuses nothing the window would not.
