@@ -126,6 +126,10 @@ def cmd_audit_proof(args: argparse.Namespace) -> int:
 
     if args.proof is not None and args.consistency is not None:
         raise ConfigError("give --proof or --consistency, not both")
+    if args.path is not None or args.site or args.all or args.checkpoint:
+        raise ConfigError(
+            "a proof is checked on its own: give no log, --site, --all or --checkpoint with it"
+        )
     path: Path = args.proof if args.proof is not None else args.consistency
     want = EventProof if args.proof is not None else ConsistencyProof
     try:

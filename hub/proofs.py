@@ -18,6 +18,8 @@ may still show a fork (:attr:`ConsistencyVerdict.fork`).
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -254,6 +256,17 @@ def build_consistency_proof(
             f"the old checkpoint ({old_cp.size} events) is larger than the new one "
             f"({new_cp.size}): give them the other way round"
         )
+    if old_cp.size == new_cp.size:
+        # nothing to prove from the events: the two roots are equal, or they show a fork
+        return ConsistencyProof(
+            log=log,
+            site=site,
+            site_key=b64e(site_key),
+            node_keys=tuple(node_keys),
+            old=old,
+            new=new,
+            path=(),
+        )
     if callable(leaves):
         size = new_cp.size
         root = leaves(0, size) if size else EMPTY_ROOT
@@ -437,11 +450,30 @@ def _strict(signed: SignedRecord, what: str) -> SignedRecord:
     return signed
 
 
+def _parse_unique(raw: bytes) -> Any:
+    """JSON whose objects name each key once: a second value for one key would be read as
+    the first by some parsers and as the last by others (Python's, this verifier's)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            twice = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+            raise CanonicalError(f"key {twice!r} appears twice in one object")
+        return out
+
+    try:
+        return json.loads(raw, object_pairs_hook=unique)
+    except CanonicalError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CanonicalError(f"not valid JSON: {exc}") from exc
+
+
 def parse_proof(data: bytes | str) -> EventProof | ConsistencyProof:
     """A proof file's contents, by its ``kind``; CanonicalError if it is neither proof."""
     raw = data.encode() if isinstance(data, str) else data
     try:
-        value = parse_canonical(raw)
+        value = _parse_unique(raw)
         kind = value.get("kind") if isinstance(value, dict) else None
         if kind == "event-proof":
             return EventProof.model_validate_json(raw)

@@ -6,10 +6,12 @@ itself), kind ``checkpoint``. A node of another site, the **witness**
 (:class:`Witness`), checks it up to the log's pinned site key and against the last
 checkpoint of that log it saw: when the new one extends it, the witness signs a
 :class:`~hub.records.Cosignature` and publishes it (kind ``cosignature``); when it does not
--- two checkpoints of one size with different roots, a path that does not lead from the
-old root to the new one, a checkpoint older than one already seen (a rollback) -- it
-publishes the two signed checkpoints as evidence (kind ``conflict``). Both are logged in
-the witness's own log.
+-- two checkpoints of one size with different roots, a checkpoint that extends one of the
+size of the last seen but with another root, a checkpoint older than one already seen (a
+rollback) -- it publishes the two signed checkpoints as evidence (kind ``conflict``). Both
+are logged in the witness's own log. A notice whose path does not lead from its old root to
+its new one counts for nothing: the path is not signed, so it is no evidence against the
+node (anyone may publish two genuine checkpoints with a wrong path).
 
 The auditor (:class:`WitnessView`, from the hub's ``FH_DIRECTORY``) counts for each
 checkpoint the independent sites whose nodes vouched for it, holds every cosigned or
@@ -30,7 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from hub.canonical import b64d
 from hub.clock import now
-from hub.errors import FederationError, SignatureError
+from hub.errors import CheckpointError, FederationError, SignatureError
 from hub.proofs import ConsistencyProof, verify_consistency_proof
 from hub.records import Checkpoint, Cosignature, KeyRecord, SignedRecord, open_record, sign_record
 from hub.subjects import DIRECTORY_STREAM, SUBJECT_ROOT
@@ -132,6 +134,10 @@ class Witness:
         log, new = proof.log, proof.new
         new_cp = _cp(new)
         if verdict.fork is not None:
+            if verdict.old_size != verdict.new_size:
+                # the path is not signed: anyone can publish two genuine checkpoints with a
+                # wrong one. Only what the node signed is evidence (checked below).
+                raise CheckpointError(f"the notice's path does not verify: {verdict.fork.reason}")
             return Judgement("conflict", log, new, "fork", proof.old, verdict.fork.reason)
         held = self.last.get(log)
         if (new_cp.size, new_cp.root) in self.seen[log]:

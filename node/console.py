@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from hub.lifecycle import UNFINISHED
+from hub.lifecycle import UNFINISHED, RequestState
 from node.config import NodeConfig
 from node.daemon import read_status_file
 
@@ -32,8 +32,12 @@ _IN_FLIGHT = (  # only placeholders are formatted in
     "SELECT request_id, caller, address, state, received_time FROM requests "  # noqa: S608
     f"WHERE state IN ({_MARKS}) ORDER BY received_seq DESC LIMIT 100"
 )
-_OUTCOMES = {"request.completed": "completed", "request.failed": "failed",
-             "request.rejected": "rejected"}  # fmt: skip
+#: The events the graphs count, by the state they end a request in (plain text keys).
+_OUTCOMES = {
+    "request.completed": RequestState.COMPLETED.value,
+    "request.failed": RequestState.FAILED.value,
+    "request.rejected": RequestState.REJECTED.value,
+}
 
 
 class NodeView:

@@ -322,6 +322,7 @@ class EventLog:
         self._prev = GENESIS_PREV
         self._since_checkpoint = 0
         self._started: int | None = None  # seq of the last node.started
+        self._time = ""  # the time of the last event: a new one is never dated before it
         self._load_state()
 
     @classmethod
@@ -354,8 +355,11 @@ class EventLog:
             self._acc.append(bytes(hash_))
         self._seq = self._acc.size
         if self._seq:
-            row = self.db.execute("SELECT hash FROM events WHERE seq = ?", [self._seq]).fetchone()
+            row = self.db.execute(
+                "SELECT hash, body FROM events WHERE seq = ?", [self._seq]
+            ).fetchone()
             self._prev = bytes(row[0])
+            self._time = str(parse_canonical(bytes(row[1]))["time"])
             cp = self.db.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
             last_cp = int(cp or 0)
             started = self.started_before(self._seq + 1)
@@ -437,13 +441,19 @@ class EventLog:
             log=self.log_id,
             size=self._seq,
             root=self._acc.root().hex(),
-            time=now(),
+            time=self._now(),
             kid=self.key.kid,
             started=self._started,
         )
         signed = sign_record(cp, self.key.signing_key)
         self._pending_checkpoint = (cp, signed)
         return CheckpointData(checkpoint=signed).model_dump(mode="json")
+
+    def _now(self) -> str:
+        """The time to date a new event with: the wall clock, or the last event's time if
+        the clock stepped back (times in a log never go back; fixed-width text sorts as
+        time does)."""
+        return max(now(), self._time)
 
     def _build_and_store(
         self, datas: Sequence[BaseModel | dict[str, Any]], *, meta_kid: str | None = None
@@ -455,7 +465,7 @@ class EventLog:
         events update the projections in the same transaction.
         """
         seq, prev = self._seq, self._prev
-        time = now()
+        time = self._now()
         head, time_type = _body_frame(self.key.kid, self.log_id, time)
         kinds = self._kinds
         rows: list[tuple[Any, ...]] = []
@@ -519,7 +529,7 @@ class EventLog:
             raise
         n = len(rows)
         self._acc.extend([row[1] for row in rows])
-        self._seq, self._prev, self._started = seq, prev, started
+        self._seq, self._prev, self._started, self._time = seq, prev, started, time
         self._since_checkpoint = 0 if rows[-1][4] == "checkpoint" else self._since_checkpoint + n
         if self._wal is None:
             self._wal = _WalCheckpointer(self.path.resolve())

@@ -158,9 +158,10 @@ class Pipeline:
         """Remember the nonces the log received within the replay window (after a
         restart); returns how many."""
         conn, window = self.writer.eventlog.db.conn, self.calls.replay_window
-        items = await self.writer.call(lambda: recent_nonces(conn, window, time.time()))
+        read_at = time.time()
+        items = await self.writer.call(lambda: recent_nonces(conn, window, read_at))
         assert isinstance(items, list)
-        return self.replay.load(items)
+        return self.replay.load(items, read_at=read_at)
 
     async def request_state(self, rid: str) -> dict[str, Any] | None:
         """The projected row of ``rid``, read on a connection of its own (WAL readers do

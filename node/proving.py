@@ -16,16 +16,18 @@ import threading
 import weakref
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from hub.canonical import b64d, parse_canonical
 from hub.chain import merkle_root, node_hash
-from hub.errors import CheckpointError, ConfigError
+from hub.errors import CanonicalError, CheckpointError, ConfigError
 from hub.proofs import (
     ConsistencyProof,
     EventProof,
     build_consistency_proof,
     build_event_proof,
 )
-from hub.records import Checkpoint, KeyRecord, SignedRecord
+from hub.records import Checkpoint, KeyRecord, SignedRecord, one_line
 from node.eventlog import EventLog
 
 __all__ = ["consistency_proof_of", "event_proof_of", "read_checkpoint"]
@@ -67,25 +69,50 @@ def event_proof_of(log: EventLog, seq: int, *, hint: str) -> EventProof:
 def consistency_proof_of(
     log: EventLog, old: SignedRecord, new: SignedRecord | None = None
 ) -> ConsistencyProof:
-    """The proof that ``new`` (default: the log's latest checkpoint) extends ``old``."""
+    """The proof that the larger of ``old`` and ``new`` (default: the log's latest
+    checkpoint) extends the smaller, whichever order they come in.
+
+    Two checkpoints of one size need no event: the proof shows them equal, or the fork.
+    CheckpointError when a checkpoint is of another log, or when the larger one is not of
+    this log's history (compare it with the log's latest instead: that shows the fork).
+    """
     if new is None:
         new = log.head()
         if new is None:
             raise ConfigError("the log has no checkpoint yet")
+    for signed in (old, new):
+        named = _checkpoint_of(signed)
+        if named.log != log.log_id:
+            raise CheckpointError(
+                f"checkpoint {named.size} is of log {named.log}, not {log.log_id}"
+            )
+    if _size(old) > _size(new):
+        old, new = new, old
     size = _size(new)
-    if size > log.size:
-        raise CheckpointError(f"the new checkpoint covers {size} events; the log has {log.size}")
+    if _size(old) != size and size > log.size:
+        raise CheckpointError(
+            f"checkpoint {size} covers {size} events; the log has {log.size}: it was "
+            "truncated, or the checkpoint is of another history"
+        )
     signers = dict.fromkeys((old.signer, new.signer))
+    node_keys = [_node_key_record(log, kid) for kid in signers]
     site, site_key = _genesis(log)
-    return build_consistency_proof(
-        log=log.log_id,
-        site=site,
-        site_key=site_key,
-        node_keys=[_node_key_record(log, kid) for kid in signers],
-        old=old,
-        new=new,
-        leaves=_memory(log).root,
-    )
+    try:
+        return build_consistency_proof(
+            log=log.log_id,
+            site=site,
+            site_key=site_key,
+            node_keys=node_keys,
+            old=old,
+            new=new,
+            leaves=_memory(log).root,
+        )
+    except CheckpointError as exc:  # the larger one's root is not the log's at its size
+        raise CheckpointError(
+            f"checkpoint {size} is not of this log's history ({exc.message}): to show the "
+            "fork, compare it alone with the log's latest checkpoint",
+            hint="fedhub-node log prove --consistency CHECKPOINT.json --config <its config>",
+        ) from exc
 
 
 def read_checkpoint(path: Path) -> SignedRecord:
@@ -101,13 +128,20 @@ def read_checkpoint(path: Path) -> SignedRecord:
             value = value["signed"]
         signed = SignedRecord.model_validate(value)
         _size(signed)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot read a signed checkpoint from {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"cannot read a signed checkpoint from {path}: {one_line(exc)}") from exc
+    except (OSError, ValueError, KeyError, TypeError, CanonicalError) as exc:
+        reason = exc.message if isinstance(exc, CanonicalError) else str(exc)
+        raise ConfigError(f"cannot read a signed checkpoint from {path}: {reason}") from exc
     return signed
 
 
 def _size(signed: SignedRecord) -> int:
-    return Checkpoint.model_validate_json(b64d(signed.record)).size
+    return _checkpoint_of(signed).size
+
+
+def _checkpoint_of(signed: SignedRecord) -> Checkpoint:
+    return Checkpoint.model_validate_json(b64d(signed.record))
 
 
 def _leaves(log: EventLog, size: int) -> list[bytes]:

@@ -7,13 +7,16 @@ forgets it from the front of a queue kept in arrival order: memory is bounded by
 requests of the last ``2 * window`` seconds, and each request costs O(1) amortized.
 
 The wall clock may step. Arrival stamps never go back (a stamp is the latest time the guard
-has seen), so a clock that steps back forgets nothing early; it only keeps nonces longer.
+has seen), so a clock that steps back forgets nothing early; it only keeps nonces longer
+(after a step back of ``D`` seconds, the requests of the last ``2 * window + D`` seconds).
 A clock that steps forward forgets early, so the guard keeps a floor: the latest send time a
 forgotten nonce could carry. A request sent at or before it is refused (it might be the
 replay of a forgotten nonce). On a steady clock that refuses nothing the window would not.
 
 After a restart, :func:`recent_nonces` reads the nonces of the last ``2 * window`` seconds
-from the event log, and :meth:`ReplayGuard.load` remembers them again.
+from the event log, and :meth:`ReplayGuard.load` remembers them again; the floor starts
+where the nonces left out could end (``read_at - window``), as if the guard had run all
+along.
 """
 
 from __future__ import annotations
@@ -95,9 +98,18 @@ class ReplayGuard:
             )
         self._remember(nonce, now)
 
-    def load(self, items: Iterable[tuple[str, float]]) -> int:
+    def load(self, items: Iterable[tuple[str, float]], *, read_at: float | None = None) -> int:
         """Remember ``(nonce, received)`` pairs read back after a restart; returns how many
-        were new (see :func:`recent_nonces`)."""
+        were new (see :func:`recent_nonces`).
+
+        ``read_at`` is the ``now`` they were read for: the nonces received before
+        ``read_at - 2 * window`` were left out, and such a request was sent at or before
+        ``read_at - window``, so a request sent then or earlier is refused from now on, as
+        if the guard had forgotten them itself (a clock read too far ahead at the restart
+        and set right afterwards must not reopen them).
+        """
+        if read_at is not None:
+            self._floor = max(self._floor, read_at - self.window)
         added = 0
         for nonce, received in sorted(items, key=lambda item: item[1]):
             if nonce not in self._held:

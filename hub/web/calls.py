@@ -25,6 +25,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from hub.errors import ConfigError, FederationError, NotFoundError
+from hub.lifecycle import RequestState
 from hub.web.app import ConsoleSettings, render
 
 __all__ = ["CallDesk", "routes"]
@@ -46,7 +47,8 @@ class CallJob:
     progress: float | None = None
     message: str = ""
     transfers: dict[str, dict[str, float]] = field(default_factory=dict)
-    state: str = "running"
+    #: running while the call waits, then how it ended, as the caller saw it
+    state: RequestState = RequestState.RUNNING
     error: dict[str, str] | None = None
     result: Any = None
     finished: float | None = None
@@ -64,7 +66,7 @@ class CallJob:
             "seconds": round((self.finished or time.time()) - self.started, 3),
             "error": self.error,
         }
-        if self.state == "completed":
+        if self.state == RequestState.COMPLETED:
             out["result_type"] = type(self.result).__name__
             out["result_preview"] = preview(self.result)
         return out
@@ -195,9 +197,9 @@ class CallDesk:
     async def _follow(self, job: CallJob, handle: Any) -> None:
         try:
             job.result = await handle.result()
-            job.state, job.progress = "completed", 1.0
+            job.state, job.progress = RequestState.COMPLETED, 1.0
         except FederationError as exc:
-            job.state = "failed"
+            job.state = RequestState.FAILED
             job.error = {"code": type(exc).__name__, "message": exc.message}
         finally:
             job.finished = time.time()
@@ -206,7 +208,7 @@ class CallDesk:
         """The job's result written as ``fmt`` (json, nc, npy, bin)."""
         from hub.argfiles import write_result
 
-        if job.state != "completed":
+        if job.state != RequestState.COMPLETED:
             raise NotFoundError(f"call {job.request_id} has no result ({job.state})")
         suffix = RESULT_FORMATS.get(fmt)
         if suffix is None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from html import escape
 
+from hub.lifecycle import RequestState
+
 __all__ = ["bar_chart", "line_chart"]
 
 _W, _H, _PAD = 560, 160, 28
 #: Colours by series name (outcomes use the same words as the log).
 COLOURS = {
-    "completed": "#2e7d32",
-    "failed": "#c62828",
-    "rejected": "#ef6c00",
+    RequestState.COMPLETED.value: "#2e7d32",
+    RequestState.FAILED.value: "#c62828",
+    RequestState.REJECTED.value: "#ef6c00",
     "median": "#1565c0",
     "p95": "#6a1b9a",
     "depth": "#00838f",

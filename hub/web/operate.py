@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub.errors import FederationError, NotFoundError
+from hub.lifecycle import RequestState
 from hub.web.app import OperatorView, render
 from hub.web.charts import bar_chart, line_chart
 
@@ -86,7 +87,12 @@ def charts(series: dict[str, Any]) -> list[str]:
     minutes = series.get("minutes", [])
     labels = [m["minute"][11:16] for m in minutes]
     outcomes = {
-        name: [m.get(name, 0) for m in minutes] for name in ("completed", "failed", "rejected")
+        name: [m.get(name, 0) for m in minutes]
+        for name in (
+            RequestState.COMPLETED.value,
+            RequestState.FAILED.value,
+            RequestState.REJECTED.value,
+        )
     }
     latency = {
         "median": [m.get("latency_median_ms") for m in minutes],

@@ -103,6 +103,9 @@ def test_an_event_is_proven_after_a_checkpoint_and_checked_offline(
     assert _one_line(unreadable.stderr) and unreadable.stdout == ""
     wrong_kind = run(home, "audit", "--consistency", str(proof))
     assert wrong_kind.returncode == 2 and _one_line(wrong_kind.stderr)
+    with_a_log = run(home, "audit", str(cfg.log_path), "--proof", str(tampered))
+    assert with_a_log.returncode != 0 and with_a_log.stdout == ""
+    assert _one_line(with_a_log.stderr) and "a proof is checked on its own" in with_a_log.stderr
 
 
 def test_checkpointing_a_log_held_by_a_running_node_is_refused(
@@ -159,3 +162,69 @@ def test_a_forked_log_is_shown_as_a_fork_and_exits_1(
     assert first.startswith("proof FAILED  FORK of log node:hereon/n1")
     assert [line.split()[0] for line in evidence] == ["old", "new"]
     assert all('"signer"' in line for line in evidence)
+
+
+def test_two_checkpoints_are_compared_in_either_order_and_a_fork_of_one_size_is_shown(
+    world: World, cfg: NodeConfig, tmp_path: Path
+) -> None:
+    """The comparison of two checkpoints: given the wrong way round, the larger still extends
+    the smaller; equal ones are shown equal; one of the same size from a copy of the log
+    that went another way is a fork, whichever of the two the node's log holds; one of
+    another log, or a larger one of another history, is refused in one line."""
+    home, conf = world.store.home, str(cfg.source)
+    fork = tmp_path / "fork.db"
+    assert node_cli(world, "checkpoint", "--config", conf).returncode == 0
+    small = tmp_path / "small.json"
+    small.write_text(node_cli(world, "head", "--db", str(cfg.log_path)).stdout)
+    shutil.copyfile(cfg.log_path, fork)
+    _append(world, cfg.log_path, cfg, "req00003")
+    _append(world, fork, cfg, "req00004")
+    assert node_cli(world, "checkpoint", "--config", conf).returncode == 0
+    with EventLog(fork, world.store.load(cfg.identity)) as log:
+        log.checkpoint()
+    large, forked = tmp_path / "large.json", tmp_path / "forked.json"
+    large.write_text(node_cli(world, "head", "--db", str(cfg.log_path)).stdout)
+    forked.write_text(node_cli(world, "head", "--db", str(fork)).stdout)
+    other = world.node_config("hereon", name="n2")
+    _append(world, other.log_path, other, "req00005")
+    assert node_cli(world, "checkpoint", "--config", str(other.source)).returncode == 0
+    stranger = tmp_path / "stranger.json"
+    stranger.write_text(node_cli(world, "head", "--db", str(other.log_path)).stdout)
+
+    def compare(*files: Path) -> subprocess.CompletedProcess[str]:
+        proof = tmp_path / "c.json"
+        proof.unlink(missing_ok=True)
+        args = ["prove", "--consistency", *map(str, files), "--config", conf, "-o", str(proof)]
+        made = node_cli(world, *args)
+        if made.returncode != 0:
+            return made
+        return run(home, "audit", "--consistency", str(proof))
+
+    for pair in ((small, large), (large, small)):
+        checked = compare(*pair)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout.startswith("proof OK  checkpoint 18 (")
+        assert "extends checkpoint 11 (" in checked.stdout
+    assert compare(large, large).returncode == 0
+    for pair in ((forked, large), (large, forked)):
+        shown = compare(*pair)
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        first_line, *evidence = shown.stdout.splitlines()
+        assert "FORK" in first_line and "two signed checkpoints of size 18" in first_line
+        assert [line.split()[0] for line in evidence] == ["old", "new"]
+    another = compare(small, stranger)
+    assert another.returncode == 1 and _one_line(another.stderr)
+    assert "is of log node:hereon/n2, not node:hereon/n1" in another.stderr
+    _append(world, fork, cfg, "req00006")
+    with EventLog(fork, world.store.load(cfg.identity)) as log:
+        log.checkpoint()
+    longer = tmp_path / "longer.json"
+    longer.write_text(node_cli(world, "head", "--db", str(fork)).stdout)
+    beyond = compare(small, longer)
+    assert beyond.returncode == 1 and _one_line(beyond.stderr)
+    assert "checkpoint 25 covers 25 events; the log has 19" in beyond.stderr
+    _append(world, cfg.log_path, cfg, "req00007", "req00008")
+    history = compare(small, longer)
+    assert history.returncode == 1 and _one_line(history.stderr)
+    assert "is not of this log's history" in history.stderr
+    assert "fedhub-node log prove --consistency CHECKPOINT.json" in history.stderr

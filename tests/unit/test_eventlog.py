@@ -7,6 +7,7 @@ signatures); that the same logs audit clean is in test_eventlog_audit.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import sqlite3
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from helpers.logs import (
     Keys,
+    audit_file,
     build_log,
     commit_problems,
     open_new_log,
@@ -157,6 +159,30 @@ def test_a_reopened_log_continues_the_chain(tmp_path: Path) -> None:
     assert second.seq == first.seq + 1
     assert second.parsed()["prev"] == leaf_hash(first.body).hex()
     assert commit_problems(path, [keys.node]) == []
+
+
+def test_a_clock_that_steps_back_never_dates_an_event_before_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node wrote while its clock ran an hour ahead; set right, it steps back, in the
+    same process and after a restart: events and checkpoints keep the last time, so the
+    honest log still audits clean (time never goes back)."""
+    keys = Keys.generate()
+    path = tmp_path / "events.db"
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()[:26] + "Z"
+    with open_new_log(path, keys) as log:
+        monkeypatch.setattr("node.eventlog.now", lambda: ahead)
+        log.append_many([STARTED, *request_events("req00001")])
+        monkeypatch.undo()  # the clock is set right: it steps back an hour
+        log.append_many([*request_events("req00002"), NodeStopped()])
+        log.checkpoint()
+    with EventLog(path, keys.node) as log:
+        log.append_many([STARTED, *request_events("req00003"), NodeStopped()])
+        log.checkpoint()
+        times = [ev.parsed()["time"] for ev in log.events()]
+    assert times == sorted(times) and times[-1] == ahead
+    report = audit_file(path, keys.trusted)
+    assert report.ok, [f.line() for f in report.findings]
 
 
 def test_a_log_is_written_only_with_its_own_current_key(tmp_path: Path) -> None:

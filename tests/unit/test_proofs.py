@@ -379,3 +379,108 @@ def test_the_log_of_another_process_of_the_same_node_is_proven_by_its_key_and_no
     else:
         with pytest.raises(SignatureError):
             verify_event_proof(proof, keys.trusted)
+
+
+def test_a_proof_file_naming_a_key_twice_is_unreadable(
+    built: tuple[Path, Keys, list[SignedRecord]],
+) -> None:
+    """Parsers disagree on which of two values counts; the verifier reads neither."""
+    db, keys, _ = built
+    text = _prove(db, 5).model_dump_json()
+    verify_event_proof(_parse(text.encode()), keys.trusted)
+    twice = '{"log":"node:hereon/n2",' + text[1:]
+    with pytest.raises(CanonicalError, match="key 'log' appears twice"):
+        parse_proof(twice)
+    nested = text.replace('"event":{', '"event":{"seq":1,', 1)
+    with pytest.raises(CanonicalError, match="key 'seq' appears twice"):
+        parse_proof(nested)
+
+
+V1 = Path(__file__).resolve().parents[1] / "fixtures" / "logs" / "v1"
+
+
+def test_every_event_of_a_v1_log_continued_in_v2_is_proven_under_its_first_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """The previous release's log (checkpoints signed by the node key before and after its
+    rotation), then version 2 commits of this release: every covered event, of either
+    version, signed or not, and the checkpoint events themselves."""
+    import json
+
+    from hub.keys import load_public_file
+
+    shutil.copytree(V1, tmp_path / "v1")
+    db = tmp_path / "v1" / "events.db"
+    node_key = KeyPair.from_file_json(json.loads((V1 / "node-key.json").read_text()))
+    site = load_public_file(V1 / "site-hereon.pub")
+    trusted = {site.identity.removeprefix("site:"): site.sign_key}
+    with EventLog(db, node_key, checkpoint_every=1000) as log:
+        log.append_many([STARTED, *request_events("v2req00001"), NodeStopped()])
+        log.checkpoint()
+    with EventLog.open_readonly(db) as log:
+        events = list(log.events(limit=_covered(db)))
+        signers = {_prove(db, ev.seq).checkpoint.signer for ev in events}
+    assert {ev.parsed()["v"] for ev in events} == {1, 2}
+    assert any(not ev.signed for ev in events) and len(signers) == 2
+    for ev in events:
+        verdict = verify_event_proof(_parse(_prove(db, ev.seq).model_dump_json().encode()), trusted)
+        assert (verdict.seq, verdict.type) == (ev.seq, ev.type)
+
+
+def test_events_are_proven_under_checkpoints_of_every_shape_of_tree(tmp_path: Path) -> None:
+    """Checkpoints at sizes that are and are not powers of two, commits of one to four
+    events: the first event, the last covered one and each in between."""
+    keys = Keys.generate()
+    db = tmp_path / "events.db"
+    with open_new_log(db, keys, checkpoint_every=100_000) as log:
+        log.append(STARTED)
+        log.checkpoint()  # size 2
+        for i in range(24):
+            log.append_many(request_events(f"r{i:07d}")[: i % 4 + 1])
+            if i % 3 == 0:
+                log.checkpoint()
+        while log.size < 128:
+            log.append(STARTED)
+        log.checkpoint()  # size 128
+        log.append_many([STARTED] * 3)
+        log.checkpoint()
+        sizes = [int(s) for (s,) in log.db.execute("SELECT size FROM checkpoints")]
+        last = log.size - 1
+    assert any(s & (s - 1) == 0 for s in sizes) and any(s & (s - 1) for s in sizes)
+    for seq in range(1, last + 1):
+        verdict = verify_event_proof(
+            _parse(_prove(db, seq).model_dump_json().encode()), keys.trusted
+        )
+        assert verdict.seq == seq and verdict.size in sizes and verdict.size >= seq
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        '{"signed": 5}',
+        '{"kind": "event-proof"}',
+        '{"record": "!!", "sig": "x", "signer": "y"}',
+        '{"record": "eyJ2IjoxfQ", "sig": "c2ln", "signer": "0123456789abcdef0123"}',
+    ],
+    ids=[
+        "empty",
+        "a list",
+        "a number",
+        "a proof without checkpoint",
+        "not base64",
+        "no checkpoint",
+    ],
+)
+def test_a_file_that_holds_no_signed_checkpoint_is_refused_in_one_line(
+    tmp_path: Path, text: str
+) -> None:
+    from node.proving import read_checkpoint
+
+    path = tmp_path / "cp.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        read_checkpoint(path)
+    line = refused.value.diagnostics()
+    assert "\n" not in line and f"cannot read a signed checkpoint from {path}" in line

@@ -335,3 +335,27 @@ def test_an_unreadable_signed_header_in_the_log_is_an_error_naming_the_event(
         log.append_many([_AcceptedV2(request_id="req00009", header="bm90IGpzb24")])
     with pytest.raises(CanonicalError, match="event 2: cannot read the request's nonce"):
         _read(path, W, time.time())
+
+
+def test_a_restart_on_a_clock_set_ahead_then_set_right_never_reopens_a_request_left_out(
+    log_path: Path,
+) -> None:
+    """The node restarts while its clock reads 3 windows ahead: the log's requests are too
+    old to be read back. Once the clock is set right, a replay of one of them (its time
+    still inside the window) is refused: the guard starts as if it had forgotten them."""
+    sent = time.time()
+    ahead = sent + 3 * W
+    guard = ReplayGuard(W)
+    assert guard.load(_read(log_path, W, ahead), read_at=ahead) == 0
+    with pytest.raises(ReplayError, match="older than requests this node has forgotten"):
+        guard.check_and_remember("bm9uY2Ux", sent, sent + 1)
+    guard.check_and_remember("fresh", ahead, ahead)  # a request on the clock it read is fine
+
+
+def test_the_floor_a_restart_sets_refuses_nothing_the_window_would_accept(log_path: Path) -> None:
+    now = time.time()
+    guard = ReplayGuard(W)
+    guard.load(_read(log_path, W, now), read_at=now)
+    guard.check_and_remember("early", now - W + 1, now)  # inside the window, never seen
+    with pytest.raises(ReplayError, match="outside"):
+        guard.check_and_remember("late", now - W - 1, now)

@@ -93,3 +93,25 @@ def test_a_notice_whose_node_key_is_not_vouched_by_the_pinned_site_key_counts_fo
     cp = grow(log, 1)
     with pytest.raises(FederationError):
         Witness({SITE: other.site.sign_public}).judge(first(log, cp))
+
+
+def test_two_genuine_checkpoints_with_a_wrong_path_are_no_evidence_of_a_fork(
+    tmp_path: Path,
+) -> None:
+    """Anyone in the federation may publish a notice: two checkpoints the node really
+    signed, with a path altered, must neither be disputed (a false accusation) nor stop
+    the witness from cosigning the log's next checkpoints."""
+    keys = Keys.generate()
+    log = open_new_log(tmp_path / "a.db", keys)
+    cp1 = grow(log, 1)
+    cp2 = grow(log, 3)
+    witness = Witness(keys.trusted)
+    assert witness.judge(first(log, cp1)).action == "cosign"
+    honest = consistency_proof_of(log, cp1, cp2)
+    assert honest.path
+    forged = honest.model_copy(update={"path": ("00" * 32, *honest.path[1:])})
+    with pytest.raises(FederationError, match="path does not verify"):
+        witness.judge(forged)
+    assert witness.judge(honest).action == "cosign"
+    cp3 = grow(log, 1)
+    assert witness.judge(consistency_proof_of(log, cp2, cp3)).action == "cosign"
