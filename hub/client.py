@@ -357,6 +357,9 @@ class Client(ResultsMixin):
         limits = [x for x in (self.nc.max_payload, node_limit) if x]
         limit = min(limits) if limits else 0
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
+        own = int(self.nc.max_payload or 0)
+        # a reply above what my server carries would break my link: tell the node
+        reply_max = own if 0 < own < node_limit else None
         rid, nonce = _new_request_id()
         kwargs, refs = await stage_refs(self, kwargs, info, rid)
         plan = call_bulk.plan_arguments(kwargs, threshold)
@@ -395,6 +398,7 @@ class Client(ResultsMixin):
             bulk=bulk,
             refs=refs,
             keep_for=keep_for,
+            reply_max=reply_max,
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
         if limit and len(data) > limit:
@@ -632,8 +636,6 @@ class Client(ResultsMixin):
         itself (:mod:`hub.call_recovery` says when).
         """
         await self._recovery.recover(handle, last, tries)
-
-    # -- the inbox -------------------------------------------------------------------------
 
     # -- the inbox -------------------------------------------------------------------------
 
