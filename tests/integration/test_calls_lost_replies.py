@@ -146,6 +146,41 @@ async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_fa
     assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
 
 
+async def test_every_reply_lost_while_the_hub_was_down_under_load_is_recovered_from_the_store(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # as an operator saw it: several calls in flight complete at the node while the hub is
+    # down; each reply is dropped (not delayed: the node's side of the way is gone), and
+    # each caller gets its result from the node's store, long before its deadline
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handles = [
+            await client.submit("hereon.climate.sleep", seconds=1.0 + i / 10, timeout=DEADLINE)
+            for i in range(6)
+        ]
+        rids = [h.request_id for h in handles]
+        await wait_until(lambda: all(events_of(cfg, rid) for rid in rids), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(
+            lambda: all("request.completed" in events_of(cfg, rid) for rid in rids), limit=30
+        )
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+        assert not any(h.done() for h in handles), "every reply had nowhere to go"
+
+        results = await asyncio.wait_for(asyncio.gather(*handles), BOUND)
+    assert results == [1.0 + i / 10 for i in range(6)]
+    assert all("result.fetched" in events_of(cfg, rid) for rid in rids)
+
+
 async def test_while_the_hub_stays_down_a_silent_call_is_asked_about_often_not_ever_later(
     world: World, federation_factory: FederationFactory
 ) -> None:
