@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hub.canonical import parse_canonical
+from hub.canonical import b64d, parse_canonical
 from hub.clock import parse_time
 from hub.crypto import blake2b_256, verify
 from hub.directory import Directory
@@ -221,6 +221,7 @@ def open_request(
     try:
         header = validate_request_header(frame.claimed)
         check_payload(header, frame.ciphertext)
+        _check_wraps(header)
     except IntegrityError as exc:
         return frame.reject(exc, "malformed", verified=True)
     try:
@@ -254,6 +255,18 @@ def admit(
     except UnauthorizedError as exc:
         return Rejection.of(req, exc, "unauthorized")
     return None
+
+
+def _check_wraps(header: RequestHeader) -> None:
+    """Each wrapped content key must be base64 (else the call would be accepted and then
+    fail as if its result were bad)."""
+    for kid, wrap in header.wraps.items():
+        try:
+            b64d(wrap)
+        except CanonicalError as exc:
+            raise CanonicalError(
+                f"malformed request: the content key wrapped for {kid} is not URL-safe base64"
+            ) from exc
 
 
 def _signed_by(record: KeyRecord, header_bytes: bytes, sig: bytes) -> bool:
