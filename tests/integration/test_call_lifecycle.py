@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 import xarray as xr
-from support.hostile import LogView, craft_request
+from support.hostile import LogView, craft_request, wait_until
 from support.world import CLIMATE, World
 
 from hub.canonical import b64d, b64e, parse_canonical
 from hub.client import Client
 from hub.crypto import verify
 from hub.envelopes import DOMAIN_REQUEST, parse_request_header, split_request
-from hub.errors import FunctionFailedError, NotFoundError, OversizeError
+from hub.errors import FunctionFailedError, NotFoundError, OversizeError, TransportError
 from hub.events import RequestReceived
 from hub.lifecycle import RequestState, step
 from hub.subjects import RESULTS_BUCKET
@@ -186,6 +186,25 @@ async def test_an_error_message_too_large_for_one_reply_still_reaches_the_caller
     status = await handle.status()
     assert (status.state, status.code) == (RequestState.FAILED, "function_failed")
     assert await fed.call("hereon.blobs.blob", size=10, timeout=15) == bytes(10)
+
+
+async def test_a_caller_that_went_away_finds_the_outcome_in_status_and_fetch(
+    node: NodeDaemon, cfg: NodeConfig, world: World
+) -> None:
+    # the reply goes to an inbox nobody listens on any more (core NATS drops it unseen):
+    # the log and the store still hold the outcome for the caller's next session
+    async with await Client.connect(node.url, CALLER, home=world.store.home) as gone:
+        handle = await gone.submit("hereon.climate.sleep", seconds=0.5, timeout=30)
+    rid = handle.request_id
+    with pytest.raises(TransportError, match="closed before the answer"):
+        await handle.result()
+    await wait_until(
+        lambda: "request.completed" in [e["type"] for e in LogView(cfg.log_path).for_request(rid)]
+    )
+    async with await Client.connect(node.url, CALLER, home=world.store.home) as back:
+        status = await back.status("hereon", rid)
+        assert (status.state, status.result_object) == (RequestState.COMPLETED, rid)
+        assert await back.fetch("hereon", rid) == 0.5
 
 
 async def test_a_result_the_node_could_not_keep_is_logged_as_lost_and_status_says_so(
