@@ -185,15 +185,23 @@ class Recovery:
         while the node has not ended the call (or its reply may still be on the way)."""
         rid = handle.request_id
         if state.state == RequestState.COMPLETED:
+            gone = "no copy of the result was kept"
             if state.result_object:
-                value = await self.client._fetch(
-                    handle.site, state, timeout=timeout, result_path=handle.result_path
-                )
-                return value, None
+                try:
+                    value = await self.client._fetch(
+                        handle.site, state, timeout=timeout, result_path=handle.result_path
+                    )
+                except NotFoundError as exc:
+                    if "not reachable" in exc.message:
+                        raise  # no way to the node yet: asked again
+                    # the kept copy is gone (the node stopped before storing it, or it
+                    # was removed): only the reply had it
+                    gone = f"its kept copy is gone ({exc.message})"
+                else:
+                    return value, None
             if last:
                 return None, NotFoundError(
-                    f"{handle.address} completed at the node, but its reply was lost and no "
-                    "copy of the result was kept",
+                    f"{handle.address} completed at the node, but its reply was lost and {gone}",
                     hint=f"the node's log has it: `fedhub status {rid} --site {handle.site}`",
                 )
             return None

@@ -27,9 +27,9 @@ from support.world import World
 from hub import call_recovery
 from hub.call_handle import CallHandle
 from hub.client import Client
-from hub.errors import CallCancelledError
+from hub.errors import CallCancelledError, CallTimeoutError, NotFoundError
 from hub.nats import LocalFederation, NatsServer
-from hub.subjects import status_subject
+from hub.subjects import RESULTS_BUCKET, status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -144,6 +144,40 @@ async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_fa
 
         assert await handle.result(timeout=BOUND) == 2.0
     assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
+
+
+async def test_a_lost_reply_whose_kept_copy_is_gone_fails_with_not_found_not_a_timeout(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # the node died between its reply and storing the result, or the copy was removed:
+    # status says completed, fetch finds nothing; the last ask says so instead of
+    # leaving the caller to its deadline's CallTimeoutError
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        assert node.nc is not None
+        store = await node.nc.jetstream().object_store(RESULTS_BUCKET)
+        await wait_until(lambda: node.pipeline is not None and not node.pipeline.in_flight)
+        await store.delete(rid)
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+
+        with pytest.raises(NotFoundError, match="reply was lost") as err:
+            await handle.result()
+    assert not isinstance(err.value, CallTimeoutError)
+    assert "result.fetched" not in events_of(cfg, rid)
 
 
 async def test_every_reply_lost_while_the_hub_was_down_under_load_is_recovered_from_the_store(
