@@ -631,9 +631,9 @@ class Client(ResultsMixin):
         Asks for the status (up to ``tries`` times, while the node cannot be reached yet);
         a completed call is delivered from its stored result, a failed or rejected one
         raises its typed error; a call still running is left to its reply. ``last``
-        (shortly before the deadline): a call that completed without a kept result fails
-        at once, as the reply that carried it is lost for good. The client does this by
-        itself (:mod:`hub.call_recovery` says when).
+        (shortly before the deadline): a call that completed without a kept result (or
+        whose kept copy is gone) fails at once, as the reply that carried it is lost for
+        good. The client does this by itself (:mod:`hub.call_recovery` says when).
         """
         await self._recovery.recover(handle, last, tries)
 
