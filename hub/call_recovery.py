@@ -170,6 +170,10 @@ class Recovery:
                 continue
             except FederationError as exc:
                 log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
+                if last and self.client._pending.get(handle.request_id) is handle:
+                    # the reply is lost for good, and the node's record cannot replace it:
+                    # say why now rather than time out at the deadline
+                    handle._settle(error=exc)
                 return
             handle._unreachable = False
             if self.client._pending.get(handle.request_id) is not handle:

@@ -182,7 +182,9 @@ class Control:
             return await self._fetch_bulk(rid, caller, state, head, body, wraps)
         ciphertext = body
         if blake2b_256(ciphertext).hex() != state.get("result_hash"):
-            raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
+            error = IntegrityError(f"the stored result of {rid} is not the one the log recorded")
+            log.warning("result.fetch_failed", request_id=rid, error=error.message)
+            raise error
         stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
         return p.replies.result_frame(
             rid,

@@ -27,8 +27,8 @@ from support.world import World
 from hub import call_recovery
 from hub.call_handle import CallHandle
 from hub.client import Client
-from hub.errors import CallCancelledError, CallTimeoutError, NotFoundError
-from hub.nats import LocalFederation, NatsServer
+from hub.errors import CallCancelledError, CallTimeoutError, IntegrityError, NotFoundError
+from hub.nats import LocalFederation, NatsServer, get_object, put_object
 from hub.subjects import RESULTS_BUCKET, status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
@@ -177,6 +177,37 @@ async def test_a_lost_reply_whose_kept_copy_is_gone_fails_with_not_found_not_a_t
         with pytest.raises(NotFoundError, match="reply was lost") as err:
             await handle.result()
     assert not isinstance(err.value, CallTimeoutError)
+    assert "result.fetched" not in events_of(cfg, rid)
+
+
+async def test_a_lost_reply_whose_kept_copy_was_altered_fails_with_an_integrity_error(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        assert node.nc is not None
+        await wait_until(lambda: node.pipeline is not None and not node.pipeline.in_flight)
+        js = node.nc.jetstream()
+        kept = await get_object(js, RESULTS_BUCKET, rid)
+        await put_object(js, RESULTS_BUCKET, rid, kept[:-1] + bytes([kept[-1] ^ 1]))
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+
+        with pytest.raises(IntegrityError, match="not the one the log recorded"):
+            await handle.result()
     assert "result.fetched" not in events_of(cfg, rid)
 
 
