@@ -21,7 +21,13 @@ import structlog
 
 from hub.answers import RequestStatus
 from hub.call_handle import CallHandle
-from hub.errors import CallTimeoutError, FederationError, NotFoundError, error_from_code
+from hub.errors import (
+    CallTimeoutError,
+    FederationError,
+    NotFoundError,
+    caller_code,
+    error_from_code,
+)
 from hub.lifecycle import RequestState
 
 if TYPE_CHECKING:
@@ -210,6 +216,7 @@ class Recovery:
                 )
             return None
         if state.state in (RequestState.FAILED, RequestState.REJECTED):
-            code = state.code or "remote_error"
+            # a rejection's logged reason (malformed ...) as the code its lost reply carried
+            code = caller_code(state.code or "remote_error")
             return None, call_error(code, state.reason or "", handle.address)
         return None

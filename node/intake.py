@@ -41,6 +41,7 @@ from hub.errors import (
     SignatureError,
     UnauthorizedError,
     UnknownFunctionError,
+    caller_code,
 )
 from hub.events import RequestRejected
 from hub.records import KeyRecord
@@ -116,11 +117,7 @@ class Rejection:
         """The error code the caller sees (docs/protocol.md)."""
         if isinstance(self.error, RemoteError):
             return self.error.code
-        return {
-            "bad_signature": "unauthorized",
-            "malformed": "invalid_arguments",
-            "misrouted": "not_found",
-        }.get(self.code, self.code)
+        return caller_code(self.code)
 
 
 @dataclass(slots=True)
