@@ -57,9 +57,9 @@ def world(tmp_path: Path) -> World:
 
 
 @pytest.fixture(scope="module")
-def blobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The blobs module's file (one path: a module is imported once per process)."""
-    path = tmp_path_factory.mktemp("modules") / "blobs.py"
+def sized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sized module's file (its own name: a module is imported once per process)."""
+    path = tmp_path_factory.mktemp("modules") / "sized.py"
     path.write_text(BLOBS)
     return path
 
@@ -79,16 +79,16 @@ async def small_geomar(federation_factory: FederationFactory) -> LocalFederation
 
 
 async def test_a_result_above_what_the_callers_server_carries_arrives_whole_and_breaks_no_link(
-    world: World, blobs: Path, federation_factory: FederationFactory
+    world: World, sized: Path, federation_factory: FederationFactory
 ) -> None:
     fed = await small_geomar(federation_factory)
     cfg = world.node_config(
         "hereon",
         **node_nats(fed, "hereon"),
-        modules=[("blobs", blobs)],
+        modules=[("sized", sized)],
         trust=["geomar"],
         users=[CALLER],
-        grants=[(CALLER, "blobs", "*")],
+        grants=[(CALLER, "sized", "*")],
     )
     async with (
         NodeDaemon(cfg, grace=2),
@@ -97,11 +97,11 @@ async def test_a_result_above_what_the_callers_server_carries_arrives_whole_and_
         ) as client,
     ):
         assert client.nc.max_payload == SMALL
-        await wait_reachable(client, "hereon", "blobs")
-        handle = await client.submit("hereon.blobs.blob", size=RESULT, timeout=DEADLINE)
+        await wait_reachable(client, "hereon", "sized")
+        handle = await client.submit("hereon.sized.blob", size=RESULT, timeout=DEADLINE)
         assert await handle.result(timeout=BOUND) == bytes(RESULT)
         assert await client.fetch("hereon", handle.request_id) == bytes(RESULT)
-        assert await client.call("hereon.blobs.blob", size=10, timeout=BOUND) == bytes(10)
+        assert await client.call("hereon.sized.blob", size=10, timeout=BOUND) == bytes(10)
     kinds = [e["type"] for e in LogView(cfg.log_path).for_request(handle.request_id)]
     assert kinds[:2] == ["request.accepted", "request.completed"]
     broken = [
