@@ -278,6 +278,20 @@ async def test_a_revocation_by_the_callers_site_is_answered_with_an_admin_answer
     assert (answer.op, answer.kid) == ("revoke", klaus.kid)
 
 
+async def test_a_control_message_signed_with_a_revoked_key_is_a_401_naming_the_revocation(
+    world: World, raw: NatsClient
+) -> None:
+    klaus = world.store.load(CALLER)
+    revocation = sign_record(
+        Revocation(identity=CALLER, kid=klaus.kid, time=now(), reason="left"),
+        world.site("geomar").signing_key,
+    )
+    await raw.request(admin_subject("hereon"), admin_message("revoke", revocation), timeout=5)
+    status, code, text = await refused(raw, control(world, CALLER, "status", "A" * 22))
+    assert (status, code) == ("401", "unauthorized")
+    assert f"key {klaus.kid} of {CALLER} was revoked" in text and "left" in text
+
+
 async def test_the_info_answer_is_a_module_description(raw: NatsClient) -> None:
     msg = await raw.request(info_subject("hereon", "climate"), b"", timeout=5)
     info = ModuleDescription.model_validate_json(msg.data)
