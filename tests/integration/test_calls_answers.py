@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from support.hostile import LogView
 from support.world import World
 
@@ -37,7 +38,7 @@ from hub.records import Revocation, sign_record
 from hub.subjects import admin_subject, info_subject, status_subject
 from node.admin import admin_message
 from node.config import NodeConfig
-from node.daemon import NodeDaemon
+from node.daemon import NodeDaemon, _respond
 
 CALLER = "klaus@geomar"
 STRANGER = "mallory@geomar"
@@ -290,6 +291,24 @@ async def test_a_control_message_signed_with_a_revoked_key_is_a_401_naming_the_r
     status, code, text = await refused(raw, control(world, CALLER, "status", "A" * 22))
     assert (status, code) == ("401", "unauthorized")
     assert f"key {klaus.kid} of {CALLER} was revoked" in text and "left" in text
+
+
+async def test_an_answer_too_large_for_one_message_is_told_as_a_413_not_left_to_time_out(
+    raw: NatsClient,
+) -> None:
+    # e.g. a catalog answer about a very long history: the service's publish is refused
+    # by the client library, and without an answer the asker would wait out its timeout
+    async def service(msg: Msg) -> None:
+        await _respond(raw, msg, bytes(raw.max_payload + 1))
+
+    sub = await raw.subscribe("fh.test.big", cb=service)
+    try:
+        msg = await raw.request("fh.test.big", b"", timeout=5)
+    finally:
+        await sub.unsubscribe()
+    assert msg.data == b"" and msg.headers is not None
+    assert (msg.headers[ERROR_CODE_HEADER], msg.headers[CODE_HEADER]) == ("413", "oversize")
+    assert "more than one message carries" in msg.headers[ERROR_HEADER]
 
 
 async def test_the_info_answer_is_a_module_description(raw: NatsClient) -> None:
