@@ -21,7 +21,13 @@ import structlog
 
 from hub.answers import RequestStatus
 from hub.call_handle import CallHandle
-from hub.errors import CallTimeoutError, FederationError, NotFoundError, error_from_code
+from hub.errors import (
+    CallTimeoutError,
+    FederationError,
+    NotFoundError,
+    caller_code,
+    error_from_code,
+)
 from hub.lifecycle import RequestState
 
 if TYPE_CHECKING:
@@ -170,6 +176,10 @@ class Recovery:
                 continue
             except FederationError as exc:
                 log.warning("client.recover_failed", request_id=handle.request_id, error=str(exc))
+                if last and self.client._pending.get(handle.request_id) is handle:
+                    # the reply is lost for good, and the node's record cannot replace it:
+                    # say why now rather than time out at the deadline
+                    handle._settle(error=exc)
                 return
             handle._unreachable = False
             if self.client._pending.get(handle.request_id) is not handle:
@@ -185,19 +195,28 @@ class Recovery:
         while the node has not ended the call (or its reply may still be on the way)."""
         rid = handle.request_id
         if state.state == RequestState.COMPLETED:
+            gone = "no copy of the result was kept"
             if state.result_object:
-                value = await self.client._fetch(
-                    handle.site, state, timeout=timeout, result_path=handle.result_path
-                )
-                return value, None
+                try:
+                    value = await self.client._fetch(
+                        handle.site, state, timeout=timeout, result_path=handle.result_path
+                    )
+                except NotFoundError as exc:
+                    if "not reachable" in exc.message:
+                        raise  # no way to the node yet: asked again
+                    # the kept copy is gone (the node stopped before storing it, or it
+                    # was removed): only the reply had it
+                    gone = f"its kept copy is gone ({exc.message})"
+                else:
+                    return value, None
             if last:
                 return None, NotFoundError(
-                    f"{handle.address} completed at the node, but its reply was lost and no "
-                    "copy of the result was kept",
+                    f"{handle.address} completed at the node, but its reply was lost and {gone}",
                     hint=f"the node's log has it: `fedhub status {rid} --site {handle.site}`",
                 )
             return None
         if state.state in (RequestState.FAILED, RequestState.REJECTED):
-            code = state.code or "remote_error"
+            # a rejection's logged reason (malformed ...) as the code its lost reply carried
+            code = caller_code(state.code or "remote_error")
             return None, call_error(code, state.reason or "", handle.address)
         return None

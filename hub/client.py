@@ -357,6 +357,9 @@ class Client(ResultsMixin):
         limits = [x for x in (self.nc.max_payload, node_limit) if x]
         limit = min(limits) if limits else 0
         threshold = self.bulk_threshold or (limit // 2 if limit else 4 * 1024 * 1024)
+        own = int(self.nc.max_payload or 0)
+        # a reply above what my server carries would break my link: tell the node
+        reply_max = own if 0 < own < node_limit else None
         rid, nonce = _new_request_id()
         kwargs, refs = await stage_refs(self, kwargs, info, rid)
         plan = call_bulk.plan_arguments(kwargs, threshold)
@@ -395,6 +398,7 @@ class Client(ResultsMixin):
             bulk=bulk,
             refs=refs,
             keep_for=keep_for,
+            reply_max=reply_max,
         )
         data = pack_request(header, ciphertext, self.keys.signing_key)
         if limit and len(data) > limit:
@@ -627,13 +631,11 @@ class Client(ResultsMixin):
         Asks for the status (up to ``tries`` times, while the node cannot be reached yet);
         a completed call is delivered from its stored result, a failed or rejected one
         raises its typed error; a call still running is left to its reply. ``last``
-        (shortly before the deadline): a call that completed without a kept result fails
-        at once, as the reply that carried it is lost for good. The client does this by
-        itself (:mod:`hub.call_recovery` says when).
+        (shortly before the deadline): a call that completed without a kept result (or
+        whose kept copy is gone) fails at once, as the reply that carried it is lost for
+        good. The client does this by itself (:mod:`hub.call_recovery` says when).
         """
         await self._recovery.recover(handle, last, tries)
-
-    # -- the inbox -------------------------------------------------------------------------
 
     # -- the inbox -------------------------------------------------------------------------
 

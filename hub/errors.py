@@ -76,6 +76,7 @@ __all__ = [
     "UnauthorizedError",
     "UnknownFunctionError",
     "ValidationError",
+    "caller_code",
     "error_code",
     "error_from_code",
     "service_status",
@@ -307,6 +308,21 @@ _CODES: dict[str, tuple[type[FederationError], int]] = {
     "bad_signature": (UnauthorizedError, 401),
     "misrouted": (NotFoundError, 404),
 }
+
+
+#: Reasons a node logs for a rejection whose reply carried another (the caller's) code.
+_REJECTION_CODES = {
+    "bad_signature": "unauthorized",
+    "malformed": "invalid_arguments",
+    "misrouted": "not_found",
+}
+
+
+def caller_code(code: str) -> str:
+    """The wire code a caller sees for a code in a node's log: a rejection's reason
+    (``malformed`` ...) becomes the code its error reply carried, others stay as they are;
+    so a call's error is the same whether its reply or its status told it."""
+    return _REJECTION_CODES.get(code, code)
 
 
 def error_from_code(code: str, message: str, hint: str | None = None) -> FederationError:

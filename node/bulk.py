@@ -281,11 +281,19 @@ class BulkLink:
         key, tid = new_content_key(), new_transfer_id()
         # per module, or per call: a caller that compressed its arguments gets the same
         compress = self.compress(header.module) or bool(header.bulk and header.bulk.compressed)
-        chunk = chunk_size_for(int(self._nc().max_payload))
+        carried = int(self._nc().max_payload)
+        if header.reply_max is not None:  # the caller's server carries less than ours
+            carried = min(carried, header.reply_max)
+        chunk = chunk_size_for(carried)
+        threshold = (
+            self.threshold
+            if header.reply_max is None
+            else min(self.threshold, header.reply_max // 2)
+        )
         kind: str | None = None
         data: bytes | None = None
         info: SealedInfo | None = None
-        if is_xarray(value) and int(getattr(value, "nbytes", 0)) > self.threshold:
+        if is_xarray(value) and int(getattr(value, "nbytes", 0)) > threshold:
             self._live.add(rid)
             direct = await asyncio.to_thread(
                 seal_netcdf,
@@ -306,7 +314,7 @@ class BulkLink:
                     log.info("call.result_not_netcdf", reason=str(exc)[:200])
         if kind is None:
             data = codec.encode(value)
-            if len(data) <= self.threshold:
+            if len(data) <= threshold:
                 return data
             self._live.add(rid)
         if info is None and data is None:

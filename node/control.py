@@ -20,25 +20,38 @@ from pydantic import BaseModel
 
 from hub.answers import CancelAnswer, RequestStatus
 from hub.canonical import parse_canonical
+from hub.clock import parse_time
 from hub.crypto import blake2b_256, verify
+from hub.directory import Directory
 from hub.envelopes import (
     DOMAIN_CONTROL,
+    ControlHeader,
     StoredResult,
     split_control,
     validate_control_header,
 )
-from hub.errors import FederationError, IntegrityError, NotFoundError, UnauthorizedError
+from hub.errors import (
+    CanonicalError,
+    FederationError,
+    IntegrityError,
+    NotFoundError,
+    ReplayError,
+    SignatureError,
+    UnauthorizedError,
+    ValidationError,
+)
 from hub.events import ResultFetched
 from hub.lifecycle import UNFINISHED, RequestState
 from hub.results_wire import CATALOG_MAGIC
 from node import projections
 from node.catalog import Catalog
 from node.eventlog import StoredEvent
+from node.replay import ReplayGuard
 
 if TYPE_CHECKING:
     from node.pipeline import Pipeline
 
-__all__ = ["Control", "ControlAnswer"]
+__all__ = ["Control", "ControlAnswer", "open_control"]
 
 #: What a control message is answered with (a refusal is raised).
 ControlAnswer = BaseModel | bytes
@@ -52,6 +65,8 @@ class Control:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         self.catalog = Catalog(pipeline, self)
+        #: The nonces of the control messages answered within the replay window.
+        self.replay = ReplayGuard(pipeline.calls.replay_window)
 
     async def answer(self, data: bytes) -> ControlAnswer:
         """Answer a signed cancel/status/fetch message from a caller about its own request,
@@ -62,16 +77,7 @@ class Control:
         if data[:4] == CATALOG_MAGIC:
             return await self.catalog.answer(data)
         p = self.p
-        try:
-            header_bytes, sig = split_control(data)
-            claimed = parse_canonical(header_bytes)
-            record = p.directory.caller(str(claimed["caller"]), str(claimed["kid"]))
-            verify(record.sign_key_bytes(), DOMAIN_CONTROL, header_bytes, sig)
-            ctl = validate_control_header(claimed)  # the frame is parsed once
-        except UnauthorizedError:
-            raise
-        except (FederationError, KeyError, TypeError) as exc:
-            raise UnauthorizedError(f"control message refused: {exc}") from exc
+        ctl = open_control(data, p.directory, self.replay)
         if ctl.op in ("status", "fetch"):
             # the result may be being stored right now: answer once that has ended
             await p.results.settled(ctl.id)
@@ -176,7 +182,9 @@ class Control:
             return await self._fetch_bulk(rid, caller, state, head, body, wraps)
         ciphertext = body
         if blake2b_256(ciphertext).hex() != state.get("result_hash"):
-            raise IntegrityError(f"the stored result of {rid} is not the one the log recorded")
+            error = IntegrityError(f"the stored result of {rid} is not the one the log recorded")
+            log.warning("result.fetch_failed", request_id=rid, error=error.message)
+            raise error
         stored = await self.append_completed(rid, ResultFetched(request_id=rid, by=caller))
         return p.replies.result_frame(
             rid,
@@ -186,3 +194,42 @@ class Control:
             kept_as=str(name),
             log_seq=stored[-1].seq,
         )
+
+
+def open_control(data: bytes, directory: Directory, replay: ReplayGuard) -> ControlHeader:
+    """Verify a control message, parsed once, as a call's :func:`node.intake.open_request`
+    does: the frame and its header (ValidationError: not a control message a node can
+    read), the caller's key (UnauthorizedError: unknown or revoked), the signature
+    (UnauthorizedError), the header's schema (ValidationError), then its time and nonce
+    (ReplayError: a captured message sent again is not answered again)."""
+    try:
+        header_bytes, sig = split_control(data)
+        claimed = parse_canonical(header_bytes)
+    except CanonicalError as exc:
+        raise ValidationError(f"malformed control message: {exc.message}") from exc
+    caller = claimed.get("caller") if isinstance(claimed, dict) else None
+    kid = claimed.get("kid") if isinstance(claimed, dict) else None
+    if not isinstance(caller, str) or not isinstance(kid, str):
+        raise ValidationError("malformed control message: its header names no caller or key")
+    record = directory.caller(caller, kid)
+    try:
+        verify(record.sign_key_bytes(), DOMAIN_CONTROL, header_bytes, sig)
+    except SignatureError as exc:
+        raise UnauthorizedError(
+            f"the control message's signature does not verify with {caller}'s key {kid}"
+        ) from exc
+    try:
+        ctl = validate_control_header(claimed)
+    except CanonicalError as exc:
+        raise ValidationError(f"malformed control message: {exc.message}") from exc
+    try:
+        sent = parse_time(ctl.time).timestamp()
+    except (ValueError, FederationError) as exc:
+        raise ValidationError(f"malformed control message: time {ctl.time!r}") from exc
+    try:
+        replay.check_and_remember(ctl.nonce, sent)
+    except ReplayError as exc:
+        raise ReplayError(
+            f"control message {ctl.op} of {ctl.id} refused: {exc.message}", hint=exc.hint
+        ) from exc
+    return ctl

@@ -43,7 +43,13 @@ from pydantic import BaseModel
 from hub import __version__, localnodes
 from hub.answers import ModuleDescription, error_headers
 from hub.directory import Directory
-from hub.errors import ConfigError, FederationError, RemoteError, UnauthorizedError
+from hub.errors import (
+    ConfigError,
+    FederationError,
+    OversizeError,
+    RemoteError,
+    UnauthorizedError,
+)
 from hub.events import (
     NodeStarted,
     NodeStopped,
@@ -626,10 +632,19 @@ async def _respond(nc: NatsClient, msg: Msg, answer: BaseModel | bytes | Federat
         return
     if isinstance(answer, FederationError):
         await nc.publish(msg.reply, b"", headers=error_headers(answer))
-    elif isinstance(answer, bytes):
-        await nc.publish(msg.reply, answer)
-    else:
-        await nc.publish(msg.reply, answer.model_dump_json().encode())
+        return
+    data = answer if isinstance(answer, bytes) else answer.model_dump_json().encode()
+    try:
+        await nc.publish(msg.reply, data)
+    except nats.errors.MaxPayloadError:
+        # the asker hears why at once, instead of waiting out its request's timeout
+        log.warning("service.answer_too_large", subject=msg.subject, size=len(data))
+        error = OversizeError(
+            f"the answer is {len(data):,} bytes, more than one message carries here "
+            f"({nc.max_payload:,})",
+            hint="ask for less at a time",
+        )
+        await nc.publish(msg.reply, b"", headers=error_headers(error))
 
 
 def _running_pid(pid_file: Path) -> int | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hub.canonical import parse_canonical
+from hub.canonical import b64d, parse_canonical
 from hub.clock import parse_time
 from hub.crypto import blake2b_256, verify
 from hub.directory import Directory
@@ -41,10 +41,11 @@ from hub.errors import (
     SignatureError,
     UnauthorizedError,
     UnknownFunctionError,
+    caller_code,
 )
 from hub.events import RequestRejected
 from hub.records import KeyRecord
-from hub.subjects import inbox_prefix, parse_call_subject, validate_identity
+from hub.subjects import inbox_prefix, parse_call_subject, validate_identity, validate_token
 from node.replay import ReplayGuard
 from node.replies import error_frame, message_with_hint
 from node.runner import Runner
@@ -116,11 +117,7 @@ class Rejection:
         """The error code the caller sees (docs/protocol.md)."""
         if isinstance(self.error, RemoteError):
             return self.error.code
-        return {
-            "bad_signature": "unauthorized",
-            "malformed": "invalid_arguments",
-            "misrouted": "not_found",
-        }.get(self.code, self.code)
+        return caller_code(self.code)
 
 
 @dataclass(slots=True)
@@ -160,12 +157,7 @@ class _Frame:
         caller, reply = self.claim("caller"), self.claim("reply")
         if caller is None or reply is None:
             return None
-        try:
-            ident = validate_identity(caller)
-        except FederationError:
-            return None
-        prefix = inbox_prefix(ident.site, ident.name) + "."
-        return reply if reply.startswith(prefix) and " " not in reply else None
+        return reply if _is_inbox_of(caller, reply) else None
 
     def reject(
         self, error: FederationError, code: str, *, verified: bool, reply: bool = True
@@ -221,6 +213,14 @@ def open_request(
     try:
         header = validate_request_header(frame.claimed)
         check_payload(header, frame.ciphertext)
+        _check_wraps(header)
+        if not _is_inbox_of(header.caller, header.reply):
+            # replies go only where the caller listens, never to a subject of the site
+            # (a stream's, the JetStream API's, another service's)
+            raise CanonicalError(
+                f"malformed request: its reply subject {header.reply[:80]!r} is not an inbox "
+                f"of {header.caller}"
+            )
     except IntegrityError as exc:
         return frame.reject(exc, "malformed", verified=True)
     try:
@@ -254,6 +254,36 @@ def admit(
     except UnauthorizedError as exc:
         return Rejection.of(req, exc, "unauthorized")
     return None
+
+
+def _is_inbox_of(caller: str, reply: str) -> bool:
+    """Whether ``reply`` is an inbox of ``caller``: ``fh.inbox.<site>.<name>.<token>``."""
+    try:
+        ident = validate_identity(caller)
+        if ident.kind != "user":
+            return False
+        prefix = inbox_prefix(ident.site, ident.name) + "."
+    except FederationError:
+        return False
+    if not reply.startswith(prefix):
+        return False
+    try:
+        validate_token(reply[len(prefix) :])
+    except FederationError:
+        return False
+    return True
+
+
+def _check_wraps(header: RequestHeader) -> None:
+    """Each wrapped content key must be base64 (else the call would be accepted and then
+    fail as if its result were bad)."""
+    for kid, wrap in header.wraps.items():
+        try:
+            b64d(wrap)
+        except CanonicalError as exc:
+            raise CanonicalError(
+                f"malformed request: the content key wrapped for {kid} is not URL-safe base64"
+            ) from exc
 
 
 def _signed_by(record: KeyRecord, header_bytes: bytes, sig: bytes) -> bool:

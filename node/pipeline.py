@@ -471,7 +471,12 @@ class Pipeline:
         result_hash = blake2b_256(ciphertext).hex()
         kept_as = self.results.name_for(rid, h.keep_for)
         self.replies.check_size(
-            rid, result_hash=result_hash, wraps=wraps, ciphertext=ciphertext, kept_as=kept_as
+            rid,
+            result_hash=result_hash,
+            wraps=wraps,
+            ciphertext=ciphertext,
+            kept_as=kept_as,
+            reply_max=h.reply_max,
         )
         duration = int((time.perf_counter() - started) * 1e6)
         stored = await self.writer.append(

@@ -104,6 +104,12 @@ class Replies:
         )
         return pack_reply(header, ciphertext)
 
+    def reply_limit(self, reply_max: int | None) -> int:
+        """The largest reply a caller gets in one message: what this connection carries,
+        and at most the ``reply_max`` its request header names."""
+        limit = self.max_payload()
+        return limit if reply_max is None else min(limit, reply_max)
+
     def check_size(
         self,
         rid: str,
@@ -112,11 +118,13 @@ class Replies:
         wraps: dict[str, str],
         ciphertext: bytes,
         kept_as: str | None,
+        reply_max: int | None = None,
     ) -> None:
         """Raise :class:`OversizeError` when the result's reply frame would exceed what the
-        connection carries in one message (checked before the call is logged as completed).
+        connection carries in one message, or ``reply_max``, what the caller's server
+        carries (checked before the call is logged as completed).
         """
-        limit = self.max_payload()
+        limit = self.reply_limit(reply_max)
         if len(ciphertext) < limit - 4096:
             return  # the header is far smaller than the room left
         frame = self.result_frame(
@@ -130,9 +138,9 @@ class Replies:
         size = len(frame) + len(ciphertext)
         if size > limit:
             raise OversizeError(
-                f"the result is {size:,} bytes sealed, and a reply on this connection can "
+                f"the result is {size:,} bytes sealed, and a reply to this caller can "
                 f"carry at most {limit:,} bytes; results this large need a chunked transfer, "
-                "which this node does not offer yet",
+                "which this node does not offer for it",
                 hint="return less data per call (e.g. split the work into smaller calls)",
             )
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 import xarray as xr
-from support.hostile import LogView, craft_request
+from support.hostile import LogView, craft_request, wait_until
 from support.world import CLIMATE, World
 
 from hub.canonical import b64d, b64e, parse_canonical
 from hub.client import Client
 from hub.crypto import verify
 from hub.envelopes import DOMAIN_REQUEST, parse_request_header, split_request
-from hub.errors import NotFoundError
+from hub.errors import FunctionFailedError, NotFoundError, OversizeError, TransportError
 from hub.events import RequestReceived
 from hub.lifecycle import RequestState, step
 from hub.subjects import RESULTS_BUCKET
@@ -42,6 +42,11 @@ BLOBS = '''"""Results of any size."""
 def blob(size: int) -> bytes:
     """``size`` zero bytes."""
     return bytes(size)
+
+
+def shout(size: int) -> int:
+    """Raise an error whose message is ``size`` characters long."""
+    raise ValueError("x" * size)
 '''
 
 
@@ -140,6 +145,66 @@ async def test_a_result_too_large_for_one_message_reaches_the_caller_as_a_bulk_t
     status = await handle.status()
     assert (status.state, status.result_object) == (RequestState.COMPLETED, handle.request_id)
     assert await fed.call("hereon.blobs.blob", size=1000, timeout=15) == bytes(1000)
+
+
+async def test_a_result_too_large_for_one_reply_below_the_bulk_threshold_fails_at_once(
+    world: World, blobs: Path
+) -> None:
+    # an operator set the bulk threshold above what the server carries in one message:
+    # the reply cannot travel, and the caller hears so at once, not at its deadline
+    cfg = world.node_config(
+        "hereon",
+        trust=["geomar"],
+        users=[CALLER],
+        modules=[("blobs", blobs)],
+        grants=[(CALLER, "blobs", "*")],
+        calls={"bulk_threshold": 4 * BIG},
+    )
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(node.url, CALLER, home=world.store.home) as fed,
+    ):
+        handle = await fed.submit("hereon.blobs.blob", size=BIG, timeout=600)
+        with pytest.raises(OversizeError, match="at most") as err:
+            await handle.result(timeout=60)
+        assert err.value.code == "oversize"
+        status = await handle.status()
+        assert (status.state, status.code) == (RequestState.FAILED, "oversize")
+        with pytest.raises(NotFoundError, match="has no result: it is failed"):
+            await fed.fetch("hereon", handle.request_id)
+    kinds = [e["type"] for e in LogView(cfg.log_path).for_request(handle.request_id)]
+    assert kinds == ["request.accepted", "request.failed"]
+
+
+async def test_an_error_message_too_large_for_one_reply_still_reaches_the_caller_at_once(
+    fed: Client, cfg: NodeConfig
+) -> None:
+    handle = await fed.submit("hereon.blobs.shout", size=BIG, timeout=600)
+    with pytest.raises(FunctionFailedError, match="raised ValueError") as err:
+        await handle.result(timeout=60)
+    assert len(err.value.message) < 100_000
+    status = await handle.status()
+    assert (status.state, status.code) == (RequestState.FAILED, "function_failed")
+    assert await fed.call("hereon.blobs.blob", size=10, timeout=15) == bytes(10)
+
+
+async def test_a_caller_that_went_away_finds_the_outcome_in_status_and_fetch(
+    node: NodeDaemon, cfg: NodeConfig, world: World
+) -> None:
+    # the reply goes to an inbox nobody listens on any more (core NATS drops it unseen):
+    # the log and the store still hold the outcome for the caller's next session
+    async with await Client.connect(node.url, CALLER, home=world.store.home) as gone:
+        handle = await gone.submit("hereon.climate.sleep", seconds=0.5, timeout=30)
+    rid = handle.request_id
+    with pytest.raises(TransportError, match="closed before the answer"):
+        await handle.result()
+    await wait_until(
+        lambda: "request.completed" in [e["type"] for e in LogView(cfg.log_path).for_request(rid)]
+    )
+    async with await Client.connect(node.url, CALLER, home=world.store.home) as back:
+        status = await back.status("hereon", rid)
+        assert (status.state, status.result_object) == (RequestState.COMPLETED, rid)
+        assert await back.fetch("hereon", rid) == 0.5
 
 
 async def test_a_result_the_node_could_not_keep_is_logged_as_lost_and_status_says_so(

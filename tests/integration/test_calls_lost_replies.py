@@ -27,9 +27,9 @@ from support.world import World
 from hub import call_recovery
 from hub.call_handle import CallHandle
 from hub.client import Client
-from hub.errors import CallCancelledError
-from hub.nats import LocalFederation, NatsServer
-from hub.subjects import status_subject
+from hub.errors import CallCancelledError, CallTimeoutError, IntegrityError, NotFoundError
+from hub.nats import LocalFederation, NatsServer, get_object, put_object
+from hub.subjects import RESULTS_BUCKET, status_subject
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -144,6 +144,106 @@ async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_fa
 
         assert await handle.result(timeout=BOUND) == 2.0
     assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
+
+
+async def test_a_lost_reply_whose_kept_copy_is_gone_fails_with_not_found_not_a_timeout(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # the node died between its reply and storing the result, or the copy was removed:
+    # status says completed, fetch finds nothing; the last ask says so instead of
+    # leaving the caller to its deadline's CallTimeoutError
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        assert node.nc is not None
+        store = await node.nc.jetstream().object_store(RESULTS_BUCKET)
+        await wait_until(lambda: node.pipeline is not None and not node.pipeline.in_flight)
+        await store.delete(rid)
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+
+        with pytest.raises(NotFoundError, match="reply was lost") as err:
+            await handle.result()
+    assert not isinstance(err.value, CallTimeoutError)
+    assert "result.fetched" not in events_of(cfg, rid)
+
+
+async def test_a_lost_reply_whose_kept_copy_was_altered_fails_with_an_integrity_error(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+        rid = handle.request_id
+        await wait_until(lambda: events_of(cfg, rid), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
+        assert node.nc is not None
+        await wait_until(lambda: node.pipeline is not None and not node.pipeline.in_flight)
+        js = node.nc.jetstream()
+        kept = await get_object(js, RESULTS_BUCKET, rid)
+        await put_object(js, RESULTS_BUCKET, rid, kept[:-1] + bytes([kept[-1] ^ 1]))
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+
+        with pytest.raises(IntegrityError, match="not the one the log recorded"):
+            await handle.result()
+    assert "result.fetched" not in events_of(cfg, rid)
+
+
+async def test_every_reply_lost_while_the_hub_was_down_under_load_is_recovered_from_the_store(
+    world: World, federation_factory: FederationFactory
+) -> None:
+    # as an operator saw it: several calls in flight complete at the node while the hub is
+    # down; each reply is dropped (not delayed: the node's side of the way is gone), and
+    # each caller gets its result from the node's store, long before its deadline
+    fed = await federation_factory()
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2),
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        handles = [
+            await client.submit("hereon.climate.sleep", seconds=1.0 + i / 10, timeout=DEADLINE)
+            for i in range(6)
+        ]
+        rids = [h.request_id for h in handles]
+        await wait_until(lambda: all(events_of(cfg, rid) for rid in rids), limit=20)
+
+        await fed.hub.stop()
+        await wait_until(
+            lambda: all("request.completed" in events_of(cfg, rid) for rid in rids), limit=30
+        )
+        await fed.hub.start()
+        await fed.wait_connected(limit=20)
+        assert not any(h.done() for h in handles), "every reply had nowhere to go"
+
+        results = await asyncio.wait_for(asyncio.gather(*handles), BOUND)
+    assert results == [1.0 + i / 10 for i in range(6)]
+    assert all("result.fetched" in events_of(cfg, rid) for rid in rids)
 
 
 async def test_while_the_hub_stays_down_a_silent_call_is_asked_about_often_not_ever_later(

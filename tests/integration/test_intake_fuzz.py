@@ -32,9 +32,11 @@ from support.hostile import (
 )
 from support.world import World
 
-from hub.canonical import b64d
+from hub.canonical import b64d, canonical_bytes, parse_canonical
 from hub.client import Client
 from hub.clock import now
+from hub.crypto import sign
+from hub.envelopes import DOMAIN_REQUEST, REQUEST_MAGIC, split_request
 from hub.events import KeyRevoked
 from hub.keys import KeyPair
 from hub.nats import connect as nats_connect
@@ -218,6 +220,62 @@ def _attack(intake: Intake, kind: str) -> tuple[bytes, str, str]:
         crafted = intake.request(address="hereon.climate.launch")
         return crafted.data, crafted.subject, "not_found"
     raise AssertionError(kind)
+
+
+def _resigned(intake: Intake, change: Any, who: str = KLAUS) -> bytes:
+    """A fresh request of ``who`` whose header ``change`` rewrote (a function of the
+    header's fields returning the new fields, or header bytes), signed again by ``who``."""
+    header_bytes, _, ciphertext = split_request(intake.request(who).data)
+    fields = parse_canonical(header_bytes)
+    new = change(fields)
+    body = new if isinstance(new, bytes) else canonical_bytes(new)
+    sig = sign(intake.world.store.load(who).signing_key, DOMAIN_REQUEST, body)
+    return REQUEST_MAGIC + len(body).to_bytes(4, "big") + body + sig + ciphertext
+
+
+def _without(field: str) -> Any:
+    return lambda fields: {k: v for k, v in fields.items() if k != field}
+
+
+def _with(**values: Any) -> Any:
+    return lambda fields: {**fields, **values}
+
+
+def _signature_of_another_header(intake: Intake) -> bytes:
+    mine, other = intake.request().data, intake.request().data
+    header, _, ciphertext = split_request(mine)
+    _, sig, _ = split_request(other)
+    return REQUEST_MAGIC + len(header).to_bytes(4, "big") + header + sig + ciphertext
+
+
+#: (message maker, expected rejection code) of each malformed request a registered caller
+#: could sign (or send with a valid signature of another message).
+MALFORMED = {
+    "signed-header-not-json": (lambda i: _resigned(i, lambda f: b"{not json"), "malformed"),
+    "signed-header-not-an-object": (lambda i: _resigned(i, lambda f: b"[1,2]"), "malformed"),
+    "signed-header-missing-a-field": (
+        lambda i: _resigned(i, _without("payload_hash")),
+        "malformed",
+    ),
+    "signed-header-field-of-wrong-type": (
+        lambda i: _resigned(i, _with(timeout_ms="soon")),
+        "malformed",
+    ),
+    "signed-header-unknown-field": (lambda i: _resigned(i, _with(surprise=1)), "malformed"),
+    "signed-header-huge": (lambda i: _resigned(i, _with(pad="x" * 70_000)), "malformed"),
+    "signed-wrap-not-base64": (lambda i: _resigned(i, _with(wraps={i.node_kid: "A"})), "malformed"),
+    "signed-nonce-not-base64": (lambda i: _resigned(i, _with(nonce="%%%")), "malformed"),
+    "signature-of-another-header": (_signature_of_another_header, "bad_signature"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_each_malformed_request_a_caller_signs_is_rejected_with_its_code(
+    intake: Intake, kind: str
+) -> None:
+    make, code = MALFORMED[kind]
+    assert check_rejected(intake, make(intake)).code == code
+    assert intake.handle(intake.request().data).state == "completed", "the node serves on"
 
 
 ATTACKS = [

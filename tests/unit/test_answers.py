@@ -27,13 +27,18 @@ from hub.clock import now
 from hub.errors import (
     CallCancelledError,
     CallTimeoutError,
+    CanonicalError,
+    FederationError,
     FunctionFailedError,
     IntegrityError,
     NotFoundError,
     OversizeError,
     RemoteError,
+    ReplayError,
+    SignatureError,
     UnauthorizedError,
     ValidationError,
+    caller_code,
     error_code,
     error_from_code,
     service_status,
@@ -43,6 +48,7 @@ from hub.keys import KeyPair
 from hub.lifecycle import RequestState
 from hub.records import KeyRecord, sign_record
 from hub.schemas import protocol_schemas
+from node.intake import Rejection
 
 
 @pytest.mark.parametrize("code", wire_codes())
@@ -193,3 +199,25 @@ def test_every_answer_model_is_in_the_exported_schemas() -> None:
         "answers/admin": AdminAnswer,
     }.items():
         assert schemas[name] == model.model_json_schema()
+
+
+#: The error intake refuses with, for each reason it logs (node.intake.open_request, admit).
+REFUSALS: dict[str, FederationError] = {
+    "malformed": CanonicalError("malformed request: no caller"),
+    "bad_signature": SignatureError("request signature of klaus@geomar does not verify"),
+    "misrouted": NotFoundError("request for hereon.climate.scale arrived elsewhere"),
+    "unauthorized": UnauthorizedError("not granted"),
+    "replay": ReplayError("nonce used before"),
+    "oversize": OversizeError("request too large"),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(REFUSALS))
+def test_a_rejection_told_by_its_reply_or_by_its_status_is_the_same_error(reason: str) -> None:
+    rejection = Rejection(REFUSALS[reason], reason, None, True, "r" * 22, "klaus@geomar", "0" * 64)
+    by_reply = _error(rejection.wire_code(), "refused", "hereon.climate.scale")
+    by_status = _error(
+        caller_code(reason), "refused", "hereon.climate.scale"
+    )  # as recovery reads it
+    assert type(by_reply) is type(by_status)
+    assert error_code(by_reply) == error_code(by_status) == rejection.wire_code()

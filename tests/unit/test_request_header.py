@@ -50,6 +50,7 @@ OPTIONS: list[dict[str, Any]] = [
     {"refs": {"field": REF}},
     {"keep_for": 0},
     {"keep_for": 3600, "bulk": BULK, "refs": {"a": REF, "b": REF}},
+    {"reply_max": 1024 * 1024},
 ]
 
 
