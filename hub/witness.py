@@ -211,7 +211,7 @@ class WitnessView:
     rejected: dict[str, list[str]] = field(default_factory=dict)
     #: whether :meth:`verify` ran (it needs pinned site keys)
     checked: bool = False
-    #: directory records that are no witness record at all
+    #: directory records that are no witness record at all, or name no log
     problems: list[str] = field(default_factory=list)
 
     def verify(self, trusted: dict[str, bytes]) -> None:
@@ -226,7 +226,11 @@ class WitnessView:
                     f"ignored: cosignature claiming key {notice.cosignature.signer} "
                     f"does not verify: {why}"
                 )
-                self.rejected.setdefault(claimed_log(notice.checkpoint), []).append(line)
+                log = claimed_log(notice.checkpoint)
+                if log == "?":  # about no log: said once, for the whole view
+                    self.problems.append(line)
+                else:
+                    self.rejected.setdefault(log, []).append(line)
                 continue
             if site == site_of(cosig.log):
                 line = f"ignored: cosignature by {cosig.witness}: a site does not witness itself"

@@ -110,9 +110,17 @@ class Witnessed:
         of different sizes is evidence when the log does not hold both (a ``receipt``
         finding of the audit says which), else they are consistent and it is ignored."""
         held = {(r["size"], r["root"]) for r in report.receipts}
+        # an audit that gave up (too many findings) held no receipt against the log
+        judged = bool(held) or any(f.check == "receipt" for f in report.findings)
         for dispute in self._pending:
             a, b = dispute.earlier, dispute.later
-            if (a.size, a.root) in held and (b.size, b.root) in held:
+            if not judged:
+                why = (
+                    f"not judged: {dispute.notice.reason} notice from {dispute.notice.witness}: "
+                    "the audit stopped before it held the receipts against the log"
+                )
+                self._add(self.ignored, why)
+            elif (a.size, a.root) in held and (b.size, b.root) in held:
                 why = (
                     f"ignored: {dispute.notice.reason} notice from {dispute.notice.witness}: "
                     f"the log holds both checkpoints ({a.size} and {b.size}): no conflict"

@@ -264,3 +264,15 @@ def test_a_cosignature_counts_as_a_voucher_only_when_it_verifies_up_to_its_pinne
     assert witnessed.checkpoints() == [
         {"size": size(real), "root": root(real), "sites": ["geomar"]}
     ]
+
+
+def test_without_pinned_site_keys_no_cosignature_counts_and_the_verdict_says_so(
+    tmp_path: Path,
+) -> None:
+    keys = Keys.generate()
+    log = started_log(tmp_path / "a.db", keys)
+    real = grow(log, 2)
+    view = WitnessView(cosignatures=[geomar_cosigns(real)])  # verify() needs pinned keys
+    witnessed = Witnessed.check(view, audited(log, keys))
+    assert witnessed.vouched == {} and witnessed.receipts == [real]
+    assert "  cosignatures not checked: no site key is pinned" in witnessed.lines()
