@@ -34,9 +34,17 @@ from pydantic import ValidationError as PydanticValidationError
 from hub.canonical import b64d
 from hub.clock import now
 from hub.crypto import key_id
-from hub.errors import CheckpointError, FederationError, SignatureError
+from hub.errors import CheckpointError, FederationError, SignatureError, TransportError
 from hub.proofs import ConsistencyProof, verify_consistency_proof
-from hub.records import Checkpoint, Cosignature, KeyRecord, SignedRecord, open_record, sign_record
+from hub.records import (
+    Checkpoint,
+    Cosignature,
+    KeyRecord,
+    Revocation,
+    SignedRecord,
+    open_record,
+    sign_record,
+)
 from hub.subjects import DIRECTORY_STREAM, SUBJECT_ROOT, is_log_of
 
 __all__ = [
@@ -205,6 +213,8 @@ class WitnessView:
 
     cosignatures: list[CosignatureNotice] = field(default_factory=list)
     conflicts: list[ConflictNotice] = field(default_factory=list)
+    #: the key revocations of the directory (a revoked witness key cosigns nothing after)
+    revocations: list[SignedRecord] = field(default_factory=list)
     #: the cosignatures that verified (after :meth:`verify`): notice, witness site, record
     verified: list[tuple[CosignatureNotice, str, Cosignature]] = field(default_factory=list)
     #: log the notice names -> why each of its cosignatures that did not verify was ignored
@@ -217,9 +227,10 @@ class WitnessView:
     def verify(self, trusted: dict[str, bytes]) -> None:
         """Keep the cosignatures that check up to a pinned site key; say why of the others."""
         self.checked = True
+        revoked = _revoked(self.revocations, trusted)
         for notice in self.cosignatures:
             try:
-                site, cosig = self._check(notice, trusted)
+                site, cosig = self._check(notice, trusted, revoked)
             except (FederationError, PydanticValidationError) as exc:
                 why = str(exc).splitlines()[0]
                 line = (
@@ -239,7 +250,9 @@ class WitnessView:
             self.verified.append((notice, site, cosig))
 
     @staticmethod
-    def _check(notice: CosignatureNotice, trusted: dict[str, bytes]) -> tuple[str, Cosignature]:
+    def _check(
+        notice: CosignatureNotice, trusted: dict[str, bytes], revoked: dict[tuple[str, str], str]
+    ) -> tuple[str, Cosignature]:
         witness = KeyRecord.model_validate_json(b64d(notice.witness_key.record))
         site_key = trusted.get(witness.site)
         if site_key is None:
@@ -252,6 +265,12 @@ class WitnessView:
         cosig = open_record(notice.cosignature, Cosignature, record.sign_key_bytes())
         if cosig.kid != record.kid:
             raise SignatureError(f"the cosignature names key {cosig.kid}, signed by {record.kid}")
+        revoked_at = revoked.get((record.identity, record.kid))
+        if revoked_at is not None and cosig.time > revoked_at:
+            raise SignatureError(
+                f"key {record.kid} was revoked at {revoked_at}, before the cosignature's "
+                f"time {cosig.time}"
+            )
         cp = _cp(notice.checkpoint)
         if (cp.log, cp.size, cp.root) != (cosig.log, cosig.size, cosig.root):
             raise SignatureError("the cosignature is of another checkpoint")
@@ -267,6 +286,27 @@ class WitnessView:
             if cosig.log == log:
                 sites[(cosig.size, cosig.root)].add(site)
         return max((len(s) for s in sites.values()), default=0)
+
+
+def _revoked(
+    revocations: list[SignedRecord], trusted: dict[str, bytes]
+) -> dict[tuple[str, str], str]:
+    """(identity, kid) -> the earliest time a revocation verified with the pinned key of
+    that identity's own site declares the key invalid (others revoke nothing here)."""
+    out: dict[tuple[str, str], str] = {}
+    for signed in revocations:
+        try:
+            claimed = Revocation.model_validate_json(b64d(signed.record))
+            site_key = trusted.get(site_of(claimed.identity))
+            if site_key is None:
+                continue
+            rev = open_record(signed, Revocation, site_key)
+        except (FederationError, PydanticValidationError):
+            continue
+        held = out.get((rev.identity, rev.kid))
+        if held is None or rev.time < held:
+            out[(rev.identity, rev.kid)] = rev.time
+    return out
 
 
 def claimed_log(signed: SignedRecord) -> str:
@@ -294,13 +334,20 @@ async def read_witness_view(js: JetStreamContext, *, timeout: float = 10.0) -> W
     )
     try:
         while True:
-            msg = await sub.next_msg(timeout=timeout)
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                raise TransportError(
+                    f"{DIRECTORY_STREAM} stopped delivering before its end"
+                ) from None
             kind = msg.subject.split(".")[3] if msg.subject.count(".") >= 4 else ""
             try:
                 if kind == "cosignature":
                     view.cosignatures.append(CosignatureNotice.model_validate_json(msg.data))
                 elif kind == "conflict":
                     view.conflicts.append(ConflictNotice.model_validate_json(msg.data))
+                elif kind == "revocation":
+                    view.revocations.append(SignedRecord.model_validate_json(msg.data))
             except PydanticValidationError:
                 view.problems.append(f"{msg.subject}: not a witness record")
             if msg.metadata.sequence.stream >= last:

@@ -17,7 +17,7 @@ from hub.events import NodeStarted
 from hub.keys import KeyPair
 from hub.logfile import iter_sqlite
 from hub.proofs import ConsistencyProof
-from hub.records import Checkpoint, Cosignature, SignedRecord, sign_record
+from hub.records import Checkpoint, Cosignature, Revocation, SignedRecord, sign_record
 from hub.witness import ConflictNotice, CosignatureNotice, Witness, WitnessView, cosign
 from node.bootstrap import key_record
 from node.eventlog import EventLog
@@ -276,3 +276,28 @@ def test_without_pinned_site_keys_no_cosignature_counts_and_the_verdict_says_so(
     witnessed = Witnessed.check(view, audited(log, keys))
     assert witnessed.vouched == {} and witnessed.receipts == [real]
     assert "  cosignatures not checked: no site key is pinned" in witnessed.lines()
+
+
+def test_a_cosignature_by_a_witness_key_its_site_revoked_before_counts_for_nothing(
+    tmp_path: Path,
+) -> None:
+    """The revocation counts only when the key's own site signed it for that node: another
+    site naming geomar's key under an identity of its own revokes nothing."""
+    keys = Keys.generate()
+    log = started_log(tmp_path / "a.db", keys)
+    real = grow(log, 2)
+    past = "2020-01-01T00:00:00.000000Z"
+
+    def revocation(identity: str, site: KeyPair) -> SignedRecord:
+        rev = Revocation(identity=identity, kid=GEOMAR_NODE.kid, time=past, reason="lost")
+        return sign_record(rev, site.signing_key)
+
+    by_hereon = revocation("node:hereon/n1", keys.site)
+    view = WitnessView(cosignatures=[geomar_cosigns(real)], revocations=[by_hereon])
+    assert checked(log, keys, view)[0].vouchers() == 1
+    by_geomar = revocation(GEOMAR_NODE.identity, GEOMAR_SITE)
+    view = WitnessView(cosignatures=[geomar_cosigns(real)], revocations=[by_geomar])
+    witnessed, report = checked(log, keys, view)
+    assert report.ok and witnessed.vouched == {}
+    [line] = witnessed.ignored
+    assert f"key {GEOMAR_NODE.kid} was revoked at {past}" in line
