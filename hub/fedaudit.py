@@ -2,11 +2,14 @@
 
 Each site's logs are read from the hub's ``FH_EVENTS_<SITE>`` (:mod:`hub.audit.hubcopy`)
 and audited exactly as their export files would be, with the same pinned site keys. On
-top of a file audit, the hub knows what witnesses said (:mod:`hub.witness`): every
-checkpoint that another site's node countersigned is held against the log as a receipt
-(a log that no longer contains it was rewritten or rolled back), the report says how many
-independent sites vouched for each checkpoint, and evidence a witness logged of two
-histories fails the site. Events that arrived twice with different hashes fail it too.
+top of a file audit, the hub knows what witnesses said (:mod:`hub.witness`), checked
+against each log's audit (:mod:`hub.audit.witnessed`): every checkpoint a witness notice
+carries that the log's node keys signed is held against the log as a receipt (a log that
+no longer contains it was rewritten or rolled back), the report says how many independent
+sites vouched for each checkpoint, and a conflict notice whose two checkpoints the log's
+node keys signed and that cannot both hold fails the site. A notice that proves nothing
+(any site may publish one: a forged cosignature or checkpoint) is reported as ignored and
+fails no site. Events that arrived twice with different hashes fail it too.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from typing import Any
 from hub.audit import AuditReport, audit_events, verdict
 from hub.audit.hubcopy import CopiedLog, hub_sites, read_site_copy
 from hub.audit.report import caveats
+from hub.audit.witnessed import Witnessed
 from hub.errors import ConfigError
 from hub.nats.config import HUB_DOMAIN
 from hub.nats.connection import auth_options, connect
-from hub.records import SignedRecord
 from hub.witness import WitnessView, read_witness_view
 
 __all__ = ["SiteAudit", "audit_hub", "cmd_audit_hub"]
@@ -39,18 +42,21 @@ class SiteAudit:
 
     site: str
     logs: list[tuple[CopiedLog, AuditReport]] = field(default_factory=list)
-    witness: WitnessView | None = None
+    #: log id (or subject) -> what the witnesses' notices prove about that log
+    witnessed: dict[str, Witnessed] = field(default_factory=dict)
+
+    def witness(self, log: CopiedLog) -> Witnessed:
+        """The checked witness notices about ``log`` (none, if it was not checked)."""
+        return self.witnessed.get(log.log_id or log.subject) or Witnessed(log.log_id)
 
     @property
     def ok(self) -> bool:
         """Every log clean (checkpoints the witnesses cosigned or disputed included, as
-        receipts) and no event seen twice with two hashes."""
-        return bool(self.logs) and all(report.ok and not log.conflicts for log, report in self.logs)
-
-    def _evidence(self) -> list[str]:
-        if self.witness is None:
-            return []
-        return [line for log, _ in self.logs for line in self.witness.evidence_lines(log.log_id)]
+        receipts), no event seen twice with two hashes, and no proven fork."""
+        return bool(self.logs) and all(
+            report.ok and not log.conflicts and not self.witness(log).evidence
+            for log, report in self.logs
+        )
 
     def problems(self) -> list[str]:
         """One line per reason the site fails (empty when clean)."""
@@ -66,15 +72,17 @@ class SiteAudit:
                     f"{log.log_id or log.subject}: fork: event {c.seq} copied twice "
                     f"with two hashes ({c.first[:16]}…, {c.second[:16]}…)"
                 )
-        return lines + self._evidence()
+        return lines + [line for log, _ in self.logs for line in self.witness(log).evidence]
+
+    def report_lines(self, log: CopiedLog) -> list[str]:
+        """The witnesses' part of ``log``'s verdict."""
+        return self.witness(log).lines()
 
     def summary(self) -> str:
         """One line: the site's verdict."""
         events = sum(report.events for _, report in self.logs)
-        vouched = ""
-        if self.witness is not None:
-            best = max((self.witness.vouchers(log.log_id) for log, _ in self.logs), default=0)
-            vouched = f", checkpoints vouched by up to {best} other site(s)"
+        best = max((self.witness(log).vouchers() for log, _ in self.logs), default=0)
+        vouched = f", checkpoints vouched by up to {best} other site(s)"
         head = "OK" if self.ok else "FAILED"
         head += caveats(report for _, report in self.logs)
         text = f"{self.site}: audit {head}: {len(self.logs)} log(s), {events} events{vouched}"
@@ -91,7 +99,7 @@ class SiteAudit:
                 {
                     "subject": log.subject,
                     "conflicts": [vars(c) for c in log.conflicts] if log.conflicts else [],
-                    "witnessed": self.witness.checkpoints(log.log_id) if self.witness else [],
+                    **self.witness(log).to_json(),
                     "report": report.to_json(),
                 }
                 for log, report in self.logs
@@ -137,7 +145,7 @@ def audit_hub(
             view.verify(trusted)
         results = []
         for site, logs in copies.items():
-            result = SiteAudit(site, witness=view)
+            result = SiteAudit(site)
             for log in logs:
                 opts: dict[str, Any] = {
                     "trusted_sites": trusted,
@@ -145,32 +153,15 @@ def audit_hub(
                     "threads": threads,
                 }
                 report = audit_events(log.raw_events(), **opts)
-                receipts = _witnessed(log, report, view)
-                if receipts:  # again, holding what the witnesses saw against the log
-                    report = audit_events(log.raw_events(), receipts=receipts, **opts)
+                # the log's node keys are known now: check what the witnesses said of it
+                witnessed = Witnessed.check(view, report)
+                if witnessed.receipts:  # again, holding what the witnesses saw against the log
+                    report = audit_events(log.raw_events(), receipts=witnessed.receipts, **opts)
+                witnessed.settle(report)
                 result.logs.append((log, report))
+                result.witnessed[log.log_id or log.subject] = witnessed
             results.append(result)
     return results
-
-
-def _witnessed(log: CopiedLog, report: AuditReport, view: WitnessView) -> list[SignedRecord]:
-    """The checkpoints of ``log`` witnesses cosigned or disputed that a node key of the log
-    signed (others prove nothing about it, and a witness must not fail a site with them)."""
-    node_kids = {
-        kid
-        for kid, key in report.keys.items()
-        if key["role"] == "node"
-        and log.log_id is not None
-        and log.log_id.startswith(key["identity"])
-    }
-    receipts = view.receipts(log.log_id)
-    kept = [r for r in receipts if r.signer in node_kids]
-    if len(kept) < len(receipts):
-        view.problems.append(
-            f"{len(receipts) - len(kept)} witnessed checkpoint(s) of {log.log_id} are not "
-            "signed by a node key of it (ignored)"
-        )
-    return kept
 
 
 def cmd_audit_hub(args: argparse.Namespace, trusted: dict[str, bytes] | None) -> int:
@@ -197,8 +188,7 @@ def cmd_audit_hub(args: argparse.Namespace, trusted: dict[str, bytes] | None) ->
         for result in results:
             for log, report in result.logs:
                 print(verdict(report, Path(f"hub:{log.subject}"), seconds))
-                if result.witness is not None:
-                    for line in result.witness.report_lines(log.log_id):
-                        print(line)
+                for line in result.report_lines(log):
+                    print(line)
             print(result.summary())
     return 0 if results and all(r.ok for r in results) else 1

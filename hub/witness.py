@@ -13,16 +13,17 @@ are logged in the witness's own log. A notice whose path does not lead from its 
 its new one counts for nothing: the path is not signed, so it is no evidence against the
 node (anyone may publish two genuine checkpoints with a wrong path).
 
-The auditor (:class:`WitnessView`, from the hub's ``FH_DIRECTORY``) counts for each
-checkpoint the independent sites whose nodes vouched for it, holds every cosigned or
-disputed checkpoint against the log as a receipt, and reports the evidence.
+The auditor reads the notices (:class:`WitnessView`, from the hub's ``FH_DIRECTORY``) and
+takes none at its word: any site may publish one. A cosignature counts once it verifies up
+to its witness's pinned site key; the checkpoints the notices carry are checked against the
+audit of the log they name (:mod:`hub.audit.witnessed`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import nacl.signing
 import nats.errors
@@ -32,10 +33,19 @@ from pydantic import ValidationError as PydanticValidationError
 
 from hub.canonical import b64d
 from hub.clock import now
-from hub.errors import CheckpointError, FederationError, SignatureError
+from hub.crypto import key_id
+from hub.errors import CheckpointError, FederationError, SignatureError, TransportError
 from hub.proofs import ConsistencyProof, verify_consistency_proof
-from hub.records import Checkpoint, Cosignature, KeyRecord, SignedRecord, open_record, sign_record
-from hub.subjects import DIRECTORY_STREAM, SUBJECT_ROOT
+from hub.records import (
+    Checkpoint,
+    Cosignature,
+    KeyRecord,
+    Revocation,
+    SignedRecord,
+    open_record,
+    sign_record,
+)
+from hub.subjects import DIRECTORY_STREAM, SUBJECT_ROOT, is_log_of
 
 __all__ = [
     "WITNESS_KINDS",
@@ -44,6 +54,7 @@ __all__ = [
     "Judgement",
     "Witness",
     "WitnessView",
+    "claimed_log",
     "read_witness_view",
 ]
 
@@ -193,28 +204,55 @@ def site_of(identity: str) -> str:
 
 @dataclass
 class WitnessView:
-    """What the witnesses published, as the hub keeps it: cosignatures and evidence."""
+    """What the witnesses published, as the hub keeps it: cosignatures and conflict notices.
+
+    Nothing here is taken at its word (any site may publish to the directory):
+    :meth:`verify` checks each cosignature up to its witness's pinned site key, and
+    :mod:`hub.audit.witnessed` checks the checkpoints the notices carry against the audit
+    of the log they name."""
 
     cosignatures: list[CosignatureNotice] = field(default_factory=list)
     conflicts: list[ConflictNotice] = field(default_factory=list)
-    #: (log, size, root) -> the sites whose nodes vouched for it (after :meth:`verify`)
-    vouched: dict[tuple[str, int, str], set[str]] = field(default_factory=dict)
+    #: the key revocations of the directory (a revoked witness key cosigns nothing after)
+    revocations: list[SignedRecord] = field(default_factory=list)
+    #: the cosignatures that verified (after :meth:`verify`): notice, witness site, record
+    verified: list[tuple[CosignatureNotice, str, Cosignature]] = field(default_factory=list)
+    #: log the notice names -> why each of its cosignatures that did not verify was ignored
+    rejected: dict[str, list[str]] = field(default_factory=dict)
+    #: whether :meth:`verify` ran (it needs pinned site keys)
+    checked: bool = False
+    #: directory records that are no witness record at all, or name no log
     problems: list[str] = field(default_factory=list)
 
     def verify(self, trusted: dict[str, bytes]) -> None:
-        """Keep the cosignatures that check up to a pinned site key; count the sites."""
+        """Keep the cosignatures that check up to a pinned site key; say why of the others."""
+        self.checked = True
+        revoked = _revoked(self.revocations, trusted)
         for notice in self.cosignatures:
             try:
-                site, cosig = self._check(notice, trusted)
+                site, cosig = self._check(notice, trusted, revoked)
             except (FederationError, PydanticValidationError) as exc:
-                self.problems.append(f"a cosignature did not verify: {exc}".splitlines()[0])
+                why = str(exc).splitlines()[0]
+                line = (
+                    f"ignored: cosignature claiming key {notice.cosignature.signer} "
+                    f"does not verify: {why}"
+                )
+                log = claimed_log(notice.checkpoint)
+                if log == "?":  # about no log: said once, for the whole view
+                    self.problems.append(line)
+                else:
+                    self.rejected.setdefault(log, []).append(line)
                 continue
             if site == site_of(cosig.log):
-                continue  # a site does not witness itself
-            self.vouched.setdefault((cosig.log, cosig.size, cosig.root), set()).add(site)
+                line = f"ignored: cosignature by {cosig.witness}: a site does not witness itself"
+                self.rejected.setdefault(cosig.log, []).append(line)
+                continue
+            self.verified.append((notice, site, cosig))
 
     @staticmethod
-    def _check(notice: CosignatureNotice, trusted: dict[str, bytes]) -> tuple[str, Cosignature]:
+    def _check(
+        notice: CosignatureNotice, trusted: dict[str, bytes], revoked: dict[tuple[str, str], str]
+    ) -> tuple[str, Cosignature]:
         witness = KeyRecord.model_validate_json(b64d(notice.witness_key.record))
         site_key = trusted.get(witness.site)
         if site_key is None:
@@ -222,68 +260,61 @@ class WitnessView:
         record = open_record(notice.witness_key, KeyRecord, site_key)
         if record.role != "node" or site_of(record.identity) != record.site:
             raise SignatureError(f"{record.identity} is no node of site {record.site}")
+        if key_id(record.sign_key_bytes()) != record.kid:
+            raise SignatureError(f"key record {record.kid} names a key with another id")
         cosig = open_record(notice.cosignature, Cosignature, record.sign_key_bytes())
+        if cosig.kid != record.kid:
+            raise SignatureError(f"the cosignature names key {cosig.kid}, signed by {record.kid}")
+        revoked_at = revoked.get((record.identity, record.kid))
+        if revoked_at is not None and cosig.time > revoked_at:
+            raise SignatureError(
+                f"key {record.kid} was revoked at {revoked_at}, before the cosignature's "
+                f"time {cosig.time}"
+            )
         cp = _cp(notice.checkpoint)
         if (cp.log, cp.size, cp.root) != (cosig.log, cosig.size, cosig.root):
             raise SignatureError("the cosignature is of another checkpoint")
-        if not cosig.witness.startswith(record.identity):
+        if not is_log_of(cosig.witness, record.identity):
             raise SignatureError(f"cosignature of {cosig.witness} signed by {record.identity}")
         return record.site, cosig
 
-    def receipts(self, log: str | None) -> list[SignedRecord]:
-        """Every checkpoint of ``log`` a witness cosigned or disputed: the log must hold each."""
-        found: dict[str, SignedRecord] = {}
-        for notice in self.cosignatures:
-            if _cp(notice.checkpoint).log == log:
-                found[notice.checkpoint.record] = notice.checkpoint
-        for conflict in self.conflicts:
-            if conflict.log == log:
-                for signed in (conflict.earlier, conflict.later):
-                    found[signed.record] = signed
-        return list(found.values())
-
-    def checkpoints(self, log: str | None) -> list[dict[str, Any]]:
-        """Each checkpoint of ``log`` witnessed: size, root and the sites that vouched."""
-        return [
-            {"size": size, "root": root, "sites": sorted(sites)}
-            for (name, size, root), sites in sorted(self.vouched.items())
-            if name == log
-        ]
-
     def vouchers(self, log: str | None) -> int:
-        """The most independent sites that vouched for one checkpoint of ``log``."""
-        return max(
-            (len(sites) for (name, _, _), sites in self.vouched.items() if name == log),
-            default=0,
-        )
+        """The most independent sites whose verified cosignatures name one checkpoint of
+        ``log`` (whether the log's node signed that checkpoint is the audit's to check)."""
+        sites: dict[tuple[int, str], set[str]] = defaultdict(set)
+        for _, site, cosig in self.verified:
+            if cosig.log == log:
+                sites[(cosig.size, cosig.root)].add(site)
+        return max((len(s) for s in sites.values()), default=0)
 
-    def evidence_lines(self, log: str | None) -> list[str]:
-        """One line per conflict a witness reported about ``log``."""
-        lines = []
-        for c in self.conflicts:
-            if c.log == log:
-                a, b = _cp(c.earlier), _cp(c.later)
-                lines.append(
-                    f"{log}: {c.reason} seen by witness {c.witness}: checkpoint {b.size} "
-                    f"({b.root[:16]}…) after checkpoint {a.size} ({a.root[:16]}…)"
-                )
-        return lines
 
-    def report_lines(self, log: str | None) -> list[str]:
-        """The witnesses' part of a site's verdict."""
-        lines = [
-            f"  checkpoint {size} ({root[:16]}…): vouched for by {len(sites)} other "
-            f"site(s): {', '.join(sorted(sites))}"
-            for (name, size, root), sites in sorted(self.vouched.items())
-            if name == log
-        ]
-        if not lines:
-            lines.append("  no checkpoint of this log was witnessed by another site")
-        return (
-            lines
-            + [f"  {line}" for line in self.evidence_lines(log)]
-            + [f"  {p}" for p in self.problems]
-        )
+def _revoked(
+    revocations: list[SignedRecord], trusted: dict[str, bytes]
+) -> dict[tuple[str, str], str]:
+    """(identity, kid) -> the earliest time a revocation verified with the pinned key of
+    that identity's own site declares the key invalid (others revoke nothing here)."""
+    out: dict[tuple[str, str], str] = {}
+    for signed in revocations:
+        try:
+            claimed = Revocation.model_validate_json(b64d(signed.record))
+            site_key = trusted.get(site_of(claimed.identity))
+            if site_key is None:
+                continue
+            rev = open_record(signed, Revocation, site_key)
+        except (FederationError, PydanticValidationError):
+            continue
+        held = out.get((rev.identity, rev.kid))
+        if held is None or rev.time < held:
+            out[(rev.identity, rev.kid)] = rev.time
+    return out
+
+
+def claimed_log(signed: SignedRecord) -> str:
+    """The log a signed checkpoint names, unverified ("?" when it cannot be read)."""
+    try:
+        return _cp(signed).log
+    except (FederationError, PydanticValidationError):
+        return "?"
 
 
 async def read_witness_view(js: JetStreamContext, *, timeout: float = 10.0) -> WitnessView:
@@ -303,13 +334,20 @@ async def read_witness_view(js: JetStreamContext, *, timeout: float = 10.0) -> W
     )
     try:
         while True:
-            msg = await sub.next_msg(timeout=timeout)
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                raise TransportError(
+                    f"{DIRECTORY_STREAM} stopped delivering before its end"
+                ) from None
             kind = msg.subject.split(".")[3] if msg.subject.count(".") >= 4 else ""
             try:
                 if kind == "cosignature":
                     view.cosignatures.append(CosignatureNotice.model_validate_json(msg.data))
                 elif kind == "conflict":
                     view.conflicts.append(ConflictNotice.model_validate_json(msg.data))
+                elif kind == "revocation":
+                    view.revocations.append(SignedRecord.model_validate_json(msg.data))
             except PydanticValidationError:
                 view.problems.append(f"{msg.subject}: not a witness record")
             if msg.metadata.sequence.stream >= last:

@@ -22,7 +22,8 @@ shapes), :mod:`.rules` (the general path), :mod:`.trust` (genesis and key events
 :mod:`.fast` (the fast path), :mod:`.helper` (a helper process for large chain-only
 audits), :mod:`.signatures` (the verification pool), :mod:`.federation` (the signed records
 of grant, group and cosignature events), :mod:`.hubcopy` (a site's logs read from the
-hub's copy, a log source like a file).
+hub's copy, a log source like a file), :mod:`.witnessed` (the witnesses' notices about a
+log, checked against its audit).
 """
 
 from __future__ import annotations

@@ -64,6 +64,9 @@ class AuditReport:
     types: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: kid -> Ed25519 public key of each of the log's own node keys (genesis, rotations):
+    #: what its checkpoints are signed with (not in the JSON form; ``keys`` says the rest)
+    node_keys: dict[str, bytes] = field(default_factory=dict)
     checkpoints: int = 0
     receipts: list[dict[str, Any]] = field(default_factory=list)
     signatures_checked: int = 0

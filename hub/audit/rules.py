@@ -27,7 +27,7 @@ from .report import AuditReport, Finding
 from .signatures import Verifier
 from .trust import Key, Trust
 
-__all__ = ["MAX_FINDINGS", "Rules", "StopAuditError"]
+__all__ = ["MAX_FINDINGS", "Rules", "StopAuditError", "open_receipt"]
 
 MAX_FINDINGS = 1000
 _OWN_COMMIT = frozenset({"log.created", "checkpoint", "key.rotated"})
@@ -442,6 +442,7 @@ class Rules:
             }
             for k in self.trust.keys.values()
         }
+        rep.node_keys = {k.kid: k.sign_key for k in self.trust.keys.values() if k.node}
         for receipt in self.receipts if not self.stopped else ():
             self.verify_receipt(receipt)
 
@@ -450,39 +451,55 @@ class Rules:
         log, and the log's first ``size`` events have its root. Findings are placed after
         the last event, but for a rewritten history: at event ``size``."""
         rep = self.report
-        key = self.trust.keys.get(receipt.signer)
-        end = rep.events + 1
-        if key is None or not key.node:
-            why = f"checkpoint was signed by key {receipt.signer}, no node key of this log"
-            rep.findings.append(Finding(end, None, "receipt", why))
-            return
-        try:
-            cp = open_record(receipt, Checkpoint, key.sign_key)
-        except FederationError as exc:
-            why = f"checkpoint signature does not verify: {exc}"
-            rep.findings.append(Finding(end, None, "receipt", why))
+        cp = open_receipt(rep, receipt)
+        if isinstance(cp, Finding):
+            rep.findings.append(cp)
             return
         root = self.roots.get(cp.size, b"").hex() or None
-        problem: tuple[str, object, object] | None = None
-        if cp.log != rep.log:
-            problem = ("checkpoint is for another log", rep.log, cp.log)
-        elif cp.kid != key.kid:
-            problem = ("checkpoint names another key than its signer", key.kid, cp.kid)
-        elif key.revoked_at is not None and cp.time > key.revoked_at:
-            problem = ("checkpoint signed after its key was revoked", key.revoked_at, cp.time)
-        elif cp.size > rep.events:
+        if cp.size > rep.events:
             why = "log is shorter than a checkpoint it once signed (tail truncated)"
-            problem = (why, f">= {cp.size} events", rep.events)
-        elif root != cp.root:
+            end = rep.events + 1
+            rep.findings.append(
+                Finding(end, None, "receipt", why, f">= {cp.size} events", str(rep.events))
+            )
+            return
+        if root != cp.root:
             why = f"the first {cp.size} events differ from the checkpoint (history rewritten)"
             at = max(cp.size, 1)
             rep.findings.append(Finding(at, cp.size or None, "receipt", why, cp.root, root))
             return
-        if problem is not None:
-            why, expected, found = problem
-            rep.findings.append(Finding(end, None, "receipt", why, str(expected), str(found)))
-            return
         rep.receipts.append({"size": cp.size, "root": cp.root, "time": cp.time})
+
+
+def open_receipt(report: AuditReport, receipt: SignedRecord) -> Checkpoint | Finding:
+    """The checkpoint in ``receipt`` if one of the log's node keys signed it, for this log,
+    under its own key id and not after that key was revoked; else the ``receipt`` finding
+    saying why it is no statement of this log (placed after the last event).
+
+    ``report`` is the finished report of the log's audit (its node keys are known then);
+    the federation audit asks this of every checkpoint a witness notice carries before it
+    holds one against the log."""
+    end = report.events + 1
+    key = report.node_keys.get(receipt.signer)
+    if key is None:
+        why = f"checkpoint was signed by key {receipt.signer}, no node key of this log"
+        return Finding(end, None, "receipt", why)
+    try:
+        cp = open_record(receipt, Checkpoint, key)
+    except FederationError as exc:
+        return Finding(end, None, "receipt", f"checkpoint signature does not verify: {exc}")
+    revoked_at = report.keys.get(receipt.signer, {}).get("revoked_at")
+    problem: tuple[str, object, object] | None = None
+    if cp.log != report.log:
+        problem = ("checkpoint is for another log", report.log, cp.log)
+    elif cp.kid != receipt.signer:
+        problem = ("checkpoint names another key than its signer", receipt.signer, cp.kid)
+    elif revoked_at is not None and cp.time > revoked_at:
+        problem = ("checkpoint signed after its key was revoked", revoked_at, cp.time)
+    if problem is not None:
+        why, expected, found = problem
+        return Finding(end, None, "receipt", why, str(expected), str(found))
+    return cp
 
 
 def _header(ev: dict[str, Any]) -> tuple[int, str, str, str, str, str, int]:

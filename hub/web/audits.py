@@ -114,7 +114,7 @@ def run_hub_audit(
         raise NotFoundError(result.problems()[0], hint="is the hub copying this site's events?")
     views = []
     for log, report in result.logs:
-        extra = result.witness.report_lines(log.log_id) if result.witness else []
+        extra = result.report_lines(log)
         name = f"{site} from the hub ({log.log_id or log.subject})"
         views.append(_view(report, log.path, name, seconds, [*extra, result.summary()]))
     return views

@@ -9,27 +9,38 @@ the witnesses and by ``fedhub audit --site ... --url``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from support.hostile import audit_node, wait_reachable, wait_until
 from support.world import World
 
 from hub.audit import audit_events
 from hub.audit.hubcopy import read_site_copy
+from hub.canonical import b64d
 from hub.client import Client
+from hub.clock import now
 from hub.fedaudit import audit_hub
+from hub.keys import KeyPair
 from hub.logfile import iter_jsonl, iter_sqlite
 from hub.nats import LocalFederation, ensure_site_streams, source_site_events
 from hub.nats import connect as nats_connect
 from hub.nats.dirstreams import ensure_hub_directory, ensure_site_directory
-from hub.witness import WitnessView, read_witness_view
+from hub.records import Checkpoint, Cosignature, KeyRecord, SignedRecord, sign_record
+from hub.subjects import directory_subject
+from hub.witness import ConflictNotice, CosignatureNotice, WitnessView, read_witness_view
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 
@@ -203,7 +214,9 @@ async def test_every_other_site_vouches_for_hereons_checkpoints_and_the_cli_says
     await wait_until(both_at_the_hub, LIMIT)
     [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
     assert site.ok, site.problems()
-    assert site.witness is not None and site.witness.vouchers(log_id) == 2
+    [(copy, _)] = site.logs
+    assert site.witness(copy).vouchers() == 2
+    assert site.witness(copy).ignored == [], "an honest federation's notices all count"
     # the CLI pins the key store's site keys: every site of this world
     done = await asyncio.to_thread(
         subprocess.run,
@@ -240,7 +253,7 @@ async def test_a_site_that_rewrites_its_log_after_a_witnessed_checkpoint_is_caug
         assert {(action, log) for action, log, _ in disputes(geomar)} == {("conflict", log_id)}
 
     async def evidence_at_the_hub() -> bool:
-        return bool((await hub_view(fed, world)).evidence_lines(log_id))
+        return any(c.log == log_id for c in (await hub_view(fed, world)).conflicts)
 
     await wait_until(evidence_at_the_hub, LIMIT)
 
@@ -248,6 +261,8 @@ async def test_a_site_that_rewrites_its_log_after_a_witnessed_checkpoint_is_caug
     assert not site.ok
     problems = "\n".join(site.problems())
     assert "fork" in problems
+    [(copy, _)] = site.logs
+    assert site.witness(copy).evidence, "the witness's notice is proven by its checkpoints"
     # the node's own file audits clean: only the witnesses and the hub's copy remember
     assert audit_node(hereon, world.site("hereon").sign_public).ok
     done = await asyncio.to_thread(
@@ -293,11 +308,188 @@ async def test_a_site_that_rolls_its_log_back_after_a_witnessed_checkpoint_is_ca
     assert rolled, geomar.federation.witness.judged
 
     async def evidence_at_the_hub() -> bool:
-        return bool((await hub_view(fed, world)).evidence_lines(log_id))
+        return any(c.log == log_id for c in (await hub_view(fed, world)).conflicts)
 
     await wait_until(evidence_at_the_hub, LIMIT)
 
     [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
     assert not site.ok
-    assert site.witness is not None
-    assert any("rollback" in line for line in site.witness.evidence_lines(log_id)), site.problems()
+    [(copy, _)] = site.logs
+    evidence = site.witness(copy).evidence
+    assert any("rollback" in line for line in evidence), site.problems()
+    assert all("both signed by the log's node keys" in line for line in evidence)
+
+
+# --- notices any site can publish: only what verifies counts ---------------------------
+
+#: awi's own key: a hostile site signs with what it has and claims another site's key id
+MALLORY = KeyPair.generate("node:awi/n1")
+
+
+def forged(record: Checkpoint | Cosignature, claimed_kid: str) -> SignedRecord:
+    """``record`` signed by awi's key, claiming ``claimed_kid`` as its signer."""
+    return sign_record(record, MALLORY.signing_key).model_copy(update={"signer": claimed_kid})
+
+
+async def publish_as(fed: LocalFederation, site: str, kind: str, notice: BaseModel) -> None:
+    """Publish a witness record in ``site``'s own part of the directory (as any site may)."""
+    data = notice.model_dump_json().encode()
+    token = hashlib.blake2b(data, digest_size=16).hexdigest()
+    nc = await nats_connect(fed.site_url(site))
+    try:
+        await nc.jetstream().publish(directory_subject(site, kind, token), data, timeout=10)
+    finally:
+        await nc.close()
+
+
+def checkpoints_of(cfg: NodeConfig) -> list[SignedRecord]:
+    """The log's signed checkpoints, smallest first (read from its SQLite file)."""
+    with contextlib.closing(sqlite3.connect(cfg.log_path)) as db:
+        rows = db.execute("SELECT signed FROM checkpoints ORDER BY size").fetchall()
+    return [SignedRecord.model_validate_json(text) for (text,) in rows]
+
+
+def size_of(signed: SignedRecord) -> int:
+    return Checkpoint.model_validate_json(b64d(signed.record)).size
+
+
+async def run_cli_audit(world: World, fed: LocalFederation) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hub.cli", "audit", "--site", "hereon", "--url", fed.hub_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "FEDHUB_HOME": str(world.store.home)},
+    )
+
+
+@dataclass(frozen=True)
+class Witnessed:
+    """hereon's log, witnessed by geomar."""
+
+    cfg: NodeConfig
+    log_id: str
+    kid: str  # hereon's node key
+    witness: str  # geomar's log
+    witness_key: SignedRecord  # geomar's node key record
+
+
+async def witnessed_by_geomar(world: World, fed: LocalFederation, rounds: int) -> Witnessed:
+    """hereon serves ``rounds`` rounds of calls; geomar cosigns each one's checkpoint."""
+    hereon = hereon_config(world, fed)
+    async with NodeDaemon(hereon) as node, NodeDaemon(config(world, fed, "geomar")) as geomar:
+        assert node.eventlog is not None and geomar.eventlog is not None
+        assert geomar.federation is not None
+        log_id = node.eventlog.log_id
+        for _ in range(rounds):
+            await some_calls(world, fed)
+            await wait_until(partial(cosigned, geomar, log_id, node.eventlog.size), LIMIT)
+        return Witnessed(
+            hereon,
+            log_id,
+            node.eventlog.key.kid,
+            geomar.eventlog.log_id,
+            geomar.federation.witness.node_key,
+        )
+
+
+async def test_a_forged_cosignature_of_a_forged_checkpoint_fails_no_honest_site(
+    world: World, fed: LocalFederation
+) -> None:
+    """awi publishes a cosignature claiming geomar's node key, of a checkpoint claiming
+    hereon's node key: neither signed it, so hereon's audit stays clean and says what
+    was ignored (before, the forged checkpoint was held against hereon's log and failed it)."""
+    hereon = await witnessed_by_geomar(world, fed, 1)
+    log_id, hereon_kid, geomar_log, geomar_key = (
+        hereon.log_id,
+        hereon.kid,
+        hereon.witness,
+        hereon.witness_key,
+    )
+    geomar_kid = KeyRecord.model_validate_json(b64d(geomar_key.record)).kid
+    cp = Checkpoint(log=log_id, size=10_000, root="ab" * 32, time=now(), kid=hereon_kid)
+    cosig = Cosignature(
+        log=log_id,
+        size=cp.size,
+        root=cp.root,
+        checkpoint_time=cp.time,
+        witness=geomar_log,
+        time=now(),
+        kid=geomar_kid,
+    )
+    notice = CosignatureNotice(
+        checkpoint=forged(cp, hereon_kid),
+        cosignature=forged(cosig, geomar_kid),
+        witness_key=geomar_key,
+    )
+    await publish_as(fed, "awi", "cosignature", notice)
+
+    async def both_at_the_hub() -> bool:
+        view = await hub_view(fed, world)
+        return notice in view.cosignatures and view.vouchers(log_id) == 1
+
+    await wait_until(both_at_the_hub, LIMIT)
+    [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
+    assert site.ok, site.problems()
+    assert site.problems() == []
+    [(copy, _)] = site.logs
+    ignored = "\n".join(site.witness(copy).ignored)
+    assert f"cosigned checkpoint claiming key {hereon_kid}" in ignored
+    assert "checkpoint signature does not verify" in ignored
+    assert f"cosignature claiming key {geomar_kid} does not verify" in ignored
+    assert site.witness(copy).vouchers() == 1, "geomar's genuine cosignature still counts"
+    done = await run_cli_audit(world, fed)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("hereon: audit OK")
+    assert f"ignored: cosigned checkpoint claiming key {hereon_kid}" in done.stdout
+
+
+async def test_forged_conflict_notices_are_ignored_not_printed_as_evidence_of_a_fork(
+    world: World, fed: LocalFederation
+) -> None:
+    """awi publishes two conflict notices naming geomar as the witness: one pairs hereon's
+    real checkpoint with a forged one of the same size; one calls two real checkpoints of
+    hereon's one history a rollback. Neither is evidence (before, both were printed as
+    such, and the forged checkpoint failed hereon's audit)."""
+    hereon = await witnessed_by_geomar(world, fed, 2)
+    log_id, hereon_kid, geomar_log = hereon.log_id, hereon.kid, hereon.witness
+    real = checkpoints_of(hereon.cfg)
+    assert len({size_of(cp) for cp in real}) >= 2
+    smaller, larger = real[0], real[-1]
+    other_root = Checkpoint(
+        log=log_id, size=size_of(larger), root="cd" * 32, time=now(), kid=hereon_kid
+    )
+    fork = ConflictNotice(
+        log=log_id,
+        reason="fork",
+        earlier=larger,
+        later=forged(other_root, hereon_kid),
+        witness=geomar_log,
+    )
+    rollback = ConflictNotice(
+        log=log_id, reason="rollback", earlier=larger, later=smaller, witness=geomar_log
+    )
+    await publish_as(fed, "awi", "conflict", fork)
+    await publish_as(fed, "awi", "conflict", rollback)
+
+    async def both_at_the_hub() -> bool:
+        view = await hub_view(fed, world)
+        return fork in view.conflicts and rollback in view.conflicts
+
+    await wait_until(both_at_the_hub, LIMIT)
+    [site] = await asyncio.to_thread(audit_hub, fed.hub_url, ["hereon"], pinned(world))
+    assert site.ok, site.problems()
+    assert site.problems() == []
+    [(copy, report)] = site.logs
+    witnessed = site.witness(copy)
+    assert witnessed.evidence == []
+    ignored = "\n".join(witnessed.ignored)
+    assert f"fork notice from {geomar_log}: later checkpoint claiming key {hereon_kid}" in ignored
+    assert "the log holds both checkpoints" in ignored
+    # the real checkpoints in them were held against the log, and it holds them
+    assert {r["size"] for r in report.receipts} >= {size_of(smaller), size_of(larger)}
+    done = await run_cli_audit(world, fed)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "two histories" not in done.stdout
