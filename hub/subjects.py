@@ -56,6 +56,7 @@ __all__ = [
     "inbox_subject",
     "info_subject",
     "instance_log_id",
+    "is_inbox_of",
     "is_log_of",
     "parse_address",
     "parse_call_subject",
@@ -254,6 +255,30 @@ def calls_filter(site: str) -> str:
 def inbox_prefix(site: str, user: str) -> str:
     """Return ``fh.inbox.<site>.<user>``, the prefix of every inbox of ``user@site``."""
     return f"{SUBJECT_ROOT}.inbox.{validate_site(site)}.{validate_name(user, 'user name')}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_inbox_prefix(identity: str) -> str | None:
+    """``fh.inbox.<site>.<user>.`` for a user identity, None for anything else (cached:
+    a node checks the reply subject of every call against its caller)."""
+    try:
+        ident = validate_identity(identity)
+    except ConfigError:
+        return None
+    return inbox_prefix(ident.site, ident.name) + "." if ident.kind == "user" else None
+
+
+def is_inbox_of(identity: str, subject: str) -> bool:
+    """Whether ``subject`` is one inbox of the user ``identity``:
+    ``fh.inbox.<site>.<user>.<token>`` (see :func:`inbox_subject`)."""
+    if not isinstance(identity, str) or not isinstance(subject, str):
+        return False
+    prefix = _user_inbox_prefix(identity)
+    return (
+        prefix is not None
+        and subject.startswith(prefix)
+        and _TOKEN_RE.fullmatch(subject, len(prefix)) is not None
+    )
 
 
 def inbox_subject(site: str, user: str, token: str) -> str:

@@ -45,7 +45,7 @@ from hub.errors import (
 )
 from hub.events import RequestRejected
 from hub.records import KeyRecord
-from hub.subjects import inbox_prefix, parse_call_subject, validate_identity, validate_token
+from hub.subjects import is_inbox_of, parse_call_subject
 from node.replay import ReplayGuard
 from node.replies import error_frame, message_with_hint
 from node.runner import Runner
@@ -157,7 +157,7 @@ class _Frame:
         caller, reply = self.claim("caller"), self.claim("reply")
         if caller is None or reply is None:
             return None
-        return reply if _is_inbox_of(caller, reply) else None
+        return reply if is_inbox_of(caller, reply) else None
 
     def reject(
         self, error: FederationError, code: str, *, verified: bool, reply: bool = True
@@ -214,7 +214,7 @@ def open_request(
         header = validate_request_header(frame.claimed)
         check_payload(header, frame.ciphertext)
         _check_wraps(header)
-        if not _is_inbox_of(header.caller, header.reply):
+        if not is_inbox_of(header.caller, header.reply):
             # replies go only where the caller listens, never to a subject of the site
             # (a stream's, the JetStream API's, another service's)
             raise CanonicalError(
@@ -254,24 +254,6 @@ def admit(
     except UnauthorizedError as exc:
         return Rejection.of(req, exc, "unauthorized")
     return None
-
-
-def _is_inbox_of(caller: str, reply: str) -> bool:
-    """Whether ``reply`` is an inbox of ``caller``: ``fh.inbox.<site>.<name>.<token>``."""
-    try:
-        ident = validate_identity(caller)
-        if ident.kind != "user":
-            return False
-        prefix = inbox_prefix(ident.site, ident.name) + "."
-    except FederationError:
-        return False
-    if not reply.startswith(prefix):
-        return False
-    try:
-        validate_token(reply[len(prefix) :])
-    except FederationError:
-        return False
-    return True
 
 
 def _check_wraps(header: RequestHeader) -> None:

@@ -187,3 +187,37 @@ def test_the_hub_copy_of_a_stream_has_a_valid_stream_name(site: str) -> None:
 def test_bad_node_names_are_refused_in_event_subjects() -> None:
     with pytest.raises(ConfigError, match="node name"):
         subjects.events_subject("hereon", "a.b")
+
+
+@given(sites, names, tokens)
+def test_every_inbox_built_for_a_user_is_an_inbox_of_that_user(
+    site: str, name: str, token: str
+) -> None:
+    assert subjects.is_inbox_of(f"{name}@{site}", subjects.inbox_subject(site, name, token))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "fh.inbox.geomar.klaus",  # no token
+        "fh.inbox.geomar.klaus.",  # an empty token
+        "fh.inbox.geomar.klaus.a.b",  # two tokens
+        "fh.inbox.geomar.klaus.*",
+        "fh.inbox.geomar.klaus.>",
+        "fh.inbox.geomar.klaus.a b",
+        "fh.inbox.geomar.klaus.a\n",
+        "fh.inbox.geomar.klausx.a",  # another user whose name starts the same
+        "fh.inbox.geomar.anna.a",
+        "fh.inbox.hereon.klaus.a",
+        "$JS.API.STREAM.DELETE.fh-calls-geomar",
+        "fh.events.geomar.n1",
+    ],
+)
+def test_a_subject_that_is_not_one_inbox_of_the_caller_is_refused(reply: str) -> None:
+    assert not subjects.is_inbox_of("klaus@geomar", reply)
+
+
+@pytest.mark.parametrize("identity", ["site:geomar", "node:geomar/n1", "not an identity", ""])
+def test_only_a_user_has_inboxes(identity: str) -> None:
+    assert not subjects.is_inbox_of(identity, "fh.inbox.geomar.site.a")
+    assert not subjects.is_inbox_of(identity, "fh.inbox.geomar.n1.a")
