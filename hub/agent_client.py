@@ -9,9 +9,9 @@ When no agent answers, :func:`run` starts one in the background and returns None
 call runs in-process as without an agent. ``FEDHUB_AGENT=off`` (or ``--no-agent``) never
 asks and never starts one. docs/agent.md.
 
-This module imports ``os``, ``sys`` and ``_socket`` (the C module under ``socket``, whose
-Python layer pulls in ``selectors`` and ``enum``) only: it runs before anything else of
-fedhub, on every such command.
+This module imports ``os``, ``sys``, ``_socket`` (the C module under ``socket``, whose
+Python layer pulls in ``selectors`` and ``enum``) and ``_signal`` (the same, under
+``signal``) only: it runs before anything else of fedhub, on every such command.
 
 The wire (one connection per command; both sides check the other's uid)::
 
@@ -28,7 +28,8 @@ The wire (one connection per command; both sides check the other's uid)::
 
 from __future__ import annotations
 
-import _socket  # the C module itself: see the module docstring
+import _signal  # type: ignore[import-not-found]  # the C modules: see the module docstring
+import _socket
 import os
 import sys
 
@@ -191,21 +192,50 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _relay(sock: _socket.socket) -> int | None:
-    """Write the agent's frames out until its exit code; None: run the command here.
+def _relay(sock: _socket.socket, request: bytes) -> int | None:
+    """Send ``request``, then write the agent's frames out until its exit code; None: run
+    the command here.
 
-    Ctrl-C, wherever it lands (waiting, or writing a frame out), is passed on to the
-    agent, which asks the node to cancel as the CLI does; a second one stops at once."""
+    Ctrl-C, wherever it lands, is passed on to the agent, which asks the node to cancel
+    as the CLI does; a second one stops at once (130); one before the request went out
+    sends nothing (130). A handler of its own rather than KeyboardInterrupt, which could
+    land between two steps, outside any ``try``. The handler stays once the agent has
+    answered: the process ends right after (:func:`hub.cli.main`)."""
     state = _Relay()
-    while True:
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if state.interrupted and state.sent:
+            os._exit(130)
+        state.interrupted = True
+        if state.sent:
+            try:
+                sock.sendall(b"I")
+            except OSError:
+                pass
+
+    try:
+        previous = _signal.signal(_signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: signals go elsewhere
+        previous = None
+    try:
+        # SIGINT held back while the request goes out: after it, a Ctrl-C is told
+        held = _signal.pthread_sigmask(_signal.SIG_BLOCK, [_signal.SIGINT])
         try:
-            if state.step(sock):
-                return state.code
-        except KeyboardInterrupt:
             if state.interrupted:
                 return 130
-            state.interrupted = True
-            sock.sendall(b"I")
+            sock.sendall(request)
+            state.sent = True
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
+        while not state.step(sock):
+            pass
+    except BaseException:
+        if previous is not None:
+            _signal.signal(_signal.SIGINT, previous)
+        raise
+    if state.code is None and previous is not None:
+        _signal.signal(_signal.SIGINT, previous)  # the command runs here, as without an agent
+    return state.code
 
 
 class _Relay:
@@ -214,6 +244,7 @@ class _Relay:
     def __init__(self) -> None:
         self.buffer = b""
         self.wrote = False
+        self.sent = False  # the request has gone out
         self.interrupted = False
         self.code: int | None = None  # the exit code; None: run the command here
 
@@ -266,8 +297,7 @@ def run(argv: list[str]) -> int | None:
             start_agent(folder)
         return None
     try:
-        sock.sendall(encode_request(argv))
-        return _relay(sock)
+        return _relay(sock, encode_request(argv))
     except OSError:
         return None
     finally:

@@ -304,6 +304,33 @@ def test_ctrl_c_through_the_agent_cancels_the_call_at_the_node_and_exits_130(
     assert site.status()["commands_run"] == 1  # type: ignore[index]  # it ran in the agent
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_wherever_it_lands_while_relaying_ends_the_command_with_130_not_a_traceback(
+    site: Site, presses: int
+) -> None:
+    # KeyboardInterrupt could land between two steps of the relay, outside any try: the
+    # relay has a SIGINT handler of its own instead (one press: cancel; two: stop now)
+    started(site)
+    for delay in (0.0, 0.002, 0.01, 0.05):
+        proc = subprocess.Popen(
+            [*FEDHUB, "call", "dev.bench.slow"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=site.env,
+        )
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("request "), first
+        time.sleep(delay)
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out) == (130, ""), err
+        assert "Traceback" not in err, err
+
+
 def test_a_passphrase_comes_with_each_command_and_a_wrong_one_never_rides_on_a_right_one(
     site: Site,
 ) -> None:
