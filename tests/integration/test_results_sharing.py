@@ -235,7 +235,15 @@ async def test_the_blocking_client_lists_shares_and_opens_a_shared_result(
 async def _tamper(node: NodeDaemon, rid: str, change: Callable[[bytes], bytes]) -> None:
     assert node.nc is not None
     js = node.nc.jetstream()
-    stored = await get_object(js, RESULTS_BUCKET, rid)
+    # the node stores a result after its reply: the object may not be there yet
+    for _ in range(100):
+        try:
+            stored = await get_object(js, RESULTS_BUCKET, rid)
+            break
+        except NotFoundError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the result of {rid} was never stored")
     await put_object(js, RESULTS_BUCKET, rid, change(stored))
 
 
