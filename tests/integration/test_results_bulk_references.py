@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from support.bulk import BULKDATA, MiB
 from support.hostile import LogView, Spy, audit_node, wait_reachable
-from support.results import OWNER, connect, federation_node, people_world
+from support.results import OWNER, connect, federation_node, people_world, stored_result
 from support.world import World
 
 import hub.client
@@ -29,7 +29,7 @@ from hub.client import Client
 from hub.envelopes import ResultRef
 from hub.errors import IntegrityError, NotFoundError
 from hub.nats import connect as nats_connect
-from hub.nats import get_object, put_object
+from hub.nats import put_object
 from hub.refs import Ref
 from hub.subjects import RESULTS_BUCKET
 from node.config import NodeConfig
@@ -205,7 +205,7 @@ async def test_someone_elses_large_result_and_a_tampered_one_are_refused_and_not
         # one chunk of the kept ciphertext flipped: the whole does not verify at geomar
         assert storing.nc is not None
         js = storing.nc.jetstream()
-        stored = await get_object(js, RESULTS_BUCKET, kept.request_id)
+        stored = await stored_result(js, kept.request_id)
         at = len(stored) - 100
         flipped = stored[:at] + bytes([stored[at] ^ 1]) + stored[at + 1 :]
         await put_object(js, RESULTS_BUCKET, kept.request_id, flipped)

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from support.hostile import LogView, Spy, audit_node, wait_reachable
-from support.results import OWNER, audit_clean, connect, federation_node, people_world
+from support.results import (
+    OWNER,
+    audit_clean,
+    connect,
+    federation_node,
+    people_world,
+    stored_result,
+)
 from support.world import CLIMATE, World
 
 import hub.client
@@ -32,7 +39,7 @@ from hub.envelopes import ResultRef, unpack_reply
 from hub.errors import IntegrityError, NotFoundError, UnauthorizedError
 from hub.keys import KeyPair
 from hub.nats import connect as nats_connect
-from hub.nats import get_object, put_object
+from hub.nats import put_object
 from hub.proofs import verify_event_proof
 from hub.records import SignedRecord, sign_record
 from hub.refs import Ref, stage_refs
@@ -202,7 +209,7 @@ async def test_a_reference_to_a_tampered_stored_result_fails_the_call_with_an_in
         await kept.result()
         assert storing.nc is not None
         js = storing.nc.jetstream()
-        stored = await get_object(js, RESULTS_BUCKET, kept.request_id)
+        stored = await stored_result(js, kept.request_id)
         flipped = stored[:-1] + bytes([stored[-1] ^ 1])
         await put_object(js, RESULTS_BUCKET, kept.request_id, flipped)
         with pytest.raises(IntegrityError):

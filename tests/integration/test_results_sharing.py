@@ -22,6 +22,7 @@ from support.results import (
     audit_clean,
     hereon_node,
     people_world,
+    stored_result,
 )
 from support.world import World
 
@@ -41,7 +42,7 @@ from hub.errors import (
 from hub.lifecycle import RequestState
 from hub.logfile import iter_log
 from hub.nats import connect as nats_connect
-from hub.nats import get_object, put_object
+from hub.nats import put_object
 from hub.records import GroupRecord, sign_record
 from hub.results_wire import CatalogHeader, pack_catalog
 from hub.subjects import RESULTS_BUCKET, admin_subject, status_subject
@@ -235,15 +236,7 @@ async def test_the_blocking_client_lists_shares_and_opens_a_shared_result(
 async def _tamper(node: NodeDaemon, rid: str, change: Callable[[bytes], bytes]) -> None:
     assert node.nc is not None
     js = node.nc.jetstream()
-    # the node stores a result after its reply: the object may not be there yet
-    for _ in range(100):
-        try:
-            stored = await get_object(js, RESULTS_BUCKET, rid)
-            break
-        except NotFoundError:
-            await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"the result of {rid} was never stored")
+    stored = await stored_result(js, rid)
     await put_object(js, RESULTS_BUCKET, rid, change(stored))
 
 

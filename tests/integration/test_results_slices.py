@@ -30,6 +30,7 @@ from support.grids import (
     sliced,
 )
 from support.hostile import LogView, Spy, audit_node
+from support.results import stored_result
 from support.world import World
 
 from hub.answers import ask_service
@@ -48,7 +49,7 @@ from hub.errors import (
     ValidationError,
 )
 from hub.nats import connect as nats_connect
-from hub.nats import get_object, put_object
+from hub.nats import put_object
 from hub.results_client import catalog
 from hub.results_wire import CatalogHeader, pack_catalog
 from hub.slices import grantor
@@ -271,7 +272,7 @@ async def _tamper(node: NodeDaemon, rid: str) -> None:
     """Flip one bit of the last byte of the stored result (its ciphertext or sealed form)."""
     assert node.nc is not None
     js = node.nc.jetstream()
-    stored = await get_object(js, RESULTS_BUCKET, rid)
+    stored = await stored_result(js, rid)
     await put_object(js, RESULTS_BUCKET, rid, stored[:-1] + bytes([stored[-1] ^ 1]))
 
 

@@ -13,11 +13,13 @@ and a test file's own fixture of the same name takes their place there): ``world
 - :func:`federation_node`: a node of a site of a shared federation (unique name, its leaf's
   URL and credentials, trusting the other sites);
 - :func:`connect`: a person's client at their own site's server of a federation;
-- :func:`audit_clean`: a node's log audits clean against the pinned site keys.
+- :func:`audit_clean`: a node's log audits clean against the pinned site keys;
+- :func:`stored_result`: a kept result as its node stored it (once it has).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,12 +29,17 @@ from conftest import FEDERATION_SITES, node_nats
 
 from hub.audit import audit_events
 from hub.client import Client
+from hub.errors import NotFoundError
 from hub.logfile import iter_log
+from hub.nats import get_object
+from hub.subjects import RESULTS_BUCKET
 from node.config import NodeConfig
 from node.daemon import NodeDaemon
 from support.world import CLIMATE, World
 
 if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
     from hub.nats import LocalFederation
 
 OWNER = "klaus@geomar"
@@ -128,3 +135,14 @@ async def node(cfg: NodeConfig) -> AsyncIterator[NodeDaemon]:
     """The node of ``cfg``, running."""
     async with NodeDaemon(cfg, grace=2) as running:
         yield running
+
+
+async def stored_result(js: JetStreamContext, rid: str) -> bytes:
+    """The kept result of ``rid`` in its node's result bucket, once the node has stored it
+    (a node stores a result after it replies: a caller may have it before the bucket)."""
+    for _ in range(100):
+        try:
+            return await get_object(js, RESULTS_BUCKET, rid)
+        except NotFoundError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the result of {rid} was never stored")
