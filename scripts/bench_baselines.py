@@ -261,47 +261,68 @@ async def bench_durable(
     else:
         proc = await _spawn(procs, ["serve-durable", fed.site_url(SITE), stream, subject])
     nc = await nats.connect(fed.site_url(CALLER_SITE))
-    js = nc.jetstream()
-    inbox = inbox_subject(CALLER_SITE, "rawbench", secrets.token_urlsafe(12))
-    pending: dict[str, asyncio.Future[bytes]] = {}
-
-    async def on_reply(msg: Msg) -> None:
-        fut = pending.get((msg.headers or {}).get(_ID, ""))
-        if fut is not None and not fut.done():
-            fut.set_result(msg.data)
-
-    await nc.subscribe(inbox, cb=on_reply)
+    requester = await DurableRequester.start(nc, subject, "rawbench")
     payload = os.urandom(PAYLOAD)
-    loop = asyncio.get_running_loop()
 
     async def call() -> object:
-        rid = secrets.token_urlsafe(12)
-        fut = pending[rid] = loop.create_future()
-        try:
-            ack = await js.publish_async(
-                subject, payload, headers={"Nats-Msg-Id": rid, _REPLY: inbox, _ID: rid}
-            )
-            await wait_acks([ack], CALL_TIMEOUT)
-            async with asyncio.timeout(CALL_TIMEOUT):
-                return await fut
-        finally:
-            pending.pop(rid, None)
+        return await requester.round_trip(payload)
 
     try:
-        async with asyncio.timeout(20):  # the stream's subject has to be reachable
-            while True:
-                STOP.check()
-                try:
-                    await call()
-                    break
-                except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
-                    await asyncio.sleep(0.05)
+        await until_reachable(call)
         return await _runs(call, _meter(fed, proc), opts, 200)
     finally:
         await nc.close()
         if local is not None:
             await local.stop()
         await _end(proc)
+
+
+class DurableRequester:
+    """The caller's side of a durable round trip: a JetStream publish into the stream
+    (``Nats-Msg-Id``, the reply inbox and an id in headers), then the publish ack and the
+    echo to the inbox awaited."""
+
+    def __init__(self, nc: Any, subject: str, inbox: str) -> None:
+        self.nc, self.js, self.subject, self.inbox = nc, nc.jetstream(), subject, inbox
+        self.pending: dict[str, asyncio.Future[bytes]] = {}
+
+    @classmethod
+    async def start(cls, nc: Any, subject: str, user: str) -> DurableRequester:
+        """A requester of ``user`` at geomar, its inbox subscribed."""
+        requester = cls(nc, subject, inbox_subject(CALLER_SITE, user, secrets.token_urlsafe(12)))
+        await nc.subscribe(requester.inbox, cb=requester._on_reply)
+        return requester
+
+    async def _on_reply(self, msg: Msg) -> None:
+        fut = self.pending.get((msg.headers or {}).get(_ID, ""))
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+
+    async def round_trip(self, data: bytes) -> bytes:
+        """Publish ``data``; the echo once both it and the publish ack have come."""
+        rid = secrets.token_urlsafe(12)
+        fut = self.pending[rid] = asyncio.get_running_loop().create_future()
+        try:
+            ack = await self.js.publish_async(
+                self.subject, data, headers={"Nats-Msg-Id": rid, _REPLY: self.inbox, _ID: rid}
+            )
+            await wait_acks([ack], CALL_TIMEOUT)
+            async with asyncio.timeout(CALL_TIMEOUT):
+                return await fut
+        finally:
+            self.pending.pop(rid, None)
+
+
+async def until_reachable(call: Callable[[], Awaitable[object]]) -> None:
+    """Call until the stream's subject is reachable across the hub (up to 20 s)."""
+    async with asyncio.timeout(20):
+        while True:
+            STOP.check()
+            try:
+                await call()
+                return
+            except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+                await asyncio.sleep(0.05)
 
 
 def main() -> int:

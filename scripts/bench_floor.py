@@ -50,11 +50,15 @@ from typing import Any
 import nacl.public
 import nacl.signing
 import nats
-import nats.errors
-import nats.js.errors
-from bench_baselines import RAW_DURABLE, DurableResponder, _end, bench_durable
+from bench_baselines import (
+    RAW_DURABLE,
+    DurableRequester,
+    DurableResponder,
+    _end,
+    bench_durable,
+    until_reachable,
+)
 from benchlib import (
-    CALL_TIMEOUT,
     CALLER_SITE,
     PAYLOAD,
     SITE,
@@ -78,8 +82,7 @@ from hub.crypto import (
     unwrap_key,
     verify,
 )
-from hub.nats import LocalFederation, start_local_federation, wait_acks
-from hub.subjects import inbox_subject
+from hub.nats import LocalFederation, start_local_federation
 
 GUARDED = "raw durable round trip with the guarantees"
 _D_REQUEST, _D_COMMIT = b"floor-request\0", b"floor-commit\0"
@@ -193,57 +196,29 @@ async def bench_guarded(
         raise RuntimeError("the guarded responder did not start")
     node_box = bytes.fromhex(words[1].decode())
     nc = await nats.connect(fed.site_url(CALLER_SITE))
-    js = nc.jetstream()
-    inbox = inbox_subject(CALLER_SITE, "rawfloor", secrets.token_urlsafe(12))
-    pending: dict[str, asyncio.Future[bytes]] = {}
+    requester = await DurableRequester.start(nc, subject, "rawfloor")
     my_secret, my_public = bytes(caller_box), bytes(caller_box.public_key)
-
-    async def on_reply(msg: Msg) -> None:
-        fut = pending.get((msg.headers or {}).get(_ID, ""))
-        if fut is not None and not fut.done():
-            fut.set_result(msg.data)
-
-    await nc.subscribe(inbox, cb=on_reply)
     payload = os.urandom(PAYLOAD)
-    loop = asyncio.get_running_loop()
 
     async def call() -> object:
-        rid = secrets.token_urlsafe(12)
-        fut = pending[rid] = loop.create_future()
-        try:
-            sealed = seal_payload(payload, my_secret, my_public, {"n": node_box})
-            body = sealed.wraps["n"] + sealed.ciphertext
-            header = secrets.token_bytes(16) + blake2b_256(body)
-            data = header + sign(caller_sign, _D_REQUEST, header) + body
-            ack = await js.publish_async(
-                subject, data, headers={"Nats-Msg-Id": rid, _REPLY: inbox, _ID: rid}
-            )
-            await wait_acks([ack], CALL_TIMEOUT)
-            async with asyncio.timeout(CALL_TIMEOUT):
-                reply = await fut
-            wrap = reply[:_WRAP]
-            if wrap[:32] != node_box:
-                raise ValueError("the reply was not sealed by the responder")
-            result = open_secret(unwrap_key(my_secret, wrap), reply[_WRAP:])
-            if result != payload:
-                raise RuntimeError("the echo differs")
-            return result
-        finally:
-            pending.pop(rid, None)
+        sealed = seal_payload(payload, my_secret, my_public, {"n": node_box})
+        body = sealed.wraps["n"] + sealed.ciphertext
+        header = secrets.token_bytes(16) + blake2b_256(body)
+        reply = await requester.round_trip(header + sign(caller_sign, _D_REQUEST, header) + body)
+        wrap = reply[:_WRAP]
+        if wrap[:32] != node_box:
+            raise ValueError("the reply was not sealed by the responder")
+        result = open_secret(unwrap_key(my_secret, wrap), reply[_WRAP:])
+        if result != payload:
+            raise RuntimeError("the echo differs")
+        return result
 
     cpu = CpuMeter("requester")
     cpu.add("responder", proc.pid)
     for server in [fed.hub, *fed.leaves.values()]:
         cpu.add("nats", server.pid)
     try:
-        async with asyncio.timeout(20):  # the stream's subject has to be reachable
-            while True:
-                STOP.check()
-                try:
-                    await call()
-                    break
-                except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
-                    await asyncio.sleep(0.05)
+        await until_reachable(call)
         await warm_up(call, opts.warmup)
         seq = await measure(
             call, count=opts.calls, concurrency=1, max_seconds=opts.max_seconds, cpu=cpu

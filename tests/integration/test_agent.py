@@ -272,10 +272,9 @@ def test_the_progress_bar_is_drawn_live_on_the_callers_terminal(site: Site) -> N
     assert site.status()["commands_run"] == 1  # type: ignore[index]  # drawn by the agent
 
 
-def test_ctrl_c_through_the_agent_cancels_the_call_at_the_node_and_exits_130(
-    site: Site,
-) -> None:
-    started(site)
+def _slow_call(site: Site) -> tuple[subprocess.Popen[str], str]:
+    """``fedhub call dev.bench.slow`` started, once its call is on its way (its request id
+    printed)."""
     proc = subprocess.Popen(
         [*FEDHUB, "call", "dev.bench.slow"],
         stdin=subprocess.DEVNULL,
@@ -287,7 +286,14 @@ def test_ctrl_c_through_the_agent_cancels_the_call_at_the_node_and_exits_130(
     assert proc.stderr is not None
     first = proc.stderr.readline()  # "request <id>": the call is on its way
     assert first.startswith("request "), first
-    request_id = first.split()[1]
+    return proc, first.split()[1]
+
+
+def test_ctrl_c_through_the_agent_cancels_the_call_at_the_node_and_exits_130(
+    site: Site,
+) -> None:
+    started(site)
+    proc, request_id = _slow_call(site)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert (proc.returncode, out) == (130, ""), err
@@ -312,17 +318,7 @@ def test_ctrl_c_wherever_it_lands_while_relaying_ends_the_command_with_130_not_a
     # relay has a SIGINT handler of its own instead (one press: cancel; two: stop now)
     started(site)
     for delay in (0.0, 0.002, 0.01, 0.05):
-        proc = subprocess.Popen(
-            [*FEDHUB, "call", "dev.bench.slow"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=site.env,
-        )
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        assert first.startswith("request "), first
+        proc, _ = _slow_call(site)
         time.sleep(delay)
         for _ in range(presses):
             proc.send_signal(signal.SIGINT)

@@ -146,12 +146,36 @@ async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_fa
     assert "result.fetched" in events_of(cfg, rid), "delivered from the stored result"
 
 
-async def test_a_lost_reply_whose_kept_copy_is_gone_fails_with_not_found_not_a_timeout(
-    world: World, federation_factory: FederationFactory
+async def _remove_kept(node: NodeDaemon, rid: str) -> None:
+    assert node.nc is not None
+    await (await node.nc.jetstream().object_store(RESULTS_BUCKET)).delete(rid)
+
+
+async def _alter_kept(node: NodeDaemon, rid: str) -> None:
+    assert node.nc is not None
+    js = node.nc.jetstream()
+    kept = await get_object(js, RESULTS_BUCKET, rid)
+    await put_object(js, RESULTS_BUCKET, rid, kept[:-1] + bytes([kept[-1] ^ 1]))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "error", "says"),
+    [
+        (_remove_kept, NotFoundError, "reply was lost"),
+        (_alter_kept, IntegrityError, "not the one the log recorded"),
+    ],
+    ids=["gone", "altered"],
+)
+async def test_a_lost_reply_whose_kept_copy_is_gone_or_altered_fails_with_that_not_a_timeout(
+    world: World,
+    federation_factory: FederationFactory,
+    spoil: Callable[[NodeDaemon, str], Coroutine[Any, Any, None]],
+    error: type[Exception],
+    says: str,
 ) -> None:
-    # the node died between its reply and storing the result, or the copy was removed:
-    # status says completed, fetch finds nothing; the last ask says so instead of
-    # leaving the caller to its deadline's CallTimeoutError
+    # the node died between its reply and storing the result, the copy was removed, or it
+    # was altered: status says completed, fetch finds nothing or the wrong bytes; the last
+    # ask says so instead of leaving the caller to its deadline's CallTimeoutError
     fed = await federation_factory()
     cfg = hereon_config(world, fed)
     async with (
@@ -167,47 +191,14 @@ async def test_a_lost_reply_whose_kept_copy_is_gone_fails_with_not_found_not_a_t
 
         await fed.hub.stop()
         await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
-        assert node.nc is not None
-        store = await node.nc.jetstream().object_store(RESULTS_BUCKET)
         await wait_until(lambda: node.pipeline is not None and not node.pipeline.in_flight)
-        await store.delete(rid)
+        await spoil(node, rid)
         await fed.hub.start()
         await fed.wait_connected(limit=20)
 
-        with pytest.raises(NotFoundError, match="reply was lost") as err:
+        with pytest.raises(error, match=says) as raised:
             await handle.result()
-    assert not isinstance(err.value, CallTimeoutError)
-    assert "result.fetched" not in events_of(cfg, rid)
-
-
-async def test_a_lost_reply_whose_kept_copy_was_altered_fails_with_an_integrity_error(
-    world: World, federation_factory: FederationFactory
-) -> None:
-    fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2) as node,
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
-        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
-        rid = handle.request_id
-        await wait_until(lambda: events_of(cfg, rid), limit=20)
-
-        await fed.hub.stop()
-        await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
-        assert node.nc is not None
-        await wait_until(lambda: node.pipeline is not None and not node.pipeline.in_flight)
-        js = node.nc.jetstream()
-        kept = await get_object(js, RESULTS_BUCKET, rid)
-        await put_object(js, RESULTS_BUCKET, rid, kept[:-1] + bytes([kept[-1] ^ 1]))
-        await fed.hub.start()
-        await fed.wait_connected(limit=20)
-
-        with pytest.raises(IntegrityError, match="not the one the log recorded"):
-            await handle.result()
+    assert not isinstance(raised.value, CallTimeoutError)
     assert "result.fetched" not in events_of(cfg, rid)
 
 
