@@ -63,7 +63,11 @@ class DevNode:
         ]
 
     def stop(self, timeout: float = 15.0) -> int:
-        """Stop the node (SIGTERM, then SIGKILL) and delete the folder; the node's exit code."""
+        """Stop the node (SIGTERM, then SIGKILL) and delete the folder; the node's exit code.
+
+        A node killed before it stopped its embedded server leaves that server running (a
+        real node's next start adopts it, with its queued calls); a dev node has no next
+        start, so its server is stopped here too."""
         try:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
@@ -74,6 +78,12 @@ class DevNode:
                     self.process.wait(timeout=5)
             return int(self.process.returncode)
         finally:
+            from hub.nats.server import running_server_pid, terminate_server
+
+            pid_file = self.root / "data" / "nats.pid"
+            left = running_server_pid(pid_file)
+            if left is not None:
+                terminate_server(left, pid_file)
             shutil.rmtree(self.root, ignore_errors=True)
 
 

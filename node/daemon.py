@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ from hub.nats import (
     get_object,
     put_object,
 )
+from hub.nats.server import running_server_pid, terminate_server
 from hub.records import SignedRecord
 from hub.subjects import (
     CALLS_CONSUMER,
@@ -335,7 +335,7 @@ class NodeDaemon:
         url = cfg.nats.url
         if not url and self.instance > 1:
             url_file = cfg.node.data_dir / "nats.url"
-            if _running_pid(cfg.node.data_dir / "nats.pid") is None or not url_file.exists():
+            if running_server_pid(cfg.node.data_dir / "nats.pid") is None or not url_file.exists():
                 raise ConfigError(
                     f"node process {self.instance} found no embedded nats-server to join",
                     hint="start the first process of this node first, or set [nats] url",
@@ -377,10 +377,10 @@ class NodeDaemon:
         """
         cfg = self.cfg
         url_file, pid_file = cfg.node.data_dir / "nats.url", cfg.node.data_dir / "nats.pid"
-        left = _running_pid(pid_file)
+        left = running_server_pid(pid_file)
         if left is not None and url_file.exists():
             log.info("nats_server.adopted", pid=left)
-            self.stack.callback(_terminate, left, pid_file)
+            self.stack.callback(terminate_server, left, pid_file)
             url = url_file.read_text().strip()
             self._register_local(url, left)
             return url
@@ -645,28 +645,6 @@ async def _respond(nc: NatsClient, msg: Msg, answer: BaseModel | bytes | Federat
             hint="ask for less at a time",
         )
         await nc.publish(msg.reply, b"", headers=error_headers(error))
-
-
-def _running_pid(pid_file: Path) -> int | None:
-    """The pid in ``pid_file`` if that process still runs nats-server, else None."""
-    try:
-        pid = int(pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"nats-server" in cmdline else None
-
-
-def _terminate(pid: int, pid_file: Path) -> None:
-    """Stop an adopted nats-server (SIGTERM, wait briefly, then SIGKILL)."""
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            time.sleep(0.05)
-            os.kill(pid, 0)
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        pid_file.unlink()
 
 
 def read_status_file(data_dir: Path) -> dict[str, Any] | None:

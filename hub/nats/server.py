@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -29,7 +30,13 @@ from hub.errors import ConfigError, TransportError
 from hub.nats.config import DEFAULT_MAX_PAYLOAD, LeafUser, server_config
 from hub.nats.connection import connect, wait_jetstream_ready
 
-__all__ = ["HUB_LOCAL_USER", "NatsServer", "find_nats_server"]
+__all__ = [
+    "HUB_LOCAL_USER",
+    "NatsServer",
+    "find_nats_server",
+    "running_server_pid",
+    "terminate_server",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -338,3 +345,29 @@ class NatsServer:
 
     def __repr__(self) -> str:
         return f"NatsServer(url={self._client_url!r}, pid={self.pid}, store_dir={self.store_dir})"
+
+
+def running_server_pid(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process still runs nats-server, else None (a node
+    writes its embedded server's pid there; one killed hard leaves it behind, with the
+    server still running). Reads ``/proc``: None where there is none."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"nats-server" in cmdline else None
+
+
+def terminate_server(pid: int, pid_file: Path | None = None, timeout: float = 5.0) -> None:
+    """Stop a nats-server this process did not start (SIGTERM, up to ``timeout`` seconds,
+    then SIGKILL), and remove its ``pid_file``."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(max(1, int(timeout / 0.05))):
+            time.sleep(0.05)
+            os.kill(pid, 0)  # OSError once it is gone
+        os.kill(pid, signal.SIGKILL)
+    if pid_file is not None:
+        with contextlib.suppress(OSError):
+            pid_file.unlink()

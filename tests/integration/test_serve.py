@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from support.world import World
 
+from hub.nats.server import running_server_pid
 from hub.serve import DEV_USER, DevNode, start_dev_node
 
 pytestmark = pytest.mark.slow
@@ -122,6 +123,37 @@ def test_serve_of_a_missing_file_or_a_bad_name_fails_with_one_line(tmp_path: Pat
     run = fedhub("serve", str(tmp_path / "My-Module.py"), env=clean_env())
     assert run.returncode == 2, run.stderr
     assert "--name" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_dev_node_killed_hard_leaves_no_server_running_once_stopped(tmp_path: Path) -> None:
+    # a killed node's embedded server lives on (a real node's next start adopts it with
+    # its queued calls); a dev node has no next start, and its folder is deleted
+    (tmp_path / "mymodule.py").write_text(MODULE)
+    node = start_dev_node(tmp_path / "mymodule.py")
+    pid_file = node.root / "data" / "nats.pid"
+    try:
+        server = running_server_pid(pid_file)
+        assert server is not None
+        node.process.kill()
+        node.process.wait(timeout=10)
+        assert _alive(server), "the server outlives its node"
+    finally:
+        node.stop()
+    for _ in range(100):
+        if not _alive(server):
+            break
+        time.sleep(0.05)
+    assert not _alive(server)
+    assert not node.root.exists()
 
 
 @pytest.fixture
