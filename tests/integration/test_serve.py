@@ -156,6 +156,48 @@ def test_a_dev_node_killed_hard_leaves_no_server_running_once_stopped(tmp_path: 
     assert not node.root.exists()
 
 
+def test_a_node_killed_hard_leaves_its_server_to_its_next_start_which_adopts_it(
+    tmp_path: Path,
+) -> None:
+    # the server holds the site's queued calls: the next node on the same data dir takes
+    # it over (not a second server on the same store), serves, and stops it when it stops
+    (tmp_path / "mymodule.py").write_text(MODULE)
+    node = start_dev_node(tmp_path / "mymodule.py")
+    pid_file = node.root / "data" / "nats.pid"
+    env = clean_env(FEDHUB_HOME=str(node.home), FEDHUB_AGENT="off")
+    try:
+        server = running_server_pid(pid_file)
+        assert server is not None
+        node.process.kill()
+        node.process.wait(timeout=10)
+        assert _alive(server)
+        config = node.root / "dev-node.toml"
+        with (tmp_path / "next-node.log").open("wb") as out:
+            node.process = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "run", "--config", str(config)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        for _ in range(100):  # until the next node serves
+            run = fedhub("call", "dev.mymodule.add", "a=2", "b=3", "--json", env=env)
+            if run.returncode == 0:
+                break
+            time.sleep(0.2)
+        assert (run.returncode, run.stdout.strip()) == (0, "5"), run.stderr
+        assert running_server_pid(pid_file) == server, "adopted, not started again"
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(timeout=30) == 0
+        assert not pid_file.exists()
+    finally:
+        node.stop()
+    for _ in range(100):
+        if not _alive(server):
+            break
+        time.sleep(0.05)
+    assert not _alive(server), "the node that adopted the server stops it"
+
+
 @pytest.fixture
 def dev_node(tmp_path: Path) -> Iterator[DevNode]:
     (tmp_path / "mymodule.py").write_text(MODULE)
