@@ -256,26 +256,19 @@ def build_consistency_proof(
             f"the old checkpoint ({old_cp.size} events) is larger than the new one "
             f"({new_cp.size}): give them the other way round"
         )
-    if old_cp.size == new_cp.size:
-        # nothing to prove from the events: the two roots are equal, or they show a fork
-        return ConsistencyProof(
-            log=log,
-            site=site,
-            site_key=b64e(site_key),
-            node_keys=tuple(node_keys),
-            old=old,
-            new=new,
-            path=(),
-        )
-    if callable(leaves):
-        size = new_cp.size
-        root = leaves(0, size) if size else EMPTY_ROOT
-        path = consistency_path(size, old_cp.size, leaves)
-    else:
-        root = merkle_root(leaves) if len(leaves) == new_cp.size else b""
-        path = consistency_proof(leaves, old_cp.size) if root else []
-    if root.hex() != new_cp.root:
-        raise CheckpointError(f"the log's events do not give checkpoint {new_cp.size}'s root")
+    path: Sequence[bytes] = ()
+    # the same size: nothing to prove from the events (the two roots are equal, or they
+    # show a fork)
+    if old_cp.size != new_cp.size:
+        if callable(leaves):
+            size = new_cp.size
+            root = leaves(0, size) if size else EMPTY_ROOT
+            path = consistency_path(size, old_cp.size, leaves)
+        else:
+            root = merkle_root(leaves) if len(leaves) == new_cp.size else b""
+            path = consistency_proof(leaves, old_cp.size) if root else []
+        if root.hex() != new_cp.root:
+            raise CheckpointError(f"the log's events do not give checkpoint {new_cp.size}'s root")
     return ConsistencyProof(
         log=log,
         site=site,
