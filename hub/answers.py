@@ -30,7 +30,7 @@ from hub.errors import (
     CallTimeoutError,
     CanonicalError,
     FederationError,
-    NotFoundError,
+    UnreachableError,
     error_code,
     error_from_code,
     service_status,
@@ -291,13 +291,13 @@ async def ask_service(
     unreachable: str,
     silent: str,
 ) -> bytes:
-    """Request ``subject`` and return the answer's body; NotFoundError(``unreachable``)
+    """Request ``subject`` and return the answer's body; UnreachableError(``unreachable``)
     when nobody serves it, CallTimeoutError(``silent``) when no answer comes in time, the
     typed error the answer reports otherwise."""
     try:
         msg = await nc.request(subject, data, timeout=timeout)
     except nats.errors.NoRespondersError as exc:
-        raise NotFoundError(unreachable) from exc
+        raise UnreachableError(unreachable) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise CallTimeoutError(silent) from exc
     error = error_from_headers(msg.headers)

@@ -25,6 +25,7 @@ from hub.errors import (
     CallTimeoutError,
     FederationError,
     NotFoundError,
+    UnreachableError,
     caller_code,
     error_from_code,
 )
@@ -165,7 +166,7 @@ class Recovery:
                     outcome = await self._outcome(handle, state, last=last, timeout=timeout)
             except (NotFoundError, CallTimeoutError) as exc:  # not there, or not reachable yet
                 log.debug("client.recover_retried", request_id=handle.request_id, error=str(exc))
-                unreachable = isinstance(exc, CallTimeoutError) or "not reachable" in str(exc)
+                unreachable = isinstance(exc, CallTimeoutError | UnreachableError)
                 handle._unreachable = unreachable
                 if last or attempt + 1 == tries or handle._deadline - loop.time() < RECOVER_PAUSE:
                     if unreachable and not last:  # check again soon, not at the grown interval
@@ -201,9 +202,9 @@ class Recovery:
                     value = await self.client._fetch(
                         handle.site, state, timeout=timeout, result_path=handle.result_path
                     )
+                except UnreachableError:
+                    raise  # no way to the node yet: asked again
                 except NotFoundError as exc:
-                    if "not reachable" in exc.message:
-                        raise  # no way to the node yet: asked again
                     # the kept copy is gone (the node stopped before storing it, or it
                     # was removed): only the reply had it
                     gone = f"its kept copy is gone ({exc.message})"

@@ -14,6 +14,7 @@ libraries' errors are converted where they enter (``raise X(...) from exc``)::
     │       └── TransferTimeoutError    (also a TimeoutError) deadline passed, peer silent
     ├── RemoteError              the remote side refused or failed; carries code + description
     │   ├── NotFoundError        unknown site, module or function
+    │   │   └── UnreachableError nothing answers on the site's subject (site or way down)
     │   ├── UnauthorizedError    caller unknown, revoked, or not granted
     │   ├── ValidationError      arguments or result do not match the function's schema
     │   │   ├── SelectionError   a slice names an unknown dimension or variable, an index
@@ -75,6 +76,7 @@ __all__ = [
     "TransportError",
     "UnauthorizedError",
     "UnknownFunctionError",
+    "UnreachableError",
     "ValidationError",
     "caller_code",
     "error_code",
@@ -173,6 +175,11 @@ class NotFoundError(RemoteError):
     """No such site, module or function."""
 
     code = "not_found"
+
+
+class UnreachableError(NotFoundError):
+    """Nothing answers on a site's subject: the site, or the way to it, is down (no
+    responders). A NotFoundError, as the caller sees it; a client's recovery asks again."""
 
 
 class UnauthorizedError(RemoteError):
