@@ -80,16 +80,16 @@ def consistency_proof_of(
         new = log.head()
         if new is None:
             raise ConfigError("the log has no checkpoint yet")
-    for signed in (old, new):
-        named = _checkpoint_of(signed)
+    old_cp, new_cp = _checkpoint_of(old), _checkpoint_of(new)
+    for named in (old_cp, new_cp):
         if named.log != log.log_id:
             raise CheckpointError(
                 f"checkpoint {named.size} is of log {named.log}, not {log.log_id}"
             )
-    if _size(old) > _size(new):
-        old, new = new, old
-    size = _size(new)
-    if _size(old) != size and size > log.size:
+    if old_cp.size > new_cp.size:
+        old, new, old_cp, new_cp = new, old, new_cp, old_cp
+    size = new_cp.size
+    if old_cp.size != size and size > log.size:
         raise CheckpointError(
             f"checkpoint {size} covers {size} events; the log has {log.size}: it was "
             "truncated, or the checkpoint is of another history"
