@@ -30,15 +30,16 @@ class Finding:
     def line(self) -> str:
         """One readable line."""
         where = f"event {self.seq}" if self.seq is not None else f"entry {self.position}"
-        text = f"{where}: {self.check}: {self.message}"
+        return f"{where}: {self.check}: {self.detail()}"
+
+    def detail(self) -> str:
+        """The message, with what was expected and found where known."""
         parts = [
             f"{what} {value}"
             for what, value in (("expected", self.expected), ("found", self.found))
             if value is not None
         ]
-        if parts:
-            text += f" ({', '.join(parts)})"
-        return text
+        return self.message + (f" ({', '.join(parts)})" if parts else "")
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for ``--json``."""

@@ -133,7 +133,7 @@ class Witnessed:
     def _own(self, report: AuditReport, signed: SignedRecord, what: str) -> Checkpoint | None:
         cp = open_receipt(report, signed)
         if isinstance(cp, Finding):
-            self._add(self.ignored, f"ignored: {what} claiming key {signed.signer}: {_why(cp)}")
+            self._add(self.ignored, f"ignored: {what} claiming key {signed.signer}: {cp.detail()}")
             return None
         return cp
 
@@ -179,12 +179,3 @@ class Witnessed:
             "ignored": self.ignored,
             "cosignatures_checked": self.cosignatures_checked,
         }
-
-
-def _why(finding: Finding) -> str:
-    parts = [
-        f"{what} {value}"
-        for what, value in (("expected", finding.expected), ("found", finding.found))
-        if value is not None
-    ]
-    return finding.message + (f" ({', '.join(parts)})" if parts else "")
