@@ -62,6 +62,8 @@ class Verified:
     header_bytes: bytes
     sig: bytes
     ciphertext: bytes
+    #: the header's wrapped content keys, decoded (by recipient key id)
+    wraps: dict[str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,7 @@ def open_request(
     try:
         header = validate_request_header(frame.claimed)
         check_payload(header, frame.ciphertext)
-        _check_wraps(header)
+        wraps = _decoded_wraps(header)
         if not is_inbox_of(header.caller, header.reply):
             # replies go only where the caller listens, never to a subject of the site
             # (a stream's, the JetStream API's, another service's)
@@ -231,7 +233,7 @@ def open_request(
     if (addressed.site, addressed.module, addressed.function) != target or header.site != site:
         error = NotFoundError(f"request for {header.address} arrived on {subject} at site {site}")
         return frame.reject(error, "misrouted", verified=True)
-    return Verified(header, record, header_bytes, frame.sig, frame.ciphertext)
+    return Verified(header, record, header_bytes, frame.sig, frame.ciphertext, wraps)
 
 
 def admit(
@@ -256,16 +258,18 @@ def admit(
     return None
 
 
-def _check_wraps(header: RequestHeader) -> None:
-    """Each wrapped content key must be base64 (else the call would be accepted and then
-    fail as if its result were bad)."""
+def _decoded_wraps(header: RequestHeader) -> dict[str, bytes]:
+    """The header's wrapped content keys, decoded; each must be base64 (else the call
+    would be accepted and then fail as if its result were bad)."""
+    wraps = {}
     for kid, wrap in header.wraps.items():
         try:
-            b64d(wrap)
+            wraps[kid] = b64d(wrap)
         except CanonicalError as exc:
             raise CanonicalError(
                 f"malformed request: the content key wrapped for {kid} is not URL-safe base64"
             ) from exc
+    return wraps
 
 
 def _signed_by(record: KeyRecord, header_bytes: bytes, sig: bytes) -> bool:

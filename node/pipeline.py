@@ -40,7 +40,7 @@ from hub import codec
 from hub.canonical import b64e
 from hub.crypto import blake2b_256, open_content_key, open_secret, seal_payload
 from hub.directory import Directory
-from hub.envelopes import RequestHeader, wraps_to_bytes, wraps_to_text
+from hub.envelopes import RequestHeader, wraps_to_text
 from hub.errors import (
     CallCancelledError,
     CanonicalError,
@@ -373,7 +373,7 @@ class Pipeline:
         decode the arguments, check the interface the caller read."""
         h = req.header
         content_key = open_content_key(
-            wraps_to_bytes(h.wraps),
+            req.wraps,
             self.key.kid,
             self.key.box_secret,
             sender=req.record.box_key_bytes(),
