@@ -13,8 +13,9 @@ and 30 s); nothing asserts on measured time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,29 @@ def hereon_config(world: World, fed: LocalFederation) -> NodeConfig:
     )
 
 
+@contextlib.asynccontextmanager
+async def hereon_and_caller(
+    world: World, fed: LocalFederation
+) -> AsyncIterator[tuple[NodeDaemon, Client, NodeConfig]]:
+    """A hereon node and klaus's client at geomar, the node's climate module reachable."""
+    cfg = hereon_config(world, fed)
+    async with (
+        NodeDaemon(cfg, grace=2) as node,
+        await Client.connect(
+            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
+        ) as client,
+    ):
+        await wait_reachable(client, "hereon", "climate")
+        yield node, client, cfg
+
+
+async def running(client: Client, cfg: NodeConfig, *, seconds: float, timeout: float) -> CallHandle:
+    """A call of ``climate.sleep`` submitted, once the node's log has it."""
+    handle = await client.submit("hereon.climate.sleep", seconds=seconds, timeout=timeout)
+    await wait_until(lambda: events_of(cfg, handle.request_id), limit=20)
+    return handle
+
+
 def events_of(cfg: NodeConfig, rid: str) -> list[str]:
     """The types of a request's events in the node's log."""
     return [e["type"] for e in LogView(cfg.log_path).for_request(rid)]
@@ -70,17 +94,9 @@ async def test_a_result_whose_reply_was_lost_while_the_callers_leaf_was_down_com
     world: World, federation_factory: FederationFactory
 ) -> None:
     fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2),
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
-        handle = await client.submit("hereon.climate.sleep", seconds=3.0, timeout=DEADLINE)
+    async with hereon_and_caller(world, fed) as (_, client, cfg):
+        handle = await running(client, cfg, seconds=3.0, timeout=DEADLINE)
         rid = handle.request_id
-        await wait_until(lambda: events_of(cfg, rid), limit=20)
 
         await fed.leaves["geomar"].stop()
         await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
@@ -97,17 +113,9 @@ async def test_a_result_whose_reply_was_lost_while_the_hub_was_down_arrives_befo
     # The caller's own connection never drops here, so no reconnect tells it to ask: the
     # last ask shortly before the deadline does. A short deadline keeps the test short.
     fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2),
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
-        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+    async with hereon_and_caller(world, fed) as (_, client, cfg):
+        handle = await running(client, cfg, seconds=2.0, timeout=12.0)
         rid = handle.request_id
-        await wait_until(lambda: events_of(cfg, rid), limit=20)
 
         await fed.hub.stop()
         await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
@@ -124,17 +132,9 @@ async def test_a_reply_lost_while_the_hub_was_down_is_asked_for_long_before_a_fa
     # The caller's own connection never drops and its deadline is far away: the client
     # asks on its own, because the call has heard nothing from its node for a while.
     fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2),
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
-        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=DEADLINE)
+    async with hereon_and_caller(world, fed) as (_, client, cfg):
+        handle = await running(client, cfg, seconds=2.0, timeout=DEADLINE)
         rid = handle.request_id
-        await wait_until(lambda: events_of(cfg, rid), limit=20)
 
         await fed.hub.stop()
         await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
@@ -177,17 +177,9 @@ async def test_a_lost_reply_whose_kept_copy_is_gone_or_altered_fails_with_that_n
     # was altered: status says completed, fetch finds nothing or the wrong bytes; the last
     # ask says so instead of leaving the caller to its deadline's CallTimeoutError
     fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2) as node,
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
-        handle = await client.submit("hereon.climate.sleep", seconds=2.0, timeout=12.0)
+    async with hereon_and_caller(world, fed) as (node, client, cfg):
+        handle = await running(client, cfg, seconds=2.0, timeout=12.0)
         rid = handle.request_id
-        await wait_until(lambda: events_of(cfg, rid), limit=20)
 
         await fed.hub.stop()
         await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
@@ -209,14 +201,7 @@ async def test_every_reply_lost_while_the_hub_was_down_under_load_is_recovered_f
     # down; each reply is dropped (not delayed: the node's side of the way is gone), and
     # each caller gets its result from the node's store, long before its deadline
     fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2),
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
+    async with hereon_and_caller(world, fed) as (_, client, cfg):
         handles = [
             await client.submit("hereon.climate.sleep", seconds=1.0 + i / 10, timeout=DEADLINE)
             for i in range(6)
@@ -244,17 +229,9 @@ async def test_while_the_hub_stays_down_a_silent_call_is_asked_about_often_not_e
     # after the submit; while the way is down the client asks every 5 s instead, so the
     # outcome comes soon after the hub returns.
     fed = await federation_factory()
-    cfg = hereon_config(world, fed)
-    async with (
-        NodeDaemon(cfg, grace=2),
-        await Client.connect(
-            fed.site_url("geomar"), CALLER, home=world.store.home, **fed.caller_auth(CALLER)
-        ) as client,
-    ):
-        await wait_reachable(client, "hereon", "climate")
-        handle = await client.submit("hereon.climate.sleep", seconds=1.0, timeout=DEADLINE)
+    async with hereon_and_caller(world, fed) as (_, client, cfg):
+        handle = await running(client, cfg, seconds=1.0, timeout=DEADLINE)
         rid = handle.request_id
-        await wait_until(lambda: events_of(cfg, rid), limit=20)
         await fed.hub.stop()
         await wait_until(lambda: "request.completed" in events_of(cfg, rid), limit=30)
         await wait_until(lambda: handle._unreachable, limit=call_recovery.FIRST_ASK + 10)
