@@ -134,24 +134,40 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _wait_gone(pid: int) -> None:
+    """Wait (up to 5 s) until ``pid`` no longer runs."""
+    for _ in range(100):
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+
+
+def _started(tmp_path: Path) -> tuple[DevNode, Path]:
+    """A dev node serving the test module, and the pid file of its embedded server."""
+    (tmp_path / "mymodule.py").write_text(MODULE)
+    node = start_dev_node(tmp_path / "mymodule.py")
+    return node, node.root / "data" / "nats.pid"
+
+
+def _kill_node(node: DevNode, pid_file: Path) -> int:
+    """Kill the node process hard (SIGKILL); the pid of its embedded server."""
+    server = running_server_pid(pid_file)
+    assert server is not None
+    node.process.kill()
+    node.process.wait(timeout=10)
+    return server
+
+
 def test_a_dev_node_killed_hard_leaves_no_server_running_once_stopped(tmp_path: Path) -> None:
     # a killed node's embedded server lives on (a real node's next start adopts it with
     # its queued calls); a dev node has no next start, and its folder is deleted
-    (tmp_path / "mymodule.py").write_text(MODULE)
-    node = start_dev_node(tmp_path / "mymodule.py")
-    pid_file = node.root / "data" / "nats.pid"
+    node, pid_file = _started(tmp_path)
     try:
-        server = running_server_pid(pid_file)
-        assert server is not None
-        node.process.kill()
-        node.process.wait(timeout=10)
+        server = _kill_node(node, pid_file)
         assert _alive(server), "the server outlives its node"
     finally:
         node.stop()
-    for _ in range(100):
-        if not _alive(server):
-            break
-        time.sleep(0.05)
+    _wait_gone(server)
     assert not _alive(server)
     assert not node.root.exists()
 
@@ -161,15 +177,10 @@ def test_a_node_killed_hard_leaves_its_server_to_its_next_start_which_adopts_it(
 ) -> None:
     # the server holds the site's queued calls: the next node on the same data dir takes
     # it over (not a second server on the same store), serves, and stops it when it stops
-    (tmp_path / "mymodule.py").write_text(MODULE)
-    node = start_dev_node(tmp_path / "mymodule.py")
-    pid_file = node.root / "data" / "nats.pid"
+    node, pid_file = _started(tmp_path)
     env = clean_env(FEDHUB_HOME=str(node.home), FEDHUB_AGENT="off")
     try:
-        server = running_server_pid(pid_file)
-        assert server is not None
-        node.process.kill()
-        node.process.wait(timeout=10)
+        server = _kill_node(node, pid_file)
         assert _alive(server)
         config = node.root / "dev-node.toml"
         with (tmp_path / "next-node.log").open("wb") as out:
@@ -191,10 +202,7 @@ def test_a_node_killed_hard_leaves_its_server_to_its_next_start_which_adopts_it(
         assert not pid_file.exists()
     finally:
         node.stop()
-    for _ in range(100):
-        if not _alive(server):
-            break
-        time.sleep(0.05)
+    _wait_gone(server)
     assert not _alive(server), "the node that adopted the server stops it"
 
 
