@@ -265,15 +265,22 @@ async def test_a_malformed_admin_message_is_a_400_and_a_forged_revocation_a_401(
     )
 
 
+async def _revoke_klaus(world: World, raw: NatsClient) -> Msg:
+    """Klaus's key revoked by his site ("left"), sent to hereon's admin service; its answer."""
+    revocation = sign_record(
+        Revocation(identity=CALLER, kid=world.store.load(CALLER).kid, time=now(), reason="left"),
+        world.site("geomar").signing_key,
+    )
+    return await raw.request(
+        admin_subject("hereon"), admin_message("revoke", revocation), timeout=5
+    )
+
+
 async def test_a_revocation_by_the_callers_site_is_answered_with_an_admin_answer(
     world: World, raw: NatsClient
 ) -> None:
     klaus = world.store.load(CALLER)
-    revocation = sign_record(
-        Revocation(identity=CALLER, kid=klaus.kid, time=now(), reason="left"),
-        world.site("geomar").signing_key,
-    )
-    msg = await raw.request(admin_subject("hereon"), admin_message("revoke", revocation), timeout=5)
+    msg = await _revoke_klaus(world, raw)
     assert not msg.headers or ERROR_CODE_HEADER not in msg.headers
     answer = AdminAnswer.model_validate_json(msg.data)
     assert (answer.op, answer.kid) == ("revoke", klaus.kid)
@@ -283,11 +290,7 @@ async def test_a_control_message_signed_with_a_revoked_key_is_a_401_naming_the_r
     world: World, raw: NatsClient
 ) -> None:
     klaus = world.store.load(CALLER)
-    revocation = sign_record(
-        Revocation(identity=CALLER, kid=klaus.kid, time=now(), reason="left"),
-        world.site("geomar").signing_key,
-    )
-    await raw.request(admin_subject("hereon"), admin_message("revoke", revocation), timeout=5)
+    await _revoke_klaus(world, raw)
     status, code, text = await refused(raw, control(world, CALLER, "status", "A" * 22))
     assert (status, code) == ("401", "unauthorized")
     assert f"key {klaus.kid} of {CALLER} was revoked" in text and "left" in text
