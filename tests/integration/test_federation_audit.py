@@ -265,15 +265,7 @@ async def test_a_site_that_rewrites_its_log_after_a_witnessed_checkpoint_is_caug
     assert site.witness(copy).evidence, "the witness's notice is proven by its checkpoints"
     # the node's own file audits clean: only the witnesses and the hub's copy remember
     assert audit_node(hereon, world.site("hereon").sign_public).ok
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "hub.cli", "audit", "--site", "hereon", "--url", fed.hub_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "FEDHUB_HOME": str(world.store.home)},
-    )
+    done = await run_cli_audit(world, fed)
     print(done.stdout)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1].startswith("hereon: audit FAILED")
